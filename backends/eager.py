@@ -1,0 +1,118 @@
+"""The eager backend: IR -> a runnable ``torch.nn.Module`` generated through torch.fx.
+
+The module's ``forward`` takes the graph inputs by position or by name (inputs with a recorded
+default, such as a Hugging Face ``attention_mask``, may be omitted) and returns a dict of
+output tensors named like the source model's output fields.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.fx
+
+from optc.backends.kernels import KERNELS
+from optc.errors import BackendError, InputError, IRError
+from optc.ir.core import Module, Value, map_values
+from optc.ir.targets import resolve
+
+__all__ = ["EagerModule", "to_eager", "build_graph_module"]
+
+
+def _attr_name(name: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", name)
+    if not base or base[0].isdigit():
+        base = "p_" + base
+    candidate, i = base, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{base}_{i}"
+    taken.add(candidate)
+    return candidate
+
+
+def build_graph_module(module: Module) -> torch.fx.GraphModule:
+    """Generate a GraphModule computing ``module``; it returns a dict of named outputs."""
+    root = torch.nn.Module()
+    fx = torch.fx.Graph()
+    env: dict[int, torch.fx.Node] = {}
+    taken: set[str] = set()
+    for value in module.graph.inputs:
+        env[id(value)] = fx.placeholder(_attr_name(value.name, taken))
+    for name, param in module.params.items():
+        if param.data.is_meta:
+            raise BackendError(f"parameter @{name} has no data (IR text was loaded without weights)")
+        attr = _attr_name(name, taken)
+        root.register_buffer(attr, param.data)
+        env[id(param)] = fx.get_attr(attr)
+
+    def lookup(v: Value) -> torch.fx.Node:
+        return env[id(v)]
+
+    for node in module.graph:
+        target = KERNELS.get(node.op)
+        if target is None:
+            try:
+                target = resolve(node.op)
+            except IRError as exc:
+                raise BackendError(f"eager backend cannot lower {node!r}: {exc}") from None
+        args = map_values(node.args, lookup)
+        kwargs = map_values(node.kwargs, lookup)
+        call = fx.call_function(target, tuple(args), kwargs)
+        if len(node.outputs) == 1:
+            env[id(node.outputs[0])] = call
+        else:
+            for i, out in enumerate(node.outputs):
+                env[id(out)] = fx.call_function(_getitem, (call, i))
+    fx.output({name: env[id(v)] for name, v in module.graph.outputs.items()})
+    return torch.fx.GraphModule(root, fx, class_name=re.sub(r"\W", "_", module.name) or "Module")
+
+
+def _getitem(obj: Any, index: int) -> Any:
+    return obj[index]
+
+
+class EagerModule(torch.nn.Module):
+    """A compiled optc module for eager PyTorch execution."""
+
+    def __init__(self, module: Module) -> None:
+        super().__init__()
+        self.graph_module = build_graph_module(module)
+        self.input_names = [v.name for v in module.graph.inputs]
+        self.output_names = list(module.graph.outputs)
+        self.input_defaults: dict[str, str] = dict(module.meta.get("input_defaults", {}))
+        self.eval()
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(args) > len(self.input_names):
+            raise InputError(
+                f"got {len(args)} positional inputs, the model takes {len(self.input_names)}: "
+                f"{', '.join(self.input_names)}"
+            )
+        bound = dict(zip(self.input_names, args, strict=False))
+        for key, value in kwargs.items():
+            if key not in self.input_names:
+                raise InputError(
+                    f"unknown input '{key}'; the model takes {', '.join(self.input_names)}"
+                )
+            if key in bound:
+                raise InputError(f"input '{key}' given twice")
+            bound[key] = value
+        ordered = []
+        for name in self.input_names:
+            if name in bound:
+                ordered.append(bound[name])
+                continue
+            default = self.input_defaults.get(name)
+            if default is None or not bound:
+                raise InputError(f"missing input '{name}'")
+            like = next(iter(bound.values()))
+            ordered.append(torch.ones_like(like) if default == "ones" else torch.zeros_like(like))
+        return self.graph_module(*ordered)
+
+
+def to_eager(module: Module) -> EagerModule:
+    """Lower ``module`` to an eager ``nn.Module``."""
+    return EagerModule(module)

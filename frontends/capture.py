@@ -1,0 +1,252 @@
+"""``optc.capture``: a PyTorch model -> optc IR, through torch.export.
+
+Hugging Face models get example inputs generated from their config and dynamic ``batch`` and
+``seq`` dimensions; other modules need ``example_inputs`` (and optionally ``dynamic_shapes`` in
+torch.export's format). After import the graph is canonicalized, high-level ops are raised, and
+dead code is removed; the result is verified.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from optc.errors import FrontendError
+from optc.frontends.fx_import import import_exported_program
+from optc.ir.core import Module
+from optc.ir.verifier import verify
+
+__all__ = ["capture", "example_inputs_for", "is_hf_model"]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_OPTC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HF_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+"""Inputs optc passes to Hugging Face models, when their forward accepts them."""
+
+
+def is_hf_model(model: Any) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def max_sequence_length(config: Any) -> int:
+    """The longest sequence the model's position table allows."""
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if n is None:
+        return 4096
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") in (
+        "camembert",
+    ):
+        # RoBERTa-style positions start after the padding index.
+        n -= (getattr(config, "pad_token_id", 1) or 0) + 1
+    return int(n)
+
+
+def example_inputs_for(model: Any, batch: int = 2, seq: int = 8) -> dict[str, torch.Tensor]:
+    """Random token inputs a Hugging Face model accepts (batch >= 2 keeps batch dynamic)."""
+    import inspect
+
+    config = model.config
+    params = inspect.signature(model.forward).parameters
+    vocab = int(getattr(config, "vocab_size", 100) or 100)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(1, max(vocab, 2), (batch, seq), generator=gen)}
+    if "attention_mask" in params:
+        inputs["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
+    if "token_type_ids" in params and getattr(config, "type_vocab_size", 0):
+        inputs["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.long)
+    return inputs
+
+
+class _Wrapper(torch.nn.Module):
+    """Calls the model with named inputs and returns its tensor outputs as a flat tuple."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_keys: list[Any],
+                 call_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+        self.output_keys = output_keys
+        self.call_kwargs = call_kwargs
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(**dict(zip(self.input_names, args, strict=True)), **self.call_kwargs)
+        return tuple(_select(out, key) for key in self.output_keys)
+
+
+def _select(out: Any, key: Any) -> Any:
+    if key is None:
+        return out
+    return out[key]
+
+
+def _output_layout(out: Any) -> tuple[list[Any], list[str]]:
+    """Keys to pick each tensor output and the names to give them."""
+    if isinstance(out, torch.Tensor):
+        return [None], ["output"]
+    if isinstance(out, Mapping):  # includes transformers' ModelOutput
+        keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return keys, [str(k) for k in keys]
+    if isinstance(out, (tuple, list)):
+        keys = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+        return keys, [f"output_{i}" for i in keys]
+    raise FrontendError(
+        f"the model returns {type(out).__name__}; optc needs a tensor, a tuple of tensors or a "
+        "dict of tensors"
+    )
+
+
+def _explain(exc: BaseException, model_name: str) -> FrontendError:
+    """A one-line FrontendError naming the failing op and the user's source line."""
+    op = None
+    user_frame = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        func = frame.f_locals.get("func")
+        if isinstance(func, torch._ops.OpOverload):
+            op = str(func)
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith((_TORCH_DIR, _OPTC_DIR)) and os.path.exists(filename):
+            user_frame = (filename, lineno)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    parts = [f"cannot capture {model_name}"]
+    if op:
+        parts.append(f"op {op} failed")
+    parts.append(f"{type(exc).__name__}: {first}")
+    if user_frame:
+        code = linecache.getline(user_frame[0], user_frame[1]).strip()
+        parts.append(f"at {user_frame[0]}:{user_frame[1]}: {code}")
+    return FrontendError("; ".join(parts))
+
+
+def capture(
+    model: torch.nn.Module | str | os.PathLike,
+    example_inputs: Mapping[str, torch.Tensor] | tuple | None = None,
+    *,
+    dynamic_shapes: Any = "auto",
+    raise_ops: bool = True,
+    source: dict[str, Any] | None = None,
+) -> Module:
+    """Capture ``model`` into an optc module.
+
+    ``model`` may be an ``nn.Module``, a Hugging Face id or a local model directory.
+    ``example_inputs``: a dict of named tensors or a tuple of positional tensors; generated for
+    Hugging Face models when omitted. ``dynamic_shapes="auto"`` makes dims 0 and 1 of every
+    Hugging Face input dynamic (``batch``, ``seq``); for other modules it keeps shapes static
+    unless torch.export-style ``dynamic_shapes`` (one entry per input) are given.
+    ``raise_ops=False`` keeps the plain ATen graph (no ``linear``/``attention`` ops).
+    The model is not modified (its train/eval mode is restored).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from optc.frontends.huggingface import load_model
+
+        model, source = load_model(model)
+    if not isinstance(model, torch.nn.Module):
+        raise FrontendError(f"capture() needs an nn.Module or a model path, got {type(model).__name__}")
+    hf = is_hf_model(model)
+    name = type(model).__name__
+
+    if example_inputs is None:
+        if not hf:
+            raise FrontendError(
+                f"{name} is not a Hugging Face model: pass example_inputs (a tuple or dict of tensors)"
+            )
+        example_inputs = example_inputs_for(model)
+    if isinstance(example_inputs, Mapping):
+        input_names = list(example_inputs)
+        args = tuple(example_inputs.values())
+    else:
+        args = tuple(example_inputs)
+        input_names = [f"input_{i}" for i in range(len(args))]
+    for n, a in zip(input_names, args, strict=True):
+        if not isinstance(a, torch.Tensor):
+            raise FrontendError(f"example input '{n}' is a {type(a).__name__}, not a tensor")
+
+    call_kwargs: dict[str, Any] = {}
+    if hf:
+        call_kwargs["return_dict"] = True
+        if getattr(model.config, "use_cache", False):
+            call_kwargs["use_cache"] = False
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example_inputs, Mapping):
+                sample = model(**dict(example_inputs), **call_kwargs)
+            else:
+                sample = model(*args, **call_kwargs)
+        keys, output_names = _output_layout(sample)
+        call_names = input_names if isinstance(example_inputs, Mapping) else None
+        wrapper = (
+            _Wrapper(model, call_names, keys, call_kwargs)
+            if call_names is not None
+            else _PositionalWrapper(model, keys, call_kwargs)
+        )
+        dims: dict[tuple[int, int], str] = {}
+        shapes: Any = None
+        if dynamic_shapes == "auto":
+            if hf:
+                batch = torch.export.Dim("batch")
+                seq = torch.export.Dim("seq", max=max_sequence_length(model.config))
+                spec = []
+                for i, a in enumerate(args):
+                    entry = {0: batch, 1: seq} if a.dim() >= 2 else {}
+                    spec.append(entry)
+                    dims[(i, 0)] = "batch"
+                    dims[(i, 1)] = "seq"
+                shapes = (tuple(spec),)
+        elif dynamic_shapes is not None:
+            shapes = (tuple(dynamic_shapes),)
+        try:
+            ep = torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=False)
+        except Exception as exc:  # noqa: BLE001 - every export failure becomes a FrontendError
+            raise _explain(exc, name) from exc
+    finally:
+        model.train(was_training)
+
+    module = import_exported_program(
+        ep, name, dim_names=dims, param_prefix="model.", input_names=input_names
+    )
+    module.graph.set_outputs(dict(zip(output_names, module.graph.outputs.values(), strict=True)))
+    module.meta["source"] = dict(source or {"class": name})
+    module.meta["source"].setdefault("class", name)
+    if hf:
+        module.meta["source"].setdefault("model_type", getattr(model.config, "model_type", None))
+        defaults = {}
+        if "attention_mask" in input_names:
+            defaults["attention_mask"] = "ones"
+        if "token_type_ids" in input_names:
+            defaults["token_type_ids"] = "zeros"
+        module.meta["input_defaults"] = defaults
+
+    from optc.frontends.raising import raise_high_level_ops
+    from optc.passes.canonicalize import canonicalize
+    from optc.passes.dce import eliminate_dead_code
+
+    canonicalize(module)
+    if raise_ops:
+        raise_high_level_ops(module)
+    eliminate_dead_code(module)
+    verify(module, "after capture")
+    return module
+
+
+class _PositionalWrapper(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, output_keys: list[Any], call_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.output_keys = output_keys
+        self.call_kwargs = call_kwargs
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(*args, **self.call_kwargs)
+        return tuple(_select(out, key) for key in self.output_keys)

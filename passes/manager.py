@@ -1,0 +1,175 @@
+"""The pass manager: runs a pipeline, verifies between passes, and drives instruments.
+
+Instruments observe the pipeline without passes knowing about them (TVM style): print the IR
+after every pass, dump it to numbered files, time passes, collect statistics. Verification runs
+before the first pass and after every pass unless ``verify=False``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from optc.errors import OptcError, PassError, VerificationError
+from optc.ir.core import Module
+from optc.ir.printer import print_module
+from optc.ir.verifier import collect_problems
+from optc.passes.base import Pass, PassResult
+from optc.passes.spec import parse_pipeline
+
+__all__ = [
+    "PassManager",
+    "PassRecord",
+    "PipelineReport",
+    "Instrument",
+    "PrintAfterAll",
+    "DumpIR",
+    "run_pipeline",
+]
+
+
+@dataclass
+class PassRecord:
+    """What one pass did in one pipeline run."""
+
+    spec: str
+    """The pass with its options, as in a pipeline spec."""
+    modified: bool
+    stats: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class PipelineReport:
+    """The outcome of :meth:`PassManager.run`."""
+
+    records: list[PassRecord] = field(default_factory=list)
+
+    @property
+    def modified(self) -> bool:
+        return any(r.modified for r in self.records)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+    def table(self) -> str:
+        """A plain-text table: pass, changed, time, statistics."""
+        rows = [("pass", "changed", "time", "stats")]
+        for r in self.records:
+            stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
+            rows.append((r.spec, "yes" if r.modified else "no", f"{r.seconds * 1000:.1f} ms", stats))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        return "\n".join(
+            "  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip()
+            for row in rows
+        )
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [
+            {"pass": r.spec, "modified": r.modified, "stats": r.stats, "seconds": r.seconds}
+            for r in self.records
+        ]
+
+
+class Instrument:
+    """Hooks around passes. Override what you need; all default to doing nothing."""
+
+    def before_pipeline(self, module: Module, passes: list[Pass]) -> None:
+        """Called once, after the input module was verified."""
+
+    def after_pass(self, p: Pass, index: int, module: Module, record: PassRecord) -> None:
+        """Called after pass number ``index`` (0-based) ran and the module was verified."""
+
+
+class PrintAfterAll(Instrument):
+    """Print the IR after every pass (``--print-after-all``)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    def after_pass(self, p: Pass, index: int, module: Module, record: PassRecord) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(f"// ----- IR after {record.spec} (pass {index + 1}) -----\n")
+        stream.write(print_module(module))
+        stream.flush()
+
+
+class DumpIR(Instrument):
+    """Write the IR before the pipeline and after each pass to numbered files in a directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def before_pipeline(self, module: Module, passes: list[Pass]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "00-input.optc").write_text(print_module(module, locations=True))
+
+    def after_pass(self, p: Pass, index: int, module: Module, record: PassRecord) -> None:
+        path = self.directory / f"{index + 1:02d}-{p.name}.optc"
+        path.write_text(print_module(module, locations=True))
+
+
+class PassManager:
+    """Runs passes in order on a module, in place.
+
+    ``passes`` is a list of pass instances or a pipeline spec string.
+    """
+
+    def __init__(
+        self,
+        passes: list[Pass] | str,
+        verify: bool = True,
+        instruments: list[Instrument] | None = None,
+    ) -> None:
+        self.passes: list[Pass] = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
+        self.verify = verify
+        self.instruments = list(instruments or [])
+
+    def _verify(self, module: Module, context: str) -> None:
+        if self.verify:
+            problems = collect_problems(module)
+            if problems:
+                raise VerificationError(problems, context)
+
+    def run(self, module: Module) -> PipelineReport:
+        """Run the pipeline on ``module`` (edited in place) and report what each pass did."""
+        report = PipelineReport()
+        self._verify(module, "on the input to the pipeline")
+        for inst in self.instruments:
+            inst.before_pipeline(module, self.passes)
+        done: list[str] = []
+        for index, p in enumerate(self.passes):
+            spec = p.spec()
+            after = f" (after {', '.join(done)})" if done else " (first pass)"
+            reason = p.requires(module)
+            if reason:
+                raise PassError(f"pass '{spec}' cannot run{after}: {reason}")
+            start = time.perf_counter()
+            try:
+                result = p.run(module)
+            except OptcError as exc:
+                err = PassError(f"pass '{spec}' failed{after}: {exc}")
+                err.exit_code = exc.exit_code
+                raise err from exc
+            seconds = time.perf_counter() - start
+            if not isinstance(result, PassResult):
+                raise PassError(
+                    f"pass '{spec}' returned {type(result).__name__}, not PassResult: "
+                    "return PassResult(modified, stats) from run()"
+                )
+            self._verify(module, f"after pass '{spec}'{after}")
+            record = PassRecord(spec, result.modified, dict(result.stats), seconds)
+            report.records.append(record)
+            for inst in self.instruments:
+                inst.after_pass(p, index, module, record)
+            done.append(spec)
+        return report
+
+
+def run_pipeline(module: Module, passes: list[Pass] | str, **options: Any) -> PipelineReport:
+    """Shorthand for ``PassManager(passes, **options).run(module)``."""
+    return PassManager(passes, **options).run(module)

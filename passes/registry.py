@@ -1,0 +1,52 @@
+"""The pass registry: pass classes by their kebab-case names."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from optc.errors import PipelineSpecError
+from optc.passes.base import Pass
+
+__all__ = ["register_pass", "get_pass", "all_passes"]
+
+_PASSES: dict[str, type[Pass]] = {}
+_KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
+
+# Modules that define the built-in passes; imported on first lookup.
+_BUILTIN_MODULES = ("optc.passes.dce", "optc.passes.canonicalize")
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator adding a pass to the registry under ``cls.name``."""
+    if not _KEBAB.match(cls.name or ""):
+        raise ValueError(f"pass {cls.__qualname__} needs a kebab-case name, got {cls.name!r}")
+    if not getattr(cls, "__dataclass_params__", None) or not cls.__dataclass_params__.frozen:
+        raise TypeError(f"pass {cls.__qualname__} must be a frozen dataclass")
+    existing = _PASSES.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"pass name {cls.name!r} is taken by {existing.__qualname__}")
+    _PASSES[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def all_passes() -> dict[str, type[Pass]]:
+    """Every registered pass, by name, sorted."""
+    _load_builtins()
+    return dict(sorted(_PASSES.items()))
+
+
+def get_pass(name: str) -> type[Pass]:
+    """The pass class called ``name``; :class:`PipelineSpecError` listing valid names if none."""
+    passes = all_passes()
+    try:
+        return passes[name]
+    except KeyError:
+        raise PipelineSpecError(
+            f"unknown pass '{name}'; valid passes: {', '.join(passes)}"
+        ) from None
