@@ -79,6 +79,8 @@ class EagerModule(torch.nn.Module):
 
     def __init__(self, module: Module) -> None:
         super().__init__()
+        self.ir = module
+        """The IR module this was generated from (``optc.save`` accepts the EagerModule)."""
         self.graph_module = build_graph_module(module)
         self.input_names = [v.name for v in module.graph.inputs]
         self.output_names = list(module.graph.outputs)

@@ -388,6 +388,16 @@ class Graph:
                 count += 1
         return count
 
+    def rename(self, value: Value, name: str) -> None:
+        """Give ``value`` (an input or node output of this graph) a new unique name."""
+        if value.is_param:
+            raise IRError(f"@{value.name} is a parameter; rename it through the module")
+        if name == value.name:
+            return
+        self._claim(name)
+        self._names.discard(value.name)
+        value.name = name
+
     def index(self, node: Node) -> int:
         return self._position(node)
 

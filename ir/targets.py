@@ -77,3 +77,22 @@ def is_impure(op: str) -> bool:
         name = op.split(".")[1]
         return name.endswith("_") and not name.startswith("_")  # in-place: add_, copy_
     return False
+
+
+def bind_args(op: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of an ATen call by schema name, with schema defaults filled in."""
+    target = resolve(op)
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        raise IRError(f"op '{op}' has no schema to bind arguments to")
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(args):
+            bound[arg.name] = args[i]
+        elif arg.name in kwargs:
+            bound[arg.name] = kwargs[arg.name]
+        elif arg.has_default_value():
+            bound[arg.name] = arg.default_value
+        else:
+            bound[arg.name] = None
+    return bound

