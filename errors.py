@@ -2,7 +2,11 @@
 
 Every error a user can cause derives from :class:`OptcError`. Messages name the thing that is
 wrong (the node, the pass, the option, the file) and say how to fix it. The CLI prints
-``str(error)`` as one line and exits with ``error.exit_code``.
+``str(error)`` as one line and exits with ``error.exit_code``:
+
+    1  internal error (a bug in optc)      4  output exists or cannot be written
+    2  bad usage, pipeline spec or option  5  a pass or the verifier failed
+    3  bad input: model, artifact, data    6  a backend cannot lower the IR
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class IRError(OptcError):
 class VerificationError(IRError):
     """The verifier found broken invariants; ``problems`` lists one message per problem."""
 
+    exit_code = 5
+
     def __init__(self, problems: list[str], context: str = "") -> None:
         self.problems = list(problems)
         self.context = context
@@ -65,9 +71,13 @@ class FrontendError(OptcError):
 class BackendError(OptcError):
     """An IR module could not be lowered to a backend."""
 
+    exit_code = 6
+
 
 class PassError(OptcError):
     """A pass failed; the message names the pass and the passes that ran before it."""
+
+    exit_code = 5
 
 
 class PipelineSpecError(OptcError):

@@ -1,1 +1,3 @@
+"""Tools: the ``optc`` CLI, inspection, progress display and benchmarks."""
 
+__all__: list[str] = []

