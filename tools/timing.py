@@ -1,0 +1,54 @@
+"""Latency measurement that stays fair on a small, noisy machine.
+
+Variants are interleaved in blocks (all calls of one block go to one variant, then the next
+variant gets a block), so that thread-pool spin-up and frequency drift hit every variant alike;
+alternating call by call would distort them. Medians and percentiles come from per-call times.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Timing", "measure_interleaved"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call latency statistics of one variant, in seconds."""
+
+    median: float
+    p10: float
+    p90: float
+    calls: int
+
+    @staticmethod
+    def of(samples: list[float]) -> Timing:
+        ordered = sorted(samples)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+        return Timing(statistics.median(ordered), pct(0.1), pct(0.9), len(ordered))
+
+
+def measure_interleaved(
+    variants: dict[str, Callable[[], object]],
+    rounds: int = 10,
+    block: int = 5,
+    warmup: int = 3,
+) -> dict[str, Timing]:
+    """Time each zero-argument callable ``rounds * block`` times, interleaved in blocks."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+    return {name: Timing.of(s) for name, s in samples.items()}
