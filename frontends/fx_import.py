@@ -8,13 +8,12 @@ from typing import Any
 
 import sympy
 import torch
-from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind
-
 from optc.errors import FrontendError
 from optc.ir.core import DimRange, Module, Value
 from optc.ir.targets import op_name_of
 from optc.ir.types import SymType, TensorType, Type
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
 
 __all__ = ["import_exported_program"]
 
@@ -225,6 +224,6 @@ def import_exported_program(
             lo = _finite_int(rng.lower)
             hi = _finite_int(rng.upper)
             module.dims[namer.names[sym]] = DimRange(lo or 0, hi)
-    for sym, dim_name in namer.names.items():
+    for dim_name in namer.names.values():
         module.dims.setdefault(dim_name, DimRange(0, None))
     return module

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 
 import sympy
-
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType
 

@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-
 from optc.errors import IRError
-from optc.ir.types import SymType, TensorType, Type
+from optc.ir.types import TensorType, Type
 
 __all__ = [
     "Value",
@@ -62,6 +61,14 @@ def map_values(tree: Any, fn: Callable[[Value], Any]) -> Any:
     if isinstance(tree, dict):
         return {key: map_values(item, fn) for key, item in tree.items()}
     return tree
+
+
+def _has_dict(tree: Any) -> bool:
+    if isinstance(tree, dict):
+        return True
+    if isinstance(tree, (list, tuple)):
+        return any(_has_dict(item) for item in tree)
+    return False
 
 
 class Value:
@@ -196,6 +203,8 @@ class Node:
         )
 
     def _set(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        if _has_dict((args, tuple(kwargs.values()))):
+            raise IRError(f"{self.op}: dict arguments cannot be represented; pass lists or keywords")
         for value in flatten_values((self._args, self._kwargs)):
             count = value._users[self] - 1
             if count:
@@ -313,10 +322,11 @@ class Graph:
             hints = [names] * len(types)
         else:
             hints = list(names)
-        outputs = []
+        outputs: list[Value] = []
         for hint, type_ in zip(hints, types, strict=True):
             name = self.unique_name(hint)
-            self._names.add(name)
+            while any(v.name == name for v in outputs):
+                name = f"{name}_{next(self._counter)}"
             outputs.append(Value(name, type_))
         node = Node(op, args, kwargs, outputs)
         self.insert(node, before=before, after=after)
@@ -326,8 +336,13 @@ class Graph:
         """Insert a detached node (at the end, or next to an anchor)."""
         if node.graph is not None:
             raise IRError(f"{node!r} is already in a graph; remove it first")
-        for out in node.outputs:
-            self._names.add(out.name)
+        names = [out.name for out in node.outputs]
+        for name in names:
+            if not _NAME.match(name):
+                raise IRError(f"invalid value name {name!r}: use letters, digits, '_' and '.'")
+            if name in self._names or names.count(name) > 1:
+                raise IRError(f"value name %{name} is already defined in this graph")
+        self._names.update(names)
         if before is not None:
             self._nodes.insert(self._position(before), node)
         elif after is not None:
@@ -360,6 +375,8 @@ class Graph:
         """Remove a set of nodes at once; their outputs must be used only among themselves."""
         doomed = set(nodes)
         for node in doomed:
+            if node.graph is not self:
+                raise IRError(f"{node!r} is not in this graph")
             for out in node.outputs:
                 outside = [u for u in out.users() if u not in doomed]
                 if outside or self.is_output(out):
@@ -448,7 +465,9 @@ class Module:
 
     def remove_param(self, name: str) -> None:
         """Remove a parameter no node uses."""
-        param = self.params[name]
+        param = self.params.get(name)
+        if param is None:
+            raise IRError(f"there is no parameter @{name} to remove")
         if param._users or self.graph.is_output(param):
             users = ", ".join(repr(u) for u in param.users())
             raise IRError(f"cannot remove @{name}: still used by {users or 'the output'}")
@@ -469,8 +488,8 @@ class Module:
 
     def clone(self) -> Module:
         """A structural copy sharing parameter tensors (passes never edit tensors in place)."""
-        from optc.ir.printer import print_module
         from optc.ir.parser import parse_module
+        from optc.ir.printer import print_module
 
         copy = parse_module(
             print_module(self, locations=True),

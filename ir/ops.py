@@ -59,7 +59,7 @@ class OpDef:
             if value is not None and not isinstance(value, types):
                 problems.append(f"{self.name} attribute '{key}' has a bad value {value!r}")
         for key, (_, default) in self.attrs.items():
-            if default is ... and key not in node.kwargs:
+            if default is ... and node.kwargs.get(key) is None:
                 problems.append(f"{self.name} needs attribute '{key}'")
         if problems:
             return problems

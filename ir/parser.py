@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-
 from optc.errors import ParseError
 from optc.ir.core import DimRange, Module, Node, Value
 from optc.ir.types import Dim, SymType, TensorType, Type, dtype_from_name, is_dtype_name
@@ -28,7 +27,7 @@ _TOKEN = re.compile(
   | (?P<param>@(?:[A-Za-z0-9_.]+|"(?:[^"\\]|\\.)*"))
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+))
-  | (?P<neginf>-inf\b)
+  | (?P<neginf>-inf\b|-Infinity\b)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[()\[\]{},=:])
     """,
@@ -97,6 +96,11 @@ class _Parser:
     def expect(self, text: str) -> _Tok:
         if not self.at(text):
             raise self.error(f"expected {text!r}, found {self.tok.text or 'end of input'!r}")
+        return self.next()
+
+    def expect_sep(self, close: str) -> _Tok:
+        if not self.at(","):
+            raise self.error(f"expected ',' or '{close}', found {self.tok.text or 'end of input'!r}")
         return self.next()
 
     def expect_kind(self, kind: str, what: str) -> _Tok:
@@ -225,7 +229,7 @@ class _Parser:
             value = graph.add_input(tok.text[1:], self.parse_type())
             self.define(value, tok)
             if not self.at(")"):
-                self.expect(",")
+                self.expect_sep(")")
         self.expect(")")
         self.expect("{")
         while not self.at("return"):
@@ -243,7 +247,7 @@ class _Parser:
             self.expect("=")
             graph.set_output(key, self.parse_literal())
             if not self.at(")"):
-                self.expect(",")
+                self.expect_sep(")")
         self.expect(")")
         self.expect("}")
 
@@ -277,7 +281,7 @@ class _Parser:
                     raise self.error("positional argument after keyword argument")
                 args.append(self.parse_literal())
             if not self.at(")"):
-                self.expect(",")
+                self.expect_sep(")")
         self.expect(")")
         outputs = [Value(tok.text[1:], type_) for tok, type_ in defs]
         node = Node(op_tok.text, tuple(args), kwargs, outputs)
@@ -336,7 +340,7 @@ class _Parser:
         while not self.at(close):
             items.append(self.parse_literal())
             if not self.at(close):
-                self.expect(",")
+                self.expect_sep(close)
         self.next()
         return items
 

@@ -21,7 +21,6 @@ import re
 from typing import Any
 
 import torch
-
 from optc.ir.core import Module, Node, Value
 
 __all__ = ["print_module", "format_literal", "format_node"]
@@ -99,9 +98,12 @@ def print_module(module: Module, canonical: bool = False, locations: bool = Fals
         names = {}
         for value in graph.inputs:
             names[value] = value.name  # input names are part of the interface
+        taken = {v.name for v in graph.inputs}
         counter = 0
         for node in graph:
             for out in node.outputs:
+                while str(counter) in taken:
+                    counter += 1
                 names[out] = str(counter)
                 counter += 1
     lines = [f"module @{module.name if _BARE.match(module.name) else json.dumps(module.name)} {{"]

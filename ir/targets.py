@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from optc.errors import IRError
 
 __all__ = ["PY_FUNCTIONS", "resolve", "op_name_of", "is_impure"]
@@ -50,7 +49,7 @@ def op_name_of(target: Any) -> str | None:
     return _PY_NAMES.get(target)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve(op: str) -> Callable[..., Any]:
     """The callable for an ATen or Python op name; :class:`IRError` if there is none."""
     if op in PY_FUNCTIONS:

@@ -155,6 +155,10 @@ class PassManager:
                 err = PassError(f"pass '{spec}' failed{after}: {exc}")
                 err.exit_code = exc.exit_code
                 raise err from exc
+            except Exception as exc:  # noqa: BLE001 - a crashing pass is a bug: name it
+                err = PassError(f"pass '{spec}' crashed{after}: {type(exc).__name__}: {exc}")
+                err.exit_code = 1
+                raise err from exc
             seconds = time.perf_counter() - start
             if not isinstance(result, PassResult):
                 raise PassError(

@@ -21,7 +21,8 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     """Class decorator adding a pass to the registry under ``cls.name``."""
     if not _KEBAB.match(cls.name or ""):
         raise ValueError(f"pass {cls.__qualname__} needs a kebab-case name, got {cls.name!r}")
-    if not getattr(cls, "__dataclass_params__", None) or not cls.__dataclass_params__.frozen:
+    params = cls.__dict__.get("__dataclass_params__")
+    if params is None or not params.frozen:
         raise TypeError(f"pass {cls.__qualname__} must be a frozen dataclass")
     existing = _PASSES.get(cls.name)
     if existing is not None and existing is not cls:

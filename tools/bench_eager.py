@@ -14,7 +14,6 @@ import os
 import time
 
 import torch
-
 from optc.tools.timing import measure_interleaved
 
 
@@ -57,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 diff = (ref - out).abs().max().item()
                 times = measure_interleaved(
                     {
-                        "hf": lambda: model(input_ids=ids, attention_mask=mask),
-                        "optc": lambda: compiled(input_ids=ids, attention_mask=mask),
+                        "hf": lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask),
+                        "optc": lambda ids=ids, mask=mask: compiled(input_ids=ids, attention_mask=mask),
                     },
                     rounds=args.rounds,
                     block=args.block,
