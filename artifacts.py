@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from optc.errors import ArtifactError, OptcError, OutputError
 from optc.ir.core import Module
 from optc.ir.parser import parse_module
@@ -116,8 +115,13 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
             os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                os.replace(old / target.name, target)  # put the previous artifact back
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     except OSError as exc:
@@ -137,6 +141,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"'{p}' is not an optc artifact: {METADATA_FILE} is missing") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"cannot read '{p / METADATA_FILE}': {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "optc-artifact":
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactError(f"'{p}' is not an optc artifact (metadata format is {found!r})")
+    if not isinstance(meta.get("format_version"), int):
+        raise ArtifactError(f"'{p / METADATA_FILE}' has no integer format_version; the artifact is damaged")
     if meta.get("format") != "optc-artifact":
         raise ArtifactError(f"'{p}' is not an optc artifact (metadata format is {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -158,9 +167,9 @@ def load_module(path: str | os.PathLike) -> Module:
         raise ArtifactError(f"'{p}' is not an optc artifact directory")
     read_metadata(p)
     try:
-        text = (p / IR_FILE).read_text()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read '{p / IR_FILE}': {exc.strerror}") from None
+        text = (p / IR_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"cannot read '{p / IR_FILE}': {getattr(exc, 'strerror', None) or exc}") from None
     try:
         weights = load_file(str(p / WEIGHTS_FILE))
     except (OSError, SafetensorError) as exc:

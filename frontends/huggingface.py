@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from optc.errors import InputError
 
 __all__ = ["load_model", "default_model_path", "TASKS", "load_tokenizer"]
@@ -76,6 +75,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
     ``None`` loads the embedded all-MiniLM-L6-v2. A local directory must hold a config.json and
     safetensors weights; anything else is taken as a Hugging Face hub id.
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig
 
     embedded = name_or_path is None
@@ -102,7 +102,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
         model = cls.from_pretrained(ref, config=config, use_safetensors=True)
     except InputError:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"cannot load model '{ref}': {first}") from None
     model.eval()

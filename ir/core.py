@@ -484,7 +484,9 @@ class Module:
         raise KeyError(name)
 
     def num_parameters(self) -> int:
-        return sum(p.data.numel() for p in self.params.values())
+        """Elements of floating-point parameters (integer buffers such as position ids are
+        not parameters)."""
+        return sum(p.data.numel() for p in self.params.values() if p.data.is_floating_point())
 
     def clone(self) -> Module:
         """A structural copy sharing parameter tensors (passes never edit tensors in place)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from optc.errors import OptcError, PassError, VerificationError
+from optc.errors import OptcError, OutputError, PassError, VerificationError
 from optc.ir.core import Module
 from optc.ir.printer import print_module
 from optc.ir.verifier import collect_problems
@@ -105,12 +105,20 @@ class DumpIR(Instrument):
         self.directory = Path(directory)
 
     def before_pipeline(self, module: Module, passes: list[Pass]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "00-input.optc").write_text(print_module(module, locations=True))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create dump directory '{self.directory}': {exc.strerror}") from None
+        self._write("00-input.optc", module)
 
     def after_pass(self, p: Pass, index: int, module: Module, record: PassRecord) -> None:
-        path = self.directory / f"{index + 1:02d}-{p.name}.optc"
-        path.write_text(print_module(module, locations=True))
+        self._write(f"{index + 1:02d}-{p.name}.optc", module)
+
+    def _write(self, name: str, module: Module) -> None:
+        try:
+            (self.directory / name).write_text(print_module(module, locations=True))
+        except OSError as exc:
+            raise OutputError(f"cannot write '{self.directory / name}': {exc.strerror}") from None
 
 
 class PassManager:

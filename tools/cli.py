@@ -45,6 +45,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="optc: %(message)s")
+    for noisy in ("torch.onnx", "torch._export", "torch.export", "onnxscript"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         import transformers
 
@@ -101,8 +103,11 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default="", metavar="SPEC",
                    help="pipeline spec, e.g. 'dce' or 'drop-layers{strategy=top,count=2},dce' "
                         "(list passes with 'optc passes')")
-    p.add_argument("--backend", default="eager", choices=["eager"], help="backend of the artifact")
-    p.add_argument("-o", "--output", metavar="OUT", help="artifact directory to write")
+    p.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx"],
+                   help="eager: optc artifact directory (default); torchscript: file for "
+                        "torch.jit.load; onnx: ONNX model for ONNX Runtime")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="where to write: a directory (eager) or a file (torchscript, onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--task", default="auto",
                    choices=["auto", "base", "sequence-classification", "question-answering",
@@ -124,7 +129,7 @@ def _version() -> str:
 
 
 def _cmd_compile(argv: list[str]) -> int:
-    from optc.artifacts import save
+    from optc.backends import write_backend
     from optc.passes.manager import DumpIR, PassManager, PrintAfterAll
     from optc.passes.spec import parse_pipeline
     from optc.tools.progress import Progress
@@ -146,8 +151,8 @@ def _cmd_compile(argv: list[str]) -> int:
         report = manager.run(module)
     module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
     if out is not None:
-        with progress.step(f"writing {out}"):
-            save(module, out, force=args.force, backend=args.backend)
+        with progress.step(f"writing {out} ({args.backend})"):
+            write_backend(module, args.backend, out, force=args.force)
     if args.json:
         print(json.dumps({
             "output": str(out) if out else None,

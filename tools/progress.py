@@ -46,8 +46,10 @@ class Progress:
             elapsed = time.perf_counter() - start
             if self.enabled and elapsed >= self.delay:
                 end = "\r\033[K" if self.tty else ""
-                status = "done" if ok else "failed"
-                self.stream.write(f"{end}optc: {message}: {status} in {elapsed:.1f} s\n")
+                if ok:
+                    self.stream.write(f"{end}optc: {message}: done in {elapsed:.1f} s\n")
+                else:  # the error line that follows says what failed
+                    self.stream.write(end)
                 self.stream.flush()
 
     def _spin(self, message: str, start: float, stop: threading.Event) -> None:

@@ -1,0 +1,272 @@
+"""The TorchScript backend: IR -> Python source that ``torch.jit.script`` compiles.
+
+``torch.jit.trace`` of an exported graph freezes its shapes and ``torch.jit.script`` rejects
+fx-generated code, so this backend generates its own scriptable source from the IR: one
+statement per node, ATen ops called through ``torch.ops.aten.<name>`` (TorchScript resolves the
+overload from the arguments), high-level ops through the scriptable kernels below. Shapes stay
+symbolic, so the saved module runs at any batch and sequence size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import keyword
+import math
+import os
+import re
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optc.errors import BackendError, OutputError
+from optc.ir.core import Module, Node, Value
+from optc.ir.ops import get_op
+from optc.ir.targets import resolve
+from optc.ir.types import SymType, TensorType
+
+__all__ = ["generate_source", "to_torchscript", "export_torchscript"]
+
+_COUNTER = itertools.count()
+
+_PY_OPERATORS = {
+    "py.operator.add": "+", "py.operator.sub": "-", "py.operator.mul": "*",
+    "py.operator.truediv": "/", "py.operator.floordiv": "//", "py.operator.mod": "%",
+    "py.operator.pow": "**", "py.operator.eq": "==", "py.operator.ne": "!=",
+    "py.operator.lt": "<", "py.operator.le": "<=", "py.operator.gt": ">", "py.operator.ge": ">=",
+}
+
+_KERNELS = '''
+def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
+                num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
+                kind: str, topk: int) -> Tensor:
+    batch = query.size(0)
+    q_len = query.size(1)
+    k_len = key.size(1)
+    q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    if kind == "softmax":
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    else:
+        s = scale if scale is not None else 1.0 / math.sqrt(float(head_dim))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * s
+        neg = -3.4028234663852886e38 if scores.dtype == torch.float32 else -65504.0
+        if causal:
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~allowed, neg)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, neg)
+            else:
+                scores = scores + mask
+        keep = min(topk, k_len)
+        threshold = scores.topk(keep, dim=-1)[0][..., keep - 1:keep]
+        scores = scores.masked_fill(scores < threshold, neg)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out.transpose(1, 2).reshape(batch, q_len, num_heads * head_dim)
+
+
+def k_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                 normalized_shape: List[int], eps: float) -> Tensor:
+    return torch.nn.functional.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+def k_embedding(ids: Tensor, table: Tensor) -> Tensor:
+    return torch.nn.functional.embedding(ids, table)
+'''
+
+
+def _ident(name: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", name)
+    if not base or base[0].isdigit() or keyword.iskeyword(base):
+        base = "v_" + base
+    candidate, i = base, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{base}_{i}"
+    taken.add(candidate)
+    return candidate
+
+
+def _script_type(value: Value) -> str:
+    t = value.type
+    if isinstance(t, TensorType):
+        return "Tensor"
+    if isinstance(t, SymType):
+        return {"int": "int", "float": "float", "bool": "bool"}[t.kind]
+    raise BackendError(f"torchscript backend cannot type %{value.name}")
+
+
+class _Writer:
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.names: dict[int, str] = {}
+        self.taken: set[str] = {"self", "torch", "math", "Tensor", "List", "Optional", "Dict"}
+
+    def literal(self, obj: Any, list_type: str | None = None) -> str:
+        if isinstance(obj, Value):
+            return self.names[id(obj)]
+        if obj is None or isinstance(obj, (bool, int, str)):
+            return repr(obj)
+        if isinstance(obj, float):
+            if math.isinf(obj):
+                return "float('inf')" if obj > 0 else "float('-inf')"
+            if math.isnan(obj):
+                return "float('nan')"
+            return repr(obj)
+        if isinstance(obj, (torch.dtype, torch.layout, torch.memory_format)):
+            return str(obj)
+        if isinstance(obj, torch.device):
+            return f"torch.device({str(obj)!r})"
+        if isinstance(obj, (list, tuple)):
+            inner = ", ".join(self.literal(x) for x in obj)
+            text = f"[{inner}]"
+            if list_type is not None:
+                return f"torch.jit.annotate({list_type}, {text})"
+            return text
+        raise BackendError(f"torchscript backend cannot write literal {obj!r}")
+
+    def call(self, node: Node) -> str:
+        op = node.op
+        args, kwargs = node.args, node.kwargs
+        if op in _PY_OPERATORS:
+            return f"({self.literal(args[0])} {_PY_OPERATORS[op]} {self.literal(args[1])})"
+        if op == "aten.sym_size.int":
+            return f"{self.literal(args[0])}.size({self.literal(args[1])})"
+        if op == "linear":
+            return f"k_linear({self.literal(args[0])}, {self.literal(args[1])}, {self.literal(node.arg(2))})"
+        if op == "attention":
+            scale = node.attr("scale")
+            return (
+                f"k_attention({', '.join(self.literal(node.arg(i)) for i in range(4))}, "
+                f"{node.attr('num_heads')}, {node.attr('head_dim')}, "
+                f"{'None' if scale is None else repr(float(scale))}, {node.attr('causal', False)}, "
+                f"{node.attr('kind', 'softmax')!r}, {int(node.attr('topk') or 1)})"
+            )
+        if op == "layer_norm":
+            return (
+                f"k_layer_norm({self.literal(args[0])}, {self.literal(node.arg(1))}, "
+                f"{self.literal(node.arg(2))}, {list(node.attr('normalized_shape'))}, "
+                f"{float(node.attr('eps', 1e-5))!r})"
+            )
+        if op == "embedding":
+            return f"k_embedding({self.literal(args[0])}, {self.literal(args[1])})"
+        if op == "gelu":
+            return f"torch.nn.functional.gelu({self.literal(args[0])}, approximate={node.attr('approximate', 'none')!r})"
+        if op in ("relu", "tanh"):
+            return f"torch.{op}({self.literal(args[0])})"
+        if op == "silu":
+            return f"torch.nn.functional.silu({self.literal(args[0])})"
+        if get_op(op) is not None:
+            raise BackendError(f"torchscript backend cannot lower {node!r}: no kernel for op '{op}'")
+        if not op.startswith("aten."):
+            raise BackendError(f"torchscript backend cannot lower {node!r}: op '{op}' is not an ATen op")
+        target = resolve(op)
+        schema = target._schema
+        name = op.split(".")[1]
+        parts = []
+        for i, arg in enumerate(args):
+            ann = None
+            if i < len(schema.arguments) and str(schema.arguments[i].type) == "List[Optional[Tensor]]":
+                ann = "List[Optional[Tensor]]"
+            parts.append(self.literal(arg, ann))
+        parts += [f"{k}={self.literal(v)}" for k, v in kwargs.items()]
+        return f"torch.ops.aten.{name}({', '.join(parts)})"
+
+    def source(self) -> tuple[str, dict[str, str]]:
+        graph = self.module.graph
+        buffers: dict[str, str] = {}
+        lines = []
+        sig = []
+        for value in graph.inputs:
+            name = _ident(value.name, self.taken)
+            self.names[id(value)] = name
+            sig.append(f"{name}: {_script_type(value)}")
+        for pname, param in self.module.params.items():
+            attr = _ident("p_" + pname, self.taken)
+            buffers[attr] = pname
+            self.names[id(param)] = f"self.{attr}"
+        for node in graph:
+            call = self.call(node)
+            if not node.outputs:
+                lines.append(call)
+                continue
+            outs = [_ident(v.name, self.taken) for v in node.outputs]
+            for v, n in zip(node.outputs, outs, strict=True):
+                self.names[id(v)] = n
+            if len(outs) == 1:
+                lines.append(f"{outs[0]} = {call}")
+            else:
+                lines.append(f"{', '.join(outs)} = {call}")
+        result = ", ".join(f"{k!r}: {self.names[id(v)]}" for k, v in graph.outputs.items())
+        body = "\n".join("        " + line for line in lines)
+        src = (
+            "import math\nimport torch\nfrom torch import Tensor\n"
+            "from typing import Dict, List, Optional\n\n"
+            f"{_KERNELS}\n\n"
+            "class OptcModule(torch.nn.Module):\n"
+            f"    def forward(self, {', '.join(sig)}) -> Dict[str, Tensor]:\n"
+            f"{body}\n"
+            f"        return {{{result}}}\n"
+        )
+        return src, buffers
+
+
+def generate_source(module: Module) -> str:
+    """The scriptable Python source for ``module`` (parameters are ``self.p_*`` buffers)."""
+    return _Writer(module).source()[0]
+
+
+def to_torchscript(module: Module) -> torch.jit.ScriptModule:
+    """Compile ``module`` to a ScriptModule with dynamic shapes."""
+    src, buffers = _Writer(module).source()
+    with tempfile.NamedTemporaryFile("w", suffix="_optc_ts.py", delete=False) as f:
+        f.write(src)  # TorchScript reads the source back from disk to compile it
+        path = f.name
+    name = f"optc_generated_{next(_COUNTER)}"
+    generated = types.ModuleType(name)
+    generated.__file__ = path
+    sys.modules[name] = generated
+    try:
+        exec(compile(src, path, "exec"), generated.__dict__)  # noqa: S102 - our generated code
+        instance = generated.OptcModule()
+        for attr, pname in buffers.items():
+            instance.register_buffer(attr, module.params[pname].data)
+        try:
+            return torch.jit.script(instance)
+        except Exception as exc:  # noqa: BLE001 - report which statement failed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"torchscript backend: TorchScript rejected the generated code: {first}") from exc
+    finally:
+        sys.modules.pop(name, None)
+        os.unlink(path)
+
+
+def export_torchscript(module: Module, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``module`` as a TorchScript file for ``torch.jit.load`` (atomic, no overwrite)."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise OutputError(f"output '{target}' already exists; pass --force (force=True) to replace it")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write '{target}': directory '{parent}' is missing or not writable")
+    scripted = to_torchscript(module)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=parent)
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
