@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from optc.errors import ArtifactError, OptcError, OutputError
 from optc.ir.core import Module
 from optc.ir.parser import parse_module

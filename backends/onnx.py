@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from optc.errors import BackendError, OutputError
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType

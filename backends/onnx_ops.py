@@ -14,6 +14,7 @@ import onnx
 import onnxscript
 import torch
 from onnxscript import opset18 as op
+
 from optc.backends.kernels import attention
 
 __all__ = ["self_attention", "multi_head_attention", "TRANSLATIONS"]

@@ -8,12 +8,13 @@ from typing import Any
 
 import sympy
 import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
 from optc.errors import FrontendError
 from optc.ir.core import DimRange, Module, Value
 from optc.ir.targets import op_name_of
 from optc.ir.types import SymType, TensorType, Type
-from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind
 
 __all__ = ["import_exported_program"]
 

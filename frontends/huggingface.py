@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from optc.errors import InputError
 
 __all__ = ["load_model", "default_model_path", "TASKS", "load_tokenizer"]

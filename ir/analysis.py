@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 import sympy
+
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType
 

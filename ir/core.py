@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+
 from optc.errors import IRError
 from optc.ir.types import TensorType, Type
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from optc.errors import ParseError
 from optc.ir.core import DimRange, Module, Node, Value
 from optc.ir.types import Dim, SymType, TensorType, Type, dtype_from_name, is_dtype_name

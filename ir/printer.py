@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 import torch
+
 from optc.ir.core import Module, Node, Value
 
 __all__ = ["print_module", "format_literal", "format_node"]

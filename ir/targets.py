@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
 from optc.errors import IRError
 
 __all__ = ["PY_FUNCTIONS", "resolve", "op_name_of", "is_impure"]

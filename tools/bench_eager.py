@@ -14,6 +14,7 @@ import os
 import time
 
 import torch
+
 from optc.tools.timing import measure_interleaved
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from optc.errors import IRError
 from optc.ir import Graph, Module, Parameter, parse_module, print_module
 from optc.ir.core import Node, Value

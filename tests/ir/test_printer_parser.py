@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from optc.errors import ParseError
 from optc.ir import DimRange, Module, parse_module, print_module
 from optc.ir.printer import format_literal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from optc.errors import VerificationError
 from optc.ir import Module, Parameter, collect_problems, parse_module, verify
 from optc.ir.core import Value

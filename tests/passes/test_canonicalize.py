@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import optc
 import torch
+
+import optc
 from optc.ir import Module, collect_problems, parse_module, print_module
 from optc.passes import run_pipeline
 from optc.passes.base import PassResult

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import optc
 import pytest
 import torch
+
+import optc
 from optc.ir import Module, collect_problems, parse_module, print_module
 from optc.passes import PassManager
 from optc.passes.base import PassResult

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from optc.errors import IRError, PassError, VerificationError
 from optc.ir import Module, parse_module, print_module
 from optc.ir.types import TensorType

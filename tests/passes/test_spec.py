@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
+
 from optc.errors import PipelineSpecError
 from optc.ir.core import Module
 from optc.passes import Pass, PassResult, format_pipeline, get_pass, parse_pipeline, register_pass

@@ -9,15 +9,16 @@ import pickle
 import shutil
 from pathlib import Path
 
-import optc
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
+import optc
 from optc.artifacts import FORMAT_VERSION, is_artifact, read_metadata
 from optc.backends.eager import EagerModule
 from optc.errors import ArtifactError, OptcError, OutputError
 from optc.ir import collect_problems, print_module
 from optc.tests.conftest import tiny_model, token_inputs
-from safetensors.torch import load_file, save_file
 
 FILES = ["metadata.json", "model.optc", "weights.safetensors"]
 

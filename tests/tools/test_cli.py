@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import optc
 import pytest
 import torch
+
+import optc
 from optc.artifacts import FORMAT_VERSION
 from optc.errors import FrontendError
 from optc.ir import collect_problems, parse_module

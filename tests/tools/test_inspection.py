@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import optc
 import pytest
 import torch
+
+import optc
 from optc.ir import Module, parse_module, print_module
 from optc.ir.types import TensorType
 from optc.tests.conftest import tiny_model
