@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
 import tempfile
@@ -138,6 +139,20 @@ def _example_inputs(module: Module) -> tuple[tuple[torch.Tensor, ...], tuple[dic
     return tuple(args), tuple(shapes)
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Any:
+    """Silence the exporter's narration and its warning about torchvision (not used here)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
                 opset: int = ONNX_OPSET) -> Path:
     """Write ``module`` as an ONNX model file (atomically; an existing file needs ``force``)."""
@@ -158,8 +173,7 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=".onnx", dir=parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # the exporter narrates its steps; keep it quiet
+        with _quiet_exporter():
             program = torch.onnx.export(
                 gm, args, dynamic_shapes=shapes, input_names=names, output_names=outputs,
                 opset_version=opset, dynamo=True, external_data=False,

@@ -24,7 +24,17 @@ from optc.ir.verifier import verify
 __all__ = ["capture", "example_inputs_for", "is_hf_model"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_OPTC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OPTC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# optc's own code (skipped when looking for the user's source line); tests/ is not in it.
+_OPTC_DIRS = tuple(
+    os.path.join(_OPTC_ROOT, d) + os.sep for d in ("ir", "passes", "frontends", "backends", "tools")
+)
+
+
+def _is_internal(filename: str) -> bool:
+    if filename.startswith(_TORCH_DIR) or filename.startswith(_OPTC_DIRS):
+        return True
+    return os.path.dirname(filename) == _OPTC_ROOT  # optc's top-level modules
 
 HF_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 """Inputs optc passes to Hugging Face models, when their forward accepts them."""
@@ -114,7 +124,7 @@ def _explain(exc: BaseException, model_name: str) -> FrontendError:
         if isinstance(func, torch._ops.OpOverload):
             op = str(func)
         filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith((_TORCH_DIR, _OPTC_DIR)) and os.path.exists(filename):
+        if not _is_internal(filename) and os.path.exists(filename):
             user_frame = (filename, lineno)
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     parts = [f"cannot capture {model_name}"]
@@ -176,14 +186,17 @@ def capture(
         if getattr(model.config, "use_cache", False):
             call_kwargs["use_cache"] = False
 
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
-            if isinstance(example_inputs, Mapping):
-                sample = model(**dict(example_inputs), **call_kwargs)
-            else:
-                sample = model(*args, **call_kwargs)
+        try:
+            with torch.no_grad():
+                if isinstance(example_inputs, Mapping):
+                    sample = model(**dict(example_inputs), **call_kwargs)
+                else:
+                    sample = model(*args, **call_kwargs)
+        except Exception as exc:  # noqa: BLE001 - the model fails on its example inputs
+            raise _explain(exc, name) from exc
         keys, output_names = _output_layout(sample)
         call_names = input_names if isinstance(example_inputs, Mapping) else None
         wrapper = (
@@ -211,7 +224,8 @@ def capture(
         except Exception as exc:  # noqa: BLE001 - every export failure becomes a FrontendError
             raise _explain(exc, name) from exc
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
     module = import_exported_program(
         ep, name, dim_names=dims, param_prefix="model.", input_names=input_names

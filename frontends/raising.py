@@ -2,25 +2,41 @@
 
 Each rule is pattern + check + rewrite (as in onnxscript's rewriter). A check that fails returns
 a reason, so "why was this attention not raised?" has an answer:
-``raise_high_level_ops(module).misses`` lists them.
+``raise_high_level_ops(module).misses`` lists them. A rule whose root node does not look like
+its pattern at all (most ``aten.mul`` nodes are not GELUs) stays silent.
 
-Structure is found from the graph alone: the attention rule starts at a
-``scaled_dot_product_attention`` call and proves, by evaluating the surrounding view/transpose/
-reshape chain on an index tensor, that its operands are a [batch, seq, heads*head_dim] tensor
-split into heads and that its result is merged back. Module and parameter names are never used.
+Rules run in two phases. Composite patterns first, on the plain ATen graph:
+
+- ``attention`` from the eager form ``matmul(q, k^T) -> mul/div scale -> add mask -> softmax
+  -> matmul(., v)``; the additive float mask is kept (SDPA adds a float mask to the scores);
+- ``linear`` from Conv1D-style ``view -> addmm(bias, x, W[in, out]) -> view`` (a new
+  parameter holds ``W^T``), from ``addmm``/``mm`` on a transposed weight and from
+  ``matmul(x, w.t()) (+ bias)``;
+- ``gelu(approximate="tanh")`` from ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``.
+
+Then one-node rules: ``scaled_dot_product_attention`` -> ``attention``, ``aten.linear``,
+``layer_norm``, ``embedding`` and activations.
+
+Structure is found from the graph alone: an attention rule proves, by evaluating the
+surrounding view/transpose/reshape chain on an index tensor, that its operands are a
+[batch, seq, heads*head_dim] tensor split into heads and that its result is merged back.
+Module and parameter names are never used. Rewrites only redirect uses; dead leftovers
+(and parameters no longer read) are removed by DCE.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
 import torch
 
-from optc.ir.core import Module, Node, Value, map_values
-from optc.ir.targets import bind_args, resolve
-from optc.ir.types import SymType, TensorType
+from optc.ir.core import Module, Node, Parameter, Value, map_values
+from optc.ir.targets import bind_args, is_impure, resolve
+from optc.ir.types import Dim, SymType, TensorType
 
 __all__ = ["raise_high_level_ops", "RaiseReport", "MOVEMENT_OPS"]
 
@@ -40,7 +56,13 @@ MOVEMENT_OPS = frozenset({
 })
 """Ops that only move or copy elements; chains of them are checked by evaluation."""
 
+_VIEWS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
+_MUL = ("aten.mul.Tensor", "aten.mul.Scalar")
+_DIV = ("aten.div.Tensor", "aten.div.Scalar")
+_ADD = ("aten.add.Tensor", "aten.add.Scalar")
 _MAX_CHAIN = 6
+_SKIP = ""
+"""A rule's answer when its root is not an instance of the pattern at all (not reported)."""
 
 
 @dataclass
@@ -48,16 +70,35 @@ class RaiseReport:
     """What raising did: ops created per kind, and reasons for patterns left alone."""
 
     raised: dict[str, int] = field(default_factory=dict)
+    """Number of high-level ops created, by op name."""
     misses: list[str] = field(default_factory=list)
+    """One line per candidate pattern that was not raised, with the reason."""
 
     def count(self, op: str) -> None:
         self.raised[op] = self.raised.get(op, 0) + 1
 
 
+@dataclass
+class _Context:
+    """State shared by the rules during one raising run."""
+
+    envs: list[dict[str, int]]
+    """Concrete sizes for the module's symbolic dims (two independent assignments)."""
+    transposed: dict[str, Parameter] = field(default_factory=dict)
+    """Parameter name -> the parameter holding its transpose (shared weights transpose once)."""
+
+    @property
+    def env(self) -> dict[str, int]:
+        return self.envs[0]
+
+
 # -- concrete evaluation of movement chains -----------------------------------------------------
-def _concrete_env(module: Module) -> dict[str, int]:
+def _concrete_env(module: Module, offset: int = 0) -> dict[str, int]:
     sizes = [3, 7, 5, 11, 13, 17, 19, 23]
-    return {name: sizes[i % len(sizes)] + 24 * (i // len(sizes)) for i, name in enumerate(module.dims)}
+    return {
+        name: sizes[(i + offset) % len(sizes)] + 24 * (i // len(sizes)) + 29 * offset
+        for i, name in enumerate(module.dims)
+    }
 
 
 def _eval_dim(dim: int | str, env: dict[str, int]) -> int | None:
@@ -69,6 +110,20 @@ def _eval_dim(dim: int | str, env: dict[str, int]) -> int | None:
         return int(value)
     except (sympy.SympifyError, TypeError, ValueError):
         return None
+
+
+def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...], ctx: _Context) -> bool:
+    """Whether two shapes are equal for every size of the symbolic dims (checked at two)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        for env in ctx.envs:
+            ex, ey = _eval_dim(x, env), _eval_dim(y, env)
+            if ex is None or ex != ey:
+                return False
+    return True
 
 
 def _eval_chain(chain: list[Node], start: Value, x: torch.Tensor, env: dict[str, int]) -> torch.Tensor | None:
@@ -151,17 +206,67 @@ def _merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int])
     return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
 
 
-# -- rules ----------------------------------------------------------------------------------
-def _raise_attention(module: Module, node: Node, env: dict[str, int]) -> str | None:
-    a = bind_args(node.op, node.args, node.kwargs)
-    if a.get("dropout_p") not in (0, 0.0, None):
-        return "dropout_p is not 0 (capture the model in eval mode)"
-    if a.get("enable_gqa"):
-        return "grouped-query attention is not supported"
-    q4, k4, v4, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
-    if not all(isinstance(v, Value) and isinstance(v.type, TensorType) for v in (q4, k4, v4)):
-        return "query/key/value are not tensors"
-    qt, kt, vt = q4.type, k4.type, v4.type
+# -- small graph queries --------------------------------------------------------------------------
+def _is_tensor(v: Any) -> bool:
+    return isinstance(v, Value) and isinstance(v.type, TensorType)
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _producer(value: Any, ops: tuple[str, ...]) -> Node | None:
+    """The node defining ``value`` if its op is one of ``ops``."""
+    if isinstance(value, Value) and value.producer is not None and value.producer.op in ops:
+        return value.producer
+    return None
+
+
+def _scalar_operand(value: Any, ops: tuple[str, ...]) -> tuple[Value, float] | None:
+    """``(x, c)`` when ``value`` is ``op(x, c)`` (or ``op(c, x)`` for mul/add) with a number c."""
+    node = _producer(value, ops)
+    if node is None or _number(node.attr("alpha", 1)) != 1.0:
+        return None
+    x, c = node.arg(0), node.arg(1)
+    if _is_tensor(x) and _number(c) is not None:
+        return x, float(c)
+    if node.op not in _DIV and _is_tensor(c) and _number(x) is not None:
+        return c, float(x)
+    return None
+
+
+def _only_feeds(value: Value, user: Node) -> bool:
+    """Whether ``value`` is read by ``user`` alone (and is not a graph output)."""
+    graph = user.graph
+    return value.users() == [user] and not (graph is not None and graph.is_output(value))
+
+
+def _is_swap_last_two(node: Node, rank: int) -> bool:
+    """Whether a transpose/permute node swaps the last two dims of a rank-``rank`` tensor."""
+    if node.op == "aten.t.default":
+        return rank == 2
+    if node.op == "aten.transpose.int":
+        dims = sorted(d % rank for d in node.args[1:3] if isinstance(d, int))
+        return dims == [rank - 2, rank - 1]
+    if node.op == "aten.permute.default":
+        return list(node.arg(1, [])) == list(range(rank - 2)) + [rank - 1, rank - 2]
+    return False
+
+
+def _replace(module: Module, anchor: Node, old: Value, op: str, args: tuple,
+             kwargs: dict[str, Any], type_: TensorType) -> Node:
+    """Create ``op`` after ``anchor`` and redirect every use of ``old`` to its output."""
+    new = module.graph.create_node(op, args, kwargs, [type_], names=op, after=anchor)
+    new.loc = anchor.loc
+    module.graph.replace_all_uses(old, new.outputs[0])
+    return new
+
+
+# -- attention --------------------------------------------------------------------------------
+def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Value, mask: Any,
+                     scale: float | None, causal: bool, out4: Value, ctx: _Context) -> str | None:
+    """Check that q/k/v are head splits and ``out4`` is merged back; then rewrite."""
+    qt, kt, vt = q4.tensor_type, k4.tensor_type, v4.tensor_type
     if not (qt.rank == kt.rank == vt.rank == 4):
         return "query/key/value are not 4-D [batch, heads, seq, head_dim]"
     heads, dim = qt.shape[1], qt.shape[3]
@@ -177,43 +282,225 @@ def _raise_attention(module: Module, node: Node, env: dict[str, int]) -> str | N
         return "the mask is not a tensor"
     sources = []
     for v in (q4, k4, v4):
-        src = _split_heads_source(v, heads, dim, env)
+        src = _split_heads_source(v, heads, dim, ctx.env)
         if isinstance(src, str):
             return src
         sources.append(src)
-    out = node.outputs[0]
-    target = _merge_heads_target(out, heads, dim, env)
+    target = _merge_heads_target(out4, heads, dim, ctx.env)
     if isinstance(target, str):
         return target
-    scale = a.get("scale")
-    new = module.graph.create_node(
-        "attention",
-        (sources[0], sources[1], sources[2], mask),
-        {
-            "num_heads": heads,
-            "head_dim": dim,
-            "scale": None if scale is None else float(scale),
-            "causal": bool(a.get("is_causal")),
-        },
-        [target.type],
-        names="attention",
-        after=node,
-    )
-    new.loc = node.loc
-    module.graph.replace_all_uses(target, new.outputs[0])
+    kwargs = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
+    _replace(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
     return None
 
 
-def _simple(op: str, build: Any) -> Any:
-    def rule(module: Module, node: Node, env: dict[str, int]) -> str | None:
+def _raise_sdpa(module: Module, node: Node, ctx: _Context) -> str | None:
+    a = bind_args(node.op, node.args, node.kwargs)
+    if a.get("dropout_p") not in (0, 0.0, None):
+        return "dropout_p is not 0 (capture the model in eval mode)"
+    if a.get("enable_gqa"):
+        return "grouped-query attention is not supported"
+    q4, k4, v4, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
+    if not all(_is_tensor(v) for v in (q4, k4, v4)):
+        return "query/key/value are not tensors"
+    scale = a.get("scale")
+    return _build_attention(module, node, q4, k4, v4, mask, None if scale is None else float(scale),
+                            bool(a.get("is_causal")), node.outputs[0], ctx)
+
+
+def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | None:
+    """Root: the softmax of ``[mask +] scale * matmul(q, k^T)`` that feeds ``matmul(., v)``."""
+    a = bind_args(node.op, node.args, node.kwargs)
+    scores = a["self"]
+    if not _is_tensor(scores) or scores.tensor_type.rank != 4 or a["dim"] not in (-1, 3):
+        return _SKIP
+    if a.get("dtype") is not None or a.get("half_to_float"):
+        return _SKIP
+    # Down: softmax -> (same-dtype cast) -> matmul(probs, v).
+    probs, pv = node.outputs[0], None
+    for _ in range(2):
+        users = probs.users()
+        if len(users) != 1:
+            break
+        user = users[0]
+        if user.op == "aten.matmul.default" and user.arg(0) is probs:
+            pv = user
+            break
+        if user.op in ("aten.to.dtype", "aten.type_as.default") and user.output.type == probs.type:
+            probs = user.output
+            continue
+        break
+    if pv is None or not _is_tensor(pv.arg(1)):
+        return _SKIP  # a softmax that does not weight values is not attention
+    if any(len(v.users()) != 1 or module.graph.is_output(v) for v in (node.outputs[0], probs)):
+        return "the attention probabilities are used elsewhere (e.g. returned as attentions)"
+    # Up: [add mask] <- [mul/div scale] <- matmul(q, transpose(k)).
+    mask: Value | None = None
+    scaled = scores
+    add = _producer(scores, ("aten.add.Tensor",))
+    if add is not None and _number(add.attr("alpha", 1)) == 1.0 and all(_is_tensor(x) for x in add.args[:2]):
+        first, second = add.args[:2]
+        scaled, mask = (first, second) if _qk_product(first) is not None else (second, first)
+        if not _only_feeds(scaled, add) or not _only_feeds(add.output, node):
+            return "the masked scores are used outside the attention pattern"
+        if mask.tensor_type.dtype != scores.tensor_type.dtype:
+            return f"the additive mask %{mask.name} is not of the scores' dtype"
+    elif not _only_feeds(scores, node):
+        return "the scores are used outside the attention pattern"
+    found = _qk_product(scaled)
+    if found is None:
+        return f"%{scaled.name} is not matmul(query, key^T), optionally scaled by a constant"
+    qk, scale = found
+    if qk.output is not scaled and not _only_feeds(qk.output, scaled.producer):
+        return "the raw scores matmul(query, key^T) are used outside the attention pattern"
+    q4, kt = qk.args[:2]
+    k4 = kt.producer.args[0]
+    if not _only_feeds(kt, qk):
+        return "the transposed key is used outside the attention pattern"
+    return _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx)
+
+
+def _qk_product(value: Value) -> tuple[Node, float] | None:
+    """``(matmul(q, k^T) node, scale)`` when ``value`` is that product times/over a constant."""
+    scale = 1.0
+    found = _scalar_operand(value, _MUL) or _scalar_operand(value, _DIV)
+    if found is not None:
+        inner, c = found
+        if c == 0:
+            return None
+        scale = c if value.producer.op in _MUL else 1.0 / c
+        value = inner
+    qk = _producer(value, ("aten.matmul.default",))
+    if qk is None or not all(_is_tensor(x) for x in qk.args[:2]) or qk.args[0].tensor_type.rank != 4:
+        return None
+    kt = qk.args[1].producer
+    if kt is None or not _is_swap_last_two(kt, 4) or not _is_tensor(kt.args[0]):
+        return None
+    return qk, scale
+
+
+# -- linear from matrix products --------------------------------------------------------------
+def _linear_weight(w: Value) -> Callable[[Module, _Context], Value] | None:
+    """How to get the [out, in] weight of ``x @ w``: ``t(w')`` gives ``w'``, a parameter gets a
+    new transposed parameter (made when called, so a failed check leaves no trace); None
+    when ``w`` is computed."""
+    node = w.producer
+    if node is not None and _is_swap_last_two(node, 2) and _is_tensor(node.args[0]):
+        return lambda module, ctx: node.args[0]
+    if isinstance(w, Parameter):
+        def transposed(module: Module, ctx: _Context) -> Value:
+            new = ctx.transposed.get(w.name)
+            if new is None:
+                new = module.add_param(module.unique_param_name(w.name), w.data.t().contiguous())
+                ctx.transposed[w.name] = new
+            return new
+        return transposed
+    return None
+
+
+def _raise_matmul_linear(module: Module, node: Node, ctx: _Context) -> str | None:
+    """``addmm(b, x, W)``/``mm(x, W)`` (optionally wrapped in flatten/unflatten views) and
+    ``matmul(x, t(w)) [+ b]`` -> ``linear(x, W^T, b)``."""
+    a = bind_args(node.op, node.args, node.kwargs)
+    bias: Any = None
+    if node.op == "aten.addmm.default":
+        bias, x, w = a["self"], a["mat1"], a["mat2"]
+        if _number(a["beta"]) != 1.0 or _number(a["alpha"]) != 1.0:
+            return "addmm scales its operands (beta or alpha is not 1)"
+    elif node.op == "aten.mm.default":
+        x, w = a["self"], a["mat2"]
+    else:
+        x, w = a["self"], a["other"]
+    if not (_is_tensor(x) and _is_tensor(w)) or w.tensor_type.rank != 2 or x.tensor_type.rank < 2:
+        return _SKIP
+    weight = _linear_weight(w)
+    if weight is None:
+        if node.op == "aten.matmul.default":
+            return _SKIP  # a product of two activations
+        return f"the weight %{w.name} is computed, not a parameter or the transpose of one"
+    out_features = w.tensor_type.shape[1]
+    result = node.outputs[0]
+    replaced, anchor = result, node
+    users = result.users()
+    if node.op == "aten.matmul.default" and len(users) == 1 and users[0].op == "aten.add.Tensor" \
+            and not module.graph.is_output(result):
+        add = users[0]
+        other = add.arg(1) if add.arg(0) is result else add.arg(0)
+        if _number(add.attr("alpha", 1)) == 1.0 and _is_tensor(other) and \
+                other.tensor_type.shape == (out_features,) and other is not result:
+            bias, replaced, anchor = other, add.output, add
+    if bias is not None and (not _is_tensor(bias) or bias.tensor_type.shape != (out_features,)):
+        return f"the bias %{getattr(bias, 'name', bias)} is not a [{out_features}] vector"
+    flat = _producer(x, _VIEWS)
+    if node.op != "aten.matmul.default" and flat is not None and len(users) == 1 \
+            and users[0].op in _VIEWS and _only_feeds(result, users[0]):
+        src, unflat = flat.args[0], users[0].output
+        st = src.tensor_type if _is_tensor(src) else None
+        if st is not None and st.rank >= 2 and st.shape[-1] == x.tensor_type.shape[-1] and \
+                _same_shape(unflat.tensor_type.shape, st.shape[:-1] + (out_features,), ctx):
+            x, replaced, anchor = src, unflat, users[0]
+    xt = x.tensor_type
+    type_ = TensorType(xt.dtype, xt.shape[:-1] + (out_features,))
+    if not _same_shape(type_.shape, replaced.tensor_type.shape, ctx):
+        return f"the product's shape {replaced.type} is not a linear map of {xt}"
+    _replace(module, anchor, replaced, "linear", (x, weight(module, ctx), bias), {}, type_)
+    return None
+
+
+# -- gelu, tanh approximation ---------------------------------------------------------------------
+_GELU_TANH = {"half": 0.5, "one": 1.0, "sqrt_2_over_pi": math.sqrt(2.0 / math.pi), "cubic": 0.044715}
+
+
+def _cube_of(value: Value) -> Value | None:
+    """``x`` when ``value`` is ``pow(x, 3)``, ``x*x*x`` or ``x*(x*x)``."""
+    node = _producer(value, ("aten.pow.Tensor_Scalar",))
+    if node is not None and _number(node.arg(1)) == 3.0:
+        return node.args[0]
+    node = _producer(value, ("aten.mul.Tensor",))
+    if node is None:
+        return None
+    for a, b in (node.args[:2], node.args[1::-1]):
+        sq = _producer(b, ("aten.mul.Tensor",))
+        if sq is not None and sq.arg(0) is a and sq.arg(1) is a:
+            return a
+    return None
+
+
+def _raise_gelu_tanh(module: Module, node: Node, ctx: _Context) -> str | None:
+    """Root: ``mul(0.5*x, 1 + tanh(c1 * (x + c2 * x^3)))`` (either operand order)."""
+    if len(node.args) < 2 or not all(_is_tensor(v) for v in node.args[:2]):
+        return _SKIP
+    for half_v, poly_v in (node.args[:2], node.args[1::-1]):
+        half, one_plus = _scalar_operand(half_v, _MUL), _scalar_operand(poly_v, _ADD)
+        if half is None or one_plus is None:
+            continue
+        x, c_half = half
+        tanh = _producer(one_plus[0], ("aten.tanh.default", "tanh"))
+        inner = _scalar_operand(tanh.args[0], _MUL) if tanh is not None else None
+        add = _producer(inner[0], ("aten.add.Tensor",)) if inner is not None else None
+        if add is None or _number(add.attr("alpha", 1)) != 1.0 or x not in add.args[:2]:
+            continue
+        cubic = _scalar_operand(add.arg(1) if add.arg(0) is x else add.arg(0), _MUL)
+        if cubic is None or _cube_of(cubic[0]) is not x:
+            continue
+        got = {"half": c_half, "one": one_plus[1], "sqrt_2_over_pi": inner[1], "cubic": cubic[1]}
+        wrong = [f"{k}={v!r}" for k, v in got.items() if not math.isclose(v, _GELU_TANH[k], rel_tol=1e-6)]
+        if wrong:
+            return f"the constants {', '.join(wrong)} are not those of gelu's tanh approximation"
+        _replace(module, node, node.outputs[0], "gelu", (x,), {"approximate": "tanh"}, x.tensor_type)
+        return None
+    return _SKIP
+
+
+# -- one-node rules ---------------------------------------------------------------------------
+def _simple(op: str, build: Callable[[dict[str, Any]], Any]) -> Callable[..., str | None]:
+    def rule(module: Module, node: Node, ctx: _Context) -> str | None:
         a = bind_args(node.op, node.args, node.kwargs)
         built = build(a)
         if isinstance(built, str):
             return built
         args, kwargs = built
-        new = module.graph.create_node(op, args, kwargs, [node.outputs[0].type], names=op, after=node)
-        new.loc = node.loc
-        module.graph.replace_all_uses(node.outputs[0], new.outputs[0])
+        new = _replace(module, node, node.outputs[0], op, args, kwargs, node.outputs[0].type)
         old_name = node.outputs[0].name
         module.graph.remove(node)
         module.graph.rename(new.outputs[0], old_name)
@@ -234,8 +521,20 @@ def _embedding(a: dict[str, Any]) -> Any:
     return (a["indices"], a["weight"]), {"padding_idx": None if pad is None or pad < 0 else int(pad)}
 
 
-_RULES = {
-    "aten.scaled_dot_product_attention.default": ("attention", _raise_attention),
+_Rule = tuple[str, Callable[[Module, Node, _Context], str | None]]
+
+_COMPOSITE_RULES: dict[str, _Rule] = {
+    "aten.softmax.int": ("attention", _raise_eager_attention),
+    "aten._softmax.default": ("attention", _raise_eager_attention),
+    "aten.addmm.default": ("linear", _raise_matmul_linear),
+    "aten.mm.default": ("linear", _raise_matmul_linear),
+    "aten.matmul.default": ("linear", _raise_matmul_linear),
+    "aten.mul.Tensor": ("gelu", _raise_gelu_tanh),
+}
+"""Multi-node patterns, by root op; they run first, while the graph is plain ATen."""
+
+_RULES: dict[str, _Rule] = {
+    "aten.scaled_dot_product_attention.default": ("attention", _raise_sdpa),
     "aten.linear.default": ("linear", _simple("linear", lambda a: ((a["input"], a["weight"], a["bias"]), {}))),
     "aten.layer_norm.default": ("layer_norm", _simple("layer_norm", _layer_norm)),
     "aten.embedding.default": ("embedding", _simple("embedding", _embedding)),
@@ -246,24 +545,46 @@ _RULES = {
     "aten.silu.default": ("silu", _simple("silu", lambda a: ((a["self"],), {}))),
     "aten.tanh.default": ("tanh", _simple("tanh", lambda a: ((a["self"],), {}))),
 }
+"""One-node rules, by op."""
+
+
+def _live_nodes(module: Module) -> set[Node]:
+    """Nodes whose results reach an output or an impure node (others are left for DCE)."""
+    graph = module.graph
+    live: set[Node] = set()
+    stack = [v.producer for v in graph.outputs.values() if v.producer is not None]
+    stack += [n for n in graph if is_impure(n.op)]
+    while stack:
+        node = stack.pop()
+        if node in live:
+            continue
+        live.add(node)
+        stack += [v.producer for v in node.inputs if v.producer is not None]
+    return live
 
 
 def raise_high_level_ops(module: Module) -> RaiseReport:
-    """Rewrite every matching ATen pattern in place; dead leftovers remain for DCE."""
+    """Rewrite every matching ATen pattern in place; dead leftovers remain for DCE.
+
+    A rewrite only redirects the uses of the pattern's result, so it never changes numbers
+    beyond float rounding (kernels compute the same function). Raising twice is a no-op.
+    """
     report = RaiseReport()
-    env = _concrete_env(module)
-    for node in module.graph:
-        rule = _RULES.get(node.op)
-        if rule is None or node.graph is None:
-            continue
-        op, fn = rule
-        reason = fn(module, node, env)
-        if reason is None:
-            report.count(op)
-            if node.graph is not None and not any(
-                o.users() or module.graph.is_output(o) for o in node.outputs
-            ):
-                module.graph.remove(node)
-        else:
-            report.misses.append(f"{node!r} not raised to {op}: {reason}")
+    ctx = _Context([_concrete_env(module), _concrete_env(module, offset=1)])
+    for rules in (_COMPOSITE_RULES, _RULES):
+        live = _live_nodes(module)
+        for node in module.graph:
+            rule = rules.get(node.op)
+            if rule is None or node.graph is None or node not in live:
+                continue
+            op, fn = rule
+            reason = fn(module, node, ctx)
+            if reason is None:
+                report.count(op)
+                if node.graph is not None and not any(
+                    o.users() or module.graph.is_output(o) for o in node.outputs
+                ):
+                    module.graph.remove(node)
+            elif reason:
+                report.misses.append(f"{node!r} not raised to {op}: {reason}")
     return report

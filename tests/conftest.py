@@ -44,7 +44,8 @@ def tiny_model(family: str, head: str = "base") -> torch.nn.Module:
         "sequence-classification": tf.AutoModelForSequenceClassification,
         "question-answering": tf.AutoModelForQuestionAnswering,
     }[head]
-    config.num_labels = 3
+    if head == "sequence-classification":
+        config.num_labels = 3
     return auto.from_config(config).eval()
 
 

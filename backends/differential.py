@@ -1,0 +1,112 @@
+"""Differential testing: run one IR module on every backend and check that they agree.
+
+    report = check_backends(module, inputs)        # raises BackendMismatch on disagreement
+    outputs = run_backend(module, "onnx", inputs)  # one backend, eager calling convention
+
+The reference is the eager backend; each other backend must match it within its tolerance
+(:data:`TOLERANCES`, max absolute difference per output).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from optc.errors import OptcError
+from optc.ir.core import Module
+
+__all__ = ["BACKEND_NAMES", "TOLERANCES", "BackendMismatch", "DifferentialReport", "run_backend",
+           "check_backends"]
+
+BACKEND_NAMES = ("eager", "torchscript", "onnx")
+"""Every backend the harness runs."""
+
+TOLERANCES = {"eager": 0.0, "torchscript": 1e-5, "onnx": 1e-4}
+"""Max absolute difference to the eager backend allowed per backend (fp32)."""
+
+
+class BackendMismatch(OptcError):
+    """Backends disagree beyond tolerance; the message lists each offending output."""
+
+
+@dataclass
+class DifferentialReport:
+    """Max absolute difference to eager, per backend and output."""
+
+    diffs: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def worst(self, backend: str) -> float:
+        return max(self.diffs.get(backend, {}).values(), default=0.0)
+
+
+def run_backend(module: Module, backend: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Lower ``module`` with ``backend`` and run it on named ``inputs``."""
+    if backend == "eager":
+        from optc.backends.eager import to_eager
+
+        with torch.inference_mode():
+            return to_eager(module)(**inputs)
+    with tempfile.TemporaryDirectory(prefix="optc-diff-") as tmp:
+        if backend == "torchscript":
+            from optc.backends.torchscript import export_torchscript
+
+            path = export_torchscript(module, Path(tmp) / "model.pt")
+            scripted = torch.jit.load(str(path))
+            names = [v.name for v in module.graph.inputs]
+            with torch.inference_mode():
+                return dict(scripted(*[_input(module, inputs, n) for n in names]))
+        if backend == "onnx":
+            from optc.backends.onnx import OnnxModule, export_onnx
+
+            path = export_onnx(module, Path(tmp) / "model.onnx")
+            runner = OnnxModule(path)
+            return runner(**{n: _input(module, inputs, n) for n in runner.input_names})
+    raise OptcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKEND_NAMES)}")
+
+
+def _input(module: Module, inputs: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """A named input, or its recorded default (e.g. an all-ones attention mask)."""
+    if name in inputs:
+        return inputs[name]
+    default = module.meta.get("input_defaults", {}).get(name)
+    if default is None:
+        raise OptcError(f"missing input '{name}'")
+    like = next(iter(inputs.values()))
+    return torch.ones_like(like) if default == "ones" else torch.zeros_like(like)
+
+
+def check_backends(
+    module: Module,
+    inputs: dict[str, torch.Tensor],
+    backends: tuple[str, ...] = BACKEND_NAMES,
+    tolerances: dict[str, float] | None = None,
+) -> DifferentialReport:
+    """Run every backend on ``inputs`` and compare each output with eager's."""
+    tol = {**TOLERANCES, **(tolerances or {})}
+    reference = run_backend(module, "eager", inputs)
+    report = DifferentialReport()
+    problems = []
+    for backend in backends:
+        if backend == "eager":
+            continue
+        outputs = run_backend(module, backend, inputs)
+        diffs = {}
+        for name, ref in reference.items():
+            if name not in outputs:
+                problems.append(f"{backend} has no output '{name}'")
+                continue
+            got = outputs[name]
+            if got.shape != ref.shape:
+                problems.append(f"{backend} output '{name}' has shape {tuple(got.shape)}, eager {tuple(ref.shape)}")
+                continue
+            diff = (got.float() - ref.float()).abs().max().item() if ref.numel() else 0.0
+            diffs[name] = diff
+            if not diff <= tol[backend]:
+                problems.append(f"{backend} output '{name}' differs from eager by {diff:.3g} (> {tol[backend]:g})")
+        report.diffs[backend] = diffs
+    if problems:
+        raise BackendMismatch("backends disagree: " + "; ".join(problems))
+    return report

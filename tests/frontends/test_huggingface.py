@@ -1,0 +1,150 @@
+"""load_model: local directories and hub ids (from the offline cache), never unpickling."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import optc
+from optc.errors import InputError
+from optc.frontends.huggingface import load_model
+from tests.conftest import tiny_model, token_inputs
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+"""The commit hash of the snapshot in the fake hub cache."""
+
+
+@pytest.fixture(scope="module")
+def bert() -> torch.nn.Module:
+    return tiny_model("bert")
+
+
+@pytest.fixture(scope="module")
+def saved(bert, tmp_path_factory) -> Path:
+    """A tiny BERT saved with save_pretrained (safetensors)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-bert"
+    bert.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_local_directory_loads(bert, saved):
+    assert (saved / "model.safetensors").is_file()
+    model, source = load_model(saved)
+    assert type(model).__name__ == "BertModel" and not model.training
+    assert same_weights(model, bert)
+    assert source == {"model": str(saved), "class": "BertModel", "model_type": "bert"}
+    model, _ = load_model(str(saved))  # a string path works the same
+    assert same_weights(model, bert)
+
+
+def test_task_selects_the_head(saved):
+    model, source = load_model(saved, task="sequence-classification")
+    assert source["class"] == "BertForSequenceClassification"
+    module = optc.capture(model, source=source)
+    assert list(module.graph.outputs) == ["logits"]
+    assert module.meta["source"]["model"] == str(saved)
+    inputs = token_inputs(model, 2, 6)
+    with torch.no_grad():
+        want = model(**inputs).logits
+    got = optc.to_eager(module)(**inputs)["logits"]
+    assert got.shape == (2, model.config.num_labels)
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_unknown_task_is_an_input_error(saved):
+    with pytest.raises(InputError, match="unknown task 'summarize'.*sequence-classification"):
+        load_model(saved, task="summarize")
+
+
+def test_capture_accepts_a_model_directory(saved):
+    module = optc.capture(saved)
+    assert module.meta["source"]["model"] == str(saved)
+    assert sum(n.op == "attention" for n in module.graph) == 2
+
+
+def test_pickle_only_directory_is_refused(bert, tmp_path):
+    bert.config.save_pretrained(tmp_path)
+    torch.save(bert.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(InputError) as info:
+        load_model(tmp_path)
+    message = str(info.value)
+    assert "pickle" in message and "pytorch_model.bin" in message
+    assert "save_pretrained" in message and "safe_serialization=True" in message
+
+
+def test_pickle_file_is_refused(bert, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(bert.state_dict(), path)
+    with pytest.raises(InputError, match="pickle"):
+        load_model(path)
+
+
+def test_directory_without_config_is_refused(saved, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes())
+    with pytest.raises(InputError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_directory_with_broken_config_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read"):
+        load_model(tmp_path)
+
+
+def test_directory_without_weights_is_refused(bert, tmp_path):
+    bert.config.save_pretrained(tmp_path)
+    with pytest.raises(InputError, match="no model.safetensors"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/optc/model", "./no-such-model", "a/b/c"])
+def test_nonexistent_path_is_an_input_error(path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_model(path)
+
+
+@pytest.fixture
+def hub_cache(saved, tmp_path, monkeypatch) -> Path:
+    """An offline Hugging Face cache holding ``optc-test/tiny-bert`` (huggingface_hub layout)."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--optc-test--tiny-bert"
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((saved / name).read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the environment once, at import: set the values it uses.
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def test_hub_id_loads_offline_from_the_cache(bert, hub_cache, monkeypatch):
+    monkeypatch.chdir(hub_cache)  # no local directory shadows the id
+    model, source = load_model("optc-test/tiny-bert")
+    assert type(model).__name__ == "BertModel"
+    assert same_weights(model, bert)
+    assert source["model"] == "optc-test/tiny-bert"
+    model, source = load_model("optc-test/tiny-bert", task="sequence-classification")
+    assert source["class"] == "BertForSequenceClassification"
+
+
+def test_unknown_hub_id_offline_fails_fast(hub_cache):
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="cannot load model 'optc-test/no-such-model'"):
+        load_model("optc-test/no-such-model")
+    assert time.perf_counter() - start < 5
