@@ -31,30 +31,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sympy
-import torch
-
-from optc.ir.core import Module, Node, Parameter, Value, map_values
-from optc.ir.targets import bind_args, is_impure, resolve
-from optc.ir.types import Dim, SymType, TensorType
+from optc.frontends.layout import (
+    MOVEMENT_OPS,
+    concrete_env,
+    merge_heads_target,
+    same_shape,
+    split_heads_source,
+)
+from optc.ir.core import Module, Node, Parameter, Value
+from optc.ir.targets import bind_args, is_impure
+from optc.ir.types import TensorType
 
 __all__ = ["raise_high_level_ops", "RaiseReport", "MOVEMENT_OPS"]
 
-MOVEMENT_OPS = frozenset({
-    "aten.view.default",
-    "aten.reshape.default",
-    "aten._unsafe_view.default",
-    "aten.transpose.int",
-    "aten.permute.default",
-    "aten.contiguous.default",
-    "aten.clone.default",
-    "aten.alias.default",
-    "aten.unsqueeze.default",
-    "aten.squeeze.dim",
-    "aten.flatten.using_ints",
-    "aten.unflatten.int",
-})
-"""Ops that only move or copy elements; chains of them are checked by evaluation."""
 
 _VIEWS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
 _MUL = ("aten.mul.Tensor", "aten.mul.Scalar")
@@ -92,121 +81,6 @@ class _Context:
         return self.envs[0]
 
 
-# -- concrete evaluation of movement chains -----------------------------------------------------
-def _concrete_env(module: Module, offset: int = 0) -> dict[str, int]:
-    sizes = [3, 7, 5, 11, 13, 17, 19, 23]
-    return {
-        name: sizes[(i + offset) % len(sizes)] + 24 * (i // len(sizes)) + 29 * offset
-        for i, name in enumerate(module.dims)
-    }
-
-
-def _eval_dim(dim: int | str, env: dict[str, int]) -> int | None:
-    if isinstance(dim, int):
-        return dim
-    try:
-        expr = sympy.sympify(dim, locals={k: sympy.Symbol(k, integer=True) for k in env})
-        value = expr.subs({sympy.Symbol(k, integer=True): v for k, v in env.items()})
-        return int(value)
-    except (sympy.SympifyError, TypeError, ValueError):
-        return None
-
-
-def _same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...], ctx: _Context) -> bool:
-    """Whether two shapes are equal for every size of the symbolic dims (checked at two)."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x == y:
-            continue
-        for env in ctx.envs:
-            ex, ey = _eval_dim(x, env), _eval_dim(y, env)
-            if ex is None or ex != ey:
-                return False
-    return True
-
-
-def _eval_chain(chain: list[Node], start: Value, x: torch.Tensor, env: dict[str, int]) -> torch.Tensor | None:
-    """Run a chain of movement ops on ``x`` standing for ``start``; None if not evaluable."""
-    values: dict[int, Any] = {id(start): x}
-
-    def lookup(v: Value) -> Any:
-        if id(v) in values:
-            return values[id(v)]
-        if isinstance(v.type, SymType) and v.type.kind == "int" and v.type.expr is not None:
-            dim = _eval_dim(v.type.expr, env)
-            if dim is not None:
-                return dim
-        raise LookupError(v.name)
-
-    for node in chain:
-        try:
-            args = map_values(node.args, lookup)
-            kwargs = map_values(node.kwargs, lookup)
-            values[id(node.outputs[0])] = resolve(node.op)(*args, **kwargs)
-        except (LookupError, RuntimeError):
-            return None
-    return values[id(chain[-1].outputs[0])] if chain else x
-
-
-def _index_tensor(value: Value, env: dict[str, int]) -> torch.Tensor | None:
-    shape = [_eval_dim(d, env) for d in value.tensor_type.shape]
-    if any(s is None for s in shape):
-        return None
-    return torch.arange(int(torch.Size(shape).numel()), dtype=torch.int64).reshape(shape)
-
-
-def _split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
-    """The [B, S, heads*dim] value that ``value`` ([B, heads, S, dim]) is a head split of."""
-    chain: list[Node] = []
-    current = value
-    for _ in range(_MAX_CHAIN):
-        node = current.producer
-        if node is None or node.op not in MOVEMENT_OPS:
-            break
-        chain.insert(0, node)
-        current = node.args[0]
-        if not isinstance(current, Value):
-            break
-        t = current.type
-        if isinstance(t, TensorType) and t.rank == 3 and t.shape[-1] == heads * dim:
-            x = _index_tensor(current, env)
-            if x is None:
-                continue
-            got = _eval_chain(chain, current, x, env)
-            want = x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
-            if got is not None and got.shape == want.shape and torch.equal(got, want):
-                return current
-    return f"%{value.name} is not a [batch, seq, {heads}*{dim}] tensor split into heads"
-
-
-def _merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
-    """The [B, S, heads*dim] value that merges the heads of ``value`` ([B, heads, S, dim])."""
-    chain: list[Node] = []
-    current = value
-    for _ in range(_MAX_CHAIN):
-        users = current.users()
-        graph = value.producer.graph if value.producer else None
-        if len(users) != 1 or (graph is not None and graph.is_output(current)):
-            break
-        node = users[0]
-        if node.op not in MOVEMENT_OPS or node.args[0] is not current:
-            break
-        chain.append(node)
-        current = node.outputs[0]
-        t = current.type
-        if isinstance(t, TensorType) and t.rank == 3 and t.shape[-1] == heads * dim:
-            x = _index_tensor(value, env)
-            if x is None:
-                break
-            got = _eval_chain(chain, value, x, env)
-            want = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], heads * dim)
-            if got is not None and got.shape == want.shape and torch.equal(got, want):
-                return current
-    return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
-
-
-# -- small graph queries --------------------------------------------------------------------------
 def _is_tensor(v: Any) -> bool:
     return isinstance(v, Value) and isinstance(v.type, TensorType)
 
@@ -282,11 +156,11 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
         return "the mask is not a tensor"
     sources = []
     for v in (q4, k4, v4):
-        src = _split_heads_source(v, heads, dim, ctx.env)
+        src = split_heads_source(v, heads, dim, ctx.env)
         if isinstance(src, str):
             return src
         sources.append(src)
-    target = _merge_heads_target(out4, heads, dim, ctx.env)
+    target = merge_heads_target(out4, heads, dim, ctx.env)
     if isinstance(target, str):
         return target
     kwargs = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
@@ -437,11 +311,11 @@ def _raise_matmul_linear(module: Module, node: Node, ctx: _Context) -> str | Non
         src, unflat = flat.args[0], users[0].output
         st = src.tensor_type if _is_tensor(src) else None
         if st is not None and st.rank >= 2 and st.shape[-1] == x.tensor_type.shape[-1] and \
-                _same_shape(unflat.tensor_type.shape, st.shape[:-1] + (out_features,), ctx):
+                same_shape(unflat.tensor_type.shape, st.shape[:-1] + (out_features,), ctx.envs):
             x, replaced, anchor = src, unflat, users[0]
     xt = x.tensor_type
     type_ = TensorType(xt.dtype, xt.shape[:-1] + (out_features,))
-    if not _same_shape(type_.shape, replaced.tensor_type.shape, ctx):
+    if not same_shape(type_.shape, replaced.tensor_type.shape, ctx.envs):
         return f"the product's shape {replaced.type} is not a linear map of {xt}"
     _replace(module, anchor, replaced, "linear", (x, weight(module, ctx), bias), {}, type_)
     return None
@@ -570,7 +444,7 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
     beyond float rounding (kernels compute the same function). Raising twice is a no-op.
     """
     report = RaiseReport()
-    ctx = _Context([_concrete_env(module), _concrete_env(module, offset=1)])
+    ctx = _Context([concrete_env(module), concrete_env(module, offset=1)])
     for rules in (_COMPOSITE_RULES, _RULES):
         live = _live_nodes(module)
         for node in module.graph:

@@ -1,0 +1,156 @@
+"""Proving tensor layouts by evaluation.
+
+Whether a chain of view/reshape/transpose/permute ops splits a [batch, seq, heads*head_dim]
+tensor into heads (or merges them back) depends on reshape constants and symbolic sizes. Rather
+than reasoning about each op, the chain is run on an index tensor (``arange``) at concrete sizes
+of the module's symbolic dims and compared with the canonical layout: equal indices mean the
+chain moves every element exactly where the canonical split/merge would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch
+
+from optc.ir.core import Module, Node, Value, map_values
+from optc.ir.targets import resolve
+from optc.ir.types import Dim, SymType, TensorType
+
+__all__ = ["MOVEMENT_OPS", "concrete_env", "eval_dim", "same_shape", "eval_chain", "index_tensor",
+           "split_heads_source", "merge_heads_target"]
+
+_MAX_CHAIN = 6
+
+MOVEMENT_OPS = frozenset({
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._unsafe_view.default",
+    "aten.transpose.int",
+    "aten.permute.default",
+    "aten.contiguous.default",
+    "aten.clone.default",
+    "aten.alias.default",
+    "aten.unsqueeze.default",
+    "aten.squeeze.dim",
+    "aten.flatten.using_ints",
+    "aten.unflatten.int",
+})
+"""Ops that only move or copy elements; chains of them are checked by evaluation."""
+
+
+def concrete_env(module: Module, offset: int = 0) -> dict[str, int]:
+    sizes = [3, 7, 5, 11, 13, 17, 19, 23]
+    return {
+        name: sizes[(i + offset) % len(sizes)] + 24 * (i // len(sizes)) + 29 * offset
+        for i, name in enumerate(module.dims)
+    }
+
+
+def eval_dim(dim: int | str, env: dict[str, int]) -> int | None:
+    if isinstance(dim, int):
+        return dim
+    try:
+        expr = sympy.sympify(dim, locals={k: sympy.Symbol(k, integer=True) for k in env})
+        value = expr.subs({sympy.Symbol(k, integer=True): v for k, v in env.items()})
+        return int(value)
+    except (sympy.SympifyError, TypeError, ValueError):
+        return None
+
+
+def same_shape(a: tuple[Dim, ...], b: tuple[Dim, ...], envs: list[dict[str, int]]) -> bool:
+    """Whether two shapes are equal for every size of the symbolic dims (checked at two)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        for env in envs:
+            ex, ey = eval_dim(x, env), eval_dim(y, env)
+            if ex is None or ex != ey:
+                return False
+    return True
+
+
+def eval_chain(chain: list[Node], start: Value, x: torch.Tensor, env: dict[str, int]) -> torch.Tensor | None:
+    """Run a chain of movement ops on ``x`` standing for ``start``; None if not evaluable."""
+    values: dict[int, Any] = {id(start): x}
+
+    def lookup(v: Value) -> Any:
+        if id(v) in values:
+            return values[id(v)]
+        if isinstance(v.type, SymType) and v.type.kind == "int" and v.type.expr is not None:
+            dim = eval_dim(v.type.expr, env)
+            if dim is not None:
+                return dim
+        raise LookupError(v.name)
+
+    for node in chain:
+        try:
+            args = map_values(node.args, lookup)
+            kwargs = map_values(node.kwargs, lookup)
+            values[id(node.outputs[0])] = resolve(node.op)(*args, **kwargs)
+        except (LookupError, RuntimeError):
+            return None
+    return values[id(chain[-1].outputs[0])] if chain else x
+
+
+def index_tensor(value: Value, env: dict[str, int]) -> torch.Tensor | None:
+    shape = [eval_dim(d, env) for d in value.tensor_type.shape]
+    if any(s is None for s in shape):
+        return None
+    return torch.arange(int(torch.Size(shape).numel()), dtype=torch.int64).reshape(shape)
+
+
+def split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
+    """The [B, S, heads*dim] value that ``value`` ([B, heads, S, dim]) is a head split of."""
+    chain: list[Node] = []
+    current = value
+    for _ in range(_MAX_CHAIN):
+        node = current.producer
+        if node is None or node.op not in MOVEMENT_OPS:
+            break
+        chain.insert(0, node)
+        current = node.args[0]
+        if not isinstance(current, Value):
+            break
+        t = current.type
+        if isinstance(t, TensorType) and t.rank == 3 and t.shape[-1] == heads * dim:
+            x = index_tensor(current, env)
+            if x is None:
+                continue
+            got = eval_chain(chain, current, x, env)
+            want = x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
+            if got is not None and got.shape == want.shape and torch.equal(got, want):
+                return current
+    return f"%{value.name} is not a [batch, seq, {heads}*{dim}] tensor split into heads"
+
+
+def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
+    """The [B, S, heads*dim] value that merges the heads of ``value`` ([B, heads, S, dim])."""
+    chain: list[Node] = []
+    current = value
+    for _ in range(_MAX_CHAIN):
+        users = current.users()
+        graph = value.producer.graph if value.producer else None
+        if len(users) != 1 or (graph is not None and graph.is_output(current)):
+            break
+        node = users[0]
+        if node.op not in MOVEMENT_OPS or node.args[0] is not current:
+            break
+        chain.append(node)
+        current = node.outputs[0]
+        t = current.type
+        if isinstance(t, TensorType) and t.rank == 3 and t.shape[-1] == heads * dim:
+            x = index_tensor(value, env)
+            if x is None:
+                break
+            got = eval_chain(chain, value, x, env)
+            want = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], heads * dim)
+            if got is not None and got.shape == want.shape and torch.equal(got, want):
+                return current
+    return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
+
+
+# -- small graph queries --------------------------------------------------------------------------
