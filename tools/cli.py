@@ -3,6 +3,7 @@
     optc [MODEL] --passes=SPEC [--backend eager] -o OUT   compile a model into an artifact
     optc inspect TARGET [--seq N] [--json]               IR and per-layer table
     optc passes [--json]                                 every pass, its options and docs
+    optc bench TARGET... [--batch N..] [--threads N..]   latency, memory, size side by side
 
 MODEL is a Hugging Face id, a local model directory or an optc artifact; without MODEL the
 embedded all-MiniLM-L6-v2 is compiled. Errors print one line and exit non-zero (see
@@ -94,7 +95,8 @@ def _compile_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="optc",
         description="Compile a transformer model: capture it, run a pass pipeline, write an artifact.",
-        epilog="subcommands: 'optc inspect TARGET', 'optc passes' (each has --help)\n" + EPILOG,
+        epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc bench TARGET...' "
+               "(each has --help)\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", nargs="?", metavar="MODEL",
@@ -256,8 +258,61 @@ def _cmd_passes(argv: list[str]) -> int:
     return 0
 
 
+# -- optc bench ---------------------------------------------------------------------------------
+def _cmd_bench(argv: list[str]) -> int:
+    from optc.tools.bench import format_bench, make_runners, run_bench
+    from optc.tools.progress import Progress
+
+    p = _Parser(
+        prog="optc bench",
+        description="Latency (median, p10, p90), peak memory, parameters and size on disk of "
+                    "one or more targets side by side, with ratios to the first.",
+        epilog="TARGET: an .onnx file, a TorchScript .pt file, an optc artifact directory, a "
+               "Hugging Face model directory or id, or 'embedded' (the bundled MiniLM)\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p.add_argument("--backends", default=None, metavar="LIST",
+                   help="for artifacts and models: comma-separated backends to lower to and time "
+                        "(eager, torchscript, onnx; 'hf' = the original model). Default: eager "
+                        "for artifacts, hf for models")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts (default 1)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    p.add_argument("--block", type=int, default=5, help="calls per block (default 5)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls per target (default 3)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    args = p.parse_args(argv)
+    for flag in ("seq", "rounds", "block"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    if min(args.batch) < 1 or min(args.threads) < 1:
+        p.error("--batch and --threads must be at least 1")
+    backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    progress = Progress(enabled=not args.quiet)
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="optc-bench-") as tmp:
+        for threads in args.threads:
+            with progress.step(f"loading {len(args.targets)} target(s)"):
+                runners = make_runners(args.targets, backends, threads, Path(tmp))
+            for batch in args.batch:
+                with progress.step(f"timing batch {batch}, {threads} thread(s)"):
+                    rows += run_bench(runners, batch, args.seq, threads, args.rounds, args.block,
+                                      args.warmup, memory=not args.no_memory)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_bench(rows), end="")
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------
-_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes}
+_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
