@@ -422,6 +422,53 @@ _RULES: dict[str, _Rule] = {
 """One-node rules, by op."""
 
 
+def _split_projection(module: Module, node: Node, ctx: _Context) -> str | None:
+    """``split(linear(x, W, b), size, -1)`` -> one ``linear`` per part with row-sliced W, b.
+
+    GPT-2 computes q, k and v with one packed projection; separate projections are what
+    head pruning slices. Exact: each part's rows are the same dot products.
+    """
+    a = bind_args(node.op, node.args, node.kwargs)
+    src = a["self"]
+    lin = src.producer if isinstance(src, Value) else None
+    if lin is None or lin.op != "linear":
+        return _SKIP
+    rank = src.tensor_type.rank
+    dim = a["dim"] % rank if isinstance(a["dim"], int) else None
+    if dim != rank - 1:
+        return "the split is not along the projection's output features"
+    if src.users() != [node] or module.graph.is_output(src):
+        return "the packed projection has other users"
+    weight, bias = lin.args[1], lin.arg(2)
+    if not (isinstance(weight, Parameter) and (bias is None or isinstance(bias, Parameter))):
+        return "the packed projection's weight is computed, not a parameter"
+    total = weight.data.shape[0]
+    sizes = a.get("split_size") if "split_size" in a else a.get("split_sizes")
+    if isinstance(sizes, int):
+        sizes = [min(sizes, total - i) for i in range(0, total, sizes)]
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != len(node.outputs) or sum(sizes) != total:
+        return "the split sizes do not cover the projection"
+    start, anchor = 0, node
+    for i, (size, out) in enumerate(zip(sizes, node.outputs, strict=True)):
+        w = module.add_param(module.unique_param_name(f"{weight.name}.part{i}"),
+                             weight.data[start:start + size].contiguous())
+        b = None if bias is None else module.add_param(
+            module.unique_param_name(f"{bias.name}.part{i}"), bias.data[start:start + size].contiguous())
+        part = module.graph.create_node("linear", (lin.args[0], w, b), {}, [out.type],
+                                        names="linear", after=anchor)
+        part.loc, anchor = lin.loc, part
+        module.graph.replace_all_uses(out, part.outputs[0])
+        start += size
+    return None
+
+
+_PROJECTION_RULES: dict[str, _Rule] = {
+    "aten.split.Tensor": ("linear", _split_projection),
+    "aten.split_with_sizes.default": ("linear", _split_projection),
+}
+"""Rules that need raised ``linear`` ops; they run last."""
+
+
 def _live_nodes(module: Module) -> set[Node]:
     """Nodes whose results reach an output or an impure node (others are left for DCE)."""
     graph = module.graph
@@ -445,7 +492,7 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
     """
     report = RaiseReport()
     ctx = _Context([concrete_env(module), concrete_env(module, offset=1)])
-    for rules in (_COMPOSITE_RULES, _RULES):
+    for rules in (_COMPOSITE_RULES, _RULES, _PROJECTION_RULES):
         live = _live_nodes(module)
         for node in module.graph:
             rule = rules.get(node.op)

@@ -10,7 +10,6 @@ outputs and inputs. Parameter names are never consulted.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import sympy
@@ -18,8 +17,8 @@ import sympy
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType
 
-__all__ = ["AttentionBlock", "FFNBlock", "Layer", "Structure", "analyze", "linear_flops",
-           "attention_flops", "module_flops"]
+__all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
+           "linear_flops", "attention_flops", "module_flops"]
 
 _FFN_ACTIVATIONS = ("gelu", "relu", "silu")
 _RESIDUAL_ADDS = ("aten.add.Tensor",)
@@ -43,22 +42,41 @@ def _params_of(node: Node | None) -> list[str]:
     return [v.name for v in node.inputs if v.is_param]
 
 
-@dataclass
-class AttentionBlock:
-    """One multi-head attention with its projections."""
+@dataclass(frozen=True)
+class ParamSlice:
+    """Part of a parameter: indices ``index`` along dimension ``dim`` of ``@param``."""
 
-    node: Node
-    """The ``attention`` node."""
-    query: Node | None
-    """``linear`` producing the query operand (None if it is not a linear)."""
-    key: Node | None
-    value: Node | None
-    output: Node | None
-    """``linear`` consuming the attention result (output projection)."""
+    param: str
+    dim: int
+    index: tuple[int, ...]
+
+
+@dataclass
+class _Block:
+    """What attention and FFN blocks share: their place on the residual stream."""
+
     residual: Node | None = None
     """The add that puts the block's result back on the residual stream."""
     norms: list[Node] = field(default_factory=list)
     """Layer norms of this block (pre-LN: before the projections; post-LN: after the add)."""
+    stream_in: Value | None = None
+    """The residual stream entering the block (the add's other operand)."""
+    stream_out: Value | None = None
+    """The residual stream leaving the block (after the post-LN norm, if any)."""
+
+
+@dataclass
+class AttentionBlock(_Block):
+    """One multi-head attention with its projections."""
+
+    node: Node | None = None
+    """The ``attention`` node."""
+    query: Node | None = None
+    """``linear`` producing the query operand (None if it is not a linear)."""
+    key: Node | None = None
+    value: Node | None = None
+    output: Node | None = None
+    """``linear`` consuming the attention result (output projection)."""
 
     @property
     def num_heads(self) -> int:
@@ -68,6 +86,30 @@ class AttentionBlock:
     def head_dim(self) -> int:
         return int(self.node.attr("head_dim"))
 
+    @property
+    def prunable(self) -> str | None:
+        """Why heads cannot be removed from this block, or None when they can."""
+        if None in (self.query, self.key, self.value):
+            return "query/key/value are not produced by their own linear projections"
+        if self.output is None:
+            return "the attention result does not feed a single output projection"
+        for lin in (self.query, self.key, self.value):
+            if len(lin.outputs[0].users()) != 1:
+                return f"the projection {lin!r} has other users besides the attention"
+        return None
+
+    def head_slices(self, head: int) -> list[ParamSlice]:
+        """The coupled parameter slices of one head (q/k/v rows and biases, output columns)."""
+        d = self.head_dim
+        rows = tuple(range(head * d, (head + 1) * d))
+        slices = []
+        for lin in (self.query, self.key, self.value):
+            slices.append(ParamSlice(lin.args[1].name, 0, rows))
+            if isinstance(lin.arg(2), Value):
+                slices.append(ParamSlice(lin.arg(2).name, 0, rows))
+        slices.append(ParamSlice(self.output.args[1].name, 1, rows))
+        return slices
+
     def param_names(self) -> list[str]:
         names: list[str] = []
         for n in (self.query, self.key, self.value, self.output, *self.norms):
@@ -76,19 +118,25 @@ class AttentionBlock:
 
 
 @dataclass
-class FFNBlock:
+class FFNBlock(_Block):
     """A feed-forward block ``down(act(up(x)))``."""
 
-    up: Node
-    activation: Node
-    down: Node
-    residual: Node | None = None
-    norms: list[Node] = field(default_factory=list)
+    up: Node | None = None
+    activation: Node | None = None
+    down: Node | None = None
 
     @property
     def width(self) -> int:
         """Number of intermediate neurons (rows of the up projection)."""
         return int(self.up.args[1].tensor_type.shape[0])
+
+    def neuron_slices(self, neuron: int) -> list[ParamSlice]:
+        """The coupled parameter slices of one neuron (up row and bias, down column)."""
+        slices = [ParamSlice(self.up.args[1].name, 0, (neuron,))]
+        if isinstance(self.up.arg(2), Value):
+            slices.append(ParamSlice(self.up.arg(2).name, 0, (neuron,)))
+        slices.append(ParamSlice(self.down.args[1].name, 1, (neuron,)))
+        return slices
 
     def param_names(self) -> list[str]:
         names: list[str] = []
@@ -105,6 +153,16 @@ class Layer:
     attention: AttentionBlock | None
     ffn: FFNBlock | None
 
+    @property
+    def stream_in(self) -> Value | None:
+        first = self.attention or self.ffn
+        return first.stream_in if first else None
+
+    @property
+    def stream_out(self) -> Value | None:
+        last = self.ffn or self.attention
+        return last.stream_out if last else None
+
     def param_names(self) -> list[str]:
         names = self.attention.param_names() if self.attention else []
         if self.ffn:
@@ -117,8 +175,6 @@ class Structure:
     """The layers of a module, in order."""
 
     layers: list[Layer]
-    unassigned_ffns: list[FFNBlock] = field(default_factory=list)
-    """FFN blocks that follow no attention block (e.g. before the first layer)."""
 
 
 def _find_ffns(module: Module) -> list[FFNBlock]:
@@ -137,32 +193,42 @@ def _find_ffns(module: Module) -> list[FFNBlock]:
             continue
         if up_w.tensor_type.shape[1] != down_w.tensor_type.shape[0]:
             continue  # not width-preserving: a classifier head, not an FFN
-        ffns.append(FFNBlock(node, act, down))
+        ffns.append(FFNBlock(up=node, activation=act, down=down))
     return ffns
 
 
-def _residual_and_norm(out: Node | None, block_input: Value | None) -> tuple[Node | None, list[Node]]:
+def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None) -> None:
+    """Find the block's residual add, norms and stream values from its last projection."""
     if out is None:
-        return None, []
-    norms: list[Node] = []
+        return
     add = _single_user(out.outputs[0], _RESIDUAL_ADDS)
-    if add is not None:
-        post = [u for u in add.outputs[0].users() if u.op == "layer_norm"]
-        if post and len(add.outputs[0].users()) == 1:
-            norms.append(post[0])
+    if add is None:
+        return
+    others = [a for a in add.args[:2] if a is not out.outputs[0]]
+    if len(others) != 1 or not isinstance(others[0], Value):
+        return
+    block.residual = add
+    block.stream_in = others[0]
+    block.stream_out = add.outputs[0]
     if block_input is not None and block_input.producer is not None:
-        if block_input.producer.op == "layer_norm" and add is not None:
-            # pre-LN: the norm feeds the block and its input is the residual that the add uses
-            norm_in = block_input.producer.args[0]
-            if norm_in in add.inputs:
-                norms.insert(0, block_input.producer)
-    return add, norms
+        norm = block_input.producer
+        if norm.op == "layer_norm" and norm.args[0] is block.stream_in:  # pre-LN
+            block.norms.append(norm)
+            return  # a norm after the add belongs to the next block or the final output
+    users = add.outputs[0].users()
+    if len(users) == 1 and users[0].op == "layer_norm":  # post-LN
+        block.norms.append(users[0])
+        block.stream_out = users[0].outputs[0]
 
 
 def analyze(module: Module) -> Structure:
-    """Find the transformer layers of ``module`` (which must have raised ops)."""
+    """Find the transformer layers of ``module`` (which must have raised ops).
+
+    Each attention block opens a layer; an FFN block joins the current layer if it has none
+    yet, otherwise it forms a layer of its own (e.g. after the attention was dropped).
+    """
     order = {id(n): i for i, n in enumerate(module.graph)}
-    blocks: list[AttentionBlock] = []
+    events: list[tuple[int, AttentionBlock | FFNBlock]] = []
     for node in module.graph:
         if node.op != "attention":
             continue
@@ -170,25 +236,23 @@ def analyze(module: Module) -> Structure:
         k = _producer(node.args[1], "linear")
         v = _producer(node.args[2], "linear")
         out = _single_user(node.outputs[0], ("linear",))
-        block = AttentionBlock(node, q, k, v, out)
-        block.residual, block.norms = _residual_and_norm(out, q.args[0] if q else None)
-        blocks.append(block)
-    ffns = _find_ffns(module)
-    for ffn in ffns:
-        ffn.residual, ffn.norms = _residual_and_norm(ffn.down, ffn.up.args[0])
+        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out)
+        _place_on_stream(block, out, q.args[0] if q else None)
+        events.append((order[id(node)], block))
+    for ffn in _find_ffns(module):
+        _place_on_stream(ffn, ffn.down, ffn.up.args[0])
+        events.append((order[id(ffn.up)], ffn))
+    events.sort(key=lambda e: e[0])
 
     layers: list[Layer] = []
-    unassigned: list[FFNBlock] = []
-    ffn_iter = sorted(ffns, key=lambda f: order[id(f.up)])
-    for i, block in enumerate(blocks):
-        start = order[id(block.node)]
-        end = order[id(blocks[i + 1].node)] if i + 1 < len(blocks) else math.inf
-        mine = [f for f in ffn_iter if start < order[id(f.up)] < end]
-        layers.append(Layer(i, block, mine[0] if mine else None))
-        unassigned += mine[1:]
-    first = order[id(blocks[0].node)] if blocks else math.inf
-    unassigned = [f for f in ffn_iter if order[id(f.up)] < first] + unassigned
-    return Structure(layers, unassigned)
+    for _, block in events:
+        if isinstance(block, AttentionBlock):
+            layers.append(Layer(len(layers), block, None))
+        elif layers and layers[-1].ffn is None:
+            layers[-1].ffn = block
+        else:
+            layers.append(Layer(len(layers), None, block))
+    return Structure(layers)
 
 
 # -- cost model ------------------------------------------------------------------------------

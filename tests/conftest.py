@@ -86,3 +86,30 @@ def minilm_module(minilm):
 
     model, source = minilm
     return optc.capture(model, source=source)
+
+
+# -- every backend ----------------------------------------------------------------------------
+@pytest.fixture(params=("eager", "torchscript", "onnx"))
+def backend(request) -> str:
+    """Each backend name in turn; run a module with
+    ``optc.backends.differential.run_backend(module, backend, inputs)``."""
+    return request.param
+
+
+def assert_backends_agree(module, inputs: dict[str, torch.Tensor], backends: tuple[str, ...] | None = None,
+                          tolerances: dict[str, float] | None = None):
+    """Run ``module`` on every backend (or ``backends``) and fail the test, naming the backend
+    and output, unless each matches eager within its tolerance; returns the report."""
+    from optc.backends.differential import BACKEND_NAMES, BackendMismatch, check_backends
+
+    __tracebackhide__ = True
+    names = BACKEND_NAMES if backends is None else tuple(backends)
+    try:
+        report = check_backends(module, inputs, names, tolerances)
+    except BackendMismatch as exc:
+        pytest.fail(str(exc), pytrace=False)
+    expected = set(module.graph.outputs)
+    for name in names:
+        if name != "eager":
+            assert set(report.diffs[name]) == expected, f"{name} compared {sorted(report.diffs[name])}"
+    return report

@@ -90,7 +90,7 @@ def test_gpt2_captures_without_token_types_and_is_raised():
     assert_transformer_structure(module, ffn=4 * HIDDEN, approximate="tanh")
     ops = ops_of(module)
     assert "aten.addmm.default" not in ops and "aten.tanh.default" not in ops
-    assert ops["linear"] == 4 * LAYERS
+    assert ops["linear"] == 6 * LAYERS  # q, k, v (split from c_attn), c_proj, c_fc, c_proj
     # The causal mask is folded into the boolean mask operand.
     for node in module.graph:
         if node.op == "attention":
