@@ -111,6 +111,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
         "model": "all-MiniLM-L6-v2 (embedded)" if embedded else ref,
         "class": type(model).__name__,
         "model_type": getattr(config, "model_type", None),
+        "tokenizer": str(path.resolve()) if path.exists() else ref,
     }
     return model, source
 

@@ -14,7 +14,13 @@ _PASSES: dict[str, type[Pass]] = {}
 _KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
 
 # Modules that define the built-in passes; imported on first lookup.
-_BUILTIN_MODULES = ("optc.passes.dce", "optc.passes.canonicalize")
+_BUILTIN_MODULES = (
+    "optc.passes.dce",
+    "optc.passes.canonicalize",
+    "optc.passes.drop_layers",
+    "optc.passes.prune_heads",
+    "optc.passes.prune_neurons",
+)
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

@@ -115,6 +115,10 @@ def _compile_parser() -> argparse.ArgumentParser:
                    choices=["auto", "base", "sequence-classification", "question-answering",
                             "token-classification"],
                    help="model head to load (default: from the model's config)")
+    p.add_argument("--data", metavar="PATH",
+                   help="calibration data for passes that measure the model (a text file, GLUE "
+                        "tsv, SQuAD json or task directory; relative paths are also tried under "
+                        "$OPTC_DATA_DIR); fills each such pass's data= option")
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--dump-dir", metavar="DIR", help="write the IR before and after every pass to DIR")
     p.add_argument("--no-verify", action="store_true", help="skip IR verification between passes")
@@ -139,6 +143,15 @@ def _cmd_compile(argv: list[str]) -> int:
     args = _compile_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
     passes = parse_pipeline(args.passes)  # bad specs fail before any slow work
+    if args.data is not None:
+        from optc.data import resolve_data_path
+
+        resolve_data_path(args.data)  # a missing data path fails before any slow work
+        passes = [
+            dataclasses.replace(p, data=args.data)
+            if getattr(p, "uses_data", False) and p.data is None else p
+            for p in passes
+        ]
     out = Path(args.output) if args.output else None
     if out is not None:
         _check_output(out, args.force)

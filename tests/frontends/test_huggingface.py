@@ -40,7 +40,8 @@ def test_local_directory_loads(bert, saved):
     model, source = load_model(saved)
     assert type(model).__name__ == "BertModel" and not model.training
     assert same_weights(model, bert)
-    assert source == {"model": str(saved), "class": "BertModel", "model_type": "bert"}
+    assert source == {"model": str(saved), "class": "BertModel", "model_type": "bert",
+                      "tokenizer": str(saved.resolve())}
     model, _ = load_model(str(saved))  # a string path works the same
     assert same_weights(model, bert)
 

@@ -1,0 +1,122 @@
+"""FFN-neuron elimination."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from optc.errors import PipelineSpecError
+from optc.ir.analysis import analyze
+from optc.ir.core import Module
+from optc.passes.base import Pass, PassResult
+from optc.passes.calibration import calibration_batches
+from optc.passes.dce import eliminate_dead_code
+from optc.passes.prune_heads import select_lowest
+from optc.passes.registry import register_pass
+from optc.passes.structural import remove_neurons
+
+__all__ = ["PruneNeurons"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class PruneNeurons(Pass):
+    """Remove intermediate FFN neurons, physically slicing their weights.
+
+    Rewrites: each removed neuron's up-projection row (and bias) and down-projection column
+    are sliced away; a layer left without neurons loses its FFN block (its output becomes the
+    down projection's bias). Choose neurons explicitly (``neurons=layer:neuron,...``) or by
+    ``amount`` (fraction, global unless ``per_layer``) and ``criterion`` (``magnitude`` or
+    ``taylor`` on calibration data).
+    Refuses: a neuron or layer that does not exist, an amount outside [0, 1], both or neither
+    of ``neurons``/``amount``.
+    Guarantees: removing neurons whose weights are zero leaves outputs unchanged.
+    """
+
+    name = "prune-neurons"
+
+    neurons: tuple[tuple[int, int], ...] = ()
+    """Explicit neurons to remove, as layer:neuron pairs."""
+    amount: float | None = None
+    """Fraction of neurons to remove (0..1)."""
+    per_layer: bool = False
+    """Apply amount within each layer instead of globally."""
+    criterion: Literal["magnitude", "taylor"] = "magnitude"
+    """How amount ranks neurons: weight magnitude, or Taylor importance on data."""
+    data: str | None = None
+    """Calibration data for criterion=taylor (file or task directory; CLI: --data)."""
+    samples: int = 64
+    """Calibration examples to read."""
+    batch_size: int = 16
+    """Calibration batch size."""
+    max_length: int = 128
+    """Calibration sequence length limit."""
+    tokenizer: str | None = None
+    """Tokenizer directory or id (default: the one recorded with the model)."""
+
+    def __post_init__(self) -> None:
+        if (self.amount is None) == (not self.neurons):
+            raise PipelineSpecError("prune-neurons needs either neurons=layer:neuron,... or amount=F")
+        if self.amount is not None and not 0.0 <= self.amount <= 1.0:
+            raise PipelineSpecError(f"prune-neurons amount must be in [0, 1], got {self.amount}")
+        if any(i < 0 or j < 0 for i, j in self.neurons):
+            raise PipelineSpecError("prune-neurons layer and neuron indices must be >= 0")
+        if self.samples < 1 or self.batch_size < 1 or self.max_length < 2:
+            raise PipelineSpecError("prune-neurons needs samples >= 1, batch_size >= 1, max_length >= 2")
+
+    @property
+    def uses_data(self) -> bool:
+        """Whether this configuration reads calibration data (the CLI's --data fills it)."""
+        return self.amount is not None and self.criterion == "taylor"
+
+    def requires(self, module: Module) -> str | None:
+        layers = analyze(module).layers
+        for layer_index, neuron in self.neurons:
+            if layer_index >= len(layers):
+                return f"layer {layer_index} does not exist; the model has layers 0..{len(layers) - 1}"
+            ffn = layers[layer_index].ffn
+            if ffn is None:
+                return f"layer {layer_index} has no FFN block"
+            if neuron >= ffn.width:
+                return f"neuron {layer_index}:{neuron} does not exist; layer {layer_index} has {ffn.width}"
+        if self.amount is not None and not any(layer.ffn for layer in layers):
+            return "the module has no FFN blocks"
+        return None
+
+    def run(self, module: Module) -> PassResult:
+        structure = analyze(module)
+        blocks = {layer.index: layer.ffn for layer in structure.layers if layer.ffn is not None}
+        if self.neurons:
+            chosen: dict[int, set[int]] = {}
+            for i, j in self.neurons:
+                chosen.setdefault(i, set()).add(j)
+        else:
+            from optc.passes.importance import neuron_magnitude, normalize_per_layer, taylor_scores
+
+            if self.criterion == "taylor":
+                batches = calibration_batches(module, self.data, self.samples, self.batch_size,
+                                              self.max_length, self.tokenizer,
+                                              "prune-neurons{criterion=taylor}")
+                _, scores = taylor_scores(module, batches, structure, heads=False, neurons=True)
+            else:
+                scores = {i: neuron_magnitude(module, b) for i, b in blocks.items()}
+            chosen = select_lowest(normalize_per_layer(scores), float(self.amount), self.per_layer)
+        removed = removed_elements = 0
+        emptied = []
+        for i, neurons in sorted(chosen.items()):
+            if not neurons:
+                continue
+            block = blocks[i]
+            if len(neurons) == block.width:
+                emptied.append(str(i))
+            removed_elements += remove_neurons(module, block, neurons)
+            removed += len(neurons)
+        dce = eliminate_dead_code(module) if removed else {"nodes": 0}
+        widths = [layer.ffn.width if layer.ffn else 0 for layer in analyze(module).layers]
+        return PassResult(removed > 0, {
+            "neurons_removed": removed,
+            "ffn_per_layer": ",".join(map(str, widths)),
+            "ffn_blocks_removed": ",".join(emptied) or "-",
+            "params_removed": removed_elements,
+            "nodes_removed": dce["nodes"],
+        })

@@ -1,0 +1,117 @@
+"""Edits shared by the structural passes: slicing heads and neurons, bypassing blocks.
+
+Every edit keeps the module verifiable: parameters are replaced (never edited in place), the
+types of the nodes whose shapes change are updated, and attributes follow the weights.
+Passes find what to edit with :func:`optc.ir.analysis.analyze`, never by parameter names.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optc.ir.analysis import AttentionBlock, FFNBlock
+from optc.ir.core import Module, Node, Parameter, Value
+from optc.ir.types import TensorType
+
+__all__ = ["slice_param", "set_last_dim", "remove_heads", "remove_neurons", "bypass_block"]
+
+
+def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int]) -> None:
+    """Make argument ``arg`` of ``node`` (a parameter) keep only ``index`` along ``dim``.
+
+    A parameter read by this node alone is replaced in place; a shared one (tied weights) is
+    copied into a new parameter for this node so the other readers keep the full tensor.
+    """
+    param = node.args[arg]
+    if not isinstance(param, Parameter):
+        raise TypeError(f"argument {arg} of {node!r} is not a parameter")
+    data = param.data.index_select(dim, torch.tensor(index, dtype=torch.long)).contiguous()
+    if param.users() == [node] and param.num_uses == 1 and not module.graph.is_output(param):
+        param.data = data
+        return
+    fresh = module.add_param(module.unique_param_name(param.name), data)
+    args = list(node.args)
+    args[arg] = fresh
+    node.args = tuple(args)
+
+
+def set_last_dim(value: Value, size: int) -> None:
+    """Set the last dimension of a tensor value's type."""
+    t = value.tensor_type
+    value.type = TensorType(t.dtype, t.shape[:-1] + (size,))
+
+
+def _rows(heads: list[int], head_dim: int) -> list[int]:
+    return [h * head_dim + i for h in heads for i in range(head_dim)]
+
+
+def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> int:
+    """Remove ``heads`` from an attention block; returns the parameter elements removed.
+
+    Removing every head removes the block: its result is replaced by the output projection's
+    bias (what a head-less attention contributes), or the residual passes through unchanged.
+    """
+    reason = block.prunable
+    if reason:
+        raise ValueError(reason)
+    before = sum(module.params[n].data.numel() for n in block.param_names())
+    keep = [h for h in range(block.num_heads) if h not in heads]
+    if not keep:
+        _remove_attention(module, block)
+        return before
+    rows = _rows(keep, block.head_dim)
+    for lin in (block.query, block.key, block.value):
+        slice_param(module, lin, 1, 0, rows)
+        if isinstance(lin.arg(2), Parameter):
+            slice_param(module, lin, 2, 0, rows)
+        set_last_dim(lin.outputs[0], len(rows))
+    slice_param(module, block.output, 1, 1, rows)
+    block.node.set_attr("num_heads", len(keep))
+    set_last_dim(block.node.outputs[0], len(rows))
+    after = sum(module.params[n].data.numel() for n in block.param_names())
+    return before - after
+
+
+def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> int:
+    """Remove intermediate ``neurons`` from an FFN block; returns parameter elements removed.
+
+    Removing every neuron removes the block (its result becomes the down projection's bias).
+    """
+    before = sum(module.params[n].data.numel() for n in block.param_names())
+    keep = [i for i in range(block.width) if i not in neurons]
+    if not keep:
+        _replace_by_bias(module, block.down, block)
+        return before
+    slice_param(module, block.up, 1, 0, keep)
+    if isinstance(block.up.arg(2), Parameter):
+        slice_param(module, block.up, 2, 0, keep)
+    set_last_dim(block.up.outputs[0], len(keep))
+    set_last_dim(block.activation.outputs[0], len(keep))
+    slice_param(module, block.down, 1, 1, keep)
+    after = sum(module.params[n].data.numel() for n in block.param_names())
+    return before - after
+
+
+def _remove_attention(module: Module, block: AttentionBlock) -> None:
+    _replace_by_bias(module, block.output, block)
+
+
+def _replace_by_bias(module: Module, projection: Node, block: AttentionBlock | FFNBlock) -> None:
+    """A block whose inner width is zero outputs its last projection's bias (or nothing)."""
+    bias = projection.arg(2)
+    if isinstance(bias, Parameter) and block.residual is not None:
+        module.graph.replace_all_uses(projection.outputs[0], bias)  # x + bias broadcasts
+    elif block.residual is not None and block.stream_in is not None:
+        module.graph.replace_all_uses(block.residual.outputs[0], block.stream_in)
+    else:
+        raise ValueError(
+            "cannot remove every head/neuron: the block's residual add was not found, so there "
+            "is nothing to pass through instead"
+        )
+
+
+def bypass_block(module: Module, block: AttentionBlock | FFNBlock) -> None:
+    """Remove a whole block (sublayer, residual add and post-norm): its input passes through."""
+    if block.stream_in is None or block.stream_out is None:
+        raise ValueError("the block's residual stream was not found, so it cannot be bypassed")
+    module.graph.replace_all_uses(block.stream_out, block.stream_in)
