@@ -49,6 +49,8 @@ _contrib_schema(
      ("attention_bias", True)],
     {"num_heads": _A.INT, "scale": _A.FLOAT, "unidirectional": _A.INT},
 )
+_contrib_schema("Gelu", [("X", False)], {})
+_contrib_schema("FastGelu", [("X", False), ("bias", True)], {})
 _MSFT = onnxscript.values.Opset("com.microsoft", 1)
 _ATTENTION = _MSFT.Attention
 _MULTI_HEAD_ATTENTION = _MSFT.MultiHeadAttention
@@ -120,7 +122,14 @@ def _multi_head_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim
     )
 
 
+def _gelu_onnx(x, approximate: str = "none"):  # noqa: ANN001
+    # ORT fuses its own Gelu/FastGelu with a preceding bias add (BiasGelu); it does not
+    # recognize the erf expression torch.onnx emits for aten.gelu.
+    return _MSFT.FastGelu(x) if approximate == "tanh" else _MSFT.Gelu(x)
+
+
 TRANSLATIONS = {
+    torch.ops.aten.gelu.default: _gelu_onnx,
     torch.ops.optc_onnx.self_attention.default: _self_attention_onnx,
     torch.ops.optc_onnx.multi_head_attention.default: _multi_head_attention_onnx,
 }

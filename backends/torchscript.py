@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from optc.errors import BackendError, OutputError
+from optc.errors import BackendError, IRError, OutputError
 from optc.ir.core import Module, Node, Value
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
@@ -170,7 +170,10 @@ class _Writer:
             raise BackendError(f"torchscript backend cannot lower {node!r}: no kernel for op '{op}'")
         if not op.startswith("aten."):
             raise BackendError(f"torchscript backend cannot lower {node!r}: op '{op}' is not an ATen op")
-        target = resolve(op)
+        try:
+            target = resolve(op)
+        except IRError as exc:
+            raise BackendError(f"torchscript backend cannot lower {node!r}: {exc}") from None
         schema = target._schema
         name = op.split(".")[1]
         parts = []
@@ -228,6 +231,9 @@ def generate_source(module: Module) -> str:
 
 def to_torchscript(module: Module) -> torch.jit.ScriptModule:
     """Compile ``module`` to a ScriptModule with dynamic shapes."""
+    for name, param in module.params.items():
+        if param.data.is_meta:
+            raise BackendError(f"parameter @{name} has no data (IR text was loaded without weights)")
     src, buffers = _Writer(module).source()
     with tempfile.NamedTemporaryFile("w", suffix="_optc_ts.py", delete=False) as f:
         f.write(src)  # TorchScript reads the source back from disk to compile it

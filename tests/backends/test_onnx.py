@@ -24,6 +24,8 @@ from optc.ir.analysis import analyze
 from tests.conftest import assert_backends_agree, token_inputs
 from tests.frontends.hf_cases import OUTPUTS, SIZES, captured
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
 FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2"]
 TOLERANCE = 1e-4
 MSFT = "com.microsoft"
@@ -181,8 +183,6 @@ def test_bert_fusions_in_the_written_file_and_in_onnx_runtime(exported, workdir)
     assert fused[(MSFT, "FusedGemm")] == 1  # pooler dense + tanh
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the exported erf-GELU (0.5 * (1 + erf(x/sqrt2))) * x "
-                   "is a form ORT's GeluFusion does not match, so no Gelu/BiasGelu is fused")
 def test_bert_gelu_is_fused(exported, workdir):
     _, _, path = exported("bert")
     fused = op_counts(optimized_graph(path, workdir))
@@ -362,3 +362,30 @@ def test_existing_output_needs_force(tmp_path):
         export_onnx(captured("distilbert")[1], path)
     assert path.read_bytes() == b"keep me"
     assert list(tmp_path.iterdir()) == [path]
+
+
+# -- command line ---------------------------------------------------------------------------
+def test_cli_writes_a_loadable_onnx_file_and_refuses_to_overwrite(tmp_path, capsys):
+    from optc.tools.cli import main
+
+    model = captured("bert")[0]
+    model_dir = tmp_path / "tiny-bert"
+    model.save_pretrained(model_dir)
+    out = tmp_path / "out.onnx"
+    assert main([str(model_dir), "--backend", "onnx", "-o", str(out), "-q"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(out), full_check=False)
+    runner = OnnxModule(out)
+    assert runner.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    inputs = make_inputs(model, captured("bert")[1], 3, 7, seed=2)
+    got = runner(**inputs)
+    with torch.no_grad():
+        want = model(**inputs)
+    for name in ("last_hidden_state", "pooler_output"):
+        assert max_diff(got[name], want[name]) <= TOLERANCE, name
+
+    before = (out.read_bytes(), out.stat().st_mtime_ns)
+    assert main([str(model_dir), "--backend", "onnx", "-o", str(out), "-q"]) == 4
+    assert "already exists" in capsys.readouterr().err
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "tiny-bert"]
