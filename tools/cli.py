@@ -189,10 +189,15 @@ def _cmd_inspect(argv: list[str]) -> int:
     from optc.tools.inspection import format_summary, summarize
     from optc.tools.progress import Progress
 
-    p = _Parser(prog="optc inspect", description="Print a model's IR and per-layer table.",
-                epilog=EPILOG)
+    p = _Parser(prog="optc inspect", description="Print a model's IR and per-layer table, or "
+                "with --diff what changed between two models.", epilog=EPILOG)
     p.add_argument("target", metavar="TARGET",
                    help="optc artifact, Hugging Face id or local model directory")
+    p.add_argument("other", metavar="OTHER", nargs="?",
+                   help="with --diff: the model to compare TARGET with")
+    p.add_argument("--diff", action="store_true",
+                   help="show what changed from TARGET to OTHER: layers, heads, FFN neurons, "
+                        "parameters, FLOPs")
     p.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs (default 128)")
     p.add_argument("--json", action="store_true", help="machine-readable output (includes the IR)")
     p.add_argument("--no-ir", action="store_true", help="print only the summary table")
@@ -201,7 +206,17 @@ def _cmd_inspect(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.seq < 1:
         p.error("--seq must be at least 1")
-    module = _load_target(args.target, args.task, Progress(enabled=not args.quiet))
+    if args.diff != (args.other is not None):
+        p.error("--diff takes two models: optc inspect --diff A B")
+    progress = Progress(enabled=not args.quiet)
+    module = _load_target(args.target, args.task, progress)
+    if args.diff:
+        from optc.tools.inspection import diff_modules, format_diff
+
+        other = _load_target(args.other, args.task, progress)
+        d = diff_modules(module, other, seq=args.seq)
+        print(json.dumps(d, indent=2) if args.json else format_diff(d, args.target, args.other), end="\n" if args.json else "")
+        return 0
     info = summarize(module, seq=args.seq)
     if args.json:
         info["ir"] = print_module(module)

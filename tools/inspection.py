@@ -7,7 +7,7 @@ from typing import Any
 from optc.ir.analysis import analyze, attention_flops, linear_flops, module_flops
 from optc.ir.core import Module
 
-__all__ = ["summarize", "format_summary"]
+__all__ = ["summarize", "format_summary", "diff_modules", "format_diff"]
 
 
 def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
@@ -89,4 +89,84 @@ def format_summary(info: dict[str, Any]) -> str:
     for r in rows:
         cells = [r[0].ljust(widths[0])] + [c.rjust(widths[i + 1]) for i, c in enumerate(r[1:])]
         lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _layer_keys(module: Module) -> list[set[str]]:
+    return [set(layer.param_names()) for layer in analyze(module).layers]
+
+
+def diff_modules(a: Module, b: Module, seq: int = 128) -> dict[str, Any]:
+    """What changed from ``a`` to ``b``: totals, and per layer heads, FFN width, params, FLOPs.
+
+    Layers are matched by the parameters they share (pruning slices parameters but keeps their
+    names), so a dropped layer shows as removed rather than shifting the others.
+    """
+    sa, sb = summarize(a, seq), summarize(b, seq)
+    keys_a, keys_b = _layer_keys(a), _layer_keys(b)
+    matched: dict[int, int] = {}
+    for j, kb in enumerate(keys_b):
+        best, overlap = None, 0
+        for i, ka in enumerate(keys_a):
+            shared = len(ka & kb)
+            if shared > overlap and i not in matched:
+                best, overlap = i, shared
+        if best is not None:
+            matched[best] = j
+    rows = []
+    for i, la in enumerate(sa["layers"]):
+        lb = sb["layers"][matched[i]] if i in matched else None
+        rows.append({
+            "layer": i,
+            "new_index": matched.get(i),
+            "heads": [la["heads"], lb["heads"] if lb else 0],
+            "ffn": [la["ffn"], lb["ffn"] if lb else 0],
+            "params": [la["params"], lb["params"] if lb else 0],
+            "flops": [la["flops"], lb["flops"] if lb else 0],
+            "removed": lb is None,
+        })
+    added = [j for j in range(len(sb["layers"])) if j not in matched.values()]
+    return {
+        "seq": seq,
+        "parameters": [sa["parameters"], sb["parameters"]],
+        "flops": [sa["flops"], sb["flops"]],
+        "nodes": [sa["nodes"], sb["nodes"]],
+        "layers": rows,
+        "added_layers": added,
+        "pipeline": [sa["pipeline"], sb["pipeline"]],
+    }
+
+
+def _change(pair: list[int], fmt: str = "{:,}") -> str:
+    a, b = pair
+    if a == b:
+        return fmt.format(a)
+    pct = f" ({(b - a) / a * 100:+.1f}%)" if a else ""
+    return f"{fmt.format(a)} -> {fmt.format(b)}{pct}"
+
+
+def format_diff(d: dict[str, Any], left: str, right: str) -> str:
+    """The diff as text."""
+    lines = [
+        f"--- {left}",
+        f"+++ {right}",
+        f"parameters  {_change(d['parameters'])}",
+        f"GFLOPs      {_change([x / 1e9 for x in d['flops']], '{:.3f}')}  (batch 1, seq {d['seq']})",
+        f"nodes       {_change(d['nodes'])}",
+        "",
+    ]
+    table = [("layer", "heads", "ffn", "params", "GFLOPs")]
+    for r in d["layers"]:
+        label = str(r["layer"]) + ("" if r["new_index"] in (None, r["layer"]) else f" (now {r['new_index']})")
+        if r["removed"]:
+            table.append((label, f"{r['heads'][0]} -> removed", f"{r['ffn'][0]} -> removed",
+                          f"{r['params'][0]:,} -> 0", f"{r['flops'][0] / 1e9:.3f} -> 0"))
+            continue
+        table.append((label, _change(r["heads"], "{}"), _change(r["ffn"], "{}"),
+                      _change(r["params"]), _change([x / 1e9 for x in r["flops"]], "{:.3f}")))
+    for j in d["added_layers"]:
+        table.append((f"new {j}", "added", "", "", ""))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
     return "\n".join(lines) + "\n"
