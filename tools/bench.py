@@ -174,17 +174,38 @@ def make_inputs(names: list[str], batch: int, seq: int, seed: int = 0) -> dict[s
     return inputs
 
 
-def _high_water_mark() -> int:
-    """Peak resident memory of this process in bytes (VmHWM, which exec resets; ru_maxrss
-    would carry the parent's peak over into a spawned child)."""
+def _status(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status, in bytes (Linux)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def _reset_peak() -> int:
+    """Restart peak-RSS tracking from the current RSS; returns the current RSS in bytes.
+
+    Writing 5 to /proc/self/clear_refs resets VmHWM (Linux >= 4.0), so transient allocations
+    made while importing libraries do not count. ru_maxrss is no use here: a spawned child
+    inherits its parent's peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+    current = _status("VmRSS")
+    return current if current is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _high_water_mark() -> int:
+    """Peak resident memory of this process in bytes since the last :func:`_reset_peak`."""
+    peak = _status("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _peak_child(target: str, backend: str, batch: int, seq: int, threads: int,
@@ -196,7 +217,7 @@ def _peak_child(target: str, backend: str, batch: int, seq: int, threads: int,
         from optc.tools.cli import _quiet_libraries
 
         _quiet_libraries()
-        base = _high_water_mark()
+        base = _reset_peak()
         with tempfile.TemporaryDirectory(prefix="optc-bench-") as tmp:
             backends = None if backend in ("onnx", "torchscript") and Path(target).suffix else [backend]
             runner = [r for r in _target_runners(target, backends, threads, Path(tmp))
