@@ -28,6 +28,7 @@ from optc.ir.core import Module
 from optc.ir.parser import parse_module
 from optc.ir.printer import print_module
 from optc.ir.verifier import verify
+from optc.outputs import check_output, umask_mode
 
 __all__ = ["save", "load", "load_module", "is_artifact", "FORMAT_VERSION"]
 
@@ -83,13 +84,7 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
     module = _as_module(obj)
     verify(module, "before saving")
     target = Path(path)
-    if target.exists() and not force:
-        raise OutputError(f"output '{target}' already exists; pass --force (force=True) to replace it")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{target}': directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{target}': directory '{parent}' is not writable")
+    parent = check_output(target, force)
     meta = {
         "format": "optc-artifact",
         "format_version": FORMAT_VERSION,
@@ -108,11 +103,9 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
         (tmp / IR_FILE).write_text(print_module(module, locations=True))
         save_file(_weights_for_saving(module), str(tmp / WEIGHTS_FILE))
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the artifact normal permissions
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; give normal permissions
         for f in (IR_FILE, WEIGHTS_FILE, METADATA_FILE):
-            os.chmod(tmp / f, 0o666 & ~umask)
+            os.chmod(tmp / f, umask_mode(0o666))
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
             os.replace(target, old / target.name)

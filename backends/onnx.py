@@ -21,14 +21,13 @@ import io
 import logging
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optc.errors import BackendError, OutputError
+from optc.errors import BackendError
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType
 
@@ -158,27 +157,25 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
     """Write ``module`` as an ONNX model file (atomically; an existing file needs ``force``)."""
     from optc.backends.eager import build_graph_module
     from optc.backends.onnx_ops import TRANSLATIONS
+    from optc.outputs import atomic_file, check_output
 
-    target = Path(path)
-    if target.exists() and not force:
-        raise OutputError(f"output '{target}' already exists; pass --force (force=True) to replace it")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{target}': directory '{parent}' is missing or not writable")
+    check_output(path, force)  # fail before the slow export
     lowered = lower_for_onnx(module)
     gm = build_graph_module(lowered)
     args, shapes = _example_inputs(lowered)
     names = [v.name for v in lowered.graph.inputs]
     outputs = list(lowered.graph.outputs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=".onnx", dir=parent)
-    os.close(fd)
-    try:
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                gm, args, dynamic_shapes=shapes, input_names=names, output_names=outputs,
-                opset_version=opset, dynamo=True, external_data=False,
-                custom_translation_table=TRANSLATIONS, verbose=False,
-            )
+    with atomic_file(path, force) as tmp:
+        try:
+            with _quiet_exporter():
+                program = torch.onnx.export(
+                    gm, args, dynamic_shapes=shapes, input_names=names, output_names=outputs,
+                    opset_version=opset, dynamo=True, external_data=False,
+                    custom_translation_table=TRANSLATIONS, verbose=False,
+                )
+        except Exception as exc:  # noqa: BLE001 - any exporter failure is a backend error
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"onnx backend failed to export: {first}") from exc
         import onnx
 
         model = program.model_proto
@@ -189,18 +186,8 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
         for key, value in meta.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except OutputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any exporter failure is a backend error
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BackendError(f"onnx backend failed to export: {first}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        onnx.save(model, str(tmp))
+    return Path(path)
 
 
 def session_options(threads: int | None = None) -> Any:

@@ -17,12 +17,13 @@ import re
 import sys
 import tempfile
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optc.errors import BackendError, IRError, OutputError
+from optc.errors import BackendError, IRError
 from optc.ir.core import Module, Node, Value
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
@@ -248,7 +249,9 @@ def to_torchscript(module: Module) -> torch.jit.ScriptModule:
         for attr, pname in buffers.items():
             instance.register_buffer(attr, module.params[pname].data)
         try:
-            return torch.jit.script(instance)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+                return torch.jit.script(instance)
         except Exception as exc:  # noqa: BLE001 - report which statement failed
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BackendError(f"torchscript backend: TorchScript rejected the generated code: {first}") from exc
@@ -259,20 +262,11 @@ def to_torchscript(module: Module) -> torch.jit.ScriptModule:
 
 def export_torchscript(module: Module, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``module`` as a TorchScript file for ``torch.jit.load`` (atomic, no overwrite)."""
-    target = Path(path)
-    if target.exists() and not force:
-        raise OutputError(f"output '{target}' already exists; pass --force (force=True) to replace it")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{target}': directory '{parent}' is missing or not writable")
+    from optc.outputs import atomic_file, check_output
+
+    check_output(path, force)  # fail before compiling
     scripted = to_torchscript(module)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=parent)
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    with atomic_file(path, force) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+        torch.jit.save(scripted, str(tmp))
+    return Path(path)

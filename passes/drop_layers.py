@@ -29,6 +29,8 @@ def choose_layers(strategy: str, count: int, num_layers: int,
     """
     if count > num_layers:
         raise ValueError(f"cannot drop {count} layers: the model has {num_layers}")
+    if count == 0:
+        return []
     if strategy == "top":
         return list(range(num_layers - count, num_layers))
     if strategy == "bottom":
@@ -44,7 +46,8 @@ def choose_layers(strategy: str, count: int, num_layers: int,
         start = (num_layers - count) // 2
         return list(range(start, start + count))
     if strategy == "contribution":
-        assert similarity is not None and len(similarity) == num_layers
+        if similarity is None or len(similarity) != num_layers:
+            raise ValueError("strategy contribution needs one similarity per layer")
         ranked = sorted(range(num_layers), key=lambda i: -similarity[i])
         return sorted(ranked[:count])
     raise ValueError(f"unknown strategy {strategy!r}")
@@ -100,7 +103,7 @@ class DropLayers(Pass):
     @property
     def uses_data(self) -> bool:
         """Whether this configuration reads calibration data (the CLI's --data fills it)."""
-        return self.strategy == "contribution"
+        return self.strategy == "contribution" and self.count > 0
 
     def requires(self, module: Module) -> str | None:
         num = len(analyze(module).layers)

@@ -48,6 +48,8 @@ class PruneHeads(Pass):
     Refuses: a head or layer that does not exist, an amount outside [0, 1], both or neither of
     ``heads``/``amount``, blocks whose projections are not separate linears.
     Guarantees: removing heads whose weights are zero leaves outputs unchanged.
+    Note: a layer that loses both its heads and its neurons is no longer counted as a layer by
+    the structure analysis (its biases and norms remain), so later layer indices shift.
     """
 
     name = "prune-heads"
@@ -122,7 +124,8 @@ class PruneHeads(Pass):
             else:
                 scores = {i: head_magnitude(module, b) for i, b in blocks.items()}
             chosen = select_lowest(normalize_per_layer(scores), float(self.amount), self.per_layer)
-        removed_heads = removed_elements = 0
+        params_before = module.num_parameters()
+        removed_heads = 0
         emptied = []
         for i, heads in sorted(chosen.items()):
             if not heads:
@@ -130,7 +133,7 @@ class PruneHeads(Pass):
             block = blocks[i]
             if len(heads) == block.num_heads:
                 emptied.append(str(i))
-            removed_elements += remove_heads(module, block, heads)
+            remove_heads(module, block, heads)
             removed_heads += len(heads)
         dce = eliminate_dead_code(module) if removed_heads else {"nodes": 0}
         heads_left = [layer.attention.num_heads if layer.attention else 0
@@ -139,6 +142,6 @@ class PruneHeads(Pass):
             "heads_removed": removed_heads,
             "heads_per_layer": ",".join(map(str, heads_left)),
             "attention_blocks_removed": ",".join(emptied) or "-",
-            "params_removed": removed_elements,
+            "params_removed": params_before - module.num_parameters(),
             "nodes_removed": dce["nodes"],
         })

@@ -101,7 +101,8 @@ class PruneNeurons(Pass):
             else:
                 scores = {i: neuron_magnitude(module, b) for i, b in blocks.items()}
             chosen = select_lowest(normalize_per_layer(scores), float(self.amount), self.per_layer)
-        removed = removed_elements = 0
+        params_before = module.num_parameters()
+        removed = 0
         emptied = []
         for i, neurons in sorted(chosen.items()):
             if not neurons:
@@ -109,7 +110,7 @@ class PruneNeurons(Pass):
             block = blocks[i]
             if len(neurons) == block.width:
                 emptied.append(str(i))
-            removed_elements += remove_neurons(module, block, neurons)
+            remove_neurons(module, block, neurons)
             removed += len(neurons)
         dce = eliminate_dead_code(module) if removed else {"nodes": 0}
         widths = [layer.ffn.width if layer.ffn else 0 for layer in analyze(module).layers]
@@ -117,6 +118,6 @@ class PruneNeurons(Pass):
             "neurons_removed": removed,
             "ffn_per_layer": ",".join(map(str, widths)),
             "ffn_blocks_removed": ",".join(emptied) or "-",
-            "params_removed": removed_elements,
+            "params_removed": params_before - module.num_parameters(),
             "nodes_removed": dce["nodes"],
         })

@@ -45,8 +45,8 @@ def _rows(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + i for h in heads for i in range(head_dim)]
 
 
-def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> int:
-    """Remove ``heads`` from an attention block; returns the parameter elements removed.
+def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None:
+    """Remove ``heads`` from an attention block (run DCE afterwards to drop dead weights).
 
     Removing every head removes the block: its result is replaced by the output projection's
     bias (what a head-less attention contributes), or the residual passes through unchanged.
@@ -54,11 +54,10 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> int:
     reason = block.prunable
     if reason:
         raise ValueError(reason)
-    before = sum(module.params[n].data.numel() for n in block.param_names())
     keep = [h for h in range(block.num_heads) if h not in heads]
     if not keep:
-        _remove_attention(module, block)
-        return before
+        _replace_by_bias(module, block.output, block)
+        return
     rows = _rows(keep, block.head_dim)
     for lin in (block.query, block.key, block.value):
         slice_param(module, lin, 1, 0, rows)
@@ -68,32 +67,23 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> int:
     slice_param(module, block.output, 1, 1, rows)
     block.node.set_attr("num_heads", len(keep))
     set_last_dim(block.node.outputs[0], len(rows))
-    after = sum(module.params[n].data.numel() for n in block.param_names())
-    return before - after
 
 
-def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> int:
-    """Remove intermediate ``neurons`` from an FFN block; returns parameter elements removed.
+def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> None:
+    """Remove intermediate ``neurons`` from an FFN block (run DCE afterwards).
 
     Removing every neuron removes the block (its result becomes the down projection's bias).
     """
-    before = sum(module.params[n].data.numel() for n in block.param_names())
     keep = [i for i in range(block.width) if i not in neurons]
     if not keep:
         _replace_by_bias(module, block.down, block)
-        return before
+        return
     slice_param(module, block.up, 1, 0, keep)
     if isinstance(block.up.arg(2), Parameter):
         slice_param(module, block.up, 2, 0, keep)
     set_last_dim(block.up.outputs[0], len(keep))
     set_last_dim(block.activation.outputs[0], len(keep))
     slice_param(module, block.down, 1, 1, keep)
-    after = sum(module.params[n].data.numel() for n in block.param_names())
-    return before - after
-
-
-def _remove_attention(module: Module, block: AttentionBlock) -> None:
-    _replace_by_bias(module, block.output, block)
 
 
 def _replace_by_bias(module: Module, projection: Node, block: AttentionBlock | FFNBlock) -> None:

@@ -25,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
-from optc.errors import InputError, OptcError, OutputError
+from optc.errors import InputError, OptcError
 
 __all__ = ["main"]
 
@@ -78,16 +78,6 @@ def _load_target(target: str | None, task: str, progress: Any) -> Any:
         model, source = load_model(target, task=task)
     with progress.step("capturing with torch.export"):
         return capture(model, source=source)
-
-
-def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise OutputError(f"output '{out}' already exists; pass --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
 
 
 # -- optc MODEL ---------------------------------------------------------------------------------
@@ -154,7 +144,9 @@ def _cmd_compile(argv: list[str]) -> int:
         ]
     out = Path(args.output) if args.output else None
     if out is not None:
-        _check_output(out, args.force)
+        from optc.outputs import check_output
+
+        check_output(out, args.force)
     module = _load_target(args.model, args.task, progress)
     instruments: list[Any] = []
     if args.print_after_all:
