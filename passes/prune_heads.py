@@ -5,33 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
-from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import calibration_batches
 from optc.passes.dce import eliminate_dead_code
+from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
+from optc.passes.selection import check_unit_options, choose_units
 from optc.passes.structural import remove_heads
 
-__all__ = ["PruneHeads", "select_lowest"]
-
-
-def select_lowest(scores: dict[int, torch.Tensor], amount: float, per_layer: bool) -> dict[int, set[int]]:
-    """The lowest-scoring units: ``round(amount * n)`` per layer, or of all layers together."""
-    chosen: dict[int, set[int]] = {i: set() for i in scores}
-    if per_layer:
-        for i, s in scores.items():
-            k = int(round(amount * len(s)))
-            chosen[i] = set(torch.argsort(s, stable=True)[:k].tolist())
-        return chosen
-    flat = [(float(v), i, j) for i, s in scores.items() for j, v in enumerate(s.tolist())]
-    flat.sort()
-    for _, i, j in flat[: int(round(amount * len(flat)))]:
-        chosen[i].add(j)
-    return chosen
+__all__ = ["PruneHeads"]
 
 
 @register_pass
@@ -74,14 +57,7 @@ class PruneHeads(Pass):
     """Tokenizer directory or id (default: the one recorded with the model)."""
 
     def __post_init__(self) -> None:
-        if (self.amount is None) == (not self.heads):
-            raise PipelineSpecError("prune-heads needs either heads=layer:head,... or amount=F")
-        if self.amount is not None and not 0.0 <= self.amount <= 1.0:
-            raise PipelineSpecError(f"prune-heads amount must be in [0, 1], got {self.amount}")
-        if any(i < 0 or j < 0 for i, j in self.heads):
-            raise PipelineSpecError("prune-heads layer and head indices must be >= 0")
-        if self.samples < 1 or self.batch_size < 1 or self.max_length < 2:
-            raise PipelineSpecError("prune-heads needs samples >= 1, batch_size >= 1, max_length >= 2")
+        check_unit_options(self, self.heads, "head")
 
     @property
     def uses_data(self) -> bool:
@@ -108,22 +84,7 @@ class PruneHeads(Pass):
         structure = analyze(module)
         blocks = {layer.index: layer.attention for layer in structure.layers
                   if layer.attention is not None and layer.attention.prunable is None}
-        if self.heads:
-            chosen: dict[int, set[int]] = {}
-            for i, h in self.heads:
-                chosen.setdefault(i, set()).add(h)
-        else:
-            from optc.passes.importance import head_magnitude, normalize_per_layer, taylor_scores
-
-            if self.criterion == "taylor":
-                batches = calibration_batches(module, self.data, self.samples, self.batch_size,
-                                              self.max_length, self.tokenizer,
-                                              "prune-heads{criterion=taylor}")
-                scores, _ = taylor_scores(module, batches, structure, heads=True, neurons=False)
-                scores = {i: s for i, s in scores.items() if i in blocks}
-            else:
-                scores = {i: head_magnitude(module, b) for i, b in blocks.items()}
-            chosen = select_lowest(normalize_per_layer(scores), float(self.amount), self.per_layer)
+        chosen = choose_units(self, module, structure, blocks, self.heads, head_magnitude, heads=True)
         params_before = module.num_parameters()
         removed_heads = 0
         emptied = []

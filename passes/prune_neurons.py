@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import calibration_batches
 from optc.passes.dce import eliminate_dead_code
-from optc.passes.prune_heads import select_lowest
+from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
+from optc.passes.selection import check_unit_options, choose_units
 from optc.passes.structural import remove_neurons
 
 __all__ = ["PruneNeurons"]
@@ -55,14 +54,7 @@ class PruneNeurons(Pass):
     """Tokenizer directory or id (default: the one recorded with the model)."""
 
     def __post_init__(self) -> None:
-        if (self.amount is None) == (not self.neurons):
-            raise PipelineSpecError("prune-neurons needs either neurons=layer:neuron,... or amount=F")
-        if self.amount is not None and not 0.0 <= self.amount <= 1.0:
-            raise PipelineSpecError(f"prune-neurons amount must be in [0, 1], got {self.amount}")
-        if any(i < 0 or j < 0 for i, j in self.neurons):
-            raise PipelineSpecError("prune-neurons layer and neuron indices must be >= 0")
-        if self.samples < 1 or self.batch_size < 1 or self.max_length < 2:
-            raise PipelineSpecError("prune-neurons needs samples >= 1, batch_size >= 1, max_length >= 2")
+        check_unit_options(self, self.neurons, "neuron")
 
     @property
     def uses_data(self) -> bool:
@@ -86,21 +78,8 @@ class PruneNeurons(Pass):
     def run(self, module: Module) -> PassResult:
         structure = analyze(module)
         blocks = {layer.index: layer.ffn for layer in structure.layers if layer.ffn is not None}
-        if self.neurons:
-            chosen: dict[int, set[int]] = {}
-            for i, j in self.neurons:
-                chosen.setdefault(i, set()).add(j)
-        else:
-            from optc.passes.importance import neuron_magnitude, normalize_per_layer, taylor_scores
-
-            if self.criterion == "taylor":
-                batches = calibration_batches(module, self.data, self.samples, self.batch_size,
-                                              self.max_length, self.tokenizer,
-                                              "prune-neurons{criterion=taylor}")
-                _, scores = taylor_scores(module, batches, structure, heads=False, neurons=True)
-            else:
-                scores = {i: neuron_magnitude(module, b) for i, b in blocks.items()}
-            chosen = select_lowest(normalize_per_layer(scores), float(self.amount), self.per_layer)
+        chosen = choose_units(self, module, structure, blocks, self.neurons, neuron_magnitude,
+                              heads=False)
         params_before = module.num_parameters()
         removed = 0
         emptied = []

@@ -12,7 +12,8 @@ from optc.ir import collect_problems, print_module
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
-from optc.passes.prune_heads import PruneHeads, select_lowest
+from optc.passes.prune_heads import PruneHeads
+from optc.passes.selection import select_lowest
 from optc.tools.inspection import summarize
 from tests.conftest import assert_backends_agree, token_inputs
 from tests.frontends.hf_cases import captured

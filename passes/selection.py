@@ -1,0 +1,64 @@
+"""Choosing which heads or neurons to remove, shared by prune-heads and prune-neurons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from optc.errors import PipelineSpecError
+from optc.ir.analysis import Structure
+from optc.ir.core import Module
+from optc.passes.calibration import calibration_batches
+
+__all__ = ["select_lowest", "check_unit_options", "choose_units"]
+
+
+def select_lowest(scores: dict[int, torch.Tensor], amount: float, per_layer: bool) -> dict[int, set[int]]:
+    """The lowest-scoring units: ``round(amount * n)`` per layer, or of all layers together."""
+    chosen: dict[int, set[int]] = {i: set() for i in scores}
+    if per_layer:
+        for i, s in scores.items():
+            k = int(round(amount * len(s)))
+            chosen[i] = set(torch.argsort(s, stable=True)[:k].tolist())
+        return chosen
+    flat = [(float(v), i, j) for i, s in scores.items() for j, v in enumerate(s.tolist())]
+    flat.sort()
+    for _, i, j in flat[: int(round(amount * len(flat)))]:
+        chosen[i].add(j)
+    return chosen
+
+
+def check_unit_options(p: Any, explicit: tuple[tuple[int, int], ...], unit: str) -> None:
+    """Validate the options prune-heads and prune-neurons share; PipelineSpecError if bad."""
+    if (p.amount is None) == (not explicit):
+        raise PipelineSpecError(f"{p.name} needs either {unit}s=layer:{unit},... or amount=F")
+    if p.amount is not None and not 0.0 <= p.amount <= 1.0:
+        raise PipelineSpecError(f"{p.name} amount must be in [0, 1], got {p.amount}")
+    if any(i < 0 or j < 0 for i, j in explicit):
+        raise PipelineSpecError(f"{p.name} layer and {unit} indices must be >= 0")
+    if p.samples < 1 or p.batch_size < 1 or p.max_length < 2:
+        raise PipelineSpecError(f"{p.name} needs samples >= 1, batch_size >= 1, max_length >= 2")
+
+
+def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[int, Any],
+                 explicit: tuple[tuple[int, int], ...], magnitude: Callable[[Module, Any], torch.Tensor],
+                 heads: bool) -> dict[int, set[int]]:
+    """Units to remove per layer: the explicit ones, or the lowest by the pass's criterion."""
+    if explicit:
+        chosen: dict[int, set[int]] = {}
+        for i, j in explicit:
+            chosen.setdefault(i, set()).add(j)
+        return chosen
+    from optc.passes.importance import normalize_per_layer, taylor_scores
+
+    if p.criterion == "taylor":
+        batches = calibration_batches(module, p.data, p.samples, p.batch_size, p.max_length,
+                                      p.tokenizer, f"{p.name}{{criterion=taylor}}")
+        head_scores, neuron_scores = taylor_scores(module, batches, structure, heads=heads,
+                                                   neurons=not heads)
+        scores = {i: s for i, s in (head_scores if heads else neuron_scores).items() if i in blocks}
+    else:
+        scores = {i: magnitude(module, b) for i, b in blocks.items()}
+    return select_lowest(normalize_per_layer(scores), float(p.amount), p.per_layer)
