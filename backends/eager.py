@@ -7,6 +7,7 @@ output tensors named like the source model's output fields.
 
 from __future__ import annotations
 
+import keyword
 import re
 from typing import Any
 
@@ -18,13 +19,14 @@ from optc.errors import BackendError, InputError, IRError
 from optc.ir.core import Module, Value, map_values
 from optc.ir.targets import resolve
 
-__all__ = ["EagerModule", "to_eager", "build_graph_module"]
+__all__ = ["EagerModule", "to_eager", "build_graph_module", "python_identifier"]
 
 
-def _attr_name(name: str, taken: set[str]) -> str:
+def python_identifier(name: str, taken: set[str]) -> str:
+    """A valid, unused Python identifier derived from ``name`` (added to ``taken``)."""
     base = re.sub(r"\W", "_", name)
-    if not base or base[0].isdigit():
-        base = "p_" + base
+    if not base or base[0].isdigit() or keyword.iskeyword(base):
+        base = "v_" + base
     candidate, i = base, 0
     while candidate in taken:
         i += 1
@@ -40,11 +42,11 @@ def build_graph_module(module: Module) -> torch.fx.GraphModule:
     env: dict[int, torch.fx.Node] = {}
     taken: set[str] = set()
     for value in module.graph.inputs:
-        env[id(value)] = fx.placeholder(_attr_name(value.name, taken))
+        env[id(value)] = fx.placeholder(python_identifier(value.name, taken))
     for name, param in module.params.items():
         if param.data.is_meta:
             raise BackendError(f"parameter @{name} has no data (IR text was loaded without weights)")
-        attr = _attr_name(name, taken)
+        attr = python_identifier(name, taken)
         root.register_buffer(attr, param.data)
         env[id(param)] = fx.get_attr(attr)
 

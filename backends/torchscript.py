@@ -10,10 +10,8 @@ symbolic, so the saved module runs at any batch and sequence size.
 from __future__ import annotations
 
 import itertools
-import keyword
 import math
 import os
-import re
 import sys
 import tempfile
 import types
@@ -23,6 +21,7 @@ from typing import Any
 
 import torch
 
+from optc.backends.eager import python_identifier
 from optc.errors import BackendError, IRError
 from optc.ir.core import Module, Node, Value
 from optc.ir.ops import get_op
@@ -84,18 +83,6 @@ def k_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 def k_embedding(ids: Tensor, table: Tensor) -> Tensor:
     return torch.nn.functional.embedding(ids, table)
 '''
-
-
-def _ident(name: str, taken: set[str]) -> str:
-    base = re.sub(r"\W", "_", name)
-    if not base or base[0].isdigit() or keyword.iskeyword(base):
-        base = "v_" + base
-    candidate, i = base, 0
-    while candidate in taken:
-        i += 1
-        candidate = f"{base}_{i}"
-    taken.add(candidate)
-    return candidate
 
 
 def _script_type(value: Value) -> str:
@@ -192,11 +179,11 @@ class _Writer:
         lines = []
         sig = []
         for value in graph.inputs:
-            name = _ident(value.name, self.taken)
+            name = python_identifier(value.name, self.taken)
             self.names[id(value)] = name
             sig.append(f"{name}: {_script_type(value)}")
         for pname, param in self.module.params.items():
-            attr = _ident("p_" + pname, self.taken)
+            attr = python_identifier("p_" + pname, self.taken)
             buffers[attr] = pname
             self.names[id(param)] = f"self.{attr}"
         for node in graph:
@@ -204,7 +191,7 @@ class _Writer:
             if not node.outputs:
                 lines.append(call)
                 continue
-            outs = [_ident(v.name, self.taken) for v in node.outputs]
+            outs = [python_identifier(v.name, self.taken) for v in node.outputs]
             for v, n in zip(node.outputs, outs, strict=True):
                 self.names[id(v)] = n
             if len(outs) == 1:

@@ -9,25 +9,16 @@ the target is <= 1.05). Defaults to the embedded all-MiniLM-L6-v2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import torch
 
-from optc.tools.timing import measure_interleaved
+from optc.tools.timing import benchmark_parser, measure_interleaved
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m optc.tools.bench_eager", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model directory or hub id (default: embedded MiniLM)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--block", type=int, default=5)
-    args = p.parse_args(argv)
+    args = benchmark_parser("python -m optc.tools.bench_eager", __doc__).parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import optc

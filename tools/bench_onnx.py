@@ -11,7 +11,6 @@ ratio is optc's median over the faster baseline's (the target is <= 1.05).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -70,15 +69,9 @@ def export_baselines(model: torch.nn.Module, workdir: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m optc.tools.bench_onnx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model directory (default: embedded MiniLM)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--block", type=int, default=5)
-    args = p.parse_args(argv)
+    from optc.tools.timing import benchmark_parser
+
+    args = benchmark_parser("python -m optc.tools.bench_onnx", __doc__).parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import optc

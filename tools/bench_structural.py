@@ -12,7 +12,6 @@ random model (targets: 10 s and 30 s).
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -34,15 +33,12 @@ def _pipeline_seconds(module, spec: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m optc.tools.bench_structural", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--block", type=int, default=5)
+    from optc.tools.timing import benchmark_parser
+
+    p = benchmark_parser("python -m optc.tools.bench_structural", __doc__, threads=[1])
     p.add_argument("--skip-bert-base", action="store_true", help="skip the BERT-base pipeline timing")
     args = p.parse_args(argv)
+    threads = args.threads[0]
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import optc
@@ -50,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from optc.ir.analysis import module_flops
     from optc.tools.timing import measure_interleaved
 
-    torch.set_num_threads(args.threads)
-    model, source = optc.load_model(None)
+    torch.set_num_threads(threads)
+    model, source = optc.load_model(args.model)
     base = optc.capture(model, source=source)
     variants = {"base": base}
     pipeline_s = {}
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="optc-bench-struct-") as tmp:
         runners = {
             "eager": {n: optc.to_eager(m) for n, m in variants.items()},
-            "onnx": {n: OnnxModule(export_onnx(m, Path(tmp) / f"{i}.onnx"), threads=args.threads)
+            "onnx": {n: OnnxModule(export_onnx(m, Path(tmp) / f"{i}.onnx"), threads=threads)
                      for i, (n, m) in enumerate(variants.items())},
         }
         for backend, fns in runners.items():

@@ -7,12 +7,13 @@ alternating call by call would distort them. Medians and percentiles come from p
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Timing", "measure_interleaved"]
+__all__ = ["Timing", "measure_interleaved", "benchmark_parser"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,16 @@ def measure_interleaved(
                 fn()
                 samples[name].append(time.perf_counter() - start)
     return {name: Timing.of(s) for name, s in samples.items()}
+
+
+def benchmark_parser(prog: str, doc: str | None, threads: list[int] | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark script shares: model, batch sizes, sequence, threads, rounds."""
+    p = argparse.ArgumentParser(prog=prog, description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model directory or hub id (default: embedded MiniLM)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes")
+    p.add_argument("--seq", type=int, default=128, help="sequence length")
+    p.add_argument("--threads", type=int, nargs="+", default=threads or [1, 2], help="thread counts")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
+    p.add_argument("--block", type=int, default=5, help="calls per block")
+    return p
