@@ -82,6 +82,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
     embedded = name_or_path is None
     path = default_model_path() if embedded else Path(name_or_path)
     if path.exists():
+        if path.is_file() and path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+            if len(list(path.parent.glob("*.safetensors"))) != 1:
+                raise InputError(
+                    f"'{path.parent}' holds several safetensors files; pass the directory with "
+                    "its model.safetensors"
+                )
+            path = path.parent  # the weights file next to its config: load the directory
         if path.is_file():
             if path.suffix in _PICKLE_SUFFIXES:
                 raise InputError(

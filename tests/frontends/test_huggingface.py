@@ -46,6 +46,22 @@ def test_local_directory_loads(bert, saved):
     assert same_weights(model, bert)
 
 
+def test_safetensors_file_next_to_its_config_loads_the_model(bert, saved):
+    model, source = load_model(saved / "model.safetensors")
+    assert same_weights(model, bert)
+    assert source["model"] == str(saved)
+
+
+def test_ambiguous_safetensors_file_is_refused(saved, tmp_path):
+    import shutil
+
+    copy = tmp_path / "two"
+    shutil.copytree(saved, copy)
+    shutil.copy(copy / "model.safetensors", copy / "other.safetensors")
+    with pytest.raises(InputError, match="several safetensors"):
+        load_model(copy / "other.safetensors")
+
+
 def test_task_selects_the_head(saved):
     model, source = load_model(saved, task="sequence-classification")
     assert source["class"] == "BertForSequenceClassification"
