@@ -121,8 +121,11 @@ def _target_runners(target: str, backends: list[str] | None, threads: int, workd
             raise InputError(f"TorchScript file '{target}' does not exist")
         return [_torchscript_runner(path)]
     if is_artifact(path):
-        return _module_runners(target, load_module(path), backends or ["eager"], threads, workdir,
-                               _disk_size(path))
+        wanted = [b for b in (backends or ["eager"]) if b != "hf"]  # hf: the original models only
+        if not wanted:
+            raise InputError(f"'{target}' is an optc artifact: give it eager, torchscript or onnx "
+                             "in --backends (hf times original Hugging Face models)")
+        return _module_runners(target, load_module(path), wanted, threads, workdir, _disk_size(path))
     from optc.frontends.huggingface import load_model
 
     model, source = load_model(None if target == EMBEDDED else target)
