@@ -352,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("optc: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `optc inspect ... | head`): stop quietly, like other tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback
