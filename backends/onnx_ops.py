@@ -13,7 +13,6 @@ from typing import Any
 import onnx
 import onnxscript
 import torch
-from onnxscript import opset18 as op
 
 from optc.backends.kernels import attention
 
@@ -135,4 +134,3 @@ TRANSLATIONS = {
 }
 """torch.onnx ``custom_translation_table`` entries for the ops above."""
 
-_ = op  # standard opset used by translations that decompose
