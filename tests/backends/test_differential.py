@@ -19,8 +19,8 @@ from optc.backends.differential import (
     run_backend,
 )
 from optc.errors import BackendError, OptcError
-from tests.conftest import assert_backends_agree, token_inputs
-from tests.frontends.hf_cases import OUTPUTS, captured
+from optc.tests.conftest import assert_backends_agree, token_inputs
+from optc.tests.frontends.hf_cases import OUTPUTS, captured
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 

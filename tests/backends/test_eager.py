@@ -13,8 +13,8 @@ import torch
 import optc
 from optc.backends.eager import EagerModule
 from optc.errors import BackendError, InputError
-from tests.conftest import token_inputs
-from tests.frontends.hf_cases import ENCODERS, OUTPUTS, SIZES, captured
+from optc.tests.conftest import token_inputs
+from optc.tests.frontends.hf_cases import ENCODERS, OUTPUTS, SIZES, captured
 
 TOLERANCE = 1e-5
 

@@ -21,8 +21,8 @@ import optc
 from optc.backends.onnx import OnnxModule, export_onnx, session_options
 from optc.errors import BackendError, OutputError
 from optc.ir.analysis import analyze
-from tests.conftest import assert_backends_agree, token_inputs
-from tests.frontends.hf_cases import OUTPUTS, SIZES, captured
+from optc.tests.conftest import assert_backends_agree, token_inputs
+from optc.tests.frontends.hf_cases import OUTPUTS, SIZES, captured
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 

@@ -16,8 +16,8 @@ import optc
 from optc.backends.torchscript import export_torchscript, generate_source, to_torchscript
 from optc.errors import BackendError, OutputError
 from optc.ir.types import SymType, TensorType
-from tests.conftest import token_inputs
-from tests.frontends.hf_cases import OUTPUTS, SIZES, captured
+from optc.tests.conftest import token_inputs
+from optc.tests.frontends.hf_cases import OUTPUTS, SIZES, captured
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 

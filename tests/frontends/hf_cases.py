@@ -8,7 +8,7 @@ import torch
 
 import optc
 from optc.ir import Module
-from tests.conftest import TINY, tiny_model
+from optc.tests.conftest import TINY, tiny_model
 
 ENCODERS = [
     ("bert", "base"),

@@ -17,8 +17,8 @@ import optc
 from optc.errors import FrontendError
 from optc.ir import Module, collect_problems
 from optc.ir.core import Node
-from tests.conftest import tiny_model
-from tests.frontends.hf_cases import ENCODERS, OUTPUTS, captured
+from optc.tests.conftest import tiny_model
+from optc.tests.frontends.hf_cases import ENCODERS, OUTPUTS, captured
 
 LAYERS, HEADS, HEAD_DIM, HIDDEN, FFN = 2, 4, 16, 64, 128
 

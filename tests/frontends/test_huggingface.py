@@ -11,7 +11,7 @@ import torch
 import optc
 from optc.errors import InputError
 from optc.frontends.huggingface import load_model
-from tests.conftest import tiny_model, token_inputs
+from optc.tests.conftest import tiny_model, token_inputs
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 """The commit hash of the snapshot in the fake hub cache."""

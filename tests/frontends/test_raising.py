@@ -18,8 +18,8 @@ import optc
 from optc.frontends.raising import RaiseReport, raise_high_level_ops
 from optc.ir import Module, collect_problems, print_module
 from optc.passes.dce import eliminate_dead_code
-from tests.conftest import token_inputs
-from tests.frontends.hf_cases import make_model
+from optc.tests.conftest import token_inputs
+from optc.tests.frontends.hf_cases import make_model
 
 TOLERANCE = 1e-5
 

@@ -9,7 +9,7 @@ import pytest
 from optc.ir import parse_module, print_module
 from optc.ir.analysis import AttentionBlock, FFNBlock, ParamSlice, analyze
 from optc.ir.core import Module
-from tests.frontends.hf_cases import captured
+from optc.tests.frontends.hf_cases import captured
 
 CASES = [
     ("bert", "base"),

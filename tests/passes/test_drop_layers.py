@@ -16,8 +16,8 @@ from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.drop_layers import DropLayers, choose_layers
-from tests.conftest import TINY, assert_backends_agree, token_inputs
-from tests.frontends.hf_cases import captured
+from optc.tests.conftest import TINY, assert_backends_agree, token_inputs
+from optc.tests.frontends.hf_cases import captured
 
 
 def layer_list_owner(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:

@@ -21,8 +21,8 @@ from optc.passes.importance import (
     normalize_per_layer,
     taylor_scores,
 )
-from tests.conftest import token_inputs
-from tests.frontends.hf_cases import captured
+from optc.tests.conftest import token_inputs
+from optc.tests.frontends.hf_cases import captured
 
 HEAD_DIM = 16
 ATT = "encoder.layer.{}.attention."

@@ -14,9 +14,9 @@ from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.prune_heads import PruneHeads
 from optc.passes.selection import select_lowest
+from optc.tests.conftest import assert_backends_agree, token_inputs
+from optc.tests.frontends.hf_cases import captured
 from optc.tools.inspection import summarize
-from tests.conftest import assert_backends_agree, token_inputs
-from tests.frontends.hf_cases import captured
 
 ATT = "encoder.layer.{}.attention."
 HEAD_DIM = 16

@@ -12,8 +12,8 @@ from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.prune_neurons import PruneNeurons
-from tests.conftest import token_inputs
-from tests.frontends.hf_cases import captured
+from optc.tests.conftest import token_inputs
+from optc.tests.frontends.hf_cases import captured
 
 UP = "encoder.layer.{}.intermediate.dense."
 DOWN = "encoder.layer.{}.output.dense."
