@@ -113,3 +113,42 @@ def assert_backends_agree(module, inputs: dict[str, torch.Tensor], backends: tup
         if name != "eager":
             assert set(report.diffs[name]) == expected, f"{name} compared {sorted(report.diffs[name])}"
     return report
+
+
+def scale_param_slice(module, name: str, dim: int, index: list[int], factor: float = 0.0) -> None:
+    """Scale ``index`` along ``dim`` of ``@name`` by ``factor`` (0: zero it), in a new tensor
+    (passes and tests never edit parameter tensors in place)."""
+    param = module.params[name]
+    data = param.data.clone()
+    idx = torch.tensor(index)
+    data.index_copy_(dim, idx, data.index_select(dim, idx) * factor)
+    param.data = data
+
+
+def assert_refused_unchanged(module, spec: str, message: str, match: str = "cannot run") -> None:
+    """Running ``spec`` on ``module`` raises a PassError containing ``message`` and leaves the
+    printed IR exactly as it was."""
+    from optc.errors import PassError
+    from optc.ir import print_module
+    from optc.passes import PassManager
+
+    text = print_module(module)
+    with pytest.raises(PassError, match=match) as info:
+        PassManager(spec).run(module)
+    assert message in str(info.value)
+    assert print_module(module) == text
+
+
+def padded_inputs(model: torch.nn.Module, module, batch: int, seq: int,
+                  seed: int) -> dict[str, torch.Tensor]:
+    """Padded token inputs for every graph input of ``module`` (token types split halfway)."""
+    inputs = token_inputs(model, batch, seq, seed=seed)
+    if "token_type_ids" in [v.name for v in module.graph.inputs]:
+        inputs["token_type_ids"] = (torch.arange(seq) >= seq // 2).long().expand(batch, seq)
+    return inputs
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute difference of two tensors of the same shape."""
+    assert a.shape == b.shape
+    return (a - b).abs().max().item()

@@ -21,7 +21,7 @@ import optc
 from optc.backends.onnx import OnnxModule, export_onnx, session_options
 from optc.errors import BackendError, OutputError
 from optc.ir.analysis import analyze
-from optc.tests.conftest import assert_backends_agree, token_inputs
+from optc.tests.conftest import assert_backends_agree, max_diff, padded_inputs
 from optc.tests.frontends.hf_cases import OUTPUTS, SIZES, captured
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
@@ -29,20 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:Depr
 FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2"]
 TOLERANCE = 1e-4
 MSFT = "com.microsoft"
-
-
-def make_inputs(model: torch.nn.Module, module: optc.Module, batch: int, seq: int,
-                seed: int) -> dict[str, torch.Tensor]:
-    """Padded token inputs for every graph input of ``module`` (token types split halfway)."""
-    inputs = token_inputs(model, batch, seq, seed=seed)
-    if "token_type_ids" in [v.name for v in module.graph.inputs]:
-        inputs["token_type_ids"] = (torch.arange(seq) >= seq // 2).long().expand(batch, seq)
-    return inputs
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return (a - b).abs().max().item()
 
 
 def optimized_graph(path: Path, tmp: Path) -> onnx.ModelProto:
@@ -119,7 +105,7 @@ def test_onnx_runtime_matches_eager_and_hugging_face(exported, family):
     assert runner.input_names == eager.input_names
     assert runner.output_names == eager.output_names
     for seed, (batch, seq) in enumerate([*SIZES, (4, 64)]):
-        inputs = make_inputs(model, module, batch, seq, seed)
+        inputs = padded_inputs(model, module, batch, seq, seed)
         got = runner(**inputs)
         with torch.no_grad():
             want = eager(**inputs)
@@ -133,7 +119,7 @@ def test_onnx_runtime_matches_eager_and_hugging_face(exported, family):
 def test_onnx_module_reports_missing_inputs(exported):
     model, module, path = exported("distilbert")
     runner = OnnxModule(path)
-    ids = make_inputs(model, module, 2, 5, 0)["input_ids"]
+    ids = padded_inputs(model, module, 2, 5, 0)["input_ids"]
     with pytest.raises(BackendError, match="missing ONNX inputs: attention_mask"):
         runner(ids)
 
@@ -213,7 +199,7 @@ def test_unpackable_projections_lower_to_multi_head_attention(workdir):
     assert fused_attention_ops(optimized_graph(path, workdir)) == ["MultiHeadAttention"] * 2
     runner, eager = OnnxModule(path), optc.to_eager(module)
     for seed, (batch, seq) in enumerate(SIZES):
-        inputs = make_inputs(model, module, batch, seq, seed)
+        inputs = padded_inputs(model, module, batch, seq, seed)
         got = runner(**inputs)
         with torch.no_grad():
             want = eager(**inputs)
@@ -288,7 +274,7 @@ def test_heterogeneous_eager_matches_zeroed_hugging_face_model(heterogeneous):
     eager = optc.to_eager(module)
     full = optc.to_eager(captured("bert")[1])
     for seed, (batch, seq) in enumerate(SIZES):
-        inputs = make_inputs(reference, module, batch, seq, seed)
+        inputs = padded_inputs(reference, module, batch, seq, seed)
         with torch.no_grad():
             got, want, unpruned = eager(**inputs), reference(**inputs), full(**inputs)
         for name in ("last_hidden_state", "pooler_output"):
@@ -311,13 +297,13 @@ def test_heterogeneous_backends_agree(heterogeneous):
     runner = OnnxModule(path)
     eager = optc.to_eager(module)
     for seed, (batch, seq) in enumerate(SIZES):
-        inputs = make_inputs(reference, module, batch, seq, seed)
+        inputs = padded_inputs(reference, module, batch, seq, seed)
         got = runner(**inputs)
         with torch.no_grad():
             want = eager(**inputs)
         for name in want:
             assert max_diff(got[name], want[name]) <= TOLERANCE, (name, batch, seq)
-    inputs = make_inputs(reference, module, 3, 9, seed=7)
+    inputs = padded_inputs(reference, module, 3, 9, seed=7)
     report = assert_backends_agree(module, inputs, backends=("eager", "torchscript"))
     assert report.worst("torchscript") <= 1e-5
 
@@ -377,7 +363,7 @@ def test_cli_writes_a_loadable_onnx_file_and_refuses_to_overwrite(tmp_path, caps
     onnx.checker.check_model(onnx.load(out), full_check=False)
     runner = OnnxModule(out)
     assert runner.input_names == ["input_ids", "attention_mask", "token_type_ids"]
-    inputs = make_inputs(model, captured("bert")[1], 3, 7, seed=2)
+    inputs = padded_inputs(model, captured("bert")[1], 3, 7, seed=2)
     got = runner(**inputs)
     with torch.no_grad():
         want = model(**inputs)

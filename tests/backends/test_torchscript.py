@@ -16,27 +16,13 @@ import optc
 from optc.backends.torchscript import export_torchscript, generate_source, to_torchscript
 from optc.errors import BackendError, OutputError
 from optc.ir.types import SymType, TensorType
-from optc.tests.conftest import token_inputs
+from optc.tests.conftest import max_diff, padded_inputs, token_inputs
 from optc.tests.frontends.hf_cases import OUTPUTS, SIZES, captured
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 
 FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2"]
 TOLERANCE = 1e-5
-
-
-def make_inputs(model: torch.nn.Module, module: optc.Module, batch: int, seq: int,
-                seed: int) -> dict[str, torch.Tensor]:
-    """Padded token inputs for every graph input of ``module`` (token types split halfway)."""
-    inputs = token_inputs(model, batch, seq, seed=seed)
-    if "token_type_ids" in [v.name for v in module.graph.inputs]:
-        inputs["token_type_ids"] = (torch.arange(seq) >= seq // 2).long().expand(batch, seq)
-    return inputs
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape
-    return (a - b).abs().max().item()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +48,7 @@ def test_loaded_file_matches_eager_and_hugging_face_at_dynamic_sizes(exported, f
     eager = optc.to_eager(module)
     names = [v.name for v in module.graph.inputs]
     for seed, (batch, seq) in enumerate([*SIZES, (5, 64)]):
-        inputs = make_inputs(model, module, batch, seq, seed)
+        inputs = padded_inputs(model, module, batch, seq, seed)
         with torch.no_grad():
             got = scripted(*[inputs[n] for n in names])
             want = eager(**inputs)
@@ -80,7 +66,7 @@ def test_loaded_file_is_not_specialized_to_one_shape(exported):
     scripted = torch.jit.load(str(path))
     shapes = set()
     for batch, seq in [(1, 1), (7, 3), (2, 64)]:
-        inputs = make_inputs(model, module, batch, seq, seed=batch)
+        inputs = padded_inputs(model, module, batch, seq, seed=batch)
         with torch.no_grad():
             out = scripted(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
         shapes.add(tuple(out["last_hidden_state"].shape))
@@ -108,7 +94,7 @@ def test_topk_attention_agrees_with_eager():
     scripted = to_torchscript(module)
     eager = optc.to_eager(module)
     softmax = optc.to_eager(captured_module)
-    inputs = make_inputs(model, module, 3, 11, seed=4)
+    inputs = padded_inputs(model, module, 3, 11, seed=4)
     with torch.no_grad():
         got = scripted(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
         want = eager(**inputs)

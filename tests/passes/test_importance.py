@@ -21,7 +21,7 @@ from optc.passes.importance import (
     normalize_per_layer,
     taylor_scores,
 )
-from optc.tests.conftest import token_inputs
+from optc.tests.conftest import scale_param_slice, token_inputs
 from optc.tests.frontends.hf_cases import captured
 
 HEAD_DIM = 16
@@ -32,10 +32,7 @@ def _replace(module: Module, suffix: str, dim: int, index: list[int]) -> None:
     """Zero ``index`` along ``dim`` of the parameter named ``[prefix.]suffix``, in a new tensor
     (a task model names its base ``bert.``)."""
     (name,) = [n for n in module.params if n == suffix or n.endswith("." + suffix)]
-    param = module.params[name]
-    data = param.data.clone()
-    data.index_fill_(dim, torch.tensor(index), 0.0)
-    param.data = data
+    scale_param_slice(module, name, dim, index)
 
 
 def zero_head(module: Module, layer: int, head: int) -> None:
