@@ -78,10 +78,11 @@ def example_inputs_for(model: Any, batch: int = 2, seq: int = 8) -> dict[str, to
 
 
 class _Wrapper(torch.nn.Module):
-    """Calls the model with named inputs and returns its tensor outputs as a flat tuple."""
+    """Calls the model with its inputs (by name when ``input_names`` is given, else by
+    position) and returns its tensor outputs as a flat tuple."""
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str], output_keys: list[Any],
-                 call_kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, input_names: list[str] | None,
+                 output_keys: list[Any], call_kwargs: dict[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.input_names = input_names
@@ -89,7 +90,10 @@ class _Wrapper(torch.nn.Module):
         self.call_kwargs = call_kwargs
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.input_names, args, strict=True)), **self.call_kwargs)
+        if self.input_names is None:
+            out = self.model(*args, **self.call_kwargs)
+        else:
+            out = self.model(**dict(zip(self.input_names, args, strict=True)), **self.call_kwargs)
         return tuple(_select(out, key) for key in self.output_keys)
 
 
@@ -199,11 +203,7 @@ def capture(
             raise _explain(exc, name) from exc
         keys, output_names = _output_layout(sample)
         call_names = input_names if isinstance(example_inputs, Mapping) else None
-        wrapper = (
-            _Wrapper(model, call_names, keys, call_kwargs)
-            if call_names is not None
-            else _PositionalWrapper(model, keys, call_kwargs)
-        )
+        wrapper = _Wrapper(model, call_names, keys, call_kwargs)
         dims: dict[tuple[int, int], str] = {}
         shapes: Any = None
         if dynamic_shapes == "auto":
@@ -252,15 +252,3 @@ def capture(
     eliminate_dead_code(module)
     verify(module, "after capture")
     return module
-
-
-class _PositionalWrapper(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, output_keys: list[Any], call_kwargs: dict[str, Any]) -> None:
-        super().__init__()
-        self.model = model
-        self.output_keys = output_keys
-        self.call_kwargs = call_kwargs
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(*args, **self.call_kwargs)
-        return tuple(_select(out, key) for key in self.output_keys)

@@ -163,7 +163,7 @@ def layer_similarity(module: Module, batches: list[Batch], structure: Structure 
         keys.append((f"__in_{layer.index}", f"__out_{layer.index}"))
     runner = to_eager(probe)
     sums = [0.0] * len(keys)
-    tokens = 0.0
+    counts = [0.0] * len(keys)  # non-padding tokens seen, per layer
     with torch.inference_mode():
         for batch in batches:
             outputs = runner(**batch.inputs)
@@ -172,8 +172,9 @@ def layer_similarity(module: Module, batches: list[Batch], structure: Structure 
                 if key is None:
                     continue
                 cos = torch.nn.functional.cosine_similarity(outputs[key[0]], outputs[key[1]], dim=-1)
-                weight = mask.to(cos.dtype) if mask is not None and mask.shape == cos.shape else torch.ones_like(cos)
+                weight = (mask.to(cos.dtype) if mask is not None and mask.shape == cos.shape
+                          else torch.ones_like(cos))
                 sums[i] += float((cos * weight).sum())
-            w = batch.inputs.get("attention_mask")
-            tokens += float(w.sum()) if w is not None else float(cos.numel())
-    return [s / max(tokens, 1.0) if k is not None else float("nan") for s, k in zip(sums, keys, strict=True)]
+                counts[i] += float(weight.sum())
+    return [s / max(c, 1.0) if k is not None else float("nan")
+            for s, c, k in zip(sums, counts, keys, strict=True)]

@@ -8,10 +8,9 @@ from typing import Literal
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
-from optc.passes.dce import eliminate_dead_code
 from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import check_unit_options, choose_units
+from optc.passes.selection import check_unit_options, choose_units, remove_units
 from optc.passes.structural import remove_heads
 
 __all__ = ["PruneHeads"]
@@ -85,24 +84,13 @@ class PruneHeads(Pass):
         blocks = {layer.index: layer.attention for layer in structure.layers
                   if layer.attention is not None and layer.attention.prunable is None}
         chosen = choose_units(self, module, structure, blocks, self.heads, head_magnitude, heads=True)
-        params_before = module.num_parameters()
-        removed_heads = 0
-        emptied = []
-        for i, heads in sorted(chosen.items()):
-            if not heads:
-                continue
-            block = blocks[i]
-            if len(heads) == block.num_heads:
-                emptied.append(str(i))
-            remove_heads(module, block, heads)
-            removed_heads += len(heads)
-        dce = eliminate_dead_code(module) if removed_heads else {"nodes": 0}
+        done = remove_units(module, blocks, chosen, remove_heads, lambda b: b.num_heads)
         heads_left = [layer.attention.num_heads if layer.attention else 0
                       for layer in analyze(module).layers]
-        return PassResult(removed_heads > 0, {
-            "heads_removed": removed_heads,
+        return PassResult(done["removed"] > 0, {
+            "heads_removed": done["removed"],
             "heads_per_layer": ",".join(map(str, heads_left)),
-            "attention_blocks_removed": ",".join(emptied) or "-",
-            "params_removed": params_before - module.num_parameters(),
-            "nodes_removed": dce["nodes"],
+            "attention_blocks_removed": done["emptied"],
+            "params_removed": done["params_removed"],
+            "nodes_removed": done["nodes_removed"],
         })

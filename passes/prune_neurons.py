@@ -8,10 +8,9 @@ from typing import Literal
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
-from optc.passes.dce import eliminate_dead_code
 from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import check_unit_options, choose_units
+from optc.passes.selection import check_unit_options, choose_units, remove_units
 from optc.passes.structural import remove_neurons
 
 __all__ = ["PruneNeurons"]
@@ -80,23 +79,12 @@ class PruneNeurons(Pass):
         blocks = {layer.index: layer.ffn for layer in structure.layers if layer.ffn is not None}
         chosen = choose_units(self, module, structure, blocks, self.neurons, neuron_magnitude,
                               heads=False)
-        params_before = module.num_parameters()
-        removed = 0
-        emptied = []
-        for i, neurons in sorted(chosen.items()):
-            if not neurons:
-                continue
-            block = blocks[i]
-            if len(neurons) == block.width:
-                emptied.append(str(i))
-            remove_neurons(module, block, neurons)
-            removed += len(neurons)
-        dce = eliminate_dead_code(module) if removed else {"nodes": 0}
+        done = remove_units(module, blocks, chosen, remove_neurons, lambda b: b.width)
         widths = [layer.ffn.width if layer.ffn else 0 for layer in analyze(module).layers]
-        return PassResult(removed > 0, {
-            "neurons_removed": removed,
+        return PassResult(done["removed"] > 0, {
+            "neurons_removed": done["removed"],
             "ffn_per_layer": ",".join(map(str, widths)),
-            "ffn_blocks_removed": ",".join(emptied) or "-",
-            "params_removed": params_before - module.num_parameters(),
-            "nodes_removed": dce["nodes"],
+            "ffn_blocks_removed": done["emptied"],
+            "params_removed": done["params_removed"],
+            "nodes_removed": done["nodes_removed"],
         })

@@ -62,3 +62,32 @@ def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[int,
     else:
         scores = {i: magnitude(module, b) for i, b in blocks.items()}
     return select_lowest(normalize_per_layer(scores), float(p.amount), p.per_layer)
+
+
+def remove_units(module: Module, blocks: dict[int, Any], chosen: dict[int, set[int]],
+                 remove: Callable[[Module, Any, set[int]], None],
+                 size: Callable[[Any], int]) -> dict[str, Any]:
+    """Apply ``remove`` to every block with chosen units, then DCE.
+
+    Returns ``removed`` (units), ``emptied`` (layers left without units, comma-separated or
+    ``-``), ``params_removed`` and ``nodes_removed``.
+    """
+    from optc.passes.dce import eliminate_dead_code
+
+    params_before = module.num_parameters()
+    removed = 0
+    emptied = []
+    for i, units in sorted(chosen.items()):
+        if not units:
+            continue
+        if len(units) == size(blocks[i]):
+            emptied.append(str(i))
+        remove(module, blocks[i], units)
+        removed += len(units)
+    dce = eliminate_dead_code(module) if removed else {"nodes": 0}
+    return {
+        "removed": removed,
+        "emptied": ",".join(emptied) or "-",
+        "params_removed": params_before - module.num_parameters(),
+        "nodes_removed": dce["nodes"],
+    }
