@@ -7,28 +7,28 @@
                           pipeline, backend
 
 Loading parses text, JSON and safetensors only: nothing is ever unpickled. Saving writes into a
-temporary sibling directory and renames it into place, so a failure leaves no partial output and
-an existing artifact is replaced only with ``force=True``.
+temporary sibling directory and swaps it into place atomically, so a failure or an interrupt
+leaves no partial output; an existing artifact is replaced only with ``force=True`` (and never
+anything that is not an optc artifact, see :mod:`optc.outputs`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Iterable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optc.errors import ArtifactError, OptcError, OutputError
+from optc.errors import ArtifactError, InputError, OutputError
 from optc.ir.core import Module
 from optc.ir.parser import parse_module
 from optc.ir.printer import print_module
 from optc.ir.verifier import verify
-from optc.outputs import check_output, umask_mode
+from optc.outputs import atomic_directory, check_output, umask_mode
 
 __all__ = ["save", "load", "load_module", "is_artifact", "FORMAT_VERSION"]
 
@@ -51,13 +51,26 @@ def is_artifact(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / IR_FILE).is_file() and (p / METADATA_FILE).is_file()
 
 
-def _as_module(obj: Any) -> Module:
+def _as_module(obj: Any, what: str = "optc.save") -> Module:
     if isinstance(obj, Module):
         return obj
     ir = getattr(obj, "ir", None)
     if isinstance(ir, Module):
         return ir
-    raise OptcError(f"optc.save needs an optc IR module or a module from optc.load, got {type(obj).__name__}")
+    if isinstance(obj, torch.nn.Module):
+        raise InputError(
+            f"{what} needs an optc IR module, got the torch module {type(obj).__name__}: capture "
+            "it first (module = optc.capture(model)) or pass a module from optc.load"
+        )
+    raise InputError(f"{what} needs an optc IR module (from optc.capture or optc.load_module), "
+                     f"got {type(obj).__name__}")
+
+
+def _check_path(path: Any, what: str) -> Path:
+    if isinstance(path, (str, os.PathLike)) and str(path):
+        return Path(path)
+    raise InputError(f"{what} needs the path of an artifact directory (a str or os.PathLike), "
+                     f"got {path!r}")
 
 
 def _weights_for_saving(module: Module) -> dict[str, torch.Tensor]:
@@ -77,14 +90,22 @@ def _weights_for_saving(module: Module) -> dict[str, torch.Tensor]:
 
 
 def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str = "eager",
-         extra: dict[str, Any] | None = None) -> Path:
-    """Save an IR module (or a module returned by :func:`load`) as an artifact directory."""
+         extra: dict[str, Any] | None = None,
+         inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Save an IR module (or a module returned by :func:`load`) as an artifact directory.
+
+    An existing ``path`` is replaced only with ``force=True`` and only when it is an optc
+    artifact that is not one of ``inputs`` (the paths the module was loaded from) and does not
+    contain one (see :func:`optc.outputs.check_output`). The artifact is written to a hidden
+    temporary directory and swapped into place atomically.
+    """
     from safetensors.torch import save_file
 
     module = _as_module(obj)
+    target = _check_path(path, "optc.save")
+    inputs = list(inputs)
+    check_output(target, force, kind="artifact", inputs=inputs)  # before any slow work
     verify(module, "before saving")
-    target = Path(path)
-    parent = check_output(target, force)
     meta = {
         "format": "optc-artifact",
         "format_version": FORMAT_VERSION,
@@ -95,34 +116,15 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
         "parameters": module.num_parameters(),
         **(extra or {}),
     }
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write '{target}': {exc.strerror}") from None
-    try:
-        (tmp / IR_FILE).write_text(print_module(module, locations=True))
-        save_file(_weights_for_saving(module), str(tmp / WEIGHTS_FILE))
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; give normal permissions
-        for f in (IR_FILE, WEIGHTS_FILE, METADATA_FILE):
-            os.chmod(tmp / f, umask_mode(0o666))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-            os.replace(target, old / target.name)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                os.replace(old / target.name, target)  # put the previous artifact back
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write '{target}': {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(target, force, inputs=inputs) as tmp:
+        try:
+            (tmp / IR_FILE).write_text(print_module(module, locations=True))
+            save_file(_weights_for_saving(module), str(tmp / WEIGHTS_FILE))
+            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            for f in (IR_FILE, WEIGHTS_FILE, METADATA_FILE):
+                os.chmod(tmp / f, umask_mode(0o666))
+        except OSError as exc:
+            raise OutputError(f"cannot write '{target}': {exc.strerror or exc}") from None
     return target
 
 
@@ -154,7 +156,7 @@ def load_module(path: str | os.PathLike) -> Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    p = Path(path)
+    p = _check_path(path, "optc.load")
     if not p.exists():
         raise ArtifactError(f"artifact '{p}' does not exist")
     if not p.is_dir():

@@ -80,6 +80,17 @@ def _load_target(target: str | None, task: str, progress: Any) -> Any:
         return capture(model, source=source)
 
 
+def _input_paths(args: argparse.Namespace) -> list[Path]:
+    """Existing paths the compile command reads: -o must never replace one of them."""
+    paths = []
+    for given in (args.model, args.data, args.dump_dir):
+        if given is not None and os.path.lexists(given):
+            paths.append(Path(given))
+    if args.model is not None and Path(args.model).suffix == ".safetensors":
+        paths.append(Path(args.model).parent)  # a weights file is loaded with its directory
+    return paths
+
+
 # -- optc MODEL ---------------------------------------------------------------------------------
 def _compile_parser() -> argparse.ArgumentParser:
     p = _Parser(
@@ -143,10 +154,12 @@ def _cmd_compile(argv: list[str]) -> int:
             for p in passes
         ]
     out = Path(args.output) if args.output else None
+    kind = "artifact" if args.backend == "eager" else "file"
+    inputs = _input_paths(args)
     if out is not None:
         from optc.outputs import check_output
 
-        check_output(out, args.force)
+        check_output(out, args.force, kind=kind, inputs=inputs)  # before any slow work
     module = _load_target(args.model, args.task, progress)
     instruments: list[Any] = []
     if args.print_after_all:
@@ -158,8 +171,12 @@ def _cmd_compile(argv: list[str]) -> int:
         report = manager.run(module)
     module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
     if out is not None:
-        with progress.step(f"writing {out} ({args.backend})"):
-            write_backend(module, args.backend, out, force=args.force)
+        from optc.outputs import staged_output
+
+        # Written under a hidden name beside OUT and moved into place only when complete.
+        with staged_output(out, args.force, kind=kind, inputs=inputs) as staged:
+            with progress.step(f"writing {out} ({args.backend})"):
+                write_backend(module, args.backend, staged)
     if args.json:
         print(json.dumps({
             "output": str(out) if out else None,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import optc
 from optc.artifacts import FORMAT_VERSION, is_artifact, read_metadata
 from optc.backends.eager import EagerModule
-from optc.errors import ArtifactError, OptcError, OutputError
+from optc.errors import ArtifactError, InputError, OptcError, OutputError
 from optc.ir import collect_problems, print_module
 from optc.tests.conftest import tiny_model, token_inputs
 
@@ -110,18 +110,80 @@ def test_extra_metadata_is_recorded(module, tmp_path: Path) -> None:
 
 
 # -- overwrite rules and atomic writes ----------------------------------------------------------
-def test_save_refuses_existing_path_without_force(module, tmp_path: Path) -> None:
+def test_save_refuses_existing_path_without_force(module, saved: Path, tmp_path: Path) -> None:
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "keep.txt").write_text("precious")
+    shutil.copytree(saved, target)
+    (target / "model.optc").write_text("module @old {}\n")
     with pytest.raises(OutputError, match="already exists"):
         optc.save(module, target)
-    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert (target / "model.optc").read_text() == "module @old {}\n"
 
     optc.save(module, target, force=True)
     assert sorted(p.name for p in target.iterdir()) == FILES
     assert optc.load_module(target).num_parameters() == module.num_parameters()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_never_replaces_a_directory_that_is_not_an_artifact(module, tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    for force in (False, True):
+        with pytest.raises(OutputError, match="not an optc artifact"):
+            optc.save(module, target, force=force)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "precious"
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_force_never_replaces_foreign_metadata(module, copy: Path) -> None:
+    (copy / "metadata.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(OutputError, match="not an optc artifact"):
+        optc.save(module, copy, force=True)
+    assert json.loads((copy / "metadata.json").read_text()) == {"format": "something-else"}
+
+
+def test_force_never_replaces_a_file_with_an_artifact(module, tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.write_text("a file")
+    with pytest.raises(OutputError, match="not a directory"):
+        optc.save(module, target, force=True)
+    assert target.read_text() == "a file"
+
+
+def test_force_never_replaces_the_input_or_what_contains_it(module, copy: Path) -> None:
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(OutputError, match="input model"):
+        optc.save(module, copy, force=True, inputs=[copy])
+    with pytest.raises(OutputError, match="contains the input"):
+        optc.save(module, copy, force=True, inputs=[copy / "model.optc"])
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert leftovers(copy.parent, copy.name) == []
+
+
+@pytest.mark.parametrize("where", [".", "..", "here"])
+def test_force_never_replaces_the_current_directory(module, saved: Path, tmp_path: Path,
+                                                    monkeypatch, where: str) -> None:
+    cwd = tmp_path / "work"
+    shutil.copytree(saved, cwd)  # even when the current directory is an artifact
+    monkeypatch.chdir(cwd)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    target = cwd if where == "here" else Path(where)
+    with pytest.raises(OutputError, match="current directory|new name"):
+        optc.save(module, target, force=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_save_and_load_refuse_bad_arguments(module, hf_bert, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="optc.capture"):
+        optc.save(hf_bert, tmp_path / "x")
+    with pytest.raises(InputError, match="path of an artifact"):
+        optc.save(module, None)
+    with pytest.raises(InputError, match="path of an artifact"):
+        optc.load(None)
+    with pytest.raises(InputError, match="path of an artifact"):
+        optc.load_module(3)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_into_missing_directory(module, tmp_path: Path) -> None:
@@ -143,6 +205,24 @@ def test_failed_save_leaves_nothing(module, tmp_path: Path, monkeypatch) -> None
 
 
 def test_failed_forced_replace_keeps_the_old_artifact(module, copy: Path, monkeypatch) -> None:
+    import optc.outputs
+
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+
+    def failing_exchange(a, b):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(optc.outputs, "_exchange", failing_exchange)
+    with pytest.raises(OutputError, match="Input/output error"):
+        optc.save(module, copy, force=True)
+    monkeypatch.undo()
+    assert leftovers(copy.parent, copy.name) == []
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_failed_replace_without_atomic_swap_rolls_back(module, copy: Path, monkeypatch) -> None:
+    import optc.outputs
+
     before = {p.name: p.read_bytes() for p in copy.iterdir()}
     real_replace = os.replace
     calls = []
@@ -153,10 +233,37 @@ def test_failed_forced_replace_keeps_the_old_artifact(module, copy: Path, monkey
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
+    monkeypatch.setattr(optc.outputs, "_exchange", lambda a, b: False)
     monkeypatch.setattr(os, "replace", flaky_replace)
     with pytest.raises(OutputError):
         optc.save(module, copy, force=True)
     monkeypatch.undo()
+    assert len(calls) == 3  # aside, failed install, put back
+    assert leftovers(copy.parent, copy.name) == []
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_replace_without_atomic_swap(module, copy: Path, monkeypatch) -> None:
+    import optc.outputs
+
+    (copy / "model.optc").write_text("module @old {}\n")
+    monkeypatch.setattr(optc.outputs, "_exchange", lambda a, b: False)
+    optc.save(module, copy, force=True)
+    assert print_module(optc.load_module(copy)) == print_module(module)
+    assert leftovers(copy.parent, copy.name) == []
+
+
+def test_interrupted_replace_keeps_the_old_artifact(module, copy: Path, monkeypatch) -> None:
+    import safetensors.torch
+
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optc.save(module, copy, force=True)
     assert leftovers(copy.parent, copy.name) == []
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
 

@@ -347,13 +347,12 @@ def test_corrupted_model_safetensors_exit_3(capsys, model_dir: Path, tmp_path: P
 
 def test_output_exists_exit_4_then_force_replaces(capsys, artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "OUT"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
+    shutil.copytree(artifact, out)
+    (out / "model.optc").write_text("module @old {}\n")
     code, _, err = run(capsys, artifact, "--passes=dce", "-o", out, "-q")
     assert code == 4
     assert "--force" in assert_one_error_line(err)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "precious"
+    assert (out / "model.optc").read_text() == "module @old {}\n"
 
     code, _, err = run(capsys, artifact, "--passes=dce", "-o", out, "--force", "-q")
     assert code == 0, err
@@ -478,7 +477,7 @@ def test_console_error_is_one_line(case: str, hf_bert, model_dir: Path, artifact
         torch.save(hf_bert.state_dict(), src / "pytorch_model.bin")
         args, want = [src, "-o", out], 3
     else:
-        out.mkdir()
+        shutil.copytree(artifact, out)
         args, want = [artifact, "-o", out], 4
     watched = args[0]
     before = snapshot(watched)
@@ -488,7 +487,7 @@ def test_console_error_is_one_line(case: str, hf_bert, model_dir: Path, artifact
     assert proc.stdout == ""
     assert snapshot(watched) == before
     if case == "output-exists":
-        assert list(out.iterdir()) == []
+        assert snapshot(out) == snapshot(artifact)
     else:
         assert_no_output(out)
 
