@@ -1,0 +1,74 @@
+"""Tasks: data readers, heads, losses, metrics and evaluation (GLUE, SQuAD, your own files).
+
+    task = get_task("sst2")                       # or "mrpc", "squad", "text-classification{labels=neg,pos}"
+    dev = task.read("dev")                        # glue/SST-2/dev.tsv under $OPTC_DATA_DIR
+    val = task.read("val", seed=0)                # 15% of train, stratified; "train" is the rest
+    result = evaluate(task, model_fn, "dev", tokenizer)
+    result.metrics, result.score, result.losses   # percentages, main metric, per-example losses
+"""
+
+from __future__ import annotations
+
+from optc.tasks.batching import batches, feature_batches, model_input_names
+from optc.tasks.evaluate import EvalResult, Progress, evaluate
+from optc.tasks.generic import text_classification
+from optc.tasks.glue import GLUE_TASKS, SQUAD_TASKS
+from optc.tasks.metrics import (
+    METRICS,
+    accuracy,
+    f1,
+    matthews_correlation,
+    normalize_answer,
+    pearson,
+    spearman,
+    squad_exact_match,
+    squad_f1,
+    squad_metrics,
+)
+from optc.tasks.readers import DEFAULT_DATA_ROOT, TableFormat, resolve_task_path
+from optc.tasks.registry import all_tasks, get_task, parse_task_spec, register_task
+from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
+from optc.tasks.squad import QAFeature, build_features, decode_answers
+from optc.tasks.task import HEADS, KINDS, Task
+
+__all__ = [
+    "Task",
+    "KINDS",
+    "HEADS",
+    "TableFormat",
+    "get_task",
+    "all_tasks",
+    "register_task",
+    "parse_task_spec",
+    "text_classification",
+    "GLUE_TASKS",
+    "SQUAD_TASKS",
+    "DEFAULT_DATA_ROOT",
+    "DEFAULT_VAL_SIZE",
+    "resolve_task_path",
+    "validation_split",
+    "batches",
+    "feature_batches",
+    "model_input_names",
+    "QAFeature",
+    "build_features",
+    "decode_answers",
+    "EvalResult",
+    "Progress",
+    "evaluate",
+    "METRICS",
+    "accuracy",
+    "f1",
+    "matthews_correlation",
+    "pearson",
+    "spearman",
+    "normalize_answer",
+    "squad_exact_match",
+    "squad_f1",
+    "squad_metrics",
+]
+
+for _task in (*GLUE_TASKS, *SQUAD_TASKS):
+    register_task(_task)
+register_task(text_classification, "text-classification")
+del _task

@@ -1,0 +1,293 @@
+"""The Task: what a task's data looks like, the head and loss it needs and how it is scored.
+
+A task reads its splits from a directory (or one file): ``train`` and ``dev`` files (MNLI:
+``dev_matched`` and ``dev_mismatched``; ``dev`` then means ``dev_matched``), and ``val``, a
+seeded stratified part of train (see :mod:`optc.tasks.splits`); with a validation split,
+``train`` is the rest of the train file, so that the two never overlap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from optc.data import Example, SquadRecord, read_squad
+from optc.errors import InputError
+from optc.tasks.metrics import METRICS, squad_metrics
+from optc.tasks.readers import TableFormat, find_split_file, read_table, resolve_task_path
+from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
+
+__all__ = ["KINDS", "HEADS", "Task"]
+
+KINDS = ("classification", "regression", "extractive-qa")
+"""Task kinds."""
+
+HEADS = {"classification": "sequence-classification", "regression": "sequence-classification",
+         "extractive-qa": "question-answering"}
+"""The Hugging Face head (``AutoModelFor...``) each kind needs."""
+
+Reduction = Literal["mean", "sum", "none"]
+
+
+def _output(outputs: Any, name: str) -> torch.Tensor:
+    try:
+        value = outputs[name]
+    except (KeyError, TypeError, IndexError):
+        value = getattr(outputs, name, None)
+    if not isinstance(value, torch.Tensor):
+        keys = list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__
+        raise InputError(f"model outputs have no '{name}' tensor (got {keys}): the task needs a "
+                         "model with the matching head")
+    return value
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its data format, head, labels, loss and metrics."""
+
+    name: str
+    """Registry name (``sst2``, ``squad``, ``text-classification``)."""
+    kind: str
+    """``classification``, ``regression`` or ``extractive-qa``."""
+    num_labels: int
+    """Classes (1 for regression, 2 for QA: start and end logits)."""
+    label_names: tuple[str, ...]
+    """Class names in label-index order (empty for regression and QA)."""
+    text_columns: tuple[str, ...]
+    """The text (and pair) columns, as the data files name them."""
+    label_column: str | None
+    """The label column (``None`` for QA: answers live in the JSON)."""
+    splits: tuple[str, ...]
+    """Splits with a file of their own; ``val`` (carved from train) comes on top."""
+    file_names: tuple[str, ...]
+    """File name patterns of a split in a task directory (``{split}`` is replaced)."""
+    metrics: tuple[str, ...]
+    """Metric names reported by :meth:`compute_metrics`."""
+    main_metric: str
+    """The metric a search maximizes."""
+    table: TableFormat | None = None
+    """Column layout of the table files (``None`` for SQuAD JSON)."""
+    data_path: str | None = None
+    """Conventional location under the data root (``glue/SST-2``); ``None``: pass ``data``."""
+    version_2: bool = False
+    """QA only: questions may be unanswerable (SQuAD v2.0)."""
+    description: str = ""
+    """One line for listings."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"task '{self.name}': unknown kind '{self.kind}', expected one of "
+                             f"{', '.join(KINDS)}")
+        if self.main_metric not in self.metrics:
+            raise InputError(f"task '{self.name}': main metric '{self.main_metric}' is not one "
+                             f"of its metrics {', '.join(self.metrics)}")
+        if self.kind != "extractive-qa":
+            unknown = [m for m in self.metrics if m not in METRICS]
+            if unknown:
+                raise InputError(f"task '{self.name}': unknown metrics {', '.join(unknown)}; "
+                                 f"valid: {', '.join(METRICS)}")
+            if self.table is None:
+                raise InputError(f"task '{self.name}': a {self.kind} task needs a table format")
+        if self.kind == "classification" and (self.num_labels < 2
+                                              or len(self.label_names) != self.num_labels):
+            raise InputError(f"task '{self.name}': a classification task needs at least 2 label "
+                             f"names, one per class, got {list(self.label_names)}")
+
+    # ---------------------------------------------------------------------------------------
+    # Description
+
+    @property
+    def head(self) -> str:
+        """The Hugging Face head the task needs: ``sequence-classification`` or
+        ``question-answering``."""
+        return HEADS[self.kind]
+
+    @property
+    def all_splits(self) -> tuple[str, ...]:
+        """Every split :meth:`read` accepts."""
+        return (*self.splits, "val")
+
+    @property
+    def eval_split(self) -> str:
+        """The split ``dev`` stands for (``dev`` or MNLI's ``dev_matched``)."""
+        return "dev" if "dev" in self.splits else next(s for s in self.splits if s.startswith("dev"))
+
+    # ---------------------------------------------------------------------------------------
+    # Data
+
+    def data_file(self, split: str, data: str | os.PathLike | None = None) -> Path:
+        """The file holding file split ``split`` (``train``, ``dev``, ...): ``data`` (a file, or
+        a task directory) or else the task's conventional directory under the data root."""
+        if data is None and self.data_path is None:
+            raise InputError(f"task '{self.name}' has no conventional data location: pass the "
+                             "data file or directory")
+        path = resolve_task_path(self.data_path if data is None else data)
+        if path.is_dir():
+            return find_split_file(path, split, [p.format(split=split) for p in self.file_names])
+        return path
+
+    def _read_split_file(self, split: str, data: str | os.PathLike | None) -> list[Any]:
+        file = self.data_file(split, data)
+        if not file.is_file():
+            raise InputError(f"data path '{file}' is not a regular file")
+        if self.table is not None:
+            return read_table(file, self.table, self.parse_label)
+        records = read_squad(file)
+        if not self.version_2:
+            missing = next((r for r in records if not r.answer_texts), None)
+            if missing is not None:
+                raise InputError(f"{file}: question '{missing.id}' has no answer, which SQuAD "
+                                 "v1.1 requires: use task squad_v2 for unanswerable questions")
+        return records
+
+    def read(self, split: str = "dev", data: str | os.PathLike | None = None, *,
+             val_size: float | int = DEFAULT_VAL_SIZE, seed: int = 0,
+             limit: int | None = None) -> list[Example] | list[SquadRecord]:
+        """The examples of ``split`` in file order: :class:`~optc.data.Example` for
+        classification and regression, :class:`~optc.data.SquadRecord` for QA.
+
+        ``val`` is a seeded stratified ``val_size`` part of the train file (a fraction or a
+        count) and ``train`` the rest; ``val_size=0`` makes ``train`` the whole file.
+        ``limit`` keeps the first ``limit`` examples of the split.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise InputError(f"limit must be a positive number of examples or None, not {limit!r}")
+        if split == "dev" and "dev" not in self.splits:
+            split = self.eval_split
+        if split in ("train", "val"):
+            examples = self._read_split_file("train", data)
+            if val_size == 0 and split == "train":
+                chosen = examples
+            elif val_size == 0:
+                raise InputError(f"split 'val' of task '{self.name}' is empty with val_size=0: "
+                                 "give a positive val_size")
+            else:
+                labels = groups = None
+                if self.kind == "extractive-qa":
+                    groups = [r.context for r in examples]
+                else:
+                    labels = [e.label for e in examples]
+                train, val = validation_split(self.kind, labels, groups, len(examples),
+                                              val_size=val_size, seed=seed)
+                chosen = [examples[i] for i in (val if split == "val" else train)]
+        elif split in self.splits:
+            chosen = self._read_split_file(split, data)
+        else:
+            raise InputError(f"task '{self.name}' has no split '{split}': valid splits are "
+                             f"{', '.join(self.all_splits)}")
+        return chosen[:limit] if limit is not None else chosen
+
+    def parse_label(self, raw: Any, where: str) -> int | float:
+        """The label index (classification) or score (regression) of the raw cell ``raw``
+        found at ``where`` (``file:line``); raises :class:`InputError` naming both."""
+        column = self.label_column or "label"
+        hint = self.table.hint if self.table is not None else ""
+        if self.kind == "regression":
+            value: float | None = None
+            if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+                value = float(raw)
+            elif isinstance(raw, str):
+                try:
+                    value = float(raw.strip())
+                except ValueError:
+                    value = None
+            if value is None or not math.isfinite(value):
+                raise InputError(f"{where}: regression task '{self.name}' needs a numeric label "
+                                 f"in column '{column}', found {raw!r}{hint}")
+            return value
+        if self.kind != "classification":
+            raise InputError(f"task '{self.name}' ({self.kind}) has no class labels")
+        index: int | None = None
+        if isinstance(raw, str):
+            text = raw.strip()
+            if text in self.label_names:
+                return self.label_names.index(text)
+            try:
+                index = int(text)
+            except ValueError:
+                index = None
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            index = raw
+        elif isinstance(raw, float) and raw.is_integer():
+            index = int(raw)
+        if index is not None and 0 <= index < self.num_labels:
+            return index
+        names = ", ".join(self.label_names)
+        raise InputError(f"{where}: label {raw!r} in column '{column}' is not a label of task "
+                         f"'{self.name}' (one of {names}, or an index 0..{self.num_labels - 1})"
+                         f"{hint}")
+
+    # ---------------------------------------------------------------------------------------
+    # Loss, predictions, metrics
+
+    def loss(self, outputs: Any, labels: Any, reduction: Reduction = "mean",
+             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of model ``outputs`` (a dict of tensors or a model output).
+
+        Classification: cross-entropy of ``logits`` against class indices; regression: squared
+        error of ``logits`` (one column) against scores; QA: the mean of the start and end
+        cross-entropies against ``labels`` = ``{"start_positions", "end_positions"}`` (or a
+        pair), with positions outside the sequence ignored as Hugging Face does; with
+        ``attention_mask``, padded positions are never chosen. ``reduction="none"`` gives one
+        loss per example (per feature for QA).
+        """
+        if reduction not in ("mean", "sum", "none"):
+            raise InputError(f"reduction must be mean, sum or none, not {reduction!r}")
+        if self.kind == "extractive-qa":
+            return self._span_loss(outputs, labels, reduction, attention_mask)
+        logits = _output(outputs, "logits").float()
+        labels = torch.as_tensor(labels)
+        if self.kind == "regression":
+            if logits.dim() == 2 and logits.shape[-1] != 1:
+                raise InputError(f"regression task '{self.name}' needs one logit per example, "
+                                 f"got logits of shape {tuple(logits.shape)}")
+            return F.mse_loss(logits.reshape(-1), labels.float().reshape(-1), reduction=reduction)
+        if logits.dim() != 2 or logits.shape[-1] != self.num_labels:
+            raise InputError(f"task '{self.name}' needs logits of shape (batch, {self.num_labels}), "
+                             f"got {tuple(logits.shape)}: the model head has the wrong number of "
+                             "labels")
+        return F.cross_entropy(logits, labels.long(), reduction=reduction)
+
+    def _span_loss(self, outputs: Any, labels: Any, reduction: Reduction,
+                   attention_mask: torch.Tensor | None) -> torch.Tensor:
+        start_logits = _output(outputs, "start_logits").float()
+        end_logits = _output(outputs, "end_logits").float()
+        if isinstance(labels, Mapping):
+            starts, ends = labels["start_positions"], labels["end_positions"]
+        else:
+            starts, ends = labels
+        length = start_logits.shape[-1]
+        if attention_mask is not None:
+            pad = attention_mask.to(start_logits.device) == 0
+            low = torch.finfo(start_logits.dtype).min
+            start_logits = start_logits.masked_fill(pad, low)
+            end_logits = end_logits.masked_fill(pad, low)
+        starts = torch.as_tensor(starts).long().clamp(0, length)
+        ends = torch.as_tensor(ends).long().clamp(0, length)
+        start = F.cross_entropy(start_logits, starts, ignore_index=length, reduction="none")
+        end = F.cross_entropy(end_logits, ends, ignore_index=length, reduction="none")
+        per_feature = (start + end) / 2
+        if reduction == "none":
+            return per_feature
+        return per_feature.sum() if reduction == "sum" else per_feature.mean()
+
+    def predictions(self, logits: torch.Tensor) -> list[int] | list[float]:
+        """Class indices (argmax) or scores of a batch of classification/regression logits."""
+        if self.kind == "regression":
+            return [float(v) for v in logits.float().reshape(-1)]
+        return [int(v) for v in logits.argmax(dim=-1)]
+
+    def compute_metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
+        """Every metric of the task (percentages). Classification/regression: predicted and
+        gold labels; QA: answer texts and the :class:`~optc.data.SquadRecord` questions."""
+        if self.kind == "extractive-qa":
+            return squad_metrics(predictions, [r.answer_texts for r in references])
+        return {name: METRICS[name](predictions, references) for name in self.metrics}
