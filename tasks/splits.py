@@ -15,6 +15,7 @@ than classes) the split falls back to a plain seeded shuffle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -32,7 +33,8 @@ _SCORE_BINS = 5
 
 
 def check_val_size(val_size: float | int, total: int) -> None:
-    """Refuse a validation size that leaves either part empty."""
+    """Refuse a validation size that leaves either part empty (a fraction is rounded up to
+    whole examples, as scikit-learn does)."""
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
         raise InputError(f"val_size must be a fraction in (0, 1) or a number of examples, not "
                          f"{val_size!r}")
@@ -42,9 +44,9 @@ def check_val_size(val_size: float | int, total: int) -> None:
     if isinstance(val_size, int) and not 1 <= val_size < total:
         raise InputError(f"val_size={val_size} examples must be at least 1 and below the "
                          f"{total} training examples")
-    if isinstance(val_size, float) and round(val_size * total) < 1:
-        raise InputError(f"val_size={val_size} of {total} training examples is empty: use a "
-                         "larger fraction or more data")
+    if isinstance(val_size, float) and math.ceil(val_size * total) >= total:
+        raise InputError(f"val_size={val_size} of {total} training examples leaves no training "
+                         "examples: use a smaller fraction or more data")
 
 
 def score_bins(scores: Sequence[float], bins: int = _SCORE_BINS) -> np.ndarray:
