@@ -312,3 +312,102 @@ def test_load_calibration(data_dir, tokenizer):
     assert labels.tolist() == [e.label for e in read_examples(data_dir / "glue" / "MRPC", limit=40)]
     squad = load_calibration(data_dir / "squad", tokenizer, ["input_ids"], limit=4, max_length=384)
     assert len(squad) == 1 and squad[0].labels is None
+
+
+# -- calibration for passes: refusals before anything runs --------------------------------------
+WORDS = ["the", "a", "film", "is", "good", "bad", "not", "very", "movie", "fun"]
+
+
+def _tiny_dir(path: Path, head: str = "base", num_labels: int = 2, tokenizer: bool = True) -> Path:
+    """A tiny random BERT saved in ``path`` (vocab 120), with a 15-token WordPiece tokenizer."""
+    import transformers as tf
+
+    from optc.tests.conftest import TINY
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(**TINY, num_labels=num_labels)
+    cls = {"base": tf.BertModel, "sequence-classification": tf.BertForSequenceClassification,
+           "token-classification": tf.BertForTokenClassification}[head]
+    cls(config).eval().save_pretrained(path, safe_serialization=True)
+    if tokenizer:
+        vocab = path / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+        tf.BertTokenizer(str(vocab)).save_pretrained(path)
+    return path
+
+
+def _module(path: Path):
+    import optc
+
+    model, source = optc.load_model(path)
+    return optc.capture(model, source=source)
+
+
+def _calibrate(module, data: Path, **options):
+    from optc.passes.calibration import calibration_batches
+
+    args = dict(samples=8, batch_size=4, max_length=16, tokenizer=None, why="prune-heads{criterion=taylor}")
+    return calibration_batches(module, str(data), **{**args, **options})
+
+
+@pytest.fixture(scope="module")
+def sts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sts") / "dev.tsv"
+    rows = [f"the film is good\ta good movie\t{s}" for s in (4.2, 1.0, 3.5, 0.4)]
+    path.write_text("sentence1\tsentence2\tscore\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sst_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sst") / "dev.tsv"
+    path.write_text("sentence\tlabel\nthe film is good\t1\na bad movie\t0\nnot fun\t2\n")
+    return path
+
+
+def test_calibration_without_tokenizer_files_is_refused(tmp_path, sst_file):
+    module = _module(_tiny_dir(tmp_path / "m", tokenizer=False))
+    with pytest.raises(InputError) as info:
+        _calibrate(module, sst_file)
+    message = str(info.value)
+    assert message.startswith("prune-heads{criterion=taylor}: ")
+    assert "no tokenizer files" in message and "tokenizer=" in message and "\n" not in message
+
+
+def test_calibration_with_the_models_tokenizer_works(tmp_path, sst_file):
+    module = _module(_tiny_dir(tmp_path / "m", "sequence-classification", num_labels=3))
+    batches = _calibrate(module, sst_file)
+    assert batches[0].labels.tolist() == [1, 0, 2]
+    ids = batches[0].inputs["input_ids"]
+    assert (ids[:, 1] != 1).all()  # real words, not [UNK]
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path, sst_file):
+    module = _module(_tiny_dir(tmp_path / "m", tokenizer=False))
+    with pytest.raises(InputError, match="30522 tokens but the model's embedding table has 120 rows"):
+        _calibrate(module, sst_file, tokenizer=_embedded_tokenizer_dir())
+
+
+def _embedded_tokenizer_dir() -> str:
+    from optc.frontends.huggingface import default_model_path
+
+    return str(default_model_path())
+
+
+def test_scores_for_a_three_label_head_are_refused(tmp_path, sts_file):
+    module = _module(_tiny_dir(tmp_path / "m", "sequence-classification", num_labels=3))
+    with pytest.raises(InputError, match="scores .* the model's head has 3 labels"):
+        _calibrate(module, sts_file)
+    assert _calibrate(module, sts_file, use_labels=False)[0].labels is None
+
+
+def test_class_label_out_of_range_is_refused(tmp_path, sst_file):
+    module = _module(_tiny_dir(tmp_path / "m", "sequence-classification", num_labels=2))
+    with pytest.raises(InputError, match="class label 2 but the model's head has 2 labels"):
+        _calibrate(module, sst_file)
+
+
+def test_sentence_labels_for_a_token_head_are_refused(tmp_path, sst_file):
+    module = _module(_tiny_dir(tmp_path / "m", "token-classification", num_labels=3))
+    with pytest.raises(InputError, match="one label per example.*labels every token"):
+        _calibrate(module, sst_file)
