@@ -82,7 +82,8 @@ def validation_split(kind: str, labels: Sequence[Hashable] | None,
     if kind == "extractive-qa":
         if groups is None or len(groups) != total:
             raise InputError("a QA validation split needs the context of every example")
-        codes = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+        seen: dict[Hashable, int] = {}
+        codes = np.array([seen.setdefault(g, len(seen)) for g in groups], dtype=np.int64)
         if codes.max() < 1:
             raise InputError(f"cannot carve a validation split from {total} questions on a single "
                              "context: no context may be shared between train and val")
