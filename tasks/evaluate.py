@@ -24,7 +24,7 @@ from optc.tasks.batching import batches, feature_batches, model_input_names
 from optc.tasks.registry import get_task
 from optc.tasks.splits import DEFAULT_VAL_SIZE
 from optc.tasks.squad import build_features, decode_answers
-from optc.tasks.task import Task, _output
+from optc.tasks.task import Task, model_output
 
 __all__ = ["EvalResult", "evaluate", "Progress"]
 
@@ -144,7 +144,7 @@ def _evaluate_sequences(task: Task, model_fn: Callable[..., Any], examples: list
     with torch.no_grad():
         for batch in batches(examples, tokenizer, batch_size, max_length, names):
             outputs = model_fn(**_to({k: batch[k] for k in names}, device))
-            logits = _output(outputs, "logits").detach().float().cpu()
+            logits = model_output(outputs, "logits").detach().float().cpu()
             index = batch["index"]
             losses[index] = task.loss({"logits": logits}, batch["labels"], reduction="none")
             for i, p in zip(index.tolist(), task.predictions(logits), strict=True):
@@ -180,8 +180,8 @@ def _evaluate_qa(task: Task, model_fn: Callable[..., Any], records: list[SquadRe
     with torch.no_grad():
         for batch in feature_batches(features, tokenizer, batch_size, names):
             outputs = model_fn(**_to({k: batch[k] for k in names}, device))
-            start = _output(outputs, "start_logits").detach().float().cpu()
-            end = _output(outputs, "end_logits").detach().float().cpu()
+            start = model_output(outputs, "start_logits").detach().float().cpu()
+            end = model_output(outputs, "end_logits").detach().float().cpu()
             index = batch["index"].tolist()
             width = batch["input_ids"].shape[1]
             lengths = torch.tensor([len(features[i]) for i in index])

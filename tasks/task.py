@@ -24,7 +24,7 @@ from optc.tasks.metrics import METRICS, squad_metrics
 from optc.tasks.readers import TableFormat, find_split_file, read_table, resolve_task_path
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 
-__all__ = ["KINDS", "HEADS", "Task"]
+__all__ = ["KINDS", "HEADS", "Task", "model_output"]
 
 KINDS = ("classification", "regression", "extractive-qa")
 """Task kinds."""
@@ -36,7 +36,9 @@ HEADS = {"classification": "sequence-classification", "regression": "sequence-cl
 Reduction = Literal["mean", "sum", "none"]
 
 
-def _output(outputs: Any, name: str) -> torch.Tensor:
+def model_output(outputs: Any, name: str) -> torch.Tensor:
+    """The tensor ``name`` of model outputs (a dict, a Hugging Face ``ModelOutput`` or an object
+    with that attribute); raises :class:`InputError` listing what the outputs hold."""
     try:
         value = outputs[name]
     except (KeyError, TypeError, IndexError):
@@ -243,7 +245,7 @@ class Task:
             raise InputError(f"reduction must be mean, sum or none, not {reduction!r}")
         if self.kind == "extractive-qa":
             return self._span_loss(outputs, labels, reduction, attention_mask)
-        logits = _output(outputs, "logits").float()
+        logits = model_output(outputs, "logits").float()
         labels = torch.as_tensor(labels)
         if self.kind == "regression":
             if logits.dim() == 2 and logits.shape[-1] != 1:
@@ -258,8 +260,8 @@ class Task:
 
     def _span_loss(self, outputs: Any, labels: Any, reduction: Reduction,
                    attention_mask: torch.Tensor | None) -> torch.Tensor:
-        start_logits = _output(outputs, "start_logits").float()
-        end_logits = _output(outputs, "end_logits").float()
+        start_logits = model_output(outputs, "start_logits").float()
+        end_logits = model_output(outputs, "end_logits").float()
         if isinstance(labels, Mapping):
             starts, ends = labels["start_positions"], labels["end_positions"]
         else:

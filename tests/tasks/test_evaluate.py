@@ -7,6 +7,11 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    BertConfig,
+)
 
 from optc.data import Example
 from optc.tasks import EvalResult, batches, build_features, evaluate, get_task
@@ -139,3 +144,23 @@ def test_task_losses():
     masked = squad.loss({"start_logits": start, "end_logits": end}, positions, "none",
                         attention_mask=torch.tensor([[1, 1, 1]]))
     assert masked.allclose(expected)
+
+
+@pytest.mark.parametrize("head", ["sequence-classification", "question-answering"])
+def test_hugging_face_model_outputs(data_root, tokenizer, head):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, num_labels=2)
+    if head == "sequence-classification":
+        model = AutoModelForSequenceClassification.from_config(config).eval()
+        result = evaluate("rte", model, "dev", tokenizer, data=data_root / "glue/RTE", limit=40,
+                          batch_size=16)
+        assert 0.0 <= result.score <= 100.0 and result.losses.shape == (40,)
+        assert set(result.predictions) <= {0, 1}
+    else:
+        model = AutoModelForQuestionAnswering.from_config(config).eval()
+        result = evaluate("squad", model, "dev", tokenizer, data=data_root / "squad", limit=10,
+                          batch_size=4, max_length=128)
+        assert set(result.metrics) == {"exact_match", "f1"} and len(result.predictions) == 10
+        assert result.losses.shape[0] == result.extra["num_features"] >= 10
+    assert torch.isfinite(result.losses).all()
