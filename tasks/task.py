@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,11 +39,13 @@ Reduction = Literal["mean", "sum", "none"]
 
 def model_output(outputs: Any, name: str) -> torch.Tensor:
     """The tensor ``name`` of model outputs (a dict, a Hugging Face ``ModelOutput`` or an object
-    with that attribute); raises :class:`InputError` listing what the outputs hold."""
+    with that attribute; numpy arrays are taken as tensors); raises :class:`InputError` listing what the outputs hold."""
     try:
         value = outputs[name]
     except (KeyError, TypeError, IndexError):
         value = getattr(outputs, name, None)
+    if isinstance(value, np.ndarray):  # an ONNX Runtime session's outputs
+        value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
         keys = list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__
         raise InputError(f"model outputs have no '{name}' tensor (got {keys}): the task needs a "
