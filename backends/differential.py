@@ -10,16 +10,17 @@ The reference is the eager backend; each other backend must match it within its 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from optc.errors import OptcError
+from optc.errors import InputError, OptcError
 from optc.ir.core import Module
 
-__all__ = ["BACKEND_NAMES", "TOLERANCES", "BackendMismatch", "DifferentialReport", "run_backend",
-           "check_backends"]
+__all__ = ["BACKEND_NAMES", "TOLERANCES", "BackendMismatch", "DifferentialReport", "check_inputs",
+           "run_backend", "check_backends"]
 
 BACKEND_NAMES = ("eager", "torchscript", "onnx")
 """Every backend the harness runs."""
@@ -42,8 +43,38 @@ class DifferentialReport:
         return max(self.diffs.get(backend, {}).values(), default=0.0)
 
 
+def check_inputs(module: Module, inputs: Mapping[str, torch.Tensor]) -> None:
+    """Refuse inputs the module cannot take: not a dict of tensors, unknown names, or a dtype
+    or rank other than the graph input's (int32 ids, a bool mask where int64 is expected)."""
+    if not isinstance(module, Module):
+        raise InputError(f"expected an optc IR module (from optc.capture or optc.load_module), "
+                         f"got {type(module).__name__}")
+    if not isinstance(inputs, Mapping):
+        raise InputError(f"inputs must be a dict of input name -> tensor, got "
+                         f"{type(inputs).__name__}")
+    graph_inputs = {v.name: v for v in module.graph.inputs}
+    for name, value in inputs.items():
+        if name not in graph_inputs:
+            raise InputError(f"the module has no input '{name}'; its inputs are "
+                             f"{', '.join(graph_inputs)}")
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"input '{name}' must be a torch.Tensor, got {type(value).__name__}")
+        t = graph_inputs[name].tensor_type
+        if value.dtype != t.dtype:
+            fix = {torch.int64: ".long()", torch.float32: ".float()", torch.bool: ".bool()"}.get(
+                t.dtype, f".to({t.dtype})")
+            raise InputError(f"input '{name}' is {str(value.dtype).replace('torch.', '')} but the "
+                             f"module takes {str(t.dtype).replace('torch.', '')}: pass "
+                             f"{name}{fix}")
+        if value.dim() != len(t.shape):
+            raise InputError(f"input '{name}' has {value.dim()} dimensions but the module takes "
+                             f"{len(t.shape)} ({', '.join(map(str, t.shape))})")
+
+
 def run_backend(module: Module, backend: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Lower ``module`` with ``backend`` and run it on named ``inputs``."""
+    """Lower ``module`` with ``backend`` and run it on named ``inputs`` (checked with
+    :func:`check_inputs`)."""
+    check_inputs(module, inputs)
     if backend == "eager":
         from optc.backends.eager import to_eager
 
@@ -85,6 +116,10 @@ def check_backends(
     tolerances: dict[str, float] | None = None,
 ) -> DifferentialReport:
     """Run every backend on ``inputs`` and compare each output with eager's."""
+    check_inputs(module, inputs)
+    unknown = [b for b in backends if b not in BACKEND_NAMES]
+    if unknown:
+        raise OptcError(f"unknown backend '{unknown[0]}'; choose one of {', '.join(BACKEND_NAMES)}")
     tol = {**TOLERANCES, **(tolerances or {})}
     reference = run_backend(module, "eager", inputs)
     report = DifferentialReport()

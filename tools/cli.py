@@ -123,6 +123,10 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--dump-dir", metavar="DIR", help="write the IR before and after every pass to DIR")
     p.add_argument("--no-verify", action="store_true", help="skip IR verification between passes")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the self-check: by default OUT is loaded back, run on example "
+                        "inputs and compared with the IR before it is installed (exit 6 and "
+                        "nothing written if it disagrees)")
     p.add_argument("--json", action="store_true", help="print the pass report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--version", action="version", version=f"optc {_version()}")
@@ -171,12 +175,17 @@ def _cmd_compile(argv: list[str]) -> int:
         report = manager.run(module)
     module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
     if out is not None:
+        from optc.backends.selfcheck import check_written
         from optc.outputs import staged_output
 
-        # Written under a hidden name beside OUT and moved into place only when complete.
+        # Written under a hidden name beside OUT, loaded back and run against the eager IR
+        # (unless --no-check), and moved into place only when complete and correct.
         with staged_output(out, args.force, kind=kind, inputs=inputs) as staged:
             with progress.step(f"writing {out} ({args.backend})"):
                 write_backend(module, args.backend, staged)
+            if not args.no_check:
+                with progress.step(f"checking {out} against the IR"):
+                    check_written(module, args.backend, staged, label=out)
     if args.json:
         print(json.dumps({
             "output": str(out) if out else None,

@@ -145,3 +145,32 @@ def test_ir_text_without_weights_is_a_backend_error_on_eager(bert):
     weightless = optc.parse_module(optc.print_module(module))
     with pytest.raises(BackendError, match=r"parameter @\S+ has no data \(IR text was loaded without weights\)"):
         run_backend(weightless, "eager", inputs)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda x: {**x, "input_ids": x["input_ids"].int()},
+     "input 'input_ids' is int32 but the module takes int64: pass input_ids.long()"),
+    (lambda x: {**x, "attention_mask": x["attention_mask"].bool()},
+     "input 'attention_mask' is bool but the module takes int64: pass attention_mask.long()"),
+    (lambda x: {**x, "input_ids": x["input_ids"][0]}, "input 'input_ids' has 1 dimensions"),
+    (lambda x: {**x, "input_ids": x["input_ids"].tolist()}, "input 'input_ids' must be a torch.Tensor"),
+    (lambda x: {**x, "ids": x["input_ids"]}, "the module has no input 'ids'; its inputs are input_ids"),
+    (lambda x: list(x.values()), "inputs must be a dict"),
+], ids=["int32-ids", "bool-mask", "rank", "list", "unknown-name", "not-a-dict"])
+def test_bad_inputs_are_typed_errors(bert, edit, message):
+    from optc.errors import InputError
+
+    _, module, inputs = bert
+    for call in (lambda: check_backends(module, edit(inputs)),
+                 lambda: run_backend(module, "onnx", edit(inputs))):
+        with pytest.raises(InputError) as info:
+            call()
+        assert message in str(info.value)
+
+
+def test_a_hugging_face_model_is_not_a_module(bert):
+    from optc.errors import InputError
+
+    model, _, inputs = bert
+    with pytest.raises(InputError, match="expected an optc IR module.*optc.capture"):
+        check_backends(model, inputs)

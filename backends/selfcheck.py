@@ -1,0 +1,241 @@
+"""Compile-time self-check: load what a backend wrote, run it, compare with the eager IR.
+
+    write_checked(module, "onnx", "model.onnx")   # write, load back, run, compare, then install
+    check_written(module, "onnx", path)           # only the check; raises BackendError
+
+After a backend writes its output, optc loads it back the way a user would (``optc.load`` for
+an artifact, ``torch.jit.load`` for TorchScript, an ONNX Runtime session for ONNX), runs it on
+:func:`example_inputs` and compares every output with the eager lowering of the IR it came
+from. Inputs are derived from the IR's graph inputs (names, dtypes, symbolic dims):
+
+- batch 2 at a short sequence (8), with one row whose attention mask is partly zero (padding);
+- batch 1 at the shortest sequence (1);
+- batch 2 at a long sequence, ``min(max positions, 128)``, again with a padded row.
+
+Token ids are drawn below the rows of the embedding table they index; masks are ones (the
+padded row ends in zeros); other integer inputs (token types) are zeros.
+
+Tolerance (:data:`TOLERANCES`): the max absolute difference of each output, divided by
+``max(1, max |eager output|)`` so that large-valued outputs are judged relative to their scale,
+must not exceed 1e-4 for eager and TorchScript (same kernels, reordered arithmetic) and 1e-3
+for ONNX (ONNX Runtime's fused attention and GELU kernels round differently). NaNs must appear
+in the same places.
+
+:func:`write_checked` writes into a hidden staging path beside the target (see
+:func:`optc.outputs.staged_output`): an output that fails to load, crashes or disagrees is
+deleted and never replaces an existing one; :class:`~optc.errors.BackendError` (exit code 6)
+names the backend, the input shape and the max difference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from optc.errors import BackendError
+from optc.ir.core import Module, Parameter, Value
+
+__all__ = ["TOLERANCES", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
+           "check_written", "write_checked"]
+
+TOLERANCES = {"eager": 1e-4, "torchscript": 1e-4, "onnx": 1e-3}
+"""Max difference to the eager IR per backend, relative to ``max(1, max |output|)``."""
+
+LONG_SEQ = 128
+"""The long sequence checked, capped by the model's position table."""
+
+
+@dataclass
+class SelfCheckReport:
+    """What the self-check ran and the worst relative difference per output."""
+
+    backend: str
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    """(batch, seq) of each input set that was run."""
+    diffs: dict[str, float] = field(default_factory=dict)
+    """Worst difference per output over all input sets, relative to the output's scale."""
+
+    def worst(self) -> float:
+        return max(self.diffs.values(), default=0.0)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def _index_limits(module: Module) -> dict[str, int]:
+    """Rows of the embedding table each integer graph input indexes (ids must stay below)."""
+    limits: dict[str, int] = {}
+    for node in module.graph:
+        if node.op != "embedding" or len(node.args) < 2:
+            continue
+        ids, table = node.args[0], node.args[1]
+        if isinstance(ids, Value) and isinstance(table, Parameter) and ids.producer is None:
+            limits[ids.name] = min(limits.get(ids.name, 1 << 62), int(table.data.shape[0]))
+    return limits
+
+
+def _seq_range(module: Module) -> tuple[int, int]:
+    """(min, max) sequence length the module's non-batch dims allow (max capped at LONG_SEQ)."""
+    low, high = 1, LONG_SEQ
+    for value in module.graph.inputs:
+        for axis, d in enumerate(value.tensor_type.shape):
+            if axis == 0 or isinstance(d, int):
+                continue
+            rng = module.dims.get(d)
+            if rng is not None:
+                low = max(low, rng.min)
+                if rng.max is not None:
+                    high = min(high, rng.max)
+    return low, max(low, high)
+
+
+def example_inputs(module: Module, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Input sets for ``module``: (batch 2, seq 8, padded), (1, shortest), (2, long, padded)."""
+    low, high = _seq_range(module)
+    cases = [(2, min(max(8, low), high), True), (1, low, False), (2, high, True)]
+    limits = _index_limits(module)
+    gen = torch.Generator().manual_seed(seed)
+    result = []
+    seen = set()
+    for batch, seq, pad in cases:
+        if (batch, seq) in seen:
+            continue
+        seen.add((batch, seq))
+        inputs = {}
+        for value in module.graph.inputs:
+            t = value.tensor_type
+            shape = [d if isinstance(d, int) else (batch if axis == 0 else seq)
+                     for axis, d in enumerate(t.shape)]
+            inputs[value.name] = _fill(value.name, t.dtype, shape, limits.get(value.name), pad, gen)
+        result.append(inputs)
+    return result
+
+
+def _fill(name: str, dtype: torch.dtype, shape: list[int], limit: int | None, pad: bool,
+          gen: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype)
+    if "mask" in name:
+        mask = torch.ones(shape, dtype=torch.bool if dtype == torch.bool else dtype)
+        if pad and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+            mask[-1, max(1, shape[1] // 2):] = 0  # last row: second half is padding
+        return mask
+    if limit is not None and dtype != torch.bool:
+        low = min(5, limit - 1)  # skip the special tokens at the start of most vocabularies
+        return torch.randint(low, limit, shape, generator=gen, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+# -- loading and running ------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    """The line of an error message that says what went wrong (TorchScript puts it last)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1]
+    return lines[0]
+
+
+def load_written(module: Module, backend: str,
+                 path: str | os.PathLike) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Load what ``backend`` wrote at ``path`` as a callable on named inputs."""
+    names = [v.name for v in module.graph.inputs]
+    if backend == "eager":
+        from optc.artifacts import load
+
+        compiled = load(path)
+        return lambda x: compiled(**x)
+    if backend == "torchscript":
+        scripted = torch.jit.load(str(path))
+        return lambda x: dict(scripted(*[x[n] for n in names]))
+    if backend == "onnx":
+        from optc.backends.onnx import OnnxModule
+
+        session = OnnxModule(path)
+        return lambda x: session(**{n: x[n] for n in session.input_names})
+    raise BackendError(f"no self-check for backend '{backend}'; choose eager, torchscript or onnx")
+
+
+def _difference(want: torch.Tensor, got: torch.Tensor) -> float:
+    """Max |got - want| relative to max(1, max |want|); inf on shape or NaN-pattern mismatch."""
+    if tuple(got.shape) != tuple(want.shape):
+        return float("inf")
+    if want.numel() == 0:
+        return 0.0
+    want, got = want.detach().double(), got.detach().double()
+    nan_w, nan_g = torch.isnan(want), torch.isnan(got)
+    if not torch.equal(nan_w, nan_g):
+        return float("inf")
+    diff = (got - want).abs().masked_fill(nan_w, 0.0)
+    scale = max(1.0, want.masked_fill(nan_w, 0.0).abs().max().item())
+    return diff.max().item() / scale
+
+
+def check_written(module: Module, backend: str, path: str | os.PathLike,
+                  inputs: Iterable[dict[str, torch.Tensor]] | None = None,
+                  tolerance: float | None = None, label: str | os.PathLike | None = None,
+                  ) -> SelfCheckReport:
+    """Load ``path`` (written by ``backend`` from ``module``), run it on ``inputs`` (default:
+    :func:`example_inputs`) and compare with the eager IR; raises :class:`BackendError`.
+
+    ``label`` is the name errors give the output (default: ``path``)."""
+    from optc.backends.eager import to_eager
+
+    tol = TOLERANCES.get(backend, 1e-4) if tolerance is None else tolerance
+    what = f"{backend} self-check of '{label if label is not None else path}'"
+    try:
+        run = load_written(module, backend, path)
+    except BackendError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own types
+        raise BackendError(f"{what} failed: the output does not load: {_first_line(exc)}") from None
+    reference = to_eager(module)
+    report = SelfCheckReport(backend)
+    for feed in example_inputs(module) if inputs is None else inputs:
+        first = next(iter(feed.values()))
+        shape = (int(first.shape[0]), int(first.shape[1]) if first.dim() > 1 else 1)
+        report.shapes.append(shape)
+        where = f"batch {shape[0]}, seq {shape[1]}"
+        with torch.inference_mode():
+            want = reference(**feed)
+            try:
+                got = run(feed)
+            except Exception as exc:  # noqa: BLE001 - a crash of the written output
+                raise BackendError(f"{what} failed: the output crashes at {where}: "
+                                   f"{_first_line(exc)}") from None
+        for name, expected in want.items():
+            if name not in got:
+                raise BackendError(f"{what} failed: the output has no '{name}' (it has "
+                                   f"{', '.join(got) or 'none'})")
+            diff = _difference(expected, got[name])
+            report.diffs[name] = max(report.diffs.get(name, 0.0), diff)
+            if not diff <= tol:
+                shown = "a different shape or NaNs" if diff == float("inf") else f"{diff:.3g}"
+                raise BackendError(
+                    f"{what} failed: output '{name}' differs from the eager IR by {shown} "
+                    f"(max, relative to its scale; tolerance {tol:g}) at {where}"
+                )
+    return report
+
+
+def write_checked(module: Module, backend: str, path: str | os.PathLike, *, force: bool = False,
+                  check: bool = True, inputs: Iterable[str | os.PathLike] = ()) -> SelfCheckReport | None:
+    """Write ``module`` with ``backend`` to ``path`` and self-check it before it is installed.
+
+    The output is staged beside ``path``; if the check fails it is deleted (an existing
+    ``path`` stays as it was) and :class:`BackendError` is raised. ``inputs`` are paths the
+    output must never replace (see :func:`optc.outputs.check_output`).
+    """
+    from optc.backends import write_backend
+    from optc.outputs import staged_output
+
+    kind = "artifact" if backend == "eager" else "file"
+    with staged_output(Path(path), force, kind=kind, inputs=inputs) as staged:
+        write_backend(module, backend, staged)
+        if not check:
+            return None
+        report = check_written(module, backend, staged, label=path)
+    return report
