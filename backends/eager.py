@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.fx
 
-from optc.backends.kernels import KERNELS
 from optc.errors import BackendError, InputError, IRError
 from optc.ir.core import Module, Value, map_values
+from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 
 __all__ = ["EagerModule", "to_eager", "build_graph_module", "python_identifier"]
@@ -54,14 +54,18 @@ def build_graph_module(module: Module) -> torch.fx.GraphModule:
         return env[id(v)]
 
     for node in module.graph:
-        target = KERNELS.get(node.op)
-        if target is None:
+        opdef = get_op(node.op)
+        if opdef is not None:
+            target = opdef.kernel
+            args = map_values(tuple(opdef.operand_args(node)), lookup)
+            kwargs = opdef.kernel_attrs(node)
+        else:
             try:
                 target = resolve(node.op)
             except IRError as exc:
                 raise BackendError(f"eager backend cannot lower {node!r}: {exc}") from None
-        args = map_values(node.args, lookup)
-        kwargs = map_values(node.kwargs, lookup)
+            args = map_values(node.args, lookup)
+            kwargs = map_values(node.kwargs, lookup)
         call = fx.call_function(target, tuple(args), kwargs)
         if len(node.outputs) == 1:
             env[id(node.outputs[0])] = call

@@ -1,9 +1,11 @@
 """The ONNX backend: IR -> an ONNX model that ONNX Runtime runs with its fused kernels.
 
-Route: the IR is lowered to a torch.fx module (as for the eager backend) in which every
-``attention`` node becomes a custom op, and that module is exported with torch.onnx's dynamo
-exporter, whose ``custom_translation_table`` turns the custom ops into ONNX Runtime's
-``com.microsoft.Attention`` (packed QKV projection, one GEMM) or ``MultiHeadAttention``.
+Route: every op with an ONNX lowering (its ``onnx`` in :mod:`optc.ir.ops`) rewrites its nodes
+in a copy of the module into custom ops (``attention`` into one with packed QKV projections);
+the copy is lowered to a torch.fx module (as for the eager backend) and exported with
+torch.onnx's dynamo exporter, whose ``custom_translation_table`` (the ops' translations) turns
+the custom ops into ONNX Runtime's ``com.microsoft.Attention`` (one GEMM for q, k and v),
+``MultiHeadAttention`` and ``Gelu``.
 
 Why this route: the exporter already lowers every ATen op faithfully (mask construction,
 embeddings, ...) with dynamic shapes, so optc only has to emit what the exporter cannot know:
@@ -19,100 +21,43 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from optc.backends.eager import build_graph_module
 from optc.errors import BackendError
-from optc.ir.core import Module, Node, Value
-from optc.ir.types import TensorType
+from optc.ir.cleanup import eliminate_dead_code
+from optc.ir.core import Module
+from optc.ir.ops import get_op
+from optc.ir.ops.contrib import ONNX_OPSET
 
 __all__ = ["lower_for_onnx", "export_onnx", "OnnxModule", "ONNX_OPSET", "session_options"]
 
-ONNX_OPSET = 18
-_NEG = torch.finfo(torch.float32).min
+_log = logging.getLogger("optc")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def _additive_mask(module: Module, mask: Value, before: Node, cache: dict[int, Value]) -> Value:
-    """A float additive bias equal to a boolean mask (True -> 0, False -> float32 min)."""
-    if id(mask) in cache:
-        return cache[id(mask)]
-    t = mask.tensor_type
-    if t.dtype != torch.bool:
-        cache[id(mask)] = mask
-        return mask
-    node = module.graph.create_node(
-        "aten.where.Scalar", (mask, 0.0, _NEG), {},
-        [TensorType(torch.float32, t.shape)], names="attention_bias",
-        after=mask.producer if mask.producer is not None else None,
-        before=before if mask.producer is None else None,
-    )
-    cache[id(mask)] = node.outputs[0]
-    return node.outputs[0]
-
-
-def _packable(node: Node) -> tuple[Value, list[Node]] | None:
-    """The shared input and q/k/v linears when they can be packed into one projection."""
-    linears = [a.producer if isinstance(a, Value) else None for a in node.args[:3]]
-    if not all(n is not None and n.op == "linear" for n in linears):
-        return None
-    xs = {id(n.args[0]) for n in linears}
-    if len(xs) != 1:
-        return None
-    if any(len(n.outputs[0].users()) != 1 for n in linears):
-        return None
-    return linears[0].args[0], linears
-
-
-def lower_for_onnx(module: Module) -> Module:
-    """A copy of ``module`` whose attention nodes are ONNX-exportable fused custom ops."""
-    import optc.backends.onnx_ops  # noqa: F401 - registers torch.ops.optc_onnx
-    from optc.passes.dce import eliminate_dead_code
-
+def lower_for_onnx(module: Module) -> tuple[Module, dict[Any, Any]]:
+    """A copy of ``module`` in which every op with an ONNX lowering was rewritten into
+    exportable ops, and the torch.onnx translation table those need."""
     lowered = module.clone()
-    masks: dict[int, Value] = {}
+    cache: dict[str, Any] = {}
+    translations: dict[Any, Any] = {}
     for node in lowered.graph:
-        if node.op != "attention":
+        opdef = get_op(node.op)
+        if opdef is None or opdef.onnx is None:
             continue
-        if node.attr("kind", "softmax") != "softmax":
-            raise BackendError(
-                f"onnx backend cannot lower {node!r}: attention kind={node.attr('kind')} has no "
-                "ONNX Runtime kernel yet"
-            )
-        heads, dim = node.attr("num_heads"), node.attr("head_dim")
-        scale = node.attr("scale")
-        scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
-        mask = node.arg(3)
-        bias = _additive_mask(lowered, mask, node, masks) if isinstance(mask, Value) else None
-        attrs = {"num_heads": heads, "head_dim": dim, "scale": scale,
-                 "causal": bool(node.attr("causal", False))}
-        packed = _packable(node)
-        if packed is not None:
-            x, linears = packed
-            weight = torch.cat([n.args[1].data for n in linears], 0).t().contiguous()
-            biases = [n.arg(2) for n in linears]
-            bias_data = torch.cat([
-                b.data if isinstance(b, Value) else torch.zeros(n.args[1].data.shape[0])
-                for b, n in zip(biases, linears, strict=True)
-            ])
-            stem = linears[0].args[1].name.rsplit(".", 1)[0]
-            w = lowered.add_param(lowered.unique_param_name(f"{stem}.qkv_weight"), weight)
-            b = lowered.add_param(lowered.unique_param_name(f"{stem}.qkv_bias"), bias_data)
-            args = (x, w, b, bias)
-            op = "optc_onnx.self_attention.default"
-        else:
-            args = (node.args[0], node.args[1], node.args[2], bias)
-            op = "optc_onnx.multi_head_attention.default"
-        new = lowered.graph.create_node(op, args, attrs, [node.outputs[0].type],
-                                        names=node.outputs[0].name + "_fused", after=node)
-        lowered.graph.replace_all_uses(node.outputs[0], new.outputs[0])
-        lowered.graph.remove(node)
+        opdef.onnx.rewrite(lowered, node, cache)
+    for op in {get_op(n.op) for n in module.graph} - {None}:
+        if op.onnx is not None:
+            translations.update(op.onnx.translations())
     eliminate_dead_code(lowered)
-    return lowered
+    return lowered, translations
 
 
 def _example_inputs(module: Module) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, Any], ...]]:
@@ -155,12 +100,10 @@ def _quiet_exporter() -> Any:
 def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
                 opset: int = ONNX_OPSET) -> Path:
     """Write ``module`` as an ONNX model file (atomically; an existing file needs ``force``)."""
-    from optc.backends.eager import build_graph_module
-    from optc.backends.onnx_ops import TRANSLATIONS
     from optc.outputs import atomic_file, check_output
 
     check_output(path, force)  # fail before the slow export
-    lowered = lower_for_onnx(module)
+    lowered, translations = lower_for_onnx(module)
     gm = build_graph_module(lowered)
     args, shapes = _example_inputs(lowered)
     names = [v.name for v in lowered.graph.inputs]
@@ -171,11 +114,15 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
                 program = torch.onnx.export(
                     gm, args, dynamic_shapes=shapes, input_names=names, output_names=outputs,
                     opset_version=opset, dynamo=True, external_data=False,
-                    custom_translation_table=TRANSLATIONS, verbose=False,
+                    custom_translation_table=translations, verbose=False,
                 )
         except Exception as exc:  # noqa: BLE001 - any exporter failure is a backend error
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BackendError(f"onnx backend failed to export: {first}") from exc
+            text = _ANSI.sub("", str(exc)).strip()
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            _log.debug("ONNX export failed:\n%s", text)
+            first = lines[0] if lines else type(exc).__name__
+            raise BackendError(f"onnx backend failed to export: {first} "
+                               "(--verbose shows the exporter's full message)") from exc
         import onnx
 
         model = program.model_proto

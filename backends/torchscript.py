@@ -3,7 +3,8 @@
 ``torch.jit.trace`` of an exported graph freezes its shapes and ``torch.jit.script`` rejects
 fx-generated code, so this backend generates its own scriptable source from the IR: one
 statement per node, ATen ops called through ``torch.ops.aten.<name>`` (TorchScript resolves the
-overload from the arguments), high-level ops through the scriptable kernels below. Shapes stay
+overload from the arguments), high-level ops through their TorchScript lowerings (each op's
+``script``, in :mod:`optc.ir.ops`). Shapes stay
 symbolic, so the saved module runs at any batch and sequence size.
 """
 
@@ -39,50 +40,6 @@ _PY_OPERATORS = {
     "py.operator.lt": "<", "py.operator.le": "<=", "py.operator.gt": ">", "py.operator.ge": ">=",
 }
 
-_KERNELS = '''
-def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return torch.nn.functional.linear(x, weight, bias)
-
-
-def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
-                num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
-                kind: str, topk: int) -> Tensor:
-    batch = query.size(0)
-    q_len = query.size(1)
-    k_len = key.size(1)
-    q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
-    k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    if kind == "softmax":
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
-    else:
-        s = scale if scale is not None else 1.0 / math.sqrt(float(head_dim))
-        scores = torch.matmul(q, k.transpose(-1, -2)) * s
-        neg = -3.4028234663852886e38 if scores.dtype == torch.float32 else -65504.0
-        if causal:
-            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~allowed, neg)
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, neg)
-            else:
-                scores = scores + mask
-        keep = min(topk, k_len)
-        threshold = scores.topk(keep, dim=-1)[0][..., keep - 1:keep]
-        scores = scores.masked_fill(scores < threshold, neg)
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
-    return out.transpose(1, 2).reshape(batch, q_len, num_heads * head_dim)
-
-
-def k_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                 normalized_shape: List[int], eps: float) -> Tensor:
-    return torch.nn.functional.layer_norm(x, normalized_shape, weight, bias, eps)
-
-
-def k_embedding(ids: Tensor, table: Tensor) -> Tensor:
-    return torch.nn.functional.embedding(ids, table)
-'''
 
 
 def _script_type(value: Value) -> str:
@@ -130,32 +87,17 @@ class _Writer:
             return f"({self.literal(args[0])} {_PY_OPERATORS[op]} {self.literal(args[1])})"
         if op == "aten.sym_size.int":
             return f"{self.literal(args[0])}.size({self.literal(args[1])})"
-        if op == "linear":
-            return f"k_linear({self.literal(args[0])}, {self.literal(args[1])}, {self.literal(node.arg(2))})"
-        if op == "attention":
-            scale = node.attr("scale")
-            return (
-                f"k_attention({', '.join(self.literal(node.arg(i)) for i in range(4))}, "
-                f"{node.attr('num_heads')}, {node.attr('head_dim')}, "
-                f"{'None' if scale is None else repr(float(scale))}, {node.attr('causal', False)}, "
-                f"{node.attr('kind', 'softmax')!r}, {int(node.attr('topk') or 1)})"
-            )
-        if op == "layer_norm":
-            return (
-                f"k_layer_norm({self.literal(args[0])}, {self.literal(node.arg(1))}, "
-                f"{self.literal(node.arg(2))}, {list(node.attr('normalized_shape'))}, "
-                f"{float(node.attr('eps', 1e-5))!r})"
-            )
-        if op == "embedding":
-            return f"k_embedding({self.literal(args[0])}, {self.literal(args[1])})"
-        if op == "gelu":
-            return f"torch.nn.functional.gelu({self.literal(args[0])}, approximate={node.attr('approximate', 'none')!r})"
-        if op in ("relu", "tanh"):
-            return f"torch.{op}({self.literal(args[0])})"
-        if op == "silu":
-            return f"torch.nn.functional.silu({self.literal(args[0])})"
-        if get_op(op) is not None:
-            raise BackendError(f"torchscript backend cannot lower {node!r}: no kernel for op '{op}'")
+        opdef = get_op(op)
+        if opdef is not None:
+            if not opdef.script:
+                raise BackendError(f"torchscript backend cannot lower {node!r}: op '{op}' has no "
+                                   "TorchScript lowering")
+            parts = [self.literal(a) for a in opdef.operand_args(node)]
+            for key, value in opdef.kernel_attrs(node).items():
+                if opdef.attrs[key].types is float and isinstance(value, int):
+                    value = float(value)  # TorchScript does not widen int to float
+                parts.append(self.literal(list(value) if isinstance(value, tuple) else value))
+            return f"k_{op}({', '.join(parts)})"
         if not op.startswith("aten."):
             raise BackendError(f"torchscript backend cannot lower {node!r}: op '{op}' is not an ATen op")
         try:
@@ -203,13 +145,19 @@ class _Writer:
         src = (
             "import math\nimport torch\nfrom torch import Tensor\n"
             "from typing import Dict, List, Optional\n\n"
-            f"{_KERNELS}\n\n"
+            f"{_kernel_sources(self.module)}\n\n"
             "class OptcModule(torch.nn.Module):\n"
             f"    def forward(self, {', '.join(sig)}) -> Dict[str, Tensor]:\n"
             f"{body}\n"
             f"        return {{{result}}}\n"
         )
         return src, buffers
+
+
+def _kernel_sources(module: Module) -> str:
+    """The TorchScript lowering of every high-level op the module uses, once each."""
+    used = dict.fromkeys(node.op for node in module.graph if get_op(node.op) is not None)
+    return "\n".join(get_op(op).script for op in used)
 
 
 def generate_source(module: Module) -> str:

@@ -18,6 +18,8 @@ import torch
 
 from optc.errors import FrontendError
 from optc.frontends.fx_import import import_exported_program
+from optc.frontends.raising import raise_high_level_ops
+from optc.ir.cleanup import canonicalize, eliminate_dead_code
 from optc.ir.core import Module
 from optc.ir.verifier import verify
 
@@ -241,10 +243,6 @@ def capture(
         if "token_type_ids" in input_names:
             defaults["token_type_ids"] = "zeros"
         module.meta["input_defaults"] = defaults
-
-    from optc.frontends.raising import raise_high_level_ops
-    from optc.passes.canonicalize import canonicalize
-    from optc.passes.dce import eliminate_dead_code
 
     canonicalize(module)
     if raise_ops:

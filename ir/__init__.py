@@ -1,7 +1,7 @@
 """The optc IR: graph, values, types, ops, printer/parser and verifier."""
 
 from optc.ir.core import DimRange, Graph, Module, Node, Parameter, Value
-from optc.ir.ops import OPS, OpDef, get_op
+from optc.ir.ops import OpDef, all_ops, get_op
 from optc.ir.parser import parse_module
 from optc.ir.printer import print_module
 from optc.ir.types import SymType, TensorType
@@ -14,7 +14,7 @@ __all__ = [
     "Node",
     "Parameter",
     "Value",
-    "OPS",
+    "all_ops",
     "OpDef",
     "get_op",
     "parse_module",

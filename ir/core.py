@@ -113,18 +113,27 @@ class Value:
 class Parameter(Value):
     """A named weight or buffer held by the module; its type is derived from its tensor."""
 
-    def __init__(self, name: str, data: torch.Tensor) -> None:
+    def __init__(self, name: str, data: torch.Tensor, attrs: dict[str, Any] | None = None) -> None:
         self.data = data
-        """The tensor. Passes replace it (``param.data = new``) and never edit it in place."""
+        """The tensor. Passes replace it (``param.data = new``) and never edit it in place:
+        clones share tensors (copy-on-write)."""
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        """Typed facts about the weight (:mod:`optc.ir.attributes`: sparsity pattern and
+        density, quantization scheme), printed, parsed and checked by the verifier."""
         super().__init__(name, TensorType.of(data))
 
     @property  # type: ignore[override]
     def type(self) -> TensorType:
+        """Derived from the tensor: to change it, assign a new tensor to ``data``."""
         return TensorType.of(self.data)
 
     @type.setter
-    def type(self, value: Type) -> None:  # the base initializer assigns it; derived here
-        pass
+    def type(self, value: Type) -> None:
+        if value != TensorType.of(self.data):
+            raise IRError(
+                f"cannot set the type of parameter @{self.name} to {value}: its type is its "
+                f"tensor's ({TensorType.of(self.data)}); assign a new tensor to .data instead"
+            )
 
     @property
     def is_param(self) -> bool:
@@ -485,26 +494,55 @@ class Module:
         raise KeyError(name)
 
     def num_parameters(self) -> int:
-        """Elements of floating-point parameters (integer buffers such as position ids are
-        not parameters)."""
-        return sum(p.data.numel() for p in self.params.values() if p.data.is_floating_point())
+        """Elements of every parameter (weights, int8 weights, scales, buffers alike)."""
+        return sum(p.data.numel() for p in self.params.values())
+
+    def parameter_bytes(self) -> int:
+        """Bytes of every parameter's tensor at its dtype (what dense storage takes)."""
+        return sum(p.data.numel() * p.data.element_size() for p in self.params.values())
 
     def clone(self) -> Module:
-        """A structural copy sharing parameter tensors (passes never edit tensors in place)."""
-        from optc.ir.parser import parse_module
-        from optc.ir.printer import print_module
+        """A structural copy sharing parameter tensors (copy-on-write: passes replace a
+        parameter's tensor, never edit it in place, so sharing is safe).
 
-        copy = parse_module(
-            print_module(self, locations=True),
-            weights={n: p.data for n, p in self.params.items()},
-        )
+        Nodes, values, use-lists, names, dims, parameter attributes and meta are copied; the
+        copy can be edited without touching the original.
+        """
+        copy = Module(self.name)
+        copy.dims = {k: DimRange(r.min, r.max) for k, r in self.dims.items()}
         copy.meta = _deep_copy_json(self.meta)
+        mapping: dict[int, Value] = {}
+        for name, param in self.params.items():
+            fresh = Parameter(name, param.data, dict(param.attrs))
+            copy.params[name] = fresh
+            mapping[id(param)] = fresh
+        graph, src = copy.graph, self.graph
+        for value in src.inputs:
+            fresh = Value(value.name, value.type)
+            graph.inputs.append(fresh)
+            mapping[id(value)] = fresh
+
+        def lookup(v: Value) -> Value:
+            return mapping[id(v)]
+
+        nodes = []
+        for node in src._nodes:
+            outputs = []
+            for out in node.outputs:
+                fresh = Value(out.name, out.type)
+                mapping[id(out)] = fresh
+                outputs.append(fresh)
+            fresh_node = Node(node.op, map_values(node._args, lookup),
+                              map_values(node._kwargs, lookup), outputs)
+            fresh_node.loc = node.loc
+            fresh_node.graph = graph
+            nodes.append(fresh_node)
+        graph._nodes = nodes
+        graph._names = set(src._names)
+        start = next(src._counter)  # the copy generates the fresh names the original would
+        src._counter, graph._counter = itertools.count(start), itertools.count(start)
+        graph._outputs = {k: mapping[id(v)] for k, v in src._outputs.items()}
         return copy
-
-    def __str__(self) -> str:
-        from optc.ir.printer import print_module
-
-        return print_module(self)
 
 
 def _deep_copy_json(obj: Any) -> Any:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from optc.errors import ParseError
+from optc.errors import IRError, ParseError
+from optc.ir.attributes import Attribute, attribute_kind, make_attribute
 from optc.ir.core import DimRange, Module, Node, Value
 from optc.ir.types import Dim, SymType, TensorType, Type, dtype_from_name, is_dtype_name
 
@@ -187,7 +188,21 @@ class _Parser:
             )
         if name in self.module.params:
             raise self.error(f"parameter @{name} is declared twice", tok)
-        self.module.add_param(name, data)
+        param = self.module.add_param(name, data)
+        if self.at("{"):
+            self.next()
+            while not self.at("}"):
+                key = self.expect_kind("ident", "an attribute name").text
+                self.expect("=")
+                attr_tok = self.tok
+                value = self.parse_literal()
+                if not isinstance(value, Attribute):
+                    raise self.error(f"parameter attribute {key} must be a typed attribute such "
+                                     "as sparsity(...)", attr_tok)
+                param.attrs[key] = value
+                if not self.at("}"):
+                    self.expect_sep("}")
+            self.next()
 
     def parse_type(self) -> Type:
         tok = self.expect_kind("ident", "a type")
@@ -323,6 +338,8 @@ class _Parser:
                 return float(text)
             if text in _TORCH_CONSTANTS:
                 return _TORCH_CONSTANTS[text]
+            if attribute_kind(text) is not None and self.at("("):
+                return self.parse_attribute(text, tok)
             if text == "device":
                 self.expect("(")
                 dev = json.loads(self.expect_kind("string", "a device string").text)
@@ -335,6 +352,21 @@ class _Parser:
         if text == "(":
             return tuple(self.parse_items(")"))
         raise self.error(f"expected a value or literal, found {text!r}", tok)
+
+    def parse_attribute(self, kind: str, tok: _Tok) -> Attribute:
+        self.expect("(")
+        values: dict[str, Any] = {}
+        while not self.at(")"):
+            key = self.expect_kind("ident", f"a field of {kind}").text
+            self.expect("=")
+            values[key] = self.parse_literal()
+            if not self.at(")"):
+                self.expect_sep(")")
+        self.next()
+        try:
+            return make_attribute(kind, values)
+        except IRError as exc:
+            raise self.error(str(exc), tok) from None
 
     def parse_items(self, close: str) -> list[Any]:
         items: list[Any] = []

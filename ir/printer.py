@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from optc.ir.attributes import Attribute
 from optc.ir.core import Module, Node, Value
 
 __all__ = ["print_module", "format_literal", "format_node"]
@@ -61,6 +62,9 @@ def format_literal(obj: Any, names: dict[Value, str] | None = None) -> str:
         return str(obj)  # torch.float32, torch.strided, torch.contiguous_format
     if isinstance(obj, torch.device):
         return f'device("{obj}")'
+    if isinstance(obj, Attribute):
+        fields = ", ".join(f"{k}={format_literal(v, names)}" for k, v in obj.fields().items())
+        return f"{obj.kind}({fields})"
     if isinstance(obj, list):
         return "[" + ", ".join(format_literal(x, names) for x in obj) + "]"
     if isinstance(obj, tuple):
@@ -114,7 +118,10 @@ def print_module(module: Module, canonical: bool = False, locations: bool = Fals
         hi = "inf" if rng.max is None else str(rng.max)
         lines.append(f"  dim {dim} = [{rng.min}, {hi}]")
     for param in module.params.values():
-        lines.append(f"  param {_ref(param, names)} : {param.type}")
+        attrs = ""
+        if param.attrs:
+            attrs = " {" + ", ".join(f"{k}={format_literal(v)}" for k, v in param.attrs.items()) + "}"
+        lines.append(f"  param {_ref(param, names)} : {param.type}{attrs}")
     sig = ", ".join(f"{_ref(v, names)} : {v.type}" for v in graph.inputs)
     lines.append(f"  graph({sig}) {{")
     for node in graph:

@@ -8,17 +8,27 @@ Invariants:
 - Ops: ATen ops resolve to ``torch.ops``; Python ops are allow-listed; high-level ops have
   their operands and attributes, and their declared output types equal the inferred ones
   (so a weight sliced without updating the op is caught).
+- Dtypes: operands of high-level ops have the dtypes their signatures ask for (an i8 weight
+  under an f32 ``linear`` is an error); the declared dtypes of ATen results are what the op
+  computes (checked by running it on meta tensors).
+- Parameter attributes (sparsity, quantization) hold for the parameter's tensor.
 - Types: symbolic dims are expressions of the module's declared dims.
 - Outputs: at least one named output, each defined in the graph.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import warnings
 from collections import Counter
+from typing import Any
+
+import sympy
+import torch
 
 from optc.errors import IRError, VerificationError
-from optc.ir.core import Module, Node, Value, flatten_values
+from optc.ir.core import Module, Node, Value, flatten_values, map_values
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 from optc.ir.types import SymType, TensorType
@@ -52,17 +62,102 @@ def _check_dims(module: Module, value: Value, problems: list[str]) -> None:
                 )
 
 
+def _sizes(module: Module) -> dict[str, int]:
+    """A concrete size inside its range for each symbolic dim (distinct where possible)."""
+    env = {}
+    for i, (name, rng) in enumerate(module.dims.items()):
+        size = max(rng.min, 3 + 2 * i)
+        env[name] = size if rng.max is None else min(size, rng.max)
+    return env
+
+
+def _concrete(expr: str, env: dict[str, int]) -> Any:
+    if expr in env:
+        return env[expr]
+    value = _sympify(expr).subs({sympy.Symbol(k): v for k, v in env.items()})
+    if value.is_Integer:
+        return int(value)
+    if value.is_Number:
+        return float(value)
+    if value in (sympy.true, sympy.false):
+        return bool(value)
+    raise ValueError(f"{expr} is not constant")
+
+
+@functools.lru_cache(maxsize=4096)
+def _sympify(expr: str) -> Any:
+    return sympy.sympify(expr)
+
+
+class _Unknown(Exception):
+    """An operand whose concrete value is not known statically."""
+
+
+def _aten_dtypes(node: Node, env: dict[str, int], cache: dict[Any, Any]) -> list[str]:
+    """Declared output dtypes of an ATen node vs what the op computes on meta tensors."""
+    declared = [v.type.dtype for v in node.outputs if isinstance(v.type, TensorType)]
+    if not declared:
+        return []
+
+    def meta(v: Value) -> Any:
+        t = v.type
+        if isinstance(t, TensorType):
+            try:
+                shape = [d if isinstance(d, int) else _concrete(d, env) for d in t.shape]
+            except (ValueError, TypeError, sympy.SympifyError):
+                raise _Unknown from None
+            return torch.empty(shape, dtype=t.dtype, device="meta")
+        if isinstance(t, SymType) and t.expr is not None:
+            try:
+                return _concrete(t.expr, env)
+            except (ValueError, TypeError, sympy.SympifyError):
+                raise _Unknown from None
+        raise _Unknown
+
+    try:
+        args = map_values(node.args, meta)
+        kwargs = map_values(node.kwargs, meta)
+    except _Unknown:
+        return []
+    key = (node.op, repr(map_values((node.args, node.kwargs),
+                                    lambda v: (str(v.type) if not isinstance(v.type, SymType) else v.type.expr))))
+    if key not in cache:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = resolve(node.op)(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - ops meta tensors cannot run say nothing about dtypes
+            result = None
+        flat = result if isinstance(result, (tuple, list)) else [result]
+        cache[key] = [r.dtype for r in flat if isinstance(r, torch.Tensor)] if result is not None else None
+    computed = cache[key]
+    if computed is None or len(computed) != len(declared) or computed == declared:
+        return []
+    shown = ", ".join(str(d).replace("torch.", "") for d in computed)
+    return [f"declares result dtype {', '.join(str(d).replace('torch.', '') for d in declared)} but "
+            f"the op computes {shown}: fix the output type (or cast the operands)"]
+
+
 def collect_problems(module: Module) -> list[str]:
     """All invariant violations of ``module``, one message each (empty when valid)."""
     problems: list[str] = []
     graph = module.graph
     defined: set[int] = set()
+    env = _sizes(module)
+    cache: dict[Any, Any] = {}
     names: Counter[str] = Counter()
     all_values: list[Value] = []
 
     for name, param in module.params.items():
         if param.name != name:
             problems.append(f"parameter stored as @{name} is named @{param.name}: keep them equal")
+        for key, attr in param.attrs.items():
+            check = getattr(attr, "check", None)
+            if check is None:
+                problems.append(f"parameter @{name} attribute {key}={attr!r} is not a typed "
+                                "attribute (optc.ir.attributes)")
+                continue
+            problems += [f"parameter @{name} {p} (attribute {key})" for p in check(param.data)]
         defined.add(id(param))
         all_values.append(param)
     for value in graph.inputs:
@@ -104,6 +199,9 @@ def collect_problems(module: Module) -> list[str]:
                 resolve(node.op)
             except IRError as exc:
                 problems.append(f"{where}: {exc}")
+                continue
+            if node.op.startswith("aten."):
+                problems += [f"{where}: {p}" for p in _aten_dtypes(node, env, cache)]
 
     for name, count in names.items():
         if count > 1:

@@ -7,10 +7,11 @@ from typing import Literal
 
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
+from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.calibration import calibration_batches
-from optc.passes.dce import eliminate_dead_code
+from optc.passes.importance import layer_similarity
 from optc.passes.registry import register_pass
 from optc.passes.structural import bypass_block
 
@@ -123,8 +124,6 @@ class DropLayers(Pass):
         num = len(structure.layers)
         similarity = None
         if self.strategy == "contribution" and self.count:
-            from optc.passes.importance import layer_similarity
-
             batches = calibration_batches(module, self.data, self.samples, self.batch_size,
                                           self.max_length, self.tokenizer,
                                           "drop-layers{strategy=contribution}")

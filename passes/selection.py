@@ -9,8 +9,10 @@ import torch
 
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import Structure
+from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
 from optc.passes.calibration import calibration_batches
+from optc.passes.importance import normalize_per_layer, taylor_scores
 
 __all__ = ["select_lowest", "check_unit_options", "choose_units"]
 
@@ -51,8 +53,6 @@ def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[int,
         for i, j in explicit:
             chosen.setdefault(i, set()).add(j)
         return chosen
-    from optc.passes.importance import normalize_per_layer, taylor_scores
-
     if p.criterion == "taylor":
         batches = calibration_batches(module, p.data, p.samples, p.batch_size, p.max_length,
                                       p.tokenizer, f"{p.name}{{criterion=taylor}}")
@@ -72,8 +72,6 @@ def remove_units(module: Module, blocks: dict[int, Any], chosen: dict[int, set[i
     Returns ``removed`` (units), ``emptied`` (layers left without units, comma-separated or
     ``-``), ``params_removed`` and ``nodes_removed``.
     """
-    from optc.passes.dce import eliminate_dead_code
-
     params_before = module.num_parameters()
     removed = 0
     emptied = []

@@ -17,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 import optc
 from optc.frontends.raising import RaiseReport, raise_high_level_ops
 from optc.ir import Module, collect_problems, print_module
-from optc.passes.dce import eliminate_dead_code
+from optc.ir.cleanup import eliminate_dead_code
 from optc.tests.conftest import token_inputs
 from optc.tests.frontends.hf_cases import make_model
 

@@ -365,8 +365,10 @@ def test_parameter_type_is_derived_from_data():
     assert repr(p) == "@w"
     p.data = torch.zeros(2, dtype=torch.int64)
     assert p.type == TensorType(torch.int64, (2,))
-    p.type = TensorType(torch.float32, (9,))  # ignored: the type follows the data
+    with pytest.raises(IRError, match="assign a new tensor to .data"):
+        p.type = TensorType(torch.float32, (9,))  # the type follows the data
     assert p.type == TensorType(torch.int64, (2,))
+    p.type = TensorType(torch.int64, (2,))  # setting the type it has is harmless
 
 
 def test_value_tensor_type():

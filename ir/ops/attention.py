@@ -1,0 +1,354 @@
+"""``attention``: multi-head scaled dot-product attention, soft (softmax) or hard (top-k).
+
+Operands are ``[batch, seq, num_heads*head_dim]`` query, key and value and an optional mask
+that broadcasts to ``[batch, heads, q_seq, k_seq]`` (boolean, True = attend, or additive).
+A query row whose boolean mask allows no key outputs zeros (as torch's SDPA does).
+
+ONNX lowering: the node becomes ONNX Runtime's fused ``com.microsoft.Attention`` (q/k/v
+projections packed into one GEMM) or ``MultiHeadAttention``, each node with its own head
+count, so pruned models with per-layer head counts keep the fused kernel. Non-f32 attention
+is traced from the eager kernel instead (ORT's CPU fused kernels are f32-only).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from optc.errors import BackendError
+from optc.ir.core import Module, Node, Value
+from optc.ir.ops.base import (
+    Attr,
+    OnnxLowering,
+    OpDef,
+    Operand,
+    numel,
+    register_op,
+    tensor_operand,
+)
+from optc.ir.ops.linear import check_unit_ids
+from optc.ir.types import TensorType, Type
+
+__all__ = ["ATTENTION", "attention"]
+
+
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    head_dim: int,
+    scale: float | None = None,
+    causal: bool = False,
+    kind: str = "softmax",
+    topk: int | None = None,
+) -> torch.Tensor:
+    """Multi-head attention on [batch, seq, heads*head_dim] operands.
+
+    ``kind="topk"`` keeps, for each query, only the ``topk`` highest scores (hard attention).
+    """
+    batch, q_len = query.shape[0], query.shape[1]
+    k_len = key.shape[1]
+    q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    if kind == "softmax":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    else:
+        out = _topk_attention(q, k, v, mask, causal, scale, int(topk or 1))
+    return out.transpose(1, 2).reshape(batch, q_len, num_heads * v.shape[-1])
+
+
+def _topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    causal: bool, scale: float | None, topk: int) -> torch.Tensor:
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    neg = torch.finfo(scores.dtype).min
+    if causal:
+        q_len, k_len = scores.shape[-2], scores.shape[-1]
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~allowed, neg)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, neg) if mask.dtype == torch.bool else scores + mask
+    k_eff = min(topk, scores.shape[-1])
+    threshold = scores.topk(k_eff, dim=-1).values[..., -1:]
+    scores = scores.masked_fill(scores < threshold, neg)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+_SCRIPT = '''
+def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
+                num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
+                kind: str, topk: Optional[int]) -> Tensor:
+    batch = query.size(0)
+    q_len = query.size(1)
+    k_len = key.size(1)
+    q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    if kind == "softmax":
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    else:
+        s = scale if scale is not None else 1.0 / math.sqrt(float(head_dim))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * s
+        neg = -3.4028234663852886e38 if scores.dtype == torch.float32 else -65504.0
+        if causal:
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~allowed, neg)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, neg)
+            else:
+                scores = scores + mask
+        keep = min(topk if topk is not None else 1, k_len)
+        threshold = scores.topk(keep, dim=-1)[0][..., keep - 1:keep]
+        scores = scores.masked_fill(scores < threshold, neg)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out.transpose(1, 2).reshape(batch, q_len, num_heads * head_dim)
+'''
+
+
+def _infer(node: Node) -> list[Type]:
+    q, v = tensor_operand(node, 0), tensor_operand(node, 2)
+    assert q is not None and v is not None
+    return [TensorType(q.dtype, q.shape[:-1] + (v.shape[-1],))]
+
+
+def _check(node: Node) -> list[str]:
+    heads, dim = node.attr("num_heads"), node.attr("head_dim")
+    if heads < 1 or dim < 1:
+        return [f"attention needs num_heads >= 1 and head_dim >= 1, got {heads} and {dim}"]
+    problems = []
+    width = heads * dim
+    for i, name in enumerate(("query", "key", "value")):
+        t = tensor_operand(node, i)
+        assert t is not None
+        if t.rank != 3 or t.shape[-1] != width:
+            problems.append(
+                f"attention {name} is {t} but num_heads*head_dim = {heads}*{dim} = {width}: "
+                "operands are [batch, seq, num_heads*head_dim]"
+            )
+    kind = node.attr("kind", "softmax")
+    if kind not in ("softmax", "topk"):
+        problems.append(f"attention kind must be 'softmax' or 'topk', got {kind!r}")
+    if kind == "topk" and not (isinstance(node.attr("topk"), int) and node.attr("topk") >= 1):
+        problems.append("attention kind=topk needs an integer attribute topk >= 1")
+    problems += check_unit_ids(node, "head_ids", heads, "heads")
+    return problems
+
+
+def _flops(node: Node, dims: Mapping[str, int]) -> int:
+    """Scores plus weighted sum: 4 * batch * q_len * k_len * heads * head_dim."""
+    q, k = tensor_operand(node, 0), tensor_operand(node, 1)
+    assert q is not None and k is not None
+    k_len = numel(k, dims, 2) // max(1, numel(k, dims, 1))
+    return 4 * numel(q, dims, 2) * k_len * int(node.attr("num_heads")) * int(node.attr("head_dim"))
+
+
+# -- ONNX lowering ---------------------------------------------------------------------------
+def _create(module: Module, op: str, args: tuple, shape: tuple, dtype: torch.dtype, name: str,
+            after: Node | None, before: Node | None) -> Value:
+    node = module.graph.create_node(op, args, {}, [TensorType(dtype, shape)], names=name,
+                                    after=after, before=None if after is not None else before)
+    return node.outputs[0]
+
+
+def _mask_nodes(module: Module, mask: Value, dtype: torch.dtype, before: Node,
+                cache: dict[str, Any]) -> tuple[Value, Value | None]:
+    """(additive bias of ``dtype`` in rank 4, [batch, q, 1] "row has a key" for bool masks)."""
+    key = ("attention_mask", id(mask), dtype)
+    if key in cache:
+        return cache[key]
+    t = mask.tensor_type
+    anchor = mask.producer
+    shape = t.shape
+    value = mask
+    while len(shape) < 4:  # broadcast from the left, as SDPA does
+        shape = (1, *shape)
+        value = _create(module, "aten.unsqueeze.default", (value, 0), shape, t.dtype,
+                        "attention_mask4", anchor, before)
+        anchor = value.producer
+    valid = None
+    if t.dtype == torch.bool:
+        bias = _create(module, "aten.where.Scalar", (value, 0.0, torch.finfo(dtype).min),
+                       shape, dtype, "attention_bias", anchor, before)
+        any_key = _create(module, "aten.any.dim", (value, -1), shape[:3], torch.bool,
+                          "attention_rows", bias.producer, before)
+        rows = _create(module, "aten.squeeze.dim", (any_key, 1), (shape[0], shape[2]),
+                       torch.bool, "attention_rows", any_key.producer, before)
+        valid = _create(module, "aten.unsqueeze.default", (rows, -1), (shape[0], shape[2], 1),
+                        torch.bool, "attention_rows", rows.producer, before)
+    elif t.dtype != dtype:
+        bias = _create(module, "aten._to_copy.default", (value,), shape, dtype,
+                       "attention_bias", anchor, before)
+        bias.producer.kwargs = {"dtype": dtype}
+    else:
+        bias = value
+    cache[key] = (bias, valid)
+    return bias, valid
+
+
+def _packable(node: Node) -> tuple[Value, list[Node]] | None:
+    """The shared input and q/k/v linears when they can be packed into one projection."""
+    linears = [a.producer if isinstance(a, Value) else None for a in node.args[:3]]
+    if not all(n is not None and n.op == "linear" for n in linears):
+        return None
+    if len({id(n.args[0]) for n in linears}) != 1:
+        return None
+    if any(len(n.outputs[0].users()) != 1 for n in linears):
+        return None
+    if not all(isinstance(n.args[1], Value) and n.args[1].is_param for n in linears):
+        return None
+    return linears[0].args[0], linears
+
+
+def _onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
+    if node.attr("kind", "softmax") != "softmax":
+        raise BackendError(
+            f"onnx backend cannot lower {node!r}: attention kind={node.attr('kind')} has no "
+            "ONNX Runtime kernel yet"
+        )
+    q = node.args[0].tensor_type
+    if q.dtype != torch.float32:
+        return  # traced from the eager kernel: ORT's fused CPU kernels take f32 only
+    heads, dim = node.attr("num_heads"), node.attr("head_dim")
+    scale = node.attr("scale")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
+    mask = node.arg(3)
+    bias, valid = (_mask_nodes(module, mask, q.dtype, node, cache) if isinstance(mask, Value)
+                   else (None, None))
+    attrs = {"num_heads": heads, "head_dim": dim, "scale": scale,
+             "causal": bool(node.attr("causal", False))}
+    packed = _packable(node)
+    if packed is not None:
+        x, linears = packed
+        weight = torch.cat([n.args[1].data for n in linears], 0).t().contiguous()
+        biases = []
+        for n in linears:
+            b = n.arg(2)
+            biases.append(b.data if isinstance(b, Value) and b.is_param
+                          else torch.zeros(n.args[1].data.shape[0], dtype=weight.dtype))
+        stem = linears[0].args[1].name.rsplit(".", 1)[0]
+        w = module.add_param(module.unique_param_name(f"{stem}.qkv_weight"), weight)
+        b = module.add_param(module.unique_param_name(f"{stem}.qkv_bias"), torch.cat(biases))
+        args: tuple = (x, w, b, bias)
+        op = "optc_onnx.self_attention.default"
+    else:
+        args = (node.args[0], node.args[1], node.args[2], bias)
+        op = "optc_onnx.multi_head_attention.default"
+    _register_custom_ops()
+    out = node.outputs[0]
+    new = module.graph.create_node(op, args, attrs, [out.type], names=out.name + "_fused", after=node)
+    result = new.outputs[0]
+    if valid is not None:  # rows with no key to attend to give zeros, as in torch
+        result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
+                         out.type.dtype, out.name + "_rows", new, None)
+    module.graph.replace_all_uses(out, result)
+    module.graph.remove(node)
+
+
+@functools.cache
+def _register_custom_ops() -> tuple[Any, Any]:
+    """torch custom ops that carry the fused attention through torch.onnx export; their eager
+    implementations are exact, so tracing and shape inference see real semantics."""
+
+    @torch.library.custom_op("optc_onnx::self_attention", mutates_args=())
+    def self_attention(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       attention_bias: torch.Tensor | None, num_heads: int, head_dim: int,
+                       scale: float, causal: bool) -> torch.Tensor:
+        qkv = torch.matmul(x, weight) + bias
+        q, k, v = qkv.split(num_heads * head_dim, dim=-1)
+        return attention(q, k, v, attention_bias, num_heads=num_heads, head_dim=head_dim,
+                         scale=scale, causal=causal)
+
+    @self_attention.register_fake
+    def _(x, weight, bias, attention_bias, num_heads, head_dim, scale, causal):  # noqa: ANN001
+        return x.new_empty((*x.shape[:-1], num_heads * head_dim))
+
+    @torch.library.custom_op("optc_onnx::multi_head_attention", mutates_args=())
+    def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             attention_bias: torch.Tensor | None, num_heads: int, head_dim: int,
+                             scale: float, causal: bool) -> torch.Tensor:
+        return attention(q, k, v, attention_bias, num_heads=num_heads, head_dim=head_dim,
+                         scale=scale, causal=causal)
+
+    @multi_head_attention.register_fake
+    def _(q, k, v, attention_bias, num_heads, head_dim, scale, causal):  # noqa: ANN001
+        return q.new_empty((*q.shape[:-1], num_heads * head_dim))
+
+    return self_attention, multi_head_attention
+
+
+def _onnx_translations() -> dict[Any, Any]:
+    from optc.ir.ops.contrib import msft, onnx_op
+
+    _register_custom_ops()
+
+    def expand_bias(attention_bias, query):  # noqa: ANN001, ANN202
+        if attention_bias is None:
+            return None
+        # ORT wants the bias as [batch|1, heads|1, q_seq, k_seq]: broadcast a mask that is
+        # shared by all query rows ([batch, 1, 1, k_seq]) over them.
+        op = onnx_op()
+        rows = op.Shape(query, start=1, end=2)
+        one = op.Constant(value_ints=[1])
+        return op.Expand(attention_bias, op.Concat(one, one, rows, one, axis=0))
+
+    def self_attention_onnx(x, weight, bias, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
+                            scale: float, causal: bool):
+        width = num_heads * head_dim
+        return msft().Attention(
+            x, weight, bias, None, None, expand_bias(attention_bias, x),
+            num_heads=num_heads, qkv_hidden_sizes=[width, width, width], scale=scale,
+            unidirectional=int(causal),
+        )
+
+    def multi_head_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
+                                  scale: float, causal: bool):
+        return msft().MultiHeadAttention(
+            q, k, v, None, None, expand_bias(attention_bias, q),
+            num_heads=num_heads, scale=scale, unidirectional=int(causal),
+        )
+
+    return {
+        torch.ops.optc_onnx.self_attention.default: self_attention_onnx,
+        torch.ops.optc_onnx.multi_head_attention.default: multi_head_attention_onnx,
+    }
+
+
+ATTENTION = register_op(OpDef(
+    name="attention",
+    doc="multi-head scaled dot-product attention over [batch, seq, heads*head_dim] operands",
+    operands=(
+        Operand("query"),
+        Operand("key", same_dtype_as="query"),
+        Operand("value", same_dtype_as="query"),
+        Operand("mask", dtypes="mask", optional=True, same_dtype_as="query"),
+    ),
+    attrs={
+        "num_heads": Attr(int, doc="number of heads"),
+        "head_dim": Attr(int, doc="size of each head"),
+        "scale": Attr(float, None, "score scale (default 1/sqrt(head_dim))"),
+        "causal": Attr(bool, False, "mask future positions"),
+        "kind": Attr(str, "softmax", "softmax, or topk (hard attention)"),
+        "topk": Attr(int, None, "scores kept per query row when kind=topk"),
+        "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
+                      kernel=False),
+        "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "
+                                    "absent: all of them", kernel=False),
+    },
+    infer=_infer,
+    check=_check,
+    kernel=attention,
+    script=_SCRIPT,
+    onnx=OnnxLowering(_onnx_rewrite, _onnx_translations),
+    flops=_flops,
+))

@@ -1,0 +1,67 @@
+"""``layer_norm``: layer normalization over the trailing ``normalized_shape`` dims."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from optc.ir.core import Node
+from optc.ir.ops.base import Attr, OpDef, Operand, numel, register_op, tensor_operand
+from optc.ir.types import Type
+
+__all__ = ["LAYER_NORM", "same_as_input"]
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               *, normalized_shape: list[int], eps: float = 1e-5) -> torch.Tensor:
+    return F.layer_norm(x, list(normalized_shape), weight, bias, eps)
+
+
+def same_as_input(node: Node) -> list[Type]:
+    """Output type = the first operand's type (elementwise ops)."""
+    t = tensor_operand(node, 0)
+    assert t is not None
+    return [t]
+
+
+def _check(node: Node) -> list[str]:
+    x = tensor_operand(node, 0)
+    assert x is not None
+    shape = tuple(node.attr("normalized_shape"))
+    problems = []
+    if tuple(x.shape[len(x.shape) - len(shape):]) != shape:
+        problems.append(f"layer_norm normalized_shape {list(shape)} does not end input {x}")
+    for i, name in ((1, "weight"), (2, "bias")):
+        t = tensor_operand(node, i)
+        if t is not None and t.shape != shape:
+            problems.append(f"layer_norm {name} {t} must have shape {list(shape)}")
+    return problems
+
+
+def _flops(node: Node, dims: Mapping[str, int]) -> int:
+    t = tensor_operand(node, 0)
+    assert t is not None
+    return 8 * numel(t, dims)  # mean, variance, normalize, scale and shift
+
+
+_SCRIPT = '''
+def k_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                 normalized_shape: List[int], eps: float) -> Tensor:
+    return torch.nn.functional.layer_norm(x, normalized_shape, weight, bias, eps)
+'''
+
+LAYER_NORM = register_op(OpDef(
+    name="layer_norm",
+    doc="layer normalization over the trailing normalized_shape dims",
+    operands=(Operand("x"), Operand("weight", optional=True, same_dtype_as="x"),
+              Operand("bias", optional=True, same_dtype_as="x")),
+    attrs={"normalized_shape": Attr((list, tuple), doc="trailing dims normalized over"),
+           "eps": Attr(float, 1e-5, "added to the variance")},
+    infer=same_as_input,
+    check=_check,
+    kernel=layer_norm,
+    script=_SCRIPT,
+    flops=_flops,
+))
