@@ -310,9 +310,10 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
     _positive("batch_size", batch_size)
     _positive("max_steps", max_steps, allow_none=True)
     length = max_length or (384 if task.kind == "extractive-qa" else 128)
-    head_added = add_task_head(module, task, seed)
+    has_task_head(module, task)  # a head that does not fit fails before any slow work
     train, evals = _splits(task, data, eval_split, seed, train_examples, eval_examples)
     items = encode(task, train, tokenizer, length, doc_stride)
+    head_added = add_task_head(module, task, seed)  # the module changes only from here on
     return task, items, evals, length, head_added
 
 
