@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +28,22 @@ from typing import Any
 
 import torch
 
-from optc.errors import InputError
+from optc.errors import InputError, PipelineSpecError
 
-__all__ = ["Runner", "make_runners", "run_bench", "format_bench"]
+__all__ = ["Runner", "make_runners", "run_bench", "format_bench", "fit_seq", "check_backends_option",
+           "UsageError"]
+
+
+class UsageError(PipelineSpecError):
+    """A bench option that does not fit the targets (exit code 2, like other usage errors)."""
 
 EMBEDDED = "embedded"
+
+BENCH_BACKENDS = ("eager", "torchscript", "onnx", "hf")
+"""What --backends may name: optc's backends, and hf for the original model."""
+
+DEFAULT_SEQ = 128
+"""Sequence length timed when --seq is not given (clamped to the models' position tables)."""
 
 
 @dataclass
@@ -47,6 +59,8 @@ class Runner:
     spec: tuple[str, str] = ("", "")
     """(target, backend) to rebuild this runner in a child process for memory measurement."""
     extra: dict[str, Any] = field(default_factory=dict)
+    max_seq: int | None = None
+    """The longest sequence the model's position table allows (None: not known)."""
 
 
 def _disk_size(path: Path) -> int | None:
@@ -91,6 +105,7 @@ def _module_runners(label: str, module: Any, backends: list[str], threads: int,
     from optc.backends.eager import to_eager
 
     runners = []
+    max_seq = module_max_seq(module)
     for backend in backends:
         if backend == "eager":
             compiled = to_eager(module)
@@ -105,18 +120,32 @@ def _module_runners(label: str, module: Any, backends: list[str], threads: int,
             runners.append(r)
         else:
             raise InputError(f"backend '{backend}' does not apply to {label}; use eager, torchscript or onnx")
+    for r in runners:
+        r.max_seq = max_seq
     return runners
+
+
+def module_max_seq(module: Any) -> int | None:
+    """The longest sequence an IR module takes: the smallest bound of its non-batch dims."""
+    bounds = []
+    for value in module.graph.inputs:
+        for axis, d in enumerate(value.tensor_type.shape):
+            rng = None if axis == 0 or isinstance(d, int) else module.dims.get(d)
+            if rng is not None and rng.max is not None:
+                bounds.append(int(rng.max))
+    return min(bounds) if bounds else None
 
 
 def _target_runners(target: str, backends: list[str] | None, threads: int, workdir: Path) -> list[Runner]:
     from optc.artifacts import is_artifact, load_module
 
     path = Path(target)
-    if path.suffix == ".onnx":
+    fixed = file_backend(target)
+    if fixed == "onnx":
         if not path.is_file():
             raise InputError(f"ONNX model '{target}' does not exist")
         return [_onnx_runner(path, threads)]
-    if path.suffix in (".pt", ".ts", ".jit"):
+    if fixed == "torchscript":
         if not path.is_file():
             raise InputError(f"TorchScript file '{target}' does not exist")
         return [_torchscript_runner(path)]
@@ -139,11 +168,14 @@ def _target_runners(target: str, backends: list[str] | None, threads: int, workd
     if "hf" in wanted:
         import inspect
 
+        from optc.frontends.capture import max_sequence_length
+
         accepted = inspect.signature(model.forward).parameters
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted
                  and (n != "token_type_ids" or getattr(model.config, "type_vocab_size", 0))]
         params = sum(p.numel() for p in model.parameters())
-        runners.append(Runner(target, "hf", names, lambda x: model(**x), params, disk))
+        runners.append(Runner(target, "hf", names, lambda x: model(**x), params, disk,
+                              max_seq=max_sequence_length(model.config)))
     rest = [b for b in wanted if b != "hf"]
     if rest:
         from optc.frontends.capture import capture
@@ -152,9 +184,58 @@ def _target_runners(target: str, backends: list[str] | None, threads: int, workd
     return runners
 
 
+def file_backend(target: str) -> str | None:
+    """The only backend a file target runs with (onnx, torchscript), or None for models."""
+    suffix = Path(target).suffix
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt", ".ts", ".jit"):
+        return "torchscript"
+    return None
+
+
+def check_backends_option(targets: list[str], backends: list[str] | None) -> None:
+    """Refuse --backends that name no backend or leave a file target nothing to run with."""
+    if backends is None:
+        return
+    unknown = [b for b in backends if b not in BENCH_BACKENDS]
+    if unknown or not backends:
+        raise UsageError(f"unknown backend '{unknown[0] if unknown else ''}' in --backends; "
+                         f"choose from {', '.join(BENCH_BACKENDS)}")
+    for target in targets:
+        fixed = file_backend(target)
+        if fixed is not None and fixed not in backends:
+            raise UsageError(f"'{target}' is a{'n' if fixed == 'onnx' else ''} {fixed} file: it "
+                             f"can only be timed with {fixed}; add {fixed} to --backends (or "
+                             "leave --backends out)")
+
+
+def fit_seq(runners: list[Runner], seq: int | None) -> tuple[int, str | None]:
+    """The sequence length to time and a note when the default had to be shortened.
+
+    The default (``None``: :data:`DEFAULT_SEQ`) is clamped to the shortest position table among
+    the runners, with a note; an explicit ``seq`` beyond a model's positions is refused with the
+    longest one allowed.
+    """
+    limits = [(r.max_seq, r) for r in runners if r.max_seq is not None]
+    longest = min((m for m, _ in limits), default=None)
+    if seq is None:
+        if longest is not None and longest < DEFAULT_SEQ:
+            owner = next(r for m, r in limits if m == longest)
+            return longest, (f"timing at --seq {longest}: {owner.label} has only {longest} "
+                             f"positions (default {DEFAULT_SEQ})")
+        return DEFAULT_SEQ, None
+    if longest is not None and seq > longest:
+        owner = next(r for m, r in limits if m == longest)
+        raise UsageError(f"--seq {seq} is longer than {owner.label} allows ({longest} positions): "
+                         f"pass --seq {longest} or less")
+    return seq, None
+
+
 def make_runners(targets: list[str], backends: list[str] | None, threads: int,
                  workdir: Path) -> list[Runner]:
     """Runners for every target (several per target when several backends are asked for)."""
+    check_backends_option(targets, backends)
     runners = []
     for target in targets:
         for r in _target_runners(target, backends, threads, workdir):
@@ -239,10 +320,30 @@ def peak_memory(spec: tuple[str, str], batch: int, seq: int, threads: int) -> in
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_child, args=(*spec, batch, seq, threads, queue))
-    proc.start()
-    proc.join(timeout=600)
+    # The child ignores Ctrl-C (it inherits SIG_IGN), so an interrupt reaches only this process,
+    # which then stops the child: no traceback from it, no orphan left running.
+    previous = signal.getsignal(signal.SIGINT) if _main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    try:
+        proc.join(timeout=600)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
     result = queue.get() if not queue.empty() else None
     return result if isinstance(result, int) else None
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def run_bench(runners: list[Runner], batch: int, seq: int, threads: int, rounds: int = 10,
@@ -254,6 +355,15 @@ def run_bench(runners: list[Runner], batch: int, seq: int, threads: int, rounds:
     variants = {}
     for i, r in enumerate(runners):
         inputs = make_inputs(r.input_names, batch, seq)
+        try:
+            with torch.inference_mode():
+                r.call(inputs)  # one trial call: a failure is one line, not a traceback
+        except Exception as exc:  # noqa: BLE001 - every runtime raises its own types
+            lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()] or [type(exc).__name__]
+            detail = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+            hint = "" if r.max_seq is not None else "; is --seq within the model's positions?"
+            raise InputError(f"{r.label} ({r.backend}) fails at batch {batch}, seq {seq}: "
+                             f"{detail}{hint}") from None
         variants[str(i)] = lambda r=r, inputs=inputs: r.call(inputs)
     with torch.inference_mode():
         timings = measure_interleaved(variants, rounds=rounds, block=block, warmup=warmup)

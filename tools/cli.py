@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -67,7 +68,9 @@ def _load_target(target: str | None, task: str, progress: Any) -> Any:
 
     if target is not None and is_artifact(target):
         with progress.step(f"loading artifact {target}"):
-            return load_module(target)
+            module = load_module(target)
+        _check_task(target, task, module)
+        return module
     if target is not None and Path(target).is_dir() and not (Path(target) / "config.json").exists():
         if (Path(target) / "metadata.json").exists() or (Path(target) / "model.optc").exists():
             raise InputError(f"'{target}' looks like an incomplete optc artifact (model.optc or metadata.json missing)")
@@ -89,6 +92,26 @@ def _input_paths(args: argparse.Namespace) -> list[Path]:
     if args.model is not None and Path(args.model).suffix == ".safetensors":
         paths.append(Path(args.model).parent)  # a weights file is loaded with its directory
     return paths
+
+
+_TASK_HEADS = {"sequence-classification": "ForSequenceClassification",
+               "question-answering": "ForQuestionAnswering",
+               "token-classification": "ForTokenClassification"}
+
+
+def _check_task(target: str, task: str, module: Any) -> None:
+    """Refuse a --task that differs from the head an artifact was compiled with."""
+    if task == "auto":
+        return
+    cls = str((module.meta.get("source") or {}).get("class") or "")
+    head = next((t for t, suffix in _TASK_HEADS.items() if cls.endswith(suffix)), "base")
+    if cls and head == task:
+        return
+    raise InputError(
+        f"--task {task} does not apply to '{target}': an optc artifact's head is fixed when it is "
+        f"compiled ({cls or 'unknown class'}, task {head if cls else 'unknown'}); drop --task, or "
+        "compile the original model with --task"
+    )
 
 
 # -- optc MODEL ---------------------------------------------------------------------------------
@@ -306,7 +329,13 @@ def _cmd_passes(argv: list[str]) -> int:
 
 # -- optc bench ---------------------------------------------------------------------------------
 def _cmd_bench(argv: list[str]) -> int:
-    from optc.tools.bench import format_bench, make_runners, run_bench
+    from optc.tools.bench import (
+        check_backends_option,
+        fit_seq,
+        format_bench,
+        make_runners,
+        run_bench,
+    )
     from optc.tools.progress import Progress
 
     p = _Parser(
@@ -323,7 +352,9 @@ def _cmd_bench(argv: list[str]) -> int:
                         "(eager, torchscript, onnx; 'hf' = the original model). Default: eager "
                         "for artifacts, hf for models")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
-    p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    p.add_argument("--seq", type=int, default=None,
+                   help="sequence length (default 128, shortened with a note to the shortest "
+                        "position table among the targets; a longer explicit --seq is refused)")
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts (default 1)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     p.add_argument("--block", type=int, default=5, help="calls per block (default 5)")
@@ -333,11 +364,18 @@ def _cmd_bench(argv: list[str]) -> int:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     args = p.parse_args(argv)
     for flag in ("seq", "rounds", "block"):
-        if getattr(args, flag) < 1:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
             p.error(f"--{flag} must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be 0 or more")
     if min(args.batch) < 1 or min(args.threads) < 1:
         p.error("--batch and --threads must be at least 1")
-    backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    backends = [b.strip() for b in args.backends.split(",")] if args.backends is not None else None
+    try:
+        check_backends_option(args.targets, backends)
+    except OptcError as exc:
+        p.error(str(exc))
     progress = Progress(enabled=not args.quiet)
     import tempfile
 
@@ -346,9 +384,12 @@ def _cmd_bench(argv: list[str]) -> int:
         for threads in args.threads:
             with progress.step(f"loading {len(args.targets)} target(s)"):
                 runners = make_runners(args.targets, backends, threads, Path(tmp))
+            seq, note = fit_seq(runners, args.seq)
+            if note and not args.quiet:
+                sys.stderr.write(f"optc: note: {note}\n")
             for batch in args.batch:
                 with progress.step(f"timing batch {batch}, {threads} thread(s)"):
-                    rows += run_bench(runners, batch, args.seq, threads, args.rounds, args.block,
+                    rows += run_bench(runners, batch, seq, threads, args.rounds, args.block,
                                       args.warmup, memory=not args.no_memory)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -363,21 +404,26 @@ _COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
+    console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     traceback_wanted = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
-    _quiet_libraries()
-    command = _COMMANDS.get(argv[0]) if argv else None
+    interrupted: list[bool] = []
+    if console:
+        _watch_interrupts(interrupted)
     try:
-        return command(argv[1:]) if command else _cmd_compile(argv)
+        return _run(argv)
+    except KeyboardInterrupt:
+        # Anywhere in main, imports included: one line, exit 130. Outputs are staged and
+        # cleaned up by their own finally blocks before the interrupt gets here.
+        return _interrupted(console)
     except OptcError as exc:
+        if interrupted:  # a library turned the KeyboardInterrupt into an error of its own
+            return _interrupted(console)
         if traceback_wanted:
             raise
         sys.stderr.write(f"optc: error: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("optc: interrupted\n")
-        return 130
     except BrokenPipeError:
         # The reader went away (e.g. `optc inspect ... | head`): stop quietly, like other tools.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -386,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback
+        if interrupted:
+            return _interrupted(console)
         if traceback_wanted:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -394,6 +442,70 @@ def main(argv: list[str] | None = None) -> int:
             "(rerun with --traceback and report it)\n"
         )
         return 1
+    finally:
+        if console:
+            _ignore_interrupts()  # a late Ctrl-C must not print a traceback during shutdown
+
+
+def _interrupted(console: bool) -> int:
+    """Report Ctrl-C with one line and exit code 130."""
+    if console:
+        _ignore_interrupts()  # a second Ctrl-C must not interrupt this message
+    sys.stderr.write("optc: interrupted\n")
+    if console:
+        # Exit now: CPython marks a KeyboardInterrupt raised inside exec() (dataclasses and
+        # torch.fx generate code with it) as unhandled even when it was caught, and would then
+        # kill itself with SIGINT at exit instead of returning 130.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
+def _watch_interrupts(interrupted: list[bool]) -> None:
+    """Console only: note every Ctrl-C (some libraries catch the KeyboardInterrupt and raise
+    their own error instead; main still reports an interrupt), and re-deliver one that lands in
+    a finalizer or weakref callback (torch runs many during garbage collection), where Python
+    would swallow it with an "Exception ignored ... Traceback" message and go on."""
+    import _thread
+    import signal
+    import threading
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_sigint)
+    previous = sys.unraisablehook
+
+    def hook(info: Any) -> None:
+        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+            # From another thread, a moment later: never inside this hook or the finalizer.
+            timer = threading.Timer(0.01, _thread.interrupt_main)
+            timer.daemon = True
+            timer.start()
+            return
+        previous(info)
+
+    sys.unraisablehook = hook
+
+
+def _ignore_interrupts() -> None:
+    """From now on Ctrl-C does nothing (a Python no-op handler, so that a signal already
+    pending is consumed quietly instead of being reported as a race)."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+
+
+def _run(argv: list[str]) -> int:
+    _quiet_libraries()
+    command = _COMMANDS.get(argv[0]) if argv else None
+    return command(argv[1:]) if command else _cmd_compile(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

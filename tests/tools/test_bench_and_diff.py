@@ -13,6 +13,16 @@ from optc.tools.bench import format_bench, make_inputs
 from optc.tools.cli import main
 
 
+def save_tiny_tokenizer(path: Path) -> None:
+    """A WordPiece tokenizer of 15 tokens (fits the tiny BERT's 120 embedding rows)."""
+    from transformers import BertTokenizer
+
+    words = ["the", "a", "short", "sentence", "another", "one", "here", "and", "third", "film"]
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(vocab)).save_pretrained(path)
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -26,6 +36,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bench")
     model_dir = root / "bert"
     tiny_model("bert").save_pretrained(model_dir, safe_serialization=True)
+    save_tiny_tokenizer(model_dir)
     paths = {"model": model_dir, "artifact": root / "base", "pruned": root / "pruned",
              "onnx": root / "pruned.onnx", "pt": root / "pruned.pt"}
     assert main([str(model_dir), "-o", str(paths["artifact"]), "-q"]) == 0
@@ -78,7 +89,6 @@ def test_bench_measures_peak_memory_in_a_child_process(targets, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["missing.onnx"], "does not exist"),
     (["{artifact}", "--backends", "hf"], "is an optc artifact"),
-    (["{artifact}", "--backends", "tensorrt"], "does not apply"),
 ])
 def test_bench_errors_are_one_line(targets, capsys, argv, message):
     argv = [a.format(artifact=targets["artifact"]) for a in argv]
@@ -87,9 +97,43 @@ def test_bench_errors_are_one_line(targets, capsys, argv, message):
     assert err.count("\n") == 1 and message in err and out == ""
 
 
-def test_bench_rejects_bad_numbers(capsys):
-    code, _, err = run(capsys, "bench", "x.onnx", "--seq", 0)
-    assert code == 2 and "--seq must be at least 1" in err
+@pytest.mark.parametrize("argv, message", [
+    (["x.onnx", "--seq", 0], "--seq must be at least 1"),
+    (["x.onnx", "--warmup", -1], "--warmup must be 0 or more"),
+    (["{artifact}", "--backends", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["{artifact}", "--backends", "foo"], "choose from eager, torchscript, onnx, hf"),
+    (["{artifact}", "--backends", ""], "unknown backend"),
+    (["{onnx}", "--backends", "eager"], "can only be timed with onnx"),
+    (["{pt}", "--backends", "onnx"], "can only be timed with torchscript"),
+    (["{artifact}", "--seq", 65], "--seq 65 is longer than"),
+], ids=["seq", "warmup", "tensorrt", "foo", "empty", "onnx-file-eager", "pt-file-onnx", "long-seq"])
+def test_bench_usage_errors_exit_2(targets, capsys, argv, message):
+    argv = [str(a).format(**targets) for a in argv]
+    code, out, err = run(capsys, "bench", *argv, "--rounds", 1, "--no-memory", "-q")
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("optc: error:") and message in err
+    assert out == ""
+
+
+def test_bench_default_seq_is_clamped_to_the_positions_with_a_note(targets, capsys):
+    code, out, err = run(capsys, "bench", targets["artifact"], "--rounds", 1, "--block", 1,
+                         "--warmup", 0, "--no-memory", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["seq"] == 64  # tiny BERT: 64 positions; the default would be 128
+    assert "optc: note: timing at --seq 64" in err and "64 positions" in err
+
+
+def test_bench_model_directory_knows_its_positions(targets, capsys):
+    code, _, err = run(capsys, "bench", targets["model"], "--seq", 100, "--rounds", 1, "-q")
+    assert code == 2 and "allows (64 positions): pass --seq 64 or less" in err
+
+
+def test_bench_file_past_its_positions_is_one_line(targets, capsys):
+    code, out, err = run(capsys, "bench", targets["onnx"], "--seq", 100, "--rounds", 1,
+                         "--no-memory", "-q")
+    assert code == 3
+    assert err.count("\n") == 1 and "fails at batch 1, seq 100" in err and "positions" in err
 
 
 def test_bench_inputs_fit_any_vocabulary():
