@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from optc.errors import PipelineSpecError
@@ -172,14 +173,39 @@ def _build(item: str) -> Pass:
         raise PipelineSpecError(f"pass '{name}': {exc}") from None
 
 
-def parse_pipeline(text: str) -> list[Pass]:
-    """Parse a pipeline spec into pass instances (an empty spec is an empty pipeline)."""
-    if not text.strip():
-        return []
-    items = _split_top(text)
-    if any(not item for item in items):
-        raise PipelineSpecError(f"empty pass name in pipeline {text!r}")
-    return [_build(item) for item in items]
+def parse_pipeline(text: str | Sequence[str | Pass]) -> list[Pass]:
+    """Parse a pipeline spec into pass instances (an empty spec is an empty pipeline).
+
+    Also accepts a list whose items are specs (``["dce"]``, ``["prune-heads{amount=0.5}",
+    "dce"]``) or pass instances, in order. Anything else raises :class:`PipelineSpecError`
+    saying what to pass.
+    """
+    if isinstance(text, str):
+        if not text.strip():
+            return []
+        items = _split_top(text)
+        if any(not item for item in items):
+            raise PipelineSpecError(f"empty pass name in pipeline {text!r}")
+        return [_build(item) for item in items]
+    if isinstance(text, Pass):
+        return [text]
+    if not isinstance(text, (list, tuple)):
+        raise PipelineSpecError(
+            f"a pipeline is a spec string such as 'prune-heads{{amount=0.5}},dce', a list of "
+            f"specs or a list of passes, not {type(text).__name__}"
+        )
+    passes: list[Pass] = []
+    for i, item in enumerate(text):
+        if isinstance(item, Pass):
+            passes.append(item)
+        elif isinstance(item, str):
+            passes.extend(parse_pipeline(item))
+        else:
+            raise PipelineSpecError(
+                f"item {i} of the pipeline is a {type(item).__name__}; give pass specs (strings "
+                "such as 'dce') or pass instances (e.g. optc.passes.registry.get_pass('dce')())"
+            )
+    return passes
 
 
 def _format_value(value: Any) -> str:
