@@ -20,6 +20,8 @@ _BUILTIN_MODULES = (
     "optc.passes.drop_layers",
     "optc.passes.prune_heads",
     "optc.passes.prune_neurons",
+    "optc.passes.finetune",
+    "optc.passes.distill",
 )
 
 

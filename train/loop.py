@@ -32,7 +32,7 @@ from optc.backends.eager import to_eager
 from optc.data import Example, SquadRecord
 from optc.errors import InputError
 from optc.ir.core import Module
-from optc.tasks import Task, evaluate, get_task
+from optc.tasks import Task, evaluate, get_task, validation_split
 from optc.train.batching import Encoded, collate, encode, input_names_of, length_grouped
 from optc.train.heads import add_task_head, has_task_head
 from optc.train.losses import hidden_state_loss, soft_target_loss
@@ -183,9 +183,23 @@ def _positive(name: str, value: Any, allow_none: bool = False) -> None:
 # -- data ---------------------------------------------------------------------------------------
 def _splits(task: Task, data: str | os.PathLike | None, eval_split: str | None, seed: int,
             train_examples: Examples | None, eval_examples: Examples | None,
-            ) -> tuple[list[Any], list[Any] | None]:
+            ) -> tuple[list[Any], list[Any] | None, str | None]:
+    """(train examples, evaluation examples or None, the split evaluated on)."""
     if eval_split not in ("dev", "val", None):
         raise InputError(f"eval_split must be dev, val or None, not {eval_split!r}")
+    if train_examples is None and eval_examples is None and _same_file(task, data):
+        # One file for both (a single file, or SQuAD's dev file alone): train on a seeded
+        # part of it and evaluate on the rest.
+        source = list(task.read("dev", data))
+        labels = groups = None
+        if task.kind == "extractive-qa":
+            groups = [r.context for r in source]
+        else:
+            labels = [e.label for e in source]
+        train_idx, val_idx = validation_split(task.kind, labels, groups, len(source), seed=seed)
+        train_examples = [source[i] for i in train_idx]
+        if eval_split is not None:
+            eval_examples, eval_split = [source[i] for i in val_idx], "val"
     if train_examples is None:
         val_size: dict[str, Any] = {"val_size": 0} if eval_split != "val" else {"seed": seed}
         train = list(task.read("train", data, **val_size))
@@ -201,7 +215,22 @@ def _splits(task: Task, data: str | os.PathLike | None, eval_split: str | None, 
         raise InputError(f"no training examples for task '{task.name}': the data is empty")
     if evals is not None and not evals:
         raise InputError(f"no evaluation examples for task '{task.name}': the split is empty")
-    return train, evals
+    return train, evals, eval_split
+
+
+def _same_file(task: Task, data: str | os.PathLike | None) -> bool:
+    """Whether ``data`` gives the same file for train and dev (a single file, or a directory
+    with only a dev file such as SQuAD's)."""
+    if data is None and task.data_path is None:
+        return False
+    try:
+        return task.data_file("train", data) == task.data_file("dev", data)
+    except InputError:
+        try:  # no train file: train on a part of the dev file, evaluate on the rest
+            task.data_file("dev", data)
+        except InputError:
+            return False
+        return True
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -290,6 +319,10 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
     if best_state[0] is not None:
         model.load_state(best_state[0])
     report.params_written = len(write_back(model, module))
+    if report.best is not None and isinstance(module.meta.get("task"), dict):
+        module.meta["task"]["eval"] = {"split": report.extra.get("eval_split"),
+                                       "metrics": dict(report.best.metrics),
+                                       "step": report.best.step}
     report.steps = step
     report.epochs = step / per_epoch
     report.seconds = time.perf_counter() - begin
@@ -300,7 +333,7 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
              eval_split: str | None, train_examples: Examples | None,
              eval_examples: Examples | None, max_length: int | None, batch_size: int,
              epochs: float, lr: float, max_steps: int | None, doc_stride: int | None,
-             ) -> tuple[Task, list[Encoded], list[Any] | None, int, bool]:
+             ) -> tuple[Task, list[Encoded], list[Any] | None, int, bool, str | None]:
     task = get_task(task) if isinstance(task, str) else task
     if tokenizer is None:
         raise InputError("training needs the model's tokenizer: pass tokenizer= (e.g. "
@@ -311,10 +344,10 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
     _positive("max_steps", max_steps, allow_none=True)
     length = max_length or (384 if task.kind == "extractive-qa" else 128)
     has_task_head(module, task)  # a head that does not fit fails before any slow work
-    train, evals = _splits(task, data, eval_split, seed, train_examples, eval_examples)
+    train, evals, split = _splits(task, data, eval_split, seed, train_examples, eval_examples)
     items = encode(task, train, tokenizer, length, doc_stride)
     head_added = add_task_head(module, task, seed)  # the module changes only from here on
-    return task, items, evals, length, head_added
+    return task, items, evals, length, head_added, split
 
 
 def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = None, *,
@@ -336,7 +369,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
     """
     with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        task, items, evals, length, head_added = _prepare(
+        task, items, evals, length, head_added, split = _prepare(
             module, task, data, tokenizer, seed=seed, eval_split=eval_split,
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
@@ -349,7 +382,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
             return task.loss(outputs, _labels(task, batch), attention_mask=batch["attention_mask"])
 
         report = TrainReport(task.name, task.main_metric, 0, 0.0, len(items), 0.0,
-                             head_added=head_added)
+                             head_added=head_added, extra={"eval_split": split})
         return _run(module, task, items, evals, tokenizer, model, loss_fn, epochs=epochs,
                     max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=length,
                     warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
@@ -396,7 +429,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
             raise InputError(f"the teacher has no {task_obj.head} head for task '{task_obj.name}', "
                              "so it gives no soft targets: fine-tune the teacher first, or match "
                              "hidden states (hidden_mse > 0)")
-        task_obj, items, evals, length, head_added = _prepare(
+        task_obj, items, evals, length, head_added, split = _prepare(
             student, task_obj, data, tokenizer, seed=seed, eval_split=eval_split,
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
@@ -433,7 +466,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
 
         report = TrainReport(task_obj.name, task_obj.main_metric, 0, 0.0, len(items), 0.0,
                              head_added=head_added,
-                             extra={"soft_targets": soft, "alpha_soft": alpha_soft if soft else 0.0,
+                             extra={"eval_split": split, "soft_targets": soft, "alpha_soft": alpha_soft if soft else 0.0,
                                     "hidden_mse": hidden_mse, "temperature": temperature,
                                     "layer_map": ",".join(f"{s}:{t}" for s, t in pairs) or "-"})
         return _run(student, task_obj, items, evals, tokenizer, model, loss_fn, epochs=epochs,

@@ -1,0 +1,143 @@
+"""Knowledge distillation as a pass: recover a compressed module's accuracy from a teacher."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from optc.artifacts import load_module
+from optc.errors import ArtifactError, InputError, PipelineSpecError
+from optc.ir.core import Module
+from optc.passes.base import Pass, PassResult
+from optc.passes.finetune import (
+    check_train_options,
+    pass_task,
+    pass_tokenizer,
+    report_stats,
+    requires_task,
+    train_options,
+)
+from optc.passes.registry import register_pass
+from optc.tasks import get_task
+from optc.train import distill, has_task_head
+from optc.train.losses import parse_layer_map
+
+__all__ = ["Distill"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Distill(Pass):
+    """Train the module to imitate a teacher on a task's data (soft targets, hidden states).
+
+    Teacher: ``teacher=PATH`` (an optc artifact), else the module as it entered the pipeline
+    when the pass manager hands it over (:meth:`with_pipeline_input`), else a copy of the
+    module as this pass starts (said in the stats: ``teacher=self``).
+    Loss: ``alpha_soft * KL(student/T || teacher/T) * T^2 + (1 - alpha_soft) * task loss +
+    hidden_mse * MSE(student layer outputs, mapped teacher layer outputs)``. A teacher without
+    the task's head gives no soft targets; then ``hidden_mse`` defaults to 1 (match the
+    teacher's layer outputs) instead of 0.
+    Rewrites: new tensors for every floating-point parameter; a task head when the module
+    has none (as ``finetune``); ``meta["task"]`` records the task and best evaluation.
+    Refuses: no task, a head that does not fit, a teacher with a different head or hidden
+    size, an unreadable teacher artifact, empty data.
+    """
+
+    name = "distill"
+
+    task: str | None = None
+    """Task name or spec (default: the task recorded with the module)."""
+    data: str | None = None
+    """Task data: a task directory or file (default: the task's directory; CLI: --data)."""
+    teacher: str | None = None
+    """Teacher optc artifact (default: the module as it entered the pipeline)."""
+    temperature: float = 2.0
+    """Softmax temperature T of the soft targets."""
+    alpha_soft: float = 0.5
+    """Weight of the soft-target loss; the task loss gets 1 - alpha_soft."""
+    hidden_mse: float | None = None
+    """Weight of the hidden-state MSE (default: 0 with soft targets, 1 without)."""
+    layer_map: str = "auto"
+    """Student:teacher layer pairs for hidden states (auto: by stable layer id, else evenly)."""
+    epochs: float = 3.0
+    """Passes over the training data."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    lr: float = 5e-5
+    """Peak learning rate (AdamW)."""
+    batch_size: int = 32
+    """Training batch size."""
+    max_length: int | None = None
+    """Token limit per example (default 128; 384 for QA)."""
+    warmup_ratio: float = 0.1
+    """Fraction of the steps with linear learning-rate warm-up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases and LayerNorm weights)."""
+    seed: int = 0
+    """Seed of the head initialization, shuffling, dropout and validation split."""
+    threads: int | None = None
+    """Torch threads while training (default: unchanged)."""
+    eval_split: Literal["dev", "val", "none"] = "dev"
+    """Evaluate on dev, on a validation part of train (val), or not at all (none)."""
+    dropout: float | None = None
+    """Train-mode dropout (default: the source model's, else 0.1)."""
+    tokenizer: str | None = None
+    """Tokenizer directory or id (default: the one recorded with the model)."""
+    _pipeline_input: Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_train_options(self)
+        if self.temperature <= 0 or not 0 <= self.alpha_soft <= 1:
+            raise PipelineSpecError("distill needs temperature > 0 and 0 <= alpha_soft <= 1")
+        if self.hidden_mse is not None and self.hidden_mse < 0:
+            raise PipelineSpecError(f"distill hidden_mse must be >= 0, got {self.hidden_mse}")
+        if self.layer_map != "auto":
+            try:
+                parse_layer_map(self.layer_map)
+            except InputError as exc:
+                raise PipelineSpecError(f"distill: {exc}") from None
+        if self.task is not None:
+            try:
+                get_task(self.task)
+            except InputError as exc:
+                raise PipelineSpecError(f"distill: {exc}") from None
+
+    @property
+    def uses_data(self) -> bool:
+        """Distillation always reads task data (the CLI's --data fills it)."""
+        return True
+
+    def with_pipeline_input(self, module: Module) -> Distill:
+        """This pass with ``module`` (the pipeline's input, e.g. a clone taken by the pass
+        manager before the first pass) as the default teacher."""
+        copy = dataclasses.replace(self)
+        object.__setattr__(copy, "_pipeline_input", module)
+        return copy
+
+    def requires(self, module: Module) -> str | None:
+        return requires_task(self, module)
+
+    def _teacher(self, module: Module) -> tuple[Module, str]:
+        if self.teacher is not None:
+            try:
+                return load_module(self.teacher), self.teacher
+            except (ArtifactError, InputError) as exc:
+                raise InputError(f"distill teacher: {exc}") from None
+        if self._pipeline_input is not None:
+            return self._pipeline_input, "pipeline-input"
+        return module.clone(), "self"
+
+    def run(self, module: Module) -> PassResult:
+        task = pass_task(self, module)
+        tokenizer = pass_tokenizer(self, module)
+        teacher, origin = self._teacher(module)
+        soft = self.alpha_soft > 0 and has_task_head(teacher, task)
+        hidden = self.hidden_mse if self.hidden_mse is not None else (0.0 if soft else 1.0)
+        report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
+                         temperature=self.temperature, alpha_soft=self.alpha_soft,
+                         hidden_mse=hidden, layer_map=self.layer_map, **train_options(self))
+        stats = report_stats(report)
+        stats.update({"teacher": origin, "soft_targets": soft, "hidden_mse": hidden,
+                      "layer_map": report.extra["layer_map"]})
+        return PassResult(True, stats)

@@ -1,0 +1,72 @@
+"""The distill pass: teachers (artifact, pipeline input, self), and the compression pipeline."""
+
+from __future__ import annotations
+
+import pytest
+
+import optc
+from optc.errors import PassError, PipelineSpecError
+from optc.passes import parse_pipeline
+from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
+from optc.train import add_task_head
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    write_tokenizer(root / "tok")
+    write_task(root / "task")
+    return root
+
+
+def _module(root, layers: int = 2):
+    _, module = tiny_bert(layers=layers)
+    module.meta["source"]["tokenizer"] = str(root / "tok")
+    return module
+
+
+def test_prune_then_distill_runs_as_one_pipeline(setup) -> None:
+    module = _module(setup)
+    params = module.num_parameters()
+    report = optc.run_pipeline(
+        module, "prune-heads{amount=0.5},prune-neurons{amount=0.5},"
+                f"distill{{task=text-classification,epochs=1,max_steps=3,data={setup / 'task'}}}")
+    stats = report.records[-1].stats
+    assert [r.modified for r in report.records] == [True, True, True]
+    assert stats["teacher"] == "self" and stats["soft_targets"] is False
+    assert stats["hidden_mse"] == 1.0 and stats["layer_map"] == "0:0,1:1" and stats["steps"] == 3
+    assert module.num_parameters() < params
+    assert list(module.graph.outputs) == ["logits"]
+    optc.verify(module)
+
+
+def test_teacher_artifact_with_a_head_gives_soft_targets(setup, tmp_path) -> None:
+    teacher = _module(setup)
+    add_task_head(teacher, "text-classification", seed=3)
+    optc.save(teacher, tmp_path / "teacher")
+    student = _module(setup, layers=1)
+    report = optc.run_pipeline(student, f"distill{{task=text-classification,max_steps=2,"
+                                        f"teacher={tmp_path / 'teacher'},data={setup / 'task'}}}")
+    stats = report.records[0].stats
+    assert stats["teacher"] == str(tmp_path / "teacher")
+    assert stats["soft_targets"] is True and stats["hidden_mse"] == 0.0
+
+
+def test_pipeline_input_is_the_default_teacher(setup) -> None:
+    teacher = _module(setup)
+    add_task_head(teacher, "text-classification", seed=3)
+    student = teacher.clone()
+    p = parse_pipeline(f"distill{{max_steps=2,eval_split=none,data={setup / 'task'}}}")[0]
+    result = p.with_pipeline_input(teacher).run(student)
+    assert result.stats["teacher"] == "pipeline-input" and result.stats["soft_targets"] is True
+    assert p.spec() == p.with_pipeline_input(teacher).spec()
+
+
+def test_bad_teacher_and_options(setup, tmp_path) -> None:
+    with pytest.raises(PipelineSpecError, match="alpha_soft"):
+        parse_pipeline("distill{alpha_soft=2}")
+    with pytest.raises(PipelineSpecError, match="bad layer map"):
+        parse_pipeline("distill{layer_map=0-1}")
+    with pytest.raises(PassError, match="distill teacher: artifact .* does not exist"):
+        optc.run_pipeline(_module(setup), f"distill{{task=sst2,teacher={tmp_path / 'nope'},"
+                                          f"data={setup / 'task'}}}")
