@@ -7,7 +7,8 @@ What ``force`` may replace (:func:`check_output`): only an optc output of the sa
 
 - ``kind="artifact"``: a directory optc wrote (``model.optc`` and a ``metadata.json`` whose
   format is ``optc-artifact``);
-- ``kind="file"``: a regular file (a TorchScript or ONNX file).
+- ``kind="file"``: a regular file named like a model file (``.onnx``, ``.pt``, ``.ts``,
+  ``.jit``), as the TorchScript and ONNX backends write.
 
 It never replaces one of the ``inputs``, a directory that contains an input, the current
 directory or one of its parents, a directory that is not an artifact, a directory where a file
@@ -38,6 +39,7 @@ from optc.errors import OutputError
 
 __all__ = [
     "OutputKind",
+    "MODEL_FILE_SUFFIXES",
     "check_output",
     "atomic_file",
     "atomic_directory",
@@ -51,6 +53,9 @@ OutputKind = Literal["file", "artifact"]
 """What a writer produces: a regular file (TorchScript, ONNX) or an artifact directory."""
 
 _ARTIFACT_FILES = ("model.optc", "metadata.json")
+
+MODEL_FILE_SUFFIXES = (".onnx", ".pt", ".ts", ".jit")
+"""Suffixes of the model files (ONNX, TorchScript) that ``force`` may replace."""
 
 
 def is_optc_artifact(path: str | os.PathLike) -> bool:
@@ -137,6 +142,10 @@ def _check_replaceable(target: Path, force: bool, kind: OutputKind) -> None:
         what = "a directory" if target.is_dir() else "not a regular file"
         raise OutputError(f"output '{target}' exists and is {what}; this backend writes a file, "
                           f"so --force will not replace it; {keep}")
+    elif target.suffix.lower() not in MODEL_FILE_SUFFIXES:
+        raise OutputError(f"output '{target}' exists and is not a model file "
+                          f"({', '.join(MODEL_FILE_SUFFIXES)}), so --force will not replace it; "
+                          f"{keep}")
     if not force:
         raise OutputError(f"output '{target}' already exists; pass --force (force=True) to "
                           "replace it")

@@ -9,6 +9,12 @@ Targets:
 - a Hugging Face model directory or hub id, or ``embedded`` (the bundled all-MiniLM-L6-v2):
   the original model (``hf``), or captured and lowered to each backend in ``--backends``.
 
+``--seq`` (default 128) must fit every model's position table: the default is shortened to
+the shortest table among the targets, with a note on stderr; an explicit ``--seq`` beyond it is
+refused (exit 2) with the longest allowed. ONNX and TorchScript files do not record their
+positions: a sequence they cannot run fails with one line. A file target runs only with its own
+backend, so ``--backends`` must include it.
+
 All runners get the same inputs; latencies come from interleaved blocks in one process
 (:mod:`optc.tools.timing`) so ratios stay meaningful on a noisy machine. Peak memory is the
 growth of a fresh child process's peak RSS while it loads the target and runs it.

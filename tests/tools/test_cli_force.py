@@ -151,3 +151,12 @@ def test_force_replaces_a_torchscript_file(capsys, work: Path) -> None:
     scripted = torch.jit.load(str(target))
     assert "input_ids" in [a.name for a in scripted.forward.schema.arguments]
     assert sorted(p.name for p in work.iterdir()) == ["a", "m", "model.pt"]
+
+
+def test_force_refuses_a_file_that_is_not_a_model_file(capsys, work: Path) -> None:
+    notes = work / "notes.txt"
+    notes.write_text("my notes")
+    code, _, err = run(capsys, work / "a", "--backend", "torchscript", "-o", notes, "--force", "-q")
+    assert code == 4
+    assert "not a model file" in one_line(err)
+    assert notes.read_text() == "my notes"

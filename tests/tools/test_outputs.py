@@ -136,3 +136,13 @@ def test_exchange_swaps_directories(tmp_path: Path) -> None:
     if not outputs._exchange(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
     assert names(a) == ["2"] and names(b) == ["1"]
+
+
+def test_only_model_files_are_replaced(tmp_path: Path) -> None:
+    for name in ("m.onnx", "m.pt", "m.ts", "m.jit"):
+        (tmp_path / name).write_text("old")
+        assert check_output(tmp_path / name, True) == tmp_path
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(OutputError, match="not a model file"):
+        check_output(notes, True)
