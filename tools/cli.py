@@ -31,7 +31,8 @@ from optc.errors import InputError, OptcError
 __all__ = ["main"]
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad usage/spec/option, 3 bad input model or
-artifact, 4 output exists or is unwritable, 5 pass or verification failure, 6 backend failure"""
+artifact, 4 output exists or is unwritable, 5 pass or verification failure, 6 backend failure
+(including a written output that fails its self-check), 130 interrupted (Ctrl-C)"""
 
 
 class _Parser(argparse.ArgumentParser):
