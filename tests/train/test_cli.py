@@ -1,0 +1,99 @@
+"""optc finetune / optc eval (tools/train_cli.py) on a tiny model directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import optc
+from optc.artifacts import read_metadata
+from optc.errors import InputError, OutputError
+from optc.tests.train.conftest import VOCAB
+from optc.tools.train_cli import cmd_eval, cmd_finetune
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny BERT saved as a Hugging Face directory, with its tokenizer."""
+    import torch
+    import transformers as tf
+
+    from optc.tests.train.conftest import write_tokenizer
+
+    path = tmp_path_factory.mktemp("hf-tiny")
+    torch.manual_seed(0)
+    config = tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=64)
+    tf.BertModel(config).save_pretrained(str(path))
+    write_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finetuned(model_dir, task_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "model"
+    code = cmd_finetune([str(model_dir), "--task", "text-classification", "--data", str(task_dir),
+                         "-o", str(out), "--epochs", "2", "--lr", "0.003", "--batch-size", "16",
+                         "-q"])
+    assert code == 0
+    return out
+
+
+def test_finetune_writes_an_artifact_with_task_and_score(finetuned, capsys) -> None:
+    meta = read_metadata(finetuned)
+    assert meta["task"]["name"] == "text-classification"
+    assert meta["label_names"] == ["0", "1"] and meta["metric"] == "accuracy"
+    assert meta["eval_split"] == "dev" and 0 <= meta["dev_score"] <= 100
+    assert meta["pipeline"][-1].startswith("finetune{")
+    module = optc.load_module(finetuned)
+    assert list(module.graph.outputs) == ["logits"]
+    assert module.meta["task"]["eval"]["metrics"]["accuracy"] == meta["dev_score"]
+
+
+def test_eval_an_artifact_uses_its_task_and_tokenizer(finetuned, task_dir, capsys) -> None:
+    assert cmd_eval([str(finetuned), "--data", str(task_dir), "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "text-classification" and out["examples"] == 64
+    assert out["score"] == read_metadata(finetuned)["dev_score"]
+    assert out["examples_per_second"] > 0
+    assert cmd_eval([str(finetuned), "--data", str(task_dir), "-q", "--limit", "8"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("text-classification dev: accuracy ") and "(8 examples" in line
+
+
+def test_eval_onnx_and_torchscript_files_match_the_artifact(finetuned, task_dir, model_dir,
+                                                           tmp_path, capsys) -> None:
+    from optc.backends import write_backend
+
+    module = optc.load_module(finetuned)
+    scores = []
+    for backend, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
+        write_backend(module, backend, tmp_path / name)
+        assert cmd_eval([str(tmp_path / name), "--task", "text-classification", "--data",
+                         str(task_dir), "--tokenizer", str(model_dir), "--json", "-q"]) == 0
+        scores.append(json.loads(capsys.readouterr().out)["score"])
+    assert scores == [read_metadata(finetuned)["dev_score"]] * 2
+    with pytest.raises(InputError, match="records no task: pass --task"):
+        cmd_eval([str(tmp_path / "m.onnx"), "-q"])
+    with pytest.raises(InputError, match="records no tokenizer: pass --tokenizer"):
+        cmd_eval([str(tmp_path / "m.onnx"), "--task", "sst2", "-q"])
+
+
+def test_eval_a_hugging_face_directory(model_dir, task_dir, capsys) -> None:
+    assert cmd_eval([str(model_dir), "--task", "text-classification", "--data", str(task_dir),
+                     "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 64
+
+
+def test_finetune_refuses_existing_output_and_bad_usage(finetuned, model_dir, task_dir,
+                                                        capsys) -> None:
+    with pytest.raises(OutputError):
+        cmd_finetune([str(model_dir), "--task", "sst2", "-o", str(finetuned), "-q"])
+    with pytest.raises(SystemExit) as info:
+        cmd_finetune([str(model_dir), "--task", "sst2", "-o", "x", "--epochs", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epochs" in err
+    with pytest.raises(InputError, match="unknown task 'nope'"):
+        cmd_finetune([str(model_dir), "--task", "nope", "-o", "x"])

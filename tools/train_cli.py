@@ -1,0 +1,336 @@
+"""``optc eval`` and ``optc finetune``: score a model on a task, train one and save it.
+
+    optc eval TARGET [--task T] [--data DIR] [--split dev|val|train] [--json]
+    optc finetune [MODEL] --task T [--data DIR] -o OUT [--epochs N] [--force]
+
+TARGET is an optc artifact, a Hugging Face model directory or id, an ``.onnx`` file (run in
+ONNX Runtime) or a TorchScript ``.pt`` file. The task defaults to the one an artifact records
+(``optc finetune`` records it); the tokenizer to the one recorded with the model
+(``--tokenizer`` for ONNX and TorchScript files, which record none).
+
+The functions return exit codes and raise :class:`~optc.errors.OptcError` for the CLI's
+``main`` to print as one line; usage errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from optc.errors import InputError
+
+__all__ = ["cmd_eval", "cmd_finetune", "eval_parser", "finetune_parser"]
+
+_EPILOG = ("exit codes: 0 ok, 1 internal error, 2 bad usage, 3 bad input model/data/artifact, "
+           "4 output exists or is unwritable")
+
+
+class _Parser(argparse.ArgumentParser):
+    """One-line usage errors with exit code 2 (as ``optc.tools.cli``'s parser; not imported
+    from there because the CLI's entry point imports this module)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"optc: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+# -- loading targets ------------------------------------------------------------------------
+def _target_kind(target: str) -> str:
+    from optc.artifacts import is_artifact
+
+    path = Path(target)
+    if is_artifact(path):
+        return "artifact"
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix in (".pt", ".ts", ".jit"):
+        return "torchscript"
+    return "hf"
+
+
+def _tokenizer(ref: str | None, target: str) -> Any:
+    from optc.frontends.huggingface import load_tokenizer
+
+    if ref is None:
+        raise InputError(f"'{target}' records no tokenizer: pass --tokenizer DIR (the model "
+                         "directory or a tokenizer directory)")
+    return load_tokenizer(ref)
+
+
+def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
+                   threads: int | None) -> tuple[Any, Any, Any, tuple[str, ...] | None]:
+    """(task, model_fn, tokenizer, input names) for ``target``."""
+    import torch
+
+    from optc.tasks import get_task
+    from optc.train import task_from_meta
+
+    kind = _target_kind(target)
+    if kind != "hf" and not Path(target).exists():
+        raise InputError(f"'{target}' does not exist")
+    if kind == "artifact":
+        from optc.artifacts import load_module
+        from optc.backends.eager import to_eager
+
+        module = load_module(target)
+        task = get_task(task_spec) if task_spec else task_from_meta(module.meta)
+        if task is None:
+            raise InputError(f"artifact '{target}' records no task: pass --task NAME")
+        tok = _tokenizer(tokenizer_ref or (module.meta.get("source") or {}).get("tokenizer"), target)
+        names = tuple(v.name for v in module.graph.inputs)
+        return task, to_eager(module), tok, names
+    if task_spec is None:
+        raise InputError(f"'{target}' records no task: pass --task NAME")
+    task = get_task(task_spec)
+    if kind == "onnx":
+        from optc.backends.onnx import OnnxModule
+
+        try:
+            runner = OnnxModule(target, threads=threads)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"cannot load ONNX model '{target}': {first}") from None
+        return task, runner, _tokenizer(tokenizer_ref, target), tuple(runner.input_names)
+    if kind == "torchscript":
+        try:
+            scripted = torch.jit.load(target)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError subclasses
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"cannot load TorchScript file '{target}': {first}") from None
+        names = tuple(a.name for a in scripted.forward.schema.arguments[1:])
+        return task, scripted, _tokenizer(tokenizer_ref, target), names
+    from optc.frontends.huggingface import load_model
+
+    model, source = load_model(target, task=task.head)
+    return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None
+
+
+def _token_names(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    from optc.data import INPUT_NAMES
+
+    return None if names is None else tuple(n for n in names if n in INPUT_NAMES)
+
+
+# -- optc eval ------------------------------------------------------------------------------
+def eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="optc eval", description="Score a model on a task's data: metrics, "
+                "examples per second, number of examples.", epilog=_EPILOG)
+    p.add_argument("target", metavar="TARGET",
+                   help="optc artifact, Hugging Face model directory or id, .onnx or "
+                        "TorchScript .pt file")
+    p.add_argument("--task", help="task name or spec (sst2, mrpc, squad, "
+                   "text-classification{labels=neg,pos}); default: the artifact's task")
+    p.add_argument("--data", metavar="DIR", help="task data directory or file (default: the "
+                   "task's directory under $OPTC_DATA_DIR)")
+    p.add_argument("--split", default="dev", choices=["dev", "val", "train"],
+                   help="split to score (val: the seeded validation part of train)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--max-length", type=_positive_int, default=None,
+                   help="token limit (default 128; 384 for QA)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="score the first N examples")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
+                   "one recorded with the model)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch/ORT threads")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def cmd_eval(argv: list[str]) -> int:
+    """``optc eval``: print the task metrics of a target."""
+    import torch
+
+    from optc.tasks import evaluate
+    from optc.tools.progress import Progress
+
+    args = eval_parser().parse_args(argv)
+    progress = Progress(enabled=not args.quiet)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    with progress.step(f"loading {args.target}"):
+        task, model_fn, tok, names = _load_for_eval(args.target, args.task, args.tokenizer,
+                                                    args.threads)
+    if getattr(model_fn, "eval", None) is not None and isinstance(model_fn, torch.nn.Module):
+        model_fn.eval()
+    with progress.step(f"evaluating {task.name} ({args.split})"):
+        result = evaluate(task, model_fn, args.split, tok, batch_size=args.batch_size,
+                          max_length=args.max_length, data=args.data, limit=args.limit,
+                          input_names=_token_names(names))
+    summary = {"target": args.target, "task": task.name, "split": args.split,
+               "metrics": result.metrics, "main_metric": result.main_metric,
+               "score": result.score, "examples": result.num_examples,
+               "examples_per_second": result.examples_per_second, "seconds": result.seconds}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    metrics = "  ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
+    print(f"{task.name} {args.split}: {metrics}  ({result.num_examples} examples, "
+          f"{result.examples_per_second:.1f} examples/s)")
+    return 0
+
+
+# -- optc finetune --------------------------------------------------------------------------
+def finetune_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="optc finetune", description="Fine-tune a model on a task and write an "
+                "optc artifact recording the task, its labels, metric and dev score.",
+                epilog=_EPILOG)
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="Hugging Face id, model directory or optc artifact (default: the "
+                        "embedded all-MiniLM-L6-v2)")
+    p.add_argument("--task", help="task name or spec (default: the artifact's task)")
+    p.add_argument("--data", metavar="DIR", help="task data directory (or one file, split into "
+                   "train and validation); default: the task's directory under $OPTC_DATA_DIR")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="artifact to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an artifact")
+    p.add_argument("--epochs", type=_positive_float, default=3.0)
+    p.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_positive_float, default=5e-5)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--max-length", type=_positive_int, default=None,
+                   help="token limit (default 128; 384 for QA)")
+    p.add_argument("--warmup-ratio", type=_fraction, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--eval-split", default="dev", choices=["dev", "val", "none"],
+                   help="evaluate after each epoch on dev, on a validation part of train, or not")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
+                   "one recorded with the model)")
+    p.add_argument("--json", action="store_true", help="print the training report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    return p
+
+
+class _StepPrinter:
+    """Training progress on stderr: one rewritten line on a terminal, else ~20 lines."""
+
+    def __init__(self, enabled: bool, stream: Any = None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, info: Any) -> None:
+        if not self.enabled:
+            return
+        every = max(1, info.total // 20)
+        if not self.tty and info.step % every and info.step != info.total:
+            return
+        eta = time.strftime("%H:%M:%S", time.gmtime(info.eta_seconds))
+        line = (f"optc: step {info.step}/{info.total}  epoch {info.epoch:.2f}  loss "
+                f"{info.loss:.4f}  {info.step_seconds:.2f} s/step  ETA {eta}")
+        if self.tty:
+            end = "\n" if info.step == info.total else ""
+            self.stream.write(f"\r\033[K{line}{end}")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _load_module(target: str | None, progress: Any) -> Any:
+    from optc.artifacts import is_artifact, load_module
+    from optc.frontends.capture import capture
+    from optc.frontends.huggingface import load_model
+
+    if target is not None and is_artifact(target):
+        with progress.step(f"loading artifact {target}"):
+            return load_module(target)
+    with progress.step(f"loading {target or 'all-MiniLM-L6-v2 (embedded)'}"):
+        model, source = load_model(target)
+    with progress.step("capturing with torch.export"):
+        return capture(model, source=source)
+
+
+def cmd_finetune(argv: list[str]) -> int:
+    """``optc finetune``: train a model on a task and save it as an artifact."""
+    from optc.artifacts import save
+    from optc.frontends.huggingface import load_tokenizer
+    from optc.outputs import check_output
+    from optc.passes.calibration import check_vocabulary
+    from optc.passes.finetune import Finetune
+    from optc.tasks import get_task
+    from optc.tools.progress import Progress
+    from optc.train import finetune, has_task_head, task_from_meta
+
+    args = finetune_parser().parse_args(argv)
+    progress = Progress(enabled=not args.quiet)
+    task = get_task(args.task) if args.task else None  # a bad task fails before slow work
+    out = Path(args.output)
+    inputs = [Path(p) for p in (args.model, args.data) if p is not None and os.path.lexists(p)]
+    check_output(out, args.force, kind="artifact", inputs=inputs)
+    if args.data is not None:
+        from optc.tasks import resolve_task_path
+
+        resolve_task_path(args.data)  # a missing data path fails before slow work
+    module = _load_module(args.model, progress)
+    task = task or task_from_meta(module.meta)
+    if task is None:
+        raise InputError(f"'{args.model}' records no task: pass --task NAME")
+    has_task_head(module, task)  # a head that does not fit fails before training
+    ref = args.tokenizer or (module.meta.get("source") or {}).get("tokenizer")
+    if ref is None:
+        raise InputError("the model records no tokenizer: pass --tokenizer DIR")
+    tokenizer = load_tokenizer(ref)
+    check_vocabulary(module, tokenizer, "optc finetune")
+    options = {"epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
+               "batch_size": args.batch_size, "max_length": args.max_length,
+               "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
+               "seed": args.seed, "threads": args.threads}
+    eval_split = None if args.eval_split == "none" else args.eval_split
+    report = finetune(module, task, args.data, tokenizer=tokenizer, eval_split=eval_split,
+                      progress=_StepPrinter(not args.quiet), **options)
+    spec = Finetune(task=args.task or task.name, data=args.data, eval_split=args.eval_split,
+                    tokenizer=args.tokenizer, **options).spec()
+    module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [spec]
+    extra = {"task": module.meta["task"], "label_names": list(task.label_names),
+             "metric": task.main_metric, "training": report.summary()}
+    if report.best is not None:
+        extra["dev_score"] = report.score
+        extra["eval_split"] = report.extra.get("eval_split")
+    with progress.step(f"writing {out}"):
+        save(module, out, force=args.force, extra=extra, inputs=inputs)
+    if args.json:
+        print(json.dumps({"output": str(out), **report.summary()}, indent=2))
+        return 0
+    for record in report.evals:
+        metrics = "  ".join(f"{k} {v:.2f}" for k, v in record.metrics.items())
+        print(f"epoch {record.epoch:.2f} (step {record.step}): {metrics}")
+    best = (f", best {report.extra.get('eval_split')} {task.main_metric} {report.score:.2f}"
+            if report.best is not None else "")
+    print(f"wrote {out}: {task.name}, {report.steps} steps in {report.seconds:.1f} s{best}")
+    return 0
