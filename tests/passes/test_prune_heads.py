@@ -119,6 +119,7 @@ def test_stats_for_partial_removal(bert) -> None:
     assert result.stats == {
         "heads_removed": 3,
         "heads_per_layer": "3,2",
+        "layer_ids": "0,1",
         "attention_blocks_removed": "-",
         "params_removed": 3 * per_head,
         "nodes_removed": 0,
