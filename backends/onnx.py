@@ -60,6 +60,17 @@ def lower_for_onnx(module: Module) -> tuple[Module, dict[Any, Any]]:
     return lowered, translations
 
 
+def _check_dtypes(module: Module) -> None:
+    """Refuse dtypes ONNX Runtime's CPU provider has no kernels for (the file would not load)."""
+    for value in [*module.params.values(), *(o for n in module.graph for o in n.outputs)]:
+        t = value.type
+        if getattr(t, "dtype", None) == torch.bfloat16:
+            raise BackendError(
+                f"onnx backend: {value!r} is bfloat16, which ONNX Runtime's CPU provider cannot "
+                "run; convert the model to float32 or float16 first (model.to(torch.float16))"
+            )
+
+
 def _example_inputs(module: Module) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, Any], ...]]:
     dims: dict[str, Any] = {}
     concrete = {"batch": 2, "seq": 8}
@@ -103,6 +114,7 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
     from optc.outputs import atomic_file, check_output
 
     check_output(path, force)  # fail before the slow export
+    _check_dtypes(module)
     lowered, translations = lower_for_onnx(module)
     gm = build_graph_module(lowered)
     args, shapes = _example_inputs(lowered)

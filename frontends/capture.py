@@ -9,6 +9,7 @@ dead code is removed; the result is verified.
 from __future__ import annotations
 
 import linecache
+import logging
 import os
 import traceback
 from collections.abc import Mapping
@@ -18,12 +19,15 @@ import torch
 
 from optc.errors import FrontendError
 from optc.frontends.fx_import import import_exported_program
-from optc.frontends.raising import raise_high_level_ops
+from optc.frontends.raising import RaiseReport, raise_high_level_ops
+from optc.ir.analysis import analyze, assign_layer_ids
 from optc.ir.cleanup import canonicalize, eliminate_dead_code
 from optc.ir.core import Module
 from optc.ir.verifier import verify
 
 __all__ = ["capture", "example_inputs_for", "is_hf_model"]
+
+_log = logging.getLogger("optc")
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OPTC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,7 +250,24 @@ def capture(
 
     canonicalize(module)
     if raise_ops:
-        raise_high_level_ops(module)
-    eliminate_dead_code(module)
+        report = raise_high_level_ops(module)
+        eliminate_dead_code(module)
+        assign_layer_ids(module)
+        _warn_unraised(module, report)
+    else:
+        eliminate_dead_code(module)
     verify(module, "after capture")
     return module
+
+
+def _warn_unraised(module: Module, report: RaiseReport) -> None:
+    """One warning when attention patterns stayed ATen: structural passes cannot see them."""
+    missed = [m for m in report.misses if "not raised to attention" in m]
+    if not missed and (analyze(module).layers or not report.misses):
+        return
+    first = (missed or report.misses)[0]
+    _log.warning(
+        "%s: %d attention pattern(s) were not raised, so structural passes will not see "
+        "those layers (first: %s); `optc inspect` lists every reason",
+        module.name, len(missed) or len(report.misses), first,
+    )

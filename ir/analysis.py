@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import sympy
-
 from optc.ir.core import Module, Node, Value
-from optc.ir.types import TensorType
+from optc.ir.ids import format_ids, ids_or_range
+from optc.ir.ops import get_op
 
 __all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
-           "linear_flops", "attention_flops", "module_flops"]
+           "assign_layer_ids", "node_cost", "module_flops", "describe_layers"]
 
 _FFN_ACTIVATIONS = ("gelu", "relu", "silu")
 _RESIDUAL_ADDS = ("aten.add.Tensor",)
@@ -87,6 +86,11 @@ class AttentionBlock(_Block):
         return int(self.node.attr("head_dim"))
 
     @property
+    def head_ids(self) -> list[int]:
+        """Stable id (index in the captured model) of each head, by current position."""
+        return ids_or_range(self.node.attr("head_ids"), self.num_heads)
+
+    @property
     def prunable(self) -> str | None:
         """Why heads cannot be removed from this block, or None when they can."""
         if None in (self.query, self.key, self.value):
@@ -130,6 +134,11 @@ class FFNBlock(_Block):
         """Number of intermediate neurons (rows of the up projection)."""
         return int(self.up.args[1].tensor_type.shape[0])
 
+    @property
+    def neuron_ids(self) -> list[int]:
+        """Stable id (index in the captured model) of each neuron, by current position."""
+        return ids_or_range(self.up.attr("unit_ids"), self.width)
+
     def neuron_slices(self, neuron: int) -> list[ParamSlice]:
         """The coupled parameter slices of one neuron (up row and bias, down column)."""
         slices = [ParamSlice(self.up.args[1].name, 0, (neuron,))]
@@ -150,8 +159,18 @@ class Layer:
     """A transformer layer: an attention block and/or an FFN block."""
 
     index: int
+    """Current position among the module's layers (shifts when layers are removed)."""
     attention: AttentionBlock | None
     ffn: FFNBlock | None
+
+    @property
+    def id(self) -> int:
+        """Stable id: the layer's index in the captured model (its blocks' ``layer``
+        attribute), or its position when the module predates stable ids."""
+        for node in (self.attention.node if self.attention else None, self.ffn.up if self.ffn else None):
+            if node is not None and node.attr("layer") is not None:
+                return int(node.attr("layer"))
+        return self.index
 
     @property
     def stream_in(self) -> Value | None:
@@ -175,6 +194,22 @@ class Structure:
     """The layers of a module, in order."""
 
     layers: list[Layer]
+
+    def by_id(self, layer_id: int) -> Layer | None:
+        """The layer whose stable id is ``layer_id``, if it is still there."""
+        return next((layer for layer in self.layers if layer.id == layer_id), None)
+
+    def describe(self) -> str:
+        """``layers 0..5`` / ``no transformer layers``, for messages."""
+        return describe_layers(len(self.layers))
+
+
+def describe_layers(count: int) -> str:
+    """How many layers a model has, for error messages."""
+    if count == 0:
+        return ("no transformer layers (no attention or FFN block was raised; `optc inspect` "
+                "says why)")
+    return f"layers 0..{count - 1}"
 
 
 def _find_ffns(module: Module) -> list[FFNBlock]:
@@ -255,41 +290,39 @@ def analyze(module: Module) -> Structure:
     return Structure(layers)
 
 
+# -- layer ids ---------------------------------------------------------------------------------
+def assign_layer_ids(module: Module) -> int:
+    """Record each layer's current position as its stable id on the blocks that lack one
+    (the attention node and the FFN's up projection). Returns how many layers got an id."""
+    count = 0
+    for layer in analyze(module).layers:
+        nodes = [n for n in (layer.attention.node if layer.attention else None,
+                             layer.ffn.up if layer.ffn else None) if n is not None]
+        if all(n.attr("layer") is None for n in nodes):
+            for n in nodes:
+                n.set_attr("layer", layer.index)
+            count += 1
+    return count
+
+
+def set_unit_ids(node: Node, key: str, ids: list[int], count: int) -> None:
+    """Record the stable ids of the units that remain (absent when they are 0..count-1)."""
+    node.set_attr(key, None if ids == list(range(count)) and node.attr(key) is None
+                  else format_ids(ids))
+    if node.attr(key) is None:
+        kwargs = node.kwargs
+        kwargs.pop(key, None)
+        node.kwargs = kwargs
+
+
 # -- cost model ------------------------------------------------------------------------------
-def _rows(t: TensorType, dims: dict[str, int]) -> int:
-    total = 1
-    for d in t.shape[:-1]:
-        if isinstance(d, int):
-            total *= d
-        else:
-            try:
-                total *= int(sympy.sympify(d).subs({sympy.Symbol(k): v for k, v in dims.items()}))
-            except (TypeError, ValueError, sympy.SympifyError):
-                total *= dims.get(d, 1)
-    return total
-
-
-def linear_flops(node: Node, dims: dict[str, int]) -> int:
-    """2 * rows * in * out for a ``linear`` node, with symbolic dims set from ``dims``."""
-    x, w = node.args[0].tensor_type, node.args[1].tensor_type
-    return 2 * _rows(x, dims) * int(w.shape[0]) * int(w.shape[1])
-
-
-def attention_flops(node: Node, dims: dict[str, int]) -> int:
-    """Scores plus weighted sum: 4 * batch * q_len * k_len * heads * head_dim."""
-    q, k = node.args[0].tensor_type, node.args[1].tensor_type
-    q_rows = _rows(q, dims)
-    k_len = _rows(k, dims) // max(1, _rows(TensorType(k.dtype, k.shape[:1] + (1,)), dims))
-    return 4 * q_rows * k_len * int(node.attr("num_heads")) * int(node.attr("head_dim"))
+def node_cost(node: Node, dims: dict[str, int]) -> dict[str, int]:
+    """FLOPs and bytes moved by a high-level op node (zeros for ATen glue)."""
+    opdef = get_op(node.op)
+    return opdef.cost(node, dims) if opdef is not None else {"flops": 0, "bytes": 0}
 
 
 def module_flops(module: Module, seq: int, batch: int = 1) -> int:
-    """Estimated FLOPs of one forward pass (linears and attention) at ``batch`` x ``seq``."""
+    """Estimated FLOPs of one forward pass (every high-level op) at ``batch`` x ``seq``."""
     dims = {"batch": batch, "seq": seq}
-    total = 0
-    for node in module.graph:
-        if node.op == "linear":
-            total += linear_flops(node, dims)
-        elif node.op == "attention":
-            total += attention_flops(node, dims)
-    return total
+    return sum(node_cost(node, dims)["flops"] for node in module.graph)

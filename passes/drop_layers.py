@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from optc.errors import PipelineSpecError
-from optc.ir.analysis import analyze
+from optc.errors import PassError, PipelineSpecError
+from optc.ir.analysis import analyze, describe_layers
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.calibration import calibration_batches
 from optc.passes.importance import layer_similarity
 from optc.passes.registry import register_pass
+from optc.passes.selection import layer_positions, unraised_attention
 from optc.passes.structural import bypass_block
 
 __all__ = ["DropLayers", "choose_layers"]
@@ -29,7 +30,7 @@ def choose_layers(strategy: str, count: int, num_layers: int,
     layers whose output is most similar to their input (``similarity``, one per layer).
     """
     if count > num_layers:
-        raise ValueError(f"cannot drop {count} layers: the model has {num_layers}")
+        raise PassError(f"cannot drop {count} layers: the model has {num_layers}")
     if count == 0:
         return []
     if strategy == "top":
@@ -39,7 +40,7 @@ def choose_layers(strategy: str, count: int, num_layers: int,
     if strategy == "alternate":
         candidates = list(range(num_layers - 1, -1, -2))
         if count > len(candidates):
-            raise ValueError(
+            raise PassError(
                 f"alternate dropping removes at most {len(candidates)} of {num_layers} layers"
             )
         return sorted(candidates[:count])
@@ -48,10 +49,10 @@ def choose_layers(strategy: str, count: int, num_layers: int,
         return list(range(start, start + count))
     if strategy == "contribution":
         if similarity is None or len(similarity) != num_layers:
-            raise ValueError("strategy contribution needs one similarity per layer")
+            raise PassError("strategy contribution needs one similarity per layer")
         ranked = sorted(range(num_layers), key=lambda i: -similarity[i])
         return sorted(ranked[:count])
-    raise ValueError(f"unknown strategy {strategy!r}")
+    raise PassError(f"unknown strategy {strategy!r}")
 
 
 @register_pass
@@ -62,20 +63,24 @@ class DropLayers(Pass):
     Rewrites: the chosen blocks' residual-stream output is replaced by their input (so the
     block, its residual add and its post-norm disappear, as when a layer is deleted from the
     model's layer list); DCE then removes the dead code and weights.
-    Refuses: both or neither of ``strategy``/``layers``; a layer that does not exist; a count
-    larger than the model; ``contribution`` without calibration data.
-    Guarantees: exact (outputs equal those of the model with the layers deleted); indices
-    refer to the layers as they are before this pass; idempotent for explicit empty sets.
+    Refuses: both or neither of ``strategy``/``layers``; a strategy without ``count``; a layer
+    that does not exist; a count larger than the model; ``contribution`` without calibration
+    data; removing attention blocks from a model whose attention was not raised (it would
+    silently drop only the FFNs: say ``blocks=ffn`` to mean that).
+    Guarantees: exact (outputs equal those of the model with the layers deleted); ``layers``
+    are positions before this pass, or stable layer ids with ``ids=true``.
     """
 
     name = "drop-layers"
 
     strategy: Strategy | None = None
     """How to choose layers: top, bottom, alternate, symmetric or contribution."""
-    count: int = 0
-    """How many layers a strategy drops."""
+    count: int | None = None
+    """How many layers a strategy drops (required with strategy)."""
     layers: tuple[int, ...] = ()
-    """Explicit layer indices to drop (instead of a strategy)."""
+    """Explicit layers to drop (instead of a strategy): positions, or stable ids with ids=true."""
+    ids: bool = False
+    """Read ``layers`` as stable layer ids (indices in the captured model), not positions."""
     blocks: Literal["attention", "ffn", "both"] = "both"
     """Which blocks of each chosen layer to remove."""
     data: str | None = None
@@ -94,7 +99,14 @@ class DropLayers(Pass):
             raise PipelineSpecError(
                 "drop-layers needs either strategy=... with count=N, or layers=i,j,..."
             )
-        if self.strategy is not None and self.count < 0:
+        if self.strategy is not None and self.count is None:
+            raise PipelineSpecError(
+                f"drop-layers{{strategy={self.strategy}}} needs count=N (how many layers to drop)"
+            )
+        if self.count is not None and self.strategy is None:
+            raise PipelineSpecError("drop-layers count=N goes with strategy=...; with layers=... "
+                                    "leave count out")
+        if self.count is not None and self.count < 0:
             raise PipelineSpecError(f"drop-layers count must be >= 0, got {self.count}")
         if any(i < 0 for i in self.layers):
             raise PipelineSpecError(f"drop-layers layers must be >= 0, got {list(self.layers)}")
@@ -104,19 +116,26 @@ class DropLayers(Pass):
     @property
     def uses_data(self) -> bool:
         """Whether this configuration reads calibration data (the CLI's --data fills it)."""
-        return self.strategy == "contribution" and self.count > 0
+        return self.strategy == "contribution" and bool(self.count)
 
     def requires(self, module: Module) -> str | None:
-        num = len(analyze(module).layers)
+        structure = analyze(module)
+        num = len(structure.layers)
         if num == 0:
-            return "the module has no transformer layers (attention/FFN blocks were not found)"
-        bad = [i for i in self.layers if i >= num]
-        if bad:
-            return f"layer {bad[0]} does not exist; the model has layers 0..{num - 1}"
-        if self.strategy is not None and self.count > num:
+            return f"the module has {describe_layers(0)}"
+        if self.layers:
+            _, missing = layer_positions(structure, self.layers, self.ids)
+            if missing is not None:
+                return missing
+        if self.strategy is not None and (self.count or 0) > num:
             return f"cannot drop {self.count} layers: the model has {num}"
-        if self.strategy == "alternate" and self.count > (num + 1) // 2:
+        if self.strategy == "alternate" and (self.count or 0) > (num + 1) // 2:
             return f"alternate dropping removes at most {(num + 1) // 2} of {num} layers"
+        if self.blocks != "ffn":
+            missed = unraised_attention(module, structure)
+            if missed:
+                return (f"{missed}: dropping layers would remove only their FFN blocks; raise the "
+                        "attention first, or pass blocks=ffn to drop only FFN blocks")
         return None
 
     def run(self, module: Module) -> PassResult:
@@ -128,8 +147,9 @@ class DropLayers(Pass):
                                           self.max_length, self.tokenizer,
                                           "drop-layers{strategy=contribution}")
             similarity = layer_similarity(module, batches, structure)
-        chosen = (sorted(set(self.layers)) if self.strategy is None
-                  else choose_layers(self.strategy, self.count, num, similarity))
+        chosen = (sorted(set(layer_positions(structure, self.layers, self.ids)[0]))
+                  if self.strategy is None
+                  else choose_layers(self.strategy, self.count or 0, num, similarity))
         params_before = module.num_parameters()
         removed_blocks = 0
         # Bypass from the last block backwards: a block's stream_in is the previous block's
@@ -144,6 +164,7 @@ class DropLayers(Pass):
         dce = eliminate_dead_code(module) if removed_blocks else {"nodes": 0}
         stats = {
             "layers": ",".join(map(str, chosen)) or "-",
+            "layer_ids": ",".join(str(structure.layers[i].id) for i in chosen) or "-",
             "blocks_removed": removed_blocks,
             "nodes_removed": dce["nodes"],
             "params_removed": params_before - module.num_parameters(),

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from optc.ir.analysis import analyze
+from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import check_unit_options, choose_units, remove_units
+from optc.passes.selection import check_unit_options, choose_units, remove_units, unit_positions
 from optc.passes.structural import remove_heads
 
 __all__ = ["PruneHeads"]
@@ -38,6 +38,9 @@ class PruneHeads(Pass):
 
     heads: tuple[tuple[int, int], ...] = ()
     """Explicit heads to remove, as layer:head pairs."""
+    ids: bool = False
+    """Read ``heads`` as stable ids (layer and head indices in the captured model), not
+    current positions."""
     amount: float | None = None
     """Fraction of heads to remove (0..1)."""
     per_layer: bool = False
@@ -64,32 +67,39 @@ class PruneHeads(Pass):
         return self.amount is not None and self.criterion == "taylor"
 
     def requires(self, module: Module) -> str | None:
-        layers = analyze(module).layers
-        for layer_index, head in self.heads:
-            if layer_index >= len(layers):
-                return f"layer {layer_index} does not exist; the model has layers 0..{len(layers) - 1}"
-            att = layers[layer_index].attention
-            if att is None:
-                return f"layer {layer_index} has no attention block"
-            if head >= att.num_heads:
-                return f"head {layer_index}:{head} does not exist; layer {layer_index} has {att.num_heads} heads"
+        structure = analyze(module)
+        layers = structure.layers
+        if not layers:
+            return f"the module has {structure.describe()}"
+        _, missing = self._explicit(structure)
+        if missing:
+            return missing
+        for i, _ in self._explicit(structure)[0]:
+            att = layers[i].attention
             if att.prunable:
-                return f"layer {layer_index}: {att.prunable}"
+                return f"layer {i}: {att.prunable}"
         if self.amount is not None and not any(layer.attention for layer in layers):
             return "the module has no attention blocks"
         return None
+
+    def _explicit(self, structure: Structure) -> tuple[list[tuple[int, int]], str | None]:
+        return unit_positions(structure, self.heads, self.ids, lambda b: b.head_ids,
+                              lambda layer: layer.attention, "head")
 
     def run(self, module: Module) -> PassResult:
         structure = analyze(module)
         blocks = {layer.index: layer.attention for layer in structure.layers
                   if layer.attention is not None and layer.attention.prunable is None}
-        chosen = choose_units(self, module, structure, blocks, self.heads, head_magnitude, heads=True)
+        explicit = tuple(self._explicit(structure)[0])
+        chosen = choose_units(self, module, structure, blocks, explicit, head_magnitude,
+                              heads=True)
         done = remove_units(module, blocks, chosen, remove_heads, lambda b: b.num_heads)
-        heads_left = [layer.attention.num_heads if layer.attention else 0
-                      for layer in analyze(module).layers]
+        after = analyze(module).layers
+        heads_left = [layer.attention.num_heads if layer.attention else 0 for layer in after]
         return PassResult(done["removed"] > 0, {
             "heads_removed": done["removed"],
             "heads_per_layer": ",".join(map(str, heads_left)),
+            "layer_ids": ",".join(str(layer.id) for layer in after),
             "attention_blocks_removed": done["emptied"],
             "params_removed": done["params_removed"],
             "nodes_removed": done["nodes_removed"],

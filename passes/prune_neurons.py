@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from optc.ir.analysis import analyze
+from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import check_unit_options, choose_units, remove_units
+from optc.passes.selection import check_unit_options, choose_units, remove_units, unit_positions
 from optc.passes.structural import remove_neurons
 
 __all__ = ["PruneNeurons"]
@@ -35,6 +35,9 @@ class PruneNeurons(Pass):
 
     neurons: tuple[tuple[int, int], ...] = ()
     """Explicit neurons to remove, as layer:neuron pairs."""
+    ids: bool = False
+    """Read ``neurons`` as stable ids (layer and neuron indices in the captured model), not
+    current positions."""
     amount: float | None = None
     """Fraction of neurons to remove (0..1)."""
     per_layer: bool = False
@@ -61,29 +64,34 @@ class PruneNeurons(Pass):
         return self.amount is not None and self.criterion == "taylor"
 
     def requires(self, module: Module) -> str | None:
-        layers = analyze(module).layers
-        for layer_index, neuron in self.neurons:
-            if layer_index >= len(layers):
-                return f"layer {layer_index} does not exist; the model has layers 0..{len(layers) - 1}"
-            ffn = layers[layer_index].ffn
-            if ffn is None:
-                return f"layer {layer_index} has no FFN block"
-            if neuron >= ffn.width:
-                return f"neuron {layer_index}:{neuron} does not exist; layer {layer_index} has {ffn.width}"
+        structure = analyze(module)
+        layers = structure.layers
+        if not layers:
+            return f"the module has {structure.describe()}"
+        _, missing = self._explicit(structure)
+        if missing:
+            return missing
         if self.amount is not None and not any(layer.ffn for layer in layers):
             return "the module has no FFN blocks"
         return None
 
+    def _explicit(self, structure: Structure) -> tuple[list[tuple[int, int]], str | None]:
+        return unit_positions(structure, self.neurons, self.ids, lambda b: b.neuron_ids,
+                              lambda layer: layer.ffn, "neuron")
+
     def run(self, module: Module) -> PassResult:
         structure = analyze(module)
         blocks = {layer.index: layer.ffn for layer in structure.layers if layer.ffn is not None}
-        chosen = choose_units(self, module, structure, blocks, self.neurons, neuron_magnitude,
+        explicit = tuple(self._explicit(structure)[0])
+        chosen = choose_units(self, module, structure, blocks, explicit, neuron_magnitude,
                               heads=False)
         done = remove_units(module, blocks, chosen, remove_neurons, lambda b: b.width)
-        widths = [layer.ffn.width if layer.ffn else 0 for layer in analyze(module).layers]
+        after = analyze(module).layers
+        widths = [layer.ffn.width if layer.ffn else 0 for layer in after]
         return PassResult(done["removed"] > 0, {
             "neurons_removed": done["removed"],
             "ffn_per_layer": ",".join(map(str, widths)),
+            "layer_ids": ",".join(str(layer.id) for layer in after),
             "ffn_blocks_removed": done["emptied"],
             "params_removed": done["params_removed"],
             "nodes_removed": done["nodes_removed"],

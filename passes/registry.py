@@ -20,6 +20,7 @@ _BUILTIN_MODULES = (
     "optc.passes.drop_layers",
     "optc.passes.prune_heads",
     "optc.passes.prune_neurons",
+    "optc.passes.raise_ops",
     "optc.passes.finetune",
     "optc.passes.distill",
 )

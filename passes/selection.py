@@ -8,13 +8,69 @@ from typing import Any
 import torch
 
 from optc.errors import PipelineSpecError
+from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Structure
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
 from optc.passes.calibration import calibration_batches
 from optc.passes.importance import normalize_per_layer, taylor_scores
 
-__all__ = ["select_lowest", "check_unit_options", "choose_units"]
+__all__ = ["select_lowest", "check_unit_options", "choose_units", "remove_units",
+           "layer_positions", "unit_positions", "unraised_attention"]
+
+
+def layer_positions(structure: Structure, layers: tuple[int, ...], ids: bool,
+                    ) -> tuple[list[int], str | None]:
+    """Positions of ``layers`` (positions already, or stable ids when ``ids``), and why one
+    does not exist (None when all do)."""
+    positions = []
+    for i in layers:
+        layer = structure.by_id(i) if ids else (structure.layers[i] if i < len(structure.layers) else None)
+        if layer is None:
+            if ids:
+                have = ", ".join(str(x.id) for x in structure.layers) or "none"
+                return positions, f"there is no layer with id {i} (ids: {have})"
+            return positions, f"layer {i} does not exist; the model has {structure.describe()}"
+        positions.append(layer.index)
+    return positions, None
+
+
+def unit_positions(structure: Structure, units: tuple[tuple[int, int], ...], ids: bool,
+                   unit_ids: Callable[[Any], list[int]], block: Callable[[Any], Any], what: str,
+                   ) -> tuple[list[tuple[int, int]], str | None]:
+    """``layer:unit`` pairs as current positions (translating stable ids when ``ids``), and
+    why one does not exist (None when all do)."""
+    result = []
+    for layer_ref, unit in units:
+        positions, missing = layer_positions(structure, (layer_ref,), ids)
+        if missing:
+            return result, missing
+        i = positions[0]
+        b = block(structure.layers[i])
+        name = f"layer {'id ' if ids else ''}{layer_ref}"
+        if b is None:
+            return result, f"{name} has no {'attention' if what == 'head' else 'FFN'} block"
+        known = unit_ids(b)
+        if ids:
+            if unit not in known:
+                return result, f"{what} id {unit} is no longer in {name} (it has {len(known)} {what}s)"
+            result.append((i, known.index(unit)))
+        else:
+            if unit >= len(known):
+                return result, f"{what} {layer_ref}:{unit} does not exist; {name} has {len(known)} {what}s"
+            result.append((i, unit))
+    return result, None
+
+
+def unraised_attention(module: Module, structure: Structure) -> str | None:
+    """Why some attention stayed ATen (so layers may have lost their attention block to the
+    analysis), or None when every attention pattern was raised."""
+    misses = [m for m in raise_high_level_ops(module.clone()).misses if "not raised to attention" in m]
+    if not misses:
+        return None
+    return (f"{len(misses)} attention pattern(s) of the model were not raised (first: "
+            f"{misses[0]}); the analysis sees {len(structure.layers)} layers, "
+            f"{sum(1 for x in structure.layers if x.attention)} with attention")
 
 
 def select_lowest(scores: dict[int, torch.Tensor], amount: float, per_layer: bool) -> dict[int, set[int]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from optc.ir.analysis import AttentionBlock, FFNBlock
+from optc.errors import PassError
+from optc.ir.analysis import AttentionBlock, FFNBlock, set_unit_ids
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.types import TensorType
 
@@ -24,7 +25,8 @@ def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int]
     """
     param = node.args[arg]
     if not isinstance(param, Parameter):
-        raise TypeError(f"argument {arg} of {node!r} is not a parameter")
+        raise PassError(f"argument {arg} of {node!r} is computed, not a parameter, so it cannot "
+                        "be sliced")
     data = param.data.index_select(dim, torch.tensor(index, dtype=torch.long)).contiguous()
     if param.users() == [node] and param.num_uses == 1 and not module.graph.is_output(param):
         param.data = data
@@ -53,8 +55,9 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None
     """
     reason = block.prunable
     if reason:
-        raise ValueError(reason)
+        raise PassError(f"cannot remove heads from {block.node!r}: {reason}")
     keep = [h for h in range(block.num_heads) if h not in heads]
+    ids = block.head_ids
     if not keep:
         _replace_by_bias(module, block.output, block)
         return
@@ -66,6 +69,7 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None
         set_last_dim(lin.outputs[0], len(rows))
     slice_param(module, block.output, 1, 1, rows)
     block.node.set_attr("num_heads", len(keep))
+    set_unit_ids(block.node, "head_ids", [ids[h] for h in keep], len(keep))
     set_last_dim(block.node.outputs[0], len(rows))
 
 
@@ -78,10 +82,12 @@ def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> None:
     if not keep:
         _replace_by_bias(module, block.down, block)
         return
+    ids = block.neuron_ids
     slice_param(module, block.up, 1, 0, keep)
     if isinstance(block.up.arg(2), Parameter):
         slice_param(module, block.up, 2, 0, keep)
     set_last_dim(block.up.outputs[0], len(keep))
+    set_unit_ids(block.up, "unit_ids", [ids[i] for i in keep], len(keep))
     set_last_dim(block.activation.outputs[0], len(keep))
     slice_param(module, block.down, 1, 1, keep)
 
@@ -94,7 +100,7 @@ def _replace_by_bias(module: Module, projection: Node, block: AttentionBlock | F
     elif block.residual is not None and block.stream_in is not None:
         module.graph.replace_all_uses(block.residual.outputs[0], block.stream_in)
     else:
-        raise ValueError(
+        raise PassError(
             "cannot remove every head/neuron: the block's residual add was not found, so there "
             "is nothing to pass through instead"
         )
@@ -103,5 +109,5 @@ def _replace_by_bias(module: Module, projection: Node, block: AttentionBlock | F
 def bypass_block(module: Module, block: AttentionBlock | FFNBlock) -> None:
     """Remove a whole block (sublayer, residual add and post-norm): its input passes through."""
     if block.stream_in is None or block.stream_out is None:
-        raise ValueError("the block's residual stream was not found, so it cannot be bypassed")
+        raise PassError("the block's residual stream was not found, so it cannot be bypassed")
     module.graph.replace_all_uses(block.stream_out, block.stream_in)

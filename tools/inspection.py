@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optc.ir.analysis import analyze, attention_flops, linear_flops, module_flops
+from optc.ir.analysis import Layer, analyze, module_flops, node_cost
 from optc.ir.core import Module
 
 __all__ = ["summarize", "format_summary", "diff_modules", "format_diff"]
@@ -20,19 +20,15 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
     layers = []
     for layer in structure.layers:
         att, ffn = layer.attention, layer.ffn
-        flops = 0
-        if att is not None:
-            flops += attention_flops(att.node, dims)
-            flops += sum(linear_flops(n, dims) for n in (att.query, att.key, att.value, att.output) if n)
-        if ffn is not None:
-            flops += linear_flops(ffn.up, dims) + linear_flops(ffn.down, dims)
         layers.append({
             "layer": layer.index,
+            "id": layer.id,
             "heads": att.num_heads if att else 0,
             "head_dim": att.head_dim if att else None,
+            "head_ids": att.head_ids if att else [],
             "ffn": ffn.width if ffn else 0,
             "params": sum(module.params[n].data.numel() for n in layer.param_names()),
-            "flops": flops,
+            "flops": _layer_flops(layer, dims),
         })
     return {
         "name": module.name,
@@ -46,6 +42,13 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "flops": module_flops(module, seq),
         "layers": layers,
     }
+
+
+def _layer_flops(layer: Layer, dims: dict[str, int]) -> int:
+    att, ffn = layer.attention, layer.ffn
+    nodes = [att.node, att.query, att.key, att.value, att.output] if att else []
+    nodes += [ffn.up, ffn.activation, ffn.down] if ffn else []
+    return sum(node_cost(n, dims)["flops"] for n in nodes if n is not None)
 
 
 def _fmt_int(n: int) -> str:
@@ -96,13 +99,16 @@ def _layer_keys(module: Module) -> list[set[str]]:
     return [set(layer.param_names()) for layer in analyze(module).layers]
 
 
-def diff_modules(a: Module, b: Module, seq: int = 128) -> dict[str, Any]:
-    """What changed from ``a`` to ``b``: totals, and per layer heads, FFN width, params, FLOPs.
+def _has_ids(module: Module) -> bool:
+    return any(n.attr("layer") is not None for n in module.graph if n.op in ("attention", "linear"))
 
-    Layers are matched by the parameters they share (pruning slices parameters but keeps their
-    names), so a dropped layer shows as removed rather than shifting the others.
-    """
-    sa, sb = summarize(a, seq), summarize(b, seq)
+
+def _match_layers(a: Module, b: Module) -> dict[int, int]:
+    """Position in ``a`` -> position in ``b`` of the same layer: by stable layer id when both
+    modules carry ids, else by the parameters they share (pruning keeps parameter names)."""
+    if _has_ids(a) and _has_ids(b):
+        ids_b = {layer.id: layer.index for layer in analyze(b).layers}
+        return {layer.index: ids_b[layer.id] for layer in analyze(a).layers if layer.id in ids_b}
     keys_a, keys_b = _layer_keys(a), _layer_keys(b)
     matched: dict[int, int] = {}
     for j, kb in enumerate(keys_b):
@@ -113,16 +119,29 @@ def diff_modules(a: Module, b: Module, seq: int = 128) -> dict[str, Any]:
                 best, overlap = i, shared
         if best is not None:
             matched[best] = j
+    return matched
+
+
+def diff_modules(a: Module, b: Module, seq: int = 128) -> dict[str, Any]:
+    """What changed from ``a`` to ``b``: totals, and per layer heads, FFN width, params, FLOPs.
+
+    Layers are matched by their stable ids (or, for modules without ids, by the parameters
+    they share), so a dropped layer shows as removed rather than shifting the others.
+    """
+    sa, sb = summarize(a, seq), summarize(b, seq)
+    matched = _match_layers(a, b)
     rows = []
     for i, la in enumerate(sa["layers"]):
         lb = sb["layers"][matched[i]] if i in matched else None
         rows.append({
             "layer": i,
+            "id": la["id"],
             "new_index": matched.get(i),
             "heads": [la["heads"], lb["heads"] if lb else 0],
             "ffn": [la["ffn"], lb["ffn"] if lb else 0],
             "params": [la["params"], lb["params"] if lb else 0],
             "flops": [la["flops"], lb["flops"] if lb else 0],
+            "heads_removed": sorted(set(la["head_ids"]) - set(lb["head_ids"] if lb else [])),
             "removed": lb is None,
         })
     added = [j for j in range(len(sb["layers"])) if j not in matched.values()]
@@ -157,7 +176,7 @@ def format_diff(d: dict[str, Any], left: str, right: str) -> str:
     ]
     table = [("layer", "heads", "ffn", "params", "GFLOPs")]
     for r in d["layers"]:
-        label = str(r["layer"]) + ("" if r["new_index"] in (None, r["layer"]) else f" (now {r['new_index']})")
+        label = str(r["id"]) + ("" if r["new_index"] in (None, r["id"]) else f" (now {r['new_index']})")
         if r["removed"]:
             table.append((label, f"{r['heads'][0]} -> removed", f"{r['ffn'][0]} -> removed",
                           f"{r['params'][0]:,} -> 0", f"{r['flops'][0] / 1e9:.3f} -> 0"))

@@ -8,14 +8,13 @@ a preceding bias add (BiasGelu); it does not recognize the erf expression torch.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from optc.ir.core import Module, Node
-from optc.ir.ops.base import Attr, OnnxLowering, OpDef, Operand, numel, register_op, tensor_operand
+from optc.ir.ops.base import Attr, OnnxLowering, OpDef, Operand, register_op
 from optc.ir.ops.norm import same_as_input
 
 __all__ = ["ACTIVATIONS", "GELU", "RELU", "SILU", "TANH"]
@@ -38,15 +37,6 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x)
-
-
-def _elementwise(cost: int) -> Any:
-    def flops(node: Node, dims: Mapping[str, int]) -> int:
-        t = tensor_operand(node, 0)
-        assert t is not None
-        return cost * numel(t, dims)
-
-    return flops
 
 
 @functools.cache
@@ -107,11 +97,11 @@ GELU = register_op(OpDef(
     "gelu", "GELU activation", (Operand("x"),),
     {"approximate": Attr(str, "none", "'none' (erf) or 'tanh'")},
     infer=same_as_input, kernel=gelu, script=_SCRIPTS["gelu"],
-    onnx=OnnxLowering(_gelu_rewrite, _gelu_translations), flops=_elementwise(8),
+    onnx=OnnxLowering(_gelu_rewrite, _gelu_translations),
 ))
 RELU = register_op(OpDef("relu", "ReLU activation", (Operand("x"),), infer=same_as_input,
-                         kernel=relu, script=_SCRIPTS["relu"], flops=_elementwise(1)))
+                         kernel=relu, script=_SCRIPTS["relu"]))
 SILU = register_op(OpDef("silu", "SiLU (swish) activation", (Operand("x"),), infer=same_as_input,
-                         kernel=silu, script=_SCRIPTS["silu"], flops=_elementwise(4)))
+                         kernel=silu, script=_SCRIPTS["silu"]))
 TANH = register_op(OpDef("tanh", "tanh activation", (Operand("x"),), infer=same_as_input,
-                         kernel=tanh, script=_SCRIPTS["tanh"], flops=_elementwise(4)))
+                         kernel=tanh, script=_SCRIPTS["tanh"]))

@@ -122,7 +122,8 @@ class OpDef:
     onnx: OnnxLowering | None = None
     """ONNX lowering; None: the exporter traces the eager kernel."""
     flops: Callable[[Node, Mapping[str, int]], int] | None = None
-    """Floating-point operations of one node with symbolic dims set from the mapping."""
+    """FLOPs of the node's matrix products (2 per multiply-add) with symbolic dims set from
+    the mapping; elementwise ops leave it None (their cost is in the bytes they move)."""
 
     # -- attributes -----------------------------------------------------------------------
     def attr(self, node: Node, key: str) -> Any:

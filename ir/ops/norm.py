@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 
 from optc.ir.core import Node
-from optc.ir.ops.base import Attr, OpDef, Operand, numel, register_op, tensor_operand
+from optc.ir.ops.base import Attr, OpDef, Operand, register_op, tensor_operand
 from optc.ir.types import Type
 
 __all__ = ["LAYER_NORM", "same_as_input"]
@@ -40,12 +38,6 @@ def _check(node: Node) -> list[str]:
     return problems
 
 
-def _flops(node: Node, dims: Mapping[str, int]) -> int:
-    t = tensor_operand(node, 0)
-    assert t is not None
-    return 8 * numel(t, dims)  # mean, variance, normalize, scale and shift
-
-
 _SCRIPT = '''
 def k_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                  normalized_shape: List[int], eps: float) -> Tensor:
@@ -63,5 +55,4 @@ LAYER_NORM = register_op(OpDef(
     check=_check,
     kernel=layer_norm,
     script=_SCRIPT,
-    flops=_flops,
 ))

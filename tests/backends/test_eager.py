@@ -111,9 +111,15 @@ def test_inputs_without_defaults_are_required():
         eager()
 
 
-def test_eager_module_is_in_eval_mode_and_keeps_the_ir(compiled):
-    _, eager = compiled("bert")
-    assert not eager.training
+def test_eager_module_is_deterministic_and_keeps_the_ir(compiled):
+    """No dropout survives into the compiled module even after train(): two calls agree and
+    equal the source model in eval mode."""
+    model, eager = compiled("bert")
+    inputs = token_inputs(model, 2, 9)
+    eager.train()
+    first, second = eager(**inputs), eager(**inputs)
+    assert torch.equal(first["last_hidden_state"], second["last_hidden_state"])
+    assert torch.allclose(first["last_hidden_state"], model(**inputs).last_hidden_state, atol=1e-5)
     assert isinstance(eager.ir, optc.Module)
     assert eager.input_names == ["input_ids", "attention_mask", "token_type_ids"]
 

@@ -4,7 +4,6 @@ does not load, crashes or disagrees is deleted (an older one stays) and BackendE
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 import optc
 from optc.backends import onnx as onnx_backend
 from optc.backends import torchscript as torchscript_backend
-from optc.backends.selfcheck import TOLERANCES, check_written, example_inputs, write_checked
+from optc.backends.selfcheck import TOLERANCES, example_inputs, write_checked
 from optc.errors import BackendError
 from optc.tests.conftest import tiny_model
 
@@ -52,23 +51,15 @@ def test_a_correct_output_passes_on_every_backend(module, tmp_path, backend):
     assert report.worst() <= TOLERANCES[backend]
 
 
-def test_eager_check_is_fast(module, tmp_path):
-    optc.save(module, tmp_path / "a")
-    start = time.perf_counter()
-    check_written(module, "eager", tmp_path / "a")
-    assert time.perf_counter() - start < 1.0
-
-
 def _wrong_lowering(monkeypatch):
     """Make the ONNX backend write a valid model whose output is wrong (a perturbed weight)."""
     real = onnx_backend.lower_for_onnx
 
     def wrong(module):  # noqa: ANN001
-        result = real(module)
-        lowered = result[0] if isinstance(result, tuple) else result  # (module, translations)
+        lowered, translations = real(module)
         name = next(n for n in lowered.params if n.endswith("pooler.dense.weight"))
         lowered.params[name].data = lowered.params[name].data * 1.5
-        return result
+        return lowered, translations
 
     monkeypatch.setattr(onnx_backend, "lower_for_onnx", wrong)
 

@@ -100,7 +100,7 @@ def test_choose_layers_by_contribution_drops_the_most_similar() -> None:
     (("sideways", 1, 6), "unknown strategy"),
 ])
 def test_choose_layers_refuses(args, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(PassError, match=message):
         choose_layers(*args)
 
 

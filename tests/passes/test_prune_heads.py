@@ -119,6 +119,7 @@ def test_stats_for_partial_removal(bert) -> None:
     assert result.stats == {
         "heads_removed": 3,
         "heads_per_layer": "3,2",
+        "layer_ids": "0,1",
         "attention_blocks_removed": "-",
         "params_removed": 3 * per_head,
         "nodes_removed": 0,
@@ -165,11 +166,25 @@ def test_amount_zero_is_a_no_op_twice(bert) -> None:
         assert print_module(module) == text
 
 
-def test_pipeline_is_verified_after_the_pass(bert) -> None:
+def test_pipeline_is_verified_after_the_pass(bert, monkeypatch) -> None:
+    """A head removal that forgot to update num_heads is caught right after the pass."""
+    import optc.passes.prune_heads as prune_heads
+    from optc.errors import VerificationError
+
     _, base, _ = bert
+    original = prune_heads.remove_heads
+
+    def forgetful(module, block, heads):  # noqa: ANN001, ANN202
+        before = block.num_heads
+        original(module, block, heads)
+        block.node.set_attr("num_heads", before)
+
+    monkeypatch.setattr(prune_heads, "remove_heads", forgetful)
+    with pytest.raises(VerificationError, match=r"after pass 'prune-heads\{amount=0.5\}'.*num_heads"):
+        PassManager("prune-heads{amount=0.5},dce", verify=True).run(base.clone())
+    monkeypatch.setattr(prune_heads, "remove_heads", original)
     module = base.clone()
-    report = PassManager("prune-heads{amount=0.5},dce", verify=True).run(module)
-    assert [r.modified for r in report.records][0] is True
+    assert PassManager("prune-heads{amount=0.5},dce").run(module).records[0].modified
     assert collect_problems(module) == []
 
 

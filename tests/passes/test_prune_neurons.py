@@ -101,6 +101,7 @@ def test_stats_for_partial_removal(bert) -> None:
     assert result.stats == {
         "neurons_removed": 4,
         "ffn_per_layer": "127,125",
+        "layer_ids": "0,1",
         "ffn_blocks_removed": "-",
         "params_removed": 4 * per_neuron,
         "nodes_removed": 0,

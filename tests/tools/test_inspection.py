@@ -102,8 +102,9 @@ def test_json_has_summary_layers_and_ir(capsys, artifact: Path) -> None:
     assert info["parameters"] == optc.load_module(artifact).num_parameters()
     assert len(info["layers"]) == LAYERS
     for i, layer in enumerate(info["layers"]):
-        assert set(layer) == {"layer", "heads", "head_dim", "ffn", "params", "flops"}
+        assert set(layer) == {"layer", "id", "heads", "head_dim", "head_ids", "ffn", "params", "flops"}
         assert (layer["layer"], layer["heads"], layer["head_dim"], layer["ffn"]) == (i, HEADS, 16, FFN)
+        assert (layer["id"], layer["head_ids"]) == (i, list(range(HEADS)))
     assert info["ir"] == print_module(optc.load_module(artifact))
     assert parse_module(info["ir"]).name == "BertModel"
 
