@@ -13,7 +13,7 @@ from optc.errors import InputError
 from optc.ir.attributes import Sparsity
 from optc.tasks import evaluate, get_task
 from optc.tests.train.conftest import sentences, tiny_bert
-from optc.train import add_task_head, distill, finetune, layer_map
+from optc.train import add_task_head, distill, finetune, layer_ids, layer_map
 
 TASK = "text-classification"
 
@@ -154,3 +154,12 @@ def test_layer_map_follows_stable_layer_ids(bert) -> None:
     assert layer_map(student, teacher, "0:1") == [(0, 1)]
     with pytest.raises(InputError, match="out of range"):
         layer_map(student, teacher, "0:5")
+
+
+def test_layer_map_follows_a_dropped_layer(bert) -> None:
+    _, teacher = bert
+    student = teacher.clone()
+    optc.run_pipeline(student, "drop-layers{layers=0}")
+    if None in layer_ids(teacher):
+        pytest.skip("capture records no stable layer ids")
+    assert layer_map(student, teacher) == [(0, 1)]  # the student's only layer is teacher's 1
