@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None, help="(c) token limit (GLUE)")
     p.add_argument("--qa-max-length", type=int, default=384, help="(c) token limit (SQuAD)")
     args = p.parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # no load reports among the tables
+    transformers.utils.logging.disable_progress_bar()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - {"step", "eval", "finetune"}
     if unknown:

@@ -225,6 +225,7 @@ def trainable(module: Module, *, dropout: float | None = None,
     The module starts in train mode.
     """
     names = set(module.params)
+    masked, frozen = set(masked), set(frozen)
     for kind, listed in (("masked", masked), ("frozen", frozen)):
         unknown = sorted(set(listed) - names)
         if unknown:
@@ -243,7 +244,6 @@ def trainable(module: Module, *, dropout: float | None = None,
     _swap_dropout(graph_module)
 
     by_tensor: dict[int, str] = {id(param.data): name for name, param in module.params.items()}
-    frozen = set(frozen)
     ir_names: dict[str, str] = {}
     for attr, buffer in list(graph_module.named_buffers(recurse=False)):
         ir_name = by_tensor.get(id(buffer))
@@ -262,7 +262,7 @@ def trainable(module: Module, *, dropout: float | None = None,
                          "apart before training")
     masks = {}
     for name, param in module.params.items():
-        if name in set(masked) or any(isinstance(a, Sparsity) for a in param.attrs.values()):
+        if name in masked or any(isinstance(a, Sparsity) for a in param.attrs.values()):
             masks[name] = param.data != 0
     result = TrainableModule(graph_module, ir_names, [v.name for v in module.graph.inputs],
                              [n for n in work.graph.outputs], dict(module.meta.get("input_defaults", {})),
