@@ -70,3 +70,17 @@ def test_bad_teacher_and_options(setup, tmp_path) -> None:
     with pytest.raises(PassError, match="distill teacher: artifact .* does not exist"):
         optc.run_pipeline(_module(setup), f"distill{{task=sst2,teacher={tmp_path / 'nope'},"
                                           f"data={setup / 'task'}}}")
+
+
+@pytest.mark.slow
+def test_minilm_prune_then_distill_on_sst2(minilm_module, data_dir, monkeypatch) -> None:
+    monkeypatch.setenv("OPTC_DATA_DIR", str(data_dir))
+    module = minilm_module.clone()
+    report = optc.run_pipeline(
+        module, "prune-heads{amount=0.5},prune-neurons{amount=0.5},"
+                "distill{task=sst2,epochs=1,max_steps=2,batch_size=8,eval_split=none}")
+    stats = report.records[-1].stats
+    assert stats["steps"] == 2 and stats["teacher"] == "self" and stats["head_added"] is True
+    assert stats["layer_map"] == "0:0,1:1,2:2,3:3,4:4,5:5"
+    assert list(module.graph.outputs) == ["logits"]
+    assert minilm_module.graph.outputs.keys() == {"last_hidden_state", "pooler_output"}
