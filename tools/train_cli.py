@@ -21,23 +21,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from optc.errors import InputError
+from optc.tools.common import Parser as _Parser
 
 __all__ = ["cmd_eval", "cmd_finetune", "eval_parser", "finetune_parser"]
 
 _EPILOG = ("exit codes: 0 ok, 1 internal error, 2 bad usage, 3 bad input model/data/artifact, "
            "4 output exists or is unwritable")
-
-
-class _Parser(argparse.ArgumentParser):
-    """One-line usage errors with exit code 2 (as ``optc.tools.cli``'s parser; not imported
-    from there because the CLI's entry point imports this module)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"optc: error: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(2)
 
 
 def _positive_int(text: str) -> int:
