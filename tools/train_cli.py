@@ -101,6 +101,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         from optc.backends.eager import to_eager
 
         module = load_module(target)
+        _refuse_untrained_head(target, module.meta)
         task = get_task(task_spec) if task_spec else task_from_meta(module.meta)
         if task is None:
             raise InputError(f"artifact '{target}' records no task: pass --task NAME")
@@ -130,7 +131,20 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
     from optc.frontends.huggingface import load_model
 
     model, source = load_model(target, task=task.head)
+    _refuse_untrained_head(target, {"source": source})
     return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None
+
+
+def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
+    """Scores of a head the checkpoint lacked (random weights) mean nothing: refuse them,
+    unless optc finetune has trained the model since (it records the task)."""
+    fresh = (meta.get("source") or {}).get("newly_initialized") or []
+    if fresh and not (meta.get("task") or {}).get("trained_steps"):
+        raise InputError(
+            f"'{target}' has weights its checkpoint lacked, initialized at random "
+            f"({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''}): train it first "
+            "(optc finetune) before evaluating"
+        )
 
 
 def _token_names(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
