@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from optc.errors import ArtifactError, InputError, OutputError
+from optc.errors import ArtifactError, InputError, OutputError, VerificationError
 from optc.ir.core import Module
 from optc.ir.parser import parse_module
 from optc.ir.printer import print_module
 from optc.ir.verifier import verify
 from optc.outputs import atomic_directory, check_output, umask_mode
 
-__all__ = ["save", "load", "load_module", "is_artifact", "FORMAT_VERSION"]
+__all__ = ["save", "load_module", "is_artifact", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 IR_FILE = "model.optc"
@@ -177,12 +177,9 @@ def load_module(path: str | os.PathLike) -> Module:
             f"'{p / WEIGHTS_FILE}' lacks {len(missing)} parameters (first: @{missing[0]}); "
             "the artifact is incomplete"
         )
-    verify(module, f"in artifact '{p}'")
+    try:
+        verify(module, f"in artifact '{p}'")
+    except VerificationError as exc:
+        raise ArtifactError(f"artifact '{p}' is damaged ({exc.problems[0]}); rebuild it with "
+                            "optc or fix its model.optc") from exc
     return module
-
-
-def load(path: str | os.PathLike) -> torch.nn.Module:
-    """Load an artifact as a callable module (eager backend); ``.ir`` holds its IR module."""
-    from optc.backends.eager import to_eager
-
-    return to_eager(load_module(path))

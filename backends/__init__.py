@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
+from optc.artifacts import load_module, save
 from optc.backends.eager import EagerModule, to_eager
-from optc.errors import PipelineSpecError
+from optc.errors import InputError, PipelineSpecError
 from optc.ir.core import Module
 
-__all__ = ["EagerModule", "to_eager", "BACKENDS", "write_backend"]
+__all__ = ["EagerModule", "to_eager", "BACKENDS", "write_backend", "load"]
 
 BACKENDS = {
     "eager": "an optc artifact directory (IR text + safetensors), loaded with optc.load",
@@ -19,11 +22,18 @@ BACKENDS = {
 """Backends the CLI's --backend accepts, with what each writes."""
 
 
+def load(path: str | os.PathLike) -> EagerModule:
+    """Load an artifact as a callable module (eager backend); ``.ir`` holds its IR module."""
+    return to_eager(load_module(path))
+
+
 def write_backend(module: Module, backend: str, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Lower ``module`` with ``backend`` and write the result to ``path`` (atomically)."""
+    if not isinstance(module, Module):
+        hint = (": capture it first (module = optc.capture(model))"
+                if isinstance(module, torch.nn.Module) else "")
+        raise InputError(f"write_backend needs an optc IR module, got {type(module).__name__}{hint}")
     if backend == "eager":
-        from optc.artifacts import save
-
         return save(module, path, force=force)
     if backend == "torchscript":
         from optc.backends.torchscript import export_torchscript

@@ -36,8 +36,12 @@ from pathlib import Path
 
 import torch
 
+from optc.artifacts import load_module
+from optc.backends import write_backend
+from optc.backends.eager import to_eager
 from optc.errors import BackendError
 from optc.ir.core import Module, Parameter, Value
+from optc.outputs import staged_output
 
 __all__ = ["TOLERANCES", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
            "check_written", "write_checked"]
@@ -144,9 +148,7 @@ def load_written(module: Module, backend: str,
     """Load what ``backend`` wrote at ``path`` as a callable on named inputs."""
     names = [v.name for v in module.graph.inputs]
     if backend == "eager":
-        from optc.artifacts import load
-
-        compiled = load(path)
+        compiled = to_eager(load_module(path))
         return lambda x: compiled(**x)
     if backend == "torchscript":
         scripted = torch.jit.load(str(path))
@@ -182,8 +184,6 @@ def check_written(module: Module, backend: str, path: str | os.PathLike,
     :func:`example_inputs`) and compare with the eager IR; raises :class:`BackendError`.
 
     ``label`` is the name errors give the output (default: ``path``)."""
-    from optc.backends.eager import to_eager
-
     tol = TOLERANCES.get(backend, 1e-4) if tolerance is None else tolerance
     what = f"{backend} self-check of '{label if label is not None else path}'"
     try:
@@ -229,9 +229,6 @@ def write_checked(module: Module, backend: str, path: str | os.PathLike, *, forc
     ``path`` stays as it was) and :class:`BackendError` is raised. ``inputs`` are paths the
     output must never replace (see :func:`optc.outputs.check_output`).
     """
-    from optc.backends import write_backend
-    from optc.outputs import staged_output
-
     kind = "artifact" if backend == "eager" else "file"
     with staged_output(Path(path), force, kind=kind, inputs=inputs) as staged:
         write_backend(module, backend, staged)

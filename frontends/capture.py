@@ -241,6 +241,10 @@ def capture(
     module.meta["source"].setdefault("class", name)
     if hf:
         module.meta["source"].setdefault("model_type", getattr(model.config, "model_type", None))
+        dropout = next((getattr(model.config, k) for k in ("hidden_dropout_prob", "dropout", "resid_pdrop")
+                        if isinstance(getattr(model.config, k, None), float)), None)
+        if dropout is not None:  # training through the IR re-inserts dropout with this p
+            module.meta["source"].setdefault("hidden_dropout_prob", dropout)
         defaults = {}
         if "attention_mask" in input_names:
             defaults["attention_mask"] = "ones"

@@ -532,10 +532,16 @@ class Module:
                 fresh = Value(out.name, out.type)
                 mapping[id(out)] = fresh
                 outputs.append(fresh)
-            fresh_node = Node(node.op, map_values(node._args, lookup),
-                              map_values(node._kwargs, lookup), outputs)
-            fresh_node.loc = node.loc
-            fresh_node.graph = graph
+            fresh_node = Node.__new__(Node)  # the source is valid: skip re-checking args
+            fresh_node.op, fresh_node.loc, fresh_node.graph = node.op, node.loc, graph
+            fresh_node.outputs = tuple(outputs)
+            for i, out in enumerate(outputs):
+                out.producer, out.index = fresh_node, i
+            fresh_node._args = map_values(node._args, lookup)
+            fresh_node._kwargs = map_values(node._kwargs, lookup) if node._kwargs else {}
+            for value, count in _use_counts(node).items():
+                users = mapping[id(value)]._users
+                users[fresh_node] = count
             nodes.append(fresh_node)
         graph._nodes = nodes
         graph._names = set(src._names)
@@ -543,6 +549,13 @@ class Module:
         src._counter, graph._counter = itertools.count(start), itertools.count(start)
         graph._outputs = {k: mapping[id(v)] for k, v in src._outputs.items()}
         return copy
+
+
+def _use_counts(node: Node) -> dict[Value, int]:
+    counts: dict[Value, int] = {}
+    for value in flatten_values((node._args, node._kwargs)):
+        counts[value] = counts.get(value, 0) + 1
+    return counts
 
 
 def _deep_copy_json(obj: Any) -> Any:

@@ -9,6 +9,7 @@ imports arbitrary code.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import operator
@@ -59,7 +60,7 @@ def resolve(op: str) -> Callable[..., Any]:
     if len(parts) != 3 or op.startswith("py."):
         raise IRError(
             f"unknown op '{op}': write ATen ops as namespace.name.overload (aten.add.Tensor); "
-            "high-level ops are listed by `optc ops`"
+            "`optc ops` lists the high-level ops"
         )
     ns, name, overload = parts
     try:
@@ -67,6 +68,13 @@ def resolve(op: str) -> Callable[..., Any]:
         return getattr(packet, overload)
     except (AttributeError, RuntimeError):
         raise IRError(f"unknown op '{op}': torch.ops.{ns}.{name}.{overload} does not exist") from None
+
+
+def unknown_op_message(op: str, known: list[str]) -> str:
+    """``unknown op 'linaer'; did you mean 'linear'?`` with the list command as a hint."""
+    close = difflib.get_close_matches(op, known, n=1)
+    guess = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown op '{op}'{guess} (`optc ops` lists the high-level ops)"
 
 
 def is_impure(op: str) -> bool:

@@ -29,8 +29,8 @@ import torch
 
 from optc.errors import IRError, VerificationError
 from optc.ir.core import Module, Node, Value, flatten_values, map_values
-from optc.ir.ops import get_op
-from optc.ir.targets import resolve
+from optc.ir.ops import all_ops, get_op
+from optc.ir.targets import resolve, unknown_op_message
 from optc.ir.types import SymType, TensorType
 
 __all__ = ["verify", "collect_problems"]
@@ -198,7 +198,8 @@ def collect_problems(module: Module) -> list[str]:
             try:
                 resolve(node.op)
             except IRError as exc:
-                problems.append(f"{where}: {exc}")
+                text = unknown_op_message(node.op, list(all_ops())) if "." not in node.op else str(exc)
+                problems.append(f"{where}: {text}")
                 continue
             if node.op.startswith("aten."):
                 problems += [f"{where}: {p}" for p in _aten_dtypes(node, env, cache)]

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from optc.ir.core import Module
 
-__all__ = ["Pass", "PassResult"]
+__all__ = ["Pass", "PassResult", "format_pass", "format_value"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,6 @@ class Pass:
 
     def spec(self) -> str:
         """This pass with its non-default options, in pipeline-spec syntax."""
-        from optc.passes.spec import format_pass
-
         return format_pass(self)
 
     @classmethod
@@ -61,3 +59,31 @@ class Pass:
         """First line of the class docstring."""
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def format_value(value: Any) -> str:
+    """An option value as written in a pipeline spec."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(
+            ":".join(str(x) for x in v) if isinstance(v, tuple) else format_value(v) for v in value
+        )
+    return str(value)
+
+
+def format_pass(p: Pass) -> str:
+    """``name{opt=value,...}`` with the options that differ from their defaults."""
+    parts = []
+    for f in dataclasses.fields(p):
+        if not f.init:
+            continue
+        value = getattr(p, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+        )
+        if value != default:
+            parts.append(f"{f.name}={format_value(value)}")
+    return p.name + ("{" + ",".join(parts) + "}" if parts else "")

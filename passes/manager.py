@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from optc.errors import OptcError, OutputError, PassError, VerificationError
+import torch
+
+from optc.errors import InputError, OptcError, OutputError, PassError, VerificationError
 from optc.ir.core import Module
 from optc.ir.printer import print_module
 from optc.ir.verifier import collect_problems
@@ -133,7 +135,7 @@ class PassManager:
         verify: bool = True,
         instruments: list[Instrument] | None = None,
     ) -> None:
-        self.passes: list[Pass] = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
+        self.passes: list[Pass] = parse_pipeline(passes)
         self.verify = verify
         self.instruments = list(instruments or [])
 
@@ -144,8 +146,17 @@ class PassManager:
                 raise VerificationError(problems, context)
 
     def run(self, module: Module) -> PipelineReport:
-        """Run the pipeline on ``module`` (edited in place) and report what each pass did."""
+        """Run the pipeline on ``module`` (edited in place) and report what each pass did.
+
+        Passes that learn from the pipeline's input (``distill``'s default teacher) get a
+        copy of the module as it entered the pipeline through ``with_pipeline_input``.
+        """
+        if not isinstance(module, Module):
+            hint = (": capture it first (module = optc.capture(model))"
+                    if isinstance(module, torch.nn.Module) else "")
+            raise InputError(f"run_pipeline needs an optc IR module, got {type(module).__name__}{hint}")
         report = PipelineReport()
+        snapshot = module.clone() if any(hasattr(p, "with_pipeline_input") for p in self.passes) else None
         self._verify(module, "on the input to the pipeline")
         for inst in self.instruments:
             inst.before_pipeline(module, self.passes)
@@ -153,6 +164,8 @@ class PassManager:
         for index, p in enumerate(self.passes):
             spec = p.spec()
             after = f" (after {', '.join(done)})" if done else " (first pass)"
+            if snapshot is not None and hasattr(p, "with_pipeline_input"):
+                p = p.with_pipeline_input(snapshot)
             reason = p.requires(module)
             if reason:
                 raise PassError(f"pass '{spec}' cannot run{after}: {reason}")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from optc.errors import PipelineSpecError
-from optc.passes.base import Pass
+from optc.passes.base import Pass, format_pass
 from optc.passes.registry import get_pass
 
 __all__ = ["parse_pipeline", "format_pipeline", "format_pass", "describe_type"]
@@ -206,33 +206,6 @@ def parse_pipeline(text: str | Sequence[str | Pass]) -> list[Pass]:
                 "such as 'dce') or pass instances (e.g. optc.passes.registry.get_pass('dce')())"
             )
     return passes
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, tuple):
-        return ",".join(
-            ":".join(str(x) for x in v) if isinstance(v, tuple) else _format_value(v) for v in value
-        )
-    return str(value)
-
-
-def format_pass(p: Pass) -> str:
-    """``name{opt=value,...}`` with the options that differ from their defaults."""
-    parts = []
-    for f in dataclasses.fields(p):
-        if not f.init:
-            continue
-        value = getattr(p, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
-        )
-        if value != default:
-            parts.append(f"{f.name}={_format_value(value)}")
-    return p.name + ("{" + ",".join(parts) + "}" if parts else "")
 
 
 def format_pipeline(passes: list[Pass]) -> str:

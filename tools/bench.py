@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from optc.errors import InputError, PipelineSpecError
+from optc.tools.common import quiet_libraries
 
 __all__ = ["Runner", "make_runners", "run_bench", "format_bench", "fit_seq", "check_backends_option",
            "UsageError"]
@@ -304,9 +305,7 @@ def _peak_child(target: str, backend: str, batch: int, seq: int, threads: int,
         torch.set_num_threads(threads)
         import onnxruntime  # noqa: F401 - imported before the baseline like in the parent
 
-        from optc.tools.cli import _quiet_libraries
-
-        _quiet_libraries()
+        quiet_libraries()
         base = _reset_peak()
         with tempfile.TemporaryDirectory(prefix="optc-bench-") as tmp:
             backends = None if backend in ("onnx", "torchscript") and Path(target).suffix else [backend]

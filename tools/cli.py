@@ -18,49 +18,18 @@ import contextlib
 import dataclasses
 import inspect
 import json
-import logging
 import os
 import sys
 import textwrap
 import typing
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from optc.errors import InputError, OptcError
+from optc.tools.common import EPILOG, quiet_libraries
+from optc.tools.common import Parser as _Parser
 
 __all__ = ["main"]
-
-EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad usage/spec/option, 3 bad input model or
-artifact, 4 output exists or is unwritable, 5 pass or verification failure, 6 backend failure
-(including a written output that fails its self-check), 130 interrupted (Ctrl-C)"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage dump) with exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"optc: error: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(2)
-
-
-def _quiet_libraries() -> None:
-    """The CLI owns logging: keep library chatter (progress bars, warnings) off the terminal."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="optc: %(message)s")
-    for noisy in ("torch.onnx", "torch._export", "torch.export", "onnxscript"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    import warnings
-
-    warnings.filterwarnings("ignore")
-
 
 # -- model loading shared by the subcommands ----------------------------------------------------
 def _load_target(target: str | None, task: str, progress: Any) -> Any:
@@ -104,8 +73,13 @@ def _check_task(target: str, task: str, module: Any) -> None:
     """Refuse a --task that differs from the head an artifact was compiled with."""
     if task == "auto":
         return
+    from optc.tasks import HEADS
+
     cls = str((module.meta.get("source") or {}).get("class") or "")
     head = next((t for t, suffix in _TASK_HEADS.items() if cls.endswith(suffix)), "base")
+    kind = (module.meta.get("task") or {}).get("kind")
+    if kind in HEADS:  # a head added by optc finetune
+        head, cls = HEADS[kind], cls or "optc task head"
     if cls and head == task:
         return
     raise InputError(
@@ -120,8 +94,9 @@ def _compile_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="optc",
         description="Compile a transformer model: capture it, run a pass pipeline, write an artifact.",
-        epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc bench TARGET...' "
-               "(each has --help)\n" + EPILOG,
+        epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc ops', "
+               "'optc bench TARGET...', 'optc eval TARGET', 'optc finetune [MODEL]' (each has "
+               "--help); '--verbose' anywhere shows debug detail\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", nargs="?", metavar="MODEL",
@@ -289,8 +264,9 @@ def option_docs(cls: type) -> dict[str, str]:
 
 def describe_passes() -> list[dict[str, Any]]:
     """Every registered pass with its options (name, type, default, doc)."""
+    from optc.passes.base import format_value
     from optc.passes.registry import all_passes
-    from optc.passes.spec import _format_value, describe_type
+    from optc.passes.spec import describe_type
 
     result = []
     for name, cls in all_passes().items():
@@ -304,7 +280,7 @@ def describe_passes() -> list[dict[str, Any]]:
             options.append({
                 "name": f.name,
                 "type": describe_type(hints[f.name]),
-                "default": _format_value(default),
+                "default": format_value(default),
                 "doc": docs.get(f.name, ""),
             })
         result.append({"name": name, "summary": cls.summary(), "options": options})
@@ -400,7 +376,68 @@ def _cmd_bench(argv: list[str]) -> int:
 
 
 # -- entry point --------------------------------------------------------------------------------
-_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench}
+# -- optc ops ------------------------------------------------------------------------------------
+def describe_ops() -> list[dict[str, Any]]:
+    """Every high-level op: operands, attributes and which backends lower it natively."""
+    from optc.ir.ops import REQUIRED, all_ops
+    from optc.passes.base import format_value
+
+    result = []
+    for name, op in sorted(all_ops().items()):
+        attrs = []
+        for key, a in op.attrs.items():
+            types = a.types if isinstance(a.types, tuple) else (a.types,)
+            attrs.append({"name": key, "type": "|".join(t.__name__ for t in types),
+                          "required": a.default is REQUIRED,
+                          "default": None if a.default is REQUIRED else format_value(a.default),
+                          "doc": a.doc})
+        result.append({
+            "name": name,
+            "doc": op.doc,
+            "operands": [{"name": o.name, "dtypes": o.dtypes, "optional": o.optional}
+                         for o in op.operands],
+            "attributes": attrs,
+            "lowerings": {"eager": "kernel", "torchscript": "script" if op.script else None,
+                          "onnx": "custom" if op.onnx else "traced"},
+        })
+    return result
+
+
+def _cmd_ops(argv: list[str]) -> int:
+    p = _Parser(prog="optc ops", description="List the IR's high-level ops: operands, "
+                "attributes and their backend lowerings (ATen ops are written aten.name.overload).",
+                epilog=EPILOG)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    ops = describe_ops()
+    if args.json:
+        print(json.dumps(ops, indent=2))
+        return 0
+    for op in ops:
+        operands = ", ".join(o["name"] + ("?" if o["optional"] else "") + f": {o['dtypes']}"
+                             for o in op["operands"])
+        onnx = {"custom": "ONNX Runtime op", "traced": "traced"}[op["lowerings"]["onnx"]]
+        print(f"{op['name']}({operands})  {op['doc']}  [onnx: {onnx}]")
+        for a in op["attributes"]:
+            default = "required" if a["required"] else a["default"]
+            print(f"    {a['name']}: {a['type']} = {default}  {a['doc']}".rstrip())
+    return 0
+
+
+def _cmd_eval(argv: list[str]) -> int:
+    from optc.tools.train_cli import cmd_eval
+
+    return cmd_eval(argv)
+
+
+def _cmd_finetune(argv: list[str]) -> int:
+    from optc.tools.train_cli import cmd_finetune
+
+    return cmd_finetune(argv)
+
+
+_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench,
+             "ops": _cmd_ops, "eval": _cmd_eval, "finetune": _cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -504,7 +541,9 @@ def _ignore_interrupts() -> None:
 
 
 def _run(argv: list[str]) -> int:
-    _quiet_libraries()
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    quiet_libraries(verbose)
     command = _COMMANDS.get(argv[0]) if argv else None
     return command(argv[1:]) if command else _cmd_compile(argv)
 

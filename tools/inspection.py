@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Layer, analyze, module_flops, node_cost
 from optc.ir.core import Module
+from optc.ir.ops import get_op
 
 __all__ = ["summarize", "format_summary", "diff_modules", "format_diff"]
 
@@ -41,7 +43,19 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "seq": seq,
         "flops": module_flops(module, seq),
         "layers": layers,
+        "raising": raising_report(module),
     }
+
+
+def raising_report(module: Module) -> dict[str, Any]:
+    """High-level ops in the module by kind, and why the ATen patterns left in it were not
+    raised (the raise-ops rules run again on a copy: what they would still miss)."""
+    ops: dict[str, int] = {}
+    for node in module.graph:
+        if get_op(node.op) is not None:
+            ops[node.op] = ops.get(node.op, 0) + 1
+    return {"ops": dict(sorted(ops.items())),
+            "misses": raise_high_level_ops(module.clone()).misses}
 
 
 def _layer_flops(layer: Layer, dims: dict[str, int]) -> int:
@@ -65,12 +79,19 @@ def format_summary(info: dict[str, Any]) -> str:
         f"outputs    {', '.join(f'{k}: {v}' for k, v in info['outputs'].items())}",
         f"params     {_fmt_int(info['parameters'])}  nodes {info['nodes']}",
         f"GFLOPs     {info['flops'] / 1e9:.3f} (batch 1, seq {info['seq']})",
-        "",
+        f"raised     {', '.join(f'{k} {v}' for k, v in info['raising']['ops'].items()) or '(nothing)'}",
     ]
+    misses = info["raising"]["misses"]
+    if misses:
+        lines.append(f"not raised {len(misses)} pattern(s); structural passes do not see them:")
+        lines += [f"  - {m}" for m in misses[:10]]
+        if len(misses) > 10:
+            lines.append(f"  ... {len(misses) - 10} more (--json lists all)")
+    lines.append("")
     rows = [("layer", "heads", "head_dim", "ffn", "params", f"GFLOPs@{info['seq']}")]
     for layer in info["layers"]:
         rows.append((
-            str(layer["layer"]),
+            str(layer["layer"]) + ("" if layer["id"] == layer["layer"] else f" (id {layer['id']})"),
             str(layer["heads"]),
             "-" if layer["head_dim"] is None else str(layer["head_dim"]),
             str(layer["ffn"]),

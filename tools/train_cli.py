@@ -21,23 +21,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from optc.errors import InputError
+from optc.tools.common import Parser as _Parser
 
 __all__ = ["cmd_eval", "cmd_finetune", "eval_parser", "finetune_parser"]
 
 _EPILOG = ("exit codes: 0 ok, 1 internal error, 2 bad usage, 3 bad input model/data/artifact, "
            "4 output exists or is unwritable")
-
-
-class _Parser(argparse.ArgumentParser):
-    """One-line usage errors with exit code 2 (as ``optc.tools.cli``'s parser; not imported
-    from there because the CLI's entry point imports this module)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"optc: error: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(2)
 
 
 def _positive_int(text: str) -> int:
@@ -109,6 +101,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         from optc.backends.eager import to_eager
 
         module = load_module(target)
+        _refuse_untrained_head(target, module.meta)
         task = get_task(task_spec) if task_spec else task_from_meta(module.meta)
         if task is None:
             raise InputError(f"artifact '{target}' records no task: pass --task NAME")
@@ -138,7 +131,20 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
     from optc.frontends.huggingface import load_model
 
     model, source = load_model(target, task=task.head)
+    _refuse_untrained_head(target, {"source": source})
     return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None
+
+
+def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
+    """Scores of a head the checkpoint lacked (random weights) mean nothing: refuse them,
+    unless optc finetune has trained the model since (it records the task)."""
+    fresh = (meta.get("source") or {}).get("newly_initialized") or []
+    if fresh and not (meta.get("task") or {}).get("trained_steps"):
+        raise InputError(
+            f"'{target}' has weights its checkpoint lacked, initialized at random "
+            f"({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''}): train it first "
+            "(optc finetune) before evaluating"
+        )
 
 
 def _token_names(names: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -319,6 +319,8 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
     if best_state[0] is not None:
         model.load_state(best_state[0])
     report.params_written = len(write_back(model, module))
+    if isinstance(module.meta.get("task"), dict):
+        module.meta["task"]["trained_steps"] = int(module.meta["task"].get("trained_steps", 0)) + step
     if report.best is not None and isinstance(module.meta.get("task"), dict):
         module.meta["task"]["eval"] = {"split": report.extra.get("eval_split"),
                                        "metrics": dict(report.best.metrics),

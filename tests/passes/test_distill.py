@@ -33,7 +33,7 @@ def test_prune_then_distill_runs_as_one_pipeline(setup) -> None:
                 f"distill{{task=text-classification,epochs=1,max_steps=3,data={setup / 'task'}}}")
     stats = report.records[-1].stats
     assert [r.modified for r in report.records] == [True, True, True]
-    assert stats["teacher"] == "self" and stats["soft_targets"] is False
+    assert stats["teacher"] == "pipeline-input" and stats["soft_targets"] is False
     assert stats["hidden_mse"] == 1.0 and stats["layer_map"] == "0:0,1:1" and stats["steps"] == 3
     assert module.num_parameters() < params
     assert list(module.graph.outputs) == ["logits"]

@@ -48,15 +48,11 @@ def test_unknown_pass_in_a_list_names_the_valid_ones():
         parse_pipeline(["dce", "frobnicate"])
 
 
-@pytest.mark.xfail(reason="passes/manager.py must call parse_pipeline on lists (see the report)",
-                   raises=AttributeError, strict=False)
 def test_run_pipeline_takes_a_list_of_specs(module):
     report = optc.run_pipeline(module.clone(), ["canonicalize", "dce"])
     assert [r.spec for r in report.records] == ["canonicalize", "dce"]
 
 
-@pytest.mark.xfail(reason="PassManager.run must check it got an IR module (see the report)",
-                   raises=AttributeError, strict=False)
 def test_run_pipeline_on_a_hugging_face_model_says_capture_first(hf_bert):
     with pytest.raises(OptcError, match="optc.capture"):
         optc.run_pipeline(hf_bert, "dce")

@@ -211,10 +211,7 @@ def _interrupt(args: list[object], cwd: Path, delay: float | None = None,
 
 
 @pytest.mark.parametrize("moment", [
-    pytest.param("importing", marks=pytest.mark.xfail(
-        reason="optc/__init__.py imports torch before the CLI's main runs (see the report)",
-        strict=False)),
-    "loading", "capturing", "exporting", "writing",
+    "importing", "loading", "capturing", "exporting", "writing",
 ])
 def test_ctrl_c_exits_130_with_one_line_and_no_leftovers(model_dir: Path, tmp_path: Path,
                                                          import_seconds: float, moment: str) -> None:

@@ -80,10 +80,23 @@ def test_eval_onnx_and_torchscript_files_match_the_artifact(finetuned, task_dir,
         cmd_eval([str(tmp_path / "m.onnx"), "--task", "sst2", "-q"])
 
 
-def test_eval_a_hugging_face_directory(model_dir, task_dir, capsys) -> None:
-    assert cmd_eval([str(model_dir), "--task", "text-classification", "--data", str(task_dir),
+def test_eval_a_hugging_face_directory(model_dir, task_dir, tmp_path, capsys) -> None:
+    import transformers as tf
+
+    classifier = tmp_path / "classifier"
+    tf.AutoModelForSequenceClassification.from_pretrained(str(model_dir)).save_pretrained(str(classifier))
+    for f in model_dir.iterdir():
+        if "token" in f.name or f.name.startswith("vocab"):
+            (classifier / f.name).write_bytes(f.read_bytes())
+    assert cmd_eval([str(classifier), "--task", "text-classification", "--data", str(task_dir),
                      "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 64
+
+
+def test_eval_refuses_a_head_the_checkpoint_lacked(model_dir, task_dir) -> None:
+    """A base checkpoint evaluated as a classifier would score a random head."""
+    with pytest.raises(InputError, match="initialized at random .*train it first"):
+        cmd_eval([str(model_dir), "--task", "text-classification", "--data", str(task_dir), "-q"])
 
 
 def test_finetune_refuses_existing_output_and_bad_usage(finetuned, model_dir, task_dir,

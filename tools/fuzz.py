@@ -1,0 +1,345 @@
+"""Fuzzing the compiler: random valid pipelines x tiny models of every family x every backend.
+
+    python -m optc.tools.fuzz --tries 1000 [--seed 0] [--onnx-every 4] [--json]
+
+Each try draws a family, a pipeline of registered passes with valid random options (explicit
+units named by stable id, so they stay meaningful after earlier passes) and inputs with
+padding, batch 1, sequence 1 and the longest sequence. Properties checked:
+
+- no untyped exception: a refusal must be an :class:`~optc.errors.OptcError` (counted as
+  ``refused``), anything else is a ``crash``;
+- the verifier passes after every pass (the pass manager verifies);
+- the backends agree: TorchScript and (every ``--onnx-every``-th try) ONNX Runtime match eager;
+- an explicit removal equals the reference edit: heads and neurons removed by a pass give the
+  outputs of the unpruned model with those units' output weights zeroed; layers dropped give
+  the outputs of the Hugging Face model with those layers deleted from its layer list.
+
+The report counts tries by outcome and lists the seeds that failed (rerun one with
+``--tries 1 --seed S``). The test suite runs a short budget of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FAMILIES", "TryResult", "FuzzReport", "draw", "run_try", "fuzz", "main"]
+
+FAMILIES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "gpt2")
+"""Tiny random-weight Hugging Face models the fuzzer draws from."""
+
+TOLERANCES = {"torchscript": 1e-4, "onnx": 2e-4, "reference": 1e-4}
+"""Max absolute difference to eager (or of eager to the reference edit)."""
+
+
+@dataclass
+class TryResult:
+    """One try: what ran and how it ended."""
+
+    seed: int
+    family: str
+    spec: str
+    outcome: str
+    """``ok``, ``refused`` (a typed error), ``crash``, ``disagree`` or ``reference``."""
+    detail: str = ""
+    seconds: float = 0.0
+    checks: tuple[str, ...] = ()
+    """What was compared: backends, and ``reference`` when a reference edit applied."""
+
+
+@dataclass
+class FuzzReport:
+    """Outcomes of a fuzzing run."""
+
+    results: list[TryResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {k: 0 for k in ("ok", "refused", "crash", "disagree", "reference")}
+        for r in self.results:
+            out[r.outcome] = out.get(r.outcome, 0) + 1
+        return out
+
+    @property
+    def failures(self) -> list[TryResult]:
+        return [r for r in self.results if r.outcome in ("crash", "disagree", "reference")]
+
+    def table(self) -> str:
+        counts = self.counts()
+        lines = [f"tries {len(self.results)}: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
+        checked: dict[str, int] = {}
+        for r in self.results:
+            for c in r.checks:
+                checked[c] = checked.get(c, 0) + 1
+        lines.append("compared: " + ", ".join(f"{k} {v}" for k, v in sorted(checked.items())))
+        by_family: dict[str, list[int]] = {}
+        for r in self.results:
+            by_family.setdefault(r.family, [0, 0])
+            by_family[r.family][0] += 1
+            by_family[r.family][1] += r in self.failures
+        lines.append("family        tries  failures")
+        for fam, (n, bad) in sorted(by_family.items()):
+            lines.append(f"{fam:<12} {n:>6}  {bad:>8}")
+        refused: dict[str, int] = {}
+        for r in self.results:
+            if r.outcome == "refused":
+                key = r.detail.split(":")[0][:60]
+                refused[key] = refused.get(key, 0) + 1
+        if refused:
+            lines.append("refusals (typed errors, expected for some random pipelines):")
+            lines += [f"  {n:>4}  {k}" for k, n in sorted(refused.items(), key=lambda x: -x[1])[:8]]
+        for r in self.failures:
+            lines.append(f"FAILED seed {r.seed} {r.family} {r.outcome}: {r.spec} :: {r.detail}")
+        return "\n".join(lines)
+
+
+# -- models -----------------------------------------------------------------------------------
+_MODELS: dict[str, tuple[torch.nn.Module, Any]] = {}
+
+
+def _model(family: str) -> tuple[torch.nn.Module, Any]:
+    """(Hugging Face model, captured IR module), built once per family."""
+    if family not in _MODELS:
+        import transformers as tf
+
+        import optc
+
+        torch.manual_seed(0)
+        small = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=48, vocab_size=97, max_position_embeddings=40)
+        config = {
+            "bert": lambda: tf.BertConfig(**small),
+            "roberta": lambda: tf.RobertaConfig(**{**small, "max_position_embeddings": 42}),
+            "xlm-roberta": lambda: tf.XLMRobertaConfig(**{**small, "max_position_embeddings": 42}),
+            "electra": lambda: tf.ElectraConfig(**small, embedding_size=24),
+            "distilbert": lambda: tf.DistilBertConfig(vocab_size=97, dim=32, n_layers=3, n_heads=4,
+                                                      hidden_dim=48, max_position_embeddings=40),
+            "gpt2": lambda: tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=3, n_head=4,
+                                          n_positions=40, use_cache=False),
+        }[family]()
+        model = tf.AutoModel.from_config(config).eval()
+        _MODELS[family] = (model, optc.capture(model))
+    return _MODELS[family]
+
+
+def _max_seq(module: Any) -> int:
+    rng = module.dims.get("seq")
+    return int(rng.max) if rng is not None and rng.max else 32
+
+
+def _inputs(module: Any, rng: random.Random) -> list[dict[str, torch.Tensor]]:
+    """Input sets: padded batch, batch 1, sequence 1, the longest sequence."""
+    names = [v.name for v in module.graph.inputs]
+    longest = _max_seq(module)
+    shapes = [(3, rng.randint(2, 12)), (1, rng.randint(1, 9)), (2, 1), (2, longest)]
+    sets = []
+    for batch, seq in shapes:
+        gen = torch.Generator().manual_seed(rng.randint(0, 2**31))
+        feed = {"input_ids": torch.randint(3, 97, (batch, seq), generator=gen)}
+        if "attention_mask" in names:
+            mask = torch.ones(batch, seq, dtype=torch.long)
+            if seq > 1:
+                mask[0, rng.randint(1, seq - 1):] = 0  # padding in the first row
+            feed["attention_mask"] = mask
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.long)
+        sets.append({k: v for k, v in feed.items() if k in names})
+    return sets
+
+
+# -- pipelines --------------------------------------------------------------------------------
+def _pairs(rng: random.Random, layers: int, units: int, most: int) -> str:
+    chosen = sorted({(rng.randrange(layers), rng.randrange(units)) for _ in range(rng.randint(1, most))})
+    return ",".join(f"{i}:{j}" for i, j in chosen)
+
+
+def _random_pass(rng: random.Random, layers: int, heads: int, ffn: int) -> tuple[str, str | None]:
+    """(spec, reference kind) for one random pass; the reference applies when it is the only
+    structural pass."""
+    kind = rng.choice(["drop", "drop", "heads", "heads", "neurons", "neurons", "cleanup"])
+    if kind == "drop":
+        if rng.random() < 0.5:
+            strategy = rng.choice(["top", "bottom", "alternate", "symmetric"])
+            return f"drop-layers{{strategy={strategy},count={rng.randint(0, layers - 1)}}}", None
+        ids = sorted(rng.sample(range(layers), rng.randint(1, layers - 1)))
+        blocks = rng.choice(["both", "both", "attention", "ffn"])
+        ref = "layers" if blocks == "both" else None
+        return (f"drop-layers{{layers={','.join(map(str, ids))},ids=true,blocks={blocks}}}", ref)
+    if kind == "heads":
+        if rng.random() < 0.4:
+            return (f"prune-heads{{amount={rng.choice([0.25, 0.5, 0.75])},"
+                    f"per_layer={str(rng.random() < 0.5).lower()}}}", None)
+        return f"prune-heads{{heads={_pairs(rng, layers, heads, 5)},ids=true}}", "heads"
+    if kind == "neurons":
+        if rng.random() < 0.4:
+            return (f"prune-neurons{{amount={rng.choice([0.1, 0.5, 0.9])},"
+                    f"per_layer={str(rng.random() < 0.5).lower()}}}", None)
+        return f"prune-neurons{{neurons={_pairs(rng, layers, ffn, 12)},ids=true}}", "neurons"
+    return rng.choice(["dce", "canonicalize", "raise-ops"]), "cleanup"
+
+
+def _reference_outputs(family: str, base: Any, spec: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Outputs of the reference edit for a single explicit removal, or None."""
+    import optc
+    from optc.ir.analysis import analyze
+    from optc.passes.spec import parse_pipeline
+
+    (p,) = parse_pipeline(spec)
+    if p.name in ("prune-heads", "prune-neurons"):
+        module = base.clone()
+        layers = analyze(module).layers
+        for layer_id, unit in (p.heads if p.name == "prune-heads" else p.neurons):
+            layer = layers[layer_id]
+            if p.name == "prune-heads":
+                proj, d = layer.attention.output, layer.attention.head_dim
+                cols = list(range(unit * d, (unit + 1) * d))
+            else:
+                proj, cols = layer.ffn.down, [unit]
+            weight = proj.args[1]
+            data = weight.data.clone()
+            data[:, cols] = 0
+            module.params[weight.name].data = data
+        return optc.to_eager(module)(**inputs)
+    if p.name == "drop-layers":
+        model = copy.deepcopy(_model(family)[0])
+        blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len)
+        keep = [m for i, m in enumerate(blocks) if i not in set(p.layers)]
+        for i in range(len(blocks) - 1, -1, -1):
+            del blocks[i]
+        blocks.extend(keep)
+        if hasattr(model.config, "num_hidden_layers"):
+            model.config.num_hidden_layers = len(keep)
+        with torch.no_grad():
+            out = model(**inputs)
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    return None
+
+
+# -- one try ----------------------------------------------------------------------------------
+def _lower(module: Any, backend: str, tmp: Path) -> Any:
+    from optc.backends.onnx import OnnxModule, export_onnx
+    from optc.backends.torchscript import to_torchscript
+
+    if backend == "torchscript":
+        scripted = to_torchscript(module)
+        names = [v.name for v in module.graph.inputs]
+        return lambda feed: dict(scripted(*[feed[n] for n in names]))
+    path = tmp / "model.onnx"
+    export_onnx(module, path, force=True)
+    session = OnnxModule(path)
+    return lambda feed: session(**feed)
+
+
+def draw(seed: int) -> tuple[str, list[tuple[str, str | None]], random.Random]:
+    """The family and passes (spec, reference kind) of a try, and its random state."""
+    from optc.ir.analysis import analyze
+
+    rng = random.Random(seed)
+    family = rng.choice(FAMILIES)
+    structure = analyze(_model(family)[1])
+    layers = len(structure.layers)
+    heads = structure.layers[0].attention.num_heads
+    ffn = structure.layers[0].ffn.width
+    return family, [_random_pass(rng, layers, heads, ffn) for _ in range(rng.randint(1, 4))], rng
+
+
+def run_try(seed: int, onnx: bool = True) -> TryResult:
+    """Draw and run one try (deterministic for its seed)."""
+    import optc
+    from optc.errors import OptcError
+
+    start = time.perf_counter()
+    family, spec = "?", ""
+    try:
+        family, drawn, rng = draw(seed)
+        model, base = _model(family)
+        spec = ",".join(s for s, _ in drawn)
+        structural = [(s, r) for s, r in drawn if r != "cleanup"]
+        reference = structural[0] if len(structural) == 1 and structural[0][1] else None
+        feeds = _inputs(base, rng)
+        module = base.clone()
+        try:
+            optc.run_pipeline(module, spec)
+        except OptcError as exc:
+            return TryResult(seed, family, spec, "refused", str(exc), time.perf_counter() - start)
+        eager = optc.to_eager(module)
+        expected = [eager(**feed) for feed in feeds]
+        backends = ["torchscript"] + (["onnx"] if onnx else [])
+        with tempfile.TemporaryDirectory(prefix="optc-fuzz-") as tmp:
+            for backend in backends:
+                run = _lower(module, backend, Path(tmp))
+                for feed, ref in zip(feeds, expected, strict=True):
+                    got = run(feed)
+                    for name, value in ref.items():
+                        diff = (got[name].float() - value.float()).abs().max().item() if value.numel() else 0.0
+                        if not diff <= TOLERANCES[backend]:
+                            shape = tuple(next(iter(feed.values())).shape)
+                            return TryResult(seed, family, spec, "disagree",
+                                             f"{backend} '{name}' differs by {diff:.3g} at {shape}",
+                                             time.perf_counter() - start)
+        if reference is not None:
+            for feed, ref in zip(feeds, expected, strict=True):
+                want = _reference_outputs(family, base, reference[0], feed)
+                for name, value in ref.items():
+                    if want is None or name not in want:
+                        continue
+                    diff = (want[name].float() - value.float()).abs().max().item()
+                    if not diff <= TOLERANCES["reference"]:
+                        return TryResult(seed, family, spec, "reference",
+                                         f"'{name}' differs from the reference edit by {diff:.3g}",
+                                         time.perf_counter() - start)
+        checks = tuple(backends) + (("reference",) if reference is not None else ())
+        return TryResult(seed, family, spec, "ok", "", time.perf_counter() - start, checks)
+    except Exception as exc:  # noqa: BLE001 - an untyped exception is what the fuzzer looks for
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} at {Path(where.filename).name}:{where.lineno}"
+        return TryResult(seed, family, spec, "crash", detail, time.perf_counter() - start)
+
+
+def fuzz(tries: int, seed: int = 0, onnx_every: int = 4, progress: bool = False) -> FuzzReport:
+    """Run ``tries`` tries with seeds ``seed, seed+1, ...``; ONNX on every ``onnx_every``-th."""
+    report = FuzzReport()
+    for i in range(tries):
+        result = run_try(seed + i, onnx=onnx_every > 0 and i % onnx_every == 0)
+        report.results.append(result)
+        if progress:
+            print(f"\r{i + 1}/{tries} {result.outcome:<9} {result.family:<12}", end="", flush=True)
+    if progress:
+        print()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fuzz optc: random pipelines x families x backends.")
+    parser.add_argument("--tries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--onnx-every", type=int, default=4,
+                        help="export to ONNX on every N-th try (0: never; ONNX export is slow)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from optc.tools.common import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    report = fuzz(args.tries, args.seed, args.onnx_every, progress=not args.json)
+    if args.json:
+        print(json.dumps({"counts": report.counts(),
+                          "failures": [r.__dict__ for r in report.failures]}, indent=2))
+    else:
+        print(report.table())
+        print(f"{time.perf_counter() - start:.0f} s")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
