@@ -96,9 +96,11 @@ def _seq_range(module: Module) -> tuple[int, int]:
 
 
 def example_inputs(module: Module, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Input sets for ``module``: (batch 2, seq 8, padded), (1, shortest), (2, long, padded)."""
+    """Input sets for ``module``: (batch 2, seq 8, padded), (1, shortest), (2, long, padded),
+    (batch 3, seq 8, the middle row all padding: a row with nothing to attend to)."""
     low, high = _seq_range(module)
-    cases = [(2, min(max(8, low), high), True), (1, low, False), (2, high, True)]
+    short = min(max(8, low), high)
+    cases = [(2, short, "half"), (1, low, None), (2, high, "half"), (3, short, "empty")]
     limits = _index_limits(module)
     gen = torch.Generator().manual_seed(seed)
     result = []
@@ -117,14 +119,16 @@ def example_inputs(module: Module, seed: int = 0) -> list[dict[str, torch.Tensor
     return result
 
 
-def _fill(name: str, dtype: torch.dtype, shape: list[int], limit: int | None, pad: bool,
+def _fill(name: str, dtype: torch.dtype, shape: list[int], limit: int | None, pad: str | None,
           gen: torch.Generator) -> torch.Tensor:
     if dtype.is_floating_point:
         return torch.randn(shape, generator=gen).to(dtype)
     if "mask" in name:
         mask = torch.ones(shape, dtype=torch.bool if dtype == torch.bool else dtype)
-        if pad and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+        if pad == "half" and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
             mask[-1, max(1, shape[1] // 2):] = 0  # last row: second half is padding
+        elif pad == "empty" and len(shape) == 2 and shape[0] > 2:
+            mask[1] = 0  # middle row: all padding
         return mask
     if limit is not None and dtype != torch.bool:
         low = min(5, limit - 1)  # skip the special tokens at the start of most vocabularies

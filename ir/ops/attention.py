@@ -219,11 +219,16 @@ def _onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
     q = node.args[0].tensor_type
     if q.dtype != torch.float32:
         return  # traced from the eager kernel: ORT's fused CPU kernels take f32 only
+    _fuse(module, node, cache, q.dtype)
+
+
+def _fuse(module: Module, node: Node, cache: dict[str, Any], bias_dtype: torch.dtype) -> None:
+    """Replace ``node`` by the fused custom op (its mask as an additive ``bias_dtype`` bias)."""
     heads, dim = node.attr("num_heads"), node.attr("head_dim")
     scale = node.attr("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
     mask = node.arg(3)
-    bias, valid = (_mask_nodes(module, mask, q.dtype, node, cache) if isinstance(mask, Value)
+    bias, valid = (_mask_nodes(module, mask, bias_dtype, node, cache) if isinstance(mask, Value)
                    else (None, None))
     attrs = {"num_heads": heads, "head_dim": dim, "scale": scale,
              "causal": bool(node.attr("causal", False))}

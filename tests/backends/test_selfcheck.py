@@ -33,7 +33,7 @@ def listing(path: Path) -> list[str]:
 def test_example_inputs_cover_padding_batch_one_and_the_longest_sequence(module):
     cases = example_inputs(module)
     shapes = [tuple(c["input_ids"].shape) for c in cases]
-    assert shapes == [(2, 8), (1, 1), (2, 64)]  # tiny BERT: 64 positions, so long = 64
+    assert shapes == [(2, 8), (1, 1), (2, 64), (3, 8)]  # tiny BERT: 64 positions, so long = 64
     for case in cases:
         assert {k: v.dtype for k, v in case.items()} == {
             "input_ids": torch.int64, "attention_mask": torch.int64, "token_type_ids": torch.int64}
@@ -46,7 +46,7 @@ def test_example_inputs_cover_padding_batch_one_and_the_longest_sequence(module)
 def test_a_correct_output_passes_on_every_backend(module, tmp_path, backend):
     report = write_checked(module, backend, tmp_path / NAMES[backend])
     assert listing(tmp_path) == [NAMES[backend]]
-    assert report.shapes == [(2, 8), (1, 1), (2, 64)]
+    assert report.shapes == [(2, 8), (1, 1), (2, 64), (3, 8)]
     assert set(report.diffs) == {"last_hidden_state", "pooler_output"}
     assert report.worst() <= TOLERANCES[backend]
 
