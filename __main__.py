@@ -1,5 +1,5 @@
 """``python -m optc`` runs the CLI."""
 
-from optc.tools.cli import main
+from optc.tools.common import console_main
 
-raise SystemExit(main())
+console_main()

@@ -76,7 +76,7 @@ def test_dropout_only_in_train_mode_and_where_bert_has_it(bert, batch) -> None:
     assert not torch.equal(a, b)
     model.eval()
     assert torch.equal(model(**batch)["last_hidden_state"], model(**batch)["last_hidden_state"])
-    assert "dropout" not in print_module(module)  # never written into the IR
+    assert not any("dropout" in n.op for n in module.graph)  # never written into the IR
     head = module.clone()
     add_task_head(head, "sst2")
     assert trainable(head).dropout_layers == 6  # and before the classifier
