@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "optc.passes.raise_ops",
     "optc.passes.finetune",
     "optc.passes.distill",
+    "optc.passes.hard_attention",
 )
 
 
