@@ -6,10 +6,12 @@ from typing import Any
 
 from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Layer, analyze, module_flops, node_cost
+from optc.ir.attributes import Attribute
 from optc.ir.core import Module
+from optc.ir.ids import format_ids
 from optc.ir.ops import get_op
 
-__all__ = ["summarize", "format_summary", "diff_modules", "format_diff"]
+__all__ = ["summarize", "format_summary", "diff_modules", "format_diff", "weight_facts"]
 
 
 def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
@@ -19,7 +21,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
     """
     dims = {"batch": 1, "seq": seq}
     structure = analyze(module)
-    layers = []
+    layers, facts = [], []
     for layer in structure.layers:
         att, ffn = layer.attention, layer.ffn
         layers.append({
@@ -32,6 +34,14 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
             "params": sum(module.params[n].data.numel() for n in layer.param_names()),
             "flops": _layer_flops(layer, dims),
         })
+        facts.append({
+            "layer": layer.index,
+            "id": layer.id,
+            "attention_kind": att.node.attr("kind") or "softmax" if att else None,
+            "topk": att.node.attr("topk") if att else None,
+            "neuron_ids": format_ids(ffn.neuron_ids) if ffn else "",
+            "weights": weight_facts(module, layer.param_names()),
+        })
     return {
         "name": module.name,
         "source": module.meta.get("source"),
@@ -42,9 +52,35 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "nodes": len(module.graph),
         "seq": seq,
         "flops": module_flops(module, seq),
+        "parameter_bytes": module.parameter_bytes(),
+        "weights": weight_facts(module, list(module.params)),
+        "pass_stats": module.meta.get("pass_stats", []),
+        "specialize": module.meta.get("specialize"),
         "layers": layers,
+        "layer_facts": facts,
         "raising": raising_report(module),
     }
+
+
+def weight_facts(module: Module, names: list[str]) -> dict[str, Any]:
+    """Sparsity and precision of parameters ``names``: element and nonzero counts, elements
+    by dtype, and the typed attributes (``sparsity``/``quantization``) each one declares."""
+    elements = nonzero = 0
+    dtypes: dict[str, int] = {}
+    declared = []
+    for name in names:
+        param = module.params[name]
+        data = param.data
+        elements += data.numel()
+        nonzero += int((data != 0).sum()) if not data.is_meta else data.numel()
+        dtype = str(data.dtype).replace("torch.", "")
+        dtypes[dtype] = dtypes.get(dtype, 0) + data.numel()
+        for key, attr in param.attrs.items():
+            if isinstance(attr, Attribute):
+                declared.append({"param": name, "attr": key, "kind": attr.kind, **attr.fields()})
+    return {"elements": elements, "nonzero": nonzero,
+            "density": nonzero / elements if elements else 1.0,
+            "dtypes": dict(sorted(dtypes.items())), "attributes": declared}
 
 
 def raising_report(module: Module) -> dict[str, Any]:
