@@ -210,7 +210,10 @@ class Sparsify(Pass):
         prune = int(round(sparsity * flat.numel()))
         keep = torch.ones(flat.numel(), dtype=torch.bool)
         if prune:
-            keep[flat.argsort(stable=True)[:prune]] = False
+            threshold = flat.kthvalue(prune).values
+            keep &= flat > threshold
+            ties = (flat == threshold).nonzero().squeeze(1)
+            keep[ties[prune - int((flat < threshold).sum()):]] = True  # the first ties go
         keep &= flat != 0
         out, start = [], 0
         for s in scores:
