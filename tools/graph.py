@@ -388,7 +388,12 @@ def _diff_node(g: Any, nid: str, node: Node, place: _Place | None, after: Node |
     """One node of the diff picture: greyed and struck when gone, changes in orange."""
     title = _role_title(place, node)
     if gone:
-        g.node(nid, _html_label(title, _op_lines(node, place), color=_GREY, strike=True),
+        extra = ""
+        if node.op == "attention" and place is not None:  # every head goes with its block
+            extra = _head_cells(place.layer.id, ids_or_range(node.attr("head_ids"),
+                                                             node.attr("num_heads")), [])
+        g.node(nid, _html_label(title, _op_lines(node, place), color=_GREY, strike=True,
+                                extra_rows=extra),
                fillcolor=_REMOVED_FILL, color=_GREY, style="rounded,filled,dashed")
         return
     lines = _op_lines(after if after is not None else node, place)
