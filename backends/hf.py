@@ -48,10 +48,11 @@ from optc.errors import BackendError, InputError
 from optc.ir.analysis import Layer, analyze
 from optc.ir.attributes import Quantization
 from optc.ir.core import Module, Node, Parameter
-from optc.outputs import atomic_directory, check_output
+from optc.outputs import atomic_directory, check_output, umask_mode
 
-__all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "modeling_source", "modeling_file_name",
-           "export_hf", "hf_config", "load_optc_classes", "is_optc_export"]
+__all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "Family", "family_of", "modeling_source",
+           "modeling_file_name", "export_hf", "hf_config", "is_optc_export", "read_config",
+           "load_optc_classes", "exported_class", "load_exported"]
 
 _log = logging.getLogger("optc")
 
@@ -655,7 +656,7 @@ def _post_ln(block: Any) -> str | None:
     return None
 
 
-def _head_params(family: Family, head: str, prefix: str, hidden: int) -> dict[str, bool]:
+def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     """Non-layer parameter names of the family's ``head`` class -> whether each is required."""
     emb = f"{prefix}embeddings."
     names = {f"{emb}{n}.weight": True for n in ("word_embeddings", "position_embeddings",
@@ -725,7 +726,7 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     word = module.params[f"{prefix}embeddings.word_embeddings.weight"]
     hidden = int(next(iter(got.weights[k] for k in got.weights if k.endswith("LayerNorm.weight")
                            and ".layer." in k)).shape[0])
-    wanted = _head_params(family, head, prefix, hidden)
+    wanted = _head_params(family, head, prefix)
     buffers = {prefix + b for b in _BUFFERS}
     parts: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for name, param in module.params.items():
@@ -828,6 +829,7 @@ def export_hf(module: Module, path: str | os.PathLike, *, force: bool = False) -
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             (tmp / modeling_file_name(family)).write_text(modeling_source(family))
             save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            os.chmod(tmp / WEIGHTS_FILE, umask_mode(0o666))  # safetensors writes 0600
             if tokenizer is not None:
                 for name in _TOKENIZER_FILES:
                     if (tokenizer / name).is_file():
@@ -876,3 +878,40 @@ def load_optc_classes(directory: str | os.PathLike, config: dict[str, Any]) -> t
         generated.__optc_source__ = source
         sys.modules[module_name] = generated
     return generated
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a model directory as a dict (:class:`InputError` when unreadable)."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read '{path}': {exc}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"'{path}' is not a JSON object")
+    return config
+
+
+def exported_class(directory: str | os.PathLike, config: dict[str, Any],
+                   suffix: str | None = None) -> type:
+    """The generated class of an export for head ``suffix`` (default: the recorded one)."""
+    generated = load_optc_classes(directory, config)
+    family = FAMILIES[config["optc"]["source_model_type"]]
+    if suffix is None:
+        arch = (config.get("architectures") or [f"Optc{family.name}Model"])[0]
+        suffix = str(arch).removeprefix(f"Optc{family.name}")
+    if suffix not in HEADS:
+        raise InputError(f"'{directory}': no generated class for the head '{suffix}' "
+                         f"(choose one of {', '.join(HEADS)})")
+    return getattr(generated, f"Optc{family.name}{suffix}")
+
+
+def load_exported(directory: str | os.PathLike) -> torch.nn.Module:
+    """Load an exported directory with its generated classes (from optc's own source), in
+    eval mode; what the self-check and optc's Hugging Face frontend run."""
+    config = read_config(directory)
+    if not is_optc_export(config):
+        raise InputError(f"'{directory}' was not written by optc's hf backend (its config.json "
+                         "has no 'optc' section)")
+    cls = exported_class(directory, config)
+    return cls.from_pretrained(str(directory), use_safetensors=True).eval()

@@ -107,11 +107,12 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default="", metavar="SPEC",
                    help="pipeline spec, e.g. 'dce' or 'drop-layers{strategy=top,count=2},dce' "
                         "(list passes with 'optc passes')")
-    p.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx"],
+    p.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx", "hf"],
                    help="eager: optc artifact directory (default); torchscript: file for "
-                        "torch.jit.load; onnx: ONNX model for ONNX Runtime")
+                        "torch.jit.load; onnx: ONNX model for ONNX Runtime; hf: Hugging Face "
+                        "directory for transformers (trust_remote_code=True)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="where to write: a directory (eager) or a file (torchscript, onnx)")
+                   help="where to write: a directory (eager, hf) or a file (torchscript, onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--task", default="auto",
                    choices=["auto", "base", "sequence-classification", "question-answering",
@@ -159,7 +160,7 @@ def _cmd_compile(argv: list[str]) -> int:
             for p in passes
         ]
     out = Path(args.output) if args.output else None
-    kind = "artifact" if args.backend == "eager" else "file"
+    kind = "artifact" if args.backend in ("eager", "hf") else "file"
     inputs = _input_paths(args)
     if out is not None:
         from optc.outputs import check_output
