@@ -210,11 +210,12 @@ def _head_cells(layer_id: int, before: list[int], after: list[int] | None) -> st
     kept = set(before if after is None else after)
     for i, h in enumerate(before):
         if h in kept:
-            row.append(f'<TD BORDER="1" COLOR="#4a78a8" BGCOLOR="#ffffff" TOOLTIP="head {layer_id}:{h}">'
+            row.append(f'<TD BORDER="1" COLOR="#4a78a8" BGCOLOR="#ffffff" HREF="#head-{layer_id}-{h}" '
+                       f'TOOLTIP="head {layer_id}:{h}">'
                        f'<FONT POINT-SIZE="9">{h}</FONT></TD>')
         else:
             row.append(f'<TD BORDER="1" COLOR="{_GREY}" BGCOLOR="{_REMOVED_FILL}" '
-                       f'TOOLTIP="removed head {layer_id}:{h}"><FONT POINT-SIZE="9" '
+                       f'HREF="#removed-head-{layer_id}-{h}" TOOLTIP="removed head {layer_id}:{h}"><FONT POINT-SIZE="9" '
                        f'COLOR="{_CHANGED}"><S>{h}</S></FONT></TD>')
         if len(row) == 16 or i == len(before) - 1:
             cells.append("<TR><TD><TABLE BORDER=\"0\" CELLSPACING=\"1\"><TR>" + "".join(row)
