@@ -10,8 +10,10 @@ from optc.ir.attributes import Attribute
 from optc.ir.core import Module
 from optc.ir.ids import format_ids
 from optc.ir.ops import get_op
+from optc.ir.types import dtype_name
 
-__all__ = ["summarize", "format_summary", "diff_modules", "format_diff", "weight_facts"]
+__all__ = ["summarize", "format_summary", "diff_modules", "format_diff", "weight_facts",
+           "summarize_onnx", "format_onnx_summary"]
 
 
 def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
@@ -33,6 +35,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
             "ffn": ffn.width if ffn else 0,
             "params": sum(module.params[n].data.numel() for n in layer.param_names()),
             "flops": _layer_flops(layer, dims),
+            **_linear_weights(module, layer),
         })
         facts.append({
             "layer": layer.index,
@@ -101,6 +104,19 @@ def _layer_flops(layer: Layer, dims: dict[str, int]) -> int:
     return sum(node_cost(n, dims)["flops"] for n in nodes if n is not None)
 
 
+def _linear_weights(module: Module, layer: Layer) -> dict[str, Any]:
+    """Density (nonzero fraction) and precision (dtypes) of a layer's projection weights."""
+    att, ffn = layer.attention, layer.ffn
+    nodes = [att.query, att.key, att.value, att.output] if att else []
+    nodes += [ffn.up, ffn.down] if ffn else []
+    weights = {n.args[1].name: n.args[1].data for n in nodes
+               if n is not None and getattr(n.args[1], "is_param", False)}
+    total = sum(w.numel() for w in weights.values())
+    nonzero = sum(int((w != 0).sum()) for w in weights.values() if not w.is_meta)
+    kinds = sorted({dtype_name(w.dtype) for w in weights.values()})
+    return {"density": nonzero / total if total else 1.0, "precision": "+".join(kinds) or "-"}
+
+
 def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
@@ -124,7 +140,8 @@ def format_summary(info: dict[str, Any]) -> str:
         if len(misses) > 10:
             lines.append(f"  ... {len(misses) - 10} more (--json lists all)")
     lines.append("")
-    rows = [("layer", "heads", "head_dim", "ffn", "params", f"GFLOPs@{info['seq']}")]
+    rows = [("layer", "heads", "head_dim", "ffn", "params", f"GFLOPs@{info['seq']}", "density",
+             "precision")]
     for layer in info["layers"]:
         rows.append((
             str(layer["layer"]) + ("" if layer["id"] == layer["layer"] else f" (id {layer['id']})"),
@@ -133,6 +150,8 @@ def format_summary(info: dict[str, Any]) -> str:
             str(layer["ffn"]),
             _fmt_int(layer["params"]),
             f"{layer['flops'] / 1e9:.3f}",
+            f"{layer['density']:.3f}",
+            layer["precision"],
         ))
     if info["layers"]:
         rows.append((
@@ -142,9 +161,10 @@ def format_summary(info: dict[str, Any]) -> str:
             str(sum(x["ffn"] for x in info["layers"])),
             _fmt_int(sum(x["params"] for x in info["layers"])),
             f"{sum(x['flops'] for x in info['layers']) / 1e9:.3f}",
+            "", "",
         ))
     else:
-        rows.append(("(no transformer layers found)", "", "", "", "", ""))
+        rows.append(("(no transformer layers found)", "", "", "", "", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [r[0].ljust(widths[0])] + [c.rjust(widths[i + 1]) for i, c in enumerate(r[1:])]
@@ -198,6 +218,8 @@ def diff_modules(a: Module, b: Module, seq: int = 128) -> dict[str, Any]:
             "ffn": [la["ffn"], lb["ffn"] if lb else 0],
             "params": [la["params"], lb["params"] if lb else 0],
             "flops": [la["flops"], lb["flops"] if lb else 0],
+            "density": [la["density"], lb["density"] if lb else 0.0],
+            "precision": [la["precision"], lb["precision"] if lb else "-"],
             "heads_removed": sorted(set(la["head_ids"]) - set(lb["head_ids"] if lb else [])),
             "removed": lb is None,
         })
@@ -221,6 +243,10 @@ def _change(pair: list[int], fmt: str = "{:,}") -> str:
     return f"{fmt.format(a)} -> {fmt.format(b)}{pct}"
 
 
+def _same_or_arrow(pair: list[str]) -> str:
+    return pair[0] if pair[0] == pair[1] else f"{pair[0]} -> {pair[1]}"
+
+
 def format_diff(d: dict[str, Any], left: str, right: str) -> str:
     """The diff as text."""
     lines = [
@@ -231,18 +257,53 @@ def format_diff(d: dict[str, Any], left: str, right: str) -> str:
         f"nodes       {_change(d['nodes'])}",
         "",
     ]
-    table = [("layer", "heads", "ffn", "params", "GFLOPs")]
+    table = [("layer", "heads", "ffn", "params", "GFLOPs", "density", "precision")]
     for r in d["layers"]:
         label = str(r["id"]) + ("" if r["new_index"] in (None, r["id"]) else f" (now {r['new_index']})")
         if r["removed"]:
             table.append((label, f"{r['heads'][0]} -> removed", f"{r['ffn'][0]} -> removed",
-                          f"{r['params'][0]:,} -> 0", f"{r['flops'][0] / 1e9:.3f} -> 0"))
+                          f"{r['params'][0]:,} -> 0", f"{r['flops'][0] / 1e9:.3f} -> 0", "", ""))
             continue
         table.append((label, _change(r["heads"], "{}"), _change(r["ffn"], "{}"),
-                      _change(r["params"]), _change([x / 1e9 for x in r["flops"]], "{:.3f}")))
+                      _change(r["params"]), _change([x / 1e9 for x in r["flops"]], "{:.3f}"),
+                      _same_or_arrow([f"{x:.3f}" for x in r["density"]]),
+                      _same_or_arrow(r["precision"])))
     for j in d["added_layers"]:
-        table.append((f"new {j}", "added", "", "", ""))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+        table.append((f"new {j}", "added", "", "", "", "", ""))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def summarize_onnx(path: str) -> dict[str, Any]:
+    """Facts about an ONNX file written by optc: its ops, initializer bytes by dtype, metadata
+    and the ``optc.sparsity`` annotations (:mod:`optc.backends.sparse_kernels`)."""
+    import onnx
+
+    from optc.backends.sparse_kernels import read_annotations
+
+    model = onnx.load(path)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        key = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+        ops[key] = ops.get(key, 0) + 1
+    dtypes: dict[str, int] = {}
+    for init in model.graph.initializer:
+        name = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+        dtypes[name] = dtypes.get(name, 0) + len(init.raw_data)
+    return {"ops": dict(sorted(ops.items())), "initializer_bytes": dict(sorted(dtypes.items())),
+            "sparse_initializers": len(model.graph.sparse_initializer),
+            "metadata": {p.key: p.value for p in model.metadata_props if p.key != "optc.sparsity"},
+            "sparsity": read_annotations(model)}
+
+
+def format_onnx_summary(info: dict[str, Any]) -> str:
+    """An ONNX summary as text, with one row per annotated sparse weight."""
+    from optc.backends.sparse_kernels import format_annotations
+
+    lines = [f"ops        {', '.join(f'{k} {v}' for k, v in info['ops'].items())}",
+             f"weights    {', '.join(f'{k} {v:,} B' for k, v in info['initializer_bytes'].items())}"
+             + (f"; {info['sparse_initializers']} sparse_initializer(s)" if info["sparse_initializers"] else ""),
+             *(f"{k:<10} {v}" for k, v in info["metadata"].items()), ""]
+    return "\n".join(lines) + "\n" + format_annotations(info["sparsity"])
