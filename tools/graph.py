@@ -5,7 +5,7 @@ Three pictures, all built from the IR and its structure analysis (never from par
 - :func:`overview_dot`: every high-level op (embedding, linear, attention, layer_norm,
   activations) and the ATen ops that compute (matmul, softmax, ... left unraised), each
   transformer layer a cluster; ATen glue (views, adds, masks) is collapsed into the edges
-  (dashed where an edge passes through glue). Nodes say what matters: heads x head_dim and the
+  (dashed where an edge passes through glue); attention masks are not drawn. Nodes say what matters: heads x head_dim and the
   stable head ids, FFN width, parameter count, sparsity pattern and density, int8, hard
   attention with its k.
 - :func:`diff_dot`: the first module drawn with what the second removed or changed marked in
@@ -264,14 +264,11 @@ class _Drawing:
             for pos, value in enumerate(node.args):
                 if not isinstance(value, Value):
                     continue
+                if node.op == "attention" and pos == 3:
+                    continue  # the mask: one long edge into every layer would hide the rest
                 srcs, glue = self.sources(value)
-                mask = node.op == "attention" and pos == 3
                 for s in sorted(srcs):
-                    style = {"style": "dashed"} if glue else {}
-                    if mask:
-                        style = {"style": "dotted", "color": "#bbbbbb", "constraint": "false",
-                                 "arrowsize": "0.5"}
-                    out.append((s, self.ids[id(node)], style))
+                    out.append((s, self.ids[id(node)], {"style": "dashed"} if glue else {}))
         for name, value in self.module.graph.outputs.items():
             srcs, glue = self.sources(value)
             for s in sorted(srcs):

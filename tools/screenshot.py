@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def screenshot(source: str | os.PathLike, out: str | os.PathLike, width: int = 1
     if not dst.parent.is_dir():
         raise OutputError(f"cannot write '{dst}': directory '{dst.parent}' does not exist")
     browser = find_browser()
+    aspect = _aspect(src)
+    if aspect is not None:  # a picture: a window of its proportions shows all of it
+        height = min(int(width * aspect) + 16, 12000)
     with tempfile.TemporaryDirectory(prefix="optc-shot-") as tmp:
         page = _page_for(src, Path(tmp))
         shot = Path(tmp) / "shot.png"
@@ -75,6 +79,25 @@ def screenshot(source: str | os.PathLike, out: str | os.PathLike, width: int = 1
         _shrink(shot, max_kb)
         shutil.copyfile(shot, dst)
     return dst
+
+
+def _aspect(path: Path) -> float | None:
+    """Height / width of an SVG (its width/height attributes) or PNG picture; None for pages
+    and pictures whose size cannot be read."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".svg":
+            head = path.read_text(errors="replace")[:4000]
+            w = re.search(r'<svg[^>]*?\swidth="([\d.]+)', head, re.S)
+            h = re.search(r'<svg[^>]*?\sheight="([\d.]+)', head, re.S)
+            return float(h.group(1)) / float(w.group(1)) if w and h and float(w.group(1)) else None
+        if suffix == ".png":
+            data = path.read_bytes()[16:24]
+            w, h = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big")
+            return h / w if w else None
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _shrink(png: Path, max_kb: int) -> None:
