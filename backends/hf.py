@@ -48,6 +48,7 @@ from optc.errors import BackendError, InputError
 from optc.ir.analysis import Layer, analyze
 from optc.ir.attributes import Quantization
 from optc.ir.core import Module, Node, Parameter
+from optc.ir.ids import format_ids
 from optc.outputs import atomic_directory, check_output, umask_mode
 
 __all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "Family", "family_of", "modeling_source",
@@ -96,8 +97,10 @@ PER_LAYER_FIELDS = {
     "num_attention_heads_per_layer": "attention heads of each layer (0: no attention block)",
     "attention_head_size_per_layer": "size of each head, per layer",
     "intermediate_size_per_layer": "FFN neurons of each layer (0: no FFN block)",
-    "attention_topk_per_layer": "null: softmax attention; k: hard attention keeping the k "
-                                "highest scores of each query",
+    "attention_topk_per_layer": "null: softmax attention; k: hard attention, each query keeps "
+                                "its k highest probabilities after the softmax (ties too)",
+    "attention_topk_renormalize_per_layer": "hard attention rescales the kept probabilities "
+                                            "to sum to 1",
 }
 """config.json fields that give each layer its own size (one entry per remaining layer)."""
 
@@ -128,8 +131,9 @@ _HEADER = '''\
 Each layer i has config.num_attention_heads_per_layer[i] heads of
 config.attention_head_size_per_layer[i] (0 heads: no attention block) and
 config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block);
-config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention that
-keeps only the k highest scores of each query. Module and parameter names follow transformers'
+config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
+after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
+when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow transformers'
 $Name classes, so the weights read like a $Name checkpoint with smaller layers.
 """
 
@@ -158,7 +162,8 @@ class Optc${Name}Config(PretrainedConfig):
                  initializer_range=0.02, pad_token_id=$pad, embedding_size=None,
                  classifier_dropout=None, add_pooling_layer=$pooler,
                  num_attention_heads_per_layer=None, attention_head_size_per_layer=None,
-                 intermediate_size_per_layer=None, attention_topk_per_layer=None, **kwargs):
+                 intermediate_size_per_layer=None, attention_topk_per_layer=None,
+                 attention_topk_renormalize_per_layer=None, **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -183,6 +188,8 @@ class Optc${Name}Config(PretrainedConfig):
         self.intermediate_size_per_layer = _per_layer(
             intermediate_size_per_layer, intermediate_size, layers)
         self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
+        self.attention_topk_renormalize_per_layer = _per_layer(
+            attention_topk_renormalize_per_layer, False, layers)
 
 
 def _per_layer(values, default, layers):
@@ -216,6 +223,7 @@ class Optc${Name}SelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads_per_layer[layer]
         self.head_dim = config.attention_head_size_per_layer[layer]
         self.topk = config.attention_topk_per_layer[layer]
+        self.renormalize = config.attention_topk_renormalize_per_layer[layer]
         self.dropout_p = config.attention_probs_dropout_prob
         inner = self.num_heads * self.head_dim
         self.query = nn.Linear(config.hidden_size, inner)
@@ -230,20 +238,22 @@ class Optc${Name}SelfAttention(nn.Module):
         v = self.value(hidden_states).view(shape).transpose(1, 2)
         scale = 1.0 / math.sqrt(self.head_dim)
         dropout = self.dropout_p if self.training else 0.0
+        hard = self.topk is not None and self.topk < seq
         probs = None
-        if self.topk is None and not output_attentions:
+        if not hard and not output_attentions:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                      scale=scale)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-            lowest = torch.finfo(scores.dtype).min
-            scores = scores.masked_fill(~mask, lowest)
-            if self.topk is not None:  # hard attention: keep the k highest scores per query
-                keep = min(self.topk, scores.shape[-1])
-                threshold = scores.topk(keep, dim=-1).values[..., -1:]
-                scores = scores.masked_fill(scores < threshold, lowest)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = torch.softmax(scores, dim=-1)
+            if hard:  # keep each query's topk highest probabilities (and ties), zero the rest
+                threshold = scores.topk(self.topk, dim=-1).values[..., -1:]
+                probs = probs.masked_fill(scores < threshold, 0.0)
+                if self.renormalize:
+                    probs = probs / probs.sum(dim=-1, keepdim=True)
             context = torch.matmul(F.dropout(probs, dropout, self.training), v)
+            context = context.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # no key: zeros
         context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
         return context, probs
 
@@ -587,7 +597,9 @@ class _Collector:
         self.head_dims: list[int] = []
         self.ffn: list[int] = []
         self.topk: list[int | None] = []
-        self.head_ids: list[list[int]] = []
+        self.renormalize: list[bool] = []
+        self.head_ids: list[str] = []
+        self.neuron_ids: list[str] = []
 
     def put(self, name: str, value: Any, size: int = 0) -> None:
         if isinstance(value, Parameter):
@@ -611,7 +623,8 @@ class _Collector:
             self.heads.append(0)
             self.head_dims.append(0)
             self.topk.append(None)
-            self.head_ids.append([])
+            self.renormalize.append(False)
+            self.head_ids.append("")
         else:
             node = att.node
             why = att.prunable or _post_ln(att)
@@ -628,10 +641,13 @@ class _Collector:
             self.norm(att.norms[0], f"{base}.attention.output.LayerNorm")
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
-            self.topk.append(int(node.attr("topk") or 1) if node.attr("kind") == "topk" else None)
-            self.head_ids.append(att.head_ids)
+            hard = node.attr("kind") == "topk"
+            self.topk.append(int(node.attr("topk") or 1) if hard else None)
+            self.renormalize.append(bool(hard and node.attr("renormalize", False)))
+            self.head_ids.append(format_ids(att.head_ids))
         if ffn is None:
             self.ffn.append(0)
+            self.neuron_ids.append("")
             return
         why = _post_ln(ffn)
         if why:
@@ -645,6 +661,7 @@ class _Collector:
         self.linear(ffn.down, f"{base}.output.dense")
         self.norm(ffn.norms[0], f"{base}.output.LayerNorm")
         self.ffn.append(ffn.width)
+        self.neuron_ids.append(format_ids(ffn.neuron_ids))
 
 
 def _post_ln(block: Any) -> str | None:
@@ -779,6 +796,7 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "attention_head_size_per_layer": got.head_dims,
         "intermediate_size_per_layer": got.ffn,
         "attention_topk_per_layer": got.topk,
+        "attention_topk_renormalize_per_layer": got.renormalize,
     })
     if head != "Model":
         rows = {"ForQuestionAnswering": "qa_outputs.weight",
@@ -801,6 +819,7 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "modeling_sha256": hashlib.sha256(modeling_source(family).encode()).hexdigest(),
         "layer_ids": [layer.id for layer in structure.layers],
         "head_ids_per_layer": got.head_ids,
+        "neuron_ids_per_layer": got.neuron_ids,
         "heads_total": sum(heads),
     }
     return config, got.weights, family
