@@ -97,6 +97,7 @@ def _compile_parser() -> argparse.ArgumentParser:
         description="Compile a transformer model: capture it, run a pass pipeline, write an artifact.",
         epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc ops', "
                "'optc bench TARGET...', 'optc eval TARGET', 'optc finetune [MODEL]', "
+               "'optc specialize MODEL -o OUT', "
                "'optc report TARGET [BASELINE] -o OUT.html' (each has "
                "--help); '--verbose' anywhere shows debug detail\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -477,6 +478,12 @@ def _cmd_finetune(argv: list[str]) -> int:
     return cmd_finetune(argv)
 
 
+def _cmd_specialize(argv: list[str]) -> int:
+    from optc.tools.specialize_cli import cmd_specialize
+
+    return cmd_specialize(argv)
+
+
 def _cmd_report(argv: list[str]) -> int:
     from optc.tools.report import cmd_report
 
@@ -485,7 +492,7 @@ def _cmd_report(argv: list[str]) -> int:
 
 _COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench,
              "ops": _cmd_ops, "eval": _cmd_eval, "finetune": _cmd_finetune,
-             "report": _cmd_report}
+             "report": _cmd_report, "specialize": _cmd_specialize}
 
 
 def main(argv: list[str] | None = None) -> int:
