@@ -6,6 +6,13 @@
       metadata.json       format version, optc/torch/transformers versions, source model,
                           pipeline, backend
 
+Sparse weights (parameters with a ``sparsity`` attribute) are stored compressed when that is
+smaller: ``NAME#values`` (the nonzero entries, in row-major order, at the weight's dtype) and
+``NAME#mask`` (a bitmask of the nonzero positions, packed 8 per byte, numpy bit order "big"),
+with each compressed weight's shape and dtype in the safetensors header metadata under
+``optc.sparse`` (JSON). "Nonzero" compares bit patterns, so loading rebuilds every weight
+bit-exactly (``-0.0`` included). Format version 2 added them.
+
 Loading parses text, JSON and safetensors only: nothing is ever unpickled. Saving writes into a
 temporary sibling directory and swaps it into place atomically, so a failure or an interrupt
 leaves no partial output; an existing artifact is replaced only with ``force=True`` (and never
@@ -32,7 +39,10 @@ from optc.outputs import atomic_directory, check_output, umask_mode
 
 __all__ = ["save", "load_module", "is_artifact", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Format written and newest read (2 added compressed sparse weights; 1 is read as before)."""
+_SPARSE_KEY = "optc.sparse"
+_BITS_DTYPE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 IR_FILE = "model.optc"
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
@@ -89,6 +99,58 @@ def _weights_for_saving(module: Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _compress_sparse(module: Module, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Replace sparse weights in ``tensors`` by values + bitmask where that is smaller; returns
+    the safetensors header metadata describing them (empty when none was compressed)."""
+    import numpy as np
+
+    from optc.ir.types import dtype_name
+
+    described: dict[str, Any] = {}
+    for name, param in module.params.items():
+        data = tensors[name]
+        if "sparsity" not in param.attrs or data.element_size() not in _BITS_DTYPE or data.dtype == torch.bool:
+            continue
+        flat = data.reshape(-1)
+        nonzero = flat.view(_BITS_DTYPE[data.element_size()]) != 0
+        values = flat[nonzero]
+        mask = torch.from_numpy(np.packbits(nonzero.numpy()))
+        if values.numel() * values.element_size() + mask.numel() >= flat.numel() * data.element_size():
+            continue
+        del tensors[name]
+        tensors[name + "#values"], tensors[name + "#mask"] = values.contiguous(), mask
+        described[name] = {"shape": list(data.shape), "dtype": dtype_name(data.dtype)}
+    return {_SPARSE_KEY: json.dumps(described, sort_keys=True)} if described else {}
+
+
+def _decompress_sparse(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Rebuild the compressed weights of a loaded safetensors file in place (bit-exact)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    from optc.ir.types import dtype_from_name
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    if _SPARSE_KEY not in header:
+        return
+    try:
+        described = json.loads(header[_SPARSE_KEY])
+        for name, info in described.items():
+            shape, dtype = [int(d) for d in info["shape"]], dtype_from_name(info["dtype"])
+            values, bits = weights.pop(name + "#values"), weights.pop(name + "#mask")
+            count = int(np.prod(shape)) if shape else 1
+            nonzero = torch.from_numpy(np.unpackbits(bits.numpy(), count=count).astype(bool))
+            if values.dtype != dtype or int(nonzero.sum()) != values.numel():
+                raise ValueError(f"@{name}: {values.numel()} values for {int(nonzero.sum())} mask bits")
+            dense = torch.zeros(count, dtype=dtype)
+            dense[nonzero] = values
+            weights[name] = dense.reshape(shape)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"'{path}' has damaged compressed sparse weights ({exc}); rebuild the "
+                            "artifact with optc") from None
+
+
 def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str = "eager",
          extra: dict[str, Any] | None = None,
          inputs: Iterable[str | os.PathLike] = ()) -> Path:
@@ -116,10 +178,12 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
         "parameters": module.num_parameters(),
         **(extra or {}),
     }
+    tensors = _weights_for_saving(module)
+    header = _compress_sparse(module, tensors)
     with atomic_directory(target, force, inputs=inputs) as tmp:
         try:
             (tmp / IR_FILE).write_text(print_module(module, locations=True))
-            save_file(_weights_for_saving(module), str(tmp / WEIGHTS_FILE))
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=header or None)
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             for f in (IR_FILE, WEIGHTS_FILE, METADATA_FILE):
                 os.chmod(tmp / f, umask_mode(0o666))
@@ -168,6 +232,7 @@ def load_module(path: str | os.PathLike) -> Module:
         raise ArtifactError(f"cannot read '{p / IR_FILE}': {getattr(exc, 'strerror', None) or exc}") from None
     try:
         weights = load_file(str(p / WEIGHTS_FILE))
+        _decompress_sparse(p / WEIGHTS_FILE, weights)
     except (OSError, SafetensorError) as exc:
         raise ArtifactError(f"cannot read '{p / WEIGHTS_FILE}': {exc}") from None
     module = parse_module(text, weights)

@@ -18,6 +18,8 @@ BACKENDS = {
     "eager": "an optc artifact directory (IR text + safetensors), loaded with optc.load",
     "torchscript": "a TorchScript file for torch.jit.load, dynamic batch and sequence",
     "onnx": "an ONNX model (opset 18, ONNX Runtime fused attention), dynamic axes",
+    "hf": "a Hugging Face model directory (per-layer sizes in config.json, generated modeling "
+          "file) for transformers' from_pretrained(..., trust_remote_code=True)",
 }
 """Backends the CLI's --backend accepts, with what each writes."""
 
@@ -43,4 +45,8 @@ def write_backend(module: Module, backend: str, path: str | os.PathLike, *, forc
         from optc.backends.onnx import export_onnx
 
         return export_onnx(module, path, force=force)
+    if backend == "hf":
+        from optc.backends.hf import export_hf
+
+        return export_hf(module, path, force=force)
     raise PipelineSpecError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")

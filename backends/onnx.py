@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from optc.backends.eager import build_graph_module
+from optc.backends.sparse_kernels import annotate_sparsity
 from optc.errors import BackendError
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
@@ -109,8 +110,11 @@ def _quiet_exporter() -> Any:
 
 
 def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
-                opset: int = ONNX_OPSET) -> Path:
-    """Write ``module`` as an ONNX model file (atomically; an existing file needs ``force``)."""
+                opset: int = ONNX_OPSET, sparse_initializers: bool = False) -> Path:
+    """Write ``module`` as an ONNX model file (atomically; an existing file needs ``force``).
+
+    Sparse weights are annotated in ``metadata_props`` (see :mod:`optc.backends.sparse_kernels`);
+    with ``sparse_initializers`` they are also stored as ``sparse_initializer`` where smaller."""
     from optc.outputs import atomic_file, check_output
 
     check_output(path, force)  # fail before the slow export
@@ -145,6 +149,7 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
         for key, value in meta.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
+        annotate_sparsity(model, module, sparse_initializers)
         onnx.save(model, str(tmp))
     return Path(path)
 

@@ -46,7 +46,7 @@ from optc.outputs import staged_output
 __all__ = ["TOLERANCES", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
            "check_written", "write_checked"]
 
-TOLERANCES = {"eager": 1e-4, "torchscript": 1e-4, "onnx": 1e-3}
+TOLERANCES = {"eager": 1e-4, "torchscript": 1e-4, "onnx": 1e-3, "hf": 1e-5}
 """Max difference to the eager IR per backend, relative to ``max(1, max |output|)``."""
 
 LONG_SEQ = 128
@@ -162,7 +162,13 @@ def load_written(module: Module, backend: str,
 
         session = OnnxModule(path)
         return lambda x: session(**{n: x[n] for n in session.input_names})
-    raise BackendError(f"no self-check for backend '{backend}'; choose eager, torchscript or onnx")
+    if backend == "hf":
+        from optc.backends.hf import load_exported
+
+        model = load_exported(path)
+        return lambda x: {k: v for k, v in model(**x).items() if v is not None}
+    raise BackendError(f"no self-check for backend '{backend}'; choose eager, torchscript, onnx "
+                       "or hf")
 
 
 def _difference(want: torch.Tensor, got: torch.Tensor) -> float:
@@ -233,7 +239,7 @@ def write_checked(module: Module, backend: str, path: str | os.PathLike, *, forc
     ``path`` stays as it was) and :class:`BackendError` is raised. ``inputs`` are paths the
     output must never replace (see :func:`optc.outputs.check_output`).
     """
-    kind = "artifact" if backend == "eager" else "file"
+    kind = "artifact" if backend in ("eager", "hf") else "file"
     with staged_output(Path(path), force, kind=kind, inputs=inputs) as staged:
         write_backend(module, backend, staged)
         if not check:

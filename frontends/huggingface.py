@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from optc.backends.hf import exported_class, is_optc_export, read_config
 from optc.errors import InputError
 
 __all__ = ["load_model", "default_model_path", "TASKS", "load_tokenizer"]
@@ -133,6 +134,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
             raise InputError(f"cannot read model directory '{path}': permission denied")
         _check_directory(path)
         ref = str(path)
+        config_dict = read_config(path)
+        if is_optc_export(config_dict):
+            return _load_optc_export(path, config_dict, task)
     else:
         ref = str(name_or_path)
         if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep in ref and not ref.count("/") == 1:
@@ -166,6 +170,39 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
             "%s lacks %d weight(s) of %s, initialized randomly (seed %d): %s; the head is untrained",
             source["model"], len(fresh), source["class"], INIT_SEED, shown,
         )
+    return model, source
+
+
+_EXPORT_HEADS = {"base": "Model", "sequence-classification": "ForSequenceClassification",
+                 "question-answering": "ForQuestionAnswering",
+                 "token-classification": "ForTokenClassification"}
+
+
+def _load_optc_export(path: Path, config: dict[str, Any], task: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A directory optc's hf backend wrote: its classes come from optc's own generator, and
+    only when the modeling file there is byte-identical to what this optc generates (optc
+    never runs remote code; see :func:`optc.backends.hf.load_optc_classes`)."""
+    if task != "auto" and task not in _EXPORT_HEADS:
+        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    suffix = _EXPORT_HEADS.get(task)
+    cls = exported_class(path, config, suffix)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            model, info = cls.from_pretrained(str(path), use_safetensors=True,
+                                              output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load model '{path}': {first}") from None
+    model.eval()
+    source = {"model": str(path), "class": type(model).__name__,
+              "model_type": config["optc"]["source_model_type"],
+              "tokenizer": str(path.resolve())}
+    fresh = sorted(set((info or {}).get("missing_keys") or ()) | _mismatched(info))
+    if fresh:
+        source["newly_initialized"] = fresh
+        logger.warning("%s lacks %d weight(s) of %s, initialized randomly (seed %d): %s",
+                       path, len(fresh), source["class"], INIT_SEED, ", ".join(fresh[:4]))
     return model, source
 
 

@@ -23,6 +23,9 @@ _BUILTIN_MODULES = (
     "optc.passes.raise_ops",
     "optc.passes.finetune",
     "optc.passes.distill",
+    "optc.passes.sparsify",
+    "optc.passes.quantize",
+    "optc.passes.hard_attention",
 )
 
 

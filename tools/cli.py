@@ -4,6 +4,7 @@
     optc inspect TARGET [--seq N] [--json]               IR and per-layer table
     optc passes [--json]                                 every pass, its options and docs
     optc bench TARGET... [--batch N..] [--threads N..]   latency, memory, size side by side
+    optc report TARGET [BASELINE] -o OUT.html           HTML report: charts, pipeline, graph
 
 MODEL is a Hugging Face id, a local model directory or an optc artifact; without MODEL the
 embedded all-MiniLM-L6-v2 is compiled. Errors print one line and exit non-zero (see
@@ -95,7 +96,9 @@ def _compile_parser() -> argparse.ArgumentParser:
         prog="optc",
         description="Compile a transformer model: capture it, run a pass pipeline, write an artifact.",
         epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc ops', "
-               "'optc bench TARGET...', 'optc eval TARGET', 'optc finetune [MODEL]' (each has "
+               "'optc bench TARGET...', 'optc eval TARGET', 'optc finetune [MODEL]', "
+               "'optc specialize MODEL -o OUT', "
+               "'optc report TARGET [BASELINE] -o OUT.html' (each has "
                "--help); '--verbose' anywhere shows debug detail\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,11 +108,12 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default="", metavar="SPEC",
                    help="pipeline spec, e.g. 'dce' or 'drop-layers{strategy=top,count=2},dce' "
                         "(list passes with 'optc passes')")
-    p.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx"],
+    p.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx", "hf"],
                    help="eager: optc artifact directory (default); torchscript: file for "
-                        "torch.jit.load; onnx: ONNX model for ONNX Runtime")
+                        "torch.jit.load; onnx: ONNX model for ONNX Runtime; hf: Hugging Face "
+                        "directory for transformers (trust_remote_code=True)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="where to write: a directory (eager) or a file (torchscript, onnx)")
+                   help="where to write: a directory (eager, hf) or a file (torchscript, onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--task", default="auto",
                    choices=["auto", "base", "sequence-classification", "question-answering",
@@ -157,7 +161,7 @@ def _cmd_compile(argv: list[str]) -> int:
             for p in passes
         ]
     out = Path(args.output) if args.output else None
-    kind = "artifact" if args.backend == "eager" else "file"
+    kind = "artifact" if args.backend in ("eager", "hf") else "file"
     inputs = _input_paths(args)
     if out is not None:
         from optc.outputs import check_output
@@ -173,6 +177,9 @@ def _cmd_compile(argv: list[str]) -> int:
     with progress.step("running passes"):
         report = manager.run(module)
     module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
+    if passes:  # stats and times of every pass, for `optc report` (JSON-safe copies)
+        module.meta["pass_stats"] = list(module.meta.get("pass_stats", [])) + json.loads(
+            json.dumps(report.to_json(), default=str))
     if out is not None:
         from optc.backends.selfcheck import check_written
         from optc.outputs import staged_output
@@ -219,21 +226,39 @@ def _cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output (includes the IR)")
     p.add_argument("--no-ir", action="store_true", help="print only the summary table")
     p.add_argument("--task", default="auto", help="model head, for model directories and ids")
+    p.add_argument("--graph", metavar="OUT", help="also draw the graph (with --diff: TARGET with "
+                   "what OTHER removed or changed marked) to OUT.svg, OUT.png or OUT.dot; "
+                   "without Graphviz's dot program the .dot source is written instead")
+    p.add_argument("--detail", type=int, metavar="LAYER", help="with --graph: the full graph "
+                   "of the layer at position LAYER (with --diff: before and after)")
+    p.add_argument("--force", action="store_true", help="replace the --graph picture if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     args = p.parse_args(argv)
     if args.seq < 1:
         p.error("--seq must be at least 1")
     if args.diff != (args.other is not None):
         p.error("--diff takes two models: optc inspect --diff A B")
+    if args.detail is not None and args.graph is None:
+        p.error("--detail draws a picture: give --graph OUT.svg too")
+    if args.graph is not None:
+        from optc.tools.graph import GRAPH_SUFFIXES, check_graph_output
+
+        if Path(args.graph).suffix.lower() not in GRAPH_SUFFIXES:
+            p.error(f"--graph {args.graph}: the picture's name must end in .svg, .png or .dot")
+        check_graph_output(args.graph, args.force)  # before any slow work
     progress = Progress(enabled=not args.quiet)
     module = _load_target(args.target, args.task, progress)
     if args.diff:
         from optc.tools.inspection import diff_modules, format_diff
 
         other = _load_target(args.other, args.task, progress)
+        if args.graph is not None:
+            _draw_graph(args, module, other)
         d = diff_modules(module, other, seq=args.seq)
         print(json.dumps(d, indent=2) if args.json else format_diff(d, args.target, args.other), end="\n" if args.json else "")
         return 0
+    if args.graph is not None:
+        _draw_graph(args, module, None)
     info = summarize(module, seq=args.seq)
     if args.json:
         info["ir"] = print_module(module)
@@ -243,6 +268,23 @@ def _cmd_inspect(argv: list[str]) -> int:
         print(print_module(module))
     print(format_summary(info), end="")
     return 0
+
+
+def _draw_graph(args: argparse.Namespace, module: Any, other: Any) -> None:
+    """Write ``--graph`` (a diff picture when ``other`` is given); one line on stderr says
+    what was written (the .dot source when Graphviz is missing)."""
+    from optc.tools.graph import detail_dot, diff_dot, overview_dot, render
+
+    names = (args.target, args.other)
+    if args.detail is not None:
+        source = detail_dot(module, args.detail, other, names=names)
+    elif other is not None:
+        source = diff_dot(module, other, title=f"{args.target} -> {args.other}")
+    else:
+        source = overview_dot(module, title=args.target)
+    inputs = tuple(Path(t) for t in names if t)
+    written, note = render(source, args.graph, args.force, inputs=inputs)
+    sys.stderr.write(f"optc: {note}\n" if note else f"optc: wrote {written}\n")
 
 
 # -- optc passes --------------------------------------------------------------------------------
@@ -436,8 +478,21 @@ def _cmd_finetune(argv: list[str]) -> int:
     return cmd_finetune(argv)
 
 
+def _cmd_specialize(argv: list[str]) -> int:
+    from optc.tools.specialize_cli import cmd_specialize
+
+    return cmd_specialize(argv)
+
+
+def _cmd_report(argv: list[str]) -> int:
+    from optc.tools.report import cmd_report
+
+    return cmd_report(argv, load=_load_target)
+
+
 _COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench,
-             "ops": _cmd_ops, "eval": _cmd_eval, "finetune": _cmd_finetune}
+             "ops": _cmd_ops, "eval": _cmd_eval, "finetune": _cmd_finetune,
+             "report": _cmd_report, "specialize": _cmd_specialize}
 
 
 def main(argv: list[str] | None = None) -> int:

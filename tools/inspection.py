@@ -6,10 +6,14 @@ from typing import Any
 
 from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Layer, analyze, module_flops, node_cost
+from optc.ir.attributes import Attribute
 from optc.ir.core import Module
+from optc.ir.ids import format_ids
 from optc.ir.ops import get_op
+from optc.ir.types import dtype_name
 
-__all__ = ["summarize", "format_summary", "diff_modules", "format_diff"]
+__all__ = ["summarize", "format_summary", "diff_modules", "format_diff", "weight_facts",
+           "summarize_onnx", "format_onnx_summary"]
 
 
 def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
@@ -19,7 +23,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
     """
     dims = {"batch": 1, "seq": seq}
     structure = analyze(module)
-    layers = []
+    layers, facts = [], []
     for layer in structure.layers:
         att, ffn = layer.attention, layer.ffn
         layers.append({
@@ -31,6 +35,15 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
             "ffn": ffn.width if ffn else 0,
             "params": sum(module.params[n].data.numel() for n in layer.param_names()),
             "flops": _layer_flops(layer, dims),
+            **_linear_weights(module, layer),
+        })
+        facts.append({
+            "layer": layer.index,
+            "id": layer.id,
+            "attention_kind": att.node.attr("kind") or "softmax" if att else None,
+            "topk": att.node.attr("topk") if att else None,
+            "neuron_ids": format_ids(ffn.neuron_ids) if ffn else "",
+            "weights": weight_facts(module, layer.param_names()),
         })
     return {
         "name": module.name,
@@ -42,9 +55,35 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "nodes": len(module.graph),
         "seq": seq,
         "flops": module_flops(module, seq),
+        "parameter_bytes": module.parameter_bytes(),
+        "weights": weight_facts(module, list(module.params)),
+        "pass_stats": module.meta.get("pass_stats", []),
+        "specialize": module.meta.get("specialize"),
         "layers": layers,
+        "layer_facts": facts,
         "raising": raising_report(module),
     }
+
+
+def weight_facts(module: Module, names: list[str]) -> dict[str, Any]:
+    """Sparsity and precision of parameters ``names``: element and nonzero counts, elements
+    by dtype, and the typed attributes (``sparsity``/``quantization``) each one declares."""
+    elements = nonzero = 0
+    dtypes: dict[str, int] = {}
+    declared = []
+    for name in names:
+        param = module.params[name]
+        data = param.data
+        elements += data.numel()
+        nonzero += int((data != 0).sum()) if not data.is_meta else data.numel()
+        dtype = str(data.dtype).replace("torch.", "")
+        dtypes[dtype] = dtypes.get(dtype, 0) + data.numel()
+        for key, attr in param.attrs.items():
+            if isinstance(attr, Attribute):
+                declared.append({"param": name, "attr": key, "kind": attr.kind, **attr.fields()})
+    return {"elements": elements, "nonzero": nonzero,
+            "density": nonzero / elements if elements else 1.0,
+            "dtypes": dict(sorted(dtypes.items())), "attributes": declared}
 
 
 def raising_report(module: Module) -> dict[str, Any]:
@@ -63,6 +102,19 @@ def _layer_flops(layer: Layer, dims: dict[str, int]) -> int:
     nodes = [att.node, att.query, att.key, att.value, att.output] if att else []
     nodes += [ffn.up, ffn.activation, ffn.down] if ffn else []
     return sum(node_cost(n, dims)["flops"] for n in nodes if n is not None)
+
+
+def _linear_weights(module: Module, layer: Layer) -> dict[str, Any]:
+    """Density (nonzero fraction) and precision (dtypes) of a layer's projection weights."""
+    att, ffn = layer.attention, layer.ffn
+    nodes = [att.query, att.key, att.value, att.output] if att else []
+    nodes += [ffn.up, ffn.down] if ffn else []
+    weights = {n.args[1].name: n.args[1].data for n in nodes
+               if n is not None and getattr(n.args[1], "is_param", False)}
+    total = sum(w.numel() for w in weights.values())
+    nonzero = sum(int((w != 0).sum()) for w in weights.values() if not w.is_meta)
+    kinds = sorted({dtype_name(w.dtype) for w in weights.values()})
+    return {"density": nonzero / total if total else 1.0, "precision": "+".join(kinds) or "-"}
 
 
 def _fmt_int(n: int) -> str:
@@ -88,7 +140,8 @@ def format_summary(info: dict[str, Any]) -> str:
         if len(misses) > 10:
             lines.append(f"  ... {len(misses) - 10} more (--json lists all)")
     lines.append("")
-    rows = [("layer", "heads", "head_dim", "ffn", "params", f"GFLOPs@{info['seq']}")]
+    rows = [("layer", "heads", "head_dim", "ffn", "params", f"GFLOPs@{info['seq']}", "density",
+             "precision")]
     for layer in info["layers"]:
         rows.append((
             str(layer["layer"]) + ("" if layer["id"] == layer["layer"] else f" (id {layer['id']})"),
@@ -97,6 +150,8 @@ def format_summary(info: dict[str, Any]) -> str:
             str(layer["ffn"]),
             _fmt_int(layer["params"]),
             f"{layer['flops'] / 1e9:.3f}",
+            f"{layer['density']:.3f}",
+            layer["precision"],
         ))
     if info["layers"]:
         rows.append((
@@ -106,9 +161,10 @@ def format_summary(info: dict[str, Any]) -> str:
             str(sum(x["ffn"] for x in info["layers"])),
             _fmt_int(sum(x["params"] for x in info["layers"])),
             f"{sum(x['flops'] for x in info['layers']) / 1e9:.3f}",
+            "", "",
         ))
     else:
-        rows.append(("(no transformer layers found)", "", "", "", "", ""))
+        rows.append(("(no transformer layers found)", "", "", "", "", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [r[0].ljust(widths[0])] + [c.rjust(widths[i + 1]) for i, c in enumerate(r[1:])]
@@ -162,6 +218,8 @@ def diff_modules(a: Module, b: Module, seq: int = 128) -> dict[str, Any]:
             "ffn": [la["ffn"], lb["ffn"] if lb else 0],
             "params": [la["params"], lb["params"] if lb else 0],
             "flops": [la["flops"], lb["flops"] if lb else 0],
+            "density": [la["density"], lb["density"] if lb else 0.0],
+            "precision": [la["precision"], lb["precision"] if lb else "-"],
             "heads_removed": sorted(set(la["head_ids"]) - set(lb["head_ids"] if lb else [])),
             "removed": lb is None,
         })
@@ -185,6 +243,10 @@ def _change(pair: list[int], fmt: str = "{:,}") -> str:
     return f"{fmt.format(a)} -> {fmt.format(b)}{pct}"
 
 
+def _same_or_arrow(pair: list[str]) -> str:
+    return pair[0] if pair[0] == pair[1] else f"{pair[0]} -> {pair[1]}"
+
+
 def format_diff(d: dict[str, Any], left: str, right: str) -> str:
     """The diff as text."""
     lines = [
@@ -195,18 +257,53 @@ def format_diff(d: dict[str, Any], left: str, right: str) -> str:
         f"nodes       {_change(d['nodes'])}",
         "",
     ]
-    table = [("layer", "heads", "ffn", "params", "GFLOPs")]
+    table = [("layer", "heads", "ffn", "params", "GFLOPs", "density", "precision")]
     for r in d["layers"]:
         label = str(r["id"]) + ("" if r["new_index"] in (None, r["id"]) else f" (now {r['new_index']})")
         if r["removed"]:
             table.append((label, f"{r['heads'][0]} -> removed", f"{r['ffn'][0]} -> removed",
-                          f"{r['params'][0]:,} -> 0", f"{r['flops'][0] / 1e9:.3f} -> 0"))
+                          f"{r['params'][0]:,} -> 0", f"{r['flops'][0] / 1e9:.3f} -> 0", "", ""))
             continue
         table.append((label, _change(r["heads"], "{}"), _change(r["ffn"], "{}"),
-                      _change(r["params"]), _change([x / 1e9 for x in r["flops"]], "{:.3f}")))
+                      _change(r["params"]), _change([x / 1e9 for x in r["flops"]], "{:.3f}"),
+                      _same_or_arrow([f"{x:.3f}" for x in r["density"]]),
+                      _same_or_arrow(r["precision"])))
     for j in d["added_layers"]:
-        table.append((f"new {j}", "added", "", "", ""))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+        table.append((f"new {j}", "added", "", "", "", "", ""))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def summarize_onnx(path: str) -> dict[str, Any]:
+    """Facts about an ONNX file written by optc: its ops, initializer bytes by dtype, metadata
+    and the ``optc.sparsity`` annotations (:mod:`optc.backends.sparse_kernels`)."""
+    import onnx
+
+    from optc.backends.sparse_kernels import read_annotations
+
+    model = onnx.load(path)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        key = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
+        ops[key] = ops.get(key, 0) + 1
+    dtypes: dict[str, int] = {}
+    for init in model.graph.initializer:
+        name = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+        dtypes[name] = dtypes.get(name, 0) + len(init.raw_data)
+    return {"ops": dict(sorted(ops.items())), "initializer_bytes": dict(sorted(dtypes.items())),
+            "sparse_initializers": len(model.graph.sparse_initializer),
+            "metadata": {p.key: p.value for p in model.metadata_props if p.key != "optc.sparsity"},
+            "sparsity": read_annotations(model)}
+
+
+def format_onnx_summary(info: dict[str, Any]) -> str:
+    """An ONNX summary as text, with one row per annotated sparse weight."""
+    from optc.backends.sparse_kernels import format_annotations
+
+    lines = [f"ops        {', '.join(f'{k} {v}' for k, v in info['ops'].items())}",
+             f"weights    {', '.join(f'{k} {v:,} B' for k, v in info['initializer_bytes'].items())}"
+             + (f"; {info['sparse_initializers']} sparse_initializer(s)" if info["sparse_initializers"] else ""),
+             *(f"{k:<10} {v}" for k, v in info["metadata"].items()), ""]
+    return "\n".join(lines) + "\n" + format_annotations(info["sparsity"])

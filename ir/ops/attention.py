@@ -34,7 +34,7 @@ from optc.ir.ops.base import (
 from optc.ir.ops.linear import check_unit_ids
 from optc.ir.types import TensorType, Type
 
-__all__ = ["ATTENTION", "attention"]
+__all__ = ["ATTENTION", "attention", "topk_attention"]
 
 
 def attention(
@@ -49,25 +49,31 @@ def attention(
     causal: bool = False,
     kind: str = "softmax",
     topk: int | None = None,
+    renormalize: bool = False,
 ) -> torch.Tensor:
     """Multi-head attention on [batch, seq, heads*head_dim] operands.
 
-    ``kind="topk"`` keeps, for each query, only the ``topk`` highest scores (hard attention).
+    ``kind="topk"`` is hard attention: after the softmax, each query row keeps its ``topk``
+    highest probabilities (ties with the k-th are kept too) and the others are set to zero,
+    without renormalizing unless ``renormalize``. Rows with at most ``topk`` keys are soft
+    attention, exactly.
     """
     batch, q_len = query.shape[0], query.shape[1]
     k_len = key.shape[1]
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    if kind == "softmax":
+    if kind == "softmax" or int(topk or 1) >= k_len:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
-        out = _topk_attention(q, k, v, mask, causal, scale, int(topk or 1))
+        out = topk_attention(q, k, v, mask, causal, scale, int(topk or 1), renormalize)
     return out.transpose(1, 2).reshape(batch, q_len, num_heads * v.shape[-1])
 
 
-def _topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                    causal: bool, scale: float | None, topk: int) -> torch.Tensor:
+def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   causal: bool, scale: float | None, topk: int,
+                   renormalize: bool = False) -> torch.Tensor:
+    """Hard attention on [batch, heads, seq, head_dim] tensors (``topk`` < key length)."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     neg = torch.finfo(scores.dtype).min
@@ -77,23 +83,29 @@ def _topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         scores = scores.masked_fill(~allowed, neg)
     if mask is not None:
         scores = scores.masked_fill(~mask, neg) if mask.dtype == torch.bool else scores + mask
-    k_eff = min(topk, scores.shape[-1])
-    threshold = scores.topk(k_eff, dim=-1).values[..., -1:]
-    scores = scores.masked_fill(scores < threshold, neg)
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+    probs = torch.softmax(scores, dim=-1)
+    threshold = scores.topk(topk, dim=-1).values[..., -1:]
+    probs = probs.masked_fill(scores < threshold, 0.0)
+    if renormalize:
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    out = torch.matmul(probs, v)
+    if mask is not None and mask.dtype == torch.bool:  # a row with no key gives zeros (as SDPA)
+        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return out
 
 
 _SCRIPT = '''
 def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
                 num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
-                kind: str, topk: Optional[int]) -> Tensor:
+                kind: str, topk: Optional[int], renormalize: bool) -> Tensor:
     batch = query.size(0)
     q_len = query.size(1)
     k_len = key.size(1)
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    if kind == "softmax":
+    keep = topk if topk is not None else 1
+    if kind == "softmax" or keep >= k_len:
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
@@ -108,10 +120,15 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
                 scores = scores.masked_fill(~mask, neg)
             else:
                 scores = scores + mask
-        keep = min(topk if topk is not None else 1, k_len)
+        probs = torch.softmax(scores, dim=-1)
         threshold = scores.topk(keep, dim=-1)[0][..., keep - 1:keep]
-        scores = scores.masked_fill(scores < threshold, neg)
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        probs = probs.masked_fill(scores < threshold, 0.0)
+        if renormalize:
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        out = torch.matmul(probs, v)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     return out.transpose(1, 2).reshape(batch, q_len, num_heads * head_dim)
 '''
 
@@ -211,11 +228,12 @@ def _packable(node: Node) -> tuple[Value, list[Node]] | None:
 
 
 def _onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
-    if node.attr("kind", "softmax") != "softmax":
-        raise BackendError(
-            f"onnx backend cannot lower {node!r}: attention kind={node.attr('kind')} has no "
-            "ONNX Runtime kernel yet"
-        )
+    kind = node.attr("kind", "softmax")
+    if kind == "topk":
+        _onnx_rewrite_topk(module, node, cache)
+        return
+    if kind != "softmax":
+        raise BackendError(f"onnx backend cannot lower {node!r}: attention kind={kind!r}")
     q = node.args[0].tensor_type
     if q.dtype != torch.float32:
         return  # traced from the eager kernel: ORT's fused CPU kernels take f32 only
@@ -260,8 +278,34 @@ def _fuse(module: Module, node: Node, cache: dict[str, Any], bias_dtype: torch.d
     module.graph.remove(node)
 
 
+def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> None:
+    """Hard attention becomes standard ONNX ops (MatMul, Softmax, TopK threshold, Where) with
+    k = min(topk, key length) taken at run time, so shorter sequences are soft attention."""
+    q = node.args[0].tensor_type
+    mask = node.arg(3)
+    bias, valid = (_mask_nodes(module, mask, q.dtype, node, cache) if isinstance(mask, Value)
+                   else (None, None))
+    heads, dim = node.attr("num_heads"), node.attr("head_dim")
+    scale = node.attr("scale")
+    attrs = {"num_heads": heads, "head_dim": dim,
+             "scale": float(scale) if scale is not None else 1.0 / math.sqrt(dim),
+             "causal": bool(node.attr("causal", False)), "topk": int(node.attr("topk")),
+             "renormalize": bool(node.attr("renormalize", False))}
+    _register_custom_ops()
+    out = node.outputs[0]
+    new = module.graph.create_node("optc_onnx.topk_attention.default",
+                                   (node.args[0], node.args[1], node.args[2], bias), attrs,
+                                   [out.type], names=out.name + "_topk", after=node)
+    result = new.outputs[0]
+    if valid is not None:  # rows with no key to attend to give zeros, as in torch
+        result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
+                         out.type.dtype, out.name + "_rows", new, None)
+    module.graph.replace_all_uses(out, result)
+    module.graph.remove(node)
+
+
 @functools.cache
-def _register_custom_ops() -> tuple[Any, Any]:
+def _register_custom_ops() -> tuple[Any, Any, Any]:
     """torch custom ops that carry the fused attention through torch.onnx export; their eager
     implementations are exact, so tracing and shape inference see real semantics."""
 
@@ -289,7 +333,20 @@ def _register_custom_ops() -> tuple[Any, Any]:
     def _(q, k, v, attention_bias, num_heads, head_dim, scale, causal):  # noqa: ANN001
         return q.new_empty((*q.shape[:-1], num_heads * head_dim))
 
-    return self_attention, multi_head_attention
+    @torch.library.custom_op("optc_onnx::topk_attention", mutates_args=())
+    def topk_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          attention_bias: torch.Tensor | None, num_heads: int, head_dim: int,
+                          scale: float, causal: bool, topk: int,
+                          renormalize: bool) -> torch.Tensor:
+        return attention(q, k, v, attention_bias, num_heads=num_heads, head_dim=head_dim,
+                         scale=scale, causal=causal, kind="topk", topk=topk,
+                         renormalize=renormalize)
+
+    @topk_attention_op.register_fake
+    def _(q, k, v, attention_bias, num_heads, head_dim, scale, causal, topk, renormalize):  # noqa: ANN001
+        return q.new_empty((*q.shape[:-1], num_heads * head_dim))
+
+    return self_attention, multi_head_attention, topk_attention_op
 
 
 def _onnx_translations() -> dict[Any, Any]:
@@ -323,10 +380,47 @@ def _onnx_translations() -> dict[Any, Any]:
             num_heads=num_heads, scale=scale, unidirectional=int(causal),
         )
 
+    def topk_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
+                            scale: float, causal: bool, topk: int, renormalize: bool):
+        op = onnx_op()
+        split = op.Constant(value_ints=[0, 0, num_heads, head_dim])
+        qh = op.Transpose(op.Reshape(q, split), perm=[0, 2, 1, 3])
+        kh = op.Transpose(op.Reshape(k, split), perm=[0, 2, 3, 1])
+        vh = op.Transpose(op.Reshape(v, split), perm=[0, 2, 1, 3])
+        scores = op.Mul(op.MatMul(qh, kh), op.CastLike(op.Constant(value_float=scale), q))
+        if causal:
+            square = op.Slice(op.Shape(scores), op.Constant(value_ints=[2]),
+                              op.Constant(value_ints=[4]))
+            ones = op.ConstantOfShape(square, value=_float_tensor(1.0))
+            future = op.Equal(op.Trilu(ones, upper=0), op.Constant(value_float=0.0))
+            scores = op.Where(future, op.CastLike(op.Constant(value_float=-3.4028234663852886e38),
+                                                  q), scores)
+        if attention_bias is not None:
+            scores = op.Add(scores, attention_bias)
+        probs = op.Softmax(scores, axis=-1)
+        keys = op.Shape(scores, start=3, end=4)
+        keep = op.Min(op.Constant(value_ints=[topk]), keys)
+        values, _ = op.TopK(scores, keep, axis=-1, largest=1, sorted=1)
+        last = op.Sub(keep, op.Constant(value_ints=[1]))
+        threshold = op.Gather(values, last, axis=3)  # [batch, heads, q, 1]
+        probs = op.Where(op.Less(scores, threshold), op.CastLike(op.Constant(value_float=0.0), q),
+                         probs)
+        if renormalize:
+            probs = op.Div(probs, op.ReduceSum(probs, op.Constant(value_ints=[-1]), keepdims=1))
+        out = op.Transpose(op.MatMul(probs, vh), perm=[0, 2, 1, 3])
+        return op.Reshape(out, op.Constant(value_ints=[0, 0, num_heads * head_dim]))
+
     return {
         torch.ops.optc_onnx.self_attention.default: self_attention_onnx,
         torch.ops.optc_onnx.multi_head_attention.default: multi_head_attention_onnx,
+        torch.ops.optc_onnx.topk_attention.default: topk_attention_onnx,
     }
+
+
+def _float_tensor(value: float) -> Any:
+    import onnx
+
+    return onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [value])
 
 
 ATTENTION = register_op(OpDef(
@@ -344,7 +438,8 @@ ATTENTION = register_op(OpDef(
         "scale": Attr(float, None, "score scale (default 1/sqrt(head_dim))"),
         "causal": Attr(bool, False, "mask future positions"),
         "kind": Attr(str, "softmax", "softmax, or topk (hard attention)"),
-        "topk": Attr(int, None, "scores kept per query row when kind=topk"),
+        "topk": Attr(int, None, "probabilities kept per query row when kind=topk"),
+        "renormalize": Attr(bool, False, "kind=topk: rescale the kept probabilities to sum to 1"),
         "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
                       kernel=False),
         "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "

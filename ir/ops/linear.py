@@ -3,6 +3,9 @@
 The smallest complete op definition: signature, type inference and checks, cost, and its
 lowerings (eager kernel and TorchScript source; ONNX traces the eager kernel into a MatMul+Add
 that ONNX Runtime fuses).
+
+An ``i8`` weight with an ``f32[out]`` ``weight_scale`` operand makes it an int8 linear (per-channel
+symmetric weights, activations quantized at run time): see :mod:`optc.ir.ops.quantized_linear`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,23 @@ import torch.nn.functional as F
 from optc.errors import IRError
 from optc.ir.core import Node
 from optc.ir.ids import parse_ids
-from optc.ir.ops.base import Attr, OpDef, Operand, numel, register_op, same_dim, tensor_operand
-from optc.ir.types import TensorType, Type
+from optc.ir.ops.base import (
+    Attr,
+    OnnxLowering,
+    OpDef,
+    Operand,
+    numel,
+    register_op,
+    same_dim,
+    tensor_operand,
+)
+from optc.ir.ops.quantized_linear import (
+    INT8_SCRIPT,
+    int8_linear,
+    int8_onnx_rewrite,
+    int8_onnx_translations,
+)
+from optc.ir.types import TensorType, Type, dtype_name
 
 __all__ = ["LINEAR", "UNIT_ATTRS", "check_unit_ids"]
 
@@ -28,7 +46,10 @@ UNIT_ATTRS = {
 """Metadata attributes that give FFN neurons and layers a stable identity."""
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           weight_scale: torch.Tensor | None = None) -> torch.Tensor:
+    if weight_scale is not None:
+        return int8_linear(x, weight, weight_scale, bias)
     return F.linear(x, weight, bias)
 
 
@@ -40,8 +61,24 @@ def _infer(node: Node) -> list[Type]:
 
 def _check(node: Node) -> list[str]:
     x, w, b = tensor_operand(node, 0), tensor_operand(node, 1), tensor_operand(node, 2)
+    s = tensor_operand(node, 3)
     assert x is not None and w is not None
     problems = []
+    weight = f"linear operand 'weight' ({node.arg(1)!r})"
+    if w.dtype == torch.int8:
+        if s is None or s.dtype != torch.float32 or s.shape != (w.shape[0],):
+            problems.append(f"{weight} is i8 but must be float unless an f32[{w.shape[0]}] "
+                            f"weight_scale operand dequantizes it (got {s or 'none'}); the "
+                            "quantize pass adds one per output channel")
+    elif w.dtype != x.dtype:
+        problems.append(f"linear operand 'weight' is {dtype_name(w.dtype)} but 'x' is "
+                        f"{dtype_name(x.dtype)}: they must have the same dtype (cast one, or "
+                        "quantize it to int8 with the quantize pass)")
+    elif s is not None:
+        problems.append(f"linear weight_scale {s} is only for int8 weights; {weight} is {w}")
+    if b is not None and b.dtype != x.dtype:
+        problems.append(f"linear operand 'bias' is {dtype_name(b.dtype)} but 'x' is "
+                        f"{dtype_name(x.dtype)}: they must have the same dtype")
     if w.rank != 2:
         problems.append(f"linear weight must be 2-D [out, in], got {w}")
     elif x.rank < 1 or not same_dim(x.shape[-1], w.shape[1]):
@@ -76,8 +113,10 @@ def _flops(node: Node, dims: Mapping[str, int]) -> int:
     return 2 * numel(x, dims, -1) * int(w.shape[0]) * int(w.shape[1])
 
 
-_SCRIPT = '''
-def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+_SCRIPT = INT8_SCRIPT + '''
+def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale: Optional[Tensor]) -> Tensor:
+    if weight_scale is not None:
+        return k_int8_linear(x, weight, weight_scale, bias)
     return torch.nn.functional.linear(x, weight, bias)
 '''
 
@@ -86,8 +125,9 @@ LINEAR = register_op(OpDef(
     doc="y = x @ weight.T + bias; weight is [out, in]",
     operands=(
         Operand("x"),
-        Operand("weight", same_dtype_as="x"),
-        Operand("bias", optional=True, same_dtype_as="x"),
+        Operand("weight", dtypes="any"),
+        Operand("bias", optional=True),
+        Operand("weight_scale", optional=True),
     ),
     attrs=dict(UNIT_ATTRS),
     infer=_infer,
@@ -95,4 +135,5 @@ LINEAR = register_op(OpDef(
     kernel=linear,
     script=_SCRIPT,
     flops=_flops,
+    onnx=OnnxLowering(int8_onnx_rewrite, int8_onnx_translations),
 ))

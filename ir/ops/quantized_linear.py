@@ -1,0 +1,146 @@
+"""int8 ``linear``: the kernels of a ``linear`` whose weight is ``i8`` with a ``weight_scale``.
+
+A quantized linear is the ``linear`` op (so the structure analysis, inspection and cost model
+see it as one) with an ``i8[out, in]`` weight holding ``round(W / scale)`` per output channel
+(symmetric, zero point 0, values in -127..127) and an ``f32[out]`` ``weight_scale`` operand:
+
+    linear(%x, @w.int8, @bias, @w.scale)      # y = x @ (scale * w).T + bias
+
+Activations are quantized at run time exactly as ONNX Runtime's ``DynamicQuantizeLinear``
+does (per tensor, asymmetric uint8: ``scale = (max(x, 0) - min(x, 0)) / 255``, zero point
+``round(-min / scale)``, round half to even), so the eager kernel, the TorchScript kernel and
+ONNX Runtime's ``DynamicQuantizeMatMul`` (the ONNX lowering) compute the same integers: the
+backends agree to float rounding, and all three run an int8 GEMM (``torch._int_mm`` on the
+CPU's int8 kernels; no packed weights, so the IR's plain ``i8`` tensors are what runs).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from optc.ir.core import Module, Node, Value
+
+__all__ = ["quantize_weight", "int8_linear", "INT8_SCRIPT", "int8_onnx_rewrite",
+           "int8_onnx_translations", "QMAX"]
+
+QMAX = 127
+"""Largest magnitude of a symmetric int8 weight (-127..127: the range is symmetric)."""
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8: ``(q: i8[out, in], scale: f32[out])`` with
+    ``weight ≈ scale[:, None] * q``; all-zero rows get scale 1."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    return q, scale.to(torch.float32)
+
+
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ (weight_scale * weight).T + bias`` with ``x`` dynamically quantized to uint8 (ONNX
+    Runtime's scheme) and an int8 x int8 -> int32 GEMM."""
+    k = x.shape[-1]
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zp, 0, 255) - 128  # uint8 shifted into int8
+    acc = torch._int_mm(q.to(torch.int8).reshape(-1, k), weight.t())
+    shift = (128 - zp).to(torch.int32) * weight.sum(1, dtype=torch.int32)
+    y = (acc + shift).to(x.dtype) * (scale * weight_scale)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+INT8_SCRIPT = '''
+def k_int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    k = x.size(-1)
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zp, 0, 255) - 128
+    acc = torch._int_mm(q.to(torch.int8).reshape(-1, k), weight.t())
+    shift = (128 - zp).to(torch.int32) * weight.sum(1, dtype=torch.int32)
+    y = (acc + shift).to(x.dtype) * (scale * weight_scale)
+    if bias is not None:
+        y = y + bias
+    shape = x.size()[:-1]
+    shape.append(weight.size(0))
+    return y.reshape(shape)
+'''
+"""TorchScript kernel, called by ``k_linear`` when the weight is int8."""
+
+
+# -- ONNX: com.microsoft DynamicQuantizeMatMul -------------------------------------------------
+@functools.cache
+def _custom_op() -> Any:
+    @torch.library.custom_op("optc_onnx::int8_linear", mutates_args=())
+    def int8_linear_op(x: torch.Tensor, weight_t: torch.Tensor, weight_scale: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+        return int8_linear(x, weight_t.t(), weight_scale, bias)
+
+    @int8_linear_op.register_fake
+    def _(x, weight_t, weight_scale, bias):  # noqa: ANN001
+        return x.new_empty(x.shape[:-1] + (weight_t.shape[1],))
+
+    return int8_linear_op
+
+
+@functools.cache
+def _declare_schema() -> Any:
+    import onnx
+    import onnxscript
+
+    if not onnx.defs.has("DynamicQuantizeMatMul", "com.microsoft"):
+        P = onnx.defs.OpSchema.FormalParameter
+        Opt = onnx.defs.OpSchema.FormalParameterOption
+        onnx.defs.register_schema(onnx.defs.OpSchema(
+            "DynamicQuantizeMatMul", "com.microsoft", 1,
+            inputs=[P("A", "T1", ""), P("B", "T2", ""), P("b_scale", "T1", ""),
+                    P("b_zero_point", "T2", "", param_option=Opt.Optional),
+                    P("bias", "T1", "", param_option=Opt.Optional)],
+            outputs=[P("Y", "T1", "")],
+            type_constraints=[("T1", ["tensor(float)"], ""),
+                              ("T2", ["tensor(int8)", "tensor(uint8)"], "")],
+        ))
+    return onnxscript.values.Opset("com.microsoft", 1)
+
+
+def int8_onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
+    """Replace an int8 ``linear`` by a custom op exported as ``DynamicQuantizeMatMul``
+    (weight stored transposed, ``[in, out]``, as the ONNX op wants); float linears stay."""
+    weight = node.args[1]
+    if not (isinstance(weight, Value) and weight.tensor_type.dtype == torch.int8):
+        return
+    if not weight.is_param:
+        return  # traced from the eager kernel
+    _custom_op()
+    key = f"int8_linear:{weight.name}"
+    if key not in cache:
+        cache[key] = module.add_param(module.unique_param_name(weight.name + "_t"),
+                                      weight.data.t().contiguous())
+    bias = node.arg(2)
+    out = node.outputs[0]
+    new = module.graph.create_node("optc_onnx.int8_linear.default",
+                                   (node.args[0], cache[key], node.arg(3), bias), {},
+                                   [out.type], names=out.name, after=node)
+    module.graph.replace_all_uses(out, new.outputs[0])
+    module.graph.remove(node)
+
+
+def int8_onnx_translations() -> dict[Any, Any]:
+    _custom_op()
+
+    def int8_linear_onnx(x, weight_t, weight_scale, bias=None):  # noqa: ANN001, ANN202
+        return _declare_schema().DynamicQuantizeMatMul(x, weight_t, weight_scale, None, bias)
+
+    return {torch.ops.optc_onnx.int8_linear.default: int8_linear_onnx}

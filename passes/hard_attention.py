@@ -1,0 +1,96 @@
+"""Sparse hard attention: keep the top-k attention probabilities of each query row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optc.errors import PipelineSpecError
+from optc.ir.analysis import analyze, describe_layers
+from optc.ir.core import Module, Node
+from optc.passes.base import Pass, PassResult
+from optc.passes.registry import register_pass
+from optc.passes.selection import layer_positions
+
+__all__ = ["HardAttention", "set_hard_attention"]
+
+
+def set_hard_attention(node: Node, k: int, renormalize: bool = False) -> bool:
+    """Make ``attention`` node ``node`` hard top-``k`` attention; True if it changed."""
+    before = (node.attr("kind", "softmax"), node.attr("topk"), bool(node.attr("renormalize", False)))
+    if before == ("topk", k, renormalize):
+        return False
+    node.set_attr("kind", "topk")
+    node.set_attr("topk", k)
+    if renormalize:
+        node.set_attr("renormalize", True)
+    elif node.attr("renormalize") is not None:
+        kwargs = node.kwargs
+        kwargs.pop("renormalize", None)
+        node.kwargs = kwargs
+    return True
+
+
+@register_pass
+@dataclass(frozen=True)
+class HardAttention(Pass):
+    """Replace soft attention by sparse hard attention in the chosen layers.
+
+    Rewrites: each chosen layer's ``attention`` node gets ``kind="topk"`` and ``topk=k``: after
+    the softmax, every head keeps the ``k`` highest probabilities of each query row (ties with
+    the k-th are kept) and sets the others to zero, without renormalizing (as AxFormer
+    publishes) unless ``renormalize=true``. Rows with at most ``k`` keys (short or padded
+    sequences) are soft attention, exactly.
+    Refuses: ``k`` < 1; a layer that does not exist or has no attention block.
+    Guarantees: parameters and shapes are unchanged; running twice is a no-op; eager,
+    TorchScript and ONNX (TopK threshold, dynamic sequence length) agree.
+    """
+
+    name = "hard-attention"
+
+    k: int = 30
+    """Attention probabilities kept per query row (the paper uses 30 for GLUE)."""
+    layers: tuple[int, ...] = ()
+    """Layers to change: positions, or stable ids with ids=true (default: every layer)."""
+    ids: bool = False
+    """Read ``layers`` as stable layer ids (indices in the captured model), not positions."""
+    renormalize: bool = False
+    """Rescale the kept probabilities so that each row sums to 1."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise PipelineSpecError(f"hard-attention k must be an integer >= 1 (attention "
+                                    f"probabilities kept per query row), got {self.k!r}")
+        if any(i < 0 for i in self.layers):
+            raise PipelineSpecError(f"hard-attention layers must be >= 0, got {list(self.layers)}")
+
+    def requires(self, module: Module) -> str | None:
+        structure = analyze(module)
+        if not structure.layers:
+            return f"the module has {describe_layers(0)}"
+        positions, missing = layer_positions(structure, self.layers, self.ids)
+        if missing is not None:
+            return missing
+        for i in positions:
+            if structure.layers[i].attention is None:
+                return f"layer {i} (id {structure.layers[i].id}) has no attention block"
+        if not self.layers and all(layer.attention is None for layer in structure.layers):
+            return "the module has no attention block left"
+        return None
+
+    def run(self, module: Module) -> PassResult:
+        structure = analyze(module)
+        if self.layers:
+            positions = sorted(set(layer_positions(structure, self.layers, self.ids)[0]))
+        else:
+            positions = [layer.index for layer in structure.layers if layer.attention is not None]
+        changed = []
+        for i in positions:
+            block = structure.layers[i].attention
+            if set_hard_attention(block.node, self.k, self.renormalize):
+                changed.append(i)
+        stats = {
+            "layers": ",".join(map(str, changed)) or "-",
+            "layer_ids": ",".join(str(structure.layers[i].id) for i in changed) or "-",
+            "k": self.k,
+        }
+        return PassResult(bool(changed), stats)

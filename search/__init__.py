@@ -1,0 +1,43 @@
+"""Accuracy-driven specialization (the AxFormer method): a greedy search over hard attention
+and structural removals, judged on a validation split of the task's training data.
+
+    from optc.search import specialize, SearchOptions
+    result = specialize(module, "sst2", tokenizer, options=SearchOptions(workers=2))
+    result.module, result.table(), result.summary()
+"""
+
+from optc.search.acceptance import AcceptanceRule, LossRule, MetricRule, Verdict, make_rule
+from optc.search.candidates import (
+    DEFAULT_ORDER,
+    KINDS,
+    Candidate,
+    Config,
+    Trial,
+    commit,
+    neuron_groups,
+    plan_trials,
+)
+from optc.search.driver import (
+    MIN_VALIDATION,
+    HistoryEntry,
+    SearchOptions,
+    SearchResult,
+    specialize,
+)
+from optc.search.executors import (
+    RAY_INSTALL_HINT,
+    Executor,
+    ProcessExecutor,
+    RayExecutor,
+    SerialExecutor,
+    make_executor,
+)
+from optc.search.runner import GatedRunner, Outcome, prepare_batches
+
+__all__ = [
+    "AcceptanceRule", "LossRule", "MetricRule", "Verdict", "make_rule",
+    "DEFAULT_ORDER", "KINDS", "Candidate", "Config", "Trial", "commit", "neuron_groups",
+    "plan_trials", "MIN_VALIDATION", "HistoryEntry", "SearchOptions", "SearchResult",
+    "specialize", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",
+    "SerialExecutor", "make_executor", "GatedRunner", "Outcome", "prepare_batches",
+]

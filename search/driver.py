@@ -1,0 +1,340 @@
+"""The specialization driver: the AxFormer greedy search on one fine-tuned module.
+
+1. evaluate the unpruned module on a validation split carved from train (per-sample losses
+   kept as the baseline);
+2. try hard attention in each layer, first to last;
+3. from the last layer to the first: the whole FFN block, else (if its loss stayed below
+   1.1x the best) its neuron groups one at a time; then the whole attention block, else its
+   heads one at a time;
+4. accept a candidate by the acceptance rule (published: lower mean loss than the best so
+   far and more than half of the samples no worse than the baseline).
+
+Candidates are gates on a running module (:mod:`optc.search.runner`), committed physically
+at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
+evaluated speculatively (assuming the pending ones are rejected) and re-evaluated after an
+acceptance, so the accepted set equals the serial run's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from optc.errors import InputError, PipelineSpecError
+from optc.ir.analysis import analyze, module_flops
+from optc.ir.core import Module
+from optc.ir.verifier import verify
+from optc.search.acceptance import make_rule
+from optc.search.candidates import KINDS, Candidate, Config, Trial, commit, plan_trials
+from optc.search.executors import make_executor
+from optc.search.runner import GatedRunner, Outcome, prepare_batches
+from optc.tasks.registry import get_task
+from optc.tasks.task import Task
+from optc.train.heads import has_task_head
+
+__all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "MIN_VALIDATION",
+           "FLOPS_SEQ"]
+
+MIN_VALIDATION = 20
+"""Fewer validation examples than this make the majority vote meaningless."""
+
+FLOPS_SEQ = 128
+"""Sequence length at which FLOPs are reported."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Options of the search; the defaults are the published procedure."""
+
+    rule: str = "loss"
+    """Acceptance rule: loss (published) or metric (validation metric within ``tolerance``)."""
+    tolerance: float = 0.0
+    """metric rule: tolerated drop of the validation metric, in points."""
+    kinds: tuple[str, ...] = KINDS
+    """Candidate kinds, in order: hard-attention, ffn, ffn-groups, attention, heads."""
+    neuron_groups: int = 12
+    """FFN neuron groups per layer."""
+    k: int = 30
+    """Hard attention: probabilities kept per query row."""
+    fine_threshold: float = 1.1
+    """Groups/heads are tried after a rejected block when its loss < this x the best loss."""
+    val_size: float | int = 0.15
+    """Validation split carved from train: a fraction, or a number of examples."""
+    seed: int = 0
+    """Seed of the validation split."""
+    val_limit: int | None = None
+    """Use only the first N validation examples."""
+    batch_size: int = 32
+    max_length: int | None = None
+    """Token limit (default 128; 384 for QA)."""
+    flops_target: float | None = None
+    """Stop once the FLOPs are at most this fraction of the starting module's."""
+    time_budget: float | None = None
+    """Seconds after which no new candidate is tried (the best model so far is kept)."""
+    prefix_reuse: bool = True
+    """Reuse the hidden states entering a layer for all candidates in it."""
+    workers: int = 1
+    """Local worker processes (1: serial)."""
+    ray: bool = False
+    """Evaluate on Ray actors (also when RAY_ADDRESS is set)."""
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise PipelineSpecError(f"unknown candidate kind '{(bad or [''])[0]}'; valid kinds: "
+                                    f"{', '.join(KINDS)}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise PipelineSpecError(f"k must be an integer >= 1 (attention probabilities kept "
+                                    f"per query row), got {self.k!r}")
+        if self.neuron_groups < 1:
+            raise PipelineSpecError(f"neuron groups must be >= 1, got {self.neuron_groups}")
+        if self.workers < 1:
+            raise PipelineSpecError(f"workers must be >= 1, got {self.workers}")
+        if self.flops_target is not None and not 0 < self.flops_target <= 1:
+            raise PipelineSpecError(f"the FLOPs target is a fraction in (0, 1], got "
+                                    f"{self.flops_target}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise PipelineSpecError(f"the time budget must be positive, got {self.time_budget}")
+        make_rule(self.rule, self.tolerance)
+
+
+@dataclass
+class HistoryEntry:
+    """One trial of the search."""
+
+    step: int
+    kind: str
+    layer: int
+    units: list[int]
+    label: str
+    mean_loss: float | None
+    """Mean validation loss with the candidate (None: skipped)."""
+    not_worse: float | None
+    """Share of validation samples no worse than in the baseline."""
+    metric: float | None
+    """Validation metric with the candidate (classification/regression)."""
+    accepted: bool
+    flops: int | None
+    """FLOPs (batch 1, seq 128) of the model with the candidate."""
+    note: str = ""
+    """Why a trial was skipped."""
+
+
+@dataclass
+class SearchResult:
+    """What :func:`specialize` found."""
+
+    module: Module
+    """The committed module (physically smaller; hard attention set; DCE run)."""
+    config: Config
+    history: list[HistoryEntry]
+    baseline_loss: float
+    best_loss: float
+    baseline_metric: float | None
+    best_metric: float | None
+    main_metric: str
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+    evaluations: int
+    seconds: float
+    validation_examples: int
+    stopped: str = "done"
+    """done, time-budget or flops-target."""
+    skipped: int = 0
+    """Trials not tried (their block was removed, or its loss was too high)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    executor: str = "serial"
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready history and totals."""
+        return {
+            "history": [asdict(h) for h in self.history],
+            "accepted": [asdict(c) for c in sorted(self.config.accepted)],
+            "baseline_loss": self.baseline_loss, "best_loss": self.best_loss,
+            "baseline_val_metric": self.baseline_metric, "best_val_metric": self.best_metric,
+            "metric": self.main_metric,
+            "flops_before": self.flops_before, "flops_after": self.flops_after,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "evaluations": self.evaluations, "seconds": self.seconds,
+            "validation_examples": self.validation_examples, "stopped": self.stopped,
+            "removed": self.counts, "executor": self.executor, "skipped": self.skipped,
+        }
+
+    def table(self) -> str:
+        """The history as a text table."""
+        rows = [("step", "layer", "candidate", "mean loss", "not worse", "metric", "accepted",
+                 "GFLOPs")]
+        for h in self.history:
+            rows.append((str(h.step), str(h.layer), h.label,
+                         "-" if h.mean_loss is None else f"{h.mean_loss:.4f}",
+                         "-" if h.not_worse is None else f"{100 * h.not_worse:.1f}%",
+                         "-" if h.metric is None else f"{h.metric:.2f}",
+                         "yes" if h.accepted else (h.note or "no"),
+                         "-" if h.flops is None else f"{h.flops / 1e9:.3f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         for r in rows)
+
+
+def _input_names(module: Module) -> tuple[str, ...]:
+    from optc.data import INPUT_NAMES
+
+    return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
+
+
+def _check_module(module: Module, task: Task) -> None:
+    if not has_task_head(module, task):
+        raise InputError(f"module @{module.name} has no task head for '{task.name}': fine-tune "
+                         "it first (optc finetune --task ...), then specialize the result")
+    if not analyze(module).layers:
+        raise InputError(f"module @{module.name} has no transformer layers to specialize")
+
+
+class _Flops:
+    """FLOPs of configurations (committed on clones), cached."""
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.cache: dict[Config, int] = {}
+
+    def __call__(self, config: Config) -> int:
+        if config not in self.cache:
+            clone = self.module.clone()
+            commit(clone, config)
+            self.cache[config] = module_flops(clone, FLOPS_SEQ)
+        return self.cache[config]
+
+
+def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
+               options: SearchOptions | None = None,
+               progress: Callable[[HistoryEntry], None] | None = None) -> SearchResult:
+    """Run the accuracy-driven search on a fine-tuned ``module`` (left unchanged) and return
+    the committed, physically smaller module with the search history.
+
+    ``data`` is the task's data directory (or file) whose train split gives the validation
+    examples. Raises :class:`InputError` for a module without the task's head, a head that
+    does not fit the task, or fewer than :data:`MIN_VALIDATION` validation examples.
+    """
+    options = options or SearchOptions()
+    task = get_task(task) if isinstance(task, str) else task
+    begin = time.perf_counter()
+    _check_module(module, task)
+    rule = make_rule(options.rule, options.tolerance)
+    if options.rule == "metric" and task.kind == "extractive-qa":
+        raise PipelineSpecError("the metric rule needs per-example predictions; for QA use the "
+                                "loss rule (span loss)")
+    examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
+                         limit=options.val_limit)
+    if len(examples) < MIN_VALIDATION:
+        raise InputError(f"the validation split has {len(examples)} examples; the search needs "
+                         f"at least {MIN_VALIDATION} (give more training data, a larger "
+                         "--val-size, or no --val-limit)")
+    names = _input_names(module)
+    batches = prepare_batches(task, examples, tokenizer, options.batch_size,
+                              options.max_length, names)
+    payload = {"module": module, "task": task, "batches": batches, "input_names": names,
+               "prefix_reuse": options.prefix_reuse}
+    runner = GatedRunner(**payload)
+    labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
+
+    def metric_of(outcome: Outcome) -> float | None:
+        if labels is None:
+            return None
+        return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
+
+    flops = _Flops(module)
+    trials = plan_trials(analyze(module), options.kinds, options.neuron_groups, options.k)
+    config = Config()
+    baseline = runner.evaluate(config)
+    baseline_metric = metric_of(baseline)
+    best_loss, best_metric = baseline.mean_loss, baseline_metric
+    flops_before = flops(config)
+    history: list[HistoryEntry] = []
+    decided: dict[Candidate, tuple[bool, bool]] = {}  # block trials: (accepted, loss < 1.1x)
+    skipped = 0
+    stopped = "done"
+    with make_executor(runner, payload, options.workers, options.ray) as executor:
+        memo: dict[tuple[Config, Candidate], Outcome] = {}
+        for i, trial in enumerate(trials):
+            if options.time_budget is not None and time.perf_counter() - begin > options.time_budget:
+                stopped = "time-budget"
+                break
+            if options.flops_target is not None and flops(config) <= options.flops_target * flops_before:
+                stopped = "flops-target"
+                break
+            skip = _skip_reason(trial, decided, config)
+            cand = trial.candidate
+            if skip:
+                skipped += 1
+                continue
+            if (config, cand) not in memo:
+                pending = [(config, cand)]
+                for later in trials[i + 1:]:
+                    if len(pending) >= executor.width:
+                        break
+                    if _skip_reason(later, decided, config, optimistic=True) is None:
+                        pending.append((config, later.candidate))
+                pending = [p for p in pending if p not in memo]
+                for pair, outcome in zip(pending, executor.evaluate(pending), strict=True):
+                    memo[pair] = outcome
+            outcome = memo.pop((config, cand))
+            metric = metric_of(outcome)
+            verdict = rule.judge(outcome.losses, baseline.losses, best_loss, metric,
+                                 baseline_metric)
+            candidate_flops = flops(config.with_(cand))
+            if verdict.accepted:
+                config = config.with_(cand)
+                best_loss = min(best_loss, verdict.mean_loss)
+                best_metric = metric
+                memo.clear()  # speculative results assumed the old configuration
+            if cand.kind in ("ffn", "attention"):
+                close = verdict.mean_loss < options.fine_threshold * best_loss
+                decided[cand] = (verdict.accepted, close)
+            entry = HistoryEntry(len(history) + 1, cand.kind, cand.layer, list(cand.units),
+                                 cand.label, verdict.mean_loss, verdict.not_worse, metric,
+                                 verdict.accepted, candidate_flops)
+            history.append(entry)
+            if progress is not None:
+                progress(entry)
+        evaluations = executor.evaluations + (1 if executor.name != "serial" else 0)
+        executor_name = executor.name
+    result = module.clone()
+    counts = commit(result, config)
+    verify(result)
+    meta = dict(result.meta)
+    meta["specialization"] = {"accepted": [asdict(c) for c in sorted(config.accepted)],
+                              "rule": options.rule, "k": options.k}
+    result.meta = meta
+    return SearchResult(
+        module=result, config=config, history=history, baseline_loss=baseline.mean_loss,
+        best_loss=best_loss, baseline_metric=baseline_metric, best_metric=best_metric,
+        main_metric=task.main_metric, flops_before=flops_before,
+        flops_after=module_flops(result, FLOPS_SEQ), params_before=module.num_parameters(),
+        params_after=result.num_parameters(), evaluations=evaluations,
+        seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
+        counts=counts, executor=executor_name, skipped=skipped)
+
+
+def _skip_reason(trial: Trial, decided: dict[Candidate, tuple[bool, bool]],
+                 config: Config, optimistic: bool = False) -> str | None:
+    """Why ``trial`` is not tried (None: it is). ``optimistic``: a block not decided yet is
+    assumed rejected within the threshold (speculation)."""
+    cand = trial.candidate
+    family = {"ffn-groups": "ffn", "heads": "attention"}.get(cand.kind)
+    if family is not None and config.block_removed(family, cand.layer):
+        return "block removed"
+    gate = trial.after_block
+    if gate is None:
+        return None
+    if gate not in decided:
+        return None if optimistic else "block not tried"
+    accepted, close = decided[gate]
+    if accepted:
+        return "block removed"
+    if not close:
+        return "block loss above the fine-grained threshold"
+    return None

@@ -1,0 +1,276 @@
+"""``optc specialize``: the accuracy-driven search (AxFormer) on a fine-tuned model.
+
+    optc specialize MODEL [--task T] [--data DIR] -o OUT [--force] [--rule loss|metric]
+                    [--kinds LIST] [--k N] [--groups N] [--val-size X] [--flops-target R]
+                    [--time-budget S] [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
+
+Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
+writes the specialized model as an artifact whose metadata records the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from optc.errors import InputError
+from optc.tools.common import Parser as _Parser
+
+__all__ = ["cmd_specialize", "specialize_parser"]
+
+_EPILOG = ("exit codes: 0 ok, 1 internal error, 2 bad usage or option, 3 bad input model/data "
+           "(no task head, labels that do not fit, too little validation data), 4 output exists "
+           "or is unwritable, 5 a pass failed")
+
+
+def _int_at_least(minimum: int):  # noqa: ANN202
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
+def _val_size(text: str) -> float | int:
+    value = _number(text)
+    if value >= 1:
+        if value != int(value):
+            raise argparse.ArgumentTypeError(f"a count of examples is an integer, got {text}")
+        return int(value)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) or a count, got {text}")
+    return value
+
+
+def specialize_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="optc specialize", description="Specialize a fine-tuned model for its "
+                "task: greedily try hard attention and removing FFN/attention blocks, neuron "
+                "groups and heads, keeping what the validation split says does not hurt "
+                "(AxFormer). The published procedure is the default.", epilog=_EPILOG)
+    p.add_argument("model", metavar="MODEL", help="fine-tuned optc artifact (optc finetune) or "
+                   "Hugging Face model directory with a trained task head")
+    p.add_argument("--task", help="task name or spec (default: the one the artifact records)")
+    p.add_argument("--data", metavar="DIR", help="task data directory (train gives the "
+                   "validation split, dev the reported metric); default: under $OPTC_DATA_DIR")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="artifact to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an artifact")
+    p.add_argument("--rule", choices=["loss", "metric"], default="loss",
+                   help="acceptance: loss (published: lower mean loss and most samples no "
+                        "worse) or metric (validation metric within --tolerance)")
+    p.add_argument("--tolerance", type=_number, default=0.0,
+                   help="metric rule: tolerated drop in metric points (default 0)")
+    p.add_argument("--kinds", default="hard-attention,ffn,ffn-groups,attention,heads",
+                   help="candidate kinds in order (default: all, published order)")
+    p.add_argument("--k", type=_int_at_least(1), default=30,
+                   help="hard attention: probabilities kept per query row (default 30)")
+    p.add_argument("--groups", type=_int_at_least(1), default=12,
+                   help="FFN neuron groups per layer (default 12)")
+    p.add_argument("--fine-threshold", type=_number, default=1.1,
+                   help="try groups/heads after a rejected block whose loss is below this x "
+                        "the best loss (default 1.1)")
+    p.add_argument("--val-size", type=_val_size, default=0.15,
+                   help="validation split carved from train: fraction or count (default 0.15)")
+    p.add_argument("--val-limit", type=_int_at_least(1), default=None,
+                   help="use only the first N validation examples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--flops-target", type=_number, default=None,
+                   help="stop once FLOPs are at most this fraction of the input's")
+    p.add_argument("--time-budget", type=_number, default=None, metavar="SECONDS",
+                   help="stop trying candidates after this long; the best model so far is "
+                        "written")
+    p.add_argument("--then", metavar="SPEC", default=None,
+                   help="pipeline run on the result, e.g. 'quantize{mode=dynamic}'")
+    p.add_argument("--workers", type=_int_at_least(1), default=1,
+                   help="evaluate candidates in N local processes (same result as serial)")
+    p.add_argument("--ray", action="store_true",
+                   help="evaluate on Ray (RAY_ADDRESS, or a local instance); needs optc[ray]")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="recompute every layer for every candidate (slower; same result)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    p.add_argument("--max-length", type=_int_at_least(2), default=None,
+                   help="token limit (default 128; 384 for QA)")
+    p.add_argument("--no-dev", action="store_true", help="skip the dev metric before/after")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the one "
+                   "recorded with the model)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def _load(target: str, progress: Any) -> Any:
+    from optc.artifacts import is_artifact, load_module
+    from optc.frontends.capture import capture
+    from optc.frontends.huggingface import load_model
+
+    if is_artifact(target):
+        with progress.step(f"loading artifact {target}"):
+            return load_module(target)
+    if not Path(target).exists():
+        raise InputError(f"'{target}' does not exist (give a fine-tuned optc artifact or model "
+                         "directory)")
+    with progress.step(f"loading {target}"):
+        model, source = load_model(target)
+    with progress.step("capturing with torch.export"):
+        return capture(model, source=source)
+
+
+def _refuse_untrained(target: str, meta: dict[str, Any]) -> None:
+    fresh = (meta.get("source") or {}).get("newly_initialized") or []
+    if fresh and not (meta.get("task") or {}).get("trained_steps"):
+        raise InputError(f"'{target}' has a task head initialized at random ({fresh[0]}, ...): "
+                         "fine-tune it first (optc finetune)")
+
+
+def _then_passes(spec: str, data: str | None, task: str) -> list[Any]:
+    from optc.passes.spec import parse_pipeline
+
+    passes = []
+    for p in parse_pipeline(spec):
+        fields = {f.name for f in dataclasses.fields(p)}
+        changes: dict[str, Any] = {}
+        if "data" in fields and p.data is None and data is not None:
+            changes["data"] = data
+        if "task" in fields and p.task is None:
+            changes["task"] = task
+        passes.append(dataclasses.replace(p, **changes) if changes else p)
+    return passes
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if not a or b is None else f"{b / a:.3f}"
+
+
+def cmd_specialize(argv: list[str]) -> int:
+    """``optc specialize``: run the search and write the specialized artifact."""
+    import torch
+
+    from optc.artifacts import save
+    from optc.backends.eager import to_eager
+    from optc.frontends.huggingface import load_tokenizer
+    from optc.outputs import check_output
+    from optc.passes.manager import run_pipeline
+    from optc.search import SearchOptions, specialize
+    from optc.search.measure import latencies
+    from optc.tasks import evaluate, get_task
+    from optc.tools.progress import Progress
+    from optc.train import task_from_meta
+
+    args = specialize_parser().parse_args(argv)
+    progress = Progress(enabled=not args.quiet)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    options = SearchOptions(  # bad options fail before any slow work (exit 2)
+        rule=args.rule, tolerance=args.tolerance, kinds=kinds, neuron_groups=args.groups,
+        k=args.k, fine_threshold=args.fine_threshold, val_size=args.val_size, seed=args.seed,
+        val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
+        flops_target=args.flops_target, time_budget=args.time_budget,
+        prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
+    task = get_task(args.task) if args.task else None
+    if args.then:
+        _then_passes(args.then, args.data, args.task or "")  # a bad spec fails early
+    if args.ray or os.environ.get("RAY_ADDRESS"):
+        from optc.search.executors import _import_ray
+
+        _import_ray()
+    out = Path(args.output)
+    inputs = [Path(p) for p in (args.model, args.data) if p is not None and os.path.lexists(p)]
+    check_output(out, args.force, kind="artifact", inputs=inputs)
+    if args.data is not None:
+        from optc.tasks import resolve_task_path
+
+        resolve_task_path(args.data)
+    module = _load(args.model, progress)
+    _refuse_untrained(args.model, module.meta)
+    task = task or task_from_meta(module.meta)
+    if task is None:
+        raise InputError(f"'{args.model}' records no task: pass --task NAME")
+    ref = args.tokenizer or (module.meta.get("source") or {}).get("tokenizer")
+    if ref is None:
+        raise InputError("the model records no tokenizer: pass --tokenizer DIR")
+    tokenizer = load_tokenizer(ref)
+    names = tuple(v.name for v in module.graph.inputs
+                  if v.name in ("input_ids", "attention_mask", "token_type_ids"))
+
+    def on_trial(entry: Any) -> None:
+        if not args.quiet:
+            mark = "accepted" if entry.accepted else "rejected"
+            sys.stderr.write(f"optc: step {entry.step}: layer {entry.layer} {entry.label}: "
+                             f"loss {entry.mean_loss:.4f}, {100 * entry.not_worse:.0f}% not "
+                             f"worse, {mark}\n")
+
+    with progress.step(f"searching ({task.name})"):
+        result = specialize(module, task, tokenizer, args.data, options, progress=on_trial)
+    final = result.module
+    if args.then:
+        with progress.step(f"running {args.then}"):
+            report = run_pipeline(final, _then_passes(args.then, args.data, task.name))
+        if not args.quiet and not args.json:
+            print(report.table())
+    dev_before = dev_after = None
+    if not args.no_dev:
+        with progress.step(f"evaluating {task.name} dev before and after"):
+            dev_before = evaluate(task, to_eager(module), "dev", tokenizer, data=args.data,
+                                  input_names=names, max_length=args.max_length).score
+            dev_after = evaluate(task, to_eager(final), "dev", tokenizer, data=args.data,
+                                 input_names=names, max_length=args.max_length).score
+    lat_before = lat_after = None
+    if not args.no_latency:
+        with progress.step("measuring latency (batch 1, seq 128, 1 thread)"):
+            lat_before, lat_after = latencies([module, final])
+    summary = result.summary()
+    summary.update({"dev_metric_before": dev_before, "dev_metric_after": dev_after,
+                    "latency_ms_before": lat_before, "latency_ms_after": lat_after,
+                    "params_after": final.num_parameters(), "then": args.then})
+    meta = dict(final.meta)
+    meta["pipeline"] = list(meta.get("pipeline", [])) + [f"specialize{{rule={args.rule},k={args.k}}}"]
+    final.meta = meta
+    extra = {"specialization": summary}
+    if module.meta.get("task"):
+        extra["task"] = module.meta["task"]
+    with progress.step(f"writing {out}"):
+        save(final, out, force=args.force, extra=extra, inputs=inputs)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(result.table())
+    print()
+    rows = [("", "before", "after", "ratio"),
+            (f"dev {task.main_metric}", "-" if dev_before is None else f"{dev_before:.2f}",
+             "-" if dev_after is None else f"{dev_after:.2f}", "-"),
+            ("GFLOPs (B1,S128)", f"{result.flops_before / 1e9:.3f}",
+             f"{result.flops_after / 1e9:.3f}", _ratio(result.flops_before, result.flops_after)),
+            ("latency ms (eager)", "-" if lat_before is None else f"{lat_before:.2f}",
+             "-" if lat_after is None else f"{lat_after:.2f}", _ratio(lat_before, lat_after)),
+            ("parameters", f"{result.params_before:,}", f"{final.num_parameters():,}",
+             _ratio(result.params_before, final.num_parameters()))]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"wrote {out}: {len(result.config.accepted)} of {len(result.history)} candidates "
+          f"accepted, {result.evaluations} evaluations in {result.seconds:.1f} s "
+          f"({result.stopped})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(cmd_specialize(sys.argv[1:]))
+
