@@ -86,7 +86,7 @@ def neuron_groups(width: int, groups: int) -> list[tuple[int, ...]]:
     """``width`` neuron positions split into ``groups`` contiguous groups (sizes differ by
     at most one)."""
     groups = max(1, min(groups, width))
-    bounds = [round(i * width / groups) for i in range(groups + 1)]
+    bounds = [i * width // groups for i in range(groups + 1)]
     return [tuple(range(bounds[i], bounds[i + 1])) for i in range(groups)]
 
 

@@ -1,0 +1,201 @@
+"""optc.search on tiny random models: the acceptance rule, gates vs physical commit on every
+backend, prefix reuse vs full evaluation, parallel vs serial, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optc
+from optc.backends.differential import check_backends
+from optc.errors import InputError, PipelineSpecError
+from optc.search import (
+    Candidate,
+    Config,
+    GatedRunner,
+    LossRule,
+    MetricRule,
+    SearchOptions,
+    commit,
+    neuron_groups,
+    plan_trials,
+    prepare_batches,
+    specialize,
+)
+from optc.tasks import evaluate, get_task
+from optc.tests.search.conftest import TASK, headed
+from optc.tests.train.conftest import tiny_bert
+
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# -- acceptance rule on constructed cases ---------------------------------------------------
+def test_loss_rule_rejects_a_lower_mean_that_worsens_most_samples():
+    baseline = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])
+    rule = LossRule()
+    # one sample much better, four slightly worse: the mean drops, most samples got worse
+    skewed = torch.tensor([0.0, 1.1, 1.1, 1.1, 1.1])
+    verdict = rule.judge(skewed, baseline, best_loss=1.0)
+    assert verdict.mean_loss < 1.0 and verdict.not_worse == pytest.approx(0.2)
+    assert not verdict.accepted
+    helps = torch.tensor([0.9, 0.8, 1.0, 0.95, 1.2])
+    assert rule.judge(helps, baseline, best_loss=1.0).accepted
+    # no worse everywhere, but the mean is not lower than the best so far
+    assert not rule.judge(baseline.clone(), baseline, best_loss=1.0).accepted
+    assert not rule.judge(helps, baseline, best_loss=0.9).accepted
+    # exactly half not worse is not "more than half"
+    half = torch.tensor([0.5, 0.5, 1.2, 1.2])
+    assert not rule.judge(half, torch.ones(4), best_loss=1.0).accepted
+
+
+def test_metric_rule_tolerates_the_given_drop():
+    losses = torch.ones(4)
+    assert MetricRule(1.0).judge(losses, losses, 1.0, metric=79.0, baseline_metric=80.0).accepted
+    assert not MetricRule(0.5).judge(losses, losses, 1.0, metric=79.0, baseline_metric=80.0).accepted
+
+
+def test_plan_follows_the_published_order():
+    module = headed(layers=2)
+    trials = plan_trials(optc.ir.analysis.analyze(module), k=5, neuron_group_count=4)
+    kinds = [(t.candidate.kind, t.candidate.layer) for t in trials]
+    assert kinds[:2] == [("hard-attention", 0), ("hard-attention", 1)]
+    assert kinds[2] == ("ffn", 1) and kinds[3:7] == [("ffn-groups", 1)] * 4
+    assert kinds[7] == ("attention", 1) and kinds[8:12] == [("heads", 1)] * 4
+    assert kinds[12] == ("ffn", 0)
+    assert trials[3].after_block == trials[2].candidate
+    assert neuron_groups(10, 4) == [(0, 1), (2, 3, 4), (5, 6), (7, 8, 9)]
+
+
+# -- the gated runner ------------------------------------------------------------------------
+def _batches(module, tokenizer, task_dir, limit=40):
+    task = get_task(TASK)
+    examples = task.read("val", task_dir, limit=limit)
+    return task, examples, prepare_batches(task, examples, tokenizer, 8, None, NAMES)
+
+
+def test_unpruned_runner_matches_the_eager_evaluation(module, tokenizer, task_dir):
+    task, examples, batches = _batches(module, tokenizer, task_dir)
+    runner = GatedRunner(module, task, batches, NAMES)
+    got = runner.evaluate(Config())
+    want = evaluate(task, optc.to_eager(module), examples, tokenizer, batch_size=8,
+                    input_names=NAMES)
+    assert torch.allclose(got.losses, want.losses, atol=1e-6)
+    assert got.predictions == want.predictions
+
+
+CONFIG = Config(frozenset({
+    Candidate("hard-attention", 0, (2,)),
+    Candidate("heads", 0, (1,)), Candidate("heads", 0, (3,)),
+    Candidate("ffn-groups", 0, tuple(range(0, 16))),
+    Candidate("attention", 1), Candidate("ffn-groups", 1, tuple(range(40, 64))),
+}))
+
+
+def test_prefix_reuse_gives_the_same_losses_as_full_evaluation(module, tokenizer, task_dir):
+    task, _, batches = _batches(module, tokenizer, task_dir)
+    reuse = GatedRunner(module, task, batches, NAMES, prefix_reuse=True)
+    full = GatedRunner(module, task, batches, NAMES, prefix_reuse=False)
+    base = Config(frozenset({Candidate("hard-attention", 0, (2,))}))
+    for cand in [Candidate("heads", 1, (2,)), Candidate("ffn", 1), Candidate("attention", 1),
+                 Candidate("ffn-groups", 0, (0, 1, 2)), Candidate("heads", 1, (0,))]:
+        a = reuse.evaluate(base, cand).losses
+        b = full.evaluate(base, cand).losses
+        assert torch.equal(a, b), cand
+    assert reuse._prefix_key is not None and reuse._prefix_key[0] > 0
+
+
+def test_committed_model_equals_the_masked_model_on_every_backend(module, tokenizer, task_dir):
+    task, examples, batches = _batches(module, tokenizer, task_dir)
+    runner = GatedRunner(module, task, batches, NAMES)
+    masked = runner.evaluate(CONFIG)
+    committed = module.clone()
+    counts = commit(committed, CONFIG)
+    optc.verify(committed)
+    assert counts == {"hard_attention_layers": 1, "ffn_blocks": 0, "attention_blocks": 1,
+                      "heads": 2, "neurons": 40}
+    assert committed.num_parameters() < module.num_parameters()
+    got = evaluate(task, optc.to_eager(committed), examples, tokenizer, batch_size=8,
+                   input_names=NAMES)
+    assert (got.losses - masked.losses).abs().max() <= 1e-5
+    assert (masked.losses - runner.evaluate(Config()).losses).abs().max() > 1e-4
+    enc = tokenizer([e.text for e in examples[:4]], padding=True, return_tensors="pt")
+    report = check_backends(committed, {k: enc[k] for k in NAMES})
+    assert report.worst("torchscript") <= 1e-5 and report.worst("onnx") <= 1e-5, report
+
+
+# -- the search ------------------------------------------------------------------------------
+def _search(module, tokenizer, task_dir, **kw):
+    options = SearchOptions(k=3, neuron_groups=3, **kw)
+    return specialize(module, TASK, tokenizer, task_dir, options)
+
+
+def test_search_commits_its_accepted_set_and_records_the_history(module, tokenizer, task_dir):
+    result = _search(module, tokenizer, task_dir)
+    assert result.history and result.evaluations == len(result.history) + 1
+    accepted = {(h.kind, h.layer, tuple(h.units)) for h in result.history if h.accepted}
+    assert accepted == {(c.kind, c.layer, c.units) for c in result.config.accepted}
+    assert accepted, "the tiny model should accept something"
+    assert result.best_loss < result.baseline_loss
+    # the history's losses are those of the accepted configuration, re-evaluated
+    task, examples, _ = _batches(module, tokenizer, task_dir, limit=None)
+    got = evaluate(task, optc.to_eager(result.module), examples, tokenizer,
+                   input_names=NAMES)
+    assert got.mean_loss == pytest.approx(result.best_loss, abs=1e-5)
+    assert result.flops_after <= result.flops_before
+    summary = result.summary()
+    assert summary["history"][0]["kind"] == "hard-attention"
+    assert "accepted" in result.table().splitlines()[0]
+
+
+def test_parallel_processes_equal_serial(module, tokenizer, task_dir):
+    serial = _search(module, tokenizer, task_dir)
+    parallel = _search(module, tokenizer, task_dir, workers=2)
+    assert parallel.executor == "processes"
+    assert parallel.config == serial.config
+    assert [h.accepted for h in parallel.history] == [h.accepted for h in serial.history]
+
+
+def test_ray_equals_serial(module, tokenizer, task_dir):
+    pytest.importorskip("ray")
+    serial = _search(module, tokenizer, task_dir)
+    ray = _search(module, tokenizer, task_dir, workers=2, ray=True)
+    assert ray.executor == "ray" and ray.config == serial.config
+
+
+def test_without_ray_one_line_says_how_to_install(module, tokenizer, task_dir, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(InputError, match=r"pip install 'optc\[ray\]'") as info:
+        _search(module, tokenizer, task_dir, ray=True)
+    assert "\n" not in str(info.value)
+
+
+def test_time_budget_and_flops_target_stop_with_the_best_so_far(module, tokenizer, task_dir):
+    quick = _search(module, tokenizer, task_dir, time_budget=1e-9)
+    assert quick.stopped == "time-budget" and quick.history == []
+    assert quick.module.num_parameters() == module.num_parameters()
+    target = _search(module, tokenizer, task_dir, flops_target=0.999,
+                     kinds=("attention", "ffn"), rule="metric", tolerance=100.0)
+    assert target.stopped == "flops-target" and len(target.config.accepted) == 1
+
+
+def test_bad_input_is_one_line_and_typed(module, tokenizer, task_dir):
+    _, plain = tiny_bert(layers=1)
+    with pytest.raises(InputError, match="has no task head.*optc finetune"):
+        specialize(plain, TASK, tokenizer, task_dir)
+    with pytest.raises(InputError, match="needs 3"):
+        specialize(module, "text-classification{labels=a,b,c}", tokenizer, task_dir)
+    with pytest.raises(InputError, match="at least 20"):
+        specialize(module, TASK, tokenizer, task_dir, SearchOptions(val_limit=5))
+    with pytest.raises(PipelineSpecError, match="k must be an integer >= 1"):
+        SearchOptions(k=0)
+    with pytest.raises(PipelineSpecError, match="unknown candidate kind 'layers'"):
+        SearchOptions(kinds=("layers",))
