@@ -206,15 +206,17 @@ class Sparsify(Pass):
     def _keep_top(scores: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
         """Keep the largest ``1 - sparsity`` of the scores pooled together (ties broken by
         position, so exactly that many survive); zeros never survive."""
-        flat = torch.cat([s.reshape(-1) for s in scores])
+        flat = torch.cat([s.reshape(-1) for s in scores]) if len(scores) > 1 else scores[0].reshape(-1)
         prune = int(round(sparsity * flat.numel()))
-        keep = torch.ones(flat.numel(), dtype=torch.bool)
-        if prune:
+        if not prune:
+            keep = flat != 0
+        else:
             threshold = flat.kthvalue(prune).values
-            keep &= flat > threshold
-            ties = (flat == threshold).nonzero().squeeze(1)
-            keep[ties[prune - int((flat < threshold).sum()):]] = True  # the first ties go
-        keep &= flat != 0
+            keep = flat > threshold
+            extra = flat.numel() - int(keep.sum()) - prune  # ties at the threshold to keep
+            if extra > 0 and threshold > 0:
+                ties = (flat == threshold).nonzero().squeeze(1)
+                keep[ties[-extra:]] = True  # the first ties go
         out, start = [], 0
         for s in scores:
             out.append(keep[start:start + s.numel()].reshape(s.shape))

@@ -1,0 +1,207 @@
+"""Benchmark: optc's int8 (and sparse + int8) MiniLM against fp32 and the best path a user gets
+without optc, plus sizes on disk, agreement and pass run time.
+
+    python -m optc.tools.bench_int8 [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
+                                    [--sentences 872] [--skip-latency] [--skip-base]
+
+Latency (medians of interleaved blocks; ratios from one run):
+- eager: optc's fp32 eager module against the same IR after ``quantize`` (target: int8 >= 1.6x);
+- ONNX: optc's int8 export against the Hugging Face model exported with ``torch.onnx`` (dynamo
+  and TorchScript exporters), run through ``onnxruntime.transformers.optimizer`` and then
+  ``onnxruntime.quantization.quantize_dynamic`` (per-channel QInt8), the faster of the two
+  (target: optc/best <= 1.0).
+
+Size: bytes of the encoder layers' parameters in the saved safetensors (fp32 dense, int8,
+90% unstructured + int8 with compressed storage) and of the whole artifact directory.
+Pass time runs on one thread and includes the verifier after each pass. Agreement: sentence embeddings (mean pooled, as sentence-transformers does) of SST-2 dev
+sentences, int8 vs fp32: cosine similarity, and for each sentence whether its nearest other
+sentence is the same (argmax agreement). Pass time: ``sparsify{sparsity=0.9},quantize`` on
+MiniLM and on a random BERT-base-sized model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PIPELINE = "quantize"
+SPARSE_PIPELINE = "sparsify{sparsity=0.9,pattern=unstructured},quantize"
+
+
+def encoder_bytes(artifact: Path, module) -> int:  # noqa: ANN001
+    """Bytes the encoder layers' parameters take in the artifact's safetensors file (compressed
+    entries and scales included)."""
+    from optc.ir.analysis import analyze
+
+    names = set()
+    for layer in analyze(module).layers:
+        names |= set(layer.param_names())
+    with open(artifact / "weights.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    total = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        base = key.split("#")[0]
+        base = base[:-len("_scale")] if base.endswith("_scale") and base[:-len("_scale")] in names else base
+        if base in names:
+            start, end = info["data_offsets"]
+            total += end - start
+    return total
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
+def sentences(count: int) -> list[str]:
+    root = Path(os.environ.get("OPTC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = root / "glue" / "SST-2" / "dev.tsv"
+    lines = path.read_text().splitlines()[1:]
+    return [line.split("\t")[0] for line in lines[:count]]
+
+
+def embeddings(run, tok, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    out = []
+    for i in range(0, len(texts), 32):
+        enc = tok(texts[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        hidden = run(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                     token_type_ids=enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])))
+        hidden = hidden["last_hidden_state"]
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        out.append(torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    cos = (a * b).sum(-1)
+    sa, sb = a @ a.T, b @ b.T
+    sa.fill_diagonal_(-2)
+    sb.fill_diagonal_(-2)
+    same = (sa.argmax(1) == sb.argmax(1)).float().mean().item()
+    return cos.mean().item(), cos.min().item(), same
+
+
+def pass_time(module, spec: str) -> float:  # noqa: ANN001
+    """Seconds the passes take (one thread, registry already loaded, verification included)."""
+    import optc
+    from optc.passes.spec import parse_pipeline
+
+    passes = parse_pipeline(spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        optc.run_pipeline(module, passes)
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from optc.tools.timing import benchmark_parser
+
+    p = benchmark_parser("python -m optc.tools.bench_int8", __doc__)
+    p.add_argument("--sentences", type=int, default=872, help="SST-2 dev sentences for agreement")
+    p.add_argument("--skip-latency", action="store_true", help="only sizes, agreement, pass time")
+    p.add_argument("--skip-base", action="store_true", help="no BERT-base-sized pass timing")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import optc
+    from optc.backends.onnx import OnnxModule, export_onnx
+
+    model, source = optc.load_model(args.model)
+    fp32 = optc.capture(model, source=source)
+    int8 = fp32.clone()
+    sparse = fp32.clone()
+    t_int8 = pass_time(int8, PIPELINE)
+    t_sparse = pass_time(sparse, SPARSE_PIPELINE)
+    print(f"pass time on {source['model']}: quantize {t_int8:.2f} s, "
+          f"sparsify{{0.9}}+quantize {t_sparse:.2f} s")
+    if not args.skip_base:
+        import transformers as tf
+
+        torch.manual_seed(0)
+        base = tf.BertModel(tf.BertConfig()).eval()
+        big = optc.capture(base)
+        print(f"pass time on random BERT-base ({big.num_parameters():,} params): "
+              f"sparsify{{0.9}}+quantize {pass_time(big, SPARSE_PIPELINE):.2f} s")
+        del base, big
+
+    with tempfile.TemporaryDirectory(prefix="optc-bench-int8-") as tmp:
+        work = Path(tmp)
+        arts = {}
+        for name, mod in (("fp32", fp32), ("int8", int8), ("sparse90+int8", sparse)):
+            arts[name] = optc.save(mod, work / name)
+        print()
+        print(f"{'model':<14} {'encoder MB':>10} {'ratio':>7} {'artifact MB':>11} {'ratio':>7}")
+        ref_enc, ref_all = encoder_bytes(arts["fp32"], fp32), dir_bytes(arts["fp32"])
+        for name, mod in (("fp32", fp32), ("int8", int8), ("sparse90+int8", sparse)):
+            enc, total = encoder_bytes(arts[name], mod), dir_bytes(arts[name])
+            print(f"{name:<14} {enc / 1e6:>10.2f} {enc / ref_enc:>7.3f} {total / 1e6:>11.2f} "
+                  f"{total / ref_all:>7.3f}")
+
+        from optc.frontends.huggingface import load_tokenizer
+
+        tok = load_tokenizer(args.model)
+        texts = sentences(args.sentences)
+        with torch.inference_mode():
+            e_fp32 = embeddings(optc.to_eager(fp32), tok, texts)
+            e_int8 = embeddings(optc.to_eager(int8), tok, texts)
+            e_sparse = embeddings(optc.to_eager(sparse), tok, texts)
+        print()
+        print(f"agreement with fp32 on {len(texts)} SST-2 dev sentences (mean-pooled embeddings)")
+        for name, e in (("int8", e_int8), ("sparse90+int8", e_sparse)):
+            mean, low, same = agreement(e_fp32, e)
+            print(f"  {name:<14} cosine mean {mean:.4f} min {low:.4f}  nearest-neighbour argmax "
+                  f"agreement {same * 100:.1f}%")
+        if args.skip_latency:
+            return 0
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from optc.tools.bench_onnx import export_baselines
+        from optc.tools.timing import measure_interleaved
+
+        paths = {}
+        for name, path in export_baselines(model, work).items():
+            out = work / (path.stem + "-int8.onnx")
+            quantize_dynamic(str(path), str(out), per_channel=True, weight_type=QuantType.QInt8)
+            paths[name + "+quantize_dynamic"] = out
+        paths["optc int8"] = export_onnx(int8, work / "optc-int8.onnx")
+        eager32, eager8 = optc.to_eager(fp32), optc.to_eager(int8)
+        print()
+        print(f"{'thr':>3} {'batch':>5} {'seq':>4}  {'eager f32':>10} {'eager i8':>9} {'speedup':>7}  "
+              + "  ".join(f"{n[:30]:>30}" for n in paths) + f"  {'optc/best':>9}")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            runners = {n: OnnxModule(path, threads=threads) for n, path in paths.items()}
+            for batch in args.batch:
+                ids = torch.randint(1000, 2000, (batch, args.seq))
+                feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                         "token_type_ids": torch.zeros_like(ids)}
+                variants = {n: (lambda r=r, f=feeds: r(**f)) for n, r in runners.items()}
+
+                def eager(m, f=feeds):  # noqa: ANN001, ANN202
+                    with torch.inference_mode():
+                        return m(**f)
+
+                variants["eager f32"] = lambda e=eager: e(eager32)
+                variants["eager i8"] = lambda e=eager: e(eager8)
+                t = measure_interleaved(variants, rounds=args.rounds, block=args.block)
+                best = min(t[n].median for n in paths if n != "optc int8")
+                ms = {n: t[n].median * 1e3 for n in t}
+                print(f"{threads:>3} {batch:>5} {args.seq:>4}  {ms['eager f32']:>10.2f} "
+                      f"{ms['eager i8']:>9.2f} {ms['eager f32'] / ms['eager i8']:>7.2f}  "
+                      + "  ".join(f"{ms[n]:>27.2f} ms" for n in paths)
+                      + f"  {t['optc int8'].median / best:>9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
