@@ -58,7 +58,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "parameter_bytes": module.parameter_bytes(),
         "weights": weight_facts(module, list(module.params)),
         "pass_stats": module.meta.get("pass_stats", []),
-        "specialize": module.meta.get("specialize"),
+        "specialization": module.meta.get("specialization"),
         "layers": layers,
         "layer_facts": facts,
         "raising": raising_report(module),

@@ -8,8 +8,10 @@ Sections (each says "not present" when the model carries nothing for it):
   heads kept, FFN width, weight density and bits per weight, baseline beside the model;
 - pipeline: the passes that produced the model (artifact metadata ``pipeline``) with their stats
   and times when recorded (``pass_stats``);
-- specialization: the search history from ``meta["specialize"]`` as a plot (validation loss or
-  metric vs FLOPs per candidate, accepted ones highlighted) and the before/after dev metric;
+- specialization: the search history that ``optc specialize`` records (the artifact's
+  metadata ``specialization``, else the module's ``meta["specialization"]``) as a plot
+  (validation loss or metric vs FLOPs per trial, accepted ones highlighted) and the
+  before/after dev metric;
 - sparsity and precision: the typed parameter attributes (``Sparsity``, ``Quantization``);
 - "is it faster here?": FLOPs ratio next to the measured latency ratio per backend, with a plain
   sentence where they disagree;
@@ -96,12 +98,18 @@ def summarize_cached(module: Module, seq: int = 128) -> dict[str, Any]:
 def build_report(module: Module, baseline: Module | None = None, *, name: str = "model",
                  baseline_name: str = "baseline", path: str | None = None,
                  baseline_path: str | None = None, seq: int = 128,
-                 bench: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Everything the page shows, as JSON-able data (also embedded in the page)."""
+                 bench: list[dict[str, Any]] | None = None,
+                 specialization: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the page shows, as JSON-able data (also embedded in the page).
+
+    ``specialization``: the search record of ``optc specialize`` (an artifact's metadata);
+    default: the module's ``meta["specialization"]``.
+    """
     _SUMMARIES.clear()
     info = summarize_cached(module, seq)
     data: dict[str, Any] = {
         "name": name, "path": path, "seq": seq, "model": info,
+        "specialization": specialization or module.meta.get("specialization"),
         "disk_bytes": disk_size(path), "baseline": None, "warnings": [], "bench": bench,
     }
     if baseline is not None:
@@ -146,6 +154,12 @@ def _bits(weights: dict[str, Any]) -> float:
     return sum(sizes.get(k, 32) * n for k, n in weights["dtypes"].items()) / total
 
 
+def _density(layer: dict[str, Any], facts: dict[str, Any]) -> float:
+    """Nonzero fraction of the layer's projection weights (``inspect``'s per-layer density),
+    else of all its parameters."""
+    return layer["density"] if "density" in layer else facts["weights"]["density"]
+
+
 def layer_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per layer of the baseline (or the model), with the model's values beside."""
     model = data["model"]
@@ -158,13 +172,13 @@ def layer_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
         row = {"id": x["id"], "position": now[0]["layer"] if now else None,
                "heads": now[0]["heads"] if now else 0, "head_ids": now[0]["head_ids"] if now else [],
                "ffn": now[0]["ffn"] if now else 0,
-               "density": now[1]["weights"]["density"] if now else None,
+               "density": _density(*now) if now else None,
                "bits": _bits(now[1]["weights"]) if now else None,
                "params": now[0]["params"] if now else 0,
                "hard": now[1]["topk"] if now and now[1]["attention_kind"] == "topk" else None}
         if base is not None:
             row["base"] = {"heads": x["heads"], "head_ids": x["head_ids"], "ffn": x["ffn"],
-                           "density": f["weights"]["density"], "bits": _bits(f["weights"]),
+                           "density": _density(x, f), "bits": _bits(f["weights"]),
                            "params": x["params"]}
         rows.append(row)
     return rows
@@ -205,7 +219,7 @@ def layer_charts(rows: list[dict[str, Any]], names: tuple[str, str]) -> str:
 
 
 # -- specialization history ------------------------------------------------------------------------
-_Y_KEYS = ("val_loss", "loss", "validation_loss", "val_metric", "metric", "score")
+_Y_KEYS = ("mean_loss", "val_loss", "loss", "validation_loss", "val_metric", "metric", "score")
 _X_KEYS = ("flops", "gflops", "flops_ratio")
 
 
@@ -217,8 +231,8 @@ def _first(d: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any] | None:
 
 
 def search_plot(spec: dict[str, Any]) -> str | None:
-    """Loss/metric vs FLOPs of every candidate of ``meta["specialize"]``, accepted highlighted;
-    None when the history has no candidates with both numbers."""
+    """Loss/metric vs FLOPs of every trial of a specialization record, accepted highlighted;
+    None when the history has no trials with both numbers (skipped trials have none)."""
     cands = next((spec[k] for k in ("candidates", "history", "trials")
                   if isinstance(spec.get(k), list)), [])
     pts = []
@@ -248,7 +262,8 @@ def search_plot(spec: dict[str, Any]) -> str | None:
 
 
 def _before_after(spec: dict[str, Any]) -> tuple[Any, Any] | None:
-    for a, b in (("dev_before", "dev_after"), ("before", "after"), ("baseline", "final"),
+    for a, b in (("dev_metric_before", "dev_metric_after"), ("dev_before", "dev_after"),
+                 ("before", "after"), ("baseline", "final"),
                  ("metric_before", "metric_after")):
         if a in spec and b in spec:
             return spec[a], spec[b]
@@ -367,20 +382,39 @@ def _pipeline_section(data: dict[str, Any]) -> str:
 
 
 def _specialize_section(data: dict[str, Any]) -> str:
-    spec = data["model"].get("specialize")
+    spec = data.get("specialization")
     if not spec:
         return "<p>not present (the model did not come from <code>optc specialize</code>)</p>"
     out = []
     if isinstance(spec, dict):
+        rows = []
         ba = _before_after(spec)
         if ba:
-            out.append(_table(["dev metric", "before", "after"], [["", _esc(ba[0]), _esc(ba[1])]]))
+            rows.append([f"dev {_esc(spec.get('metric') or 'metric')}", _num(ba[0]), _num(ba[1])])
+        for label, a, b in (("validation loss", "baseline_loss", "best_loss"),
+                            (f"validation {spec.get('metric') or 'metric'}",
+                             "baseline_val_metric", "best_val_metric"),
+                            ("GFLOPs (batch 1, seq 128)", "flops_before", "flops_after"),
+                            ("parameters", "params_before", "params_after"),
+                            ("latency ms (batch 1, seq 128)", "latency_ms_before", "latency_ms_after")):
+            if spec.get(a) is not None or spec.get(b) is not None:
+                scale = 1e9 if a == "flops_before" else 1
+                rows.append([_esc(label), _num(spec.get(a), scale), _num(spec.get(b), scale)])
+        if rows:
+            out.append(_table(["", "before", "after"], rows))
         plot = search_plot(spec)
         out.append(plot or "<p class=\"muted\">search history: no candidates with FLOPs and a "
                            "loss or metric recorded</p>")
     out.append("<details><summary>recorded history (JSON)</summary><pre>"
                + _esc(json.dumps(spec, indent=1, default=str)[:20000]) + "</pre></details>")
     return "".join(out)
+
+
+def _num(v: Any, scale: float = 1) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "-" if v is None else _esc(v)
+    v = v / scale
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
 
 
 def _attributes_section(data: dict[str, Any]) -> str:
@@ -495,6 +529,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
     progress = Progress(enabled=not args.quiet)
     module = _load(args.target, load, progress)
     baseline = _load(args.baseline, load, progress) if args.baseline else None
+    record = _artifact_specialization(args.target)
     bench = None
     if args.bench:
         with progress.step("timing eager and onnx"):
@@ -502,7 +537,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
     with progress.step("writing the report"):
         page = report_html(module, baseline, name=args.target, baseline_name=args.baseline or "",
                            path=_local(args.target), baseline_path=_local(args.baseline),
-                           seq=args.seq, bench=bench)
+                           seq=args.seq, bench=bench, specialization=record)
         graphs.write_file(out, page.encode("utf-8"), args.force, REPORT_SUFFIXES, inputs)
     data_warn = baseline is not None and family(module) != family(baseline)
     if data_warn and not args.quiet:
@@ -513,6 +548,16 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
                          "DOT source instead of the picture\n")
     print(f"wrote {out}")
     return 0
+
+
+def _artifact_specialization(target: str) -> dict[str, Any] | None:
+    """The ``specialization`` record in an artifact's metadata.json, if any."""
+    from optc.artifacts import is_artifact, read_metadata
+
+    if not is_artifact(target):
+        return None
+    record = read_metadata(target).get("specialization")
+    return record if isinstance(record, dict) else None
 
 
 def _local(target: str | None) -> str | None:

@@ -112,17 +112,26 @@ def test_report_without_dot_shows_the_dot_source(targets, tmp_path, capsys, monk
 
 
 def test_report_renders_specialization_history(targets, tmp_path, capsys) -> None:
-    module = optc.load_module(targets["small"])
-    module.meta["specialize"] = {
-        "dev_before": 91.5, "dev_after": 90.75,
-        "candidates": [{"flops": 1e8 * (i + 1), "val_loss": 0.4 - 0.01 * i, "accepted": i % 3 == 0}
-                       for i in range(7)]}
-    art = optc.save(module, tmp_path / "spec")
+    # the record optc specialize writes into the artifact's metadata (search.driver summary)
+    history = [{"step": i + 1, "kind": "heads", "layer": 0, "units": [i], "label": f"head {i}",
+                "mean_loss": None if i == 6 else 0.4 + 0.01 * i, "not_worse": 0.9,
+                "metric": 90.0, "accepted": i % 3 == 0, "flops": 10**8 * (7 - i),
+                "note": "block removed" if i == 6 else ""} for i in range(7)]
+    record = {"history": history, "metric": "accuracy", "dev_metric_before": 91.5,
+              "dev_metric_after": 90.75, "baseline_loss": 0.4, "best_loss": 0.43,
+              "flops_before": 2 * 10**9, "flops_after": 10**9}
+    art = optc.save(optc.load_module(targets["small"]), tmp_path / "spec",
+                    extra={"specialization": record})
     out = tmp_path / "r.html"
     assert run(capsys, "report", art, targets["base"], "-o", out, "-q")[0] == 0
     spec = section(out.read_text(), "specialization")
-    assert "<td>91.5</td><td>90.75</td>" in spec
-    assert "<svg" in spec and "accepted" in spec and "rejected" in spec and "val loss" in spec
+    assert "<td>dev accuracy</td><td>91.5</td><td>90.75</td>" in spec
+    assert "<td>GFLOPs (batch 1, seq 128)</td><td>2</td><td>1</td>" in spec
+    assert "<svg" in spec and "accepted" in spec and "rejected" in spec and "mean loss" in spec
+    # the same record in the module's metadata is read too (Python API)
+    module = optc.load_module(targets["small"])
+    module.meta["specialization"] = record
+    assert "dev accuracy" in section(report.report_html(module), "specialization")
 
 
 def test_report_lists_sparsity_and_precision(targets) -> None:
