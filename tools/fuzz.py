@@ -165,7 +165,8 @@ def _pairs(rng: random.Random, layers: int, units: int, most: int) -> str:
 def _random_pass(rng: random.Random, layers: int, heads: int, ffn: int) -> tuple[str, str | None]:
     """(spec, reference kind) for one random pass; the reference applies when it is the only
     structural pass."""
-    kind = rng.choice(["drop", "drop", "heads", "heads", "neurons", "neurons", "cleanup"])
+    kind = rng.choice(["drop", "drop", "heads", "heads", "neurons", "neurons", "cleanup",
+                       "sparsify", "quantize"])
     if kind == "drop":
         if rng.random() < 0.5:
             strategy = rng.choice(["top", "bottom", "alternate", "symmetric"])
@@ -184,6 +185,14 @@ def _random_pass(rng: random.Random, layers: int, heads: int, ffn: int) -> tuple
             return (f"prune-neurons{{amount={rng.choice([0.1, 0.5, 0.9])},"
                     f"per_layer={str(rng.random() < 0.5).lower()}}}", None)
         return f"prune-neurons{{neurons={_pairs(rng, layers, ffn, 12)},ids=true}}", "neurons"
+    if kind == "sparsify":
+        pattern = rng.choice(["unstructured", "2:4", "1:2", "block"])
+        amount = "" if ":" in pattern else f"sparsity={rng.choice([0.0, 0.5, 0.9])},"
+        scope = rng.choice(["global", "per_layer", "per_tensor"])
+        block = f",block={rng.choice(['1x4', '4x4', '2x2'])}" if pattern == "block" else ""
+        return f"sparsify{{{amount}pattern={pattern},scope={scope}{block}}}", None
+    if kind == "quantize":
+        return f"quantize{{targets={rng.choice(['attention,ffn', 'ffn', 'query,down', 'attention,ffn,head'])}}}", None
     return rng.choice(["dce", "canonicalize", "raise-ops"]), "cleanup"
 
 
