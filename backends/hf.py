@@ -15,8 +15,11 @@ projections, FFN up/down, norms), renumbered so dropped layers leave no gap; the
 pooler and task head by their captured names. The family comes from
 ``module.meta["source"]["model_type"]``.
 
-Refused with one line (:class:`~optc.errors.BackendError`): families other than
-:data:`FAMILIES` (DistilBERT and GPT-2 for now), heads other than base / sequence / token
+Families (:data:`FAMILIES`): BERT, RoBERTa, XLM-R, ELECTRA (one template, BERT names) and
+DistilBERT (its own template and config field names: ``dim``, ``n_layers``, ...).
+
+Refused with one line (:class:`~optc.errors.BackendError`): other families (GPT-2 for now: a
+pre-LN causal decoder), heads other than base / sequence / token
 classification / question answering, quantized or non-float weights (int8 has no
 representation in the generated file: export those with ``--backend onnx``), attention that
 is causal or scaled other than ``1/sqrt(head_dim)``, and parameters the family's classes have
@@ -37,7 +40,7 @@ import os
 import shutil
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -73,15 +76,32 @@ class Family:
     pooler: bool
     """The base model has a pooler (``dense -> tanh`` on the first token)."""
     classifier: str
-    """Sequence-classification head: ``pooled`` (dropout + linear on the pooler output) or
-    ``head_tanh`` / ``head_gelu`` (``dense -> act -> out_proj`` on the first token)."""
+    """Sequence-classification head: ``pooled`` (dropout + linear on the pooler output),
+    ``head_tanh`` / ``head_gelu`` (``dense -> act -> out_proj`` on the first token) or
+    ``pre_relu`` (``pre_classifier -> relu -> classifier`` on the first token, DistilBERT)."""
+    names: dict[str, str] = field(default_factory=lambda: _BERT_NAMES)
+    """Where each layer weight lives (``{layers}.{i}.{role}``), as in transformers' classes."""
 
+
+_BERT_NAMES = {"layers": "encoder.layer", "query": "attention.self.query",
+               "key": "attention.self.key", "value": "attention.self.value",
+               "out": "attention.output.dense", "att_norm": "attention.output.LayerNorm",
+               "up": "intermediate.dense", "down": "output.dense", "ffn_norm": "output.LayerNorm"}
+_DISTIL_NAMES = {"layers": "transformer.layer", "query": "attention.q_lin", "key": "attention.k_lin",
+                 "value": "attention.v_lin", "out": "attention.out_lin", "att_norm": "sa_layer_norm",
+                 "up": "ffn.lin1", "down": "ffn.lin2", "ffn_norm": "output_layer_norm"}
+_DISTIL_CONFIG = {"hidden_size": "dim", "num_hidden_layers": "n_layers",
+                  "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
+                  "hidden_act": "activation"}
+"""DistilBERT's names for the config fields (its config keeps them)."""
 
 FAMILIES = {
     "bert": Family("bert", "Bert", "bert", False, True, "pooled"),
     "roberta": Family("roberta", "Roberta", "roberta", True, True, "head_tanh"),
     "xlm-roberta": Family("xlm-roberta", "XLMRoberta", "roberta", True, True, "head_tanh"),
     "electra": Family("electra", "Electra", "electra", False, False, "head_gelu"),
+    "distilbert": Family("distilbert", "DistilBert", "distilbert", False, False, "pre_relu",
+                         _DISTIL_NAMES),
 }
 """Source architectures the generated modeling file supports, by ``model_type``."""
 
@@ -537,8 +557,323 @@ class Optc${Name}ForQuestionAnswering(Optc${Name}PreTrainedModel):
 '''
 
 
+_DISTIL_BODY = '''\
+# Written by optc (https://github.com/optc): plain PyTorch, no optc import. optc recognizes this
+# file by its exact bytes; an edited copy still loads in transformers but not in optc.
+\"\"\"DistilBert with per-layer attention heads, head sizes and FFN widths.
+
+Each layer i has config.num_attention_heads_per_layer[i] heads of
+config.attention_head_size_per_layer[i] (0 heads: no attention block) and
+config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block);
+config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
+after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
+when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow
+transformers' DistilBert classes, so the weights read like a DistilBert checkpoint with smaller
+layers.
+\"\"\"
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+
+class OptcDistilBertConfig(PretrainedConfig):
+    model_type = "optc-distilbert"
+    attribute_map = {"hidden_size": "dim", "num_attention_heads": "n_heads",
+                     "num_hidden_layers": "n_layers", "intermediate_size": "hidden_dim"}
+
+    def __init__(self, vocab_size=30522, max_position_embeddings=512, sinusoidal_pos_embds=False,
+                 n_layers=6, n_heads=12, dim=768, hidden_dim=3072, dropout=0.1,
+                 attention_dropout=0.1, activation="gelu", initializer_range=0.02,
+                 qa_dropout=0.1, seq_classif_dropout=0.2, layer_norm_eps=1e-12, pad_token_id=0,
+                 num_attention_heads_per_layer=None, attention_head_size_per_layer=None,
+                 intermediate_size_per_layer=None, attention_topk_per_layer=None,
+                 attention_topk_renormalize_per_layer=None, **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.sinusoidal_pos_embds = sinusoidal_pos_embds
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation = activation
+        self.initializer_range = initializer_range
+        self.qa_dropout = qa_dropout
+        self.seq_classif_dropout = seq_classif_dropout
+        self.layer_norm_eps = layer_norm_eps
+        layers = n_layers
+        self.num_attention_heads_per_layer = _per_layer(num_attention_heads_per_layer, n_heads, layers)
+        self.attention_head_size_per_layer = _per_layer(
+            attention_head_size_per_layer, dim // max(1, n_heads), layers)
+        self.intermediate_size_per_layer = _per_layer(intermediate_size_per_layer, hidden_dim, layers)
+        self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
+        self.attention_topk_renormalize_per_layer = _per_layer(
+            attention_topk_renormalize_per_layer, False, layers)
+
+
+def _per_layer(values, default, layers):
+    values = [default] * layers if values is None else list(values)
+    if len(values) != layers:
+        raise ValueError(f"a per-layer field has {len(values)} entries for {layers} layers")
+    return values
+
+
+class OptcDistilBertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.dim)
+        self.LayerNorm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids):
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class OptcDistilBertAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.num_heads = config.num_attention_heads_per_layer[layer]
+        self.head_dim = config.attention_head_size_per_layer[layer]
+        self.topk = config.attention_topk_per_layer[layer]
+        self.renormalize = config.attention_topk_renormalize_per_layer[layer]
+        self.dropout_p = config.attention_dropout
+        inner = self.num_heads * self.head_dim
+        self.q_lin = nn.Linear(config.dim, inner)
+        self.k_lin = nn.Linear(config.dim, inner)
+        self.v_lin = nn.Linear(config.dim, inner)
+        self.out_lin = nn.Linear(inner, config.dim)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        batch, seq = hidden_states.shape[:2]
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        q = self.q_lin(hidden_states).view(shape).transpose(1, 2)
+        k = self.k_lin(hidden_states).view(shape).transpose(1, 2)
+        v = self.v_lin(hidden_states).view(shape).transpose(1, 2)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout = self.dropout_p if self.training else 0.0
+        hard = self.topk is not None and self.topk < seq
+        probs = None
+        if not hard and not output_attentions:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     scale=scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = torch.softmax(scores, dim=-1)
+            if hard:  # keep each query's topk highest probabilities (and ties), zero the rest
+                threshold = scores.topk(self.topk, dim=-1).values[..., -1:]
+                probs = probs.masked_fill(scores < threshold, 0.0)
+                if self.renormalize:
+                    probs = probs / probs.sum(dim=-1, keepdim=True)
+            context = torch.matmul(F.dropout(probs, dropout, self.training), v)
+            context = context.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # no key: zeros
+        context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return self.out_lin(context), probs
+
+
+class OptcDistilBertFFN(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        self.lin1 = nn.Linear(config.dim, config.intermediate_size_per_layer[layer])
+        self.lin2 = nn.Linear(config.intermediate_size_per_layer[layer], config.dim)
+        self.activation = ACT2FN[config.activation]
+
+    def forward(self, hidden_states):
+        return self.dropout(self.lin2(self.activation(self.lin1(hidden_states))))
+
+
+class OptcDistilBertLayer(nn.Module):
+    \"\"\"One layer; its attention block or FFN block may be absent (pruned away).\"\"\"
+
+    def __init__(self, config, layer):
+        super().__init__()
+        if config.num_attention_heads_per_layer[layer] > 0:
+            self.attention = OptcDistilBertAttention(config, layer)
+            self.sa_layer_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        else:
+            self.attention = None
+        if config.intermediate_size_per_layer[layer] > 0:
+            self.ffn = OptcDistilBertFFN(config, layer)
+            self.output_layer_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        else:
+            self.ffn = None
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        probs = None
+        if self.attention is not None:
+            attended, probs = self.attention(hidden_states, mask, output_attentions)
+            hidden_states = self.sa_layer_norm(attended + hidden_states)
+        if self.ffn is not None:
+            hidden_states = self.output_layer_norm(self.ffn(hidden_states) + hidden_states)
+        return hidden_states, probs
+
+
+class OptcDistilBertTransformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(OptcDistilBertLayer(config, i) for i in range(config.n_layers))
+
+
+class OptcDistilBertPreTrainedModel(PreTrainedModel):
+    config_class = OptcDistilBertConfig
+    base_model_prefix = "distilbert"
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _options(self, output_attentions, output_hidden_states, return_dict):
+        config = self.config
+        return (config.output_attentions if output_attentions is None else output_attentions,
+                config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+                getattr(config, "return_dict", True) if return_dict is None else return_dict)
+
+
+class OptcDistilBertModel(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = OptcDistilBertEmbeddings(config)
+        self.transformer = OptcDistilBertTransformer(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        output_attentions, output_hidden_states, return_dict = self._options(
+            output_attentions, output_hidden_states, return_dict)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask[:, None, None, :].bool()  # [batch, 1, 1, seq]: which keys to attend
+        hidden_states = self.embeddings(input_ids)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.transformer.layer:
+            hidden_states, probs = layer(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        out = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden,
+                              attentions=all_attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class OptcDistilBertForSequenceClassification(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.distilbert = OptcDistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.dim, config.dim)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.distilbert(input_ids, attention_mask, output_attentions,
+                                  output_hidden_states, return_dict=True)
+        pooled = F.relu(self.pre_classifier(outputs.last_hidden_state[:, 0]))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            elif labels.dtype in (torch.long, torch.int):
+                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return out if self._options(None, None, return_dict)[2] else out.to_tuple()
+
+
+class OptcDistilBertForTokenClassification(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.distilbert = OptcDistilBertModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.distilbert(input_ids, attention_mask, output_attentions,
+                                  output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                    attentions=outputs.attentions)
+        return out if self._options(None, None, return_dict)[2] else out.to_tuple()
+
+
+class OptcDistilBertForQuestionAnswering(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.distilbert = OptcDistilBertModel(config)
+        self.qa_outputs = nn.Linear(config.dim, config.num_labels)
+        self.dropout = nn.Dropout(config.qa_dropout)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.distilbert(input_ids, attention_mask, output_attentions,
+                                  output_hidden_states, return_dict=True)
+        logits = self.qa_outputs(self.dropout(outputs.last_hidden_state))
+        start_logits, end_logits = logits.split(1, dim=-1)
+        start_logits = start_logits.squeeze(-1).contiguous()
+        end_logits = end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.size(1)
+            start = F.cross_entropy(start_logits, start_positions.clamp(0, ignored),
+                                    ignore_index=ignored)
+            end = F.cross_entropy(end_logits, end_positions.clamp(0, ignored), ignore_index=ignored)
+            loss = (start + end) / 2
+        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits,
+                                           end_logits=end_logits,
+                                           hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
+        return out if self._options(None, None, return_dict)[2] else out.to_tuple()
+'''
+
 def modeling_source(family: Family) -> str:
     """The modeling file optc writes for ``family`` (the same bytes for every model of it)."""
+    if family.model_type == "distilbert":
+        return _DISTIL_BODY
     init, call = _CLASSIFIER[family.classifier]
     electra = family.model_type == "electra"
     text = _HEADER + (_HEAD_CLASS if family.classifier != "pooled" else "") + _HEADS
@@ -615,8 +950,8 @@ class _Collector:
         self.put(f"{name}.bias", node.arg(2), int(node.args[1].data.shape[0]))
         self.eps.add(float(node.attr("eps", 1e-5)))
 
-    def layer(self, layer: Layer, index: int, prefix: str) -> None:
-        base = f"{prefix}encoder.layer.{index}"
+    def layer(self, layer: Layer, index: int, prefix: str, names: dict[str, str]) -> None:
+        base = f"{prefix}{names['layers']}.{index}"
         where = f"layer {index} (id {layer.id})"
         att, ffn = layer.attention, layer.ffn
         if att is None:
@@ -635,10 +970,10 @@ class _Collector:
             scale = node.attr("scale")
             if scale is not None and not math.isclose(scale, att.head_dim ** -0.5, rel_tol=1e-6):
                 raise _refuse(f"{where}: attention scale {scale:g} is not 1/sqrt(head_dim)")
-            for lin, name in ((att.query, "query"), (att.key, "key"), (att.value, "value")):
-                self.linear(lin, f"{base}.attention.self.{name}")
-            self.linear(att.output, f"{base}.attention.output.dense")
-            self.norm(att.norms[0], f"{base}.attention.output.LayerNorm")
+            for lin, role in ((att.query, "query"), (att.key, "key"), (att.value, "value"),
+                              (att.output, "out")):
+                self.linear(lin, f"{base}.{names[role]}")
+            self.norm(att.norms[0], f"{base}.{names['att_norm']}")
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
             hard = node.attr("kind") == "topk"
@@ -657,9 +992,9 @@ class _Collector:
         if key not in _ACTIVATIONS:
             raise _refuse(f"{where}: the FFN activation {act.op} has no transformers equivalent")
         self.acts.add(_ACTIVATIONS[key])
-        self.linear(ffn.up, f"{base}.intermediate.dense")
-        self.linear(ffn.down, f"{base}.output.dense")
-        self.norm(ffn.norms[0], f"{base}.output.LayerNorm")
+        self.linear(ffn.up, f"{base}.{names['up']}")
+        self.linear(ffn.down, f"{base}.{names['down']}")
+        self.norm(ffn.norms[0], f"{base}.{names['ffn_norm']}")
         self.ffn.append(ffn.width)
         self.neuron_ids.append(format_ids(ffn.neuron_ids))
 
@@ -676,8 +1011,9 @@ def _post_ln(block: Any) -> str | None:
 def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     """Non-layer parameter names of the family's ``head`` class -> whether each is required."""
     emb = f"{prefix}embeddings."
-    names = {f"{emb}{n}.weight": True for n in ("word_embeddings", "position_embeddings",
-                                                "token_type_embeddings", "LayerNorm")}
+    tables = ("word_embeddings", "position_embeddings", "LayerNorm") + (
+        ("token_type_embeddings",) if family.model_type != "distilbert" else ())
+    names = {f"{emb}{n}.weight": True for n in tables}
     names[f"{emb}LayerNorm.bias"] = True
     if family.model_type == "electra":
         names.update({f"{prefix}embeddings_project.weight": False,
@@ -687,8 +1023,9 @@ def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     if pooler:
         names.update({f"{prefix}pooler.dense.{p}": head != "Model" for p in ("weight", "bias")})
     layers = {"ForTokenClassification": ("classifier",), "ForQuestionAnswering": ("qa_outputs",),
-              "ForSequenceClassification": ("classifier",) if family.classifier == "pooled"
-              else ("classifier.dense", "classifier.out_proj")}.get(head, ())
+              "ForSequenceClassification": {"pooled": ("classifier",),
+                                            "pre_relu": ("pre_classifier", "classifier")}.get(
+                  family.classifier, ("classifier.dense", "classifier.out_proj"))}.get(head, ())
     names.update({f"{layer}.{p}": True for layer in layers for p in ("weight", "bias")})
     return names
 
@@ -739,10 +1076,10 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         raise _refuse("the module has no transformer layers (nothing was raised to attention/FFN)")
     got = _Collector()
     for index, layer in enumerate(structure.layers):
-        got.layer(layer, index, prefix)
+        got.layer(layer, index, prefix, family.names)
     word = module.params[f"{prefix}embeddings.word_embeddings.weight"]
-    hidden = int(next(iter(got.weights[k] for k in got.weights if k.endswith("LayerNorm.weight")
-                           and ".layer." in k)).shape[0])
+    first = structure.layers[0].attention or structure.layers[0].ffn
+    hidden = int(first.norms[0].args[1].data.shape[0])  # the residual stream's width
     wanted = _head_params(family, head, prefix)
     buffers = {prefix + b for b in _BUFFERS}
     parts: dict[str, list[tuple[int, torch.Tensor]]] = {}
@@ -787,7 +1124,8 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "intermediate_size": max(got.ffn) or config.get("intermediate_size", 0),
         "hidden_act": next(iter(got.acts), config.get("hidden_act", "gelu")),
         "max_position_embeddings": int(got.weights[f"{prefix}embeddings.position_embeddings.weight"].shape[0]),
-        "type_vocab_size": int(got.weights[f"{prefix}embeddings.token_type_embeddings.weight"].shape[0]),
+        "type_vocab_size": int(got.weights.get(f"{prefix}embeddings.token_type_embeddings.weight",
+                                               torch.empty(0)).shape[0]),
         "layer_norm_eps": next(iter(got.eps), 1e-12),
         "pad_token_id": int(padding if padding is not None else config.get("pad_token_id") or
                             (1 if family.padded_positions else 0)),
@@ -801,12 +1139,16 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     if head != "Model":
         rows = {"ForQuestionAnswering": "qa_outputs.weight",
                 "ForSequenceClassification": "classifier.out_proj.weight"
-                if family.classifier != "pooled" else "classifier.weight",
+                if family.classifier.startswith("head_") else "classifier.weight",
                 "ForTokenClassification": "classifier.weight"}[head]
         labels = int(got.weights[rows].shape[0])
         if len(config.get("id2label") or {}) != labels:
             config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
             config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
+    if family.model_type == "distilbert":
+        for key in ("type_vocab_size", "embedding_size", "add_pooling_layer"):
+            config.pop(key)
+        config.update({new: config.pop(old) for old, new in _DISTIL_CONFIG.items()})
     file = modeling_file_name(family)
     stem = file.removesuffix(".py")
     config["auto_map"] = {"AutoConfig": f"{stem}.Optc{family.name}Config",
