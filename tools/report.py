@@ -39,7 +39,9 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from optc.errors import InputError
-from optc.ir.core import Module
+from optc.ir.analysis import node_cost
+from optc.ir.attributes import Sparsity
+from optc.ir.core import Module, Value
 from optc.tools import graph as graphs
 from optc.tools.common import EPILOG
 from optc.tools.common import Parser as _Parser
@@ -109,12 +111,14 @@ def build_report(module: Module, baseline: Module | None = None, *, name: str = 
     info = summarize_cached(module, seq)
     data: dict[str, Any] = {
         "name": name, "path": path, "seq": seq, "model": info,
+        "nonzero_flops": nonzero_flops(module, seq),
         "specialization": specialization or module.meta.get("specialization"),
         "disk_bytes": disk_size(path), "baseline": None, "warnings": [], "bench": bench,
     }
     if baseline is not None:
         binfo = summarize_cached(baseline, seq)
         data["baseline"] = {"name": baseline_name, "path": baseline_path, "model": binfo,
+                            "nonzero_flops": nonzero_flops(baseline, seq),
                             "disk_bytes": disk_size(baseline_path)}
         fa, fb = family(module), family(baseline)
         data["comparable"] = fa == fb
@@ -124,6 +128,22 @@ def build_report(module: Module, baseline: Module | None = None, *, name: str = 
                 f"the baseline {baseline_name} is a different architecture family ({what}): "
                 "only totals are compared; the per-layer comparison and the graph diff are left out")
     return data
+
+
+def nonzero_flops(module: Module, seq: int = 128) -> int:
+    """FLOPs (batch 1 at ``seq``) with each ``linear`` scaled by the density its weight
+    declares (a ``Sparsity`` attribute): the work a sparse kernel would do."""
+    dims = {"batch": 1, "seq": seq}
+    total = 0.0
+    for node in module.graph:
+        flops = node_cost(node, dims)["flops"]
+        weight = node.arg(1) if node.op == "linear" else None
+        if isinstance(weight, Value) and weight.is_param:
+            density = min((a.density for a in weight.attrs.values() if isinstance(a, Sparsity)),
+                          default=1.0)
+            flops *= density
+        total += flops
+    return int(total)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -434,31 +454,38 @@ def _faster_section(data: dict[str, Any]) -> str:
     b = data["baseline"]
     if b is None:
         return "<p>not present (needs a BASELINE to compare with)</p>"
-    flops = _ratio(data["model"]["flops"], b["model"]["flops"])
+    dense = _ratio(data["model"]["flops"], b["model"]["flops"])
+    flops = _ratio(data["nonzero_flops"], b["nonzero_flops"])
+    sparse = flops is not None and dense is not None and abs(flops - dense) > 1e-3
+    head = ["backend", "FLOPs ratio"] + (["nonzero FLOPs ratio"] if sparse else []) + ["latency ratio"]
+    note = ('<p class="muted">nonzero FLOPs: linears scaled by their weights\' declared sparsity '
+            "density (the work a sparse kernel would do)</p>") if sparse else ""
     lat = _latency(data)
     if not lat:
-        return (_table(["backend", "FLOPs ratio", "latency ratio"], [["-", _fmt_ratio(flops), "not measured"]])
-                + '<p class="muted">latency: not measured (use <code>--bench</code>)</p>')
+        return (_table(head, [["-", _fmt_ratio(dense)] + ([_fmt_ratio(flops)] if sparse else [])
+                              + ["not measured"]])
+                + note + '<p class="muted">latency: not measured (use <code>--bench</code>)</p>')
     rows, sentences = [], []
+    what = "nonzero FLOPs" if sparse else "FLOPs"
     for backend, (mine, theirs) in lat.items():
         r = _ratio(mine, theirs)
-        rows.append([backend, _fmt_ratio(flops), _fmt_ratio(r)])
+        rows.append([backend, _fmt_ratio(dense)] + ([_fmt_ratio(flops)] if sparse else [])
+                    + [_fmt_ratio(r)])
         if r is not None and flops and abs(math.log(r / flops)) > math.log(1.25):
             if r > flops:
                 sentences.append(
-                    f"On {backend} the model does {flops:.2f}&#215; the baseline's FLOPs but takes "
+                    f"On {backend} the model does {flops:.2f}&#215; the baseline's {what} but takes "
                     f"{r:.2f}&#215; its time: the saved work does not turn into speed here (for "
                     "example unstructured sparsity or int8 without fast kernels, or fixed "
                     "overheads that dominate small matrices).")
             else:
                 sentences.append(
                     f"On {backend} the model takes {r:.2f}&#215; the baseline's time, less than its "
-                    f"FLOPs ratio {flops:.2f}&#215; predicts (fewer layers also save memory traffic "
-                    "and per-op overhead).")
+                    f"{what} ratio {flops:.2f}&#215; predicts (int8 kernels, or less memory traffic "
+                    "and per-op overhead, save more than the FLOPs count shows).")
         elif r is not None:
-            sentences.append(f"On {backend} time follows FLOPs ({r:.2f}&#215; vs {flops:.2f}&#215;).")
-    return _table(["backend", "FLOPs ratio", "latency ratio"], rows) + "".join(
-        f"<p>{s}</p>" for s in sentences)
+            sentences.append(f"On {backend} time follows {what} ({r:.2f}&#215; vs {flops:.2f}&#215;).")
+    return _table(head, rows) + note + "".join(f"<p>{s}</p>" for s in sentences)
 
 
 def _graph_section(graph_svg: str | None, graph_dot: str) -> str:

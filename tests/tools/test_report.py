@@ -199,3 +199,26 @@ def test_report_bench_fills_latency_and_the_faster_table(targets, tmp_path, caps
     flops = data["model"]["flops"] / data["baseline"]["model"]["flops"]
     assert faster.count(f"<td>{flops:.3f}&#215;</td>") == 2
     assert faster.count("<p>On ") == 2  # one plain sentence per backend
+
+
+def test_faster_table_says_when_sparsity_saves_flops_but_not_time(targets) -> None:
+    base = optc.load_module(targets["base"])
+    module = base.clone()
+    for name in [n for n in module.params if n.endswith("dense.weight") and "layer" in n]:
+        p = module.params[name]
+        p.data = p.data * (torch.rand(p.data.shape, generator=torch.Generator().manual_seed(1)) < 0.1)
+        p.attrs = {"sparsity": Sparsity(pattern="unstructured", density=0.1)}
+    bench = [{"backend": "eager", "role": "model", "median_ms": 1.0},
+             {"backend": "eager", "role": "baseline", "median_ms": 1.02},
+             {"backend": "onnx", "role": "model", "median_ms": 0.5},
+             {"backend": "onnx", "role": "baseline", "median_ms": 0.52}]
+    text = report.report_html(module, base, name="sparse", baseline_name="dense", bench=bench)
+    faster = section(text, "faster")
+    data = page_data(text)
+    assert data["model"]["flops"] == data["baseline"]["model"]["flops"]  # dense count unchanged
+    ratio = data["nonzero_flops"] / data["baseline"]["nonzero_flops"]
+    assert ratio < 0.8
+    assert "nonzero FLOPs ratio" in faster and f"<td>{ratio:.3f}&#215;</td>" in faster
+    assert faster.count("does not turn into speed here") == 2
+    assert f"On eager the model does {ratio:.2f}&#215; the baseline's nonzero FLOPs but takes " \
+           "0.98&#215; its time" in faster
