@@ -194,6 +194,7 @@ def layer_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                "ffn": now[0]["ffn"] if now else 0,
                "density": _density(*now) if now else None,
                "bits": _bits(now[1]["weights"]) if now else None,
+               "precision": now[0].get("precision") if now else None,
                "params": now[0]["params"] if now else 0,
                "hard": now[1]["topk"] if now and now[1]["attention_kind"] == "topk" else None}
         if base is not None:
@@ -297,6 +298,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;border-bottom:1px solid
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}.muted{color:#888}
 .warn{background:#fff4e5;border-left:4px solid #d35400;padding:.5em 1em}.removed{color:#999;text-decoration:line-through}
+#pipeline td:last-child,#weights td:last-child{text-align:left}
 .graph{overflow:auto;max-height:900px;border:1px solid #eee}.graph svg{max-width:100%;height:auto}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.8em}code{font-size:.9em}
 """
@@ -375,7 +377,8 @@ def _layers_section(data: dict[str, Any]) -> str:
                 ids += f' <span class="removed">{",".join(map(str, removed))}</span>'
         table.append([str(r["id"]), "removed" if gone else str(r["position"]),
                       cell("heads"), ids or "-", cell("ffn"), cell("params", "{:,}"),
-                      cell("density", "{:.3f}"), cell("bits", "{:.0f}"),
+                      cell("density", "{:.3f}"),
+                      cell("bits", "{:.0f}") + (f" ({_esc(r['precision'])})" if r.get("precision") else ""),
                       f"top-{r['hard']}" if r["hard"] else ("-" if gone else "softmax")])
     return _table(head, table) + layer_charts(rows, names)
 
