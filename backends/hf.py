@@ -15,12 +15,12 @@ projections, FFN up/down, norms), renumbered so dropped layers leave no gap; the
 pooler and task head by their captured names. The family comes from
 ``module.meta["source"]["model_type"]``.
 
-Families (:data:`FAMILIES`): BERT, RoBERTa, XLM-R, ELECTRA (one template, BERT names) and
-DistilBERT (its own template and config field names: ``dim``, ``n_layers``, ...).
+Families (:data:`FAMILIES`): BERT, RoBERTa, XLM-R, ELECTRA (one template, BERT names),
+DistilBERT and GPT-2 (base model only: pre-LN, causal, Conv1D weights), each of the last two
+with its own template and config field names (``dim``/``n_layers``, ``n_embd``/``n_layer``).
 
-Refused with one line (:class:`~optc.errors.BackendError`): other families (GPT-2 for now: a
-pre-LN causal decoder), heads other than base / sequence / token
-classification / question answering, quantized or non-float weights (int8 has no
+Refused with one line (:class:`~optc.errors.BackendError`): other families, heads other than
+base / sequence / token classification / question answering (GPT-2: other than base), quantized or non-float weights (int8 has no
 representation in the generated file: export those with ``--backend onnx``), attention that
 is causal or scaled other than ``1/sqrt(head_dim)``, and parameters the family's classes have
 no place for. Sparse weights are written dense, with their zeros. The CLI's self-check loads
@@ -81,6 +81,12 @@ class Family:
     ``pre_relu`` (``pre_classifier -> relu -> classifier`` on the first token, DistilBERT)."""
     names: dict[str, str] = field(default_factory=lambda: _BERT_NAMES)
     """Where each layer weight lives (``{layers}.{i}.{role}``), as in transformers' classes."""
+    tables: dict[str, str] = field(default_factory=lambda: _BERT_TABLES)
+    """Names of the embedding tables and the norm that follows them (or the final norm)."""
+    pre_ln: bool = False
+    """Norms before each block (GPT-2) instead of after its residual add."""
+    config_names: dict[str, str] = field(default_factory=dict)
+    """The family's own names for config fields (DistilBERT's ``dim``, GPT-2's ``n_embd``)."""
 
 
 _BERT_NAMES = {"layers": "encoder.layer", "query": "attention.self.query",
@@ -90,10 +96,21 @@ _BERT_NAMES = {"layers": "encoder.layer", "query": "attention.self.query",
 _DISTIL_NAMES = {"layers": "transformer.layer", "query": "attention.q_lin", "key": "attention.k_lin",
                  "value": "attention.v_lin", "out": "attention.out_lin", "att_norm": "sa_layer_norm",
                  "up": "ffn.lin1", "down": "ffn.lin2", "ffn_norm": "output_layer_norm"}
+_GPT2_NAMES = {"layers": "h", "qkv": "attn.c_attn", "out": "attn.c_proj", "att_norm": "ln_1",
+               "up": "mlp.c_fc", "down": "mlp.c_proj", "ffn_norm": "ln_2"}
+_BERT_TABLES = {"word": "embeddings.word_embeddings.weight",
+                "position": "embeddings.position_embeddings.weight",
+                "token_type": "embeddings.token_type_embeddings.weight",
+                "norm": "embeddings.LayerNorm"}
+_DISTIL_TABLES = {k: v for k, v in _BERT_TABLES.items() if k != "token_type"}
+_GPT2_TABLES = {"word": "wte.weight", "position": "wpe.weight", "norm": "ln_f"}
 _DISTIL_CONFIG = {"hidden_size": "dim", "num_hidden_layers": "n_layers",
                   "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
                   "hidden_act": "activation"}
-"""DistilBERT's names for the config fields (its config keeps them)."""
+_GPT2_CONFIG = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                "num_attention_heads": "n_head", "intermediate_size": "n_inner",
+                "hidden_act": "activation_function", "max_position_embeddings": "n_positions",
+                "layer_norm_eps": "layer_norm_epsilon"}
 
 FAMILIES = {
     "bert": Family("bert", "Bert", "bert", False, True, "pooled"),
@@ -101,7 +118,9 @@ FAMILIES = {
     "xlm-roberta": Family("xlm-roberta", "XLMRoberta", "roberta", True, True, "head_tanh"),
     "electra": Family("electra", "Electra", "electra", False, False, "head_gelu"),
     "distilbert": Family("distilbert", "DistilBert", "distilbert", False, False, "pre_relu",
-                         _DISTIL_NAMES),
+                         _DISTIL_NAMES, _DISTIL_TABLES, config_names=_DISTIL_CONFIG),
+    "gpt2": Family("gpt2", "GPT2", "transformer", False, False, "none", _GPT2_NAMES,
+                   _GPT2_TABLES, pre_ln=True, config_names=_GPT2_CONFIG),
 }
 """Source architectures the generated modeling file supports, by ``model_type``."""
 
@@ -870,10 +889,238 @@ class OptcDistilBertForQuestionAnswering(OptcDistilBertPreTrainedModel):
         return out if self._options(None, None, return_dict)[2] else out.to_tuple()
 '''
 
+_GPT2_BODY = '''\
+# Written by optc (https://github.com/optc): plain PyTorch, no optc import. optc recognizes this
+# file by its exact bytes; an edited copy still loads in transformers but not in optc.
+\"\"\"GPT2 with per-layer attention heads, head sizes and FFN widths.
+
+Each block i has config.num_attention_heads_per_layer[i] heads of
+config.attention_head_size_per_layer[i] (0 heads: no attention block) and
+config.intermediate_size_per_layer[i] MLP neurons (0: no MLP block);
+config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
+after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
+when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow
+transformers' GPT2 classes (Conv1D weights are [in, out]), so the weights read like a GPT2
+checkpoint with smaller blocks.
+\"\"\"
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutput
+
+
+class OptcGPT2Config(PretrainedConfig):
+    model_type = "optc-gpt2"
+    attribute_map = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
+                     "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+
+    def __init__(self, vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                 n_inner=None, activation_function="gelu_pytorch_tanh", resid_pdrop=0.1,
+                 embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5,
+                 initializer_range=0.02, num_attention_heads_per_layer=None,
+                 attention_head_size_per_layer=None, intermediate_size_per_layer=None,
+                 attention_topk_per_layer=None, attention_topk_renormalize_per_layer=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.n_positions = n_positions
+        self.n_embd = n_embd
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_inner = n_inner
+        self.activation_function = activation_function
+        self.resid_pdrop = resid_pdrop
+        self.embd_pdrop = embd_pdrop
+        self.attn_pdrop = attn_pdrop
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        layers = n_layer
+        self.num_attention_heads_per_layer = _per_layer(num_attention_heads_per_layer, n_head, layers)
+        self.attention_head_size_per_layer = _per_layer(
+            attention_head_size_per_layer, n_embd // max(1, n_head), layers)
+        self.intermediate_size_per_layer = _per_layer(
+            intermediate_size_per_layer, n_inner or 4 * n_embd, layers)
+        self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
+        self.attention_topk_renormalize_per_layer = _per_layer(
+            attention_topk_renormalize_per_layer, False, layers)
+
+
+def _per_layer(values, default, layers):
+    values = [default] * layers if values is None else list(values)
+    if len(values) != layers:
+        raise ValueError(f"a per-layer field has {len(values)} entries for {layers} layers")
+    return values
+
+
+class Conv1D(nn.Module):
+    \"\"\"transformers' GPT2 projection: y = x @ weight + bias, weight [in, out].\"\"\"
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return out.view(x.size()[:-1] + (self.nf,))
+
+
+class OptcGPT2Attention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.num_heads = config.num_attention_heads_per_layer[layer]
+        self.head_dim = config.attention_head_size_per_layer[layer]
+        self.topk = config.attention_topk_per_layer[layer]
+        self.renormalize = config.attention_topk_renormalize_per_layer[layer]
+        self.dropout_p = config.attn_pdrop
+        self.inner = self.num_heads * self.head_dim
+        self.c_attn = Conv1D(3 * self.inner, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, self.inner)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        batch, seq = hidden_states.shape[:2]
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        q, k, v = self.c_attn(hidden_states).split(self.inner, dim=2)
+        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout = self.dropout_p if self.training else 0.0
+        hard = self.topk is not None and self.topk < seq
+        probs = None
+        if not hard and not output_attentions:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     scale=scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = torch.softmax(scores, dim=-1)
+            if hard:  # keep each query's topk highest probabilities (and ties), zero the rest
+                threshold = scores.topk(self.topk, dim=-1).values[..., -1:]
+                probs = probs.masked_fill(scores < threshold, 0.0)
+                if self.renormalize:
+                    probs = probs / probs.sum(dim=-1, keepdim=True)
+            context = torch.matmul(F.dropout(probs, dropout, self.training), v)
+            context = context.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # no key: zeros
+        context = context.transpose(1, 2).reshape(batch, seq, self.inner)
+        return self.resid_dropout(self.c_proj(context)), probs
+
+
+class OptcGPT2MLP(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        width = config.intermediate_size_per_layer[layer]
+        self.c_fc = Conv1D(width, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, width)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class OptcGPT2Block(nn.Module):
+    \"\"\"One pre-LN block; its attention or MLP may be absent (pruned away).\"\"\"
+
+    def __init__(self, config, layer):
+        super().__init__()
+        eps = config.layer_norm_epsilon
+        if config.num_attention_heads_per_layer[layer] > 0:
+            self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps)
+            self.attn = OptcGPT2Attention(config, layer)
+        else:
+            self.attn = None
+        if config.intermediate_size_per_layer[layer] > 0:
+            self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps)
+            self.mlp = OptcGPT2MLP(config, layer)
+        else:
+            self.mlp = None
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        probs = None
+        if self.attn is not None:
+            attended, probs = self.attn(self.ln_1(hidden_states), mask, output_attentions)
+            hidden_states = attended + hidden_states
+        if self.mlp is not None:
+            hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, probs
+
+
+class OptcGPT2PreTrainedModel(PreTrainedModel):
+    config_class = OptcGPT2Config
+    base_model_prefix = "transformer"
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, Conv1D)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class OptcGPT2Model(OptcGPT2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(OptcGPT2Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        return_dict = getattr(config, "return_dict", True) if return_dict is None else return_dict
+        seq = input_ids.shape[1]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = torch.arange(seq, device=input_ids.device)
+        causal = positions[None, :] <= positions[:, None]  # [query, key]: no look-ahead
+        mask = causal[None, None] & attention_mask[:, None, None, :].bool()
+        hidden_states = self.drop(self.wte(input_ids) + self.wpe(positions.unsqueeze(0)))
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.h:
+            hidden_states, probs = block(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        hidden_states = self.ln_f(hidden_states)
+        if output_hidden_states:  # as transformers: the last entry is after the final norm
+            all_hidden = all_hidden[:-1] + (hidden_states,)
+        out = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden,
+                              attentions=all_attentions)
+        return out if return_dict else out.to_tuple()
+'''
+
 def modeling_source(family: Family) -> str:
     """The modeling file optc writes for ``family`` (the same bytes for every model of it)."""
     if family.model_type == "distilbert":
         return _DISTIL_BODY
+    if family.model_type == "gpt2":
+        return _GPT2_BODY
     init, call = _CLASSIFIER[family.classifier]
     electra = family.model_type == "electra"
     text = _HEADER + (_HEAD_CLASS if family.classifier != "pooled" else "") + _HEADS
@@ -905,14 +1152,21 @@ def family_of(module: Module) -> Family:
     return family
 
 
-def _head(module: Module) -> str:
+def family_heads(family: Family) -> tuple[str, ...]:
+    """Class suffixes the family's generated file defines (GPT-2: the base model only)."""
+    return ("Model",) if family.pre_ln else tuple(HEADS)
+
+
+def _head(module: Module, family: Family) -> str:
     cls = str((module.meta.get("source") or {}).get("class") or "")
     outputs = set(module.graph.outputs)
-    for suffix, (_, needs) in HEADS.items():
+    for suffix in family_heads(family):
+        needs = HEADS[suffix][1]
         if cls.endswith(suffix) and set(needs) <= outputs:
             return suffix
     raise _refuse(f"the {cls or 'model'} head (outputs {', '.join(sorted(outputs))}) is not "
-                  f"supported; supported heads: {', '.join('*' + s for s in HEADS)}")
+                  f"supported for {family.model_type}; supported: "
+                  f"{', '.join('*' + s for s in family_heads(family))}")
 
 
 def _tensor(value: Any, size: int) -> torch.Tensor:
@@ -950,7 +1204,17 @@ class _Collector:
         self.put(f"{name}.bias", node.arg(2), int(node.args[1].data.shape[0]))
         self.eps.add(float(node.attr("eps", 1e-5)))
 
-    def layer(self, layer: Layer, index: int, prefix: str, names: dict[str, str]) -> None:
+    def conv1d(self, nodes: list[Node], name: str) -> None:
+        """GPT-2's Conv1D: the linears' weights stacked by rows, transposed to [in, out]."""
+        weights = [n.args[1].data for n in nodes]
+        for n in nodes:
+            self.used.update(v.name for v in n.inputs if isinstance(v, Parameter))
+        self.weights[f"{name}.weight"] = torch.cat(weights).t()
+        self.weights[f"{name}.bias"] = torch.cat([_tensor(n.arg(2), int(w.shape[0]))
+                                                  for n, w in zip(nodes, weights, strict=True)])
+
+    def layer(self, layer: Layer, index: int, prefix: str, family: Family) -> None:
+        names = family.names
         base = f"{prefix}{names['layers']}.{index}"
         where = f"layer {index} (id {layer.id})"
         att, ffn = layer.attention, layer.ffn
@@ -962,7 +1226,7 @@ class _Collector:
             self.head_ids.append("")
         else:
             node = att.node
-            why = att.prunable or _post_ln(att)
+            why = att.prunable or _block_norm(att, family.pre_ln)
             if why:
                 raise _refuse(f"{where}: the attention block is not a BERT-style block ({why})")
             if node.attr("causal"):
@@ -970,9 +1234,13 @@ class _Collector:
             scale = node.attr("scale")
             if scale is not None and not math.isclose(scale, att.head_dim ** -0.5, rel_tol=1e-6):
                 raise _refuse(f"{where}: attention scale {scale:g} is not 1/sqrt(head_dim)")
-            for lin, role in ((att.query, "query"), (att.key, "key"), (att.value, "value"),
-                              (att.output, "out")):
-                self.linear(lin, f"{base}.{names[role]}")
+            if family.pre_ln:
+                self.conv1d([att.query, att.key, att.value], f"{base}.{names['qkv']}")
+                self.conv1d([att.output], f"{base}.{names['out']}")
+            else:
+                for lin, role in ((att.query, "query"), (att.key, "key"), (att.value, "value"),
+                                  (att.output, "out")):
+                    self.linear(lin, f"{base}.{names[role]}")
             self.norm(att.norms[0], f"{base}.{names['att_norm']}")
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
@@ -984,7 +1252,7 @@ class _Collector:
             self.ffn.append(0)
             self.neuron_ids.append("")
             return
-        why = _post_ln(ffn)
+        why = _block_norm(ffn, family.pre_ln)
         if why:
             raise _refuse(f"{where}: the FFN block is not a BERT-style block ({why})")
         act = ffn.activation
@@ -992,29 +1260,36 @@ class _Collector:
         if key not in _ACTIVATIONS:
             raise _refuse(f"{where}: the FFN activation {act.op} has no transformers equivalent")
         self.acts.add(_ACTIVATIONS[key])
-        self.linear(ffn.up, f"{base}.{names['up']}")
-        self.linear(ffn.down, f"{base}.{names['down']}")
+        if family.pre_ln:
+            self.conv1d([ffn.up], f"{base}.{names['up']}")
+            self.conv1d([ffn.down], f"{base}.{names['down']}")
+        else:
+            self.linear(ffn.up, f"{base}.{names['up']}")
+            self.linear(ffn.down, f"{base}.{names['down']}")
         self.norm(ffn.norms[0], f"{base}.{names['ffn_norm']}")
         self.ffn.append(ffn.width)
         self.neuron_ids.append(format_ids(ffn.neuron_ids))
 
 
-def _post_ln(block: Any) -> str | None:
-    """Why ``block`` is not ``norm(x + f(x))`` on the residual stream, or None."""
+def _block_norm(block: Any, pre_ln: bool) -> str | None:
+    """Why ``block`` is not ``norm(x + f(x))`` (post-LN) or ``x + f(norm(x))`` (pre-LN)."""
     if block.residual is None:
         return "its result is not added back to the residual stream"
-    if len(block.norms) != 1 or block.norms[0].args[0] is not block.residual.outputs[0]:
+    if len(block.norms) != 1:
+        return f"no layer norm {'before it' if pre_ln else 'right after its residual add'}"
+    norm_input = block.norms[0].args[0]
+    if pre_ln and norm_input is not block.stream_in:
+        return "its layer norm does not read the residual stream"
+    if not pre_ln and norm_input is not block.residual.outputs[0]:
         return "no layer norm right after its residual add (pre-LN?)"
     return None
 
 
 def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     """Non-layer parameter names of the family's ``head`` class -> whether each is required."""
-    emb = f"{prefix}embeddings."
-    tables = ("word_embeddings", "position_embeddings", "LayerNorm") + (
-        ("token_type_embeddings",) if family.model_type != "distilbert" else ())
-    names = {f"{emb}{n}.weight": True for n in tables}
-    names[f"{emb}LayerNorm.bias"] = True
+    tables = family.tables
+    names = {prefix + tables[t]: True for t in ("word", "position", "token_type") if t in tables}
+    names.update({f"{prefix}{tables['norm']}.{p}": True for p in ("weight", "bias")})
     if family.model_type == "electra":
         names.update({f"{prefix}embeddings_project.weight": False,
                       f"{prefix}embeddings_project.bias": False})
@@ -1030,11 +1305,12 @@ def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     return names
 
 
-def _embedding_prefix(module: Module) -> str:
+def _embedding_prefix(module: Module, family: Family) -> str:
+    word = family.tables["word"]
     for name in module.params:
-        if name.endswith("embeddings.word_embeddings.weight"):
-            return name[: -len("embeddings.word_embeddings.weight")]
-    raise _refuse("no word embedding table (…embeddings.word_embeddings.weight) was found")
+        if name == word or name.endswith("." + word):
+            return name[: -len(word)]
+    raise _refuse(f"no word embedding table (…{word}) was found")
 
 
 def _source_config(source: dict[str, Any]) -> dict[str, Any]:
@@ -1065,10 +1341,10 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
 
     Raises :class:`BackendError` for anything the generated classes cannot express."""
     family = family_of(module)
-    head = _head(module)
+    head = _head(module, family)
     _check_weights(module)
     source = dict(module.meta.get("source") or {})
-    prefix = _embedding_prefix(module)
+    prefix = _embedding_prefix(module, family)
     if prefix not in ("", f"{family.prefix}."):
         raise _refuse(f"parameters are prefixed '{prefix}', not '{family.prefix}.'")
     structure = analyze(module)
@@ -1076,8 +1352,8 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         raise _refuse("the module has no transformer layers (nothing was raised to attention/FFN)")
     got = _Collector()
     for index, layer in enumerate(structure.layers):
-        got.layer(layer, index, prefix, family.names)
-    word = module.params[f"{prefix}embeddings.word_embeddings.weight"]
+        got.layer(layer, index, prefix, family)
+    word = module.params[prefix + family.tables["word"]]
     first = structure.layers[0].attention or structure.layers[0].ffn
     hidden = int(first.norms[0].args[1].data.shape[0])  # the residual stream's width
     wanted = _head_params(family, head, prefix)
@@ -1100,7 +1376,8 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     if missing:
         raise _refuse(f"Optc{family.name}{head} needs @{missing[0]}, which the module lacks")
     emb_norm = next((n for n in module.graph if n.op == "layer_norm"
-                     and n.args[1] is module.params[f"{prefix}embeddings.LayerNorm.weight"]), None)
+                     and n.args[1] is module.params.get(f"{prefix}{family.tables['norm']}.weight")),
+                    None)
     if emb_norm is not None:
         got.eps.add(float(emb_norm.attr("eps", 1e-5)))
     if len(got.eps) > 1 or len(got.acts) > 1:
@@ -1123,8 +1400,8 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "num_attention_heads": hidden // dims[0] if dims else config.get("num_attention_heads", 1),
         "intermediate_size": max(got.ffn) or config.get("intermediate_size", 0),
         "hidden_act": next(iter(got.acts), config.get("hidden_act", "gelu")),
-        "max_position_embeddings": int(got.weights[f"{prefix}embeddings.position_embeddings.weight"].shape[0]),
-        "type_vocab_size": int(got.weights.get(f"{prefix}embeddings.token_type_embeddings.weight",
+        "max_position_embeddings": int(got.weights[prefix + family.tables["position"]].shape[0]),
+        "type_vocab_size": int(got.weights.get(prefix + family.tables.get("token_type", ""),
                                                torch.empty(0)).shape[0]),
         "layer_norm_eps": next(iter(got.eps), 1e-12),
         "pad_token_id": int(padding if padding is not None else config.get("pad_token_id") or
@@ -1145,15 +1422,17 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         if len(config.get("id2label") or {}) != labels:
             config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
             config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
-    if family.model_type == "distilbert":
+    if family.config_names:  # DistilBERT, GPT-2: their own names, no BERT-only fields
         for key in ("type_vocab_size", "embedding_size", "add_pooling_layer"):
             config.pop(key)
-        config.update({new: config.pop(old) for old, new in _DISTIL_CONFIG.items()})
+        if family.pre_ln:
+            config.pop("pad_token_id")
+        config.update({new: config.pop(old) for old, new in family.config_names.items()})
     file = modeling_file_name(family)
     stem = file.removesuffix(".py")
     config["auto_map"] = {"AutoConfig": f"{stem}.Optc{family.name}Config",
-                          **{auto: f"{stem}.Optc{family.name}{suffix}"
-                             for suffix, (auto, _) in HEADS.items()}}
+                          **{HEADS[suffix][0]: f"{stem}.Optc{family.name}{suffix}"
+                             for suffix in family_heads(family)}}
     config["optc"] = {
         "source_model_type": family.model_type,
         "source": source.get("model"),
@@ -1261,9 +1540,9 @@ def exported_class(directory: str | os.PathLike, config: dict[str, Any],
     if suffix is None:
         arch = (config.get("architectures") or [f"Optc{family.name}Model"])[0]
         suffix = str(arch).removeprefix(f"Optc{family.name}")
-    if suffix not in HEADS:
-        raise InputError(f"'{directory}': no generated class for the head '{suffix}' "
-                         f"(choose one of {', '.join(HEADS)})")
+    if suffix not in family_heads(family):
+        raise InputError(f"'{directory}': no generated {family.model_type} class for the head "
+                         f"'{suffix}' (choose one of {', '.join(family_heads(family))})")
     return getattr(generated, f"Optc{family.name}{suffix}")
 
 

@@ -48,6 +48,8 @@ JOBS = {
     "distilbert-cls": ("distilbert", "ForSequenceClassification",
                        "prune-heads{heads=0:0,0:1,0:2,2:3},drop-layers{layers=1,blocks=ffn},"
                        "prune-neurons{neurons=2:1,2:6},dce"),
+    "gpt2-base": ("gpt2", "Model", "prune-heads{heads=0:1,1:0,1:2,1:3},drop-layers{layers=2,blocks=attention},"
+                  "prune-neurons{neurons=0:7,1:0,1:1},dce"),
 }
 
 CHILD = r'''
@@ -121,6 +123,8 @@ def build(family: str, head: str) -> torch.nn.Module:
         "roberta": lambda: tf.RobertaConfig(**{**kw, "max_position_embeddings": 66}),
         "xlm-roberta": lambda: tf.XLMRobertaConfig(**{**kw, "max_position_embeddings": 66}),
         "electra": lambda: tf.ElectraConfig(**kw, embedding_size=32),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=120, n_embd=64, n_layer=3, n_head=4, n_positions=64,
+                                      use_cache=False),
         "distilbert": lambda: tf.DistilBertConfig(vocab_size=120, dim=64, n_layers=3, n_heads=4,
                                                   hidden_dim=128, max_position_embeddings=64),
     }[family]()
@@ -240,6 +244,14 @@ def test_config_records_per_layer_sizes(exported) -> None:
     assert distil["num_attention_heads_per_layer"] == [1, 4, 3]
     assert distil["intermediate_size_per_layer"] == [128, 0, 126]
     assert "hidden_size" not in distil and "type_vocab_size" not in distil
+    gpt2 = json.loads((found["gpt2-base"][1] / "config.json").read_text())
+    assert (gpt2["n_layer"], gpt2["n_embd"], gpt2["n_inner"]) == (3, 64, 256)
+    assert gpt2["num_attention_heads_per_layer"] == [3, 1, 0]
+    assert gpt2["intermediate_size_per_layer"] == [255, 254, 256]
+    assert set(gpt2["auto_map"]) == {"AutoConfig", "AutoModel"}
+    weights = load_file(str(found["gpt2-base"][1] / "model.safetensors"))
+    assert weights["h.1.attn.c_attn.weight"].shape == (64, 3 * 16)  # Conv1D: [in, out]
+    assert "h.2.ln_1.weight" not in weights  # the attention block went with its norm
 
 
 def test_pipeline_classifies_with_the_pruned_model(exported) -> None:
@@ -286,13 +298,20 @@ def test_edited_modeling_file_is_never_run(exported, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("family", ["gpt2"])
-def test_unsupported_family_refused_in_one_line(family: str, tmp_path: Path) -> None:
-    module = optc.capture(tiny_model(family), source={"model": family})
-    with pytest.raises(BackendError, match=f"'{family}' models are not supported yet") as info:
+def test_unsupported_family_refused_in_one_line(exported, tmp_path: Path) -> None:
+    module = exported[1]["bert-base"][0].clone()
+    module.meta["source"]["model_type"] = "t5"
+    with pytest.raises(BackendError, match="'t5' models are not supported yet") as info:
         write_backend(module, "hf", tmp_path / "out")
     assert "\n" not in str(info.value) and info.value.exit_code == 6
     assert not (tmp_path / "out").exists()
+
+
+def test_gpt2_head_other_than_base_refused(tmp_path: Path) -> None:
+    module = optc.capture(tiny_model("gpt2"), source={"model": "gpt2"})
+    module.meta["source"]["class"] = "GPT2ForQuestionAnswering"
+    with pytest.raises(BackendError, match="not supported for gpt2; supported: \\*Model"):
+        write_backend(module, "hf", tmp_path / "out")
 
 
 def test_quantized_weight_refused(exported, tmp_path: Path) -> None:
