@@ -441,6 +441,9 @@ def diff_dot(a: Module, b: Module, title: str | None = None) -> str:
     d = _Drawing(a)
     sb = analyze(b)
     matched = _match(d.structure, sb, _has_ids(a) and _has_ids(b))
+    if d.structure.layers and sb.layers and not matched:
+        title = (f"{title}: " if title else "") + ("no layer in common (a different model or "
+                                                   "architecture?): every layer shows as removed")
     g = _new_graph(title)
     _io_nodes(g, d)
     by_layer: dict[int, list[Node]] = {}

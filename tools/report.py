@@ -570,7 +570,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
                            seq=args.seq, bench=bench, specialization=record)
         graphs.write_file(out, page.encode("utf-8"), args.force, REPORT_SUFFIXES, inputs)
     data_warn = baseline is not None and family(module) != family(baseline)
-    if data_warn and not args.quiet:
+    if data_warn:
         sys.stderr.write(f"optc: note: {args.baseline} is a different architecture family; "
                          "only totals are compared\n")
     if not graphs.dot_available():

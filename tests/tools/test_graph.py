@@ -195,3 +195,11 @@ def test_inspect_graph_bad_usage(artifacts, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "inspect", artifacts["base"], "--graph",
                        tmp_path / "missing" / "g.dot", "-q")
     assert code == 4 and "does not exist" in err
+
+
+def test_diff_against_an_unrelated_model_says_so(base) -> None:
+    other = optc.capture(tiny_model("distilbert"))
+    for node in other.graph:  # a module from before stable ids: matched by parameter names
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "layer"}
+    dot = graph.diff_dot(base, other, title="A -> B")
+    assert "no layer in common" in dot
