@@ -203,3 +203,16 @@ def test_diff_against_an_unrelated_model_says_so(base) -> None:
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "layer"}
     dot = graph.diff_dot(base, other, title="A -> B")
     assert "no layer in common" in dot
+
+
+def test_diff_greys_a_removed_block_and_keeps_the_rest(base) -> None:
+    module = base.clone()
+    optc.run_pipeline(module, "drop-layers{layers=0,blocks=attention},dce")
+    dot = graph.diff_dot(base, module)
+    layer0 = dot[dot.index("subgraph cluster_layer0"):dot.index("subgraph cluster_layer1")]
+    assert "heads block removed" in layer0 and "FFN 128" in layer0
+    gone = re.findall(r"<S>(linear \(\w+[^<]*|attention)</S>", layer0)
+    assert sorted(gone) == ["attention", "linear (key)", "linear (output proj)", "linear (query)",
+                            "linear (value)"]
+    assert {int(h) for h in re.findall(r"removed head 0:(\d)", layer0)} == {0, 1, 2, 3}
+    assert "removed head 1:" not in dot
