@@ -263,6 +263,8 @@ def search_plot(spec: dict[str, Any]) -> str | None:
         x, y = _first(c, _X_KEYS), _first(c, _Y_KEYS)
         if x and y:
             ok = bool(c.get("accepted", c.get("kept", c.get("committed", False))))
+            if x[0] == "flops":
+                x = ("GFLOPs (batch 1, seq 128)", x[1] / 1e9)
             pts.append((x, y, ok))
     if not pts:
         return None
@@ -273,7 +275,7 @@ def search_plot(spec: dict[str, Any]) -> str | None:
         if sel:
             ax.scatter([p[0][1] for p in sel], [p[1][1] for p in sel], c=color, label=label,
                        s=28 if ok else 16, zorder=3 if ok else 2)
-    ax.set_xlabel(pts[0][0][0].replace("_", " "))
+    ax.set_xlabel(pts[0][0][0].replace("_", " ").replace("gflops", "GFLOPs"))
     ax.set_ylabel(pts[0][1][0].replace("_", " "))
     ax.set_title("specialization search: every candidate", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
@@ -436,7 +438,8 @@ def _specialize_section(data: dict[str, Any]) -> str:
 def _num(v: Any, scale: float = 1) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return "-" if v is None else _esc(v)
-    v = v / scale
+    if scale != 1:
+        v = v / scale
     return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
 
 

@@ -119,7 +119,8 @@ def test_report_renders_specialization_history(targets, tmp_path, capsys) -> Non
                 "note": "block removed" if i == 6 else ""} for i in range(7)]
     record = {"history": history, "metric": "accuracy", "dev_metric_before": 91.5,
               "dev_metric_after": 90.75, "baseline_loss": 0.4, "best_loss": 0.43,
-              "flops_before": 2 * 10**9, "flops_after": 10**9}
+              "flops_before": 2 * 10**9, "flops_after": 10**9,
+              "params_before": 21506, "params_after": 17282}
     art = optc.save(optc.load_module(targets["small"]), tmp_path / "spec",
                     extra={"specialization": record})
     out = tmp_path / "r.html"
@@ -127,6 +128,8 @@ def test_report_renders_specialization_history(targets, tmp_path, capsys) -> Non
     spec = section(out.read_text(), "specialization")
     assert "<td>dev accuracy</td><td>91.5</td><td>90.75</td>" in spec
     assert "<td>GFLOPs (batch 1, seq 128)</td><td>2</td><td>1</td>" in spec
+    assert "<td>parameters</td><td>21,506</td><td>17,282</td>" in spec
+    assert "GFLOPs (batch 1, seq 128)</text>" in spec  # the plot's x axis
     assert "<svg" in spec and "accepted" in spec and "rejected" in spec and "mean loss" in spec
     # the same record in the module's metadata is read too (Python API)
     module = optc.load_module(targets["small"])
