@@ -50,7 +50,7 @@ import torch
 from optc.errors import BackendError, InputError
 from optc.ir.analysis import Layer, analyze
 from optc.ir.attributes import Quantization
-from optc.ir.core import Module, Node, Parameter
+from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.ids import format_ids
 from optc.outputs import atomic_directory, check_output, umask_mode
 
@@ -140,6 +140,8 @@ PER_LAYER_FIELDS = {
                                 "its k highest probabilities after the softmax (ties too)",
     "attention_topk_renormalize_per_layer": "hard attention rescales the kept probabilities "
                                             "to sum to 1",
+    "attention_bias_only_per_layer": "a layer whose heads were all pruned still adds the output "
+                                     "bias of its attention (and its norm, post-LN)",
 }
 """config.json fields that give each layer its own size (one entry per remaining layer)."""
 
@@ -169,7 +171,8 @@ _HEADER = '''\
 
 Each layer i has config.num_attention_heads_per_layer[i] heads of
 config.attention_head_size_per_layer[i] (0 heads: no attention block) and
-config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block);
+config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block); a layer with 0 heads
+and config.attention_bias_only_per_layer[i] keeps the output bias of its pruned attention;
 config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
 after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
 when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow transformers'
@@ -202,7 +205,8 @@ class Optc${Name}Config(PretrainedConfig):
                  classifier_dropout=None, add_pooling_layer=$pooler,
                  num_attention_heads_per_layer=None, attention_head_size_per_layer=None,
                  intermediate_size_per_layer=None, attention_topk_per_layer=None,
-                 attention_topk_renormalize_per_layer=None, **kwargs):
+                 attention_topk_renormalize_per_layer=None, attention_bias_only_per_layer=None,
+                 **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -229,6 +233,7 @@ class Optc${Name}Config(PretrainedConfig):
         self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
         self.attention_topk_renormalize_per_layer = _per_layer(
             attention_topk_renormalize_per_layer, False, layers)
+        self.attention_bias_only_per_layer = _per_layer(attention_bias_only_per_layer, False, layers)
 
 
 def _per_layer(values, default, layers):
@@ -320,6 +325,35 @@ class Optc${Name}Attention(nn.Module):
         return self.output(context, hidden_states), probs
 
 
+class Optc${Name}Bias(nn.Module):
+    """A projection with no inputs left: only its bias."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
+class Optc${Name}HeadlessOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = Optc${Name}Bias(config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, residual):
+        return self.LayerNorm(self.dense.bias + residual)
+
+
+class Optc${Name}HeadlessAttention(nn.Module):
+    """An attention block whose heads were all pruned: it still adds its output bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.output = Optc${Name}HeadlessOutput(config)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        return self.output(hidden_states), None
+
+
 class Optc${Name}Intermediate(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -349,6 +383,8 @@ class Optc${Name}Layer(nn.Module):
         has_attention = config.num_attention_heads_per_layer[layer] > 0
         has_ffn = config.intermediate_size_per_layer[layer] > 0
         self.attention = Optc${Name}Attention(config, layer) if has_attention else None
+        if not has_attention and config.attention_bias_only_per_layer[layer]:
+            self.attention = Optc${Name}HeadlessAttention(config)
         self.intermediate = Optc${Name}Intermediate(config, layer) if has_ffn else None
         self.output = Optc${Name}Output(config, layer) if has_ffn else None
 
@@ -583,7 +619,8 @@ _DISTIL_BODY = '''\
 
 Each layer i has config.num_attention_heads_per_layer[i] heads of
 config.attention_head_size_per_layer[i] (0 heads: no attention block) and
-config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block);
+config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block); a layer with 0 heads
+and config.attention_bias_only_per_layer[i] keeps the output bias of its pruned attention;
 config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
 after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
 when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow
@@ -617,7 +654,8 @@ class OptcDistilBertConfig(PretrainedConfig):
                  qa_dropout=0.1, seq_classif_dropout=0.2, layer_norm_eps=1e-12, pad_token_id=0,
                  num_attention_heads_per_layer=None, attention_head_size_per_layer=None,
                  intermediate_size_per_layer=None, attention_topk_per_layer=None,
-                 attention_topk_renormalize_per_layer=None, **kwargs):
+                 attention_topk_renormalize_per_layer=None, attention_bias_only_per_layer=None,
+                 **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
@@ -641,6 +679,7 @@ class OptcDistilBertConfig(PretrainedConfig):
         self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
         self.attention_topk_renormalize_per_layer = _per_layer(
             attention_topk_renormalize_per_layer, False, layers)
+        self.attention_bias_only_per_layer = _per_layer(attention_bias_only_per_layer, False, layers)
 
 
 def _per_layer(values, default, layers):
@@ -706,6 +745,25 @@ class OptcDistilBertAttention(nn.Module):
         return self.out_lin(context), probs
 
 
+class OptcDistilBertBias(nn.Module):
+    """A projection with no inputs left: only its bias."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
+class OptcDistilBertHeadlessAttention(nn.Module):
+    """An attention block whose heads were all pruned: it still adds its output bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.out_lin = OptcDistilBertBias(config.dim)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        return self.out_lin.bias, None
+
+
 class OptcDistilBertFFN(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -723,11 +781,13 @@ class OptcDistilBertLayer(nn.Module):
 
     def __init__(self, config, layer):
         super().__init__()
+        self.attention = None
         if config.num_attention_heads_per_layer[layer] > 0:
             self.attention = OptcDistilBertAttention(config, layer)
+        elif config.attention_bias_only_per_layer[layer]:
+            self.attention = OptcDistilBertHeadlessAttention(config)
+        if self.attention is not None:
             self.sa_layer_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
-        else:
-            self.attention = None
         if config.intermediate_size_per_layer[layer] > 0:
             self.ffn = OptcDistilBertFFN(config, layer)
             self.output_layer_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
@@ -896,7 +956,8 @@ _GPT2_BODY = '''\
 
 Each block i has config.num_attention_heads_per_layer[i] heads of
 config.attention_head_size_per_layer[i] (0 heads: no attention block) and
-config.intermediate_size_per_layer[i] MLP neurons (0: no MLP block);
+config.intermediate_size_per_layer[i] MLP neurons (0: no MLP block); a block with 0 heads
+and config.attention_bias_only_per_layer[i] keeps the output bias of its pruned attention;
 config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
 after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
 when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow
@@ -925,7 +986,7 @@ class OptcGPT2Config(PretrainedConfig):
                  initializer_range=0.02, num_attention_heads_per_layer=None,
                  attention_head_size_per_layer=None, intermediate_size_per_layer=None,
                  attention_topk_per_layer=None, attention_topk_renormalize_per_layer=None,
-                 **kwargs):
+                 attention_bias_only_per_layer=None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.n_positions = n_positions
@@ -948,6 +1009,7 @@ class OptcGPT2Config(PretrainedConfig):
         self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
         self.attention_topk_renormalize_per_layer = _per_layer(
             attention_topk_renormalize_per_layer, False, layers)
+        self.attention_bias_only_per_layer = _per_layer(attention_bias_only_per_layer, False, layers)
 
 
 def _per_layer(values, default, layers):
@@ -1011,6 +1073,25 @@ class OptcGPT2Attention(nn.Module):
         return self.resid_dropout(self.c_proj(context)), probs
 
 
+class OptcGPT2Bias(nn.Module):
+    """A projection with no inputs left: only its bias."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
+class OptcGPT2HeadlessAttention(nn.Module):
+    """An attention block whose heads were all pruned: it still adds its output bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_proj = OptcGPT2Bias(config.n_embd)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        return self.c_proj.bias, None
+
+
 class OptcGPT2MLP(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -1030,11 +1111,12 @@ class OptcGPT2Block(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
         eps = config.layer_norm_epsilon
+        self.ln_1 = self.attn = None
         if config.num_attention_heads_per_layer[layer] > 0:
             self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps)
             self.attn = OptcGPT2Attention(config, layer)
-        else:
-            self.attn = None
+        elif config.attention_bias_only_per_layer[layer]:
+            self.attn = OptcGPT2HeadlessAttention(config)
         if config.intermediate_size_per_layer[layer] > 0:
             self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps)
             self.mlp = OptcGPT2MLP(config, layer)
@@ -1044,7 +1126,8 @@ class OptcGPT2Block(nn.Module):
     def forward(self, hidden_states, mask, output_attentions=False):
         probs = None
         if self.attn is not None:
-            attended, probs = self.attn(self.ln_1(hidden_states), mask, output_attentions)
+            normed = self.ln_1(hidden_states) if self.ln_1 is not None else hidden_states
+            attended, probs = self.attn(normed, mask, output_attentions)
             hidden_states = attended + hidden_states
         if self.mlp is not None:
             hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
@@ -1187,6 +1270,7 @@ class _Collector:
         self.ffn: list[int] = []
         self.topk: list[int | None] = []
         self.renormalize: list[bool] = []
+        self.bias_only: list[bool] = []
         self.head_ids: list[str] = []
         self.neuron_ids: list[str] = []
 
@@ -1218,7 +1302,15 @@ class _Collector:
         base = f"{prefix}{names['layers']}.{index}"
         where = f"layer {index} (id {layer.id})"
         att, ffn = layer.attention, layer.ffn
+        self.bias_only.append(False)
         if att is None:
+            residue = _headless(ffn, family.pre_ln) if ffn is not None else None
+            if residue is not None:
+                bias, norm = residue
+                self.bias_only[-1] = True
+                self.put(f"{base}.{names['out']}.bias", bias)
+                if norm is not None:
+                    self.norm(norm, f"{base}.{names['att_norm']}")
             self.heads.append(0)
             self.head_dims.append(0)
             self.topk.append(None)
@@ -1269,6 +1361,24 @@ class _Collector:
         self.norm(ffn.norms[0], f"{base}.{names['ffn_norm']}")
         self.ffn.append(ffn.width)
         self.neuron_ids.append(format_ids(ffn.neuron_ids))
+
+
+def _headless(ffn: Any, pre_ln: bool) -> tuple[Parameter, Node | None] | None:
+    """What an attention block leaves when all its heads are pruned, right before ``ffn``:
+    ``norm(bias + x)`` (post-LN) or ``bias + x`` (pre-LN); None when there is none."""
+    value = ffn.stream_in
+    norm = value.producer if isinstance(value, Value) and not pre_ln else None
+    if not pre_ln:
+        if norm is None or norm.op != "layer_norm":
+            return None
+        value = norm.args[0]
+    add = value.producer if isinstance(value, Value) else None
+    if add is None or add.op != "aten.add.Tensor":
+        return None
+    params = [a for a in add.args[:2] if isinstance(a, Parameter)]
+    if len(params) != 1 or params[0].data.dim() != 1 or len(add.args) > 2 and add.args[2] != 1:
+        return None
+    return params[0], norm
 
 
 def _block_norm(block: Any, pre_ln: bool) -> str | None:
@@ -1412,6 +1522,7 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "intermediate_size_per_layer": got.ffn,
         "attention_topk_per_layer": got.topk,
         "attention_topk_renormalize_per_layer": got.renormalize,
+        "attention_bias_only_per_layer": got.bias_only,
     })
     if head != "Model":
         rows = {"ForQuestionAnswering": "qa_outputs.weight",

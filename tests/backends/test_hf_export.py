@@ -36,7 +36,8 @@ JOBS = {
     "bert-cls": ("bert", "ForSequenceClassification",
                  "drop-layers{layers=1},drop-layers{layers=0,blocks=attention},"
                  "prune-heads{heads=1:3,1:0},prune-neurons{neurons=0:0,0:5,0:9,1:1},dce"),
-    "bert-base": ("bert", "Model", "prune-heads{heads=1:1,1:2},prune-neurons{neurons=2:0},dce"),
+    "bert-base": ("bert", "Model", "prune-heads{heads=1:1,1:2,2:0,2:1,2:2,2:3},"
+                  "prune-neurons{neurons=2:0},dce"),
     "roberta-cls": ("roberta", "ForSequenceClassification",
                     "drop-layers{layers=2},prune-heads{heads=0:1,0:2,0:3,1:0},"
                     "prune-neurons{neurons=1:2,1:4},dce"),
@@ -238,6 +239,8 @@ def test_config_records_per_layer_sizes(exported) -> None:
     assert weights["bert.encoder.layer.1.attention.self.query.weight"].shape == (32, 64)
     hard = json.loads((found["bert-base"][1] / "config.json").read_text())
     assert hard["attention_topk_per_layer"] == [3, None, None]
+    assert hard["num_attention_heads_per_layer"] == [4, 2, 0]  # layer 2: every head pruned,
+    assert hard["attention_bias_only_per_layer"] == [False, False, True]  # its bias stays
     distil = json.loads((found["distilbert-cls"][1] / "config.json").read_text())
     # DistilBERT keeps its own field names; layer 1 lost its FFN block
     assert (distil["n_layers"], distil["dim"], distil["n_heads"]) == (3, 64, 4)
@@ -266,23 +269,33 @@ def test_pipeline_classifies_with_the_pruned_model(exported) -> None:
     assert [p["score"] for p in preds] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
 
 
-def test_read_back_and_prune_again(exported, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "spec", "heads", "ffn", "bias_only"), [
+    ("bert-cls", "prune-heads{heads=1:0}", [0, 1], [124, 127], [False, False]),
+    # the last head of layer 0 goes: the layer keeps its attention's output bias and norm
+    ("distilbert-cls", "prune-heads{heads=0:0}", [0, 4, 3], [127, 0, 126], [True, False, False]),
+    ("gpt2-base", "prune-heads{heads=0:0}", [2, 1, 0], [254, 254, 256], [False, False, False]),
+])
+def test_read_back_and_prune_again(exported, tmp_path: Path, name: str, spec: str,
+                                   heads: list[int], ffn: list[int], bias_only: list[bool]) -> None:
     """A second pruning pass on an exported directory, through optc, exported again."""
     _, found = exported
-    module, out, x, _ = found["bert-cls"]
+    module, out, x, _ = found[name]
+    family, head = JOBS[name][:2]
     model, source = load_model(out)
-    assert type(model).__name__ == "OptcBertForSequenceClassification"
-    assert source["model_type"] == "bert"
+    assert type(model).__name__ == f"Optc{FAMILIES[family].name}{head}"
+    assert source["model_type"] == family
     again = optc.capture(model, source=source)
     with torch.inference_mode():
-        want = to_eager(module)(**x)["logits"]
-        assert (to_eager(again)(**x)["logits"] - want).abs().max().item() <= TOL
-    optc.run_pipeline(again, "prune-heads{heads=1:0},prune-neurons{neurons=0:0},dce")
+        want, got = to_eager(module)(**x), to_eager(again)(**x)
+    for key in want:
+        assert (got[key] - want[key]).abs().max().item() <= TOL
+    optc.run_pipeline(again, spec + ",prune-neurons{neurons=0:0},dce")
     second = tmp_path / "second"
     write_checked(again, "hf", second)
     config = json.loads((second / "config.json").read_text())
-    assert config["num_attention_heads_per_layer"] == [0, 1]
-    assert config["intermediate_size_per_layer"] == [124, 127]
+    assert config["num_attention_heads_per_layer"] == heads
+    assert config["intermediate_size_per_layer"] == ffn
+    assert config["attention_bias_only_per_layer"] == bias_only
     assert (second / "vocab.txt").is_file()  # the tokenizer travels with the model
 
 
