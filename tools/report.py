@@ -558,7 +558,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
     if out.suffix.lower() not in REPORT_SUFFIXES:
         p.error(f"-o {args.output}: the report's name must end in .html")
     inputs = tuple(Path(t) for t in (args.target, args.baseline) if t)
-    _check_out(out, args.force, inputs)
+    graphs.check_file_output(out, args.force, REPORT_SUFFIXES, inputs)  # before slow work
     progress = Progress(enabled=not args.quiet)
     module = _load(args.target, load, progress)
     baseline = _load(args.baseline, load, progress) if args.baseline else None
@@ -613,23 +613,6 @@ def _load(target: str, load: Callable[[str | None, str, Any], Module], progress:
         raise InputError(f"'{target}' is not a model: give an optc artifact directory, a Hugging "
                          "Face model directory or id, or 'embedded'")
     return load(None if target == "embedded" else target, "auto", progress)
-
-
-def _check_out(out: Path, force: bool, inputs: tuple[Path, ...]) -> None:
-    from optc.errors import OutputError
-
-    if out.exists() or out.is_symlink():
-        if out.is_dir() or out.is_symlink():
-            raise OutputError(f"'{out}' exists and is not an .html file optc would replace")
-        if any(out.resolve() == i.resolve() for i in inputs if i.exists()):
-            raise OutputError(f"'{out}' is an input; choose another output name")
-        if not force:
-            raise OutputError(f"'{out}' exists (use --force to replace it)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
 
 
 def _bench(target: str, baseline: str | None, seq: int) -> list[dict[str, Any]]:

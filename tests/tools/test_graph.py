@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import optc
-from optc.errors import InputError
+from optc.errors import InputError, OutputError
 from optc.ir.attributes import Quantization, Sparsity
 from optc.tests.conftest import tiny_model
 from optc.tools import graph
@@ -216,3 +216,15 @@ def test_diff_greys_a_removed_block_and_keeps_the_rest(base) -> None:
                             "linear (value)"]
     assert {int(h) for h in re.findall(r"removed head 0:(\d)", layer0)} == {0, 1, 2, 3}
     assert "removed head 1:" not in dot
+
+
+def test_missing_dot_checks_the_dot_file_it_would_write(base, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    (tmp_path / "g.dot").write_text("old")
+    with pytest.raises(OutputError, match="--force"):
+        graph.check_graph_output(tmp_path / "g.svg", force=False)
+    written, _ = graph.render(graph.overview_dot(base), tmp_path / "g.svg", force=True)
+    assert written.read_text().startswith("digraph")
+    (tmp_path / "d.svg").mkdir()
+    with pytest.raises(OutputError, match="not a"):
+        graph.check_file_output(tmp_path / "d.svg", True, graph.GRAPH_SUFFIXES)
