@@ -401,9 +401,12 @@ def _diff_node(g: Any, nid: str, node: Node, place: _Place | None, after: Node |
         ha, hb = node.attr("num_heads"), after.attr("num_heads")
         before_ids = ids_or_range(node.attr("head_ids"), ha)
         after_ids = ids_or_range(after.attr("head_ids"), hb)
+        hard = (node.attr("kind"), node.attr("topk")) != (after.attr("kind"), after.attr("topk"))
         lines = [f'<FONT COLOR="{_CHANGED}">heads {ha} &#8594; {hb}</FONT>' if ha != hb
-                 else f"{ha} heads"] + [x for x in _attention_text(after) if "heads" not in x]
-        changed = ha != hb or before_ids != after_ids
+                 else f"{ha} heads"]
+        lines += [f'<FONT COLOR="{_CHANGED}">{x}</FONT>' if hard and x.startswith("hard") else x
+                  for x in _attention_text(after) if "heads" not in x]
+        changed = ha != hb or before_ids != after_ids or hard
         layer_id = place.layer.id if place else 0
         extra = _head_cells(layer_id, before_ids, after_ids)
     elif after is not None and node.op == "linear":

@@ -228,3 +228,13 @@ def test_missing_dot_checks_the_dot_file_it_would_write(base, tmp_path, monkeypa
     (tmp_path / "d.svg").mkdir()
     with pytest.raises(OutputError, match="not a"):
         graph.check_file_output(tmp_path / "d.svg", True, graph.GRAPH_SUFFIXES)
+
+
+def test_diff_marks_hard_attention_in_orange(base) -> None:
+    module = base.clone()
+    att = [n for n in module.graph if n.op == "attention"][1]
+    att.set_attr("kind", "topk")
+    att.set_attr("topk", 4)
+    dot = graph.diff_dot(base, module)
+    assert dot.count('<FONT COLOR="#d35400">hard attention, top-4</FONT>') == 1
+    assert "removed head" not in dot
