@@ -1477,6 +1477,12 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
             parts.setdefault(whole, []).append((int(part), param.data))
             continue
         if name not in wanted:
+            if param.data.dim() == 1 and any(u.op == "aten.add.Tensor" for u in param.users()):
+                raise _refuse(
+                    f"parameter @{name} is the output bias left by a block whose units were all "
+                    "pruned; the generated classes keep it only for an attention block followed "
+                    "by an FFN block: keep a unit, or remove the block with "
+                    "drop-layers{...,blocks=...} instead")
             raise _refuse(f"parameter @{name} has no place in Optc{family.name}{head} (the "
                           "generated classes hold embeddings, layers, pooler and task head only)")
         got.put(name, param)

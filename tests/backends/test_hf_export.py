@@ -376,3 +376,14 @@ def test_minilm_worked_example_in_plain_transformers(minilm_module, tmp_path: Pa
         length = int(enc["attention_mask"][row].sum())
         features = torch.tensor(features).reshape(-1, want.shape[-1])[:length]
         assert (features - want[row, :length]).abs().max().item() <= TOL
+
+
+def test_bias_left_by_a_fully_pruned_ffn_refused_with_the_fix(exported, tmp_path: Path) -> None:
+    module = exported[1]["bert-base"][0].clone()
+    everything = ",".join(f"0:{i}" for i in range(128))
+    optc.run_pipeline(module, f"prune-neurons{{neurons={everything}}},dce")
+    with pytest.raises(BackendError, match=r"output bias left by a block whose units were all "
+                                           r"pruned.*drop-layers") as info:
+        write_backend(module, "hf", tmp_path / "out")
+    assert "@encoder.layer.0.output.dense.bias" in str(info.value)
+    assert not (tmp_path / "out").exists()
