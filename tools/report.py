@@ -39,9 +39,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from optc.errors import InputError
-from optc.ir.analysis import node_cost
-from optc.ir.attributes import Sparsity
-from optc.ir.core import Module, Value
+from optc.ir.core import Module
 from optc.tools import graph as graphs
 from optc.tools.common import EPILOG
 from optc.tools.common import Parser as _Parser
@@ -111,14 +109,14 @@ def build_report(module: Module, baseline: Module | None = None, *, name: str = 
     info = summarize_cached(module, seq)
     data: dict[str, Any] = {
         "name": name, "path": path, "seq": seq, "model": info,
-        "nonzero_flops": nonzero_flops(module, seq),
+        "nonzero_flops": info["nonzero_flops"],
         "specialization": specialization or module.meta.get("specialization"),
         "disk_bytes": disk_size(path), "baseline": None, "warnings": [], "bench": bench,
     }
     if baseline is not None:
         binfo = summarize_cached(baseline, seq)
         data["baseline"] = {"name": baseline_name, "path": baseline_path, "model": binfo,
-                            "nonzero_flops": nonzero_flops(baseline, seq),
+                            "nonzero_flops": binfo["nonzero_flops"],
                             "disk_bytes": disk_size(baseline_path)}
         fa, fb = family(module), family(baseline)
         data["comparable"] = fa == fb
@@ -128,22 +126,6 @@ def build_report(module: Module, baseline: Module | None = None, *, name: str = 
                 f"the baseline {baseline_name} is a different architecture family ({what}): "
                 "only totals are compared; the per-layer comparison and the graph diff are left out")
     return data
-
-
-def nonzero_flops(module: Module, seq: int = 128) -> int:
-    """FLOPs (batch 1 at ``seq``) with each ``linear`` scaled by the density its weight
-    declares (a ``Sparsity`` attribute): the work a sparse kernel would do."""
-    dims = {"batch": 1, "seq": seq}
-    total = 0.0
-    for node in module.graph:
-        flops = node_cost(node, dims)["flops"]
-        weight = node.arg(1) if node.op == "linear" else None
-        if isinstance(weight, Value) and weight.is_param:
-            density = min((a.density for a in weight.attrs.values() if isinstance(a, Sparsity)),
-                          default=1.0)
-            flops *= density
-        total += flops
-    return int(total)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

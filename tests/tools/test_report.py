@@ -58,7 +58,8 @@ def test_report_sections_and_numbers_match_inspect_json(targets, tmp_path, capsy
     _, jb, _ = run(capsys, "inspect", targets["base"], "--json", "-q")
     small, base = json.loads(js), json.loads(jb)
     data = page_data(text)
-    for key in ("parameters", "flops", "nodes", "layers", "layer_facts", "pipeline", "pass_stats"):
+    for key in ("parameters", "flops", "nonzero_flops", "nodes", "layers", "layer_facts",
+                "pipeline", "pass_stats"):
         assert data["model"][key] == small[key], key
         assert data["baseline"]["model"][key] == base[key], key
     summary = section(text, "summary")
