@@ -199,3 +199,18 @@ def test_bad_input_is_one_line_and_typed(module, tokenizer, task_dir):
         SearchOptions(k=0)
     with pytest.raises(PipelineSpecError, match="unknown candidate kind 'layers'"):
         SearchOptions(kinds=("layers",))
+
+
+def test_pareto_front_of_the_history():
+    from optc.search import SearchResult
+
+    def cfg(*layers):
+        return Config(frozenset(Candidate("ffn", i) for i in layers))
+
+    points = [(cfg(), 80.0, 100), (cfg(1), 81.0, 90), (cfg(1, 2), 79.0, 80),
+              (cfg(2), 78.0, 95), (cfg(1, 3), 81.0, 85), (cfg(1, 2, 3), 70.0, 60)]
+    result = SearchResult(None, cfg(1, 3), [], 0.0, 0.0, None, None, "accuracy", 100, 85, 0, 0,
+                          0, 0.0, 10, points=points)
+    front = result.pareto(5)
+    assert [p[2] for p in front] == [60, 80]  # (1,3) is the result; (1) and (2) are dominated
+    assert result.pareto(1) == [front[0]] and result.pareto(0) == []
