@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from optc.data import INPUT_NAMES
 from optc.errors import InputError, PipelineSpecError
 from optc.ir.analysis import analyze, module_flops
 from optc.ir.core import Module
@@ -200,8 +201,6 @@ class SearchResult:
 
 
 def _input_names(module: Module) -> tuple[str, ...]:
-    from optc.data import INPUT_NAMES
-
     return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
 
 

@@ -214,3 +214,22 @@ def test_pareto_front_of_the_history():
     front = result.pareto(5)
     assert [p[2] for p in front] == [60, 80]  # (1,3) is the result; (1) and (2) are dominated
     assert result.pareto(1) == [front[0]] and result.pareto(0) == []
+
+
+def test_regression_searches_on_squared_error(tokenizer, task_dir):
+    from optc.train import add_task_head
+
+    spec = "text-classification{regression=true}"
+    _, module = tiny_bert(layers=2, seed=2)
+    add_task_head(module, spec, spec=spec)
+    task = get_task(spec)
+    examples = task.read("val", task_dir)
+    batches = prepare_batches(task, examples, tokenizer, 8, None, NAMES)
+    runner = GatedRunner(module, task, batches, NAMES)
+    got = runner.evaluate(Config())
+    logits = optc.to_eager(module)(**{k: batches[0][k] for k in NAMES})["logits"].reshape(-1)
+    want = (logits - batches[0]["labels"]) ** 2
+    assert torch.allclose(got.losses[batches[0]["index"]], want, atol=1e-5)
+    result = specialize(module, task, tokenizer, task_dir,
+                        SearchOptions(k=3, neuron_groups=2, rule="metric", tolerance=5.0))
+    assert result.main_metric == "pearson" and result.history
