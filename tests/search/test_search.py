@@ -233,3 +233,21 @@ def test_regression_searches_on_squared_error(tokenizer, task_dir):
     result = specialize(module, task, tokenizer, task_dir,
                         SearchOptions(k=3, neuron_groups=2, rule="metric", tolerance=5.0))
     assert result.main_metric == "pearson" and result.history
+
+
+def test_extractive_qa_searches_on_the_span_loss(tmp_path, tokenizer):
+    from optc.tests.train.test_qa import _squad
+    from optc.train import add_task_head
+
+    data = _squad(tmp_path / "dev-v1.1.json", count=160)
+    _, module = tiny_bert(layers=2, seed=2)
+    add_task_head(module, "squad", seed=3)
+    for name, param in module.params.items():
+        if name.startswith("qa_outputs") or "start" in name or "end" in name:
+            param.data = param.data * 20.0
+    result = specialize(module, "squad", tokenizer, data,
+                        SearchOptions(k=3, neuron_groups=2, max_length=48))
+    assert result.history and result.baseline_metric is None
+    assert all(h.metric is None and h.mean_loss > 0 for h in result.history)
+    with pytest.raises(PipelineSpecError, match="metric rule"):
+        specialize(module, "squad", tokenizer, data, SearchOptions(rule="metric"))
