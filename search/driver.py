@@ -30,6 +30,7 @@ from optc.ir.verifier import verify
 from optc.search.acceptance import make_rule
 from optc.search.candidates import KINDS, Candidate, Config, Trial, commit, plan_trials
 from optc.search.executors import make_executor
+from optc.search.measure import latencies
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
 from optc.tasks.registry import get_task
 from optc.tasks.task import Task
@@ -74,6 +75,9 @@ class SearchOptions:
     """Stop once the FLOPs are at most this fraction of the starting module's."""
     time_budget: float | None = None
     """Seconds after which no new candidate is tried (the best model so far is kept)."""
+    latency_target: float | None = None
+    """Stop once the measured eager latency (batch 1, seq 128, 1 thread) is at most this
+    fraction of the starting module's (measured after each acceptance)."""
     prefix_reuse: bool = True
     """Reuse the hidden states entering a layer for all candidates in it."""
     workers: int = 1
@@ -96,6 +100,9 @@ class SearchOptions:
         if self.flops_target is not None and not 0 < self.flops_target <= 1:
             raise PipelineSpecError(f"the FLOPs target is a fraction in (0, 1], got "
                                     f"{self.flops_target}")
+        if self.latency_target is not None and not 0 < self.latency_target <= 1:
+            raise PipelineSpecError(f"the latency target is a fraction in (0, 1], got "
+                                    f"{self.latency_target}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise PipelineSpecError(f"the time budget must be positive, got {self.time_budget}")
         make_rule(self.rule, self.tolerance)
@@ -144,7 +151,7 @@ class SearchResult:
     seconds: float
     validation_examples: int
     stopped: str = "done"
-    """done, time-budget or flops-target."""
+    """done, time-budget, flops-target or latency-target."""
     skipped: int = 0
     """Trials not tried (their block was removed, or its loss was too high)."""
     counts: dict[str, int] = field(default_factory=dict)
@@ -277,6 +284,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     history: list[HistoryEntry] = []
     decided: dict[Candidate, tuple[bool, bool]] = {}  # block trials: (accepted, loss < 1.1x)
     skipped = 0
+    latency_ratio = 1.0
     stopped = "done"
     with make_executor(runner, payload, options.workers, options.ray) as executor:
         memo: dict[tuple[Config, Candidate], Outcome] = {}
@@ -286,6 +294,9 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
                 break
             if options.flops_target is not None and flops(config) <= options.flops_target * flops_before:
                 stopped = "flops-target"
+                break
+            if options.latency_target is not None and latency_ratio <= options.latency_target:
+                stopped = "latency-target"
                 break
             skip = _skip_reason(trial, decided, config)
             cand = trial.candidate
@@ -314,6 +325,10 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
                 best_loss = min(best_loss, verdict.mean_loss)
                 best_metric = metric
                 memo.clear()  # speculative results assumed the old configuration
+                if options.latency_target is not None:
+                    current = module.clone()
+                    commit(current, config)
+                    latency_ratio = _latency_ratio(module, current)
             if cand.kind in ("ffn", "attention"):
                 close = verdict.mean_loss < options.fine_threshold * best_loss
                 decided[cand] = (verdict.accepted, close)
@@ -340,6 +355,11 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points)
+
+
+def _latency_ratio(before: Module, after: Module) -> float:
+    first, second = latencies([before, after], blocks=3, per_block=3)
+    return second / first if first > 0 else 1.0
 
 
 def _skip_reason(trial: Trial, decided: dict[Candidate, tuple[bool, bool]],

@@ -91,6 +91,9 @@ def specialize_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--flops-target", type=_number, default=None,
                    help="stop once FLOPs are at most this fraction of the input's")
+    p.add_argument("--latency-target", type=_number, default=None,
+                   help="stop once the measured latency (eager, B1, S128, 1 thread) is at most "
+                        "this fraction of the input's")
     p.add_argument("--time-budget", type=_number, default=None, metavar="SECONDS",
                    help="stop trying candidates after this long; the best model so far is "
                         "written")
@@ -185,7 +188,8 @@ def cmd_specialize(argv: list[str]) -> int:
         rule=args.rule, tolerance=args.tolerance, kinds=kinds, neuron_groups=args.groups,
         k=args.k, fine_threshold=args.fine_threshold, val_size=args.val_size, seed=args.seed,
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
-        flops_target=args.flops_target, time_budget=args.time_budget,
+        flops_target=args.flops_target, latency_target=args.latency_target,
+        time_budget=args.time_budget,
         prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:

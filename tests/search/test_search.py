@@ -251,3 +251,14 @@ def test_extractive_qa_searches_on_the_span_loss(tmp_path, tokenizer):
     assert all(h.metric is None and h.mean_loss > 0 for h in result.history)
     with pytest.raises(PipelineSpecError, match="metric rule"):
         specialize(module, "squad", tokenizer, data, SearchOptions(rule="metric"))
+
+
+def test_latency_target_stops_after_an_acceptance(module, tokenizer, task_dir, monkeypatch):
+    import optc.search.driver as driver
+
+    monkeypatch.setattr(driver, "_latency_ratio", lambda before, after: 0.5)
+    result = _search(module, tokenizer, task_dir, latency_target=0.6, rule="metric",
+                     tolerance=100.0)
+    assert result.stopped == "latency-target" and len(result.config.accepted) == 1
+    with pytest.raises(PipelineSpecError, match="latency target"):
+        SearchOptions(latency_target=1.5)
