@@ -53,17 +53,17 @@ from optc.backends.hf_families import (
     modeling_file_name,
     modeling_source,
 )
-from optc.errors import BackendError, InputError
-from optc.ir.analysis import Layer, analyze
+from optc.errors import BackendError, InputError, OptcError
+from optc.ir.analysis import Layer, analyze, set_unit_ids
 from optc.ir.attributes import Quantization
 from optc.ir.core import Module, Node, Parameter, Value
-from optc.ir.ids import format_ids
+from optc.ir.ids import format_ids, parse_ids
 from optc.outputs import atomic_directory, check_output, umask_mode
 
 __all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "Family", "family_of", "family_heads",
            "modeling_source",
            "modeling_file_name", "export_hf", "hf_config", "is_optc_export", "read_config",
-           "load_optc_classes", "exported_class", "load_exported"]
+           "load_optc_classes", "exported_class", "load_exported", "restore_stable_ids"]
 
 _log = logging.getLogger("optc")
 
@@ -542,3 +542,37 @@ def load_exported(directory: str | os.PathLike) -> torch.nn.Module:
                          "has no 'optc' section)")
     cls = exported_class(directory, config)
     return cls.from_pretrained(str(directory), use_safetensors=True).eval()
+
+
+def restore_stable_ids(module: Module, record: Any) -> bool:
+    """Give a module captured from an export the stable ids its config records (``optc``:
+    ``layer_ids``, ``head_ids_per_layer``, ``neuron_ids_per_layer``), so that ids keep naming
+    the layers, heads and neurons of the model first captured. Returns False (and changes
+    nothing) when the record does not fit the module's layers."""
+    if not isinstance(record, dict):
+        return False
+    layers = analyze(module).layers
+    ids, heads, neurons = (record.get(k) for k in ("layer_ids", "head_ids_per_layer",
+                                                   "neuron_ids_per_layer"))
+    if not all(isinstance(v, list) and len(v) == len(layers) for v in (ids, heads, neurons)):
+        return False
+    plan = []
+    try:
+        for layer, layer_id, head_text, neuron_text in zip(layers, ids, heads, neurons, strict=True):
+            head_ids = parse_ids(head_text) if head_text else []
+            neuron_ids = parse_ids(neuron_text) if neuron_text else []
+            att, ffn = layer.attention, layer.ffn
+            if (len(head_ids) != (att.num_heads if att else 0)
+                    or len(neuron_ids) != (ffn.width if ffn else 0)):
+                return False
+            plan.append((layer, int(layer_id), head_ids, neuron_ids))
+    except (TypeError, ValueError, OptcError):
+        return False
+    for layer, layer_id, head_ids, neuron_ids in plan:
+        if layer.attention is not None:
+            layer.attention.node.set_attr("layer", layer_id)
+            set_unit_ids(layer.attention.node, "head_ids", head_ids, len(head_ids))
+        if layer.ffn is not None:
+            layer.ffn.up.set_attr("layer", layer_id)
+            set_unit_ids(layer.ffn.up, "unit_ids", neuron_ids, len(neuron_ids))
+    return True

@@ -18,11 +18,13 @@ from safetensors.torch import load_file, save_file
 
 import optc
 from optc.backends import to_eager, write_backend
-from optc.backends.hf import FAMILIES, PER_LAYER_FIELDS, modeling_source
+from optc.backends.hf import FAMILIES, PER_LAYER_FIELDS, modeling_source, restore_stable_ids
 from optc.backends.selfcheck import write_checked
 from optc.errors import BackendError, InputError, OutputError
 from optc.frontends.huggingface import load_model
+from optc.ir.analysis import analyze
 from optc.ir.attributes import Quantization
+from optc.ir.ids import parse_ids
 from optc.tests.conftest import TINY, tiny_model
 
 TOL = 1e-5
@@ -285,6 +287,10 @@ def test_read_back_and_prune_again(exported, tmp_path: Path, name: str, spec: st
     assert type(model).__name__ == f"Optc{FAMILIES[family].name}{head}"
     assert source["model_type"] == family
     again = optc.capture(model, source=source)
+    first = json.loads((out / "config.json").read_text())["optc"]
+    assert restore_stable_ids(again, model.config.optc)  # ids keep naming the original units
+    optc.verify(again)
+    assert [layer.id for layer in analyze(again).layers] == first["layer_ids"]
     with torch.inference_mode():
         want, got = to_eager(module)(**x), to_eager(again)(**x)
     for key in want:
@@ -296,7 +302,20 @@ def test_read_back_and_prune_again(exported, tmp_path: Path, name: str, spec: st
     assert config["num_attention_heads_per_layer"] == heads
     assert config["intermediate_size_per_layer"] == ffn
     assert config["attention_bias_only_per_layer"] == bias_only
+    assert config["optc"]["layer_ids"] == first["layer_ids"]
+    for before, after in zip(first["head_ids_per_layer"], config["optc"]["head_ids_per_layer"], strict=True):
+        assert set(parse_ids(after)) < set(parse_ids(before)) or after == before
     assert (second / "vocab.txt").is_file()  # the tokenizer travels with the model
+
+
+def test_stable_ids_not_restored_from_a_record_that_does_not_fit(exported) -> None:
+    module = exported[1]["bert-cls"][0].clone()
+    before = optc.print_module(module)
+    assert not restore_stable_ids(module, {"layer_ids": [7], "head_ids_per_layer": [""],
+                                           "neuron_ids_per_layer": [""]})
+    assert not restore_stable_ids(module, {"layer_ids": [4, 5], "head_ids_per_layer": ["", "0-5"],
+                                           "neuron_ids_per_layer": ["0-124", "0-126"]})
+    assert optc.print_module(module) == before
 
 
 def test_edited_modeling_file_is_never_run(exported, tmp_path: Path) -> None:
