@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,7 +91,15 @@ class ProcessExecutor(Executor):
     def __init__(self, payload: dict[str, Any], workers: int) -> None:
         self.width = workers
         context = multiprocessing.get_context("spawn")
-        self._pool = context.Pool(workers, initializer=_init_worker, initargs=(payload,))
+        # Spawned children re-run the parent's __main__ unless it is hidden: under
+        # ``python -m optc`` that would be the CLI itself. The workers need only this module.
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(payload,))
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
         self._count = 0
 
     def evaluate(self, pairs: Sequence[Pair]) -> list[Outcome]:
