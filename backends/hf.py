@@ -15,9 +15,12 @@ projections, FFN up/down, norms), renumbered so dropped layers leave no gap; the
 pooler and task head by their captured names. The family comes from
 ``module.meta["source"]["model_type"]``.
 
-Refused with one line (:class:`~optc.errors.BackendError`): families other than
-:data:`FAMILIES` (DistilBERT and GPT-2 for now), heads other than base / sequence / token
-classification / question answering, quantized or non-float weights (int8 has no
+Families (:data:`FAMILIES`): BERT, RoBERTa, XLM-R, ELECTRA (one template, BERT names),
+DistilBERT and GPT-2 (base model only: pre-LN, causal, Conv1D weights), each of the last two
+with its own template and config field names (``dim``/``n_layers``, ``n_embd``/``n_layer``).
+
+Refused with one line (:class:`~optc.errors.BackendError`): other families, heads other than
+base / sequence / token classification / question answering (GPT-2: other than base), quantized or non-float weights (int8 has no
 representation in the generated file: export those with ``--backend onnx``), attention that
 is causal or scaled other than ``1/sqrt(head_dim)``, and parameters the family's classes have
 no place for. Sparse weights are written dense, with their zeros. The CLI's self-check loads
@@ -37,7 +40,7 @@ import os
 import shutil
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -47,7 +50,7 @@ import torch
 from optc.errors import BackendError, InputError
 from optc.ir.analysis import Layer, analyze
 from optc.ir.attributes import Quantization
-from optc.ir.core import Module, Node, Parameter
+from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.ids import format_ids
 from optc.outputs import atomic_directory, check_output, umask_mode
 
@@ -73,15 +76,51 @@ class Family:
     pooler: bool
     """The base model has a pooler (``dense -> tanh`` on the first token)."""
     classifier: str
-    """Sequence-classification head: ``pooled`` (dropout + linear on the pooler output) or
-    ``head_tanh`` / ``head_gelu`` (``dense -> act -> out_proj`` on the first token)."""
+    """Sequence-classification head: ``pooled`` (dropout + linear on the pooler output),
+    ``head_tanh`` / ``head_gelu`` (``dense -> act -> out_proj`` on the first token) or
+    ``pre_relu`` (``pre_classifier -> relu -> classifier`` on the first token, DistilBERT)."""
+    names: dict[str, str] = field(default_factory=lambda: _BERT_NAMES)
+    """Where each layer weight lives (``{layers}.{i}.{role}``), as in transformers' classes."""
+    tables: dict[str, str] = field(default_factory=lambda: _BERT_TABLES)
+    """Names of the embedding tables and the norm that follows them (or the final norm)."""
+    pre_ln: bool = False
+    """Norms before each block (GPT-2) instead of after its residual add."""
+    config_names: dict[str, str] = field(default_factory=dict)
+    """The family's own names for config fields (DistilBERT's ``dim``, GPT-2's ``n_embd``)."""
 
+
+_BERT_NAMES = {"layers": "encoder.layer", "query": "attention.self.query",
+               "key": "attention.self.key", "value": "attention.self.value",
+               "out": "attention.output.dense", "att_norm": "attention.output.LayerNorm",
+               "up": "intermediate.dense", "down": "output.dense", "ffn_norm": "output.LayerNorm"}
+_DISTIL_NAMES = {"layers": "transformer.layer", "query": "attention.q_lin", "key": "attention.k_lin",
+                 "value": "attention.v_lin", "out": "attention.out_lin", "att_norm": "sa_layer_norm",
+                 "up": "ffn.lin1", "down": "ffn.lin2", "ffn_norm": "output_layer_norm"}
+_GPT2_NAMES = {"layers": "h", "qkv": "attn.c_attn", "out": "attn.c_proj", "att_norm": "ln_1",
+               "up": "mlp.c_fc", "down": "mlp.c_proj", "ffn_norm": "ln_2"}
+_BERT_TABLES = {"word": "embeddings.word_embeddings.weight",
+                "position": "embeddings.position_embeddings.weight",
+                "token_type": "embeddings.token_type_embeddings.weight",
+                "norm": "embeddings.LayerNorm"}
+_DISTIL_TABLES = {k: v for k, v in _BERT_TABLES.items() if k != "token_type"}
+_GPT2_TABLES = {"word": "wte.weight", "position": "wpe.weight", "norm": "ln_f"}
+_DISTIL_CONFIG = {"hidden_size": "dim", "num_hidden_layers": "n_layers",
+                  "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
+                  "hidden_act": "activation"}
+_GPT2_CONFIG = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                "num_attention_heads": "n_head", "intermediate_size": "n_inner",
+                "hidden_act": "activation_function", "max_position_embeddings": "n_positions",
+                "layer_norm_eps": "layer_norm_epsilon"}
 
 FAMILIES = {
     "bert": Family("bert", "Bert", "bert", False, True, "pooled"),
     "roberta": Family("roberta", "Roberta", "roberta", True, True, "head_tanh"),
     "xlm-roberta": Family("xlm-roberta", "XLMRoberta", "roberta", True, True, "head_tanh"),
     "electra": Family("electra", "Electra", "electra", False, False, "head_gelu"),
+    "distilbert": Family("distilbert", "DistilBert", "distilbert", False, False, "pre_relu",
+                         _DISTIL_NAMES, _DISTIL_TABLES, config_names=_DISTIL_CONFIG),
+    "gpt2": Family("gpt2", "GPT2", "transformer", False, False, "none", _GPT2_NAMES,
+                   _GPT2_TABLES, pre_ln=True, config_names=_GPT2_CONFIG),
 }
 """Source architectures the generated modeling file supports, by ``model_type``."""
 
@@ -101,6 +140,8 @@ PER_LAYER_FIELDS = {
                                 "its k highest probabilities after the softmax (ties too)",
     "attention_topk_renormalize_per_layer": "hard attention rescales the kept probabilities "
                                             "to sum to 1",
+    "attention_bias_only_per_layer": "a layer whose heads were all pruned still adds the output "
+                                     "bias of its attention (and its norm, post-LN)",
 }
 """config.json fields that give each layer its own size (one entry per remaining layer)."""
 
@@ -130,7 +171,8 @@ _HEADER = '''\
 
 Each layer i has config.num_attention_heads_per_layer[i] heads of
 config.attention_head_size_per_layer[i] (0 heads: no attention block) and
-config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block);
+config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block); a layer with 0 heads
+and config.attention_bias_only_per_layer[i] keeps the output bias of its pruned attention;
 config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
 after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
 when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow transformers'
@@ -163,7 +205,8 @@ class Optc${Name}Config(PretrainedConfig):
                  classifier_dropout=None, add_pooling_layer=$pooler,
                  num_attention_heads_per_layer=None, attention_head_size_per_layer=None,
                  intermediate_size_per_layer=None, attention_topk_per_layer=None,
-                 attention_topk_renormalize_per_layer=None, **kwargs):
+                 attention_topk_renormalize_per_layer=None, attention_bias_only_per_layer=None,
+                 **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -190,6 +233,7 @@ class Optc${Name}Config(PretrainedConfig):
         self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
         self.attention_topk_renormalize_per_layer = _per_layer(
             attention_topk_renormalize_per_layer, False, layers)
+        self.attention_bias_only_per_layer = _per_layer(attention_bias_only_per_layer, False, layers)
 
 
 def _per_layer(values, default, layers):
@@ -281,6 +325,35 @@ class Optc${Name}Attention(nn.Module):
         return self.output(context, hidden_states), probs
 
 
+class Optc${Name}Bias(nn.Module):
+    """A projection with no inputs left: only its bias."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
+class Optc${Name}HeadlessOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = Optc${Name}Bias(config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, residual):
+        return self.LayerNorm(self.dense.bias + residual)
+
+
+class Optc${Name}HeadlessAttention(nn.Module):
+    """An attention block whose heads were all pruned: it still adds its output bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.output = Optc${Name}HeadlessOutput(config)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        return self.output(hidden_states), None
+
+
 class Optc${Name}Intermediate(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -310,6 +383,8 @@ class Optc${Name}Layer(nn.Module):
         has_attention = config.num_attention_heads_per_layer[layer] > 0
         has_ffn = config.intermediate_size_per_layer[layer] > 0
         self.attention = Optc${Name}Attention(config, layer) if has_attention else None
+        if not has_attention and config.attention_bias_only_per_layer[layer]:
+            self.attention = Optc${Name}HeadlessAttention(config)
         self.intermediate = Optc${Name}Intermediate(config, layer) if has_ffn else None
         self.output = Optc${Name}Output(config, layer) if has_ffn else None
 
@@ -537,8 +612,598 @@ class Optc${Name}ForQuestionAnswering(Optc${Name}PreTrainedModel):
 '''
 
 
+_DISTIL_BODY = '''\
+# Written by optc (https://github.com/optc): plain PyTorch, no optc import. optc recognizes this
+# file by its exact bytes; an edited copy still loads in transformers but not in optc.
+\"\"\"DistilBert with per-layer attention heads, head sizes and FFN widths.
+
+Each layer i has config.num_attention_heads_per_layer[i] heads of
+config.attention_head_size_per_layer[i] (0 heads: no attention block) and
+config.intermediate_size_per_layer[i] FFN neurons (0: no FFN block); a layer with 0 heads
+and config.attention_bias_only_per_layer[i] keeps the output bias of its pruned attention;
+config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
+after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
+when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow
+transformers' DistilBert classes, so the weights read like a DistilBert checkpoint with smaller
+layers.
+\"\"\"
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+
+class OptcDistilBertConfig(PretrainedConfig):
+    model_type = "optc-distilbert"
+    attribute_map = {"hidden_size": "dim", "num_attention_heads": "n_heads",
+                     "num_hidden_layers": "n_layers", "intermediate_size": "hidden_dim"}
+
+    def __init__(self, vocab_size=30522, max_position_embeddings=512, sinusoidal_pos_embds=False,
+                 n_layers=6, n_heads=12, dim=768, hidden_dim=3072, dropout=0.1,
+                 attention_dropout=0.1, activation="gelu", initializer_range=0.02,
+                 qa_dropout=0.1, seq_classif_dropout=0.2, layer_norm_eps=1e-12, pad_token_id=0,
+                 num_attention_heads_per_layer=None, attention_head_size_per_layer=None,
+                 intermediate_size_per_layer=None, attention_topk_per_layer=None,
+                 attention_topk_renormalize_per_layer=None, attention_bias_only_per_layer=None,
+                 **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.sinusoidal_pos_embds = sinusoidal_pos_embds
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation = activation
+        self.initializer_range = initializer_range
+        self.qa_dropout = qa_dropout
+        self.seq_classif_dropout = seq_classif_dropout
+        self.layer_norm_eps = layer_norm_eps
+        layers = n_layers
+        self.num_attention_heads_per_layer = _per_layer(num_attention_heads_per_layer, n_heads, layers)
+        self.attention_head_size_per_layer = _per_layer(
+            attention_head_size_per_layer, dim // max(1, n_heads), layers)
+        self.intermediate_size_per_layer = _per_layer(intermediate_size_per_layer, hidden_dim, layers)
+        self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
+        self.attention_topk_renormalize_per_layer = _per_layer(
+            attention_topk_renormalize_per_layer, False, layers)
+        self.attention_bias_only_per_layer = _per_layer(attention_bias_only_per_layer, False, layers)
+
+
+def _per_layer(values, default, layers):
+    values = [default] * layers if values is None else list(values)
+    if len(values) != layers:
+        raise ValueError(f"a per-layer field has {len(values)} entries for {layers} layers")
+    return values
+
+
+class OptcDistilBertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.dim)
+        self.LayerNorm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids):
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class OptcDistilBertAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.num_heads = config.num_attention_heads_per_layer[layer]
+        self.head_dim = config.attention_head_size_per_layer[layer]
+        self.topk = config.attention_topk_per_layer[layer]
+        self.renormalize = config.attention_topk_renormalize_per_layer[layer]
+        self.dropout_p = config.attention_dropout
+        inner = self.num_heads * self.head_dim
+        self.q_lin = nn.Linear(config.dim, inner)
+        self.k_lin = nn.Linear(config.dim, inner)
+        self.v_lin = nn.Linear(config.dim, inner)
+        self.out_lin = nn.Linear(inner, config.dim)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        batch, seq = hidden_states.shape[:2]
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        q = self.q_lin(hidden_states).view(shape).transpose(1, 2)
+        k = self.k_lin(hidden_states).view(shape).transpose(1, 2)
+        v = self.v_lin(hidden_states).view(shape).transpose(1, 2)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout = self.dropout_p if self.training else 0.0
+        hard = self.topk is not None and self.topk < seq
+        probs = None
+        if not hard and not output_attentions:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     scale=scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = torch.softmax(scores, dim=-1)
+            if hard:  # keep each query's topk highest probabilities (and ties), zero the rest
+                threshold = scores.topk(self.topk, dim=-1).values[..., -1:]
+                probs = probs.masked_fill(scores < threshold, 0.0)
+                if self.renormalize:
+                    probs = probs / probs.sum(dim=-1, keepdim=True)
+            context = torch.matmul(F.dropout(probs, dropout, self.training), v)
+            context = context.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # no key: zeros
+        context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return self.out_lin(context), probs
+
+
+class OptcDistilBertBias(nn.Module):
+    """A projection with no inputs left: only its bias."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
+class OptcDistilBertHeadlessAttention(nn.Module):
+    """An attention block whose heads were all pruned: it still adds its output bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.out_lin = OptcDistilBertBias(config.dim)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        return self.out_lin.bias, None
+
+
+class OptcDistilBertFFN(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        self.lin1 = nn.Linear(config.dim, config.intermediate_size_per_layer[layer])
+        self.lin2 = nn.Linear(config.intermediate_size_per_layer[layer], config.dim)
+        self.activation = ACT2FN[config.activation]
+
+    def forward(self, hidden_states):
+        return self.dropout(self.lin2(self.activation(self.lin1(hidden_states))))
+
+
+class OptcDistilBertLayer(nn.Module):
+    \"\"\"One layer; its attention block or FFN block may be absent (pruned away).\"\"\"
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.attention = None
+        if config.num_attention_heads_per_layer[layer] > 0:
+            self.attention = OptcDistilBertAttention(config, layer)
+        elif config.attention_bias_only_per_layer[layer]:
+            self.attention = OptcDistilBertHeadlessAttention(config)
+        if self.attention is not None:
+            self.sa_layer_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        if config.intermediate_size_per_layer[layer] > 0:
+            self.ffn = OptcDistilBertFFN(config, layer)
+            self.output_layer_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        else:
+            self.ffn = None
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        probs = None
+        if self.attention is not None:
+            attended, probs = self.attention(hidden_states, mask, output_attentions)
+            hidden_states = self.sa_layer_norm(attended + hidden_states)
+        if self.ffn is not None:
+            hidden_states = self.output_layer_norm(self.ffn(hidden_states) + hidden_states)
+        return hidden_states, probs
+
+
+class OptcDistilBertTransformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(OptcDistilBertLayer(config, i) for i in range(config.n_layers))
+
+
+class OptcDistilBertPreTrainedModel(PreTrainedModel):
+    config_class = OptcDistilBertConfig
+    base_model_prefix = "distilbert"
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _options(self, output_attentions, output_hidden_states, return_dict):
+        config = self.config
+        return (config.output_attentions if output_attentions is None else output_attentions,
+                config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+                getattr(config, "return_dict", True) if return_dict is None else return_dict)
+
+
+class OptcDistilBertModel(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = OptcDistilBertEmbeddings(config)
+        self.transformer = OptcDistilBertTransformer(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        output_attentions, output_hidden_states, return_dict = self._options(
+            output_attentions, output_hidden_states, return_dict)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask[:, None, None, :].bool()  # [batch, 1, 1, seq]: which keys to attend
+        hidden_states = self.embeddings(input_ids)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.transformer.layer:
+            hidden_states, probs = layer(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        out = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden,
+                              attentions=all_attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class OptcDistilBertForSequenceClassification(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.distilbert = OptcDistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.dim, config.dim)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.distilbert(input_ids, attention_mask, output_attentions,
+                                  output_hidden_states, return_dict=True)
+        pooled = F.relu(self.pre_classifier(outputs.last_hidden_state[:, 0]))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            elif labels.dtype in (torch.long, torch.int):
+                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return out if self._options(None, None, return_dict)[2] else out.to_tuple()
+
+
+class OptcDistilBertForTokenClassification(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.distilbert = OptcDistilBertModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.distilbert(input_ids, attention_mask, output_attentions,
+                                  output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                    attentions=outputs.attentions)
+        return out if self._options(None, None, return_dict)[2] else out.to_tuple()
+
+
+class OptcDistilBertForQuestionAnswering(OptcDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.distilbert = OptcDistilBertModel(config)
+        self.qa_outputs = nn.Linear(config.dim, config.num_labels)
+        self.dropout = nn.Dropout(config.qa_dropout)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.distilbert(input_ids, attention_mask, output_attentions,
+                                  output_hidden_states, return_dict=True)
+        logits = self.qa_outputs(self.dropout(outputs.last_hidden_state))
+        start_logits, end_logits = logits.split(1, dim=-1)
+        start_logits = start_logits.squeeze(-1).contiguous()
+        end_logits = end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.size(1)
+            start = F.cross_entropy(start_logits, start_positions.clamp(0, ignored),
+                                    ignore_index=ignored)
+            end = F.cross_entropy(end_logits, end_positions.clamp(0, ignored), ignore_index=ignored)
+            loss = (start + end) / 2
+        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits,
+                                           end_logits=end_logits,
+                                           hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
+        return out if self._options(None, None, return_dict)[2] else out.to_tuple()
+'''
+
+_GPT2_BODY = '''\
+# Written by optc (https://github.com/optc): plain PyTorch, no optc import. optc recognizes this
+# file by its exact bytes; an edited copy still loads in transformers but not in optc.
+\"\"\"GPT2 with per-layer attention heads, head sizes and FFN widths.
+
+Each block i has config.num_attention_heads_per_layer[i] heads of
+config.attention_head_size_per_layer[i] (0 heads: no attention block) and
+config.intermediate_size_per_layer[i] MLP neurons (0: no MLP block); a block with 0 heads
+and config.attention_bias_only_per_layer[i] keeps the output bias of its pruned attention;
+config.attention_topk_per_layer[i] is null for softmax attention or k for hard attention:
+after the softmax each query keeps its k highest probabilities (and ties), rescaled to sum to 1
+when config.attention_topk_renormalize_per_layer[i]. Module and parameter names follow
+transformers' GPT2 classes (Conv1D weights are [in, out]), so the weights read like a GPT2
+checkpoint with smaller blocks.
+\"\"\"
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutput
+
+
+class OptcGPT2Config(PretrainedConfig):
+    model_type = "optc-gpt2"
+    attribute_map = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
+                     "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+
+    def __init__(self, vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                 n_inner=None, activation_function="gelu_pytorch_tanh", resid_pdrop=0.1,
+                 embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5,
+                 initializer_range=0.02, num_attention_heads_per_layer=None,
+                 attention_head_size_per_layer=None, intermediate_size_per_layer=None,
+                 attention_topk_per_layer=None, attention_topk_renormalize_per_layer=None,
+                 attention_bias_only_per_layer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.n_positions = n_positions
+        self.n_embd = n_embd
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_inner = n_inner
+        self.activation_function = activation_function
+        self.resid_pdrop = resid_pdrop
+        self.embd_pdrop = embd_pdrop
+        self.attn_pdrop = attn_pdrop
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        layers = n_layer
+        self.num_attention_heads_per_layer = _per_layer(num_attention_heads_per_layer, n_head, layers)
+        self.attention_head_size_per_layer = _per_layer(
+            attention_head_size_per_layer, n_embd // max(1, n_head), layers)
+        self.intermediate_size_per_layer = _per_layer(
+            intermediate_size_per_layer, n_inner or 4 * n_embd, layers)
+        self.attention_topk_per_layer = _per_layer(attention_topk_per_layer, None, layers)
+        self.attention_topk_renormalize_per_layer = _per_layer(
+            attention_topk_renormalize_per_layer, False, layers)
+        self.attention_bias_only_per_layer = _per_layer(attention_bias_only_per_layer, False, layers)
+
+
+def _per_layer(values, default, layers):
+    values = [default] * layers if values is None else list(values)
+    if len(values) != layers:
+        raise ValueError(f"a per-layer field has {len(values)} entries for {layers} layers")
+    return values
+
+
+class Conv1D(nn.Module):
+    \"\"\"transformers' GPT2 projection: y = x @ weight + bias, weight [in, out].\"\"\"
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return out.view(x.size()[:-1] + (self.nf,))
+
+
+class OptcGPT2Attention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.num_heads = config.num_attention_heads_per_layer[layer]
+        self.head_dim = config.attention_head_size_per_layer[layer]
+        self.topk = config.attention_topk_per_layer[layer]
+        self.renormalize = config.attention_topk_renormalize_per_layer[layer]
+        self.dropout_p = config.attn_pdrop
+        self.inner = self.num_heads * self.head_dim
+        self.c_attn = Conv1D(3 * self.inner, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, self.inner)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        batch, seq = hidden_states.shape[:2]
+        shape = (batch, seq, self.num_heads, self.head_dim)
+        q, k, v = self.c_attn(hidden_states).split(self.inner, dim=2)
+        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout = self.dropout_p if self.training else 0.0
+        hard = self.topk is not None and self.topk < seq
+        probs = None
+        if not hard and not output_attentions:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     scale=scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = torch.softmax(scores, dim=-1)
+            if hard:  # keep each query's topk highest probabilities (and ties), zero the rest
+                threshold = scores.topk(self.topk, dim=-1).values[..., -1:]
+                probs = probs.masked_fill(scores < threshold, 0.0)
+                if self.renormalize:
+                    probs = probs / probs.sum(dim=-1, keepdim=True)
+            context = torch.matmul(F.dropout(probs, dropout, self.training), v)
+            context = context.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # no key: zeros
+        context = context.transpose(1, 2).reshape(batch, seq, self.inner)
+        return self.resid_dropout(self.c_proj(context)), probs
+
+
+class OptcGPT2Bias(nn.Module):
+    """A projection with no inputs left: only its bias."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
+class OptcGPT2HeadlessAttention(nn.Module):
+    """An attention block whose heads were all pruned: it still adds its output bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_proj = OptcGPT2Bias(config.n_embd)
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        return self.c_proj.bias, None
+
+
+class OptcGPT2MLP(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        width = config.intermediate_size_per_layer[layer]
+        self.c_fc = Conv1D(width, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, width)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class OptcGPT2Block(nn.Module):
+    \"\"\"One pre-LN block; its attention or MLP may be absent (pruned away).\"\"\"
+
+    def __init__(self, config, layer):
+        super().__init__()
+        eps = config.layer_norm_epsilon
+        self.ln_1 = self.attn = None
+        if config.num_attention_heads_per_layer[layer] > 0:
+            self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps)
+            self.attn = OptcGPT2Attention(config, layer)
+        elif config.attention_bias_only_per_layer[layer]:
+            self.attn = OptcGPT2HeadlessAttention(config)
+        if config.intermediate_size_per_layer[layer] > 0:
+            self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps)
+            self.mlp = OptcGPT2MLP(config, layer)
+        else:
+            self.mlp = None
+
+    def forward(self, hidden_states, mask, output_attentions=False):
+        probs = None
+        if self.attn is not None:
+            normed = self.ln_1(hidden_states) if self.ln_1 is not None else hidden_states
+            attended, probs = self.attn(normed, mask, output_attentions)
+            hidden_states = attended + hidden_states
+        if self.mlp is not None:
+            hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, probs
+
+
+class OptcGPT2PreTrainedModel(PreTrainedModel):
+    config_class = OptcGPT2Config
+    base_model_prefix = "transformer"
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, Conv1D)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class OptcGPT2Model(OptcGPT2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(OptcGPT2Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        return_dict = getattr(config, "return_dict", True) if return_dict is None else return_dict
+        seq = input_ids.shape[1]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = torch.arange(seq, device=input_ids.device)
+        causal = positions[None, :] <= positions[:, None]  # [query, key]: no look-ahead
+        mask = causal[None, None] & attention_mask[:, None, None, :].bool()
+        hidden_states = self.drop(self.wte(input_ids) + self.wpe(positions.unsqueeze(0)))
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.h:
+            hidden_states, probs = block(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        hidden_states = self.ln_f(hidden_states)
+        if output_hidden_states:  # as transformers: the last entry is after the final norm
+            all_hidden = all_hidden[:-1] + (hidden_states,)
+        out = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden,
+                              attentions=all_attentions)
+        return out if return_dict else out.to_tuple()
+'''
+
 def modeling_source(family: Family) -> str:
     """The modeling file optc writes for ``family`` (the same bytes for every model of it)."""
+    if family.model_type == "distilbert":
+        return _DISTIL_BODY
+    if family.model_type == "gpt2":
+        return _GPT2_BODY
     init, call = _CLASSIFIER[family.classifier]
     electra = family.model_type == "electra"
     text = _HEADER + (_HEAD_CLASS if family.classifier != "pooled" else "") + _HEADS
@@ -570,14 +1235,21 @@ def family_of(module: Module) -> Family:
     return family
 
 
-def _head(module: Module) -> str:
+def family_heads(family: Family) -> tuple[str, ...]:
+    """Class suffixes the family's generated file defines (GPT-2: the base model only)."""
+    return ("Model",) if family.pre_ln else tuple(HEADS)
+
+
+def _head(module: Module, family: Family) -> str:
     cls = str((module.meta.get("source") or {}).get("class") or "")
     outputs = set(module.graph.outputs)
-    for suffix, (_, needs) in HEADS.items():
+    for suffix in family_heads(family):
+        needs = HEADS[suffix][1]
         if cls.endswith(suffix) and set(needs) <= outputs:
             return suffix
     raise _refuse(f"the {cls or 'model'} head (outputs {', '.join(sorted(outputs))}) is not "
-                  f"supported; supported heads: {', '.join('*' + s for s in HEADS)}")
+                  f"supported for {family.model_type}; supported: "
+                  f"{', '.join('*' + s for s in family_heads(family))}")
 
 
 def _tensor(value: Any, size: int) -> torch.Tensor:
@@ -598,6 +1270,7 @@ class _Collector:
         self.ffn: list[int] = []
         self.topk: list[int | None] = []
         self.renormalize: list[bool] = []
+        self.bias_only: list[bool] = []
         self.head_ids: list[str] = []
         self.neuron_ids: list[str] = []
 
@@ -615,11 +1288,29 @@ class _Collector:
         self.put(f"{name}.bias", node.arg(2), int(node.args[1].data.shape[0]))
         self.eps.add(float(node.attr("eps", 1e-5)))
 
-    def layer(self, layer: Layer, index: int, prefix: str) -> None:
-        base = f"{prefix}encoder.layer.{index}"
+    def conv1d(self, nodes: list[Node], name: str) -> None:
+        """GPT-2's Conv1D: the linears' weights stacked by rows, transposed to [in, out]."""
+        weights = [n.args[1].data for n in nodes]
+        for n in nodes:
+            self.used.update(v.name for v in n.inputs if isinstance(v, Parameter))
+        self.weights[f"{name}.weight"] = torch.cat(weights).t()
+        self.weights[f"{name}.bias"] = torch.cat([_tensor(n.arg(2), int(w.shape[0]))
+                                                  for n, w in zip(nodes, weights, strict=True)])
+
+    def layer(self, layer: Layer, index: int, prefix: str, family: Family) -> None:
+        names = family.names
+        base = f"{prefix}{names['layers']}.{index}"
         where = f"layer {index} (id {layer.id})"
         att, ffn = layer.attention, layer.ffn
+        self.bias_only.append(False)
         if att is None:
+            residue = _headless(ffn, family.pre_ln) if ffn is not None else None
+            if residue is not None:
+                bias, norm = residue
+                self.bias_only[-1] = True
+                self.put(f"{base}.{names['out']}.bias", bias)
+                if norm is not None:
+                    self.norm(norm, f"{base}.{names['att_norm']}")
             self.heads.append(0)
             self.head_dims.append(0)
             self.topk.append(None)
@@ -627,7 +1318,7 @@ class _Collector:
             self.head_ids.append("")
         else:
             node = att.node
-            why = att.prunable or _post_ln(att)
+            why = att.prunable or _block_norm(att, family.pre_ln)
             if why:
                 raise _refuse(f"{where}: the attention block is not a BERT-style block ({why})")
             if node.attr("causal"):
@@ -635,10 +1326,14 @@ class _Collector:
             scale = node.attr("scale")
             if scale is not None and not math.isclose(scale, att.head_dim ** -0.5, rel_tol=1e-6):
                 raise _refuse(f"{where}: attention scale {scale:g} is not 1/sqrt(head_dim)")
-            for lin, name in ((att.query, "query"), (att.key, "key"), (att.value, "value")):
-                self.linear(lin, f"{base}.attention.self.{name}")
-            self.linear(att.output, f"{base}.attention.output.dense")
-            self.norm(att.norms[0], f"{base}.attention.output.LayerNorm")
+            if family.pre_ln:
+                self.conv1d([att.query, att.key, att.value], f"{base}.{names['qkv']}")
+                self.conv1d([att.output], f"{base}.{names['out']}")
+            else:
+                for lin, role in ((att.query, "query"), (att.key, "key"), (att.value, "value"),
+                                  (att.output, "out")):
+                    self.linear(lin, f"{base}.{names[role]}")
+            self.norm(att.norms[0], f"{base}.{names['att_norm']}")
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
             hard = node.attr("kind") == "topk"
@@ -649,7 +1344,7 @@ class _Collector:
             self.ffn.append(0)
             self.neuron_ids.append("")
             return
-        why = _post_ln(ffn)
+        why = _block_norm(ffn, family.pre_ln)
         if why:
             raise _refuse(f"{where}: the FFN block is not a BERT-style block ({why})")
         act = ffn.activation
@@ -657,28 +1352,54 @@ class _Collector:
         if key not in _ACTIVATIONS:
             raise _refuse(f"{where}: the FFN activation {act.op} has no transformers equivalent")
         self.acts.add(_ACTIVATIONS[key])
-        self.linear(ffn.up, f"{base}.intermediate.dense")
-        self.linear(ffn.down, f"{base}.output.dense")
-        self.norm(ffn.norms[0], f"{base}.output.LayerNorm")
+        if family.pre_ln:
+            self.conv1d([ffn.up], f"{base}.{names['up']}")
+            self.conv1d([ffn.down], f"{base}.{names['down']}")
+        else:
+            self.linear(ffn.up, f"{base}.{names['up']}")
+            self.linear(ffn.down, f"{base}.{names['down']}")
+        self.norm(ffn.norms[0], f"{base}.{names['ffn_norm']}")
         self.ffn.append(ffn.width)
         self.neuron_ids.append(format_ids(ffn.neuron_ids))
 
 
-def _post_ln(block: Any) -> str | None:
-    """Why ``block`` is not ``norm(x + f(x))`` on the residual stream, or None."""
+def _headless(ffn: Any, pre_ln: bool) -> tuple[Parameter, Node | None] | None:
+    """What an attention block leaves when all its heads are pruned, right before ``ffn``:
+    ``norm(bias + x)`` (post-LN) or ``bias + x`` (pre-LN); None when there is none."""
+    value = ffn.stream_in
+    norm = value.producer if isinstance(value, Value) and not pre_ln else None
+    if not pre_ln:
+        if norm is None or norm.op != "layer_norm":
+            return None
+        value = norm.args[0]
+    add = value.producer if isinstance(value, Value) else None
+    if add is None or add.op != "aten.add.Tensor":
+        return None
+    params = [a for a in add.args[:2] if isinstance(a, Parameter)]
+    if len(params) != 1 or params[0].data.dim() != 1 or len(add.args) > 2 and add.args[2] != 1:
+        return None
+    return params[0], norm
+
+
+def _block_norm(block: Any, pre_ln: bool) -> str | None:
+    """Why ``block`` is not ``norm(x + f(x))`` (post-LN) or ``x + f(norm(x))`` (pre-LN)."""
     if block.residual is None:
         return "its result is not added back to the residual stream"
-    if len(block.norms) != 1 or block.norms[0].args[0] is not block.residual.outputs[0]:
+    if len(block.norms) != 1:
+        return f"no layer norm {'before it' if pre_ln else 'right after its residual add'}"
+    norm_input = block.norms[0].args[0]
+    if pre_ln and norm_input is not block.stream_in:
+        return "its layer norm does not read the residual stream"
+    if not pre_ln and norm_input is not block.residual.outputs[0]:
         return "no layer norm right after its residual add (pre-LN?)"
     return None
 
 
 def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     """Non-layer parameter names of the family's ``head`` class -> whether each is required."""
-    emb = f"{prefix}embeddings."
-    names = {f"{emb}{n}.weight": True for n in ("word_embeddings", "position_embeddings",
-                                                "token_type_embeddings", "LayerNorm")}
-    names[f"{emb}LayerNorm.bias"] = True
+    tables = family.tables
+    names = {prefix + tables[t]: True for t in ("word", "position", "token_type") if t in tables}
+    names.update({f"{prefix}{tables['norm']}.{p}": True for p in ("weight", "bias")})
     if family.model_type == "electra":
         names.update({f"{prefix}embeddings_project.weight": False,
                       f"{prefix}embeddings_project.bias": False})
@@ -687,17 +1408,19 @@ def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
     if pooler:
         names.update({f"{prefix}pooler.dense.{p}": head != "Model" for p in ("weight", "bias")})
     layers = {"ForTokenClassification": ("classifier",), "ForQuestionAnswering": ("qa_outputs",),
-              "ForSequenceClassification": ("classifier",) if family.classifier == "pooled"
-              else ("classifier.dense", "classifier.out_proj")}.get(head, ())
+              "ForSequenceClassification": {"pooled": ("classifier",),
+                                            "pre_relu": ("pre_classifier", "classifier")}.get(
+                  family.classifier, ("classifier.dense", "classifier.out_proj"))}.get(head, ())
     names.update({f"{layer}.{p}": True for layer in layers for p in ("weight", "bias")})
     return names
 
 
-def _embedding_prefix(module: Module) -> str:
+def _embedding_prefix(module: Module, family: Family) -> str:
+    word = family.tables["word"]
     for name in module.params:
-        if name.endswith("embeddings.word_embeddings.weight"):
-            return name[: -len("embeddings.word_embeddings.weight")]
-    raise _refuse("no word embedding table (…embeddings.word_embeddings.weight) was found")
+        if name == word or name.endswith("." + word):
+            return name[: -len(word)]
+    raise _refuse(f"no word embedding table (…{word}) was found")
 
 
 def _source_config(source: dict[str, Any]) -> dict[str, Any]:
@@ -728,10 +1451,10 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
 
     Raises :class:`BackendError` for anything the generated classes cannot express."""
     family = family_of(module)
-    head = _head(module)
+    head = _head(module, family)
     _check_weights(module)
     source = dict(module.meta.get("source") or {})
-    prefix = _embedding_prefix(module)
+    prefix = _embedding_prefix(module, family)
     if prefix not in ("", f"{family.prefix}."):
         raise _refuse(f"parameters are prefixed '{prefix}', not '{family.prefix}.'")
     structure = analyze(module)
@@ -739,10 +1462,10 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         raise _refuse("the module has no transformer layers (nothing was raised to attention/FFN)")
     got = _Collector()
     for index, layer in enumerate(structure.layers):
-        got.layer(layer, index, prefix)
-    word = module.params[f"{prefix}embeddings.word_embeddings.weight"]
-    hidden = int(next(iter(got.weights[k] for k in got.weights if k.endswith("LayerNorm.weight")
-                           and ".layer." in k)).shape[0])
+        got.layer(layer, index, prefix, family)
+    word = module.params[prefix + family.tables["word"]]
+    first = structure.layers[0].attention or structure.layers[0].ffn
+    hidden = int(first.norms[0].args[1].data.shape[0])  # the residual stream's width
     wanted = _head_params(family, head, prefix)
     buffers = {prefix + b for b in _BUFFERS}
     parts: dict[str, list[tuple[int, torch.Tensor]]] = {}
@@ -754,6 +1477,12 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
             parts.setdefault(whole, []).append((int(part), param.data))
             continue
         if name not in wanted:
+            if param.data.dim() == 1 and any(u.op == "aten.add.Tensor" for u in param.users()):
+                raise _refuse(
+                    f"parameter @{name} is the output bias left by a block whose units were all "
+                    "pruned; the generated classes keep it only for an attention block followed "
+                    "by an FFN block: keep a unit, or remove the block with "
+                    "drop-layers{...,blocks=...} instead")
             raise _refuse(f"parameter @{name} has no place in Optc{family.name}{head} (the "
                           "generated classes hold embeddings, layers, pooler and task head only)")
         got.put(name, param)
@@ -763,7 +1492,8 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     if missing:
         raise _refuse(f"Optc{family.name}{head} needs @{missing[0]}, which the module lacks")
     emb_norm = next((n for n in module.graph if n.op == "layer_norm"
-                     and n.args[1] is module.params[f"{prefix}embeddings.LayerNorm.weight"]), None)
+                     and n.args[1] is module.params.get(f"{prefix}{family.tables['norm']}.weight")),
+                    None)
     if emb_norm is not None:
         got.eps.add(float(emb_norm.attr("eps", 1e-5)))
     if len(got.eps) > 1 or len(got.acts) > 1:
@@ -786,8 +1516,9 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "num_attention_heads": hidden // dims[0] if dims else config.get("num_attention_heads", 1),
         "intermediate_size": max(got.ffn) or config.get("intermediate_size", 0),
         "hidden_act": next(iter(got.acts), config.get("hidden_act", "gelu")),
-        "max_position_embeddings": int(got.weights[f"{prefix}embeddings.position_embeddings.weight"].shape[0]),
-        "type_vocab_size": int(got.weights[f"{prefix}embeddings.token_type_embeddings.weight"].shape[0]),
+        "max_position_embeddings": int(got.weights[prefix + family.tables["position"]].shape[0]),
+        "type_vocab_size": int(got.weights.get(prefix + family.tables.get("token_type", ""),
+                                               torch.empty(0)).shape[0]),
         "layer_norm_eps": next(iter(got.eps), 1e-12),
         "pad_token_id": int(padding if padding is not None else config.get("pad_token_id") or
                             (1 if family.padded_positions else 0)),
@@ -797,21 +1528,28 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "intermediate_size_per_layer": got.ffn,
         "attention_topk_per_layer": got.topk,
         "attention_topk_renormalize_per_layer": got.renormalize,
+        "attention_bias_only_per_layer": got.bias_only,
     })
     if head != "Model":
         rows = {"ForQuestionAnswering": "qa_outputs.weight",
                 "ForSequenceClassification": "classifier.out_proj.weight"
-                if family.classifier != "pooled" else "classifier.weight",
+                if family.classifier.startswith("head_") else "classifier.weight",
                 "ForTokenClassification": "classifier.weight"}[head]
         labels = int(got.weights[rows].shape[0])
         if len(config.get("id2label") or {}) != labels:
             config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
             config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
+    if family.config_names:  # DistilBERT, GPT-2: their own names, no BERT-only fields
+        for key in ("type_vocab_size", "embedding_size", "add_pooling_layer"):
+            config.pop(key)
+        if family.pre_ln:
+            config.pop("pad_token_id")
+        config.update({new: config.pop(old) for old, new in family.config_names.items()})
     file = modeling_file_name(family)
     stem = file.removesuffix(".py")
     config["auto_map"] = {"AutoConfig": f"{stem}.Optc{family.name}Config",
-                          **{auto: f"{stem}.Optc{family.name}{suffix}"
-                             for suffix, (auto, _) in HEADS.items()}}
+                          **{HEADS[suffix][0]: f"{stem}.Optc{family.name}{suffix}"
+                             for suffix in family_heads(family)}}
     config["optc"] = {
         "source_model_type": family.model_type,
         "source": source.get("model"),
@@ -919,9 +1657,9 @@ def exported_class(directory: str | os.PathLike, config: dict[str, Any],
     if suffix is None:
         arch = (config.get("architectures") or [f"Optc{family.name}Model"])[0]
         suffix = str(arch).removeprefix(f"Optc{family.name}")
-    if suffix not in HEADS:
-        raise InputError(f"'{directory}': no generated class for the head '{suffix}' "
-                         f"(choose one of {', '.join(HEADS)})")
+    if suffix not in family_heads(family):
+        raise InputError(f"'{directory}': no generated {family.model_type} class for the head "
+                         f"'{suffix}' (choose one of {', '.join(family_heads(family))})")
     return getattr(generated, f"Optc{family.name}{suffix}")
 
 

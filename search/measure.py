@@ -12,13 +12,29 @@ import torch
 from optc.backends.eager import to_eager
 from optc.ir.core import Module
 
-__all__ = ["latencies"]
+__all__ = ["latencies", "max_seq"]
+
+
+def _vocab(module: Module) -> int:
+    """Rows of the first embedding table (ids below it are valid)."""
+    for node in module.graph:
+        if node.op == "embedding" and len(node.args) > 1:
+            return int(node.args[1].tensor_type.shape[0])
+    return 100
+
+
+def max_seq(module: Module, seq: int) -> int:
+    """``seq`` clamped to the module's sequence dimension (its position table)."""
+    dim = module.dims.get("seq")
+    limit = getattr(dim, "max", None) if dim is not None else None
+    return min(seq, int(limit)) if isinstance(limit, int) and limit > 0 else seq
 
 
 def _inputs(module: Module, batch: int, seq: int) -> dict[str, torch.Tensor]:
     names = [v.name for v in module.graph.inputs]
     gen = torch.Generator().manual_seed(0)
-    out = {"input_ids": torch.randint(3, 100, (batch, seq), generator=gen)}
+    seq = max_seq(module, seq)
+    out = {"input_ids": torch.randint(0, _vocab(module), (batch, seq), generator=gen)}
     if "attention_mask" in names:
         out["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
     if "token_type_ids" in names:
@@ -28,7 +44,8 @@ def _inputs(module: Module, batch: int, seq: int) -> dict[str, torch.Tensor]:
 
 def latencies(modules: Sequence[Module], batch: int = 1, seq: int = 128, threads: int = 1,
               blocks: int = 5, per_block: int = 5) -> list[float]:
-    """Median eager latency (ms) of each module at ``batch`` x ``seq`` on ``threads``."""
+    """Median eager latency (ms) of each module at ``batch`` x ``seq`` (clamped to the
+    position table) on ``threads``."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -39,7 +39,7 @@ from optc.ir.ops import get_op
 
 __all__ = ["overview_dot", "diff_dot", "detail_dot", "render", "to_svg", "dot_available",
            "GRAPH_SUFFIXES", "DOT_MISSING_HINT", "write_file", "check_graph_output",
-           "pick_layer", "param_notes"]
+           "pick_layer", "param_notes", "check_file_output"]
 
 GRAPH_SUFFIXES = (".svg", ".png", ".dot")
 """What ``--graph`` writes, chosen by the output's suffix."""
@@ -401,9 +401,12 @@ def _diff_node(g: Any, nid: str, node: Node, place: _Place | None, after: Node |
         ha, hb = node.attr("num_heads"), after.attr("num_heads")
         before_ids = ids_or_range(node.attr("head_ids"), ha)
         after_ids = ids_or_range(after.attr("head_ids"), hb)
+        hard = (node.attr("kind"), node.attr("topk")) != (after.attr("kind"), after.attr("topk"))
         lines = [f'<FONT COLOR="{_CHANGED}">heads {ha} &#8594; {hb}</FONT>' if ha != hb
-                 else f"{ha} heads"] + [x for x in _attention_text(after) if "heads" not in x]
-        changed = ha != hb or before_ids != after_ids
+                 else f"{ha} heads"]
+        lines += [f'<FONT COLOR="{_CHANGED}">{x}</FONT>' if hard and x.startswith("hard") else x
+                  for x in _attention_text(after) if "heads" not in x]
+        changed = ha != hb or before_ids != after_ids or hard
         layer_id = place.layer.id if place else 0
         extra = _head_cells(layer_id, before_ids, after_ids)
     elif after is not None and node.op == "linear":
@@ -441,6 +444,9 @@ def diff_dot(a: Module, b: Module, title: str | None = None) -> str:
     d = _Drawing(a)
     sb = analyze(b)
     matched = _match(d.structure, sb, _has_ids(a) and _has_ids(b))
+    if d.structure.layers and sb.layers and not matched:
+        title = (f"{title}: " if title else "") + ("no layer in common (a different model or "
+                                                   "architecture?): every layer shows as removed")
     g = _new_graph(title)
     _io_nodes(g, d)
     by_layer: dict[int, list[Node]] = {}
@@ -611,21 +617,33 @@ def _pipe(source: str, fmt: str) -> bytes:
         raise BackendError(f"Graphviz dot failed: {detail[0] if detail else exc}") from None
 
 
+def check_file_output(path: str | os.PathLike, force: bool, suffixes: tuple[str, ...],
+                      inputs: tuple[Path, ...] = ()) -> Path:
+    """Refuse an output ``path`` optc may not write: an existing one is replaced only with
+    ``force`` and only when it is a regular file with one of ``suffixes`` and not an input;
+    its directory must exist and be writable."""
+    out = Path(path)
+    if out.is_symlink() or out.exists():
+        if out.is_dir() or out.is_symlink() or out.suffix.lower() not in suffixes:
+            raise OutputError(f"'{out}' exists and is not a {'/'.join(suffixes)} file optc "
+                              "would replace; choose another name")
+        if any(out.resolve() == Path(i).resolve() for i in inputs if Path(i).exists()):
+            raise OutputError(f"'{out}' is an input; choose another output name")
+        if not force:
+            raise OutputError(f"'{out}' exists (use --force to replace it)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
+    return out
+
+
 def write_file(path: Path, data: bytes, force: bool, suffixes: tuple[str, ...],
                inputs: tuple[Path, ...] = ()) -> None:
-    """Write ``data`` to ``path`` atomically. An existing ``path`` is replaced only with
-    ``force`` and only when it is a regular file with one of ``suffixes`` and not an input."""
-    if path.is_symlink() or path.exists():
-        if path.is_dir() or path.is_symlink() or path.suffix.lower() not in suffixes:
-            raise OutputError(f"'{path}' exists and is not a {'/'.join(suffixes)} file optc "
-                              "would replace; choose another name")
-        if any(path.resolve() == Path(i).resolve() for i in inputs):
-            raise OutputError(f"'{path}' is an input; choose another output name")
-        if not force:
-            raise OutputError(f"'{path}' exists (use --force to replace it)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{path}': directory '{parent}' does not exist")
+    """Write ``data`` to ``path`` atomically (a temporary sibling renamed into place), after
+    :func:`check_file_output`."""
+    parent = check_file_output(path, force, suffixes, inputs).parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
     except OSError as exc:
@@ -648,18 +666,15 @@ def _umask() -> int:
     return mask
 
 
-def check_graph_output(path: str | os.PathLike, force: bool) -> Path:
-    """Validate a ``--graph`` output before any slow work; returns it as a Path."""
+def check_graph_output(path: str | os.PathLike, force: bool,
+                       inputs: tuple[Path, ...] = ()) -> Path:
+    """Validate a ``--graph`` output before any slow work (the ``.dot`` file written instead
+    when Graphviz is missing); returns it as a Path."""
     out = Path(path)
     if out.suffix.lower() not in GRAPH_SUFFIXES:
         raise InputError(f"--graph {path}: the picture's name must end in .svg, .png or .dot")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise OutputError(f"'{out}' exists (use --force to replace it)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
+    written = out if dot_available() else out.with_suffix(".dot")
+    check_file_output(written, force, GRAPH_SUFFIXES, inputs)
     return out
 
 
@@ -671,7 +686,7 @@ def render(source: str, path: str | os.PathLike, force: bool = False,
     Graphviz's ``dot`` an ``.svg``/``.png`` request writes the DOT source to ``path`` with
     suffix ``.dot`` instead.
     """
-    out = check_graph_output(path, force)
+    out = check_graph_output(path, force, inputs)
     fmt = out.suffix.lower()[1:]
     if fmt == "dot":
         write_file(out, source.encode(), force, GRAPH_SUFFIXES, inputs)

@@ -6,14 +6,14 @@ from typing import Any
 
 from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Layer, analyze, module_flops, node_cost
-from optc.ir.attributes import Attribute
+from optc.ir.attributes import Attribute, Sparsity
 from optc.ir.core import Module
 from optc.ir.ids import format_ids
 from optc.ir.ops import get_op
 from optc.ir.types import dtype_name
 
 __all__ = ["summarize", "format_summary", "diff_modules", "format_diff", "weight_facts",
-           "summarize_onnx", "format_onnx_summary"]
+           "summarize_onnx", "format_onnx_summary", "nonzero_flops"]
 
 
 def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
@@ -55,6 +55,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "nodes": len(module.graph),
         "seq": seq,
         "flops": module_flops(module, seq),
+        "nonzero_flops": nonzero_flops(module, seq),
         "parameter_bytes": module.parameter_bytes(),
         "weights": weight_facts(module, list(module.params)),
         "pass_stats": module.meta.get("pass_stats", []),
@@ -63,6 +64,21 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "layer_facts": facts,
         "raising": raising_report(module),
     }
+
+
+def nonzero_flops(module: Module, seq: int = 128) -> int:
+    """FLOPs (batch 1 at ``seq``) with each ``linear`` scaled by the density its weight
+    declares (a ``Sparsity`` attribute): the work a sparse kernel would do."""
+    dims = {"batch": 1, "seq": seq}
+    total = 0.0
+    for node in module.graph:
+        flops = node_cost(node, dims)["flops"]
+        weight = node.arg(1) if node.op == "linear" else None
+        if getattr(weight, "is_param", False):
+            flops *= min((a.density for a in weight.attrs.values() if isinstance(a, Sparsity)),
+                         default=1.0)
+        total += flops
+    return int(total)
 
 
 def weight_facts(module: Module, names: list[str]) -> dict[str, Any]:

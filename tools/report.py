@@ -109,12 +109,14 @@ def build_report(module: Module, baseline: Module | None = None, *, name: str = 
     info = summarize_cached(module, seq)
     data: dict[str, Any] = {
         "name": name, "path": path, "seq": seq, "model": info,
+        "nonzero_flops": info["nonzero_flops"],
         "specialization": specialization or module.meta.get("specialization"),
         "disk_bytes": disk_size(path), "baseline": None, "warnings": [], "bench": bench,
     }
     if baseline is not None:
         binfo = summarize_cached(baseline, seq)
         data["baseline"] = {"name": baseline_name, "path": baseline_path, "model": binfo,
+                            "nonzero_flops": binfo["nonzero_flops"],
                             "disk_bytes": disk_size(baseline_path)}
         fa, fb = family(module), family(baseline)
         data["comparable"] = fa == fb
@@ -174,6 +176,7 @@ def layer_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                "ffn": now[0]["ffn"] if now else 0,
                "density": _density(*now) if now else None,
                "bits": _bits(now[1]["weights"]) if now else None,
+               "precision": now[0].get("precision") if now else None,
                "params": now[0]["params"] if now else 0,
                "hard": now[1]["topk"] if now and now[1]["attention_kind"] == "topk" else None}
         if base is not None:
@@ -242,6 +245,8 @@ def search_plot(spec: dict[str, Any]) -> str | None:
         x, y = _first(c, _X_KEYS), _first(c, _Y_KEYS)
         if x and y:
             ok = bool(c.get("accepted", c.get("kept", c.get("committed", False))))
+            if x[0] == "flops":
+                x = ("GFLOPs (batch 1, seq 128)", x[1] / 1e9)
             pts.append((x, y, ok))
     if not pts:
         return None
@@ -252,7 +257,7 @@ def search_plot(spec: dict[str, Any]) -> str | None:
         if sel:
             ax.scatter([p[0][1] for p in sel], [p[1][1] for p in sel], c=color, label=label,
                        s=28 if ok else 16, zorder=3 if ok else 2)
-    ax.set_xlabel(pts[0][0][0].replace("_", " "))
+    ax.set_xlabel(pts[0][0][0].replace("_", " ").replace("gflops", "GFLOPs"))
     ax.set_ylabel(pts[0][1][0].replace("_", " "))
     ax.set_title("specialization search: every candidate", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
@@ -277,6 +282,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;border-bottom:1px solid
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}.muted{color:#888}
 .warn{background:#fff4e5;border-left:4px solid #d35400;padding:.5em 1em}.removed{color:#999;text-decoration:line-through}
+#pipeline td:last-child,#weights td:last-child{text-align:left}
 .graph{overflow:auto;max-height:900px;border:1px solid #eee}.graph svg{max-width:100%;height:auto}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.8em}code{font-size:.9em}
 """
@@ -355,7 +361,8 @@ def _layers_section(data: dict[str, Any]) -> str:
                 ids += f' <span class="removed">{",".join(map(str, removed))}</span>'
         table.append([str(r["id"]), "removed" if gone else str(r["position"]),
                       cell("heads"), ids or "-", cell("ffn"), cell("params", "{:,}"),
-                      cell("density", "{:.3f}"), cell("bits", "{:.0f}"),
+                      cell("density", "{:.3f}"),
+                      cell("bits", "{:.0f}") + (f" ({_esc(r['precision'])})" if r.get("precision") else ""),
                       f"top-{r['hard']}" if r["hard"] else ("-" if gone else "softmax")])
     return _table(head, table) + layer_charts(rows, names)
 
@@ -413,7 +420,8 @@ def _specialize_section(data: dict[str, Any]) -> str:
 def _num(v: Any, scale: float = 1) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return "-" if v is None else _esc(v)
-    v = v / scale
+    if scale != 1:
+        v = v / scale
     return f"{v:,}" if isinstance(v, int) else f"{v:,.4g}"
 
 
@@ -434,31 +442,38 @@ def _faster_section(data: dict[str, Any]) -> str:
     b = data["baseline"]
     if b is None:
         return "<p>not present (needs a BASELINE to compare with)</p>"
-    flops = _ratio(data["model"]["flops"], b["model"]["flops"])
+    dense = _ratio(data["model"]["flops"], b["model"]["flops"])
+    flops = _ratio(data["nonzero_flops"], b["nonzero_flops"])
+    sparse = flops is not None and dense is not None and abs(flops - dense) > 1e-3
+    head = ["backend", "FLOPs ratio"] + (["nonzero FLOPs ratio"] if sparse else []) + ["latency ratio"]
+    note = ('<p class="muted">nonzero FLOPs: linears scaled by their weights\' declared sparsity '
+            "density (the work a sparse kernel would do)</p>") if sparse else ""
     lat = _latency(data)
     if not lat:
-        return (_table(["backend", "FLOPs ratio", "latency ratio"], [["-", _fmt_ratio(flops), "not measured"]])
-                + '<p class="muted">latency: not measured (use <code>--bench</code>)</p>')
+        return (_table(head, [["-", _fmt_ratio(dense)] + ([_fmt_ratio(flops)] if sparse else [])
+                              + ["not measured"]])
+                + note + '<p class="muted">latency: not measured (use <code>--bench</code>)</p>')
     rows, sentences = [], []
+    what = "nonzero FLOPs" if sparse else "FLOPs"
     for backend, (mine, theirs) in lat.items():
         r = _ratio(mine, theirs)
-        rows.append([backend, _fmt_ratio(flops), _fmt_ratio(r)])
+        rows.append([backend, _fmt_ratio(dense)] + ([_fmt_ratio(flops)] if sparse else [])
+                    + [_fmt_ratio(r)])
         if r is not None and flops and abs(math.log(r / flops)) > math.log(1.25):
             if r > flops:
                 sentences.append(
-                    f"On {backend} the model does {flops:.2f}&#215; the baseline's FLOPs but takes "
+                    f"On {backend} the model does {flops:.2f}&#215; the baseline's {what} but takes "
                     f"{r:.2f}&#215; its time: the saved work does not turn into speed here (for "
                     "example unstructured sparsity or int8 without fast kernels, or fixed "
                     "overheads that dominate small matrices).")
             else:
                 sentences.append(
                     f"On {backend} the model takes {r:.2f}&#215; the baseline's time, less than its "
-                    f"FLOPs ratio {flops:.2f}&#215; predicts (fewer layers also save memory traffic "
-                    "and per-op overhead).")
+                    f"{what} ratio {flops:.2f}&#215; predicts (int8 kernels, or less memory traffic "
+                    "and per-op overhead, save more than the FLOPs count shows).")
         elif r is not None:
-            sentences.append(f"On {backend} time follows FLOPs ({r:.2f}&#215; vs {flops:.2f}&#215;).")
-    return _table(["backend", "FLOPs ratio", "latency ratio"], rows) + "".join(
-        f"<p>{s}</p>" for s in sentences)
+            sentences.append(f"On {backend} time follows {what} ({r:.2f}&#215; vs {flops:.2f}&#215;).")
+    return _table(head, rows) + note + "".join(f"<p>{s}</p>" for s in sentences)
 
 
 def _graph_section(graph_svg: str | None, graph_dot: str) -> str:
@@ -525,7 +540,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
     if out.suffix.lower() not in REPORT_SUFFIXES:
         p.error(f"-o {args.output}: the report's name must end in .html")
     inputs = tuple(Path(t) for t in (args.target, args.baseline) if t)
-    _check_out(out, args.force, inputs)
+    graphs.check_file_output(out, args.force, REPORT_SUFFIXES, inputs)  # before slow work
     progress = Progress(enabled=not args.quiet)
     module = _load(args.target, load, progress)
     baseline = _load(args.baseline, load, progress) if args.baseline else None
@@ -540,7 +555,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
                            seq=args.seq, bench=bench, specialization=record)
         graphs.write_file(out, page.encode("utf-8"), args.force, REPORT_SUFFIXES, inputs)
     data_warn = baseline is not None and family(module) != family(baseline)
-    if data_warn and not args.quiet:
+    if data_warn:
         sys.stderr.write(f"optc: note: {args.baseline} is a different architecture family; "
                          "only totals are compared\n")
     if not graphs.dot_available():
@@ -580,23 +595,6 @@ def _load(target: str, load: Callable[[str | None, str, Any], Module], progress:
         raise InputError(f"'{target}' is not a model: give an optc artifact directory, a Hugging "
                          "Face model directory or id, or 'embedded'")
     return load(None if target == "embedded" else target, "auto", progress)
-
-
-def _check_out(out: Path, force: bool, inputs: tuple[Path, ...]) -> None:
-    from optc.errors import OutputError
-
-    if out.exists() or out.is_symlink():
-        if out.is_dir() or out.is_symlink():
-            raise OutputError(f"'{out}' exists and is not an .html file optc would replace")
-        if any(out.resolve() == i.resolve() for i in inputs if i.exists()):
-            raise OutputError(f"'{out}' is an input; choose another output name")
-        if not force:
-            raise OutputError(f"'{out}' exists (use --force to replace it)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write '{out}': directory '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write '{out}': directory '{parent}' is not writable")
 
 
 def _bench(target: str, baseline: str | None, seq: int) -> list[dict[str, Any]]:

@@ -36,7 +36,8 @@ JOBS = {
     "bert-cls": ("bert", "ForSequenceClassification",
                  "drop-layers{layers=1},drop-layers{layers=0,blocks=attention},"
                  "prune-heads{heads=1:3,1:0},prune-neurons{neurons=0:0,0:5,0:9,1:1},dce"),
-    "bert-base": ("bert", "Model", "prune-heads{heads=1:1,1:2},prune-neurons{neurons=2:0},dce"),
+    "bert-base": ("bert", "Model", "prune-heads{heads=1:1,1:2,2:0,2:1,2:2,2:3},"
+                  "prune-neurons{neurons=2:0},dce"),
     "roberta-cls": ("roberta", "ForSequenceClassification",
                     "drop-layers{layers=2},prune-heads{heads=0:1,0:2,0:3,1:0},"
                     "prune-neurons{neurons=1:2,1:4},dce"),
@@ -45,6 +46,11 @@ JOBS = {
                 "drop-layers{layers=0,blocks=ffn},dce"),
     "electra-tok": ("electra", "ForTokenClassification",
                     "drop-layers{layers=0},prune-heads{heads=1:1},prune-neurons{neurons=0:3},dce"),
+    "distilbert-cls": ("distilbert", "ForSequenceClassification",
+                       "prune-heads{heads=0:0,0:1,0:2,2:3},drop-layers{layers=1,blocks=ffn},"
+                       "prune-neurons{neurons=2:1,2:6},dce"),
+    "gpt2-base": ("gpt2", "Model", "prune-heads{heads=0:1,1:0,1:2,1:3},drop-layers{layers=2,blocks=attention},"
+                  "prune-neurons{neurons=0:7,1:0,1:1},dce"),
 }
 
 CHILD = r'''
@@ -118,6 +124,10 @@ def build(family: str, head: str) -> torch.nn.Module:
         "roberta": lambda: tf.RobertaConfig(**{**kw, "max_position_embeddings": 66}),
         "xlm-roberta": lambda: tf.XLMRobertaConfig(**{**kw, "max_position_embeddings": 66}),
         "electra": lambda: tf.ElectraConfig(**kw, embedding_size=32),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=120, n_embd=64, n_layer=3, n_head=4, n_positions=64,
+                                      use_cache=False),
+        "distilbert": lambda: tf.DistilBertConfig(vocab_size=120, dim=64, n_layers=3, n_heads=4,
+                                                  hidden_dim=128, max_position_embeddings=64),
     }[family]()
     config.num_labels = 2 if head == "ForQuestionAnswering" else 3
     return getattr(tf, AUTO[head]).from_config(config).eval()
@@ -193,7 +203,7 @@ def test_clean_process_matches_eager(exported, name: str) -> None:
     first = next(iter(want))  # return_dict=False: a tuple, first the IR's first output
     assert (got["tuple.0"] - want[first]).abs().max().item() <= TOL
     config = json.loads((out / "config.json").read_text())
-    assert int(got["hidden_states.count"]) == config["num_hidden_layers"] + 1
+    assert int(got["hidden_states.count"]) == len(config["num_attention_heads_per_layer"]) + 1
     if "no_token_types.0" in got:
         assert (got["no_token_types.0"] - got["tuple.0"]).abs().max().item() <= TOL
     if "roundtrip.0" in got:
@@ -229,6 +239,22 @@ def test_config_records_per_layer_sizes(exported) -> None:
     assert weights["bert.encoder.layer.1.attention.self.query.weight"].shape == (32, 64)
     hard = json.loads((found["bert-base"][1] / "config.json").read_text())
     assert hard["attention_topk_per_layer"] == [3, None, None]
+    assert hard["num_attention_heads_per_layer"] == [4, 2, 0]  # layer 2: every head pruned,
+    assert hard["attention_bias_only_per_layer"] == [False, False, True]  # its bias stays
+    distil = json.loads((found["distilbert-cls"][1] / "config.json").read_text())
+    # DistilBERT keeps its own field names; layer 1 lost its FFN block
+    assert (distil["n_layers"], distil["dim"], distil["n_heads"]) == (3, 64, 4)
+    assert distil["num_attention_heads_per_layer"] == [1, 4, 3]
+    assert distil["intermediate_size_per_layer"] == [128, 0, 126]
+    assert "hidden_size" not in distil and "type_vocab_size" not in distil
+    gpt2 = json.loads((found["gpt2-base"][1] / "config.json").read_text())
+    assert (gpt2["n_layer"], gpt2["n_embd"], gpt2["n_inner"]) == (3, 64, 256)
+    assert gpt2["num_attention_heads_per_layer"] == [3, 1, 0]
+    assert gpt2["intermediate_size_per_layer"] == [255, 254, 256]
+    assert set(gpt2["auto_map"]) == {"AutoConfig", "AutoModel"}
+    weights = load_file(str(found["gpt2-base"][1] / "model.safetensors"))
+    assert weights["h.1.attn.c_attn.weight"].shape == (64, 3 * 16)  # Conv1D: [in, out]
+    assert "h.2.ln_1.weight" not in weights  # the attention block went with its norm
 
 
 def test_pipeline_classifies_with_the_pruned_model(exported) -> None:
@@ -243,23 +269,33 @@ def test_pipeline_classifies_with_the_pruned_model(exported) -> None:
     assert [p["score"] for p in preds] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
 
 
-def test_read_back_and_prune_again(exported, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "spec", "heads", "ffn", "bias_only"), [
+    ("bert-cls", "prune-heads{heads=1:0}", [0, 1], [124, 127], [False, False]),
+    # the last head of layer 0 goes: the layer keeps its attention's output bias and norm
+    ("distilbert-cls", "prune-heads{heads=0:0}", [0, 4, 3], [127, 0, 126], [True, False, False]),
+    ("gpt2-base", "prune-heads{heads=0:0}", [2, 1, 0], [254, 254, 256], [False, False, False]),
+])
+def test_read_back_and_prune_again(exported, tmp_path: Path, name: str, spec: str,
+                                   heads: list[int], ffn: list[int], bias_only: list[bool]) -> None:
     """A second pruning pass on an exported directory, through optc, exported again."""
     _, found = exported
-    module, out, x, _ = found["bert-cls"]
+    module, out, x, _ = found[name]
+    family, head = JOBS[name][:2]
     model, source = load_model(out)
-    assert type(model).__name__ == "OptcBertForSequenceClassification"
-    assert source["model_type"] == "bert"
+    assert type(model).__name__ == f"Optc{FAMILIES[family].name}{head}"
+    assert source["model_type"] == family
     again = optc.capture(model, source=source)
     with torch.inference_mode():
-        want = to_eager(module)(**x)["logits"]
-        assert (to_eager(again)(**x)["logits"] - want).abs().max().item() <= TOL
-    optc.run_pipeline(again, "prune-heads{heads=1:0},prune-neurons{neurons=0:0},dce")
+        want, got = to_eager(module)(**x), to_eager(again)(**x)
+    for key in want:
+        assert (got[key] - want[key]).abs().max().item() <= TOL
+    optc.run_pipeline(again, spec + ",prune-neurons{neurons=0:0},dce")
     second = tmp_path / "second"
     write_checked(again, "hf", second)
     config = json.loads((second / "config.json").read_text())
-    assert config["num_attention_heads_per_layer"] == [0, 1]
-    assert config["intermediate_size_per_layer"] == [124, 127]
+    assert config["num_attention_heads_per_layer"] == heads
+    assert config["intermediate_size_per_layer"] == ffn
+    assert config["attention_bias_only_per_layer"] == bias_only
     assert (second / "vocab.txt").is_file()  # the tokenizer travels with the model
 
 
@@ -275,13 +311,20 @@ def test_edited_modeling_file_is_never_run(exported, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("family", ["distilbert", "gpt2"])
-def test_unsupported_family_refused_in_one_line(family: str, tmp_path: Path) -> None:
-    module = optc.capture(tiny_model(family), source={"model": family})
-    with pytest.raises(BackendError, match=f"'{family}' models are not supported yet") as info:
+def test_unsupported_family_refused_in_one_line(exported, tmp_path: Path) -> None:
+    module = exported[1]["bert-base"][0].clone()
+    module.meta["source"]["model_type"] = "t5"
+    with pytest.raises(BackendError, match="'t5' models are not supported yet") as info:
         write_backend(module, "hf", tmp_path / "out")
     assert "\n" not in str(info.value) and info.value.exit_code == 6
     assert not (tmp_path / "out").exists()
+
+
+def test_gpt2_head_other_than_base_refused(tmp_path: Path) -> None:
+    module = optc.capture(tiny_model("gpt2"), source={"model": "gpt2"})
+    module.meta["source"]["class"] = "GPT2ForQuestionAnswering"
+    with pytest.raises(BackendError, match="not supported for gpt2; supported: \\*Model"):
+        write_backend(module, "hf", tmp_path / "out")
 
 
 def test_quantized_weight_refused(exported, tmp_path: Path) -> None:
@@ -333,3 +376,14 @@ def test_minilm_worked_example_in_plain_transformers(minilm_module, tmp_path: Pa
         length = int(enc["attention_mask"][row].sum())
         features = torch.tensor(features).reshape(-1, want.shape[-1])[:length]
         assert (features - want[row, :length]).abs().max().item() <= TOL
+
+
+def test_bias_left_by_a_fully_pruned_ffn_refused_with_the_fix(exported, tmp_path: Path) -> None:
+    module = exported[1]["bert-base"][0].clone()
+    everything = ",".join(f"0:{i}" for i in range(128))
+    optc.run_pipeline(module, f"prune-neurons{{neurons={everything}}},dce")
+    with pytest.raises(BackendError, match=r"output bias left by a block whose units were all "
+                                           r"pruned.*drop-layers") as info:
+        write_backend(module, "hf", tmp_path / "out")
+    assert "@encoder.layer.0.output.dense.bias" in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import optc
-from optc.errors import InputError
+from optc.errors import InputError, OutputError
 from optc.ir.attributes import Quantization, Sparsity
 from optc.tests.conftest import tiny_model
 from optc.tools import graph
@@ -195,3 +195,46 @@ def test_inspect_graph_bad_usage(artifacts, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "inspect", artifacts["base"], "--graph",
                        tmp_path / "missing" / "g.dot", "-q")
     assert code == 4 and "does not exist" in err
+
+
+def test_diff_against_an_unrelated_model_says_so(base) -> None:
+    other = optc.capture(tiny_model("distilbert"))
+    for node in other.graph:  # a module from before stable ids: matched by parameter names
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "layer"}
+    dot = graph.diff_dot(base, other, title="A -> B")
+    assert "no layer in common" in dot
+
+
+def test_diff_greys_a_removed_block_and_keeps_the_rest(base) -> None:
+    module = base.clone()
+    optc.run_pipeline(module, "drop-layers{layers=0,blocks=attention},dce")
+    dot = graph.diff_dot(base, module)
+    layer0 = dot[dot.index("subgraph cluster_layer0"):dot.index("subgraph cluster_layer1")]
+    assert "heads block removed" in layer0 and "FFN 128" in layer0
+    gone = re.findall(r"<S>(linear \(\w+[^<]*|attention)</S>", layer0)
+    assert sorted(gone) == ["attention", "linear (key)", "linear (output proj)", "linear (query)",
+                            "linear (value)"]
+    assert {int(h) for h in re.findall(r"removed head 0:(\d)", layer0)} == {0, 1, 2, 3}
+    assert "removed head 1:" not in dot
+
+
+def test_missing_dot_checks_the_dot_file_it_would_write(base, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    (tmp_path / "g.dot").write_text("old")
+    with pytest.raises(OutputError, match="--force"):
+        graph.check_graph_output(tmp_path / "g.svg", force=False)
+    written, _ = graph.render(graph.overview_dot(base), tmp_path / "g.svg", force=True)
+    assert written.read_text().startswith("digraph")
+    (tmp_path / "d.svg").mkdir()
+    with pytest.raises(OutputError, match="not a"):
+        graph.check_file_output(tmp_path / "d.svg", True, graph.GRAPH_SUFFIXES)
+
+
+def test_diff_marks_hard_attention_in_orange(base) -> None:
+    module = base.clone()
+    att = [n for n in module.graph if n.op == "attention"][1]
+    att.set_attr("kind", "topk")
+    att.set_attr("topk", 4)
+    dot = graph.diff_dot(base, module)
+    assert dot.count('<FONT COLOR="#d35400">hard attention, top-4</FONT>') == 1
+    assert "removed head" not in dot

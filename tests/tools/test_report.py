@@ -58,7 +58,8 @@ def test_report_sections_and_numbers_match_inspect_json(targets, tmp_path, capsy
     _, jb, _ = run(capsys, "inspect", targets["base"], "--json", "-q")
     small, base = json.loads(js), json.loads(jb)
     data = page_data(text)
-    for key in ("parameters", "flops", "nodes", "layers", "layer_facts", "pipeline", "pass_stats"):
+    for key in ("parameters", "flops", "nonzero_flops", "nodes", "layers", "layer_facts",
+                "pipeline", "pass_stats"):
         assert data["model"][key] == small[key], key
         assert data["baseline"]["model"][key] == base[key], key
     summary = section(text, "summary")
@@ -119,7 +120,8 @@ def test_report_renders_specialization_history(targets, tmp_path, capsys) -> Non
                 "note": "block removed" if i == 6 else ""} for i in range(7)]
     record = {"history": history, "metric": "accuracy", "dev_metric_before": 91.5,
               "dev_metric_after": 90.75, "baseline_loss": 0.4, "best_loss": 0.43,
-              "flops_before": 2 * 10**9, "flops_after": 10**9}
+              "flops_before": 2 * 10**9, "flops_after": 10**9,
+              "params_before": 21506, "params_after": 17282}
     art = optc.save(optc.load_module(targets["small"]), tmp_path / "spec",
                     extra={"specialization": record})
     out = tmp_path / "r.html"
@@ -127,6 +129,8 @@ def test_report_renders_specialization_history(targets, tmp_path, capsys) -> Non
     spec = section(out.read_text(), "specialization")
     assert "<td>dev accuracy</td><td>91.5</td><td>90.75</td>" in spec
     assert "<td>GFLOPs (batch 1, seq 128)</td><td>2</td><td>1</td>" in spec
+    assert "<td>parameters</td><td>21,506</td><td>17,282</td>" in spec
+    assert "GFLOPs (batch 1, seq 128)</text>" in spec  # the plot's x axis
     assert "<svg" in spec and "accepted" in spec and "rejected" in spec and "mean loss" in spec
     # the same record in the module's metadata is read too (Python API)
     module = optc.load_module(targets["small"])
@@ -199,3 +203,26 @@ def test_report_bench_fills_latency_and_the_faster_table(targets, tmp_path, caps
     flops = data["model"]["flops"] / data["baseline"]["model"]["flops"]
     assert faster.count(f"<td>{flops:.3f}&#215;</td>") == 2
     assert faster.count("<p>On ") == 2  # one plain sentence per backend
+
+
+def test_faster_table_says_when_sparsity_saves_flops_but_not_time(targets) -> None:
+    base = optc.load_module(targets["base"])
+    module = base.clone()
+    for name in [n for n in module.params if n.endswith("dense.weight") and "layer" in n]:
+        p = module.params[name]
+        p.data = p.data * (torch.rand(p.data.shape, generator=torch.Generator().manual_seed(1)) < 0.1)
+        p.attrs = {"sparsity": Sparsity(pattern="unstructured", density=0.1)}
+    bench = [{"backend": "eager", "role": "model", "median_ms": 1.0},
+             {"backend": "eager", "role": "baseline", "median_ms": 1.02},
+             {"backend": "onnx", "role": "model", "median_ms": 0.5},
+             {"backend": "onnx", "role": "baseline", "median_ms": 0.52}]
+    text = report.report_html(module, base, name="sparse", baseline_name="dense", bench=bench)
+    faster = section(text, "faster")
+    data = page_data(text)
+    assert data["model"]["flops"] == data["baseline"]["model"]["flops"]  # dense count unchanged
+    ratio = data["nonzero_flops"] / data["baseline"]["nonzero_flops"]
+    assert ratio < 0.8
+    assert "nonzero FLOPs ratio" in faster and f"<td>{ratio:.3f}&#215;</td>" in faster
+    assert faster.count("does not turn into speed here") == 2
+    assert f"On eager the model does {ratio:.2f}&#215; the baseline's nonzero FLOPs but takes " \
+           "0.98&#215; its time" in faster

@@ -1,0 +1,91 @@
+"""optc specialize: history and before/after table, an artifact every backend runs, one-line
+errors with the right exit code and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import optc
+from optc.backends.differential import check_backends
+from optc.tests.train.conftest import tiny_bert
+from optc.tools.cli import main
+
+FAST = ["--k", "3", "--groups", "3", "-q"]
+
+
+@pytest.fixture
+def artifact(module, tmp_path):
+    path = tmp_path / "model"
+    optc.save(module, path, extra={"task": module.meta["task"]})
+    return path
+
+
+def test_specialize_writes_a_smaller_model_with_its_history(artifact, task_dir, tmp_path,
+                                                            capsys, tokenizer):
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--then", "dce", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    lines = printed.splitlines()
+    header = next(line for line in lines if line.startswith("step"))
+    assert "accepted" in header and "not worse" in header and "GFLOPs" in header
+    assert any("hard attention k=3" in line for line in lines)
+    assert "dev accuracy" in printed and "GFLOPs (B1,S128)" in printed
+    assert "latency ms (eager)" in printed and "parameters" in printed
+    meta = json.loads((out / "metadata.json").read_text())
+    spec = meta["specialization"]
+    assert spec["history"] and spec["evaluations"] == len(spec["history"]) + 1
+    assert spec["dev_metric_before"] is not None and spec["latency_ms_after"] > 0
+    assert meta["task"]["name"] == "text-classification"
+    result = optc.load_module(out)
+    assert result.num_parameters() <= optc.load_module(artifact).num_parameters()
+    enc = tokenizer(["the movie was good", "a dull plot"], padding=True, return_tensors="pt")
+    report = check_backends(result, {k: enc[k] for k in ("input_ids", "attention_mask",
+                                                          "token_type_ids")})
+    assert report.worst("onnx") <= 1e-5 and report.worst("torchscript") <= 1e-5
+
+
+def test_specialize_json_and_force(artifact, task_dir, tmp_path, capsys):
+    out = tmp_path / "spec"
+    args = ["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+            "--kinds", "attention,heads", "--no-dev", "--no-latency", "--json", *FAST]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {h["kind"] for h in summary["history"]} <= {"attention", "heads"}
+    assert main(args) == 4  # exists
+    assert "exists" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.parametrize("extra, code, message", [
+    (["--k", "0"], 2, "must be at least 1"),
+    (["--kinds", "layers"], 2, "unknown candidate kind 'layers'"),
+    (["--val-limit", "5"], 3, "at least 20"),
+    (["--task", "text-classification{labels=a,b,c}"], 3, "needs 3"),
+    (["--then", "nonsense-pass"], 2, "unknown pass 'nonsense-pass'"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(artifact, task_dir, tmp_path, capsys,
+                                                 extra, code, message):
+    out = tmp_path / "spec"
+    got = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out), "-q",
+                "--no-latency", *extra])
+    err = capsys.readouterr().err.strip()
+    assert got == code, err
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_model_without_a_task_head_is_refused(tmp_path, task_dir, tok_dir, capsys):
+    _, plain = tiny_bert(layers=1)
+    plain.meta["source"] = {**(plain.meta.get("source") or {}), "tokenizer": str(tok_dir)}
+    path = tmp_path / "plain"
+    optc.save(plain, path)
+    out = tmp_path / "spec"
+    got = main(["specialize", str(path), "--task", "text-classification", "--data",
+                str(task_dir), "-o", str(out), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert got == 3 and "has no task head" in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -1,0 +1,187 @@
+"""Benchmark of accuracy-driven specialization (AxFormer) on MiniLM fine-tuned per task.
+
+    python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
+        [--epochs 3] [--val-size 0.15] [--then 'quantize{mode=dynamic}'] [--smoke]
+
+For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
+``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
+runs the published search, and reports the baseline dev metric; after specialization the dev
+metric, FLOPs ratio, ONNX Runtime latency ratio (batch 1, seq 128, 1 thread), parameter ratio,
+search time and number of evaluations; the same after ``--then``; Poor Man's BERT top-layer
+dropping at the same FLOPs (its dev metric); and the speedup of the search's tricks (prefix
+reuse, length-sorted batches) on a fixed set of candidate evaluations.
+
+``--smoke`` runs a few training steps and a small validation split: it checks the machinery,
+its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import optc
+from optc.artifacts import is_artifact, load_module, save
+from optc.backends import write_backend
+from optc.backends.onnx import OnnxModule
+from optc.frontends.capture import capture
+from optc.frontends.huggingface import load_model, load_tokenizer
+from optc.ir.analysis import analyze, module_flops
+from optc.passes.manager import run_pipeline
+from optc.search import Candidate, Config, GatedRunner, SearchOptions, prepare_batches, specialize
+from optc.search.measure import max_seq
+from optc.tasks import evaluate, get_task
+from optc.train import finetune
+
+TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _fine_tuned(task: str, models: Path, epochs: float, smoke: bool) -> Any:
+    path = models / f"{task}-minilm{'-smoke' if smoke else ''}"
+    if is_artifact(path):
+        return load_module(path)
+    model, source = load_model(None)
+    module = capture(model, source=source)
+    tok = load_tokenizer(source["tokenizer"])
+    options = {"max_steps": 20} if smoke else {"epochs": epochs}
+    finetune(module, task, tokenizer=tok, eval_split="dev", **options)
+    save(module, path, extra={"task": module.meta["task"]})
+    return module
+
+
+def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[float]:
+    """Median ORT latency (ms), batch 1, 1 thread, variants interleaved in blocks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = []
+        for i, m in enumerate(modules):
+            path = Path(tmp) / f"m{i}.onnx"
+            write_backend(m, "onnx", path)
+            sessions.append(OnnxModule(path, threads=1))
+        n = max_seq(modules[0], seq)
+        inputs = {"input_ids": torch.randint(0, 1000, (1, n)),
+                  "attention_mask": torch.ones(1, n, dtype=torch.long),
+                  "token_type_ids": torch.zeros(1, n, dtype=torch.long)}
+        times: list[list[float]] = [[] for _ in modules]
+        for s in sessions:
+            s(**{k: v for k, v in inputs.items() if k in s.input_names})
+        for _ in range(5):
+            for i, s in enumerate(sessions):
+                feed = {k: v for k, v in inputs.items() if k in s.input_names}
+                for _ in range(reps // 5):
+                    start = time.perf_counter()
+                    s(**feed)
+                    times[i].append((time.perf_counter() - start) * 1000)
+        return [statistics.median(t) for t in times]
+
+
+def _dev(task: Any, module: Any, tok: Any) -> float:
+    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=NAMES).score
+
+
+def _top_drop_at(module: Any, flops: int) -> Any:
+    """Poor Man's BERT: drop top layers until the FLOPs are at most ``flops`` (or one left)."""
+    layers = len(analyze(module).layers)
+    best = module
+    for count in range(0, layers):
+        m = module.clone()
+        if count:
+            run_pipeline(m, f"drop-layers{{strategy=top,count={count}}},dce")
+        best = m
+        if module_flops(m, 128) <= flops:
+            break
+    return best
+
+
+def _trick_speedups(module: Any, task: Any, tok: Any, val: list[Any]) -> dict[str, float]:
+    """Seconds for the same candidate evaluations with and without each trick."""
+    structure = analyze(module)
+    last = structure.layers[-1].id
+    cands = [Candidate("heads", last, (h,)) for h in range(3)] + [Candidate("ffn", last)]
+    out: dict[str, float] = {}
+    sorted_batches = prepare_batches(task, val, tok, 32, None, NAMES)
+    for label, reuse in (("prefix reuse", True), ("full model", False)):
+        runner = GatedRunner(module, task, sorted_batches, NAMES, prefix_reuse=reuse)
+        start = time.perf_counter()
+        for c in cands:
+            runner.evaluate(Config(), c)
+        out[label] = time.perf_counter() - start
+    from optc.tasks.batching import batches as make_batches
+
+    unsorted = list(make_batches(val, tok, 32, 128, NAMES, sort=False))
+    runner = GatedRunner(module, task, unsorted, NAMES, prefix_reuse=True)
+    start = time.perf_counter()
+    for c in cands:
+        runner.evaluate(Config(), c)
+    out["unsorted batches"] = time.perf_counter() - start
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m optc.tools.bench_specialize",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--models", default="bench-models", help="where fine-tuned models are kept")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--val-size", type=float, default=0.15)
+    p.add_argument("--val-limit", type=int, default=None)
+    p.add_argument("--then", default=None, help="pipeline after specialization")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="a few steps, small split: machinery only")
+    args = p.parse_args(argv)
+    models = Path(args.models)
+    models.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in [t for t in args.tasks.split(",") if t]:
+        task = get_task(name)
+        module = _fine_tuned(name, models, args.epochs, args.smoke)
+        tok = load_tokenizer(module.meta["source"]["tokenizer"])
+        options = SearchOptions(val_size=args.val_size, workers=args.workers,
+                                val_limit=args.val_limit or (64 if args.smoke else None),
+                                kinds=("hard-attention", "ffn", "attention") if args.smoke
+                                else SearchOptions().kinds)
+        result = specialize(module, task, tok, None, options)
+        spec = result.module
+        dev0, dev1 = _dev(task, module, tok), _dev(task, spec, tok)
+        dropped = _top_drop_at(module, result.flops_after)
+        lat = _onnx_latency([module, spec, dropped])
+        row = {"task": name, "dev": dev0, "dev_spec": dev1,
+               "flops": result.flops_after / result.flops_before, "latency": lat[1] / lat[0],
+               "params": spec.num_parameters() / module.num_parameters(),
+               "search_s": result.seconds, "evals": result.evaluations,
+               "dev_drop": _dev(task, dropped, tok),
+               "drop_flops": module_flops(dropped, 128) / result.flops_before}
+        if args.then:
+            then = spec.clone()
+            run_pipeline(then, args.then)
+            row["dev_then"] = _dev(task, then, tok)
+            lt = _onnx_latency([module, then])
+            row["latency_then"] = lt[1] / lt[0]
+        val = task.read("val", None, val_size=args.val_size, limit=options.val_limit)
+        row["tricks"] = _trick_speedups(module, task, tok, val[:256])
+        rows.append(row)
+        print(row, flush=True)
+    header = ("task  dev  dev spec  FLOPs  ORT lat  params  search s  evals  "
+              "top-drop dev (FLOPs)" + ("  dev then  lat then" if args.then else ""))
+    print(header)
+    for r in rows:
+        line = (f"{r['task']}  {r['dev']:.2f}  {r['dev_spec']:.2f}  {r['flops']:.3f}  "
+                f"{r['latency']:.3f}  {r['params']:.3f}  {r['search_s']:.0f}  {r['evals']}  "
+                f"{r['dev_drop']:.2f} ({r['drop_flops']:.3f})")
+        if args.then:
+            line += f"  {r['dev_then']:.2f}  {r['latency_then']:.3f}"
+        print(line)
+    print("tricks (seconds for the same 4 candidate evaluations on <=256 validation examples):")
+    for r in rows:
+        print(f"{r['task']}  " + "  ".join(f"{k} {v:.2f}" for k, v in r["tricks"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
