@@ -162,4 +162,11 @@ class Quantization(Attribute):
         if tensor.dtype.is_floating_point:
             return [f"is {tensor.dtype} but declares {self.bits}-bit quantization: store the "
                     "integer values (int8/uint8)"]
+        if self.scheme == "symmetric" and not tensor.is_meta and tensor.numel() and tensor.dtype.is_signed:
+            qmax = 2 ** (self.bits - 1) - 1
+            found = int(tensor.abs().max()) if tensor.dtype != torch.int8 else int(
+                tensor.to(torch.int16).abs().max())
+            if found > qmax:
+                return [f"holds {found}, outside the {self.bits}-bit symmetric range "
+                        f"[-{qmax}, {qmax}]"]
         return []

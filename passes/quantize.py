@@ -24,7 +24,8 @@ class Quantize(Pass):
     """Quantize linear layers to int8: weights per output channel (symmetric), activations at
     run time.
 
-    Rewrites: each target ``linear`` gets an ``i8`` weight (``round(W / scale)``, -127..127) with
+    Rewrites: each target ``linear`` gets an ``i8`` weight (``round(W / scale)``, within
+    ±(2**(bits-1) - 1): 7 bits by default, exact on every ONNX Runtime CPU kernel) with
     a ``quantization`` attribute and a new ``f32[out]`` scale parameter as its ``weight_scale``
     operand; activations are quantized per tensor when the layer runs (``mode=dynamic``, the
     scheme of ONNX Runtime's ``DynamicQuantizeMatMul``, which is the ONNX lowering; eager and
@@ -43,8 +44,13 @@ class Quantize(Pass):
     """``dynamic``: int8 weights, activations quantized at run time."""
     targets: tuple[str, ...] = ("attention", "ffn")
     """Roles to quantize: attention, ffn, query, key, value, output, up, down, head."""
+    bits: int = 7
+    """Weight bits stored in int8: 7 (-63..63; exact on ONNX Runtime's non-VNNI u8 x s8 kernels,
+    which saturate with 8) or 8 (-127..127; for CPUs with VNNI/AMX)."""
 
     def __post_init__(self) -> None:
+        if self.bits not in (7, 8):
+            raise ValueError(f"bits must be 7 or 8, got {self.bits}")
         bad = [t for t in self.targets if t not in ROLES]
         if bad or not self.targets:
             raise ValueError(f"unknown target {bad[0] if bad else '(none)'!r}; "
@@ -84,9 +90,9 @@ class Quantize(Pass):
             w = node.args[1]
             if w.name not in done:
                 before += w.data.numel() * w.data.element_size()
-                q, scale = quantize_weight(w.data)
+                q, scale = quantize_weight(w.data, self.bits)
                 w.data = q
-                w.attrs["quantization"] = Quantization("symmetric", 8, axis=0)
+                w.attrs["quantization"] = Quantization("symmetric", self.bits, axis=0)
                 done[w.name] = module.add_param(module.unique_param_name(w.name + "_scale"), scale)
                 after += q.numel() + scale.numel() * 4
             args = list(node.args) + [None] * (3 - len(node.args))

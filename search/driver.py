@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from optc.data import INPUT_NAMES
 from optc.errors import InputError, PipelineSpecError
 from optc.ir.analysis import analyze, module_flops
 from optc.ir.core import Module
@@ -148,6 +149,25 @@ class SearchResult:
     """Trials not tried (their block was removed, or its loss was too high)."""
     counts: dict[str, int] = field(default_factory=dict)
     executor: str = "serial"
+    points: list[tuple[Config, float, int]] = field(default_factory=list)
+    """Every evaluated configuration (the baseline included): (config, validation score,
+    FLOPs); the score is the validation metric, or minus the mean loss for QA."""
+
+    def pareto(self, count: int) -> list[tuple[Config, float, int]]:
+        """Up to ``count`` operating points from the history's Pareto front (validation score
+        vs FLOPs), cheapest first, other than the committed result."""
+        front: list[tuple[Config, float, int]] = []
+        for point in sorted(self.points, key=lambda p: (p[2], -p[1])):
+            if not front or point[1] > front[-1][1]:
+                front.append(point)
+        front = [p for p in front if p[0] != self.config]
+        if count <= 0 or not front:
+            return []
+        if len(front) <= count:
+            return front
+        step = (len(front) - 1) / max(1, count - 1)
+        picks = sorted({round(i * step) for i in range(count)})
+        return [front[i] for i in picks]
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready history and totals."""
@@ -181,8 +201,6 @@ class SearchResult:
 
 
 def _input_names(module: Module) -> tuple[str, ...]:
-    from optc.data import INPUT_NAMES
-
     return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
 
 
@@ -253,6 +271,9 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     baseline_metric = metric_of(baseline)
     best_loss, best_metric = baseline.mean_loss, baseline_metric
     flops_before = flops(config)
+    points: list[tuple[Config, float, int]] = [
+        (config, baseline_metric if baseline_metric is not None else -baseline.mean_loss,
+         flops_before)]
     history: list[HistoryEntry] = []
     decided: dict[Candidate, tuple[bool, bool]] = {}  # block trials: (accepted, loss < 1.1x)
     skipped = 0
@@ -286,6 +307,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
             verdict = rule.judge(outcome.losses, baseline.losses, best_loss, metric,
                                  baseline_metric)
             candidate_flops = flops(config.with_(cand))
+            points.append((config.with_(cand), metric if metric is not None
+                           else -verdict.mean_loss, candidate_flops))
             if verdict.accepted:
                 config = config.with_(cand)
                 best_loss = min(best_loss, verdict.mean_loss)
@@ -316,7 +339,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         flops_after=module_flops(result, FLOPS_SEQ), params_before=module.num_parameters(),
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
-        counts=counts, executor=executor_name, skipped=skipped)
+        counts=counts, executor=executor_name, skipped=skipped, points=points)
 
 
 def _skip_reason(trial: Trial, decided: dict[Candidate, tuple[bool, bool]],

@@ -22,6 +22,8 @@ from optc.ir.core import Module, Node, Value, map_values
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 from optc.search.candidates import Candidate, Config
+from optc.tasks.batching import batches, feature_batches
+from optc.tasks.squad import build_features
 from optc.tasks.task import Task, model_output
 
 __all__ = ["GatedRunner", "Outcome", "prepare_batches"]
@@ -60,9 +62,6 @@ class _LayerGates:
 def prepare_batches(task: Task, examples: Sequence[Any], tokenizer: Any, batch_size: int,
                     max_length: int | None, names: Sequence[str]) -> list[dict[str, torch.Tensor]]:
     """Tokenized validation batches, sorted by length (short rows share short batches)."""
-    from optc.tasks.batching import batches, feature_batches
-    from optc.tasks.squad import build_features
-
     if task.kind == "extractive-qa":
         features = build_features(list(examples), tokenizer, max_length or 384, None)
         out = []

@@ -96,6 +96,9 @@ def specialize_parser() -> argparse.ArgumentParser:
                         "written")
     p.add_argument("--then", metavar="SPEC", default=None,
                    help="pipeline run on the result, e.g. 'quantize{mode=dynamic}'")
+    p.add_argument("--keep-pareto", type=_int_at_least(0), default=0, metavar="N",
+                   help="also write up to N other operating points of the history's Pareto "
+                        "front (validation metric vs FLOPs) as OUT-pareto-1..N, cheapest first")
     p.add_argument("--workers", type=_int_at_least(1), default=1,
                    help="evaluate candidates in N local processes (same result as serial)")
     p.add_argument("--ray", action="store_true",
@@ -167,7 +170,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.frontends.huggingface import load_tokenizer
     from optc.outputs import check_output
     from optc.passes.manager import run_pipeline
-    from optc.search import SearchOptions, specialize
+    from optc.search import SearchOptions, commit, specialize
     from optc.search.measure import latencies
     from optc.tasks import evaluate, get_task
     from optc.tools.progress import Progress
@@ -194,6 +197,9 @@ def cmd_specialize(argv: list[str]) -> int:
     out = Path(args.output)
     inputs = [Path(p) for p in (args.model, args.data) if p is not None and os.path.lexists(p)]
     check_output(out, args.force, kind="artifact", inputs=inputs)
+    pareto_paths = [out.with_name(f"{out.name}-pareto-{i + 1}") for i in range(args.keep_pareto)]
+    for path in pareto_paths:
+        check_output(path, args.force, kind="artifact", inputs=inputs)
     if args.data is not None:
         from optc.tasks import resolve_task_path
 
@@ -248,6 +254,22 @@ def cmd_specialize(argv: list[str]) -> int:
         extra["task"] = module.meta["task"]
     with progress.step(f"writing {out}"):
         save(final, out, force=args.force, extra=extra, inputs=inputs)
+    written = []
+    for path, (config, score, flops) in zip(pareto_paths, result.pareto(args.keep_pareto),
+                                           strict=False):
+        point = module.clone()
+        commit(point, config)
+        if args.then:
+            run_pipeline(point, _then_passes(args.then, args.data, task.name))
+        lat = None if args.no_latency else latencies([module, point])[1]
+        info = {"val_score": score, "flops": flops, "latency_ms": lat,
+                "parameters": point.num_parameters(),
+                "accepted": [dataclasses.asdict(c) for c in sorted(config.accepted)]}
+        with progress.step(f"writing {path}"):
+            save(point, path, force=args.force, extra={**extra, "pareto": info}, inputs=inputs)
+        written.append((path, info))
+    summary["pareto"] = [{"path": str(p), **{k: v for k, v in i.items() if k != "accepted"}}
+                         for p, i in written]
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -265,6 +287,10 @@ def cmd_specialize(argv: list[str]) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for path, info in written:
+        lat = "" if info["latency_ms"] is None else f", {info['latency_ms']:.2f} ms"
+        print(f"wrote {path}: validation {info['val_score']:.2f}, "
+              f"{info['flops'] / 1e9:.3f} GFLOPs{lat}, {info['parameters']:,} parameters")
     print(f"wrote {out}: {len(result.config.accepted)} of {len(result.history)} candidates "
           f"accepted, {result.evaluations} evaluations in {result.seconds:.1f} s "
           f"({result.stopped})")

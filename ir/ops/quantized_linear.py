@@ -10,8 +10,13 @@ Activations are quantized at run time exactly as ONNX Runtime's ``DynamicQuantiz
 does (per tensor, asymmetric uint8: ``scale = (max(x, 0) - min(x, 0)) / 255``, zero point
 ``round(-min / scale)``, round half to even), so the eager kernel, the TorchScript kernel and
 ONNX Runtime's ``DynamicQuantizeMatMul`` (the ONNX lowering) compute the same integers: the
-backends agree to float rounding, and all three run an int8 GEMM (``torch._int_mm`` on the
+backends agree to float rounding (with 7-bit weights: see below), and all three run an int8 GEMM (``torch._int_mm`` on the
 CPU's int8 kernels; no packed weights, so the IR's plain ``i8`` tensors are what runs).
+
+Weights use 7 bits by default (-63..63, ``quantization(bits=7)``): ONNX Runtime's uint8 x int8
+kernels on CPUs without VNNI (AVX2 ``vpmaddubsw``) add pairs of products in saturating int16,
+and 255 * 127 * 2 overflows it; 255 * 63 * 2 does not, so every backend computes the exact
+integer result on every x86 CPU (``quantize{bits=8}`` trades that for precision on VNNI/AMX).
 """
 
 from __future__ import annotations
@@ -24,19 +29,17 @@ import torch
 from optc.ir.core import Module, Node, Value
 
 __all__ = ["quantize_weight", "int8_linear", "INT8_SCRIPT", "int8_onnx_rewrite",
-           "int8_onnx_translations", "QMAX"]
-
-QMAX = 127
-"""Largest magnitude of a symmetric int8 weight (-127..127: the range is symmetric)."""
+           "int8_onnx_translations"]
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel symmetric int8: ``(q: i8[out, in], scale: f32[out])`` with
-    ``weight ≈ scale[:, None] * q``; all-zero rows get scale 1."""
+def quantize_weight(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric: ``(q: i8[out, in], scale: f32[out])`` with
+    ``weight ≈ scale[:, None] * q`` and ``|q| <= 2**(bits-1) - 1``; all-zero rows get scale 1."""
+    qmax = 2 ** (bits - 1) - 1
     w = weight.detach().float()
     amax = w.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-    q = torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
     return q, scale.to(torch.float32)
 
 

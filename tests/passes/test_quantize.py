@@ -61,12 +61,13 @@ def test_pass_writes_int8_weights_scales_and_attributes(bert) -> None:
     assert report.records[0].modified and stats["linears"] == 12
     w = module.params[QUERY]
     assert w.data.dtype == torch.int8
-    assert w.attrs["quantization"] == Quantization("symmetric", 8, axis=0)
+    assert w.attrs["quantization"] == Quantization("symmetric", 7, axis=0)
+    assert int(w.data.abs().max()) == 63
     node = next(n for n in module.graph if n.op == "linear" and n.args[1] is w)
     assert node.args[3].name == QUERY + "_scale" and node.args[3].data.shape == (64,)
     assert "pooler.dense.weight" in module.params and module.params["pooler.dense.weight"].data.dtype == torch.float32
     text = print_module(module)
-    assert f"param @{QUERY} : i8[64,64]" in text and 'quantization=quantization(scheme="symmetric", axis=0)' in text
+    assert f"param @{QUERY} : i8[64,64]" in text and 'quantization=quantization(scheme="symmetric", bits=7, axis=0)' in text
     weights = {k: p.data for k, p in module.params.items()}
     assert print_module(parse_module(text, weights)) == text
     assert not collect_problems(module)
@@ -74,6 +75,16 @@ def test_pass_writes_int8_weights_scales_and_attributes(bert) -> None:
     got = run_backend(module, "eager", inputs)["last_hidden_state"]
     cos = F.cosine_similarity(got.flatten(1), ref.flatten(1)).min().item()
     assert cos > 0.995
+
+
+def test_eight_bit_weights_and_the_verifier_checks_the_range(bert) -> None:
+    module = bert[1].clone()
+    PassManager("quantize{bits=8,targets=query}").run(module)
+    w = module.params[QUERY]
+    assert int(w.data.abs().max()) == 127 and w.attrs["quantization"].bits == 8
+    w.attrs["quantization"] = Quantization("symmetric", 7, axis=0)
+    with pytest.raises(VerificationError, match="outside the 7-bit symmetric range"):
+        optc.verify(module)
 
 
 def test_verifier_rejects_a_scale_that_does_not_match(bert) -> None:
@@ -106,6 +117,8 @@ def test_bad_options_are_spec_errors() -> None:
         parse_pipeline("quantize{mode=int4}")
     with pytest.raises(PipelineSpecError, match="unknown target 'conv'"):
         parse_pipeline("quantize{targets=conv}")
+    with pytest.raises(PipelineSpecError, match="bits must be 7 or 8"):
+        parse_pipeline("quantize{bits=4}")
 
 
 def test_three_backends_agree_on_an_int8_model(bert) -> None:

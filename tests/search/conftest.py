@@ -46,7 +46,7 @@ def _headed():
 
 
 @pytest.fixture
-def module(_headed, tok_dir):
+def module(_headed, tok_dir, tokenizer):
     m = _headed.clone()
     m.meta["source"] = {**(m.meta.get("source") or {}), "tokenizer": str(tok_dir)}
     return m

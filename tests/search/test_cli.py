@@ -51,10 +51,13 @@ def test_specialize_writes_a_smaller_model_with_its_history(artifact, task_dir, 
 def test_specialize_json_and_force(artifact, task_dir, tmp_path, capsys):
     out = tmp_path / "spec"
     args = ["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
-            "--kinds", "attention,heads", "--no-dev", "--no-latency", "--json", *FAST]
+            "--kinds", "attention,heads", "--no-dev", "--no-latency", "--json",
+            "--keep-pareto", "2", *FAST]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert {h["kind"] for h in summary["history"]} <= {"attention", "heads"}
+    for point in summary["pareto"]:
+        assert optc.load_module(point["path"]).num_parameters() == point["parameters"]
     assert main(args) == 4  # exists
     assert "exists" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0

@@ -199,3 +199,37 @@ def test_bad_input_is_one_line_and_typed(module, tokenizer, task_dir):
         SearchOptions(k=0)
     with pytest.raises(PipelineSpecError, match="unknown candidate kind 'layers'"):
         SearchOptions(kinds=("layers",))
+
+
+def test_pareto_front_of_the_history():
+    from optc.search import SearchResult
+
+    def cfg(*layers):
+        return Config(frozenset(Candidate("ffn", i) for i in layers))
+
+    points = [(cfg(), 80.0, 100), (cfg(1), 81.0, 90), (cfg(1, 2), 79.0, 80),
+              (cfg(2), 78.0, 95), (cfg(1, 3), 81.0, 85), (cfg(1, 2, 3), 70.0, 60)]
+    result = SearchResult(None, cfg(1, 3), [], 0.0, 0.0, None, None, "accuracy", 100, 85, 0, 0,
+                          0, 0.0, 10, points=points)
+    front = result.pareto(5)
+    assert [p[2] for p in front] == [60, 80]  # (1,3) is the result; (1) and (2) are dominated
+    assert result.pareto(1) == [front[0]] and result.pareto(0) == []
+
+
+def test_regression_searches_on_squared_error(tokenizer, task_dir):
+    from optc.train import add_task_head
+
+    spec = "text-classification{regression=true}"
+    _, module = tiny_bert(layers=2, seed=2)
+    add_task_head(module, spec, spec=spec)
+    task = get_task(spec)
+    examples = task.read("val", task_dir)
+    batches = prepare_batches(task, examples, tokenizer, 8, None, NAMES)
+    runner = GatedRunner(module, task, batches, NAMES)
+    got = runner.evaluate(Config())
+    logits = optc.to_eager(module)(**{k: batches[0][k] for k in NAMES})["logits"].reshape(-1)
+    want = (logits - batches[0]["labels"]) ** 2
+    assert torch.allclose(got.losses[batches[0]["index"]], want, atol=1e-5)
+    result = specialize(module, task, tokenizer, task_dir,
+                        SearchOptions(k=3, neuron_groups=2, rule="metric", tolerance=5.0))
+    assert result.main_metric == "pearson" and result.history

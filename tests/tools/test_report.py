@@ -226,3 +226,17 @@ def test_faster_table_says_when_sparsity_saves_flops_but_not_time(targets) -> No
     assert faster.count("does not turn into speed here") == 2
     assert f"On eager the model does {ratio:.2f}&#215; the baseline's nonzero FLOPs but takes " \
            "0.98&#215; its time" in faster
+
+
+def test_screenshot_tool_without_chromium_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    from optc.tools import screenshot
+
+    page = tmp_path / "r.html"
+    page.write_text("<!DOCTYPE html><p>x</p>")
+    monkeypatch.setattr(screenshot.shutil, "which", lambda name: None)
+    assert screenshot.main([str(page), str(tmp_path / "s.png")]) == 3
+    assert capsys.readouterr().err == "optc: error: no Chromium found (install it: apt-get " \
+                                      "install chromium)\n"
+    svg = tmp_path / "g.svg"
+    svg.write_text('<svg width="200pt" height="500pt" viewBox="0 0 200 500"></svg>')
+    assert screenshot._aspect(svg) == 2.5 and screenshot._aspect(page) is None
