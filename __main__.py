@@ -1,5 +1,5 @@
 """``python -m optc`` runs the CLI."""
 
-from optc.tools.common import console_main
+from optc.tools.console import console_main
 
 console_main()

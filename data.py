@@ -46,6 +46,7 @@ import torch
 from optc.errors import InputError
 
 __all__ = [
+    "read_lines",
     "DATA_ENV",
     "INPUT_NAMES",
     "Example",
@@ -205,7 +206,7 @@ def _resolve_file(path: str | os.PathLike | None, split: str) -> Path:
     return resolved
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line without its ending) of a UTF-8 file; a leading BOM is dropped."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -294,7 +295,7 @@ def _parse_label(raw: str, kind: str, where: str) -> int | float | None:
 
 
 def _read_tsv(path: Path, limit: int | None) -> list[Example]:
-    lines = ((n, line) for n, line in _read_lines(path) if line.strip())
+    lines = ((n, line) for n, line in read_lines(path) if line.strip())
     first = next(lines, None)
     if first is None:
         raise InputError(f"data file '{path}' is empty")
@@ -333,7 +334,7 @@ def _read_tsv(path: Path, limit: int | None) -> list[Example]:
 
 def _read_text(path: Path, limit: int | None) -> list[Example]:
     examples: list[Example] = []
-    for _, line in _read_lines(path):
+    for _, line in read_lines(path):
         if limit is not None and len(examples) >= limit:
             break
         if line.strip():

@@ -19,7 +19,7 @@ from optc.ir.core import Module, Value, map_values
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 
-__all__ = ["EagerModule", "to_eager", "build_graph_module", "python_identifier"]
+__all__ = ["EagerModule", "to_eager", "build_graph_module", "bind_inputs", "python_identifier"]
 
 
 def python_identifier(name: str, taken: set[str]) -> str:
@@ -94,31 +94,35 @@ class EagerModule(torch.nn.Module):
         self.eval()
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if len(args) > len(self.input_names):
-            raise InputError(
-                f"got {len(args)} positional inputs, the model takes {len(self.input_names)}: "
-                f"{', '.join(self.input_names)}"
-            )
-        bound = dict(zip(self.input_names, args, strict=False))
-        for key, value in kwargs.items():
-            if key not in self.input_names:
-                raise InputError(
-                    f"unknown input '{key}'; the model takes {', '.join(self.input_names)}"
-                )
-            if key in bound:
-                raise InputError(f"input '{key}' given twice")
-            bound[key] = value
-        ordered = []
-        for name in self.input_names:
-            if name in bound:
-                ordered.append(bound[name])
-                continue
-            default = self.input_defaults.get(name)
-            if default is None or not bound:
-                raise InputError(f"missing input '{name}'")
-            like = next(iter(bound.values()))
-            ordered.append(torch.ones_like(like) if default == "ones" else torch.zeros_like(like))
-        return self.graph_module(*ordered)
+        return self.graph_module(*bind_inputs(self.input_names, self.input_defaults, args, kwargs))
+
+
+def bind_inputs(names: list[str], defaults: dict[str, str], args: tuple[torch.Tensor, ...],
+                kwargs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The graph inputs in order from positional and keyword inputs; an input with a recorded
+    default (``"ones"``/``"zeros"``, e.g. an attention mask) may be left out."""
+    if len(args) > len(names):
+        raise InputError(
+            f"got {len(args)} positional inputs, the model takes {len(names)}: {', '.join(names)}"
+        )
+    bound = dict(zip(names, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in names:
+            raise InputError(f"unknown input '{key}'; the model takes {', '.join(names)}")
+        if key in bound:
+            raise InputError(f"input '{key}' given twice")
+        bound[key] = value
+    ordered = []
+    for name in names:
+        if name in bound:
+            ordered.append(bound[name])
+            continue
+        default = defaults.get(name)
+        if default is None or not bound:
+            raise InputError(f"missing input '{name}'")
+        like = next(iter(bound.values()))
+        ordered.append(torch.ones_like(like) if default == "ones" else torch.zeros_like(like))
+    return ordered
 
 
 def to_eager(module: Module) -> EagerModule:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
 
 from optc.artifacts import load_module
 from optc.errors import ArtifactError, InputError, PipelineSpecError
 from optc.ir.core import Module
-from optc.passes.base import Pass, PassResult
+from optc.passes.base import PassResult
 from optc.passes.finetune import (
-    check_train_options,
+    TrainingPass,
     pass_task,
     pass_tokenizer,
     report_stats,
-    requires_task,
     train_options,
 )
 from optc.passes.registry import register_pass
-from optc.tasks import get_task
 from optc.train import distill, has_task_head
 from optc.train.losses import parse_layer_map
 
@@ -28,7 +25,7 @@ __all__ = ["Distill"]
 
 @register_pass
 @dataclass(frozen=True)
-class Distill(Pass):
+class Distill(TrainingPass):
     """Train the module to imitate a teacher on a task's data (soft targets, hidden states).
 
     Teacher: ``teacher=PATH`` (an optc artifact), else the module as it entered the pipeline
@@ -46,10 +43,6 @@ class Distill(Pass):
 
     name = "distill"
 
-    task: str | None = None
-    """Task name or spec (default: the task recorded with the module)."""
-    data: str | None = None
-    """Task data: a task directory or file (default: the task's directory; CLI: --data)."""
     teacher: str | None = None
     """Teacher optc artifact (default: the module as it entered the pipeline)."""
     temperature: float = 2.0
@@ -60,34 +53,10 @@ class Distill(Pass):
     """Weight of the hidden-state MSE (default: 0 with soft targets, 1 without)."""
     layer_map: str = "auto"
     """Student:teacher layer pairs for hidden states (auto: by stable layer id, else evenly)."""
-    epochs: float = 3.0
-    """Passes over the training data."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps."""
-    lr: float = 5e-5
-    """Peak learning rate (AdamW)."""
-    batch_size: int = 32
-    """Training batch size."""
-    max_length: int | None = None
-    """Token limit per example (default 128; 384 for QA)."""
-    warmup_ratio: float = 0.1
-    """Fraction of the steps with linear learning-rate warm-up."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (not on biases and LayerNorm weights)."""
-    seed: int = 0
-    """Seed of the head initialization, shuffling, dropout and validation split."""
-    threads: int | None = None
-    """Torch threads while training (default: unchanged)."""
-    eval_split: Literal["dev", "val", "none"] = "dev"
-    """Evaluate on dev, on a validation part of train (val), or not at all (none)."""
-    dropout: float | None = None
-    """Train-mode dropout (default: the source model's, else 0.1)."""
-    tokenizer: str | None = None
-    """Tokenizer directory or id (default: the one recorded with the model)."""
     _pipeline_input: Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_train_options(self)
+        super().__post_init__()
         if self.temperature <= 0 or not 0 <= self.alpha_soft <= 1:
             raise PipelineSpecError("distill needs temperature > 0 and 0 <= alpha_soft <= 1")
         if self.hidden_mse is not None and self.hidden_mse < 0:
@@ -97,16 +66,6 @@ class Distill(Pass):
                 parse_layer_map(self.layer_map)
             except InputError as exc:
                 raise PipelineSpecError(f"distill: {exc}") from None
-        if self.task is not None:
-            try:
-                get_task(self.task)
-            except InputError as exc:
-                raise PipelineSpecError(f"distill: {exc}") from None
-
-    @property
-    def uses_data(self) -> bool:
-        """Distillation always reads task data (the CLI's --data fills it)."""
-        return True
 
     def with_pipeline_input(self, module: Module) -> Distill:
         """This pass with ``module`` (the pipeline's input, e.g. a clone taken by the pass
@@ -114,9 +73,6 @@ class Distill(Pass):
         copy = dataclasses.replace(self)
         object.__setattr__(copy, "_pipeline_input", module)
         return copy
-
-    def requires(self, module: Module) -> str | None:
-        return requires_task(self, module)
 
     def _teacher(self, module: Module) -> tuple[Module, str]:
         if self.teacher is not None:

@@ -15,7 +15,7 @@ from optc.passes.registry import register_pass
 from optc.tasks import Task, get_task
 from optc.train import TrainReport, finetune, has_task_head, task_from_meta
 
-__all__ = ["Finetune", "pass_task", "pass_tokenizer", "train_options", "report_stats"]
+__all__ = ["Finetune", "TrainingPass", "pass_task", "pass_tokenizer", "train_options", "report_stats"]
 
 TRAIN_OPTIONS = ("epochs", "max_steps", "lr", "batch_size", "max_length", "warmup_ratio",
                  "weight_decay", "seed", "threads", "dropout")
@@ -98,22 +98,10 @@ def requires_task(p: Any, module: Module) -> str | None:
     return None
 
 
-@register_pass
 @dataclass(frozen=True)
-class Finetune(Pass):
-    """Fine-tune the module's weights on a task (best evaluation weights written back).
-
-    Rewrites: every floating-point parameter gets a new tensor with the trained values; a
-    module without the task's head gets one (``linear`` on the pooled output, or start/end
-    logits for QA) and its outputs become the head's; ``meta["task"]`` records the task and
-    the best evaluation. Sparsity-attributed weights keep their zeros.
-    Refuses: no task (option or recorded), a head that does not fit the task, empty data,
-    a tokenizer larger than the model's vocabulary.
-    Data: the task's train split from ``data`` (a task directory; a single file is split into
-    train and a seeded validation part), evaluated on ``eval_split`` after each epoch.
-    """
-
-    name = "finetune"
+class TrainingPass(Pass):
+    """Options every training pass shares (not a pass itself: ``finetune`` and ``distill``
+    extend it)."""
 
     task: str | None = None
     """Task name or spec (sst2, squad, text-classification{labels=neg,pos}); default: the
@@ -152,7 +140,7 @@ class Finetune(Pass):
             try:
                 get_task(self.task)
             except InputError as exc:
-                raise PipelineSpecError(f"finetune: {exc}") from None
+                raise PipelineSpecError(f"{self.name}: {exc}") from None
 
     @property
     def uses_data(self) -> bool:
@@ -161,6 +149,24 @@ class Finetune(Pass):
 
     def requires(self, module: Module) -> str | None:
         return requires_task(self, module)
+
+
+@register_pass
+@dataclass(frozen=True)
+class Finetune(TrainingPass):
+    """Fine-tune the module's weights on a task (best evaluation weights written back).
+
+    Rewrites: every floating-point parameter gets a new tensor with the trained values; a
+    module without the task's head gets one (``linear`` on the pooled output, or start/end
+    logits for QA) and its outputs become the head's; ``meta["task"]`` records the task and
+    the best evaluation. Sparsity-attributed weights keep their zeros.
+    Refuses: no task (option or recorded), a head that does not fit the task, empty data,
+    a tokenizer larger than the model's vocabulary.
+    Data: the task's train split from ``data`` (a task directory; a single file is split into
+    train and a seeded validation part), evaluated on ``eval_split`` after each epoch.
+    """
+
+    name = "finetune"
 
     def run(self, module: Module) -> PassResult:
         task = pass_task(self, module)

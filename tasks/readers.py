@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optc.data import DATA_ENV, Example, resolve_data_path
+from optc.data import DATA_ENV, Example, read_lines, resolve_data_path
 from optc.errors import InputError
 
 __all__ = [
@@ -107,20 +107,8 @@ def find_split_file(directory: Path, split: str, candidates: Sequence[str]) -> P
 # Rows
 
 
-def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without its ending) of a UTF-8 file; a leading BOM is dropped."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputError(f"cannot read data file '{path}': {exc.strerror}") from None
-
-
 def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    for number, line in _open_lines(path):
+    for number, line in read_lines(path):
         if line.strip():
             yield number, line.split("\t")
 
@@ -143,7 +131,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in _open_lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             continue
         try:

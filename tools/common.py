@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-__all__ = ["Parser", "quiet_libraries", "console_main", "EPILOG"]
+__all__ = ["Parser", "quiet_libraries", "EPILOG"]
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad usage/spec/option, 3 bad input model, data or
 artifact, 4 output exists or is unwritable, 5 pass or verification failure, 6 backend failure
@@ -46,14 +46,3 @@ def quiet_libraries(verbose: bool = False) -> None:
     except ImportError:  # pragma: no cover
         pass
     warnings.filterwarnings("ignore")
-
-
-def console_main() -> None:
-    """The ``optc`` console script: imports the CLI under Ctrl-C protection, then runs it."""
-    try:
-        from optc.tools.cli import main
-    except KeyboardInterrupt:  # Ctrl-C while the CLI itself is being imported
-        sys.stderr.write("optc: interrupted\n")
-        sys.stderr.flush()
-        os._exit(130)
-    raise SystemExit(main())

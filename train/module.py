@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from optc.backends.eager import build_graph_module
+from optc.backends.eager import bind_inputs, build_graph_module
 from optc.errors import InputError
 from optc.ir.analysis import Structure, analyze
 from optc.ir.attributes import Sparsity
@@ -194,23 +194,7 @@ class TrainableModule(torch.nn.Module):
 
     # -- running ----------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        bound = dict(zip(self.input_names, args, strict=False))
-        for key, value in kwargs.items():
-            if key not in self.input_names:
-                raise InputError(f"unknown input '{key}'; the model takes "
-                                 f"{', '.join(self.input_names)}")
-            bound[key] = value
-        ordered = []
-        for name in self.input_names:
-            if name in bound:
-                ordered.append(bound[name])
-                continue
-            default = self.input_defaults.get(name)
-            if default is None or not bound:
-                raise InputError(f"missing input '{name}'")
-            like = next(iter(bound.values()))
-            ordered.append(torch.ones_like(like) if default == "ones" else torch.zeros_like(like))
-        return self.graph_module(*ordered)
+        return self.graph_module(*bind_inputs(self.input_names, self.input_defaults, args, kwargs))
 
 
 def trainable(module: Module, *, dropout: float | None = None,

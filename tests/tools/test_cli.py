@@ -166,16 +166,21 @@ def test_no_output_writes_nothing(capsys, artifact: Path, tmp_path: Path, monkey
 
 
 def test_json_report(capsys, artifact: Path) -> None:
-    code, stdout, _ = run(capsys, artifact, "--passes=canonicalize,dce{keep_params=true}", "--json", "-q")
+    spec = "prune-heads{heads=0:0},canonicalize,dce{keep_params=true}"
+    code, stdout, _ = run(capsys, artifact, f"--passes={spec}", "--json", "-q")
     assert code == 0
     report = json.loads(stdout)
     assert report["output"] is None
-    assert report["parameters"] == optc.load_module(artifact).num_parameters()
-    assert [p["pass"] for p in report["passes"]] == ["canonicalize", "dce{keep_params=true}"]
-    for record in report["passes"]:
-        assert isinstance(record["modified"], bool)
-        assert isinstance(record["stats"], dict)
-        assert record["seconds"] >= 0
+    # one head of a hidden-64, 4-head layer: q/k/v rows and biases (3 * (16*64 + 16)) and
+    # 16 output-projection columns of 64 rows
+    head = 3 * (16 * 64 + 16) + 64 * 16
+    assert report["parameters"] == optc.load_module(artifact).num_parameters() - head
+    assert [p["pass"] for p in report["passes"]] == ["prune-heads{heads=0:0}", "canonicalize",
+                                                     "dce{keep_params=true}"]
+    assert [p["modified"] for p in report["passes"]] == [True, False, False]
+    assert report["passes"][0]["stats"]["heads_removed"] == 1
+    assert report["passes"][0]["stats"]["params_removed"] == head
+    assert all(record["seconds"] > 0 for record in report["passes"])
 
 
 def test_print_after_all_goes_to_stderr(capsys, artifact: Path) -> None:

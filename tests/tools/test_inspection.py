@@ -64,8 +64,10 @@ def test_text_output_has_ir_and_layer_table(capsys, artifact: Path) -> None:
     assert out.startswith("module @BertModel {")
     assert out.index("module @") < out.index("GFLOPs")
     rows = table_rows(out)
-    assert rows[0] == ["layer", "heads", "head_dim", "ffn", "params", "GFLOPs@128"]
+    assert rows[0] == ["layer", "heads", "head_dim", "ffn", "params", "GFLOPs@128", "density",
+                       "precision"]
     assert [r[:4] for r in rows[1:3]] == [["0", "4", "16", "128"], ["1", "4", "16", "128"]]
+    assert [r[6:] for r in rows[1:3]] == [["1.000", "f32"], ["1.000", "f32"]]
     assert rows[3][:3] == ["total", "8", "256"]
     assert rows[1][5] == f"{layer_flops(128) / 1e9:.3f}"
     assert len(rows) == 4
@@ -102,7 +104,9 @@ def test_json_has_summary_layers_and_ir(capsys, artifact: Path) -> None:
     assert info["parameters"] == optc.load_module(artifact).num_parameters()
     assert len(info["layers"]) == LAYERS
     for i, layer in enumerate(info["layers"]):
-        assert set(layer) == {"layer", "id", "heads", "head_dim", "head_ids", "ffn", "params", "flops"}
+        assert set(layer) == {"layer", "id", "heads", "head_dim", "head_ids", "ffn", "params", "flops",
+                              "density", "precision"}
+        assert (layer["density"], layer["precision"]) == (1.0, "f32")
         assert (layer["layer"], layer["heads"], layer["head_dim"], layer["ffn"]) == (i, HEADS, 16, FFN)
         assert (layer["id"], layer["head_ids"]) == (i, list(range(HEADS)))
     assert info["ir"] == print_module(optc.load_module(artifact))
