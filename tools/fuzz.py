@@ -166,7 +166,11 @@ def _random_pass(rng: random.Random, layers: int, heads: int, ffn: int) -> tuple
     """(spec, reference kind) for one random pass; the reference applies when it is the only
     structural pass."""
     kind = rng.choice(["drop", "drop", "heads", "heads", "neurons", "neurons", "cleanup",
-                       "sparsify", "quantize"])
+                       "sparsify", "quantize", "hard"])
+    if kind == "hard":
+        layer = f",layers={rng.randrange(layers)}" if rng.random() < 0.5 else ""
+        renorm = ",renormalize=true" if rng.random() < 0.3 else ""
+        return f"hard-attention{{k={rng.choice([1, 2, 3, 64])}{layer}{renorm}}}", None
     if kind == "drop":
         if rng.random() < 0.5:
             strategy = rng.choice(["top", "bottom", "alternate", "symmetric"])
