@@ -46,6 +46,7 @@ __all__ = [
     "staged_output",
     "deferred_interrupts",
     "is_optc_artifact",
+    "is_optc_export",
     "umask_mode",
 ]
 
@@ -69,6 +70,21 @@ def is_optc_artifact(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == "optc-artifact"
+
+
+def is_optc_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Hugging Face directory optc exported (``--backend hf``): its
+    ``config.json`` has an ``optc`` record naming a modeling file that is there."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_dir() or not (p / "config.json").is_file():
+        return False
+    try:
+        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    record = config.get("optc") if isinstance(config, dict) else None
+    name = record.get("modeling_file") if isinstance(record, dict) else None
+    return isinstance(name, str) and "/" not in name and (p / name).is_file()
 
 
 def _resolved(path: str | os.PathLike) -> Path:
@@ -135,9 +151,10 @@ def _check_replaceable(target: Path, force: bool, kind: OutputKind) -> None:
         if not target.is_dir():
             raise OutputError(f"output '{target}' exists and is not a directory; an optc artifact "
                               f"is a directory, so it cannot replace it: {keep}")
-        if not is_optc_artifact(target):
+        if not (is_optc_artifact(target) or is_optc_export(target)):
             raise OutputError(f"output '{target}' exists and is not an optc artifact (no model.optc "
-                              f"and optc metadata.json), so --force will not replace it; {keep}")
+                              f"and optc metadata.json) or optc Hugging Face export, so --force "
+                              f"will not replace it; {keep}")
     elif not target.is_file():
         what = "a directory" if target.is_dir() else "not a regular file"
         raise OutputError(f"output '{target}' exists and is {what}; this backend writes a file, "

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from optc.backends.hf import restore_stable_ids
 from optc.errors import FrontendError
 from optc.frontends.fx_import import import_exported_program
 from optc.frontends.raising import RaiseReport, raise_high_level_ops
@@ -256,6 +257,7 @@ def capture(
     if raise_ops:
         report = raise_high_level_ops(module)
         eliminate_dead_code(module)
+        restore_stable_ids(module, getattr(getattr(model, "config", None), "optc", None))
         assign_layer_ids(module)
         _warn_unraised(module, report)
     else:

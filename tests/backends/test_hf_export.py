@@ -288,8 +288,8 @@ def test_read_back_and_prune_again(exported, tmp_path: Path, name: str, spec: st
     assert source["model_type"] == family
     again = optc.capture(model, source=source)
     first = json.loads((out / "config.json").read_text())["optc"]
-    assert restore_stable_ids(again, model.config.optc)  # ids keep naming the original units
     optc.verify(again)
+    # capture restores the recorded ids: they keep naming the original units
     assert [layer.id for layer in analyze(again).layers] == first["layer_ids"]
     with torch.inference_mode():
         want, got = to_eager(module)(**x), to_eager(again)(**x)
@@ -406,3 +406,20 @@ def test_bias_left_by_a_fully_pruned_ffn_refused_with_the_fix(exported, tmp_path
         write_backend(module, "hf", tmp_path / "out")
     assert "@encoder.layer.0.output.dense.bias" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_force_replaces_an_earlier_hf_export_but_not_other_directories(tmp_path):
+    from optc.backends import write_backend
+    from optc.errors import OutputError
+
+    module = optc.capture(tiny_model("bert"))
+    out = tmp_path / "export"
+    write_backend(module, "hf", out)
+    write_backend(module, "hf", out, force=True)  # its own export: replaced
+    assert (out / "config.json").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(OutputError, match="not an optc artifact"):
+        write_backend(module, "hf", other, force=True)
+    assert (other / "config.json").read_text() == '{"model_type": "bert"}'
