@@ -14,19 +14,23 @@ from optc.passes.selection import layer_positions
 __all__ = ["HardAttention", "set_hard_attention"]
 
 
-def set_hard_attention(node: Node, k: int, renormalize: bool = False) -> bool:
-    """Make ``attention`` node ``node`` hard top-``k`` attention; True if it changed."""
-    before = (node.attr("kind", "softmax"), node.attr("topk"), bool(node.attr("renormalize", False)))
-    if before == ("topk", k, renormalize):
+def set_hard_attention(node: Node, k: int, renormalize: bool = False,
+                       fraction: float | None = None) -> bool:
+    """Make ``attention`` node ``node`` hard top-``k`` attention (or top ceil(``fraction`` x
+    key length)); True if it changed."""
+    before = (node.attr("kind", "softmax"), node.attr("topk"), bool(node.attr("renormalize", False)),
+              node.attr("topk_fraction"))
+    if before == ("topk", k, renormalize, fraction):
         return False
     node.set_attr("kind", "topk")
     node.set_attr("topk", k)
-    if renormalize:
-        node.set_attr("renormalize", True)
-    elif node.attr("renormalize") is not None:
-        kwargs = node.kwargs
-        kwargs.pop("renormalize", None)
-        node.kwargs = kwargs
+    for key, value in (("renormalize", True if renormalize else None), ("topk_fraction", fraction)):
+        if value is not None:
+            node.set_attr(key, value)
+        elif node.attr(key) is not None:
+            kwargs = node.kwargs
+            kwargs.pop(key, None)
+            node.kwargs = kwargs
     return True
 
 
@@ -55,11 +59,16 @@ class HardAttention(Pass):
     """Read ``layers`` as stable layer ids (indices in the captured model), not positions."""
     renormalize: bool = False
     """Rescale the kept probabilities so that each row sums to 1."""
+    fraction: float | None = None
+    """Keep ceil(fraction x sequence length) probabilities per row instead of ``k`` (0..1]."""
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise PipelineSpecError(f"hard-attention k must be an integer >= 1 (attention "
                                     f"probabilities kept per query row), got {self.k!r}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise PipelineSpecError(f"hard-attention fraction must be in (0, 1], got "
+                                    f"{self.fraction}")
         if any(i < 0 for i in self.layers):
             raise PipelineSpecError(f"hard-attention layers must be >= 0, got {list(self.layers)}")
 
@@ -86,11 +95,12 @@ class HardAttention(Pass):
         changed = []
         for i in positions:
             block = structure.layers[i].attention
-            if set_hard_attention(block.node, self.k, self.renormalize):
+            fraction = float(self.fraction) if self.fraction is not None else None
+            if set_hard_attention(block.node, self.k, self.renormalize, fraction):
                 changed.append(i)
         stats = {
             "layers": ",".join(map(str, changed)) or "-",
             "layer_ids": ",".join(str(structure.layers[i].id) for i in changed) or "-",
-            "k": self.k,
+            "k": self.k if self.fraction is None else f"{self.fraction} x seq",
         }
         return PassResult(bool(changed), stats)

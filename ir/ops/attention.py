@@ -50,23 +50,25 @@ def attention(
     kind: str = "softmax",
     topk: int | None = None,
     renormalize: bool = False,
+    topk_fraction: float | None = None,
 ) -> torch.Tensor:
     """Multi-head attention on [batch, seq, heads*head_dim] operands.
 
     ``kind="topk"`` is hard attention: after the softmax, each query row keeps its ``topk``
     highest probabilities (ties with the k-th are kept too) and the others are set to zero,
     without renormalizing unless ``renormalize``. Rows with at most ``topk`` keys are soft
-    attention, exactly.
+    attention, exactly. ``topk_fraction`` instead keeps ceil(fraction * key length).
     """
     batch, q_len = query.shape[0], query.shape[1]
     k_len = key.shape[1]
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    if kind == "softmax" or int(topk or 1) >= k_len:
+    keep = int(topk or 1) if topk_fraction is None else max(1, math.ceil(topk_fraction * k_len))
+    if kind == "softmax" or keep >= k_len:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
-        out = topk_attention(q, k, v, mask, causal, scale, int(topk or 1), renormalize)
+        out = topk_attention(q, k, v, mask, causal, scale, keep, renormalize)
     return out.transpose(1, 2).reshape(batch, q_len, num_heads * v.shape[-1])
 
 
@@ -97,7 +99,8 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 _SCRIPT = '''
 def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
                 num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
-                kind: str, topk: Optional[int], renormalize: bool) -> Tensor:
+                kind: str, topk: Optional[int], renormalize: bool,
+                topk_fraction: Optional[float]) -> Tensor:
     batch = query.size(0)
     q_len = query.size(1)
     k_len = key.size(1)
@@ -105,6 +108,8 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
     k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
     keep = topk if topk is not None else 1
+    if topk_fraction is not None:
+        keep = max(1, int(math.ceil(topk_fraction * float(k_len))))
     if kind == "softmax" or keep >= k_len:
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
@@ -156,8 +161,13 @@ def _check(node: Node) -> list[str]:
     kind = node.attr("kind", "softmax")
     if kind not in ("softmax", "topk"):
         problems.append(f"attention kind must be 'softmax' or 'topk', got {kind!r}")
-    if kind == "topk" and not (isinstance(node.attr("topk"), int) and node.attr("topk") >= 1):
-        problems.append("attention kind=topk needs an integer attribute topk >= 1")
+    fraction = node.attr("topk_fraction")
+    if fraction is not None and not (isinstance(fraction, float) and 0 < fraction <= 1):
+        problems.append(f"attention topk_fraction must be a float in (0, 1], got {fraction!r}")
+    elif kind == "topk" and fraction is None and not (isinstance(node.attr("topk"), int)
+                                                      and node.attr("topk") >= 1):
+        problems.append("attention kind=topk needs an integer attribute topk >= 1 (or "
+                        "topk_fraction)")
     problems += check_unit_ids(node, "head_ids", heads, "heads")
     return problems
 
@@ -289,8 +299,9 @@ def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> Non
     scale = node.attr("scale")
     attrs = {"num_heads": heads, "head_dim": dim,
              "scale": float(scale) if scale is not None else 1.0 / math.sqrt(dim),
-             "causal": bool(node.attr("causal", False)), "topk": int(node.attr("topk")),
-             "renormalize": bool(node.attr("renormalize", False))}
+             "causal": bool(node.attr("causal", False)), "topk": int(node.attr("topk") or 1),
+             "renormalize": bool(node.attr("renormalize", False)),
+             "topk_fraction": float(node.attr("topk_fraction") or 0.0)}
     _register_custom_ops()
     out = node.outputs[0]
     new = module.graph.create_node("optc_onnx.topk_attention.default",
@@ -336,14 +347,15 @@ def _register_custom_ops() -> tuple[Any, Any, Any]:
     @torch.library.custom_op("optc_onnx::topk_attention", mutates_args=())
     def topk_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           attention_bias: torch.Tensor | None, num_heads: int, head_dim: int,
-                          scale: float, causal: bool, topk: int,
-                          renormalize: bool) -> torch.Tensor:
+                          scale: float, causal: bool, topk: int, renormalize: bool,
+                          topk_fraction: float) -> torch.Tensor:
         return attention(q, k, v, attention_bias, num_heads=num_heads, head_dim=head_dim,
                          scale=scale, causal=causal, kind="topk", topk=topk,
-                         renormalize=renormalize)
+                         renormalize=renormalize, topk_fraction=topk_fraction or None)
 
     @topk_attention_op.register_fake
-    def _(q, k, v, attention_bias, num_heads, head_dim, scale, causal, topk, renormalize):  # noqa: ANN001
+    def _(q, k, v, attention_bias, num_heads, head_dim, scale, causal, topk, renormalize,  # noqa: ANN001
+          topk_fraction):  # noqa: ANN001
         return q.new_empty((*q.shape[:-1], num_heads * head_dim))
 
     return self_attention, multi_head_attention, topk_attention_op
@@ -381,7 +393,8 @@ def _onnx_translations() -> dict[Any, Any]:
         )
 
     def topk_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
-                            scale: float, causal: bool, topk: int, renormalize: bool):
+                            scale: float, causal: bool, topk: int, renormalize: bool,
+                            topk_fraction: float = 0.0):
         op = onnx_op()
         split = op.Constant(value_ints=[0, 0, num_heads, head_dim])
         qh = op.Transpose(op.Reshape(q, split), perm=[0, 2, 1, 3])
@@ -399,7 +412,13 @@ def _onnx_translations() -> dict[Any, Any]:
             scores = op.Add(scores, attention_bias)
         probs = op.Softmax(scores, axis=-1)
         keys = op.Shape(scores, start=3, end=4)
-        keep = op.Min(op.Constant(value_ints=[topk]), keys)
+        if topk_fraction > 0:
+            wanted = op.Cast(op.Ceil(op.Mul(op.Cast(keys, to=1),
+                                            op.Constant(value_floats=[topk_fraction]))), to=7)
+            wanted = op.Max(wanted, op.Constant(value_ints=[1]))
+        else:
+            wanted = op.Constant(value_ints=[topk])
+        keep = op.Min(wanted, keys)
         values, _ = op.TopK(scores, keep, axis=-1, largest=1, sorted=1)
         last = op.Sub(keep, op.Constant(value_ints=[1]))
         threshold = op.Gather(values, last, axis=3)  # [batch, heads, q, 1]
@@ -440,6 +459,8 @@ ATTENTION = register_op(OpDef(
         "kind": Attr(str, "softmax", "softmax, or topk (hard attention)"),
         "topk": Attr(int, None, "probabilities kept per query row when kind=topk"),
         "renormalize": Attr(bool, False, "kind=topk: rescale the kept probabilities to sum to 1"),
+        "topk_fraction": Attr(float, None, "kind=topk: keep ceil(fraction * key length) "
+                                           "probabilities instead of topk"),
         "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
                       kernel=False),
         "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "

@@ -116,3 +116,24 @@ def test_small_k_all_backends_agree_with_padding_and_other_lengths(bert, k):
         assert report.worst("torchscript") <= 1e-5 and report.worst("onnx") <= 1e-4, (seq, report)
     hard = optc.to_eager(module)(**token_inputs(model, 3, SEQ))["last_hidden_state"]
     assert (hard - soft).abs().max() > 1e-3  # top-k changed the numbers
+
+
+def test_fraction_of_the_sequence_on_every_backend(bert):
+    model, base, _ = bert
+    module = base.clone()
+    optc.run_pipeline(module, "hard-attention{fraction=0.3}")
+    assert all(n.attr("topk_fraction") == 0.3 for n in _attention_nodes(module))
+    text = print_module(module)
+    assert print_module(parse_module(text, {n: p.data for n, p in module.params.items()})) == text
+    for batch, seq in ((3, SEQ), (2, 12)):
+        inputs = token_inputs(model, batch, seq, seed=seq)
+        report = check_backends(module, inputs)
+        assert report.worst("torchscript") <= 1e-5 and report.worst("onnx") <= 1e-4, report
+        # ceil(0.3 * seq) keys kept: the same as an explicit k for this length
+        explicit = base.clone()
+        optc.run_pipeline(explicit, f"hard-attention{{k={-(-3 * seq // 10)}}}")
+        got = optc.to_eager(module)(**inputs)["last_hidden_state"]
+        want = optc.to_eager(explicit)(**inputs)["last_hidden_state"]
+        assert torch.equal(got, want)
+    with pytest.raises(PipelineSpecError, match="fraction must be in"):
+        HardAttention(fraction=1.5)
