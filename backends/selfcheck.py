@@ -18,8 +18,11 @@ padded row ends in zeros); other integer inputs (token types) are zeros.
 Tolerance (:data:`TOLERANCES`): the max absolute difference of each output, divided by
 ``max(1, max |eager output|)`` so that large-valued outputs are judged relative to their scale,
 must not exceed 1e-4 for eager and TorchScript (same kernels, reordered arithmetic) and 1e-3
-for ONNX (ONNX Runtime's fused attention and GELU kernels round differently). NaNs must appear
-in the same places.
+for ONNX (ONNX Runtime's fused attention and GELU kernels round differently). A module with
+int8 weights gets :data:`INT8_TOLERANCES` on ONNX: ORT's GELU differs from torch's by a few
+ulps, which can move an activation across an int8 rounding step before the next quantized
+matmul (measured up to 0.04 of the output's scale on MiniLM; integer arithmetic is otherwise
+exact, and TorchScript stays bit-identical). NaNs must appear in the same places.
 
 :func:`write_checked` writes into a hidden staging path beside the target (see
 :func:`optc.outputs.staged_output`): an output that fails to load, crashes or disagrees is
@@ -43,10 +46,20 @@ from optc.errors import BackendError
 from optc.ir.core import Module, Parameter, Value
 from optc.outputs import staged_output
 
-__all__ = ["TOLERANCES", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
+__all__ = ["TOLERANCES", "INT8_TOLERANCES", "tolerance_for", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
            "check_written", "write_checked"]
 
 TOLERANCES = {"eager": 1e-4, "torchscript": 1e-4, "onnx": 1e-3, "hf": 1e-5}
+INT8_TOLERANCES = {"onnx": 0.1}
+"""Tolerances that replace :data:`TOLERANCES` for modules with quantized (int8) weights."""
+
+
+def tolerance_for(module: Module, backend: str) -> float:
+    """The self-check tolerance of ``backend`` for ``module`` (int8-aware)."""
+    quantized = any("quantization" in p.attrs for p in module.params.values())
+    if quantized and backend in INT8_TOLERANCES:
+        return INT8_TOLERANCES[backend]
+    return TOLERANCES.get(backend, 1e-4)
 """Max difference to the eager IR per backend, relative to ``max(1, max |output|)``."""
 
 LONG_SEQ = 128
@@ -194,7 +207,7 @@ def check_written(module: Module, backend: str, path: str | os.PathLike,
     :func:`example_inputs`) and compare with the eager IR; raises :class:`BackendError`.
 
     ``label`` is the name errors give the output (default: ``path``)."""
-    tol = TOLERANCES.get(backend, 1e-4) if tolerance is None else tolerance
+    tol = tolerance_for(module, backend) if tolerance is None else tolerance
     what = f"{backend} self-check of '{label if label is not None else path}'"
     try:
         run = load_written(module, backend, path)

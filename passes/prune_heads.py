@@ -11,7 +11,7 @@ from optc.passes.base import Pass, PassResult
 from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
 from optc.passes.selection import check_unit_options, choose_units, remove_units, unit_positions
-from optc.passes.structural import remove_heads
+from optc.passes.structural import remove_heads, slice_conflict
 
 __all__ = ["PruneHeads"]
 
@@ -78,6 +78,13 @@ class PruneHeads(Pass):
             att = layers[i].attention
             if att.prunable:
                 return f"layer {i}: {att.prunable}"
+        touched = ({i for i, _ in self._explicit(structure)[0]} if self.amount is None
+                   else {layer.index for layer in layers})
+        for i in sorted(touched):
+            block = layers[i].attention
+            reason = slice_conflict(block) if block is not None else None
+            if reason:
+                return reason
         if self.amount is not None and not any(layer.attention for layer in layers):
             return "the module has no attention blocks"
         return None

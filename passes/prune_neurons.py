@@ -11,7 +11,7 @@ from optc.passes.base import Pass, PassResult
 from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
 from optc.passes.selection import check_unit_options, choose_units, remove_units, unit_positions
-from optc.passes.structural import remove_neurons
+from optc.passes.structural import remove_neurons, slice_conflict
 
 __all__ = ["PruneNeurons"]
 
@@ -71,6 +71,13 @@ class PruneNeurons(Pass):
         _, missing = self._explicit(structure)
         if missing:
             return missing
+        touched = ({i for i, _ in self._explicit(structure)[0]} if self.amount is None
+                   else {layer.index for layer in layers})
+        for i in sorted(touched):
+            block = layers[i].ffn
+            reason = slice_conflict(block) if block is not None else None
+            if reason:
+                return reason
         if self.amount is not None and not any(layer.ffn for layer in layers):
             return "the module has no FFN blocks"
         return None

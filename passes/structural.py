@@ -7,14 +7,18 @@ Passes find what to edit with :func:`optc.ir.analysis.analyze`, never by paramet
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from optc.errors import PassError
 from optc.ir.analysis import AttentionBlock, FFNBlock, set_unit_ids
+from optc.ir.attributes import Sparsity
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.types import TensorType
 
-__all__ = ["slice_param", "set_last_dim", "remove_heads", "remove_neurons", "bypass_block"]
+__all__ = ["slice_param", "slice_conflict", "set_last_dim", "remove_heads", "remove_neurons",
+           "bypass_block"]
 
 
 def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int]) -> None:
@@ -22,21 +26,70 @@ def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int]
 
     A parameter read by this node alone is replaced in place; a shared one (tied weights) is
     copied into a new parameter for this node so the other readers keep the full tensor.
+    Typed attributes follow: an unstructured sparsity's density is updated, an N:M or block
+    pattern that the slice would cut through is refused (:class:`PassError`: prune before
+    sparsifying), and an int8 weight's per-row scales are sliced with its rows.
     """
     param = node.args[arg]
     if not isinstance(param, Parameter):
         raise PassError(f"argument {arg} of {node!r} is computed, not a parameter, so it cannot "
                         "be sliced")
     data = param.data.index_select(dim, torch.tensor(index, dtype=torch.long)).contiguous()
+    attrs = _sliced_attrs(param, data, dim)
     if param.users() == [node] and param.num_uses == 1 and not module.graph.is_output(param):
         param.data = data
-        return
-    fresh = module.add_param(module.unique_param_name(param.name), data)
-    args = list(node.args)
-    args[arg] = fresh
-    node.args = tuple(args)
+        param.attrs = attrs
+    else:
+        fresh = module.add_param(module.unique_param_name(param.name), data)
+        fresh.attrs = attrs
+        args = list(node.args)
+        args[arg] = fresh
+        node.args = tuple(args)
+    scale = node.arg(3)
+    if node.op == "linear" and arg == 1 and dim == 0 and isinstance(scale, Parameter):
+        slice_param(module, node, 3, 0, index)  # int8 weight: its per-row scales go with it
 
 
+def _cuts(param: Parameter, dim: int) -> str | None:
+    """Why slicing ``param`` along ``dim`` would break its declared sparsity pattern."""
+    sparsity = param.attrs.get("sparsity")
+    if not isinstance(sparsity, Sparsity):
+        return None
+    cut = {"n:m": dim == param.data.dim() - 1,
+           "block": sparsity.block is not None and sparsity.block[dim] != 1}.get(sparsity.pattern, False)
+    if not cut:
+        return None
+    return (f"@{param.name} is {sparsity.pattern} sparse; removing heads or neurons slices it "
+            f"along dim {dim} and would break the pattern: run structural passes before sparsify")
+
+
+def slice_conflict(block: AttentionBlock | FFNBlock) -> str | None:
+    """Why removing units from ``block`` would break a weight's sparsity pattern (checked
+    before any edit, so a refusing pass leaves the module unchanged), or None."""
+    if isinstance(block, AttentionBlock):
+        pairs = [(block.query, 0), (block.key, 0), (block.value, 0), (block.output, 1)]
+    else:
+        pairs = [(block.up, 0), (block.down, 1)]
+    for node, dim in pairs:
+        weight = node.arg(1) if node is not None else None
+        if isinstance(weight, Parameter):
+            reason = _cuts(weight, dim)
+            if reason:
+                return reason
+    return None
+
+
+def _sliced_attrs(param: Parameter, data: torch.Tensor, dim: int) -> dict:
+    attrs = dict(param.attrs)
+    sparsity = attrs.get("sparsity")
+    if isinstance(sparsity, Sparsity):
+        reason = _cuts(param, dim)
+        if reason:
+            raise PassError(reason)
+        found = float((data != 0).float().mean()) if data.numel() else 0.0
+        if sparsity.pattern == "unstructured" and found > sparsity.density:
+            attrs["sparsity"] = dataclasses.replace(sparsity, density=round(found + 5e-7, 6))
+    return attrs
 def set_last_dim(value: Value, size: int) -> None:
     """Set the last dimension of a tensor value's type."""
     t = value.tensor_type

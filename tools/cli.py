@@ -246,6 +246,13 @@ def _cmd_inspect(argv: list[str]) -> int:
         if Path(args.graph).suffix.lower() not in GRAPH_SUFFIXES:
             p.error(f"--graph {args.graph}: the picture's name must end in .svg, .png or .dot")
         check_graph_output(args.graph, args.force)  # before any slow work
+    if (not args.diff and args.graph is None and Path(args.target).suffix.lower() == ".onnx"
+            and Path(args.target).is_file()):
+        from optc.tools.inspection import format_onnx_summary, summarize_onnx
+
+        info = summarize_onnx(args.target)  # ops, weight bytes and optc's sparsity annotations
+        print(json.dumps(info, indent=2) if args.json else format_onnx_summary(info), end="" if not args.json else "\n")
+        return 0
     progress = Progress(enabled=not args.quiet)
     module = _load_target(args.target, args.task, progress)
     if args.diff:
