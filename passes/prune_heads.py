@@ -10,8 +10,14 @@ from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import check_unit_options, choose_units, remove_units, unit_positions
-from optc.passes.structural import remove_heads, slice_conflict
+from optc.passes.selection import (
+    check_unit_options,
+    choose_units,
+    remove_units,
+    unit_positions,
+    units_requirement,
+)
+from optc.passes.structural import remove_heads
 
 __all__ = ["PruneHeads"]
 
@@ -68,26 +74,8 @@ class PruneHeads(Pass):
 
     def requires(self, module: Module) -> str | None:
         structure = analyze(module)
-        layers = structure.layers
-        if not layers:
-            return f"the module has {structure.describe()}"
-        _, missing = self._explicit(structure)
-        if missing:
-            return missing
-        for i, _ in self._explicit(structure)[0]:
-            att = layers[i].attention
-            if att.prunable:
-                return f"layer {i}: {att.prunable}"
-        touched = ({i for i, _ in self._explicit(structure)[0]} if self.amount is None
-                   else {layer.index for layer in layers})
-        for i in sorted(touched):
-            block = layers[i].attention
-            reason = slice_conflict(block) if block is not None else None
-            if reason:
-                return reason
-        if self.amount is not None and not any(layer.attention for layer in layers):
-            return "the module has no attention blocks"
-        return None
+        return units_requirement(self, structure, self._explicit(structure),
+                                 lambda layer: layer.attention, "attention")
 
     def _explicit(self, structure: Structure) -> tuple[list[tuple[int, int]], str | None]:
         return unit_positions(structure, self.heads, self.ids, lambda b: b.head_ids,

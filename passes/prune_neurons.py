@@ -10,8 +10,14 @@ from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import check_unit_options, choose_units, remove_units, unit_positions
-from optc.passes.structural import remove_neurons, slice_conflict
+from optc.passes.selection import (
+    check_unit_options,
+    choose_units,
+    remove_units,
+    unit_positions,
+    units_requirement,
+)
+from optc.passes.structural import remove_neurons
 
 __all__ = ["PruneNeurons"]
 
@@ -65,22 +71,8 @@ class PruneNeurons(Pass):
 
     def requires(self, module: Module) -> str | None:
         structure = analyze(module)
-        layers = structure.layers
-        if not layers:
-            return f"the module has {structure.describe()}"
-        _, missing = self._explicit(structure)
-        if missing:
-            return missing
-        touched = ({i for i, _ in self._explicit(structure)[0]} if self.amount is None
-                   else {layer.index for layer in layers})
-        for i in sorted(touched):
-            block = layers[i].ffn
-            reason = slice_conflict(block) if block is not None else None
-            if reason:
-                return reason
-        if self.amount is not None and not any(layer.ffn for layer in layers):
-            return "the module has no FFN blocks"
-        return None
+        return units_requirement(self, structure, self._explicit(structure),
+                                 lambda layer: layer.ffn, "FFN")
 
     def _explicit(self, structure: Structure) -> tuple[list[tuple[int, int]], str | None]:
         return unit_positions(structure, self.neurons, self.ids, lambda b: b.neuron_ids,

@@ -14,9 +14,10 @@ from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
 from optc.passes.calibration import calibration_batches
 from optc.passes.importance import normalize_per_layer, taylor_scores
+from optc.passes.structural import slice_conflict
 
 __all__ = ["select_lowest", "check_unit_options", "choose_units", "remove_units",
-           "layer_positions", "unit_positions", "unraised_attention"]
+           "layer_positions", "unit_positions", "units_requirement", "unraised_attention"]
 
 
 def layer_positions(structure: Structure, layers: tuple[int, ...], ids: bool,
@@ -60,6 +61,31 @@ def unit_positions(structure: Structure, units: tuple[tuple[int, int], ...], ids
                 return result, f"{what} {layer_ref}:{unit} does not exist; {name} has {len(known)} {what}s"
             result.append((i, unit))
     return result, None
+
+
+def units_requirement(p: Any, structure: Structure, explicit: tuple[list[tuple[int, int]], str | None],
+                      block_of: Callable[[Any], Any], kind: str) -> str | None:
+    """Why prune-heads / prune-neurons cannot run: no layers, a unit that does not exist, a
+    block that cannot lose units (``prunable``), a sparsity pattern the slices would break, or
+    no block of ``kind`` at all for ``amount``; None when it can."""
+    if not structure.layers:
+        return f"the module has {structure.describe()}"
+    chosen, missing = explicit
+    if missing:
+        return missing
+    touched = ({i for i, _ in chosen} if p.amount is None
+               else {layer.index for layer in structure.layers})
+    for i in sorted(touched):
+        block = block_of(structure.layers[i])
+        if block is None:
+            continue
+        prunable = getattr(block, "prunable", None) if p.amount is None else None
+        reason = prunable or slice_conflict(block)  # amount skips unprunable blocks itself
+        if reason:
+            return f"layer {i}: {reason}"
+    if p.amount is not None and not any(block_of(layer) for layer in structure.layers):
+        return f"the module has no {kind} blocks"
+    return None
 
 
 def unraised_attention(module: Module, structure: Structure) -> str | None:
