@@ -371,7 +371,8 @@ def test_cli_backend_hf(tmp_path: Path, capsys) -> None:
     assert (out / "vocab.txt").is_file()
     capsys.readouterr()
     assert main(args) == OutputError.exit_code  # an existing output is never replaced silently
-    assert f"output '{out}' exists" in capsys.readouterr().err
+    assert f"output '{out}' already exists; pass --force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0  # optc's own export may be replaced
 
 
 @pytest.mark.slow
