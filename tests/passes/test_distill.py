@@ -80,7 +80,7 @@ def test_minilm_prune_then_distill_on_sst2(minilm_module, data_dir, monkeypatch)
         module, "prune-heads{amount=0.5},prune-neurons{amount=0.5},"
                 "distill{task=sst2,epochs=1,max_steps=2,batch_size=8,eval_split=none}")
     stats = report.records[-1].stats
-    assert stats["steps"] == 2 and stats["teacher"] == "self" and stats["head_added"] is True
+    assert stats["steps"] == 2 and stats["teacher"] == "pipeline-input" and stats["head_added"] is True
     assert stats["layer_map"] == "0:0,1:1,2:2,3:3,4:4,5:5"
     assert list(module.graph.outputs) == ["logits"]
     assert minilm_module.graph.outputs.keys() == {"last_hidden_state", "pooler_output"}
