@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import random
+import re
 import tempfile
 import time
 import traceback
@@ -92,7 +93,8 @@ class FuzzReport:
         refused: dict[str, int] = {}
         for r in self.results:
             if r.outcome == "refused":
-                key = r.detail.split(":")[0][:60]
+                key = re.sub(r"'[^']*'", "'...'", r.detail)  # the reason, without the spec
+                key = re.sub(r"\(after [^)]*\)", "", key)[:90]
                 refused[key] = refused.get(key, 0) + 1
         if refused:
             lines.append("refusals (typed errors, expected for some random pipelines):")
