@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from optc.tests.conftest import tiny_model
 from optc.tools.cli import main
 
 
@@ -34,20 +33,6 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def no_leftovers(parent: Path) -> None:
     assert [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "m"
-    tiny_model("bert").save_pretrained(path, safe_serialization=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("art") / "a"
-    assert main([str(model_dir), "-o", str(out), "-q"]) == 0
-    return out
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from optc.backends import onnx as onnx_backend
-from optc.tests.conftest import TINY, tiny_model
+from optc.tests.conftest import TINY
 from optc.tools.cli import main
 
 
@@ -36,20 +36,6 @@ def one_line(err: str, prefix: str = "optc: error:") -> str:
 
 def listing(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir())
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "m"
-    tiny_model("bert").save_pretrained(path, safe_serialization=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("art") / "a"
-    assert main([str(model_dir), "-o", str(out), "-q"]) == 0
-    return out
 
 
 # -- self-check ---------------------------------------------------------------------------------
