@@ -18,7 +18,9 @@ from optc.train.heads import (
     task_from_meta,
     task_meta,
 )
+from optc.train.hooks import TrainHooks
 from optc.train.loop import (
+    EditFn,
     EvalRecord,
     ProgressFn,
     StepInfo,
@@ -64,6 +66,8 @@ __all__ = [
     "EvalRecord",
     "StepInfo",
     "ProgressFn",
+    "TrainHooks",
+    "EditFn",
     "make_optimizer",
     "linear_schedule",
     "soft_target_loss",

@@ -31,10 +31,12 @@ import torch
 from optc.backends.eager import to_eager
 from optc.data import Example, SquadRecord
 from optc.errors import InputError
+from optc.ir.analysis import Structure
 from optc.ir.core import Module
 from optc.tasks import Task, evaluate, get_task, validation_split
 from optc.train.batching import Encoded, collate, encode, input_names_of, length_grouped
 from optc.train.heads import add_task_head, has_task_head
+from optc.train.hooks import TrainHooks
 from optc.train.losses import hidden_state_loss, soft_target_loss
 from optc.train.losses import layer_map as map_layers
 from optc.train.module import (
@@ -70,6 +72,8 @@ class StepInfo:
     eta_seconds: float
     """Estimated time left for the remaining steps (mean step time so far; evaluation not
     included)."""
+    terms: dict[str, float] = field(default_factory=dict)
+    """Numbers reported by the training hooks (loss terms, current sparsity, ...)."""
 
 
 ProgressFn = Callable[[StepInfo], None]
@@ -247,6 +251,9 @@ def _better(score: float, best: EvalRecord | None) -> bool:
 
 
 # -- the engine shared by finetune and distill ---------------------------------------------
+EditFn = Callable[[Module, Structure], None]
+"""Rewrites the working copy of the IR a trainable module is built from (see ``trainable``)."""
+
 LossFn = Callable[[TrainableModule, dict[str, torch.Tensor], tuple[str, ...]], torch.Tensor]
 
 
@@ -254,7 +261,9 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
          tokenizer: Any, model: TrainableModule, loss_fn: LossFn, *, epochs: float,
          max_steps: int | None, lr: float, batch_size: int, max_length: int,
          warmup_ratio: float, weight_decay: float, seed: int, progress: ProgressFn | None,
-         eval_batch_size: int, report: TrainReport) -> TrainReport:
+         eval_batch_size: int, report: TrainReport,
+         hooks: TrainHooks | None = None) -> TrainReport:
+    hooks = hooks or TrainHooks()
     names = input_names_of(model.input_names)
     pad_id = _pad_id(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -277,7 +286,7 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
         record = EvalRecord(step / per_epoch, step, dict(result.metrics), result.score,
                             result.mean_loss, result.seconds)
         report.evals.append(record)
-        if _better(record.score, report.best):
+        if hooks.keep_best(step) and _better(record.score, report.best):
             report.best = record
             best_state[0] = model.state()
 
@@ -287,12 +296,17 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
     step = 0
     model.train()
     model.apply_masks()
+    hooks.start(model, total)
     while step < total:
         batches = length_grouped(lengths, batch_size, generator)
         for rows in batches:
             start = time.perf_counter()
             batch = collate([items[i] for i in rows], names, pad_id, left, qa)
+            hooks.before_step(model, step)
             loss = loss_fn(model, batch, names)
+            extra = hooks.loss(model, step)
+            if extra is not None:
+                loss = loss + extra
             if not torch.isfinite(loss.detach()):
                 raise InputError(f"training loss became {float(loss)} at step {step + 1}: lower "
                                  "the learning rate")
@@ -304,6 +318,7 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
             optimizer.step()
             scheduler.step()
             model.apply_masks()
+            terms = hooks.after_step(model, step)
             step += 1
             seconds = time.perf_counter() - start
             step_time += seconds
@@ -311,13 +326,14 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
             report.losses.append(value)
             if progress is not None:
                 progress(StepInfo(step, total, step / per_epoch, value, used_lr, seconds,
-                                  step_time / step * (total - step)))
+                                  step_time / step * (total - step), dict(terms)))
             if evals is not None and (step % per_epoch == 0 or step == total):
                 run_eval(step)
             if step >= total:
                 break
     if best_state[0] is not None:
         model.load_state(best_state[0])
+    hooks.finish(model)
     report.params_written = len(write_back(model, module))
     if isinstance(module.meta.get("task"), dict):
         module.meta["task"]["trained_steps"] = int(module.meta["task"].get("trained_steps", 0)) + step
@@ -360,14 +376,15 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
              progress: ProgressFn | None = None, dropout: float | None = None,
              masked: Sequence[str] = (), train_examples: Examples | None = None,
              eval_examples: Examples | None = None, eval_batch_size: int = 64,
-             doc_stride: int | None = None) -> TrainReport:
+             doc_stride: int | None = None, hooks: TrainHooks | None = None,
+             edit: EditFn | None = None) -> TrainReport:
     """Fine-tune ``module`` (in place) on ``task`` with the task's loss.
 
     ``max_length`` defaults to 128 tokens (384 for QA); ``dropout`` to the source model's
     (see :func:`~optc.train.module.dropout_probability`); ``masked`` names parameters whose
     zeros stay zero on top of those with a Sparsity attribute. Returns a
     :class:`TrainReport`; the best weights (by the main metric on ``eval_split``) end up in
-    the IR.
+    the IR. ``hooks`` and ``edit``: see :mod:`optc.train.hooks`.
     """
     with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -376,7 +393,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
             doc_stride=doc_stride)
-        model = trainable(module, dropout=dropout, masked=masked)
+        model = trainable(module, dropout=dropout, masked=masked, edit=edit)
 
         def loss_fn(model: TrainableModule, batch: dict[str, torch.Tensor],
                     names: tuple[str, ...]) -> torch.Tensor:
@@ -388,7 +405,8 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
         return _run(module, task, items, evals, tokenizer, model, loss_fn, epochs=epochs,
                     max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=length,
                     warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
-                    progress=progress, eval_batch_size=eval_batch_size, report=report)
+                    progress=progress, eval_batch_size=eval_batch_size, report=report,
+                    hooks=hooks)
 
 
 def _labels(task: Task, batch: dict[str, torch.Tensor]) -> Any:
@@ -407,7 +425,8 @@ def distill(student: Module, teacher: Module, task: Task | str,
             eval_split: str | None = "dev", progress: ProgressFn | None = None,
             dropout: float | None = None, masked: Sequence[str] = (),
             train_examples: Examples | None = None, eval_examples: Examples | None = None,
-            eval_batch_size: int = 64, doc_stride: int | None = None) -> TrainReport:
+            eval_batch_size: int = 64, doc_stride: int | None = None,
+            hooks: TrainHooks | None = None, edit: EditFn | None = None) -> TrainReport:
     """Train ``student`` (in place) to imitate ``teacher`` (an IR module, run with the eager
     backend without gradients) on ``task``'s data.
 
@@ -415,7 +434,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
     hidden_state_loss`` (see :mod:`optc.train.losses`). A teacher without the task's head
     gives no soft targets (then ``alpha_soft`` is ignored and the task loss has weight 1);
     if ``hidden_mse`` is 0 too, that is an :class:`InputError`. ``layer_map``: ``auto``
-    or ``"s:t,..."`` pairs. Other options as :func:`finetune`.
+    or ``"s:t,..."`` pairs. Other options (``hooks``, ``edit`` included) as :func:`finetune`.
     """
     if not 0 <= alpha_soft <= 1:
         raise InputError(f"alpha_soft must be in [0, 1], got {alpha_soft}")
@@ -437,7 +456,8 @@ def distill(student: Module, teacher: Module, task: Task | str,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
             doc_stride=doc_stride)
         pairs = map_layers(student, teacher, layer_map) if hidden_mse > 0 else []
-        model = trainable(student, dropout=dropout, masked=masked, hidden_states=bool(pairs))
+        model = trainable(student, dropout=dropout, masked=masked, hidden_states=bool(pairs),
+                          edit=edit)
         teacher_ir = teacher.clone()
         if pairs:
             for i, value in enumerate(hidden_state_values(teacher_ir)):
@@ -474,4 +494,5 @@ def distill(student: Module, teacher: Module, task: Task | str,
         return _run(student, task_obj, items, evals, tokenizer, model, loss_fn, epochs=epochs,
                     max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=length,
                     warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
-                    progress=progress, eval_batch_size=eval_batch_size, report=report)
+                    progress=progress, eval_batch_size=eval_batch_size, report=report,
+                    hooks=hooks)

@@ -22,7 +22,7 @@ values; IR tensors are never edited in place (clones share them, copy-on-write).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -152,6 +152,9 @@ class TrainableModule(torch.nn.Module):
         """Dropout probability used in train mode."""
         self.dropout_layers = dropout_layers
         """How many dropout layers were inserted."""
+        self.extra_inputs: dict[str, torch.Tensor] = {}
+        """Values for graph inputs that callers do not pass (e.g. gates a training hook
+        computes each step); explicit inputs take precedence."""
 
     # -- parameters -------------------------------------------------------------------------
     def tensor(self, ir_name: str) -> torch.Tensor:
@@ -194,19 +197,26 @@ class TrainableModule(torch.nn.Module):
 
     # -- running ----------------------------------------------------------------------------
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.extra_inputs:
+            given = set(self.input_names[:len(args)]) | set(kwargs)
+            kwargs = {**kwargs, **{k: v for k, v in self.extra_inputs.items() if k not in given}}
         return self.graph_module(*bind_inputs(self.input_names, self.input_defaults, args, kwargs))
 
 
 def trainable(module: Module, *, dropout: float | None = None,
               masked: Iterable[str] = (), frozen: Iterable[str] = (),
-              hidden_states: bool = False) -> TrainableModule:
+              hidden_states: bool = False,
+              edit: Callable[[Module, Structure], None] | None = None) -> TrainableModule:
     """A :class:`TrainableModule` computing ``module`` (which is left unchanged).
 
     ``dropout``: train-mode dropout probability (default: :func:`dropout_probability`; 0
     inserts none). ``masked``: IR parameters whose zeros must stay zero, on top of those with
     a ``Sparsity`` attribute. ``frozen``: floating-point parameters to keep as buffers (no
     gradient). ``hidden_states``: also return each layer's output as ``hidden_state.<i>``.
-    The module starts in train mode.
+    ``edit``: called with the working copy of the IR (tensors shared with ``module``) and its
+    structure after dropout is inserted, to add what only training needs (gates as new graph
+    inputs, fake quantization); it must not change ``module``'s parameters. The module starts
+    in train mode.
     """
     names = set(module.params)
     masked, frozen = set(masked), set(frozen)
@@ -224,6 +234,8 @@ def trainable(module: Module, *, dropout: float | None = None,
         for i, value in enumerate(hidden_state_values(work, structure)):
             work.graph.set_output(f"{HIDDEN_PREFIX}{i}", value)
     inserted = _add_dropout(work, structure, p) if p > 0 else 0
+    if edit is not None:
+        edit(work, structure)
     graph_module = build_graph_module(work)
     _swap_dropout(graph_module)
 
@@ -248,7 +260,7 @@ def trainable(module: Module, *, dropout: float | None = None,
     for name, param in module.params.items():
         if name in masked or any(isinstance(a, Sparsity) for a in param.attrs.values()):
             masks[name] = param.data != 0
-    result = TrainableModule(graph_module, ir_names, [v.name for v in module.graph.inputs],
+    result = TrainableModule(graph_module, ir_names, [v.name for v in work.graph.inputs],
                              [n for n in work.graph.outputs], dict(module.meta.get("input_defaults", {})),
                              masks, p, inserted)
     result.train()
