@@ -26,6 +26,7 @@ _BUILTIN_MODULES = (
     "optc.passes.sparsify",
     "optc.passes.quantize",
     "optc.passes.hard_attention",
+    "optc.passes.gradual_prune",
 )
 
 
