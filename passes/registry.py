@@ -27,6 +27,7 @@ _BUILTIN_MODULES = (
     "optc.passes.quantize",
     "optc.passes.hard_attention",
     "optc.passes.gradual_prune",
+    "optc.passes.l0_prune",
 )
 
 
