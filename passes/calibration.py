@@ -11,17 +11,29 @@ CLI's ``--data`` fills it in), ``samples``, ``batch_size``, ``max_length`` and `
 - a tokenizer whose vocabulary is larger than the model's embedding table;
 - labels that do not fit the model's head: scores (STS-B) for a classifier with several
   labels, class indices out of range, one label per example for a per-token head.
+
+Activation ranges for static int8 (:class:`RangeObserver`, :func:`observe_inputs`): the
+inputs of chosen nodes are recorded on calibration batches by a copy of the module with them
+as extra outputs, and each observer turns what it saw into an affine uint8 scale and zero
+point (``minmax``: the extremes seen; ``moving_average``: an exponential average of each
+batch's extremes; ``percentile``: the mean over batches of the ``p``-th and ``100-p``-th
+percentiles, which ignores rare outliers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
+
+from optc.backends.eager import to_eager
 from optc.data import Batch, load_calibration
 from optc.errors import InputError
-from optc.ir.core import Module, Parameter, Value
+from optc.ir.core import Module, Node, Parameter, Value
 
-__all__ = ["calibration_batches", "check_labels", "check_vocabulary", "CALIBRATION_OPTIONS"]
+__all__ = ["calibration_batches", "check_labels", "check_vocabulary", "CALIBRATION_OPTIONS",
+           "OBSERVERS", "RangeObserver", "affine_qparams", "observe_inputs", "linears_of"]
 
 CALIBRATION_OPTIONS = ("data", "samples", "batch_size", "max_length", "tokenizer")
 """Option names shared by every pass that reads calibration data."""
@@ -123,3 +135,106 @@ def check_labels(module: Module, batches: list[Batch], where: str) -> None:
 
 def _shape(shape: tuple[Any, ...]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# -- activation ranges ---------------------------------------------------------------------
+
+OBSERVERS = ("minmax", "moving_average", "percentile")
+"""Ways a :class:`RangeObserver` turns observed values into a range."""
+
+
+def affine_qparams(lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale: f32[], zero_point: u8[])`` of affine uint8 covering ``[lo, hi]`` widened to
+    hold 0 (so that zero, e.g. padding, is exact): ``scale = (hi - lo) / 255``, zero point
+    ``round(-lo / scale)``; the scheme of ONNX Runtime's ``DynamicQuantizeLinear``."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = torch.tensor((hi - lo) / 255.0, dtype=torch.float32)
+    if float(scale) == 0.0:
+        scale = torch.tensor(1.0)
+    zp = torch.clamp(torch.round(torch.tensor(-lo, dtype=torch.float32) / scale), 0, 255)
+    return scale, zp.to(torch.uint8)
+
+
+class RangeObserver:
+    """Range of the values a tensor takes, seen batch by batch."""
+
+    def __init__(self, kind: str = "minmax", averaging: float = 0.01,
+                 percentile: float = 99.99) -> None:
+        if kind not in OBSERVERS:
+            raise InputError(f"unknown observer {kind!r}; choose from {', '.join(OBSERVERS)}")
+        self.kind = kind
+        """``minmax``, ``moving_average`` or ``percentile``."""
+        self.averaging = averaging
+        """Weight of each new batch in the moving average."""
+        self.percentile = percentile
+        """Upper percentile kept by ``percentile`` (the lower one is ``100 - percentile``)."""
+        self.lo: float | None = None
+        self.hi: float | None = None
+        self.batches = 0
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Account for the values of ``x``."""
+        x = x.detach().float().flatten()
+        if x.numel() == 0:
+            return
+        if self.kind == "percentile":
+            k_hi = max(1, min(x.numel(), round(x.numel() * self.percentile / 100)))
+            k_lo = max(1, x.numel() + 1 - k_hi)
+            lo, hi = float(x.kthvalue(k_lo).values), float(x.kthvalue(k_hi).values)
+        else:
+            lo, hi = float(x.min()), float(x.max())
+        self.batches += 1
+        if self.lo is None or self.hi is None:
+            self.lo, self.hi = lo, hi
+        elif self.kind == "minmax":
+            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        elif self.kind == "moving_average":
+            self.lo += self.averaging * (lo - self.lo)
+            self.hi += self.averaging * (hi - self.hi)
+        else:  # percentile: mean over batches
+            self.lo += (lo - self.lo) / self.batches
+            self.hi += (hi - self.hi) / self.batches
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Affine uint8 ``(scale, zero_point)`` of the range seen (see :func:`affine_qparams`)."""
+        if self.lo is None or self.hi is None:
+            raise InputError("an activation observer saw no data: calibrate on at least one "
+                             "batch")
+        return affine_qparams(self.lo, self.hi)
+
+
+def linears_of(module: Module, names: list[str]) -> list[Node]:
+    """The ``linear`` nodes of ``module`` whose weight is one of ``names``, in graph order."""
+    wanted = set(names)
+    return [n for n in module.graph if n.op == "linear" and isinstance(n.arg(1), Parameter)
+            and n.args[1].name in wanted]
+
+
+@torch.no_grad()
+def observe_inputs(module: Module, nodes: Sequence[Node],
+                   batches: Sequence[Batch | dict[str, torch.Tensor]],
+                   make: Any = RangeObserver) -> dict[int, RangeObserver]:
+    """One observer per distinct first operand of ``nodes`` (nodes reading the same value
+    share it), fed with that value on every batch (a :class:`Batch` or a dict of model
+    inputs); keyed by ``id`` of the value in ``module``. ``module`` is not changed (a copy
+    gets the values as extra outputs)."""
+    order = {id(n): i for i, n in enumerate(module.graph)}
+    work = module.clone()
+    copied = list(work.graph)
+    observers: dict[int, RangeObserver] = {}
+    outputs: dict[str, int] = {}
+    for node in nodes:
+        value = node.args[0]
+        if id(value) in observers:
+            continue
+        observers[id(value)] = make()
+        name = f"calibration.{len(outputs)}"
+        outputs[name] = id(value)
+        work.graph.set_output(name, copied[order[id(node)]].args[0])
+    run = to_eager(work)
+    for batch in batches:
+        result = run(**(batch.inputs if isinstance(batch, Batch) else batch))
+        for name, key in outputs.items():
+            observers[key].observe(result[name])
+    return observers

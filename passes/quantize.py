@@ -1,60 +1,139 @@
-"""int8 quantization of linear layers."""
+"""int8 quantization of linear layers: dynamic, static (calibrated), accuracy-aware, QAT."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from optc.backends.eager import to_eager
+from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.ir.attributes import Quantization
 from optc.ir.core import Module, Node, Parameter
 from optc.ir.ops.quantized_linear import quantize_weight
-from optc.passes.base import Pass, PassResult
+from optc.passes.base import PassResult
+from optc.passes.calibration import (
+    OBSERVERS,
+    RangeObserver,
+    calibration_batches,
+    linears_of,
+    observe_inputs,
+)
+from optc.passes.distill import Distill
+from optc.passes.finetune import pass_task, pass_tokenizer, requires_task
+from optc.passes.qat import train_qat
 from optc.passes.registry import register_pass
 from optc.passes.sparsify import ROLES, linear_targets
+from optc.tasks import evaluate
 
-__all__ = ["Quantize"]
+__all__ = ["Quantize", "QParams"]
+
+QParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""Static activation ``(scale f32[], zero_point u8[])`` of each linear, by its weight's name."""
 
 
 @register_pass
 @dataclass(frozen=True)
-class Quantize(Pass):
-    """Quantize linear layers to int8: weights per output channel (symmetric), activations at
-    run time.
+class Quantize(Distill):
+    """Quantize linear layers to int8: weights per output channel (symmetric), activations per
+    tensor (affine uint8), at run time or calibrated.
 
     Rewrites: each target ``linear`` gets an ``i8`` weight (``round(W / scale)``, within
     ±(2**(bits-1) - 1): 7 bits by default, exact on every ONNX Runtime CPU kernel) with
     a ``quantization`` attribute and a new ``f32[out]`` scale parameter as its ``weight_scale``
-    operand; activations are quantized per tensor when the layer runs (``mode=dynamic``, the
-    scheme of ONNX Runtime's ``DynamicQuantizeMatMul``, which is the ONNX lowering; eager and
-    TorchScript run ``torch._int_mm``). Targets are chosen by role from the structure analysis
-    (default: attention and FFN projections; the pooler and classifier only with
-    ``targets=head``). A weight's sparsity attribute is kept: its zeros stay zero in int8.
+    operand.
+
+    - ``mode=dynamic``: activations are quantized per tensor when the layer runs (the scheme of
+      ONNX Runtime's ``DynamicQuantizeMatMul``, which is the ONNX lowering; eager and
+      TorchScript run ``torch._int_mm``).
+    - ``mode=static``: activation ranges are observed on ``samples`` examples of ``data``
+      (``observer=minmax|moving_average|percentile``); each linear also gets an ``f32[]``
+      ``input_scale`` and a ``u8[]`` ``input_zero_point`` operand (affine uint8, shared by the
+      linears that read the same value). ONNX: QuantizeLinear/DequantizeLinear around the
+      MatMul (QDQ; ONNX Runtime fuses it into ``MatMulIntegerToFloat``); eager and TorchScript
+      run the same integer arithmetic with ``torch._int_mm``.
+    - ``mode=qat``: quantization-aware training (Q8BERT): the module trains with fake-quantized
+      weights (per channel, symmetric) and activations (affine; min/max on the first batches,
+      then a moving average) and distills from the teacher (the pipeline input by default, as
+      ``distill``); the result is the static int8 form (``activations=false``: the dynamic
+      form) of the trained weights. Training options as ``distill``.
+    - ``max_drop=P`` (any mode but qat): accuracy-aware. Each target is quantized alone and
+      scored on the validation split carved from ``task``'s training data (``val_samples``
+      examples; never the dev set); then all are quantized and the most costly are put back in
+      fp32 one by one until the metric is within ``P`` points of the fp32 model. The stats name
+      the layers left in fp32 with their individual cost.
+
+    Targets are chosen by role from the structure analysis (default: attention and FFN
+    projections; the pooler and classifier only with ``targets=head``). A weight's sparsity
+    attribute is kept: its zeros stay zero in int8.
     Refuses: a weight that is already int8 (quantizing twice), a weight shared with an op
-    that is not a target linear, a module with no target.
+    that is not a target linear, a module with no target; static mode without data, QAT or
+    ``max_drop`` without a task.
     Guarantees: the IR is unchanged when it refuses; each output differs from the float model
     only by int8 rounding.
     """
 
     name = "quantize"
 
-    mode: Literal["dynamic"] = "dynamic"
-    """``dynamic``: int8 weights, activations quantized at run time."""
+    mode: Literal["dynamic", "static", "qat"] = "dynamic"
+    """``dynamic``: activations quantized at run time; ``static``: calibrated on ``data``;
+    ``qat``: quantization-aware training on ``task``'s data."""
     targets: tuple[str, ...] = ("attention", "ffn")
     """Roles to quantize: attention, ffn, query, key, value, output, up, down, head."""
     bits: int = 7
     """Weight bits stored in int8: 7 (-63..63; exact on ONNX Runtime's non-VNNI u8 x s8 kernels,
     which saturate with 8) or 8 (-127..127; for CPUs with VNNI/AMX)."""
+    observer: Literal["minmax", "moving_average", "percentile"] = "minmax"
+    """How static calibration turns activations into a range."""
+    percentile: float = 99.99
+    """Upper percentile kept by ``observer=percentile``."""
+    averaging: float = 0.01
+    """Weight of each batch in a moving-average range (``observer=moving_average``, QAT)."""
+    samples: int = 128
+    """Calibration examples read from ``data`` (static mode, QAT's initial ranges)."""
+    max_drop: float | None = None
+    """Accuracy-aware: largest allowed drop of the task metric (points) on the validation split."""
+    val_samples: int = 512
+    """Validation examples scored per candidate (``max_drop``)."""
+    activations: bool = True
+    """QAT: fake-quantize activations too and end in the static form (false: dynamic)."""
+    epochs: float = 1.0
+    """QAT: passes over the training data."""
+    eval_split: Literal["dev", "val", "none"] = "none"
+    """QAT: evaluate on dev, on a validation part of train, or not at all."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.bits not in (7, 8):
-            raise ValueError(f"bits must be 7 or 8, got {self.bits}")
+            raise PipelineSpecError(f"quantize bits must be 7 or 8, got {self.bits}")
         bad = [t for t in self.targets if t not in ROLES]
         if bad or not self.targets:
-            raise ValueError(f"unknown target {bad[0] if bad else '(none)'!r}; "
-                             f"choose from {', '.join(ROLES)}")
+            raise PipelineSpecError(f"unknown target {bad[0] if bad else '(none)'!r}; "
+                                    f"choose from {', '.join(ROLES)}")
+        if self.observer not in OBSERVERS:
+            raise PipelineSpecError(f"unknown observer {self.observer!r}; choose from "
+                                    f"{', '.join(OBSERVERS)}")
+        if not 50 < self.percentile <= 100:
+            raise PipelineSpecError(f"quantize percentile must be in (50, 100], got "
+                                    f"{self.percentile}")
+        if not 0 < self.averaging <= 1:
+            raise PipelineSpecError(f"quantize averaging must be in (0, 1], got {self.averaging}")
+        if self.samples < 1 or self.val_samples < 1:
+            raise PipelineSpecError("quantize samples and val_samples must be >= 1")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise PipelineSpecError(f"quantize max_drop must be >= 0 (metric points), got "
+                                    f"{self.max_drop}")
+        if self.max_drop is not None and self.mode == "qat":
+            raise PipelineSpecError("quantize max_drop chooses layers for post-training "
+                                    "quantization; QAT trains them all: drop max_drop or use "
+                                    "mode=dynamic|static")
+
+    @property
+    def uses_data(self) -> bool:
+        """Static calibration, QAT and accuracy-aware selection read data (CLI: --data)."""
+        return self.mode != "dynamic" or self.max_drop is not None
 
     def _targets(self, module: Module) -> list[tuple[str, Node]]:
         return [(role, node) for _, role, node in linear_targets(module, self.targets)]
@@ -80,26 +159,123 @@ class Quantize(Pass):
             if others:
                 return (f"weight @{w.name} is also read by {others[0]!r}, which is not a target "
                         "linear; untie it or leave this layer out of targets")
+        if self.mode == "static" and self.data is None:
+            return ("quantize{mode=static} calibrates activation scales on data: pass --data "
+                    "FILE (or data=FILE in the pass options), or use mode=dynamic")
+        if self.mode == "qat" or self.max_drop is not None:
+            why = "mode=qat" if self.mode == "qat" else "max_drop"
+            reason = requires_task(self, module)
+            if reason:
+                return f"quantize {why} trains or scores on a task: {reason}"
         return None
 
+    # -- running --------------------------------------------------------------------------
     def run(self, module: Module) -> PassResult:
-        done: dict[str, Parameter] = {}
-        by_role: dict[str, int] = {}
-        before = after = 0
-        for role, node in self._targets(module):
-            w = node.args[1]
-            if w.name not in done:
-                before += w.data.numel() * w.data.element_size()
-                q, scale = quantize_weight(w.data, self.bits)
-                w.data = q
-                w.attrs["quantization"] = Quantization("symmetric", self.bits, axis=0)
-                done[w.name] = module.add_param(module.unique_param_name(w.name + "_scale"), scale)
-                after += q.numel() + scale.numel() * 4
-            args = list(node.args) + [None] * (3 - len(node.args))
-            node.args = (args[0], args[1], args[2], done[w.name])
-            by_role[role] = by_role.get(role, 0) + 1
-        return PassResult(bool(done), {
-            "linears": sum(by_role.values()),
-            "by_role": ",".join(f"{r}={n}" for r, n in by_role.items()),
-            "weight_bytes": f"{before}->{after}",
-        })
+        names = [node.args[1].name for _, node in self._targets(module)]
+        stats: dict[str, Any] = {}
+        if self.mode == "qat":
+            qparams, stats = train_qat(self, module, names)
+        else:
+            qparams = self._calibrate(module, names) if self.mode == "static" else None
+        chosen = names
+        if self.max_drop is not None:
+            chosen, extra = self._accuracy_aware(module, names, qparams)
+            stats.update(extra)
+        stats = {**apply_int8(module, chosen, self.bits, qparams), **stats}
+        return PassResult(stats["linears"] > 0, stats)
+
+    def _calibrate(self, module: Module, names: list[str]) -> QParams:
+        """Static activation parameters of each target, from observed ranges."""
+        batches = calibration_batches(module, self.data, self.samples, self.batch_size,
+                                      self.max_length or 128, self.tokenizer,
+                                      f"quantize{{mode=static,observer={self.observer}}}",
+                                      use_labels=False)
+        nodes = linears_of(module, names)
+        observers = observe_inputs(module, nodes, batches, self._observer)
+        return {n.args[1].name: observers[id(n.args[0])].qparams() for n in nodes}
+
+    def _observer(self) -> RangeObserver:
+        return RangeObserver(self.observer, self.averaging, self.percentile)
+
+    def _accuracy_aware(self, module: Module, names: list[str],
+                        qparams: QParams | None) -> tuple[list[str], dict[str, Any]]:
+        """The weights to quantize so that the validation metric stays within max_drop."""
+        task = pass_task(self, module)
+        tokenizer = pass_tokenizer(self, module)
+        examples = task.read("val", self.data, seed=self.seed, limit=self.val_samples)
+
+        def score(chosen: list[str]) -> float:
+            work = module.clone()
+            if chosen:
+                apply_int8(work, chosen, self.bits, qparams)
+            result = evaluate(task, to_eager(work), examples, tokenizer,
+                              batch_size=self.batch_size, max_length=self.max_length)
+            return float(result.score)
+
+        base = score([])
+        cost = {p: base - score([p]) for p in names}
+        kept: list[str] = []
+        current = score(names)
+        first = current
+        for p in sorted(names, key=lambda q: -cost[q]):
+            if base - current <= self.max_drop:
+                break
+            kept.append(p)
+            current = score([q for q in names if q not in kept])
+        return [p for p in names if p not in kept], {
+            "metric": task.main_metric,
+            "val_examples": len(examples),
+            "fp32_score": round(base, 2),
+            "all_int8_score": round(first, 2),
+            "score": round(current, 2),
+            "kept_fp32": ",".join(f"{p}(cost={cost[p]:.2f})" for p in kept) or "-",
+            "worst_int8_cost": round(max((cost[p] for p in names if p not in kept),
+                                         default=0.0), 2),
+        }
+
+
+def apply_int8(module: Module, names: list[str], bits: int,
+               qparams: QParams | None = None) -> dict[str, Any]:
+    """Quantize the linears of ``module`` whose weights are ``names``: int8 weights with their
+    scales, and with ``qparams`` (static) the activation scale and zero point of each, one
+    parameter pair per distinct input value. Returns the pass stats."""
+    done: dict[str, Parameter] = {}
+    inputs: dict[int, tuple[Parameter, Parameter]] = {}
+    by_role = analyze_roles(module)
+    counts: dict[str, int] = {}
+    before = after = 0
+    for node in linears_of(module, names):
+        w = node.args[1]
+        if w.name not in done:
+            before += w.data.numel() * w.data.element_size()
+            q, scale = quantize_weight(w.data, bits)
+            w.data = q
+            w.attrs["quantization"] = Quantization("symmetric", bits, axis=0)
+            done[w.name] = module.add_param(module.unique_param_name(w.name + "_scale"), scale)
+            after += q.numel() + scale.numel() * 4
+        args = list(node.args) + [None] * (6 - len(node.args))
+        args[3] = done[w.name]
+        if qparams is not None:
+            x = node.args[0]
+            if id(x) not in inputs:
+                s, zp = qparams[w.name]
+                scale_p = module.add_param(module.unique_param_name(w.name + "_input_scale"), s)
+                zp_p = module.add_param(module.unique_param_name(w.name + "_input_zero_point"), zp)
+                inputs[id(x)] = (scale_p, zp_p)
+            args[4], args[5] = inputs[id(x)]
+        node.args = tuple(args[:6] if qparams is not None else args[:4])
+        role = by_role.get(id(node), "linear")
+        counts[role] = counts.get(role, 0) + 1
+    stats: dict[str, Any] = {
+        "linears": sum(counts.values()),
+        "by_role": ",".join(f"{r}={n}" for r, n in counts.items()),
+        "weight_bytes": f"{before}->{after}",
+    }
+    if qparams is not None:
+        stats["activation_scales"] = len(inputs)
+    return stats
+
+
+def analyze_roles(module: Module) -> dict[int, str]:
+    """Role of each linear node (by ``id``) that has one."""
+    return {id(node): role for _, role, node in linear_targets(module, ROLES)}

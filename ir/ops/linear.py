@@ -33,6 +33,7 @@ from optc.ir.ops.quantized_linear import (
     int8_linear,
     int8_onnx_rewrite,
     int8_onnx_translations,
+    static_problems,
 )
 from optc.ir.types import TensorType, Type, dtype_name
 
@@ -47,9 +48,10 @@ UNIT_ATTRS = {
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           weight_scale: torch.Tensor | None = None) -> torch.Tensor:
+           weight_scale: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+           input_zero_point: torch.Tensor | None = None) -> torch.Tensor:
     if weight_scale is not None:
-        return int8_linear(x, weight, weight_scale, bias)
+        return int8_linear(x, weight, weight_scale, bias, input_scale, input_zero_point)
     return F.linear(x, weight, bias)
 
 
@@ -88,6 +90,7 @@ def _check(node: Node) -> list[str]:
         )
     if b is not None and w.rank == 2 and b.shape != (w.shape[0],):
         problems.append(f"linear bias {b} must be [{w.shape[0]}] to match weight {w}")
+    problems += static_problems(w.dtype, tensor_operand(node, 4), tensor_operand(node, 5))
     problems += check_unit_ids(node, "unit_ids", int(w.shape[0]), "output features")
     return problems
 
@@ -114,9 +117,10 @@ def _flops(node: Node, dims: Mapping[str, int]) -> int:
 
 
 _SCRIPT = INT8_SCRIPT + '''
-def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale: Optional[Tensor]) -> Tensor:
+def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale: Optional[Tensor],
+             input_scale: Optional[Tensor], input_zero_point: Optional[Tensor]) -> Tensor:
     if weight_scale is not None:
-        return k_int8_linear(x, weight, weight_scale, bias)
+        return k_int8_linear(x, weight, weight_scale, bias, input_scale, input_zero_point)
     return torch.nn.functional.linear(x, weight, bias)
 '''
 
@@ -128,6 +132,8 @@ LINEAR = register_op(OpDef(
         Operand("weight", dtypes="any"),
         Operand("bias", optional=True),
         Operand("weight_scale", optional=True),
+        Operand("input_scale", optional=True),
+        Operand("input_zero_point", dtypes="int", optional=True),
     ),
     attrs=dict(UNIT_ATTRS),
     infer=_infer,

@@ -28,8 +28,8 @@ import torch
 
 from optc.ir.core import Module, Node, Value
 
-__all__ = ["quantize_weight", "int8_linear", "INT8_SCRIPT", "int8_onnx_rewrite",
-           "int8_onnx_translations"]
+__all__ = ["quantize_weight", "int8_linear", "static_problems", "INT8_SCRIPT",
+           "int8_onnx_rewrite", "int8_onnx_translations"]
 
 
 def quantize_weight(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,15 +44,21 @@ def quantize_weight(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, 
 
 
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ (weight_scale * weight).T + bias`` with ``x`` dynamically quantized to uint8 (ONNX
-    Runtime's scheme) and an int8 x int8 -> int32 GEMM."""
+                bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+                input_zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ (weight_scale * weight).T + bias`` with ``x`` quantized to uint8 and an
+    int8 x int8 -> int32 GEMM: dynamically (ONNX Runtime's ``DynamicQuantizeLinear`` scheme)
+    or, given ``input_scale``/``input_zero_point`` (static mode), with those calibrated ones
+    (ONNX ``QuantizeLinear``: ``clamp(round(x / scale) + zero_point, 0, 255)``)."""
     k = x.shape[-1]
-    lo = torch.clamp(x.min(), max=0.0)
-    hi = torch.clamp(x.max(), min=0.0)
-    scale = (hi - lo) / 255.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    if input_scale is None or input_zero_point is None:
+        lo = torch.clamp(x.min(), max=0.0)
+        hi = torch.clamp(x.max(), min=0.0)
+        scale = (hi - lo) / 255.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    else:
+        scale, zp = input_scale, input_zero_point.to(torch.float32)
     q = torch.clamp(torch.round(x / scale) + zp, 0, 255) - 128  # uint8 shifted into int8
     acc = torch._int_mm(q.to(torch.int8).reshape(-1, k), weight.t())
     shift = (128 - zp).to(torch.int32) * weight.sum(1, dtype=torch.int32)
@@ -62,14 +68,41 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tenso
     return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
+def static_problems(w_dtype: torch.dtype, input_scale: Any, input_zero_point: Any) -> list[str]:
+    """Problems with a static int8 linear's activation quantization operands (the types of
+    operands 4 and 5 of ``linear``, or None): both or neither, on an i8 weight only, an
+    ``f32[]`` scale and a ``u8[]`` zero point."""
+    if input_scale is None and input_zero_point is None:
+        return []
+    problems = []
+    if input_scale is None or input_zero_point is None:
+        problems.append("linear has only one of input_scale / input_zero_point: static int8 "
+                        "needs both (quantize{mode=static} adds them)")
+    if w_dtype != torch.int8:
+        problems.append("linear input_scale/input_zero_point quantize the activations of an "
+                        "int8 linear; this weight is not i8 (drop them or quantize the weight)")
+    if input_scale is not None and (input_scale.dtype != torch.float32 or input_scale.shape != ()):
+        problems.append(f"linear input_scale must be f32[] (one scale per tensor), got {input_scale}")
+    if input_zero_point is not None and (input_zero_point.dtype != torch.uint8
+                                         or input_zero_point.shape != ()):
+        problems.append(f"linear input_zero_point must be u8[] (affine uint8 activations), got "
+                        f"{input_zero_point}")
+    return problems
+
+
 INT8_SCRIPT = '''
-def k_int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+def k_int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                  input_scale: Optional[Tensor], input_zero_point: Optional[Tensor]) -> Tensor:
     k = x.size(-1)
-    lo = torch.clamp(x.min(), max=0.0)
-    hi = torch.clamp(x.max(), min=0.0)
-    scale = (hi - lo) / 255.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    if input_scale is None or input_zero_point is None:
+        lo = torch.clamp(x.min(), max=0.0)
+        hi = torch.clamp(x.max(), min=0.0)
+        scale = (hi - lo) / 255.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    else:
+        scale = input_scale
+        zp = input_zero_point.to(torch.float32)
     q = torch.clamp(torch.round(x / scale) + zp, 0, 255) - 128
     acc = torch._int_mm(q.to(torch.int8).reshape(-1, k), weight.t())
     shift = (128 - zp).to(torch.int32) * weight.sum(1, dtype=torch.int32)
@@ -83,7 +116,7 @@ def k_int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optiona
 """TorchScript kernel, called by ``k_linear`` when the weight is int8."""
 
 
-# -- ONNX: com.microsoft DynamicQuantizeMatMul -------------------------------------------------
+# -- ONNX: com.microsoft DynamicQuantizeMatMul (dynamic), QDQ around MatMul (static) --------
 @functools.cache
 def _custom_op() -> Any:
     @torch.library.custom_op("optc_onnx::int8_linear", mutates_args=())
@@ -93,6 +126,17 @@ def _custom_op() -> Any:
 
     @int8_linear_op.register_fake
     def _(x, weight_t, weight_scale, bias):  # noqa: ANN001
+        return x.new_empty(x.shape[:-1] + (weight_t.shape[1],))
+
+    @torch.library.custom_op("optc_onnx::int8_linear_static", mutates_args=())
+    def int8_linear_static_op(x: torch.Tensor, weight_t: torch.Tensor,
+                              weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                              input_scale: torch.Tensor,
+                              input_zero_point: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, weight_t.t(), weight_scale, bias, input_scale, input_zero_point)
+
+    @int8_linear_static_op.register_fake
+    def _(x, weight_t, weight_scale, bias, input_scale, input_zero_point):  # noqa: ANN001
         return x.new_empty(x.shape[:-1] + (weight_t.shape[1],))
 
     return int8_linear_op
@@ -120,7 +164,9 @@ def _declare_schema() -> Any:
 
 def int8_onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
     """Replace an int8 ``linear`` by a custom op exported as ``DynamicQuantizeMatMul``
-    (weight stored transposed, ``[in, out]``, as the ONNX op wants); float linears stay."""
+    (dynamic) or as ``QuantizeLinear -> DequantizeLinear -> MatMul <- DequantizeLinear(w)``
+    (static: the QDQ form, which ONNX Runtime fuses into ``MatMulIntegerToFloat``); the weight
+    is stored transposed, ``[in, out]``, as ``MatMul`` wants. Float linears stay."""
     weight = node.args[1]
     if not (isinstance(weight, Value) and weight.tensor_type.dtype == torch.int8):
         return
@@ -133,9 +179,14 @@ def int8_onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None
                                       weight.data.t().contiguous())
     bias = node.arg(2)
     out = node.outputs[0]
-    new = module.graph.create_node("optc_onnx.int8_linear.default",
-                                   (node.args[0], cache[key], node.arg(3), bias), {},
-                                   [out.type], names=out.name, after=node)
+    if node.arg(4) is not None:
+        op = "optc_onnx.int8_linear_static.default"
+        args: tuple[Any, ...] = (node.args[0], cache[key], node.arg(3), bias, node.arg(4),
+                                 node.arg(5))
+    else:
+        op = "optc_onnx.int8_linear.default"
+        args = (node.args[0], cache[key], node.arg(3), bias)
+    new = module.graph.create_node(op, args, {}, [out.type], names=out.name, after=node)
     module.graph.replace_all_uses(out, new.outputs[0])
     module.graph.remove(node)
 
@@ -146,4 +197,15 @@ def int8_onnx_translations() -> dict[Any, Any]:
     def int8_linear_onnx(x, weight_t, weight_scale, bias=None):  # noqa: ANN001, ANN202
         return _declare_schema().DynamicQuantizeMatMul(x, weight_t, weight_scale, None, bias)
 
-    return {torch.ops.optc_onnx.int8_linear.default: int8_linear_onnx}
+    def int8_linear_static_onnx(x, weight_t, weight_scale, bias, input_scale,  # noqa: ANN001, ANN202
+                                input_zero_point):  # noqa: ANN001
+        from onnxscript import opset18 as op
+
+        xq = op.QuantizeLinear(x, input_scale, input_zero_point)
+        xd = op.DequantizeLinear(xq, input_scale, input_zero_point)
+        wd = op.DequantizeLinear(weight_t, weight_scale, axis=1)
+        y = op.MatMul(xd, wd)
+        return y if bias is None else op.Add(y, bias)
+
+    return {torch.ops.optc_onnx.int8_linear.default: int8_linear_onnx,
+            torch.ops.optc_onnx.int8_linear_static.default: int8_linear_static_onnx}
