@@ -258,8 +258,9 @@ class _StepPrinter:
         if not self.tty and info.step % every and info.step != info.total:
             return
         eta = time.strftime("%H:%M:%S", time.gmtime(info.eta_seconds))
+        terms = "".join(f"  {k} {v:.4g}" for k, v in info.terms.items())  # e.g. sparsity
         line = (f"optc: step {info.step}/{info.total}  epoch {info.epoch:.2f}  loss "
-                f"{info.loss:.4f}  {info.step_seconds:.2f} s/step  ETA {eta}")
+                f"{info.loss:.4f}{terms}  {info.step_seconds:.2f} s/step  ETA {eta}")
         if self.tty:
             end = "\n" if info.step == info.total else ""
             self.stream.write(f"\r\033[K{line}{end}")
