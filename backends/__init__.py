@@ -24,9 +24,12 @@ BACKENDS = {
 """Backends the CLI's --backend accepts, with what each writes."""
 
 
-def load(path: str | os.PathLike) -> EagerModule:
-    """Load an artifact as a callable module (eager backend); ``.ir`` holds its IR module."""
-    return to_eager(load_module(path))
+def load(path: str | os.PathLike, sparse_kernel: str | None = None) -> EagerModule:
+    """Load an artifact as a callable module (eager backend); ``.ir`` holds its IR module.
+    ``sparse_kernel`` (see :mod:`optc.backends.sparse_exec`) defaults to the one recorded in
+    the artifact (``optc --sparse-kernel``), else dense."""
+    module = load_module(path)
+    return to_eager(module, sparse_kernel or module.meta.get("sparse_kernel", "dense"))
 
 
 def write_backend(module: Module, backend: str, path: str | os.PathLike, *, force: bool = False) -> Path:

@@ -3,6 +3,10 @@
 The module's ``forward`` takes the graph inputs by position or by name (inputs with a recorded
 default, such as a Hugging Face ``attention_mask``, may be omitted) and returns a dict of
 output tensors named like the source model's output fields.
+
+``to_eager(module, sparse_kernel=...)`` runs sparse linear weights with the kernels of
+:mod:`optc.backends.sparse_exec` (``dense`` by default; ``auto``, ``csr``, ``bsr``,
+``semi-structured``); the choices are in ``EagerModule.sparse_plan``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,16 @@ from typing import Any
 import torch
 import torch.fx
 
+from optc.backends.sparse_exec import (
+    AutoOptions,
+    SparsePlan,
+    dense_unused,
+    lowered_nodes,
+    resolve_plan,
+    semi_structured_weight,
+    sparse_linear,
+    sparse_parts,
+)
 from optc.errors import BackendError, InputError, IRError
 from optc.ir.core import Module, Value, map_values
 from optc.ir.ops import get_op
@@ -35,26 +49,57 @@ def python_identifier(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def build_graph_module(module: Module) -> torch.fx.GraphModule:
-    """Generate a GraphModule computing ``module``; it returns a dict of named outputs."""
+def build_graph_module(module: Module, plan: SparsePlan | None = None,
+                       device: torch.device | str | None = None) -> torch.fx.GraphModule:
+    """Generate a GraphModule computing ``module``; it returns a dict of named outputs.
+
+    With ``plan`` (:func:`optc.backends.sparse_exec.plan_sparse_kernels`), the linear nodes of
+    its csr/bsr weights call :func:`~optc.backends.sparse_exec.sparse_linear` on the weight's compressed
+    parts and its semi-structured weights are stored as such (on CUDA); a dense copy of a weight
+    is kept only when something else reads it. ``device``: where the buffers go."""
     root = torch.nn.Module()
     fx = torch.fx.Graph()
     env: dict[int, torch.fx.Node] = {}
     taken: set[str] = set()
+    sparse = lowered_nodes(module, plan, ("csr", "bsr"))
+    semi = lowered_nodes(module, plan, ("semi-structured",))
+    skip = dense_unused(module, sparse)
     for value in module.graph.inputs:
         env[id(value)] = fx.placeholder(python_identifier(value.name, taken))
     for name, param in module.params.items():
         if param.data.is_meta:
             raise BackendError(f"parameter @{name} has no data (IR text was loaded without weights)")
+        if name in skip:
+            continue
         attr = python_identifier(name, taken)
-        root.register_buffer(attr, param.data)
+        data = param.data if device is None else param.data.to(device)
+        if any(n.arg(1) is param for n in semi):
+            data = semi_structured_weight(param.data, device or "cuda")
+        root.register_buffer(attr, data)
         env[id(param)] = fx.get_attr(attr)
+    parts: dict[str, list[torch.fx.Node]] = {}
+    for node, choice in sparse.items():
+        w = node.arg(1)
+        if w.name not in parts:
+            tensors = sparse_parts(w.data, choice.kernel, choice.block)
+            parts[w.name] = []
+            for suffix, t in zip(("crow", "col", "values"), tensors, strict=True):
+                attr = python_identifier(f"{w.name}_{choice.kernel}_{suffix}", taken)
+                root.register_buffer(attr, t if device is None else t.to(device))
+                parts[w.name].append(fx.get_attr(attr))
 
     def lookup(v: Value) -> torch.fx.Node:
         return env[id(v)]
 
     for node in module.graph:
         opdef = get_op(node.op)
+        if node in sparse:
+            w = node.arg(1)
+            bias = node.arg(2)
+            args = (lookup(node.arg(0)), *parts[w.name], None if bias is None else lookup(bias),
+                    int(w.data.shape[0]))
+            env[id(node.outputs[0])] = fx.call_function(sparse_linear, args, {})
+            continue
         if opdef is not None:
             target = opdef.kernel
             args = map_values(tuple(opdef.operand_args(node)), lookup)
@@ -83,11 +128,14 @@ def _getitem(obj: Any, index: int) -> Any:
 class EagerModule(torch.nn.Module):
     """A compiled optc module for eager PyTorch execution."""
 
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, plan: SparsePlan | None = None,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.ir = module
         """The IR module this was generated from (``optc.save`` accepts the EagerModule)."""
-        self.graph_module = build_graph_module(module)
+        self.sparse_plan = plan
+        """The kernel chosen for each sparse weight (None: all dense); ``.table()`` prints it."""
+        self.graph_module = build_graph_module(module, plan, device)
         self.input_names = [v.name for v in module.graph.inputs]
         self.output_names = list(module.graph.outputs)
         self.input_defaults: dict[str, str] = dict(module.meta.get("input_defaults", {}))
@@ -125,6 +173,15 @@ def bind_inputs(names: list[str], defaults: dict[str, str], args: tuple[torch.Te
     return ordered
 
 
-def to_eager(module: Module) -> EagerModule:
-    """Lower ``module`` to an eager ``nn.Module``."""
-    return EagerModule(module)
+def to_eager(module: Module, sparse_kernel: str | SparsePlan | None = "dense", *,
+             auto: AutoOptions | None = None, device: torch.device | str | None = None) -> EagerModule:
+    """Lower ``module`` to an eager ``nn.Module``.
+
+    ``sparse_kernel``: ``dense`` (default), ``auto``, ``csr``, ``bsr``, ``semi-structured`` or a
+    :class:`~optc.backends.sparse_exec.SparsePlan` (see :mod:`optc.backends.sparse_exec`;
+    ``auto`` tunes with ``auto``). ``device``: where the weights go (``semi-structured``
+    defaults to CUDA: give the module CUDA inputs)."""
+    plan = resolve_plan(module, sparse_kernel, auto)
+    if device is None and plan is not None and any(c.kernel == "semi-structured" for c in plan.layers):
+        device = "cuda"
+    return EagerModule(module, plan, device)

@@ -6,11 +6,20 @@ statement per node, ATen ops called through ``torch.ops.aten.<name>`` (TorchScri
 overload from the arguments), high-level ops through their TorchScript lowerings (each op's
 ``script``, in :mod:`optc.ir.ops`). Shapes stay
 symbolic, so the saved module runs at any batch and sequence size.
+
+``to_torchscript(module, sparse_kernel=...)`` runs sparse linear weights with CSR or BSR kernels
+(:mod:`optc.backends.sparse_exec`): the weight is stored as its compressed parts (plain tensors,
+which ``torch.jit.save`` writes; it cannot save a BSR tensor) and ``k_sparse_linear`` rebuilds
+the sparse tensor on each call. ``semi-structured`` weights cannot be scripted (a tensor
+subclass): they fall back to dense with a warning. The plan is saved in the file as the extra
+file ``optc/sparse_plan.json`` (``torch.jit.load(path, _extra_files={...})``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 import os
 import sys
@@ -23,13 +32,25 @@ from typing import Any
 import torch
 
 from optc.backends.eager import python_identifier
+from optc.backends.sparse_exec import (
+    SPARSE_SCRIPT,
+    AutoOptions,
+    SparsePlan,
+    dense_unused,
+    lowered_nodes,
+    resolve_plan,
+    sparse_parts,
+)
 from optc.errors import BackendError, IRError
 from optc.ir.core import Module, Node, Value
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 from optc.ir.types import SymType, TensorType
 
-__all__ = ["generate_source", "to_torchscript", "export_torchscript"]
+__all__ = ["generate_source", "to_torchscript", "export_torchscript", "PLAN_FILE", "scriptable_plan"]
+
+PLAN_FILE = "optc/sparse_plan.json"
+"""Extra file of a saved TorchScript module holding its sparse-kernel plan (JSON)."""
 
 _COUNTER = itertools.count()
 
@@ -52,8 +73,10 @@ def _script_type(value: Value) -> str:
 
 
 class _Writer:
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, plan: SparsePlan | None = None) -> None:
         self.module = module
+        self.sparse = lowered_nodes(module, plan, ("csr", "bsr"))
+        self.parts: dict[str, list[str]] = {}
         self.names: dict[int, str] = {}
         self.taken: set[str] = {"self", "torch", "math", "Tensor", "List", "Optional", "Dict"}
 
@@ -87,6 +110,11 @@ class _Writer:
             return f"({self.literal(args[0])} {_PY_OPERATORS[op]} {self.literal(args[1])})"
         if op == "aten.sym_size.int":
             return f"{self.literal(args[0])}.size({self.literal(args[1])})"
+        if node in self.sparse:
+            w, bias = args[1], node.arg(2)
+            parts = [self.literal(args[0]), *self.parts[w.name],
+                     "None" if bias is None else self.literal(bias), str(int(w.data.shape[0]))]
+            return f"k_sparse_linear({', '.join(parts)})"
         opdef = get_op(op)
         if opdef is not None:
             if not opdef.script:
@@ -115,9 +143,10 @@ class _Writer:
         parts += [f"{k}={self.literal(v)}" for k, v in kwargs.items()]
         return f"torch.ops.aten.{name}({', '.join(parts)})"
 
-    def source(self) -> tuple[str, dict[str, str]]:
+    def source(self) -> tuple[str, dict[str, torch.Tensor]]:
         graph = self.module.graph
-        buffers: dict[str, str] = {}
+        buffers: dict[str, torch.Tensor] = {}
+        skip = dense_unused(self.module, self.sparse)
         lines = []
         sig = []
         for value in graph.inputs:
@@ -125,9 +154,21 @@ class _Writer:
             self.names[id(value)] = name
             sig.append(f"{name}: {_script_type(value)}")
         for pname, param in self.module.params.items():
+            if pname in skip:
+                continue
             attr = python_identifier("p_" + pname, self.taken)
-            buffers[attr] = pname
+            buffers[attr] = param.data
             self.names[id(param)] = f"self.{attr}"
+        for node, choice in self.sparse.items():
+            w = node.arg(1)
+            if w.name in self.parts:
+                continue
+            self.parts[w.name] = []
+            for suffix, t in zip(("crow", "col", "values"), sparse_parts(w.data, choice.kernel, choice.block),
+                                 strict=True):
+                attr = python_identifier(f"p_{w.name}_{choice.kernel}_{suffix}", self.taken)
+                buffers[attr] = t
+                self.parts[w.name].append(f"self.{attr}")
         for node in graph:
             call = self.call(node)
             if not node.outputs:
@@ -145,7 +186,7 @@ class _Writer:
         src = (
             "import math\nimport torch\nfrom torch import Tensor\n"
             "from typing import Dict, List, Optional\n\n"
-            f"{_kernel_sources(self.module)}\n\n"
+            f"{_kernel_sources(self.module)}\n{SPARSE_SCRIPT if self.sparse else ''}\n"
             "class OptcModule(torch.nn.Module):\n"
             f"    def forward(self, {', '.join(sig)}) -> Dict[str, Tensor]:\n"
             f"{body}\n"
@@ -160,17 +201,38 @@ def _kernel_sources(module: Module) -> str:
     return "\n".join(get_op(op).script for op in used)
 
 
-def generate_source(module: Module) -> str:
+def scriptable_plan(plan: SparsePlan | None) -> SparsePlan | None:
+    """``plan`` with its semi-structured choices turned dense (with a warning): TorchScript
+    cannot script or save torch's semi-structured tensor subclass."""
+    if plan is None or not any(c.kernel == "semi-structured" for c in plan.layers):
+        return plan
+    semi = [c.param for c in plan.layers if c.kernel == "semi-structured"]
+    warnings.warn(f"TorchScript cannot script semi-structured (2:4) sparse tensors: {len(semi)} "
+                  "weight(s) run dense in the TorchScript module (use the eager backend for "
+                  "2:4 kernels on CUDA)", UserWarning, stacklevel=3)
+    layers = tuple(dataclasses.replace(c, kernel="dense", reason="semi-structured cannot be "
+                                       "scripted: dense")
+                   if c.kernel == "semi-structured" else c for c in plan.layers)
+    return SparsePlan(plan.requested, plan.threads, layers)
+
+
+def generate_source(module: Module, plan: SparsePlan | None = None) -> str:
     """The scriptable Python source for ``module`` (parameters are ``self.p_*`` buffers)."""
-    return _Writer(module).source()[0]
+    return _Writer(module, plan).source()[0]
 
 
-def to_torchscript(module: Module) -> torch.jit.ScriptModule:
-    """Compile ``module`` to a ScriptModule with dynamic shapes."""
+def to_torchscript(module: Module, sparse_kernel: str | SparsePlan | None = "dense", *,
+                   auto: AutoOptions | None = None) -> torch.jit.ScriptModule:
+    """Compile ``module`` to a ScriptModule with dynamic shapes.
+
+    ``sparse_kernel``: as for :func:`optc.backends.eager.to_eager` (``semi-structured`` falls
+    back to dense with a warning); the plan is kept as the module's ``optc_sparse_plan``
+    attribute (JSON text, empty for dense)."""
     for name, param in module.params.items():
         if param.data.is_meta:
             raise BackendError(f"parameter @{name} has no data (IR text was loaded without weights)")
-    src, buffers = _Writer(module).source()
+    plan = scriptable_plan(resolve_plan(module, sparse_kernel, auto))
+    src, buffers = _Writer(module, plan).source()
     with tempfile.NamedTemporaryFile("w", suffix="_optc_ts.py", delete=False) as f:
         f.write(src)  # TorchScript reads the source back from disk to compile it
         path = f.name
@@ -181,8 +243,9 @@ def to_torchscript(module: Module) -> torch.jit.ScriptModule:
     try:
         exec(compile(src, path, "exec"), generated.__dict__)  # noqa: S102 - our generated code
         instance = generated.OptcModule()
-        for attr, pname in buffers.items():
-            instance.register_buffer(attr, module.params[pname].data)
+        for attr, tensor in buffers.items():
+            instance.register_buffer(attr, tensor)
+        instance.optc_sparse_plan = json.dumps(plan.to_json()) if plan is not None else ""
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
@@ -195,13 +258,22 @@ def to_torchscript(module: Module) -> torch.jit.ScriptModule:
         os.unlink(path)
 
 
-def export_torchscript(module: Module, path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``module`` as a TorchScript file for ``torch.jit.load`` (atomic, no overwrite)."""
+def export_torchscript(module: Module, path: str | os.PathLike, *, force: bool = False,
+                       sparse_kernel: str | SparsePlan | None = None,
+                       auto: AutoOptions | None = None) -> Path:
+    """Write ``module`` as a TorchScript file for ``torch.jit.load`` (atomic, no overwrite).
+
+    ``sparse_kernel``: as for :func:`to_torchscript`; None takes the module's recorded choice,
+    ``module.meta["sparse_kernel"]`` (what ``optc --sparse-kernel`` sets), else dense."""
     from optc.outputs import atomic_file, check_output
 
     check_output(path, force)  # fail before compiling
-    scripted = to_torchscript(module)
+    if sparse_kernel is None:
+        sparse_kernel = module.meta.get("sparse_kernel", "dense")
+    scripted = to_torchscript(module, sparse_kernel, auto=auto)
+    plan = scripted.optc_sparse_plan
+    extra = {"_extra_files": {PLAN_FILE: plan}} if plan else {}
     with atomic_file(path, force) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
-        torch.jit.save(scripted, str(tmp))
+        torch.jit.save(scripted, str(tmp), **extra)
     return Path(path)

@@ -130,6 +130,12 @@ def _compile_parser() -> argparse.ArgumentParser:
                    help="skip the self-check: by default OUT is loaded back, run on example "
                         "inputs and compared with the IR before it is installed (exit 6 and "
                         "nothing written if it disagrees)")
+    p.add_argument("--sparse-kernel", metavar="KERNEL",
+                   choices=["auto", "dense", "csr", "bsr", "semi-structured"],
+                   help="how eager and TorchScript run sparse weights: dense (default), csr, bsr, "
+                        "semi-structured (2:4, CUDA only) or auto (a sparse kernel only where it "
+                        "is measured faster on this machine); prints the choice per layer and "
+                        "records it in OUT (see optc.backends.sparse_exec)")
     p.add_argument("--json", action="store_true", help="print the pass report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--version", action="version", version=f"optc {_version()}")
@@ -161,6 +167,9 @@ def _cmd_compile(argv: list[str]) -> int:
             for p in passes
         ]
     out = Path(args.output) if args.output else None
+    if args.sparse_kernel and args.backend not in ("eager", "torchscript"):
+        _compile_parser().error("--sparse-kernel chooses eager and TorchScript kernels; ONNX "
+                                "and hf outputs carry sparsity annotations instead: drop it")
     kind = "artifact" if args.backend in ("eager", "hf") else "file"
     inputs = _input_paths(args)
     if out is not None:
@@ -180,6 +189,13 @@ def _cmd_compile(argv: list[str]) -> int:
     if passes:  # stats and times of every pass, for `optc report` (JSON-safe copies)
         module.meta["pass_stats"] = list(module.meta.get("pass_stats", [])) + json.loads(
             json.dumps(report.to_json(), default=str))
+    sparse_plan = None
+    if args.sparse_kernel:
+        from optc.backends.sparse_exec import plan_sparse_kernels
+
+        module.meta["sparse_kernel"] = args.sparse_kernel  # what the backends and optc.load use
+        with progress.step(f"choosing sparse kernels ({args.sparse_kernel})"):
+            sparse_plan = plan_sparse_kernels(module, args.sparse_kernel)
     if out is not None:
         from optc.backends.selfcheck import check_written
         from optc.outputs import staged_output
@@ -197,10 +213,13 @@ def _cmd_compile(argv: list[str]) -> int:
             "output": str(out) if out else None,
             "parameters": module.num_parameters(),
             "passes": report.to_json(),
+            "sparse_kernels": sparse_plan.to_json() if sparse_plan else None,
         }, indent=2))
         return 0
     if passes:
         print(report.table())
+    if sparse_plan is not None:
+        print(sparse_plan.table(), end="")
     params = module.num_parameters()
     where = f"wrote {out}" if out else "compiled (no -o given, nothing written)"
     print(f"{where}: {params:,} parameters, {len(module.graph)} nodes")

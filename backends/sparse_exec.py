@@ -1,0 +1,497 @@
+"""Sparse execution: which kernel runs each sparse linear weight in eager and TorchScript.
+
+    plan = plan_sparse_kernels(module, "auto")      # measure, choose, record
+    print(plan.table())                             # one row per sparse weight: kernel and why
+    eager = to_eager(module, sparse_kernel=plan)    # or sparse_kernel="auto" (cached)
+
+The choice is a lowering option (``to_eager(module, sparse_kernel=...)``,
+``to_torchscript(...)``, ``optc ... --sparse-kernel=...``), never part of the IR: the IR says
+which weights are sparse and in what pattern (their ``sparsity`` attribute); the plan says how
+this machine runs them. Kernels (:data:`KERNELS`):
+
+- ``dense``: the default; every weight runs through the dense ``F.linear``.
+- ``csr``: every sparse weight stored as torch sparse CSR, computed with a sparse matmul.
+- ``bsr``: block sparse rows. The block comes from the weight's ``sparsity`` attribute when it
+  is square (torch's CPU BSR kernel, MKL, takes square blocks only); otherwise the largest
+  square block up to :data:`DEFAULT_BSR_BLOCK` whose side divides the weight (``block=1x4``
+  sparsity: 4x4 tiles, explicit zeros stored inside them).
+- ``semi-structured``: ``torch.sparse.to_sparse_semi_structured`` for 2:4 weights, CUDA only
+  (the eager module is built on CUDA; inputs must be CUDA tensors). On CPU, or with no 2:4
+  weight, it is a :class:`~optc.errors.BackendError`; other weights stay dense. fp32 weights use
+  torch's CUTLASS kernels, fp16/bf16 cuSPARSELt. TorchScript cannot script the tensor subclass:
+  it falls back to dense with a warning.
+- ``auto``: per weight, a sparse kernel only where it is measured faster here. A micro-benchmark
+  at lowering time runs the layer's real weight (dense ``F.linear`` against each candidate
+  kernel, interleaved blocks, medians) at each token count of :attr:`AutoOptions.tokens`
+  (default 128 and 1024: batch 1 and 8 at sequence 128); a candidate is chosen only if it is at
+  least ``margin`` (default 10%) faster than dense at every token count, so ``auto`` stays
+  within noise of dense where sparse does not pay (the goal: never more than 5% slower).
+  Weights denser than :data:`MAX_AUTO_DENSITY` skip the measurement (no torch CPU sparse kernel
+  beats dense there). Results are cached per (shape, density, pattern, bias, threads, torch
+  version, token count) in memory and in ``~/.cache/optc/sparse_kernels.json``
+  (``$XDG_CACHE_HOME`` honoured; ``AutoOptions(cache_dir=None)`` turns the file off). Plan with
+  the thread count you will run at.
+
+The kernels: :func:`sparse_linear` (eager) and ``k_sparse_linear`` (:data:`SPARSE_SCRIPT`,
+TorchScript) compute the ``linear`` op with the weight given by its compressed parts (``crow``,
+``col``, ``values``: values 1-D for CSR, ``[blocks, R, C]`` for BSR) and rebuild the sparse tensor
+on each call (microseconds), because ``torch.jit.save`` writes plain tensors but not BSR ones.
+They compute ``(W_sparse @ x2.T).T`` with the bias folded into ``addmm``: the layout in which
+torch's CPU sparse kernels are fastest.
+
+int8 weights always run the int8 kernel; weights without a ``sparsity`` attribute stay dense.
+Every choice is recorded in the :class:`SparsePlan` (kernel, block, reason, timings), which the
+eager module keeps as ``.sparse_plan`` and the TorchScript file as the extra file
+``optc/sparse_plan.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from optc.errors import BackendError, InputError
+from optc.ir.attributes import Sparsity
+from optc.ir.core import Module, Node, Parameter
+
+__all__ = ["KERNELS", "DEFAULT_BSR_BLOCK", "MAX_AUTO_DENSITY", "AutoOptions", "LayerChoice",
+           "SparsePlan", "plan_sparse_kernels", "resolve_plan", "sparse_parts",
+           "semi_structured_weight", "default_cache_dir", "clear_memory_cache", "bsr_block",
+           "lowered_nodes", "dense_unused", "sparse_linear", "SPARSE_SCRIPT"]
+
+KERNELS = ("auto", "dense", "csr", "bsr", "semi-structured")
+"""The accepted ``sparse_kernel`` values."""
+
+DEFAULT_BSR_BLOCK = 4
+"""Largest square BSR block tried for weights whose sparsity has no square block."""
+
+MAX_AUTO_DENSITY = 0.4
+"""``auto`` does not measure weights (or BSR block grids) denser than this: torch's CPU sparse
+kernels lose to dense there (measured crossover: CSR near 85% sparsity, BSR near 80%)."""
+
+_CACHE_FILE = "sparse_kernels.json"
+_MEMORY: dict[str, dict[str, float]] = {}
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/optc`` or ``~/.cache/optc``."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "optc"
+
+
+def clear_memory_cache() -> None:
+    """Forget the measurements cached in this process (the disk cache stays)."""
+    _MEMORY.clear()
+
+
+@dataclass(frozen=True)
+class AutoOptions:
+    """How ``auto`` measures."""
+
+    tokens: tuple[int, ...] = (128, 1024)
+    """Rows of the activation (batch x sequence) to measure at; sparse must win at each."""
+    margin: float = 0.10
+    """A sparse kernel is chosen only when it takes at most ``1 - margin`` of dense's time."""
+    candidates: tuple[str, ...] = ("csr", "bsr")
+    """Sparse kernels to try."""
+    rounds: int = 5
+    """Interleaved rounds per measurement."""
+    block: int = 3
+    """Calls per variant in each round."""
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+    """Directory of the on-disk cache; None keeps measurements in memory only."""
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.candidates if c not in ("csr", "bsr")]
+        if bad or not self.candidates:
+            raise InputError(f"auto candidates must be csr and/or bsr, got {list(self.candidates)}")
+        if not 0.0 <= self.margin < 1.0:
+            raise InputError(f"auto margin must be in [0, 1), got {self.margin}")
+        if not self.tokens or min(self.tokens) < 1:
+            raise InputError(f"auto tokens must be positive row counts, got {list(self.tokens)}")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The kernel chosen for one sparse weight."""
+
+    param: str
+    """The weight parameter's name."""
+    shape: tuple[int, int]
+    """[out, in]."""
+    pattern: str
+    """Its declared pattern: ``unstructured``, ``2:4``, ``block 4x4``."""
+    density: float
+    """Measured fraction of nonzeros."""
+    kernel: str
+    """``dense``, ``csr``, ``bsr``, ``semi-structured`` or ``int8``."""
+    block: tuple[int, int] | None = None
+    """BSR block shape (``bsr`` only)."""
+    reason: str = ""
+    """Why this kernel (for ``auto``: the measured ratios)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """``auto`` measurements: median milliseconds, keys ``dense@128``, ``csr@1024``..."""
+
+
+@dataclass(frozen=True)
+class SparsePlan:
+    """Per-weight kernel choices for one module and one requested kernel."""
+
+    requested: str
+    """The ``sparse_kernel`` asked for."""
+    threads: int
+    """torch threads when the plan was made (``auto`` measured at this count)."""
+    layers: tuple[LayerChoice, ...] = ()
+    """One entry per sparse (or int8 sparse) linear weight, in graph order."""
+
+    def choice(self, param: str) -> LayerChoice | None:
+        """The choice for weight ``param`` (None: not sparse, runs dense)."""
+        return next((c for c in self.layers if c.param == param), None)
+
+    def counts(self) -> dict[str, int]:
+        """How many weights each kernel runs."""
+        out: dict[str, int] = {}
+        for c in self.layers:
+            out[c.kernel] = out.get(c.kernel, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requested": self.requested, "threads": self.threads,
+                "layers": [{**asdict(c), "shape": list(c.shape),
+                            "block": list(c.block) if c.block else None} for c in self.layers]}
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> SparsePlan:
+        layers = tuple(LayerChoice(**{**c, "shape": tuple(c["shape"]),
+                                      "block": tuple(c["block"]) if c.get("block") else None})
+                       for c in doc.get("layers", []))
+        return SparsePlan(doc["requested"], int(doc["threads"]), layers)
+
+    def table(self) -> str:
+        """One row per sparse weight: shape, pattern, density, kernel and why."""
+        head = f"sparse kernels ({self.requested}, {self.threads} thread(s)): "
+        if not self.layers:
+            return head + "no sparse weights\n"
+        counts = ", ".join(f"{k} {n}" for k, n in sorted(self.counts().items()))
+        rows = [("weight", "shape", "pattern", "density", "kernel", "why")]
+        for c in self.layers:
+            kernel = c.kernel + (f" {c.block[0]}x{c.block[1]}" if c.block else "")
+            rows.append((c.param, f"{c.shape[0]}x{c.shape[1]}", c.pattern, f"{c.density:.3f}",
+                         kernel, c.reason))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
+        return head + counts + "\n" + "\n".join(lines) + "\n"
+
+
+# -- the kernels ----------------------------------------------------------------------------------
+def sparse_linear(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                  bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """The ``linear`` op with a CSR (``values`` 1-D) or BSR (``values`` [blocks, R, C]) weight
+    of shape ``[out_features, x.shape[-1]]`` given by its compressed parts."""
+    size = [out_features, x.shape[-1]]
+    if values.dim() == 1:
+        w = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+    else:
+        w = torch.sparse_bsr_tensor(crow, col, values, size, check_invariants=False)
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.mm(w, x2.t()) if bias is None else torch.addmm(bias.unsqueeze(1), w, x2.t())
+    return y.t().reshape(x.shape[:-1] + (out_features,))
+
+
+SPARSE_SCRIPT = '''
+def k_sparse_linear(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor],
+                    out_features: int) -> Tensor:
+    size = [out_features, x.size(-1)]
+    if values.dim() == 1:
+        w = torch.sparse_csr_tensor(crow, col, values, size)
+    else:
+        w = torch.sparse_bsr_tensor(crow, col, values, size)
+    x2 = x.reshape(-1, x.size(-1))
+    if bias is None:
+        y = torch.mm(w, x2.t())
+    else:
+        y = torch.addmm(bias.unsqueeze(1), w, x2.t())
+    shape = x.size()[:-1]
+    shape.append(out_features)
+    return y.t().reshape(shape)
+'''
+"""TorchScript source of ``k_sparse_linear`` (the computation of :func:`sparse_linear`)."""
+
+
+# -- which weights ----------------------------------------------------------------------------------
+def _linear_weights(module: Module) -> list[tuple[Parameter, bool]]:
+    """(weight, has a bias) of every linear node whose weight is a sparse parameter, each weight
+    once, in graph order."""
+    seen: dict[str, tuple[Parameter, bool]] = {}
+    for node in module.graph:
+        if node.op != "linear":
+            continue
+        w = node.arg(1)
+        if isinstance(w, Parameter) and isinstance(w.attrs.get("sparsity"), Sparsity) and w.name not in seen:
+            seen[w.name] = (w, node.arg(2) is not None)
+    return list(seen.values())
+
+
+def _pattern(attr: Sparsity) -> str:
+    if attr.pattern == "n:m":
+        return f"{attr.n}:{attr.m}"
+    if attr.pattern == "block":
+        return f"block {attr.block[0]}x{attr.block[1]}"
+    return attr.pattern
+
+
+def bsr_block(weight: torch.Tensor, attr: Sparsity) -> tuple[int, int]:
+    """The square BSR block for ``weight`` (see the module docstring)."""
+    rows, cols = weight.shape
+    if attr.pattern == "block" and attr.block[0] == attr.block[1] and not rows % attr.block[0] \
+            and not cols % attr.block[0]:
+        return attr.block[0], attr.block[0]
+    side = DEFAULT_BSR_BLOCK
+    if attr.pattern == "block":
+        side = max(side, *attr.block)
+    while side > 1 and (rows % side or cols % side):
+        side -= 1
+    return side, side
+
+
+def _block_density(weight: torch.Tensor, block: tuple[int, int]) -> float:
+    r, c = block
+    tiles = (weight != 0).reshape(weight.shape[0] // r, r, weight.shape[1] // c, c)
+    return float(tiles.any(3).any(1).float().mean())
+
+
+def sparse_parts(weight: torch.Tensor, kernel: str, block: tuple[int, int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(crow, col, values)`` of ``weight`` as CSR or BSR (the operands of ``sparse_linear``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse (CSR|BSR) tensor support is in beta", UserWarning)
+        dense = weight.detach().contiguous()
+        s = dense.to_sparse_csr() if kernel == "csr" else dense.to_sparse_bsr(block)
+        return s.crow_indices().contiguous(), s.col_indices().contiguous(), s.values().contiguous()
+
+
+def semi_structured_weight(weight: torch.Tensor, device: torch.device | str = "cuda") -> torch.Tensor:
+    """``weight`` (2:4) as a semi-structured sparse tensor on ``device`` (CUDA)."""
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+    w = weight.detach().to(device).contiguous()
+    cls = SparseSemiStructuredTensorCUTLASS if w.dtype == torch.float32 else SparseSemiStructuredTensorCUSPARSELT
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        return cls.from_dense(w)
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def _median_ms(variants: dict[str, Callable[[], object]], rounds: int, block: int) -> dict[str, float]:
+    """Median milliseconds per call of each variant, interleaved in blocks (see tools/timing)."""
+    for fn in variants.values():
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+
+
+def _cache_key(weight: torch.Tensor, attr: Sparsity, bias: bool, threads: int, kernel: str,
+               block: tuple[int, int] | None, tokens: int) -> str:
+    density = float((weight != 0).float().mean())
+    b = f"{block[0]}x{block[1]}" if block else "-"
+    return (f"{weight.shape[0]}x{weight.shape[1]}|{str(weight.dtype)[6:]}|{_pattern(attr)}|"
+            f"d={density:.2f}|bias={int(bias)}|threads={threads}|torch={torch.__version__}|"
+            f"cpus={os.cpu_count()}|{kernel}{'' if kernel != 'bsr' else ' ' + b}|tokens={tokens}")
+
+
+def _read_disk(cache_dir: Path | None) -> dict[str, dict[str, float]]:
+    if cache_dir is None:
+        return {}
+    try:
+        doc = json.loads((cache_dir / _CACHE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_disk(cache_dir: Path | None, entries: dict[str, dict[str, float]]) -> None:
+    if cache_dir is None or not entries:
+        return
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        doc = {**_read_disk(cache_dir), **entries}
+        tmp = cache_dir / f".{_CACHE_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.replace(tmp, cache_dir / _CACHE_FILE)
+    except OSError:
+        pass  # a cache that cannot be written only costs a re-measurement
+
+
+def _measure(weight: torch.Tensor, attr: Sparsity, has_bias: bool, kernel: str,
+             block: tuple[int, int] | None, options: AutoOptions, threads: int,
+             disk: dict[str, dict[str, float]], fresh: dict[str, dict[str, float]]
+             ) -> dict[int, tuple[float, float]]:
+    """token count -> (dense ms, ``kernel`` ms), from the caches or measured now."""
+    out: dict[int, tuple[float, float]] = {}
+    w = weight.detach().contiguous()
+    bias = torch.randn(w.shape[0], dtype=w.dtype) if has_bias else None
+    crow, col, values = sparse_parts(w, kernel, block)
+    for tokens in options.tokens:
+        key = _cache_key(w, attr, has_bias, threads, kernel, block, tokens)
+        hit = _MEMORY.get(key) or disk.get(key)
+        if not (isinstance(hit, dict) and {"dense", "sparse"} <= set(hit)):
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(tokens, w.shape[1], generator=gen, dtype=w.dtype)
+            with torch.inference_mode():
+                hit = _median_ms({
+                    "dense": lambda x=x: F.linear(x, w, bias),
+                    "sparse": lambda x=x: sparse_linear(x, crow, col, values, bias, w.shape[0]),
+                }, options.rounds, options.block)
+            fresh[key] = hit
+        _MEMORY[key] = hit
+        out[tokens] = (float(hit["dense"]), float(hit["sparse"]))
+    return out
+
+
+def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: AutoOptions,
+                 threads: int, disk: dict, fresh: dict) -> LayerChoice:
+    w = param.data
+    density = float((w != 0).float().mean())
+    base = dict(param=param.name, shape=tuple(w.shape), pattern=_pattern(attr), density=density)
+    if density > MAX_AUTO_DENSITY:
+        return LayerChoice(**base, kernel="dense",
+                           reason=f"density {density:.2f} > {MAX_AUTO_DENSITY}: not measured")
+    timings: dict[str, float] = {}
+    best: tuple[float, str, tuple[int, int] | None] | None = None
+    notes = []
+    for kernel in options.candidates:
+        block = bsr_block(w, attr) if kernel == "bsr" else None
+        if kernel == "bsr":
+            bd = _block_density(w, block)
+            if block == (1, 1) or bd > MAX_AUTO_DENSITY:
+                notes.append(f"bsr {block[0]}x{block[1]} blocks {bd:.2f} full: not measured")
+                continue
+        measured = _measure(w, attr, has_bias, kernel, block, options, threads, disk, fresh)
+        worst = 0.0
+        for tokens, (dense_ms, sparse_ms) in measured.items():
+            timings[f"dense@{tokens}"] = round(dense_ms, 4)
+            name = kernel if kernel == "csr" else f"bsr{block[0]}x{block[1]}"
+            timings[f"{name}@{tokens}"] = round(sparse_ms, 4)
+            worst = max(worst, sparse_ms / dense_ms)
+        notes.append(f"{kernel} {worst:.2f}x")
+        if best is None or worst < best[0]:
+            best = (worst, kernel, block)
+    ratios = ", ".join(notes)
+    tokens = "/".join(map(str, options.tokens))
+    if best is not None and best[0] <= 1.0 - options.margin:
+        return LayerChoice(**base, kernel=best[1], block=best[2], timings=timings,
+                           reason=f"{ratios} of dense (worst of {tokens} tokens)")
+    return LayerChoice(**base, kernel="dense", timings=timings,
+                       reason=f"{ratios or 'no candidate'}: none >= {options.margin:.0%} faster "
+                              f"at {tokens} tokens")
+
+
+def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None
+                        ) -> SparsePlan:
+    """Choose a kernel for each sparse linear weight of ``module`` (see the module docstring).
+
+    Raises :class:`~optc.errors.InputError` for an unknown kernel and
+    :class:`~optc.errors.BackendError` for ``semi-structured`` without CUDA or without a 2:4
+    weight. Never changes ``module``."""
+    if kernel not in KERNELS:
+        raise InputError(f"unknown sparse kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    options = options or AutoOptions()
+    threads = torch.get_num_threads()
+    if kernel == "semi-structured" and not torch.cuda.is_available():
+        raise BackendError("sparse kernel 'semi-structured' (2:4) needs CUDA, and this machine "
+                           "has no CUDA device: use --sparse-kernel=auto, csr or bsr on CPU")
+    disk = _read_disk(options.cache_dir) if kernel == "auto" else {}
+    fresh: dict[str, dict[str, float]] = {}
+    layers = []
+    for param, has_bias in _linear_weights(module):
+        attr = param.attrs["sparsity"]
+        w = param.data
+        if w.is_meta:
+            raise BackendError(f"parameter @{param.name} has no data (IR text was loaded without weights)")
+        base = dict(param=param.name, shape=tuple(w.shape), pattern=_pattern(attr))
+        if not w.dtype.is_floating_point:
+            layers.append(LayerChoice(**base, density=float((w != 0).float().mean()), kernel="int8",
+                                      reason="int8 weight: the int8 kernel runs it"))
+            continue
+        density = float((w != 0).float().mean())
+        if kernel == "dense":
+            layers.append(LayerChoice(**base, density=density, kernel="dense", reason="requested"))
+        elif kernel == "csr":
+            layers.append(LayerChoice(**base, density=density, kernel="csr", reason="requested"))
+        elif kernel == "bsr":
+            layers.append(LayerChoice(**base, density=density, kernel="bsr",
+                                      block=bsr_block(w, attr), reason="requested"))
+        elif kernel == "semi-structured":
+            ok = attr.pattern == "n:m" and (attr.n, attr.m) == (2, 4)
+            layers.append(LayerChoice(**base, density=density,
+                                      kernel="semi-structured" if ok else "dense",
+                                      reason="requested" if ok else "not 2:4: dense"))
+        else:
+            layers.append(_auto_choice(param, attr, has_bias, options, threads, disk, fresh))
+    if kernel == "semi-structured" and not any(c.kernel == "semi-structured" for c in layers):
+        raise BackendError("sparse kernel 'semi-structured' needs 2:4 sparse weights and this "
+                           "module has none: run sparsify{pattern=2:4} first")
+    _write_disk(options.cache_dir, fresh)
+    return SparsePlan(kernel, threads, tuple(layers))
+
+
+def resolve_plan(module: Module, sparse_kernel: str | SparsePlan | None,
+                 options: AutoOptions | None = None) -> SparsePlan | None:
+    """A plan from a lowering's ``sparse_kernel`` argument (None and ``dense``: no plan)."""
+    if sparse_kernel is None or sparse_kernel == "dense":
+        return None
+    if isinstance(sparse_kernel, SparsePlan):
+        for c in sparse_kernel.layers:
+            p = module.params.get(c.param)
+            if p is None or tuple(p.data.shape) != c.shape:
+                raise InputError(f"sparse plan names weight @{c.param} {list(c.shape)}, which this "
+                                 "module does not have: plan the module you lower")
+        return sparse_kernel
+    if not isinstance(sparse_kernel, str):
+        raise InputError(f"sparse_kernel must be one of {', '.join(KERNELS)} or a SparsePlan, "
+                         f"got {type(sparse_kernel).__name__}")
+    return plan_sparse_kernels(module, sparse_kernel, options)
+
+
+def lowered_nodes(module: Module, plan: SparsePlan | None, kinds: tuple[str, ...]) -> dict[Node, LayerChoice]:
+    """The linear nodes whose weight the plan runs with a kernel in ``kinds``."""
+    if plan is None:
+        return {}
+    out = {}
+    for node in module.graph:
+        w = node.arg(1) if node.op == "linear" else None
+        if isinstance(w, Parameter) and node.arg(3) is None:
+            c = plan.choice(w.name)
+            if c is not None and c.kernel in kinds:
+                out[node] = c
+    return out
+
+
+def dense_unused(module: Module, lowered: dict[Node, LayerChoice]) -> set[str]:
+    """Parameters read only as the weight of ``lowered`` nodes (their dense copy is not needed)."""
+    outputs = {id(v) for v in module.graph.outputs.values()}
+    names = set()
+    for node in lowered:
+        w = node.arg(1)
+        users = w.users()
+        if id(w) not in outputs and all(u in lowered for u in users) and \
+                all(u.args.count(w) == 1 and u.arg(1) is w for u in users):
+            names.add(w.name)
+    return names
