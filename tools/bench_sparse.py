@@ -1,14 +1,25 @@
-"""Benchmark: torch's sparse CPU kernels (CSR, BSR) against the dense linear on MiniLM's
-projection shapes, at several sparsities: where would a sparse kernel pay off?
+"""Benchmark: ``sparse_kernel=auto`` against dense on the real MiniLM, at several sparsities,
+unstructured and block, with the crossover points.
 
-    python -m optc.tools.bench_sparse [--batch 1 8] [--seq 128] [--threads 1 2]
-                                      [--sparsity 0.5 0.8 0.9 0.95] [--tile 4]
+    python -m optc.tools.bench_sparse [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
+                                      [--sparsity 0.5 0.8 0.9 0.95] [--patterns unstructured block]
+                                      [--tile 4] [--rounds 8] [--block 5] [--cache] [--quick]
+    python -m optc.tools.bench_sparse --per-shape ...   # the kernels alone on MiniLM's shapes
 
-Weights are pruned with optc's ``sparsify`` rules (unstructured per tensor; ``block`` with
-``--tile`` x ``--tile`` tiles) and multiplied as ``W_sparse @ x.T`` (the layout in which
-torch's CSR kernel is fastest). Latencies are medians of interleaved blocks; the ratio is
-sparse over dense (below 1: the sparse kernel is faster). The crossover is the lowest sparsity
-at which the sparse kernel wins for every shape.
+For each pattern and sparsity the model (default: the embedded all-MiniLM-L6-v2) is sparsified
+with optc's ``sparsify`` (``per_tensor``; ``block`` with ``--tile`` x ``--tile`` tiles, which
+torch's BSR kernel takes as they are) and lowered twice per thread count: eager dense and eager
+``auto`` (planned at that thread count, measuring at the benchmarked token counts,
+batch x seq). Both run whole-model forwards on random token ids, interleaved in blocks; the
+table gives medians, the ratio auto/dense (below 1: auto is faster) and how many weights each
+kernel runs. The crossover of a (pattern, threads, batch) is the lowest sparsity from which auto
+is at least 5% faster than dense at every higher sparsity measured. The last line checks the
+promise that auto is never more than 5% slower than dense.
+
+``--per-shape`` keeps the kernel-level table: CSR and BSR (``W_sparse @ x.T``) against the dense
+linear on MiniLM's three projection shapes. ``--quick`` is a smoke run (batch 1, sequence 32,
+1 thread, 90% unstructured, 2 rounds). Measurements are fresh each run unless ``--cache`` lets
+auto reuse ``~/.cache/optc``.
 """
 
 from __future__ import annotations
@@ -20,6 +31,11 @@ from optc.passes.sparsify import Sparsify
 SHAPES = {"attention 384x384": (384, 384), "ffn up 1536x384": (1536, 384),
           "ffn down 384x1536": (384, 1536)}
 
+FASTER = 0.95
+"""auto/dense at or below this counts as a win for the crossover."""
+SLOWER = 1.05
+"""auto/dense above this breaks the promise."""
+
 
 def pruned(shape: tuple[int, int], sparsity: float, pattern: str, block: int) -> torch.Tensor:
     """A random weight pruned by the sparsify pass's own ranking."""
@@ -30,13 +46,10 @@ def pruned(shape: tuple[int, int], sparsity: float, pattern: str, block: int) ->
     return torch.where(p._expand(keep, w), w, torch.zeros(()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from optc.tools.timing import benchmark_parser, measure_interleaved
+def per_shape(args) -> int:  # noqa: ANN001
+    """The kernel-level table (CSR and BSR against dense per projection shape)."""
+    from optc.tools.timing import measure_interleaved
 
-    p = benchmark_parser("python -m optc.tools.bench_sparse", __doc__)
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
-    p.add_argument("--tile", type=int, default=4, help="BSR block side")
-    args = p.parse_args(argv)
     print(f"{'thr':>3} {'tokens':>6} {'shape':<18} {'sparsity':>8} {'dense ms':>9} "
           f"{'csr':>7} {'bsr':>7}   (sparse / dense)")
     wins: dict[str, list[float]] = {"csr": [], "bsr": []}
@@ -66,6 +79,105 @@ def main(argv: list[str] | None = None) -> int:
                           f"{dense * 1e3:>9.3f} {ratios['csr']:>7.2f} {ratios['bsr']:>7.2f}")
     for k, ss in wins.items():
         print(f"{k}: faster than dense at sparsities {sorted(set(ss)) or 'none measured'}")
+    return 0
+
+
+def token_inputs(module, batch: int, seq: int) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """Random token ids (ids 1000-2000, like text), a full mask and zero token types."""
+    gen = torch.Generator().manual_seed(batch * 1000 + seq)
+    ids = torch.randint(1000, 2000, (batch, seq), generator=gen)
+    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "token_type_ids": torch.zeros_like(ids)}
+    return {v.name: feeds[v.name] for v in module.graph.inputs if v.name in feeds}
+
+
+def crossovers(rows: list[dict]) -> dict[tuple[str, int, int], float | None]:
+    """(pattern, threads, batch) -> lowest sparsity from which auto wins at every higher one."""
+    out: dict[tuple[str, int, int], float | None] = {}
+    for key in dict.fromkeys((r["pattern"], r["threads"], r["batch"]) for r in rows):
+        mine = sorted((r for r in rows if (r["pattern"], r["threads"], r["batch"]) == key),
+                      key=lambda r: r["sparsity"])
+        point = None
+        for r in reversed(mine):
+            if r["ratio"] > FASTER:
+                break
+            point = r["sparsity"]
+        out[key] = point
+    return out
+
+
+def model_table(args) -> list[dict]:  # noqa: ANN001
+    """Whole-model latency of auto against dense; prints the table and returns its rows."""
+    import optc
+    from optc.backends.eager import to_eager
+    from optc.backends.sparse_exec import AutoOptions, default_cache_dir
+    from optc.tools.timing import measure_interleaved
+
+    model, source = optc.load_model(args.model)
+    base = optc.capture(model, source=source)
+    options = AutoOptions(tokens=tuple(sorted({b * args.seq for b in args.batch})),
+                          cache_dir=default_cache_dir() if args.cache else None)
+    print(f"{'pattern':<12} {'sparsity':>8} {'thr':>3} {'batch':>5} {'dense ms':>9} {'auto ms':>9} "
+          f"{'auto/dense':>10}  kernels (auto)")
+    rows = []
+    for pattern in args.patterns:
+        for sparsity in args.sparsity:
+            module = base.clone()
+            Sparsify(sparsity=sparsity, pattern=pattern, block=f"{args.tile}x{args.tile}").run(module)
+            label = pattern if pattern != "block" else f"block{args.tile}x{args.tile}"
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                dense = to_eager(module)
+                auto = to_eager(module, "auto", auto=options)
+                kernels = ", ".join(f"{k} {n}" for k, n in sorted(auto.sparse_plan.counts().items()))
+                for batch in args.batch:
+                    feeds = token_inputs(module, batch, args.seq)
+                    with torch.inference_mode():
+                        t = measure_interleaved({"dense": lambda f=feeds, m=dense: m(**f),
+                                                 "auto": lambda f=feeds, m=auto: m(**f)},
+                                                rounds=args.rounds, block=args.block)
+                    d, a = t["dense"].median, t["auto"].median
+                    row = {"pattern": label, "sparsity": sparsity, "threads": threads, "batch": batch,
+                           "dense_ms": d * 1e3, "auto_ms": a * 1e3, "ratio": a / d, "kernels": kernels}
+                    rows.append(row)
+                    print(f"{label:<12} {sparsity:>8.2f} {threads:>3} {batch:>5} {d * 1e3:>9.2f} "
+                          f"{a * 1e3:>9.2f} {a / d:>10.2f}  {kernels}", flush=True)
+    print(f"\ncrossover (auto >= {1 - FASTER:.0%} faster than dense from this sparsity up), "
+          f"seq {args.seq}:")
+    for (pattern, threads, batch), point in crossovers(rows).items():
+        shown = f"{point:.2f}" if point is not None else "none measured"
+        print(f"  {pattern:<12} threads {threads} batch {batch}: {shown}")
+    worst = max(rows, key=lambda r: r["ratio"])
+    verdict = "yes" if worst["ratio"] <= SLOWER else "NO"
+    print(f"auto within {SLOWER - 1:.0%} of dense everywhere: {verdict} (worst auto/dense "
+          f"{worst['ratio']:.2f}: {worst['pattern']} {worst['sparsity']:.2f}, "
+          f"{worst['threads']} thread(s), batch {worst['batch']})")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from optc.tools.timing import benchmark_parser
+
+    p = benchmark_parser("python -m optc.tools.bench_sparse", __doc__)
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
+    p.add_argument("--patterns", nargs="+", default=["unstructured", "block"],
+                   choices=["unstructured", "block"], help="sparsity patterns")
+    p.add_argument("--tile", type=int, default=4, help="block side (block pattern, BSR)")
+    p.add_argument("--cache", action="store_true", help="let auto reuse ~/.cache/optc measurements")
+    p.add_argument("--per-shape", action="store_true", help="the kernel-level table instead")
+    p.add_argument("--quick", action="store_true", help="smoke run: batch 1, seq 32, 1 thread, "
+                   "90%% unstructured, 2 rounds of 2")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.seq, args.threads = [1], 32, [1]
+        args.sparsity, args.patterns, args.rounds, args.block = [0.9], ["unstructured"], 2, 2
+    threads = torch.get_num_threads()
+    try:
+        if args.per_shape:
+            return per_shape(args)
+        model_table(args)
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 

@@ -1,0 +1,47 @@
+"""tools/bench_sparse: crossover logic on fixed rows, and smoke runs of both tables."""
+
+from __future__ import annotations
+
+import re
+
+from optc.tools.bench_sparse import crossovers, main
+
+
+def _row(sparsity, ratio, pattern="unstructured", threads=1, batch=1):
+    return {"pattern": pattern, "sparsity": sparsity, "threads": threads, "batch": batch,
+            "ratio": ratio}
+
+
+def test_crossover_is_the_lowest_sparsity_from_which_auto_keeps_winning():
+    rows = [_row(0.5, 1.0), _row(0.8, 0.9), _row(0.9, 0.97), _row(0.95, 0.6),
+            _row(0.5, 1.0, "block4x4"), _row(0.8, 0.8, "block4x4"), _row(0.9, 0.7, "block4x4"),
+            _row(0.5, 1.0, batch=8), _row(0.9, 1.01, batch=8)]
+    got = crossovers(rows)
+    # 0.8 wins but 0.9 does not: the crossover is where winning stays true
+    assert got[("unstructured", 1, 1)] == 0.95
+    assert got[("block4x4", 1, 1)] == 0.8
+    assert got[("unstructured", 1, 8)] is None
+
+
+def test_quick_run_on_minilm_prints_the_table(capsys):
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["pattern", "sparsity", "thr", "batch", "dense", "ms"]
+    row = re.match(r"unstructured\s+0\.90\s+1\s+1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(.*)", lines[1])
+    assert row, lines[1]
+    dense, auto, ratio = (float(row[i]) for i in (1, 2, 3))
+    assert dense > 0 and auto > 0 and abs(ratio - auto / dense) < 0.02
+    # MiniLM has 36 encoder projections: every one is planned
+    assert sum(int(n) for n in re.findall(r"(\d+)", row[4])) == 36
+    assert "crossover" in out and "unstructured threads 1 batch 1:" in out
+    assert re.search(r"auto within 5% of dense everywhere: (yes|NO) \(worst auto/dense", out)
+
+
+def test_per_shape_table(capsys):
+    assert main(["--per-shape", "--batch", "1", "--seq", "8", "--threads", "1", "--sparsity",
+                 "0.9", "--rounds", "1", "--block", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().startswith("1      8")]
+    assert len(rows) == 3 and "ffn up 1536x384" in out
+    assert "csr: faster than dense at sparsities" in out
