@@ -41,10 +41,11 @@ CALIBRATION_OPTIONS = ("data", "samples", "batch_size", "max_length", "tokenizer
 
 def calibration_batches(module: Module, data: str | None, samples: int, batch_size: int,
                         max_length: int, tokenizer: str | None, why: str,
-                        use_labels: bool = True) -> list[Batch]:
+                        use_labels: bool = True, split: str = "dev") -> list[Batch]:
     """Tokenized batches of ``samples`` examples from ``data`` for ``module``'s inputs.
 
-    ``why`` names the pass and criterion in the errors. With ``use_labels`` (the caller's loss
+    ``why`` names the pass and criterion in the errors; ``split`` is the file read from a task
+    directory (a single file is read whole). With ``use_labels`` (the caller's loss
     reads them) labels that do not fit the model's head are refused; without, they are dropped.
     """
     from optc.frontends.huggingface import load_tokenizer
@@ -64,7 +65,7 @@ def calibration_batches(module: Module, data: str | None, samples: int, batch_si
     check_vocabulary(module, tok, why)
     names = [v.name for v in module.graph.inputs]
     batches = load_calibration(data, tok, names, limit=samples, batch_size=batch_size,
-                               max_length=max_length)
+                               max_length=max_length, split=split)
     if not batches:
         raise InputError(f"{why}: '{data}' gave no examples")
     if use_labels:

@@ -48,8 +48,8 @@ class Quantize(Distill):
     - ``mode=dynamic``: activations are quantized per tensor when the layer runs (the scheme of
       ONNX Runtime's ``DynamicQuantizeMatMul``, which is the ONNX lowering; eager and
       TorchScript run ``torch._int_mm``).
-    - ``mode=static``: activation ranges are observed on ``samples`` examples of ``data``
-      (``observer=minmax|moving_average|percentile``); each linear also gets an ``f32[]``
+    - ``mode=static``: activation ranges are observed on ``samples`` examples of ``data`` (a
+      file, or a task directory's train split; ``observer=minmax|moving_average|percentile``); each linear also gets an ``f32[]``
       ``input_scale`` and a ``u8[]`` ``input_zero_point`` operand (affine uint8, shared by the
       linears that read the same value). ONNX: QuantizeLinear/DequantizeLinear around the
       MatMul (QDQ; ONNX Runtime fuses it into ``MatMulIntegerToFloat``); eager and TorchScript
@@ -189,7 +189,7 @@ class Quantize(Distill):
         batches = calibration_batches(module, self.data, self.samples, self.batch_size,
                                       self.max_length or 128, self.tokenizer,
                                       f"quantize{{mode=static,observer={self.observer}}}",
-                                      use_labels=False)
+                                      use_labels=False, split="train")
         nodes = linears_of(module, names)
         observers = observe_inputs(module, nodes, batches, self._observer)
         return {n.args[1].name: observers[id(n.args[0])].qparams() for n in nodes}

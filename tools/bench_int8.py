@@ -4,6 +4,17 @@ without optc, plus sizes on disk, agreement and pass run time.
     python -m optc.tools.bench_int8 [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
                                     [--sentences 872] [--skip-latency] [--skip-base]
     python -m optc.tools.bench_int8 --compare OUT.onnx     # before/after table (README)
+    python -m optc.tools.bench_int8 --artifact RUN --task sst2 [--data DIR] [--sentences N]
+                                    [--max-drop P]           # task metric of each int8 mode
+
+Variants: ``quantize`` (dynamic), ``quantize{mode=static}`` calibrated on ``--calibration``
+examples of the task's training file (SST-2 train by default; never the dev sentences that
+agreement is measured on), and with ``--max-drop`` the accuracy-aware static variant.
+
+``--task``: the task metric on the dev split (first ``--sentences`` examples) of the fp32
+model and each int8 variant, and the argmax agreement of their predictions with fp32's; the
+fp32 model is ``--artifact`` (an optc artifact of a fine-tuned model, e.g. from ``finetune``)
+or the captured ``--model``. With ``--artifact`` only this table is printed.
 
 ``--compare`` needs no data: it compares a compiled ONNX file with the original model (the
 embedded MiniLM, or ``--model``): parameters, size on disk, latency (the original in eager
@@ -36,7 +47,49 @@ from pathlib import Path
 import torch
 
 PIPELINE = "quantize"
+STATIC_PIPELINE = "quantize{{mode=static,data={data},samples={samples}}}"
 SPARSE_PIPELINE = "sparsify{sparsity=0.9,pattern=unstructured},quantize"
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("OPTC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def static_spec(calibration: Path, samples: int) -> str:
+    return STATIC_PIPELINE.format(data=calibration, samples=samples)
+
+
+def task_table(fp32, task_name: str, data: str | None, calibration: Path, samples: int,  # noqa: ANN001
+               limit: int, max_drop: float | None) -> None:
+    """Print the task metric on dev of fp32 and each int8 variant, with argmax agreement."""
+    import optc
+    from optc.passes.finetune import pass_tokenizer
+    from optc.passes.spec import parse_pipeline
+    from optc.tasks import evaluate, get_task
+
+    task = get_task(task_name)
+    variants = {"int8 dynamic": PIPELINE, "int8 static": static_spec(calibration, samples)}
+    if max_drop is not None:
+        task_dir = data or data_root() / "glue" / "SST-2"  # its train split: calibration, val
+        variants[f"int8 static max_drop={max_drop}"] = (
+            f"quantize{{mode=static,data={task_dir},samples={samples},task={task_name},"
+            f"max_drop={max_drop},val_samples={limit}}}")
+    tokenizer = pass_tokenizer(parse_pipeline("finetune")[0], fp32)
+    examples = task.read("dev", data, limit=limit)
+    ref = evaluate(task, optc.to_eager(fp32), examples, tokenizer)
+    print(f"task {task.name}: {task.main_metric} on {len(examples)} dev examples")
+    print(f"  {'fp32':<34} {ref.score:6.2f}")
+    for name, spec in variants.items():
+        module = fp32.clone()
+        start = time.perf_counter()
+        report = optc.run_pipeline(module, spec)
+        seconds = time.perf_counter() - start
+        got = evaluate(task, optc.to_eager(module), examples, tokenizer)
+        same = sum(a == b for a, b in zip(ref.predictions, got.predictions, strict=True))
+        kept = report.records[-1].stats.get("kept_fp32")
+        print(f"  {name:<34} {got.score:6.2f}  drop {ref.score - got.score:+.2f}  argmax "
+              f"agreement {100 * same / len(examples):.1f}%  pass {seconds:.1f} s"
+              + (f"  fp32 kept: {kept}" if kept else ""))
 
 
 def encoder_bytes(artifact: Path, module) -> int:  # noqa: ANN001
@@ -66,8 +119,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def sentences(count: int) -> list[str]:
-    root = Path(os.environ.get("OPTC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    path = root / "glue" / "SST-2" / "dev.tsv"
+    path = data_root() / "glue" / "SST-2" / "dev.tsv"
     lines = path.read_text().splitlines()[1:]
     return [line.split("\t")[0] for line in lines[:count]]
 
@@ -189,7 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-base", action="store_true", help="no BERT-base-sized pass timing")
     p.add_argument("--compare", metavar="ONNX", type=Path,
                    help="only print the before/after table of this compiled ONNX file")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="static mode's calibration file (default: SST-2 train.tsv)")
+    p.add_argument("--samples", type=int, default=256, help="calibration examples")
+    p.add_argument("--task", default=None, help="also print this task's dev metric per variant")
+    p.add_argument("--data", default=None, help="the task's data directory (default: its own)")
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="fine-tuned optc artifact for --task (then only the task table)")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="add the accuracy-aware static variant (metric points)")
     args = p.parse_args(argv)
+    calibration = args.calibration or data_root() / "glue" / "SST-2" / "train.tsv"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.compare is not None:
         from optc.tools.common import quiet_libraries
@@ -199,13 +261,27 @@ def main(argv: list[str] | None = None) -> int:
     import optc
     from optc.backends.onnx import OnnxModule, export_onnx
 
+    if args.artifact is not None:
+        if args.task is None:
+            p.error("--artifact is for the task table: give --task too")
+        from optc.artifacts import load_module
+
+        task_table(load_module(args.artifact), args.task, args.data, calibration, args.samples,
+                   args.sentences, args.max_drop)
+        return 0
     model, source = optc.load_model(args.model)
     fp32 = optc.capture(model, source=source)
+    if args.task is not None:
+        task_table(fp32, args.task, args.data, calibration, args.samples, args.sentences,
+                   args.max_drop)
     int8 = fp32.clone()
+    static = fp32.clone()
     sparse = fp32.clone()
     t_int8 = pass_time(int8, PIPELINE)
+    t_static = pass_time(static, static_spec(calibration, args.samples))
     t_sparse = pass_time(sparse, SPARSE_PIPELINE)
-    print(f"pass time on {source['model']}: quantize {t_int8:.2f} s, "
+    print(f"pass time on {source['model']}: quantize {t_int8:.2f} s, quantize{{mode=static}} "
+          f"{t_static:.2f} s ({args.samples} calibration examples), "
           f"sparsify{{0.9}}+quantize {t_sparse:.2f} s")
     if not args.skip_base:
         import transformers as tf
@@ -220,12 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="optc-bench-int8-") as tmp:
         work = Path(tmp)
         arts = {}
-        for name, mod in (("fp32", fp32), ("int8", int8), ("sparse90+int8", sparse)):
+        variants = (("fp32", fp32), ("int8", int8), ("int8-static", static),
+                    ("sparse90+int8", sparse))
+        for name, mod in variants:
             arts[name] = optc.save(mod, work / name)
         print()
         print(f"{'model':<14} {'encoder MB':>10} {'ratio':>7} {'artifact MB':>11} {'ratio':>7}")
         ref_enc, ref_all = encoder_bytes(arts["fp32"], fp32), dir_bytes(arts["fp32"])
-        for name, mod in (("fp32", fp32), ("int8", int8), ("sparse90+int8", sparse)):
+        for name, mod in variants:
             enc, total = encoder_bytes(arts[name], mod), dir_bytes(arts[name])
             print(f"{name:<14} {enc / 1e6:>10.2f} {enc / ref_enc:>7.3f} {total / 1e6:>11.2f} "
                   f"{total / ref_all:>7.3f}")
@@ -237,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             e_fp32 = embeddings(optc.to_eager(fp32), tok, texts)
             e_int8 = embeddings(optc.to_eager(int8), tok, texts)
+            e_static = embeddings(optc.to_eager(static), tok, texts)
             e_sparse = embeddings(optc.to_eager(sparse), tok, texts)
         print()
         print(f"agreement with fp32 on {len(texts)} SST-2 dev sentences (mean-pooled embeddings)")
-        for name, e in (("int8", e_int8), ("sparse90+int8", e_sparse)):
+        for name, e in (("int8", e_int8), ("int8-static", e_static), ("sparse90+int8", e_sparse)):
             mean, low, same = agreement(e_fp32, e)
             print(f"  {name:<14} cosine mean {mean:.4f} min {low:.4f}  nearest-neighbour argmax "
                   f"agreement {same * 100:.1f}%")
@@ -264,9 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             paths[name + "+quantize_dynamic"] = out
         paths["optc int8"] = export_onnx(int8, work / "optc-int8.onnx")
+        paths["optc int8 static (QDQ)"] = export_onnx(static, work / "optc-int8-static.onnx")
         eager32, eager8 = optc.to_eager(fp32), optc.to_eager(int8)
+        eager8s = optc.to_eager(static)
         print()
-        print(f"{'thr':>3} {'batch':>5} {'seq':>4}  {'eager f32':>10} {'eager i8':>9} {'speedup':>7}  "
+        print(f"{'thr':>3} {'batch':>5} {'seq':>4}  {'eager f32':>10} {'eager i8':>9} {'speedup':>7} "
+              f"{'eager i8 static':>15}  "
               + "  ".join(f"{n[:30]:>30}" for n in paths) + f"  {'optc/best':>9}")
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -283,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 variants["eager f32"] = lambda e=eager: e(eager32)
                 variants["eager i8"] = lambda e=eager: e(eager8)
+                variants["eager i8 static"] = lambda e=eager: e(eager8s)
                 t = measure_interleaved(variants, rounds=args.rounds, block=args.block)
-                best = min(t[n].median for n in paths if n != "optc int8")
+                best = min(t[n].median for n in paths if not n.startswith("optc"))
                 ms = {n: t[n].median * 1e3 for n in t}
                 print(f"{threads:>3} {batch:>5} {args.seq:>4}  {ms['eager f32']:>10.2f} "
-                      f"{ms['eager i8']:>9.2f} {ms['eager f32'] / ms['eager i8']:>7.2f}  "
+                      f"{ms['eager i8']:>9.2f} {ms['eager f32'] / ms['eager i8']:>7.2f} "
+                      f"{ms['eager i8 static']:>15.2f}  "
                       + "  ".join(f"{ms[n]:>27.2f} ms" for n in paths)
                       + f"  {t['optc int8'].median / best:>9.3f}")
     return 0
