@@ -209,3 +209,19 @@ def test_refusals_leave_the_ir_unchanged(setup, tuned, tmp_path) -> None:
         assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
         assert info.value.exit_code in (3, 5)
         assert print_module(module) == text and repr(module.meta) == meta
+
+
+def test_same_seed_same_model_and_global_scope_is_exact_over_all_targets(setup, tuned) -> None:
+    results = []
+    for _ in range(2):
+        module = tuned[1].clone()
+        stats = _pass(setup, sparsity=0.7, scope="global", max_steps=4, seed=5).run(module).stats
+        results.append(module)
+    a, b = results
+    assert all(torch.equal(a.params[n].data, b.params[n].data) for n in a.params)
+    weights = list(_targets(a).values())
+    zeros = sum(int((p.data == 0).sum()) for p in weights)
+    assert zeros == round(0.7 * sum(p.data.numel() for p in weights))
+    assert stats["sparsity"] == pytest.approx(0.7, abs=1e-4)
+    per_tensor = [float((p.data == 0).float().mean()) for p in weights]
+    assert max(per_tensor) - min(per_tensor) > 0.01  # one threshold, not one per tensor
