@@ -74,7 +74,7 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
         attr = python_identifier(name, taken)
         data = param.data if device is None else param.data.to(device)
         if any(n.arg(1) is param for n in semi):
-            data = semi_structured_weight(param.data, device or "cuda")
+            data = semi_structured_weight(param.data, device or "cuda", name)
         root.register_buffer(attr, data)
         env[id(param)] = fx.get_attr(attr)
     parts: dict[str, list[torch.fx.Node]] = {}

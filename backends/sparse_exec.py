@@ -280,15 +280,28 @@ def sparse_parts(weight: torch.Tensor, kernel: str, block: tuple[int, int] | Non
         return s.crow_indices().contiguous(), s.col_indices().contiguous(), s.values().contiguous()
 
 
-def semi_structured_weight(weight: torch.Tensor, device: torch.device | str = "cuda") -> torch.Tensor:
-    """``weight`` (2:4) as a semi-structured sparse tensor on ``device`` (CUDA)."""
+def semi_structured_weight(weight: torch.Tensor, device: torch.device | str = "cuda",
+                           name: str = "weight") -> torch.Tensor:
+    """``weight`` (2:4) as a semi-structured sparse tensor on ``device`` (CUDA); ``name``
+    labels it in the error when torch refuses."""
     from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
 
     w = weight.detach().to(device).contiguous()
-    cls = SparseSemiStructuredTensorCUTLASS if w.dtype == torch.float32 else SparseSemiStructuredTensorCUSPARSELT
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning)
-        return cls.from_dense(w)
+    # cuSPARSELt (torch's default) takes fp16/bf16/int8; fp32 goes to CUTLASS
+    classes = [SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS]
+    if w.dtype == torch.float32:
+        classes.reverse()
+    problems = []
+    for cls in classes:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning)
+                return cls.from_dense(w)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            problems.append(f"{cls.BACKEND}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
+    raise BackendError(f"torch cannot store @{name} ({str(w.dtype)[6:]}{list(w.shape)}) as a 2:4 "
+                       f"semi-structured tensor on {w.device} ({'; '.join(problems)}); use "
+                       "sparse_kernel=dense or a dtype/shape the kernels take")
 
 
 # -- measuring ----------------------------------------------------------------------------------

@@ -45,3 +45,19 @@ def test_per_shape_table(capsys):
     rows = [line for line in out.splitlines() if line.strip().startswith("1      8")]
     assert len(rows) == 3 and "ffn up 1536x384" in out
     assert "csr: faster than dense at sparsities" in out
+
+
+def test_gpu_check_script_runs_its_steps_on_cpu_and_refuses_without_cuda(capsys):
+    import torch
+
+    from optc.tools import gpu_check_semi_structured as gpu
+
+    if not torch.cuda.is_available():
+        assert gpu.main([]) == 2
+        assert "no CUDA device" in capsys.readouterr().out
+    assert gpu.main(["--cpu-dry-run", "--layers", "1", "--batch", "2", "--seq", "16",
+                     "--rounds", "1", "--block", "1", "--dtypes", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   float32: csr kernels for every 2:4 weight ({'csr': 6})" in out
+    assert re.search(r"ok   float32 batch 2 seq 16: csr vs dense max rel diff", out)
+    assert "0 check(s) failed" in out and "FAIL" not in out
