@@ -24,6 +24,7 @@ from optc.backends.sparse_exec import (
     dense_unused,
     lowered_nodes,
     resolve_plan,
+    semi_structured_linear,
     semi_structured_weight,
     sparse_linear,
     sparse_parts,
@@ -99,6 +100,11 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
             args = (lookup(node.arg(0)), *parts[w.name], None if bias is None else lookup(bias),
                     int(w.data.shape[0]))
             env[id(node.outputs[0])] = fx.call_function(sparse_linear, args, {})
+            continue
+        if node in semi:
+            bias = node.arg(2)
+            args = (lookup(node.arg(0)), lookup(node.arg(1)), None if bias is None else lookup(bias))
+            env[id(node.outputs[0])] = fx.call_function(semi_structured_linear, args, {})
             continue
         if opdef is not None:
             target = opdef.kernel

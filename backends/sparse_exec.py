@@ -67,7 +67,8 @@ from optc.ir.core import Module, Node, Parameter
 __all__ = ["KERNELS", "DEFAULT_BSR_BLOCK", "MAX_AUTO_DENSITY", "AutoOptions", "LayerChoice",
            "SparsePlan", "plan_sparse_kernels", "resolve_plan", "sparse_parts",
            "semi_structured_weight", "default_cache_dir", "clear_memory_cache", "bsr_block",
-           "lowered_nodes", "dense_unused", "sparse_linear", "SPARSE_SCRIPT"]
+           "lowered_nodes", "dense_unused", "sparse_linear", "semi_structured_linear",
+           "SPARSE_SCRIPT"]
 
 KERNELS = ("auto", "dense", "csr", "bsr", "semi-structured")
 """The accepted ``sparse_kernel`` values."""
@@ -206,6 +207,12 @@ def sparse_linear(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values
     x2 = x.reshape(-1, x.shape[-1])
     y = torch.mm(w, x2.t()) if bias is None else torch.addmm(bias.unsqueeze(1), w, x2.t())
     return y.t().reshape(x.shape[:-1] + (out_features,))
+
+
+def semi_structured_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The ``linear`` op with a semi-structured (2:4) ``weight``; torch's kernel views ``x`` as
+    2-D, so it must be contiguous."""
+    return F.linear(x.contiguous(), weight, bias)
 
 
 SPARSE_SCRIPT = '''

@@ -251,6 +251,37 @@ def test_semi_structured_is_a_clear_error_without_cuda():
         to_torchscript(module, "semi-structured")
 
 
+def test_semi_structured_plan_and_lowering_with_a_stand_in_kernel(monkeypatch):
+    """The plumbing without a GPU: only 2:4 weights are converted (others stay dense and say
+    why), their nodes call the semi-structured kernel, the outputs match dense."""
+    from optc.backends import eager as eager_backend
+
+    model = tiny_model("bert")
+    module = optc.capture(model)
+    Sparsify(pattern="2:4", targets=("attention",)).run(module)
+    Sparsify(sparsity=0.9, targets=("ffn",)).run(module)
+    converted = []
+
+    def stand_in(weight, device, name):
+        converted.append((name, str(device)))
+        return weight.to(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(eager_backend, "semi_structured_weight", stand_in)
+    eager = to_eager(module, "semi-structured", device="cpu")
+    plan = eager.sparse_plan
+    assert plan.counts() == {"semi-structured": 8, "dense": 4}
+    assert {c.reason for c in plan.layers if c.kernel == "dense"} == {"not 2:4: dense"}
+    assert sorted(n for n, _ in converted) == sorted(c.param for c in plan.layers
+                                                     if c.kernel == "semi-structured")
+    assert {d for _, d in converted} == {"cpu"}
+    targets = [n.target for n in eager.graph_module.graph.nodes]
+    assert targets.count(sparse_exec.semi_structured_linear) == 8
+    inputs = _inputs(model, module)
+    with torch.no_grad():
+        _agree(eager(**inputs), to_eager(module)(**inputs))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 semi-structured kernels need CUDA")
 def test_semi_structured_matches_dense_on_cuda():
     model, module = sparsified(pattern="2:4")
