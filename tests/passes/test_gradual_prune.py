@@ -154,12 +154,14 @@ def test_result_lowers_to_every_backend_and_pattern_locked_finetune_keeps_zeros(
     assert not collect_problems(module)
 
 
-def test_pipeline_with_quantize_runs_and_backends_agree(setup, tuned) -> None:
+@pytest.mark.parametrize("quantize", ["quantize{mode=dynamic}", "quantize{mode=qat,max_steps=2,batch_size=16,task=text-classification,data=DATA}"])
+def test_pipeline_with_quantize_runs_and_backends_agree(setup, tuned, quantize) -> None:
     model, base = tuned
     module = base.clone()
     report = optc.run_pipeline(
         module, f"gradual-prune{{sparsity=0.9,max_steps=6,batch_size=16,eval_split=none,"
-                f"task={TASK},data={setup / 'task'}}},quantize{{mode=dynamic}}")
+                f"task={TASK},data={setup / 'task'}}}," + quantize.replace("DATA", str(setup / "task")))
+    assert [r.modified for r in report.records] == [True, True]
     first = report.records[0].stats
     assert first["teacher"] == "pipeline-input" and first["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert first["weights"] == 12 and first["updates"] >= 2
