@@ -396,31 +396,30 @@ def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: Auto
     timings: dict[str, float] = {}
     best: tuple[float, str, tuple[int, int] | None] | None = None
     notes = []
+    tokens = "/".join(map(str, options.tokens))
     for kernel in options.candidates:
         block = bsr_block(w, attr) if kernel == "bsr" else None
+        name = kernel if kernel == "csr" else f"bsr {block[0]}x{block[1]}"
         if kernel == "bsr":
             bd = _block_density(w, block)
             if block == (1, 1) or bd > MAX_AUTO_DENSITY:
-                notes.append(f"bsr {block[0]}x{block[1]} blocks {bd:.2f} full: not measured")
+                notes.append(f"{name} not measured ({bd:.0%} of blocks non-empty)")
                 continue
         measured = _measure(w, attr, has_bias, kernel, block, options, threads, disk, fresh)
-        worst = 0.0
-        for tokens, (dense_ms, sparse_ms) in measured.items():
-            timings[f"dense@{tokens}"] = round(dense_ms, 4)
-            name = kernel if kernel == "csr" else f"bsr{block[0]}x{block[1]}"
-            timings[f"{name}@{tokens}"] = round(sparse_ms, 4)
-            worst = max(worst, sparse_ms / dense_ms)
-        notes.append(f"{kernel} {worst:.2f}x")
-        if best is None or worst < best[0]:
-            best = (worst, kernel, block)
-    ratios = ", ".join(notes)
-    tokens = "/".join(map(str, options.tokens))
+        ratios = []
+        for count, (dense_ms, sparse_ms) in measured.items():
+            timings[f"dense@{count}"] = round(dense_ms, 4)
+            timings[f"{name.replace(' ', '')}@{count}"] = round(sparse_ms, 4)
+            ratios.append(sparse_ms / dense_ms)
+        notes.append(f"{name} {'/'.join(f'{r:.2f}x' for r in ratios)}")
+        if best is None or max(ratios) < best[0]:
+            best = (max(ratios), kernel, block)
+    measured_text = "; ".join(notes) + f" of dense at {tokens} tokens"
     if best is not None and best[0] <= 1.0 - options.margin:
         return LayerChoice(**base, kernel=best[1], block=best[2], timings=timings,
-                           reason=f"{ratios} of dense (worst of {tokens} tokens)")
+                           reason=measured_text)
     return LayerChoice(**base, kernel="dense", timings=timings,
-                       reason=f"{ratios or 'no candidate'}: none >= {options.margin:.0%} faster "
-                              f"at {tokens} tokens")
+                       reason=f"{measured_text}: none >= {options.margin:.0%} faster at each")
 
 
 def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None
