@@ -97,8 +97,10 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
         if node in sparse:
             w = node.arg(1)
             bias = node.arg(2)
+            limit = sparse[node].max_tokens
             args = (lookup(node.arg(0)), *parts[w.name], None if bias is None else lookup(bias),
-                    int(w.data.shape[0]))
+                    int(w.data.shape[0]), None if limit is None else lookup(w),
+                    -1 if limit is None else limit)
             env[id(node.outputs[0])] = fx.call_function(sparse_linear, args, {})
             continue
         if node in semi:

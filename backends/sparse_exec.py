@@ -23,9 +23,13 @@ this machine runs them. Kernels (:data:`KERNELS`):
 - ``auto``: per weight, a sparse kernel only where it is measured faster here. A micro-benchmark
   at lowering time runs the layer's real weight (dense ``F.linear`` against each candidate
   kernel, interleaved blocks, medians) at each token count of :attr:`AutoOptions.tokens`
-  (default 128 and 1024: batch 1 and 8 at sequence 128); a candidate is chosen only if it is at
-  least ``margin`` (default 10%) faster than dense at every token count, so ``auto`` stays
-  within noise of dense where sparse does not pay (the goal: never more than 5% slower).
+  (default 128 and 1024: batch 1 and 8 at sequence 128). A candidate counts as winning at a
+  token count when it is at least ``margin`` (default 10%) faster than dense there. One that
+  wins at every count runs every input; one that wins only at the smaller counts runs inputs up
+  to the largest count it won at, and the layer keeps its dense weight too for larger inputs
+  (the kernel switches on the input's rows, batch x sequence, at run time); otherwise the layer
+  stays dense. So ``auto`` stays within noise of dense where sparse does not pay (the goal:
+  never more than 5% slower) and takes the sparse win where it does.
   Weights denser than :data:`MAX_AUTO_DENSITY` skip the measurement (no torch CPU sparse kernel
   beats dense there). Results are cached per (shape, density, pattern, bias, threads, torch
   version, token count) in memory and in ``~/.cache/optc/sparse_kernels.json``
@@ -100,7 +104,9 @@ class AutoOptions:
     """How ``auto`` measures."""
 
     tokens: tuple[int, ...] = (128, 1024)
-    """Rows of the activation (batch x sequence) to measure at; sparse must win at each."""
+    """Rows of the activation (batch x sequence) to measure at. A kernel that wins at all of
+    them runs every input; one that wins only at the smaller ones runs inputs up to the largest
+    count it won at, and dense runs larger ones."""
     margin: float = 0.10
     """A sparse kernel is chosen only when it takes at most ``1 - margin`` of dense's time."""
     candidates: tuple[str, ...] = ("csr", "bsr")
@@ -138,6 +144,9 @@ class LayerChoice:
     """``dense``, ``csr``, ``bsr``, ``semi-structured`` or ``int8``."""
     block: tuple[int, int] | None = None
     """BSR block shape (``bsr`` only)."""
+    max_tokens: int | None = None
+    """``auto`` only: the sparse kernel runs inputs of at most this many rows (batch x
+    sequence), the dense one larger inputs (where it measured faster); None: every input."""
     reason: str = ""
     """Why this kernel (for ``auto``: the measured ratios)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -186,7 +195,8 @@ class SparsePlan:
         counts = ", ".join(f"{k} {n}" for k, n in sorted(self.counts().items()))
         rows = [("weight", "shape", "pattern", "density", "kernel", "why")]
         for c in self.layers:
-            kernel = c.kernel + (f" {c.block[0]}x{c.block[1]}" if c.block else "")
+            kernel = c.kernel + (f" {c.block[0]}x{c.block[1]}" if c.block else "") + (
+                f" <={c.max_tokens} rows" if c.max_tokens is not None else "")
             rows.append((c.param, f"{c.shape[0]}x{c.shape[1]}", c.pattern, f"{c.density:.3f}",
                          kernel, c.reason))
         widths = [max(len(r[i]) for r in rows) for i in range(6)]
@@ -196,15 +206,19 @@ class SparsePlan:
 
 # -- the kernels ----------------------------------------------------------------------------------
 def sparse_linear(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
-                  bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+                  bias: torch.Tensor | None, out_features: int, weight: torch.Tensor | None = None,
+                  max_tokens: int = -1) -> torch.Tensor:
     """The ``linear`` op with a CSR (``values`` 1-D) or BSR (``values`` [blocks, R, C]) weight
-    of shape ``[out_features, x.shape[-1]]`` given by its compressed parts."""
+    of shape ``[out_features, x.shape[-1]]`` given by its compressed parts. With ``max_tokens``
+    >= 0, inputs of more rows (batch x sequence) than that run dense with ``weight``."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if weight is not None and 0 <= max_tokens < x2.shape[0]:
+        return F.linear(x, weight, bias)
     size = [out_features, x.shape[-1]]
     if values.dim() == 1:
         w = torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
     else:
         w = torch.sparse_bsr_tensor(crow, col, values, size, check_invariants=False)
-    x2 = x.reshape(-1, x.shape[-1])
     y = torch.mm(w, x2.t()) if bias is None else torch.addmm(bias.unsqueeze(1), w, x2.t())
     return y.t().reshape(x.shape[:-1] + (out_features,))
 
@@ -217,13 +231,15 @@ def semi_structured_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 SPARSE_SCRIPT = '''
 def k_sparse_linear(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor],
-                    out_features: int) -> Tensor:
+                    out_features: int, weight: Optional[Tensor], max_tokens: int) -> Tensor:
+    x2 = x.reshape(-1, x.size(-1))
+    if weight is not None and max_tokens >= 0 and x2.size(0) > max_tokens:
+        return torch.nn.functional.linear(x, weight, bias)
     size = [out_features, x.size(-1)]
     if values.dim() == 1:
         w = torch.sparse_csr_tensor(crow, col, values, size)
     else:
         w = torch.sparse_bsr_tensor(crow, col, values, size)
-    x2 = x.reshape(-1, x.size(-1))
     if bias is None:
         y = torch.mm(w, x2.t())
     else:
@@ -368,7 +384,7 @@ def _measure(weight: torch.Tensor, attr: Sparsity, has_bias: bool, kernel: str,
     w = weight.detach().contiguous()
     bias = torch.randn(w.shape[0], dtype=w.dtype) if has_bias else None
     crow, col, values = sparse_parts(w, kernel, block)
-    for tokens in options.tokens:
+    for tokens in sorted(set(options.tokens)):
         key = _cache_key(w, attr, has_bias, threads, kernel, block, tokens)
         hit = _MEMORY.get(key) or disk.get(key)
         if not (isinstance(hit, dict) and {"dense", "sparse"} <= set(hit)):
@@ -394,9 +410,9 @@ def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: Auto
         return LayerChoice(**base, kernel="dense",
                            reason=f"density {density:.2f} > {MAX_AUTO_DENSITY}: not measured")
     timings: dict[str, float] = {}
-    best: tuple[float, str, tuple[int, int] | None] | None = None
+    best: tuple[tuple[int, float], str, tuple[int, int] | None, int | None] | None = None
     notes = []
-    tokens = "/".join(map(str, options.tokens))
+    tokens = "/".join(map(str, sorted(set(options.tokens))))
     for kernel in options.candidates:
         block = bsr_block(w, attr) if kernel == "bsr" else None
         name = kernel if kernel == "csr" else f"bsr {block[0]}x{block[1]}"
@@ -412,14 +428,24 @@ def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: Auto
             timings[f"{name.replace(' ', '')}@{count}"] = round(sparse_ms, 4)
             ratios.append(sparse_ms / dense_ms)
         notes.append(f"{name} {'/'.join(f'{r:.2f}x' for r in ratios)}")
-        if best is None or max(ratios) < best[0]:
-            best = (max(ratios), kernel, block)
+        # the sparse kernel takes the smallest token counts for as long as it keeps winning
+        counts = list(measured)
+        wins = 0
+        while wins < len(counts) and ratios[wins] <= 1.0 - options.margin:
+            wins += 1
+        if wins:
+            limit = None if wins == len(counts) else counts[wins - 1]
+            key = (wins, -max(ratios[:wins]))
+            if best is None or key > best[0]:
+                best = (key, kernel, block, limit)
     measured_text = "; ".join(notes) + f" of dense at {tokens} tokens"
-    if best is not None and best[0] <= 1.0 - options.margin:
-        return LayerChoice(**base, kernel=best[1], block=best[2], timings=timings,
-                           reason=measured_text)
+    if best is not None:
+        _, kernel, block, limit = best
+        where = "" if limit is None else f"; dense above {limit} rows"
+        return LayerChoice(**base, kernel=kernel, block=block, max_tokens=limit, timings=timings,
+                           reason=measured_text + where)
     return LayerChoice(**base, kernel="dense", timings=timings,
-                       reason=f"{measured_text}: none >= {options.margin:.0%} faster at each")
+                       reason=f"{measured_text}: none >= {options.margin:.0%} faster")
 
 
 def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None
@@ -510,7 +536,8 @@ def dense_unused(module: Module, lowered: dict[Node, LayerChoice]) -> set[str]:
     for node in lowered:
         w = node.arg(1)
         users = w.users()
-        if id(w) not in outputs and all(u in lowered for u in users) and \
+        if id(w) not in outputs and lowered[node].max_tokens is None and \
+                all(u in lowered for u in users) and \
                 all(u.args.count(w) == 1 and u.arg(1) is w for u in users):
             names.add(w.name)
     return names

@@ -112,8 +112,10 @@ class _Writer:
             return f"{self.literal(args[0])}.size({self.literal(args[1])})"
         if node in self.sparse:
             w, bias = args[1], node.arg(2)
+            limit = self.sparse[node].max_tokens
             parts = [self.literal(args[0]), *self.parts[w.name],
-                     "None" if bias is None else self.literal(bias), str(int(w.data.shape[0]))]
+                     "None" if bias is None else self.literal(bias), str(int(w.data.shape[0])),
+                     "None" if limit is None else self.literal(w), str(-1 if limit is None else limit)]
             return f"k_sparse_linear({', '.join(parts)})"
         opdef = get_op(op)
         if opdef is not None:

@@ -178,16 +178,27 @@ def test_auto_chooses_sparse_only_when_it_wins_by_the_margin(unstructured, block
     assert plan.layers[0].timings == {"dense@16": 1.0, "csr@16": 0.8, "bsr4x4@16": 0.3}
 
 
-def test_auto_needs_a_win_at_every_token_count(unstructured, monkeypatch):
-    _, module = unstructured
-    ratios = iter([0.5, 1.2] * 100)  # wins at 16 tokens, loses at 64
+def test_auto_runs_dense_above_the_token_count_where_sparse_stops_winning(unstructured, monkeypatch):
+    model, module = unstructured
+    ratios = iter([0.5, 1.2] * 100)  # wins at 16 rows, loses at 64
     monkeypatch.setattr(sparse_exec, "_median_ms", lambda v, r, b: {"dense": 1.0, "sparse": next(ratios)})
     sparse_exec.clear_memory_cache()
-    plan = plan_sparse_kernels(module, "auto", AutoOptions(tokens=(16, 64), candidates=("csr",),
+    plan = plan_sparse_kernels(module, "auto", AutoOptions(tokens=(64, 16), candidates=("csr",),
                                                            cache_dir=None))
-    assert plan.counts() == {"dense": 12}
-    assert plan.layers[0].reason == ("csr 0.50x/1.20x of dense at 16/64 tokens: none >= 10% "
-                                     "faster at each")
+    assert plan.counts() == {"csr": 12} and {c.max_tokens for c in plan.layers} == {16}
+    assert plan.layers[0].reason == "csr 0.50x/1.20x of dense at 16/64 tokens; dense above 16 rows"
+    assert "csr <=16 rows" in plan.table()
+    eager, scripted = to_eager(module, plan), to_torchscript(module, plan)
+    assert "encoder_layer_0_attention_self_query_weight" in dict(eager.graph_module.named_buffers())
+    names = [v.name for v in module.graph.inputs]
+    with torch.no_grad():
+        for batch, seq, path in ((3, 16, "dense"), (1, 8, "sparse")):  # 48 rows, 8 rows
+            inputs = padded_inputs(model, module, batch, seq, 4)
+            want = to_eager(module)(**inputs)["last_hidden_state"]
+            for got in (eager(**inputs), scripted(*[inputs[n] for n in names])):
+                diff = max_diff(got["last_hidden_state"], want)
+                # the dense path is the same computation, bit for bit; the sparse one rounds apart
+                assert (diff == 0.0) if path == "dense" else (0.0 < diff <= TOLERANCE), (path, diff)
 
 
 def test_auto_skips_dense_weights_and_caches_measurements(monkeypatch, tmp_path):
