@@ -3,7 +3,7 @@ distillation, committed physically with the structural passes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -18,7 +18,7 @@ from optc.passes.prune_heads import PruneHeads
 from optc.passes.prune_neurons import PruneNeurons
 from optc.passes.registry import register_pass
 from optc.passes.structural import slice_conflict
-from optc.train import distill, has_task_head
+from optc.train import ProgressFn, distill, has_task_head
 from optc.train.gates import L0Gates, SizeModel, encoder_cost, size_model
 
 __all__ = ["L0Prune", "commit_gates", "enforce_target"]
@@ -139,6 +139,19 @@ class L0Prune(Distill):
     log-alpha first) or louizos (clamp(sigmoid(log-alpha) * 1.2 - 0.1, 0, 1))."""
     exact_target: bool = True
     """Remove the lowest-scoring open units too until the target is met."""
+    _progress: ProgressFn | None = field(default=None, init=False, repr=False, compare=False)
+
+    def with_progress(self, progress: ProgressFn | None) -> L0Prune:
+        """This pass reporting each training step to ``progress`` (step, loss, expected
+        size, target, Lagrangian terms in ``terms``, ETA)."""
+        copy = self.with_pipeline_input(self._pipeline_input)
+        object.__setattr__(copy, "_progress", progress)
+        return copy
+
+    def with_pipeline_input(self, module: Module | None) -> L0Prune:
+        copy = super().with_pipeline_input(module)
+        object.__setattr__(copy, "_progress", self._progress)
+        return copy
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -214,13 +227,20 @@ class L0Prune(Distill):
                         form=self.form)
         before = {m: encoder_cost(module, structure, m, seq) for m in ("flops", "params")}
         layer_ids = [layer.id for layer in structure.layers]
-        report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
-                         temperature=self.temperature, alpha_soft=self.alpha_soft,
-                         hidden_mse=hidden, layer_map=self.layer_map, hooks=hooks,
-                         edit=hooks.edit, **train_options(self))
-        gates = hooks.final_gates()
-        forced = enforce_target(size, gates, hooks.scores(), self.target) if self.exact_target else 0
-        done = commit_gates(module, size, gates)
+        snapshot = module.clone()
+        try:
+            report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
+                             temperature=self.temperature, alpha_soft=self.alpha_soft,
+                             hidden_mse=hidden, layer_map=self.layer_map, hooks=hooks,
+                             edit=hooks.edit, progress=self._progress, **train_options(self))
+            gates = hooks.final_gates()
+            forced = (enforce_target(size, gates, hooks.scores(), self.target)
+                      if self.exact_target else 0)
+            done = commit_gates(module, size, gates)
+        except BaseException:  # a refusal or Ctrl-C: no half-trained, half-pruned module
+            module.graph, module.params = snapshot.graph, snapshot.params
+            module.dims, module.meta = snapshot.dims, snapshot.meta
+            raise
         after_structure = analyze(module)
         after = {m: encoder_cost(module, after_structure, m, seq) for m in ("flops", "params")}
         trace = [h["expected_size"] for h in hooks.history]

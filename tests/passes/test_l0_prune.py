@@ -201,3 +201,26 @@ def test_bench_compress_l0_section_smoke(setup, tmp_path, capsys) -> None:
     assert "magnitude" in lines[2] and "+ distill" in lines[2]
     flops = [float(line.split()[-1]) for line in lines[1:]]
     assert flops[0] <= 0.5 and abs(flops[1] - flops[0]) < 0.1  # the baseline matches its FLOPs
+
+
+def test_progress_shows_the_expected_size_and_interrupt_leaves_the_module(setup) -> None:
+    module = _module(setup)
+    text = print_module(module)
+    seen = []
+
+    def progress(info) -> None:
+        seen.append(info)
+        if info.step == 2:
+            raise KeyboardInterrupt
+
+    p = parse_pipeline(f"l0-prune{{task={TASK},target_flops=0.5,max_steps=5,batch_size=16,"
+                       f"eval_split=none,data={setup / 'task'}}}")[0]
+    p = p.with_progress(progress).with_pipeline_input(module.clone())
+    with pytest.raises(KeyboardInterrupt):
+        p.run(module)
+    assert print_module(module) == text  # no head added, nothing pruned
+    assert [s.step for s in seen] == [1, 2] and seen[0].total == 5
+    terms = seen[0].terms
+    assert {"expected_size", "target", "size", "lagrangian", "lambda1", "lambda2"} <= set(terms)
+    assert terms["target"] == 1.0 > seen[1].terms["target"]  # the ramp from 1 (half of 5 steps)
+    assert 0.9 < terms["expected_size"] <= 1.0
