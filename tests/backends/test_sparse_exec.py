@@ -338,3 +338,20 @@ def test_cli_sparse_kernel_flag(tmp_path, capsys):
                  str(tmp_path / "m.onnx"), "-q"]) == 2
     assert "--sparse-kernel chooses eager and TorchScript" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_sparse_then_int8_weights_keep_the_int8_kernel():
+    from optc.passes import PassManager
+
+    model = tiny_model("bert")
+    module = optc.capture(model)
+    PassManager("sparsify{sparsity=0.9},quantize{mode=dynamic,targets=ffn}").run(module)
+    plan = plan_sparse_kernels(module, "csr")
+    assert plan.counts() == {"csr": 8, "int8": 4}
+    assert {c.param.split(".")[3] for c in plan.layers if c.kernel == "int8"} == {"intermediate", "output"}
+    inputs = _inputs(model, module)
+    names = [v.name for v in module.graph.inputs]
+    with torch.no_grad():
+        want = to_eager(module)(**inputs)
+        _agree(to_eager(module, plan)(**inputs), want)
+        _agree(to_torchscript(module, plan)(*[inputs[n] for n in names]), want)
