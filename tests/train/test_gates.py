@@ -144,3 +144,29 @@ def test_target_ramps_linearly_over_the_warmup() -> None:
     default.start(None, 40)  # type: ignore[arg-type]
     assert default.warmup_steps == 20 and default.target_at(10) == 0.75
     assert default.keep_best(39) is False and default.keep_best(40) is True
+
+
+def test_final_gates_follow_the_chosen_form_and_block_gates_multiply() -> None:
+    _, module = tiny_bert(layers=1)
+    size = size_model(module, analyze(module), "flops")
+    louizos = L0Gates(size, 0.5, form="louizos", layers=True)
+    cofi = L0Gates(size, 0.5, layers=True)
+    with torch.no_grad():
+        for hooks in (louizos, cofi):
+            for name, alpha in hooks.log_alpha.items():
+                alpha.copy_(torch.linspace(-4, 4, alpha.numel()))
+                hooks.block_alpha[name].fill_(4.0)
+    for g in size.groups:
+        alpha = louizos.log_alpha[g.input_name].detach()
+        torch.testing.assert_close(louizos.final_gates()[g.input_name],
+                                   deterministic(alpha) * deterministic(torch.tensor([4.0])))
+        torch.testing.assert_close(cofi.final_gates()[g.input_name],
+                                   expected_deterministic(alpha)
+                                   * expected_deterministic(torch.tensor([4.0])))
+    with torch.no_grad():
+        for alpha in louizos.block_alpha.values():
+            alpha.fill_(-4.0)  # a closed block closes all of its units
+    assert all(bool((z == 0).all()) for z in louizos.final_gates().values())
+    assert float(louizos.expected_size()) < 0.1
+    with pytest.raises(InputError, match="cofi or louizos"):
+        L0Gates(size, 0.5, form="other")  # type: ignore[arg-type]
