@@ -167,6 +167,6 @@ def test_final_gates_follow_the_chosen_form_and_block_gates_multiply() -> None:
         for alpha in louizos.block_alpha.values():
             alpha.fill_(-4.0)  # a closed block closes all of its units
     assert all(bool((z == 0).all()) for z in louizos.final_gates().values())
-    assert float(louizos.expected_size()) < 0.1
+    assert float(louizos.expected_size().detach()) < 0.1
     with pytest.raises(InputError, match="cofi or louizos"):
         L0Gates(size, 0.5, form="other")  # type: ignore[arg-type]
