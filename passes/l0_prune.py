@@ -110,7 +110,9 @@ class L0Prune(Distill):
     from 1 over ``target_warmup`` steps. At the end the deterministic gates decide: units whose
     gate is 0 are removed (``prune-neurons``, ``prune-heads``); with ``exact_target`` the
     lowest-scoring open units are removed too until the target is met; kept gates below 1 are
-    folded into the projection columns.
+    folded into the projection columns. A closed block gate (``layers``) removes all of its
+    block's heads or neurons: what is left of the block is its output bias (and, post-LN, its
+    norm), exactly what the gated model computes (``drop-layers`` would also drop the norm).
     Guarantees: the result computes what the trained gated model computes with those hard
     gates. Rewrites: every floating-point weight (training), the sliced projections.
     Refuses: neither or both targets, a target outside (0, 1), a target the gates cannot reach,
