@@ -21,10 +21,13 @@ TASKS = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "question-answering": "AutoModelForQuestionAnswering",
     "token-classification": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
 }
-"""Model heads ``load_model`` can build; ``auto`` follows the config's ``architectures``."""
+"""Model heads ``load_model`` can build; ``auto`` follows the config's ``architectures`` (a
+``...ForCausalLM`` directory keeps its LM head: the IR's output is ``logits``)."""
 
-_HEAD_SUFFIXES = ("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification")
+_HEAD_SUFFIXES = ("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification",
+                  "ForCausalLM")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 INIT_SEED = 0

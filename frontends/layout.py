@@ -19,7 +19,7 @@ from optc.ir.targets import resolve
 from optc.ir.types import Dim, SymType, TensorType
 
 __all__ = ["MOVEMENT_OPS", "concrete_env", "eval_dim", "same_shape", "eval_chain", "index_tensor",
-           "split_heads_source", "merge_heads_target"]
+           "split_heads_source", "merge_heads_target", "repeat_kv_source"]
 
 _MAX_CHAIN = 6
 
@@ -38,6 +38,10 @@ MOVEMENT_OPS = frozenset({
     "aten.unflatten.int",
 })
 """Ops that only move or copy elements; chains of them are checked by evaluation."""
+
+
+_SPLIT_OPS = MOVEMENT_OPS | {"aten.slice.Tensor"}
+"""Ops a head split may pass through (a slice must be a no-op, which the evaluation proves)."""
 
 
 def concrete_env(module: Module, offset: int = 0) -> dict[str, int]:
@@ -109,7 +113,7 @@ def split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) 
     current = value
     for _ in range(_MAX_CHAIN):
         node = current.producer
-        if node is None or node.op not in MOVEMENT_OPS:
+        if node is None or node.op not in _SPLIT_OPS:
             break
         chain.insert(0, node)
         current = node.args[0]
@@ -151,6 +155,36 @@ def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) 
             if got is not None and got.shape == want.shape and torch.equal(got, want):
                 return current
     return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
+
+
+_REPEAT_OPS = MOVEMENT_OPS | {"aten.expand.default", "aten.slice.Tensor"}
+
+
+def repeat_kv_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> tuple[Value, int] | None:
+    """``(x, kv)`` when ``value`` ([B, heads, S, dim]) repeats each of the ``kv`` heads of ``x``
+    ([B, kv, S, dim]) ``heads/kv`` times in a row (``repeat_kv`` of grouped-query attention),
+    proven by evaluating the chain on an index tensor."""
+    chain: list[Node] = []
+    current = value
+    for _ in range(_MAX_CHAIN):
+        node = current.producer
+        if node is None or node.op not in _REPEAT_OPS:
+            break
+        chain.insert(0, node)
+        current = node.args[0]
+        if not isinstance(current, Value):
+            break
+        t = current.type
+        if isinstance(t, TensorType) and t.rank == 4 and t.shape[3] == dim and \
+                isinstance(t.shape[1], int) and t.shape[1] < heads and heads % t.shape[1] == 0:
+            x = index_tensor(current, env)
+            if x is None:
+                continue
+            got = eval_chain(chain, current, x, env)
+            want = x.repeat_interleave(heads // t.shape[1], dim=1)
+            if got is not None and got.shape == want.shape and torch.equal(got, want):
+                return current, t.shape[1]
+    return None
 
 
 # -- small graph queries --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from optc.frontends.layout import (
     MOVEMENT_OPS,
     concrete_env,
     merge_heads_target,
+    repeat_kv_source,
     same_shape,
     split_heads_source,
 )
@@ -139,31 +140,52 @@ def _replace(module: Module, anchor: Node, old: Value, op: str, args: tuple,
 # -- attention --------------------------------------------------------------------------------
 def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Value, mask: Any,
                      scale: float | None, causal: bool, out4: Value, ctx: _Context) -> str | None:
-    """Check that q/k/v are head splits and ``out4`` is merged back; then rewrite."""
+    """Check that q/k/v are head splits (k/v possibly of fewer, repeated kv heads) and ``out4``
+    is merged back; then rewrite."""
     qt, kt, vt = q4.tensor_type, k4.tensor_type, v4.tensor_type
     if not (qt.rank == kt.rank == vt.rank == 4):
         return "query/key/value are not 4-D [batch, heads, seq, head_dim]"
     heads, dim = qt.shape[1], qt.shape[3]
     if not (isinstance(heads, int) and isinstance(dim, int)):
         return "the head count or head size is symbolic"
-    if kt.shape[1] != heads or vt.shape[1] != heads or kt.shape[3] != dim or vt.shape[3] != dim:
+    if kt.shape[1] != vt.shape[1] or kt.shape[3] != dim or vt.shape[3] != dim:
         return "query, key and value differ in head count or head size"
+    if not isinstance(kt.shape[1], int) or heads % kt.shape[1]:
+        return "the key/value head count does not divide the query head count"
     if isinstance(mask, Value):
         mt = mask.type
-        if not isinstance(mt, TensorType) or (mt.rank >= 3 and mt.shape[-3] != 1):
-            return "the mask is not broadcast over heads (its head dim is not 1)"
+        if not isinstance(mt, TensorType) or (mt.rank >= 3 and mt.shape[-3] not in (1, heads)):
+            return "the mask's head dim is neither 1 (broadcast) nor the head count (a per-head bias)"
+        if mt.rank >= 3 and mt.shape[-3] == heads and heads > 1 and mt.rank != 4:
+            return "a per-head mask is not [batch|1, heads, q_seq, k_seq]"
     elif mask is not None:
         return "the mask is not a tensor"
-    sources = []
-    for v in (q4, k4, v4):
-        src = split_heads_source(v, heads, dim, ctx.env)
+    src = split_heads_source(q4, heads, dim, ctx.env)
+    if isinstance(src, str):
+        return src
+    sources: list[Value] = [src]
+    kv_counts = set()
+    for v in (k4, v4):
+        n = v.tensor_type.shape[1]
+        src = split_heads_source(v, n, dim, ctx.env)
+        if isinstance(src, str) and n == heads:
+            repeated = repeat_kv_source(v, heads, dim, ctx.env)
+            if repeated is not None:
+                n = repeated[1]
+                src = split_heads_source(repeated[0], n, dim, ctx.env)
         if isinstance(src, str):
             return src
         sources.append(src)
+        kv_counts.add(n)
+    if len(kv_counts) != 1:
+        return "key and value have different kv head counts"
     target = merge_heads_target(out4, heads, dim, ctx.env)
     if isinstance(target, str):
         return target
-    kwargs = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
+    kwargs: dict[str, Any] = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
+    kv = kv_counts.pop()
+    if kv != heads:
+        kwargs["num_kv_heads"] = kv
     _replace(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
     return None
 
@@ -172,8 +194,6 @@ def _raise_sdpa(module: Module, node: Node, ctx: _Context) -> str | None:
     a = bind_args(node.op, node.args, node.kwargs)
     if a.get("dropout_p") not in (0, 0.0, None):
         return "dropout_p is not 0 (capture the model in eval mode)"
-    if a.get("enable_gqa"):
-        return "grouped-query attention is not supported"
     q4, k4, v4, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
     if not all(_is_tensor(v) for v in (q4, k4, v4)):
         return "query/key/value are not tensors"
@@ -366,6 +386,197 @@ def _raise_gelu_tanh(module: Module, node: Node, ctx: _Context) -> str | None:
     return _SKIP
 
 
+# -- rotary position embeddings --------------------------------------------------------------------
+def _strip_casts(value: Any) -> Any:
+    """``value`` without same-dtype, same-shape casts (``x.to(torch.float32)`` of an f32 x)."""
+    while isinstance(value, Value) and value.producer is not None and value.producer.op in (
+            "aten.to.dtype", "aten._to_copy.default", "aten.type_as.default", "aten.to.device"):
+        src = value.producer.args[0]
+        if not (_is_tensor(src) and src.type == value.type):
+            break
+        value = src
+    return value
+
+
+def _operand_pairs(node: Node | None) -> list[tuple[Any, Any]]:
+    """The first two operands of ``node`` in both orders (none when there is no node)."""
+    if node is None or len(node.args) < 2:
+        return []
+    return [tuple(node.args[:2]), tuple(node.args[1::-1])]
+
+
+def _rotate_half_of(value: Any, rank: int) -> tuple[Value, int] | None:
+    """``(x, half)`` when ``value`` is ``cat([-x[..., half:], x[..., :half]], -1)``."""
+    cat = _producer(value, ("aten.cat.default",))
+    if cat is None or cat.arg(1, 0) not in (-1, rank - 1):
+        return None
+    parts = cat.arg(0)
+    if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        return None
+    neg = _producer(parts[0], ("aten.neg.default",))
+    hi = _producer(neg.args[0], ("aten.slice.Tensor",)) if neg is not None else None
+    lo = _producer(parts[1], ("aten.slice.Tensor",))
+    if hi is None or lo is None or hi.args[0] is not lo.args[0]:
+        return None
+    x = hi.args[0]
+    last = (-1, rank - 1)
+    if hi.arg(1, 0) not in last or lo.arg(1, 0) not in last or hi.arg(4, 1) != 1 or lo.arg(4, 1) != 1:
+        return None
+    half = hi.arg(2, 0)
+    if lo.arg(2, 0) not in (0, None) or lo.arg(3) != half or not isinstance(half, int):
+        return None
+    width = x.tensor_type.shape[-1]
+    if not isinstance(width, int) or width != 2 * half or (hi.arg(3) is not None and hi.arg(3) < width):
+        return None
+    return x, half
+
+
+def _table(value: Any) -> Value | None:
+    """The [batch|1, seq, dim] cos/sin table that ``value`` ([., 1, seq, dim]) unsqueezes."""
+    node = _producer(value, ("aten.unsqueeze.default",))
+    if node is None or node.arg(1) != 1 or not _is_tensor(node.args[0]):
+        return None
+    table = node.args[0]
+    return table if table.tensor_type.rank == 3 else None
+
+
+def _raise_rotary(module: Module, node: Node, ctx: _Context) -> str | None:
+    """Root: ``x*cos + rotate_half(x)*sin`` on a [batch, heads, seq, head_dim] head split."""
+    if node.op != "aten.add.Tensor" or _number(node.attr("alpha", 1)) != 1.0:
+        return _SKIP
+    for a, b in _operand_pairs(node):
+        if not (_is_tensor(a) and _is_tensor(b)) or a.tensor_type.rank != 4:
+            continue
+        for x4, cos4 in _operand_pairs(_producer(a, ("aten.mul.Tensor",))):
+            for turned, sin4 in _operand_pairs(_producer(b, ("aten.mul.Tensor",))):
+                found = _rotate_half_of(turned, 4)
+                if found is None or found[0] is not x4 or not _is_tensor(x4):
+                    continue
+                cos, sin = _table(cos4), _table(sin4)
+                if cos is None or sin is None:
+                    return "the cos/sin tables are not [batch|1, seq, head_dim] unsqueezed over heads"
+                heads, dim = x4.tensor_type.shape[1], x4.tensor_type.shape[3]
+                if not (isinstance(heads, int) and isinstance(dim, int)) or \
+                        cos.tensor_type.shape[-1] != dim or sin.tensor_type.shape[-1] != dim:
+                    return "the rotary tables do not cover the whole head"
+                src = split_heads_source(x4, heads, dim, ctx.env)
+                if isinstance(src, str):
+                    return src
+                xt = src.tensor_type
+                rot = module.graph.create_node("rotary", (src, cos, sin), {"head_dim": dim}, [xt],
+                                               names="rotary", after=node)
+                unflat = module.graph.create_node(
+                    "aten.unflatten.int", (rot.outputs[0], -1, [heads, dim]), {},
+                    [TensorType(xt.dtype, xt.shape[:-1] + (heads, dim))], names="rotary_heads",
+                    after=rot)
+                split = module.graph.create_node(
+                    "aten.transpose.int", (unflat.outputs[0], 1, 2), {}, [node.outputs[0].type],
+                    names="rotary_heads", after=unflat)
+                rot.loc = unflat.loc = split.loc = node.loc
+                module.graph.replace_all_uses(node.outputs[0], split.outputs[0])
+                return None
+    return _SKIP
+
+
+# -- RMSNorm ---------------------------------------------------------------------------------------
+def _rms_weight(value: Any) -> tuple[Parameter, float] | None:
+    value = _strip_casts(value)
+    if isinstance(value, Parameter):
+        return value, 0.0
+    found = _scalar_operand(value, _ADD)
+    if found is not None and isinstance(_strip_casts(found[0]), Parameter):
+        return _strip_casts(found[0]), found[1]
+    return None
+
+
+def _raise_rms_norm(module: Module, node: Node, ctx: _Context) -> str | None:
+    """Root: ``(offset + w) * (x * rsqrt(mean(x^2, -1, keepdim) + eps))`` (either order)."""
+    for w_v, y_v in _operand_pairs(node):
+        weighted = _rms_weight(w_v)
+        if weighted is None or not _is_tensor(y_v):
+            continue
+        y = _strip_casts(y_v)
+        for x, r in _operand_pairs(_producer(y, ("aten.mul.Tensor",))):
+            rsqrt = _producer(r, ("aten.rsqrt.default",))
+            eps = _scalar_operand(rsqrt.args[0], _ADD) if rsqrt is not None else None
+            mean = _producer(eps[0], ("aten.mean.dim",)) if eps is not None else None
+            if mean is None or not _is_tensor(x):
+                continue
+            sq = _producer(mean.args[0], ("aten.pow.Tensor_Scalar",))
+            if sq is None or sq.args[0] is not x or _number(sq.arg(1)) != 2.0:
+                sq = _producer(mean.args[0], ("aten.mul.Tensor",))
+                if sq is None or not (sq.arg(0) is x and sq.arg(1) is x):
+                    continue
+            rank = x.tensor_type.rank
+            if list(mean.arg(1, [])) not in ([-1], [rank - 1]) or not mean.arg(2, False):
+                return "the mean square is not over the last dim with keepdim"
+            weight, offset = weighted
+            if tuple(weight.data.shape) != (x.tensor_type.shape[-1],):
+                return f"the weight @{weight.name} is not a vector of the normalized dim"
+            out = node.outputs[0]
+            if out.type != x.type:
+                return "the normalized result changes dtype or shape"
+            _replace(module, node, out, "rms_norm", (x, weight),
+                     {"eps": float(eps[1]), "offset": float(offset)}, out.tensor_type)
+            return None
+    return _SKIP
+
+
+# -- casts and fused projections ------------------------------------------------------------
+_NOOP_CASTS = ("aten.to.dtype", "aten.to.device", "aten.to.dtype_layout", "aten._to_copy.default",
+               "aten.type_as.default")
+
+
+def _drop_noop_casts(module: Module) -> None:
+    """Bypass casts to the type a tensor already has (``x.float()`` of an f32 ``x``, on the one
+    device the capture ran on), so patterns see through them."""
+    for node in module.graph:
+        if node.op not in _NOOP_CASTS or len(node.outputs) != 1:
+            continue
+        src = node.arg(0)
+        if _is_tensor(src) and src.type == node.outputs[0].type and \
+                node.kwargs.get("memory_format") is None:
+            module.graph.replace_all_uses(node.outputs[0], src)
+
+
+def _unbind_projection(module: Module, node: Node, ctx: _Context) -> str | None:
+    """``unbind(view(linear(x, W, b), [B, S, n, H, D]), 2)`` (ModernBERT's fused Wqkv) -> one
+    linear per part (rows of W) viewed as [B, S, H, D]. Exact."""
+    a = bind_args(node.op, node.args, node.kwargs)
+    view = _producer(a["self"], _VIEWS)
+    lin = _producer(view.args[0], ("aten.linear.default",)) if view is not None else None
+    if lin is None:
+        return _SKIP
+    vt, lt = view.outputs[0].tensor_type, lin.outputs[0].tensor_type
+    dim = a.get("dim", 0)
+    if vt.rank != 5 or lt.rank != 3 or not isinstance(dim, int) or dim % 5 != 2:
+        return _SKIP
+    parts, heads, size = vt.shape[2], vt.shape[3], vt.shape[4]
+    weight, bias = lin.args[1], lin.arg(2)
+    if not (isinstance(parts, int) and isinstance(heads, int) and isinstance(size, int)) or \
+            not isinstance(weight, Parameter) or not (bias is None or isinstance(bias, Parameter)):
+        return "the fused projection's parts are symbolic or its weight is computed"
+    if weight.data.shape[0] != parts * heads * size or len(node.outputs) != parts or \
+            not same_shape(vt.shape[:2], lt.shape[:2], ctx.envs):
+        return "the view does not split the projection's outputs into parts"
+    width = heads * size
+    anchor = node
+    for i, out in enumerate(node.outputs):
+        w = module.add_param(module.unique_param_name(f"{weight.name}.part{i}"),
+                             weight.data[i * width:(i + 1) * width].contiguous())
+        b = None if bias is None else module.add_param(
+            module.unique_param_name(f"{bias.name}.part{i}"), bias.data[i * width:(i + 1) * width].contiguous())
+        part = module.graph.create_node("aten.linear.default", (lin.args[0], w, b), {},
+                                        [TensorType(lt.dtype, lt.shape[:-1] + (width,))],
+                                        names="linear", after=anchor)
+        heads_view = module.graph.create_node("aten.unflatten.int", (part.outputs[0], -1, [heads, size]),
+                                              {}, [out.type], names="heads", after=part)
+        part.loc = heads_view.loc = node.loc
+        anchor = heads_view
+        module.graph.replace_all_uses(out, heads_view.outputs[0])
+    return None
+
+
 # -- one-node rules ---------------------------------------------------------------------------
 def _simple(op: str, build: Callable[[dict[str, Any]], Any]) -> Callable[..., str | None]:
     def rule(module: Module, node: Node, ctx: _Context) -> str | None:
@@ -397,13 +608,15 @@ def _embedding(a: dict[str, Any]) -> Any:
 
 _Rule = tuple[str, Callable[[Module, Node, _Context], str | None]]
 
-_COMPOSITE_RULES: dict[str, _Rule] = {
+_COMPOSITE_RULES: dict[str, _Rule | tuple[_Rule, ...]] = {
     "aten.softmax.int": ("attention", _raise_eager_attention),
     "aten._softmax.default": ("attention", _raise_eager_attention),
     "aten.addmm.default": ("linear", _raise_matmul_linear),
     "aten.mm.default": ("linear", _raise_matmul_linear),
     "aten.matmul.default": ("linear", _raise_matmul_linear),
-    "aten.mul.Tensor": ("gelu", _raise_gelu_tanh),
+    "aten.mul.Tensor": (("gelu", _raise_gelu_tanh), ("rms_norm", _raise_rms_norm)),
+    "aten.add.Tensor": ("rotary", _raise_rotary),
+    "aten.unbind.int": ("linear", _unbind_projection),
 }
 """Multi-node patterns, by root op; they run first, while the graph is plain ATen."""
 
@@ -444,6 +657,8 @@ def _split_projection(module: Module, node: Node, ctx: _Context) -> str | None:
         return "the packed projection's weight is computed, not a parameter"
     total = weight.data.shape[0]
     sizes = a.get("split_size") if "split_size" in a else a.get("split_sizes")
+    if node.op == "aten.chunk.default" and isinstance(a.get("chunks"), int) and a["chunks"] > 0:
+        sizes = -(-total // a["chunks"])
     if isinstance(sizes, int):
         sizes = [min(sizes, total - i) for i in range(0, total, sizes)]
     if not isinstance(sizes, (list, tuple)) or len(sizes) != len(node.outputs) or sum(sizes) != total:
@@ -462,9 +677,49 @@ def _split_projection(module: Module, node: Node, ctx: _Context) -> str | None:
     return None
 
 
+def _sliced_projection(module: Module, node: Node, ctx: _Context) -> str | None:
+    """``linear(x, W, b)`` read only by slices that partition its output features (Phi-3's
+    fused ``qkv_proj``) -> one ``linear`` per slice with row-sliced W, b. Exact."""
+    out = node.outputs[0]
+    users = out.users()
+    if not users or module.graph.is_output(out) or any(u.op != "aten.slice.Tensor" for u in users):
+        return _SKIP
+    weight, bias = node.args[1], node.arg(2)
+    if not (isinstance(weight, Parameter) and (bias is None or isinstance(bias, Parameter))):
+        return _SKIP
+    rank, total = out.tensor_type.rank, weight.data.shape[0]
+    ranges = []
+    for u in users:
+        dim, start, end, step = u.arg(1, 0), u.arg(2, 0), u.arg(3), u.arg(4, 1)
+        if u.args[0] is not out or not isinstance(dim, int) or dim % rank != rank - 1 or step != 1:
+            return _SKIP
+        start = 0 if start is None else start
+        end = total if end is None else min(end, total)
+        if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start < end:
+            return _SKIP
+        ranges.append((start, end, u))
+    ranges.sort(key=lambda r: r[:2])
+    if [r[0] for r in ranges] != [0] + [r[1] for r in ranges[:-1]] or ranges[-1][1] != total:
+        return "the slices of the fused projection do not partition its outputs"
+    anchor = node
+    for i, (start, end, u) in enumerate(ranges):
+        w = module.add_param(module.unique_param_name(f"{weight.name}.part{i}"),
+                             weight.data[start:end].contiguous())
+        b = None if bias is None else module.add_param(
+            module.unique_param_name(f"{bias.name}.part{i}"), bias.data[start:end].contiguous())
+        part = module.graph.create_node("linear", (node.args[0], w, b), {}, [u.outputs[0].type],
+                                        names="linear", after=anchor)
+        part.loc, anchor = node.loc, part
+        module.graph.replace_all_uses(u.outputs[0], part.outputs[0])
+        module.graph.remove(u)
+    return None
+
+
 _PROJECTION_RULES: dict[str, _Rule] = {
     "aten.split.Tensor": ("linear", _split_projection),
     "aten.split_with_sizes.default": ("linear", _split_projection),
+    "aten.chunk.default": ("linear", _split_projection),
+    "linear": ("linear", _sliced_projection),
 }
 """Rules that need raised ``linear`` ops; they run last."""
 
@@ -484,6 +739,20 @@ def _live_nodes(module: Module) -> set[Node]:
     return live
 
 
+def _drop_empty_concat_operands(module: Module) -> None:
+    """``cat([x, empty], d)`` -> ``x`` (Phi-3's rotary concatenates a zero-width pass-through)."""
+    for node in module.graph:
+        if node.op != "aten.cat.default" or not isinstance(node.arg(0), (list, tuple)):
+            continue
+        out = node.outputs[0]
+        if not isinstance(out.type, TensorType) or not isinstance(node.arg(1, 0), int):
+            continue
+        dim = node.arg(1, 0) % out.tensor_type.rank
+        kept = [v for v in node.arg(0) if not (_is_tensor(v) and v.tensor_type.shape[dim] == 0)]
+        if len(kept) == 1 and _is_tensor(kept[0]) and kept[0].type == out.type:
+            module.graph.replace_all_uses(out, kept[0])
+
+
 def raise_high_level_ops(module: Module) -> RaiseReport:
     """Rewrite every matching ATen pattern in place; dead leftovers remain for DCE.
 
@@ -492,20 +761,23 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
     """
     report = RaiseReport()
     ctx = _Context([concrete_env(module), concrete_env(module, offset=1)])
+    _drop_empty_concat_operands(module)
+    _drop_noop_casts(module)
     for rules in (_COMPOSITE_RULES, _RULES, _PROJECTION_RULES):
         live = _live_nodes(module)
         for node in module.graph:
             rule = rules.get(node.op)
             if rule is None or node.graph is None or node not in live:
                 continue
-            op, fn = rule
-            reason = fn(module, node, ctx)
-            if reason is None:
-                report.count(op)
-                if node.graph is not None and not any(
-                    o.users() or module.graph.is_output(o) for o in node.outputs
-                ):
-                    module.graph.remove(node)
-            elif reason:
-                report.misses.append(f"{node!r} not raised to {op}: {reason}")
+            for op, fn in (rule if isinstance(rule[0], tuple) else (rule,)):
+                reason = fn(module, node, ctx)
+                if reason is None:
+                    report.count(op)
+                    if node.graph is not None and not any(
+                        o.users() or module.graph.is_output(o) for o in node.outputs
+                    ):
+                        module.graph.remove(node)
+                    break
+                if reason:
+                    report.misses.append(f"{node!r} not raised to {op}: {reason}")
     return report

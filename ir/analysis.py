@@ -1,9 +1,11 @@
 """Structure analysis: the transformer layers of a raised module, found from the graph alone.
 
 An attention block is an ``attention`` node with the ``linear`` nodes that produce its query,
-key and value and the ``linear`` that consumes its result (the output projection). An FFN block
-is ``linear -> activation -> linear`` where the first widens and the second narrows back to the
-same width. Each attention block opens a layer; the first FFN block after it (before the next
+key and value (possibly through a ``rotary`` op) and the ``linear`` that consumes its result
+(the output projection); with grouped-query attention the key/value projections have
+``num_kv_heads`` heads. An FFN block is ``linear -> activation -> linear`` where the first
+widens and the second narrows back to the same width, or the gated form
+``down(act(gate(x)) * up(x))`` (SwiGLU, GeGLU) whose two up projections read the same input. Each attention block opens a layer; the first FFN block after it (before the next
 attention) completes it. Residual adds and layer norms are found through the uses of the blocks'
 outputs and inputs. Parameter names are never consulted.
 """
@@ -15,12 +17,15 @@ from dataclasses import dataclass, field
 from optc.ir.core import Module, Node, Value
 from optc.ir.ids import format_ids, ids_or_range
 from optc.ir.ops import get_op
+from optc.ir.ops.attention import kv_index
 
 __all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
            "assign_layer_ids", "node_cost", "module_flops", "describe_layers"]
 
 _FFN_ACTIVATIONS = ("gelu", "relu", "silu")
 _RESIDUAL_ADDS = ("aten.add.Tensor",)
+_NORMS = ("layer_norm", "rms_norm")
+_GATE_MUL = ("aten.mul.Tensor",)
 
 
 def _producer(value: object, op: str) -> Node | None:
@@ -76,6 +81,8 @@ class AttentionBlock(_Block):
     value: Node | None = None
     output: Node | None = None
     """``linear`` consuming the attention result (output projection)."""
+    rotary: tuple[Node | None, Node | None] = (None, None)
+    """The ``rotary`` ops between the query/key projections and the attention, if any."""
 
     @property
     def num_heads(self) -> int:
@@ -84,6 +91,26 @@ class AttentionBlock(_Block):
     @property
     def head_dim(self) -> int:
         return int(self.node.attr("head_dim"))
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads (equal to ``num_heads`` unless grouped-query attention)."""
+        kv = self.node.attr("num_kv_heads")
+        return self.num_heads if kv is None else int(kv)
+
+    @property
+    def kv_heads(self) -> list[int]:
+        """The kv head each query head reads."""
+        return kv_index(self.num_heads, self.node.attr("num_kv_heads"), self.node.attr("kv_heads"))
+
+    @property
+    def grouped(self) -> bool:
+        """Whether key/value heads are shared by several query heads."""
+        return self.num_kv_heads != self.num_heads or self.node.attr("kv_heads") is not None
+
+    def kv_group(self, kv: int) -> list[int]:
+        """The query heads that read kv head ``kv``."""
+        return [h for h, k in enumerate(self.kv_heads) if k == kv]
 
     @property
     def head_ids(self) -> list[int]:
@@ -97,21 +124,46 @@ class AttentionBlock(_Block):
             return "query/key/value are not produced by their own linear projections"
         if self.output is None:
             return "the attention result does not feed a single output projection"
-        for lin in (self.query, self.key, self.value):
+        for lin, rot in zip((self.query, self.key, self.value), (*self.rotary, None), strict=True):
             if len(lin.outputs[0].users()) != 1:
                 return f"the projection {lin!r} has other users besides the attention"
+            if rot is not None and len(rot.outputs[0].users()) != 1:
+                return f"the rotary embedding {rot!r} has other users besides the attention"
+        if len({id(self.key), id(self.value), id(self.query)}) != 3:
+            return "query, key and value share a projection"
         return None
 
     def head_slices(self, head: int) -> list[ParamSlice]:
-        """The coupled parameter slices of one head (q/k/v rows and biases, output columns)."""
+        """The coupled parameter slices of one query head: its q rows (and bias) and output
+        columns, plus the k/v rows of its kv head when no other query head reads it (always,
+        without grouped-query attention)."""
         d = self.head_dim
         rows = tuple(range(head * d, (head + 1) * d))
         slices = []
-        for lin in (self.query, self.key, self.value):
-            slices.append(ParamSlice(lin.args[1].name, 0, rows))
+        projections = [self.query]
+        kv = self.kv_heads[head]
+        if self.kv_group(kv) == [head]:
+            projections += [self.key, self.value]
+        for lin in projections:
+            index = rows if lin is self.query else tuple(range(kv * d, (kv + 1) * d))
+            slices.append(ParamSlice(lin.args[1].name, 0, index))
             if isinstance(lin.arg(2), Value):
-                slices.append(ParamSlice(lin.arg(2).name, 0, rows))
+                slices.append(ParamSlice(lin.arg(2).name, 0, index))
         slices.append(ParamSlice(self.output.args[1].name, 1, rows))
+        return slices
+
+    def kv_slices(self, kv: int) -> list[ParamSlice]:
+        """The coupled slices of kv head ``kv``: its k/v rows and the slices of every query
+        head of its group (removing a kv head removes its whole group)."""
+        d = self.head_dim
+        index = tuple(range(kv * d, (kv + 1) * d))
+        slices = []
+        for lin in (self.key, self.value):
+            slices.append(ParamSlice(lin.args[1].name, 0, index))
+            if isinstance(lin.arg(2), Value):
+                slices.append(ParamSlice(lin.arg(2).name, 0, index))
+        for h in self.kv_group(kv):
+            slices += [s for s in self.head_slices(h) if s not in slices]
         return slices
 
     def param_names(self) -> list[str]:
@@ -126,8 +178,13 @@ class FFNBlock(_Block):
     """A feed-forward block ``down(act(up(x)))``."""
 
     up: Node | None = None
+    """The projection whose result goes through the activation (``gate_proj`` of a gated FFN)."""
     activation: Node | None = None
     down: Node | None = None
+    gated: Node | None = None
+    """Gated FFNs: the second up projection (``up_proj``), multiplied with the activation."""
+    product: Node | None = None
+    """Gated FFNs: the ``mul`` of the activation and ``gated``, which feeds ``down``."""
 
     @property
     def width(self) -> int:
@@ -140,16 +197,21 @@ class FFNBlock(_Block):
         return ids_or_range(self.up.attr("unit_ids"), self.width)
 
     def neuron_slices(self, neuron: int) -> list[ParamSlice]:
-        """The coupled parameter slices of one neuron (up row and bias, down column)."""
-        slices = [ParamSlice(self.up.args[1].name, 0, (neuron,))]
-        if isinstance(self.up.arg(2), Value):
-            slices.append(ParamSlice(self.up.arg(2).name, 0, (neuron,)))
+        """The coupled parameter slices of one neuron (up row and bias, gated row and bias
+        for a gated FFN, down column)."""
+        slices = []
+        for lin in (self.up, self.gated):
+            if lin is None:
+                continue
+            slices.append(ParamSlice(lin.args[1].name, 0, (neuron,)))
+            if isinstance(lin.arg(2), Value):
+                slices.append(ParamSlice(lin.arg(2).name, 0, (neuron,)))
         slices.append(ParamSlice(self.down.args[1].name, 1, (neuron,)))
         return slices
 
     def param_names(self) -> list[str]:
         names: list[str] = []
-        for n in (self.up, self.down, *self.norms):
+        for n in (self.up, self.gated, self.down, *self.norms):
             names += [p for p in _params_of(n) if p not in names]
         return names
 
@@ -182,6 +244,34 @@ class Layer:
         last = self.ffn or self.attention
         return last.stream_out if last else None
 
+    def raised(self) -> str:
+        """What the raising found in this layer, for reports: ``attention 4 heads (2 kv,
+        rotary) + gated FFN 64 (silu), pre-norm rms_norm``; a missing block says so."""
+        parts = []
+        att, ffn = self.attention, self.ffn
+        if att is not None:
+            extra = ([f"{att.num_kv_heads} kv"] if att.grouped else []) + \
+                (["rotary"] if any(att.rotary) else []) + \
+                ([] if att.node.arg(3) is None else ["mask"]) + \
+                (["causal"] if att.node.attr("causal") else [])
+            text = f"attention {att.num_heads} heads" + (f" ({', '.join(extra)})" if extra else "")
+            if att.prunable:
+                text += f" [not prunable: {att.prunable}]"
+            parts.append(text)
+        else:
+            parts.append("no attention")
+        if ffn is not None:
+            act = ffn.activation.op if ffn.activation is not None else "?"
+            parts.append(f"{'gated ' if ffn.gated is not None else ''}FFN {ffn.width} ({act})")
+        else:
+            parts.append("no FFN")
+        block = att or ffn
+        text = " + ".join(parts)
+        if block is not None and block.norms:
+            post = block.residual is not None and block.norms[0] in block.residual.outputs[0].users()
+            text += f", {'post' if post else 'pre'}-norm {block.norms[0].op}"
+        return text
+
     def param_names(self) -> list[str]:
         names = self.attention.param_names() if self.attention else []
         if self.ffn:
@@ -212,6 +302,21 @@ def describe_layers(count: int) -> str:
     return f"layers 0..{count - 1}"
 
 
+def _gate_of(act: Node, up: Node) -> tuple[Node, Node] | None:
+    """``(gated linear, product)`` when ``act``'s result is multiplied with a linear of the
+    same input and width as ``up`` (a gated FFN)."""
+    product = _single_user(act.outputs[0], _GATE_MUL)
+    if product is None or len(product.args) < 2:
+        return None
+    others = [a for a in product.args[:2] if a is not act.outputs[0]]
+    gated = _producer(others[0], "linear") if len(others) == 1 else None
+    if gated is None or gated is up or gated.args[0] is not up.args[0]:
+        return None
+    if gated.outputs[0].type != up.outputs[0].type or len(gated.outputs[0].users()) != 1:
+        return None
+    return gated, product
+
+
 def _find_ffns(module: Module) -> list[FFNBlock]:
     ffns = []
     for node in module.graph:
@@ -220,7 +325,9 @@ def _find_ffns(module: Module) -> list[FFNBlock]:
         act = _single_user(node.outputs[0], _FFN_ACTIVATIONS)
         if act is None:
             continue
-        down = _single_user(act.outputs[0], ("linear",))
+        gate = _gate_of(act, node)
+        mid = gate[1] if gate is not None else act
+        down = _single_user(mid.outputs[0], ("linear",))
         if down is None:
             continue
         up_w, down_w = node.args[1], down.args[1]
@@ -228,8 +335,18 @@ def _find_ffns(module: Module) -> list[FFNBlock]:
             continue
         if up_w.tensor_type.shape[1] != down_w.tensor_type.shape[0]:
             continue  # not width-preserving: a classifier head, not an FFN
-        ffns.append(FFNBlock(up=node, activation=act, down=down))
+        ffns.append(FFNBlock(up=node, activation=act, down=down,
+                             gated=gate[0] if gate else None, product=gate[1] if gate else None))
     return ffns
+
+
+def _uncast(value: object) -> object:
+    """``value`` without same-type casts (``x.to(torch.float32)`` of an f32 ``x``)."""
+    while isinstance(value, Value) and value.producer is not None and value.producer.op in (
+            "aten.to.dtype", "aten._to_copy.default", "aten.type_as.default") and isinstance(value.producer.args[0], Value) \
+            and value.producer.args[0].type == value.type:
+        value = value.producer.args[0]
+    return value
 
 
 def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None) -> None:
@@ -245,13 +362,14 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
     block.residual = add
     block.stream_in = others[0]
     block.stream_out = add.outputs[0]
-    if block_input is not None and block_input.producer is not None:
+    block_input = _uncast(block_input)
+    if isinstance(block_input, Value) and block_input.producer is not None:
         norm = block_input.producer
-        if norm.op == "layer_norm" and norm.args[0] is block.stream_in:  # pre-LN
+        if norm.op in _NORMS and _uncast(norm.args[0]) is _uncast(block.stream_in):  # pre-LN
             block.norms.append(norm)
             return  # a norm after the add belongs to the next block or the final output
     users = add.outputs[0].users()
-    if len(users) == 1 and users[0].op == "layer_norm":  # post-LN
+    if len(users) == 1 and users[0].op in _NORMS:  # post-LN
         block.norms.append(users[0])
         block.stream_out = users[0].outputs[0]
 
@@ -267,11 +385,12 @@ def analyze(module: Module) -> Structure:
     for node in module.graph:
         if node.op != "attention":
             continue
-        q = _producer(node.args[0], "linear")
-        k = _producer(node.args[1], "linear")
+        rq, rk = _producer(node.args[0], "rotary"), _producer(node.args[1], "rotary")
+        q = _producer(rq.args[0] if rq else node.args[0], "linear")
+        k = _producer(rk.args[0] if rk else node.args[1], "linear")
         v = _producer(node.args[2], "linear")
         out = _single_user(node.outputs[0], ("linear",))
-        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out)
+        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out, rotary=(rq, rk))
         _place_on_stream(block, out, q.args[0] if q else None)
         events.append((order[id(node)], block))
     for ffn in _find_ffns(module):

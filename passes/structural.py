@@ -69,7 +69,7 @@ def slice_conflict(block: AttentionBlock | FFNBlock) -> str | None:
     if isinstance(block, AttentionBlock):
         pairs = [(block.query, 0), (block.key, 0), (block.value, 0), (block.output, 1)]
     else:
-        pairs = [(block.up, 0), (block.down, 1)]
+        pairs = [(block.up, 0), (block.gated, 0), (block.down, 1)]
     for node, dim in pairs:
         weight = node.arg(1) if node is not None else None
         if isinstance(weight, Parameter):
@@ -101,8 +101,10 @@ def _rows(heads: list[int], head_dim: int) -> list[int]:
 
 
 def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None:
-    """Remove ``heads`` from an attention block (run DCE afterwards to drop dead weights).
+    """Remove query ``heads`` from an attention block (run DCE afterwards to drop dead weights).
 
+    With grouped-query attention, a kv head whose query heads all go is removed too (its key
+    and value rows); the others keep serving the query heads that remain (``kv_heads``).
     Removing every head removes the block: its result is replaced by the output projection's
     bias (what a head-less attention contributes), or the residual passes through unchanged.
     """
@@ -114,16 +116,65 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None
     if not keep:
         _replace_by_bias(module, block.output, block)
         return
+    grouped = block.grouped
+    kv_of = block.kv_heads
+    kv_keep = sorted({kv_of[h] for h in keep})
     rows = _rows(keep, block.head_dim)
-    for lin in (block.query, block.key, block.value):
-        slice_param(module, lin, 1, 0, rows)
+    kv_rows = _rows(kv_keep, block.head_dim) if grouped else rows
+    for lin, rot, index in ((block.query, block.rotary[0], rows), (block.key, block.rotary[1], kv_rows),
+                            (block.value, None, kv_rows)):
+        slice_param(module, lin, 1, 0, index)
         if isinstance(lin.arg(2), Parameter):
-            slice_param(module, lin, 2, 0, rows)
-        set_last_dim(lin.outputs[0], len(rows))
+            slice_param(module, lin, 2, 0, index)
+        set_last_dim(lin.outputs[0], len(index))
+        if rot is not None:
+            set_last_dim(rot.outputs[0], len(index))
     slice_param(module, block.output, 1, 1, rows)
+    _slice_head_mask(module, block, keep)
     block.node.set_attr("num_heads", len(keep))
+    if grouped:
+        new_map = [kv_keep.index(kv_of[h]) for h in keep]
+        block.node.set_attr("num_kv_heads", len(kv_keep))
+        group = len(keep) // len(kv_keep)
+        regular = len(keep) % len(kv_keep) == 0 and new_map == [h // group for h in range(len(keep))]
+        block.node.set_attr("kv_heads", None if regular else new_map)
+        if regular:
+            kwargs = block.node.kwargs
+            kwargs.pop("kv_heads", None)
+            block.node.kwargs = kwargs
     set_unit_ids(block.node, "head_ids", [ids[h] for h in keep], len(keep))
     set_last_dim(block.node.outputs[0], len(rows))
+
+
+def _slice_head_mask(module: Module, block: AttentionBlock, keep: list[int]) -> None:
+    """A per-head mask ([batch|1, heads, q, k], e.g. T5's relative position bias) keeps the
+    planes of the heads that remain: slices of consecutive heads, concatenated."""
+    mask = block.node.arg(3)
+    if not isinstance(mask, Value) or not isinstance(mask.type, TensorType):
+        return
+    t = mask.tensor_type
+    if t.rank != 4 or t.shape[1] != block.num_heads or block.num_heads == 1:
+        return
+    runs: list[list[int]] = []
+    for h in keep:
+        if runs and runs[-1][1] == h:
+            runs[-1][1] = h + 1
+        else:
+            runs.append([h, h + 1])
+    pieces = []
+    for start, end in runs:
+        node = module.graph.create_node(
+            "aten.slice.Tensor", (mask, 1, start, end), {},
+            [TensorType(t.dtype, (t.shape[0], end - start, *t.shape[2:]))], names="head_mask",
+            before=block.node)
+        pieces.append(node.outputs[0])
+    value = pieces[0]
+    if len(pieces) > 1:
+        cat = module.graph.create_node("aten.cat.default", (pieces, 1), {},
+                                       [TensorType(t.dtype, (t.shape[0], len(keep), *t.shape[2:]))],
+                                       names="head_mask", before=block.node)
+        value = cat.outputs[0]
+    block.node.args = (*block.node.args[:3], value, *block.node.args[4:])
 
 
 def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> None:
@@ -136,12 +187,17 @@ def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> None:
         _replace_by_bias(module, block.down, block)
         return
     ids = block.neuron_ids
-    slice_param(module, block.up, 1, 0, keep)
-    if isinstance(block.up.arg(2), Parameter):
-        slice_param(module, block.up, 2, 0, keep)
-    set_last_dim(block.up.outputs[0], len(keep))
+    for lin in (block.up, block.gated):
+        if lin is None:
+            continue
+        slice_param(module, lin, 1, 0, keep)
+        if isinstance(lin.arg(2), Parameter):
+            slice_param(module, lin, 2, 0, keep)
+        set_last_dim(lin.outputs[0], len(keep))
     set_unit_ids(block.up, "unit_ids", [ids[i] for i in keep], len(keep))
     set_last_dim(block.activation.outputs[0], len(keep))
+    if block.product is not None:
+        set_last_dim(block.product.outputs[0], len(keep))
     slice_param(module, block.down, 1, 1, keep)
 
 

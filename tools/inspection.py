@@ -43,6 +43,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
             "attention_kind": att.node.attr("kind") or "softmax" if att else None,
             "topk": att.node.attr("topk") if att else None,
             "neuron_ids": format_ids(ffn.neuron_ids) if ffn else "",
+            "raised": layer.raised(),
             "weights": weight_facts(module, layer.param_names()),
         })
     return {
@@ -116,7 +117,7 @@ def raising_report(module: Module) -> dict[str, Any]:
 def _layer_flops(layer: Layer, dims: dict[str, int]) -> int:
     att, ffn = layer.attention, layer.ffn
     nodes = [att.node, att.query, att.key, att.value, att.output] if att else []
-    nodes += [ffn.up, ffn.activation, ffn.down] if ffn else []
+    nodes += [ffn.up, ffn.gated, ffn.activation, ffn.down] if ffn else []
     return sum(node_cost(n, dims)["flops"] for n in nodes if n is not None)
 
 
@@ -124,7 +125,7 @@ def _linear_weights(module: Module, layer: Layer) -> dict[str, Any]:
     """Density (nonzero fraction) and precision (dtypes) of a layer's projection weights."""
     att, ffn = layer.attention, layer.ffn
     nodes = [att.query, att.key, att.value, att.output] if att else []
-    nodes += [ffn.up, ffn.down] if ffn else []
+    nodes += [ffn.up, ffn.gated, ffn.down] if ffn else []
     weights = {n.args[1].name: n.args[1].data for n in nodes
                if n is not None and getattr(n.args[1], "is_param", False)}
     total = sum(w.numel() for w in weights.values())
@@ -149,6 +150,8 @@ def format_summary(info: dict[str, Any]) -> str:
         f"GFLOPs     {info['flops'] / 1e9:.3f} (batch 1, seq {info['seq']})",
         f"raised     {', '.join(f'{k} {v}' for k, v in info['raising']['ops'].items()) or '(nothing)'}",
     ]
+    for i, fact in enumerate(info.get("layer_facts") or []):  # what each layer was raised to
+        lines.append(f"{'blocks' if i == 0 else '':<10} {fact['layer']}: {fact.get('raised', '')}")
     misses = info["raising"]["misses"]
     if misses:
         lines.append(f"not raised {len(misses)} pattern(s); structural passes do not see them:")

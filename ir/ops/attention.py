@@ -6,8 +6,19 @@ A query row whose boolean mask allows no key outputs zeros (as torch's SDPA does
 
 ONNX lowering: the node becomes ONNX Runtime's fused ``com.microsoft.Attention`` (q/k/v
 projections packed into one GEMM) or ``MultiHeadAttention``, each node with its own head
-count, so pruned models with per-layer head counts keep the fused kernel. Non-f32 attention
-is traced from the eager kernel instead (ORT's CPU fused kernels are f32-only).
+count, so pruned models with per-layer head counts keep the fused kernel. Non-f32 attention,
+and grouped-query attention (``num_kv_heads`` < ``num_heads``: ORT's fused kernels take equal
+head counts), are traced from the eager kernel instead.
+
+Grouped-query attention: key and value are ``[batch, seq, num_kv_heads*head_dim]``; query head
+``h`` reads kv head ``kv_heads[h]`` (default ``h // (num_heads // num_kv_heads)``, the
+``repeat_kv`` of Llama-style models), so pruning query heads unevenly across groups stays exact.
+
+``rotary`` (also defined here, as it only exists to feed attention): rotary position
+embeddings applied per head to a ``[batch, seq, heads*head_dim]`` projection, with the
+``rotate_half`` convention (Llama, Mistral, Gemma, Phi-3), from ``cos``/``sin`` tables of shape
+``[batch|1, seq, rotary_dim]``. It is head-count agnostic, so head pruning only slices the
+projection before it.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from optc.ir.ops.base import (
 from optc.ir.ops.linear import check_unit_ids
 from optc.ir.types import TensorType, Type
 
-__all__ = ["ATTENTION", "attention", "topk_attention"]
+__all__ = ["ATTENTION", "ROTARY", "attention", "rotary", "topk_attention", "kv_index"]
 
 
 def attention(
@@ -51,8 +62,13 @@ def attention(
     topk: int | None = None,
     renormalize: bool = False,
     topk_fraction: float | None = None,
+    num_kv_heads: int | None = None,
+    kv_heads: list[int] | None = None,
 ) -> torch.Tensor:
     """Multi-head attention on [batch, seq, heads*head_dim] operands.
+
+    Key and value have ``num_kv_heads`` heads (grouped-query attention); query head ``h``
+    attends with kv head ``kv_index(...)[h]``.
 
     ``kind="topk"`` is hard attention: after the softmax, each query row keeps its ``topk``
     highest probabilities (ties with the k-th are kept too) and the others are set to zero,
@@ -61,15 +77,28 @@ def attention(
     """
     batch, q_len = query.shape[0], query.shape[1]
     k_len = key.shape[1]
+    kv = num_heads if num_kv_heads is None else num_kv_heads
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
-    k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, k_len, kv, head_dim).transpose(1, 2)
+    v = value.view(batch, k_len, kv, head_dim).transpose(1, 2)
+    if kv != num_heads or kv_heads is not None:
+        index = torch.tensor(kv_index(num_heads, kv, kv_heads), dtype=torch.long, device=k.device)
+        k, v = k.index_select(1, index), v.index_select(1, index)
     keep = int(topk or 1) if topk_fraction is None else max(1, math.ceil(topk_fraction * k_len))
     if kind == "softmax" or keep >= k_len:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
         out = topk_attention(q, k, v, mask, causal, scale, keep, renormalize)
     return out.transpose(1, 2).reshape(batch, q_len, num_heads * v.shape[-1])
+
+
+def kv_index(num_heads: int, num_kv_heads: int | None, kv_heads: list[int] | None) -> list[int]:
+    """The kv head each query head reads."""
+    if kv_heads is not None:
+        return [int(i) for i in kv_heads]
+    kv = num_heads if num_kv_heads is None else num_kv_heads
+    group = max(1, num_heads // max(1, kv))
+    return [h // group for h in range(num_heads)]
 
 
 def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -100,13 +129,23 @@ _SCRIPT = '''
 def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
                 num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
                 kind: str, topk: Optional[int], renormalize: bool,
-                topk_fraction: Optional[float]) -> Tensor:
+                topk_fraction: Optional[float], num_kv_heads: Optional[int],
+                kv_heads: Optional[List[int]]) -> Tensor:
     batch = query.size(0)
     q_len = query.size(1)
     k_len = key.size(1)
+    kv = num_kv_heads if num_kv_heads is not None else num_heads
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
-    k = key.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
-    v = value.view(batch, k_len, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, k_len, kv, head_dim).transpose(1, 2)
+    v = value.view(batch, k_len, kv, head_dim).transpose(1, 2)
+    if kv != num_heads or kv_heads is not None:
+        group = max(1, num_heads // max(1, kv))
+        index_list: List[int] = [h // group for h in range(num_heads)]
+        if kv_heads is not None:
+            index_list = kv_heads
+        index = torch.tensor(index_list, dtype=torch.long, device=k.device)
+        k = k.index_select(1, index)
+        v = v.index_select(1, index)
     keep = topk if topk is not None else 1
     if topk_fraction is not None:
         keep = max(1, int(math.ceil(topk_fraction * float(k_len))))
@@ -139,9 +178,9 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
 
 
 def _infer(node: Node) -> list[Type]:
-    q, v = tensor_operand(node, 0), tensor_operand(node, 2)
-    assert q is not None and v is not None
-    return [TensorType(q.dtype, q.shape[:-1] + (v.shape[-1],))]
+    q = tensor_operand(node, 0)
+    assert q is not None
+    return [TensorType(q.dtype, q.shape[:-1] + (int(node.attr("num_heads")) * int(node.attr("head_dim")),))]
 
 
 def _check(node: Node) -> list[str]:
@@ -149,14 +188,33 @@ def _check(node: Node) -> list[str]:
     if heads < 1 or dim < 1:
         return [f"attention needs num_heads >= 1 and head_dim >= 1, got {heads} and {dim}"]
     problems = []
-    width = heads * dim
+    kv = node.attr("num_kv_heads")
+    kv = heads if kv is None else kv
+    kv_heads = node.attr("kv_heads")
+    if kv < 1:
+        problems.append(f"attention needs num_kv_heads >= 1, got {kv}")
+        kv = heads
+    if kv_heads is None and heads % kv:
+        problems.append(f"attention num_heads {heads} is not a multiple of num_kv_heads {kv}: "
+                        "give kv_heads (the kv head of each query head)")
+    if kv_heads is not None:
+        kv_heads = list(kv_heads)
+        if len(kv_heads) != heads or not all(isinstance(i, int) and 0 <= i < kv for i in kv_heads):
+            problems.append(f"attention kv_heads {kv_heads} must name a kv head in 0..{kv - 1} for "
+                            f"each of the {heads} query heads")
+        elif set(kv_heads) != set(range(kv)):
+            problems.append(f"attention kv_heads {kv_heads} leaves kv heads unused: remove their "
+                            "key/value rows and lower num_kv_heads")
     for i, name in enumerate(("query", "key", "value")):
         t = tensor_operand(node, i)
         assert t is not None
+        n = heads if i == 0 else kv
+        width = n * dim
         if t.rank != 3 or t.shape[-1] != width:
+            what = "num_heads" if i == 0 else "num_kv_heads"
             problems.append(
-                f"attention {name} is {t} but num_heads*head_dim = {heads}*{dim} = {width}: "
-                "operands are [batch, seq, num_heads*head_dim]"
+                f"attention {name} is {t} but {what}*head_dim = {n}*{dim} = {width}: "
+                f"operands are [batch, seq, {what}*head_dim]"
             )
     kind = node.attr("kind", "softmax")
     if kind not in ("softmax", "topk"):
@@ -247,7 +305,30 @@ def _onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
     q = node.args[0].tensor_type
     if q.dtype != torch.float32:
         return  # traced from the eager kernel: ORT's fused CPU kernels take f32 only
+    kv = node.attr("num_kv_heads")
+    if (kv is not None and kv != node.attr("num_heads")) or node.attr("kv_heads") is not None:
+        _traced_with_bias(module, node, cache)  # ORT's fused kernels need equal head counts
+        return
     _fuse(module, node, cache, q.dtype)
+
+
+def _traced_with_bias(module: Module, node: Node, cache: dict[str, Any]) -> None:
+    """Leave ``node`` to be traced from the eager kernel, with a boolean mask turned into an
+    additive bias and rows that allow no key set to zero explicitly (the exported SDPA would
+    average them instead of giving zeros, as torch does)."""
+    mask = node.arg(3)
+    if not isinstance(mask, Value) or mask.tensor_type.dtype != torch.bool:
+        return
+    out = node.outputs[0]
+    if module.graph.is_output(out):
+        return
+    bias, valid = _mask_nodes(module, mask, out.tensor_type.dtype, node, cache)
+    node.args = (*node.args[:3], bias, *node.args[4:])
+    users = out.users()
+    result = _create(module, "aten.where.ScalarOther", (valid, out, 0.0), out.type.shape,
+                     out.type.dtype, out.name + "_rows", node, None)
+    for user in users:
+        user.replace_input(out, result)
 
 
 def _fuse(module: Module, node: Node, cache: dict[str, Any], bias_dtype: torch.dtype) -> None:
@@ -292,6 +373,9 @@ def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> Non
     """Hard attention becomes standard ONNX ops (MatMul, Softmax, TopK threshold, Where) with
     k = min(topk, key length) taken at run time, so shorter sequences are soft attention."""
     q = node.args[0].tensor_type
+    kv = node.attr("num_kv_heads")
+    if (kv is not None and kv != node.attr("num_heads")) or node.attr("kv_heads") is not None:
+        return  # grouped-query attention is traced from the eager kernel
     mask = node.arg(3)
     bias, valid = (_mask_nodes(module, mask, q.dtype, node, cache) if isinstance(mask, Value)
                    else (None, None))
@@ -461,6 +545,10 @@ ATTENTION = register_op(OpDef(
         "renormalize": Attr(bool, False, "kind=topk: rescale the kept probabilities to sum to 1"),
         "topk_fraction": Attr(float, None, "kind=topk: keep ceil(fraction * key length) "
                                            "probabilities instead of topk"),
+        "num_kv_heads": Attr(int, None, "key/value heads (grouped-query attention; default "
+                                        "num_heads)"),
+        "kv_heads": Attr((list, tuple), None, "the kv head each query head reads (default: "
+                                              "groups of num_heads/num_kv_heads)"),
         "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
                       kernel=False),
         "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "
@@ -472,4 +560,75 @@ ATTENTION = register_op(OpDef(
     script=_SCRIPT,
     onnx=OnnxLowering(_onnx_rewrite, _onnx_translations),
     flops=_flops,
+))
+
+
+# -- rotary position embeddings -----------------------------------------------------------------
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int) -> torch.Tensor:
+    """Rotary embeddings on every head of ``x`` [batch, seq, heads*head_dim]: the first
+    ``rotary_dim`` (cos/sin's last dim) features of each head become ``x*cos + rotate_half(x)*sin``
+    (``rotate_half(a, b) = (-b, a)``); the rest pass through."""
+    batch, seq = x.shape[0], x.shape[1]
+    h = x.reshape(batch, seq, -1, head_dim)
+    rot_dim = cos.shape[-1]
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+    r, rest = h[..., :rot_dim], h[..., rot_dim:]
+    half = rot_dim // 2
+    turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+    out = r * c + turned * s
+    if rot_dim < head_dim:
+        out = torch.cat((out, rest), dim=-1)
+    return out.reshape(batch, seq, x.shape[2])
+
+
+_ROTARY_SCRIPT = '''
+def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int) -> Tensor:
+    batch = x.size(0)
+    seq = x.size(1)
+    h = x.reshape(batch, seq, -1, head_dim)
+    rot_dim = cos.size(-1)
+    c = cos.unsqueeze(2)
+    s = sin.unsqueeze(2)
+    r = h[..., :rot_dim]
+    half = rot_dim // 2
+    turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+    out = r * c + turned * s
+    if rot_dim < head_dim:
+        out = torch.cat((out, h[..., rot_dim:]), dim=-1)
+    return out.reshape(batch, seq, x.size(2))
+'''
+
+
+def _rotary_infer(node: Node) -> list[Type]:
+    x = tensor_operand(node, 0)
+    assert x is not None
+    return [x]
+
+
+def _rotary_check(node: Node) -> list[str]:
+    x, cos, sin = (tensor_operand(node, i) for i in range(3))
+    assert x is not None and cos is not None and sin is not None
+    dim = node.attr("head_dim")
+    problems = []
+    width = x.shape[-1]
+    if x.rank != 3 or dim < 2 or (isinstance(width, int) and width % dim):
+        problems.append(f"rotary input {x} must be [batch, seq, heads*head_dim] with head_dim "
+                        f"{dim} dividing its last dim")
+    for name, t in (("cos", cos), ("sin", sin)):
+        last = t.shape[-1]
+        if t.rank != 3 or not isinstance(last, int) or last % 2 or last > dim:
+            problems.append(f"rotary {name} {t} must be [batch|1, seq, rotary_dim] with an even "
+                            f"rotary_dim <= head_dim {dim}")
+    return problems
+
+
+ROTARY = register_op(OpDef(
+    name="rotary",
+    doc="rotary position embeddings (rotate_half) on each head of [batch, seq, heads*head_dim]",
+    operands=(Operand("x"), Operand("cos", same_dtype_as="x"), Operand("sin", same_dtype_as="x")),
+    attrs={"head_dim": Attr(int, doc="size of each head")},
+    infer=_rotary_infer,
+    check=_rotary_check,
+    kernel=rotary,
+    script=_ROTARY_SCRIPT,
 ))

@@ -1,4 +1,6 @@
-"""``layer_norm``: layer normalization over the trailing ``normalized_shape`` dims."""
+"""Normalizations: ``layer_norm`` over the trailing ``normalized_shape`` dims, and
+``rms_norm`` (``x * rsqrt(mean(x^2) + eps) * (offset + weight)`` over the last dim; Llama-style
+models use offset 0, Gemma offset 1)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from optc.ir.core import Node
 from optc.ir.ops.base import Attr, OpDef, Operand, register_op, tensor_operand
 from optc.ir.types import Type
 
-__all__ = ["LAYER_NORM", "same_as_input"]
+__all__ = ["LAYER_NORM", "RMS_NORM", "rms_norm", "same_as_input"]
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -55,4 +57,43 @@ LAYER_NORM = register_op(OpDef(
     check=_check,
     kernel=layer_norm,
     script=_SCRIPT,
+))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, *, eps: float = 1e-6,
+             offset: float = 0.0) -> torch.Tensor:
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None:
+        return y
+    return y * (weight + offset) if offset else y * weight
+
+
+def _rms_check(node: Node) -> list[str]:
+    x, w = tensor_operand(node, 0), tensor_operand(node, 1)
+    assert x is not None
+    if w is not None and (w.rank != 1 or w.shape[0] != x.shape[-1]):
+        return [f"rms_norm weight {w} must be a vector of the input's last dim ({x})"]
+    return []
+
+
+_RMS_SCRIPT = '''
+def k_rms_norm(x: Tensor, weight: Optional[Tensor], eps: float, offset: float) -> Tensor:
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None:
+        return y
+    if offset != 0.0:
+        return y * (weight + offset)
+    return y * weight
+'''
+
+RMS_NORM = register_op(OpDef(
+    name="rms_norm",
+    doc="root-mean-square normalization over the last dim, times (offset + weight)",
+    operands=(Operand("x"), Operand("weight", optional=True, same_dtype_as="x")),
+    attrs={"eps": Attr(float, 1e-6, "added to the mean square"),
+           "offset": Attr(float, 0.0, "added to the weight (Gemma: 1)")},
+    infer=same_as_input,
+    check=_rms_check,
+    kernel=rms_norm,
+    script=_RMS_SCRIPT,
 ))

@@ -1,0 +1,144 @@
+"""Tiny random-weight decoder LLMs (Llama, Mistral, Phi-3, Gemma, Qwen2) and their captured IR,
+shared by the decoder tests of frontends, passes and backends."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+import optc
+from optc.ir import Module
+
+LLM_FAMILIES = ("llama", "mistral", "phi3", "gemma", "qwen2")
+"""Decoder families with grouped-query attention, rotary embeddings, RMSNorm and a gated FFN."""
+
+COMMON = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+              use_cache=False)
+
+SHAPES = {
+    "llama": (4, 2, 8),
+    "mistral": (4, 2, 8),
+    "phi3": (4, 2, 8),
+    "gemma": (4, 2, 16),
+    "qwen2": (4, 2, 8),
+}
+"""(query heads, kv heads, head_dim) of each family's tiny config."""
+
+
+MODERNBERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=2,
+                  local_attention=4)
+"""ModernBERT: fused Wqkv, rotary, GeGLU, pre-LN without the first layer's attention norm,
+alternating global and sliding-window (local) attention; 3 layers so both kinds appear."""
+
+
+def modernbert_model() -> torch.nn.Module:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.ModernBertModel(tf.ModernBertConfig(**MODERNBERT)).eval()
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+@functools.cache
+def modernbert_captured() -> tuple[torch.nn.Module, Module]:
+    model = modernbert_model()
+    return model, optc.capture(model)
+
+
+def t5_encoder_model() -> torch.nn.Module:
+    """A T5 encoder: relative position bias (computed in layer 0, added to every layer's
+    scores as a per-head mask), no score scaling, RMSNorm without a bias, ReLU FFN."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                         use_cache=False)
+    return tf.T5EncoderModel(config).eval()
+
+
+@functools.cache
+def t5_captured() -> tuple[torch.nn.Module, Module]:
+    model = t5_encoder_model()
+    return model, optc.capture(model)
+
+
+def llm_config(family: str, **overrides) -> object:
+    """The tiny config of ``family``: hidden 32, 2 layers, 4 query heads over 2 kv heads,
+    intermediate 64. Mistral gets a sliding window shorter than the test sequences, Phi-3 its
+    fused qkv/gate_up projections, Gemma head_dim 16 != hidden/heads, (1 + w) RMSNorm and GeGLU,
+    Qwen2 q/k/v biases."""
+    import transformers as tf
+
+    kwargs = {**COMMON, **overrides}
+    if family == "llama":
+        return tf.LlamaConfig(**kwargs)
+    if family == "mistral":
+        return tf.MistralConfig(**{"sliding_window": 3, **kwargs})
+    if family == "phi3":
+        return tf.Phi3Config(**{"pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1, **kwargs})
+    if family == "gemma":
+        return tf.GemmaConfig(**{"head_dim": 16, **kwargs})
+    if family == "qwen2":
+        return tf.Qwen2Config(**kwargs)
+    raise ValueError(family)
+
+
+def llm_model(family: str, causal_lm: bool = False, **overrides) -> torch.nn.Module:
+    """A random-weight model of ``family`` (the base model, or ...ForCausalLM), in eval mode."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = llm_config(family, **overrides)
+    auto = tf.AutoModelForCausalLM if causal_lm else tf.AutoModel
+    model = auto.from_config(config).eval()
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+@functools.cache
+def llm_captured(family: str) -> tuple[torch.nn.Module, Module]:
+    """The base model and its captured IR, captured once per session: clone before mutating."""
+    model = llm_model(family)
+    return model, optc.capture(model)
+
+
+def llm_inputs(model: torch.nn.Module, batch: int = 3, seq: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ids with right padding in every other row (decoders attend causally, so padded
+    query rows still see the real tokens before them)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, model.config.vocab_size, (batch, seq), generator=gen)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    for row in range(0, batch, 2):
+        mask[row, seq - 1 - row % (seq - 2):] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def layers_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's decoder layer owner (``model.model`` of a ...ForCausalLM)."""
+    return model.model if hasattr(model, "model") and hasattr(model.model, "layers") else model
+
+
+def hf_without_layers(model: torch.nn.Module, drop: list[int]) -> torch.nn.Module:
+    """A deep copy of ``model`` with decoder layers ``drop`` deleted."""
+    copy_ = copy.deepcopy(model)
+    owner = layers_of(copy_)
+    owner.layers = torch.nn.ModuleList(layer for i, layer in enumerate(owner.layers) if i not in drop)
+    for i, layer in enumerate(owner.layers):
+        if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+            layer.self_attn.layer_idx = i
+    copy_.config.num_hidden_layers = len(owner.layers)
+    if getattr(copy_.config, "layer_types", None):
+        copy_.config.layer_types = [t for i, t in enumerate(copy_.config.layer_types) if i not in drop]
+    return copy_.eval()
+
+
+def hf_outputs(model: torch.nn.Module, inputs, names) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        out = model(**inputs)
+    return {name: out[name] for name in names}
