@@ -119,6 +119,9 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
                 raise BackendError(f"eager backend cannot lower {node!r}: {exc}") from None
             args = map_values(node.args, lookup)
             kwargs = map_values(node.kwargs, lookup)
+            if device is not None:  # tensors created in the graph (arange, ones) follow the weights
+                kwargs = {k: torch.device(device) if isinstance(v, torch.device) else v
+                          for k, v in kwargs.items()}
         call = fx.call_function(target, tuple(args), kwargs)
         if len(node.outputs) == 1:
             env[id(node.outputs[0])] = call

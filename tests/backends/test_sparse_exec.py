@@ -355,3 +355,20 @@ def test_sparse_then_int8_weights_keep_the_int8_kernel():
         want = to_eager(module)(**inputs)
         _agree(to_eager(module, plan)(**inputs), want)
         _agree(to_torchscript(module, plan)(*[inputs[n] for n in names]), want)
+
+
+def test_device_moves_weights_and_tensors_created_in_the_graph():
+    """``to_eager(device=...)`` (what semi-structured uses for CUDA): the graph's own tensors
+    (``arange(..., device=cpu)`` recorded at capture) follow the weights; meta stands in for
+    CUDA here. The model is the GPU check's encoder (one layer)."""
+    from optc.ir import print_module
+    from optc.tools.gpu_check_semi_structured import build, inputs
+
+    module = build(torch.float32, 1)
+    assert 'device=device("cpu")' in print_module(module)
+    eager = to_eager(module, device="meta")
+    devices = [n.kwargs["device"] for n in eager.graph_module.graph.nodes if "device" in n.kwargs]
+    assert devices and set(devices) == {torch.device("meta")}
+    assert {b.device.type for b in eager.graph_module.buffers()} == {"meta"}
+    out = eager(**inputs(2, 16, "meta"))["output"]
+    assert out.device.type == "meta" and out.shape == (2, 16, 384)
