@@ -18,8 +18,8 @@ this machine runs them. Kernels (:data:`KERNELS`):
 - ``semi-structured``: ``torch.sparse.to_sparse_semi_structured`` for 2:4 weights, CUDA only
   (the eager module is built on CUDA; inputs must be CUDA tensors). On CPU, or with no 2:4
   weight, it is a :class:`~optc.errors.BackendError`; other weights stay dense. fp32 weights use
-  torch's CUTLASS kernels, fp16/bf16 cuSPARSELt. TorchScript cannot script the tensor subclass:
-  it falls back to dense with a warning.
+  torch's CUTLASS kernels, fp16/bf16 cuSPARSELt (each falls back to the other). TorchScript
+  cannot script the tensor subclass: it falls back to dense with a warning.
 - ``auto``: per weight, a sparse kernel only where it is measured faster here. A micro-benchmark
   at lowering time runs the layer's real weight (dense ``F.linear`` against each candidate
   kernel, interleaved blocks, medians) at each token count of :attr:`AutoOptions.tokens`
@@ -44,9 +44,16 @@ They compute ``(W_sparse @ x2.T).T`` with the bias folded into ``addmm``: the la
 torch's CPU sparse kernels are fastest.
 
 int8 weights always run the int8 kernel; weights without a ``sparsity`` attribute stay dense.
-Every choice is recorded in the :class:`SparsePlan` (kernel, block, reason, timings), which the
-eager module keeps as ``.sparse_plan`` and the TorchScript file as the extra file
+Every choice is recorded in the :class:`SparsePlan` (kernel, block, row limit, reason, timings),
+which the eager module keeps as ``.sparse_plan`` and the TorchScript file as the extra file
 ``optc/sparse_plan.json``.
+
+Written outputs: ``optc MODEL --sparse-kernel=K`` (eager or torchscript backend) prints the
+plan and records ``K`` in the module's ``meta["sparse_kernel"]``; ``export_torchscript`` and
+``optc.load(artifact)`` use the recorded kernel unless given one (an eager artifact is planned
+again when loaded, on the machine that runs it). In-memory lowerings (``to_eager``,
+``to_torchscript``) are dense unless asked, so passes and training that lower internally are
+unaffected.
 """
 
 from __future__ import annotations
