@@ -12,7 +12,8 @@ torch's BSR kernel takes as they are) and lowered twice per thread count: eager 
 ``auto`` (planned at that thread count, measuring at the benchmarked token counts,
 batch x seq). Both run whole-model forwards on random token ids, interleaved in blocks; the
 table gives medians, the ratio auto/dense (below 1: auto is faster) and how many weights each
-kernel runs. The crossover of a (pattern, threads, batch) is the lowest sparsity from which auto
+kernel runs (and how many of those switch to dense above a row count, where sparse stopped
+winning). The crossover of a (pattern, threads, batch) is the lowest sparsity from which auto
 is at least 5% faster than dense at every higher sparsity measured. The last line checks the
 promise that auto is never more than 5% slower than dense.
 
@@ -91,6 +92,18 @@ def token_inputs(module, batch: int, seq: int) -> dict[str, torch.Tensor]:  # no
     return {v.name: feeds[v.name] for v in module.graph.inputs if v.name in feeds}
 
 
+def describe_plan(plan) -> str:  # noqa: ANN001
+    """``csr 24 (12 up to 128 rows), dense 12``: weights per kernel, and how many of them switch
+    to dense above a row count."""
+    parts = []
+    for kernel, n in sorted(plan.counts().items()):
+        limits = sorted({c.max_tokens for c in plan.layers if c.kernel == kernel and c.max_tokens})
+        limited = sum(1 for c in plan.layers if c.kernel == kernel and c.max_tokens)
+        extra = f" ({limited} up to {'/'.join(map(str, limits))} rows)" if limited else ""
+        parts.append(f"{kernel} {n}{extra}")
+    return ", ".join(parts)
+
+
 def crossovers(rows: list[dict]) -> dict[tuple[str, int, int], float | None]:
     """(pattern, threads, batch) -> lowest sparsity from which auto wins at every higher one."""
     out: dict[tuple[str, int, int], float | None] = {}
@@ -129,7 +142,7 @@ def model_table(args) -> list[dict]:  # noqa: ANN001
                 torch.set_num_threads(threads)
                 dense = to_eager(module)
                 auto = to_eager(module, "auto", auto=options)
-                kernels = ", ".join(f"{k} {n}" for k, n in sorted(auto.sparse_plan.counts().items()))
+                kernels = describe_plan(auto.sparse_plan)
                 for batch in args.batch:
                     feeds = token_inputs(module, batch, args.seq)
                     with torch.inference_mode():

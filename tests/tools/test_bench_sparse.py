@@ -61,3 +61,13 @@ def test_gpu_check_script_runs_its_steps_on_cpu_and_refuses_without_cuda(capsys)
     assert "ok   float32: csr kernels for every 2:4 weight ({'csr': 6})" in out
     assert re.search(r"ok   float32 batch 2 seq 16: csr vs dense max rel diff", out)
     assert "0 check(s) failed" in out and "FAIL" not in out
+
+
+def test_plan_description_counts_row_limited_weights():
+    from optc.backends.sparse_exec import LayerChoice, SparsePlan
+    from optc.tools.bench_sparse import describe_plan
+
+    layers = tuple(LayerChoice(f"w{i}", (4, 4), "unstructured", 0.1, kernel, max_tokens=limit)
+                   for i, (kernel, limit) in enumerate([("csr", None), ("csr", 128), ("csr", 128),
+                                                        ("dense", None)]))
+    assert describe_plan(SparsePlan("auto", 1, layers)) == "csr 3 (2 up to 128 rows), dense 1"
