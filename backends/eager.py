@@ -64,7 +64,7 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
     taken: set[str] = set()
     sparse = lowered_nodes(module, plan, ("csr", "bsr"))
     semi = lowered_nodes(module, plan, ("semi-structured",))
-    skip = dense_unused(module, sparse)
+    skip = dense_unused(module, {**sparse, **semi})
     for value in module.graph.inputs:
         env[id(value)] = fx.placeholder(python_identifier(value.name, taken))
     for name, param in module.params.items():
@@ -73,12 +73,15 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
         if name in skip:
             continue
         attr = python_identifier(name, taken)
-        data = param.data if device is None else param.data.to(device)
-        if any(n.arg(1) is param for n in semi):
-            data = semi_structured_weight(param.data, device or "cuda", name)
-        root.register_buffer(attr, data)
+        root.register_buffer(attr, param.data if device is None else param.data.to(device))
         env[id(param)] = fx.get_attr(attr)
     parts: dict[str, list[torch.fx.Node]] = {}
+    for node in semi:  # a separate buffer: anything else reading the weight gets it dense
+        w = node.arg(1)
+        if w.name not in parts:
+            attr = python_identifier(f"{w.name}_semi_structured", taken)
+            root.register_buffer(attr, semi_structured_weight(w.data, device or "cuda", w.name))
+            parts[w.name] = [fx.get_attr(attr)]
     for node, choice in sparse.items():
         w = node.arg(1)
         if w.name not in parts:
@@ -105,7 +108,8 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
             continue
         if node in semi:
             bias = node.arg(2)
-            args = (lookup(node.arg(0)), lookup(node.arg(1)), None if bias is None else lookup(bias))
+            args = (lookup(node.arg(0)), parts[node.arg(1).name][0],
+                    None if bias is None else lookup(bias))
             env[id(node.outputs[0])] = fx.call_function(semi_structured_linear, args, {})
             continue
         if opdef is not None:

@@ -287,6 +287,10 @@ def test_semi_structured_plan_and_lowering_with_a_stand_in_kernel(monkeypatch):
     assert sorted(n for n, _ in converted) == sorted(c.param for c in plan.layers
                                                      if c.kernel == "semi-structured")
     assert {d for _, d in converted} == {"cpu"}
+    buffers = dict(eager.graph_module.named_buffers())
+    assert "encoder_layer_0_attention_self_query_weight_semi_structured" in buffers
+    assert "encoder_layer_0_attention_self_query_weight" not in buffers  # no dense copy
+    assert "encoder_layer_0_intermediate_dense_weight" in buffers  # unstructured: dense
     targets = [n.target for n in eager.graph_module.graph.nodes]
     assert targets.count(sparse_exec.semi_structured_linear) == 8
     inputs = _inputs(model, module)
