@@ -208,7 +208,7 @@ def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | N
     scores = a["self"]
     if not _is_tensor(scores) or scores.tensor_type.rank != 4 or a["dim"] not in (-1, 3):
         return _SKIP
-    if a.get("dtype") is not None or a.get("half_to_float"):
+    if (a.get("dtype") is not None and a["dtype"] != scores.tensor_type.dtype) or a.get("half_to_float"):
         return _SKIP
     # Down: softmax -> (same-dtype cast) -> matmul(probs, v).
     probs, pv = node.outputs[0], None
@@ -537,6 +537,8 @@ def _drop_noop_casts(module: Module) -> None:
         if _is_tensor(src) and src.type == node.outputs[0].type and \
                 node.kwargs.get("memory_format") is None:
             module.graph.replace_all_uses(node.outputs[0], src)
+            if not node.outputs[0].users() and not module.graph.is_output(node.outputs[0]):
+                module.graph.remove(node)
 
 
 def _unbind_projection(module: Module, node: Node, ctx: _Context) -> str | None:

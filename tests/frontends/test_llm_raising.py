@@ -193,3 +193,32 @@ def test_t5_encoder_raises_with_a_per_head_bias_and_matches_hf(backend: str) -> 
     inputs = llm_inputs(model)
     expected = hf_outputs(model, inputs, module.graph.outputs)
     assert max_diff(run_backend(module, backend, inputs), expected) <= 1e-5
+
+
+def test_eager_attention_implementation_is_raised_like_sdpa() -> None:
+    """attn_implementation="eager": matmul, scale, additive mask, softmax (in f32) and the
+    repeated kv heads become the same grouped-query attention as SDPA."""
+    model = llm_model("llama")
+    model.config._attn_implementation = "eager"
+    module = optc.capture(model)
+    layers = analyze(module).layers
+    assert [(x.attention.num_heads, x.attention.num_kv_heads) for x in layers] == [(4, 2), (4, 2)]
+    inputs = llm_inputs(model)
+    assert max_diff(run_backend(module, "eager", inputs),
+                    hf_outputs(model, inputs, module.graph.outputs)) <= 1e-5
+
+
+def test_layers_say_what_was_raised() -> None:
+    from optc.tests.frontends.hf_cases import captured
+
+    _, module = llm_captured("llama")
+    assert [x.raised() for x in analyze(module).layers] == [
+        "attention 4 heads (2 kv, rotary, mask) + gated FFN 64 (silu), pre-norm rms_norm"] * 2
+    _, bert = captured("bert")
+    assert analyze(bert).layers[0].raised() == \
+        "attention 4 heads (mask) + FFN 128 (gelu), post-norm layer_norm"
+    pruned = module.clone()
+    from optc.passes import PassManager
+
+    PassManager("prune-heads{heads=0:0,0:1,0:2,0:3}").run(pruned)
+    assert analyze(pruned).layers[0].raised() == "no attention + gated FFN 64 (silu), pre-norm rms_norm"
