@@ -99,8 +99,7 @@ def _per_layer(counts: dict[int, int], layer_ids: list[int]) -> str:
 @register_pass
 @dataclass(frozen=True)
 class L0Prune(Distill):
-    """Learn which heads and FFN neurons to remove with hard-concrete L0 gates, then remove
-    them.
+    """Remove the heads and FFN neurons whose learned hard-concrete L0 gates close (CoFi).
 
     Trains the module (distilling from the teacher: the module as it entered the pipeline by
     default, as ``distill``) with a gate on every head (the attention result before the output
