@@ -445,14 +445,14 @@ def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: Auto
             key = (wins, -max(ratios[:wins]))
             if best is None or key > best[0]:
                 best = (key, kernel, block, limit)
-    measured_text = "; ".join(notes) + f" of dense at {tokens} tokens"
+    measured_text = f"vs dense at {tokens} rows: " + "; ".join(notes)
     if best is not None:
         _, kernel, block, limit = best
         where = "" if limit is None else f"; dense above {limit} rows"
         return LayerChoice(**base, kernel=kernel, block=block, max_tokens=limit, timings=timings,
                            reason=measured_text + where)
     return LayerChoice(**base, kernel="dense", timings=timings,
-                       reason=f"{measured_text}: none >= {options.margin:.0%} faster")
+                       reason=f"{measured_text}; none >= {options.margin:.0%} faster")
 
 
 def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None

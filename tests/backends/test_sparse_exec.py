@@ -166,7 +166,7 @@ def test_auto_chooses_sparse_only_when_it_wins_by_the_margin(unstructured, block
     plan = plan_sparse_kernels(module, "auto", FAST)
     # 90% unstructured: 4x4 blocks are mostly non-empty, so bsr is not even measured
     assert plan.counts() == {"csr": 12}
-    assert plan.layers[0].reason.startswith("csr 0.50x; bsr 4x4 not measured (")
+    assert plan.layers[0].reason.startswith("vs dense at 16 rows: csr 0.50x; bsr 4x4 not measured (")
     _stub_timings(monkeypatch, {"csr": 0.95, "bsr": 0.95})  # faster, but within the margin
     plan = plan_sparse_kernels(module, "auto", FAST)
     assert plan.counts() == {"dense": 12}
@@ -186,7 +186,7 @@ def test_auto_runs_dense_above_the_token_count_where_sparse_stops_winning(unstru
     plan = plan_sparse_kernels(module, "auto", AutoOptions(tokens=(64, 16), candidates=("csr",),
                                                            cache_dir=None))
     assert plan.counts() == {"csr": 12} and {c.max_tokens for c in plan.layers} == {16}
-    assert plan.layers[0].reason == "csr 0.50x/1.20x of dense at 16/64 tokens; dense above 16 rows"
+    assert plan.layers[0].reason == "vs dense at 16/64 rows: csr 0.50x/1.20x; dense above 16 rows"
     assert "csr <=16 rows" in plan.table()
     eager, scripted = to_eager(module, plan), to_torchscript(module, plan)
     assert "encoder_layer_0_attention_self_query_weight" in dict(eager.graph_module.named_buffers())
