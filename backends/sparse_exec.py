@@ -75,7 +75,7 @@ from optc.errors import BackendError, InputError
 from optc.ir.attributes import Sparsity
 from optc.ir.core import Module, Node, Parameter
 
-__all__ = ["KERNELS", "DEFAULT_BSR_BLOCK", "MAX_AUTO_DENSITY", "AutoOptions", "LayerChoice",
+__all__ = ["check_kernel_available", "KERNELS", "DEFAULT_BSR_BLOCK", "MAX_AUTO_DENSITY", "AutoOptions", "LayerChoice",
            "SparsePlan", "plan_sparse_kernels", "resolve_plan", "sparse_parts",
            "semi_structured_weight", "default_cache_dir", "clear_memory_cache", "bsr_block",
            "lowered_nodes", "dense_unused", "sparse_linear", "semi_structured_linear",
@@ -455,6 +455,14 @@ def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: Auto
                        reason=f"{measured_text}; none >= {options.margin:.0%} faster")
 
 
+def check_kernel_available(kernel: str) -> None:
+    """Raise :class:`~optc.errors.BackendError` when ``kernel`` cannot run on this machine
+    (``semi-structured`` without CUDA), so callers can fail before any slow work."""
+    if kernel == "semi-structured" and not torch.cuda.is_available():
+        raise BackendError("sparse kernel 'semi-structured' (2:4) needs CUDA, and this machine "
+                           "has no CUDA device: use --sparse-kernel=auto, csr or bsr on CPU")
+
+
 def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None
                         ) -> SparsePlan:
     """Choose a kernel for each sparse linear weight of ``module`` (see the module docstring).
@@ -466,9 +474,7 @@ def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptio
         raise InputError(f"unknown sparse kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     options = options or AutoOptions()
     threads = torch.get_num_threads()
-    if kernel == "semi-structured" and not torch.cuda.is_available():
-        raise BackendError("sparse kernel 'semi-structured' (2:4) needs CUDA, and this machine "
-                           "has no CUDA device: use --sparse-kernel=auto, csr or bsr on CPU")
+    check_kernel_available(kernel)
     disk = _read_disk(options.cache_dir) if kernel == "auto" else {}
     fresh: dict[str, dict[str, float]] = {}
     layers = []

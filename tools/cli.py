@@ -177,6 +177,10 @@ def _cmd_compile(argv: list[str]) -> int:
     if args.sparse_kernel and args.backend not in ("eager", "torchscript"):
         _compile_parser().error("--sparse-kernel chooses eager and TorchScript kernels; ONNX "
                                 "and hf outputs carry sparsity annotations instead: drop it")
+    if args.sparse_kernel:
+        from optc.backends.sparse_exec import check_kernel_available
+
+        check_kernel_available(args.sparse_kernel)  # before any slow work
     kind = "artifact" if args.backend in ("eager", "hf") else "file"
     inputs = _input_paths(args)
     if out is not None:

@@ -261,6 +261,10 @@ def test_semi_structured_is_a_clear_error_without_cuda():
         to_eager(module, "semi-structured")
     with pytest.raises(BackendError, match="needs CUDA"):
         to_torchscript(module, "semi-structured")
+    from optc.tools.cli import main
+
+    # the CLI refuses before loading the model (which does not exist here)
+    assert main(["/nonexistent/model", "--sparse-kernel", "semi-structured", "-q"]) == 6
 
 
 def test_semi_structured_plan_and_lowering_with_a_stand_in_kernel(monkeypatch):
