@@ -16,8 +16,8 @@ expected to be, the lowest ``log_alpha`` first; :func:`expected_deterministic`) 
 structure analysis and the ops' cost model, so the expected size of the encoder is a
 differentiable function of the open probabilities. :class:`L0Gates` is the
 :class:`~optc.train.hooks.TrainHooks` that trains them: ``edit`` multiplies each attention
-result ([B, S, H*D], before the output projection) and each FFN activation ([B, S, I], before
-the down projection) by a new graph input; every step it samples the gates, feeds them through
+result ([B, S, H*D], before the output projection) and each FFN's down-projection input
+([B, S, I]: the activation, or activation * up in a gated FFN) by a new graph input; every step it samples the gates, feeds them through
 ``TrainableModule.extra_inputs`` and adds the Lagrangian term
 ``lambda1 * (E[size] - t) + lambda2 * (E[size] - t)^2``, with the gates' parameters minimizing
 and the multipliers maximizing it (CoFi). The target ``t`` ramps linearly from 1 to the target
@@ -168,8 +168,8 @@ def encoder_cost(module: Module, structure: Structure, measure: Measure, seq: in
             total += _block_cost(module, [att.query, att.key, att.value, att.node, att.output,
                                           *att.norms], measure, dims)
         if ffn is not None:
-            total += _block_cost(module, [ffn.up, ffn.activation, ffn.down, *ffn.norms],
-                                 measure, dims)
+            total += _block_cost(module, [ffn.up, ffn.gated, ffn.activation, ffn.down,
+                                          *ffn.norms], measure, dims)
     return total
 
 
@@ -183,16 +183,18 @@ def size_model(module: Module, structure: Structure, measure: Measure, *, heads:
     for layer in structure.layers:
         att, ffn = layer.attention, layer.ffn
         if heads and att is not None and att.prunable is None:
+            # grouped-query attention: shared key/value heads stay when one query head goes
+            per_head = [att.query, att.node, att.output] + ([] if att.grouped else
+                                                            [att.key, att.value])
             cost = (_slice_numel(module, att.head_slices(0)) if measure == "params" else
-                    _block_cost(module, [att.query, att.key, att.value, att.node, att.output],
-                                measure, dims) / att.num_heads)
+                    _block_cost(module, per_head, measure, dims) / att.num_heads)
             groups.append(GateGroup("head", layer.index, layer.id, tuple(att.head_ids),
                                     att.head_dim, float(cost)))
             gated += cost * att.num_heads
         if neurons and ffn is not None:
             cost = (_slice_numel(module, ffn.neuron_slices(0)) if measure == "params" else
-                    _block_cost(module, [ffn.up, ffn.activation, ffn.down], measure, dims)
-                    / ffn.width)
+                    _block_cost(module, [ffn.up, ffn.gated, ffn.activation, ffn.down], measure,
+                                dims) / ffn.width)
             groups.append(GateGroup("neuron", layer.index, layer.id, tuple(ffn.neuron_ids),
                                     1, float(cost)))
             gated += cost * ffn.width
@@ -272,7 +274,7 @@ class L0Gates(TrainHooks):
             if g.kind == "head":
                 _gate_value(work, layer.attention.node.outputs[0], g.input_name)
             else:
-                _gate_value(work, layer.ffn.activation.outputs[0], g.input_name)
+                _gate_value(work, layer.ffn.down.args[0], g.input_name)  # act(x) or act*up
 
     # -- gate values --------------------------------------------------------------------------
     def _open(self) -> dict[str, torch.Tensor]:

@@ -224,3 +224,23 @@ def test_progress_shows_the_expected_size_and_interrupt_leaves_the_module(setup)
     assert {"expected_size", "target", "size", "lagrangian", "lambda1", "lambda2"} <= set(terms)
     assert terms["target"] == 1.0 > seen[1].terms["target"]  # the ramp from 1 (half of 5 steps)
     assert 0.9 < terms["expected_size"] <= 1.0
+
+
+def test_commit_equals_the_gated_model_on_a_grouped_query_swiglu_decoder() -> None:
+    from optc.tests.frontends.llm_cases import llm_captured, llm_inputs
+
+    model, module = llm_captured("llama")  # 4 query heads over 2 kv heads, SwiGLU FFN
+    module = module.clone()
+    size = size_model(module, analyze(module), "flops", seq=16)
+    gates = _fixed_gates(size)
+    inputs = llm_inputs(model)
+    expected = _gated_outputs(module, size, gates, inputs)
+    committed = module.clone()
+    done = l0.commit_gates(committed, size, gates)
+    optc.verify(committed)
+    got = to_eager(committed)(**inputs)
+    torch.testing.assert_close(got["last_hidden_state"], expected["last_hidden_state"],
+                               atol=1e-5, rtol=0)
+    assert done["heads"] == {0: 1, 1: 4}
+    ffn = analyze(committed).layers[0].ffn
+    assert ffn.gated is not None and ffn.width == 64 - done["neurons"][0]
