@@ -126,6 +126,35 @@ def _output_layout(out: Any) -> tuple[list[Any], list[str]]:
     )
 
 
+def _tightened_dims(exc: BaseException, shapes: Any) -> Any:
+    """The dynamic shapes with the bounds torch.export suggests when the model narrows them
+    (BART's decoder needs seq >= 3): only the ``batch``/``seq`` dims optc made, only tighter
+    bounds; None when the error is not that."""
+    import re
+
+    text = str(exc)
+    if "Constraints violated" not in text:
+        return None
+    found = {m.group(1): m for m in re.finditer(
+        r"(batch|seq) = Dim\('\1'(?:, min=(\d+))?(?:, max=(\d+))?\)", text)}
+    if not found:
+        return None
+    dims: dict[str, Any] = {}
+    for entry in shapes[0]:
+        for d in entry.values():
+            dims.setdefault(d.__name__, d)
+    new = {}
+    for key, d in dims.items():
+        m = found.get(key)
+        lo, hi = getattr(d, "min", 0), getattr(d, "max", None)
+        if m is not None:
+            lo = max(lo, int(m.group(2) or lo))
+            hi = min(hi, int(m.group(3))) if hi is not None and m.group(3) else hi or (
+                int(m.group(3)) if m.group(3) else None)
+        new[key] = torch.export.Dim(key, min=lo, max=hi) if hi is not None else torch.export.Dim(key, min=lo)
+    return (tuple({i: new[d.__name__] for i, d in entry.items()} for entry in shapes[0]),)
+
+
 def _explain(exc: BaseException, model_name: str) -> FrontendError:
     """A one-line FrontendError naming the failing op and the user's source line."""
     op = None
@@ -227,7 +256,14 @@ def capture(
         elif dynamic_shapes is not None:
             shapes = (tuple(dynamic_shapes),)
         try:
-            ep = torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=False)
+            try:
+                ep = torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=False)
+            except Exception as exc:  # noqa: BLE001 - retried once with the model's own bounds
+                tightened = _tightened_dims(exc, shapes) if dynamic_shapes == "auto" and hf else None
+                if tightened is None:
+                    raise
+                _log.info("%s: sequence/batch bounds tightened to what the model allows", name)
+                ep = torch.export.export(wrapper, args, dynamic_shapes=tightened, strict=False)
         except Exception as exc:  # noqa: BLE001 - every export failure becomes a FrontendError
             raise _explain(exc, name) from exc
     finally:

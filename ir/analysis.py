@@ -218,30 +218,36 @@ class FFNBlock(_Block):
 
 @dataclass
 class Layer:
-    """A transformer layer: an attention block and/or an FFN block."""
+    """A transformer layer: an attention block and/or an FFN block (a decoder layer of an
+    encoder-decoder also has a cross-attention block between them)."""
 
     index: int
     """Current position among the module's layers (shifts when layers are removed)."""
     attention: AttentionBlock | None
     ffn: FFNBlock | None
+    cross_attention: AttentionBlock | None = None
+    """Attention whose key/value read another stream (the encoder's output), on this layer's
+    residual stream after ``attention``. Structural passes remove it with its layer; its heads
+    are not pruned."""
 
     @property
     def id(self) -> int:
         """Stable id: the layer's index in the captured model (its blocks' ``layer``
         attribute), or its position when the module predates stable ids."""
-        for node in (self.attention.node if self.attention else None, self.ffn.up if self.ffn else None):
+        for node in (self.attention.node if self.attention else None, self.ffn.up if self.ffn else None,
+                     self.cross_attention.node if self.cross_attention else None):
             if node is not None and node.attr("layer") is not None:
                 return int(node.attr("layer"))
         return self.index
 
     @property
     def stream_in(self) -> Value | None:
-        first = self.attention or self.ffn
+        first = self.attention or self.cross_attention or self.ffn
         return first.stream_in if first else None
 
     @property
     def stream_out(self) -> Value | None:
-        last = self.ffn or self.attention
+        last = self.ffn or self.cross_attention or self.attention
         return last.stream_out if last else None
 
     def raised(self) -> str:
@@ -260,6 +266,8 @@ class Layer:
             parts.append(text)
         else:
             parts.append("no attention")
+        if self.cross_attention is not None:
+            parts.append(f"cross-attention {self.cross_attention.num_heads} heads")
         if ffn is not None:
             act = ffn.activation.op if ffn.activation is not None else "?"
             parts.append(f"{'gated ' if ffn.gated is not None else ''}FFN {ffn.width} ({act})")
@@ -274,6 +282,8 @@ class Layer:
 
     def param_names(self) -> list[str]:
         names = self.attention.param_names() if self.attention else []
+        if self.cross_attention:
+            names += [p for p in self.cross_attention.param_names() if p not in names]
         if self.ffn:
             names += [p for p in self.ffn.param_names() if p not in names]
         return names
@@ -374,6 +384,16 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
         block.stream_out = users[0].outputs[0]
 
 
+def _is_cross(block: AttentionBlock, layer: Layer) -> bool:
+    """Whether ``block`` is the cross-attention of ``layer``: its key/value projections read
+    another value than its query, and it sits on the stream right after the layer's attention."""
+    if layer.attention is None or layer.ffn is not None or layer.cross_attention is not None:
+        return False
+    if None in (block.query, block.key, block.stream_in) or block.key.args[0] is block.query.args[0]:
+        return False
+    return _uncast(block.stream_in) is _uncast(layer.attention.stream_out)
+
+
 def analyze(module: Module) -> Structure:
     """Find the transformer layers of ``module`` (which must have raised ops).
 
@@ -400,7 +420,9 @@ def analyze(module: Module) -> Structure:
 
     layers: list[Layer] = []
     for _, block in events:
-        if isinstance(block, AttentionBlock):
+        if isinstance(block, AttentionBlock) and layers and _is_cross(block, layers[-1]):
+            layers[-1].cross_attention = block
+        elif isinstance(block, AttentionBlock):
             layers.append(Layer(len(layers), block, None))
         elif layers and layers[-1].ffn is None:
             layers[-1].ffn = block
@@ -416,7 +438,9 @@ def assign_layer_ids(module: Module) -> int:
     count = 0
     for layer in analyze(module).layers:
         nodes = [n for n in (layer.attention.node if layer.attention else None,
-                             layer.ffn.up if layer.ffn else None) if n is not None]
+                             layer.ffn.up if layer.ffn else None,
+                             layer.cross_attention.node if layer.cross_attention else None)
+                 if n is not None]
         if all(n.attr("layer") is None for n in nodes):
             for n in nodes:
                 n.set_attr("layer", layer.index)

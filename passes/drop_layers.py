@@ -156,7 +156,8 @@ class DropLayers(Pass):
         # stream_out, which must still be the live value when the later block is bypassed.
         for index in reversed(chosen):
             layer = structure.layers[index]
-            for kind, block in (("ffn", layer.ffn), ("attention", layer.attention)):
+            for kind, block in (("ffn", layer.ffn), ("attention", layer.cross_attention),
+                                ("attention", layer.attention)):
                 if block is None or self.blocks not in (kind, "both"):
                     continue
                 bypass_block(module, block)

@@ -68,6 +68,24 @@ def t5_captured() -> tuple[torch.nn.Module, Module]:
     return model, optc.capture(model)
 
 
+def bart_model() -> torch.nn.Module:
+    """A BART encoder-decoder (post-LN; decoder layers: causal self-attention, cross-attention
+    on the encoder output, FFN); its decoder needs sequences of at least 3 tokens."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.BartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, max_position_embeddings=64, use_cache=False)
+    return tf.BartModel(config).eval()
+
+
+@functools.cache
+def bart_captured() -> tuple[torch.nn.Module, Module]:
+    model = bart_model()
+    return model, optc.capture(model)
+
+
 def llm_config(family: str, **overrides) -> object:
     """The tiny config of ``family``: hidden 32, 2 layers, 4 query heads over 2 kv heads,
     intermediate 64. Mistral gets a sliding window shorter than the test sequences, Phi-3 its

@@ -222,3 +222,24 @@ def test_layers_say_what_was_raised() -> None:
 
     PassManager("prune-heads{heads=0:0,0:1,0:2,0:3}").run(pruned)
     assert analyze(pruned).layers[0].raised() == "no attention + gated FFN 64 (silu), pre-norm rms_norm"
+
+
+# -- BART: encoder and decoder, cross-attention ---------------------------------------------------
+def test_bart_layers_and_cross_attention_and_backends(backend: str) -> None:
+    from optc.tests.frontends.llm_cases import bart_captured
+
+    model, module = bart_captured()
+    seq = module.dims["seq"]
+    assert (seq.min, seq.max) == (3, 64)  # the bound the decoder needs, found by the capture
+    layers = analyze(module).layers
+    assert [x.id for x in layers] == [0, 1, 2, 3]
+    assert [x.cross_attention is not None for x in layers] == [False, False, True, True]
+    for layer in layers:
+        assert layer.attention.num_heads == 4 and layer.ffn.width == 64
+        assert [n.op for n in layer.attention.norms] == ["layer_norm"]
+    cross = layers[2].cross_attention
+    assert cross.key.args[0] is not cross.query.args[0]
+    inputs = llm_inputs(model)
+    expected = hf_outputs(model, inputs, module.graph.outputs)
+    assert set(expected) == {"last_hidden_state", "encoder_last_hidden_state"}
+    assert max_diff(run_backend(module, backend, inputs), expected) <= 1e-5

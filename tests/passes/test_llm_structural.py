@@ -186,3 +186,41 @@ def test_t5_heads_removed_with_their_bias_planes(backend: str) -> None:
     reference.encoder.block = torch.nn.ModuleList([reference.encoder.block[0]])
     assert_outputs_equal(run_backend(module, backend, inputs),
                          hf_outputs(reference.eval(), inputs, module.graph.outputs))
+
+
+@pytest.mark.parametrize(("drop", "owner", "index"), [(0, "encoder", 0), (3, "decoder", 1)])
+def test_bart_drop_layer_equals_hf_with_layer_deleted(drop: int, owner: str, index: int) -> None:
+    """A post-LN encoder layer, and a decoder layer with its self-attention, cross-attention
+    and FFN, removed exactly."""
+    import copy
+
+    from optc.tests.frontends.llm_cases import bart_captured
+
+    model, base = bart_captured()
+    inputs = llm_inputs(model)
+    module = base.clone()
+    PassManager(f"drop-layers{{layers={drop}}}").run(module)
+    assert drop not in [x.id for x in analyze(module).layers]
+    reference = copy.deepcopy(model)
+    part = getattr(reference, owner)
+    part.layers = torch.nn.ModuleList(x for i, x in enumerate(part.layers) if i != index)
+    assert_outputs_equal(run_backend(module, "eager", inputs),
+                         hf_outputs(reference.eval(), inputs, module.graph.outputs))
+
+
+def test_bart_heads_and_neurons_removed_exactly(backend: str) -> None:
+    from optc.tests.frontends.llm_cases import bart_captured
+
+    model, base = bart_captured()
+    inputs = llm_inputs(model)
+    module = base.clone()
+    layers = analyze(module).layers
+    zero(module, layers[1].attention.head_slices(0))
+    zero(module, layers[3].attention.head_slices(3))
+    zero(module, layers[2].ffn.neuron_slices(4))
+    expected = run_backend(module, "eager", inputs)
+    PassManager("prune-heads{heads=1:0,3:3},prune-neurons{neurons=2:4},dce").run(module)
+    after = analyze(module).layers
+    assert [x.attention.num_heads for x in after] == [4, 3, 4, 3]
+    assert after[3].cross_attention.num_heads == 4 and after[2].ffn.width == 63
+    assert_outputs_equal(run_backend(module, backend, inputs), expected)
