@@ -223,7 +223,9 @@ class L0Gates(TrainHooks):
     """Hard-concrete gates trained with a Lagrangian toward ``target`` (a size fraction).
 
     ``warmup_steps``: the target falls linearly from 1 to ``target`` over these steps (then
-    stays); default: half of the steps planned. ``layers``: one more gate per block, multiplying all of its units' gates.
+    stays); default: half of the steps planned. While it falls, ``lambda1`` is kept >= 0 (the
+    constraint is ``E[size] <= t``): a model smaller than the moving target is not pushed
+    open, which would wind the multiplier up and make the size lag, then overshoot. ``layers``: one more gate per block, multiplying all of its units' gates.
     ``init_drop``: initial drop rate (log_alpha starts at ``log(1 - d) - log(d)``, as CoFi;
     CoFi's 0.5 halves every gate at the start, 0.1 starts near the trained model).
     ``form``: the deterministic gates used for evaluation and at the end (``cofi`` or
@@ -343,6 +345,8 @@ class L0Gates(TrainHooks):
         with torch.no_grad():  # CoFi's bounds: a gate pushed far closed can still reopen
             for alpha in (*self.log_alpha.values(), *self.block_alpha.values()):
                 alpha.clamp_(*ALPHA_RANGE)
+            if step < self.warmup_steps:  # the falling target bounds the size from above only
+                self.lambdas[0].clamp_(min=0.0)
         self._feed(model, training=False)  # evaluations see the deterministic gates
         expected = float(self._expected) if self._expected is not None else float("nan")
         target = self.target_at(step)

@@ -170,3 +170,15 @@ def test_final_gates_follow_the_chosen_form_and_block_gates_multiply() -> None:
     assert float(louizos.expected_size().detach()) < 0.1
     with pytest.raises(InputError, match="cofi or louizos"):
         L0Gates(size, 0.5, form="other")  # type: ignore[arg-type]
+
+
+def test_multiplier_stays_nonnegative_while_the_target_falls(task_dir, tokenizer) -> None:
+    _, module = tiny_bert(layers=1)
+    size = size_model(module, analyze(module), "flops", seq=32)
+    hooks = L0Gates(size, 0.5, warmup_steps=6, lambda_lr=0.5, seed=0)  # E0 ~0.98 < t = 1 at first
+    finetune(module, TASK, task_dir, tokenizer=tokenizer, max_steps=10, epochs=10, batch_size=16,
+             lr=1e-3, max_length=32, eval_split=None, dropout=0.0, hooks=hooks, edit=hooks.edit)
+    lambdas = [h["lambda1"] for h in hooks.history]
+    assert hooks.history[0]["expected_size"] < hooks.history[0]["target"] == 1.0
+    assert all(x >= 0 for x in lambdas[:6]) and lambdas[0] == 0.0  # clamped, not pushed open
+    assert lambdas[-1] > 0  # after the ramp: size above 0.5 raises it
