@@ -12,10 +12,21 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
 - ``linear`` from Conv1D-style ``view -> addmm(bias, x, W[in, out]) -> view`` (a new
   parameter holds ``W^T``), from ``addmm``/``mm`` on a transposed weight and from
   ``matmul(x, w.t()) (+ bias)``;
-- ``gelu(approximate="tanh")`` from ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``.
+- ``gelu(approximate="tanh")`` from ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``;
+- ``rms_norm`` from ``(offset + w) * (x * rsqrt(mean(x^2, -1) + eps))``;
+- ``rotary`` from ``x*cos + rotate_half(x)*sin`` on a head split (partial rotary: on the first
+  features of each head, the rest concatenated back);
+- fused projections viewed as ``[B, S, parts, heads, head_dim]`` and unbound (ModernBERT's
+  Wqkv) -> one linear per part.
 
-Then one-node rules: ``scaled_dot_product_attention`` -> ``attention``, ``aten.linear``,
-``layer_norm``, ``embedding`` and activations.
+Before them, casts to the type a tensor already has and zero-width concatenation operands are
+removed. Then one-node rules: ``scaled_dot_product_attention`` -> ``attention``,
+``aten.linear``, ``layer_norm``, ``embedding`` and activations. Attention rules accept key and
+value with fewer heads than the query, directly (``enable_gqa``) or repeated (``repeat_kv``,
+proven by evaluation), as grouped-query attention, and a mask with one plane per head (an
+additive bias such as T5's relative positions). Last, projections whose outputs are split,
+chunked or sliced into parts (GPT-2's c_attn, Phi-3's qkv_proj and gate_up_proj) become one
+``linear`` per part.
 
 Structure is found from the graph alone: an attention rule proves, by evaluating the
 surrounding view/transpose/reshape chain on an index tensor, that its operands are a
@@ -440,6 +451,27 @@ def _table(value: Any) -> Value | None:
     return table if table.tensor_type.rank == 3 else None
 
 
+def _partial_rotary(add: Node, x4: Value) -> tuple[Value, Value] | None:
+    """``(whole, result)`` when the rotated ``x4`` is ``whole[..., :r]`` and the add's only use
+    is ``cat([add, whole[..., r:]], -1)`` (partial rotary: the other features pass through)."""
+    first = _producer(x4, ("aten.slice.Tensor",))
+    if first is None or first.arg(1) not in (-1, 3) or first.arg(2, 0) not in (0, None) or \
+            first.arg(4, 1) != 1 or not _is_tensor(first.args[0]):
+        return None
+    whole, r = first.args[0], first.arg(3)
+    users = add.outputs[0].users()
+    cat = users[0] if len(users) == 1 and users[0].op == "aten.cat.default" else None
+    parts = cat.arg(0) if cat is not None else None
+    if cat is None or cat.arg(1, 0) not in (-1, 3) or not isinstance(parts, (list, tuple)) or \
+            len(parts) != 2 or parts[0] is not add.outputs[0]:
+        return None
+    rest = _producer(parts[1], ("aten.slice.Tensor",))
+    if rest is None or rest.args[0] is not whole or rest.arg(1) not in (-1, 3) or \
+            rest.arg(2) != r or rest.arg(4, 1) != 1:
+        return None
+    return whole, cat.outputs[0]
+
+
 def _raise_rotary(module: Module, node: Node, ctx: _Context) -> str | None:
     """Root: ``x*cos + rotate_half(x)*sin`` on a [batch, heads, seq, head_dim] head split."""
     if node.op != "aten.add.Tensor" or _number(node.attr("alpha", 1)) != 1.0:
@@ -455,25 +487,30 @@ def _raise_rotary(module: Module, node: Node, ctx: _Context) -> str | None:
                 cos, sin = _table(cos4), _table(sin4)
                 if cos is None or sin is None:
                     return "the cos/sin tables are not [batch|1, seq, head_dim] unsqueezed over heads"
+                replaced, whole = node.outputs[0], _partial_rotary(node, x4)
+                if whole is not None:  # rotary on the first features of each head only
+                    x4, replaced = whole
                 heads, dim = x4.tensor_type.shape[1], x4.tensor_type.shape[3]
+                rot_dim = cos.tensor_type.shape[-1]
                 if not (isinstance(heads, int) and isinstance(dim, int)) or \
-                        cos.tensor_type.shape[-1] != dim or sin.tensor_type.shape[-1] != dim:
+                        sin.tensor_type.shape[-1] != rot_dim or \
+                        (rot_dim != dim and whole is None):
                     return "the rotary tables do not cover the whole head"
                 src = split_heads_source(x4, heads, dim, ctx.env)
                 if isinstance(src, str):
                     return src
                 xt = src.tensor_type
                 rot = module.graph.create_node("rotary", (src, cos, sin), {"head_dim": dim}, [xt],
-                                               names="rotary", after=node)
+                                               names="rotary", after=replaced.producer)
                 unflat = module.graph.create_node(
                     "aten.unflatten.int", (rot.outputs[0], -1, [heads, dim]), {},
                     [TensorType(xt.dtype, xt.shape[:-1] + (heads, dim))], names="rotary_heads",
                     after=rot)
                 split = module.graph.create_node(
-                    "aten.transpose.int", (unflat.outputs[0], 1, 2), {}, [node.outputs[0].type],
+                    "aten.transpose.int", (unflat.outputs[0], 1, 2), {}, [replaced.type],
                     names="rotary_heads", after=unflat)
                 rot.loc = unflat.loc = split.loc = node.loc
-                module.graph.replace_all_uses(node.outputs[0], split.outputs[0])
+                module.graph.replace_all_uses(replaced, split.outputs[0])
                 return None
     return _SKIP
 

@@ -30,11 +30,14 @@ class PruneHeads(Pass):
     Rewrites: for each removed head, its query/key/value rows (and biases) and its
     output-projection columns are sliced away and the attention's ``num_heads`` drops; a layer
     left without heads loses its attention block (its output becomes the projection bias).
+    Grouped-query attention: heads are query heads; a kv head goes (its key/value rows) when
+    the last query head of its group goes, and ``kv_heads`` records uneven groups.
     Choose heads explicitly (``heads=layer:head,...``, indices as they are before this pass) or
     by ``amount`` (fraction, global across layers unless ``per_layer``) and ``criterion``
     (``magnitude``: weight norm; ``taylor``: gate-gradient importance on calibration data).
     Refuses: a head or layer that does not exist, an amount outside [0, 1], both or neither of
-    ``heads``/``amount``, blocks whose projections are not separate linears.
+    ``heads``/``amount``, blocks whose projections are not separate linears, weights shared
+    with other layers.
     Guarantees: removing heads whose weights are zero leaves outputs unchanged.
     Note: a layer that loses both its heads and its neurons is no longer counted as a layer by
     the structure analysis (its biases and norms remain), so later layer indices shift.

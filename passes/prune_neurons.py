@@ -27,13 +27,13 @@ __all__ = ["PruneNeurons"]
 class PruneNeurons(Pass):
     """Remove intermediate FFN neurons, physically slicing their weights.
 
-    Rewrites: each removed neuron's up-projection row (and bias) and down-projection column
-    are sliced away; a layer left without neurons loses its FFN block (its output becomes the
+    Rewrites: each removed neuron's up-projection row (and bias), its row of the second up
+    projection of a gated FFN (SwiGLU/GeGLU), and its down-projection column are sliced away; a layer left without neurons loses its FFN block (its output becomes the
     down projection's bias). Choose neurons explicitly (``neurons=layer:neuron,...``) or by
     ``amount`` (fraction, global unless ``per_layer``) and ``criterion`` (``magnitude`` or
     ``taylor`` on calibration data).
     Refuses: a neuron or layer that does not exist, an amount outside [0, 1], both or neither
-    of ``neurons``/``amount``.
+    of ``neurons``/``amount``, weights shared with other layers.
     Guarantees: removing neurons whose weights are zero leaves outputs unchanged.
     """
 

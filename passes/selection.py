@@ -17,7 +17,8 @@ from optc.passes.importance import normalize_per_layer, taylor_scores
 from optc.passes.structural import slice_conflict
 
 __all__ = ["select_lowest", "check_unit_options", "choose_units", "remove_units",
-           "layer_positions", "unit_positions", "units_requirement", "unraised_attention"]
+           "layer_positions", "unit_positions", "units_requirement", "unraised_attention",
+           "shared_layers"]
 
 
 def layer_positions(structure: Structure, layers: tuple[int, ...], ids: bool,
@@ -79,6 +80,11 @@ def units_requirement(p: Any, structure: Structure, explicit: tuple[list[tuple[i
         block = block_of(structure.layers[i])
         if block is None:
             continue
+        shared = shared_layers(structure, i, block)
+        if shared:
+            return (f"layer {i}: its weights are shared with layer(s) {', '.join(map(str, shared))} "
+                    "(tied across layers, as in ALBERT); removing units would change every layer "
+                    "that shares them, so it is refused (drop-layers can remove shared layers)")
         prunable = getattr(block, "prunable", None) if p.amount is None else None
         reason = prunable or slice_conflict(block)  # amount skips unprunable blocks itself
         if reason:
@@ -86,6 +92,13 @@ def units_requirement(p: Any, structure: Structure, explicit: tuple[list[tuple[i
     if p.amount is not None and not any(block_of(layer) for layer in structure.layers):
         return f"the module has no {kind} blocks"
     return None
+
+
+def shared_layers(structure: Structure, index: int, block: Any) -> list[int]:
+    """Positions of the other layers that read any weight of ``block`` (layer ``index``)."""
+    names = set(block.param_names())
+    return [layer.index for layer in structure.layers
+            if layer.index != index and names & set(layer.param_names())]
 
 
 def unraised_attention(module: Module, structure: Structure) -> str | None:

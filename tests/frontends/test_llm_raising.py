@@ -243,3 +243,25 @@ def test_bart_layers_and_cross_attention_and_backends(backend: str) -> None:
     expected = hf_outputs(model, inputs, module.graph.outputs)
     assert set(expected) == {"last_hidden_state", "encoder_last_hidden_state"}
     assert max_diff(run_backend(module, backend, inputs), expected) <= 1e-5
+
+
+def test_partial_rotary_is_raised_and_heads_prune_exactly(backend: str) -> None:
+    """partial_rotary_factor=0.5: rotary on the first 4 of each head's 8 features, the rest
+    concatenated back unrotated; one ``rotary`` op with 4-wide tables."""
+    from optc.passes import PassManager
+    from optc.tests.conftest import scale_param_slice
+
+    model = llm_model("phi3", partial_rotary_factor=0.5)
+    module = optc.capture(model)
+    layers = analyze(module).layers
+    assert all(x.attention is not None and all(x.attention.rotary) for x in layers)
+    assert layers[0].attention.rotary[0].args[1].tensor_type.shape[-1] == 4
+    inputs = llm_inputs(model)
+    assert max_diff(run_backend(module, backend, inputs),
+                    hf_outputs(model, inputs, module.graph.outputs)) <= 1e-5
+    for s in layers[1].attention.head_slices(2):
+        scale_param_slice(module, s.param, s.dim, list(s.index))
+    expected = run_backend(module, "eager", inputs)
+    PassManager("prune-heads{heads=1:2}").run(module)
+    assert analyze(module).layers[1].attention.kv_heads == [0, 0, 1]
+    assert max_diff(run_backend(module, backend, inputs), expected) <= 1e-5

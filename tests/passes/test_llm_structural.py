@@ -224,3 +224,29 @@ def test_bart_heads_and_neurons_removed_exactly(backend: str) -> None:
     assert [x.attention.num_heads for x in after] == [4, 3, 4, 3]
     assert after[3].cross_attention.num_heads == 4 and after[2].ffn.width == 63
     assert_outputs_equal(run_backend(module, backend, inputs), expected)
+
+
+def test_weights_shared_across_layers_are_refused_but_layers_drop_exactly() -> None:
+    """ALBERT: every layer reads the same weights; pruning one layer would change all of
+    them, so prune-heads/prune-neurons refuse (IR unchanged) and drop-layers stays exact."""
+    import transformers as tf
+
+    import optc
+
+    torch.manual_seed(0)
+    config = tf.AlbertConfig(vocab_size=120, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    model = tf.AlbertModel(config).eval()
+    module = optc.capture(model)
+    layers = analyze(module).layers
+    assert len(layers) == 2 and layers[0].attention.query.args[1] is layers[1].attention.query.args[1]
+    for spec in ("prune-heads{heads=0:1}", "prune-neurons{neurons=1:3}", "prune-heads{amount=0.5}"):
+        assert_refused_unchanged(module, spec, "shared with layer(s)")
+    inputs = llm_inputs(model)
+    dropped = module.clone()
+    PassManager("drop-layers{layers=1}").run(dropped)
+    config.num_hidden_layers = 1
+    reference = tf.AlbertModel(config).eval()
+    reference.load_state_dict(model.state_dict())
+    assert_outputs_equal(run_backend(dropped, "eager", inputs),
+                         hf_outputs(reference, inputs, dropped.graph.outputs))
