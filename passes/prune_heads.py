@@ -13,6 +13,7 @@ from optc.passes.registry import register_pass
 from optc.passes.selection import (
     check_unit_options,
     choose_units,
+    layer_positions,
     remove_units,
     unit_positions,
     units_requirement,
@@ -32,7 +33,8 @@ class PruneHeads(Pass):
     left without heads loses its attention block (its output becomes the projection bias).
     Grouped-query attention: heads are query heads; a kv head goes (its key/value rows) when
     the last query head of its group goes, and ``kv_heads`` records uneven groups.
-    Choose heads explicitly (``heads=layer:head,...``, indices as they are before this pass) or
+    Choose heads explicitly (``heads=layer:head,...``, indices as they are before this pass;
+    ``kv_groups=layer:kv,...`` adds every query head of those kv heads) or
     by ``amount`` (fraction, global across layers unless ``per_layer``) and ``criterion``
     (``magnitude``: weight norm; ``taylor``: gate-gradient importance on calibration data).
     Refuses: a head or layer that does not exist, an amount outside [0, 1], both or neither of
@@ -47,6 +49,9 @@ class PruneHeads(Pass):
 
     heads: tuple[tuple[int, int], ...] = ()
     """Explicit heads to remove, as layer:head pairs."""
+    kv_groups: tuple[tuple[int, int], ...] = ()
+    """Grouped-query attention: kv heads to remove with every query head of their group, as
+    layer:kv pairs (kv heads by current position; the layer as ``heads`` reads it)."""
     ids: bool = False
     """Read ``heads`` as stable ids (layer and head indices in the captured model), not
     current positions."""
@@ -68,7 +73,7 @@ class PruneHeads(Pass):
     """Tokenizer directory or id (default: the one recorded with the model)."""
 
     def __post_init__(self) -> None:
-        check_unit_options(self, self.heads, "head")
+        check_unit_options(self, self.heads + self.kv_groups, "head")
 
     @property
     def uses_data(self) -> bool:
@@ -81,8 +86,22 @@ class PruneHeads(Pass):
                                  lambda layer: layer.attention, "attention")
 
     def _explicit(self, structure: Structure) -> tuple[list[tuple[int, int]], str | None]:
-        return unit_positions(structure, self.heads, self.ids, lambda b: b.head_ids,
-                              lambda layer: layer.attention, "head")
+        chosen, missing = unit_positions(structure, self.heads, self.ids, lambda b: b.head_ids,
+                                         lambda layer: layer.attention, "head")
+        if missing:
+            return chosen, missing
+        for layer_ref, kv in self.kv_groups:
+            positions, missing = layer_positions(structure, (layer_ref,), self.ids)
+            if missing:
+                return chosen, missing
+            block = structure.layers[positions[0]].attention
+            if block is None:
+                return chosen, f"layer {layer_ref} has no attention block"
+            if kv >= block.num_kv_heads:
+                return chosen, (f"kv head {layer_ref}:{kv} does not exist; layer {layer_ref} has "
+                                f"{block.num_kv_heads} kv heads")
+            chosen += [(positions[0], h) for h in block.kv_group(kv) if (positions[0], h) not in chosen]
+        return chosen, None
 
     def run(self, module: Module) -> PassResult:
         structure = analyze(module)

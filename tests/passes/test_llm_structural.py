@@ -250,3 +250,18 @@ def test_weights_shared_across_layers_are_refused_but_layers_drop_exactly() -> N
     reference.load_state_dict(model.state_dict())
     assert_outputs_equal(run_backend(dropped, "eager", inputs),
                          hf_outputs(reference, inputs, dropped.graph.outputs))
+
+
+def test_kv_groups_option_removes_a_kv_head_with_its_group() -> None:
+    model, base = llm_captured("llama")
+    inputs = llm_inputs(model)
+    module = base.clone()
+    zero(module, analyze(module).layers[0].attention.kv_slices(1))
+    expected = run_backend(module, "eager", inputs)
+    report = PassManager("prune-heads{kv_groups=0:1},dce").run(module)
+    assert report.records[0].stats["heads_removed"] == 2
+    att = analyze(module).layers[0].attention
+    assert (att.num_heads, att.num_kv_heads, att.head_ids) == (2, 1, [0, 1])
+    assert_outputs_equal(run_backend(module, "eager", inputs), expected)
+    assert_refused_unchanged(base.clone(), "prune-heads{kv_groups=1:2}",
+                             "kv head 1:2 does not exist; layer 1 has 2 kv heads")
