@@ -18,7 +18,7 @@ from optc.train import TrainReport, finetune, has_task_head, task_from_meta
 __all__ = ["Finetune", "TrainingPass", "pass_task", "pass_tokenizer", "train_options", "report_stats"]
 
 TRAIN_OPTIONS = ("epochs", "max_steps", "lr", "batch_size", "max_length", "warmup_ratio",
-                 "weight_decay", "seed", "threads", "dropout")
+                 "weight_decay", "seed", "threads", "dropout", "holdout")
 """Options the training passes hand to :mod:`optc.train` unchanged."""
 
 
@@ -53,6 +53,7 @@ def train_options(p: Any) -> dict[str, Any]:
     """The keyword arguments a training pass gives :func:`optc.train.finetune`/``distill``."""
     options = {name: getattr(p, name) for name in TRAIN_OPTIONS}
     options["eval_split"] = None if p.eval_split == "none" else p.eval_split
+    options["holdout"] = int(p.holdout) if p.holdout >= 1 else p.holdout  # >= 1: a count
     return options
 
 
@@ -66,6 +67,9 @@ def check_train_options(p: Any) -> None:
         raise PipelineSpecError(f"{p.name} max_length must be >= 2, got {p.max_length}")
     if not 0 <= p.warmup_ratio <= 1 or p.weight_decay < 0:
         raise PipelineSpecError(f"{p.name} needs 0 <= warmup_ratio <= 1 and weight_decay >= 0")
+    if p.holdout < 0:
+        raise PipelineSpecError(f"{p.name} holdout must be >= 0 (a fraction or a count), "
+                                f"got {p.holdout}")
     if p.dropout is not None and not 0 <= p.dropout < 1:
         raise PipelineSpecError(f"{p.name} dropout must be in [0, 1), got {p.dropout}")
     if p.threads is not None and p.threads < 1:
@@ -129,6 +133,9 @@ class TrainingPass(Pass):
     """Torch threads while training (default: unchanged)."""
     eval_split: Literal["dev", "val", "none"] = "dev"
     """Evaluate on dev, on a validation part of train (val), or not at all (none)."""
+    holdout: float = 0.15
+    """Validation split carved from train and never trained on (fraction, or a count >= 1;
+    0: train on all of train), so that a later search sees unseen data."""
     dropout: float | None = None
     """Train-mode dropout (default: the source model's, else 0.1)."""
     tokenizer: str | None = None

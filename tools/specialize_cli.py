@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from optc.errors import InputError
 from optc.tools.common import Parser as _Parser
 
 __all__ = ["cmd_specialize", "specialize_parser"]
+
+_log = logging.getLogger("optc.specialize")
 
 _EPILOG = ("exit codes: 0 ok, 1 internal error, 2 bad usage or option, 3 bad input model/data "
            "(no task head, labels that do not fit, too little validation data), 4 output exists "
@@ -58,6 +61,26 @@ def _val_size(text: str) -> float | int:
     return value
 
 
+def _holdout_split(options: Any, meta: dict[str, Any], val_size: Any, seed: int | None) -> Any:
+    """Search on the split the fine-tuning held out (recorded in ``meta["task"]["holdout"]``)
+    unless --val-size/--seed say otherwise; warn when the model trained on the split."""
+    held = (meta.get("task") or {}).get("holdout") if isinstance(meta.get("task"), dict) else None
+    if held and held.get("val_size"):
+        options = dataclasses.replace(
+            options, val_size=held["val_size"] if val_size is None else val_size,
+            seed=held.get("seed", 0) if seed is None else seed)
+        if (options.val_size, options.seed) != (held["val_size"], held.get("seed", 0)):
+            _log.warning(f"the validation split (val_size={options.val_size}, seed="
+                          f"{options.seed}) is not the one held out at fine-tuning (val_size="
+                          f"{held['val_size']}, seed={held.get('seed', 0)}): the model has "
+                          "trained on part of it, so removals look worse than they are")
+    elif int((meta.get("task") or {}).get("trained_steps", 0) or 0) > 0:
+        _log.warning("this model was fine-tuned on all of train (no holdout recorded): the "
+                      "validation split is data it has seen, so few removals will be accepted; "
+                      "fine-tune with --holdout 0.15 (the default) for a fair search")
+    return options
+
+
 def specialize_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="optc specialize", description="Specialize a fine-tuned model for its "
                 "task: greedily try hard attention and removing FFN/attention blocks, neuron "
@@ -84,11 +107,13 @@ def specialize_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-threshold", type=_number, default=1.1,
                    help="try groups/heads after a rejected block whose loss is below this x "
                         "the best loss (default 1.1)")
-    p.add_argument("--val-size", type=_val_size, default=0.15,
-                   help="validation split carved from train: fraction or count (default 0.15)")
+    p.add_argument("--val-size", type=_val_size, default=None,
+                   help="validation split carved from train: fraction or count (default: the "
+                        "split held out when the model was fine-tuned, else 0.15)")
     p.add_argument("--val-limit", type=_int_at_least(1), default=None,
                    help="use only the first N validation examples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the validation split (default: the fine-tuning holdout's, else 0)")
     p.add_argument("--flops-target", type=_number, default=None,
                    help="stop once FLOPs are at most this fraction of the input's")
     p.add_argument("--latency-target", type=_number, default=None,
@@ -186,7 +211,9 @@ def cmd_specialize(argv: list[str]) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     options = SearchOptions(  # bad options fail before any slow work (exit 2)
         rule=args.rule, tolerance=args.tolerance, kinds=kinds, neuron_groups=args.groups,
-        k=args.k, fine_threshold=args.fine_threshold, val_size=args.val_size, seed=args.seed,
+        k=args.k, fine_threshold=args.fine_threshold,
+        val_size=0.15 if args.val_size is None else args.val_size,
+        seed=0 if args.seed is None else args.seed,
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
         flops_target=args.flops_target, latency_target=args.latency_target,
         time_budget=args.time_budget,
@@ -217,6 +244,7 @@ def cmd_specialize(argv: list[str]) -> int:
     if ref is None:
         raise InputError("the model records no tokenizer: pass --tokenizer DIR")
     tokenizer = load_tokenizer(ref)
+    options = _holdout_split(options, module.meta, args.val_size, args.seed)
     names = tuple(v.name for v in module.graph.inputs
                   if v.name in ("input_ids", "attention_mask", "token_type_ids"))
 

@@ -233,6 +233,9 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ratio", type=_fraction, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=0.15,
+                   help="validation split carved from train and never trained on, for later "
+                        "searches such as optc specialize (fraction or count; 0: train on all)")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--eval-split", default="dev", choices=["dev", "val", "none"],
                    help="evaluate after each epoch on dev, on a validation part of train, or not")
@@ -317,7 +320,8 @@ def cmd_finetune(argv: list[str]) -> int:
     options = {"epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
                "batch_size": args.batch_size, "max_length": args.max_length,
                "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
-               "seed": args.seed, "threads": args.threads}
+               "seed": args.seed, "threads": args.threads,
+               "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout}
     eval_split = None if args.eval_split == "none" else args.eval_split
     report = finetune(module, task, args.data, tokenizer=tokenizer, eval_split=eval_split,
                       progress=_StepPrinter(not args.quiet), **options)

@@ -33,7 +33,7 @@ from optc.data import Example, SquadRecord
 from optc.errors import InputError
 from optc.ir.analysis import Structure
 from optc.ir.core import Module
-from optc.tasks import Task, evaluate, get_task, validation_split
+from optc.tasks import DEFAULT_VAL_SIZE, Task, evaluate, get_task, validation_split
 from optc.train.batching import Encoded, collate, encode, input_names_of, length_grouped
 from optc.train.heads import add_task_head, has_task_head
 from optc.train.hooks import TrainHooks
@@ -187,8 +187,11 @@ def _positive(name: str, value: Any, allow_none: bool = False) -> None:
 # -- data ---------------------------------------------------------------------------------------
 def _splits(task: Task, data: str | os.PathLike | None, eval_split: str | None, seed: int,
             train_examples: Examples | None, eval_examples: Examples | None,
+            holdout: float | int = DEFAULT_VAL_SIZE,
             ) -> tuple[list[Any], list[Any] | None, str | None]:
-    """(train examples, evaluation examples or None, the split evaluated on)."""
+    """(train examples, evaluation examples or None, the split evaluated on). The
+    validation split (``holdout`` of train, seeded by ``seed``) is never trained on, so a
+    later search (``optc specialize``, ``quantize{max_drop=...}``) judges on unseen data."""
     if eval_split not in ("dev", "val", None):
         raise InputError(f"eval_split must be dev, val or None, not {eval_split!r}")
     if train_examples is None and eval_examples is None and _same_file(task, data):
@@ -205,8 +208,9 @@ def _splits(task: Task, data: str | os.PathLike | None, eval_split: str | None, 
         if eval_split is not None:
             eval_examples, eval_split = [source[i] for i in val_idx], "val"
     if train_examples is None:
-        val_size: dict[str, Any] = {"val_size": 0} if eval_split != "val" else {"seed": seed}
-        train = list(task.read("train", data, **val_size))
+        if eval_split == "val" and not holdout:
+            raise InputError("eval_split=val needs a validation split: holdout must be > 0")
+        train = list(task.read("train", data, val_size=holdout, seed=seed))
     else:
         train = list(train_examples)
     if eval_examples is not None:
@@ -214,7 +218,8 @@ def _splits(task: Task, data: str | os.PathLike | None, eval_split: str | None, 
     elif eval_split is None:
         evals = None
     else:
-        evals = list(task.read(eval_split, data, seed=seed))
+        extra = {"val_size": holdout} if eval_split == "val" else {}
+        evals = list(task.read(eval_split, data, seed=seed, **extra))
     if not train:
         raise InputError(f"no training examples for task '{task.name}': the data is empty")
     if evals is not None and not evals:
@@ -337,6 +342,8 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
     report.params_written = len(write_back(model, module))
     if isinstance(module.meta.get("task"), dict):
         module.meta["task"]["trained_steps"] = int(module.meta["task"].get("trained_steps", 0)) + step
+    if isinstance(module.meta.get("task"), dict) and "holdout" in report.extra:
+        module.meta["task"]["holdout"] = report.extra["holdout"]
     if report.best is not None and isinstance(module.meta.get("task"), dict):
         module.meta["task"]["eval"] = {"split": report.extra.get("eval_split"),
                                        "metrics": dict(report.best.metrics),
@@ -351,6 +358,7 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
              eval_split: str | None, train_examples: Examples | None,
              eval_examples: Examples | None, max_length: int | None, batch_size: int,
              epochs: float, lr: float, max_steps: int | None, doc_stride: int | None,
+             holdout: float | int = DEFAULT_VAL_SIZE,
              ) -> tuple[Task, list[Encoded], list[Any] | None, int, bool, str | None]:
     task = get_task(task) if isinstance(task, str) else task
     if tokenizer is None:
@@ -362,7 +370,8 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
     _positive("max_steps", max_steps, allow_none=True)
     length = max_length or (384 if task.kind == "extractive-qa" else 128)
     has_task_head(module, task)  # a head that does not fit fails before any slow work
-    train, evals, split = _splits(task, data, eval_split, seed, train_examples, eval_examples)
+    train, evals, split = _splits(task, data, eval_split, seed, train_examples, eval_examples,
+                                  holdout)
     items = encode(task, train, tokenizer, length, doc_stride)
     head_added = add_task_head(module, task, seed)  # the module changes only from here on
     return task, items, evals, length, head_added, split
@@ -377,14 +386,18 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
              masked: Sequence[str] = (), train_examples: Examples | None = None,
              eval_examples: Examples | None = None, eval_batch_size: int = 64,
              doc_stride: int | None = None, hooks: TrainHooks | None = None,
-             edit: EditFn | None = None) -> TrainReport:
+             edit: EditFn | None = None,
+             holdout: float | int = DEFAULT_VAL_SIZE) -> TrainReport:
     """Fine-tune ``module`` (in place) on ``task`` with the task's loss.
 
     ``max_length`` defaults to 128 tokens (384 for QA); ``dropout`` to the source model's
     (see :func:`~optc.train.module.dropout_probability`); ``masked`` names parameters whose
     zeros stay zero on top of those with a Sparsity attribute. Returns a
     :class:`TrainReport`; the best weights (by the main metric on ``eval_split``) end up in
-    the IR. ``hooks`` and ``edit``: see :mod:`optc.train.hooks`.
+    the IR. ``hooks`` and ``edit``: see :mod:`optc.train.hooks`. ``holdout``: the validation
+    split carved from train (fraction or count, seeded by ``seed``; 0: train on everything) is
+    left out of training, so that searches on it later see unseen data; it is recorded in
+    ``meta["task"]["holdout"]``.
     """
     with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -392,7 +405,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
             module, task, data, tokenizer, seed=seed, eval_split=eval_split,
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
-            doc_stride=doc_stride)
+            doc_stride=doc_stride, holdout=holdout)
         model = trainable(module, dropout=dropout, masked=masked, edit=edit)
 
         def loss_fn(model: TrainableModule, batch: dict[str, torch.Tensor],
@@ -401,12 +414,19 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
             return task.loss(outputs, _labels(task, batch), attention_mask=batch["attention_mask"])
 
         report = TrainReport(task.name, task.main_metric, 0, 0.0, len(items), 0.0,
-                             head_added=head_added, extra={"eval_split": split})
+                             head_added=head_added,
+                             extra={"eval_split": split, "holdout": _holdout(holdout, seed, train_examples is not None)})
         return _run(module, task, items, evals, tokenizer, model, loss_fn, epochs=epochs,
                     max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=length,
                     warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
                     progress=progress, eval_batch_size=eval_batch_size, report=report,
                     hooks=hooks)
+
+
+def _holdout(holdout: float | int, seed: int, given: bool) -> dict[str, Any]:
+    """What ``meta["task"]["holdout"]`` records: the validation split left out of training
+    (none when the caller gave the training examples)."""
+    return {"val_size": 0 if given else holdout, "seed": seed}
 
 
 def _labels(task: Task, batch: dict[str, torch.Tensor]) -> Any:
@@ -426,7 +446,8 @@ def distill(student: Module, teacher: Module, task: Task | str,
             dropout: float | None = None, masked: Sequence[str] = (),
             train_examples: Examples | None = None, eval_examples: Examples | None = None,
             eval_batch_size: int = 64, doc_stride: int | None = None,
-            hooks: TrainHooks | None = None, edit: EditFn | None = None) -> TrainReport:
+            hooks: TrainHooks | None = None, edit: EditFn | None = None,
+            holdout: float | int = DEFAULT_VAL_SIZE) -> TrainReport:
     """Train ``student`` (in place) to imitate ``teacher`` (an IR module, run with the eager
     backend without gradients) on ``task``'s data.
 
@@ -454,7 +475,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
             student, task_obj, data, tokenizer, seed=seed, eval_split=eval_split,
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
-            doc_stride=doc_stride)
+            doc_stride=doc_stride, holdout=holdout)
         pairs = map_layers(student, teacher, layer_map) if hidden_mse > 0 else []
         model = trainable(student, dropout=dropout, masked=masked, hidden_states=bool(pairs),
                           edit=edit)
@@ -488,7 +509,8 @@ def distill(student: Module, teacher: Module, task: Task | str,
 
         report = TrainReport(task_obj.name, task_obj.main_metric, 0, 0.0, len(items), 0.0,
                              head_added=head_added,
-                             extra={"eval_split": split, "soft_targets": soft, "alpha_soft": alpha_soft if soft else 0.0,
+                             extra={"eval_split": split, "holdout": _holdout(holdout, seed, train_examples is not None),
+                                    "soft_targets": soft, "alpha_soft": alpha_soft if soft else 0.0,
                                     "hidden_mse": hidden_mse, "temperature": temperature,
                                     "layer_map": ",".join(f"{s}:{t}" for s, t in pairs) or "-"})
         return _run(student, task_obj, items, evals, tokenizer, model, loss_fn, epochs=epochs,
