@@ -148,7 +148,7 @@ def test_param_stored_under_another_name():
 def test_high_level_op_with_wrong_operand_count():
     module = _edit("linear(%ln, @q.weight, @q.bias)", "linear(%ln)")
     message = _problems(module)
-    assert "node '%q = linear': linear takes operands (x, weight, bias?, weight_scale?), got 1" in message
+    assert "node '%q = linear': linear takes operands (x, weight, bias?, weight_scale?, input_scale?, input_zero_point?), got 1" in message
 
 
 def test_high_level_op_with_too_many_operands():
