@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "optc.passes.hard_attention",
     "optc.passes.gradual_prune",
     "optc.passes.l0_prune",
+    "optc.passes.kv_cache",
 )
 
 
