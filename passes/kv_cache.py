@@ -56,11 +56,24 @@ class KVCache(Pass):
 
     name = "kv-cache"
 
+    def requires(self, module: Module) -> str | None:
+        if _has_cache(module):
+            return None
+        try:
+            _check(module)
+        except PassError as exc:
+            return str(exc).removeprefix("kv-cache: ")
+        return None
+
     def run(self, module: Module) -> PassResult:
-        if any(v.name == PAST_MASK for v in module.graph.inputs):
+        if _has_cache(module):
             return PassResult(False, {})
         layers = add_kv_cache(module)
         return PassResult(True, {"layers": layers})
+
+
+def _has_cache(module: Module) -> bool:
+    return any(v.name == PAST_MASK for v in module.graph.inputs)
 
 
 def _attentions(module: Module) -> list[Node]:
@@ -125,12 +138,11 @@ def _check_mask(module: Module, mask: Value) -> None:
                         "decoders get a cache")
 
 
-def add_kv_cache(module: Module) -> int:
-    """Rewrite ``module`` in place for cached decoding (see the module docstring); returns the
-    number of attention ops that got a cache. Raises :class:`PassError` before changing
-    anything when the module does not qualify."""
+def _check(module: Module) -> tuple[list[Node], Value]:
+    """The attention ops and their shared mask; :class:`PassError` when the module does not
+    qualify for a cache."""
     attentions = _attentions(module)
-    mask_in = _input(module, "attention_mask")
+    _input(module, "attention_mask")
     if any(v.name.startswith(CACHE_INPUT) for v in module.graph.inputs):
         raise PassError("kv-cache: the module already has past_key/past_value inputs")
     masks = {id(n.arg(3)): n.arg(3) for n in attentions}
@@ -140,10 +152,18 @@ def add_kv_cache(module: Module) -> int:
     if any(n.attr("causal", False) or n.attr("kind", "softmax") != "softmax" for n in attentions):
         raise PassError("kv-cache supports softmax attention with an explicit mask operand")
     old_mask = next(iter(masks.values()))
-    _check_mask(module, old_mask)
     if "past" in module.dims:
         raise PassError("kv-cache: the module already has a dim named 'past'")
+    _check_mask(module, old_mask)
+    return attentions, old_mask
 
+
+def add_kv_cache(module: Module) -> int:
+    """Rewrite ``module`` in place for cached decoding (see the module docstring); returns the
+    number of attention ops that got a cache. Raises :class:`PassError` before changing
+    anything when the module does not qualify."""
+    attentions, _ = _check(module)
+    mask_in = _input(module, "attention_mask")
     graph = module.graph
     seq_range = module.dims.get("seq")
     module.dims["past"] = DimRange(0, None if seq_range is None else seq_range.max)
