@@ -46,7 +46,8 @@ def eliminate_dead_code(module: Module, keep_params: bool = False) -> dict[str, 
     return {"nodes": len(dead), "params": removed_params, "param_elements": removed_elements}
 
 
-_ALIASES = ("aten.alias.default", "aten.detach.default", "aten.lift_fresh_copy.default")
+_ALIASES = ("aten.alias.default", "aten.detach.default", "aten.detach_.default",
+            "aten.lift_fresh_copy.default")
 
 
 def _identity_source(node: Node) -> Value | None:

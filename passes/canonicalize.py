@@ -17,7 +17,8 @@ __all__ = ["Canonicalize"]
 class Canonicalize(Pass):
     """Remove inference-time no-ops: eval dropout, aliases and dtype-metadata assertions.
 
-    Rewrites: ``aten.dropout(x, p, train=False)``, ``aten.alias``/``detach`` -> ``x``;
+    Rewrites: ``aten.dropout(x, p, train=False)``, ``aten.alias``/``detach``/``detach_`` -> ``x``
+    (an in-place ``detach_`` on a view, which torch refuses to run, only drops autograd history);
     deletes ``aten._assert_tensor_metadata`` (its facts are in the IR types); then runs DCE on
     nodes. Guarantees: outputs are unchanged; idempotent.
     """
