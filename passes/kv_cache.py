@@ -109,60 +109,66 @@ def _probe_inputs(module: Module, batch: int, seq: int) -> dict[str, torch.Tenso
     return feeds
 
 
-def _check_mask(module: Module, mask: Value) -> None:
-    """The captured mask must equal causal & padding on a probe with padding on both sides."""
+def _check_mask(module: Module, mask: Value | None, causal: bool) -> None:
+    """The captured mask (and causal flag) must equal causal & padding on a probe with padding
+    on both sides."""
     batch, seq = 3, 6
-    probe = module.clone()
-    value = probe.value_by_name(mask.name)
-    probe.graph.set_outputs({"mask": value})
-    eliminate_dead_code(probe)
-    feeds = _probe_inputs(probe, batch, seq)
     pad = torch.ones(batch, seq, dtype=torch.long)
     pad[1, 4:] = 0
     pad[2, :2] = 0
-    feeds["attention_mask"] = pad.to(feeds["attention_mask"].dtype)
-    try:
-        with torch.inference_mode():
-            got = to_eager(probe)(**feeds)["mask"]
-    except OptcError as exc:
-        raise PassError(f"kv-cache: cannot evaluate the attention mask %{mask.name}: {exc}") from exc
-    allowed = got if got.dtype == torch.bool else got > torch.finfo(got.dtype).min / 2
+    allowed = torch.ones(1, 1, seq, seq, dtype=torch.bool)
+    what = "no mask"
+    if mask is not None:
+        what = f"the attention mask %{mask.name}"
+        probe = module.clone()
+        probe.graph.set_outputs({"mask": probe.value_by_name(mask.name)})
+        eliminate_dead_code(probe)
+        feeds = _probe_inputs(probe, batch, seq)
+        feeds["attention_mask"] = pad.to(feeds["attention_mask"].dtype)
+        try:
+            with torch.inference_mode():
+                got = to_eager(probe)(**feeds)["mask"]
+        except OptcError as exc:
+            raise PassError(f"kv-cache: cannot evaluate {what}: {exc}") from exc
+        allowed = got if got.dtype == torch.bool else got > torch.finfo(got.dtype).min / 2
+    if causal:
+        allowed = allowed & torch.ones(seq, seq, dtype=torch.bool).tril()
     expected = torch.ones(seq, seq, dtype=torch.bool).tril() & pad.bool()[:, None, None, :]
     try:
         allowed = allowed.expand(expected.shape)
     except RuntimeError:
         allowed = None
     if allowed is None or not torch.equal(allowed, expected):
-        raise PassError(f"kv-cache: the attention mask %{mask.name} is not causal + padding "
-                        "(a sliding window or a bidirectional model?); only plain causal "
+        raise PassError(f"kv-cache: {what} (causal={causal}) is not causal + padding (a sliding "
+                        "window, a bidirectional model, or padding ignored?); only plain causal "
                         "decoders get a cache")
 
 
-def _check(module: Module) -> tuple[list[Node], Value]:
-    """The attention ops and their shared mask; :class:`PassError` when the module does not
-    qualify for a cache."""
+def _check(module: Module) -> list[Node]:
+    """The attention ops; :class:`PassError` when the module does not qualify for a cache."""
     attentions = _attentions(module)
     _input(module, "attention_mask")
     if any(v.name.startswith(CACHE_INPUT) for v in module.graph.inputs):
         raise PassError("kv-cache: the module already has past_key/past_value inputs")
-    masks = {id(n.arg(3)): n.arg(3) for n in attentions}
-    if len(masks) != 1 or not isinstance(next(iter(masks.values())), Value):
+    masks = {(id(n.arg(3)), bool(n.attr("causal", False))): n for n in attentions}
+    if len(masks) != 1:
         raise PassError("kv-cache: every attention op must read one shared mask (causal + "
-                        f"padding), found {len(masks)} different masks")
-    if any(n.attr("causal", False) or n.attr("kind", "softmax") != "softmax" for n in attentions):
-        raise PassError("kv-cache supports softmax attention with an explicit mask operand")
-    old_mask = next(iter(masks.values()))
+                        f"padding), found {len(masks)} different mask/causal combinations")
+    if any(n.attr("kind", "softmax") != "softmax" for n in attentions):
+        raise PassError("kv-cache supports softmax attention only (not kind=topk)")
     if "past" in module.dims:
         raise PassError("kv-cache: the module already has a dim named 'past'")
-    _check_mask(module, old_mask)
-    return attentions, old_mask
+    node = attentions[0]
+    mask = node.arg(3)
+    _check_mask(module, mask if isinstance(mask, Value) else None, bool(node.attr("causal", False)))
+    return attentions
 
 
 def add_kv_cache(module: Module) -> int:
     """Rewrite ``module`` in place for cached decoding (see the module docstring); returns the
     number of attention ops that got a cache. Raises :class:`PassError` before changing
     anything when the module does not qualify."""
-    attentions, _ = _check(module)
+    attentions = _check(module)
     mask_in = _input(module, "attention_mask")
     graph = module.graph
     seq_range = module.dims.get("seq")
@@ -213,8 +219,12 @@ def add_kv_cache(module: Module) -> int:
                                     before=None if anchor is not None else first)
             args[slot] = cat.outputs[0]
             graph.set_output(f"{out}.{i}", cat.outputs[0])
+        while len(args) < 4:
+            args.append(None)
         args[3] = new_mask
         node.args = tuple(args)
+        if node.attr("causal", False):
+            node.set_attr("causal", False)  # the new mask is causal, aligned to the last key
     eliminate_dead_code(module, keep_params=True)
     for node in graph:  # positions: every remaining arange over the new tokens starts at past
         out = node.outputs[0] if node.outputs else None

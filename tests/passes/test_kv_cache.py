@@ -153,3 +153,48 @@ def test_refuses_a_module_without_attention() -> None:
     module = optc.capture(torch.nn.Sequential(torch.nn.Linear(4, 4)), example_inputs=(torch.ones(2, 4),))
     with pytest.raises(PassError, match="no attention ops"):
         PassManager("kv-cache").run(module)
+
+
+def test_gpt2_learned_positions_start_at_past() -> None:
+    """GPT-2's positions index a learned table (no rotary): the arange over the new tokens is
+    offset by past, or the second part would read positions 0.. again."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=120, n_embd=32, n_layer=2, n_head=4,
+                                             n_positions=64)).eval()
+    model.config._attn_implementation = "sdpa"
+    base = optc.capture(model)
+    module = cached(base)
+    ids, mask = ids_and_mask()
+    mask[2] = 1  # HF GPT-2 does not shift positions for left padding either; keep rows plain
+    with torch.inference_mode():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    got = split_run(module, "eager", ids, mask, 4)
+    assert (got - expected)[mask.bool()].abs().max() < 1e-5
+
+
+def test_causal_flag_becomes_part_of_the_mask() -> None:
+    """An attention with causal=True (SDPA's is_causal, aligned top-left) must not keep the flag
+    once keys outnumber queries: the pass folds it into the new mask."""
+    _, base = causal_lm("llama")
+    module = base.clone()
+    for node in module.graph:
+        if node.op == "attention":
+            node.set_attr("causal", True)  # the mask is causal already: same outputs
+    module = cached(module)
+    assert not any(n.attr("causal") for n in module.graph if n.op == "attention")
+    ids, mask = ids_and_mask()
+    expected = run_backend(base, "eager", {"input_ids": ids, "attention_mask": mask})["logits"]
+    got = split_run(module, "eager", ids, mask, 5)
+    assert (got - expected)[mask.bool()].abs().max() < 1e-5
+
+
+def test_refuses_a_causal_flag_that_ignores_padding() -> None:
+    _, base = causal_lm("llama")
+    module = base.clone()
+    for node in module.graph:
+        if node.op == "attention":
+            node.args = node.args[:3]
+            node.set_attr("causal", True)
+    assert_refused_unchanged(module, "kv-cache", "no mask (causal=True) is not causal + padding")
