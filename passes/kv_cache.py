@@ -93,6 +93,7 @@ def _input(module: Module, name: str) -> Value:
 
 
 def _probe_inputs(module: Module, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    names = _input(module, "attention_mask").tensor_type.shape
     feeds = {}
     for v in module.graph.inputs:
         t = v.tensor_type
@@ -100,11 +101,11 @@ def _probe_inputs(module: Module, batch: int, seq: int) -> dict[str, torch.Tenso
         for d in t.shape:
             if isinstance(d, int):
                 shape.append(d)
-            elif d in ("batch", "seq"):
-                shape.append(batch if d == "batch" else seq)
+            elif d in names:
+                shape.append(batch if d == names[0] else seq)
             else:
-                raise PassError(f"kv-cache: input {v.name} has dim {d!r}; only batch and seq "
-                                "are supported")
+                raise PassError(f"kv-cache: input {v.name} has dim {d!r}; only the batch and "
+                                "sequence dims of attention_mask are supported")
         feeds[v.name] = torch.zeros(shape, dtype=t.dtype)
     return feeds
 
@@ -147,7 +148,10 @@ def _check_mask(module: Module, mask: Value | None, causal: bool) -> None:
 def _check(module: Module) -> list[Node]:
     """The attention ops; :class:`PassError` when the module does not qualify for a cache."""
     attentions = _attentions(module)
-    _input(module, "attention_mask")
+    mask_t = _input(module, "attention_mask").tensor_type
+    if mask_t.rank != 2 or not isinstance(mask_t.shape[1], str) or mask_t.shape[1] == "past":
+        raise PassError(f"kv-cache needs attention_mask [batch, seq] with a dynamic seq, got "
+                        f"{mask_t} (capture with dynamic shapes)")
     if any(v.name.startswith(CACHE_INPUT) for v in module.graph.inputs):
         raise PassError("kv-cache: the module already has past_key/past_value inputs")
     masks = {(id(n.arg(3)), bool(n.attr("causal", False))): n for n in attentions}
@@ -171,11 +175,11 @@ def add_kv_cache(module: Module) -> int:
     attentions = _check(module)
     mask_in = _input(module, "attention_mask")
     graph = module.graph
-    seq_range = module.dims.get("seq")
-    module.dims["past"] = DimRange(0, None if seq_range is None else seq_range.max)
     mask_t = mask_in.tensor_type
-    batch = mask_t.shape[0]
-    total = "past + seq"
+    batch, seq_dim = mask_t.shape
+    seq_range = module.dims.get(seq_dim)
+    module.dims["past"] = DimRange(0, None if seq_range is None else seq_range.max)
+    total = f"past + {seq_dim}"
     past_mask = graph.add_input(PAST_MASK, TensorType(mask_t.dtype, (batch, "past")))
     first = graph.nodes[0]
 
@@ -185,25 +189,25 @@ def add_kv_cache(module: Module) -> int:
         return node.outputs[0]
 
     past = make("aten.sym_size.int", (past_mask, 1), SymType("int", "past"), "past_len")
-    seq = make("aten.sym_size.int", (mask_in, 1), SymType("int", "seq"), "seq_len")
+    seq = make("aten.sym_size.int", (mask_in, 1), SymType("int", seq_dim), "seq_len")
     full = make("aten.cat.default", ([past_mask, mask_in], 1), TensorType(mask_t.dtype, (batch, total)),
                 "full_attention_mask")
     keys = make("aten.sym_size.int", (full, 1), SymType("int", total), "key_len")
     long = torch.long
-    q0 = make("aten.arange.default", (seq,), TensorType(long, ("seq",)), "query_index",
+    q0 = make("aten.arange.default", (seq,), TensorType(long, (seq_dim,)), "query_index",
               {"dtype": long})
-    qpos = make("aten.add.Tensor", (q0, past), TensorType(long, ("seq",)), "query_position")
-    qcol = make("aten.unsqueeze.default", (qpos, 1), TensorType(long, ("seq", 1)), "query_position")
+    qpos = make("aten.add.Tensor", (q0, past), TensorType(long, (seq_dim,)), "query_position")
+    qcol = make("aten.unsqueeze.default", (qpos, 1), TensorType(long, (seq_dim, 1)), "query_position")
     kpos = make("aten.arange.default", (keys,), TensorType(long, (total,)), "key_position",
                 {"dtype": long})
-    causal = make("aten.le.Tensor", (kpos, qcol), TensorType(torch.bool, ("seq", total)), "causal")
+    causal = make("aten.le.Tensor", (kpos, qcol), TensorType(torch.bool, (seq_dim, total)), "causal")
     keep = make("aten.ne.Scalar", (full, 0), TensorType(torch.bool, (batch, total)), "key_padding")
     keep = make("aten.unsqueeze.default", (keep, 1), TensorType(torch.bool, (batch, 1, total)),
                 "key_padding")
     keep = make("aten.unsqueeze.default", (keep, 2), TensorType(torch.bool, (batch, 1, 1, total)),
                 "key_padding")
     new_mask = make("aten.__and__.Tensor", (causal, keep),
-                    TensorType(torch.bool, (batch, 1, "seq", total)), "cached_mask")
+                    TensorType(torch.bool, (batch, 1, seq_dim, total)), "cached_mask")
 
     attentions.sort(key=lambda n: (n.attr("layer") is None, n.attr("layer") or 0))
     for i, node in enumerate(attentions):
@@ -229,7 +233,7 @@ def add_kv_cache(module: Module) -> int:
     for node in graph:  # positions: every remaining arange over the new tokens starts at past
         out = node.outputs[0] if node.outputs else None
         if (node.op == "aten.arange.default" and out is not None and out is not q0
-                and isinstance(out.type, TensorType) and out.type.shape == ("seq",)):
+                and isinstance(out.type, TensorType) and out.type.shape == (seq_dim,)):
             shifted = graph.create_node("aten.add.Tensor", (out, past), {}, [out.type],
                                         names=f"{out.name}_from_past", after=node).outputs[0]
             for user in out.users():
