@@ -3,7 +3,6 @@ without optc, plus sizes on disk, agreement and pass run time.
 
     python -m optc.tools.bench_int8 [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
                                     [--sentences 872] [--skip-latency] [--skip-base]
-    python -m optc.tools.bench_int8 --compare OUT.onnx     # before/after table (README)
     python -m optc.tools.bench_int8 --artifact RUN --task sst2 [--data DIR] [--sentences N]
                                     [--max-drop P]           # task metric of each int8 mode
 
@@ -16,10 +15,8 @@ model and each int8 variant, and the argmax agreement of their predictions with 
 fp32 model is ``--artifact`` (an optc artifact of a fine-tuned model, e.g. from ``finetune``)
 or the captured ``--model``. With ``--artifact`` only this table is printed.
 
-``--compare`` needs no data: it compares a compiled ONNX file with the original model (the
-embedded MiniLM, or ``--model``): parameters, size on disk, latency (the original in eager
-PyTorch vs the file in ONNX Runtime, batch 1, ``--seq``, 2 threads) and agreement of sentence
-embeddings on built-in sentences.
+The before/after table of one compiled model (no data needed) is ``optc MODEL --passes=...
+-o OUT --compare`` (:mod:`optc.tools.compare`).
 
 Latency (medians of interleaved blocks; ratios from one run):
 - eager: optc's fp32 eager module against the same IR after ``quantize`` (target: int8 >= 1.6x);
@@ -161,77 +158,6 @@ def pass_time(module, spec: str) -> float:  # noqa: ANN001
         torch.set_num_threads(threads)
 
 
-_SENTENCES = [
-    "The movie was a delight from start to finish.", "I would not recommend this restaurant.",
-    "A quiet, thoughtful film that stays with you.", "The service was slow and the food cold.",
-    "Compilers turn programs into faster programs.", "It rained all weekend, so we stayed in.",
-    "The committee approved the new budget on Tuesday.", "She plays the violin beautifully.",
-    "This phone's battery barely lasts a day.", "An utterly forgettable sequel.",
-    "The hotel room was spotless and bright.", "Transformers dominate natural language tasks.",
-    "He missed the train by a minute.", "The soup needed more salt.",
-    "What a wonderful surprise!", "The instructions were confusing and incomplete.",
-]
-
-
-def compare(path: Path, model_ref: str | None, seq: int) -> int:
-    """Print the before/after table of a compiled ONNX file against its original model."""
-    import onnx
-
-    import optc
-    from optc.backends.onnx import OnnxModule
-    from optc.frontends.huggingface import default_model_path, load_tokenizer
-    from optc.tools.timing import measure_interleaved
-
-    model, _ = optc.load_model(model_ref)
-    tok = load_tokenizer(model_ref)
-    src = Path(model_ref) if model_ref else default_model_path()
-    before_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors")) or sum(
-        f.stat().st_size for f in src.glob("*.bin"))
-    proto = onnx.load(str(path))
-    after_params = sum(int(torch.tensor(list(i.dims)).prod()) for i in proto.graph.initializer)
-    after_params += sum(int(torch.tensor(list(i.dims)).prod()) for i in proto.graph.sparse_initializer)
-    before_params = sum(p.numel() for p in model.parameters())
-    torch.set_num_threads(2)
-    runner = OnnxModule(path, threads=2)
-
-    def original(**feeds):  # noqa: ANN003, ANN202
-        with torch.inference_mode():
-            return model(**feeds)
-
-    def feeds_of(enc):  # noqa: ANN001, ANN202
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))}
-
-    enc = tok(_SENTENCES, padding=True, return_tensors="pt")
-    feeds = feeds_of(enc)
-    mask = enc["attention_mask"].unsqueeze(-1).float()
-
-    def pooled(hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-
-    a = pooled(original(**feeds)["last_hidden_state"])
-    b = pooled(runner(**{k: v for k, v in feeds.items() if k in runner.input_names})["last_hidden_state"])
-    cos = (a * b).sum(-1)
-    ids = torch.randint(1000, 2000, (1, seq))
-    one = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    one_onnx = {k: v for k, v in one.items() if k in runner.input_names}
-    t = measure_interleaved({"before": lambda: original(**one), "after": lambda: runner(**one_onnx)},
-                            rounds=6, block=4)
-    rows = [("", "parameters", "size on disk", f"latency (b=1, seq={seq}, 2 thr)"),
-            ("before (fp32, PyTorch)", f"{before_params:,}", f"{before_bytes / 1e6:.1f} MB",
-             f"{t['before'].median * 1e3:.1f} ms"),
-            (f"after ({path.name})", f"{after_params:,}", f"{path.stat().st_size / 1e6:.1f} MB",
-             f"{t['after'].median * 1e3:.1f} ms"),
-            ("after / before", f"{after_params / before_params:.3f}",
-             f"{path.stat().st_size / before_bytes:.3f}", f"{t['after'].median / t['before'].median:.3f}")]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
-    print(f"agreement: sentence embeddings of {len(_SENTENCES)} sentences, cosine to the original "
-          f"mean {cos.mean().item():.4f}, min {cos.min().item():.4f}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     from optc.tools.timing import benchmark_parser
 
@@ -239,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sentences", type=int, default=872, help="SST-2 dev sentences for agreement")
     p.add_argument("--skip-latency", action="store_true", help="only sizes, agreement, pass time")
     p.add_argument("--skip-base", action="store_true", help="no BERT-base-sized pass timing")
-    p.add_argument("--compare", metavar="ONNX", type=Path,
-                   help="only print the before/after table of this compiled ONNX file")
     p.add_argument("--calibration", type=Path, default=None,
                    help="static mode's calibration file (default: SST-2 train.tsv)")
     p.add_argument("--samples", type=int, default=256, help="calibration examples")
@@ -253,11 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     calibration = args.calibration or data_root() / "glue" / "SST-2" / "train.tsv"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.compare is not None:
-        from optc.tools.common import quiet_libraries
-
-        quiet_libraries()
-        return compare(args.compare, args.model, args.seq)
     import optc
     from optc.backends.onnx import OnnxModule, export_onnx
 
