@@ -85,6 +85,13 @@ def attention(
         index = torch.tensor(kv_index(num_heads, kv, kv_heads), dtype=torch.long, device=k.device)
         k, v = k.index_select(1, index), v.index_select(1, index)
     keep = int(topk or 1) if topk_fraction is None else max(1, math.ceil(topk_fraction * k_len))
+    # SDPA's is_causal aligns top-left; here the last query is the last key. Symbolic lengths
+    # (export) take the explicit mask too, so tracing adds no q_len == k_len guard.
+    if causal and not (type(q_len) is int and q_len == k_len):
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+        mask = allowed if mask is None else (allowed & mask if mask.dtype == torch.bool
+                                             else mask.masked_fill(~allowed, float("-inf")))
+        causal = False
     if kind == "softmax" or keep >= k_len:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
@@ -110,7 +117,7 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     neg = torch.finfo(scores.dtype).min
     if causal:
         q_len, k_len = scores.shape[-2], scores.shape[-1]
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril()
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
         scores = scores.masked_fill(~allowed, neg)
     if mask is not None:
         scores = scores.masked_fill(~mask, neg) if mask.dtype == torch.bool else scores + mask
@@ -149,6 +156,15 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
     keep = topk if topk is not None else 1
     if topk_fraction is not None:
         keep = max(1, int(math.ceil(topk_fraction * float(k_len))))
+    if causal and q_len != k_len:
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+        if mask is None:
+            mask = allowed
+        elif mask.dtype == torch.bool:
+            mask = allowed & mask
+        else:
+            mask = mask.masked_fill(~allowed, float("-inf"))
+        causal = False
     if kind == "softmax" or keep >= k_len:
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
@@ -157,7 +173,7 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
         scores = torch.matmul(q, k.transpose(-1, -2)) * s
         neg = -3.4028234663852886e38 if scores.dtype == torch.float32 else -65504.0
         if causal:
-            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril()
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
             scores = scores.masked_fill(~allowed, neg)
         if mask is not None:
             if mask.dtype == torch.bool:
@@ -469,11 +485,26 @@ def _onnx_translations() -> dict[Any, Any]:
             unidirectional=int(causal),
         )
 
+    def causal_bias(q, k):  # noqa: ANN001, ANN202
+        """[1, 1, q_len, k_len] additive bias: query i sees keys <= i + k_len - q_len."""
+        op = onnx_op()
+        q_len, k_len = op.Shape(q, start=1, end=2), op.Shape(k, start=1, end=2)
+        ones = op.ConstantOfShape(op.Concat(q_len, k_len, axis=0), value=_float_tensor(1.0))
+        lower = op.Trilu(ones, op.Squeeze(op.Sub(k_len, q_len)), upper=0)
+        bias = op.Where(op.Equal(lower, op.Constant(value_float=0.0)),
+                        op.CastLike(op.Constant(value_float=-3.4028234663852886e38), q),
+                        op.CastLike(op.Constant(value_float=0.0), q))
+        return op.Unsqueeze(bias, op.Constant(value_ints=[0, 1]))
+
     def multi_head_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
                                   scale: float, causal: bool):
+        # ORT's unidirectional flag aligns the causal mask top-left when keys outnumber queries
+        # (a cache): the causal part is an explicit bias aligned to the last key instead.
+        bias = expand_bias(attention_bias, q)
+        if causal:
+            bias = causal_bias(q, k) if bias is None else onnx_op().Add(bias, causal_bias(q, k))
         return msft().MultiHeadAttention(
-            q, k, v, None, None, expand_bias(attention_bias, q),
-            num_heads=num_heads, scale=scale, unidirectional=int(causal),
+            q, k, v, None, None, bias, num_heads=num_heads, scale=scale, unidirectional=0,
         )
 
     def topk_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
@@ -485,11 +516,13 @@ def _onnx_translations() -> dict[Any, Any]:
         kh = op.Transpose(op.Reshape(k, split), perm=[0, 2, 3, 1])
         vh = op.Transpose(op.Reshape(v, split), perm=[0, 2, 1, 3])
         scores = op.Mul(op.MatMul(qh, kh), op.CastLike(op.Constant(value_float=scale), q))
-        if causal:
+        if causal:  # aligned to the last key: query i sees keys <= i + k_len - q_len
             square = op.Slice(op.Shape(scores), op.Constant(value_ints=[2]),
                               op.Constant(value_ints=[4]))
             ones = op.ConstantOfShape(square, value=_float_tensor(1.0))
-            future = op.Equal(op.Trilu(ones, upper=0), op.Constant(value_float=0.0))
+            offset = op.Squeeze(op.Sub(op.Shape(scores, start=3, end=4),
+                                       op.Shape(scores, start=2, end=3)))
+            future = op.Equal(op.Trilu(ones, offset, upper=0), op.Constant(value_float=0.0))
             scores = op.Where(future, op.CastLike(op.Constant(value_float=-3.4028234663852886e38),
                                                   q), scores)
         if attention_bias is not None:
@@ -539,7 +572,8 @@ ATTENTION = register_op(OpDef(
         "num_heads": Attr(int, doc="number of heads"),
         "head_dim": Attr(int, doc="size of each head"),
         "scale": Attr(float, None, "score scale (default 1/sqrt(head_dim))"),
-        "causal": Attr(bool, False, "mask future positions"),
+        "causal": Attr(bool, False, "mask future positions (query i sees keys <= i + "
+                                    "k_len - q_len: aligned to the last key, as with a cache)"),
         "kind": Attr(str, "softmax", "softmax, or topk (hard attention)"),
         "topk": Attr(int, None, "probabilities kept per query row when kind=topk"),
         "renormalize": Attr(bool, False, "kind=topk: rescale the kept probabilities to sum to 1"),
