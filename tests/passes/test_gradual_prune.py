@@ -107,7 +107,8 @@ def test_masks_rise_on_the_schedule_never_come_back_and_end_exact(setup, tuned) 
 
 def test_only_evaluations_after_the_end_are_kept(setup, tuned) -> None:
     module = tuned[1].clone()
-    p = _pass(setup, sparsity=0.5, epochs=2, max_steps=24, end_step=15, eval_split="dev")
+    p = _pass(setup, sparsity=0.5, epochs=2, max_steps=24, end_step=15, eval_split="dev",
+              holdout=0)  # 12 steps per epoch: evaluations after steps 12 and 24
     hooks = p.make_hooks(module)
     p.run(module, hooks=hooks)
     assert not hooks.keep_best(12) and not hooks.keep_best(15) and hooks.keep_best(16)
