@@ -9,6 +9,7 @@ chain moves every element exactly where the canonical split/merge would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sympy
@@ -107,27 +108,46 @@ def index_tensor(value: Value, env: dict[str, int]) -> torch.Tensor | None:
     return torch.arange(int(torch.Size(shape).numel()), dtype=torch.int64).reshape(shape)
 
 
-def split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
-    """The [B, S, heads*dim] value that ``value`` ([B, heads, S, dim]) is a head split of."""
+def _chain_source(value: Value, ops: frozenset[str] | set[str], env: dict[str, int],
+                  expect: Callable[[TensorType], Callable[[torch.Tensor], torch.Tensor] | None],
+                  ) -> Value | None:
+    """Walk ``value``'s producers through ``ops`` and return the first source ``x`` for which
+    ``expect(x's type)`` gives a function ``want`` and the chain, evaluated on an index tensor
+    of ``x``'s shape, equals ``want(index tensor)``: a layout proven on values, not on names."""
     chain: list[Node] = []
     current = value
     for _ in range(_MAX_CHAIN):
         node = current.producer
-        if node is None or node.op not in _SPLIT_OPS:
+        if node is None or node.op not in ops:
             break
         chain.insert(0, node)
         current = node.args[0]
         if not isinstance(current, Value):
             break
         t = current.type
-        if isinstance(t, TensorType) and t.rank == 3 and t.shape[-1] == heads * dim:
-            x = index_tensor(current, env)
-            if x is None:
-                continue
-            got = eval_chain(chain, current, x, env)
-            want = x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
-            if got is not None and got.shape == want.shape and torch.equal(got, want):
-                return current
+        want = expect(t) if isinstance(t, TensorType) else None
+        if want is None:
+            continue
+        x = index_tensor(current, env)
+        if x is None:
+            continue
+        got = eval_chain(chain, current, x, env)
+        expected = want(x)
+        if got is not None and got.shape == expected.shape and torch.equal(got, expected):
+            return current
+    return None
+
+
+def split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
+    """The [B, S, heads*dim] value that ``value`` ([B, heads, S, dim]) is a head split of."""
+    def expect(t: TensorType) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if t.rank != 3 or t.shape[-1] != heads * dim:
+            return None
+        return lambda x: x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
+
+    source = _chain_source(value, _SPLIT_OPS, env, expect)
+    if source is not None:
+        return source
     return f"%{value.name} is not a [batch, seq, {heads}*{dim}] tensor split into heads"
 
 
@@ -164,27 +184,15 @@ def repeat_kv_source(value: Value, heads: int, dim: int, env: dict[str, int]) ->
     """``(x, kv)`` when ``value`` ([B, heads, S, dim]) repeats each of the ``kv`` heads of ``x``
     ([B, kv, S, dim]) ``heads/kv`` times in a row (``repeat_kv`` of grouped-query attention),
     proven by evaluating the chain on an index tensor."""
-    chain: list[Node] = []
-    current = value
-    for _ in range(_MAX_CHAIN):
-        node = current.producer
-        if node is None or node.op not in _REPEAT_OPS:
-            break
-        chain.insert(0, node)
-        current = node.args[0]
-        if not isinstance(current, Value):
-            break
-        t = current.type
-        if isinstance(t, TensorType) and t.rank == 4 and t.shape[3] == dim and \
-                isinstance(t.shape[1], int) and t.shape[1] < heads and heads % t.shape[1] == 0:
-            x = index_tensor(current, env)
-            if x is None:
-                continue
-            got = eval_chain(chain, current, x, env)
-            want = x.repeat_interleave(heads // t.shape[1], dim=1)
-            if got is not None and got.shape == want.shape and torch.equal(got, want):
-                return current, t.shape[1]
-    return None
+    def expect(t: TensorType) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        kv = t.shape[1] if t.rank == 4 else None
+        if t.rank != 4 or t.shape[3] != dim or not isinstance(kv, int) or not kv < heads \
+                or heads % kv:
+            return None
+        return lambda x: x.repeat_interleave(heads // kv, dim=1)
+
+    source = _chain_source(value, _REPEAT_OPS, env, expect)
+    return None if source is None else (source, source.tensor_type.shape[1])
 
 
 # -- small graph queries --------------------------------------------------------------------------
