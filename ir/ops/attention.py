@@ -10,6 +10,10 @@ count, so pruned models with per-layer head counts keep the fused kernel. Non-f3
 and grouped-query attention (``num_kv_heads`` < ``num_heads``: ORT's fused kernels take equal
 head counts), are traced from the eager kernel instead.
 
+``int8="dynamic"`` (set by ``quantize{targets=...,matmuls}``) makes Q·Kᵀ and P·V int8 matmuls:
+kernels and ONNX lowering (DynamicQuantizeLinear + MatMulInteger) in
+:mod:`optc.ir.ops.quantized_attention`.
+
 Grouped-query attention: key and value are ``[batch, seq, num_kv_heads*head_dim]``; query head
 ``h`` reads kv head ``kv_heads[h]`` (default ``h // (num_heads // num_kv_heads)``, the
 ``repeat_kv`` of Llama-style models), so pruning query heads unevenly across groups stays exact.
@@ -43,6 +47,13 @@ from optc.ir.ops.base import (
     tensor_operand,
 )
 from optc.ir.ops.linear import check_unit_ids
+from optc.ir.ops.quantized_attention import (
+    INT8_ATTENTION_SCRIPT,
+    int8_attention,
+    int8_attention_custom_op,
+    int8_attention_problems,
+    int8_attention_translations,
+)
 from optc.ir.types import TensorType, Type
 
 __all__ = ["ATTENTION", "ROTARY", "attention", "rotary", "topk_attention", "kv_index"]
@@ -64,6 +75,7 @@ def attention(
     topk_fraction: float | None = None,
     num_kv_heads: int | None = None,
     kv_heads: list[int] | None = None,
+    int8: str | None = None,
 ) -> torch.Tensor:
     """Multi-head attention on [batch, seq, heads*head_dim] operands.
 
@@ -74,10 +86,17 @@ def attention(
     highest probabilities (ties with the k-th are kept too) and the others are set to zero,
     without renormalizing unless ``renormalize``. Rows with at most ``topk`` keys are soft
     attention, exactly. ``topk_fraction`` instead keeps ceil(fraction * key length).
+
+    ``int8="dynamic"``: Q·Kᵀ and P·V are int8 matmuls (see :mod:`optc.ir.ops.quantized_attention`).
     """
     batch, q_len = query.shape[0], query.shape[1]
     k_len = key.shape[1]
     kv = num_heads if num_kv_heads is None else num_kv_heads
+    if int8 is not None:
+        grouped = kv != num_heads or kv_heads is not None
+        return int8_attention(query, key, value, mask, num_heads=num_heads, head_dim=head_dim,
+                              scale=scale, causal=causal,
+                              kv_index=kv_index(num_heads, kv, kv_heads) if grouped else None)
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, kv, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, kv, head_dim).transpose(1, 2)
@@ -132,16 +151,25 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return out
 
 
-_SCRIPT = '''
+_SCRIPT = INT8_ATTENTION_SCRIPT + '''
 def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
                 num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
                 kind: str, topk: Optional[int], renormalize: bool,
                 topk_fraction: Optional[float], num_kv_heads: Optional[int],
-                kv_heads: Optional[List[int]]) -> Tensor:
+                kv_heads: Optional[List[int]], int8: Optional[str]) -> Tensor:
     batch = query.size(0)
     q_len = query.size(1)
     k_len = key.size(1)
     kv = num_kv_heads if num_kv_heads is not None else num_heads
+    if int8 is not None:
+        kv_index: Optional[List[int]] = None
+        if kv != num_heads or kv_heads is not None:
+            group = max(1, num_heads // max(1, kv))
+            kv_index = [h // group for h in range(num_heads)]
+            if kv_heads is not None:
+                kv_index = kv_heads
+        return k_int8_attention(query, key, value, mask, num_heads, head_dim, scale, causal,
+                                kv_index)
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, kv, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, kv, head_dim).transpose(1, 2)
@@ -243,6 +271,7 @@ def _check(node: Node) -> list[str]:
         problems.append("attention kind=topk needs an integer attribute topk >= 1 (or "
                         "topk_fraction)")
     problems += check_unit_ids(node, "head_ids", heads, "heads")
+    problems += int8_attention_problems(node, tensor_operand(node, 0).dtype)
     return problems
 
 
@@ -312,6 +341,9 @@ def _packable(node: Node) -> tuple[Value, list[Node]] | None:
 
 
 def _onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
+    if node.attr("int8") is not None:
+        _onnx_rewrite_int8(module, node, cache)
+        return
     kind = node.attr("kind", "softmax")
     if kind == "topk":
         _onnx_rewrite_topk(module, node, cache)
@@ -407,6 +439,32 @@ def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> Non
     new = module.graph.create_node("optc_onnx.topk_attention.default",
                                    (node.args[0], node.args[1], node.args[2], bias), attrs,
                                    [out.type], names=out.name + "_topk", after=node)
+    result = new.outputs[0]
+    if valid is not None:  # rows with no key to attend to give zeros, as in torch
+        result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
+                         out.type.dtype, out.name + "_rows", new, None)
+    module.graph.replace_all_uses(out, result)
+    module.graph.remove(node)
+
+
+def _onnx_rewrite_int8(module: Module, node: Node, cache: dict[str, Any]) -> None:
+    """int8 attention becomes DynamicQuantizeLinear + MatMulInteger (standard ONNX ops)."""
+    mask = node.arg(3)
+    bias, valid = (_mask_nodes(module, mask, node.args[0].tensor_type.dtype, node, cache)
+                   if isinstance(mask, Value) else (None, None))
+    heads, dim = node.attr("num_heads"), node.attr("head_dim")
+    kv = node.attr("num_kv_heads")
+    grouped = (kv is not None and kv != heads) or node.attr("kv_heads") is not None
+    scale = node.attr("scale")
+    attrs = {"num_heads": heads, "head_dim": dim,
+             "scale": float(scale) if scale is not None else 1.0 / math.sqrt(dim),
+             "causal": bool(node.attr("causal", False)),
+             "kv_index": kv_index(heads, kv, node.attr("kv_heads")) if grouped else []}
+    int8_attention_custom_op()
+    out = node.outputs[0]
+    new = module.graph.create_node("optc_onnx.int8_attention.default",
+                                   (node.args[0], node.args[1], node.args[2], bias), attrs,
+                                   [out.type], names=out.name + "_int8", after=node)
     result = new.outputs[0]
     if valid is not None:  # rows with no key to attend to give zeros, as in torch
         result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
@@ -550,6 +608,7 @@ def _onnx_translations() -> dict[Any, Any]:
         torch.ops.optc_onnx.self_attention.default: self_attention_onnx,
         torch.ops.optc_onnx.multi_head_attention.default: multi_head_attention_onnx,
         torch.ops.optc_onnx.topk_attention.default: topk_attention_onnx,
+        **int8_attention_translations(),
     }
 
 
@@ -583,6 +642,8 @@ ATTENTION = register_op(OpDef(
                                         "num_heads)"),
         "kv_heads": Attr((list, tuple), None, "the kv head each query head reads (default: "
                                               "groups of num_heads/num_kv_heads)"),
+        "int8": Attr(str, None, "dynamic: Q·Kᵀ and P·V are int8 matmuls, Q, K, P, V quantized "
+                                "per tensor at run time (uint8, as DynamicQuantizeLinear)"),
         "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
                       kernel=False),
         "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "
