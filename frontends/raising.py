@@ -18,6 +18,8 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
   features of each head, the rest concatenated back);
 - fused projections viewed as ``[B, S, parts, heads, head_dim]`` and unbound (ModernBERT's
   Wqkv) -> one linear per part.
+- DeBERTa's disentangled attention (heads flattened into the batch, c2p/p2c position terms)
+  -> ``attention`` with a ``disentangled_bias`` mask (in :mod:`optc.frontends.raising_deberta`).
 
 Before them, casts to the type a tensor already has and zero-width concatenation operands are
 removed. Then one-node rules: ``scaled_dot_product_attention`` -> ``attention``,
@@ -50,6 +52,8 @@ from optc.frontends.layout import (
     same_shape,
     split_heads_source,
 )
+from optc.frontends.raising_deberta import raise_disentangled_attention
+from optc.frontends.raising_parallel import FUSED_RULES, reassociate_parallel_sums
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.targets import bind_args, is_impure
 from optc.ir.types import TensorType
@@ -648,8 +652,10 @@ def _embedding(a: dict[str, Any]) -> Any:
 _Rule = tuple[str, Callable[[Module, Node, _Context], str | None]]
 
 _COMPOSITE_RULES: dict[str, _Rule | tuple[_Rule, ...]] = {
-    "aten.softmax.int": ("attention", _raise_eager_attention),
-    "aten._softmax.default": ("attention", _raise_eager_attention),
+    "aten.softmax.int": (("attention", _raise_eager_attention),
+                         ("attention", raise_disentangled_attention)),
+    "aten._softmax.default": (("attention", _raise_eager_attention),
+                              ("attention", raise_disentangled_attention)),
     "aten.addmm.default": ("linear", _raise_matmul_linear),
     "aten.mm.default": ("linear", _raise_matmul_linear),
     "aten.matmul.default": ("linear", _raise_matmul_linear),
@@ -802,7 +808,7 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
     ctx = _Context([concrete_env(module), concrete_env(module, offset=1)])
     _drop_empty_concat_operands(module)
     _drop_noop_casts(module)
-    for rules in (_COMPOSITE_RULES, _RULES, _PROJECTION_RULES):
+    for rules in (FUSED_RULES, _COMPOSITE_RULES, _RULES, _PROJECTION_RULES):
         live = _live_nodes(module)
         for node in module.graph:
             rule = rules.get(node.op)
@@ -819,4 +825,6 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
                     break
                 if reason:
                     report.misses.append(f"{node!r} not raised to {op}: {reason}")
+    for _ in range(reassociate_parallel_sums(module)):  # raising_parallel.py
+        report.count("parallel")
     return report

@@ -1,7 +1,15 @@
 """High-level transformer ops, one file each; see :mod:`optc.ir.ops.base` for what an op
 definition holds. Importing this package registers every built-in op."""
 
-from optc.ir.ops import activations, attention, embedding, fake_quant, linear, norm  # noqa: F401 - registers
+from optc.ir.ops import (  # noqa: F401 - registers
+    activations,
+    attention,
+    disentangled,
+    embedding,
+    fake_quant,
+    linear,
+    norm,
+)
 from optc.ir.ops.activations import ACTIVATIONS
 from optc.ir.ops.base import (
     REQUIRED,
