@@ -1,4 +1,5 @@
-"""int8 quantization of linear layers: dynamic, static (calibrated), accuracy-aware, QAT."""
+"""int8 quantization of linear layers (dynamic, static (calibrated), accuracy-aware, QAT) and,
+optionally, of the attention matmuls (dynamic)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ from optc.passes.registry import register_pass
 from optc.passes.sparsify import ROLES, linear_targets
 from optc.tasks import evaluate
 
-__all__ = ["Quantize", "QParams"]
+__all__ = ["Quantize", "QParams", "MATMULS"]
+
+MATMULS = "matmuls"
+"""The target name of the attention ops' two matmuls (Q·Kᵀ and P·V)."""
 
 QParams = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """Static activation ``(scale f32[], zero_point u8[])`` of each linear, by its weight's name."""
@@ -68,9 +72,20 @@ class Quantize(Distill):
     Targets are chosen by role from the structure analysis (default: attention and FFN
     projections; the pooler and classifier only with ``targets=head``). A weight's sparsity
     attribute is kept: its zeros stay zero in int8.
+
+    ``matmuls`` in ``targets`` (e.g. ``targets=attention,ffn,matmuls``; ``targets=matmuls``
+    alone leaves the linears as they are) also makes each ``attention`` op's two matmuls int8:
+    the node gets ``int8="dynamic"``, and Q, K, the softmax output P and V are quantized per
+    tensor at run time (uint8, ONNX ``DynamicQuantizeLinear``'s scheme) into integer
+    Q·Kᵀ and P·V (eager/TorchScript: ``torch._int_mm``; ONNX: ``DynamicQuantizeLinear`` +
+    ``MatMulInteger``). Dynamic only: with ``mode=static`` or ``max_drop``, quantize the
+    matmuls in a second ``quantize{targets=matmuls}``. Off by default: on the 2-core CPU here
+    it is slower than the float attention kernels (see tools/bench_int8.py ``--attention``).
+
     Refuses: a weight that is already int8 (quantizing twice), a weight shared with an op
     that is not a target linear, a module with no target; static mode without data, QAT or
-    ``max_drop`` without a task.
+    ``max_drop`` without a task; ``matmuls`` on a module with no ``attention`` op, on
+    attention that is already int8, hard (top-k) or not f32.
     Guarantees: the IR is unchanged when it refuses; each output differs from the float model
     only by int8 rounding.
     """
@@ -81,7 +96,8 @@ class Quantize(Distill):
     """``dynamic``: activations quantized at run time; ``static``: calibrated on ``data``;
     ``qat``: quantization-aware training on ``task``'s data."""
     targets: tuple[str, ...] = ("attention", "ffn")
-    """Roles to quantize: attention, ffn, query, key, value, output, up, down, head."""
+    """Roles to quantize: attention, ffn, query, key, value, output, up, down, head; and
+    ``matmuls``: the attention ops' Q·Kᵀ and P·V (dynamic mode only)."""
     bits: int = 7
     """Weight bits stored in int8: 7 (-63..63; exact on ONNX Runtime's non-VNNI u8 x s8 kernels,
     which saturate with 8) or 8 (-127..127; for CPUs with VNNI/AMX)."""
@@ -108,10 +124,16 @@ class Quantize(Distill):
         super().__post_init__()
         if self.bits not in (7, 8):
             raise PipelineSpecError(f"quantize bits must be 7 or 8, got {self.bits}")
-        bad = [t for t in self.targets if t not in ROLES]
+        bad = [t for t in self.targets if t not in ROLES and t != MATMULS]
         if bad or not self.targets:
             raise PipelineSpecError(f"unknown target {bad[0] if bad else '(none)'!r}; "
-                                    f"choose from {', '.join(ROLES)}")
+                                    f"choose from {', '.join((*ROLES, MATMULS))}")
+        if MATMULS in self.targets and (self.mode != "dynamic" or self.max_drop is not None):
+            why = f"mode={self.mode}" if self.mode != "dynamic" else "max_drop"
+            raise PipelineSpecError(
+                f"quantize targets={MATMULS} quantizes the attention matmuls at run time only "
+                f"(no {why}): drop {MATMULS} from targets here and add a second "
+                f"quantize{{targets={MATMULS}}} after this one")
         if self.observer not in OBSERVERS:
             raise PipelineSpecError(f"unknown observer {self.observer!r}; choose from "
                                     f"{', '.join(OBSERVERS)}")
@@ -135,13 +157,27 @@ class Quantize(Distill):
         """Static calibration, QAT and accuracy-aware selection read data (CLI: --data)."""
         return self.mode != "dynamic" or self.max_drop is not None
 
+    @property
+    def _roles(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if t != MATMULS)
+
     def _targets(self, module: Module) -> list[tuple[str, Node]]:
-        return [(role, node) for _, role, node in linear_targets(module, self.targets)]
+        if not self._roles:
+            return []
+        return [(role, node) for _, role, node in linear_targets(module, self._roles)]
+
+    def _attention_nodes(self, module: Module) -> list[Node]:
+        if MATMULS not in self.targets:
+            return []
+        return [n for n in module.graph if n.op == "attention"]
 
     def requires(self, module: Module) -> str | None:
+        reason = self._requires_matmuls(module)
+        if reason:
+            return reason
         targets = self._targets(module)
-        if not targets:
-            return (f"no linear layer has a role in targets={','.join(self.targets)} "
+        if not targets and self._roles:
+            return (f"no linear layer has a role in targets={','.join(self._roles)} "
                     f"(the module has {analyze(module).describe()})")
         nodes = {id(n) for _, n in targets}
         for _, node in targets:
@@ -169,8 +205,32 @@ class Quantize(Distill):
                 return f"quantize {why} trains or scores on a task: {reason}"
         return None
 
+    def _requires_matmuls(self, module: Module) -> str | None:
+        if MATMULS not in self.targets:
+            return None
+        nodes = self._attention_nodes(module)
+        if not nodes:
+            return (f"targets={MATMULS} quantizes the matmuls of attention ops, and this module "
+                    f"has none (it has {analyze(module).describe()}); drop {MATMULS} from "
+                    "targets (raise-ops turns a captured scaled_dot_product_attention into one)")
+        for node in nodes:
+            if node.attr("int8") is not None:
+                return (f"{node!r} already has int8 matmuls (int8={node.attr('int8')!r}): "
+                        f"quantize runs once; drop {MATMULS} from targets")
+            if node.attr("kind", "softmax") != "softmax":
+                return (f"{node!r} is hard attention (kind={node.attr('kind')}); its matmuls "
+                        f"stay float: drop {MATMULS} from targets")
+            dtype = node.args[0].tensor_type.dtype
+            if dtype != torch.float32:
+                return (f"{node!r} runs in {dtype}; int8 attention matmuls start from float32 "
+                        f"operands: drop {MATMULS} from targets")
+        return None
+
     # -- running --------------------------------------------------------------------------
     def run(self, module: Module) -> PassResult:
+        matmuls = self._attention_nodes(module)
+        for node in matmuls:
+            node.set_attr("int8", "dynamic")
         names = [node.args[1].name for _, node in self._targets(module)]
         stats: dict[str, Any] = {}
         if self.mode == "qat":
@@ -182,7 +242,9 @@ class Quantize(Distill):
             chosen, extra = self._accuracy_aware(module, names, qparams)
             stats.update(extra)
         stats = {**apply_int8(module, chosen, self.bits, qparams), **stats}
-        return PassResult(stats["linears"] > 0, stats)
+        if MATMULS in self.targets:
+            stats["attention_matmuls"] = len(matmuls)
+        return PassResult(stats["linears"] > 0 or bool(matmuls), stats)
 
     def _calibrate(self, module: Module, names: list[str]) -> QParams:
         """Static activation parameters of each target, from observed ranges."""
