@@ -83,6 +83,13 @@ class AttentionBlock(_Block):
     """``linear`` consuming the attention result (output projection)."""
     rotary: tuple[Node | None, Node | None] = (None, None)
     """The ``rotary`` ops between the query/key projections and the attention, if any."""
+    position: Node | None = None
+    """A ``disentangled_bias`` (DeBERTa) computing the attention's mask from the same query
+    and key and from relative-position tables projected per head (``pos_query``/``pos_key``)."""
+    pos_query: Node | None = None
+    """``linear`` producing the p2c position table (DeBERTa-v3 shares the query's weights)."""
+    pos_key: Node | None = None
+    """``linear`` producing the c2p position table (DeBERTa-v3 shares the key's weights)."""
 
     @property
     def num_heads(self) -> int:
@@ -125,12 +132,25 @@ class AttentionBlock(_Block):
         if self.output is None:
             return "the attention result does not feed a single output projection"
         for lin, rot in zip((self.query, self.key, self.value), (*self.rotary, None), strict=True):
-            if len(lin.outputs[0].users()) != 1:
+            if len([u for u in lin.outputs[0].users() if u is not self.position]) != 1:
                 return f"the projection {lin!r} has other users besides the attention"
             if rot is not None and len(rot.outputs[0].users()) != 1:
                 return f"the rotary embedding {rot!r} has other users besides the attention"
         if len({id(self.key), id(self.value), id(self.query)}) != 3:
             return "query, key and value share a projection"
+        return self._position_prunable()
+
+    def _position_prunable(self) -> str | None:
+        """Why the disentangled position bias cannot lose heads with the attention."""
+        pos = self.position
+        if pos is None:
+            return None
+        if pos.args[0] is not self.node.args[0] or pos.args[1] is not self.node.args[1] or \
+                self.grouped or self.rotary != (None, None):
+            return f"the position bias {pos!r} does not read the attention's own query and key"
+        for i, lin in ((3, self.pos_key), (4, self.pos_query)):
+            if pos.arg(i) is not None and (lin is None or lin.outputs[0].users() != [pos]):
+                return f"the position table {pos.arg(i)!r} is not a projection read by {pos!r} alone"
         return None
 
     def head_slices(self, head: int) -> list[ParamSlice]:
@@ -144,11 +164,12 @@ class AttentionBlock(_Block):
         kv = self.kv_heads[head]
         if self.kv_group(kv) == [head]:
             projections += [self.key, self.value]
+        projections += [p for p in (self.pos_query, self.pos_key) if p is not None]
         for lin in projections:
             index = rows if lin is self.query else tuple(range(kv * d, (kv + 1) * d))
-            slices.append(ParamSlice(lin.args[1].name, 0, index))
-            if isinstance(lin.arg(2), Value):
-                slices.append(ParamSlice(lin.arg(2).name, 0, index))
+            for weight in (lin.args[1], lin.arg(2)):
+                if isinstance(weight, Value) and ParamSlice(weight.name, 0, index) not in slices:
+                    slices.append(ParamSlice(weight.name, 0, index))
         slices.append(ParamSlice(self.output.args[1].name, 1, rows))
         return slices
 
@@ -168,7 +189,8 @@ class AttentionBlock(_Block):
 
     def param_names(self) -> list[str]:
         names: list[str] = []
-        for n in (self.query, self.key, self.value, self.output, *self.norms):
+        for n in (self.query, self.key, self.value, self.pos_query, self.pos_key, self.output,
+                  *self.norms):
             names += [p for p in _params_of(n) if p not in names]
         return names
 
@@ -259,6 +281,7 @@ class Layer:
             extra = ([f"{att.num_kv_heads} kv"] if att.grouped else []) + \
                 (["rotary"] if any(att.rotary) else []) + \
                 ([] if att.node.arg(3) is None else ["mask"]) + \
+                (["disentangled"] if att.position is not None else []) + \
                 (["causal"] if att.node.attr("causal") else [])
             text = f"attention {att.num_heads} heads" + (f" ({', '.join(extra)})" if extra else "")
             if att.prunable:
@@ -410,7 +433,10 @@ def analyze(module: Module) -> Structure:
         k = _producer(rk.args[0] if rk else node.args[1], "linear")
         v = _producer(node.args[2], "linear")
         out = _single_user(node.outputs[0], ("linear",))
-        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out, rotary=(rq, rk))
+        pos = _producer(node.arg(3), "disentangled_bias")
+        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out, rotary=(rq, rk),
+                               position=pos, pos_query=_producer(pos.arg(4), "linear") if pos else None,
+                               pos_key=_producer(pos.arg(3), "linear") if pos else None)
         _place_on_stream(block, out, q.args[0] if q else None)
         events.append((order[id(node)], block))
     for ffn in _find_ffns(module):

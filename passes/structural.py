@@ -21,11 +21,15 @@ __all__ = ["slice_param", "slice_conflict", "set_last_dim", "remove_heads", "rem
            "bypass_block"]
 
 
-def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int]) -> None:
+def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int],
+                also: tuple[Node, ...] = ()) -> None:
     """Make argument ``arg`` of ``node`` (a parameter) keep only ``index`` along ``dim``.
 
     A parameter read by this node alone is replaced in place; a shared one (tied weights) is
     copied into a new parameter for this node so the other readers keep the full tensor.
+    ``also``: other nodes that take the same slice of the parameter when they read it at
+    ``arg`` too (DeBERTa's position projections reuse the query/key weights); they stay
+    sharing one parameter, sliced in place when nobody else reads it.
     Typed attributes follow: an unstructured sparsity's density is updated, an N:M or block
     pattern that the slice would cut through is refused (:class:`PassError`: prune before
     sparsifying), and an int8 weight's per-row scales are sliced with its rows.
@@ -36,18 +40,24 @@ def slice_param(module: Module, node: Node, arg: int, dim: int, index: list[int]
                         "be sliced")
     data = param.data.index_select(dim, torch.tensor(index, dtype=torch.long)).contiguous()
     attrs = _sliced_attrs(param, data, dim)
-    if param.users() == [node] and param.num_uses == 1 and not module.graph.is_output(param):
+    readers = [node] + [n for n in also if n is not node and n.arg(arg) is param]
+    scales = [n.arg(3) for n in readers]
+    if set(param.users()) == set(readers) and param.num_uses == len(readers) and \
+            not module.graph.is_output(param):
         param.data = data
         param.attrs = attrs
     else:
         fresh = module.add_param(module.unique_param_name(param.name), data)
         fresh.attrs = attrs
-        args = list(node.args)
-        args[arg] = fresh
-        node.args = tuple(args)
-    scale = node.arg(3)
+        for reader in readers:
+            args = list(reader.args)
+            args[arg] = fresh
+            reader.args = tuple(args)
+    scale = scales[0]
     if node.op == "linear" and arg == 1 and dim == 0 and isinstance(scale, Parameter):
-        slice_param(module, node, 3, 0, index)  # int8 weight: its per-row scales go with it
+        # int8 weight: its per-row scales go with it
+        slice_param(module, node, 3, 0, index,
+                    tuple(n for n, s in zip(readers[1:], scales[1:], strict=True) if s is scale))
 
 
 def _cuts(param: Parameter, dim: int) -> str | None:
@@ -67,7 +77,8 @@ def slice_conflict(block: AttentionBlock | FFNBlock) -> str | None:
     """Why removing units from ``block`` would break a weight's sparsity pattern (checked
     before any edit, so a refusing pass leaves the module unchanged), or None."""
     if isinstance(block, AttentionBlock):
-        pairs = [(block.query, 0), (block.key, 0), (block.value, 0), (block.output, 1)]
+        pairs = [(block.query, 0), (block.key, 0), (block.value, 0), (block.output, 1),
+                 (block.pos_query, 0), (block.pos_key, 0)]
     else:
         pairs = [(block.up, 0), (block.gated, 0), (block.down, 1)]
     for node, dim in pairs:
@@ -121,16 +132,25 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None
     kv_keep = sorted({kv_of[h] for h in keep})
     rows = _rows(keep, block.head_dim)
     kv_rows = _rows(kv_keep, block.head_dim) if grouped else rows
+    positional = {id(block.query): block.pos_query, id(block.key): block.pos_key}
     for lin, rot, index in ((block.query, block.rotary[0], rows), (block.key, block.rotary[1], kv_rows),
                             (block.value, None, kv_rows)):
-        slice_param(module, lin, 1, 0, index)
-        if isinstance(lin.arg(2), Parameter):
-            slice_param(module, lin, 2, 0, index)
-        set_last_dim(lin.outputs[0], len(index))
-        if rot is not None:
-            set_last_dim(rot.outputs[0], len(index))
+        pos = positional.get(id(lin))
+        for arg in (1, 2):
+            if pos is not None and isinstance(pos.arg(arg), Parameter) and pos.arg(arg) is not lin.arg(arg):
+                slice_param(module, pos, arg, 0, index)  # its own weights (share_att_key=False)
+            if arg == 1 or isinstance(lin.arg(arg), Parameter):
+                slice_param(module, lin, arg, 0, index, also=(pos,) if pos is not None else ())
+        for out in (lin.outputs[0], rot.outputs[0] if rot else None, pos.outputs[0] if pos else None):
+            if out is not None:
+                set_last_dim(out, len(index))
     slice_param(module, block.output, 1, 1, rows)
-    _slice_head_mask(module, block, keep)
+    if block.position is not None:  # DeBERTa: the position bias computes the kept heads only
+        block.position.set_attr("num_heads", len(keep))
+        t = block.position.outputs[0].tensor_type
+        block.position.outputs[0].type = TensorType(t.dtype, (t.shape[0], len(keep), *t.shape[2:]))
+    else:
+        _slice_head_mask(module, block, keep)
     block.node.set_attr("num_heads", len(keep))
     if grouped:
         new_map = [kv_keep.index(kv_of[h]) for h in keep]
