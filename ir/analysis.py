@@ -249,8 +249,9 @@ class Layer:
     ffn: FFNBlock | None
     cross_attention: AttentionBlock | None = None
     """Attention whose key/value read another stream (the encoder's output), on this layer's
-    residual stream after ``attention``. Structural passes remove it with its layer; its heads
-    are not pruned."""
+    residual stream after ``attention`` (it stays this layer's cross-attention when every
+    self-attention head is pruned). drop-layers removes it with its layer; prune-heads prunes
+    its heads as units of their own (``cross_heads=``, stable ids in its ``head_ids``)."""
 
     @property
     def id(self) -> int:
@@ -407,12 +408,21 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
         block.stream_out = users[0].outputs[0]
 
 
+def _reads_other_stream(block: AttentionBlock) -> bool:
+    """Whether ``block``'s key/value projections read another value than its query (the
+    encoder's output: a cross-attention)."""
+    if None in (block.query, block.key, block.value, block.stream_in):
+        return False
+    kv = _uncast(block.key.args[0])
+    return kv is not _uncast(block.query.args[0]) and kv is _uncast(block.value.args[0])
+
+
 def _is_cross(block: AttentionBlock, layer: Layer) -> bool:
     """Whether ``block`` is the cross-attention of ``layer``: its key/value projections read
     another value than its query, and it sits on the stream right after the layer's attention."""
     if layer.attention is None or layer.ffn is not None or layer.cross_attention is not None:
         return False
-    if None in (block.query, block.key, block.stream_in) or block.key.args[0] is block.query.args[0]:
+    if not _reads_other_stream(block):
         return False
     return _uncast(block.stream_in) is _uncast(layer.attention.stream_out)
 
@@ -448,6 +458,8 @@ def analyze(module: Module) -> Structure:
     for _, block in events:
         if isinstance(block, AttentionBlock) and layers and _is_cross(block, layers[-1]):
             layers[-1].cross_attention = block
+        elif isinstance(block, AttentionBlock) and _reads_other_stream(block):
+            layers.append(Layer(len(layers), None, None, block))  # its self-attention was pruned
         elif isinstance(block, AttentionBlock):
             layers.append(Layer(len(layers), block, None))
         elif layers and layers[-1].ffn is None:

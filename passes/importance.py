@@ -106,17 +106,23 @@ def _loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
 
 def taylor_scores(module: Module, batches: list[Batch], structure: Structure | None = None,
                   heads: bool = True, neurons: bool = True, seed: int = 0,
-                  ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Taylor importance per layer: ({layer: scores per head}, {layer: scores per neuron})."""
+                  ) -> tuple[dict[int | tuple[int, str], torch.Tensor], dict[int, torch.Tensor]]:
+    """Taylor importance per layer: ({layer: scores per head}, {layer: scores per neuron});
+    a decoder layer's cross-attention heads are scored under ``(layer, "cross")``."""
     structure = structure or analyze(module)
     gated = module.clone()
-    gates: dict[str, tuple[str, int, int]] = {}
+    gates: dict[str, tuple[str, int | tuple[int, str], int]] = {}
     for layer in analyze(gated).layers:
         att, ffn = layer.attention, layer.ffn
         if heads and att is not None:
             name = f"__head_gate_{layer.index}"
             _gate(gated, att.node.outputs[0], name, att.num_heads, att.head_dim)
             gates[name] = ("head", layer.index, att.num_heads)
+        cross = layer.cross_attention
+        if heads and cross is not None:
+            name = f"__cross_head_gate_{layer.index}"
+            _gate(gated, cross.node.outputs[0], name, cross.num_heads, cross.head_dim)
+            gates[name] = ("head", (layer.index, "cross"), cross.num_heads)
         if neurons and ffn is not None:
             name = f"__neuron_gate_{layer.index}"
             _gate(gated, ffn.activation.outputs[0], name, ffn.width, 1)

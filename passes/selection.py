@@ -18,7 +18,21 @@ from optc.passes.structural import slice_conflict
 
 __all__ = ["select_lowest", "check_unit_options", "choose_units", "remove_units",
            "layer_positions", "unit_positions", "units_requirement", "unraised_attention",
-           "shared_layers"]
+           "shared_layers", "block_label", "block_order", "BlockKey"]
+
+BlockKey = int | tuple[int, str]
+"""Which block of a layer holds units: the layer position (its attention or FFN), or
+``(position, "cross")`` for a decoder layer's cross-attention."""
+
+
+def block_order(key: BlockKey) -> tuple[int, str]:
+    """Sort key of block keys: by layer, a layer's own block before its cross-attention."""
+    return (key, "") if isinstance(key, int) else key
+
+
+def block_label(key: BlockKey) -> str:
+    """``3`` for a layer's block, ``3.cross`` for its cross-attention (stats, messages)."""
+    return str(key) if isinstance(key, int) else f"{key[0]}.{key[1]}"
 
 
 def layer_positions(structure: Structure, layers: tuple[int, ...], ids: bool,
@@ -39,9 +53,11 @@ def layer_positions(structure: Structure, layers: tuple[int, ...], ids: bool,
 
 def unit_positions(structure: Structure, units: tuple[tuple[int, int], ...], ids: bool,
                    unit_ids: Callable[[Any], list[int]], block: Callable[[Any], Any], what: str,
-                   ) -> tuple[list[tuple[int, int]], str | None]:
+                   block_name: str | None = None) -> tuple[list[tuple[int, int]], str | None]:
     """``layer:unit`` pairs as current positions (translating stable ids when ``ids``), and
-    why one does not exist (None when all do)."""
+    why one does not exist (None when all do). ``block_name`` names the block in messages
+    (default: attention for heads, FFN for neurons)."""
+    block_name = block_name or ("attention" if what == "head" else "FFN")
     result = []
     for layer_ref, unit in units:
         positions, missing = layer_positions(structure, (layer_ref,), ids)
@@ -51,7 +67,7 @@ def unit_positions(structure: Structure, units: tuple[tuple[int, int], ...], ids
         b = block(structure.layers[i])
         name = f"layer {'id ' if ids else ''}{layer_ref}"
         if b is None:
-            return result, f"{name} has no {'attention' if what == 'head' else 'FFN'} block"
+            return result, f"{name} has no {block_name} block"
         known = unit_ids(b)
         if ids:
             if unit not in known:
@@ -65,31 +81,39 @@ def unit_positions(structure: Structure, units: tuple[tuple[int, int], ...], ids
 
 
 def units_requirement(p: Any, structure: Structure, explicit: tuple[list[tuple[int, int]], str | None],
-                      block_of: Callable[[Any], Any], kind: str) -> str | None:
+                      block_of: Callable[[Any], Any], kind: str,
+                      blocks: dict[BlockKey, Any] | None = None) -> str | None:
     """Why prune-heads / prune-neurons cannot run: no layers, a unit that does not exist, a
     block that cannot lose units (``prunable``), a sparsity pattern the slices would break, or
-    no block of ``kind`` at all for ``amount``; None when it can."""
+    no block of ``kind`` at all for ``amount``; None when it can.
+
+    ``explicit`` pairs and ``blocks`` are keyed by :data:`BlockKey`; ``blocks`` (the blocks
+    that ``amount`` ranks) defaults to ``block_of(layer)`` of every layer.
+    """
     if not structure.layers:
         return f"the module has {structure.describe()}"
     chosen, missing = explicit
     if missing:
         return missing
-    touched = ({i for i, _ in chosen} if p.amount is None
-               else {layer.index for layer in structure.layers})
-    for i in sorted(touched):
-        block = block_of(structure.layers[i])
+    if blocks is None:
+        blocks = {layer.index: block_of(layer) for layer in structure.layers}
+    touched = {i for i, _ in chosen} if p.amount is None else set(blocks)
+    for key in sorted(touched, key=block_order):
+        block = blocks.get(key)
         if block is None:
             continue
+        i = key if isinstance(key, int) else key[0]
+        where = f"layer {i}" if isinstance(key, int) else f"layer {i} ({key[1]}-attention)"
         shared = shared_layers(structure, i, block)
         if shared:
-            return (f"layer {i}: its weights are shared with layer(s) {', '.join(map(str, shared))} "
+            return (f"{where}: its weights are shared with layer(s) {', '.join(map(str, shared))} "
                     "(tied across layers, as in ALBERT); removing units would change every layer "
                     "that shares them, so it is refused (drop-layers can remove shared layers)")
         prunable = getattr(block, "prunable", None) if p.amount is None else None
         reason = prunable or slice_conflict(block)  # amount skips unprunable blocks itself
         if reason:
-            return f"layer {i}: {reason}"
-    if p.amount is not None and not any(block_of(layer) for layer in structure.layers):
+            return f"{where}: {reason}"
+    if p.amount is not None and not any(blocks.values()):
         return f"the module has no {kind} blocks"
     return None
 
@@ -112,16 +136,18 @@ def unraised_attention(module: Module, structure: Structure) -> str | None:
             f"{sum(1 for x in structure.layers if x.attention)} with attention")
 
 
-def select_lowest(scores: dict[int, torch.Tensor], amount: float, per_layer: bool) -> dict[int, set[int]]:
-    """The lowest-scoring units: ``round(amount * n)`` per layer, or of all layers together."""
-    chosen: dict[int, set[int]] = {i: set() for i in scores}
+def select_lowest(scores: dict[BlockKey, torch.Tensor], amount: float, per_layer: bool,
+                  ) -> dict[BlockKey, set[int]]:
+    """The lowest-scoring units: ``round(amount * n)`` per block, or of all blocks together
+    (ties: earlier block, then lower unit)."""
+    chosen: dict[BlockKey, set[int]] = {i: set() for i in scores}
     if per_layer:
         for i, s in scores.items():
             k = int(round(amount * len(s)))
             chosen[i] = set(torch.argsort(s, stable=True)[:k].tolist())
         return chosen
     flat = [(float(v), i, j) for i, s in scores.items() for j, v in enumerate(s.tolist())]
-    flat.sort()
+    flat.sort(key=lambda t: (t[0], block_order(t[1]), t[2]))
     for _, i, j in flat[: int(round(amount * len(flat)))]:
         chosen[i].add(j)
     return chosen
@@ -139,12 +165,13 @@ def check_unit_options(p: Any, explicit: tuple[tuple[int, int], ...], unit: str)
         raise PipelineSpecError(f"{p.name} needs samples >= 1, batch_size >= 1, max_length >= 2")
 
 
-def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[int, Any],
-                 explicit: tuple[tuple[int, int], ...], magnitude: Callable[[Module, Any], torch.Tensor],
-                 heads: bool) -> dict[int, set[int]]:
-    """Units to remove per layer: the explicit ones, or the lowest by the pass's criterion."""
+def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[BlockKey, Any],
+                 explicit: tuple[tuple[BlockKey, int], ...], magnitude: Callable[[Module, Any], torch.Tensor],
+                 heads: bool) -> dict[BlockKey, set[int]]:
+    """Units to remove per block: the explicit ones, or the lowest by the pass's criterion
+    among ``blocks`` (Taylor scores of cross-attention heads are keyed ``(layer, "cross")``)."""
     if explicit:
-        chosen: dict[int, set[int]] = {}
+        chosen: dict[BlockKey, set[int]] = {}
         for i, j in explicit:
             chosen.setdefault(i, set()).add(j)
         return chosen
@@ -159,22 +186,23 @@ def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[int,
     return select_lowest(normalize_per_layer(scores), float(p.amount), p.per_layer)
 
 
-def remove_units(module: Module, blocks: dict[int, Any], chosen: dict[int, set[int]],
+def remove_units(module: Module, blocks: dict[BlockKey, Any], chosen: dict[BlockKey, set[int]],
                  remove: Callable[[Module, Any, set[int]], None],
                  size: Callable[[Any], int]) -> dict[str, Any]:
     """Apply ``remove`` to every block with chosen units, then DCE.
 
-    Returns ``removed`` (units), ``emptied`` (layers left without units, comma-separated or
-    ``-``), ``params_removed`` and ``nodes_removed``.
+    Returns ``removed`` (units), ``emptied`` (blocks left without units, as
+    :func:`block_label` writes them, comma-separated or ``-``), ``params_removed`` and
+    ``nodes_removed``.
     """
     params_before = module.num_parameters()
     removed = 0
     emptied = []
-    for i, units in sorted(chosen.items()):
+    for i, units in sorted(chosen.items(), key=lambda item: block_order(item[0])):
         if not units:
             continue
         if len(units) == size(blocks[i]):
-            emptied.append(str(i))
+            emptied.append(block_label(i))
         remove(module, blocks[i], units)
         removed += len(units)
     dce = eliminate_dead_code(module) if removed else {"nodes": 0}
