@@ -53,6 +53,7 @@ __all__ = [
     "SquadRecord",
     "Batch",
     "resolve_data_path",
+    "first_split",
     "read_examples",
     "read_squad",
     "make_batches",
@@ -197,6 +198,19 @@ def _pick_file(directory: Path, split: str) -> Path:
         raise InputError(f"data directory '{directory}' has no '{split}' file; its splits are "
                          f"{', '.join(splits)}: pass one as the split")
     raise InputError(f"data directory '{directory}' holds no .tsv or .json data files")
+
+
+def first_split(path: str | os.PathLike | None, splits: Sequence[str]) -> str:
+    """The first of ``splits`` that a task directory has a file for (``splits[-1]`` when it has
+    none of them, so that reading it names what is there; a single file: ``splits[0]``)."""
+    resolved = resolve_data_path(path)
+    if not resolved.is_dir():
+        return splits[0]
+    files = [p for p in _data_files(resolved) if p.suffix in (*_DATA_SUFFIXES, ".txt")]
+    for split in splits:
+        if any(p.stem == split or p.stem.startswith(split + "-") for p in files):
+            return split
+    return splits[-1]
 
 
 def _resolve_file(path: str | os.PathLike | None, split: str) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from optc.backends.eager import to_eager
-from optc.data import Batch, load_calibration
+from optc.data import Batch, first_split, load_calibration
 from optc.errors import InputError
 from optc.ir.core import Module, Node, Parameter, Value
 
@@ -41,11 +41,13 @@ CALIBRATION_OPTIONS = ("data", "samples", "batch_size", "max_length", "tokenizer
 
 def calibration_batches(module: Module, data: str | None, samples: int, batch_size: int,
                         max_length: int, tokenizer: str | None, why: str,
-                        use_labels: bool = True, split: str = "dev") -> list[Batch]:
+                        use_labels: bool = True, split: str | None = None) -> list[Batch]:
     """Tokenized batches of ``samples`` examples from ``data`` for ``module``'s inputs.
 
     ``why`` names the pass and criterion in the errors; ``split`` is the file read from a task
-    directory (a single file is read whole). With ``use_labels`` (the caller's loss
+    directory (a single file is read whole); by default its train file, or its dev file when it
+    has none (SQuAD here), so that what a pass measures to decide a removal is not the dev set
+    that results are reported on. With ``use_labels`` (the caller's loss
     reads them) labels that do not fit the model's head are refused; without, they are dropped.
     """
     from optc.frontends.huggingface import load_tokenizer
@@ -64,6 +66,8 @@ def calibration_batches(module: Module, data: str | None, samples: int, batch_si
         raise InputError(f"{why}: {exc}") from None
     check_vocabulary(module, tok, why)
     names = [v.name for v in module.graph.inputs]
+    if split is None:
+        split = first_split(data, ("train", "dev"))
     batches = load_calibration(data, tok, names, limit=samples, batch_size=batch_size,
                                max_length=max_length, split=split)
     if not batches:

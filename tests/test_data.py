@@ -11,6 +11,7 @@ import torch
 from optc.data import (
     DATA_ENV,
     Example,
+    first_split,
     load_calibration,
     make_batches,
     read_examples,
@@ -125,6 +126,26 @@ def test_task_directory_picks_split(data_dir):
     assert len(read_examples(data_dir / "glue" / "SST-2", split="train")) == 67349
     with pytest.raises(InputError, match="splits are dev, train"):
         read_examples(data_dir / "glue" / "SST-2", split="test")
+
+
+def test_first_split_prefers_train_then_dev(data_dir, tmp_path):
+    assert first_split(data_dir / "glue" / "SST-2", ("train", "dev")) == "train"
+    assert first_split(data_dir / "squad", ("train", "dev")) == "dev"  # SQuAD: dev file only
+    assert first_split(data_dir / "glue" / "SST-2" / "dev.tsv", ("train", "dev")) == "train"
+    (tmp_path / "test.tsv").write_text("sentence\tlabel\nok\t1\n")
+    assert first_split(tmp_path, ("train", "dev")) == "dev"  # neither: reading names the splits
+
+
+def test_calibration_reads_train_not_dev(tmp_path):
+    """Passes that measure the model to decide removals must not look at the reported dev set."""
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "train.tsv").write_text("sentence\tlabel\ntrain words\t1\n")
+    (task / "dev.tsv").write_text("sentence\tlabel\ndev words\t0\n")
+    module = _module(_tiny_dir(tmp_path / "m", "sequence-classification", num_labels=2))
+    assert _calibrate(module, task)[0].labels.tolist() == [1]
+    (task / "train.tsv").unlink()
+    assert _calibrate(module, task)[0].labels.tolist() == [0]  # no train file: dev
 
 
 def test_data_root_lists_tasks(data_dir):

@@ -286,9 +286,10 @@ def test_minilm_data_driven_passes(minilm_module, sst2) -> None:
     assert len(sims) == 6
     chosen = [int(i) for i in drop["layers"].split(",")]
     assert chosen == choose_layers("contribution", 2, 6, sims)
-    # the similarities are those of the calibration batches the pass read
+    # the similarities are those of the calibration batches the pass read: the train file of
+    # the task directory, never the dev set that results are reported on
     names = [v.name for v in minilm_module.graph.inputs]
-    batches = load_calibration(sst2, load_tokenizer(None), names, limit=16)
+    batches = load_calibration(sst2, load_tokenizer(None), names, limit=16, split="train")
     expected = layer_similarity(minilm_module, batches)
     assert sims == pytest.approx(expected, abs=1e-3)
     assert prune["heads_removed"] == 24  # half of 4 layers x 12 heads
