@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from optc.errors import PassError, PipelineSpecError
-from optc.ir.analysis import analyze, describe_layers
+from optc.ir.analysis import Layer, analyze, describe_layers
 from optc.ir.cleanup import eliminate_dead_code
-from optc.ir.core import Module
+from optc.ir.core import Module, Value
 from optc.passes.base import Pass, PassResult
 from optc.passes.calibration import calibration_batches
 from optc.passes.importance import layer_similarity
@@ -55,6 +55,25 @@ def choose_layers(strategy: str, count: int, num_layers: int,
     raise PassError(f"unknown strategy {strategy!r}")
 
 
+def _bias_tables(layer: Layer, weights: set[str]) -> set[str]:
+    """Parameters that compute the additive bias (mask operand) of ``layer``'s attention and
+    are no layer's weights: T5's relative-position table, which layer 0 owns and every
+    layer's bias is computed from."""
+    seen: set[int] = set()
+    stack = [b.node.arg(3) for b in (layer.attention, layer.cross_attention) if b is not None]
+    tables: set[str] = set()
+    while stack:
+        value = stack.pop()
+        if not isinstance(value, Value) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if value.is_param and value.name not in weights:
+            tables.add(value.name)
+        elif value.producer is not None:
+            stack += value.producer.inputs
+    return tables
+
+
 @register_pass
 @dataclass(frozen=True)
 class DropLayers(Pass):
@@ -69,6 +88,11 @@ class DropLayers(Pass):
     silently drop only the FFNs: say ``blocks=ffn`` to mean that).
     Guarantees: exact (outputs equal those of the model with the layers deleted); ``layers``
     are positions before this pass, or stable layer ids with ``ids=true``.
+    Shared position bias: a table that a dropped layer owns but whose bias the remaining
+    layers read (T5: layer 0's relative-position table, used by every layer) is kept, and
+    the stats say so (``position_bias_kept``): dropping T5's layer 0 equals the Hugging Face
+    model with block 0 deleted and its ``relative_attention_bias`` moved to the new first
+    block.
     """
 
     name = "drop-layers"
@@ -151,6 +175,11 @@ class DropLayers(Pass):
                   if self.strategy is None
                   else choose_layers(self.strategy, self.count or 0, num, similarity))
         params_before = module.num_parameters()
+        weights = {p for layer in structure.layers for p in layer.param_names()}
+        readers = [_bias_tables(layer, weights) for layer in structure.layers]
+        # a table belongs to the first layer that reads it (T5 computes the bias there)
+        tables = {t for i in chosen if self.blocks != "ffn" for t in readers[i]
+                  if next(j for j, r in enumerate(readers) if t in r) == i}
         removed_blocks = 0
         # Bypass from the last block backwards: a block's stream_in is the previous block's
         # stream_out, which must still be the live value when the later block is bypassed.
@@ -172,4 +201,11 @@ class DropLayers(Pass):
         }
         if similarity is not None:
             stats["similarity"] = ",".join(f"{s:.3f}" for s in similarity)
+        kept = sorted(t for t in tables if t in module.params)
+        if kept and removed_blocks:
+            users = [str(layer.id) for layer in analyze(module).layers
+                     if set(kept) & _bias_tables(layer, set())]
+            stats["position_bias_kept"] = (
+                f"{', '.join('@' + t for t in kept)} (a dropped layer's position-bias table) is "
+                f"kept: layer id(s) {', '.join(users) or '-'} compute their attention bias from it")
         return PassResult(removed_blocks > 0, stats)
