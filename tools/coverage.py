@@ -52,6 +52,11 @@ def _configs() -> dict[str, Callable[[], Any]]:
                                                       "sep_token_id": 2}),
         "T5 (encoder)": lambda: tf.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2,
                                             num_heads=4, use_cache=False),
+        "DeBERTa-v3": lambda: tf.DebertaV2Config(**_ENC, relative_attention=True,
+                                                 pos_att_type=["p2c", "c2p"], position_buckets=16,
+                                                 max_relative_positions=32, share_att_key=True,
+                                                 norm_rel_ebd="layer_norm", type_vocab_size=0,
+                                                 position_biased_input=False),
         "BART": lambda: tf.BartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2,
                                       encoder_attention_heads=4, decoder_attention_heads=4,
                                       encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -60,7 +65,7 @@ def _configs() -> dict[str, Callable[[], Any]]:
 
 
 FAMILIES = ("BERT", "RoBERTa", "DistilBERT", "ELECTRA", "GPT-2", "Llama", "Mistral", "Phi-3",
-            "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART")
+            "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3")
 """Rows of the table, in order."""
 
 COLUMNS = ("capture", "raised", "prune-heads", "prune-neurons", "drop-layers", "eager",
