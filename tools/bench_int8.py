@@ -5,6 +5,8 @@ without optc, plus sizes on disk, agreement and pass run time.
                                     [--sentences 872] [--skip-latency] [--skip-base]
     python -m optc.tools.bench_int8 --artifact RUN --task sst2 [--data DIR] [--sentences N]
                                     [--max-drop P]           # task metric of each int8 mode
+    python -m optc.tools.bench_int8 --attention [--artifact RUN --task sst2] [--threads 1]
+                                    # int8 linears vs int8 linears + int8 attention matmuls
 
 Variants: ``quantize`` (dynamic), ``quantize{mode=static}`` calibrated on ``--calibration``
 examples of the task's training file (SST-2 train by default; never the dev sentences that
@@ -14,6 +16,12 @@ agreement is measured on), and with ``--max-drop`` the accuracy-aware static var
 model and each int8 variant, and the argmax agreement of their predictions with fp32's; the
 fp32 model is ``--artifact`` (an optc artifact of a fine-tuned model, e.g. from ``finetune``)
 or the captured ``--model``. With ``--artifact`` only this table is printed.
+
+``--attention``: only the comparison of ``quantize`` (int8 linears) with
+``quantize{targets=attention,ffn,matmuls}`` (also the attention's Q·Kᵀ and P·V in int8): with
+``--task``, the dev metric and argmax agreement with fp32 of each (fp32: ``--artifact`` or the
+captured ``--model``); then latency of optc's ONNX export (fp32, int8, int8 + matmuls) and of
+the eager modules, interleaved.
 
 The before/after table of one compiled model (no data needed) is ``optc MODEL --passes=...
 -o OUT --compare`` (:mod:`optc.tools.compare`).
@@ -44,6 +52,7 @@ from pathlib import Path
 import torch
 
 PIPELINE = "quantize"
+ATTENTION_PIPELINE = "quantize{targets=attention,ffn,matmuls}"
 STATIC_PIPELINE = "quantize{{mode=static,data={data},samples={samples}}}"
 SPARSE_PIPELINE = "sparsify{sparsity=0.9,pattern=unstructured},quantize"
 
@@ -57,15 +66,17 @@ def static_spec(calibration: Path, samples: int) -> str:
 
 
 def task_table(fp32, task_name: str, data: str | None, calibration: Path, samples: int,  # noqa: ANN001
-               limit: int, max_drop: float | None) -> None:
-    """Print the task metric on dev of fp32 and each int8 variant, with argmax agreement."""
+               limit: int, max_drop: float | None, variants: dict[str, str] | None = None) -> None:
+    """Print the task metric on dev of fp32 and each int8 variant (default: dynamic, static,
+    and with ``max_drop`` accuracy-aware static), with argmax agreement."""
     import optc
     from optc.passes.finetune import pass_tokenizer
     from optc.passes.spec import parse_pipeline
     from optc.tasks import evaluate, get_task
 
     task = get_task(task_name)
-    variants = {"int8 dynamic": PIPELINE, "int8 static": static_spec(calibration, samples)}
+    if variants is None:
+        variants = {"int8 dynamic": PIPELINE, "int8 static": static_spec(calibration, samples)}
     if max_drop is not None:
         task_dir = data or data_root() / "glue" / "SST-2"  # its train split: calibration, val
         variants[f"int8 static max_drop={max_drop}"] = (
@@ -87,6 +98,49 @@ def task_table(fp32, task_name: str, data: str | None, calibration: Path, sample
         print(f"  {name:<34} {got.score:6.2f}  drop {ref.score - got.score:+.2f}  argmax "
               f"agreement {100 * same / len(examples):.1f}%  pass {seconds:.1f} s"
               + (f"  fp32 kept: {kept}" if kept else ""))
+
+
+def attention_latency(fp32, args) -> None:  # noqa: ANN001
+    """ONNX and eager latency: fp32, int8 linears, int8 linears + int8 attention matmuls."""
+    import optc
+    from optc.backends.onnx import OnnxModule, export_onnx
+    from optc.tools.timing import measure_interleaved
+
+    modules = {"fp32": fp32, "int8": fp32.clone(), "int8+matmuls": fp32.clone()}
+    optc.run_pipeline(modules["int8"], PIPELINE)
+    optc.run_pipeline(modules["int8+matmuls"], ATTENTION_PIPELINE)
+    inputs = {v.name for v in fp32.graph.inputs}
+    with tempfile.TemporaryDirectory(prefix="optc-bench-int8-attention-") as tmp:
+        paths = {n: export_onnx(m, Path(tmp) / f"{n.replace('+', '-')}.onnx")
+                 for n, m in modules.items()}
+        eager = {n: optc.to_eager(m) for n, m in modules.items() if n != "fp32"}
+        print(f"latency (ms, medians of {args.rounds} interleaved blocks of {args.block}); "
+              "ratio = int8+matmuls / int8")
+        print(f"{'thr':>3} {'batch':>5} {'seq':>4}  " + "  ".join(
+            f"{'onnx ' + n:>18}" for n in paths) + f"  {'ratio':>5}  "
+            + "  ".join(f"{'eager ' + n:>18}" for n in eager) + f"  {'ratio':>5}")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            runners = {n: OnnxModule(p, threads=threads) for n, p in paths.items()}
+            for batch in args.batch:
+                ids = torch.randint(1000, 2000, (batch, args.seq))
+                feeds = {k: v for k, v in {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                           "token_type_ids": torch.zeros_like(ids)}.items()
+                         if k in inputs}
+                variants = {f"onnx {n}": (lambda r=r, f=feeds: r(**f)) for n, r in runners.items()}
+
+                def run(m, f=feeds):  # noqa: ANN001, ANN202
+                    with torch.inference_mode():
+                        return m(**f)
+
+                variants.update({f"eager {n}": (lambda m=m, r=run: r(m)) for n, m in eager.items()})
+                t = measure_interleaved(variants, rounds=args.rounds, block=args.block)
+                ms = {n: t[n].median * 1e3 for n in t}
+                print(f"{threads:>3} {batch:>5} {args.seq:>4}  "
+                      + "  ".join(f"{ms['onnx ' + n]:>18.2f}" for n in paths)
+                      + f"  {ms['onnx int8+matmuls'] / ms['onnx int8']:>5.2f}  "
+                      + "  ".join(f"{ms['eager ' + n]:>18.2f}" for n in eager)
+                      + f"  {ms['eager int8+matmuls'] / ms['eager int8']:>5.2f}")
 
 
 def encoder_bytes(artifact: Path, module) -> int:  # noqa: ANN001
@@ -174,12 +228,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="fine-tuned optc artifact for --task (then only the task table)")
     p.add_argument("--max-drop", type=float, default=None,
                    help="add the accuracy-aware static variant (metric points)")
+    p.add_argument("--attention", action="store_true",
+                   help="only: int8 linears vs int8 linears + int8 attention matmuls")
     args = p.parse_args(argv)
     calibration = args.calibration or data_root() / "glue" / "SST-2" / "train.tsv"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import optc
     from optc.backends.onnx import OnnxModule, export_onnx
 
+    if args.attention:
+        from optc.artifacts import load_module
+
+        if args.artifact is not None:
+            fp32 = load_module(args.artifact)
+        else:
+            model, source = optc.load_model(args.model)
+            fp32 = optc.capture(model, source=source)
+        torch.set_num_threads(args.threads[0])
+        if args.task is not None:
+            task_table(fp32, args.task, args.data, calibration, args.samples, args.sentences,
+                       None, {"int8 linears": PIPELINE,
+                              "int8 linears + attention matmuls": ATTENTION_PIPELINE})
+        if not args.skip_latency:
+            attention_latency(fp32, args)
+        return 0
     if args.artifact is not None:
         if args.task is None:
             p.error("--artifact is for the task table: give --task too")

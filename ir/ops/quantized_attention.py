@@ -49,7 +49,7 @@ def dynamic_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     scale = (hi - lo) / 255.0
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zp = torch.clamp(torch.round(-lo / scale), 0, 255)
-    q = torch.clamp(torch.round(x / scale) + zp, 0, 255) - 128
+    q = torch.round(x / scale).add_(zp - 128).clamp_(-128, 127)
     return q.to(torch.int8), scale, zp
 
 
@@ -63,10 +63,13 @@ def int8_matmul(a: torch.Tensor, za: torch.Tensor, b: torch.Tensor,
     a3, b3 = a.reshape(-1, m, k), b.reshape(-1, k, n)
     if a3.shape[0] == 0 or m == 0 or n == 0:
         return torch.zeros((*lead, m, n), dtype=torch.int32, device=a.device)
-    acc = torch.stack([torch._int_mm(a3[i], b3[i]) for i in range(a3.shape[0])])
+    acc = torch.empty(a3.shape[0], m, n, dtype=torch.int32, device=a.device)
+    for i in range(a3.shape[0]):
+        torch._int_mm(a3[i], b3[i], out=acc[i])
     ca, cb = (128 - za).to(torch.int32), (128 - zb).to(torch.int32)
-    acc = (acc + cb * a3.sum(-1, dtype=torch.int32)[:, :, None]
-           + ca * b3.sum(-2, dtype=torch.int32)[:, None, :] + k * ca * cb)
+    rows = cb * a3.sum(-1, dtype=torch.int32)
+    cols = ca * b3.sum(-2, dtype=torch.int32) + k * ca * cb
+    acc.add_(rows[:, :, None]).add_(cols[:, None, :])
     return acc.reshape(*lead, m, n)
 
 
@@ -113,7 +116,7 @@ def k_dynamic_quantize(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     scale = (hi - lo) / 255.0
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zp = torch.clamp(torch.round(-lo / scale), 0, 255)
-    q = torch.clamp(torch.round(x / scale) + zp, 0, 255) - 128
+    q = torch.round(x / scale).add_(zp - 128).clamp_(-128, 127)
     return q.to(torch.int8), scale, zp
 
 
@@ -127,14 +130,14 @@ def k_int8_matmul(a: Tensor, za: Tensor, b: Tensor, zb: Tensor) -> Tensor:
     out_shape = lead + [m, n]
     if a3.size(0) == 0 or m == 0 or n == 0:
         return torch.zeros(out_shape, dtype=torch.int32, device=a.device)
-    parts: List[Tensor] = []
+    acc = torch.empty([a3.size(0), m, n], dtype=torch.int32, device=a.device)
     for i in range(a3.size(0)):
-        parts.append(torch._int_mm(a3[i], b3[i]))
-    acc = torch.stack(parts)
+        torch._int_mm(a3[i], b3[i], out=acc[i])
     ca = (128 - za).to(torch.int32)
     cb = (128 - zb).to(torch.int32)
-    acc = (acc + cb * a3.sum(-1, dtype=torch.int32).unsqueeze(2)
-           + ca * b3.sum(-2, dtype=torch.int32).unsqueeze(1) + k * ca * cb)
+    rows = cb * a3.sum(-1, dtype=torch.int32)
+    cols = ca * b3.sum(-2, dtype=torch.int32) + k * ca * cb
+    acc.add_(rows.unsqueeze(2)).add_(cols.unsqueeze(1))
     return acc.reshape(out_shape)
 
 
