@@ -63,15 +63,17 @@ class PruneHeads(Pass):
     """Grouped-query attention: kv heads to remove with every query head of their group, as
     layer:kv pairs (kv heads by current position; the layer as ``heads`` reads it)."""
     cross_heads: tuple[tuple[int, int], ...] = ()
-    """Encoder-decoders: cross-attention heads to remove, as layer:head pairs (the decoder
-    layer as ``heads`` reads it; head ids of the cross-attention with ids=true)."""
+    """Encoder-decoders (BART): cross-attention heads to remove, as layer:head pairs; units of
+    their own, apart from the self-attention heads ``heads`` names (same layer numbering;
+    with ids=true, the cross-attention's own head ids)."""
     ids: bool = False
     """Read ``heads`` and ``cross_heads`` as stable ids (layer and head indices in the
     captured model), not current positions."""
     amount: float | None = None
     """Fraction of heads to remove (0..1)."""
     blocks: Literal["self", "cross", "all"] = "all"
-    """Which heads amount ranks: self-attention, cross-attention (encoder-decoders), or all."""
+    """Which heads amount ranks: self (self-attention), cross (encoder-decoders'
+    cross-attention) or all (one ranking over both, each block's scores normalized)."""
     per_layer: bool = False
     """Apply amount within each attention block instead of globally."""
     criterion: Literal["magnitude", "taylor"] = "magnitude"

@@ -202,3 +202,12 @@ def test_blocks_without_amount_is_a_spec_error() -> None:
         parse_pipeline("prune-heads{amount=0.5,blocks=decoder}")
     (p,) = parse_pipeline("prune-heads{cross_heads=2:1,3:0}")
     assert p.cross_heads == ((2, 1), (3, 0)) and p.spec() == "prune-heads{cross_heads=2:1,3:0}"
+
+
+def test_optc_passes_help_names_cross_heads_and_blocks() -> None:
+    from optc.tools.cli import describe_passes
+
+    (entry,) = [x for x in describe_passes() if x["name"] == "prune-heads"]
+    options = {o["name"]: o for o in entry["options"]}
+    assert "cross-attention heads" in options["cross_heads"]["doc"]
+    assert options["blocks"]["type"] == "self|cross|all" and options["blocks"]["default"] == "all"
