@@ -71,10 +71,10 @@ def _is_tensor(v: Any) -> bool:
 
 
 def _constant(value: Any, depth: int = 6) -> Any:
-    """The value of ``value`` when it is computed from parameters and literals alone (the
-    ``sqrt(head_dim * factor)`` that torch.export lifts), else None."""
+    """The value of ``value`` when it is computed from one-element parameters and literals
+    alone (the ``sqrt(head_dim * factor)`` that torch.export lifts into a parameter), else None."""
     if isinstance(value, Parameter):
-        return value.data
+        return value.data if value.data.numel() == 1 else None
     if not isinstance(value, Value):
         return value
     node = value.producer
@@ -344,9 +344,10 @@ def raise_disentangled_attention(module: Module, node: Node, ctx: Any) -> str | 
     rel = terms[0].relative
     if not same_shape(rel.tensor_type.shape[-2:], s4.tensor_type.shape[-2:], ctx.envs):
         return "the relative positions are not [q_len, k_len]"
-    for n in in_place:  # the summed terms are not read elsewhere: a plain add is the same
-        if n.args[0].users() == [n] and not module.graph.is_output(n.args[0]):
-            n.op = "aten.add.Tensor"
+    if any(n.args[0].users() != [n] or module.graph.is_output(n.args[0]) for n in in_place):
+        return "an in-place add of the position terms updates a tensor that is read elsewhere"
+    for n in in_place:  # nothing else reads the updated tensor: a plain add is the same
+        n.op = "aten.add.Tensor"
     attrs = {"num_heads": heads, "head_dim": dim, "span": terms[0].span, "scale": terms[0].scale}
     bias = module.graph.create_node(
         "disentangled_bias", (q, k, rel, tables.get(False), tables.get(True), mask), attrs,

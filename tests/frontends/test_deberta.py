@@ -129,3 +129,17 @@ def test_flops_count_both_position_terms() -> None:
     bias = analyze(module).layers[0].attention.position
     # c2p and p2c: [batch*seq*heads*head_dim] x 32 table rows each, 2 FLOPs per multiply-add.
     assert node_cost(bias, {"batch": 2, "seq": 5})["flops"] == 2 * 2 * (2 * 5 * 32) * 32
+
+
+def test_a_near_miss_says_why_and_leaves_the_layer_alone() -> None:
+    """A gather index clamped to another range than the table's 2*span rows is not DeBERTa's
+    c2p term: that layer stays ATen (with the reason in the report), the other is raised."""
+    model = deberta_model("v3")
+    module = optc.capture(model, raise_ops=False)
+    clamp = next(n for n in module.graph if n.op == "aten.clamp.default")
+    clamp.args = (clamp.args[0], 0, 30)
+    report = raise_high_level_ops(module)
+    assert report.raised["attention"] == 1
+    assert any("not raised to attention: the relative positions are not clamped to [0, 31]" in m
+               for m in report.misses), report.misses
+    assert sum(n.op == "disentangled_bias" for n in module.graph) == 1
