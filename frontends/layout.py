@@ -20,7 +20,7 @@ from optc.ir.targets import resolve
 from optc.ir.types import Dim, SymType, TensorType
 
 __all__ = ["MOVEMENT_OPS", "concrete_env", "eval_dim", "same_shape", "eval_chain", "index_tensor",
-           "split_heads_source", "merge_heads_target", "repeat_kv_source"]
+           "split_heads_source", "unflatten_heads_source", "merge_heads_target", "repeat_kv_source"]
 
 _MAX_CHAIN = 6
 
@@ -149,6 +149,17 @@ def split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) 
     if source is not None:
         return source
     return f"%{value.name} is not a [batch, seq, {heads}*{dim}] tensor split into heads"
+
+
+def unflatten_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | None:
+    """The [B, S, heads*dim] value that ``value`` ([B, S, heads, dim], heads not yet moved
+    before the sequence, as GPT-J splits them) views per head."""
+    def expect(t: TensorType) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if t.rank != 3 or t.shape[-1] != heads * dim:
+            return None
+        return lambda x: x.view(x.shape[0], x.shape[1], heads, dim)
+
+    return _chain_source(value, _SPLIT_OPS, env, expect)
 
 
 def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:

@@ -67,6 +67,11 @@ class _Block:
     """The residual stream entering the block (the add's other operand)."""
     stream_out: Value | None = None
     """The residual stream leaving the block (after the post-LN norm, if any)."""
+    parallel: bool = False
+    """Whether the block reads the stream that enters the layer's attention, not the
+    attention's output: a parallel layer ``x + attn(ln(x)) + ffn(ln(x))`` (GPT-J, GPT-NeoX,
+    Falcon, Phi), whose sum raising wrote as ``(x + attn) + ffn`` so that each block still has
+    a residual add of its own."""
 
 
 @dataclass
@@ -264,6 +269,12 @@ class Layer:
         return self.index
 
     @property
+    def parallel(self) -> bool:
+        """Whether the attention and FFN blocks both read the layer's input (parallel
+        attention+FFN); removing one leaves the other's input unchanged."""
+        return self.attention is not None and self.ffn is not None and self.ffn.parallel
+
+    @property
     def stream_in(self) -> Value | None:
         first = self.attention or self.cross_attention or self.ffn
         return first.stream_in if first else None
@@ -299,6 +310,8 @@ class Layer:
             parts.append("no FFN")
         block = att or ffn
         text = " + ".join(parts)
+        if self.parallel:
+            text += ", parallel attention+FFN"
         if block is not None and block.norms:
             post = block.residual is not None and block.norms[0] in block.residual.outputs[0].users()
             text += f", {'post' if post else 'pre'}-norm {block.norms[0].op}"
@@ -417,6 +430,23 @@ def _reads_other_stream(block: AttentionBlock) -> bool:
     return kv is not _uncast(block.query.args[0]) and kv is _uncast(block.value.args[0])
 
 
+def _mark_parallel(att: AttentionBlock, ffn: FFNBlock) -> None:
+    """Mark ``ffn`` parallel when it sits on the stream right after ``att`` but reads (through
+    its own or a shared norm) the stream entering ``att``: its pre-norm is that norm, and a norm
+    after its residual add belongs to what follows (the next layer or the final norm)."""
+    if ffn.residual is None or att.stream_in is None or \
+            _uncast(ffn.stream_in) is not _uncast(att.residual.outputs[0] if att.residual else None):
+        return
+    source = _uncast(ffn.up.args[0])
+    norm = source.producer if isinstance(source, Value) and source.producer is not None and \
+        source.producer.op in _NORMS else None
+    if _uncast(norm.args[0] if norm is not None else source) is not _uncast(att.stream_in):
+        return
+    ffn.parallel = True
+    ffn.norms = [norm] if norm is not None else []
+    ffn.stream_out = ffn.residual.outputs[0]
+
+
 def _is_cross(block: AttentionBlock, layer: Layer) -> bool:
     """Whether ``block`` is the cross-attention of ``layer``: its key/value projections read
     another value than its query, and it sits on the stream right after the layer's attention."""
@@ -464,6 +494,8 @@ def analyze(module: Module) -> Structure:
             layers.append(Layer(len(layers), block, None))
         elif layers and layers[-1].ffn is None:
             layers[-1].ffn = block
+            if layers[-1].attention is not None:
+                _mark_parallel(layers[-1].attention, block)
         else:
             layers.append(Layer(len(layers), None, block))
     return Structure(layers)

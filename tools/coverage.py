@@ -57,6 +57,15 @@ def _configs() -> dict[str, Callable[[], Any]]:
                                                  max_relative_positions=32, share_att_key=True,
                                                  norm_rel_ebd="layer_norm", type_vocab_size=0,
                                                  position_biased_input=False),
+        "Phi": lambda: tf.PhiConfig(**{**_DEC, "num_key_value_heads": 4}, partial_rotary_factor=0.5),
+        "GPT-NeoX": lambda: tf.GPTNeoXConfig(**{k: v for k, v in _DEC.items() if k != "num_key_value_heads"},
+                                             rotary_pct=0.5),
+        "Falcon": lambda: tf.FalconConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, ffn_hidden_size=64,
+                                          max_position_embeddings=64, use_cache=False),
+        "GPT-J": lambda: tf.GPTJConfig(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                                       rotary_dim=4, n_positions=64, bos_token_id=1, eos_token_id=2,
+                                       use_cache=False),
         "BART": lambda: tf.BartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2,
                                       encoder_attention_heads=4, decoder_attention_heads=4,
                                       encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -65,7 +74,8 @@ def _configs() -> dict[str, Callable[[], Any]]:
 
 
 FAMILIES = ("BERT", "RoBERTa", "DistilBERT", "ELECTRA", "GPT-2", "Llama", "Mistral", "Phi-3",
-            "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3")
+            "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3",
+            "Phi", "GPT-NeoX", "Falcon", "GPT-J")
 """Rows of the table, in order."""
 
 COLUMNS = ("capture", "raised", "prune-heads", "prune-neurons", "drop-layers", "eager",

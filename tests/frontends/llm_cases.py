@@ -1,4 +1,5 @@
-"""Tiny random-weight decoder LLMs (Llama, Mistral, Phi-3, Gemma, Qwen2) and their captured IR,
+"""Tiny random-weight decoder LLMs (Llama, Mistral, Phi-3, Gemma, Qwen2; the parallel
+attention+FFN families Phi, GPT-NeoX, Falcon, GPT-J) and their captured IR,
 shared by the decoder tests of frontends, passes and backends."""
 
 from __future__ import annotations
@@ -86,6 +87,65 @@ def bart_captured() -> tuple[torch.nn.Module, Module]:
     return model, optc.capture(model)
 
 
+PARALLEL_FAMILIES = ("phi", "gpt_neox", "falcon", "gptj")
+"""Decoders whose layers add attention and FFN in parallel: ``x + attn(ln(x)) + ffn(ln(x))``."""
+
+PARALLEL_SHAPES = {
+    "phi": (4, 4, 8),
+    "gpt_neox": (4, 4, 8),
+    "falcon": (4, 1, 8),
+    "gptj": (4, 4, 8),
+}
+"""(query heads, kv heads, head_dim) of each parallel family's tiny config."""
+
+
+def parallel_config(family: str, **overrides) -> object:
+    """The tiny config of a parallel family: hidden 32, 2 layers, 4 heads, FFN 64. Phi:
+    separate q/k/v with biases, rotary on half of each head, one LayerNorm shared by both
+    branches (PhiForCausalLM, Phi-1/2); GPT-NeoX: fused query_key_value grouped per head,
+    rotary on half of each head, one LayerNorm per branch (``use_parallel_residual``); Falcon
+    (7B style): fused qkv with one shared key/value head (multi-query), no biases, one shared
+    LayerNorm; GPT-J: separate q/k/v without biases, interleaved ("rotate every two") rotary on
+    the first 4 features of each head, one shared LayerNorm."""
+    import transformers as tf
+
+    if family == "phi":
+        return tf.PhiConfig(**{**COMMON, "num_key_value_heads": 4, "partial_rotary_factor": 0.5,
+                               **overrides})
+    if family == "gpt_neox":
+        kwargs = {k: v for k, v in COMMON.items() if k != "num_key_value_heads"}
+        return tf.GPTNeoXConfig(**{**kwargs, "rotary_pct": 0.5, **overrides})
+    if family == "falcon":
+        return tf.FalconConfig(**{"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "ffn_hidden_size": 64,
+                                  "max_position_embeddings": 64, "use_cache": False, **overrides})
+    if family == "gptj":
+        return tf.GPTJConfig(**{"vocab_size": 120, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                "n_inner": 64, "rotary_dim": 4, "n_positions": 64,
+                                "bos_token_id": 1, "eos_token_id": 2, "use_cache": False,
+                                **overrides})
+    raise ValueError(family)
+
+
+def parallel_model(family: str, causal_lm: bool = False, **overrides) -> torch.nn.Module:
+    """A random-weight model of a parallel family (base model or ...ForCausalLM), in eval mode."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = parallel_config(family, **overrides)
+    auto = tf.AutoModelForCausalLM if causal_lm else tf.AutoModel
+    model = auto.from_config(config).eval()
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+@functools.cache
+def parallel_captured(family: str) -> tuple[torch.nn.Module, Module]:
+    """The base model of a parallel family and its captured IR (clone before mutating)."""
+    model = parallel_model(family)
+    return model, optc.capture(model)
+
+
 def llm_config(family: str, **overrides) -> object:
     """The tiny config of ``family``: hidden 32, 2 layers, 4 query heads over 2 kv heads,
     intermediate 64. Mistral gets a sliding window shorter than the test sequences, Phi-3 its
@@ -139,18 +199,25 @@ def llm_inputs(model: torch.nn.Module, batch: int = 3, seq: int = 7, seed: int =
 
 def layers_of(model: torch.nn.Module) -> torch.nn.Module:
     """The model's decoder layer owner (``model.model`` of a ...ForCausalLM)."""
-    return model.model if hasattr(model, "model") and hasattr(model.model, "layers") else model
+    for attr in ("model", "transformer", "gpt_neox"):
+        inner = getattr(model, attr, None)
+        if inner is not None and (hasattr(inner, "layers") or hasattr(inner, "h")):
+            return inner
+    return model
 
 
 def hf_without_layers(model: torch.nn.Module, drop: list[int]) -> torch.nn.Module:
-    """A deep copy of ``model`` with decoder layers ``drop`` deleted."""
+    """A deep copy of ``model`` with decoder layers ``drop`` deleted (``layers``, or ``h``
+    for Falcon)."""
     copy_ = copy.deepcopy(model)
     owner = layers_of(copy_)
-    owner.layers = torch.nn.ModuleList(layer for i, layer in enumerate(owner.layers) if i not in drop)
-    for i, layer in enumerate(owner.layers):
+    attr = "layers" if hasattr(owner, "layers") else "h"
+    setattr(owner, attr, torch.nn.ModuleList(
+        layer for i, layer in enumerate(getattr(owner, attr)) if i not in drop))
+    for i, layer in enumerate(getattr(owner, attr)):
         if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
             layer.self_attn.layer_idx = i
-    copy_.config.num_hidden_layers = len(owner.layers)
+    copy_.config.num_hidden_layers = len(getattr(owner, attr))
     if getattr(copy_.config, "layer_types", None):
         copy_.config.layer_types = [t for i, t in enumerate(copy_.config.layer_types) if i not in drop]
     return copy_.eval()

@@ -265,3 +265,21 @@ def test_partial_rotary_is_raised_and_heads_prune_exactly(backend: str) -> None:
     PassManager("prune-heads{heads=1:2}").run(module)
     assert analyze(module).layers[1].attention.kv_heads == [0, 0, 1]
     assert max_diff(run_backend(module, backend, inputs), expected) <= 1e-5
+
+
+def test_interleaved_rotary_kernel_matches_gptj() -> None:
+    """rotary(interleaved=True) is GPT-J's rotate_every_two, on the first rot features of each
+    head, with tables that repeat each frequency twice in a row (TorchScript and ONNX: the
+    GPT-J family tests in tests/passes/test_parallel_blocks.py)."""
+    from transformers.models.gptj.modeling_gptj import apply_rotary_pos_emb as gptj_rotary
+
+    from optc.ir.ops.attention import ROTARY
+
+    x = torch.randn(2, 5, 3 * 8)
+    sin, cos = torch.randn(1, 5, 2), torch.randn(1, 5, 2)  # rot = 4 of head_dim 8
+    heads = x.view(2, 5, 3, 8)
+    want = torch.cat([gptj_rotary(heads[..., :4], sin, cos), heads[..., 4:]], -1).reshape(2, 5, 24)
+    tables = [t.repeat_interleave(2, -1) for t in (cos, sin)]
+    assert torch.equal(rotary(x, *tables, head_dim=8, interleaved=True), want)
+    assert not torch.allclose(rotary(x, *tables, head_dim=8), want)  # rotate_half differs
+    assert ROTARY.attrs["interleaved"].default is False  # existing rotary nodes keep rotate_half

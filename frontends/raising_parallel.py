@@ -1,0 +1,462 @@
+"""Raising for parallel attention+FFN layers (GPT-J, GPT-NeoX, Falcon, Phi-1/2).
+
+A parallel layer computes ``x + attn(ln(x)) + ffn(ln(x))`` (one shared norm: GPT-J, Phi,
+Falcon-7B) or ``x + attn(ln1(x)) + ffn(ln2(x))`` (GPT-NeoX ``use_parallel_residual``, Falcon's
+``new_decoder_architecture``). Two rewrites make such layers look to the structure analysis
+and the structural passes like two blocks on one residual stream:
+
+- :func:`reassociate_parallel_sums`: the layer's sum ``(attn + ffn) + x`` (any operand order)
+  becomes ``(x + attn) + ffn``. Each branch then has a residual add of its own whose other
+  operand is what remains without it, so removing a branch (a dropped block, a head-less
+  attention without bias, a gate in the search) is the same edit as for a sequential block, and
+  dropping both removes the layer. The FFN still reads ``x`` (not ``x + attn``), which is how
+  the analysis knows that the layer is parallel. Exact up to float rounding (the three terms are
+  added in another order).
+- :data:`FUSED_RULES`: a fused q/k/v projection whose output is viewed per head and split
+  (GPT-NeoX's ``query_key_value`` viewed as ``[B, S, heads, 3*head_dim]`` and chunked; Falcon's
+  ``[B, S, heads + 2, head_dim]`` with one shared key/value head, or grouped
+  ``[B, S, kv, heads/kv + 2, head_dim]``) becomes one ``linear`` per part, whose rows are the
+  columns that part gathers, viewed back to the part's layout. The gather is proven by
+  evaluating the view/split chain on an index tensor, never read off names or constants.
+
+Matched on the graph alone; module and parameter names are never used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from optc.frontends.layout import (
+    MOVEMENT_OPS,
+    eval_chain,
+    eval_dim,
+    index_tensor,
+    unflatten_heads_source,
+)
+from optc.ir.core import Module, Node, Parameter, Value, map_values
+from optc.ir.targets import resolve
+from optc.ir.types import TensorType
+
+__all__ = ["FUSED_RULES", "reassociate_parallel_sums"]
+
+_NORMS = ("layer_norm", "rms_norm")
+_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+_ADDS = ("aten.add.Tensor", "aten.add_.Tensor")
+_CASTS = ("aten.to.dtype", "aten._to_copy.default", "aten.type_as.default")
+
+
+def _producer(value: Any, *ops: str) -> Node | None:
+    node = value.producer if isinstance(value, Value) else None
+    return node if node is not None and node.op in ops else None
+
+
+def _uncast(value: Any) -> Any:
+    while isinstance(value, Value) and _producer(value, *_CASTS) is not None and \
+            isinstance(value.producer.args[0], Value) and value.producer.args[0].type == value.type:
+        value = value.producer.args[0]
+    return value
+
+
+def _plain_add(node: Node | None) -> bool:
+    """``a + b`` of two tensors; an in-place ``a.add_(b)`` counts when nothing else reads ``a``
+    (Falcon's ``mlp_output += attention_output``)."""
+    if node is None or node.op not in _ADDS or node.attr("alpha", 1) != 1 or len(node.args) < 2 \
+            or not all(isinstance(a, Value) for a in node.args[:2]):
+        return False
+    return node.op == "aten.add.Tensor" or (node.args[0].users() == [node] and
+                                            not node.graph.is_output(node.args[0]))
+
+
+# -- parallel sums -----------------------------------------------------------------------------
+def _attention_reads(branch: Value) -> Value | None:
+    """What an attention branch (``linear(attention(q, k, v))``) reads: its query projection's
+    input."""
+    out = _producer(branch, "linear")
+    att = _producer(out.args[0], "attention") if out is not None else None
+    if att is None:
+        return None
+    query = att.args[0]
+    rot = _producer(query, "rotary")
+    lin = _producer(rot.args[0] if rot is not None else query, "linear")
+    return lin.args[0] if lin is not None else None
+
+
+def _ffn_reads(branch: Value) -> Value | None:
+    """What an FFN branch (``down(act(up(x)))`` or ``down(act(gate(x)) * up(x))``) reads."""
+    down = _producer(branch, "linear")
+    mid = down.args[0] if down is not None else None
+    product = _producer(mid, "aten.mul.Tensor")
+    candidates = product.args[:2] if product is not None else (mid,)
+    for value in candidates:
+        act = _producer(value, *_ACTIVATIONS)
+        up = _producer(act.args[0], "linear") if act is not None else None
+        if up is not None:
+            return up.args[0]
+    return None
+
+
+def _reads_through_norm(x: Value | None, stream: Value) -> bool:
+    """Whether ``x`` is ``stream`` or a norm of it (casts aside)."""
+    x = _uncast(x)
+    norm = _producer(x, *_NORMS)
+    source = norm.args[0] if norm is not None else x
+    return _uncast(source) is _uncast(stream)
+
+
+def _parallel_terms(root: Node) -> tuple[Value, Value, Value] | None:
+    """``(stream, attention branch, ffn branch)`` when ``root`` adds a stream to the sum of an
+    attention branch and an FFN branch that both read that stream."""
+    if not _plain_add(root):
+        return None
+    graph = root.graph
+    for inner_v, stream in (root.args[:2], root.args[1::-1]):
+        inner = _producer(inner_v, *_ADDS)
+        if not _plain_add(inner) or inner_v.users() != [root] or graph.is_output(inner_v):
+            continue
+        for att, ffn in (inner.args[:2], inner.args[1::-1]):
+            if not all(v.type == root.outputs[0].type for v in (att, ffn, stream)):
+                continue
+            if _reads_through_norm(_attention_reads(att), stream) and \
+                    _reads_through_norm(_ffn_reads(ffn), stream):
+                return stream, att, ffn
+    return None
+
+
+def reassociate_parallel_sums(module: Module) -> int:
+    """Rewrite every parallel layer's ``(attn + ffn) + x`` as ``(x + attn) + ffn`` (see the
+    module docstring); returns how many layers were rewritten. Running it twice is a no-op."""
+    count = 0
+    for node in list(module.graph):
+        if node.graph is None:
+            continue
+        terms = _parallel_terms(node)
+        if terms is None:
+            continue
+        stream, att, ffn = terms
+        t = node.outputs[0].type
+        first = module.graph.create_node("aten.add.Tensor", (stream, att), {}, [t], names="add",
+                                         after=node)
+        second = module.graph.create_node("aten.add.Tensor", (first.outputs[0], ffn), {}, [t],
+                                          names="add", after=first)
+        first.loc = second.loc = node.loc
+        module.graph.replace_all_uses(node.outputs[0], second.outputs[0])
+        inner = next(a.producer for a in node.args[:2] if a is not stream)
+        if not module.graph.is_output(node.outputs[0]):
+            module.graph.remove(node)  # an in-place add_ would otherwise stay (impure)
+            if not inner.outputs[0].users():
+                module.graph.remove(inner)
+        count += 1
+    return count
+
+
+# -- fused per-head projections ------------------------------------------------------------------
+_PART_OPS = frozenset({"aten.chunk.default", "aten.split.Tensor", "aten.split_with_sizes.default",
+                       "aten.unbind.int", "aten.slice.Tensor", "aten.select.int",
+                       "aten.index.Tensor"})
+"""Ops that take one part of a fused projection's per-head view."""
+_MAX_CHAIN = 6
+
+
+def _movement_chain(value: Value) -> tuple[list[Node], Value]:
+    """The single-use chain of movement ops from ``value`` and the value it ends at."""
+    chain: list[Node] = []
+    graph = value.producer.graph if value.producer is not None else None
+    while len(chain) < _MAX_CHAIN:
+        users = value.users()
+        if len(users) != 1 or users[0].op not in MOVEMENT_OPS or users[0].args[0] is not value or \
+                (graph is not None and graph.is_output(value)):
+            break
+        chain.append(users[0])
+        value = users[0].outputs[0]
+    return chain, value
+
+
+def _fused_linear(node: Node) -> tuple[Value, Parameter, Parameter | None] | None:
+    """``(x, W[out, in], bias)`` of ``aten.linear(x, W, b)`` or ``matmul(x, t(W))``."""
+    if node.op == "aten.linear.default":
+        weight, bias = node.args[1], node.arg(2)
+        if isinstance(weight, Parameter) and (bias is None or isinstance(bias, Parameter)):
+            return node.args[0], weight, bias
+        return None
+    t = _producer(node.arg(1), "aten.t.default", "aten.numpy_T.default", "aten.transpose.int")
+    weight = t.args[0] if t is not None else None
+    if node.op == "aten.matmul.default" and isinstance(weight, Parameter) and \
+            weight.data.dim() == 2 and (t.op != "aten.transpose.int" or
+                                        sorted(d % 2 for d in t.args[1:3]) == [0, 1]):
+        return node.args[0], weight, None
+    return None
+
+
+_Part = tuple[Node, int, list[Node], Value]
+"""A part of a fused view: the op taking it, which of its outputs, the movement ops after it
+up to the part's head-split value, and that value."""
+
+
+def _parts(start: Value) -> list[_Part] | None:
+    """The parts the fused view ``start`` is split into; each ends at the first rank-4 value
+    (``[B, H, S, D]`` or ``[B, S, H, D]``) after the part op."""
+    parts: list[_Part] = []
+    for user in start.users():
+        if user.op not in _PART_OPS or user.args[0] is not start:
+            return None
+        for i, out in enumerate(user.outputs):
+            if not out.users():
+                continue
+            chain, _ = _movement_chain(out)
+            rest, value = [], out
+            for n in chain:
+                if value.tensor_type.rank == 4:
+                    break
+                rest.append(n)
+                value = n.outputs[0]
+            if value.tensor_type.rank != 4:
+                return None
+            parts.append((user, i, rest, value))
+    return parts
+
+
+def _lookup(values: dict[int, Any], env: dict[str, int]) -> Any:
+    def lookup(v: Value) -> Any:
+        if id(v) in values:
+            return values[id(v)]
+        if isinstance(v, Parameter):
+            return v.data
+        dim = eval_dim(v.type.expr, env) if getattr(v.type, "expr", None) is not None else None
+        if dim is None:
+            raise LookupError(v.name)
+        return dim
+    return lookup
+
+
+def _eval_part(prefix: list[Node], y: Value, part: _Part, x: torch.Tensor,
+               env: dict[str, int]) -> torch.Tensor | None:
+    """The part's head-split value when ``y`` is ``x`` (None if not evaluable)."""
+    user, i, rest, _ = part
+    start = prefix[-1].outputs[0]
+    whole = eval_chain(prefix, y, x, env)
+    if whole is None:
+        return None
+    lookup = _lookup({id(start): whole}, env)
+    try:
+        got = resolve(user.op)(*map_values(user.args, lookup), **map_values(user.kwargs, lookup))
+    except (LookupError, RuntimeError, TypeError, IndexError):
+        return None
+    got = got[i] if len(user.outputs) > 1 else got
+    return eval_chain(rest, user.outputs[i], got, env) if rest else got
+
+
+def _gather_columns(prefix: list[Node], y: Value, part: _Part,
+                    envs: list[dict[str, int]]) -> tuple[list[int], bool] | None:
+    """``(columns, heads_first)`` when the part is ``y[..., columns]`` viewed as heads
+    (``[B, H, S, D]`` if heads_first, else ``[B, S, H, D]``), checked at every env."""
+    found: tuple[list[int], bool] | None = None
+    for env in envs:
+        x = index_tensor(y, env)
+        got = _eval_part(prefix, y, part, x, env) if x is not None and x.dim() == 3 else None
+        if got is None or got.dim() != 4:
+            return None
+        batch, seq, width = x.shape
+        match = None
+        for heads_first in (True, False):
+            g = got.transpose(1, 2) if heads_first else got
+            if tuple(g.shape[:2]) != (batch, seq):
+                continue
+            cols = (g[0, 0].reshape(-1) - x[0, 0, 0]).tolist()
+            if all(0 <= c < width for c in cols) and \
+                    torch.equal(g, x[..., torch.tensor(cols)].reshape(g.shape)):
+                match = (cols, heads_first)
+                break
+        if match is None or (found is not None and found != match):
+            return None
+        found = match
+    return found
+
+
+def _numpy_t_as_t(module: Module, node: Node) -> None:
+    """``matmul(x, numpy_T(W))`` (Falcon's ``input @ self.weight.T``) reads ``t(W)`` instead,
+    the transpose the linear rules know (the same op on a 2-D weight)."""
+    nt = _producer(node.arg(1), "aten.numpy_T.default") if node.op == "aten.matmul.default" else None
+    if nt is None or not isinstance(nt.args[0], Parameter) or nt.args[0].data.dim() != 2:
+        return
+    t = module.graph.create_node("aten.t.default", (nt.args[0],), {}, [nt.outputs[0].type],
+                                 names="t", after=nt)
+    t.loc = nt.loc
+    node.args = (node.args[0], t.outputs[0], *node.args[2:])
+
+
+def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
+    """Root: a fused projection viewed per head and split into parts (see the module
+    docstring) -> one ``linear`` per part, viewed back as heads. Exact."""
+    _numpy_t_as_t(module, node)
+    found = _fused_linear(node)
+    if found is None:
+        return ""
+    x, weight, bias = found
+    y = node.outputs[0]
+    if not isinstance(y.type, TensorType) or y.tensor_type.rank != 3 or module.graph.is_output(y):
+        return ""
+    prefix, start = _movement_chain(y)
+    if not prefix or start.tensor_type.rank < 4:
+        return ""
+    parts = _parts(start)
+    if parts is None or len(parts) != 3:
+        return ""  # not query, key and value (e.g. a rotary embedding's halves of each head)
+    gathers = []
+    for part in parts:
+        value = part[3]
+        g = _gather_columns(prefix, y, part, ctx.envs)
+        if g is None:
+            return (f"part %{value.name} of the fused projection {node!r} is not a per-head "
+                    "gather of its output features")
+        gathers.append(g)
+    if sorted(c for cols, _ in gathers for c in cols) != list(range(weight.data.shape[0])):
+        return f"the parts of the fused projection {node!r} do not partition its output features"
+    yt = y.tensor_type
+    anchor = node
+    for i, (part, (cols, heads_first)) in enumerate(zip(parts, gathers, strict=True)):
+        value = part[3]
+        index = torch.tensor(cols)
+        w = module.add_param(module.unique_param_name(f"{weight.name}.part{i}"),
+                             weight.data.index_select(0, index).contiguous())
+        b = None if bias is None else module.add_param(
+            module.unique_param_name(f"{bias.name}.part{i}"), bias.data.index_select(0, index).contiguous())
+        vt = value.tensor_type
+        heads, dim = (vt.shape[1] if heads_first else vt.shape[2]), vt.shape[3]
+        lin = module.graph.create_node("aten.linear.default", (x, w, b), {},
+                                       [TensorType(yt.dtype, yt.shape[:-1] + (len(cols),))],
+                                       names="linear", after=anchor)
+        split = module.graph.create_node(
+            "aten.unflatten.int", (lin.outputs[0], -1, [heads, dim]), {},
+            [TensorType(yt.dtype, yt.shape[:-1] + (heads, dim))], names="heads", after=lin)
+        anchor = split
+        if heads_first:
+            anchor = module.graph.create_node("aten.transpose.int", (split.outputs[0], 1, 2), {},
+                                              [value.type], names="heads", after=split)
+        lin.loc = split.loc = anchor.loc = node.loc
+        module.graph.replace_all_uses(value, anchor.outputs[0])
+    return None
+
+
+# -- interleaved rotary (GPT-J's rotate_every_two) -------------------------------------------------
+_BIG = 2 ** 62
+
+
+def _through_noop_slices(value: Any) -> Any:
+    """``value`` without slices that keep everything (``x[:, :]``)."""
+    while True:
+        node = _producer(value, "aten.slice.Tensor")
+        if node is None or node.arg(2, 0) not in (0, None) or node.arg(4, 1) != 1 or \
+                not (node.arg(3) is None or (isinstance(node.arg(3), int) and node.arg(3) >= _BIG)):
+            return value
+        value = node.args[0]
+
+
+def _last_dim_slice(value: Any, rank: int) -> tuple[Value, int, int | None, int] | None:
+    """``(x, start, end, step)`` when ``value`` is ``x[..., start:end:step]``."""
+    node = _producer(value, "aten.slice.Tensor")
+    if node is None or node.arg(1, 0) not in (-1, rank - 1) or not isinstance(node.args[0], Value):
+        return None
+    start, end, step = node.arg(2, 0) or 0, node.arg(3), node.arg(4, 1)
+    if not isinstance(start, int) or not isinstance(step, int):
+        return None
+    end = None if end is None or (isinstance(end, int) and end >= _BIG) else end
+    return _through_noop_slices(node.args[0]), start, end, step
+
+
+def _every_two_of(value: Any) -> Value | None:
+    """``x`` when ``value`` is ``flatten(stack([-x[..., 1::2], x[..., ::2]], -1), -2)``."""
+    flat = _producer(value, "aten.flatten.using_ints")
+    stack = _producer(flat.args[0], "aten.stack.default") if flat is not None else None
+    if stack is None or flat.arg(1) not in (-2, 3) or flat.arg(2, -1) not in (-1, 4) or \
+            stack.arg(1, 0) not in (-1, 4) or len(stack.arg(0, ())) != 2:
+        return None
+    neg_v, even_v = stack.arg(0)
+    neg = _producer(neg_v, "aten.neg.default")
+    odd = _last_dim_slice(neg.args[0], 4) if neg is not None else None
+    even = _last_dim_slice(even_v, 4)
+    if odd is None or even is None or odd[0] is not even[0] or odd[1:] != (1, None, 2) or \
+            even[1:] != (0, None, 2):
+        return None
+    return odd[0]
+
+
+def _interleaved_table(value: Any) -> Value | None:
+    """The [batch|1, seq, rot] table of ``repeat_interleave(t[:, :, None, :], 2, 3)``
+    ([., seq, 1, rot], each frequency twice in a row), squeezed back to rank 3."""
+    rep = _producer(value, "aten.repeat_interleave.self_int")
+    if rep is None or rep.arg(1) != 2 or rep.arg(2) not in (3, -1):
+        return None
+    t = rep.outputs[0].tensor_type
+    return rep.outputs[0] if t.rank == 4 and t.shape[2] == 1 else None
+
+
+def _raise_interleaved_rotary(module: Module, node: Node, ctx: Any) -> str | None:
+    """Root: ``x*cos + rotate_every_two(x)*sin`` on a [batch, seq, heads, head_dim] head split
+    (GPT-J, before the heads move ahead of the sequence), possibly on the first ``rot``
+    features of each head with the rest concatenated back -> ``rotary(interleaved=True)``."""
+    if node.op != "aten.add.Tensor" or node.attr("alpha", 1) != 1 or len(node.args) < 2:
+        return ""
+    for a, b in (node.args[:2], node.args[1::-1]):
+        ma, mb = _producer(a, "aten.mul.Tensor"), _producer(b, "aten.mul.Tensor")
+        if ma is None or mb is None:
+            continue
+        for x4, cos4 in (ma.args[:2], ma.args[1::-1]):
+            for turned, sin4 in (mb.args[:2], mb.args[1::-1]):
+                x = _every_two_of(turned)
+                if x is None or _through_noop_slices(x4) is not x:
+                    continue
+                cos, sin = _interleaved_table(cos4), _interleaved_table(sin4)
+                if cos is None or sin is None:
+                    return "the cos/sin tables are not [batch|1, seq, 1, rot] repeated twice in a row"
+                return _rewrite_interleaved(module, node, x, cos, sin, ctx)
+    return ""
+
+
+def _rewrite_interleaved(module: Module, node: Node, x: Value, cos: Value, sin: Value,
+                         ctx: Any) -> str | None:
+    replaced, whole = node.outputs[0], x
+    part = _last_dim_slice(x, 4)
+    rot = x.tensor_type.shape[-1]
+    if part is not None and part[1] == 0 and part[3] == 1:  # rotary on the first rot features
+        users = node.outputs[0].users()
+        cat = users[0] if len(users) == 1 and users[0].op == "aten.cat.default" else None
+        pieces = cat.arg(0) if cat is not None else None
+        rest = _last_dim_slice(pieces[1], 4) if pieces is not None and len(pieces) == 2 else None
+        if cat is None or cat.arg(1, 0) not in (-1, 3) or pieces[0] is not node.outputs[0] or \
+                rest is None or rest[0] is not part[0] or rest[1:] != (rot, None, 1):
+            return "the rotated features are not concatenated back with the rest of each head"
+        whole, replaced = part[0], cat.outputs[0]
+    wt = whole.tensor_type
+    heads, dim = wt.shape[2], wt.shape[3]
+    if not (isinstance(heads, int) and isinstance(dim, int)) or cos.tensor_type.shape[-1] != rot \
+            or sin.tensor_type.shape[-1] != rot:
+        return "the rotary tables do not match the rotated features"
+    src = unflatten_heads_source(whole, heads, dim, ctx.env)
+    if src is None:
+        return f"%{whole.name} is not a [batch, seq, {heads}*{dim}] tensor viewed per head"
+    anchor, tables = replaced.producer, []
+    for table in (cos, sin):
+        t = table.tensor_type
+        anchor = module.graph.create_node(
+            "aten.squeeze.dim", (table, 2), {}, [TensorType(t.dtype, (t.shape[0], t.shape[1], t.shape[3]))],
+            names="rotary_table", after=anchor)
+        anchor.loc = node.loc
+        tables.append(anchor.outputs[0])
+    new = module.graph.create_node("rotary", (src, *tables), {"head_dim": dim, "interleaved": True},
+                                   [src.tensor_type], names="rotary", after=anchor)
+    heads_view = module.graph.create_node("aten.unflatten.int", (new.outputs[0], -1, [heads, dim]),
+                                          {}, [replaced.type], names="rotary_heads", after=new)
+    new.loc = heads_view.loc = node.loc
+    module.graph.replace_all_uses(replaced, heads_view.outputs[0])
+    return None
+
+
+FUSED_RULES = {
+    "aten.linear.default": ("linear", _split_fused_heads),
+    "aten.matmul.default": ("linear", _split_fused_heads),
+    "aten.add.Tensor": ("rotary", _raise_interleaved_rotary),
+}
+"""Rules that run before raising.py's composite rules (the split parts are then ordinary head
+splits for the attention and rotary rules)."""

@@ -1,0 +1,246 @@
+"""Parallel attention+FFN layers (Phi-1/2, GPT-NeoX, Falcon, GPT-J): ``x + attn(ln(x)) + ffn(ln(x))``.
+
+Raised from the graph (fused per-head q/k/v split, multi-query attention, partial and
+interleaved rotary), each
+layer's two blocks found and said to be parallel, numbers equal to Hugging Face on every
+backend; prune-heads/prune-neurons remove zeroed units exactly; drop-layers removes both
+branches (equal to the HF model with the layer deleted) or one branch of the sum."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import optc
+from optc.backends.differential import run_backend
+from optc.frontends.raising import raise_high_level_ops
+from optc.ir import collect_problems
+from optc.ir.analysis import analyze
+from optc.ir.core import Module
+from optc.passes import PassManager
+from optc.tests.conftest import scale_param_slice
+from optc.tests.frontends.llm_cases import (
+    PARALLEL_FAMILIES,
+    PARALLEL_SHAPES,
+    hf_outputs,
+    hf_without_layers,
+    llm_inputs,
+    parallel_captured,
+    parallel_model,
+)
+
+
+def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
+    assert set(got) == set(expected)
+    for name in expected:
+        assert got[name].shape == expected[name].shape, name
+        diff = (got[name].float() - expected[name].float()).abs().max().item()
+        assert diff <= atol, f"output {name} differs by {diff:.3g}"
+
+
+def zero(module: Module, slices) -> None:
+    for s in slices:
+        scale_param_slice(module, s.param, s.dim, list(s.index))
+
+
+def hf_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    return model.layers if hasattr(model, "layers") else model.h
+
+
+def branches(model: torch.nn.Module, layer: int) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    """The HF layer's attention output projection and FFN down projection."""
+    block = hf_layers(model)[layer]
+    attn = next(getattr(block, a) for a in ("self_attn", "attention", "self_attention", "attn")
+                if hasattr(block, a))
+    down = next(getattr(block.mlp, a) for a in ("fc2", "dense_4h_to_h", "fc_out") if hasattr(block.mlp, a))
+    return getattr(attn, "dense", None) or attn.out_proj, down
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+def test_every_parallel_layer_is_raised(family: str) -> None:
+    model, module = parallel_captured(family)
+    heads, kv, dim = PARALLEL_SHAPES[family]
+    report = raise_high_level_ops(optc.capture(model, raise_ops=False))
+    assert not [m for m in report.misses if "attention" in m], report.misses
+    assert report.raised["attention"] == 2 and report.raised["parallel"] == 2
+    assert report.raised["rotary"] == 4
+    layers = analyze(module).layers
+    assert [layer.id for layer in layers] == [0, 1]
+    for layer in layers:
+        att, ffn = layer.attention, layer.ffn
+        assert layer.parallel and ffn.parallel and not att.parallel
+        assert (att.num_heads, att.num_kv_heads, att.head_dim) == (heads, kv, dim)
+        assert att.prunable is None and all(att.rotary) and ffn.width == 64
+        # Both branches read the layer's input; the FFN's residual add follows the attention's.
+        assert layer.stream_in is att.stream_in and ffn.stream_in is att.stream_out
+        assert att.norms[0].args[0] is att.stream_in and ffn.norms[0].args[0] is att.stream_in
+        assert layer.stream_out is ffn.residual.outputs[0]
+        shared = att.norms[0] is ffn.norms[0]
+        assert shared == (family != "gpt_neox")  # GPT-NeoX: one LayerNorm per branch
+        assert "parallel attention+FFN" in layer.raised()
+    # The last layer's sum feeds the final norm; it is not taken for a post-norm of the FFN.
+    assert layers[-1].stream_out.users()[0].op == "layer_norm"
+    assert not collect_problems(module)
+
+
+def test_raised_summary_names_the_parallel_layer() -> None:
+    _, module = parallel_captured("phi")
+    assert analyze(module).layers[0].raised() == (
+        "attention 4 heads (rotary, mask) + FFN 64 (gelu), parallel attention+FFN, "
+        "pre-norm layer_norm")
+    _, module = parallel_captured("falcon")
+    assert analyze(module).layers[1].raised().startswith("attention 4 heads (1 kv, rotary, mask)")
+
+
+def test_raising_twice_changes_nothing() -> None:
+    _, base = parallel_captured("gpt_neox")
+    module = base.clone()
+    report = raise_high_level_ops(module)
+    assert "parallel" not in report.raised and "attention" not in report.raised
+    from optc.ir.printer import print_module
+
+    optc.ir.cleanup.eliminate_dead_code(module)
+    assert print_module(module) == print_module(base)
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+def test_matches_hugging_face_on_every_backend(family: str, backend: str) -> None:
+    model, module = parallel_captured(family)
+    for batch, seq in ((3, 7), (2, 5)):
+        inputs = llm_inputs(model, batch, seq)
+        expected = hf_outputs(model, inputs, module.graph.outputs)
+        assert_outputs_equal(run_backend(module, backend, inputs), expected)
+
+
+def test_gpt_neox_fused_qkv_is_split_per_head() -> None:
+    """query_key_value's rows are grouped per head ([q_h, k_h, v_h] for each head h): the
+    split projections gather them."""
+    model, module = parallel_captured("gpt_neox")
+    att = analyze(module).layers[1].attention
+    fused = model.layers[1].attention.query_key_value
+    w = fused.weight.detach().view(4, 3, 8, 32)
+    b = fused.bias.detach().view(4, 3, 8)
+    for part, lin in enumerate((att.query, att.key, att.value)):
+        assert torch.equal(lin.args[1].data, w[:, part].reshape(32, 32))
+        assert torch.equal(lin.arg(2).data, b[:, part].reshape(32))
+    assert att.rotary[0].args[1].tensor_type.shape[-1] == 4  # rotary_pct=0.5 of head_dim 8
+
+
+def test_gptj_rotary_is_interleaved_on_the_first_features() -> None:
+    model, module = parallel_captured("gptj")
+    att = analyze(module).layers[0].attention
+    for rot in att.rotary:
+        assert rot.attr("interleaved") is True and rot.args[1].tensor_type.shape[-1] == 4
+    assert att.query.arg(2) is None and att.output.arg(2) is None
+
+
+def test_falcon_multi_query_qkv_is_split() -> None:
+    """Falcon-7B style: the fused rows are [all query heads, one key head, one value head]."""
+    model, module = parallel_captured("falcon")
+    att = analyze(module).layers[0].attention
+    fused = model.h[0].self_attention.query_key_value.weight.detach()
+    assert torch.equal(att.query.args[1].data, fused[:32])
+    assert torch.equal(att.key.args[1].data, fused[32:40])
+    assert torch.equal(att.value.args[1].data, fused[40:48])
+    assert att.kv_heads == [0, 0, 0, 0] and att.kv_group(0) == [0, 1, 2, 3]
+    assert all(lin.arg(2) is None for lin in (att.query, att.key, att.value, att.output))
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+def test_zeroed_heads_and_neurons_removed_exactly(family: str, backend: str) -> None:
+    model, base = parallel_captured(family)
+    inputs = llm_inputs(model)
+    module = base.clone()
+    layers = analyze(module).layers
+    zero(module, layers[0].attention.head_slices(1))
+    zero(module, layers[1].attention.head_slices(0))
+    zero(module, layers[1].attention.head_slices(3))
+    for n in (0, 17, 63):
+        zero(module, layers[0].ffn.neuron_slices(n))
+    zero(module, layers[1].ffn.neuron_slices(5))
+    expected = run_backend(module, "eager", inputs)
+    PassManager("prune-heads{heads=0:1,1:0,1:3},prune-neurons{neurons=0:0,0:17,0:63,1:5},dce").run(module)
+    after = analyze(module).layers
+    assert [x.attention.num_heads for x in after] == [3, 2]
+    assert after[1].attention.head_ids == [1, 2]
+    assert [x.ffn.width for x in after] == [61, 63]
+    assert all(x.parallel for x in after)
+    assert not collect_problems(module)
+    assert_outputs_equal(run_backend(module, backend, inputs), expected)
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+@pytest.mark.parametrize("drop", [0, 1])
+def test_drop_layer_equals_hf_with_layer_deleted(family: str, drop: int) -> None:
+    model, base = parallel_captured(family)
+    inputs = llm_inputs(model)
+    module = base.clone()
+    report = PassManager(f"drop-layers{{layers={drop}}}").run(module)
+    assert report.records[0].stats["blocks_removed"] == 2
+    (left,) = analyze(module).layers
+    assert left.id == 1 - drop and left.parallel
+    assert not [n for n in module.params if f".{drop}." in n]
+    expected = hf_outputs(hf_without_layers(model, [drop]), inputs, module.graph.outputs)
+    assert_outputs_equal(run_backend(module, "eager", inputs), expected)
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+def test_drop_layer_on_every_backend(family: str, backend: str) -> None:
+    model, base = parallel_captured(family)
+    inputs = llm_inputs(model)
+    module = base.clone()
+    PassManager("drop-layers{layers=1}").run(module)
+    expected = hf_outputs(hf_without_layers(model, [1]), inputs, module.graph.outputs)
+    assert_outputs_equal(run_backend(module, backend, inputs), expected)
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+@pytest.mark.parametrize("blocks", ["attention", "ffn"])
+def test_dropping_one_branch_removes_it_from_the_sum(family: str, blocks: str, backend: str) -> None:
+    """blocks=attention (or ffn) on a parallel layer: the other branch still reads the layer's
+    input, and the result equals the HF model whose dropped branch outputs zeros."""
+    model, base = parallel_captured(family)
+    inputs = llm_inputs(model)
+    module = base.clone()
+    PassManager(f"drop-layers{{layers=0,blocks={blocks}}}").run(module)
+    layer = analyze(module).layers[0]
+    kept = layer.ffn if blocks == "attention" else layer.attention
+    assert (layer.attention is None) == (blocks == "attention") and kept is not None
+    assert kept.norms[0].args[0] is layer.stream_in  # still reads the layer's input
+    reference = copy.deepcopy(model)
+    out_proj, down = branches(reference, 0)
+    silenced = out_proj if blocks == "attention" else down
+    with torch.no_grad():
+        for p in silenced.parameters():
+            p.zero_()
+    expected = hf_outputs(reference, inputs, module.graph.outputs)
+    assert_outputs_equal(run_backend(module, backend, inputs), expected)
+
+
+def test_every_head_of_a_bias_free_parallel_attention_leaves_the_ffn() -> None:
+    """Falcon's output projection has no bias: removing all heads removes the attention
+    branch from the sum (its add passes the layer's input on), the FFN branch stays."""
+    model, base = parallel_captured("falcon")
+    inputs = llm_inputs(model)
+    module = base.clone()
+    for kv in range(1):
+        zero(module, analyze(module).layers[1].attention.kv_slices(kv))
+    expected = run_backend(module, "eager", inputs)
+    PassManager("prune-heads{heads=1:0,1:1,1:2,1:3},dce").run(module)
+    layer = analyze(module).layers[1]
+    assert layer.attention is None and layer.ffn is not None
+    assert_outputs_equal(run_backend(module, "eager", inputs), expected)
+
+
+def test_causal_lm_keeps_logits_and_prunes() -> None:
+    model = parallel_model("phi", causal_lm=True)
+    module = optc.capture(model)
+    assert list(module.graph.outputs) == ["logits"]
+    assert all(x.parallel for x in analyze(module).layers)
+    inputs = llm_inputs(model)
+    assert_outputs_equal(run_backend(module, "eager", inputs), hf_outputs(model, inputs, ["logits"]))
+    PassManager("drop-layers{layers=0}").run(module)
+    assert_outputs_equal(run_backend(module, "eager", inputs),
+                         hf_outputs(hf_without_layers(model, [0]), inputs, ["logits"]))
