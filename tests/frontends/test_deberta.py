@@ -143,3 +143,12 @@ def test_a_near_miss_says_why_and_leaves_the_layer_alone() -> None:
     assert any("not raised to attention: the relative positions are not clamped to [0, 31]" in m
                for m in report.misses), report.misses
     assert sum(n.op == "disentangled_bias" for n in module.graph) == 1
+
+
+def test_textual_form_round_trips_an_absent_table() -> None:
+    from optc.ir import print_module
+    from optc.ir.parser import parse_module
+
+    _, module = deberta_captured("c2p")  # pos_query is none
+    text = print_module(module)
+    assert "disentangled_bias(" in text and print_module(parse_module(text)) == text
