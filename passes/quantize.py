@@ -1,5 +1,5 @@
 """int8 quantization of linear layers (dynamic, static (calibrated), accuracy-aware, QAT) and,
-optionally, of the attention matmuls (dynamic)."""
+optionally, of the attention matmuls (dynamic or static)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from optc.backends.eager import to_eager
+from optc.data import Batch
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.ir.attributes import Quantization
@@ -75,12 +76,16 @@ class Quantize(Distill):
 
     ``matmuls`` in ``targets`` (e.g. ``targets=attention,ffn,matmuls``; ``targets=matmuls``
     alone leaves the linears as they are) also makes each ``attention`` op's two matmuls int8:
-    the node gets ``int8="dynamic"``, and Q, K, the softmax output P and V are quantized per
-    tensor at run time (uint8, ONNX ``DynamicQuantizeLinear``'s scheme) into integer
-    Q·Kᵀ and P·V (eager/TorchScript: ``torch._int_mm``; ONNX: ``DynamicQuantizeLinear`` +
-    ``MatMulInteger``). Dynamic only: with ``mode=static`` or ``max_drop``, quantize the
-    matmuls in a second ``quantize{targets=matmuls}``. Off by default: on the 2-core CPU here
-    it is slower than the float attention kernels (see tools/bench_int8.py ``--attention``).
+    Q·Kᵀ and P·V become integer matmuls (eager/TorchScript: ``torch._int_mm``; ONNX:
+    ``MatMulInteger``). ``mode=dynamic``: the node gets ``int8="dynamic"``, and Q, K, the
+    softmax output P and V are quantized per tensor at run time (uint8, ONNX
+    ``DynamicQuantizeLinear``'s scheme). ``mode=static``: ``int8="static"`` and two parameters
+    per node, ``<stem>.int8_scale: f32[3]`` and ``<stem>.int8_zero_point: u8[3]``, the
+    calibrated Q, K, V ranges (same observer as the linears; ONNX ``QuantizeLinear``); P uses
+    the fixed scale 1/255. Not with QAT or ``max_drop`` (quantize the matmuls in a second
+    ``quantize{targets=matmuls}``). Off by default: in eager and TorchScript it is slower than
+    the fused float attention (one int8 GEMM per batch and head); see tools/bench_int8.py
+    ``--attention`` for ONNX.
 
     Refuses: a weight that is already int8 (quantizing twice), a weight shared with an op
     that is not a target linear, a module with no target; static mode without data, QAT or
@@ -97,7 +102,7 @@ class Quantize(Distill):
     ``qat``: quantization-aware training on ``task``'s data."""
     targets: tuple[str, ...] = ("attention", "ffn")
     """Roles to quantize: attention, ffn, query, key, value, output, up, down, head; and
-    ``matmuls``: the attention ops' Q·Kᵀ and P·V (dynamic mode only)."""
+    ``matmuls``: the attention ops' Q·Kᵀ and P·V (not with QAT or max_drop)."""
     bits: int = 7
     """Weight bits stored in int8: 7 (-63..63; exact on ONNX Runtime's non-VNNI u8 x s8 kernels,
     which saturate with 8) or 8 (-127..127; for CPUs with VNNI/AMX)."""
@@ -128,12 +133,12 @@ class Quantize(Distill):
         if bad or not self.targets:
             raise PipelineSpecError(f"unknown target {bad[0] if bad else '(none)'!r}; "
                                     f"choose from {', '.join((*ROLES, MATMULS))}")
-        if MATMULS in self.targets and (self.mode != "dynamic" or self.max_drop is not None):
-            why = f"mode={self.mode}" if self.mode != "dynamic" else "max_drop"
+        if MATMULS in self.targets and (self.mode == "qat" or self.max_drop is not None):
+            why = "mode=qat" if self.mode == "qat" else "max_drop"
             raise PipelineSpecError(
-                f"quantize targets={MATMULS} quantizes the attention matmuls at run time only "
-                f"(no {why}): drop {MATMULS} from targets here and add a second "
-                f"quantize{{targets={MATMULS}}} after this one")
+                f"quantize targets={MATMULS} (int8 attention matmuls) is post-training only, "
+                f"without {why}: drop {MATMULS} from targets here and add a second "
+                f"quantize{{targets={MATMULS}}} (or mode=static) after this one")
         if self.observer not in OBSERVERS:
             raise PipelineSpecError(f"unknown observer {self.observer!r}; choose from "
                                     f"{', '.join(OBSERVERS)}")
@@ -229,32 +234,63 @@ class Quantize(Distill):
     # -- running --------------------------------------------------------------------------
     def run(self, module: Module) -> PassResult:
         matmuls = self._attention_nodes(module)
-        for node in matmuls:
-            node.set_attr("int8", "dynamic")
         names = [node.args[1].name for _, node in self._targets(module)]
         stats: dict[str, Any] = {}
+        aparams = None
         if self.mode == "qat":
             qparams, stats = train_qat(self, module, names)
+        elif self.mode == "static":
+            batches = calibration_batches(module, self.data, self.samples, self.batch_size,
+                                          self.max_length or 128, self.tokenizer,
+                                          f"quantize{{mode=static,observer={self.observer}}}",
+                                          use_labels=False, split="train")
+            qparams = self._calibrate(module, names, batches)
+            aparams = self._calibrate_attention(module, matmuls, batches) if matmuls else None
         else:
-            qparams = self._calibrate(module, names) if self.mode == "static" else None
+            qparams = None
         chosen = names
         if self.max_drop is not None:
             chosen, extra = self._accuracy_aware(module, names, qparams)
             stats.update(extra)
         stats = {**apply_int8(module, chosen, self.bits, qparams), **stats}
         if MATMULS in self.targets:
+            apply_int8_attention(module, matmuls, aparams)
             stats["attention_matmuls"] = len(matmuls)
         return PassResult(stats["linears"] > 0 or bool(matmuls), stats)
 
-    def _calibrate(self, module: Module, names: list[str]) -> QParams:
+    def _calibrate(self, module: Module, names: list[str], batches: list[Any]) -> QParams:
         """Static activation parameters of each target, from observed ranges."""
-        batches = calibration_batches(module, self.data, self.samples, self.batch_size,
-                                      self.max_length or 128, self.tokenizer,
-                                      f"quantize{{mode=static,observer={self.observer}}}",
-                                      use_labels=False, split="train")
         nodes = linears_of(module, names)
+        if not nodes:
+            return {}
         observers = observe_inputs(module, nodes, batches, self._observer)
         return {n.args[1].name: observers[id(n.args[0])].qparams() for n in nodes}
+
+    @torch.no_grad()
+    def _calibrate_attention(self, module: Module, nodes: list[Node],
+                             batches: list[Any]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Static ``(scale f32[3], zero point u8[3])`` of Q, K, V of each attention node (by
+        ``id``), from the ranges observed on ``batches`` (the module is not changed)."""
+        order = {id(n): i for i, n in enumerate(module.graph)}
+        work = module.clone()
+        copied = list(work.graph)
+        observers: dict[str, RangeObserver] = {}
+        for j, node in enumerate(nodes):
+            for i in range(3):
+                name = f"calibration.attention.{j}.{i}"
+                observers[name] = self._observer()
+                work.graph.set_output(name, copied[order[id(node)]].args[i])
+        run = to_eager(work)
+        for batch in batches:
+            result = run(**(batch.inputs if isinstance(batch, Batch) else batch))
+            for name, observer in observers.items():
+                observer.observe(result[name])
+        out = {}
+        for j, node in enumerate(nodes):
+            pairs = [observers[f"calibration.attention.{j}.{i}"].qparams() for i in range(3)]
+            out[id(node)] = (torch.stack([p[0] for p in pairs]).reshape(3).float(),
+                             torch.stack([p[1] for p in pairs]).reshape(3).to(torch.uint8))
+        return out
 
     def _observer(self) -> RangeObserver:
         return RangeObserver(self.observer, self.averaging, self.percentile)
@@ -336,6 +372,28 @@ def apply_int8(module: Module, names: list[str], bits: int,
     if qparams is not None:
         stats["activation_scales"] = len(inputs)
     return stats
+
+
+def apply_int8_attention(module: Module, nodes: list[Node],
+                         aparams: dict[int, tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+    """Make the matmuls of attention ``nodes`` int8: dynamic, or static with ``aparams`` (the
+    Q, K, V scales and zero points of each node, added as parameters named after the query
+    projection's weight)."""
+    for i, node in enumerate(nodes):
+        if aparams is None:
+            node.set_attr("int8", "dynamic")
+            continue
+        scale, zero_point = aparams[id(node)]
+        producer = node.args[0].producer
+        weight = producer.arg(1) if producer is not None and producer.op == "linear" else None
+        stem = (weight.name.rsplit(".", 2)[0] if isinstance(weight, Parameter)
+                and weight.name.count(".") >= 2 else f"attention.{node.attr('layer', i)}")
+        s = module.add_param(module.unique_param_name(stem + ".int8_scale"), scale)
+        z = module.add_param(module.unique_param_name(stem + ".int8_zero_point"), zero_point)
+        args = list(node.args) + [None] * (6 - len(node.args))
+        args[4], args[5] = s, z
+        node.args = tuple(args)
+        node.set_attr("int8", "static")
 
 
 def analyze_roles(module: Module) -> dict[int, str]:

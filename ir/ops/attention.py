@@ -10,7 +10,9 @@ count, so pruned models with per-layer head counts keep the fused kernel. Non-f3
 and grouped-query attention (``num_kv_heads`` < ``num_heads``: ORT's fused kernels take equal
 head counts), are traced from the eager kernel instead.
 
-``int8="dynamic"`` (set by ``quantize{targets=...,matmuls}``) makes Q·Kᵀ and P·V int8 matmuls:
+``int8="dynamic"|"static"`` (set by ``quantize{targets=...,matmuls}``; static takes two more
+operands, the calibrated ``int8_scale: f32[3]`` and ``int8_zero_point: u8[3]`` of Q, K, V)
+makes Q·Kᵀ and P·V int8 matmuls:
 kernels and ONNX lowering (DynamicQuantizeLinear + MatMulInteger) in
 :mod:`optc.ir.ops.quantized_attention`.
 
@@ -20,9 +22,8 @@ Grouped-query attention: key and value are ``[batch, seq, num_kv_heads*head_dim]
 
 ``rotary`` (also defined here, as it only exists to feed attention): rotary position
 embeddings applied per head to a ``[batch, seq, heads*head_dim]`` projection, with the
-``rotate_half`` convention (Llama, Mistral, Gemma, Phi-3) or, ``interleaved``, GPT-J's
-``rotate_every_two``, from ``cos``/``sin`` tables of shape ``[batch|1, seq, rotary_dim]``.
-It is head-count agnostic, so head pruning only slices the
+``rotate_half`` convention (Llama, Mistral, Gemma, Phi-3), from ``cos``/``sin`` tables of shape
+``[batch|1, seq, rotary_dim]``. It is head-count agnostic, so head pruning only slices the
 projection before it.
 """
 
@@ -65,6 +66,8 @@ def attention(
     key: torch.Tensor,
     value: torch.Tensor,
     mask: torch.Tensor | None = None,
+    int8_scale: torch.Tensor | None = None,
+    int8_zero_point: torch.Tensor | None = None,
     *,
     num_heads: int,
     head_dim: int,
@@ -88,7 +91,8 @@ def attention(
     without renormalizing unless ``renormalize``. Rows with at most ``topk`` keys are soft
     attention, exactly. ``topk_fraction`` instead keeps ceil(fraction * key length).
 
-    ``int8="dynamic"``: Q·Kᵀ and P·V are int8 matmuls (see :mod:`optc.ir.ops.quantized_attention`).
+    ``int8="dynamic"|"static"``: Q·Kᵀ and P·V are int8 matmuls, static with the calibrated Q, K,
+    V ``int8_scale``/``int8_zero_point`` (see :mod:`optc.ir.ops.quantized_attention`).
     """
     batch, q_len = query.shape[0], query.shape[1]
     k_len = key.shape[1]
@@ -97,7 +101,8 @@ def attention(
         grouped = kv != num_heads or kv_heads is not None
         return int8_attention(query, key, value, mask, num_heads=num_heads, head_dim=head_dim,
                               scale=scale, causal=causal,
-                              kv_index=kv_index(num_heads, kv, kv_heads) if grouped else None)
+                              kv_index=kv_index(num_heads, kv, kv_heads) if grouped else None,
+                              scales=int8_scale, zero_points=int8_zero_point)
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, kv, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, kv, head_dim).transpose(1, 2)
@@ -154,6 +159,7 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 
 _SCRIPT = INT8_ATTENTION_SCRIPT + '''
 def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
+                int8_scale: Optional[Tensor], int8_zero_point: Optional[Tensor],
                 num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
                 kind: str, topk: Optional[int], renormalize: bool,
                 topk_fraction: Optional[float], num_kv_heads: Optional[int],
@@ -170,7 +176,7 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
             if kv_heads is not None:
                 kv_index = kv_heads
         return k_int8_attention(query, key, value, mask, num_heads, head_dim, scale, causal,
-                                kv_index)
+                                kv_index, int8_scale, int8_zero_point)
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, k_len, kv, head_dim).transpose(1, 2)
     v = value.view(batch, k_len, kv, head_dim).transpose(1, 2)
@@ -272,7 +278,8 @@ def _check(node: Node) -> list[str]:
         problems.append("attention kind=topk needs an integer attribute topk >= 1 (or "
                         "topk_fraction)")
     problems += check_unit_ids(node, "head_ids", heads, "heads")
-    problems += int8_attention_problems(node, tensor_operand(node, 0).dtype)
+    problems += int8_attention_problems(node, tensor_operand(node, 0).dtype,
+                                        tensor_operand(node, 4), tensor_operand(node, 5))
     return problems
 
 
@@ -464,7 +471,8 @@ def _onnx_rewrite_int8(module: Module, node: Node, cache: dict[str, Any]) -> Non
     int8_attention_custom_op()
     out = node.outputs[0]
     new = module.graph.create_node("optc_onnx.int8_attention.default",
-                                   (node.args[0], node.args[1], node.args[2], bias), attrs,
+                                   (node.args[0], node.args[1], node.args[2], bias, node.arg(4),
+                                    node.arg(5)), attrs,
                                    [out.type], names=out.name + "_int8", after=node)
     result = new.outputs[0]
     if valid is not None:  # rows with no key to attend to give zeros, as in torch
@@ -627,6 +635,8 @@ ATTENTION = register_op(OpDef(
         Operand("key", same_dtype_as="query"),
         Operand("value", same_dtype_as="query"),
         Operand("mask", dtypes="mask", optional=True, same_dtype_as="query"),
+        Operand("int8_scale", optional=True),
+        Operand("int8_zero_point", dtypes="int", optional=True),
     ),
     attrs={
         "num_heads": Attr(int, doc="number of heads"),
@@ -644,7 +654,8 @@ ATTENTION = register_op(OpDef(
         "kv_heads": Attr((list, tuple), None, "the kv head each query head reads (default: "
                                               "groups of num_heads/num_kv_heads)"),
         "int8": Attr(str, None, "dynamic: Q·Kᵀ and P·V are int8 matmuls, Q, K, P, V quantized "
-                                "per tensor at run time (uint8, as DynamicQuantizeLinear)"),
+                                "per tensor at run time (uint8, as DynamicQuantizeLinear); "
+                                "static: Q, K, V with the int8_scale/int8_zero_point operands"),
         "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
                       kernel=False),
         "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "
@@ -660,23 +671,17 @@ ATTENTION = register_op(OpDef(
 
 
 # -- rotary position embeddings -----------------------------------------------------------------
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int,
-           interleaved: bool = False) -> torch.Tensor:
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int) -> torch.Tensor:
     """Rotary embeddings on every head of ``x`` [batch, seq, heads*head_dim]: the first
     ``rotary_dim`` (cos/sin's last dim) features of each head become ``x*cos + rotate_half(x)*sin``
-    (``rotate_half(a, b) = (-b, a)``); the rest pass through. ``interleaved``: GPT-J's
-    ``rotate_every_two``, pairs of neighbouring features (``(x0, x1) -> (-x1, x0)``), with
-    tables that repeat each frequency twice in a row."""
+    (``rotate_half(a, b) = (-b, a)``); the rest pass through."""
     batch, seq = x.shape[0], x.shape[1]
     h = x.reshape(batch, seq, -1, head_dim)
     rot_dim = cos.shape[-1]
     c, s = cos.unsqueeze(2), sin.unsqueeze(2)
     r, rest = h[..., :rot_dim], h[..., rot_dim:]
     half = rot_dim // 2
-    if interleaved:
-        turned = torch.stack((-r[..., 1::2], r[..., 0::2]), dim=-1).flatten(-2)
-    else:
-        turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+    turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
     out = r * c + turned * s
     if rot_dim < head_dim:
         out = torch.cat((out, rest), dim=-1)
@@ -684,7 +689,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: i
 
 
 _ROTARY_SCRIPT = '''
-def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int, interleaved: bool) -> Tensor:
+def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int) -> Tensor:
     batch = x.size(0)
     seq = x.size(1)
     h = x.reshape(batch, seq, -1, head_dim)
@@ -693,10 +698,7 @@ def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int, interleaved: bo
     s = sin.unsqueeze(2)
     r = h[..., :rot_dim]
     half = rot_dim // 2
-    if interleaved:
-        turned = torch.stack((-r[..., 1::2], r[..., 0::2]), dim=-1).flatten(-2)
-    else:
-        turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+    turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
     out = r * c + turned * s
     if rot_dim < head_dim:
         out = torch.cat((out, h[..., rot_dim:]), dim=-1)
@@ -731,9 +733,7 @@ ROTARY = register_op(OpDef(
     name="rotary",
     doc="rotary position embeddings (rotate_half) on each head of [batch, seq, heads*head_dim]",
     operands=(Operand("x"), Operand("cos", same_dtype_as="x"), Operand("sin", same_dtype_as="x")),
-    attrs={"head_dim": Attr(int, doc="size of each head"),
-           "interleaved": Attr(bool, default=False,
-                               doc="rotate neighbouring feature pairs (GPT-J), not halves")},
+    attrs={"head_dim": Attr(int, doc="size of each head")},
     infer=_rotary_infer,
     check=_rotary_check,
     kernel=rotary,

@@ -19,6 +19,7 @@ from optc.passes import PassManager, parse_pipeline
 from optc.tests.conftest import assert_refused_unchanged, padded_inputs, token_inputs
 from optc.tests.frontends.hf_cases import captured
 from optc.tests.frontends.llm_cases import llm_captured, llm_inputs
+from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
 
 ONNX_TOL = 1e-3
 """int8 attention, ONNX vs eager: the same integers; ORT's softmax/GELU round differently by
@@ -119,8 +120,11 @@ def test_matmuls_target_sets_the_attribute_which_prints_parses_and_verifies() ->
 def test_verifier_rejects_int8_where_it_makes_no_sense() -> None:
     module = captured("bert")[1].clone()
     node = _attention_nodes(module)[0]
-    node.set_attr("int8", "static")
+    node.set_attr("int8", "int4")
     with pytest.raises(VerificationError, match="is not a mode"):
+        optc.verify(module)
+    node.set_attr("int8", "static")
+    with pytest.raises(VerificationError, match=r"needs operands int8_scale: f32\[3\]"):
         optc.verify(module)
     node.set_attr("int8", "dynamic")
     node.set_attr("kind", "topk")
@@ -145,8 +149,8 @@ def test_refusals_and_bad_options() -> None:
     assert_refused_unchanged(hard, "quantize{targets=attention,matmuls}", "is hard attention")
     assert not any(p.data.dtype == torch.int8 for p in hard.params.values())
     with pytest.raises(PipelineSpecError, match=r"add a second quantize\{targets=matmuls\}"):
-        parse_pipeline("quantize{mode=static,targets=attention,matmuls}")
-    with pytest.raises(PipelineSpecError, match="no max_drop"):
+        parse_pipeline("quantize{mode=qat,targets=attention,matmuls}")
+    with pytest.raises(PipelineSpecError, match="without max_drop"):
         parse_pipeline("quantize{max_drop=1,targets=matmuls}")
     with pytest.raises(PipelineSpecError, match="choose from .*matmuls"):
         parse_pipeline("quantize{targets=matmul}")
@@ -227,3 +231,76 @@ def test_composition_with_pruning_lowers_to_all_backends(spec) -> None:
     report = check_backends(module, token_inputs(model, 3, 7))
     assert max(report.diffs["torchscript"].values()) <= 1e-5
     assert max(report.diffs["onnx"].values()) <= ONNX_TOL
+
+
+# -- static -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """(model, fp32 module, static int8 module with int8 attention matmuls, inputs)."""
+    root = tmp_path_factory.mktemp("qattn")
+    write_tokenizer(root / "tok")
+    write_task(root / "task")
+    model, base = tiny_bert(layers=2)
+    base.meta["source"]["tokenizer"] = str(root / "tok")
+    module = base.clone()
+    record = PassManager(f"quantize{{mode=static,data={root / 'task'},targets=attention,ffn,"
+                         "matmuls}").run(module).records[0]
+    assert record.stats["attention_matmuls"] == 2 and record.stats["linears"] > 0
+    return model, base, module, token_inputs(model, 3, 9)
+
+
+def test_static_matmuls_are_calibrated_parameters_in_the_ir(calibrated) -> None:
+    _, base, module, inputs = calibrated
+    nodes = _attention_nodes(module)
+    assert [n.attr("int8") for n in nodes] == ["static", "static"]
+    scale, zp = nodes[0].args[4], nodes[0].args[5]
+    assert scale.is_param and scale.name.endswith(".int8_scale") and scale.data.shape == (3,)
+    assert zp.data.dtype == torch.uint8 and zp.data.shape == (3,)
+    assert (scale.data > 0).all() and (scale.data < 1).all()
+    text = print_module(module)
+    assert text.count('int8="static"') == 2
+    assert print_module(parse_module(text, {k: p.data for k, p in module.params.items()})) == text
+    assert not collect_problems(module)
+    ref = run_backend(base, "eager", inputs)["last_hidden_state"]
+    assert _cosine(run_backend(module, "eager", inputs)["last_hidden_state"], ref) > 0.99
+    # the verifier: wrong operand types, and static operands on a dynamic node
+    broken = module.clone()
+    node = _attention_nodes(broken)[0]
+    node.set_attr("int8", "dynamic")
+    with pytest.raises(VerificationError, match='set int8="static" or drop them'):
+        optc.verify(broken)
+    node.set_attr("int8", "static")
+    node.args[4].data = node.args[4].data[:2]
+    with pytest.raises(VerificationError, match=r"int8_scale: f32\[3\] .*, got f32\[2\]"):
+        optc.verify(broken)
+
+
+def test_static_kernel_uses_the_calibrated_ranges_and_backends_agree(calibrated, tmp_path) -> None:
+    from optc.ir.ops.quantized_attention import P_SCALE
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 5, 8) for _ in range(3))
+    scales, zps = torch.tensor([0.02, 0.03, 0.04]), torch.tensor([128, 100, 140], dtype=torch.uint8)
+    got = int8_attention(q, k, v, None, num_heads=2, head_dim=4, scale=None, causal=False,
+                         kv_index=None, scales=scales, zero_points=zps)
+
+    def deq(x, s, z):
+        return (torch.round(x / s) + z).clamp(0, 255).double() - z
+
+    split = lambda t: t.view(2, 5, 2, 4).transpose(1, 2)  # noqa: E731
+    scores = (split(deq(q, scales[0], 128)) @ split(deq(k, scales[1], 100)).transpose(-1, -2))
+    probs = torch.softmax((scores * float(scales[0] * scales[1] * 0.5)).float(), -1)
+    p = torch.round(probs / torch.tensor(P_SCALE)).clamp(0, 255).double()
+    out = (p @ split(deq(v, scales[2], 140))) * float(torch.tensor(P_SCALE) * scales[2])
+    assert torch.allclose(got.double(), out.transpose(1, 2).reshape(2, 5, 8), atol=1e-5)
+    _, _, module, inputs = calibrated
+    report = check_backends(module, inputs)
+    assert max(report.diffs["torchscript"].values()) <= 1e-5
+    assert max(report.diffs["onnx"].values()) <= ONNX_TOL
+    import onnx
+
+    from optc.backends.onnx import export_onnx
+
+    ops = [n.op_type for n in onnx.load(str(export_onnx(module, tmp_path / "s.onnx"))).graph.node]
+    assert ops.count("MatMulInteger") == 4 and "DynamicQuantizeLinear" not in ops
+    assert ops.count("QuantizeLinear") >= 8  # Q, K, V, P of each layer (+ the linears' QDQ)
