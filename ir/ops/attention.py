@@ -22,8 +22,9 @@ Grouped-query attention: key and value are ``[batch, seq, num_kv_heads*head_dim]
 
 ``rotary`` (also defined here, as it only exists to feed attention): rotary position
 embeddings applied per head to a ``[batch, seq, heads*head_dim]`` projection, with the
-``rotate_half`` convention (Llama, Mistral, Gemma, Phi-3), from ``cos``/``sin`` tables of shape
-``[batch|1, seq, rotary_dim]``. It is head-count agnostic, so head pruning only slices the
+``rotate_half`` convention (Llama, Mistral, Gemma, Phi-3) or, ``interleaved``, GPT-J's
+``rotate_every_two``, from ``cos``/``sin`` tables of shape ``[batch|1, seq, rotary_dim]``.
+It is head-count agnostic, so head pruning only slices the
 projection before it.
 """
 
@@ -671,17 +672,23 @@ ATTENTION = register_op(OpDef(
 
 
 # -- rotary position embeddings -----------------------------------------------------------------
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int) -> torch.Tensor:
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int,
+           interleaved: bool = False) -> torch.Tensor:
     """Rotary embeddings on every head of ``x`` [batch, seq, heads*head_dim]: the first
     ``rotary_dim`` (cos/sin's last dim) features of each head become ``x*cos + rotate_half(x)*sin``
-    (``rotate_half(a, b) = (-b, a)``); the rest pass through."""
+    (``rotate_half(a, b) = (-b, a)``); the rest pass through. ``interleaved``: GPT-J's
+    ``rotate_every_two``, pairs of neighbouring features (``(x0, x1) -> (-x1, x0)``), with
+    tables that repeat each frequency twice in a row."""
     batch, seq = x.shape[0], x.shape[1]
     h = x.reshape(batch, seq, -1, head_dim)
     rot_dim = cos.shape[-1]
     c, s = cos.unsqueeze(2), sin.unsqueeze(2)
     r, rest = h[..., :rot_dim], h[..., rot_dim:]
     half = rot_dim // 2
-    turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+    if interleaved:
+        turned = torch.stack((-r[..., 1::2], r[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
     out = r * c + turned * s
     if rot_dim < head_dim:
         out = torch.cat((out, rest), dim=-1)
@@ -689,7 +696,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: i
 
 
 _ROTARY_SCRIPT = '''
-def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int) -> Tensor:
+def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int, interleaved: bool) -> Tensor:
     batch = x.size(0)
     seq = x.size(1)
     h = x.reshape(batch, seq, -1, head_dim)
@@ -698,7 +705,10 @@ def k_rotary(x: Tensor, cos: Tensor, sin: Tensor, head_dim: int) -> Tensor:
     s = sin.unsqueeze(2)
     r = h[..., :rot_dim]
     half = rot_dim // 2
-    turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+    if interleaved:
+        turned = torch.stack((-r[..., 1::2], r[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
     out = r * c + turned * s
     if rot_dim < head_dim:
         out = torch.cat((out, h[..., rot_dim:]), dim=-1)
@@ -733,7 +743,9 @@ ROTARY = register_op(OpDef(
     name="rotary",
     doc="rotary position embeddings (rotate_half) on each head of [batch, seq, heads*head_dim]",
     operands=(Operand("x"), Operand("cos", same_dtype_as="x"), Operand("sin", same_dtype_as="x")),
-    attrs={"head_dim": Attr(int, doc="size of each head")},
+    attrs={"head_dim": Attr(int, doc="size of each head"),
+           "interleaved": Attr(bool, default=False,
+                               doc="rotate neighbouring feature pairs (GPT-J), not halves")},
     infer=_rotary_infer,
     check=_rotary_check,
     kernel=rotary,
