@@ -173,20 +173,28 @@ def _movement_chain(value: Value) -> tuple[list[Node], Value]:
     return chain, value
 
 
-def _fused_linear(node: Node) -> tuple[Value, Parameter, Parameter | None] | None:
-    """``(x, W[out, in], bias)`` of ``aten.linear(x, W, b)`` or ``matmul(x, t(W))``."""
+def _fused_linear(node: Node) -> tuple[Value, Parameter, Parameter | None, Value] | None:
+    """``(x, W[out, in], bias, result)`` of ``aten.linear(x, W, b)`` or ``matmul(x, t(W))``
+    (plus ``b`` when its only use adds a bias vector: Falcon's ``input @ W.T + b``)."""
     if node.op == "aten.linear.default":
         weight, bias = node.args[1], node.arg(2)
         if isinstance(weight, Parameter) and (bias is None or isinstance(bias, Parameter)):
-            return node.args[0], weight, bias
+            return node.args[0], weight, bias, node.outputs[0]
         return None
     t = _producer(node.arg(1), "aten.t.default", "aten.numpy_T.default", "aten.transpose.int")
     weight = t.args[0] if t is not None else None
-    if node.op == "aten.matmul.default" and isinstance(weight, Parameter) and \
-            weight.data.dim() == 2 and (t.op != "aten.transpose.int" or
-                                        sorted(d % 2 for d in t.args[1:3]) == [0, 1]):
-        return node.args[0], weight, None
-    return None
+    if node.op != "aten.matmul.default" or not isinstance(weight, Parameter) or \
+            weight.data.dim() != 2 or (t.op == "aten.transpose.int" and
+                                       sorted(d % 2 for d in t.args[1:3]) != [0, 1]):
+        return None
+    out, users = node.outputs[0], node.outputs[0].users()
+    add = users[0] if len(users) == 1 and _plain_add(users[0]) and \
+        users[0].op == "aten.add.Tensor" else None
+    bias = None if add is None else next((a for a in add.args[:2] if a is not out), None)
+    if isinstance(bias, Parameter) and tuple(bias.data.shape) == (weight.data.shape[0],) and \
+            not node.graph.is_output(out):
+        return node.args[0], weight, bias, add.outputs[0]
+    return node.args[0], weight, None, out
 
 
 _Part = tuple[Node, int, list[Node], Value]
@@ -293,8 +301,7 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
     found = _fused_linear(node)
     if found is None:
         return ""
-    x, weight, bias = found
-    y = node.outputs[0]
+    x, weight, bias, y = found
     if not isinstance(y.type, TensorType) or y.tensor_type.rank != 3 or module.graph.is_output(y):
         return ""
     prefix, start = _movement_chain(y)

@@ -244,3 +244,41 @@ def test_causal_lm_keeps_logits_and_prunes() -> None:
     PassManager("drop-layers{layers=0}").run(module)
     assert_outputs_equal(run_backend(module, "eager", inputs),
                          hf_outputs(hf_without_layers(model, [0]), inputs, ["logits"]))
+
+
+@pytest.mark.parametrize(("overrides", "kv", "parallel"), [
+    ({"bias": True}, 1, True),  # input @ W.T + b: the bias rows are gathered with the weight's
+    ({"multi_query": False}, 4, True),  # [B, S, heads, 3, D] viewed, parts selected
+    ({"parallel_attn": False}, 1, False),  # sequential: x + attn(ln(x)), then + mlp(ln2(.))
+])
+def test_falcon_variants_raise_and_prune_exactly(overrides: dict, kv: int, parallel: bool) -> None:
+    model = parallel_model("falcon", **overrides)
+    module = optc.capture(model)
+    layers = analyze(module).layers
+    assert [(x.attention.num_kv_heads, x.parallel) for x in layers] == [(kv, parallel)] * 2
+    inputs = llm_inputs(model)
+    assert_outputs_equal(run_backend(module, "eager", inputs),
+                         hf_outputs(model, inputs, module.graph.outputs))
+    pruned = module.clone()
+    zero(pruned, analyze(pruned).layers[0].attention.head_slices(2))
+    zero(pruned, analyze(pruned).layers[1].ffn.neuron_slices(9))
+    expected = run_backend(pruned, "eager", inputs)
+    PassManager("prune-heads{heads=0:2},prune-neurons{neurons=1:9},dce").run(pruned)
+    assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
+    PassManager("drop-layers{layers=0}").run(module)
+    assert_outputs_equal(run_backend(module, "eager", inputs),
+                         hf_outputs(hf_without_layers(model, [0]), inputs, module.graph.outputs))
+
+
+def test_falcon_new_decoder_architecture_is_refused_with_a_reason() -> None:
+    """Falcon-40B style (grouped kv heads broadcast to every query head before the rotary
+    embedding) is not raised yet: the reason is reported and structural passes refuse."""
+    from optc.tests.conftest import assert_refused_unchanged
+
+    model = parallel_model("falcon", num_kv_heads=2, new_decoder_architecture=True)
+    module = optc.capture(model)
+    assert all(x.attention is None for x in analyze(module).layers)
+    assert_refused_unchanged(module, "drop-layers{layers=0}", "were not raised")
+    inputs = llm_inputs(model)
+    assert_outputs_equal(run_backend(module, "eager", inputs),
+                         hf_outputs(model, inputs, module.graph.outputs))
