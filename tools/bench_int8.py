@@ -19,7 +19,7 @@ or the captured ``--model``. With ``--artifact`` only this table is printed.
 
 ``--attention``: only the comparison of ``quantize`` (int8 linears) with
 ``quantize{targets=attention,ffn,matmuls}`` (also the attention's Q·Kᵀ and P·V in int8): with
-``--task``, the dev metric and argmax agreement with fp32 of each (fp32: ``--artifact`` or the
+``--task``, the dev metric and argmax agreement with fp32 of each (and of both in static mode) (fp32: ``--artifact`` or the
 captured ``--model``); then latency of optc's ONNX export (fp32, int8, int8 + matmuls) and of
 the eager modules, interleaved.
 
@@ -246,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             fp32 = optc.capture(model, source=source)
         torch.set_num_threads(args.threads[0])
         if args.task is not None:
+            static = static_spec(calibration, args.samples)
             task_table(fp32, args.task, args.data, calibration, args.samples, args.sentences,
                        None, {"int8 linears": PIPELINE,
-                              "int8 linears + attention matmuls": ATTENTION_PIPELINE})
+                              "int8 linears + attention matmuls": ATTENTION_PIPELINE,
+                              "static int8 linears": static,
+                              "static int8 linears + matmuls": static[:-1] + ","
+                              "targets=attention,ffn,matmuls}"})
         if not args.skip_latency:
             attention_latency(fp32, args)
         return 0
