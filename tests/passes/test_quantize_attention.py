@@ -304,3 +304,21 @@ def test_static_kernel_uses_the_calibrated_ranges_and_backends_agree(calibrated,
     ops = [n.op_type for n in onnx.load(str(export_onnx(module, tmp_path / "s.onnx"))).graph.node]
     assert ops.count("MatMulInteger") == 4 and "DynamicQuantizeLinear" not in ops
     assert ops.count("QuantizeLinear") >= 8  # Q, K, V, P of each layer (+ the linears' QDQ)
+
+
+def test_static_matmuls_survive_an_artifact_and_head_pruning(calibrated, tmp_path) -> None:
+    from optc.artifacts import load_module
+
+    model, _, module, inputs = calibrated
+    loaded = load_module(optc.save(module, tmp_path / "art"))
+    assert print_module(loaded) == print_module(module)
+    assert torch.equal(run_backend(loaded, "eager", inputs)["last_hidden_state"],
+                       run_backend(module, "eager", inputs)["last_hidden_state"])
+    pruned = module.clone()
+    PassManager("prune-heads{amount=0.5},dce").run(pruned)
+    nodes = _attention_nodes(pruned)
+    assert [n.attr("num_heads") for n in nodes] == [2, 2]
+    assert all(n.attr("int8") == "static" and n.args[4].data.shape == (3,) for n in nodes)
+    report = check_backends(pruned, inputs)
+    assert max(report.diffs["torchscript"].values()) <= 1e-5
+    assert max(report.diffs["onnx"].values()) <= ONNX_TOL
