@@ -20,6 +20,9 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
   Wqkv) -> one linear per part.
 - DeBERTa's disentangled attention (heads flattened into the batch, c2p/p2c position terms)
   -> ``attention`` with a ``disentangled_bias`` mask (in :mod:`optc.frontends.raising_deberta`).
+- before all of them, fused per-head q/k/v projections (GPT-NeoX, Falcon) -> one linear per
+  part, and GPT-J's interleaved rotary; after all of them, each parallel attention+FFN layer's
+  sum ``(attn + ffn) + x`` -> ``(x + attn) + ffn`` (in :mod:`optc.frontends.raising_parallel`).
 
 Before them, casts to the type a tensor already has and zero-width concatenation operands are
 removed. Then one-node rules: ``scaled_dot_product_attention`` -> ``attention``,
