@@ -282,3 +282,23 @@ def test_falcon_new_decoder_architecture_is_refused_with_a_reason() -> None:
     inputs = llm_inputs(model)
     assert_outputs_equal(run_backend(module, "eager", inputs),
                          hf_outputs(model, inputs, module.graph.outputs))
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+def test_pruned_parallel_decoder_generates_with_the_kv_cache(family: str, tmp_path) -> None:
+    """A pruned parallel causal LM generates the same tokens with the kv-cache (eager; ONNX
+    Runtime for GPT-NeoX) as its pruned IR re-run on the whole sequence at every step."""
+    from optc.backends.eager import to_eager
+    from optc.backends.generate import greedy_generate
+    from optc.backends.onnx import OnnxModule, export_onnx
+
+    module = optc.capture(parallel_model(family, causal_lm=True))
+    PassManager("prune-heads{heads=0:1,1:2},prune-neurons{neurons=0:3,1:60},dce").run(module)
+    ids = torch.randint(3, 120, (2, 5), generator=torch.Generator().manual_seed(3))
+    reference = greedy_generate(to_eager(module), ids, 12)
+    cached = module.clone()
+    PassManager("kv-cache").run(cached)
+    assert torch.equal(greedy_generate(to_eager(cached), ids, 12), reference)
+    if family == "gpt_neox":
+        onnx = OnnxModule(export_onnx(cached, tmp_path / "neox.onnx"))
+        assert torch.equal(greedy_generate(onnx, ids, 12), reference)
