@@ -84,6 +84,13 @@ class HardAttention(Pass):
                 return f"layer {i} (id {structure.layers[i].id}) has no attention block"
         if not self.layers and all(layer.attention is None for layer in structure.layers):
             return "the module has no attention block left"
+        chosen = positions if self.layers else range(len(structure.layers))
+        for i in chosen:
+            block = structure.layers[i].attention
+            if block is not None and block.node.attr("int8") is not None:
+                return (f"layer {i} (id {structure.layers[i].id}) has int8 attention matmuls "
+                        "(quantize targets=matmuls), whose kernels have no top-k: run "
+                        "hard-attention before quantize")
         return None
 
     def run(self, module: Module) -> PassResult:

@@ -148,6 +148,10 @@ def test_refusals_and_bad_options() -> None:
     PassManager("hard-attention{k=2}").run(hard)
     assert_refused_unchanged(hard, "quantize{targets=attention,matmuls}", "is hard attention")
     assert not any(p.data.dtype == torch.int8 for p in hard.params.values())
+    # ... and the other order: hard attention after int8 matmuls refuses, naming the fix
+    int8 = captured("bert")[1].clone()
+    PassManager("quantize{targets=matmuls}").run(int8)
+    assert_refused_unchanged(int8, "hard-attention{k=2}", "run hard-attention before quantize")
     with pytest.raises(PipelineSpecError, match=r"add a second quantize\{targets=matmuls\}"):
         parse_pipeline("quantize{mode=qat,targets=attention,matmuls}")
     with pytest.raises(PipelineSpecError, match="without max_drop"):
