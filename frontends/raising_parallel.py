@@ -124,9 +124,56 @@ def _parallel_terms(root: Node) -> tuple[Value, Value, Value] | None:
     return None
 
 
+def _repeated_heads(value: Any) -> tuple[Node, int, int] | None:
+    """``(linear, kv, repeat)`` when ``value`` is a linear's ``[B, S, kv*D]`` output with each
+    head repeated ``repeat`` times in a row (what :func:`_repeat_heads` builds)."""
+    flat = _producer(value, "aten.flatten.using_ints")
+    expand = _producer(flat.args[0], "aten.expand.default") if flat is not None else None
+    unsq = _producer(expand.args[0], "aten.unsqueeze.default") if expand is not None else None
+    unflat = _producer(unsq.args[0], "aten.unflatten.int") if unsq is not None else None
+    lin = _producer(unflat.args[0], "linear") if unflat is not None else None
+    if lin is None or flat.arg(1) != -3 or flat.arg(2) != -1 or unsq.arg(1) != -2 or unflat.arg(1) != -1:
+        return None
+    shape = expand.outputs[0].tensor_type.shape
+    return lin, int(shape[-3]), int(shape[-2])
+
+
+def _fold_repeated_kv(module: Module) -> None:
+    """An attention whose key and value repeat each of their ``kv`` heads for a group of query
+    heads (before the rotary embedding, as Falcon-40B does) reads the ``kv`` heads directly,
+    with ``num_kv_heads=kv``: grouped-query attention, exact (rotary is per head). The repeats
+    are left for DCE."""
+    for node in list(module.graph):
+        if node.op != "attention" or node.attr("num_kv_heads") is not None:
+            continue
+        found = []
+        for operand in node.args[1:3]:
+            rot = _producer(operand, "rotary")
+            rep = _repeated_heads(rot.args[0] if rot is not None else operand)
+            if rep is None:
+                break
+            found.append((rot, rep))
+        if len(found) != 2 or found[0][1][1:] != found[1][1][1:]:
+            continue
+        kv, repeat = found[0][1][1:]
+        if kv * repeat != node.attr("num_heads") or found[1][0] is not None:
+            continue
+        (rot, (lin_k, _, _)), (_, (lin_v, _, _)) = found
+        key = lin_k.outputs[0]
+        if rot is not None:
+            new = module.graph.create_node("rotary", (key, *rot.args[1:]), dict(rot.kwargs),
+                                           [key.type], names="rotary", after=rot)
+            new.loc, key = rot.loc, new.outputs[0]
+        node.args = (node.args[0], key, lin_v.outputs[0], *node.args[3:])
+        node.set_attr("num_kv_heads", kv)
+
+
 def reassociate_parallel_sums(module: Module) -> int:
     """Rewrite every parallel layer's ``(attn + ffn) + x`` as ``(x + attn) + ffn`` (see the
-    module docstring); returns how many layers were rewritten. Running it twice is a no-op."""
+    module docstring); returns how many layers were rewritten. Running it twice is a no-op.
+    First, attention reading kv heads repeated by a fused split reads them as grouped-query
+    attention (:func:`_fold_repeated_kv`)."""
+    _fold_repeated_kv(module)
     count = 0
     for node in list(module.graph):
         if node.graph is None:
@@ -202,6 +249,10 @@ _Part = tuple[Node, int, list[Node], Value]
 up to the part's head-split value, and that value."""
 
 
+_PART_CHAIN = MOVEMENT_OPS | _PART_OPS | {"aten.expand.default", "aten.broadcast_to.default"}
+"""Ops between a part op and the part's head-split value (Falcon-40B broadcasts its kv heads)."""
+
+
 def _parts(start: Value) -> list[_Part] | None:
     """The parts the fused view ``start`` is split into; each ends at the first rank-4 value
     (``[B, H, S, D]`` or ``[B, S, H, D]``) after the part op."""
@@ -212,13 +263,13 @@ def _parts(start: Value) -> list[_Part] | None:
         for i, out in enumerate(user.outputs):
             if not out.users():
                 continue
-            chain, _ = _movement_chain(out)
             rest, value = [], out
-            for n in chain:
-                if value.tensor_type.rank == 4:
-                    break
-                rest.append(n)
-                value = n.outputs[0]
+            while value.tensor_type.rank != 4 and len(rest) < _MAX_CHAIN:
+                users = value.users()
+                if len(users) != 1 or users[0].op not in _PART_CHAIN or users[0].args[0] is not value:
+                    return None
+                rest.append(users[0])
+                value = users[0].outputs[0]
             if value.tensor_type.rank != 4:
                 return None
             parts.append((user, i, rest, value))
@@ -251,8 +302,15 @@ def _eval_part(prefix: list[Node], y: Value, part: _Part, x: torch.Tensor,
         got = resolve(user.op)(*map_values(user.args, lookup), **map_values(user.kwargs, lookup))
     except (LookupError, RuntimeError, TypeError, IndexError):
         return None
-    got = got[i] if len(user.outputs) > 1 else got
-    return eval_chain(rest, user.outputs[i], got, env) if rest else got
+    values = {id(user.outputs[i]): got[i] if len(user.outputs) > 1 else got}
+    lookup = _lookup(values, env)
+    for node in rest:
+        try:
+            values[id(node.outputs[0])] = resolve(node.op)(*map_values(node.args, lookup),
+                                                          **map_values(node.kwargs, lookup))
+        except (LookupError, RuntimeError, TypeError, IndexError):
+            return None
+    return values[id(part[3])]
 
 
 def _gather_columns(prefix: list[Node], y: Value, part: _Part,
@@ -280,6 +338,38 @@ def _gather_columns(prefix: list[Node], y: Value, part: _Part,
             return None
         found = match
     return found
+
+
+def _head_groups(cols: list[int], value: Value, heads_first: bool) -> tuple[list[int], int]:
+    """``(columns, repeat)``: a part whose heads repeat each of its distinct heads ``repeat``
+    times in a row (Falcon-40B broadcasts every kv head to its query heads) reads only the
+    distinct heads' columns."""
+    t = value.tensor_type
+    heads, dim = (t.shape[1] if heads_first else t.shape[2]), t.shape[3]
+    blocks = [tuple(cols[h * dim:(h + 1) * dim]) for h in range(heads)]
+    distinct = list(dict.fromkeys(blocks))
+    repeat = heads // len(distinct)
+    if len(distinct) < heads and heads % len(distinct) == 0 and \
+            all(blocks[h] == distinct[h // repeat] for h in range(heads)):
+        return [c for block in distinct for c in block], repeat
+    return cols, 1
+
+
+def _repeat_heads(module: Module, lin: Node, kv: int, repeat: int, dim: int) -> Node:
+    """``[B, S, kv*D]`` -> ``[B, S, kv*repeat*D]`` with each head repeated ``repeat`` times in a
+    row (raise_grouped_kv folds it into the attention's ``num_kv_heads`` later)."""
+    t = lin.outputs[0].tensor_type
+    lead = t.shape[:-1]
+    shapes = [lead + (kv, dim), lead + (kv, 1, dim), lead + (kv, repeat, dim), lead + (kv * repeat * dim,)]
+    steps = [("aten.unflatten.int", (-1, [kv, dim])), ("aten.unsqueeze.default", (-2,)),
+             ("aten.expand.default", ([-1] * len(lead) + [-1, repeat, -1],)),
+             ("aten.flatten.using_ints", (-3, -1))]
+    anchor = lin
+    for (op, args), shape in zip(steps, shapes, strict=True):
+        anchor = module.graph.create_node(op, (anchor.outputs[0], *args), {},
+                                          [TensorType(t.dtype, shape)], names="kv_repeat", after=anchor)
+        anchor.loc = lin.loc
+    return anchor
 
 
 def _numpy_t_as_t(module: Module, node: Node) -> None:
@@ -318,11 +408,13 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
             return (f"part %{value.name} of the fused projection {node!r} is not a per-head "
                     "gather of its output features")
         gathers.append(g)
-    if sorted(c for cols, _ in gathers for c in cols) != list(range(weight.data.shape[0])):
+    groups = [_head_groups(cols, part[3], heads_first)
+              for part, (cols, heads_first) in zip(parts, gathers, strict=True)]
+    if sorted(c for cols, _ in groups for c in cols) != list(range(weight.data.shape[0])):
         return f"the parts of the fused projection {node!r} do not partition its output features"
     yt = y.tensor_type
     anchor = node
-    for i, (part, (cols, heads_first)) in enumerate(zip(parts, gathers, strict=True)):
+    for i, (part, (_, heads_first), (cols, repeat)) in enumerate(zip(parts, gathers, groups, strict=True)):
         value = part[3]
         index = torch.tensor(cols)
         w = module.add_param(module.unique_param_name(f"{weight.name}.part{i}"),
@@ -334,9 +426,12 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
         lin = module.graph.create_node("aten.linear.default", (x, w, b), {},
                                        [TensorType(yt.dtype, yt.shape[:-1] + (len(cols),))],
                                        names="linear", after=anchor)
+        lin.loc, anchor = node.loc, lin
+        if repeat > 1:  # kv heads repeated for their query heads: [B, S, kv*D] -> [B, S, H*D]
+            anchor = _repeat_heads(module, lin, heads // repeat, repeat, dim)
         split = module.graph.create_node(
-            "aten.unflatten.int", (lin.outputs[0], -1, [heads, dim]), {},
-            [TensorType(yt.dtype, yt.shape[:-1] + (heads, dim))], names="heads", after=lin)
+            "aten.unflatten.int", (anchor.outputs[0], -1, [heads, dim]), {},
+            [TensorType(yt.dtype, yt.shape[:-1] + (heads, dim))], names="heads", after=anchor)
         anchor = split
         if heads_first:
             anchor = module.graph.create_node("aten.transpose.int", (split.outputs[0], 1, 2), {},

@@ -63,6 +63,10 @@ def _configs() -> dict[str, Callable[[], Any]]:
         "Falcon": lambda: tf.FalconConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
                                           num_attention_heads=4, ffn_hidden_size=64,
                                           max_position_embeddings=64, use_cache=False),
+        "Falcon-40B": lambda: tf.FalconConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, num_kv_heads=2,
+                                              new_decoder_architecture=True, ffn_hidden_size=64,
+                                              max_position_embeddings=64, use_cache=False),
         "GPT-J": lambda: tf.GPTJConfig(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_inner=64,
                                        rotary_dim=4, n_positions=64, bos_token_id=1, eos_token_id=2,
                                        use_cache=False),
@@ -75,7 +79,7 @@ def _configs() -> dict[str, Callable[[], Any]]:
 
 FAMILIES = ("BERT", "RoBERTa", "DistilBERT", "ELECTRA", "GPT-2", "Llama", "Mistral", "Phi-3",
             "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3",
-            "Phi", "GPT-NeoX", "Falcon", "GPT-J")
+            "Phi", "GPT-NeoX", "Falcon", "Falcon-40B", "GPT-J")
 """Rows of the table, in order."""
 
 COLUMNS = ("capture", "raised", "prune-heads", "prune-neurons", "drop-layers", "eager",

@@ -87,13 +87,14 @@ def bart_captured() -> tuple[torch.nn.Module, Module]:
     return model, optc.capture(model)
 
 
-PARALLEL_FAMILIES = ("phi", "gpt_neox", "falcon", "gptj")
+PARALLEL_FAMILIES = ("phi", "gpt_neox", "falcon", "falcon_40b", "gptj")
 """Decoders whose layers add attention and FFN in parallel: ``x + attn(ln(x)) + ffn(ln(x))``."""
 
 PARALLEL_SHAPES = {
     "phi": (4, 4, 8),
     "gpt_neox": (4, 4, 8),
     "falcon": (4, 1, 8),
+    "falcon_40b": (4, 2, 8),
     "gptj": (4, 4, 8),
 }
 """(query heads, kv heads, head_dim) of each parallel family's tiny config."""
@@ -105,7 +106,8 @@ def parallel_config(family: str, **overrides) -> object:
     branches (PhiForCausalLM, Phi-1/2); GPT-NeoX: fused query_key_value grouped per head,
     rotary on half of each head, one LayerNorm per branch (``use_parallel_residual``); Falcon
     (7B style): fused qkv with one shared key/value head (multi-query), no biases, one shared
-    LayerNorm; GPT-J: separate q/k/v without biases, interleaved ("rotate every two") rotary on
+    LayerNorm; Falcon-40B (``new_decoder_architecture``): fused qkv grouped per kv head
+    ([q heads of the group, k, v] for each of 2 kv heads), one LayerNorm per branch; GPT-J: separate q/k/v without biases, interleaved ("rotate every two") rotary on
     the first 4 features of each head, one shared LayerNorm."""
     import transformers as tf
 
@@ -119,6 +121,9 @@ def parallel_config(family: str, **overrides) -> object:
         return tf.FalconConfig(**{"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2,
                                   "num_attention_heads": 4, "ffn_hidden_size": 64,
                                   "max_position_embeddings": 64, "use_cache": False, **overrides})
+    if family == "falcon_40b":
+        return parallel_config("falcon", **{"new_decoder_architecture": True, "num_kv_heads": 2,
+                                            **overrides})
     if family == "gptj":
         return tf.GPTJConfig(**{"vocab_size": 120, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                 "n_inner": 64, "rotary_dim": 4, "n_positions": 64,

@@ -78,7 +78,7 @@ def test_every_parallel_layer_is_raised(family: str) -> None:
         assert att.norms[0].args[0] is att.stream_in and ffn.norms[0].args[0] is att.stream_in
         assert layer.stream_out is ffn.residual.outputs[0]
         shared = att.norms[0] is ffn.norms[0]
-        assert shared == (family != "gpt_neox")  # GPT-NeoX: one LayerNorm per branch
+        assert shared == (family not in ("gpt_neox", "falcon_40b"))  # else one LayerNorm per branch
         assert "parallel attention+FFN" in layer.raised()
     # The last layer's sum feeds the final norm; it is not taken for a post-norm of the FFN.
     assert layers[-1].stream_out.users()[0].op == "layer_norm"
@@ -270,18 +270,31 @@ def test_falcon_variants_raise_and_prune_exactly(overrides: dict, kv: int, paral
                          hf_outputs(hf_without_layers(model, [0]), inputs, module.graph.outputs))
 
 
-def test_falcon_new_decoder_architecture_is_refused_with_a_reason() -> None:
-    """Falcon-40B style (grouped kv heads broadcast to every query head before the rotary
-    embedding) is not raised yet: the reason is reported and structural passes refuse."""
-    from optc.tests.conftest import assert_refused_unchanged
+def test_falcon_40b_grouped_qkv_is_split_into_grouped_query_attention() -> None:
+    """new_decoder_architecture: the fused rows are grouped per kv head ([the group's query
+    heads, its key head, its value head]) and k/v are broadcast to every query head of the
+    group; raised as grouped-query attention reading the 2 kv heads (no repeated weights)."""
+    model, module = parallel_captured("falcon_40b")
+    att = analyze(module).layers[1].attention
+    fused = model.h[1].self_attention.query_key_value.weight.detach().view(2, 4, 8, 32)
+    assert torch.equal(att.query.args[1].data, fused[:, :2].reshape(32, 32))
+    assert torch.equal(att.key.args[1].data, fused[:, 2].reshape(16, 32))
+    assert torch.equal(att.value.args[1].data, fused[:, 3].reshape(16, 32))
+    assert att.kv_heads == [0, 0, 1, 1] and att.rotary[1].args[0] is att.key.outputs[0]
+    repeats = [n for n in module.graph if n.op == "aten.expand.default" and n.outputs[0].tensor_type.rank == 5]
+    assert not repeats  # the kv repeats were folded into num_kv_heads and removed
 
-    model = parallel_model("falcon", num_kv_heads=2, new_decoder_architecture=True)
-    module = optc.capture(model)
-    assert all(x.attention is None for x in analyze(module).layers)
-    assert_refused_unchanged(module, "drop-layers{layers=0}", "were not raised")
+
+def test_falcon_40b_kv_group_removed_exactly(backend: str) -> None:
+    model, base = parallel_captured("falcon_40b")
     inputs = llm_inputs(model)
-    assert_outputs_equal(run_backend(module, "eager", inputs),
-                         hf_outputs(model, inputs, module.graph.outputs))
+    module = base.clone()
+    zero(module, analyze(module).layers[0].attention.kv_slices(1))
+    expected = run_backend(module, "eager", inputs)
+    PassManager("prune-heads{kv_groups=0:1},dce").run(module)
+    att = analyze(module).layers[0].attention
+    assert (att.num_heads, att.num_kv_heads, att.head_ids) == (2, 1, [0, 1])
+    assert_outputs_equal(run_backend(module, backend, inputs), expected)
 
 
 @pytest.mark.parametrize("family", PARALLEL_FAMILIES)
