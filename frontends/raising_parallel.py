@@ -2,7 +2,7 @@
 
 A parallel layer computes ``x + attn(ln(x)) + ffn(ln(x))`` (one shared norm: GPT-J, Phi,
 Falcon-7B) or ``x + attn(ln1(x)) + ffn(ln2(x))`` (GPT-NeoX ``use_parallel_residual``, Falcon's
-``new_decoder_architecture``). Two rewrites make such layers look to the structure analysis
+``new_decoder_architecture``). These rewrites make such layers look to the structure analysis
 and the structural passes like two blocks on one residual stream:
 
 - :func:`reassociate_parallel_sums`: the layer's sum ``(attn + ffn) + x`` (any operand order)
@@ -12,14 +12,22 @@ and the structural passes like two blocks on one residual stream:
   dropping both removes the layer. The FFN still reads ``x`` (not ``x + attn``), which is how
   the analysis knows that the layer is parallel. Exact up to float rounding (the three terms are
   added in another order).
-- :data:`FUSED_RULES`: a fused q/k/v projection whose output is viewed per head and split
+- :data:`FUSED_RULES` (run before raising.py's rules): a fused q/k/v projection whose output is viewed per head and split
   (GPT-NeoX's ``query_key_value`` viewed as ``[B, S, heads, 3*head_dim]`` and chunked; Falcon's
   ``[B, S, heads + 2, head_dim]`` with one shared key/value head, or grouped
   ``[B, S, kv, heads/kv + 2, head_dim]``) becomes one ``linear`` per part, whose rows are the
   columns that part gathers, viewed back to the part's layout. The gather is proven by
-  evaluating the view/split chain on an index tensor, never read off names or constants.
+  evaluating the view/split chain on an index tensor, never read off names or constants. A
+  part that repeats its heads (Falcon-40B broadcasts each kv head to its query heads) reads
+  its distinct heads once and repeats them; after the rotary and attention rules ran, an
+  attention whose key and value are such repeats reads the kv heads directly
+  (``num_kv_heads``: grouped-query attention, prunable per kv group).
+- :data:`FUSED_RULES` also raises GPT-J's ``rotate_every_two`` rotary (on ``[B, S, heads,
+  head_dim]``, before the heads move ahead of the sequence, optionally on the first features of
+  each head) to ``rotary(interleaved=True)``.
 
-Matched on the graph alone; module and parameter names are never used.
+Matched on the graph alone; module and parameter names are never used. Misses are reported
+with a reason like raising.py's (a fused projection whose parts do not partition its outputs).
 """
 
 from __future__ import annotations
