@@ -315,3 +315,44 @@ def test_pruned_parallel_decoder_generates_with_the_kv_cache(family: str, tmp_pa
     if family == "gpt_neox":
         onnx = OnnxModule(export_onnx(cached, tmp_path / "neox.onnx"))
         assert torch.equal(greedy_generate(onnx, ids, 12), reference)
+
+
+class _Tiny(torch.nn.Module):
+    """A hand-written layer (no Hugging Face names): ``x + attn(ln(x)) + mlp(ln(x))`` when
+    ``parallel``, else the FFN reads ``u`` (a stream the attention does not read)."""
+
+    def __init__(self, parallel: bool) -> None:
+        super().__init__()
+        self.parallel = parallel
+        self.a = torch.nn.LayerNorm(16)
+        self.b, self.c, self.d, self.e = (torch.nn.Linear(16, 16) for _ in range(4))
+        self.f, self.g = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        q, k, v = (p(h).view(2, 5, 2, 8).transpose(1, 2) for p in (self.b, self.c, self.d))
+        att = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        att = self.e(att.transpose(1, 2).reshape(2, 5, 16))
+        ffn = self.g(torch.nn.functional.gelu(self.f(h if self.parallel else self.a(u))))
+        return att + ffn + x
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_sum_is_matched_on_the_graph(parallel: bool) -> None:
+    """Only a sum whose two branches both read the stream it adds is rewritten (x + attn) + ffn;
+    a sum whose FFN reads another stream is left as it is."""
+    torch.manual_seed(0)
+    model = _Tiny(parallel).eval()
+    inputs = (torch.randn(2, 5, 16), torch.randn(2, 5, 16))
+    report = raise_high_level_ops(optc.capture(model, inputs, raise_ops=False))
+    assert report.raised.get("parallel", 0) == int(parallel)
+    module = optc.capture(model, inputs)
+    (layer,) = analyze(module).layers
+    assert layer.parallel == parallel
+    if parallel:
+        assert layer.attention.residual.args[0] is module.graph.inputs[0]  # x + attn first
+        assert layer.ffn.stream_in is layer.attention.stream_out
+    with torch.no_grad():
+        expected = model(*inputs)
+    got = next(iter(run_backend(module, "eager", dict(zip(("input_0", "input_1"), inputs, strict=True))).values()))
+    assert torch.allclose(got, expected, atol=1e-6)
