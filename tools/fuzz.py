@@ -36,7 +36,7 @@ import torch
 
 __all__ = ["FAMILIES", "TryResult", "FuzzReport", "draw", "run_try", "fuzz", "main"]
 
-FAMILIES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "gpt2")
+FAMILIES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "gpt2", "llama")
 """Tiny random-weight Hugging Face models the fuzzer draws from."""
 
 TOLERANCES = {"torchscript": 1e-4, "onnx": 2e-4, "reference": 1e-4}
@@ -127,6 +127,11 @@ def _model(family: str) -> tuple[torch.nn.Module, Any]:
                                                       hidden_dim=48, max_position_embeddings=40),
             "gpt2": lambda: tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=3, n_head=4,
                                           n_positions=40, use_cache=False),
+            # grouped-query attention, rotary, RMSNorm, gated FFN, pre-norm, causal mask
+            "llama": lambda: tf.LlamaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=3,
+                                            num_attention_heads=4, num_key_value_heads=2,
+                                            intermediate_size=48, max_position_embeddings=40,
+                                            use_cache=False),
         }[family]()
         model = tf.AutoModel.from_config(config).eval()
         _MODELS[family] = (model, optc.capture(model))
