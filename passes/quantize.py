@@ -197,6 +197,12 @@ class Quantize(Distill):
             if w.data.is_meta:
                 return f"weight @{w.name} has no data (IR loaded without weights)"
             others = [u for u in w.users() if id(u) not in nodes]
+            shared = [u for u in others if u.op == "linear" and u.arg(1) is w]
+            if shared and self.mode != "dynamic":
+                return (f"weight @{w.name} is also the weight of {shared[0]!r}, which reads "
+                        f"another input (e.g. DeBERTa's position projections); mode={self.mode} "
+                        "keeps one activation range per weight: use mode=dynamic")
+            others = [u for u in others if u not in shared]  # dynamic: quantized with it
             if others:
                 return (f"weight @{w.name} is also read by {others[0]!r}, which is not a target "
                         "linear; untie it or leave this layer out of targets")
