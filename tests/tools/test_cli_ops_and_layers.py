@@ -34,7 +34,8 @@ def test_ops_lists_every_op_with_operands_attributes_and_lowerings(capsys):
     ops = {op["name"]: op for op in json.loads(out)}
     assert {"linear", "attention", "layer_norm", "embedding", "gelu"} <= set(ops)
     attention = ops["attention"]
-    assert [o["name"] for o in attention["operands"]] == ["query", "key", "value", "mask"]
+    assert [o["name"] for o in attention["operands"]] == ["query", "key", "value", "mask",
+                                                          "int8_scale", "int8_zero_point"]
     assert {a["name"]: a["required"] for a in attention["attributes"]}["num_heads"] is True
     assert attention["lowerings"] == {"eager": "kernel", "torchscript": "script", "onnx": "custom"}
     code, text, _ = run(capsys, "ops")

@@ -117,14 +117,20 @@ def test_staged_output_needs_the_writer_to_write(tmp_path: Path) -> None:
 
 
 def test_deferred_interrupts_hold_ctrl_c_until_the_section_ends() -> None:
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("signalled")  # the handler has run by now, without raising
-            done.append("finished")
-    assert done == ["signalled", "finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as in a user's process (a test run earlier in the same process may
+    # have left another one, e.g. the CLI's in-process interrupt handling)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("signalled")  # the handler has run by now, without raising
+                done.append("finished")
+        assert done == ["signalled", "finished"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_exchange_swaps_directories(tmp_path: Path) -> None:
