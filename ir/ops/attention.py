@@ -418,12 +418,7 @@ def _fuse(module: Module, node: Node, cache: dict[str, Any], bias_dtype: torch.d
     _register_custom_ops()
     out = node.outputs[0]
     new = module.graph.create_node(op, args, attrs, [out.type], names=out.name + "_fused", after=node)
-    result = new.outputs[0]
-    if valid is not None:  # rows with no key to attend to give zeros, as in torch
-        result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
-                         out.type.dtype, out.name + "_rows", new, None)
-    module.graph.replace_all_uses(out, result)
-    module.graph.remove(node)
+    _replace_attention(module, node, new, valid)
 
 
 def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> None:
@@ -448,12 +443,7 @@ def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> Non
     new = module.graph.create_node("optc_onnx.topk_attention.default",
                                    (node.args[0], node.args[1], node.args[2], bias), attrs,
                                    [out.type], names=out.name + "_topk", after=node)
-    result = new.outputs[0]
-    if valid is not None:  # rows with no key to attend to give zeros, as in torch
-        result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
-                         out.type.dtype, out.name + "_rows", new, None)
-    module.graph.replace_all_uses(out, result)
-    module.graph.remove(node)
+    _replace_attention(module, node, new, valid)
 
 
 def _onnx_rewrite_int8(module: Module, node: Node, cache: dict[str, Any]) -> None:
@@ -475,8 +465,15 @@ def _onnx_rewrite_int8(module: Module, node: Node, cache: dict[str, Any]) -> Non
                                    (node.args[0], node.args[1], node.args[2], bias, node.arg(4),
                                     node.arg(5)), attrs,
                                    [out.type], names=out.name + "_int8", after=node)
+    _replace_attention(module, node, new, valid)
+
+
+def _replace_attention(module: Module, node: Node, new: Node, valid: Value | None) -> None:
+    """Put ``new`` (a custom op for ONNX export) in place of the attention ``node``; rows with
+    no key to attend to (``valid`` False) give zeros, as in torch."""
+    out = node.outputs[0]
     result = new.outputs[0]
-    if valid is not None:  # rows with no key to attend to give zeros, as in torch
+    if valid is not None:
         result = _create(module, "aten.where.ScalarOther", (valid, result, 0.0), out.type.shape,
                          out.type.dtype, out.name + "_rows", new, None)
     module.graph.replace_all_uses(out, result)
