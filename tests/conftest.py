@@ -115,6 +115,21 @@ def assert_backends_agree(module, inputs: dict[str, torch.Tensor], backends: tup
     return report
 
 
+def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
+    """The same output names and shapes, every output within ``atol`` of the expected one."""
+    assert set(got) == set(expected)
+    for name in expected:
+        assert got[name].shape == expected[name].shape, name
+        diff = (got[name].float() - expected[name].float()).abs().max().item()
+        assert diff <= atol, f"output {name} differs by {diff:.3g}"
+
+
+def zero_slices(module, slices) -> None:
+    """Zero every parameter slice in ``slices`` (``ParamSlice``s of the structure analysis)."""
+    for s in slices:
+        scale_param_slice(module, s.param, s.dim, list(s.index))
+
+
 def scale_param_slice(module, name: str, dim: int, index: list[int], factor: float = 0.0) -> None:
     """Scale ``index`` along ``dim`` of ``@name`` by ``factor`` (0: zero it), in a new tensor
     (passes and tests never edit parameter tensors in place)."""

@@ -16,7 +16,13 @@ from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.drop_layers import DropLayers, choose_layers
-from optc.tests.conftest import TINY, assert_backends_agree, assert_refused_unchanged, token_inputs
+from optc.tests.conftest import (
+    TINY,
+    assert_backends_agree,
+    assert_outputs_equal,
+    assert_refused_unchanged,
+    token_inputs,
+)
 from optc.tests.frontends.hf_cases import captured
 
 
@@ -44,14 +50,6 @@ def hf_outputs(model: torch.nn.Module, inputs, names) -> dict[str, torch.Tensor]
     with torch.inference_mode():
         out = model(**inputs)
     return {name: out[name] for name in names}
-
-
-def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
-    assert set(got) == set(expected)
-    for name in expected:
-        assert got[name].shape == expected[name].shape, name
-        diff = (got[name].float() - expected[name].float()).abs().max().item()
-        assert diff <= atol, f"output {name} differs by {diff:.3g}"
 
 
 @pytest.fixture(scope="module")

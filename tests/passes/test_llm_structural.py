@@ -10,9 +10,13 @@ import torch
 from optc.backends.differential import run_backend
 from optc.ir import collect_problems
 from optc.ir.analysis import analyze
-from optc.ir.core import Module
 from optc.passes import PassManager
-from optc.tests.conftest import assert_backends_agree, assert_refused_unchanged, scale_param_slice
+from optc.tests.conftest import (
+    assert_backends_agree,
+    assert_outputs_equal,
+    assert_refused_unchanged,
+    zero_slices,
+)
 from optc.tests.frontends.llm_cases import (
     LLM_FAMILIES,
     SHAPES,
@@ -21,19 +25,6 @@ from optc.tests.frontends.llm_cases import (
     llm_captured,
     llm_inputs,
 )
-
-
-def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
-    assert set(got) == set(expected)
-    for name in expected:
-        assert got[name].shape == expected[name].shape, name
-        diff = (got[name].float() - expected[name].float()).abs().max().item()
-        assert diff <= atol, f"output {name} differs by {diff:.3g}"
-
-
-def zero(module: Module, slices) -> None:
-    for s in slices:
-        scale_param_slice(module, s.param, s.dim, list(s.index))
 
 
 @pytest.mark.parametrize("family", LLM_FAMILIES)
@@ -45,11 +36,11 @@ def test_zeroed_heads_groups_and_neurons_removed_exactly(family: str, backend: s
     inputs = llm_inputs(model)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[0].attention.head_slices(1))
-    zero(module, layers[1].attention.kv_slices(0))
+    zero_slices(module, layers[0].attention.head_slices(1))
+    zero_slices(module, layers[1].attention.kv_slices(0))
     for n in (0, 17, 63):
-        zero(module, layers[0].ffn.neuron_slices(n))
-    zero(module, layers[1].ffn.neuron_slices(5))
+        zero_slices(module, layers[0].ffn.neuron_slices(n))
+    zero_slices(module, layers[1].ffn.neuron_slices(5))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=0:1,1:0,1:1},"
                 "prune-neurons{neurons=0:0,0:17,0:63,1:5},dce").run(module)
@@ -96,8 +87,8 @@ def test_every_query_head_of_a_layer_removes_its_attention() -> None:
     model, base = llm_captured("llama")
     inputs = llm_inputs(model)
     module = base.clone()
-    zero(module, analyze(module).layers[1].attention.kv_slices(0))
-    zero(module, analyze(module).layers[1].attention.kv_slices(1))
+    zero_slices(module, analyze(module).layers[1].attention.kv_slices(0))
+    zero_slices(module, analyze(module).layers[1].attention.kv_slices(1))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=1:0,1:1,1:2,1:3},dce").run(module)
     layers = analyze(module).layers
@@ -144,8 +135,8 @@ def test_modernbert_prunes_and_drops_exactly(backend: str) -> None:
     inputs = llm_inputs(model, 3, 9)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[0].attention.head_slices(2))
-    zero(module, layers[2].ffn.neuron_slices(7))
+    zero_slices(module, layers[0].attention.head_slices(2))
+    zero_slices(module, layers[2].ffn.neuron_slices(7))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=0:2},prune-neurons{neurons=2:7},dce").run(module)
     after = analyze(module).layers
@@ -170,9 +161,9 @@ def test_t5_heads_removed_with_their_bias_planes(backend: str) -> None:
     inputs = llm_inputs(model)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[0].attention.head_slices(1))
+    zero_slices(module, layers[0].attention.head_slices(1))
     for h in (0, 2):
-        zero(module, layers[1].attention.head_slices(h))
+        zero_slices(module, layers[1].attention.head_slices(h))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=0:1,1:0,1:2},dce").run(module)
     after = analyze(module).layers
@@ -215,9 +206,9 @@ def test_bart_heads_and_neurons_removed_exactly(backend: str) -> None:
     inputs = llm_inputs(model)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[1].attention.head_slices(0))
-    zero(module, layers[3].attention.head_slices(3))
-    zero(module, layers[2].ffn.neuron_slices(4))
+    zero_slices(module, layers[1].attention.head_slices(0))
+    zero_slices(module, layers[3].attention.head_slices(3))
+    zero_slices(module, layers[2].ffn.neuron_slices(4))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=1:0,3:3},prune-neurons{neurons=2:4},dce").run(module)
     after = analyze(module).layers
@@ -256,7 +247,7 @@ def test_kv_groups_option_removes_a_kv_head_with_its_group() -> None:
     model, base = llm_captured("llama")
     inputs = llm_inputs(model)
     module = base.clone()
-    zero(module, analyze(module).layers[0].attention.kv_slices(1))
+    zero_slices(module, analyze(module).layers[0].attention.kv_slices(1))
     expected = run_backend(module, "eager", inputs)
     report = PassManager("prune-heads{kv_groups=0:1},dce").run(module)
     assert report.records[0].stats["heads_removed"] == 2

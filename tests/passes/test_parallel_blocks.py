@@ -18,9 +18,8 @@ from optc.backends.differential import run_backend
 from optc.frontends.raising import raise_high_level_ops
 from optc.ir import collect_problems
 from optc.ir.analysis import analyze
-from optc.ir.core import Module
 from optc.passes import PassManager
-from optc.tests.conftest import scale_param_slice
+from optc.tests.conftest import assert_outputs_equal, zero_slices
 from optc.tests.frontends.llm_cases import (
     PARALLEL_FAMILIES,
     PARALLEL_SHAPES,
@@ -30,19 +29,6 @@ from optc.tests.frontends.llm_cases import (
     parallel_captured,
     parallel_model,
 )
-
-
-def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
-    assert set(got) == set(expected)
-    for name in expected:
-        assert got[name].shape == expected[name].shape, name
-        diff = (got[name].float() - expected[name].float()).abs().max().item()
-        assert diff <= atol, f"output {name} differs by {diff:.3g}"
-
-
-def zero(module: Module, slices) -> None:
-    for s in slices:
-        scale_param_slice(module, s.param, s.dim, list(s.index))
 
 
 def hf_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -154,12 +140,12 @@ def test_zeroed_heads_and_neurons_removed_exactly(family: str, backend: str) -> 
     inputs = llm_inputs(model)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[0].attention.head_slices(1))
-    zero(module, layers[1].attention.head_slices(0))
-    zero(module, layers[1].attention.head_slices(3))
+    zero_slices(module, layers[0].attention.head_slices(1))
+    zero_slices(module, layers[1].attention.head_slices(0))
+    zero_slices(module, layers[1].attention.head_slices(3))
     for n in (0, 17, 63):
-        zero(module, layers[0].ffn.neuron_slices(n))
-    zero(module, layers[1].ffn.neuron_slices(5))
+        zero_slices(module, layers[0].ffn.neuron_slices(n))
+    zero_slices(module, layers[1].ffn.neuron_slices(5))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=0:1,1:0,1:3},prune-neurons{neurons=0:0,0:17,0:63,1:5},dce").run(module)
     after = analyze(module).layers
@@ -226,7 +212,7 @@ def test_every_head_of_a_bias_free_parallel_attention_leaves_the_ffn() -> None:
     inputs = llm_inputs(model)
     module = base.clone()
     for kv in range(1):
-        zero(module, analyze(module).layers[1].attention.kv_slices(kv))
+        zero_slices(module, analyze(module).layers[1].attention.kv_slices(kv))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=1:0,1:1,1:2,1:3},dce").run(module)
     layer = analyze(module).layers[1]
@@ -260,8 +246,8 @@ def test_falcon_variants_raise_and_prune_exactly(overrides: dict, kv: int, paral
     assert_outputs_equal(run_backend(module, "eager", inputs),
                          hf_outputs(model, inputs, module.graph.outputs))
     pruned = module.clone()
-    zero(pruned, analyze(pruned).layers[0].attention.head_slices(2))
-    zero(pruned, analyze(pruned).layers[1].ffn.neuron_slices(9))
+    zero_slices(pruned, analyze(pruned).layers[0].attention.head_slices(2))
+    zero_slices(pruned, analyze(pruned).layers[1].ffn.neuron_slices(9))
     expected = run_backend(pruned, "eager", inputs)
     PassManager("prune-heads{heads=0:2},prune-neurons{neurons=1:9},dce").run(pruned)
     assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
@@ -289,7 +275,7 @@ def test_falcon_40b_kv_group_removed_exactly(backend: str) -> None:
     model, base = parallel_captured("falcon_40b")
     inputs = llm_inputs(model)
     module = base.clone()
-    zero(module, analyze(module).layers[0].attention.kv_slices(1))
+    zero_slices(module, analyze(module).layers[0].attention.kv_slices(1))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{kv_groups=0:1},dce").run(module)
     att = analyze(module).layers[0].attention

@@ -16,6 +16,7 @@ from optc.passes.prune_heads import PruneHeads
 from optc.passes.selection import select_lowest
 from optc.tests.conftest import (
     assert_backends_agree,
+    assert_outputs_equal,
     assert_refused_unchanged,
     scale_param_slice,
     token_inputs,
@@ -45,14 +46,6 @@ def spec_heads(heads: dict[int, list[int]]) -> str:
 
 def eager(module: Module, inputs) -> dict[str, torch.Tensor]:
     return run_backend(module, "eager", inputs)
-
-
-def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
-    assert set(got) == set(expected)
-    for name in expected:
-        assert got[name].shape == expected[name].shape, name
-        diff = (got[name].float() - expected[name].float()).abs().max().item()
-        assert diff <= atol, f"output {name} differs by {diff:.3g}"
 
 
 # -- exactness ------------------------------------------------------------------------------------

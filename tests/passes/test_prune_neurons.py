@@ -12,7 +12,7 @@ from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.prune_neurons import PruneNeurons
-from optc.tests.conftest import assert_refused_unchanged, scale_param_slice
+from optc.tests.conftest import assert_outputs_equal, assert_refused_unchanged, scale_param_slice
 
 UP = "encoder.layer.{}.intermediate.dense."
 DOWN = "encoder.layer.{}.output.dense."
@@ -31,14 +31,6 @@ def scale_bert_neurons(module: Module, neurons: dict[int, list[int]], factor: fl
 def spec_neurons(neurons: dict[int, list[int]]) -> str:
     items = ",".join(f"{i}:{n}" for i, ns in neurons.items() for n in ns)
     return "prune-neurons{neurons=" + items + "}"
-
-
-def assert_outputs_equal(got, expected, atol: float = 1e-5) -> None:
-    assert set(got) == set(expected)
-    for name in expected:
-        assert got[name].shape == expected[name].shape, name
-        diff = (got[name].float() - expected[name].float()).abs().max().item()
-        assert diff <= atol, f"output {name} differs by {diff:.3g}"
 
 
 # -- exactness ------------------------------------------------------------------------------------
