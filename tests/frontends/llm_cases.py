@@ -134,14 +134,7 @@ def parallel_config(family: str, **overrides) -> object:
 
 def parallel_model(family: str, causal_lm: bool = False, **overrides) -> torch.nn.Module:
     """A random-weight model of a parallel family (base model or ...ForCausalLM), in eval mode."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    config = parallel_config(family, **overrides)
-    auto = tf.AutoModelForCausalLM if causal_lm else tf.AutoModel
-    model = auto.from_config(config).eval()
-    model.config._attn_implementation = "sdpa"
-    return model
+    return _from_config(parallel_config(family, **overrides), causal_lm)
 
 
 @functools.cache
@@ -174,11 +167,15 @@ def llm_config(family: str, **overrides) -> object:
 
 def llm_model(family: str, causal_lm: bool = False, **overrides) -> torch.nn.Module:
     """A random-weight model of ``family`` (the base model, or ...ForCausalLM), in eval mode."""
+    return _from_config(llm_config(family, **overrides), causal_lm)
+
+
+def _from_config(config: object, causal_lm: bool) -> torch.nn.Module:
+    """Seeded random weights for ``config`` (base model or ...ForCausalLM), eval mode, SDPA."""
     import transformers as tf
 
-    torch.manual_seed(0)
-    config = llm_config(family, **overrides)
     auto = tf.AutoModelForCausalLM if causal_lm else tf.AutoModel
+    torch.manual_seed(0)
     model = auto.from_config(config).eval()
     model.config._attn_implementation = "sdpa"
     return model
