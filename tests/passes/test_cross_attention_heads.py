@@ -15,9 +15,8 @@ from optc.ir import collect_problems
 from optc.ir.analysis import analyze
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.importance import taylor_scores
-from optc.tests.conftest import assert_refused_unchanged
+from optc.tests.conftest import assert_outputs_equal, assert_refused_unchanged, zero_slices
 from optc.tests.frontends.llm_cases import bart_captured, llm_captured, llm_inputs, t5_captured
-from optc.tests.passes.test_llm_structural import assert_outputs_equal, zero
 
 D = 8
 """head_dim of the tiny BART (d_model 32, 4 heads)."""
@@ -31,9 +30,9 @@ def test_zeroed_cross_and_self_heads_of_one_layer_removed_exactly(backend: str) 
     inputs = llm_inputs(model)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[3].attention.head_slices(1))
+    zero_slices(module, layers[3].attention.head_slices(1))
     for i, h in ((3, 1), (3, 3), (2, 0)):
-        zero(module, layers[i].cross_attention.head_slices(h))
+        zero_slices(module, layers[i].cross_attention.head_slices(h))
     expected = run_backend(module, "eager", inputs)
     cross3 = layers[3].cross_attention
     kept_k = cross3.key.args[1].data[[*range(0, D), *range(2 * D, 3 * D)]].clone()
@@ -63,7 +62,7 @@ def test_every_cross_head_removes_the_cross_attention_block() -> None:
     inputs = llm_inputs(model)
     module = base.clone()
     for h in range(4):
-        zero(module, analyze(module).layers[2].cross_attention.head_slices(h))
+        zero_slices(module, analyze(module).layers[2].cross_attention.head_slices(h))
     expected = run_backend(module, "eager", inputs)
     report = PassManager("prune-heads{cross_heads=2:0,2:1,2:2,2:3},dce").run(module)
     assert report.records[0].stats["cross_attention_blocks_removed"] == "2"
@@ -82,8 +81,8 @@ def test_cross_attention_stays_with_its_layer_when_every_self_head_goes() -> Non
     module = base.clone()
     layer = analyze(module).layers[2]
     for h in range(4):
-        zero(module, layer.attention.head_slices(h))
-    zero(module, layer.cross_attention.head_slices(2))
+        zero_slices(module, layer.attention.head_slices(h))
+    zero_slices(module, layer.cross_attention.head_slices(2))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=2:0,2:1,2:2,2:3},prune-heads{cross_heads=2:2},dce").run(module)
     after = analyze(module).layers
@@ -127,7 +126,7 @@ def test_global_amount_compares_self_and_cross_heads() -> None:
     inputs = llm_inputs(model)
     module = base.clone()
     layers = analyze(module).layers
-    zero(module, layers[3].cross_attention.head_slices(2))
+    zero_slices(module, layers[3].cross_attention.head_slices(2))
     for s in layers[2].cross_attention.head_slices(1):
         scale_param_slice(module, s.param, s.dim, list(s.index), 1e-3)
     pruned = module.clone()
@@ -152,7 +151,7 @@ def test_taylor_scores_cross_heads_and_amount_picks_the_zeroed_one(monkeypatch) 
 
     model, base = bart_captured()
     module = base.clone()
-    zero(module, analyze(module).layers[2].cross_attention.head_slices(3))
+    zero_slices(module, analyze(module).layers[2].cross_attention.head_slices(3))
     batches = [Batch(llm_inputs(model, seed=s), None) for s in (0, 1)]
     heads, _ = taylor_scores(module, batches, heads=True, neurons=False)
     assert set(heads) == {0, 1, 2, 3, (2, "cross"), (3, "cross")}

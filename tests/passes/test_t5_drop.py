@@ -13,8 +13,8 @@ from optc.backends.differential import run_backend
 from optc.ir import collect_problems
 from optc.ir.analysis import analyze
 from optc.passes import PassManager
+from optc.tests.conftest import assert_outputs_equal, zero_slices
 from optc.tests.frontends.llm_cases import hf_outputs, llm_inputs, t5_captured
-from optc.tests.passes.test_llm_structural import assert_outputs_equal, zero
 
 TABLE = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
 
@@ -76,7 +76,7 @@ def test_heads_of_the_remaining_layer_prune_exactly_after_layer0_goes(backend: s
     PassManager("drop-layers{layers=0}").run(module)
     layer = analyze(module).layers[0]
     for h in (0, 3):
-        zero(module, layer.attention.head_slices(h))
+        zero_slices(module, layer.attention.head_slices(h))
     expected = run_backend(module, "eager", inputs)
     PassManager("prune-heads{heads=0:0,0:3},dce").run(module)
     after = analyze(module).layers[0].attention
