@@ -18,7 +18,7 @@ from optc.train import TrainReport, finetune, has_task_head, task_from_meta
 __all__ = ["Finetune", "TrainingPass", "pass_task", "pass_tokenizer", "train_options", "report_stats"]
 
 TRAIN_OPTIONS = ("epochs", "max_steps", "lr", "batch_size", "max_length", "warmup_ratio",
-                 "weight_decay", "seed", "threads", "dropout", "holdout")
+                 "weight_decay", "seed", "threads", "dropout", "holdout", "pooling")
 """Options the training passes hand to :mod:`optc.train` unchanged."""
 
 
@@ -94,7 +94,7 @@ def requires_task(p: Any, module: Module) -> str | None:
     """Why a training pass cannot run on ``module`` (task unknown, head unfit), or None."""
     try:
         task = pass_task(p, module)
-        has_task_head(module, task)
+        has_task_head(module, task, p.pooling)
     except InputError as exc:
         return str(exc)
     if "input_ids" not in [v.name for v in module.graph.inputs]:
@@ -140,6 +140,11 @@ class TrainingPass(Pass):
     """Train-mode dropout (default: the source model's, else 0.1)."""
     tokenizer: str | None = None
     """Tokenizer directory or id (default: the one recorded with the model)."""
+    pooling: Literal["auto", "pooler", "cls", "mean"] = "auto"
+    """What a new classification / regression head reads: the pooler output, the first token
+    (cls), the attention-masked mean of the tokens (mean: what sentence-transformers encoders
+    such as all-MiniLM-L6-v2 were trained with), or auto (the pooler when the model has one,
+    else cls); recorded in meta["task"]["pooling"]. An existing head keeps its pooling."""
 
     def __post_init__(self) -> None:
         check_train_options(self)

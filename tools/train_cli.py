@@ -1,7 +1,7 @@
 """``optc eval`` and ``optc finetune``: score a model on a task, train one and save it.
 
     optc eval TARGET [--task T] [--data DIR] [--split dev|val|train] [--json]
-    optc finetune [MODEL] --task T [--data DIR] -o OUT [--epochs N] [--force]
+    optc finetune [MODEL] --task T [--data DIR] -o OUT [--epochs N] [--pooling mean] [--force]
 
 TARGET is an optc artifact, a Hugging Face model directory or id, an ``.onnx`` file (run in
 ONNX Runtime) or a TorchScript ``.pt`` file. The task defaults to the one an artifact records
@@ -236,6 +236,11 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.15,
                    help="validation split carved from train and never trained on, for later "
                         "searches such as optc specialize (fraction or count; 0: train on all)")
+    p.add_argument("--pooling", default="auto", choices=["auto", "pooler", "cls", "mean"],
+                   help="what a new classification/regression head reads: the pooler output, "
+                        "the first token (cls), the attention-masked mean of the tokens (mean: "
+                        "what sentence-transformers encoders such as all-MiniLM-L6-v2 were "
+                        "trained with); auto: the pooler when the model has one, else cls")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--eval-split", default="dev", choices=["dev", "val", "none"],
                    help="evaluate after each epoch on dev, on a validation part of train, or not")
@@ -311,7 +316,7 @@ def cmd_finetune(argv: list[str]) -> int:
     task = task or task_from_meta(module.meta)
     if task is None:
         raise InputError(f"'{args.model}' records no task: pass --task NAME")
-    has_task_head(module, task)  # a head that does not fit fails before training
+    has_task_head(module, task, args.pooling)  # a head that does not fit fails before training
     ref = args.tokenizer or (module.meta.get("source") or {}).get("tokenizer")
     if ref is None:
         raise InputError("the model records no tokenizer: pass --tokenizer DIR")
@@ -321,7 +326,8 @@ def cmd_finetune(argv: list[str]) -> int:
                "batch_size": args.batch_size, "max_length": args.max_length,
                "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
                "seed": args.seed, "threads": args.threads,
-               "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout}
+               "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout,
+               "pooling": args.pooling}
     eval_split = None if args.eval_split == "none" else args.eval_split
     report = finetune(module, task, args.data, tokenizer=tokenizer, eval_split=eval_split,
                       progress=_StepPrinter(not args.quiet), **options)

@@ -3,16 +3,20 @@
 :func:`add_task_head` gives a module the outputs a task reads, as Hugging Face's heads do:
 
 - classification / regression: ``logits = linear(pooled, [num_labels, hidden])`` where
-  ``pooled`` is the ``pooler_output`` when the module has one, else the first token of
-  ``last_hidden_state``;
+  ``pooled`` is chosen by ``pooling`` (:data:`POOLINGS`): ``pooler`` the ``pooler_output``
+  (BERT's dense + tanh on the first token), ``cls`` the first token of ``last_hidden_state``,
+  ``mean`` the attention-masked mean of ``last_hidden_state`` over the tokens (what
+  sentence-transformers encoders such as all-MiniLM-L6-v2 were trained with), ``auto`` (the
+  default) the pooler when the module has one, else the first token;
 - extractive QA: ``linear(last_hidden_state, [2, hidden])`` split into ``start_logits`` and
   ``end_logits``.
 
 New weights are drawn from a seeded normal(0, 0.02), biases are zero (Hugging Face's
 initialization). The module's outputs become the head's outputs, and ``meta["task"]``
-records the task (name, kind, labels, metric). A module that already has a fitting head is
-left as it is; a head that does not fit the task (3 labels for a 2-label task, a QA head for
-a classification task) is an :class:`InputError`.
+records the task (name, kind, labels, metric) and, for classification / regression, the
+pooling the head reads (``"pooling": "mean"``; ``auto`` is recorded as what it chose). A
+module that already has a fitting head is left as it is; a head that does not fit the task
+(3 labels for a 2-label task, a QA head for a classification task) is an :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -27,12 +31,24 @@ from optc.ir.core import Module, Value
 from optc.ir.types import TensorType
 from optc.tasks import Task, get_task
 
-__all__ = ["add_task_head", "has_task_head", "task_meta", "task_from_meta", "HEAD_INIT_STD"]
+__all__ = ["add_task_head", "has_task_head", "task_meta", "task_from_meta", "check_pooling",
+           "HEAD_INIT_STD", "POOLINGS"]
 
 HEAD_INIT_STD = 0.02
 """Standard deviation of new head weights (BERT's ``initializer_range``)."""
 
 _QA_OUTPUTS = ("start_logits", "end_logits")
+
+POOLINGS = ("auto", "pooler", "cls", "mean")
+"""What a classification / regression head reads: ``auto`` (the pooler output when the module
+has one, else the first token), ``pooler``, ``cls`` (first token) or ``mean`` (masked mean)."""
+
+
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`POOLINGS`, else :class:`InputError` listing them."""
+    if pooling not in POOLINGS:
+        raise InputError(f"unknown pooling '{pooling}': use one of {', '.join(POOLINGS)}")
+    return pooling
 
 
 def _output(module: Module, name: str) -> Value | None:
@@ -40,11 +56,17 @@ def _output(module: Module, name: str) -> Value | None:
     return value if isinstance(value, Value) else None
 
 
-def _check_existing(module: Module, task: Task) -> bool:
-    """True when the module has the task's head; InputError when it has a different one."""
+def _check_existing(module: Module, task: Task, pooling: str = "auto") -> bool:
+    """True when the module has the task's head; InputError when it has a different one, or
+    one whose recorded pooling is not ``pooling``."""
+    check_pooling(pooling)
     logits = _output(module, "logits")
     qa = all(_output(module, n) is not None for n in _QA_OUTPUTS)
     if task.kind == "extractive-qa":
+        if pooling != "auto":
+            raise InputError(f"pooling={pooling} applies to classification and regression heads; "
+                             f"task '{task.name}' (extractive QA) scores every token: leave "
+                             "pooling at auto")
         if qa:
             return True
         if logits is not None:
@@ -65,17 +87,31 @@ def _check_existing(module: Module, task: Task) -> bool:
         raise InputError(f"module @{module.name} has a head with {what} but task '{task.name}' "
                          f"needs {task.num_labels}: start from the encoder without its head, or "
                          "pick the task the model was made for")
+    recorded = _recorded_pooling(module)
+    if pooling != "auto" and recorded is not None and pooling != recorded:
+        raise InputError(f"module @{module.name} already has a head on {recorded} pooling "
+                         f"(meta task.pooling), not {pooling}: leave pooling at auto (or "
+                         f"{recorded}) to train this head, or start from the encoder without "
+                         f"its head for a {pooling}-pooled one")
     return True
 
 
-def has_task_head(module: Module, task: Task | str) -> bool:
+def _recorded_pooling(module: Module) -> str | None:
+    recorded = module.meta.get("task")
+    pooling = recorded.get("pooling") if isinstance(recorded, dict) else None
+    return pooling if pooling in POOLINGS and pooling != "auto" else None
+
+
+def has_task_head(module: Module, task: Task | str, pooling: str = "auto") -> bool:
     """Whether ``module`` already has the outputs ``task`` reads (InputError if it has a head
-    that does not fit)."""
-    return _check_existing(module, get_task(task) if isinstance(task, str) else task)
+    that does not fit, or ``pooling`` conflicts with the pooling ``meta["task"]`` records:
+    the checks :func:`add_task_head` makes, without changing the module)."""
+    return _check_existing(module, get_task(task) if isinstance(task, str) else task, pooling)
 
 
-def task_meta(task: Task, spec: str | None = None) -> dict[str, Any]:
-    """What ``meta["task"]`` records about ``task`` (JSON)."""
+def task_meta(task: Task, spec: str | None = None,
+              pooling: str | None = None) -> dict[str, Any]:
+    """What ``meta["task"]`` records about ``task`` (JSON); ``pooling``: what the head reads."""
     meta: dict[str, Any] = {
         "name": task.name,
         "kind": task.kind,
@@ -86,6 +122,8 @@ def task_meta(task: Task, spec: str | None = None) -> dict[str, Any]:
     }
     if spec is not None:
         meta["spec"] = spec
+    if pooling is not None:
+        meta["pooling"] = pooling
     return meta
 
 
@@ -115,16 +153,29 @@ def _new_linear(module: Module, prefix: str, rows: int, width: int, dtype: torch
 
 
 def add_task_head(module: Module, task: Task | str, seed: int = 0,
-                  spec: str | None = None) -> bool:
+                  spec: str | None = None, pooling: str = "auto") -> bool:
     """Give ``module`` the head ``task`` needs, in place; returns whether one was added.
 
+    ``pooling`` (classification / regression; :data:`POOLINGS`): what the head reads.
+    ``pooler``: the ``pooler_output`` (InputError when the module has none); ``cls``: the first
+    token of ``last_hidden_state``; ``mean``: ``sum(h * mask[..., None], 1) /
+    clamp(sum(mask, 1), min=1)`` over ``last_hidden_state`` with the ``attention_mask`` graph
+    input, so padded tokens do not count (a module without an ``attention_mask`` input
+    averages over all tokens); ``auto``: the pooler when the module has one, else ``cls``.
+    Extractive QA reads every token: any pooling but ``auto`` is an InputError there.
+
+    A module that already has the task's head keeps it and ``pooling`` is ignored, unless
+    ``meta["task"]`` records a different pooling for that head (then InputError: leave
+    pooling at auto, or start from the encoder without its head).
+
     Always records the task in ``module.meta["task"]`` (``spec``: the task spec to record,
-    for generic tasks built from options). Raises :class:`InputError` when the module has a
-    head that does not fit, or no ``last_hidden_state`` to put one on.
+    for generic tasks built from options), with the head's pooling (``auto`` resolved).
+    Raises :class:`InputError` when the module has a head that does not fit, or no
+    ``last_hidden_state`` to put one on; the module is unchanged then.
     """
     task = get_task(task) if isinstance(task, str) else task
-    if _check_existing(module, task):
-        module.meta["task"] = task_meta(task, spec)
+    if _check_existing(module, task, pooling):
+        module.meta["task"] = task_meta(task, spec, _recorded_pooling(module))
         return False
     hidden = _output(module, "last_hidden_state")
     if hidden is None or hidden.tensor_type.rank != 3:
@@ -147,18 +198,75 @@ def add_task_head(module: Module, task: Task | str, seed: int = 0,
             ends.append(graph.create_node("aten.select.int", (lin.output, -1, k), {},
                                           [TensorType(htype.dtype, htype.shape[:-1])], names=name))
         graph.set_outputs({name: node.output for name, node in zip(_QA_OUTPUTS, ends, strict=True)})
+        chosen = None
     else:
-        pooled = _output(module, "pooler_output")
-        if pooled is None or pooled.tensor_type.shape != (htype.shape[0], width):
-            first = graph.create_node("aten.select.int", (hidden, 1, 0), {},
-                                      [TensorType(htype.dtype, (htype.shape[0], width))],
-                                      names="first_token")
-            pooled = first.output
+        pooled, chosen = _pooled(module, hidden, pooling)
         w, b = _new_linear(module, "classifier", task.num_labels, width, htype.dtype, seed)
         lin = graph.create_node("linear", (pooled, w, b), {},
                                 [TensorType(htype.dtype, (htype.shape[0], task.num_labels))],
                                 names="logits")
         graph.set_outputs({"logits": lin.output})
     eliminate_dead_code(module)
-    module.meta["task"] = task_meta(task, spec)
+    module.meta["task"] = task_meta(task, spec, chosen)
     return True
+
+
+def _pooler_output(module: Module, hidden: Value) -> Value | None:
+    """The module's ``pooler_output`` when it is one vector per example, else None."""
+    pooled = _output(module, "pooler_output")
+    htype = hidden.tensor_type
+    if pooled is None or pooled.tensor_type.shape != (htype.shape[0], htype.shape[-1]):
+        return None
+    return pooled
+
+
+def _pooled(module: Module, hidden: Value, pooling: str) -> tuple[Value, str]:
+    """The [batch, hidden] value a classification head reads, and the pooling it is (``auto``
+    resolved). Checks everything before creating a node, so a refusal leaves the IR as it was."""
+    pooler = _pooler_output(module, hidden)
+    if pooling == "pooler" and pooler is None:
+        raise InputError(f"pooling=pooler needs a pooler_output of shape [batch, hidden], but "
+                         f"module @{module.name} has none (outputs: "
+                         f"{', '.join(module.graph.outputs)}): use pooling=cls or pooling=mean")
+    if pooling in ("auto", "pooler") and pooler is not None:
+        return pooler, "pooler"
+    if pooling == "mean":
+        return _mean_pooled(module, hidden), "mean"
+    htype = hidden.tensor_type
+    first = module.graph.create_node("aten.select.int", (hidden, 1, 0), {},
+                                     [TensorType(htype.dtype, (htype.shape[0], htype.shape[-1]))],
+                                     names="first_token")
+    return first.output, "cls"
+
+
+def _mean_pooled(module: Module, hidden: Value) -> Value:
+    """``sum(hidden * mask[..., None], 1) / clamp(sum(mask, 1), min=1)`` as ATen nodes, with
+    the ``attention_mask`` graph input cast to the hidden dtype; the plain mean over the
+    tokens when the module takes no attention mask."""
+    graph = module.graph
+    htype = hidden.tensor_type
+    batch, seq, width = htype.shape
+    dtype = htype.dtype
+    pooled_type = TensorType(dtype, (batch, width))
+    mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
+    if mask is None:
+        return graph.create_node("aten.mean.dim", (hidden, [1]), {}, [pooled_type],
+                                 names="mean_pooled").output
+    mtype = mask.tensor_type
+    if mtype.rank != 2:
+        raise InputError(f"pooling=mean reads attention_mask as [batch, seq], but module "
+                         f"@{module.name} takes {mtype}: use pooling=cls or pooling=pooler")
+    weights = graph.create_node("aten.to.dtype", (mask, dtype), {},
+                                [TensorType(dtype, (batch, seq))], names="token_mask")
+    weights3 = graph.create_node("aten.unsqueeze.default", (weights.output, -1), {},
+                                 [TensorType(dtype, (batch, seq, 1))], names="token_mask_3d")
+    masked = graph.create_node("aten.mul.Tensor", (hidden, weights3.output), {},
+                               [TensorType(dtype, (batch, seq, width))], names="masked_hidden")
+    total = graph.create_node("aten.sum.dim_IntList", (masked.output, [1]), {}, [pooled_type],
+                              names="token_sum")
+    count = graph.create_node("aten.sum.dim_IntList", (weights3.output, [1]), {},
+                              [TensorType(dtype, (batch, 1))], names="token_count")
+    count = graph.create_node("aten.clamp_min.default", (count.output, 1.0), {},
+                              [TensorType(dtype, (batch, 1))], names="token_count_min1")
+    return graph.create_node("aten.div.Tensor", (total.output, count.output), {}, [pooled_type],
+                             names="mean_pooled").output

@@ -358,7 +358,7 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
              eval_split: str | None, train_examples: Examples | None,
              eval_examples: Examples | None, max_length: int | None, batch_size: int,
              epochs: float, lr: float, max_steps: int | None, doc_stride: int | None,
-             holdout: float | int = DEFAULT_VAL_SIZE,
+             holdout: float | int = DEFAULT_VAL_SIZE, pooling: str = "auto",
              ) -> tuple[Task, list[Encoded], list[Any] | None, int, bool, str | None]:
     task = get_task(task) if isinstance(task, str) else task
     if tokenizer is None:
@@ -369,11 +369,11 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
     _positive("batch_size", batch_size)
     _positive("max_steps", max_steps, allow_none=True)
     length = max_length or (384 if task.kind == "extractive-qa" else 128)
-    has_task_head(module, task)  # a head that does not fit fails before any slow work
+    has_task_head(module, task, pooling)  # a head that does not fit fails before slow work
     train, evals, split = _splits(task, data, eval_split, seed, train_examples, eval_examples,
                                   holdout)
     items = encode(task, train, tokenizer, length, doc_stride)
-    head_added = add_task_head(module, task, seed)  # the module changes only from here on
+    head_added = add_task_head(module, task, seed, pooling=pooling)  # the module changes from here on
     return task, items, evals, length, head_added, split
 
 
@@ -387,7 +387,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
              eval_examples: Examples | None = None, eval_batch_size: int = 64,
              doc_stride: int | None = None, hooks: TrainHooks | None = None,
              edit: EditFn | None = None,
-             holdout: float | int = DEFAULT_VAL_SIZE) -> TrainReport:
+             holdout: float | int = DEFAULT_VAL_SIZE, pooling: str = "auto") -> TrainReport:
     """Fine-tune ``module`` (in place) on ``task`` with the task's loss.
 
     ``max_length`` defaults to 128 tokens (384 for QA); ``dropout`` to the source model's
@@ -397,7 +397,9 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
     the IR. ``hooks`` and ``edit``: see :mod:`optc.train.hooks`. ``holdout``: the validation
     split carved from train (fraction or count, seeded by ``seed``; 0: train on everything) is
     left out of training, so that searches on it later see unseen data; it is recorded in
-    ``meta["task"]["holdout"]``.
+    ``meta["task"]["holdout"]``. ``pooling``: what a new classification / regression head
+    reads (auto, pooler, cls, mean; see :func:`~optc.train.heads.add_task_head`), recorded in
+    ``meta["task"]["pooling"]``.
     """
     with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -405,7 +407,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
             module, task, data, tokenizer, seed=seed, eval_split=eval_split,
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
-            doc_stride=doc_stride, holdout=holdout)
+            doc_stride=doc_stride, holdout=holdout, pooling=pooling)
         model = trainable(module, dropout=dropout, masked=masked, edit=edit)
 
         def loss_fn(model: TrainableModule, batch: dict[str, torch.Tensor],
@@ -447,7 +449,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
             train_examples: Examples | None = None, eval_examples: Examples | None = None,
             eval_batch_size: int = 64, doc_stride: int | None = None,
             hooks: TrainHooks | None = None, edit: EditFn | None = None,
-            holdout: float | int = DEFAULT_VAL_SIZE) -> TrainReport:
+            holdout: float | int = DEFAULT_VAL_SIZE, pooling: str = "auto") -> TrainReport:
     """Train ``student`` (in place) to imitate ``teacher`` (an IR module, run with the eager
     backend without gradients) on ``task``'s data.
 
@@ -455,7 +457,8 @@ def distill(student: Module, teacher: Module, task: Task | str,
     hidden_state_loss`` (see :mod:`optc.train.losses`). A teacher without the task's head
     gives no soft targets (then ``alpha_soft`` is ignored and the task loss has weight 1);
     if ``hidden_mse`` is 0 too, that is an :class:`InputError`. ``layer_map``: ``auto``
-    or ``"s:t,..."`` pairs. Other options (``hooks``, ``edit`` included) as :func:`finetune`.
+    or ``"s:t,..."`` pairs. Other options (``hooks``, ``edit``, ``pooling`` of the student's new
+    head included) as :func:`finetune`.
     """
     if not 0 <= alpha_soft <= 1:
         raise InputError(f"alpha_soft must be in [0, 1], got {alpha_soft}")
@@ -475,7 +478,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
             student, task_obj, data, tokenizer, seed=seed, eval_split=eval_split,
             train_examples=train_examples, eval_examples=eval_examples, max_length=max_length,
             batch_size=batch_size, epochs=epochs, lr=lr, max_steps=max_steps,
-            doc_stride=doc_stride, holdout=holdout)
+            doc_stride=doc_stride, holdout=holdout, pooling=pooling)
         pairs = map_layers(student, teacher, layer_map) if hidden_mse > 0 else []
         model = trainable(student, dropout=dropout, masked=masked, hidden_states=bool(pairs),
                           edit=edit)
