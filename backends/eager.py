@@ -196,7 +196,7 @@ def to_eager(module: Module, sparse_kernel: str | SparsePlan | None = "dense", *
     :class:`~optc.backends.sparse_exec.SparsePlan` (see :mod:`optc.backends.sparse_exec`;
     ``auto`` tunes with ``auto``). ``device``: where the weights go (``semi-structured``
     defaults to CUDA: give the module CUDA inputs)."""
-    plan = resolve_plan(module, sparse_kernel, auto)
+    plan = resolve_plan(module, sparse_kernel, auto, runner=lambda p: EagerModule(module, p))
     if device is None and plan is not None and any(c.kernel == "semi-structured" for c in plan.layers):
         device = "cuda"
     return EagerModule(module, plan, device)

@@ -58,25 +58,27 @@ unaffected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from optc.errors import BackendError, InputError
+from optc.backends.model_inputs import seq_range, token_inputs
+from optc.errors import BackendError, InputError, OptcError
 from optc.ir.attributes import Sparsity
 from optc.ir.core import Module, Node, Parameter
 
 __all__ = ["check_kernel_available", "KERNELS", "DEFAULT_BSR_BLOCK", "MAX_AUTO_DENSITY", "AutoOptions", "LayerChoice",
-           "SparsePlan", "plan_sparse_kernels", "resolve_plan", "sparse_parts",
+           "ModelCheck", "Runner", "SparsePlan", "plan_sparse_kernels", "resolve_plan", "sparse_parts",
            "semi_structured_weight", "default_cache_dir", "clear_memory_cache", "bsr_block",
            "lowered_nodes", "dense_unused", "sparse_linear", "semi_structured_linear",
            "SPARSE_SCRIPT"]
@@ -124,6 +126,13 @@ class AutoOptions:
     """Calls per variant in each round."""
     cache_dir: Path | None = field(default_factory=default_cache_dir)
     """Directory of the on-disk cache; None keeps measurements in memory only."""
+    whole_model: bool = True
+    """After the per-layer choices, time the whole module with them against all-dense at each
+    token count and keep sparse kernels only where the whole model is ``margin`` faster (needs
+    a runner and a token-id input; see the module docstring). False: per-layer choices only."""
+    seq: int = 128
+    """Sequence length of the whole-model check (capped by the module's position table):
+    ``tokens`` rows run as batch ``rows / seq``."""
 
     def __post_init__(self) -> None:
         bad = [c for c in self.candidates if c not in ("csr", "bsr")]
@@ -133,6 +142,8 @@ class AutoOptions:
             raise InputError(f"auto margin must be in [0, 1), got {self.margin}")
         if not self.tokens or min(self.tokens) < 1:
             raise InputError(f"auto tokens must be positive row counts, got {list(self.tokens)}")
+        if self.seq < 1:
+            raise InputError(f"auto seq must be a positive sequence length, got {self.seq}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,29 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
+class ModelCheck:
+    """One whole-model timing of ``auto``: the module with some weights on sparse kernels
+    against the all-dense module, at one input shape."""
+
+    rows: int
+    """Token count (batch x sequence) of the input."""
+    batch: int
+    seq: int
+    sparse_weights: int
+    """Weights the timed module ran on a sparse kernel at this input."""
+    dense_ms: float
+    """Median milliseconds per forward, all dense."""
+    sparse_ms: float
+    """Median milliseconds per forward with those weights sparse."""
+    won: bool
+    """Whether sparse took at most ``1 - margin`` of dense's time (the weights were kept)."""
+
+    @property
+    def ratio(self) -> float:
+        return self.sparse_ms / self.dense_ms if self.dense_ms > 0 else float("inf")
+
+
+@dataclass(frozen=True)
 class SparsePlan:
     """Per-weight kernel choices for one module and one requested kernel."""
 
@@ -170,6 +204,11 @@ class SparsePlan:
     """torch threads when the plan was made (``auto`` measured at this count)."""
     layers: tuple[LayerChoice, ...] = ()
     """One entry per sparse (or int8 sparse) linear weight, in graph order."""
+    model_checks: tuple[ModelCheck, ...] = ()
+    """``auto`` only: the whole-model timings that confirmed or cut the per-layer choices, in
+    the order they ran."""
+    model_note: str = ""
+    """``auto`` only: what the whole-model check decided, or why it did not run."""
 
     def choice(self, param: str) -> LayerChoice | None:
         """The choice for weight ``param`` (None: not sparse, runs dense)."""
@@ -185,14 +224,18 @@ class SparsePlan:
     def to_json(self) -> dict[str, Any]:
         return {"requested": self.requested, "threads": self.threads,
                 "layers": [{**asdict(c), "shape": list(c.shape),
-                            "block": list(c.block) if c.block else None} for c in self.layers]}
+                            "block": list(c.block) if c.block else None} for c in self.layers],
+                "model_checks": [asdict(m) for m in self.model_checks],
+                "model_note": self.model_note}
 
     @staticmethod
     def from_json(doc: dict[str, Any]) -> SparsePlan:
         layers = tuple(LayerChoice(**{**c, "shape": tuple(c["shape"]),
                                       "block": tuple(c["block"]) if c.get("block") else None})
                        for c in doc.get("layers", []))
-        return SparsePlan(doc["requested"], int(doc["threads"]), layers)
+        checks = tuple(ModelCheck(**m) for m in doc.get("model_checks", []))
+        return SparsePlan(doc["requested"], int(doc["threads"]), layers, checks,
+                          str(doc.get("model_note", "")))
 
     def table(self) -> str:
         """One row per sparse weight: shape, pattern, density, kernel and why."""
@@ -206,9 +249,21 @@ class SparsePlan:
                 f" <={c.max_tokens} rows" if c.max_tokens is not None else "")
             rows.append((c.param, f"{c.shape[0]}x{c.shape[1]}", c.pattern, f"{c.density:.3f}",
                          kernel, c.reason))
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
-        lines = ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
-        return head + counts + "\n" + "\n".join(lines) + "\n"
+        text = head + counts + "\n" + _columns(rows)
+        if self.model_checks:
+            checks = [("whole model", "batch x seq", "sparse weights", "dense ms", "sparse ms",
+                       "ratio", "")]
+            checks += [(f"{m.rows} rows", f"{m.batch}x{m.seq}", str(m.sparse_weights),
+                        f"{m.dense_ms:.2f}", f"{m.sparse_ms:.2f}", f"{m.ratio:.2f}x",
+                        "kept" if m.won else "not kept") for m in self.model_checks]
+            text += _columns(checks)
+        return text + (f"whole model: {self.model_note}\n" if self.model_note else "")
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() + "\n"
+                   for r in rows)
 
 
 # -- the kernels ----------------------------------------------------------------------------------
@@ -455,6 +510,150 @@ def _auto_choice(param: Parameter, attr: Sparsity, has_bias: bool, options: Auto
                        reason=f"{measured_text}; none >= {options.margin:.0%} faster")
 
 
+# -- the whole-model check ----------------------------------------------------------------------
+Runner = Callable[["SparsePlan | None"], Callable[..., Any]]
+"""Builds the module lowered with a plan (None: all dense) as a callable that takes the graph
+inputs by name (:func:`optc.backends.eager.to_eager` passes ``EagerModule(module, plan)``)."""
+
+_SPARSE = ("csr", "bsr")
+
+
+def _time_models(dense: Callable[..., Any], sparse: Callable[..., Any], feeds: dict[str, torch.Tensor],
+                 options: AutoOptions) -> dict[str, float]:
+    """Median milliseconds per forward of the ``dense`` and ``sparse`` modules on ``feeds``,
+    interleaved like the per-layer measurement."""
+    with torch.inference_mode():
+        return _median_ms({"dense": lambda: dense(**feeds), "sparse": lambda: sparse(**feeds)},
+                          options.rounds, options.block)
+
+
+def _batch_seq(rows: int, low: int, high: int) -> tuple[int, int] | None:
+    """(batch, seq) with ``batch * seq == rows`` and the longest ``seq`` in [low, high]."""
+    for seq in range(min(rows, high), max(low, 1) - 1, -1):
+        if rows % seq == 0:
+            return rows // seq, seq
+    return None
+
+
+def _layer_ratio(choice: LayerChoice, rows: int) -> float:
+    """The chosen kernel's per-layer time over dense's at ``rows`` (1.0 when not measured)."""
+    name = choice.kernel if choice.block is None else f"bsr{choice.block[0]}x{choice.block[1]}"
+    dense, sparse = choice.timings.get(f"dense@{rows}"), choice.timings.get(f"{name}@{rows}")
+    return sparse / dense if dense and sparse is not None else 1.0
+
+
+def _trials(active: list[LayerChoice], rows: int) -> list[list[LayerChoice]]:
+    """The sets of weights to time sparse at ``rows``, tried in order: all of ``active``, then
+    the better half of them by per-layer ratio (weights of equal ratio, such as one shape's,
+    stay together), the better half of that, ... down to the single best group."""
+    groups = sorted({round(_layer_ratio(c, rows), 3) for c in active})
+    out, n = [active], len(groups)
+    while n > 1:
+        n = (n + 1) // 2
+        out.append([c for c in active if round(_layer_ratio(c, rows), 3) <= groups[n - 1]])
+    return out
+
+
+def _model_key(module: Module, layers: list[LayerChoice], trial: list[LayerChoice], rows: int,
+               batch: int, seq: int, threads: int) -> str:
+    """Cache key of one whole-model timing: the module's sparse weights (shape, pattern,
+    density), which of them run sparse and how, its size, the input shape and the machine."""
+    weights = ";".join(f"{c.shape[0]}x{c.shape[1]} {c.pattern} d={c.density:.2f}" for c in layers)
+    sparse = ";".join(f"{c.param}:{c.kernel}{c.block or ''}" for c in trial)
+    digest = hashlib.sha1(f"{weights}|{sparse}".encode()).hexdigest()[:16]
+    size = sum(p.data.numel() for p in module.params.values())
+    return (f"model|nodes={sum(1 for _ in module.graph)}|params={size}|threads={threads}|"
+            f"torch={torch.__version__}|cpus={os.cpu_count()}|tokens={rows}|{batch}x{seq}|{digest}")
+
+
+def _check_whole_model(module: Module, layers: list[LayerChoice], options: AutoOptions,
+                       threads: int, runner: Runner | None, disk: dict, fresh: dict
+                       ) -> tuple[list[LayerChoice], tuple[ModelCheck, ...], str]:
+    """Confirm ``auto``'s per-layer choices on the whole module (see the module docstring):
+    the choices with sparse kernels cut where the whole model is not ``margin`` faster, the
+    timings, and the decision."""
+    if not any(c.kernel in _SPARSE for c in layers):
+        return layers, (), ""
+    if not options.whole_model:
+        return layers, (), "not checked (AutoOptions(whole_model=False)): per-layer choices"
+    if runner is None:
+        return layers, (), ("not checked: no runner to build the module with (to_eager and "
+                            "to_torchscript give one): per-layer choices")
+    low, high = seq_range(module)
+    high = options.seq if high is None else min(options.seq, high)
+    choices, checks, decisions = list(layers), [], []
+    dense_model: Callable[..., Any] | None = None
+    ran: set[int] = set()
+    previous: int | None = None
+    for rows in sorted(set(options.tokens)):
+        active = [c for c in choices if c.kernel in _SPARSE and (c.max_tokens is None or rows <= c.max_tokens)]
+        shape = _batch_seq(rows, low, high)
+        if active and shape is None:
+            decisions.append(f"not checked at {rows} rows (no sequence length in [{low}, {high}] "
+                             "divides it)")
+            break
+        if not active:
+            previous = rows
+            continue
+        batch, seq = shape
+        feeds = token_inputs(module, batch, seq)
+        if feeds is None:
+            return layers, (), ("not checked: no graph input indexes an embedding table, so no "
+                                "inputs can be built: per-layer choices")
+        kept: list[LayerChoice] = []
+        for trial in _trials(active, rows):
+            key = _model_key(module, layers, trial, rows, batch, seq, threads)
+            hit = _MEMORY.get(key) or disk.get(key)
+            if not (isinstance(hit, dict) and {"dense", "sparse"} <= set(hit)):
+                if dense_model is None:
+                    dense_model = runner(None)
+                if rows not in ran:  # inputs the module cannot take: skip, do not fail the lowering
+                    try:
+                        with torch.inference_mode():
+                            dense_model(**feeds)
+                    except (RuntimeError, ValueError, IndexError, OptcError) as exc:
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        return layers, (), (f"not checked: the module does not run on generated "
+                                            f"token inputs ({first}): per-layer choices")
+                    ran.add(rows)
+                sparse_model = runner(SparsePlan("auto", threads, tuple(
+                    replace(c, max_tokens=None) for c in trial)))
+                hit = _time_models(dense_model, sparse_model, feeds, options)
+                fresh[key] = hit
+            _MEMORY[key] = hit
+            dense_ms, sparse_ms = float(hit["dense"]), float(hit["sparse"])
+            won = sparse_ms <= (1.0 - options.margin) * dense_ms
+            checks.append(ModelCheck(rows, batch, seq, len(trial), round(dense_ms, 4),
+                                     round(sparse_ms, 4), won))
+            if won:
+                kept = trial
+                break
+        kept_names = {c.param for c in kept}
+        dropped = {c.param for c in active} - kept_names
+        if not dropped:
+            previous = rows
+            continue
+        first, last = next(m for m in checks if m.rows == rows), checks[-1]
+        text = (f"; whole model at {rows} rows {first.ratio:.2f}x of dense with "
+                f"{first.sparse_weights} sparse" + (f", {last.ratio:.2f}x with the "
+                                                     f"{last.sparse_weights} best"
+                                                     if last is not first else ""))
+        where = "dense" if previous is None else f"dense above {previous} rows"
+        for i, c in enumerate(choices):
+            if c.param in dropped:
+                cut = dict(kernel="dense", block=None, max_tokens=None) if previous is None \
+                    else dict(max_tokens=previous)
+                choices[i] = replace(c, **cut, reason=c.reason + text + ": " + where)
+        decisions.append(f"{len(dropped)} weight(s) {where} (not {options.margin:.0%} faster at "
+                         f"{rows} rows)")
+        previous = rows
+    if not decisions:
+        checked = "/".join(str(r) for r in sorted({m.rows for m in checks}))
+        decisions.append(f"sparse choices kept (at least {options.margin:.0%} faster at "
+                         f"{checked} rows)")
+    return choices, tuple(checks), "; ".join(decisions)
+
+
 def check_kernel_available(kernel: str) -> None:
     """Raise :class:`~optc.errors.BackendError` when ``kernel`` cannot run on this machine
     (``semi-structured`` without CUDA), so callers can fail before any slow work."""
@@ -463,9 +662,11 @@ def check_kernel_available(kernel: str) -> None:
                            "has no CUDA device: use --sparse-kernel=auto, csr or bsr on CPU")
 
 
-def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None
-                        ) -> SparsePlan:
+def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptions | None = None,
+                        *, runner: Runner | None = None) -> SparsePlan:
     """Choose a kernel for each sparse linear weight of ``module`` (see the module docstring).
+    ``runner`` builds the module lowered with a plan, for ``auto``'s whole-model check
+    (without one the check is skipped, and the plan says so).
 
     Raises :class:`~optc.errors.InputError` for an unknown kernel and
     :class:`~optc.errors.BackendError` for ``semi-structured`` without CUDA or without a 2:4
@@ -506,13 +707,19 @@ def plan_sparse_kernels(module: Module, kernel: str = "auto", options: AutoOptio
     if kernel == "semi-structured" and not any(c.kernel == "semi-structured" for c in layers):
         raise BackendError("sparse kernel 'semi-structured' needs 2:4 sparse weights and this "
                            "module has none: run sparsify{pattern=2:4} first")
+    checks: tuple[ModelCheck, ...] = ()
+    note = ""
+    if kernel == "auto":
+        layers, checks, note = _check_whole_model(module, layers, options, threads, runner, disk, fresh)
     _write_disk(options.cache_dir, fresh)
-    return SparsePlan(kernel, threads, tuple(layers))
+    return SparsePlan(kernel, threads, tuple(layers), checks, note)
 
 
 def resolve_plan(module: Module, sparse_kernel: str | SparsePlan | None,
-                 options: AutoOptions | None = None) -> SparsePlan | None:
-    """A plan from a lowering's ``sparse_kernel`` argument (None and ``dense``: no plan)."""
+                 options: AutoOptions | None = None, *, runner: Runner | None = None
+                 ) -> SparsePlan | None:
+    """A plan from a lowering's ``sparse_kernel`` argument (None and ``dense``: no plan);
+    ``runner``: see :func:`plan_sparse_kernels`."""
     if sparse_kernel is None or sparse_kernel == "dense":
         return None
     if isinstance(sparse_kernel, SparsePlan):
@@ -525,7 +732,7 @@ def resolve_plan(module: Module, sparse_kernel: str | SparsePlan | None,
     if not isinstance(sparse_kernel, str):
         raise InputError(f"sparse_kernel must be one of {', '.join(KERNELS)} or a SparsePlan, "
                          f"got {type(sparse_kernel).__name__}")
-    return plan_sparse_kernels(module, sparse_kernel, options)
+    return plan_sparse_kernels(module, sparse_kernel, options, runner=runner)
 
 
 def lowered_nodes(module: Module, plan: SparsePlan | None, kinds: tuple[str, ...]) -> dict[Node, LayerChoice]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from optc.backends.eager import python_identifier
+from optc.backends.eager import EagerModule, python_identifier
 from optc.backends.sparse_exec import (
     SPARSE_SCRIPT,
     AutoOptions,
@@ -233,7 +233,8 @@ def to_torchscript(module: Module, sparse_kernel: str | SparsePlan | None = "den
     for name, param in module.params.items():
         if param.data.is_meta:
             raise BackendError(f"parameter @{name} has no data (IR text was loaded without weights)")
-    plan = scriptable_plan(resolve_plan(module, sparse_kernel, auto))
+    plan = scriptable_plan(resolve_plan(module, sparse_kernel, auto,
+                                        runner=lambda p: EagerModule(module, p)))
     src, buffers = _Writer(module, plan).source()
     with tempfile.NamedTemporaryFile("w", suffix="_optc_ts.py", delete=False) as f:
         f.write(src)  # TorchScript reads the source back from disk to compile it

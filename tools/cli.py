@@ -203,11 +203,13 @@ def _cmd_compile(argv: list[str]) -> int:
             json.dumps(report.to_json(), default=str))
     sparse_plan = None
     if args.sparse_kernel:
+        from optc.backends.eager import EagerModule
         from optc.backends.sparse_exec import plan_sparse_kernels
 
         module.meta["sparse_kernel"] = args.sparse_kernel  # what the backends and optc.load use
         with progress.step(f"choosing sparse kernels ({args.sparse_kernel})"):
-            sparse_plan = plan_sparse_kernels(module, args.sparse_kernel)
+            sparse_plan = plan_sparse_kernels(module, args.sparse_kernel,
+                                              runner=lambda p: EagerModule(module, p))
     if out is not None:
         from optc.backends.selfcheck import check_written
         from optc.outputs import staged_output
