@@ -1,8 +1,9 @@
 """Sparse execution: which kernel runs each sparse linear weight in eager and TorchScript.
 
-    plan = plan_sparse_kernels(module, "auto")      # measure, choose, record
-    print(plan.table())                             # one row per sparse weight: kernel and why
-    eager = to_eager(module, sparse_kernel=plan)    # or sparse_kernel="auto" (cached)
+    eager = to_eager(module, sparse_kernel="auto")  # measure, choose, record (cached)
+    print(eager.sparse_plan.table())                # one row per sparse weight: kernel and why
+    plan = plan_sparse_kernels(module, "auto", runner=lambda p: EagerModule(module, p))
+    eager = to_eager(module, sparse_kernel=plan)    # a plan made once, lowered again
 
 The choice is a lowering option (``to_eager(module, sparse_kernel=...)``,
 ``to_torchscript(...)``, ``optc ... --sparse-kernel=...``), never part of the IR: the IR says
@@ -28,13 +29,40 @@ this machine runs them. Kernels (:data:`KERNELS`):
   wins at every count runs every input; one that wins only at the smaller counts runs inputs up
   to the largest count it won at, and the layer keeps its dense weight too for larger inputs
   (the kernel switches on the input's rows, batch x sequence, at run time); otherwise the layer
-  stays dense. So ``auto`` stays within noise of dense where sparse does not pay (the goal:
-  never more than 5% slower) and takes the sparse win where it does.
-  Weights denser than :data:`MAX_AUTO_DENSITY` skip the measurement (no torch CPU sparse kernel
-  beats dense there). Results are cached per (shape, density, pattern, bias, threads, torch
-  version, token count) in memory and in ``~/.cache/optc/sparse_kernels.json``
-  (``$XDG_CACHE_HOME`` honoured; ``AutoOptions(cache_dir=None)`` turns the file off). Plan with
-  the thread count you will run at.
+  stays dense. Weights denser than :data:`MAX_AUTO_DENSITY` skip the measurement (no torch CPU
+  sparse kernel beats dense there).
+
+  **Whole-model check.** A layer that wins alone (one linear, warm caches) can lose inside the
+  model: measured on MiniLM at 1024 rows, 1 thread, 90% unstructured, every csr layer won by
+  >= 10% alone and the whole model ran 7% slower with all 36 on csr.
+  So after the per-layer choices ``auto`` times the whole module lowered with them against
+  the all-dense module (eager, interleaved medians, ``rounds`` x ``block`` forwards each) at
+  each token count, smallest first, on generated inputs (:mod:`optc.backends.model_inputs`:
+  token ids below the vocabulary, mask of ones, token types zero; batch ``rows / seq`` at
+  ``AutoOptions.seq``, capped by the position table). Where the whole model is not at least
+  ``margin`` faster, it retries with the better half of those weights by their per-layer ratio
+  (weights of one ratio, such as one shape's, stay together), then the better half of that,
+  down to one group; the weights left out (all of them when no try wins) run dense from that
+  count up: ``max_tokens`` drops to the previous count, or the weight is dense when the
+  smallest count lost. Their reasons say so (e.g. ``; whole model at 1024 rows 1.07x of dense
+  with 36 sparse: dense above 128 rows``); the timings are :attr:`SparsePlan.model_checks`, the
+  decision :attr:`SparsePlan.model_note`, both printed by ``table()`` and kept by
+  ``to_json``. Because the sparse set at a count only shrinks from the smaller counts' sets,
+  a count that wins with some weights is never given weights that lost there.
+  The check needs a ``runner`` that builds the lowered module (``to_eager``,
+  ``to_torchscript`` and ``optc --sparse-kernel=auto`` give the eager lowering;
+  :func:`plan_sparse_kernels` called without one skips it) and a token-id input (an integer
+  graph input indexing an embedding table); otherwise, or with
+  ``AutoOptions(whole_model=False)``, it is skipped and ``model_note`` says why. So ``auto``
+  keeps sparse kernels only where the whole model measured faster (the promise: never more
+  than 5% slower than dense, up to the noise of the machine it measured on).
+
+  Results are cached in memory and in ``~/.cache/optc/sparse_kernels.json`` (``$XDG_CACHE_HOME``
+  honoured; ``AutoOptions(cache_dir=None)`` turns the file off): per layer by (shape, density,
+  pattern, bias, threads, torch version, CPUs, token count), per whole-model try by the
+  module's sparse weights (shape, pattern, density), which of them run sparse with which
+  kernel, the module's size, the input shape, threads, torch version and CPUs. Plan with the
+  thread count you will run at.
 
 The kernels: :func:`sparse_linear` (eager) and ``k_sparse_linear`` (:data:`SPARSE_SCRIPT`,
 TorchScript) compute the ``linear`` op with the weight given by its compressed parts (``crow``,
@@ -44,9 +72,9 @@ They compute ``(W_sparse @ x2.T).T`` with the bias folded into ``addmm``: the la
 torch's CPU sparse kernels are fastest.
 
 int8 weights always run the int8 kernel; weights without a ``sparsity`` attribute stay dense.
-Every choice is recorded in the :class:`SparsePlan` (kernel, block, row limit, reason, timings),
-which the eager module keeps as ``.sparse_plan`` and the TorchScript file as the extra file
-``optc/sparse_plan.json``.
+Every choice is recorded in the :class:`SparsePlan` (kernel, block, row limit, reason, timings;
+for ``auto`` also the whole-model timings and decision), which the eager module keeps as
+``.sparse_plan`` and the TorchScript file as the extra file ``optc/sparse_plan.json``.
 
 Written outputs: ``optc MODEL --sparse-kernel=K`` (eager or torchscript backend) prints the
 plan and records ``K`` in the module's ``meta["sparse_kernel"]``; ``export_torchscript`` and
