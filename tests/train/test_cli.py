@@ -110,3 +110,20 @@ def test_finetune_refuses_existing_output_and_bad_usage(finetuned, model_dir, ta
     assert err.count("\n") == 1 and "--epochs" in err
     with pytest.raises(InputError, match="unknown task 'nope'"):
         cmd_finetune([str(model_dir), "--task", "nope", "-o", "x"])
+
+
+def test_finetune_pooling_mean_is_recorded_and_kept(model_dir, task_dir, tmp_path) -> None:
+    out = tmp_path / "mean"
+    assert cmd_finetune([str(model_dir), "--task", "text-classification", "--data", str(task_dir),
+                         "-o", str(out), "--max-steps", "2", "--eval-split", "none",
+                         "--pooling", "mean", "-q"]) == 0
+    meta = read_metadata(out)
+    assert meta["task"]["pooling"] == "mean"
+    assert "pooling=mean" in meta["pipeline"][-1]
+    module = optc.load_module(out)
+    assert "token_sum" in optc.print_module(module) and not module.params.get("pooler.dense.weight")
+    # the artifact's head is mean-pooled: asking for cls is refused before any training
+    with pytest.raises(InputError, match="already has a head on mean pooling"):
+        cmd_finetune([str(out), "--data", str(task_dir), "-o", str(tmp_path / "cls"),
+                      "--pooling", "cls", "-q"])
+    assert not (tmp_path / "cls").exists()

@@ -15,10 +15,10 @@ from optc.ir import parse_module, print_module
 from optc.ir.cleanup import eliminate_dead_code
 from optc.passes import PassManager
 from optc.passes.finetune import Finetune, TrainingPass
-from optc.tests.conftest import assert_backends_agree
+from optc.tests.conftest import assert_backends_agree, assert_refused_unchanged
 from optc.tests.train.conftest import VOCAB, tiny_bert
 from optc.tools.train_cli import finetune_parser
-from optc.train import add_task_head, finetune, has_task_head
+from optc.train import add_task_head, distill, finetune, has_task_head
 from optc.train.heads import POOLINGS
 
 TASK = "text-classification"
@@ -264,3 +264,22 @@ def test_pass_and_cli_carry_the_pooling() -> None:
     assert tuple(action.choices) == POOLINGS
     with pytest.raises(SystemExit):
         parser.parse_args(["-o", "x", "--pooling", "max"])
+
+
+def test_the_finetune_pass_and_distill_build_the_head_they_are_asked_for(task_dir, tok_dir,
+                                                                         tokenizer) -> None:
+    _, module = tiny_bert(layers=1)
+    module.meta["source"]["tokenizer"] = str(tok_dir)
+    report = optc.run_pipeline(module, f"finetune{{task={TASK},max_steps=1,eval_split=none,"
+                                       f"batch_size=16,pooling=mean,data={task_dir}}}")
+    assert report.records[0].stats["head_added"] is True
+    assert module.meta["task"]["pooling"] == "mean" and "token_sum" in print_module(module)
+    # a later training pass asking for another pooling is refused, the IR unchanged
+    assert_refused_unchanged(module, f"finetune{{pooling=cls,max_steps=1,data={task_dir}}}",
+                             "already has a head on mean pooling")
+    # distill's student gets the pooling asked for; the teacher keeps its own head
+    teacher = module
+    _, student = tiny_bert(layers=1, seed=1)
+    distill(student, teacher, TASK, task_dir, tokenizer=tokenizer, max_steps=1, eval_split=None,
+            batch_size=16, pooling="cls")
+    assert student.meta["task"]["pooling"] == "cls" and teacher.meta["task"]["pooling"] == "mean"
