@@ -4,16 +4,19 @@ unstructured and block, with the crossover points.
     python -m optc.tools.bench_sparse [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
                                       [--sparsity 0.5 0.8 0.9 0.95] [--patterns unstructured block]
                                       [--tile 4] [--rounds 8] [--block 5] [--cache] [--quick]
+                                      [--no-whole-model]
     python -m optc.tools.bench_sparse --per-shape ...   # the kernels alone on MiniLM's shapes
 
 For each pattern and sparsity the model (default: the embedded all-MiniLM-L6-v2) is sparsified
 with optc's ``sparsify`` (``per_tensor``; ``block`` with ``--tile`` x ``--tile`` tiles, which
 torch's BSR kernel takes as they are) and lowered twice per thread count: eager dense and eager
 ``auto`` (planned at that thread count, measuring at the benchmarked token counts,
-batch x seq). Both run whole-model forwards on random token ids, interleaved in blocks; the
-table gives medians, the ratio auto/dense (below 1: auto is faster) and how many weights each
-kernel runs (and how many of those switch to dense above a row count, where sparse stopped
-winning). The crossover of a (pattern, threads, batch) is the lowest sparsity from which auto
+batch x seq, per layer and then for the whole model at sequence ``--seq``). Both run
+whole-model forwards on random token ids, interleaved in blocks; the table gives medians, the
+ratio auto/dense (below 1: auto is faster) and how many weights each kernel runs (and how many
+of those switch to dense above a row count, where sparse stopped winning); the line under a
+plan's rows is its whole-model check's decision. ``--no-whole-model`` plans with the
+per-layer choices only (``AutoOptions(whole_model=False)``), as ``auto`` did before the check. The crossover of a (pattern, threads, batch) is the lowest sparsity from which auto
 is at least 5% faster than dense at every higher sparsity measured. The last line checks the
 promise that auto is never more than 5% slower than dense.
 
@@ -104,6 +107,13 @@ def describe_plan(plan) -> str:  # noqa: ANN001
     return ", ".join(parts)
 
 
+def whole_model_line(plan) -> str:  # noqa: ANN001
+    """The whole-model check of ``plan`` in one line: each try's ratio, then the decision."""
+    tries = ", ".join(f"{m.rows} rows {m.sparse_weights} sparse {m.ratio:.2f}x"
+                      for m in plan.model_checks)
+    return (f"{tries}: " if tries else "") + plan.model_note
+
+
 def crossovers(rows: list[dict]) -> dict[tuple[str, int, int], float | None]:
     """(pattern, threads, batch) -> lowest sparsity from which auto wins at every higher one."""
     out: dict[tuple[str, int, int], float | None] = {}
@@ -128,8 +138,9 @@ def model_table(args) -> list[dict]:  # noqa: ANN001
 
     model, source = optc.load_model(args.model)
     base = optc.capture(model, source=source)
-    options = AutoOptions(tokens=tuple(sorted({b * args.seq for b in args.batch})),
-                          cache_dir=default_cache_dir() if args.cache else None)
+    options = AutoOptions(tokens=tuple(sorted({b * args.seq for b in args.batch})), seq=args.seq,
+                          cache_dir=default_cache_dir() if args.cache else None,
+                          whole_model=not args.no_whole_model)
     print(f"{'pattern':<12} {'sparsity':>8} {'thr':>3} {'batch':>5} {'dense ms':>9} {'auto ms':>9} "
           f"{'auto/dense':>10}  kernels (auto)")
     rows = []
@@ -151,10 +162,13 @@ def model_table(args) -> list[dict]:  # noqa: ANN001
                                                 rounds=args.rounds, block=args.block)
                     d, a = t["dense"].median, t["auto"].median
                     row = {"pattern": label, "sparsity": sparsity, "threads": threads, "batch": batch,
-                           "dense_ms": d * 1e3, "auto_ms": a * 1e3, "ratio": a / d, "kernels": kernels}
+                           "dense_ms": d * 1e3, "auto_ms": a * 1e3, "ratio": a / d, "kernels": kernels,
+                           "whole_model": auto.sparse_plan.model_note}
                     rows.append(row)
                     print(f"{label:<12} {sparsity:>8.2f} {threads:>3} {batch:>5} {d * 1e3:>9.2f} "
                           f"{a * 1e3:>9.2f} {a / d:>10.2f}  {kernels}", flush=True)
+                if auto.sparse_plan.model_note:
+                    print(f"{'':<12} whole model: {whole_model_line(auto.sparse_plan)}", flush=True)
     print(f"\ncrossover (auto >= {1 - FASTER:.0%} faster than dense from this sparsity up), "
           f"seq {args.seq}:")
     for (pattern, threads, batch), point in crossovers(rows).items():
@@ -178,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=4, help="block side (block pattern, BSR)")
     p.add_argument("--cache", action="store_true", help="let auto reuse ~/.cache/optc measurements")
     p.add_argument("--per-shape", action="store_true", help="the kernel-level table instead")
+    p.add_argument("--no-whole-model", action="store_true",
+                   help="plan auto with the per-layer choices only (no whole-model check)")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 1, seq 32, 1 thread, "
                    "90%% unstructured, 2 rounds of 2")
     args = p.parse_args(argv)

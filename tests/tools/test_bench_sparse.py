@@ -71,3 +71,15 @@ def test_plan_description_counts_row_limited_weights():
                    for i, (kernel, limit) in enumerate([("csr", None), ("csr", 128), ("csr", 128),
                                                         ("dense", None)]))
     assert describe_plan(SparsePlan("auto", 1, layers)) == "csr 3 (2 up to 128 rows), dense 1"
+
+
+def test_whole_model_line_lists_each_try_then_the_decision():
+    from optc.backends.sparse_exec import ModelCheck, SparsePlan
+    from optc.tools.bench_sparse import whole_model_line
+
+    checks = (ModelCheck(128, 1, 128, 36, 40.0, 30.0, True),
+              ModelCheck(1024, 8, 128, 36, 300.0, 321.0, False))
+    plan = SparsePlan("auto", 1, (), checks, "36 weight(s) dense above 128 rows (not 10% faster at 1024 rows)")
+    assert whole_model_line(plan) == ("128 rows 36 sparse 0.75x, 1024 rows 36 sparse 1.07x: 36 weight(s) "
+                                      "dense above 128 rows (not 10% faster at 1024 rows)")
+    assert whole_model_line(SparsePlan("auto", 1, (), (), "not checked")) == "not checked"
