@@ -8,7 +8,10 @@ ONNX lowering: the node becomes ONNX Runtime's fused ``com.microsoft.Attention``
 projections packed into one GEMM) or ``MultiHeadAttention``, each node with its own head
 count, so pruned models with per-layer head counts keep the fused kernel. Non-f32 attention,
 and grouped-query attention (``num_kv_heads`` < ``num_heads``: ORT's fused kernels take equal
-head counts), are traced from the eager kernel instead.
+head counts), are traced from the eager kernel instead. When q, k and v are dynamic int8
+linears of one input (``quantize``), the node and the three linears become one
+``com.microsoft.QAttention`` (one quantization of the input, packed int8 q/k/v weights; see
+:mod:`optc.ir.ops.quantized_self_attention`).
 
 ``int8="dynamic"|"static"`` (set by ``quantize{targets=...,matmuls}``; static takes two more
 operands, the calibrated ``int8_scale: f32[3]`` and ``int8_zero_point: u8[3]`` of Q, K, V)
@@ -56,6 +59,13 @@ from optc.ir.ops.quantized_attention import (
     int8_attention_custom_op,
     int8_attention_problems,
     int8_attention_translations,
+)
+from optc.ir.ops.quantized_self_attention import (
+    int8_qkv,
+    int8_self_attention_custom_op,
+    int8_self_attention_translations,
+    mask_fits_qattention,
+    pack_int8_qkv,
 )
 from optc.ir.types import TensorType, Type
 
@@ -366,6 +376,8 @@ def _onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
     if (kv is not None and kv != node.attr("num_heads")) or node.attr("kv_heads") is not None:
         _traced_with_bias(module, node, cache)  # ORT's fused kernels need equal head counts
         return
+    if _fuse_int8_qkv(module, node, cache):
+        return
     _fuse(module, node, cache, q.dtype)
 
 
@@ -466,6 +478,40 @@ def _onnx_rewrite_int8(module: Module, node: Node, cache: dict[str, Any]) -> Non
                                     node.arg(5)), attrs,
                                    [out.type], names=out.name + "_int8", after=node)
     _replace_attention(module, node, new, valid)
+
+
+def _fuse_int8_qkv(module: Module, node: Node, cache: dict[str, Any]) -> bool:
+    """Soft attention whose q, k and v are dynamic int8 linears of one input becomes one
+    QAttention (:mod:`optc.ir.ops.quantized_self_attention`); False, changing nothing, where
+    that does not apply (the caller then emits MultiHeadAttention)."""
+    mask = node.arg(3)
+    found = int8_qkv(module, node)
+    if found is None or not mask_fits_qattention(mask) or found[0].tensor_type.rank != 3:
+        return False
+    x, linears = found
+    valid = None
+    if isinstance(mask, Value):
+        _, valid = _mask_nodes(module, mask, x.tensor_type.dtype, node, cache)
+        t = mask.tensor_type
+        anchor, shape = mask.producer, t.shape
+        while len(shape) < 4:  # broadcast from the left, as SDPA does
+            shape = (1, *shape)
+            mask = _create(module, "aten.unsqueeze.default", (mask, 0), shape, t.dtype,
+                           "attention_mask4", anchor, node)
+            anchor = mask.producer
+    heads, dim = node.attr("num_heads"), node.attr("head_dim")
+    scale = node.attr("scale")
+    attrs = {"num_heads": heads, "head_dim": dim,
+             "scale": float(scale) if scale is not None else 1.0 / math.sqrt(dim),
+             "causal": bool(node.attr("causal", False))}
+    weight, weight_scale, bias = pack_int8_qkv(module, linears)
+    int8_self_attention_custom_op()
+    out = node.outputs[0]
+    new = module.graph.create_node("optc_onnx.int8_self_attention.default",
+                                   (x, weight, weight_scale, bias, mask), attrs, [out.type],
+                                   names=out.name + "_qattention", after=node)
+    _replace_attention(module, node, new, valid)
+    return True
 
 
 def _replace_attention(module: Module, node: Node, new: Node, valid: Value | None) -> None:
@@ -616,6 +662,7 @@ def _onnx_translations() -> dict[Any, Any]:
         torch.ops.optc_onnx.multi_head_attention.default: multi_head_attention_onnx,
         torch.ops.optc_onnx.topk_attention.default: topk_attention_onnx,
         **int8_attention_translations(),
+        **int8_self_attention_translations(),
     }
 
 
