@@ -26,7 +26,13 @@ the eager modules, interleaved.
 The before/after table of one compiled model (no data needed) is ``optc MODEL --passes=...
 -o OUT --compare`` (:mod:`optc.tools.compare`).
 
-Latency (medians of interleaved blocks; ratios from one run):
+Latency (medians of interleaved blocks; ratios from one run). Each block starts after a
+``--settle`` pause (0.2 s): ONNX Runtime's idle intra-op workers spin for tens of ms after a
+run; on a 2-core machine the previous variant's spinning worker takes the core the next
+variant's second thread needs, which at 2 threads and batch 1 (blocks of ~60 ms) cost every
+variant that follows another ONNX Runtime session most of its second thread, but not the first
+one, which follows the torch variants (the likely reason optc's int8 measured 14.99 ms there
+against the dynamo baseline's 11.75 ms, while batch 8 scaled normally):
 - eager: optc's fp32 eager module against the same IR after ``quantize`` (target: int8 >= 1.6x);
 - ONNX: optc's int8 export against the Hugging Face model exported with ``torch.onnx`` (dynamo
   and TorchScript exporters), run through ``onnxruntime.transformers.optimizer`` and then
@@ -134,7 +140,8 @@ def attention_latency(fp32, args) -> None:  # noqa: ANN001
                         return m(**f)
 
                 variants.update({f"eager {n}": (lambda m=m, r=run: r(m)) for n, m in eager.items()})
-                t = measure_interleaved(variants, rounds=args.rounds, block=args.block)
+                t = measure_interleaved(variants, rounds=args.rounds, block=args.block,
+                                        settle=args.settle)
                 ms = {n: t[n].median * 1e3 for n in t}
                 print(f"{threads:>3} {batch:>5} {args.seq:>4}  "
                       + "  ".join(f"{ms['onnx ' + n]:>18.2f}" for n in paths)
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="add the accuracy-aware static variant (metric points)")
     p.add_argument("--attention", action="store_true",
                    help="only: int8 linears vs int8 linears + int8 attention matmuls")
+    p.add_argument("--settle", type=float, default=0.2,
+                   help="seconds to pause before each timed block (see Latency above)")
     args = p.parse_args(argv)
     calibration = args.calibration or data_root() / "glue" / "SST-2" / "train.tsv"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -361,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 variants["eager f32"] = lambda e=eager: e(eager32)
                 variants["eager i8"] = lambda e=eager: e(eager8)
                 variants["eager i8 static"] = lambda e=eager: e(eager8s)
-                t = measure_interleaved(variants, rounds=args.rounds, block=args.block)
+                t = measure_interleaved(variants, rounds=args.rounds, block=args.block,
+                                        settle=args.settle)
                 best = min(t[n].median for n in paths if not n.startswith("optc"))
                 ms = {n: t[n].median * 1e3 for n in t}
                 print(f"{threads:>3} {batch:>5} {args.seq:>4}  {ms['eager f32']:>10.2f} "

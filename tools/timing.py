@@ -40,14 +40,22 @@ def measure_interleaved(
     rounds: int = 10,
     block: int = 5,
     warmup: int = 3,
+    settle: float = 0.0,
 ) -> dict[str, Timing]:
-    """Time each zero-argument callable ``rounds * block`` times, interleaved in blocks."""
+    """Time each zero-argument callable ``rounds * block`` times, interleaved in blocks.
+
+    ``settle``: seconds to sleep (untimed) before each block, so that the previous variant's
+    idle thread pool stops spinning first: ONNX Runtime's intra-op workers spin for tens of ms
+    after a run, and on a 2-core machine they take the core the next variant's second thread
+    needs (measured: identical 2-thread sessions, 43.9 ms without, 32.5 ms with 0.15 s)."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
+            if settle > 0:
+                time.sleep(settle)
             for _ in range(block):
                 start = time.perf_counter()
                 fn()

@@ -8,8 +8,7 @@ instead of three ``DynamicQuantizeMatMul`` (each quantizing ``x`` again) feeding
 ``MultiHeadAttention`` (which transposes q, k and v to heads first). ``x`` is quantized once;
 the q/k/v GEMM is one batch of ``3 * heads`` per-head GEMMs that write heads directly; the
 kernel parallelizes over them. Measured on MiniLM (batch 1, seq 128, sums of per-node minimum
-kernel times over many ORT profiles): 14.4 -> 14.1 ms at 1 thread, 9.7 -> 8.1 ms at 2 threads
-(``tools/bench_int8.py --qattention`` compares the two exports).
+kernel times over many ORT profiles): 14.4 -> 14.1 ms at 1 thread, 9.7 -> 8.1 ms at 2 threads.
 
 The integers are the ones eager computes: the three linears quantize the same ``x`` with the
 same per-tensor scale and zero point, so one ``DynamicQuantizeLinear`` gives each of them the
