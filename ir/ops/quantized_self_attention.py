@@ -95,9 +95,8 @@ def pack_int8_qkv(module: Module, linears: list[Node]) -> tuple[Value, Value, Va
         b = n.args[3] if len(n.args) > 3 else None
         biases.append(b.data.to(torch.float32) if isinstance(b, Value)
                       else torch.zeros(w.data.shape[1], dtype=torch.float32))
-    name = weights[0].name
-    stem = name[:-len("_t")] if name.endswith("_t") else name
-    stem = stem.rsplit(".", 1)[0]
+    name = weights[0].name  # e.g. encoder.layer.0.attention.self.query.weight_t
+    stem = (name[:-len("_t")] if name.endswith("_t") else name).rsplit(".", 2)[0]
     return (module.add_param(module.unique_param_name(f"{stem}.qkv_weight_int8"), weight),
             module.add_param(module.unique_param_name(f"{stem}.qkv_weight_scale"), scale),
             module.add_param(module.unique_param_name(f"{stem}.qkv_bias"), torch.cat(biases)))

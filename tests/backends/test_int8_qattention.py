@@ -67,6 +67,7 @@ def test_int8_qkv_of_one_input_become_one_qattention_per_layer(bert, tmp_path: P
     assert attrs["scale"] == pytest.approx(0.25)
     assert attrs["mask_filter_value"] == torch.finfo(torch.float32).min
     names = [f"encoder.layer.0.attention.self.{p}.weight" for p in ("query", "key", "value")]
+    assert node.input[1] == "encoder_layer_0_attention_self_qkv_weight_int8"
     weight = torch.from_numpy(init[node.input[1]].copy())
     assert weight.dtype == torch.int8
     assert torch.equal(weight, torch.cat([module.params[n].data for n in names], 0).t())
