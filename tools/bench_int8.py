@@ -155,8 +155,8 @@ def attention_latency(fp32, args) -> None:  # noqa: ANN001
                       + f"  {ms['eager int8+matmuls'] / ms['eager int8']:>5.2f}")
 
 
-def kernel_minima(paths: dict[str, Path], threads: int, batch: int, seq: int, sessions: int,
-                  runs: int = 20) -> dict[str, float]:
+def kernel_minima(paths: dict[str, Path], threads: int, feeds: dict[str, torch.Tensor],
+                  sessions: int, runs: int = 20) -> dict[str, float]:
     """Seconds per model: the sum over its graph nodes of each node's minimum kernel time in
     ONNX Runtime profiles of ``runs`` runs in each of ``sessions`` fresh sessions (interleaved
     across models): a quiet-latency estimate on a shared machine (see the module docstring)."""
@@ -167,8 +167,7 @@ def kernel_minima(paths: dict[str, Path], threads: int, batch: int, seq: int, se
 
     from optc.backends.onnx import session_options
 
-    ids = torch.randint(1000, 2000, (batch, seq)).numpy()
-    feeds = {"input_ids": ids, "attention_mask": ids * 0 + 1, "token_type_ids": ids * 0}
+    arrays = {k: v.numpy() for k, v in feeds.items()}
     minima: dict[str, dict[str, float]] = {n: collections.defaultdict(lambda: float("inf"))
                                            for n in paths}
     with tempfile.TemporaryDirectory(prefix="optc-bench-profile-") as tmp:
@@ -179,7 +178,7 @@ def kernel_minima(paths: dict[str, Path], threads: int, batch: int, seq: int, se
                 opts.profile_file_prefix = str(Path(tmp) / "p")
                 opts.log_severity_level = 3
                 session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
+                inputs = {i.name: arrays[i.name] for i in session.get_inputs()}
                 for _ in range(runs):
                     session.run(None, inputs)
                 trace = Path(session.end_profiling())
@@ -428,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sums of per-node minimum kernel times (ms), {args.kernel_minima} sessions")
             for threads in args.threads:
                 for batch in args.batch:
-                    k = kernel_minima(paths, threads, batch, args.seq, args.kernel_minima)
+                    ids = torch.randint(1000, 2000, (batch, args.seq))
+                    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                             "token_type_ids": torch.zeros_like(ids)}
+                    k = kernel_minima(paths, threads, feeds, args.kernel_minima)
                     best = min(k[n] for n in paths if not n.startswith("optc"))
                     print(f"{threads:>3} {batch:>5} {args.seq:>4}  "
                           + "  ".join(f"{k[n] * 1e3:>27.2f} ms" for n in paths)
