@@ -21,7 +21,8 @@ training options below unless their spec sets them.
 Columns: ``metric`` (dev, full split unless ``--eval-limit``) and ``delta`` vs dense;
 ``enc size`` the bytes the saved artifact's weights.safetensors spends on the encoder linear
 weights (attention q/k/v/out, FFN up/down, with their int8 scales; sparse weights stored
-compressed) over the same weights dense in fp32, and ``smaller`` its inverse; ``train s`` the
+compressed) over the input model's encoder linear weights dense in fp32 (so removed heads and
+neurons count too), and ``smaller`` its inverse; ``train s`` the
 passes' wall time (with ``--eval-split none``, the default, no evaluation in it; a ``--then``
 row adds its own time to its base's);
 ``--latency`` adds ONNX Runtime medians over dense (batch ``--batch``, ``--seq`` tokens),
@@ -144,7 +145,9 @@ class _Bench:
             self.dense_score = score
         where = (self.args.save_dir or self.tmp) / label.replace(" ", "")
         save(module, where, force=True)
-        stored, dense = encoder_weight_bytes(module, where / "weights.safetensors")
+        stored, _ = encoder_weight_bytes(module, where / "weights.safetensors")
+        # over the input model's encoder in fp32, so structural removals count as well
+        dense = self.reference_bytes()
         sparsity = stats.get("sparsity", before["sparsity"] if before else None)
         row = {
             "section": section, "model": label,
@@ -167,6 +170,16 @@ class _Bench:
         if not self.args.quiet:
             sys.stderr.write(f"bench_compress: {row}\n")
         return module, facts
+
+    def reference_bytes(self) -> int:
+        """Bytes of the input model's encoder linear weights dense in fp32."""
+        from optc.ir.core import Parameter
+        from optc.passes.sparsify import linear_targets
+
+        weights = {node.arg(1).name: node.arg(1) for _, _, node in
+                   linear_targets(self.module, ("attention", "ffn"))
+                   if isinstance(node.arg(1), Parameter)}
+        return sum(w.data.numel() * 4 for w in weights.values())
 
     def evaluate(self, module: Any) -> float:
         import optc

@@ -32,7 +32,8 @@ def _rows(text: str) -> dict[str, dict[str, str]]:
     header = re.split(r"\s{2,}", lines[1].strip())
     rows = {}
     for line in lines[2:]:
-        row = dict(zip(header, re.split(r"\s{2,}", line.strip()), strict=True))
+        cells = re.split(r"\s{2,}", line.strip())
+        row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
         rows[row["model"]] = row
     return rows
 
@@ -71,3 +72,24 @@ def test_progress_line_shows_the_hooks_numbers() -> None:
     _StepPrinter(True, stream)(StepInfo(5, 10, 0.5, 0.25, 1e-4, 0.5, 2.5, {"sparsity": 0.4219}))
     line = stream.getvalue()
     assert "step 5/10" in line and "loss 0.2500  sparsity 0.4219" in line and "ETA" in line
+
+
+def test_structural_rows_count_removed_weights_against_the_input_model(tuned, tmp_path,
+                                                                      capsys) -> None:
+    root, module = tuned
+    code = main(["--model", str(root / "model"), "--task", "text-classification",
+                 "--data", str(root / "task"), "--sections", "dense,l0", "--max-steps", "3",
+                 "--l0-spec", "l0-prune{target_flops=0.5}", "--save-dir", str(tmp_path), "-q"])
+    assert code == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 3
+    _, reference = encoder_weight_bytes(module, root / "model" / "weights.safetensors")
+    for label, row in rows.items():
+        if label == "dense":
+            continue
+        saved = tmp_path / label.replace(" ", "")
+        stored, own = encoder_weight_bytes(optc.load_module(saved), saved / "weights.safetensors")
+        # a smaller dense fp32 encoder: its bytes over the input model's, not over its own
+        assert stored == own < 0.8 * reference
+        assert float(row["enc size"].rstrip("x")) == pytest.approx(stored / reference, abs=5e-4)
+        assert float(row["flops"]) <= 0.5 + 1e-6
