@@ -371,7 +371,10 @@ def run_bench(runners: list[Runner], batch: int, seq: int, threads: int, rounds:
                              f"{detail}{hint}") from None
         variants[str(i)] = lambda r=r, inputs=inputs: r.call(inputs)
     with torch.inference_mode():
-        timings = measure_interleaved(variants, rounds=rounds, block=block, warmup=warmup)
+        # with 2+ threads a pause before each block lets the previous runtime's spinning workers
+        # stop (tools/timing.py): otherwise they take the core the next variant needs
+        timings = measure_interleaved(variants, rounds=rounds, block=block, warmup=warmup,
+                                      settle=0.2 if threads > 1 else 0.0)
     rows = []
     first = timings["0"].median
     for i, r in enumerate(runners):

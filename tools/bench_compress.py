@@ -213,7 +213,8 @@ class _Bench:
                      if n in session.input_names]
             inputs = {n: enc[n] for n in names}
             runners[label] = lambda s=session, i=inputs: s(**i)
-        times = measure_interleaved(runners, rounds=self.args.rounds, block=3)
+        times = measure_interleaved(runners, rounds=self.args.rounds, block=3,
+                                     settle=0.2 if self.args.threads > 1 else 0.0)
         base = times[next(iter(times))].median
         for row in self.rows:
             t = times.get(row["model"])

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     if diff > 1e-4:
                         raise SystemExit(f"{name} disagrees with optc by {diff:.2e}")
                 times = measure_interleaved({n: (lambda r=r, f=feeds: r(**f)) for n, r in runners.items()},
-                                            rounds=args.rounds, block=args.block)
+                                            rounds=args.rounds, block=args.block,
+                                            settle=0.2 if threads > 1 else 0.0)
                 best = min(t.median for n, t in times.items() if n != "optc")
                 cells = "  ".join(f"{times[n].median * 1e3:>25.2f} ms" for n in paths)
                 print(f"{threads:>7}  {batch:>5}  {args.seq:>4}  {cells}  "
