@@ -135,9 +135,12 @@ class _Bench:
         if spec is not None:
             if not self.args.quiet:
                 sys.stderr.write(f"bench_compress: {label}: {spec}\n")
+            passes = self.passes(spec)
             start = time.perf_counter()
-            report = PassManager(self.passes(spec)).run(module)
+            report = PassManager(passes).run(module)
             seconds += time.perf_counter() - start
+            # saved rows say how they were made, as the CLI's outputs do
+            module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
             for record in report.records:
                 stats.update(record.stats)
         score = self.evaluate(module)

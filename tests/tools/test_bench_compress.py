@@ -57,6 +57,9 @@ def test_smoke_run_prints_every_section_with_sizes(tuned, tmp_path, capsys) -> N
     assert rows["gradual-prune 0.8"]["sparsity"] == "0.800" == rows["gradual-prune 0.8 + quantize"]["sparsity"]
     assert rows["gradual-prune 0.8"]["steps"] == "3" and rows["sparsify 0.8"]["steps"] == "-"
     saved = optc.load_module(tmp_path / "saved" / "gradual-prune0.8")
+    assert saved.meta["pipeline"][-1].startswith("gradual-prune{")
+    both = optc.load_module(tmp_path / "saved" / "gradual-prune0.8+quantize")
+    assert [s.split("{")[0] for s in both.meta["pipeline"][-2:]] == ["gradual-prune", "quantize"]
     assert all(p.attrs["sparsity"].density == pytest.approx(0.2, abs=1e-3)
                for n, p in saved.params.items() if "sparsity" in p.attrs)
 
