@@ -44,8 +44,9 @@ import torch
 from optc.artifacts import load_module
 from optc.backends import write_backend
 from optc.backends.eager import to_eager
+from optc.backends.model_inputs import embedding_limits, seq_range
 from optc.errors import BackendError
-from optc.ir.core import Module, Parameter, Value
+from optc.ir.core import Module
 from optc.outputs import staged_output
 
 __all__ = ["TOLERANCES", "INT8_TOLERANCES", "tolerance_for", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
@@ -87,30 +88,10 @@ class SelfCheckReport:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def _index_limits(module: Module) -> dict[str, int]:
-    """Rows of the embedding table each integer graph input indexes (ids must stay below)."""
-    limits: dict[str, int] = {}
-    for node in module.graph:
-        if node.op != "embedding" or len(node.args) < 2:
-            continue
-        ids, table = node.args[0], node.args[1]
-        if isinstance(ids, Value) and isinstance(table, Parameter) and ids.producer is None:
-            limits[ids.name] = min(limits.get(ids.name, 1 << 62), int(table.data.shape[0]))
-    return limits
-
-
 def _seq_range(module: Module) -> tuple[int, int]:
     """(min, max) sequence length the module's non-batch dims allow (max capped at LONG_SEQ)."""
-    low, high = 1, LONG_SEQ
-    for value in module.graph.inputs:
-        for axis, d in enumerate(value.tensor_type.shape):
-            if axis == 0 or isinstance(d, int):
-                continue
-            rng = module.dims.get(d)
-            if rng is not None:
-                low = max(low, rng.min)
-                if rng.max is not None:
-                    high = min(high, rng.max)
+    low, high = seq_range(module)
+    high = LONG_SEQ if high is None else min(high, LONG_SEQ)
     return low, max(low, high)
 
 
@@ -120,7 +101,7 @@ def example_inputs(module: Module, seed: int = 0) -> list[dict[str, torch.Tensor
     low, high = _seq_range(module)
     short = min(max(8, low), high)
     cases = [(2, short, "half"), (1, low, None), (2, high, "half"), (3, short, "empty")]
-    limits = _index_limits(module)
+    limits = embedding_limits(module)
     gen = torch.Generator().manual_seed(seed)
     result = []
     seen = set()

@@ -21,19 +21,13 @@ from optc.backends.sparse_exec import AutoOptions, ModelCheck, SparsePlan, plan_
 from optc.backends.torchscript import PLAN_FILE, export_torchscript
 from optc.errors import InputError
 from optc.passes.sparsify import Sparsify
-from optc.tests.conftest import max_diff, padded_inputs, tiny_model
+from optc.tests.backends.test_sparse_exec import sparsified
+from optc.tests.conftest import max_diff, padded_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 
 FAST = AutoOptions(tokens=(16, 64), rounds=1, block=1, cache_dir=None)
 """Two token counts (the tiny BERT's position table holds 64), one timing each, no disk cache."""
-
-
-def sparsified(**options):
-    model = tiny_model("bert")
-    module = optc.capture(model)
-    Sparsify(**options).run(module)
-    return model, module
 
 
 @pytest.fixture(scope="module")
