@@ -6,7 +6,8 @@ output tensors named like the source model's output fields.
 
 ``to_eager(module, sparse_kernel=...)`` runs sparse linear weights with the kernels of
 :mod:`optc.backends.sparse_exec` (``dense`` by default; ``auto``, ``csr``, ``bsr``,
-``semi-structured``); the choices are in ``EagerModule.sparse_plan``.
+``semi-structured``); the choices are in ``EagerModule.sparse_plan``. Dynamic int8 linears run
+on fbgemm's prepacked kernel where it computes the same integers (:mod:`optc.backends.int8_exec`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from optc.backends.int8_exec import pack_linear, packed_int8_linear, packed_int8_nodes
 from optc.backends.sparse_exec import (
     AutoOptions,
     SparsePlan,
@@ -51,20 +53,24 @@ def python_identifier(name: str, taken: set[str]) -> str:
 
 
 def build_graph_module(module: Module, plan: SparsePlan | None = None,
-                       device: torch.device | str | None = None) -> torch.fx.GraphModule:
+                       device: torch.device | str | None = None, *,
+                       packed_int8: bool = False) -> torch.fx.GraphModule:
     """Generate a GraphModule computing ``module``; it returns a dict of named outputs.
 
     With ``plan`` (:func:`optc.backends.sparse_exec.plan_sparse_kernels`), the linear nodes of
     its csr/bsr weights call :func:`~optc.backends.sparse_exec.sparse_linear` on the weight's compressed
     parts and its semi-structured weights are stored as such (on CUDA); a dense copy of a weight
-    is kept only when something else reads it. ``device``: where the buffers go."""
+    is kept only when something else reads it. ``device``: where the buffers go.
+    ``packed_int8``: dynamic int8 linears run on fbgemm's prepacked kernel
+    (:mod:`optc.backends.int8_exec`) instead of the IR's portable one."""
     root = torch.nn.Module()
     fx = torch.fx.Graph()
     env: dict[int, torch.fx.Node] = {}
     taken: set[str] = set()
     sparse = lowered_nodes(module, plan, ("csr", "bsr"))
     semi = lowered_nodes(module, plan, ("semi-structured",))
-    skip = dense_unused(module, {**sparse, **semi})
+    packed = {n: None for n in packed_int8_nodes(module, device)} if packed_int8 else {}
+    skip = dense_unused(module, {**sparse, **semi, **packed})
     for value in module.graph.inputs:
         env[id(value)] = fx.placeholder(python_identifier(value.name, taken))
     for name, param in module.params.items():
@@ -92,6 +98,13 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
                 root.register_buffer(attr, t if device is None else t.to(device))
                 parts[w.name].append(fx.get_attr(attr))
 
+    for node in packed:
+        w = node.arg(1)
+        if w.name not in parts:
+            attr = python_identifier(f"{w.name}_packed", taken)
+            setattr(root, attr, pack_linear(node))
+            parts[w.name] = [fx.get_attr(attr)]
+
     def lookup(v: Value) -> torch.fx.Node:
         return env[id(v)]
 
@@ -105,6 +118,10 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
                     int(w.data.shape[0]), None if limit is None else lookup(w),
                     -1 if limit is None else limit)
             env[id(node.outputs[0])] = fx.call_function(sparse_linear, args, {})
+            continue
+        if node in packed:
+            args = (lookup(node.arg(0)), parts[node.arg(1).name][0])
+            env[id(node.outputs[0])] = fx.call_function(packed_int8_linear, args, {})
             continue
         if node in semi:
             bias = node.arg(2)
@@ -150,7 +167,7 @@ class EagerModule(torch.nn.Module):
         """The IR module this was generated from (``optc.save`` accepts the EagerModule)."""
         self.sparse_plan = plan
         """The kernel chosen for each sparse weight (None: all dense); ``.table()`` prints it."""
-        self.graph_module = build_graph_module(module, plan, device)
+        self.graph_module = build_graph_module(module, plan, device, packed_int8=True)
         self.input_names = [v.name for v in module.graph.inputs]
         self.output_names = list(module.graph.outputs)
         self.input_defaults: dict[str, str] = dict(module.meta.get("input_defaults", {}))

@@ -92,7 +92,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -777,14 +777,15 @@ def lowered_nodes(module: Module, plan: SparsePlan | None, kinds: tuple[str, ...
     return out
 
 
-def dense_unused(module: Module, lowered: dict[Node, LayerChoice]) -> set[str]:
-    """Parameters read only as the weight of ``lowered`` nodes (their dense copy is not needed)."""
+def dense_unused(module: Module, lowered: Mapping[Node, LayerChoice | None]) -> set[str]:
+    """Parameters read only as the weight of ``lowered`` nodes (their dense copy is not needed;
+    a node mapped to None, e.g. a prepacked int8 linear, has no token limit)."""
     outputs = {id(v) for v in module.graph.outputs.values()}
     names = set()
     for node in lowered:
         w = node.arg(1)
         users = w.users()
-        if id(w) not in outputs and lowered[node].max_tokens is None and \
+        if id(w) not in outputs and getattr(lowered[node], "max_tokens", None) is None and \
                 all(u in lowered for u in users) and \
                 all(u.args.count(w) == 1 and u.arg(1) is w for u in users):
             names.add(w.name)

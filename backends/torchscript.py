@@ -12,7 +12,8 @@ symbolic, so the saved module runs at any batch and sequence size.
 which ``torch.jit.save`` writes; it cannot save a BSR tensor) and ``k_sparse_linear`` rebuilds
 the sparse tensor on each call. ``semi-structured`` weights cannot be scripted (a tensor
 subclass): they fall back to dense with a warning. The plan is saved in the file as the extra
-file ``optc/sparse_plan.json`` (``torch.jit.load(path, _extra_files={...})``).
+file ``optc/sparse_plan.json`` (``torch.jit.load(path, _extra_files={...})``). Dynamic int8
+linears call fbgemm's prepacked kernel, as in eager (:mod:`optc.backends.int8_exec`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from optc.backends.eager import EagerModule, python_identifier
+from optc.backends.int8_exec import pack_linear, packed_int8_nodes
 from optc.backends.sparse_exec import (
     SPARSE_SCRIPT,
     AutoOptions,
@@ -76,6 +78,7 @@ class _Writer:
     def __init__(self, module: Module, plan: SparsePlan | None = None) -> None:
         self.module = module
         self.sparse = lowered_nodes(module, plan, ("csr", "bsr"))
+        self.packed = {n: None for n in packed_int8_nodes(module)}
         self.parts: dict[str, list[str]] = {}
         self.names: dict[int, str] = {}
         self.taken: set[str] = {"self", "torch", "math", "Tensor", "List", "Optional", "Dict"}
@@ -117,6 +120,9 @@ class _Writer:
                      "None" if bias is None else self.literal(bias), str(int(w.data.shape[0])),
                      "None" if limit is None else self.literal(w), str(-1 if limit is None else limit)]
             return f"k_sparse_linear({', '.join(parts)})"
+        if node in self.packed:
+            return (f"torch.ops.quantized.linear_dynamic({self.literal(args[0])}, "
+                    f"{self.parts[args[1].name][0]}, False)")
         opdef = get_op(op)
         if opdef is not None:
             if not opdef.script:
@@ -145,10 +151,11 @@ class _Writer:
         parts += [f"{k}={self.literal(v)}" for k, v in kwargs.items()]
         return f"torch.ops.aten.{name}({', '.join(parts)})"
 
-    def source(self) -> tuple[str, dict[str, torch.Tensor]]:
+    def source(self) -> tuple[str, dict[str, Any]]:
+        """The module's source and its attributes: tensors (buffers) and prepacked int8 weights."""
         graph = self.module.graph
-        buffers: dict[str, torch.Tensor] = {}
-        skip = dense_unused(self.module, self.sparse)
+        buffers: dict[str, Any] = {}
+        skip = dense_unused(self.module, {**self.sparse, **self.packed})
         lines = []
         sig = []
         for value in graph.inputs:
@@ -171,6 +178,12 @@ class _Writer:
                 attr = python_identifier(f"p_{w.name}_{choice.kernel}_{suffix}", self.taken)
                 buffers[attr] = t
                 self.parts[w.name].append(f"self.{attr}")
+        for node in self.packed:
+            w = node.arg(1)
+            if w.name not in self.parts:
+                attr = python_identifier(f"p_{w.name}_packed", self.taken)
+                buffers[attr] = pack_linear(node)
+                self.parts[w.name] = [f"self.{attr}"]
         for node in graph:
             call = self.call(node)
             if not node.outputs:
@@ -246,8 +259,11 @@ def to_torchscript(module: Module, sparse_kernel: str | SparsePlan | None = "den
     try:
         exec(compile(src, path, "exec"), generated.__dict__)  # noqa: S102 - our generated code
         instance = generated.OptcModule()
-        for attr, tensor in buffers.items():
-            instance.register_buffer(attr, tensor)
+        for attr, value in buffers.items():
+            if isinstance(value, torch.Tensor):
+                instance.register_buffer(attr, value)
+            else:  # prepacked int8 weights: TorchScript saves them with the module
+                setattr(instance, attr, value)
         instance.optc_sparse_plan = json.dumps(plan.to_json()) if plan is not None else ""
         try:
             with warnings.catch_warnings():
