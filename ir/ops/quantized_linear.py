@@ -10,8 +10,10 @@ Activations are quantized at run time exactly as ONNX Runtime's ``DynamicQuantiz
 does (per tensor, asymmetric uint8: ``scale = (max(x, 0) - min(x, 0)) / 255``, zero point
 ``round(-min / scale)``, round half to even), so the eager kernel, the TorchScript kernel and
 ONNX Runtime's ``DynamicQuantizeMatMul`` (the ONNX lowering) compute the same integers: the
-backends agree to float rounding (with 7-bit weights: see below), and all three run an int8 GEMM (``torch._int_mm`` on the
-CPU's int8 kernels; no packed weights, so the IR's plain ``i8`` tensors are what runs).
+backends agree to float rounding (with 7-bit weights: see below), and all three run an int8 GEMM. The
+kernel here is portable (``torch._int_mm`` and ATen ops on the IR's plain ``i8`` tensors); at
+lowering time the eager and TorchScript backends hand the linears it would compute exactly to
+fbgemm's prepacked ``quantized::linear_dynamic`` instead (:mod:`optc.backends.int8_exec`).
 
 Weights use 7 bits by default (-63..63, ``quantization(bits=7)``): ONNX Runtime's uint8 x int8
 kernels on CPUs without VNNI (AVX2 ``vpmaddubsw``) add pairs of products in saturating int16,
