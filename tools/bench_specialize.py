@@ -1,7 +1,7 @@
 """Benchmark of accuracy-driven specialization (AxFormer) on MiniLM fine-tuned per task.
 
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
-        [--epochs 3] [--val-size 0.15] [--then 'quantize{mode=dynamic}'] [--smoke]
+        [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N] [--then 'quantize{mode=dynamic}'] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -37,21 +37,29 @@ from optc.passes.manager import run_pipeline
 from optc.search import Candidate, Config, GatedRunner, SearchOptions, prepare_batches, specialize
 from optc.search.measure import max_seq
 from optc.tasks import evaluate, get_task
+from optc.tools.bench_tasks import RECIPES
 from optc.train import finetune
 
 TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _fine_tuned(task: str, models: Path, epochs: float, smoke: bool) -> Any:
+def _fine_tuned(task: str, models: Path, epochs: float | None, smoke: bool) -> Any:
+    """``models/<task>-minilm`` if it holds an artifact, else MiniLM fine-tuned there with the
+    task's :data:`~optc.tools.bench_tasks.RECIPES` settings (``epochs`` overrides them), keeping
+    the default validation split out of training (the search's split) and the best epoch on it."""
     path = models / f"{task}-minilm{'-smoke' if smoke else ''}"
     if is_artifact(path):
         return load_module(path)
     model, source = load_model(None)
     module = capture(model, source=source)
     tok = load_tokenizer(source["tokenizer"])
-    options = {"max_steps": 20} if smoke else {"epochs": epochs}
-    finetune(module, task, tokenizer=tok, eval_split="dev", **options)
+    options = {k: v for k, v in RECIPES.get(task, {}).items() if k != "holdout"}
+    if smoke:
+        options = {"max_steps": 20, "pooling": options.get("pooling", "auto")}
+    elif epochs is not None:
+        options.update(epochs=epochs, max_steps=None)
+    finetune(module, task, tokenizer=tok, eval_split="val", **options)
     save(module, path, extra={"task": module.meta["task"]})
     return module
 
@@ -128,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--models", default="bench-models", help="where fine-tuned models are kept")
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=None,
+                   help="fine-tuning epochs (default: the task's bench_tasks recipe)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the search")
     p.add_argument("--val-size", type=float, default=0.15)
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="a few steps, small split: machinery only")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = Path(args.models)
     models.mkdir(parents=True, exist_ok=True)
     rows = []

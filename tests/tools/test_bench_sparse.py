@@ -35,7 +35,8 @@ def test_quick_run_on_minilm_prints_the_table(capsys):
     # MiniLM has 36 encoder projections: every one is planned
     assert sum(int(n) for n in re.findall(r"(\d+)", row[4])) == 36
     assert "crossover" in out and "unstructured threads 1 batch 1:" in out
-    assert re.search(r"auto within 5% of dense everywhere: (yes|NO) \(worst auto/dense", out)
+    assert re.search(r"auto within 5% of dense everywhere: (yes|NO) \((worst auto/dense|auto chose "
+                     r"dense everywhere)", out)
 
 
 def test_per_shape_table(capsys):
@@ -83,3 +84,19 @@ def test_whole_model_line_lists_each_try_then_the_decision():
     assert whole_model_line(plan) == ("128 rows 36 sparse 0.75x, 1024 rows 36 sparse 1.07x: 36 weight(s) "
                                       "dense above 128 rows (not 10% faster at 1024 rows)")
     assert whole_model_line(SparsePlan("auto", 1, (), (), "not checked")) == "not checked"
+
+
+def test_verdict_skips_rows_where_auto_and_dense_are_the_same_module():
+    from optc.tools.bench_sparse import verdict_line
+
+    def row(ratio, identical, sparsity=0.9):
+        return {"pattern": "unstructured", "sparsity": sparsity, "threads": 2, "batch": 1,
+                "ratio": ratio, "identical": identical}
+
+    # a 1.17 "slowdown" between two identical modules is noise, not auto's doing
+    line = verdict_line([row(1.17, True, 0.5), row(0.8, False)])
+    assert line.startswith("auto within 5% of dense everywhere: yes (worst auto/dense 0.80")
+    assert "1 row(s) where auto chose dense for every weight are not judged" in line
+    assert "NO" in verdict_line([row(1.17, True, 0.5), row(1.08, False)])
+    assert verdict_line([row(1.2, True)]).endswith("(auto chose dense everywhere; 1 row(s) where "
+                                                   "auto chose dense for every weight are not judged)")
