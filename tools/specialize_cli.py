@@ -135,7 +135,8 @@ def specialize_parser() -> argparse.ArgumentParser:
                    help="recompute every layer for every candidate (slower; same result)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32)
     p.add_argument("--max-length", type=_int_at_least(2), default=None,
-                   help="token limit (default 128; 384 for QA)")
+                   help="token limit (default: the one the model was fine-tuned with, else "
+                        "128; 384 for QA)")
     p.add_argument("--no-dev", action="store_true", help="skip the dev metric before/after")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the one "
@@ -202,7 +203,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.search.measure import latencies
     from optc.tasks import evaluate, get_task
     from optc.tools.progress import Progress
-    from optc.train import task_from_meta
+    from optc.train import task_from_meta, trained_max_length
 
     args = specialize_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
@@ -245,6 +246,8 @@ def cmd_specialize(argv: list[str]) -> int:
         raise InputError("the model records no tokenizer: pass --tokenizer DIR")
     tokenizer = load_tokenizer(ref)
     options = _holdout_split(options, module.meta, args.val_size, args.seed)
+    max_length = args.max_length or trained_max_length(module.meta)
+    options = dataclasses.replace(options, max_length=max_length)
     names = tuple(v.name for v in module.graph.inputs
                   if v.name in ("input_ids", "attention_mask", "token_type_ids"))
 
@@ -267,9 +270,9 @@ def cmd_specialize(argv: list[str]) -> int:
     if not args.no_dev:
         with progress.step(f"evaluating {task.name} dev before and after"):
             dev_before = evaluate(task, to_eager(module), "dev", tokenizer, data=args.data,
-                                  input_names=names, max_length=args.max_length).score
+                                  input_names=names, max_length=max_length).score
             dev_after = evaluate(task, to_eager(final), "dev", tokenizer, data=args.data,
-                                 input_names=names, max_length=args.max_length).score
+                                 input_names=names, max_length=max_length).score
     lat_before = lat_after = None
     if not args.no_latency:
         with progress.step("measuring latency (batch 1, seq 128, 1 thread)"):

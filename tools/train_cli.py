@@ -86,12 +86,13 @@ def _tokenizer(ref: str | None, target: str) -> Any:
 
 
 def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
-                   threads: int | None) -> tuple[Any, Any, Any, tuple[str, ...] | None]:
-    """(task, model_fn, tokenizer, input names) for ``target``."""
+                   threads: int | None) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None]:
+    """(task, model_fn, tokenizer, input names, the token limit it was fine-tuned with) for
+    ``target`` (the limit is known for optc artifacts only)."""
     import torch
 
     from optc.tasks import get_task
-    from optc.train import task_from_meta
+    from optc.train import task_from_meta, trained_max_length
 
     kind = _target_kind(target)
     if kind != "hf" and not Path(target).exists():
@@ -107,7 +108,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
             raise InputError(f"artifact '{target}' records no task: pass --task NAME")
         tok = _tokenizer(tokenizer_ref or (module.meta.get("source") or {}).get("tokenizer"), target)
         names = tuple(v.name for v in module.graph.inputs)
-        return task, to_eager(module), tok, names
+        return task, to_eager(module), tok, names, trained_max_length(module.meta)
     if task_spec is None:
         raise InputError(f"'{target}' records no task: pass --task NAME")
     task = get_task(task_spec)
@@ -119,7 +120,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot load ONNX model '{target}': {first}") from None
-        return task, runner, _tokenizer(tokenizer_ref, target), tuple(runner.input_names)
+        return task, runner, _tokenizer(tokenizer_ref, target), tuple(runner.input_names), None
     if kind == "torchscript":
         try:
             scripted = torch.jit.load(target)
@@ -127,12 +128,12 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot load TorchScript file '{target}': {first}") from None
         names = tuple(a.name for a in scripted.forward.schema.arguments[1:])
-        return task, scripted, _tokenizer(tokenizer_ref, target), names
+        return task, scripted, _tokenizer(tokenizer_ref, target), names, None
     from optc.frontends.huggingface import load_model
 
     model, source = load_model(target, task=task.head)
     _refuse_untrained_head(target, {"source": source})
-    return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None
+    return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None, None
 
 
 def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
@@ -168,7 +169,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="split to score (val: the seeded validation part of train)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-length", type=_positive_int, default=None,
-                   help="token limit (default 128; 384 for QA)")
+                   help="token limit (default: the one an optc artifact was fine-tuned with, "
+                        "else 128; 384 for QA)")
     p.add_argument("--limit", type=_positive_int, default=None, help="score the first N examples")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
                    "one recorded with the model)")
@@ -190,13 +192,13 @@ def cmd_eval(argv: list[str]) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with progress.step(f"loading {args.target}"):
-        task, model_fn, tok, names = _load_for_eval(args.target, args.task, args.tokenizer,
-                                                    args.threads)
+        task, model_fn, tok, names, trained = _load_for_eval(args.target, args.task,
+                                                             args.tokenizer, args.threads)
     if getattr(model_fn, "eval", None) is not None and isinstance(model_fn, torch.nn.Module):
         model_fn.eval()
     with progress.step(f"evaluating {task.name} ({args.split})"):
         result = evaluate(task, model_fn, args.split, tok, batch_size=args.batch_size,
-                          max_length=args.max_length, data=args.data, limit=args.limit,
+                          max_length=args.max_length or trained, data=args.data, limit=args.limit,
                           input_names=_token_names(names))
     summary = {"target": args.target, "task": task.name, "split": args.split,
                "metrics": result.metrics, "main_metric": result.main_metric,

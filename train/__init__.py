@@ -17,6 +17,7 @@ from optc.train.heads import (
     has_task_head,
     task_from_meta,
     task_meta,
+    trained_max_length,
 )
 from optc.train.hooks import TrainHooks
 from optc.train.loop import (
@@ -59,6 +60,7 @@ __all__ = [
     "has_task_head",
     "task_meta",
     "task_from_meta",
+    "trained_max_length",
     "HEAD_INIT_STD",
     "finetune",
     "distill",

@@ -143,6 +143,14 @@ def task_from_meta(meta: dict[str, Any]) -> Task | None:
     return get_task(name)
 
 
+def trained_max_length(meta: dict[str, Any]) -> int | None:
+    """The token limit the model was fine-tuned with (``meta["task"]["max_length"]``), or None:
+    what evaluation and searches use when not told otherwise."""
+    recorded = meta.get("task")
+    value = recorded.get("max_length") if isinstance(recorded, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _new_linear(module: Module, prefix: str, rows: int, width: int, dtype: torch.dtype,
                 seed: int) -> tuple[Value, Value]:
     generator = torch.Generator().manual_seed(seed)

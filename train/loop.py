@@ -342,6 +342,7 @@ def _run(module: Module, task: Task, items: list[Encoded], evals: list[Any] | No
     report.params_written = len(write_back(model, module))
     if isinstance(module.meta.get("task"), dict):
         module.meta["task"]["trained_steps"] = int(module.meta["task"].get("trained_steps", 0)) + step
+        module.meta["task"]["max_length"] = max_length
     if isinstance(module.meta.get("task"), dict) and "holdout" in report.extra:
         module.meta["task"]["holdout"] = report.extra["holdout"]
     if report.best is not None and isinstance(module.meta.get("task"), dict):

@@ -127,3 +127,28 @@ def test_finetune_pooling_mean_is_recorded_and_kept(model_dir, task_dir, tmp_pat
         cmd_finetune([str(out), "--data", str(task_dir), "-o", str(tmp_path / "cls"),
                       "--pooling", "cls", "-q"])
     assert not (tmp_path / "cls").exists()
+
+
+def test_eval_defaults_to_the_token_limit_the_model_was_fine_tuned_with(finetuned, task_dir,
+                                                                        monkeypatch, capsys) -> None:
+    from optc.train import trained_max_length
+
+    meta = optc.load_module(finetuned).meta
+    assert meta["task"]["max_length"] == 128 == trained_max_length(meta)  # finetune's default
+    assert trained_max_length({"task": {"max_length": True}}) is None
+    assert trained_max_length({}) is None
+    from optc import tasks
+
+    seen = []
+    real = tasks.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_length"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "evaluate", spy)
+    assert cmd_eval([str(finetuned), "--data", str(task_dir), "-q", "--limit", "4"]) == 0
+    assert cmd_eval([str(finetuned), "--data", str(task_dir), "-q", "--limit", "4",
+                     "--max-length", "16"]) == 0
+    assert seen == [128, 16]
+    capsys.readouterr()
