@@ -38,7 +38,7 @@ from optc.search import Candidate, Config, GatedRunner, SearchOptions, prepare_b
 from optc.search.measure import max_seq
 from optc.tasks import evaluate, get_task
 from optc.tools.bench_tasks import RECIPES
-from optc.train import finetune
+from optc.train import finetune, trained_max_length
 
 TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -90,7 +90,8 @@ def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[fl
 
 
 def _dev(task: Any, module: Any, tok: Any) -> float:
-    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=NAMES).score
+    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=NAMES,
+                    max_length=trained_max_length(module.meta)).score
 
 
 def _top_drop_at(module: Any, flops: int) -> Any:
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         module = _fine_tuned(name, models, args.epochs, args.smoke)
         tok = load_tokenizer(module.meta["source"]["tokenizer"])
         options = SearchOptions(val_size=args.val_size, workers=args.workers,
+                                max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
                                 else SearchOptions().kinds)
