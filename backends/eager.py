@@ -69,7 +69,8 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
     taken: set[str] = set()
     sparse = lowered_nodes(module, plan, ("csr", "bsr"))
     semi = lowered_nodes(module, plan, ("semi-structured",))
-    packed = {n: None for n in packed_int8_nodes(module, device)} if packed_int8 else {}
+    packed = {n: None for n in packed_int8_nodes(module, device)
+              if n not in sparse and n not in semi} if packed_int8 else {}
     skip = dense_unused(module, {**sparse, **semi, **packed})
     for value in module.graph.inputs:
         env[id(value)] = fx.placeholder(python_identifier(value.name, taken))

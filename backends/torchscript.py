@@ -78,7 +78,7 @@ class _Writer:
     def __init__(self, module: Module, plan: SparsePlan | None = None) -> None:
         self.module = module
         self.sparse = lowered_nodes(module, plan, ("csr", "bsr"))
-        self.packed = {n: None for n in packed_int8_nodes(module)}
+        self.packed = {n: None for n in packed_int8_nodes(module) if n not in self.sparse}
         self.parts: dict[str, list[str]] = {}
         self.names: dict[int, str] = {}
         self.taken: set[str] = {"self", "torch", "math", "Tensor", "List", "Optional", "Dict"}
