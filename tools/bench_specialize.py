@@ -1,7 +1,8 @@
 """Benchmark of accuracy-driven specialization (AxFormer) on MiniLM fine-tuned per task.
 
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
-        [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N] [--then 'quantize{mode=dynamic}'] [--smoke]
+        [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
+        [--then 'quantize{mode=dynamic}'] [--rule loss|metric --tolerance P] [--save] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -18,6 +19,7 @@ its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -144,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rule", default="loss", choices=["loss", "metric"],
+                   help="acceptance rule (loss: the published one)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="metric rule: tolerated validation-metric drop, in points")
+    p.add_argument("--save", action="store_true",
+                   help="write the specialized, top-dropped and --then models and the row (JSON) "
+                        "into --models as <task>-spec-<rule>, -drop-<rule>, -then-<rule>, to time "
+                        "them later on a quiet machine (optc bench ... --backends onnx)")
     p.add_argument("--smoke", action="store_true", help="a few steps, small split: machinery only")
     args = p.parse_args(argv)
     if args.threads:
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         module = _fine_tuned(name, models, args.epochs, args.smoke)
         tok = load_tokenizer(module.meta["source"]["tokenizer"])
         options = SearchOptions(val_size=args.val_size, workers=args.workers,
+                                rule=args.rule, tolerance=args.tolerance,
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
@@ -179,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
             row["latency_then"] = lt[1] / lt[0]
         val = task.read("val", None, val_size=args.val_size, limit=options.val_limit)
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
+        row["rule"] = args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}"
+        if args.save:
+            tag = row["rule"]
+            save(spec, models / f"{name}-spec-{tag}", force=True, extra={"task": spec.meta["task"]})
+            save(dropped, models / f"{name}-drop-{tag}", force=True)
+            if args.then:
+                save(then, models / f"{name}-then-{tag}", force=True)
+            (models / f"{name}-spec-{tag}.json").write_text(json.dumps(row, indent=1))
         rows.append(row)
         print(row, flush=True)
     header = ("task  dev  dev spec  FLOPs  ORT lat  params  search s  evals  "
