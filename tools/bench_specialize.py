@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="acceptance rule (loss: the published one)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="metric rule: tolerated validation-metric drop, in points")
+    p.add_argument("--kinds", default=None,
+                   help="candidate kinds in order (default: the published ones, hard attention first)")
     p.add_argument("--save", action="store_true",
                    help="write the specialized, top-dropped and --then models and the row (JSON) "
                         "into --models as <task>-spec-<rule>, -drop-<rule>, -then-<rule>, to time "
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
+                                else tuple(args.kinds.split(",")) if args.kinds
                                 else SearchOptions().kinds)
         result = specialize(module, task, tok, None, options)
         spec = result.module
@@ -190,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             row["latency_then"] = lt[1] / lt[0]
         val = task.read("val", None, val_size=args.val_size, limit=options.val_limit)
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
-        row["rule"] = args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}"
+        row["rule"] = (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
+            ("-" + args.kinds.replace(",", "+") if args.kinds else "")
         if args.save:
             tag = row["rule"]
             save(spec, models / f"{name}-spec-{tag}", force=True, extra={"task": spec.meta["task"]})
