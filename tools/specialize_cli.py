@@ -326,6 +326,12 @@ def cmd_specialize(argv: list[str]) -> int:
         lat = "" if info["latency_ms"] is None else f", {info['latency_ms']:.2f} ms"
         print(f"wrote {path}: validation {info['val_score']:.2f}, "
               f"{info['flops'] / 1e9:.3f} GFLOPs{lat}, {info['parameters']:,} parameters")
+    hard = sorted({c.layer for c in result.config.accepted if c.kind == "hard-attention"})
+    if hard and lat_before and lat_after and lat_after > 1.02 * lat_before:
+        print(f"note: hard attention (layers {', '.join(map(str, hard))}) makes this model "
+              f"{lat_after / lat_before:.2f}x slower here: top-k attention has no fused kernel "
+              "on this machine; --kinds ffn,ffn-groups,attention,heads searches structured "
+              "removals only")
     print(f"wrote {out}: {len(result.config.accepted)} of {len(result.history)} candidates "
           f"accepted, {result.evaluations} evaluations in {result.seconds:.1f} s "
           f"({result.stopped})")

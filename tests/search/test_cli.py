@@ -92,3 +92,19 @@ def test_a_model_without_a_task_head_is_refused(tmp_path, task_dir, tok_dir, cap
     err = capsys.readouterr().err.strip()
     assert got == 3 and "has no task head" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_slower_result_with_hard_attention_says_how_to_search_structure_only(
+        artifact, task_dir, tmp_path, capsys, monkeypatch):
+    from optc.search import measure
+
+    times = iter([(10.0, 13.0), (10.0, 10.1)])
+    monkeypatch.setattr(measure, "latencies", lambda modules, **kw: next(times))
+    base = ["specialize", str(artifact), "--data", str(task_dir), "--kinds", "hard-attention",
+            "--rule", "metric", "--tolerance", "100", "--no-dev", *FAST]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "note: hard attention (layers 0, 1) makes this model 1.30x slower here" in printed
+    assert "--kinds ffn,ffn-groups,attention,heads" in printed
+    assert main([*base, "-o", str(tmp_path / "b")]) == 0  # within 2%: no note
+    assert "note: hard attention" not in capsys.readouterr().out
