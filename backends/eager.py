@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from optc.backends.int8_exec import pack_linear, packed_int8_linear, packed_int8_nodes
+from optc.backends.int8_exec import packed_int8_linear, packed_int8_nodes, packed_weights
 from optc.backends.sparse_exec import (
     AutoOptions,
     SparsePlan,
@@ -32,7 +32,7 @@ from optc.backends.sparse_exec import (
     sparse_parts,
 )
 from optc.errors import BackendError, InputError, IRError
-from optc.ir.core import Module, Value, map_values
+from optc.ir.core import Module, Node, Value, map_values
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 
@@ -69,8 +69,8 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
     taken: set[str] = set()
     sparse = lowered_nodes(module, plan, ("csr", "bsr"))
     semi = lowered_nodes(module, plan, ("semi-structured",))
-    packed = {n: None for n in packed_int8_nodes(module, device)
-              if n not in sparse and n not in semi} if packed_int8 else {}
+    packed: dict[Node, Any] = {n: None for n in packed_int8_nodes(module, device)
+                               if n not in sparse and n not in semi} if packed_int8 else {}
     skip = dense_unused(module, {**sparse, **semi, **packed})
     for value in module.graph.inputs:
         env[id(value)] = fx.placeholder(python_identifier(value.name, taken))
@@ -99,12 +99,13 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
                 root.register_buffer(attr, t if device is None else t.to(device))
                 parts[w.name].append(fx.get_attr(attr))
 
-    for node in packed:
-        w = node.arg(1)
-        if w.name not in parts:
-            attr = python_identifier(f"{w.name}_packed", taken)
-            setattr(root, attr, pack_linear(node))
-            parts[w.name] = [fx.get_attr(attr)]
+    packed_attrs: dict[tuple[str, str | None], torch.fx.Node] = {}
+    for node, (key, params) in packed_weights(packed).items():
+        if key not in packed_attrs:
+            attr = python_identifier(f"{key[0]}_packed", taken)
+            setattr(root, attr, params)
+            packed_attrs[key] = fx.get_attr(attr)
+        packed[node] = packed_attrs[key]
 
     def lookup(v: Value) -> torch.fx.Node:
         return env[id(v)]
@@ -121,7 +122,7 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
             env[id(node.outputs[0])] = fx.call_function(sparse_linear, args, {})
             continue
         if node in packed:
-            args = (lookup(node.arg(0)), parts[node.arg(1).name][0])
+            args = (lookup(node.arg(0)), packed[node])
             env[id(node.outputs[0])] = fx.call_function(packed_int8_linear, args, {})
             continue
         if node in semi:

@@ -13,20 +13,22 @@ range widened to hold 0), so it computes the same integers up to a rounding tie;
 fit 7 bits (``|q| <= 63``, the quantize pass's default): AVX2's ``vpmaddubsw`` adds pairs of
 uint8 x int8 products in saturating int16. Wider weights, static (calibrated) activations, a
 non-float32 input, a weight or scale computed in the graph, another device, or a PyTorch build
-without fbgemm keep the portable kernel. ``packed=False`` turns it off (the ONNX backend and
-training build the graph without it).
+without fbgemm keep the portable kernel. ``build_graph_module(..., packed_int8=False)`` (the
+ONNX backend and training) builds the graph without it.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from optc.ir.core import Module, Node, Parameter
 
-__all__ = ["packed_int8_nodes", "pack_linear", "packed_int8_linear", "unpacked_weights", "available"]
+__all__ = ["packed_int8_nodes", "pack_linear", "packed_weights", "packed_int8_linear",
+           "unpacked_weights", "available"]
 
 _MAX_EXACT = 63
 """The largest |weight| for which uint8 x int8 pairs cannot saturate int16 (2 * 255 * 63)."""
@@ -69,6 +71,20 @@ def pack_linear(node: Node) -> Any:
         warnings.simplefilter("ignore")
         qweight = torch._make_per_channel_quantized_tensor(w.data, scale.data.double(), zero, 0)
         return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.data)
+
+
+def packed_weights(nodes: Iterable[Node]) -> dict[Node, tuple[tuple[str, str | None], Any]]:
+    """For each node: its (weight, bias) names and their prepacked parameters, packed once per
+    pair (the bias is packed in, so linears sharing a weight with different biases get their own)."""
+    packed: dict[tuple[str, str | None], Any] = {}
+    out = {}
+    for node in nodes:
+        bias = node.arg(2)
+        key = (node.arg(1).name, None if bias is None else bias.name)
+        if key not in packed:
+            packed[key] = pack_linear(node)
+        out[node] = (key, packed[key])
+    return out
 
 
 def packed_int8_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:

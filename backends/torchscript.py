@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from optc.backends.eager import EagerModule, python_identifier
-from optc.backends.int8_exec import pack_linear, packed_int8_nodes
+from optc.backends.int8_exec import packed_int8_nodes, packed_weights
 from optc.backends.sparse_exec import (
     SPARSE_SCRIPT,
     AutoOptions,
@@ -78,7 +78,9 @@ class _Writer:
     def __init__(self, module: Module, plan: SparsePlan | None = None) -> None:
         self.module = module
         self.sparse = lowered_nodes(module, plan, ("csr", "bsr"))
-        self.packed = {n: None for n in packed_int8_nodes(module) if n not in self.sparse}
+        self.packed: dict[Node, str | None] = {n: None for n in packed_int8_nodes(module)
+                                               if n not in self.sparse}
+        """Prepacked int8 linears and the attribute holding each one's parameters."""
         self.parts: dict[str, list[str]] = {}
         self.names: dict[int, str] = {}
         self.taken: set[str] = {"self", "torch", "math", "Tensor", "List", "Optional", "Dict"}
@@ -121,8 +123,7 @@ class _Writer:
                      "None" if limit is None else self.literal(w), str(-1 if limit is None else limit)]
             return f"k_sparse_linear({', '.join(parts)})"
         if node in self.packed:
-            return (f"torch.ops.quantized.linear_dynamic({self.literal(args[0])}, "
-                    f"{self.parts[args[1].name][0]}, False)")
+            return f"torch.ops.quantized.linear_dynamic({self.literal(args[0])}, {self.packed[node]}, False)"
         opdef = get_op(op)
         if opdef is not None:
             if not opdef.script:
@@ -178,12 +179,13 @@ class _Writer:
                 attr = python_identifier(f"p_{w.name}_{choice.kernel}_{suffix}", self.taken)
                 buffers[attr] = t
                 self.parts[w.name].append(f"self.{attr}")
-        for node in self.packed:
-            w = node.arg(1)
-            if w.name not in self.parts:
-                attr = python_identifier(f"p_{w.name}_packed", self.taken)
-                buffers[attr] = pack_linear(node)
-                self.parts[w.name] = [f"self.{attr}"]
+        packed_attrs: dict[tuple[str, str | None], str] = {}
+        for node, (key, params) in packed_weights(self.packed).items():
+            if key not in packed_attrs:
+                attr = python_identifier(f"p_{key[0]}_packed", self.taken)
+                buffers[attr] = params
+                packed_attrs[key] = f"self.{attr}"
+            self.packed[node] = packed_attrs[key]
         for node in graph:
             call = self.call(node)
             if not node.outputs:

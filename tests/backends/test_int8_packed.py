@@ -119,3 +119,29 @@ def test_float_and_static_linears_are_not_packed(bert, tmp_path) -> None:
     small.meta["source"]["tokenizer"] = str(tmp_path / "tok")
     PassManager(f"quantize{{mode=static,data={tmp_path / 'task'}}}").run(small)
     assert _int8_linears(small) and packed_int8_nodes(small) == []
+
+
+def test_linears_sharing_a_weight_with_different_biases_each_keep_their_bias(bert, tmp_path) -> None:
+    # the bias is packed with the weight: one packed copy per (weight, bias) pair
+    module, inputs = bert
+    q = _quantized(module)
+    # (a key bias would not do: softmax ignores what it adds to a row of scores)
+    query, value = (next(n for n in q.graph if n.op == "linear" and n.arg(1).name == name)
+                    for name in ("encoder.layer.0.attention.self.query.weight",
+                                 "encoder.layer.0.attention.self.value.weight"))
+    value.replace_input(value.arg(1), query.arg(1))
+    value.replace_input(value.arg(3), query.arg(3))
+    assert value.arg(2) is not query.arg(2)
+    value.arg(2).data = torch.randn(value.arg(2).data.shape, generator=torch.Generator().manual_seed(0))
+    eager = optc.to_eager(q)
+    assert len(_packed_calls(eager)) == len(_int8_linears(q))
+    want = _run_portable(q, inputs)
+    got = eager(**inputs)
+    path = tmp_path / "shared.pt"
+    export_torchscript(q, path)
+    full = {n: inputs.get(n, torch.zeros_like(inputs["input_ids"])) for n in eager.input_names}
+    scripted = torch.jit.load(str(path))(**full)
+    for name in want:
+        scale = max(1.0, want[name].abs().max().item())
+        assert (got[name] - want[name]).abs().max().item() / scale < 1e-5, name
+        assert torch.equal(scripted[name], got[name]), name
