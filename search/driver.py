@@ -9,6 +9,12 @@
 4. accept a candidate by the acceptance rule (published: lower mean loss than the best so
    far and more than half of the samples no worse than the baseline).
 
+Beyond the published search, ``sweeps=N`` repeats steps 2-4 up to N times: a removal
+rejected in one sweep may be accepted once others have changed what its layer sees. A later
+sweep tries only candidates not yet accepted whose configuration has changed since they were
+judged (the same configuration gives the same verdict), and the search stops after a sweep
+that accepts nothing.
+
 Candidates are gates on a running module (:mod:`optc.search.runner`), committed physically
 at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
 evaluated speculatively (assuming the pending ones are rejected) and re-evaluated after an
@@ -84,6 +90,8 @@ class SearchOptions:
     """Local worker processes (1: serial)."""
     ray: bool = False
     """Evaluate on Ray actors (also when RAY_ADDRESS is set)."""
+    sweeps: int = 1
+    """Passes over the trial order (1: published); a sweep that accepts nothing ends it."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -95,6 +103,8 @@ class SearchOptions:
                                     f"per query row), got {self.k!r}")
         if self.neuron_groups < 1:
             raise PipelineSpecError(f"neuron groups must be >= 1, got {self.neuron_groups}")
+        if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 1:
+            raise PipelineSpecError(f"sweeps must be an integer >= 1, got {self.sweeps!r}")
         if self.workers < 1:
             raise PipelineSpecError(f"workers must be >= 1, got {self.workers}")
         if self.flops_target is not None and not 0 < self.flops_target <= 1:
@@ -128,6 +138,8 @@ class HistoryEntry:
     """FLOPs (batch 1, seq 128) of the model with the candidate."""
     note: str = ""
     """Why a trial was skipped."""
+    sweep: int = 1
+    """Which pass over the trial order (``SearchOptions.sweeps``)."""
 
 
 @dataclass
@@ -152,6 +164,8 @@ class SearchResult:
     validation_examples: int
     stopped: str = "done"
     """done, time-budget, flops-target or latency-target."""
+    sweeps: int = 1
+    """Passes over the trial order that were run."""
     skipped: int = 0
     """Trials not tried (their block was removed, or its loss was too high)."""
     counts: dict[str, int] = field(default_factory=dict)
@@ -189,14 +203,17 @@ class SearchResult:
             "evaluations": self.evaluations, "seconds": self.seconds,
             "validation_examples": self.validation_examples, "stopped": self.stopped,
             "removed": self.counts, "executor": self.executor, "skipped": self.skipped,
+            "sweeps": self.sweeps,
         }
 
     def table(self) -> str:
         """The history as a text table."""
+        sweeps = max((h.sweep for h in self.history), default=1) > 1
         rows = [("step", "layer", "candidate", "mean loss", "not worse", "metric", "accepted",
                  "GFLOPs")]
         for h in self.history:
-            rows.append((str(h.step), str(h.layer), h.label,
+            label = f"{h.label} (sweep {h.sweep})" if sweeps and h.sweep > 1 else h.label
+            rows.append((str(h.step), str(h.layer), label,
                          "-" if h.mean_loss is None else f"{h.mean_loss:.4f}",
                          "-" if h.not_worse is None else f"{100 * h.not_worse:.1f}%",
                          "-" if h.metric is None else f"{h.metric:.2f}",
@@ -272,7 +289,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
 
     flops = _Flops(module)
-    trials = plan_trials(analyze(module), options.kinds, options.neuron_groups, options.k)
+    plan = plan_trials(analyze(module), options.kinds, options.neuron_groups, options.k)
+    trials = [(sweep, trial) for sweep in range(1, options.sweeps + 1) for trial in plan]
     config = Config()
     baseline = runner.evaluate(config)
     baseline_metric = metric_of(baseline)
@@ -283,12 +301,18 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
          flops_before)]
     history: list[HistoryEntry] = []
     decided: dict[Candidate, tuple[bool, bool]] = {}  # block trials: (accepted, loss < 1.1x)
+    judged: set[tuple[Config, Candidate]] = set()  # same configuration, same verdict
     skipped = 0
     latency_ratio = 1.0
     stopped = "done"
+    sweep_done, accepted_in_sweep = 1, False
     with make_executor(runner, payload, options.workers, options.ray) as executor:
         memo: dict[tuple[Config, Candidate], Outcome] = {}
-        for i, trial in enumerate(trials):
+        for i, (sweep, trial) in enumerate(trials):
+            if sweep > sweep_done:
+                if not accepted_in_sweep:
+                    break
+                sweep_done, accepted_in_sweep = sweep, False
             if options.time_budget is not None and time.perf_counter() - begin > options.time_budget:
                 stopped = "time-budget"
                 break
@@ -298,22 +322,23 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
             if options.latency_target is not None and latency_ratio <= options.latency_target:
                 stopped = "latency-target"
                 break
-            skip = _skip_reason(trial, decided, config)
+            skip = _skip_reason(trial, decided, config, judged)
             cand = trial.candidate
             if skip:
                 skipped += 1
                 continue
             if (config, cand) not in memo:
                 pending = [(config, cand)]
-                for later in trials[i + 1:]:
+                for _, later in trials[i + 1:]:
                     if len(pending) >= executor.width:
                         break
-                    if _skip_reason(later, decided, config, optimistic=True) is None:
+                    if _skip_reason(later, decided, config, judged, optimistic=True) is None:
                         pending.append((config, later.candidate))
-                pending = [p for p in pending if p not in memo]
+                pending = list(dict.fromkeys(p for p in pending if p not in memo))
                 for pair, outcome in zip(pending, executor.evaluate(pending), strict=True):
                     memo[pair] = outcome
             outcome = memo.pop((config, cand))
+            judged.add((config, cand))
             metric = metric_of(outcome)
             verdict = rule.judge(outcome.losses, baseline.losses, best_loss, metric,
                                  baseline_metric)
@@ -322,6 +347,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
                            else -verdict.mean_loss, candidate_flops))
             if verdict.accepted:
                 config = config.with_(cand)
+                accepted_in_sweep = True
                 best_loss = min(best_loss, verdict.mean_loss)
                 best_metric = metric
                 memo.clear()  # speculative results assumed the old configuration
@@ -334,7 +360,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
                 decided[cand] = (verdict.accepted, close)
             entry = HistoryEntry(len(history) + 1, cand.kind, cand.layer, list(cand.units),
                                  cand.label, verdict.mean_loss, verdict.not_worse, metric,
-                                 verdict.accepted, candidate_flops)
+                                 verdict.accepted, candidate_flops, sweep=sweep)
             history.append(entry)
             if progress is not None:
                 progress(entry)
@@ -345,7 +371,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     verify(result)
     meta = dict(result.meta)
     meta["specialization"] = {"accepted": [asdict(c) for c in sorted(config.accepted)],
-                              "rule": options.rule, "k": options.k}
+                              "rule": options.rule, "k": options.k,
+                              "sweeps": options.sweeps}
     result.meta = meta
     return SearchResult(
         module=result, config=config, history=history, baseline_loss=baseline.mean_loss,
@@ -354,7 +381,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         flops_after=module_flops(result, FLOPS_SEQ), params_before=module.num_parameters(),
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
-        counts=counts, executor=executor_name, skipped=skipped, points=points)
+        counts=counts, executor=executor_name, skipped=skipped, points=points,
+        sweeps=sweep_done)
 
 
 def _latency_ratio(before: Module, after: Module) -> float:
@@ -363,11 +391,17 @@ def _latency_ratio(before: Module, after: Module) -> float:
 
 
 def _skip_reason(trial: Trial, decided: dict[Candidate, tuple[bool, bool]],
-                 config: Config, optimistic: bool = False) -> str | None:
+                 config: Config, judged: set[tuple[Config, Candidate]],
+                 optimistic: bool = False) -> str | None:
     """Why ``trial`` is not tried (None: it is). ``optimistic``: a block not decided yet is
     assumed rejected within the threshold (speculation)."""
     cand = trial.candidate
-    family = {"ffn-groups": "ffn", "heads": "attention"}.get(cand.kind)
+    if cand in config.accepted:
+        return "accepted"
+    if (config, cand) in judged:
+        return "judged in this configuration"
+    family = {"ffn-groups": "ffn", "heads": "attention",
+              "hard-attention": "attention"}.get(cand.kind)
     if family is not None and config.block_removed(family, cand.layer):
         return "block removed"
     gate = trial.after_block

@@ -2,7 +2,8 @@
 
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
         [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
-        [--then 'quantize{mode=dynamic}'] [--rule loss|metric --tolerance P] [--save] [--smoke]
+        [--then 'quantize{mode=dynamic}'] [--rule loss|metric --tolerance P] [--sweeps N]
+        [--save] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="acceptance rule (loss: the published one)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="metric rule: tolerated validation-metric drop, in points")
+    p.add_argument("--sweeps", type=int, default=1,
+                   help="passes over the trial order (1: published)")
     p.add_argument("--kinds", default=None,
                    help="candidate kinds in order (default: the published ones, hard attention first)")
     p.add_argument("--save", action="store_true",
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         module = _fine_tuned(name, models, args.epochs, args.smoke)
         tok = load_tokenizer(module.meta["source"]["tokenizer"])
         options = SearchOptions(val_size=args.val_size, workers=args.workers,
-                                rule=args.rule, tolerance=args.tolerance,
+                                rule=args.rule, tolerance=args.tolerance, sweeps=args.sweeps,
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         val = task.read("val", None, val_size=args.val_size, limit=options.val_limit)
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
         row["rule"] = (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
-            ("-" + args.kinds.replace(",", "+") if args.kinds else "")
+            ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \
+            (f"-sweeps{args.sweeps}" if args.sweeps > 1 else "")
         if args.save:
             tag = row["rule"]
             save(spec, models / f"{name}-spec-{tag}", force=True, extra={"task": spec.meta["task"]})

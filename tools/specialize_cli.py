@@ -2,7 +2,8 @@
 
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force] [--rule loss|metric]
                     [--kinds LIST] [--k N] [--groups N] [--val-size X] [--flops-target R]
-                    [--time-budget S] [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
+                    [--time-budget S] [--sweeps N] [--then SPEC] [--keep-pareto N]
+                    [--workers N] [--ray]
 
 Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
 writes the specialized model as an artifact whose metadata records the history.
@@ -122,6 +123,10 @@ def specialize_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=_number, default=None, metavar="SECONDS",
                    help="stop trying candidates after this long; the best model so far is "
                         "written")
+    p.add_argument("--sweeps", type=_int_at_least(1), default=1,
+                   help="passes over the trial order (default 1, as published); later sweeps "
+                        "retry rejected candidates whose context changed, and a sweep that "
+                        "accepts nothing ends the search")
     p.add_argument("--then", metavar="SPEC", default=None,
                    help="pipeline run on the result, e.g. 'quantize{mode=dynamic}'")
     p.add_argument("--keep-pareto", type=_int_at_least(0), default=0, metavar="N",
@@ -217,7 +222,7 @@ def cmd_specialize(argv: list[str]) -> int:
         seed=0 if args.seed is None else args.seed,
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
         flops_target=args.flops_target, latency_target=args.latency_target,
-        time_budget=args.time_budget,
+        time_budget=args.time_budget, sweeps=args.sweeps,
         prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:
@@ -282,7 +287,9 @@ def cmd_specialize(argv: list[str]) -> int:
                     "latency_ms_before": lat_before, "latency_ms_after": lat_after,
                     "params_after": final.num_parameters(), "then": args.then})
     meta = dict(final.meta)
-    meta["pipeline"] = list(meta.get("pipeline", [])) + [f"specialize{{rule={args.rule},k={args.k}}}"]
+    sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
+    meta["pipeline"] = list(meta.get("pipeline", [])) + [
+        f"specialize{{rule={args.rule},k={args.k}{sweeps}}}"]
     final.meta = meta
     extra = {"specialization": summary}
     if module.meta.get("task"):

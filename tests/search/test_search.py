@@ -155,6 +155,33 @@ def test_parallel_processes_equal_serial(module, tokenizer, task_dir):
     assert [h.accepted for h in parallel.history] == [h.accepted for h in serial.history]
 
 
+def test_later_sweeps_retry_only_what_changed_and_stop_when_nothing_is_accepted(
+        module, tokenizer, task_dir):
+    one = _search(module, tokenizer, task_dir)
+    three = _search(module, tokenizer, task_dir, sweeps=3)
+    first = [h for h in three.history if h.sweep == 1]
+    assert [(h.label, h.layer, h.accepted, h.mean_loss) for h in first] == \
+        [(h.label, h.layer, h.accepted, h.mean_loss) for h in one.history]
+    later = [h for h in three.history if h.sweep > 1]
+    assert any(h.accepted for h in later), "the fixture's second sweep accepts a block"
+    assert one.config.accepted < three.config.accepted and three.best_loss < one.best_loss
+    # a configuration is never evaluated twice for the same candidate
+    assert three.evaluations == len(three.history) + 1
+    # the last sweep run accepted nothing, or the limit was reached
+    last = [h for h in three.history if h.sweep == three.sweeps]
+    assert three.sweeps == 3 or not any(h.accepted for h in last)
+    assert three.summary()["sweeps"] == three.sweeps
+    assert "(sweep 2)" in three.table()
+    task, examples, _ = _batches(module, tokenizer, task_dir, limit=None)
+    got = evaluate(task, optc.to_eager(three.module), examples, tokenizer, input_names=NAMES)
+    assert got.mean_loss == pytest.approx(three.best_loss, abs=1e-5)
+    parallel = _search(module, tokenizer, task_dir, sweeps=3, workers=2)
+    assert parallel.config == three.config
+    assert [h.accepted for h in parallel.history] == [h.accepted for h in three.history]
+    with pytest.raises(PipelineSpecError, match="sweeps must be an integer >= 1"):
+        SearchOptions(sweeps=0)
+
+
 def test_ray_equals_serial(module, tokenizer, task_dir):
     pytest.importorskip("ray")
     serial = _search(module, tokenizer, task_dir)
