@@ -126,7 +126,9 @@ class DumpIR(Instrument):
 class PassManager:
     """Runs passes in order on a module, in place.
 
-    ``passes`` is a list of pass instances or a pipeline spec string.
+    ``passes`` is a list of pass instances or a pipeline spec string. ``reference`` is the
+    module that passes learning from the pipeline's input (``distill``'s default teacher) see
+    instead of a copy of the module as it enters, e.g. the model a search started from.
     """
 
     def __init__(
@@ -134,10 +136,12 @@ class PassManager:
         passes: list[Pass] | str,
         verify: bool = True,
         instruments: list[Instrument] | None = None,
+        reference: Module | None = None,
     ) -> None:
         self.passes: list[Pass] = parse_pipeline(passes)
         self.verify = verify
         self.instruments = list(instruments or [])
+        self.reference = reference
 
     def _verify(self, module: Module, context: str) -> None:
         if self.verify:
@@ -149,14 +153,17 @@ class PassManager:
         """Run the pipeline on ``module`` (edited in place) and report what each pass did.
 
         Passes that learn from the pipeline's input (``distill``'s default teacher) get a
-        copy of the module as it entered the pipeline through ``with_pipeline_input``.
+        copy of the module as it entered the pipeline (or ``reference``) through
+        ``with_pipeline_input``.
         """
         if not isinstance(module, Module):
             hint = (": capture it first (module = optc.capture(model))"
                     if isinstance(module, torch.nn.Module) else "")
             raise InputError(f"run_pipeline needs an optc IR module, got {type(module).__name__}{hint}")
         report = PipelineReport()
-        snapshot = module.clone() if any(hasattr(p, "with_pipeline_input") for p in self.passes) else None
+        snapshot = None
+        if any(hasattr(p, "with_pipeline_input") for p in self.passes):
+            snapshot = self.reference if self.reference is not None else module.clone()
         self._verify(module, "on the input to the pipeline")
         for inst in self.instruments:
             inst.before_pipeline(module, self.passes)

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
             then = spec.clone()
-            run_pipeline(then, args.then)
+            run_pipeline(then, args.then, reference=module)
             row["dev_then"] = _dev(task, then, tok)
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]

@@ -128,7 +128,9 @@ def specialize_parser() -> argparse.ArgumentParser:
                         "retry rejected candidates whose context changed, and a sweep that "
                         "accepts nothing ends the search")
     p.add_argument("--then", metavar="SPEC", default=None,
-                   help="pipeline run on the result, e.g. 'quantize{mode=dynamic}'")
+                   help="pipeline run on the result, e.g. 'quantize{mode=dynamic}' or "
+                        "'distill{epochs=1}' (whose default teacher is MODEL, the model "
+                        "before specialization)")
     p.add_argument("--keep-pareto", type=_int_at_least(0), default=0, metavar="N",
                    help="also write up to N other operating points of the history's Pareto "
                         "front (validation metric vs FLOPs) as OUT-pareto-1..N, cheapest first")
@@ -176,7 +178,7 @@ def _refuse_untrained(target: str, meta: dict[str, Any]) -> None:
                          "fine-tune it first (optc finetune)")
 
 
-def _then_passes(spec: str, data: str | None, task: str) -> list[Any]:
+def _then_passes(spec: str, data: str | None, task: str | None) -> list[Any]:
     from optc.passes.spec import parse_pipeline
 
     passes = []
@@ -185,7 +187,7 @@ def _then_passes(spec: str, data: str | None, task: str) -> list[Any]:
         changes: dict[str, Any] = {}
         if "data" in fields and p.data is None and data is not None:
             changes["data"] = data
-        if "task" in fields and p.task is None:
+        if "task" in fields and p.task is None and task:
             changes["task"] = task
         passes.append(dataclasses.replace(p, **changes) if changes else p)
     return passes
@@ -226,7 +228,7 @@ def cmd_specialize(argv: list[str]) -> int:
         prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:
-        _then_passes(args.then, args.data, args.task or "")  # a bad spec fails early
+        _then_passes(args.then, args.data, args.task)  # a bad spec fails early
     if args.ray or os.environ.get("RAY_ADDRESS"):
         from optc.search.executors import _import_ray
 
@@ -268,7 +270,8 @@ def cmd_specialize(argv: list[str]) -> int:
     final = result.module
     if args.then:
         with progress.step(f"running {args.then}"):
-            report = run_pipeline(final, _then_passes(args.then, args.data, task.name))
+            report = run_pipeline(final, _then_passes(args.then, args.data, task.name),
+                                  reference=module)
         if not args.quiet and not args.json:
             print(report.table())
     dev_before = dev_after = None
@@ -302,7 +305,8 @@ def cmd_specialize(argv: list[str]) -> int:
         point = module.clone()
         commit(point, config)
         if args.then:
-            run_pipeline(point, _then_passes(args.then, args.data, task.name))
+            run_pipeline(point, _then_passes(args.then, args.data, task.name),
+                         reference=module)
         lat = None if args.no_latency else latencies([module, point])[1]
         info = {"val_score": score, "flops": flops, "latency_ms": lat,
                 "parameters": point.num_parameters(),

@@ -62,6 +62,26 @@ def test_pipeline_input_is_the_default_teacher(setup) -> None:
     assert p.spec() == p.with_pipeline_input(teacher).spec()
 
 
+def test_a_pipeline_reference_replaces_the_pipeline_input_as_teacher(setup, monkeypatch) -> None:
+    import optc.passes.distill as distill_pass
+
+    original = _module(setup)
+    add_task_head(original, "text-classification", seed=3)
+    pruned = original.clone()
+    optc.run_pipeline(pruned, "prune-heads{amount=0.5}")
+    seen = []
+    real = distill_pass.distill
+    monkeypatch.setattr(distill_pass, "distill",
+                        lambda module, teacher, *a, **kw: (seen.append(teacher),
+                                                           real(module, teacher, *a, **kw))[1])
+    spec = f"distill{{max_steps=1,eval_split=none,data={setup / 'task'}}}"
+    optc.run_pipeline(pruned, spec, reference=original)
+    assert seen[-1] is original
+    optc.run_pipeline(pruned, spec)  # no reference: the pruned module as it entered
+    assert seen[-1] is not original
+    assert seen[-1].num_parameters() == pruned.num_parameters() < original.num_parameters()
+
+
 def test_bad_teacher_and_options(setup, tmp_path) -> None:
     with pytest.raises(PipelineSpecError, match="alpha_soft"):
         parse_pipeline("distill{alpha_soft=2}")

@@ -66,6 +66,25 @@ def test_specialize_json_and_force(artifact, task_dir, tmp_path, capsys):
     assert main([*args, "--force"]) == 0
 
 
+def test_then_distill_learns_from_the_model_before_specialization(artifact, task_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+    import optc.passes.distill as distill_pass
+
+    seen = []
+    real = distill_pass.distill
+    monkeypatch.setattr(distill_pass, "distill",
+                        lambda module, teacher, *a, **kw: (seen.append((module, teacher)),
+                                                           real(module, teacher, *a, **kw))[1])
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--then", "distill{max_steps=1,eval_split=none}", "--no-dev", "--no-latency",
+                 *FAST])
+    assert code == 0, capsys.readouterr().err
+    (student, teacher), = seen
+    assert teacher.num_parameters() == optc.load_module(artifact).num_parameters()
+    assert student.num_parameters() < teacher.num_parameters()
+
+
 @pytest.mark.parametrize("extra, code, message", [
     (["--k", "0"], 2, "must be at least 1"),
     (["--kinds", "layers"], 2, "unknown candidate kind 'layers'"),
