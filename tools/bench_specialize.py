@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                "flops": result.flops_after / result.flops_before, "latency": lat[1] / lat[0],
                "params": spec.num_parameters() / module.num_parameters(),
                "search_s": result.seconds, "evals": result.evaluations,
+               "sweeps": result.sweeps, "accepted": len(result.config.accepted),
                "dev_drop": _dev(task, dropped, tok),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
