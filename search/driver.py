@@ -167,7 +167,8 @@ class SearchResult:
     sweeps: int = 1
     """Passes over the trial order that were run."""
     skipped: int = 0
-    """Trials not tried (their block was removed, or its loss was too high)."""
+    """Trials not tried (their block was removed, its loss was too high, or, in a later
+    sweep, they were accepted or nothing changed since they were judged)."""
     counts: dict[str, int] = field(default_factory=dict)
     executor: str = "serial"
     points: list[tuple[Config, float, int]] = field(default_factory=list)
