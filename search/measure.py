@@ -10,36 +10,25 @@ from collections.abc import Sequence
 import torch
 
 from optc.backends.eager import to_eager
+from optc.backends.model_inputs import seq_range, token_inputs
+from optc.errors import InputError
 from optc.ir.core import Module
 
 __all__ = ["latencies", "max_seq"]
 
 
-def _vocab(module: Module) -> int:
-    """Rows of the first embedding table (ids below it are valid)."""
-    for node in module.graph:
-        if node.op == "embedding" and len(node.args) > 1:
-            return int(node.args[1].tensor_type.shape[0])
-    return 100
-
-
 def max_seq(module: Module, seq: int) -> int:
-    """``seq`` clamped to the module's sequence dimension (its position table)."""
-    dim = module.dims.get("seq")
-    limit = getattr(dim, "max", None) if dim is not None else None
-    return min(seq, int(limit)) if isinstance(limit, int) and limit > 0 else seq
+    """``seq`` clamped to what the module's sequence dimension allows (its position table)."""
+    high = seq_range(module)[1]
+    return min(seq, high) if high else seq
 
 
 def _inputs(module: Module, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    names = [v.name for v in module.graph.inputs]
-    gen = torch.Generator().manual_seed(0)
-    seq = max_seq(module, seq)
-    out = {"input_ids": torch.randint(0, _vocab(module), (batch, seq), generator=gen)}
-    if "attention_mask" in names:
-        out["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
-    if "token_type_ids" in names:
-        out["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.long)
-    return {k: v for k, v in out.items() if k in names}
+    feeds = token_inputs(module, batch, max_seq(module, seq))
+    if feeds is None:
+        raise InputError(f"module @{module.name} has no token-id input (an integer input "
+                         "indexing an embedding table), so its latency cannot be measured")
+    return feeds
 
 
 def latencies(modules: Sequence[Module], batch: int = 1, seq: int = 128, threads: int = 1,
