@@ -32,6 +32,7 @@ import torch
 import optc
 from optc.artifacts import is_artifact, load_module, save
 from optc.backends import write_backend
+from optc.backends.model_inputs import token_inputs
 from optc.backends.onnx import OnnxModule
 from optc.frontends.capture import capture
 from optc.frontends.huggingface import load_model, load_tokenizer
@@ -47,7 +48,8 @@ TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _fine_tuned(task: str, models: Path, epochs: float | None, smoke: bool) -> Any:
+def _fine_tuned(task: str, models: Path, epochs: float | None, smoke: bool,
+                data: str | None = None) -> Any:
     """``models/<task>-minilm`` if it holds an artifact, else MiniLM fine-tuned there with the
     task's :data:`~optc.tools.bench_tasks.RECIPES` settings (``epochs`` overrides them), keeping
     the default validation split out of training (the search's split) and the best epoch on it."""
@@ -62,7 +64,7 @@ def _fine_tuned(task: str, models: Path, epochs: float | None, smoke: bool) -> A
         options = {"max_steps": 20, "pooling": options.get("pooling", "auto")}
     elif epochs is not None:
         options.update(epochs=epochs, max_steps=None)
-    finetune(module, task, tokenizer=tok, eval_split="val", **options)
+    finetune(module, task, data, tokenizer=tok, eval_split="val", **options)
     save(module, path, extra={"task": module.meta["task"]})
     return module
 
@@ -75,10 +77,7 @@ def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[fl
             path = Path(tmp) / f"m{i}.onnx"
             write_backend(m, "onnx", path)
             sessions.append(OnnxModule(path, threads=1))
-        n = max_seq(modules[0], seq)
-        inputs = {"input_ids": torch.randint(0, 1000, (1, n)),
-                  "attention_mask": torch.ones(1, n, dtype=torch.long),
-                  "token_type_ids": torch.zeros(1, n, dtype=torch.long)}
+        inputs = token_inputs(modules[0], 1, max_seq(modules[0], seq))
         times: list[list[float]] = [[] for _ in modules]
         for s in sessions:
             s(**{k: v for k, v in inputs.items() if k in s.input_names})
@@ -92,8 +91,9 @@ def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[fl
         return [statistics.median(t) for t in times]
 
 
-def _dev(task: Any, module: Any, tok: Any) -> float:
-    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=NAMES,
+def _dev(task: Any, module: Any, tok: Any, data: str | None = None) -> float:
+    names = tuple(v.name for v in module.graph.inputs if v.name in NAMES)
+    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=names, data=data,
                     max_length=trained_max_length(module.meta)).score
 
 
@@ -115,19 +115,22 @@ def _trick_speedups(module: Any, task: Any, tok: Any, val: list[Any]) -> dict[st
     """Seconds for the same candidate evaluations with and without each trick."""
     structure = analyze(module)
     last = structure.layers[-1].id
-    cands = [Candidate("heads", last, (h,)) for h in range(3)] + [Candidate("ffn", last)]
+    names = tuple(v.name for v in module.graph.inputs if v.name in NAMES)
+    heads = structure.layers[-1].attention.num_heads if structure.layers[-1].attention else 0
+    cands = [Candidate("heads", last, (h,)) for h in range(min(3, heads - 1))] + \
+        [Candidate("ffn", last)]
     out: dict[str, float] = {}
-    sorted_batches = prepare_batches(task, val, tok, 32, None, NAMES)
+    sorted_batches = prepare_batches(task, val, tok, 32, None, names)
     for label, reuse in (("prefix reuse", True), ("full model", False)):
-        runner = GatedRunner(module, task, sorted_batches, NAMES, prefix_reuse=reuse)
+        runner = GatedRunner(module, task, sorted_batches, names, prefix_reuse=reuse)
         start = time.perf_counter()
         for c in cands:
             runner.evaluate(Config(), c)
         out[label] = time.perf_counter() - start
     from optc.tasks.batching import batches as make_batches
 
-    unsorted = list(make_batches(val, tok, 32, 128, NAMES, sort=False))
-    runner = GatedRunner(module, task, unsorted, NAMES, prefix_reuse=True)
+    unsorted = list(make_batches(val, tok, 32, 128, names, sort=False))
+    runner = GatedRunner(module, task, unsorted, names, prefix_reuse=True)
     start = time.perf_counter()
     for c in cands:
         runner.evaluate(Config(), c)
@@ -140,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--models", default="bench-models", help="where fine-tuned models are kept")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="the task's data directory, with one task (default: each task's "
+                        "directory under $OPTC_DATA_DIR)")
     p.add_argument("--epochs", type=float, default=None,
                    help="fine-tuning epochs (default: the task's bench_tasks recipe)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the search")
@@ -166,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(args.models)
     models.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in [t for t in args.tasks.split(",") if t]:
+    tasks = [t for t in args.tasks.split(",") if t]
+    if args.data is not None and len(tasks) != 1:
+        p.error("--data names one task's data: give one task with --tasks")
+    for name in tasks:
         task = get_task(name)
-        module = _fine_tuned(name, models, args.epochs, args.smoke)
+        module = _fine_tuned(name, models, args.epochs, args.smoke, args.data)
         tok = load_tokenizer(module.meta["source"]["tokenizer"])
         options = SearchOptions(val_size=args.val_size, workers=args.workers,
                                 rule=args.rule, tolerance=args.tolerance, sweeps=args.sweeps,
@@ -177,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
                                 else tuple(args.kinds.split(",")) if args.kinds
                                 else SearchOptions().kinds)
-        result = specialize(module, task, tok, None, options)
+        result = specialize(module, task, tok, args.data, options)
         spec = result.module
-        dev0, dev1 = _dev(task, module, tok), _dev(task, spec, tok)
+        dev0, dev1 = _dev(task, module, tok, args.data), _dev(task, spec, tok, args.data)
         dropped = _top_drop_at(module, result.flops_after)
         lat = _onnx_latency([module, spec, dropped])
         row = {"task": name, "dev": dev0, "dev_spec": dev1,
@@ -187,15 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                "params": spec.num_parameters() / module.num_parameters(),
                "search_s": result.seconds, "evals": result.evaluations,
                "sweeps": result.sweeps, "accepted": len(result.config.accepted),
-               "dev_drop": _dev(task, dropped, tok),
+               "dev_drop": _dev(task, dropped, tok, args.data),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
             then = spec.clone()
             run_pipeline(then, args.then, reference=module)
-            row["dev_then"] = _dev(task, then, tok)
+            row["dev_then"] = _dev(task, then, tok, args.data)
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]
-        val = task.read("val", None, val_size=args.val_size, limit=options.val_limit)
+        val = task.read("val", args.data, val_size=args.val_size, limit=options.val_limit)
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
         row["rule"] = (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
             ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \

@@ -1,0 +1,46 @@
+"""tools/bench_specialize on a tiny model: a row per task with every column, and the saved
+models and row (the tool's real runs fine-tune MiniLM; here the artifact is already there)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import optc
+from optc.artifacts import is_artifact
+from optc.tests.search.conftest import TASK
+from optc.tools import bench_specialize
+
+
+def test_bench_specialize_reports_and_saves_each_task(module, task_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
+    code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
+                                  str(task_dir), "--rule", "metric",
+                                  "--tolerance", "100", "--kinds", "ffn,attention",
+                                  "--sweeps", "2", "--then", "dce", "--save", "--threads", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    tag = "metric-100-ffn+attention-sweeps2"
+    row = json.loads((models / f"{TASK}-spec-{tag}.json").read_text())
+    assert row["task"] == TASK and row["rule"] == tag
+    # a tolerance of 100 points accepts every block: the model keeps only embeddings and head
+    assert row["accepted"] == 4 and row["sweeps"] == 2 and row["flops"] < 0.1
+    assert row["latency"] > 0 and row["latency_then"] > 0 and row["evals"] == 5
+    assert row["drop_flops"] < 1 and set(row["tricks"]) == {"prefix reuse", "full model",
+                                                            "unsorted batches"}
+    for kind in ("spec", "drop", "then"):
+        assert is_artifact(models / f"{TASK}-{kind}-{tag}")
+    spec = optc.load_module(models / f"{TASK}-spec-{tag}")
+    assert spec.num_parameters() < module.num_parameters()
+    table = out[out.index("task  dev"):]
+    assert f"\n{TASK}  " in table and "dev then" in table and "prefix reuse" in table
+
+
+def test_bench_specialize_data_takes_one_task(task_dir, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench_specialize.main(["--tasks", "sst2,rte", "--data", str(task_dir)])
+    assert info.value.code == 2
+    assert "give one task with --tasks" in capsys.readouterr().err
