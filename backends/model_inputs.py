@@ -12,7 +12,8 @@ floating inputs standard normal. Axis 0 of a symbolic shape is the batch, every 
 sequence. A module with no token-id input is not run generically: :func:`token_inputs` returns
 None and callers say why they skipped.
 
-Used by :mod:`optc.backends.sparse_exec` to time a whole model (the self-check's
+Used by :mod:`optc.backends.sparse_exec` to time a whole model and by
+:mod:`optc.search.measure` to time specialized ones (the self-check's
 :func:`optc.backends.selfcheck.example_inputs` adds padded rows and several shapes on top of
 the same rules).
 """
