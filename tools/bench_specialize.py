@@ -3,7 +3,7 @@
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
         [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
         [--then 'quantize{mode=dynamic}'] [--rule loss|metric --tolerance P] [--sweeps N]
-        [--save] [--smoke]
+        [--save] [--retime] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -138,6 +138,32 @@ def _trick_speedups(module: Any, task: Any, tok: Any, val: list[Any]) -> dict[st
     return out
 
 
+def _tag(args: argparse.Namespace) -> str:
+    """The name of a run's options in saved models and rows (``metric-0-ffn+heads-sweeps3``)."""
+    return (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
+        ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \
+        (f"-sweeps{args.sweeps}" if args.sweeps > 1 else "")
+
+
+def _retime(tasks: list[str], models: Path, tag: str, reps: int = 40) -> int:
+    """Time the models an earlier ``--save`` run wrote (the unpruned, specialized, --then and
+    top-dropped ones, interleaved) and print each one's ORT latency over the unpruned's."""
+    print(f"ONNX Runtime latency over the unpruned model's (B1, S128, 1 thread), {tag}:")
+    print("task  unpruned ms  spec  then  top-drop")
+    for name in tasks:
+        kinds = [k for k in ("spec", "then", "drop") if is_artifact(models / f"{name}-{k}-{tag}")]
+        if "spec" not in kinds or not is_artifact(models / f"{name}-minilm"):
+            print(f"{name}  (no saved models for {tag} in {models}: run with --save first)")
+            continue
+        found = [load_module(models / f"{name}-minilm")]
+        found += [load_module(models / f"{name}-{k}-{tag}") for k in kinds]
+        lat = _onnx_latency(found, reps=reps)
+        ratio = dict(zip(kinds, (t / lat[0] for t in lat[1:]), strict=True))
+        print(f"{name}  {lat[0]:.2f}  " + "  ".join(
+            f"{ratio[k]:.3f}" if k in ratio else "-" for k in ("spec", "then", "drop")))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m optc.tools.bench_specialize",
                                 description=__doc__.splitlines()[0])
@@ -164,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", action="store_true",
                    help="write the specialized, top-dropped and --then models and the row (JSON) "
                         "into --models as <task>-spec-<rule>, -drop-<rule>, -then-<rule>, to time "
-                        "them later on a quiet machine (optc bench ... --backends onnx)")
+                        "them later on a quiet machine (--retime)")
+    p.add_argument("--retime", action="store_true",
+                   help="only time the models an earlier --save run with these options wrote "
+                        "(run it on a quiet machine)")
     p.add_argument("--smoke", action="store_true", help="a few steps, small split: machinery only")
     args = p.parse_args(argv)
     if args.threads:
@@ -175,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     if args.data is not None and len(tasks) != 1:
         p.error("--data names one task's data: give one task with --tasks")
+    if args.retime:
+        return _retime(tasks, models, _tag(args))
     for name in tasks:
         task = get_task(name)
         module = _fine_tuned(name, models, args.epochs, args.smoke, args.data)
@@ -206,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             row["latency_then"] = lt[1] / lt[0]
         val = task.read("val", args.data, val_size=args.val_size, limit=options.val_limit)
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
-        row["rule"] = (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
-            ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \
-            (f"-sweeps{args.sweeps}" if args.sweeps > 1 else "")
+        row["rule"] = _tag(args)
         if args.save:
             tag = row["rule"]
             save(spec, models / f"{name}-spec-{tag}", force=True, extra={"task": spec.meta["task"]})

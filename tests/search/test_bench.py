@@ -37,6 +37,14 @@ def test_bench_specialize_reports_and_saves_each_task(module, task_dir, tmp_path
     assert spec.num_parameters() < module.num_parameters()
     table = out[out.index("task  dev"):]
     assert f"\n{TASK}  " in table and "dev then" in table and "prefix reuse" in table
+    # --retime times what --save wrote, without searching again
+    assert bench_specialize.main(["--tasks", f"{TASK},sst2", "--models", str(models), "--rule",
+                                  "metric", "--tolerance", "100", "--kinds", "ffn,attention",
+                                  "--sweeps", "2", "--retime"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cells = next(line for line in lines if line.startswith(f"{TASK}  ")).split()
+    assert len(cells) == 5 and all(float(c) > 0 for c in cells[1:])
+    assert any(line.startswith("sst2  (no saved models") for line in lines)
 
 
 def test_bench_specialize_data_takes_one_task(task_dir, capsys):
