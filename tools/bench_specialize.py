@@ -43,9 +43,14 @@ from optc.search.measure import max_seq
 from optc.tasks import evaluate, get_task
 from optc.tools.bench_tasks import RECIPES
 from optc.train import finetune, trained_max_length
+from optc.train.batching import input_names_of
 
 TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
-NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _names(module: Any) -> tuple[str, ...]:
+    """The module's token inputs (those a tokenizer gives)."""
+    return input_names_of([v.name for v in module.graph.inputs])
 
 
 def _fine_tuned(task: str, models: Path, epochs: float | None, smoke: bool,
@@ -92,8 +97,7 @@ def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[fl
 
 
 def _dev(task: Any, module: Any, tok: Any, data: str | None = None) -> float:
-    names = tuple(v.name for v in module.graph.inputs if v.name in NAMES)
-    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=names, data=data,
+    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=_names(module), data=data,
                     max_length=trained_max_length(module.meta)).score
 
 
@@ -115,7 +119,7 @@ def _trick_speedups(module: Any, task: Any, tok: Any, val: list[Any]) -> dict[st
     """Seconds for the same candidate evaluations with and without each trick."""
     structure = analyze(module)
     last = structure.layers[-1].id
-    names = tuple(v.name for v in module.graph.inputs if v.name in NAMES)
+    names = _names(module)
     heads = structure.layers[-1].attention.num_heads if structure.layers[-1].attention else 0
     cands = [Candidate("heads", last, (h,)) for h in range(min(3, heads - 1))] + \
         [Candidate("ffn", last)]
