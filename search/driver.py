@@ -306,14 +306,14 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     skipped = 0
     latency_ratio = 1.0
     stopped = "done"
-    sweep_done, accepted_in_sweep = 1, False
+    current_sweep, accepted_in_sweep = 1, False
     with make_executor(runner, payload, options.workers, options.ray) as executor:
         memo: dict[tuple[Config, Candidate], Outcome] = {}
         for i, (sweep, trial) in enumerate(trials):
-            if sweep > sweep_done:
+            if sweep > current_sweep:
                 if not accepted_in_sweep:
                     break
-                sweep_done, accepted_in_sweep = sweep, False
+                current_sweep, accepted_in_sweep = sweep, False
             if options.time_budget is not None and time.perf_counter() - begin > options.time_budget:
                 stopped = "time-budget"
                 break
@@ -383,7 +383,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
-        sweeps=sweep_done)
+        sweeps=current_sweep)
 
 
 def _latency_ratio(before: Module, after: Module) -> float:
