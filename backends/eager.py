@@ -99,13 +99,11 @@ def build_graph_module(module: Module, plan: SparsePlan | None = None,
                 root.register_buffer(attr, t if device is None else t.to(device))
                 parts[w.name].append(fx.get_attr(attr))
 
-    packed_attrs: dict[tuple[str, str | None], torch.fx.Node] = {}
-    for node, (key, params) in packed_weights(packed).items():
-        if key not in packed_attrs:
-            attr = python_identifier(f"{key[0]}_packed", taken)
-            setattr(root, attr, params)
-            packed_attrs[key] = fx.get_attr(attr)
-        packed[node] = packed_attrs[key]
+    for weight, params, users in packed_weights(packed):
+        attr = python_identifier(f"{weight}_packed", taken)
+        setattr(root, attr, params)
+        ref = fx.get_attr(attr)
+        packed.update(dict.fromkeys(users, ref))
 
     def lookup(v: Value) -> torch.fx.Node:
         return env[id(v)]

@@ -73,18 +73,15 @@ def pack_linear(node: Node) -> Any:
         return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.data)
 
 
-def packed_weights(nodes: Iterable[Node]) -> dict[Node, tuple[tuple[str, str | None], Any]]:
-    """For each node: its (weight, bias) names and their prepacked parameters, packed once per
-    pair (the bias is packed in, so linears sharing a weight with different biases get their own)."""
-    packed: dict[tuple[str, str | None], Any] = {}
-    out = {}
+def packed_weights(nodes: Iterable[Node]) -> list[tuple[str, Any, list[Node]]]:
+    """``(weight name, prepacked parameters, the nodes that use them)``, packed once per
+    (weight, bias) pair (the bias is packed in, so linears sharing a weight with different
+    biases get their own)."""
+    users: dict[tuple[str, str | None], list[Node]] = {}
     for node in nodes:
         bias = node.arg(2)
-        key = (node.arg(1).name, None if bias is None else bias.name)
-        if key not in packed:
-            packed[key] = pack_linear(node)
-        out[node] = (key, packed[key])
-    return out
+        users.setdefault((node.arg(1).name, None if bias is None else bias.name), []).append(node)
+    return [(weight, pack_linear(group[0]), group) for (weight, _), group in users.items()]
 
 
 def packed_int8_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:

@@ -179,13 +179,10 @@ class _Writer:
                 attr = python_identifier(f"p_{w.name}_{choice.kernel}_{suffix}", self.taken)
                 buffers[attr] = t
                 self.parts[w.name].append(f"self.{attr}")
-        packed_attrs: dict[tuple[str, str | None], str] = {}
-        for node, (key, params) in packed_weights(self.packed).items():
-            if key not in packed_attrs:
-                attr = python_identifier(f"p_{key[0]}_packed", self.taken)
-                buffers[attr] = params
-                packed_attrs[key] = f"self.{attr}"
-            self.packed[node] = packed_attrs[key]
+        for weight, params, users in packed_weights(self.packed):
+            attr = python_identifier(f"p_{weight}_packed", self.taken)
+            buffers[attr] = params
+            self.packed.update(dict.fromkeys(users, f"self.{attr}"))
         for node in graph:
             call = self.call(node)
             if not node.outputs:
