@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from optc.errors import PassError
 from optc.ir.analysis import AttentionBlock, FFNBlock, Structure, analyze
 from optc.ir.cleanup import eliminate_dead_code
@@ -17,7 +19,7 @@ from optc.ir.core import Module
 from optc.passes.hard_attention import set_hard_attention
 from optc.passes.structural import remove_heads, remove_neurons
 
-__all__ = ["Candidate", "Config", "Trial", "KINDS", "DEFAULT_ORDER", "plan_trials",
+__all__ = ["Candidate", "Config", "Trial", "KINDS", "DEFAULT_ORDER", "Importance", "plan_trials",
            "neuron_groups", "commit", "remove_block_keep_norm"]
 
 KINDS = ("hard-attention", "ffn", "ffn-groups", "attention", "heads")
@@ -82,22 +84,44 @@ class Trial:
     threshold (1.1x the best loss so far, as published)."""
 
 
-def neuron_groups(width: int, groups: int) -> list[tuple[int, ...]]:
-    """``width`` neuron positions split into ``groups`` contiguous groups (sizes differ by
-    at most one)."""
+Importance = tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]
+"""(head scores, neuron scores), each by layer id: one score per head / neuron position."""
+
+
+def neuron_groups(width: int, groups: int,
+                  scores: torch.Tensor | None = None) -> list[tuple[int, ...]]:
+    """``width`` neuron positions split into ``groups`` groups (sizes differ by at most one):
+    contiguous positions, or with ``scores`` consecutive ranks from the lowest score up
+    (each group's positions sorted)."""
     groups = max(1, min(groups, width))
     bounds = [i * width // groups for i in range(groups + 1)]
-    return [tuple(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+    order = _ranked(width, scores)
+    return [tuple(sorted(order[bounds[i]:bounds[i + 1]])) for i in range(groups)]
+
+
+def _ranked(count: int, scores: torch.Tensor | None) -> list[int]:
+    """Positions 0..count-1, by ascending score when scores are given (ties by position)."""
+    if scores is None:
+        return list(range(count))
+    if scores.numel() != count:
+        raise PassError(f"importance has {scores.numel()} scores for {count} units")
+    return sorted(range(count), key=lambda i: (float(scores[i]), i))
 
 
 def plan_trials(structure: Structure, kinds: tuple[str, ...] = DEFAULT_ORDER,
-                neuron_group_count: int = 12, k: int = 30) -> list[Trial]:
+                neuron_group_count: int = 12, k: int = 30,
+                importance: Importance | None = None) -> list[Trial]:
     """The trials in published order, restricted to ``kinds``.
 
     Hard attention runs over layers first to last; then, from the last layer to the first,
     the kinds of each layer in the order of ``kinds`` (a group or head kind follows its
     block's trial when both are chosen and is conditional on that block's rejection).
+
+    With ``importance`` (scores by layer id, beyond the published search), a layer's heads
+    are tried least important first and its neuron groups are formed by rank instead of
+    position: group 1 holds the least important neurons, the last group the most important.
     """
+    head_scores, neuron_scores = importance if importance is not None else ({}, {})
     trials: list[Trial] = []
     if "hard-attention" in kinds:
         for layer in structure.layers:
@@ -123,12 +147,13 @@ def plan_trials(structure: Structure, kinds: tuple[str, ...] = DEFAULT_ORDER,
             if units in per_layer and _unit_block_ok(block):
                 gate = block_candidate if whole else None
                 if family == "ffn":
-                    parts = neuron_groups(block.width, neuron_group_count)
+                    parts = neuron_groups(block.width, neuron_group_count,
+                                          neuron_scores.get(layer.id))
                     for i, part in enumerate(parts):
                         trials.append(Trial(Candidate("ffn-groups", layer.id, part,
                                                       f"ffn group {i + 1}/{len(parts)}"), gate))
                 else:
-                    for h in range(block.num_heads):
+                    for h in _ranked(block.num_heads, head_scores.get(layer.id)):
                         trials.append(Trial(Candidate("heads", layer.id, (h,),
                                                       f"head {block.head_ids[h]}"), gate))
     return trials

@@ -28,13 +28,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from optc.data import INPUT_NAMES
+import torch
+
+from optc.data import INPUT_NAMES, Batch
 from optc.errors import InputError, PipelineSpecError
-from optc.ir.analysis import analyze, module_flops
+from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
+from optc.passes.importance import taylor_scores
 from optc.search.acceptance import make_rule
-from optc.search.candidates import KINDS, Candidate, Config, Trial, commit, plan_trials
+from optc.search.candidates import (
+    KINDS,
+    Candidate,
+    Config,
+    Importance,
+    Trial,
+    commit,
+    plan_trials,
+)
 from optc.search.executors import make_executor
 from optc.search.measure import latencies
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
@@ -43,13 +54,16 @@ from optc.tasks.task import Task
 from optc.train.heads import has_task_head
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "MIN_VALIDATION",
-           "FLOPS_SEQ"]
+           "FLOPS_SEQ", "UNIT_ORDERS"]
 
 MIN_VALIDATION = 20
 """Fewer validation examples than this make the majority vote meaningless."""
 
 FLOPS_SEQ = 128
 """Sequence length at which FLOPs are reported."""
+
+UNIT_ORDERS = ("index", "importance")
+"""How heads and neuron groups are formed and ordered (:attr:`SearchOptions.unit_order`)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,9 @@ class SearchOptions:
     """Evaluate on Ray actors (also when RAY_ADDRESS is set)."""
     sweeps: int = 1
     """Passes over the trial order (1: published); a sweep that accepts nothing ends it."""
+    unit_order: str = "index"
+    """How heads are ordered and neurons grouped: ``index`` (published: by position) or
+    ``importance`` (Taylor importance on the validation split, least important first)."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -107,6 +124,9 @@ class SearchOptions:
             raise PipelineSpecError(f"sweeps must be an integer >= 1, got {self.sweeps!r}")
         if self.workers < 1:
             raise PipelineSpecError(f"workers must be >= 1, got {self.workers}")
+        if self.unit_order not in UNIT_ORDERS:
+            raise PipelineSpecError(f"unknown unit order '{self.unit_order}'; valid orders: "
+                                    f"{', '.join(UNIT_ORDERS)}")
         if self.flops_target is not None and not 0 < self.flops_target <= 1:
             raise PipelineSpecError(f"the FLOPs target is a fraction in (0, 1], got "
                                     f"{self.flops_target}")
@@ -290,7 +310,10 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
 
     flops = _Flops(module)
-    plan = plan_trials(analyze(module), options.kinds, options.neuron_groups, options.k)
+    structure = analyze(module)
+    importance = (_importance(module, structure, batches, names, options.kinds)
+                  if options.unit_order == "importance" else None)
+    plan = plan_trials(structure, options.kinds, options.neuron_groups, options.k, importance)
     trials = [(sweep, trial) for sweep in range(1, options.sweeps + 1) for trial in plan]
     config = Config()
     baseline = runner.evaluate(config)
@@ -373,7 +396,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     meta = dict(result.meta)
     meta["specialization"] = {"accepted": [asdict(c) for c in sorted(config.accepted)],
                               "rule": options.rule, "k": options.k,
-                              "sweeps": options.sweeps}
+                              "sweeps": options.sweeps, "unit_order": options.unit_order}
     result.meta = meta
     return SearchResult(
         module=result, config=config, history=history, baseline_loss=baseline.mean_loss,
@@ -384,6 +407,20 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
         sweeps=current_sweep)
+
+
+def _importance(module: Module, structure: Structure, batches: list[dict[str, torch.Tensor]],
+                names: tuple[str, ...], kinds: tuple[str, ...]) -> Importance:
+    """Taylor importance of each head and neuron on the validation batches, by layer id."""
+    heads, neurons = "heads" in kinds, "ffn-groups" in kinds
+    if not heads and not neurons:
+        return {}, {}
+    data = [Batch({n: b[n] for n in names if n in b}, b.get("labels")) for b in batches]
+    head_scores, neuron_scores = taylor_scores(module, data, structure, heads=heads,
+                                               neurons=neurons)
+    ids = {layer.index: layer.id for layer in structure.layers}
+    return ({ids[i]: s for i, s in head_scores.items() if i in ids},
+            {ids[i]: s for i, s in neuron_scores.items() if i in ids})
 
 
 def _latency_ratio(before: Module, after: Module) -> float:

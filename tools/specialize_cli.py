@@ -2,8 +2,8 @@
 
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force] [--rule loss|metric]
                     [--kinds LIST] [--k N] [--groups N] [--val-size X] [--flops-target R]
-                    [--time-budget S] [--sweeps N] [--then SPEC] [--keep-pareto N]
-                    [--workers N] [--ray]
+                    [--time-budget S] [--sweeps N] [--unit-order O] [--then SPEC]
+                    [--keep-pareto N] [--workers N] [--ray]
 
 Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
 writes the specialized model as an artifact whose metadata records the history.
@@ -127,6 +127,10 @@ def specialize_parser() -> argparse.ArgumentParser:
                    help="passes over the trial order (default 1, as published); later sweeps "
                         "retry rejected candidates whose context changed, and a sweep that "
                         "accepts nothing ends the search")
+    p.add_argument("--unit-order", choices=["index", "importance"], default="index",
+                   help="heads and FFN neuron groups: index (published: by position) or "
+                        "importance (Taylor importance on the validation split; heads least "
+                        "important first, neurons grouped by rank)")
     p.add_argument("--then", metavar="SPEC", default=None,
                    help="pipeline run on the result, e.g. 'quantize{mode=dynamic}' or "
                         "'distill{epochs=1}' (whose default teacher is MODEL, the model "
@@ -224,7 +228,7 @@ def cmd_specialize(argv: list[str]) -> int:
         seed=0 if args.seed is None else args.seed,
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
         flops_target=args.flops_target, latency_target=args.latency_target,
-        time_budget=args.time_budget, sweeps=args.sweeps,
+        time_budget=args.time_budget, sweeps=args.sweeps, unit_order=args.unit_order,
         prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:
@@ -291,8 +295,9 @@ def cmd_specialize(argv: list[str]) -> int:
                     "params_after": final.num_parameters(), "then": args.then})
     meta = dict(final.meta)
     sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
+    order = f",unit_order={args.unit_order}" if args.unit_order != "index" else ""
     meta["pipeline"] = list(meta.get("pipeline", [])) + [
-        f"specialize{{rule={args.rule},k={args.k}{sweeps}}}"]
+        f"specialize{{rule={args.rule},k={args.k}{sweeps}{order}}}"]
     final.meta = meta
     extra = {"specialization": summary}
     if module.meta.get("task"):

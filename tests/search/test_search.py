@@ -66,6 +66,31 @@ def test_plan_follows_the_published_order():
     assert neuron_groups(10, 4) == [(0, 1), (2, 3, 4), (5, 6), (7, 8, 9)]
 
 
+def test_importance_ranks_heads_and_groups_neurons_by_score():
+    assert neuron_groups(6, 3, torch.tensor([5.0, 0.1, 3.0, 0.2, 4.0, 1.0])) == \
+        [(1, 3), (2, 5), (0, 4)]
+    module = headed(layers=2)
+    structure = optc.ir.analysis.analyze(module)
+    lid = structure.layers[1].id
+    heads = {lid: torch.tensor([0.3, 0.1, 0.4, 0.2])}
+    neurons = {lid: -torch.arange(64.0)}  # the last neuron is the least important
+    trials = plan_trials(structure, ("ffn", "ffn-groups", "attention", "heads"),
+                         neuron_group_count=4, importance=(heads, neurons))
+    groups = [t.candidate.units for t in trials if t.candidate.kind == "ffn-groups"
+              and t.candidate.layer == lid]
+    assert groups == [tuple(range(48, 64)), tuple(range(32, 48)), tuple(range(16, 32)),
+                      tuple(range(0, 16))]
+    order = [t.candidate.units[0] for t in trials if t.candidate.kind == "heads"
+             and t.candidate.layer == lid]
+    assert order == [1, 3, 0, 2]
+    # layers without scores keep the published order
+    other = structure.layers[0].id
+    assert [t.candidate.units[0] for t in trials if t.candidate.kind == "heads"
+            and t.candidate.layer == other] == [0, 1, 2, 3]
+    with pytest.raises(PipelineSpecError, match="unknown unit order 'random'"):
+        SearchOptions(unit_order="random")
+
+
 # -- the gated runner ------------------------------------------------------------------------
 def _batches(module, tokenizer, task_dir, limit=40):
     task = get_task(TASK)
@@ -125,7 +150,7 @@ def test_committed_model_equals_the_masked_model_on_every_backend(module, tokeni
 
 # -- the search ------------------------------------------------------------------------------
 def _search(module, tokenizer, task_dir, **kw):
-    options = SearchOptions(k=3, neuron_groups=3, **kw)
+    options = SearchOptions(**{"k": 3, "neuron_groups": 3, **kw})
     return specialize(module, TASK, tokenizer, task_dir, options)
 
 
@@ -289,3 +314,37 @@ def test_latency_target_stops_after_an_acceptance(module, tokenizer, task_dir, m
     assert result.stopped == "latency-target" and len(result.config.accepted) == 1
     with pytest.raises(PipelineSpecError, match="latency target"):
         SearchOptions(latency_target=1.5)
+
+
+def test_importance_order_tries_dead_units_first_and_removes_them_together(
+        module, tokenizer, task_dir):
+    """Neurons and a head whose output weights are zero have zero Taylor importance: by
+    importance they form the first group / the first head of their layer, and the metric rule
+    accepts them at once; by position they are scattered over the groups."""
+    structure = optc.ir.analysis.analyze(module)
+    layer = structure.layers[1]
+    dead = list(range(2, 64, 4))  # 16 of 64 neurons = one group of 4
+    down = layer.ffn.down.args[1].data
+    down[:, dead] = 0.0
+    out = layer.attention.output.args[1].data
+    dim = layer.attention.head_dim
+    out[:, 2 * dim:3 * dim] = 0.0
+    kinds = ("ffn-groups", "heads")
+    ranked = _search(module, tokenizer, task_dir, kinds=kinds, neuron_groups=4,
+                     rule="metric", unit_order="importance")
+    tried = [h for h in ranked.history if h.layer == layer.id]
+    assert tried[0].kind == "ffn-groups" and tried[0].units == dead and tried[0].accepted
+    first_head = next(h for h in tried if h.kind == "heads")
+    assert first_head.units == [2] and first_head.accepted
+    assert ranked.module.meta["specialization"]["unit_order"] == "importance"
+    task, examples, batches = _batches(module, tokenizer, task_dir, limit=None)
+    got = evaluate(task, optc.to_eager(ranked.module), examples, tokenizer, batch_size=8,
+                   input_names=NAMES)
+    masked = GatedRunner(module, task, batches, NAMES).evaluate(ranked.config)
+    assert (got.losses - masked.losses).abs().max() <= 1e-5
+    by_index = _search(module, tokenizer, task_dir, kinds=kinds, neuron_groups=4, rule="metric")
+    assert all(h.units != dead for h in by_index.history if h.kind == "ffn-groups")
+    parallel = _search(module, tokenizer, task_dir, kinds=kinds, neuron_groups=4,
+                       rule="metric", unit_order="importance", workers=2)
+    assert parallel.config == ranked.config
+
