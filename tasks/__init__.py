@@ -27,6 +27,7 @@ from optc.tasks.metrics import (
 )
 from optc.tasks.readers import DEFAULT_DATA_ROOT, TableFormat, resolve_task_path
 from optc.tasks.registry import all_tasks, get_task, parse_task_spec, register_task
+from optc.tasks.significance import MetricDelta, paired_bootstrap, references_of
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 from optc.tasks.squad import QAFeature, build_features, decode_answers
 from optc.tasks.task import HEADS, KINDS, Task
@@ -56,6 +57,9 @@ __all__ = [
     "EvalResult",
     "Progress",
     "evaluate",
+    "MetricDelta",
+    "paired_bootstrap",
+    "references_of",
     "METRICS",
     "accuracy",
     "f1",

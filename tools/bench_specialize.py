@@ -40,7 +40,7 @@ from optc.ir.analysis import analyze, module_flops
 from optc.passes.manager import run_pipeline
 from optc.search import Candidate, Config, GatedRunner, SearchOptions, prepare_batches, specialize
 from optc.search.measure import max_seq
-from optc.tasks import evaluate, get_task
+from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
 from optc.tools.bench_tasks import RECIPES
 from optc.train import finetune, trained_max_length
 from optc.train.batching import input_names_of
@@ -96,9 +96,20 @@ def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[fl
         return [statistics.median(t) for t in times]
 
 
-def _dev(task: Any, module: Any, tok: Any, data: str | None = None) -> float:
+def _dev_eval(task: Any, module: Any, tok: Any, data: str | None = None) -> Any:
     return evaluate(task, optc.to_eager(module), "dev", tok, input_names=_names(module), data=data,
-                    max_length=trained_max_length(module.meta)).score
+                    max_length=trained_max_length(module.meta))
+
+
+def _dev(task: Any, module: Any, tok: Any, data: str | None = None) -> float:
+    return _dev_eval(task, module, tok, data).score
+
+
+def _dev_change(task: Any, before: Any, after: Any, data: str | None) -> list[float]:
+    """The 95% paired-bootstrap interval of the dev metric's change (metric points)."""
+    change = paired_bootstrap(task, before.predictions, after.predictions,
+                              references_of(task.read("dev", data)))
+    return [change.low, change.high]
 
 
 def _top_drop_at(module: Any, flops: int) -> Any:
@@ -227,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
                                 else SearchOptions().kinds)
         result = specialize(module, task, tok, args.data, options)
         spec = result.module
-        dev0, dev1 = _dev(task, module, tok, args.data), _dev(task, spec, tok, args.data)
+        base_eval, spec_eval = (_dev_eval(task, m, tok, args.data) for m in (module, spec))
+        dev0, dev1 = base_eval.score, spec_eval.score
         dropped = _top_drop_at(module, result.flops_after)
         lat = _onnx_latency([module, spec, dropped])
         row = {"task": name, "dev": dev0, "dev_spec": dev1,
+               "dev_spec_ci": _dev_change(task, base_eval, spec_eval, args.data),
                "flops": result.flops_after / result.flops_before, "latency": lat[1] / lat[0],
                "params": spec.num_parameters() / module.num_parameters(),
                "search_s": result.seconds, "evals": result.evaluations,
@@ -255,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             (models / f"{name}-spec-{tag}.json").write_text(json.dumps(row, indent=1))
         rows.append(row)
         print(row, flush=True)
-    header = ("task  dev  dev spec  FLOPs  ORT lat  params  search s  evals  "
+    header = ("task  dev  dev spec [95% CI of the change]  FLOPs  ORT lat  params  search s  evals  "
               "top-drop dev (FLOPs)" + ("  dev then  lat then" if args.then else ""))
     print(header)
     for r in rows:
-        line = (f"{r['task']}  {r['dev']:.2f}  {r['dev_spec']:.2f}  {r['flops']:.3f}  "
+        low, high = r["dev_spec_ci"]
+        line = (f"{r['task']}  {r['dev']:.2f}  {r['dev_spec']:.2f} [{low:+.2f}, {high:+.2f}]  "
+                f"{r['flops']:.3f}  "
                 f"{r['latency']:.3f}  {r['params']:.3f}  {r['search_s']:.0f}  {r['evals']}  "
                 f"{r['dev_drop']:.2f} ({r['drop_flops']:.3f})")
         if args.then:

@@ -212,7 +212,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.passes.manager import run_pipeline
     from optc.search import SearchOptions, commit, specialize
     from optc.search.measure import latencies
-    from optc.tasks import evaluate, get_task
+    from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
     from optc.tools.progress import Progress
     from optc.train import task_from_meta, trained_max_length
 
@@ -278,19 +278,24 @@ def cmd_specialize(argv: list[str]) -> int:
                                   reference=module)
         if not args.quiet and not args.json:
             print(report.table())
-    dev_before = dev_after = None
+    dev_before = dev_after = dev_change = None
     if not args.no_dev:
         with progress.step(f"evaluating {task.name} dev before and after"):
-            dev_before = evaluate(task, to_eager(module), "dev", tokenizer, data=args.data,
-                                  input_names=names, max_length=max_length).score
-            dev_after = evaluate(task, to_eager(final), "dev", tokenizer, data=args.data,
-                                 input_names=names, max_length=max_length).score
+            dev = task.read("dev", args.data)
+            before = evaluate(task, to_eager(module), dev, tokenizer, input_names=names,
+                              max_length=max_length)
+            after = evaluate(task, to_eager(final), dev, tokenizer, input_names=names,
+                             max_length=max_length)
+            dev_before, dev_after = before.score, after.score
+            dev_change = paired_bootstrap(task, before.predictions, after.predictions,
+                                          references_of(dev))
     lat_before = lat_after = None
     if not args.no_latency:
         with progress.step("measuring latency (batch 1, seq 128, 1 thread)"):
             lat_before, lat_after = latencies([module, final])
     summary = result.summary()
     summary.update({"dev_metric_before": dev_before, "dev_metric_after": dev_after,
+                    "dev_change": None if dev_change is None else dev_change.to_json(),
                     "latency_ms_before": lat_before, "latency_ms_after": lat_after,
                     "params_after": final.num_parameters(), "then": args.then})
     meta = dict(final.meta)
@@ -328,7 +333,8 @@ def cmd_specialize(argv: list[str]) -> int:
     print()
     rows = [("", "before", "after", "ratio"),
             (f"dev {task.main_metric}", "-" if dev_before is None else f"{dev_before:.2f}",
-             "-" if dev_after is None else f"{dev_after:.2f}", "-"),
+             "-" if dev_after is None else f"{dev_after:.2f}",
+             "-" if dev_change is None else dev_change.describe()),
             ("GFLOPs (B1,S128)", f"{result.flops_before / 1e9:.3f}",
              f"{result.flops_after / 1e9:.3f}", _ratio(result.flops_before, result.flops_after)),
             ("latency ms (eager)", "-" if lat_before is None else f"{lat_before:.2f}",

@@ -62,6 +62,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _open_fraction(text: str) -> float:
+    value = _fraction(text)
+    if value in (0, 1):
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
 # -- loading targets ------------------------------------------------------------------------
 def _target_kind(target: str) -> str:
     from optc.artifacts import is_artifact
@@ -175,6 +182,14 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
                    "one recorded with the model)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch/ORT threads")
+    p.add_argument("--against", metavar="BASE",
+                   help="also score BASE (e.g. the model TARGET was compressed from) on the same "
+                        "examples and print the change of the main metric with a paired "
+                        "bootstrap confidence interval")
+    p.add_argument("--confidence", type=_open_fraction, default=0.95,
+                   help="--against: confidence level of the interval (default 0.95)")
+    p.add_argument("--resamples", type=_positive_int, default=1000,
+                   help="--against: bootstrap resamples (default 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     return p
@@ -184,7 +199,7 @@ def cmd_eval(argv: list[str]) -> int:
     """``optc eval``: print the task metrics of a target."""
     import torch
 
-    from optc.tasks import evaluate
+    from optc.tasks import evaluate, paired_bootstrap, references_of
     from optc.tools.progress import Progress
 
     args = eval_parser().parse_args(argv)
@@ -196,20 +211,47 @@ def cmd_eval(argv: list[str]) -> int:
                                                              args.tokenizer, args.threads)
     if getattr(model_fn, "eval", None) is not None and isinstance(model_fn, torch.nn.Module):
         model_fn.eval()
+    base = None
+    if args.against:
+        with progress.step(f"loading {args.against}"):
+            base = _load_for_eval(args.against, args.task or task.name, args.tokenizer,
+                                  args.threads)
+        if base[0].name != task.name:
+            raise InputError(f"'{args.against}' is a {base[0].name} model and '{args.target}' a "
+                             f"{task.name} one: --against compares models of the same task")
+    examples = task.read(args.split, args.data, limit=args.limit)  # the same for both models
     with progress.step(f"evaluating {task.name} ({args.split})"):
-        result = evaluate(task, model_fn, args.split, tok, batch_size=args.batch_size,
-                          max_length=args.max_length or trained, data=args.data, limit=args.limit,
-                          input_names=_token_names(names))
+        result = evaluate(task, model_fn, examples, tok, batch_size=args.batch_size,
+                          max_length=args.max_length or trained, input_names=_token_names(names))
     summary = {"target": args.target, "task": task.name, "split": args.split,
                "metrics": result.metrics, "main_metric": result.main_metric,
                "score": result.score, "examples": result.num_examples,
                "examples_per_second": result.examples_per_second, "seconds": result.seconds}
+    delta = None
+    if base is not None:
+        _, base_fn, base_tok, base_names, base_trained = base
+        if isinstance(base_fn, torch.nn.Module):
+            base_fn.eval()
+        with progress.step(f"evaluating {args.against} ({args.split})"):
+            before = evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
+                              max_length=args.max_length or base_trained,
+                              input_names=_token_names(base_names))
+        with progress.step(f"paired bootstrap ({args.resamples} resamples)"):
+            delta = paired_bootstrap(task, before.predictions, result.predictions,
+                                     references_of(examples),
+                                     confidence=args.confidence, resamples=args.resamples)
+        summary["against"] = {"target": args.against, "metrics": before.metrics,
+                              "score": before.score, "change": delta.to_json()}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     metrics = "  ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
     print(f"{task.name} {args.split}: {metrics}  ({result.num_examples} examples, "
           f"{result.examples_per_second:.1f} examples/s)")
+    if delta is not None:
+        verdict = "significant" if delta.significant else "not significant: the interval holds 0"
+        print(f"against {args.against}: {delta.metric} {delta.before:.2f} -> {delta.after:.2f}, "
+              f"{delta.describe()} ({verdict}; paired bootstrap, {delta.resamples} resamples)")
     return 0
 
 

@@ -29,6 +29,8 @@ def test_bench_specialize_reports_and_saves_each_task(module, task_dir, tmp_path
     # a tolerance of 100 points accepts every block: the model keeps only embeddings and head
     assert row["accepted"] == 4 and row["sweeps"] == 2 and row["flops"] < 0.1
     assert row["latency"] > 0 and row["latency_then"] > 0 and row["evals"] == 5
+    low, high = row["dev_spec_ci"]
+    assert low <= row["dev_spec"] - row["dev"] <= high
     assert row["drop_flops"] < 1 and set(row["tricks"]) == {"prefix reuse", "full model",
                                                             "unsorted batches"}
     for kind in ("spec", "drop", "then"):

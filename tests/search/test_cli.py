@@ -33,12 +33,16 @@ def test_specialize_writes_a_smaller_model_with_its_history(artifact, task_dir, 
     header = next(line for line in lines if line.startswith("step"))
     assert "accepted" in header and "not worse" in header and "GFLOPs" in header
     assert any("hard attention k=3" in line for line in lines)
-    assert "dev accuracy" in printed and "GFLOPs (B1,S128)" in printed
+    assert "dev accuracy" in printed and "GFLOPs (B1,S128)" in printed and "% CI " in printed
     assert "latency ms (eager)" in printed and "parameters" in printed
     meta = json.loads((out / "metadata.json").read_text())
     spec = meta["specialization"]
     assert spec["history"] and spec["evaluations"] == len(spec["history"]) + 1
     assert spec["dev_metric_before"] is not None and spec["latency_ms_after"] > 0
+    change = spec["dev_change"]
+    assert (change["before"], change["after"]) == (spec["dev_metric_before"],
+                                                   spec["dev_metric_after"])
+    assert change["low"] <= change["delta"] <= change["high"]
     assert meta["task"]["name"] == "text-classification"
     result = optc.load_module(out)
     assert result.num_parameters() <= optc.load_module(artifact).num_parameters()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import optc
 from optc.artifacts import read_metadata
@@ -152,3 +153,29 @@ def test_eval_defaults_to_the_token_limit_the_model_was_fine_tuned_with(finetune
                      "--max-length", "16"]) == 0
     assert seen == [128, 16]
     capsys.readouterr()
+
+
+def test_eval_against_the_base_model_gives_the_change_with_an_interval(
+        finetuned, model_dir, task_dir, tmp_path, capsys) -> None:
+    from optc.artifacts import save
+
+    module = optc.load_module(finetuned)
+    against = ["--against", str(finetuned), "--data", str(task_dir), "-q"]
+    assert cmd_eval([str(finetuned), *against, "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)["against"]["change"]
+    assert same["delta"] == 0 and same["low"] == 0 == same["high"] and not same["significant"]
+    worse = module.clone()  # a classifier that always says the first label
+    bias = next(n for n in worse.params if n.startswith("classifier") and n.endswith("bias"))
+    worse.params[bias].data = torch.tensor([1e4, -1e4])
+    save(worse, tmp_path / "worse", extra={"task": module.meta["task"]})
+    assert cmd_eval([str(tmp_path / "worse"), *against, "--json", "--resamples", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    change = out["against"]["change"]
+    assert change["before"] == out["against"]["score"] and change["after"] == out["score"]
+    assert change["delta"] == pytest.approx(out["score"] - out["against"]["score"])
+    assert change["low"] <= change["delta"] <= change["high"] and change["resamples"] == 200
+    assert cmd_eval([str(tmp_path / "worse"), *against, "--resamples", "200"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"against {finetuned}: accuracy ") and "% CI " in line
+    with pytest.raises(SystemExit):
+        cmd_eval([str(finetuned), *against, "--confidence", "1"])
