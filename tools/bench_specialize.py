@@ -3,7 +3,7 @@
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
         [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
         [--then 'quantize{mode=dynamic}'] [--rule loss|metric --tolerance P] [--sweeps N]
-        [--unit-order index|importance] [--save] [--retime] [--smoke]
+        [--unit-order index|importance] [--fine-threshold X] [--save] [--retime] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -158,7 +158,8 @@ def _tag(args: argparse.Namespace) -> str:
     return (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
         ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \
         (f"-sweeps{args.sweeps}" if args.sweeps > 1 else "") + \
-        (f"-{args.unit_order}" if args.unit_order != "index" else "")
+        (f"-{args.unit_order}" if args.unit_order != "index" else "") + \
+        (f"-fine{args.fine_threshold:g}" if args.fine_threshold != 1.1 else "")
 
 
 def _retime(tasks: list[str], models: Path, tag: str, reps: int = 40) -> int:
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="passes over the trial order (1: published)")
     p.add_argument("--unit-order", default="index", choices=["index", "importance"],
                    help="heads and neuron groups by position (published) or by Taylor importance")
+    p.add_argument("--fine-threshold", type=float, default=1.1,
+                   help="try groups/heads after a rejected block whose loss is below this x the "
+                        "best loss (1.1: published)")
     p.add_argument("--kinds", default=None,
                    help="candidate kinds in order (default: the published ones, hard attention first)")
     p.add_argument("--save", action="store_true",
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         tok = load_tokenizer(module.meta["source"]["tokenizer"])
         options = SearchOptions(val_size=args.val_size, workers=args.workers,
                                 rule=args.rule, tolerance=args.tolerance, sweeps=args.sweeps,
-                                unit_order=args.unit_order,
+                                unit_order=args.unit_order, fine_threshold=args.fine_threshold,
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
