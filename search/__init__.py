@@ -6,7 +6,15 @@ and structural removals, judged on a validation split of the task's training dat
     result.module, result.table(), result.summary()
 """
 
-from optc.search.acceptance import AcceptanceRule, LossRule, MetricRule, Verdict, make_rule
+from optc.search.acceptance import (
+    RULES,
+    AcceptanceRule,
+    LossRule,
+    MetricLossRule,
+    MetricRule,
+    Verdict,
+    make_rule,
+)
 from optc.search.candidates import (
     DEFAULT_ORDER,
     KINDS,
@@ -35,7 +43,7 @@ from optc.search.executors import (
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
 
 __all__ = [
-    "AcceptanceRule", "LossRule", "MetricRule", "Verdict", "make_rule",
+    "AcceptanceRule", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict", "make_rule",
     "DEFAULT_ORDER", "KINDS", "Candidate", "Config", "Trial", "commit", "neuron_groups",
     "plan_trials", "MIN_VALIDATION", "HistoryEntry", "SearchOptions", "SearchResult",
     "specialize", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",

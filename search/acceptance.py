@@ -3,6 +3,9 @@
 ``loss`` (published, AxFormer): the mean validation loss is lower than the best so far AND
 more than half of the validation samples have a loss no worse than in the unpruned baseline.
 ``metric``: the validation metric stays within ``tolerance`` points of the baseline's.
+``metric-loss``: the metric rule, and the mean validation loss no higher than the baseline's
+(a continuous guard: a discrete or rank metric can stay level, by chance, while many small
+removals add up to a worse model).
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import torch
 
 from optc.errors import PipelineSpecError
 
-__all__ = ["Verdict", "AcceptanceRule", "LossRule", "MetricRule", "make_rule"]
+__all__ = ["Verdict", "AcceptanceRule", "LossRule", "MetricRule", "MetricLossRule", "make_rule",
+           "RULES"]
+
+RULES = ("loss", "metric", "metric-loss")
+"""The acceptance rules by name."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,25 @@ class MetricRule(AcceptanceRule):
         return Verdict(metric >= baseline_metric - self.tolerance, mean, share, metric)
 
 
+class MetricLossRule(MetricRule):
+    """The metric rule, and the mean validation loss at most the baseline's."""
+
+    name = "metric-loss"
+
+    def judge(self, losses: torch.Tensor, baseline: torch.Tensor, best_loss: float,
+              metric: float | None = None, baseline_metric: float | None = None) -> Verdict:
+        verdict = super().judge(losses, baseline, best_loss, metric, baseline_metric)
+        within = verdict.mean_loss <= float(baseline.mean())
+        return Verdict(verdict.accepted and within, verdict.mean_loss, verdict.not_worse,
+                       verdict.metric)
+
+
 def make_rule(name: str, tolerance: float = 0.0) -> AcceptanceRule:
-    """The rule called ``name`` (loss or metric)."""
+    """The rule called ``name`` (one of :data:`RULES`)."""
     if name == "loss":
         return LossRule()
-    if name == "metric":
+    if name in ("metric", "metric-loss"):
         if tolerance < 0:
             raise PipelineSpecError(f"the metric rule's tolerated drop must be >= 0, got {tolerance}")
-        return MetricRule(tolerance)
-    raise PipelineSpecError(f"unknown acceptance rule '{name}'; valid rules: loss, metric")
+        return MetricRule(tolerance) if name == "metric" else MetricLossRule(tolerance)
+    raise PipelineSpecError(f"unknown acceptance rule '{name}'; valid rules: {', '.join(RULES)}")

@@ -71,7 +71,8 @@ class SearchOptions:
     """Options of the search; the defaults are the published procedure."""
 
     rule: str = "loss"
-    """Acceptance rule: loss (published) or metric (validation metric within ``tolerance``)."""
+    """Acceptance rule: loss (published), metric (validation metric within ``tolerance``) or
+    metric-loss (that, and the mean validation loss no higher than the baseline's)."""
     tolerance: float = 0.0
     """metric rule: tolerated drop of the validation metric, in points."""
     kinds: tuple[str, ...] = KINDS
@@ -287,9 +288,9 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     begin = time.perf_counter()
     _check_module(module, task)
     rule = make_rule(options.rule, options.tolerance)
-    if options.rule == "metric" and task.kind == "extractive-qa":
-        raise PipelineSpecError("the metric rule needs per-example predictions; for QA use the "
-                                "loss rule (span loss)")
+    if options.rule != "loss" and task.kind == "extractive-qa":
+        raise PipelineSpecError(f"the {options.rule} rule needs per-example predictions; for QA "
+                                "use the loss rule (span loss)")
     examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
                          limit=options.val_limit)
     if len(examples) < MIN_VALIDATION:

@@ -2,8 +2,9 @@
 
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
         [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
-        [--then 'quantize{mode=dynamic}'] [--rule loss|metric --tolerance P] [--sweeps N]
-        [--unit-order index|importance] [--fine-threshold X] [--save] [--retime] [--smoke]
+        [--then 'quantize{mode=dynamic}'] [--rule loss|metric|metric-loss --tolerance P]
+        [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--save] [--retime]
+        [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -155,7 +156,7 @@ def _trick_speedups(module: Any, task: Any, tok: Any, val: list[Any]) -> dict[st
 
 def _tag(args: argparse.Namespace) -> str:
     """The name of a run's options in saved models and rows (``metric-0-ffn+heads-sweeps3``)."""
-    return (args.rule if args.rule == "loss" else f"metric-{args.tolerance:g}") + \
+    return (args.rule if args.rule == "loss" else f"{args.rule}-{args.tolerance:g}") + \
         ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \
         (f"-sweeps{args.sweeps}" if args.sweeps > 1 else "") + \
         (f"-{args.unit_order}" if args.unit_order != "index" else "") + \
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--rule", default="loss", choices=["loss", "metric"],
+    p.add_argument("--rule", default="loss", choices=["loss", "metric", "metric-loss"],
                    help="acceptance rule (loss: the published one)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="metric rule: tolerated validation-metric drop, in points")

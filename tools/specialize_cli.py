@@ -1,7 +1,7 @@
 """``optc specialize``: the accuracy-driven search (AxFormer) on a fine-tuned model.
 
-    optc specialize MODEL [--task T] [--data DIR] -o OUT [--force] [--rule loss|metric]
-                    [--kinds LIST] [--k N] [--groups N] [--val-size X] [--flops-target R]
+    optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
+                    [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N] [--groups N] [--val-size X] [--flops-target R]
                     [--time-budget S] [--sweeps N] [--unit-order O] [--then SPEC]
                     [--keep-pareto N] [--workers N] [--ray]
 
@@ -94,9 +94,11 @@ def specialize_parser() -> argparse.ArgumentParser:
                    "validation split, dev the reported metric); default: under $OPTC_DATA_DIR")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="artifact to write")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an artifact")
-    p.add_argument("--rule", choices=["loss", "metric"], default="loss",
+    p.add_argument("--rule", choices=["loss", "metric", "metric-loss"], default="loss",
                    help="acceptance: loss (published: lower mean loss and most samples no "
-                        "worse) or metric (validation metric within --tolerance)")
+                        "worse), metric (validation metric within --tolerance) or metric-loss "
+                        "(that, and the mean validation loss no higher than the unpruned "
+                        "model's)")
     p.add_argument("--tolerance", type=_number, default=0.0,
                    help="metric rule: tolerated drop in metric points (default 0)")
     p.add_argument("--kinds", default="hard-attention,ffn,ffn-groups,attention,heads",
@@ -301,8 +303,9 @@ def cmd_specialize(argv: list[str]) -> int:
     meta = dict(final.meta)
     sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
     order = f",unit_order={args.unit_order}" if args.unit_order != "index" else ""
+    tolerance = f",tolerance={args.tolerance:g}" if args.rule != "loss" else ""
     meta["pipeline"] = list(meta.get("pipeline", [])) + [
-        f"specialize{{rule={args.rule},k={args.k}{sweeps}{order}}}"]
+        f"specialize{{rule={args.rule}{tolerance},k={args.k}{sweeps}{order}}}"]
     final.meta = meta
     extra = {"specialization": summary}
     if module.meta.get("task"):

@@ -56,12 +56,13 @@ def test_specialize_json_and_force(artifact, task_dir, tmp_path, capsys):
     out = tmp_path / "spec"
     args = ["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
             "--kinds", "attention,heads", "--no-dev", "--no-latency", "--json",
-            "--keep-pareto", "2", "--sweeps", "2", "--unit-order", "importance", *FAST]
+            "--keep-pareto", "2", "--sweeps", "2", "--unit-order", "importance",
+            "--rule", "metric-loss", "--tolerance", "5", *FAST]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert 1 <= summary["sweeps"] <= 2
     pipeline = json.loads((out / "metadata.json").read_text())["pipeline"]
-    assert pipeline[-1].endswith("sweeps=2,unit_order=importance}")
+    assert pipeline[-1] == "specialize{rule=metric-loss,tolerance=5,k=3,sweeps=2,unit_order=importance}"
     assert {h["kind"] for h in summary["history"]} <= {"attention", "heads"}
     for point in summary["pareto"]:
         assert optc.load_module(point["path"]).num_parameters() == point["parameters"]

@@ -14,9 +14,11 @@ from optc.search import (
     Config,
     GatedRunner,
     LossRule,
+    MetricLossRule,
     MetricRule,
     SearchOptions,
     commit,
+    make_rule,
     neuron_groups,
     plan_trials,
     prepare_batches,
@@ -52,6 +54,22 @@ def test_metric_rule_tolerates_the_given_drop():
     losses = torch.ones(4)
     assert MetricRule(1.0).judge(losses, losses, 1.0, metric=79.0, baseline_metric=80.0).accepted
     assert not MetricRule(0.5).judge(losses, losses, 1.0, metric=79.0, baseline_metric=80.0).accepted
+
+
+def test_metric_loss_rule_also_keeps_the_mean_loss_at_the_baseline():
+    baseline = torch.ones(4)
+    drift = torch.tensor([1.0, 1.0, 1.0, 1.2])  # the metric stayed level, the loss grew
+    rule = make_rule("metric-loss", 1.0)
+    assert isinstance(rule, MetricLossRule) and rule.name == "metric-loss"
+    assert MetricRule(0.0).judge(drift, baseline, 1.0, metric=80.0, baseline_metric=80.0).accepted
+    verdict = rule.judge(drift, baseline, 0.5, metric=80.0, baseline_metric=80.0)
+    assert not verdict.accepted and verdict.mean_loss == pytest.approx(1.05)
+    # the baseline's loss is the bound, not the best so far; the tolerance still applies
+    level = torch.tensor([1.0, 1.0, 0.9, 1.1])
+    assert rule.judge(level, baseline, 0.5, metric=79.5, baseline_metric=80.0).accepted
+    assert not rule.judge(level, baseline, 0.5, metric=78.5, baseline_metric=80.0).accepted
+    with pytest.raises(PipelineSpecError, match="valid rules: loss, metric, metric-loss"):
+        make_rule("metrics")
 
 
 def test_plan_follows_the_published_order():
@@ -301,8 +319,9 @@ def test_extractive_qa_searches_on_the_span_loss(tmp_path, tokenizer):
                         SearchOptions(k=3, neuron_groups=2, max_length=48))
     assert result.history and result.baseline_metric is None
     assert all(h.metric is None and h.mean_loss > 0 for h in result.history)
-    with pytest.raises(PipelineSpecError, match="metric rule"):
-        specialize(module, "squad", tokenizer, data, SearchOptions(rule="metric"))
+    for rule in ("metric", "metric-loss"):
+        with pytest.raises(PipelineSpecError, match=f"the {rule} rule needs per-example"):
+            specialize(module, "squad", tokenizer, data, SearchOptions(rule=rule))
 
 
 def test_latency_target_stops_after_an_acceptance(module, tokenizer, task_dir, monkeypatch):
