@@ -14,6 +14,9 @@ rejected in one sweep may be accepted once others have changed what its layer se
 sweep tries only candidates not yet accepted whose configuration has changed since they were
 judged (the same configuration gives the same verdict), and the search stops after a sweep
 that accepts nothing.
+``unit_order="importance"`` ranks each layer's heads and FFN neurons by their Taylor
+importance on the validation split, once before the search: heads are tried least important
+first and neuron groups are formed by rank rather than by position.
 
 Candidates are gates on a running module (:mod:`optc.search.runner`), committed physically
 at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
