@@ -100,8 +100,9 @@ def make_rule(name: str, tolerance: float = 0.0) -> AcceptanceRule:
     """The rule called ``name`` (one of :data:`RULES`)."""
     if name == "loss":
         return LossRule()
-    if name in ("metric", "metric-loss"):
+    metric_rules = {"metric": MetricRule, "metric-loss": MetricLossRule}
+    if name in metric_rules:
         if tolerance < 0:
             raise PipelineSpecError(f"the metric rule's tolerated drop must be >= 0, got {tolerance}")
-        return MetricRule(tolerance) if name == "metric" else MetricLossRule(tolerance)
+        return metric_rules[name](tolerance)
     raise PipelineSpecError(f"unknown acceptance rule '{name}'; valid rules: {', '.join(RULES)}")

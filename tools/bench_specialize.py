@@ -39,7 +39,16 @@ from optc.frontends.capture import capture
 from optc.frontends.huggingface import load_model, load_tokenizer
 from optc.ir.analysis import analyze, module_flops
 from optc.passes.manager import run_pipeline
-from optc.search import Candidate, Config, GatedRunner, SearchOptions, prepare_batches, specialize
+from optc.search import (
+    RULES,
+    Candidate,
+    Config,
+    GatedRunner,
+    SearchOptions,
+    prepare_batches,
+    specialize,
+)
+from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
 from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
 from optc.tools.bench_tasks import RECIPES
@@ -97,19 +106,18 @@ def _onnx_latency(modules: list[Any], seq: int = 128, reps: int = 20) -> list[fl
         return [statistics.median(t) for t in times]
 
 
-def _dev_eval(task: Any, module: Any, tok: Any, data: str | None = None) -> Any:
-    return evaluate(task, optc.to_eager(module), "dev", tok, input_names=_names(module), data=data,
+def _dev_eval(task: Any, module: Any, tok: Any, dev: list[Any]) -> Any:
+    return evaluate(task, optc.to_eager(module), dev, tok, input_names=_names(module),
                     max_length=trained_max_length(module.meta))
 
 
-def _dev(task: Any, module: Any, tok: Any, data: str | None = None) -> float:
-    return _dev_eval(task, module, tok, data).score
+def _dev(task: Any, module: Any, tok: Any, dev: list[Any]) -> float:
+    return _dev_eval(task, module, tok, dev).score
 
 
-def _dev_change(task: Any, before: Any, after: Any, data: str | None) -> list[float]:
+def _dev_change(task: Any, before: Any, after: Any, dev: list[Any]) -> list[float]:
     """The 95% paired-bootstrap interval of the dev metric's change (metric points)."""
-    change = paired_bootstrap(task, before.predictions, after.predictions,
-                              references_of(task.read("dev", data)))
+    change = paired_bootstrap(task, before.predictions, after.predictions, references_of(dev))
     return [change.low, change.high]
 
 
@@ -197,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--rule", default="loss", choices=["loss", "metric", "metric-loss"],
+    p.add_argument("--rule", default="loss", choices=RULES,
                    help="acceptance rule (loss: the published one)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="metric rule: tolerated validation-metric drop, in points")
     p.add_argument("--sweeps", type=int, default=1,
                    help="passes over the trial order (1: published)")
-    p.add_argument("--unit-order", default="index", choices=["index", "importance"],
+    p.add_argument("--unit-order", default="index", choices=UNIT_ORDERS,
                    help="heads and neuron groups by position (published) or by Taylor importance")
     p.add_argument("--fine-threshold", type=float, default=1.1,
                    help="try groups/heads after a rejected block whose loss is below this x the "
@@ -243,22 +251,23 @@ def main(argv: list[str] | None = None) -> int:
                                 else SearchOptions().kinds)
         result = specialize(module, task, tok, args.data, options)
         spec = result.module
-        base_eval, spec_eval = (_dev_eval(task, m, tok, args.data) for m in (module, spec))
+        dev = task.read("dev", args.data)  # once, for every model of the row
+        base_eval, spec_eval = (_dev_eval(task, m, tok, dev) for m in (module, spec))
         dev0, dev1 = base_eval.score, spec_eval.score
         dropped = _top_drop_at(module, result.flops_after)
         lat = _onnx_latency([module, spec, dropped])
         row = {"task": name, "dev": dev0, "dev_spec": dev1,
-               "dev_spec_ci": _dev_change(task, base_eval, spec_eval, args.data),
+               "dev_spec_ci": _dev_change(task, base_eval, spec_eval, dev),
                "flops": result.flops_after / result.flops_before, "latency": lat[1] / lat[0],
                "params": spec.num_parameters() / module.num_parameters(),
                "search_s": result.seconds, "evals": result.evaluations,
                "sweeps": result.sweeps, "accepted": len(result.config.accepted),
-               "dev_drop": _dev(task, dropped, tok, args.data),
+               "dev_drop": _dev(task, dropped, tok, dev),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
             then = spec.clone()
             run_pipeline(then, args.then, reference=module)
-            row["dev_then"] = _dev(task, then, tok, args.data)
+            row["dev_then"] = _dev(task, then, tok, dev)
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]
         val = task.read("val", args.data, val_size=args.val_size, limit=options.val_limit)

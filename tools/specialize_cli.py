@@ -1,9 +1,10 @@
 """``optc specialize``: the accuracy-driven search (AxFormer) on a fine-tuned model.
 
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
-                    [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N] [--groups N] [--val-size X] [--flops-target R]
-                    [--time-budget S] [--sweeps N] [--unit-order O] [--then SPEC]
-                    [--keep-pareto N] [--workers N] [--ray]
+                    [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N]
+                    [--groups N] [--val-size X] [--flops-target R] [--time-budget S]
+                    [--sweeps N] [--unit-order O] [--then SPEC] [--keep-pareto N]
+                    [--workers N] [--ray]
 
 Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
 writes the specialized model as an artifact whose metadata records the history.

@@ -135,6 +135,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot load TorchScript file '{target}': {first}") from None
         names = tuple(a.name for a in scripted.forward.schema.arguments[1:])
+        scripted.eval()  # loaded artifacts and Hugging Face models are in eval mode already
         return task, scripted, _tokenizer(tokenizer_ref, target), names, None
     from optc.frontends.huggingface import load_model
 
@@ -209,8 +210,6 @@ def cmd_eval(argv: list[str]) -> int:
     with progress.step(f"loading {args.target}"):
         task, model_fn, tok, names, trained = _load_for_eval(args.target, args.task,
                                                              args.tokenizer, args.threads)
-    if getattr(model_fn, "eval", None) is not None and isinstance(model_fn, torch.nn.Module):
-        model_fn.eval()
     base = None
     if args.against:
         with progress.step(f"loading {args.against}"):
@@ -230,8 +229,6 @@ def cmd_eval(argv: list[str]) -> int:
     delta = None
     if base is not None:
         _, base_fn, base_tok, base_names, base_trained = base
-        if isinstance(base_fn, torch.nn.Module):
-            base_fn.eval()
         with progress.step(f"evaluating {args.against} ({args.split})"):
             before = evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
                               max_length=args.max_length or base_trained,
