@@ -33,7 +33,8 @@ from optc.errors import InputError
 from optc.ir.core import Module, Node, Parameter, Value
 
 __all__ = ["calibration_batches", "check_labels", "check_vocabulary", "CALIBRATION_OPTIONS",
-           "OBSERVERS", "RangeObserver", "affine_qparams", "observe_inputs", "linears_of"]
+           "OBSERVERS", "RangeObserver", "affine_qparams", "observe_inputs", "linears_of",
+           "tap"]
 
 CALIBRATION_OPTIONS = ("data", "samples", "batch_size", "max_length", "tokenizer")
 """Option names shared by every pass that reads calibration data."""
@@ -216,6 +217,19 @@ def linears_of(module: Module, names: list[str]) -> list[Node]:
             and n.args[1].name in wanted]
 
 
+def tap(module: Module, values: Sequence[Value]) -> Any:
+    """An eager lowering of a copy of ``module`` that also returns ``values`` (values of
+    ``module``: graph inputs or node results) as the extra outputs ``tap.0``, ``tap.1``, ...
+    in the order given. ``module`` is not changed; the copy shares its weights as they are
+    now (a later ``param.data = new`` on ``module`` needs a new tap)."""
+    work = module.clone()
+    named = {v.name: v for v in work.graph.inputs}
+    named.update({out.name: out for node in work.graph for out in node.outputs})
+    for i, value in enumerate(values):
+        work.graph.set_output(f"tap.{i}", named[value.name])
+    return to_eager(work)
+
+
 @torch.no_grad()
 def observe_inputs(module: Module, nodes: Sequence[Node],
                    batches: Sequence[Batch | dict[str, torch.Tensor]],
@@ -224,22 +238,11 @@ def observe_inputs(module: Module, nodes: Sequence[Node],
     share it), fed with that value on every batch (a :class:`Batch` or a dict of model
     inputs); keyed by ``id`` of the value in ``module``. ``module`` is not changed (a copy
     gets the values as extra outputs)."""
-    order = {id(n): i for i, n in enumerate(module.graph)}
-    work = module.clone()
-    copied = list(work.graph)
-    observers: dict[int, RangeObserver] = {}
-    outputs: dict[str, int] = {}
-    for node in nodes:
-        value = node.args[0]
-        if id(value) in observers:
-            continue
-        observers[id(value)] = make()
-        name = f"calibration.{len(outputs)}"
-        outputs[name] = id(value)
-        work.graph.set_output(name, copied[order[id(node)]].args[0])
-    run = to_eager(work)
+    values = list({id(n.args[0]): n.args[0] for n in nodes}.values())
+    observers = {id(v): make() for v in values}
+    run = tap(module, values)
     for batch in batches:
         result = run(**(batch.inputs if isinstance(batch, Batch) else batch))
-        for name, key in outputs.items():
-            observers[key].observe(result[name])
+        for i, value in enumerate(values):
+            observers[id(value)].observe(result[f"tap.{i}"])
     return observers

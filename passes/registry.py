@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "optc.passes.raise_ops",
     "optc.passes.finetune",
     "optc.passes.distill",
+    "optc.passes.reconstruct",
     "optc.passes.sparsify",
     "optc.passes.quantize",
     "optc.passes.hard_attention",
