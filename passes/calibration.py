@@ -30,6 +30,7 @@ import torch
 from optc.backends.eager import to_eager
 from optc.data import Batch, first_split, load_calibration
 from optc.errors import InputError
+from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module, Node, Parameter, Value
 
 __all__ = ["calibration_batches", "check_labels", "check_vocabulary", "CALIBRATION_OPTIONS",
@@ -217,16 +218,23 @@ def linears_of(module: Module, names: list[str]) -> list[Node]:
             and n.args[1].name in wanted]
 
 
-def tap(module: Module, values: Sequence[Value]) -> Any:
+def tap(module: Module, values: Sequence[Value], only: bool = False) -> Any:
     """An eager lowering of a copy of ``module`` that also returns ``values`` (values of
     ``module``: graph inputs or node results) as the extra outputs ``tap.0``, ``tap.1``, ...
-    in the order given. ``module`` is not changed; the copy shares its weights as they are
-    now (a later ``param.data = new`` on ``module`` needs a new tap)."""
+    in the order given; with ``only``, returns nothing else and computes only what they need
+    (the rest of the graph is removed from the copy). ``module`` is not changed; the copy
+    shares its weights as they are now (a later ``param.data = new`` on ``module`` needs a new
+    tap)."""
     work = module.clone()
     named = {v.name: v for v in work.graph.inputs}
     named.update({out.name: out for node in work.graph for out in node.outputs})
-    for i, value in enumerate(values):
-        work.graph.set_output(f"tap.{i}", named[value.name])
+    taps = {f"tap.{i}": named[value.name] for i, value in enumerate(values)}
+    if only:
+        work.graph.set_outputs(taps)
+        eliminate_dead_code(work)
+    else:
+        for name, value in taps.items():
+            work.graph.set_output(name, value)
     return to_eager(work)
 
 

@@ -69,7 +69,8 @@ def refit_block(module: Module, reference: Module, site: _Site, batches: list[An
     sum`` over the real (unpadded) tokens of ``batches``, with ridge ``ridge`` times the mean
     feature energy on the weight (not the bias). Returns the relative error
     ``|module's residual sum - reference's| / |reference's|`` before and after."""
-    run, ref_run = tap(module, [site.features, site.stream_in]), tap(reference, [site.target])
+    run = tap(module, [site.features, site.stream_in], only=True)
+    ref_run = tap(reference, [site.target], only=True)
     weight = site.projection.arg(1)
     bias = site.projection.arg(2)
     k = weight.data.shape[1]

@@ -52,6 +52,7 @@ from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
 from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
 from optc.tools.bench_tasks import RECIPES
+from optc.tools.specialize_cli import then_passes
 from optc.train import finetune, trained_max_length
 from optc.train.batching import input_names_of
 
@@ -265,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                "dev_drop": _dev(task, dropped, tok, dev),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
-            then = spec.clone()
-            run_pipeline(then, args.then, reference=module)
+            then = spec.clone()  # data-reading passes get the task's data, as in optc specialize
+            run_pipeline(then, then_passes(args.then, args.data or task.data_path, name),
+                         reference=module)
             row["dev_then"] = _dev(task, then, tok, dev)
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]

@@ -185,7 +185,9 @@ def _refuse_untrained(target: str, meta: dict[str, Any]) -> None:
                          "fine-tune it first (optc finetune)")
 
 
-def _then_passes(spec: str, data: str | None, task: str | None) -> list[Any]:
+def then_passes(spec: str, data: str | None, task: str | None) -> list[Any]:
+    """The passes of a ``--then`` spec, with ``data`` and ``task`` filled in where a pass
+    takes them and its spec left them out."""
     from optc.passes.spec import parse_pipeline
 
     passes = []
@@ -235,7 +237,7 @@ def cmd_specialize(argv: list[str]) -> int:
         prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:
-        _then_passes(args.then, args.data, args.task)  # a bad spec fails early
+        then_passes(args.then, args.data, args.task)  # a bad spec fails early
     if args.ray or os.environ.get("RAY_ADDRESS"):
         from optc.search.executors import _import_ray
 
@@ -277,7 +279,7 @@ def cmd_specialize(argv: list[str]) -> int:
     final = result.module
     if args.then:
         with progress.step(f"running {args.then}"):
-            report = run_pipeline(final, _then_passes(args.then, args.data, task.name),
+            report = run_pipeline(final, then_passes(args.then, args.data, task.name),
                                   reference=module)
         if not args.quiet and not args.json:
             print(report.table())
@@ -319,7 +321,7 @@ def cmd_specialize(argv: list[str]) -> int:
         point = module.clone()
         commit(point, config)
         if args.then:
-            run_pipeline(point, _then_passes(args.then, args.data, task.name),
+            run_pipeline(point, then_passes(args.then, args.data, task.name),
                          reference=module)
         lat = None if args.no_latency else latencies([module, point])[1]
         info = {"val_score": score, "flops": flops, "latency_ms": lat,
