@@ -90,6 +90,27 @@ def test_then_distill_learns_from_the_model_before_specialization(artifact, task
     assert student.num_parameters() < teacher.num_parameters()
 
 
+def test_then_reconstruct_refits_toward_the_model_before_specialization(artifact, task_dir,
+                                                                        tmp_path, monkeypatch,
+                                                                        capsys):
+    import optc.passes.reconstruct as reconstruct_pass
+
+    seen = []
+    real = reconstruct_pass.refit_block
+    monkeypatch.setattr(reconstruct_pass, "refit_block",
+                        lambda module, reference, *a: (seen.append((module, reference)),
+                                                       real(module, reference, *a))[1])
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--then", "reconstruct{layers=all,samples=32}", "--no-dev", "--no-latency",
+                 *FAST])
+    assert code == 0, capsys.readouterr().err
+    original = optc.load_module(artifact).num_parameters()
+    assert seen and all(reference.num_parameters() == original for _, reference in seen)
+    assert seen[0][0].num_parameters() < original
+    assert optc.load_module(out).num_parameters() == seen[0][0].num_parameters()
+
+
 @pytest.mark.parametrize("extra, code, message", [
     (["--k", "0"], 2, "must be at least 1"),
     (["--kinds", "layers"], 2, "unknown candidate kind 'layers'"),
