@@ -127,8 +127,9 @@ class Reconstruct(Pass):
     residual sum (``stream + projection(kept units)``, before a post-LN norm) closest to the
     reference model's on calibration tokens (padding excluded), the kept units' activations
     computed by the module as refitted so far, so later blocks also correct the drift of
-    earlier ones. No labels and no gradient steps: seconds on a few hundred examples, in the
-    spirit of post-training pruning's mask tuning (Kwon et al., 2022).
+    earlier ones. No labels and no gradient steps (about a minute for MiniLM on 2048
+    examples on 2 cores), in the spirit of post-training pruning's mask tuning (Kwon et al.,
+    2022), which rescales kept units where this refits whole projections.
     Reference: ``teacher=PATH`` (an optc artifact), else the module as it entered the pipeline
     (:meth:`with_pipeline_input`; ``optc specialize --then`` hands over the unpruned model).
     Layers are matched by stable layer id; blocks removed whole are left alone.
@@ -154,8 +155,9 @@ class Reconstruct(Pass):
     """Ridge penalty on the weight, relative to the mean squared feature (0: plain least squares)."""
     data: str | None = None
     """Calibration data: a file or task directory (CLI: --data); its train split by default."""
-    samples: int = 512
-    """Calibration examples to read."""
+    samples: int = 2048
+    """Calibration examples to read (on CoLA, 512 left the fit overfitted: dev MCC 25.4
+    against 29.7 with 2048)."""
     batch_size: int = 32
     """Calibration batch size."""
     max_length: int = 128
