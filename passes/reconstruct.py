@@ -56,6 +56,8 @@ def _site(label: str, block: AttentionBlock | FFNBlock, ref: AttentionBlock | FF
                 "sparsify")
     if bias is not None and not isinstance(bias, Parameter):
         return "its projection's bias is computed, not a weight"
+    if any(len(p.users()) > 1 for p in (weight, bias) if p is not None):
+        return "its projection's weights are shared with other nodes (a refit would change them too)"
     if out.tensor_type.shape[-1] != ref_lin.outputs[0].tensor_type.shape[-1]:
         return "its width differs from the reference's"
     return _Site(label, lin, lin.args[0], block.stream_in, ref.residual.outputs[0])
@@ -140,7 +142,8 @@ class Reconstruct(Pass):
     ``[before, after]`` on the calibration tokens), ``skipped`` (blocks that cannot be refitted,
     and why), ``teacher``.
     Refuses: no reference; a reference of another hidden size; quantized or sparse projections
-    (run it before ``quantize``/``sparsify``); no calibration data.
+    (run it before ``quantize``/``sparsify``); no calibration data. Projections whose weights
+    other nodes also read (shared layers) are skipped, said in ``skipped``.
     """
 
     name = "reconstruct"

@@ -122,6 +122,22 @@ def test_nothing_pruned_changes_nothing_and_reads_no_data(setup) -> None:
     assert not report.records[0].modified and report.records[0].stats["refitted"] == 0
 
 
+def test_a_projection_whose_weights_other_layers_read_is_skipped(setup) -> None:
+    teacher = _module(setup)
+    student = teacher.clone()
+    layers = analyze(student).layers
+    first, second = layers[0].ffn.down, layers[1].ffn.down
+    second.replace_input(second.args[1], first.args[1])  # layer 1 reads layer 0's down weight
+    optc.run_pipeline(student, "dce")
+    optc.run_pipeline(student, "prune-heads{heads=1:0}")
+    shared = first.args[1].data
+    stats = optc.run_pipeline(student, f"reconstruct{{layers=all,data={setup / 'task'}}}",
+                              reference=teacher).records[0].stats
+    assert "shared" in stats["skipped"]["layer 0 ffn"] and "layer 1 ffn" in stats["skipped"]
+    assert "layer 0 ffn" not in stats["error"] and "layer 1 attention" in stats["error"]
+    assert analyze(student).layers[0].ffn.down.args[1].data is shared
+
+
 def test_refusals(setup, tmp_path) -> None:
     with pytest.raises(PipelineSpecError, match="ridge"):
         parse_pipeline("reconstruct{ridge=-1}")
