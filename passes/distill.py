@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from optc.artifacts import load_module
-from optc.errors import ArtifactError, InputError, PipelineSpecError
+from optc.errors import InputError, PipelineSpecError
 from optc.ir.core import Module
 from optc.passes.base import PassResult
 from optc.passes.finetune import (
@@ -16,6 +14,7 @@ from optc.passes.finetune import (
     report_stats,
     train_options,
 )
+from optc.passes.reference import TakesReference
 from optc.passes.registry import register_pass
 from optc.train import distill, has_task_head
 from optc.train.losses import parse_layer_map
@@ -25,7 +24,7 @@ __all__ = ["Distill"]
 
 @register_pass
 @dataclass(frozen=True)
-class Distill(TrainingPass):
+class Distill(TrainingPass, TakesReference):
     """Train the module to imitate a teacher on a task's data (soft targets, hidden states).
 
     Teacher: ``teacher=PATH`` (an optc artifact), else the module as it entered the pipeline
@@ -53,8 +52,6 @@ class Distill(TrainingPass):
     """Weight of the hidden-state MSE (default: 0 with soft targets, 1 without)."""
     layer_map: str = "auto"
     """Student:teacher layer pairs for hidden states (auto: by stable layer id, else evenly)."""
-    _pipeline_input: Module | None = field(default=None, init=False, repr=False, compare=False)
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temperature <= 0 or not 0 <= self.alpha_soft <= 1:
@@ -67,22 +64,8 @@ class Distill(TrainingPass):
             except InputError as exc:
                 raise PipelineSpecError(f"distill: {exc}") from None
 
-    def with_pipeline_input(self, module: Module) -> Distill:
-        """This pass with ``module`` (the pipeline's input, e.g. a clone taken by the pass
-        manager before the first pass) as the default teacher."""
-        copy = dataclasses.replace(self)
-        object.__setattr__(copy, "_pipeline_input", module)
-        return copy
-
     def _teacher(self, module: Module) -> tuple[Module, str]:
-        if self.teacher is not None:
-            try:
-                return load_module(self.teacher), self.teacher
-            except (ArtifactError, InputError) as exc:
-                raise InputError(f"distill teacher: {exc}") from None
-        if self._pipeline_input is not None:
-            return self._pipeline_input, "pipeline-input"
-        return module.clone(), "self"
+        return self.reference() or (module.clone(), "self")
 
     def run(self, module: Module) -> PassResult:
         task = pass_task(self, module)

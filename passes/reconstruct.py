@@ -3,18 +3,17 @@ that the residual stream again follows the unpruned model's, without gradient tr
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from optc.artifacts import load_module
-from optc.errors import ArtifactError, InputError, PassError, PipelineSpecError
+from optc.errors import InputError, PassError, PipelineSpecError
 from optc.ir.analysis import AttentionBlock, FFNBlock, analyze
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.passes.base import Pass, PassResult
 from optc.passes.calibration import calibration_batches, tap
+from optc.passes.reference import TakesReference
 from optc.passes.registry import register_pass
 
 __all__ = ["Reconstruct", "refit_block"]
@@ -119,7 +118,7 @@ def refit_block(module: Module, reference: Module, site: _Site, batches: list[An
 
 @register_pass
 @dataclass(frozen=True)
-class Reconstruct(Pass):
+class Reconstruct(Pass, TakesReference):
     """Refit pruned blocks' output projections so each layer follows the unpruned model.
 
     After heads or FFN neurons are removed, a block's output projection still weighs the kept
@@ -168,8 +167,6 @@ class Reconstruct(Pass):
     """Calibration sequence length limit."""
     tokenizer: str | None = None
     """Tokenizer directory or id (default: the one recorded with the model)."""
-    _pipeline_input: Module | None = field(default=None, init=False, repr=False, compare=False)
-
     def __post_init__(self) -> None:
         if self.ridge < 0:
             raise PipelineSpecError(f"reconstruct ridge must be >= 0, got {self.ridge}")
@@ -182,22 +179,12 @@ class Reconstruct(Pass):
         """Always reads calibration data (the CLI's --data fills it)."""
         return True
 
-    def with_pipeline_input(self, module: Module) -> Reconstruct:
-        """This pass with ``module`` (the pipeline's input) as the default reference."""
-        copy = dataclasses.replace(self)
-        object.__setattr__(copy, "_pipeline_input", module)
-        return copy
-
     def _reference(self) -> tuple[Module, str]:
-        if self.teacher is not None:
-            try:
-                return load_module(self.teacher), self.teacher
-            except (ArtifactError, InputError) as exc:
-                raise InputError(f"reconstruct teacher: {exc}") from None
-        if self._pipeline_input is not None:
-            return self._pipeline_input, "pipeline-input"
-        raise InputError("reconstruct needs the unpruned model: run it in a pipeline after the "
-                         "pruning passes, or pass teacher=PATH")
+        found = self.reference()
+        if found is None:
+            raise InputError("reconstruct needs the unpruned model: run it in a pipeline after "
+                             "the pruning passes, or pass teacher=PATH")
+        return found
 
     def _sites(self, module: Module, reference: Module) -> tuple[list[_Site], dict[str, str]]:
         mine, theirs = analyze(module), analyze(reference)
