@@ -21,7 +21,7 @@ from optc.errors import PipelineSpecError
 from optc.passes.base import Pass, format_pass
 from optc.passes.registry import get_pass
 
-__all__ = ["parse_pipeline", "format_pipeline", "format_pass", "describe_type"]
+__all__ = ["parse_pipeline", "task_pipeline", "format_pipeline", "format_pass", "describe_type"]
 
 
 def _split_top(text: str) -> list[str]:
@@ -205,6 +205,22 @@ def parse_pipeline(text: str | Sequence[str | Pass]) -> list[Pass]:
                 f"item {i} of the pipeline is a {type(item).__name__}; give pass specs (strings "
                 "such as 'dce') or pass instances (e.g. optc.passes.registry.get_pass('dce')())"
             )
+    return passes
+
+
+def task_pipeline(spec: str | Sequence[str | Pass], data: str | None,
+                  task: str | None) -> list[Pass]:
+    """The passes of ``spec`` with ``data`` and ``task`` filled in where a pass takes them and
+    the spec left them out (a pipeline run on a task model, e.g. after ``optc specialize``)."""
+    passes = []
+    for p in parse_pipeline(spec):
+        fields = {f.name for f in dataclasses.fields(p)}
+        changes: dict[str, Any] = {}
+        if "data" in fields and p.data is None and data is not None:
+            changes["data"] = data
+        if "task" in fields and p.task is None and task:
+            changes["task"] = task
+        passes.append(dataclasses.replace(p, **changes) if changes else p)
     return passes
 
 

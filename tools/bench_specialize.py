@@ -39,6 +39,7 @@ from optc.frontends.capture import capture
 from optc.frontends.huggingface import load_model, load_tokenizer
 from optc.ir.analysis import analyze, module_flops
 from optc.passes.manager import run_pipeline
+from optc.passes.spec import task_pipeline
 from optc.search import (
     RULES,
     Candidate,
@@ -52,7 +53,6 @@ from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
 from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
 from optc.tools.bench_tasks import RECIPES
-from optc.tools.specialize_cli import then_passes
 from optc.train import finetune, trained_max_length
 from optc.train.batching import input_names_of
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
             then = spec.clone()  # data-reading passes get the task's data, as in optc specialize
-            run_pipeline(then, then_passes(args.then, args.data or task.data_path, name),
+            run_pipeline(then, task_pipeline(args.then, args.data or task.data_path, name),
                          reference=module)
             row["dev_then"] = _dev(task, then, tok, dev)
             lt = _onnx_latency([module, then])

@@ -185,23 +185,6 @@ def _refuse_untrained(target: str, meta: dict[str, Any]) -> None:
                          "fine-tune it first (optc finetune)")
 
 
-def then_passes(spec: str, data: str | None, task: str | None) -> list[Any]:
-    """The passes of a ``--then`` spec, with ``data`` and ``task`` filled in where a pass
-    takes them and its spec left them out."""
-    from optc.passes.spec import parse_pipeline
-
-    passes = []
-    for p in parse_pipeline(spec):
-        fields = {f.name for f in dataclasses.fields(p)}
-        changes: dict[str, Any] = {}
-        if "data" in fields and p.data is None and data is not None:
-            changes["data"] = data
-        if "task" in fields and p.task is None and task:
-            changes["task"] = task
-        passes.append(dataclasses.replace(p, **changes) if changes else p)
-    return passes
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or b is None else f"{b / a:.3f}"
 
@@ -215,6 +198,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.frontends.huggingface import load_tokenizer
     from optc.outputs import check_output
     from optc.passes.manager import run_pipeline
+    from optc.passes.spec import task_pipeline
     from optc.search import SearchOptions, commit, specialize
     from optc.search.measure import latencies
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
@@ -237,7 +221,7 @@ def cmd_specialize(argv: list[str]) -> int:
         prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:
-        then_passes(args.then, args.data, args.task)  # a bad spec fails early
+        task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
     if args.ray or os.environ.get("RAY_ADDRESS"):
         from optc.search.executors import _import_ray
 
@@ -279,7 +263,7 @@ def cmd_specialize(argv: list[str]) -> int:
     final = result.module
     if args.then:
         with progress.step(f"running {args.then}"):
-            report = run_pipeline(final, then_passes(args.then, args.data, task.name),
+            report = run_pipeline(final, task_pipeline(args.then, args.data, task.name),
                                   reference=module)
         if not args.quiet and not args.json:
             print(report.table())
@@ -321,7 +305,7 @@ def cmd_specialize(argv: list[str]) -> int:
         point = module.clone()
         commit(point, config)
         if args.then:
-            run_pipeline(point, then_passes(args.then, args.data, task.name),
+            run_pipeline(point, task_pipeline(args.then, args.data, task.name),
                          reference=module)
         lat = None if args.no_latency else latencies([module, point])[1]
         info = {"val_score": score, "flops": flops, "latency_ms": lat,
