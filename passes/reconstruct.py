@@ -214,7 +214,7 @@ class Reconstruct(Pass, TakesReference):
     def run(self, module: Module) -> PassResult:
         reference, origin = self._reference()
         mine, theirs = _width(module), _width(reference)
-        if mine != theirs:
+        if None not in (mine, theirs) and mine != theirs:  # None: no block left to refit
             raise InputError(f"reconstruct: the reference's hidden size {theirs} differs from "
                              f"the model's {mine}")
         sites, skipped = self._sites(module, reference)
