@@ -14,6 +14,12 @@ rejected in one sweep may be accepted once others have changed what its layer se
 sweep tries only candidates not yet accepted whose configuration has changed since they were
 judged (the same configuration gives the same verdict), and the search stops after a sweep
 that accepts nothing.
+``rounds=N`` repeats the whole search up to N times with a refit between rounds: the
+``between`` pipeline (default ``reconstruct``: least-squares refit of the pruned blocks'
+output projections toward the input module) runs on a round's committed result, and the
+next round searches the refitted module, judged against the input module's validation
+results, so it can keep removals that the refit made harmless. A round that accepts nothing,
+or stops on a target or the time budget, ends the search.
 ``unit_order="importance"`` ranks each layer's heads and FFN neurons by their Taylor
 importance on the validation split, once before the search: heads are tried least important
 first and neuron groups are formed by rank rather than by position.
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,6 +45,8 @@ from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
 from optc.passes.importance import taylor_scores
+from optc.passes.manager import run_pipeline
+from optc.passes.spec import parse_pipeline, task_pipeline
 from optc.search.acceptance import make_rule
 from optc.search.candidates import (
     KINDS,
@@ -113,6 +121,11 @@ class SearchOptions:
     unit_order: str = "index"
     """How heads are ordered and neurons grouped: ``index`` (published: by position) or
     ``importance`` (Taylor importance on the validation split, least important first)."""
+    rounds: int = 1
+    """Searches, each on the previous one's refitted result (1: published)."""
+    between: str = "reconstruct"
+    """Pipeline run on a round's result before the next round (reference: the input
+    module; data-reading passes get the search's data)."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -126,6 +139,10 @@ class SearchOptions:
             raise PipelineSpecError(f"neuron groups must be >= 1, got {self.neuron_groups}")
         if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 1:
             raise PipelineSpecError(f"sweeps must be an integer >= 1, got {self.sweeps!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise PipelineSpecError(f"rounds must be an integer >= 1, got {self.rounds!r}")
+        if self.rounds > 1:
+            parse_pipeline(self.between)
         if self.workers < 1:
             raise PipelineSpecError(f"workers must be >= 1, got {self.workers}")
         if self.unit_order not in UNIT_ORDERS:
@@ -164,6 +181,8 @@ class HistoryEntry:
     """Why a trial was skipped."""
     sweep: int = 1
     """Which pass over the trial order (``SearchOptions.sweeps``)."""
+    round: int = 1
+    """Which search round (``SearchOptions.rounds``)."""
 
 
 @dataclass
@@ -198,6 +217,17 @@ class SearchResult:
     points: list[tuple[Config, float, int]] = field(default_factory=list)
     """Every evaluated configuration (the baseline included): (config, validation score,
     FLOPs); the score is the validation metric, or minus the mean loss for QA."""
+    start_loss: float | None = None
+    """The searched module's own mean validation loss (the baseline's unless a reference
+    was given)."""
+    start_metric: float | None = None
+    """The searched module's own validation metric."""
+    searched: Module | None = None
+    """The module the last round searched, which ``config`` and ``points`` apply to (None:
+    the input module)."""
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    """Per round: accepted candidates, validation metric at its start and end, FLOPs after,
+    evaluations, seconds and what the pipeline between rounds reported."""
 
     def pareto(self, count: int) -> list[tuple[Config, float, int]]:
         """Up to ``count`` operating points from the history's Pareto front (validation score
@@ -222,22 +252,25 @@ class SearchResult:
             "accepted": [asdict(c) for c in sorted(self.config.accepted)],
             "baseline_loss": self.baseline_loss, "best_loss": self.best_loss,
             "baseline_val_metric": self.baseline_metric, "best_val_metric": self.best_metric,
+            "start_loss": self.start_loss, "start_val_metric": self.start_metric,
             "metric": self.main_metric,
             "flops_before": self.flops_before, "flops_after": self.flops_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "evaluations": self.evaluations, "seconds": self.seconds,
             "validation_examples": self.validation_examples, "stopped": self.stopped,
             "removed": self.counts, "executor": self.executor, "skipped": self.skipped,
-            "sweeps": self.sweeps,
+            "sweeps": self.sweeps, "rounds": self.rounds,
         }
 
     def table(self) -> str:
         """The history as a text table."""
         sweeps = max((h.sweep for h in self.history), default=1) > 1
+        rounds = max((h.round for h in self.history), default=1) > 1
         rows = [("step", "layer", "candidate", "mean loss", "not worse", "metric", "accepted",
                  "GFLOPs")]
         for h in self.history:
             label = f"{h.label} (sweep {h.sweep})" if sweeps and h.sweep > 1 else h.label
+            label = f"{label} (round {h.round})" if rounds and h.round > 1 else label
             rows.append((str(h.step), str(h.layer), label,
                          "-" if h.mean_loss is None else f"{h.mean_loss:.4f}",
                          "-" if h.not_worse is None else f"{100 * h.not_worse:.1f}%",
@@ -278,18 +311,107 @@ class _Flops:
 
 def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
                options: SearchOptions | None = None,
-               progress: Callable[[HistoryEntry], None] | None = None) -> SearchResult:
+               progress: Callable[[HistoryEntry], None] | None = None,
+               reference: Module | None = None) -> SearchResult:
     """Run the accuracy-driven search on a fine-tuned ``module`` (left unchanged) and return
     the committed, physically smaller module with the search history.
 
     ``data`` is the task's data directory (or file) whose train split gives the validation
-    examples. Raises :class:`InputError` for a module without the task's head, a head that
-    does not fit the task, or fewer than :data:`MIN_VALIDATION` validation examples.
+    examples. ``reference``: judge candidates against this module's validation results (its
+    per-sample losses and metric are the baseline) instead of ``module``'s own, e.g. the
+    model a previous round started from when ``module`` is that round's refitted result; the
+    loss rule's "best so far" still starts at ``module``'s own loss. With
+    ``options.rounds > 1`` later rounds search the refitted result of the previous one (see
+    the module docstring), judged against ``reference`` or else ``module``. Raises
+    :class:`InputError` for a module (or reference) without the task's head, a head that does
+    not fit the task, or fewer than :data:`MIN_VALIDATION` validation examples.
     """
     options = options or SearchOptions()
     task = get_task(task) if isinstance(task, str) else task
+    if options.rounds == 1:
+        return _search_round(module, task, tokenizer, data, options, progress, reference)
+    begin = time.perf_counter()
+    between = task_pipeline(options.between, data if data is not None else task.data_path,
+                            task.name)
+    judge = reference if reference is not None else module
+    flops_input = module_flops(module, FLOPS_SEQ)
+    current, results, history, rounds = module, [], [], []
+    for number in range(1, options.rounds + 1):
+        round_options = _round_options(options, module, current, flops_input, begin)
+        if round_options is None:
+            break
+        result = _search_round(current, task, tokenizer, data, round_options, progress,
+                               reference if number == 1 else judge, number, len(history))
+        results.append(result)
+        history.extend(result.history)
+        info = {"round": number, "accepted": [asdict(c) for c in sorted(result.config.accepted)],
+                "start_val_metric": result.start_metric, "best_val_metric": result.best_metric,
+                "start_loss": result.start_loss, "best_loss": result.best_loss,
+                "flops_after": result.flops_after, "evaluations": result.evaluations,
+                "seconds": result.seconds, "stopped": result.stopped}
+        rounds.append(info)
+        if (not result.config.accepted or result.stopped != "done"
+                or number == options.rounds or not analyze(result.module).layers):
+            break
+        current = result.module
+        report = run_pipeline(current, between, reference=judge)
+        info["between"] = report.to_json()
+    first, last = results[0], results[-1]
+    meta = dict(last.module.meta)
+    meta["specialization"] = {**meta["specialization"], "rounds": len(results), "accepted": [
+        {**c, "round": r["round"]} for r in rounds for c in r["accepted"]]}
+    last.module.meta = meta
+    counts: dict[str, int] = {}
+    for result in results:
+        for kind, n in result.counts.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return SearchResult(
+        module=last.module, config=last.config, history=history,
+        baseline_loss=first.baseline_loss, best_loss=last.best_loss,
+        baseline_metric=first.baseline_metric, best_metric=last.best_metric,
+        main_metric=first.main_metric, flops_before=first.flops_before,
+        flops_after=last.flops_after, params_before=first.params_before,
+        params_after=last.params_after, evaluations=sum(r.evaluations for r in results),
+        seconds=time.perf_counter() - begin, validation_examples=first.validation_examples,
+        stopped=last.stopped, sweeps=max(r.sweeps for r in results),
+        skipped=sum(r.skipped for r in results), counts=counts, executor=first.executor,
+        points=last.points, start_loss=first.start_loss, start_metric=first.start_metric,
+        searched=None if len(results) == 1 else current, rounds=rounds)
+
+
+def _round_options(options: SearchOptions, module: Module, current: Module,
+                   flops_input: int, begin: float) -> SearchOptions | None:
+    """``options`` for a round searching ``current``: targets and the time budget rescaled
+    to what is left of them relative to the input ``module`` (None: nothing is left)."""
+    if current is module:
+        return replace(options, rounds=1)
+    changes: dict[str, Any] = {"rounds": 1}
+    if options.time_budget is not None:
+        left = options.time_budget - (time.perf_counter() - begin)
+        if left <= 0:
+            return None
+        changes["time_budget"] = left
+    if options.flops_target is not None:
+        share = module_flops(current, FLOPS_SEQ) / flops_input
+        if share <= options.flops_target:
+            return None
+        changes["flops_target"] = options.flops_target / share
+    if options.latency_target is not None:
+        share = _latency_ratio(module, current)
+        if share <= options.latency_target:
+            return None
+        changes["latency_target"] = min(1.0, options.latency_target / share)
+    return replace(options, **changes)
+
+
+def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
+                  options: SearchOptions, progress: Callable[[HistoryEntry], None] | None,
+                  reference: Module | None, number: int = 1, steps: int = 0) -> SearchResult:
+    """One search over ``module`` (``number``: its round; ``steps``: entries before it)."""
     begin = time.perf_counter()
     _check_module(module, task)
+    if reference is not None:
+        _check_module(reference, task)
     rule = make_rule(options.rule, options.tolerance)
     if options.rule != "loss" and task.kind == "extractive-qa":
         raise PipelineSpecError(f"the {options.rule} rule needs per-example predictions; for QA "
@@ -320,13 +442,14 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     plan = plan_trials(structure, options.kinds, options.neuron_groups, options.k, importance)
     trials = [(sweep, trial) for sweep in range(1, options.sweeps + 1) for trial in plan]
     config = Config()
-    baseline = runner.evaluate(config)
+    start = runner.evaluate(config)
+    baseline = start if reference is None else GatedRunner(
+        **{**payload, "module": reference, "prefix_reuse": False}).evaluate(config)
     baseline_metric = metric_of(baseline)
-    best_loss, best_metric = baseline.mean_loss, baseline_metric
+    best_loss, best_metric = start.mean_loss, metric_of(start)
     flops_before = flops(config)
     points: list[tuple[Config, float, int]] = [
-        (config, baseline_metric if baseline_metric is not None else -baseline.mean_loss,
-         flops_before)]
+        (config, best_metric if best_metric is not None else -best_loss, flops_before)]
     history: list[HistoryEntry] = []
     decided: dict[Candidate, tuple[bool, bool]] = {}  # block trials: (accepted, loss < 1.1x)
     judged: set[tuple[Config, Candidate]] = set()  # same configuration, same verdict
@@ -386,13 +509,15 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
             if cand.kind in ("ffn", "attention"):
                 close = verdict.mean_loss < options.fine_threshold * best_loss
                 decided[cand] = (verdict.accepted, close)
-            entry = HistoryEntry(len(history) + 1, cand.kind, cand.layer, list(cand.units),
-                                 cand.label, verdict.mean_loss, verdict.not_worse, metric,
-                                 verdict.accepted, candidate_flops, sweep=sweep)
+            entry = HistoryEntry(steps + len(history) + 1, cand.kind, cand.layer,
+                                 list(cand.units), cand.label, verdict.mean_loss,
+                                 verdict.not_worse, metric, verdict.accepted, candidate_flops,
+                                 sweep=sweep, round=number)
             history.append(entry)
             if progress is not None:
                 progress(entry)
-        evaluations = executor.evaluations + (1 if executor.name != "serial" else 0)
+        evaluations = (executor.evaluations + (1 if executor.name != "serial" else 0)
+                       + (1 if reference is not None else 0))
         executor_name = executor.name
     result = module.clone()
     counts = commit(result, config)
@@ -410,7 +535,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
-        sweeps=current_sweep)
+        sweeps=current_sweep, start_loss=start.mean_loss, start_metric=metric_of(start))
 
 
 def _importance(module: Module, structure: Structure, batches: list[dict[str, torch.Tensor]],

@@ -3,6 +3,8 @@ backend, prefix reuse vs full evaluation, parallel vs serial, bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -343,6 +345,8 @@ def test_importance_order_tries_dead_units_first_and_removes_them_together(
     structure = optc.ir.analysis.analyze(module)
     layer = structure.layers[1]
     dead = list(range(2, 64, 4))  # 16 of 64 neurons = one group of 4
+    for node in (layer.ffn.down, layer.attention.output):  # copies: clones share tensors
+        node.args[1].data = node.args[1].data.clone()
     down = layer.ffn.down.args[1].data
     down[:, dead] = 0.0
     out = layer.attention.output.args[1].data
@@ -367,3 +371,94 @@ def test_importance_order_tries_dead_units_first_and_removes_them_together(
                        rule="metric", unit_order="importance", workers=2)
     assert parallel.config == ranked.config
 
+
+
+# -- a reference baseline and search rounds --------------------------------------------------
+def _val_metric(module, tokenizer, task_dir):
+    task, _, batches = _batches(module, tokenizer, task_dir, limit=None)
+    outcome = GatedRunner(module, task, batches, NAMES).evaluate(Config())
+    labels = [label for b in batches for label in b["labels"].tolist()]
+    return outcome, task.compute_metrics(outcome.predictions, labels)[task.main_metric]
+
+
+def test_a_reference_sets_the_baseline_candidates_are_judged_against(module, tokenizer,
+                                                                     task_dir):
+    reference = module.clone()  # the same model, more confident: a higher validation loss
+    for name, param in reference.params.items():
+        if name.startswith("classifier"):
+            param.data = param.data * 1.5
+    ref_outcome, ref_metric = _val_metric(reference, tokenizer, task_dir)
+    options = SearchOptions(k=3, neuron_groups=3, rule="metric-loss", tolerance=100.0,
+                            kinds=("heads", "ffn-groups"))
+    own = specialize(module, TASK, tokenizer, task_dir, options)
+    judged = specialize(module, TASK, tokenizer, task_dir, options, reference=reference)
+    assert judged.baseline_metric == pytest.approx(ref_metric)
+    assert judged.baseline_loss == pytest.approx(ref_outcome.mean_loss)
+    assert judged.start_loss == pytest.approx(own.baseline_loss)
+    assert own.baseline_loss < judged.baseline_loss
+    assert judged.start_metric == pytest.approx(own.baseline_metric)
+    assert judged.evaluations == len(judged.history) + 2  # the module and the reference
+    # metric-loss: the mean loss is held to the reference's, not to the module's own
+    for entry in judged.history:
+        assert entry.accepted == (entry.mean_loss <= judged.baseline_loss)
+    assert any(own.baseline_loss < h.mean_loss <= judged.baseline_loss for h in judged.history)
+    assert len(judged.config.accepted) > len(own.config.accepted)
+    with pytest.raises(InputError, match="has no task head"):
+        specialize(module, TASK, tokenizer, task_dir, reference=tiny_bert(layers=1)[1])
+
+
+def test_rounds_refit_between_and_judge_against_the_input(module, tokenizer, task_dir):
+    kw = {"rule": "metric-loss", "tolerance": 100.0, "kinds": ("heads", "ffn-groups"),
+          "unit_order": "importance"}  # accepted while the mean loss is at most the baseline's
+    one = _search(module, tokenizer, task_dir, **kw)
+    assert one.config.accepted, "the fixture's first round accepts something"
+    two = _search(module, tokenizer, task_dir, rounds=3,
+                  between="reconstruct{samples=64,batch_size=16}", **kw)
+    first = [h for h in two.history if h.round == 1]
+    assert [(h.label, h.layer, h.accepted, h.mean_loss) for h in first] == \
+        [(h.label, h.layer, h.accepted, h.mean_loss) for h in one.history]
+    assert two.rounds[0]["accepted"] == [dataclasses.asdict(c) for c in sorted(one.config.accepted)]
+    later = [h for h in two.history if h.round == 2]
+    assert later and len(two.rounds) >= 2
+    assert [h.step for h in two.history] == list(range(1, len(two.history) + 1))
+    # the refit ran between the rounds, toward the input module
+    between = two.rounds[0]["between"]
+    assert between[0]["pass"].startswith("reconstruct") and between[0]["modified"]
+    assert between[0]["stats"]["refitted"]
+    # round 2 searched the refitted model, judged against the input model's baseline
+    assert two.baseline_loss == pytest.approx(one.baseline_loss)
+    searched, searched_metric = _val_metric(two.searched, tokenizer, task_dir)
+    assert two.rounds[-1]["start_val_metric"] == pytest.approx(searched_metric)
+    assert two.rounds[-1]["start_loss"] == pytest.approx(searched.mean_loss)
+    assert two.rounds[1]["start_loss"] != pytest.approx(one.best_loss)  # the refit changed it
+    for entry in later:
+        assert entry.accepted == (entry.mean_loss <= two.baseline_loss)
+    # a round that accepts nothing ends the search
+    assert len(two.rounds) == 3 or not two.rounds[-1]["accepted"]
+    # what was committed is what the last round measured, and smaller than the input
+    task, examples, _ = _batches(module, tokenizer, task_dir, limit=None)
+    got = evaluate(task, optc.to_eager(two.module), examples, tokenizer, input_names=NAMES)
+    last = [h for h in two.history if h.round == len(two.rounds) and h.accepted]
+    expected = last[-1].mean_loss if last else two.rounds[-1]["start_loss"]
+    assert got.mean_loss == pytest.approx(expected, abs=1e-5)
+    assert two.flops_before == one.flops_before and two.flops_after <= one.flops_after
+    assert two.params_before == module.num_parameters()
+    spec = two.module.meta["specialization"]
+    assert spec["rounds"] == len(two.rounds)
+    assert len(spec["accepted"]) == sum(len(r["accepted"]) for r in two.rounds)
+    assert two.summary()["rounds"] == two.rounds
+    assert two.evaluations == sum(r["evaluations"] for r in two.rounds)
+
+
+def test_rounds_stop_at_a_target_and_refuse_bad_options(module, tokenizer, task_dir):
+    target = _search(module, tokenizer, task_dir, flops_target=0.999, rounds=3,
+                     kinds=("attention", "ffn"), rule="metric", tolerance=100.0)
+    assert target.stopped == "flops-target" and len(target.rounds) == 1
+    assert target.searched is None
+    emptied = _search(module, tokenizer, task_dir, rounds=2, kinds=("attention", "ffn"),
+                      rule="metric", tolerance=100.0)  # every block goes in round 1
+    assert not optc.ir.analysis.analyze(emptied.module).layers and len(emptied.rounds) == 1
+    with pytest.raises(PipelineSpecError, match="rounds must be an integer >= 1"):
+        SearchOptions(rounds=0)
+    with pytest.raises(PipelineSpecError, match="unknown pass 'refit'"):
+        SearchOptions(rounds=2, between="refit")
