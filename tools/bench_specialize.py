@@ -3,8 +3,8 @@
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
         [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
         [--then 'quantize{mode=dynamic}'] [--rule loss|metric|metric-loss --tolerance P]
-        [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--save] [--retime]
-        [--smoke]
+        [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--rounds N]
+        [--between SPEC] [--save] [--retime] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -169,7 +169,9 @@ def _tag(args: argparse.Namespace) -> str:
         ("-" + args.kinds.replace(",", "+") if args.kinds else "") + \
         (f"-sweeps{args.sweeps}" if args.sweeps > 1 else "") + \
         (f"-{args.unit_order}" if args.unit_order != "index" else "") + \
-        (f"-fine{args.fine_threshold:g}" if args.fine_threshold != 1.1 else "")
+        (f"-fine{args.fine_threshold:g}" if args.fine_threshold != 1.1 else "") + \
+        (f"-rounds{args.rounds}" if args.rounds > 1 else "") + \
+        (f"-between-{args.between}" if args.rounds > 1 and args.between != "reconstruct" else "")
 
 
 def _retime(tasks: list[str], models: Path, tag: str, reps: int = 40) -> int:
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fine-threshold", type=float, default=1.1,
                    help="try groups/heads after a rejected block whose loss is below this x the "
                         "best loss (1.1: published)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="search rounds with --between refitting each round's result (1: one)")
+    p.add_argument("--between", default="reconstruct", help="pipeline between rounds")
     p.add_argument("--kinds", default=None,
                    help="candidate kinds in order (default: the published ones, hard attention first)")
     p.add_argument("--save", action="store_true",
@@ -245,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         options = SearchOptions(val_size=args.val_size, workers=args.workers,
                                 rule=args.rule, tolerance=args.tolerance, sweeps=args.sweeps,
                                 unit_order=args.unit_order, fine_threshold=args.fine_threshold,
+                                rounds=args.rounds, between=args.between,
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
@@ -263,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                "params": spec.num_parameters() / module.num_parameters(),
                "search_s": result.seconds, "evals": result.evaluations,
                "sweeps": result.sweeps, "accepted": len(result.config.accepted),
+               "rounds": len(result.rounds) or 1,
+               "accepted_all": len(spec.meta["specialization"]["accepted"]),
                "dev_drop": _dev(task, dropped, tok, dev),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:

@@ -3,8 +3,8 @@
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
                     [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N]
                     [--groups N] [--val-size X] [--flops-target R] [--time-budget S]
-                    [--sweeps N] [--unit-order O] [--then SPEC] [--keep-pareto N]
-                    [--workers N] [--ray]
+                    [--sweeps N] [--unit-order O] [--rounds N] [--between SPEC]
+                    [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
 
 Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
 writes the specialized model as an artifact whose metadata records the history.
@@ -134,6 +134,13 @@ def specialize_parser() -> argparse.ArgumentParser:
                    help="heads and FFN neuron groups: index (published: by position) or "
                         "importance (Taylor importance on the validation split; heads least "
                         "important first, neurons grouped by rank)")
+    p.add_argument("--rounds", type=_int_at_least(1), default=1,
+                   help="search up to N times: after a round, --between refits its result "
+                        "and the next round searches that, judged against MODEL's validation "
+                        "results (default 1: one search, as published)")
+    p.add_argument("--between", metavar="SPEC", default="reconstruct",
+                   help="pipeline run between rounds (default: reconstruct, the least-squares "
+                        "refit toward MODEL)")
     p.add_argument("--then", metavar="SPEC", default=None,
                    help="pipeline run on the result, e.g. 'quantize{mode=dynamic}' or "
                         "'distill{epochs=1}' (whose default teacher is MODEL, the model "
@@ -218,7 +225,8 @@ def cmd_specialize(argv: list[str]) -> int:
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
         flops_target=args.flops_target, latency_target=args.latency_target,
         time_budget=args.time_budget, sweeps=args.sweeps, unit_order=args.unit_order,
-        prefix_reuse=not args.no_prefix_reuse, workers=args.workers, ray=args.ray)
+        rounds=args.rounds, between=args.between, prefix_reuse=not args.no_prefix_reuse,
+        workers=args.workers, ray=args.ray)
     task = get_task(args.task) if args.task else None
     if args.then:
         task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
@@ -290,6 +298,7 @@ def cmd_specialize(argv: list[str]) -> int:
     meta = dict(final.meta)
     sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
     order = f",unit_order={args.unit_order}" if args.unit_order != "index" else ""
+    order += f",rounds={args.rounds}" if args.rounds > 1 else ""
     tolerance = f",tolerance={args.tolerance:g}" if args.rule != "loss" else ""
     meta["pipeline"] = list(meta.get("pipeline", [])) + [
         f"specialize{{rule={args.rule}{tolerance},k={args.k}{sweeps}{order}}}"]
@@ -302,7 +311,7 @@ def cmd_specialize(argv: list[str]) -> int:
     written = []
     for path, (config, score, flops) in zip(pareto_paths, result.pareto(args.keep_pareto),
                                            strict=False):
-        point = module.clone()
+        point = (result.searched or module).clone()  # the last round's points
         commit(point, config)
         if args.then:
             run_pipeline(point, task_pipeline(args.then, args.data, task.name),

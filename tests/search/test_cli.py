@@ -9,6 +9,7 @@ import pytest
 
 import optc
 from optc.backends.differential import check_backends
+from optc.ir.analysis import module_flops
 from optc.tests.train.conftest import tiny_bert
 from optc.tools.cli import main
 
@@ -69,6 +70,32 @@ def test_specialize_json_and_force(artifact, task_dir, tmp_path, capsys):
     assert main(args) == 4  # exists
     assert "exists" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
+
+
+def test_rounds_search_the_refitted_result_again(artifact, task_dir, tmp_path, capsys):
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--kinds", "heads,ffn-groups", "--unit-order", "importance", "--rule",
+                 "metric-loss", "--tolerance", "100", "--rounds", "2", "--between",
+                 "reconstruct{samples=64,batch_size=16}", "--keep-pareto", "1", "--no-dev",
+                 "--no-latency", "--json", *FAST])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][0]["between"][0]["stats"]["refitted"] >= 1
+    assert {h["round"] for h in summary["history"]} == {1, 2}
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["pipeline"][-1].endswith("unit_order=importance,rounds=2}")
+    assert meta["specialization"]["rounds"] == summary["rounds"]
+    assert summary["pareto"]
+    for point in summary["pareto"]:  # the last round's points, committed on what it searched
+        written = optc.load_module(point["path"])
+        assert module_flops(written, 128) == point["flops"]
+        assert point["flops"] <= summary["rounds"][0]["flops_after"]
+    assert main(["specialize", str(artifact), "--data", str(task_dir), "-o",
+                 str(tmp_path / "bad"), "--rounds", "2", "--between", "refit", *FAST]) == 2
+    assert "unknown pass 'refit'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_then_distill_learns_from_the_model_before_specialization(artifact, task_dir, tmp_path,
