@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                "sweeps": result.sweeps, "accepted": len(result.config.accepted),
                "rounds": len(result.rounds) or 1,
                "accepted_all": len(spec.meta["specialization"]["accepted"]),
+               "round_flops": [r["flops_after"] / result.flops_before for r in result.rounds],
                "dev_drop": _dev(task, dropped, tok, dev),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
