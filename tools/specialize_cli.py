@@ -262,7 +262,8 @@ def cmd_specialize(argv: list[str]) -> int:
     def on_trial(entry: Any) -> None:
         if not args.quiet:
             mark = "accepted" if entry.accepted else "rejected"
-            sys.stderr.write(f"optc: step {entry.step}: layer {entry.layer} {entry.label}: "
+            label = f"{entry.label} (round {entry.round})" if entry.round > 1 else entry.label
+            sys.stderr.write(f"optc: step {entry.step}: layer {entry.layer} {label}: "
                              f"loss {entry.mean_loss:.4f}, {100 * entry.not_worse:.0f}% not "
                              f"worse, {mark}\n")
 

@@ -78,9 +78,11 @@ def test_rounds_search_the_refitted_result_again(artifact, task_dir, tmp_path, c
                  "--kinds", "heads,ffn-groups", "--unit-order", "importance", "--rule",
                  "metric-loss", "--tolerance", "100", "--rounds", "2", "--between",
                  "reconstruct{samples=64,batch_size=16}", "--keep-pareto", "1", "--no-dev",
-                 "--no-latency", "--json", *FAST])
+                 "--no-latency", "--json", "--k", "3", "--groups", "3"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "(round 2): loss" in captured.err  # the progress lines say which round
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert summary["rounds"][0]["between"][0]["stats"]["refitted"] >= 1
     assert {h["round"] for h in summary["history"]} == {1, 2}
