@@ -276,15 +276,16 @@ def atomic_file(path: str | os.PathLike, force: bool, *, inputs: Iterable[str | 
     target = Path(path)
     inputs = list(inputs)
     parent = check_output(target, force, kind="file", inputs=inputs)
-    with deferred_interrupts():
-        try:
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix,
-                                        dir=parent)
-        except OSError as exc:
-            raise _write_error(target, exc) from None
-        os.close(fd)
-    tmp = Path(name)
-    try:
+    tmp: Path | None = None
+    try:  # an interrupt held back while the temporary is made is raised inside this try
+        with deferred_interrupts():
+            try:
+                fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-",
+                                            suffix=target.suffix, dir=parent)
+            except OSError as exc:
+                raise _write_error(target, exc) from None
+            tmp = Path(name)
+            os.close(fd)
         yield tmp
         os.chmod(tmp, umask_mode(0o666))
         check_output(target, force, kind="file", inputs=inputs)  # still ours to replace
@@ -292,7 +293,8 @@ def atomic_file(path: str | os.PathLike, force: bool, *, inputs: Iterable[str | 
     except OSError as exc:
         raise _write_error(target, exc) from None
     finally:
-        _remove(tmp)
+        if tmp is not None:
+            _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -306,12 +308,13 @@ def atomic_directory(path: str | os.PathLike, force: bool, *,
     target = Path(path)
     inputs = list(inputs)
     parent = check_output(target, force, kind="artifact", inputs=inputs)
-    with deferred_interrupts():
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        except OSError as exc:
-            raise _write_error(target, exc) from None
-    try:
+    tmp: Path | None = None
+    try:  # an interrupt held back while the temporary is made is raised inside this try
+        with deferred_interrupts():
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+            except OSError as exc:
+                raise _write_error(target, exc) from None
         yield tmp
         os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; give normal permissions
         check_output(target, force, kind="artifact", inputs=inputs)
@@ -319,7 +322,8 @@ def atomic_directory(path: str | os.PathLike, force: bool, *,
     except OSError as exc:
         raise _write_error(target, exc) from None
     finally:
-        _remove(tmp)
+        if tmp is not None:
+            _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -335,12 +339,13 @@ def staged_output(path: str | os.PathLike, force: bool, *, kind: OutputKind,
     target = Path(path)
     inputs = list(inputs)
     parent = check_output(target, force, kind=kind, inputs=inputs)
-    with deferred_interrupts():
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-        except OSError as exc:
-            raise _write_error(target, exc) from None
-    try:
+    staging: Path | None = None
+    try:  # an interrupt held back while the temporary is made is raised inside this try
+        with deferred_interrupts():
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+            except OSError as exc:
+                raise _write_error(target, exc) from None
         staged = staging / target.name
         yield staged
         wrote_kind = staged.is_dir() if kind == "artifact" else staged.is_file()
@@ -352,4 +357,5 @@ def staged_output(path: str | os.PathLike, force: bool, *, kind: OutputKind,
     except OSError as exc:
         raise _write_error(target, exc) from None
     finally:
-        _remove(staging)
+        if staging is not None:
+            _remove(staging)
