@@ -266,6 +266,31 @@ def _write_error(target: Path, exc: OSError) -> OutputError:
 
 # -- writers ------------------------------------------------------------------------------------
 @contextlib.contextmanager
+def _temporary(target: Path, parent: Path, *, directory: bool) -> Iterator[Path]:
+    """A hidden temporary file or directory beside ``target``, removed when the block ends.
+
+    It is made with Ctrl-C held back, and an interrupt held back there is raised inside the
+    cleanup's ``try``, so no ``.NAME.tmp-*`` entry is ever left behind."""
+    made: list[Path] = []
+    try:
+        with deferred_interrupts():
+            try:
+                if directory:
+                    made.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent)))
+                else:
+                    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-",
+                                                suffix=target.suffix, dir=parent)
+                    made.append(Path(name))
+                    os.close(fd)
+            except OSError as exc:
+                raise _write_error(target, exc) from None
+        yield made[0]
+    finally:
+        for path in made:
+            _remove(path)
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, force: bool, *, inputs: Iterable[str | os.PathLike] = ()
                 ) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -276,25 +301,14 @@ def atomic_file(path: str | os.PathLike, force: bool, *, inputs: Iterable[str | 
     target = Path(path)
     inputs = list(inputs)
     parent = check_output(target, force, kind="file", inputs=inputs)
-    tmp: Path | None = None
-    try:  # an interrupt held back while the temporary is made is raised inside this try
-        with deferred_interrupts():
-            try:
-                fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-",
-                                            suffix=target.suffix, dir=parent)
-            except OSError as exc:
-                raise _write_error(target, exc) from None
-            tmp = Path(name)
-            os.close(fd)
-        yield tmp
-        os.chmod(tmp, umask_mode(0o666))
-        check_output(target, force, kind="file", inputs=inputs)  # still ours to replace
-        _install(tmp, target)
-    except OSError as exc:
-        raise _write_error(target, exc) from None
-    finally:
-        if tmp is not None:
-            _remove(tmp)
+    with _temporary(target, parent, directory=False) as tmp:
+        try:
+            yield tmp
+            os.chmod(tmp, umask_mode(0o666))
+            check_output(target, force, kind="file", inputs=inputs)  # still ours to replace
+            _install(tmp, target)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
 
 
 @contextlib.contextmanager
@@ -308,22 +322,14 @@ def atomic_directory(path: str | os.PathLike, force: bool, *,
     target = Path(path)
     inputs = list(inputs)
     parent = check_output(target, force, kind="artifact", inputs=inputs)
-    tmp: Path | None = None
-    try:  # an interrupt held back while the temporary is made is raised inside this try
-        with deferred_interrupts():
-            try:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-            except OSError as exc:
-                raise _write_error(target, exc) from None
-        yield tmp
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; give normal permissions
-        check_output(target, force, kind="artifact", inputs=inputs)
-        _install(tmp, target)
-    except OSError as exc:
-        raise _write_error(target, exc) from None
-    finally:
-        if tmp is not None:
-            _remove(tmp)
+    with _temporary(target, parent, directory=True) as tmp:
+        try:
+            yield tmp
+            os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; give normal permissions
+            check_output(target, force, kind="artifact", inputs=inputs)
+            _install(tmp, target)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
 
 
 @contextlib.contextmanager
@@ -339,23 +345,15 @@ def staged_output(path: str | os.PathLike, force: bool, *, kind: OutputKind,
     target = Path(path)
     inputs = list(inputs)
     parent = check_output(target, force, kind=kind, inputs=inputs)
-    staging: Path | None = None
-    try:  # an interrupt held back while the temporary is made is raised inside this try
-        with deferred_interrupts():
-            try:
-                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-            except OSError as exc:
-                raise _write_error(target, exc) from None
-        staged = staging / target.name
-        yield staged
-        wrote_kind = staged.is_dir() if kind == "artifact" else staged.is_file()
-        if not wrote_kind:
-            raise OutputError(f"cannot write '{target}': the writer produced no "
-                              f"{'directory' if kind == 'artifact' else 'file'}")
-        check_output(target, force, kind=kind, inputs=inputs)
-        _install(staged, target)
-    except OSError as exc:
-        raise _write_error(target, exc) from None
-    finally:
-        if staging is not None:
-            _remove(staging)
+    with _temporary(target, parent, directory=True) as staging:
+        try:
+            staged = staging / target.name
+            yield staged
+            wrote_kind = staged.is_dir() if kind == "artifact" else staged.is_file()
+            if not wrote_kind:
+                raise OutputError(f"cannot write '{target}': the writer produced no "
+                                  f"{'directory' if kind == 'artifact' else 'file'}")
+            check_output(target, force, kind=kind, inputs=inputs)
+            _install(staged, target)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
