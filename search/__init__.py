@@ -31,6 +31,7 @@ from optc.search.driver import (
     SearchOptions,
     SearchResult,
     specialize,
+    validate,
 )
 from optc.search.executors import (
     RAY_INSTALL_HINT,
@@ -46,6 +47,6 @@ __all__ = [
     "AcceptanceRule", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict", "make_rule",
     "DEFAULT_ORDER", "KINDS", "Candidate", "Config", "Trial", "commit", "neuron_groups",
     "plan_trials", "MIN_VALIDATION", "HistoryEntry", "SearchOptions", "SearchResult",
-    "specialize", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",
+    "specialize", "validate", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",
     "SerialExecutor", "make_executor", "GatedRunner", "Outcome", "prepare_batches",
 ]

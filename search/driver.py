@@ -64,7 +64,8 @@ from optc.tasks.registry import get_task
 from optc.tasks.task import Task
 from optc.train.heads import has_task_head
 
-__all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "MIN_VALIDATION",
+__all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
+           "MIN_VALIDATION",
            "FLOPS_SEQ", "UNIT_ORDERS"]
 
 MIN_VALIDATION = 20
@@ -404,6 +405,44 @@ def _round_options(options: SearchOptions, module: Module, current: Module,
     return replace(options, **changes)
 
 
+def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
+                names: tuple[str, ...]
+                ) -> tuple[list[dict[str, torch.Tensor]], Callable[[Outcome], float | None], int]:
+    """The search's validation batches, the function giving an outcome's task metric (None
+    for QA, whose search judges the span loss) and the number of examples."""
+    examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
+                         limit=options.val_limit)
+    if len(examples) < MIN_VALIDATION:
+        raise InputError(f"the validation split has {len(examples)} examples; the search needs "
+                         f"at least {MIN_VALIDATION} (give more training data, a larger "
+                         "--val-size, or no --val-limit)")
+    batches = prepare_batches(task, examples, tokenizer, options.batch_size,
+                              options.max_length, names)
+    labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
+
+    def metric_of(outcome: Outcome) -> float | None:
+        if labels is None:
+            return None
+        return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
+
+    return batches, metric_of, len(examples)
+
+
+def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
+             options: SearchOptions | None = None) -> tuple[float, float | None]:
+    """Mean loss and task metric (None for QA) of ``module`` on the search's validation split,
+    measured as the search measures its candidates: e.g. a ``--then`` pipeline's result,
+    judged on the same examples as the search without looking at the dev set."""
+    options = options or SearchOptions()
+    task = get_task(task) if isinstance(task, str) else task
+    _check_module(module, task)
+    names = _input_names(module)
+    batches, metric_of, _ = _validation(task, tokenizer, data, options, names)
+    outcome = GatedRunner(module=module, task=task, batches=batches, input_names=names,
+                          prefix_reuse=False).evaluate(Config())
+    return outcome.mean_loss, metric_of(outcome)
+
+
 def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                   options: SearchOptions, progress: Callable[[HistoryEntry], None] | None,
                   reference: Module | None, number: int = 1, steps: int = 0) -> SearchResult:
@@ -416,24 +455,11 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     if options.rule != "loss" and task.kind == "extractive-qa":
         raise PipelineSpecError(f"the {options.rule} rule needs per-example predictions; for QA "
                                 "use the loss rule (span loss)")
-    examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
-                         limit=options.val_limit)
-    if len(examples) < MIN_VALIDATION:
-        raise InputError(f"the validation split has {len(examples)} examples; the search needs "
-                         f"at least {MIN_VALIDATION} (give more training data, a larger "
-                         "--val-size, or no --val-limit)")
     names = _input_names(module)
-    batches = prepare_batches(task, examples, tokenizer, options.batch_size,
-                              options.max_length, names)
+    batches, metric_of, count = _validation(task, tokenizer, data, options, names)
     payload = {"module": module, "task": task, "batches": batches, "input_names": names,
                "prefix_reuse": options.prefix_reuse}
     runner = GatedRunner(**payload)
-    labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
-
-    def metric_of(outcome: Outcome) -> float | None:
-        if labels is None:
-            return None
-        return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
 
     flops = _Flops(module)
     structure = analyze(module)
@@ -533,7 +559,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         main_metric=task.main_metric, flops_before=flops_before,
         flops_after=module_flops(result, FLOPS_SEQ), params_before=module.num_parameters(),
         params_after=result.num_parameters(), evaluations=evaluations,
-        seconds=time.perf_counter() - begin, validation_examples=len(examples), stopped=stopped,
+        seconds=time.perf_counter() - begin, validation_examples=count, stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
         sweeps=current_sweep, start_loss=start.mean_loss, start_metric=metric_of(start))
 

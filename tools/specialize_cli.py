@@ -196,6 +196,14 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or b is None else f"{b / a:.3f}"
 
 
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _change(before: float | None, after: float | None, form: str = "{:+.2f}") -> str:
+    return "-" if before is None or after is None else form.format(after - before)
+
+
 def cmd_specialize(argv: list[str]) -> int:
     """``optc specialize``: run the search and write the specialized artifact."""
     import torch
@@ -206,7 +214,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.outputs import check_output
     from optc.passes.manager import run_pipeline
     from optc.passes.spec import task_pipeline
-    from optc.search import SearchOptions, commit, specialize
+    from optc.search import SearchOptions, commit, specialize, validate
     from optc.search.measure import latencies
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
     from optc.tools.progress import Progress
@@ -276,6 +284,8 @@ def cmd_specialize(argv: list[str]) -> int:
                                   reference=module)
         if not args.quiet and not args.json:
             print(report.table())
+    with progress.step(f"evaluating {task.name} validation after"):
+        val_loss, val_metric = validate(final, task, tokenizer, args.data, options)
     dev_before = dev_after = dev_change = None
     if not args.no_dev:
         with progress.step(f"evaluating {task.name} dev before and after"):
@@ -295,7 +305,8 @@ def cmd_specialize(argv: list[str]) -> int:
     summary.update({"dev_metric_before": dev_before, "dev_metric_after": dev_after,
                     "dev_change": None if dev_change is None else dev_change.to_json(),
                     "latency_ms_before": lat_before, "latency_ms_after": lat_after,
-                    "params_after": final.num_parameters(), "then": args.then})
+                    "params_after": final.num_parameters(), "then": args.then,
+                    "val_loss_after": val_loss, "val_metric_after": val_metric})
     meta = dict(final.meta)
     sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
     order = f",unit_order={args.unit_order}" if args.unit_order != "index" else ""
@@ -335,6 +346,10 @@ def cmd_specialize(argv: list[str]) -> int:
             (f"dev {task.main_metric}", "-" if dev_before is None else f"{dev_before:.2f}",
              "-" if dev_after is None else f"{dev_after:.2f}",
              "-" if dev_change is None else dev_change.describe()),
+            (f"validation {task.main_metric}", _score(result.baseline_metric),
+             _score(val_metric), _change(result.baseline_metric, val_metric)),
+            ("validation loss", f"{result.baseline_loss:.4f}", f"{val_loss:.4f}",
+             _change(result.baseline_loss, val_loss, "{:+.4f}")),
             ("GFLOPs (B1,S128)", f"{result.flops_before / 1e9:.3f}",
              f"{result.flops_after / 1e9:.3f}", _ratio(result.flops_before, result.flops_after)),
             ("latency ms (eager)", "-" if lat_before is None else f"{lat_before:.2f}",

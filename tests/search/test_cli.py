@@ -36,10 +36,16 @@ def test_specialize_writes_a_smaller_model_with_its_history(artifact, task_dir, 
     assert any("hard attention k=3" in line for line in lines)
     assert "dev accuracy" in printed and "GFLOPs (B1,S128)" in printed and "% CI " in printed
     assert "latency ms (eager)" in printed and "parameters" in printed
+    assert "validation accuracy" in printed and "validation loss" in printed
     meta = json.loads((out / "metadata.json").read_text())
     spec = meta["specialization"]
     assert spec["history"] and spec["evaluations"] == len(spec["history"]) + 1
     assert spec["dev_metric_before"] is not None and spec["latency_ms_after"] > 0
+    # the validation row measures the written model (dce keeps its function: the last
+    # accepted trial's figures, else the input's)
+    accepted = [h for h in spec["history"] if h["accepted"]]
+    expected = accepted[-1]["mean_loss"] if accepted else spec["baseline_loss"]
+    assert spec["val_loss_after"] == pytest.approx(expected, abs=1e-5)
     change = spec["dev_change"]
     assert (change["before"], change["after"]) == (spec["dev_metric_before"],
                                                    spec["dev_metric_after"])
@@ -138,6 +144,10 @@ def test_then_reconstruct_refits_toward_the_model_before_specialization(artifact
     assert seen and all(reference.num_parameters() == original for _, reference in seen)
     assert seen[0][0].num_parameters() < original
     assert optc.load_module(out).num_parameters() == seen[0][0].num_parameters()
+    # the validation figures after the refit are the refitted model's, not the search's
+    spec = json.loads((out / "metadata.json").read_text())["specialization"]
+    accepted = [h for h in spec["history"] if h["accepted"]]
+    assert spec["val_loss_after"] != pytest.approx(accepted[-1]["mean_loss"], abs=1e-6)
 
 
 @pytest.mark.parametrize("extra, code, message", [

@@ -25,6 +25,7 @@ from optc.search import (
     plan_trials,
     prepare_batches,
     specialize,
+    validate,
 )
 from optc.tasks import evaluate, get_task
 from optc.tests.search.conftest import TASK, headed
@@ -448,6 +449,25 @@ def test_rounds_refit_between_and_judge_against_the_input(module, tokenizer, tas
     assert len(spec["accepted"]) == sum(len(r["accepted"]) for r in two.rounds)
     assert two.summary()["rounds"] == two.rounds
     assert two.evaluations == sum(r["evaluations"] for r in two.rounds)
+
+
+def test_validate_measures_a_module_as_the_search_does(module, tokenizer, task_dir):
+    options = SearchOptions(k=3, neuron_groups=3, rule="metric-loss", tolerance=100.0,
+                            kinds=("heads", "ffn-groups"))
+    result = specialize(module, TASK, tokenizer, task_dir, options)
+    assert validate(module, TASK, tokenizer, task_dir, options) == pytest.approx(
+        (result.baseline_loss, result.baseline_metric))
+    last = [h for h in result.history if h.accepted][-1]
+    loss, metric = validate(result.module, TASK, tokenizer, task_dir, options)
+    assert loss == pytest.approx(last.mean_loss, abs=1e-5) and metric == pytest.approx(last.metric)
+    assert loss != pytest.approx(result.baseline_loss)
+    # another split size measures other examples
+    other = validate(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_size=0.3))
+    assert other[0] != pytest.approx(result.baseline_loss)
+    with pytest.raises(InputError, match="has no task head"):
+        validate(tiny_bert(layers=1)[1], TASK, tokenizer, task_dir)
+    with pytest.raises(InputError, match="at least 20"):
+        validate(module, TASK, tokenizer, task_dir, SearchOptions(val_limit=5))
 
 
 def test_rounds_stop_at_a_target_and_refuse_bad_options(module, tokenizer, task_dir):
