@@ -19,7 +19,9 @@ that accepts nothing.
 output projections toward the input module) runs on a round's committed result, and the
 next round searches the refitted module, judged against the input module's validation
 results, so it can keep removals that the refit made harmless. A round that accepts nothing,
-or stops on a target or the time budget, ends the search.
+or stops on a target or the time budget, ends the search; so does a refit that the
+acceptance rule would refuse on the validation split (e.g. one that lowers the metric below
+the tolerance), and the round's result is kept without it.
 ``unit_order="importance"`` ranks each layer's heads and FFN neurons by their Taylor
 importance on the validation split, once before the search: heads are tried least important
 first and neuron groups are formed by rank rather than by position.
@@ -32,6 +34,7 @@ acceptance, so the accepted set equals the serial run's.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -47,7 +50,7 @@ from optc.ir.verifier import verify
 from optc.passes.importance import taylor_scores
 from optc.passes.manager import run_pipeline
 from optc.passes.spec import parse_pipeline, task_pipeline
-from optc.search.acceptance import make_rule
+from optc.search.acceptance import Verdict, make_rule
 from optc.search.candidates import (
     KINDS,
     Candidate,
@@ -126,7 +129,8 @@ class SearchOptions:
     """Searches, each on the previous one's refitted result (1: published)."""
     between: str = "reconstruct"
     """Pipeline run on a round's result before the next round (reference: the input
-    module; data-reading passes get the search's data)."""
+    module; data-reading passes get the search's data); its result is searched only when
+    the acceptance rule keeps it on the validation split."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -337,10 +341,12 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     judge = reference if reference is not None else module
     flops_input = module_flops(module, FLOPS_SEQ)
     current, results, history, rounds = module, [], [], []
+    searched = module
     for number in range(1, options.rounds + 1):
         round_options = _round_options(options, module, current, flops_input, begin)
         if round_options is None:
             break
+        searched = current
         result = _search_round(current, task, tokenizer, data, round_options, progress,
                                reference if number == 1 else judge, number, len(history))
         results.append(result)
@@ -354,9 +360,15 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         if (not result.config.accepted or result.stopped != "done"
                 or number == options.rounds or not analyze(result.module).layers):
             break
-        current = result.module
-        report = run_pipeline(current, between, reference=judge)
+        refitted = result.module.clone()
+        report = run_pipeline(refitted, between, reference=judge)
         info["between"] = report.to_json()
+        verdict = _judge_refit(refitted, judge, result, task, tokenizer, data, options)
+        info.update(between_val_metric=verdict.metric, between_loss=verdict.mean_loss,
+                    between_kept=verdict.accepted)
+        if not verdict.accepted:  # the refit would break the rule: keep the round's result
+            break
+        current = refitted
     first, last = results[0], results[-1]
     meta = dict(last.module.meta)
     meta["specialization"] = {**meta["specialization"], "rounds": len(results), "accepted": [
@@ -377,7 +389,29 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         stopped=last.stopped, sweeps=max(r.sweeps for r in results),
         skipped=sum(r.skipped for r in results), counts=counts, executor=first.executor,
         points=last.points, start_loss=first.start_loss, start_metric=first.start_metric,
-        searched=None if len(results) == 1 else current, rounds=rounds)
+        searched=None if searched is module else searched, rounds=rounds)
+
+
+def _judge_refit(refitted: Module, judge: Module, result: SearchResult, task: Task,
+                 tokenizer: Any, data: Any, options: SearchOptions) -> Verdict:
+    """The acceptance rule's verdict on a round's refitted result against the ``judge``'s
+    validation results (the loss rule: its mean loss also at most the round's best), so that
+    the search never hands on a model its own rule would have refused."""
+    names = _input_names(refitted)
+    batches, metric_of, _ = _validation(task, tokenizer, data, options, names)
+
+    def outcome(m: Module) -> Outcome:
+        return GatedRunner(module=m, task=task, batches=batches, input_names=names,
+                           prefix_reuse=False).evaluate(Config())
+
+    baseline, got = outcome(judge), outcome(refitted)
+    verdict = make_rule(options.rule, options.tolerance).judge(
+        got.losses, baseline.losses, math.inf, metric_of(got), metric_of(baseline))
+    # the loss rule also asks for no higher a loss than the round ended with (a refit that
+    # changes nothing passes; 1e-6: a committed model's float noise against the gated one)
+    holds = verdict.accepted and (options.rule != "loss"
+                                  or verdict.mean_loss <= result.best_loss + 1e-6)
+    return replace(verdict, accepted=holds)
 
 
 def _round_options(options: SearchOptions, module: Module, current: Module,

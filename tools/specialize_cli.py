@@ -369,6 +369,14 @@ def cmd_specialize(argv: list[str]) -> int:
               f"{lat_after / lat_before:.2f}x slower here: top-k attention has no fused kernel "
               "on this machine; --kinds ffn,ffn-groups,attention,heads searches structured "
               "removals only")
+    for info in result.rounds:
+        if info.get("between_kept") is False:
+            figure = (f"validation {task.main_metric} {_score(info['between_val_metric'])}"
+                      if info["between_val_metric"] is not None
+                      else f"validation loss {info['between_loss']:.4f}")
+            print(f"note: the refit after round {info['round']} ({figure}) fails the "
+                  f"{args.rule} rule against the input; round {info['round']}'s result was "
+                  "kept without it and the rounds stopped")
     print(f"wrote {out}: {len(result.config.accepted)} of {len(result.history)} candidates "
           f"accepted, {result.evaluations} evaluations in {result.seconds:.1f} s "
           f"({result.stopped})")

@@ -106,6 +106,23 @@ def test_rounds_search_the_refitted_result_again(artifact, task_dir, tmp_path, c
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_refused_refit_is_said_in_one_note(artifact, task_dir, tmp_path, capsys):
+    from optc.tests.search.test_search import FlipHead  # registers test-flip-head
+
+    assert FlipHead.name == "test-flip-head"
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--kinds", "heads,ffn-groups", "--unit-order", "importance", "--rule",
+                 "metric-loss", "--tolerance", "100", "--rounds", "2", "--between",
+                 "test-flip-head", "--no-dev", "--no-latency", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "note: the refit after round 1 (validation accuracy" in printed
+    assert "fails the metric-loss rule" in printed
+    spec = json.loads((out / "metadata.json").read_text())["specialization"]
+    assert spec["rounds"][0]["between_kept"] is False and len(spec["rounds"]) == 1
+
+
 def test_then_distill_learns_from_the_model_before_specialization(artifact, task_dir, tmp_path,
                                                                   monkeypatch, capsys):
     import optc.passes.distill as distill_pass

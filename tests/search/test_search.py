@@ -4,6 +4,7 @@ backend, prefix reuse vs full evaluation, parallel vs serial, bad input."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 import optc
 from optc.backends.differential import check_backends
 from optc.errors import InputError, PipelineSpecError
+from optc.passes.base import Pass, PassResult
+from optc.passes.registry import register_pass
 from optc.search import (
     Candidate,
     Config,
@@ -375,6 +378,21 @@ def test_importance_order_tries_dead_units_first_and_removes_them_together(
 
 
 # -- a reference baseline and search rounds --------------------------------------------------
+@register_pass
+@dataclass(frozen=True)
+class FlipHead(Pass):
+    """Test pass: negates the task head's weights and scales them up (confident, and wrong
+    wherever the head was right)."""
+
+    name = "test-flip-head"
+
+    def run(self, module):
+        for name, param in module.params.items():
+            if name.startswith("classifier") and name.endswith("weight"):
+                param.data = -50.0 * param.data
+        return PassResult(True)
+
+
 def _val_metric(module, tokenizer, task_dir):
     task, _, batches = _batches(module, tokenizer, task_dir, limit=None)
     outcome = GatedRunner(module, task, batches, NAMES).evaluate(Config())
@@ -425,7 +443,7 @@ def test_rounds_refit_between_and_judge_against_the_input(module, tokenizer, tas
     # the refit ran between the rounds, toward the input module
     between = two.rounds[0]["between"]
     assert between[0]["pass"].startswith("reconstruct") and between[0]["modified"]
-    assert between[0]["stats"]["refitted"]
+    assert between[0]["stats"]["refitted"] and two.rounds[0]["between_kept"]
     # round 2 searched the refitted model, judged against the input model's baseline
     assert two.baseline_loss == pytest.approx(one.baseline_loss)
     searched, searched_metric = _val_metric(two.searched, tokenizer, task_dir)
@@ -449,6 +467,24 @@ def test_rounds_refit_between_and_judge_against_the_input(module, tokenizer, tas
     assert len(spec["accepted"]) == sum(len(r["accepted"]) for r in two.rounds)
     assert two.summary()["rounds"] == two.rounds
     assert two.evaluations == sum(r["evaluations"] for r in two.rounds)
+
+
+def test_a_refit_the_rule_refuses_ends_the_rounds_without_it(module, tokenizer, task_dir):
+    kw = {"rule": "metric-loss", "tolerance": 100.0, "kinds": ("heads", "ffn-groups"),
+          "unit_order": "importance"}
+    one = _search(module, tokenizer, task_dir, **kw)
+    # a "refit" that zeroes almost every weight raises the validation loss above the input's
+    hurt = _search(module, tokenizer, task_dir, rounds=3, between="test-flip-head", **kw)
+    info, = hurt.rounds
+    assert info["between_kept"] is False and info["between"][0]["modified"]
+    assert info["between_loss"] > hurt.baseline_loss
+    assert hurt.config == one.config and hurt.searched is None
+    loss, _ = validate(hurt.module, TASK, tokenizer, task_dir, SearchOptions())
+    last = [h for h in one.history if h.accepted][-1]
+    assert loss == pytest.approx(last.mean_loss, abs=1e-5)  # round 1's result, not flipped
+    # the loss rule: a between pipeline that changes nothing is kept (equal loss)
+    same = _search(module, tokenizer, task_dir, rounds=2, between="dce")
+    assert same.rounds[0]["between_kept"] is True and len(same.rounds) == 2
 
 
 def test_validate_measures_a_module_as_the_search_does(module, tokenizer, task_dir):
