@@ -19,9 +19,10 @@ that accepts nothing.
 output projections toward the input module) runs on a round's committed result, and the
 next round searches the refitted module, judged against the input module's validation
 results, so it can keep removals that the refit made harmless. A round that accepts nothing,
-or stops on a target or the time budget, ends the search; so does a refit that the
-acceptance rule would refuse on the validation split (e.g. one that lowers the metric below
-the tolerance), and the round's result is kept without it.
+or stops on a target or the time budget, ends the search. When a round accepts nothing,
+the refit it searched is kept only if the acceptance rule accepts it on the validation split
+(e.g. a refit that lowers the metric below the tolerance is not), else the previous round's
+result stands: the search never hands on a model its own rule would refuse.
 ``unit_order="importance"`` ranks each layer's heads and FFN neurons by their Taylor
 importance on the validation split, once before the search: heads are tried least important
 first and neuron groups are formed by rank rather than by position.
@@ -129,8 +130,7 @@ class SearchOptions:
     """Searches, each on the previous one's refitted result (1: published)."""
     between: str = "reconstruct"
     """Pipeline run on a round's result before the next round (reference: the input
-    module; data-reading passes get the search's data); its result is searched only when
-    the acceptance rule keeps it on the validation split."""
+    module; data-reading passes get the search's data)."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -291,11 +291,11 @@ def _input_names(module: Module) -> tuple[str, ...]:
     return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
 
 
-def _check_module(module: Module, task: Task) -> None:
+def _check_module(module: Module, task: Task, search: bool = True) -> None:
     if not has_task_head(module, task):
         raise InputError(f"module @{module.name} has no task head for '{task.name}': fine-tune "
                          "it first (optc finetune --task ...), then specialize the result")
-    if not analyze(module).layers:
+    if search and not analyze(module).layers:
         raise InputError(f"module @{module.name} has no transformer layers to specialize")
 
 
@@ -341,34 +341,42 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     judge = reference if reference is not None else module
     flops_input = module_flops(module, FLOPS_SEQ)
     current, results, history, rounds = module, [], [], []
-    searched = module
+    searched, evaluations = [], 0
     for number in range(1, options.rounds + 1):
         round_options = _round_options(options, module, current, flops_input, begin)
         if round_options is None:
             break
-        searched = current
         result = _search_round(current, task, tokenizer, data, round_options, progress,
                                reference if number == 1 else judge, number, len(history))
         results.append(result)
+        searched.append(current)
         history.extend(result.history)
+        evaluations += result.evaluations
         info = {"round": number, "accepted": [asdict(c) for c in sorted(result.config.accepted)],
                 "start_val_metric": result.start_metric, "best_val_metric": result.best_metric,
                 "start_loss": result.start_loss, "best_loss": result.best_loss,
                 "flops_after": result.flops_after, "evaluations": result.evaluations,
                 "seconds": result.seconds, "stopped": result.stopped}
         rounds.append(info)
+        if number > 1 and not result.config.accepted:
+            # nothing accepted on the refit: the rule has not judged it yet; it is kept only
+            # when the rule would accept it (else the previous round's result stands)
+            verdict = _judge_refit(current, judge, results[-2], task, tokenizer, data, options)
+            evaluations += 2
+            info["evaluations"] += 2
+            rounds[-2].update(between_kept=verdict.accepted, between_val_metric=verdict.metric,
+                              between_loss=verdict.mean_loss)
+            if not verdict.accepted:
+                results.pop()
+                searched.pop()
+            break
+        if number > 1:
+            rounds[-2]["between_kept"] = True
         if (not result.config.accepted or result.stopped != "done"
                 or number == options.rounds or not analyze(result.module).layers):
             break
-        refitted = result.module.clone()
-        report = run_pipeline(refitted, between, reference=judge)
-        info["between"] = report.to_json()
-        verdict = _judge_refit(refitted, judge, result, task, tokenizer, data, options)
-        info.update(between_val_metric=verdict.metric, between_loss=verdict.mean_loss,
-                    between_kept=verdict.accepted)
-        if not verdict.accepted:  # the refit would break the rule: keep the round's result
-            break
-        current = refitted
+        current = result.module.clone()  # the round's own result stays as it was
+        info["between"] = run_pipeline(current, between, reference=judge).to_json()
     first, last = results[0], results[-1]
     meta = dict(last.module.meta)
     meta["specialization"] = {**meta["specialization"], "rounds": len(results), "accepted": [
@@ -384,12 +392,12 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         baseline_metric=first.baseline_metric, best_metric=last.best_metric,
         main_metric=first.main_metric, flops_before=first.flops_before,
         flops_after=last.flops_after, params_before=first.params_before,
-        params_after=last.params_after, evaluations=sum(r.evaluations for r in results),
+        params_after=last.params_after, evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=first.validation_examples,
         stopped=last.stopped, sweeps=max(r.sweeps for r in results),
         skipped=sum(r.skipped for r in results), counts=counts, executor=first.executor,
         points=last.points, start_loss=first.start_loss, start_metric=first.start_metric,
-        searched=None if searched is module else searched, rounds=rounds)
+        searched=None if searched[-1] is module else searched[-1], rounds=rounds)
 
 
 def _judge_refit(refitted: Module, judge: Module, result: SearchResult, task: Task,
@@ -404,7 +412,7 @@ def _judge_refit(refitted: Module, judge: Module, result: SearchResult, task: Ta
         return GatedRunner(module=m, task=task, batches=batches, input_names=names,
                            prefix_reuse=False).evaluate(Config())
 
-    baseline, got = outcome(judge), outcome(refitted)
+    baseline, got = outcome(judge), outcome(refitted)  # (a refit may leave no layer)
     verdict = make_rule(options.rule, options.tolerance).judge(
         got.losses, baseline.losses, math.inf, metric_of(got), metric_of(baseline))
     # the loss rule also asks for no higher a loss than the round ended with (a refit that
@@ -469,7 +477,7 @@ def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
     judged on the same examples as the search without looking at the dev set."""
     options = options or SearchOptions()
     task = get_task(task) if isinstance(task, str) else task
-    _check_module(module, task)
+    _check_module(module, task, search=False)
     names = _input_names(module)
     batches, metric_of, _ = _validation(task, tokenizer, data, options, names)
     outcome = GatedRunner(module=module, task=task, batches=batches, input_names=names,

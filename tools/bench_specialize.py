@@ -48,6 +48,7 @@ from optc.search import (
     SearchOptions,
     prepare_batches,
     specialize,
+    validate,
 )
 from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
@@ -272,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                "rounds": len(result.rounds) or 1,
                "accepted_all": len(spec.meta["specialization"]["accepted"]),
                "round_flops": [r["flops_after"] / result.flops_before for r in result.rounds],
+               "refits_kept": [r["between_kept"] for r in result.rounds if "between_kept" in r],
+               "val": result.baseline_metric,
+               "val_spec": validate(spec, task, tok, args.data, options)[1],
                "dev_drop": _dev(task, dropped, tok, dev),
                "drop_flops": module_flops(dropped, 128) / result.flops_before}
         if args.then:
@@ -279,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(then, task_pipeline(args.then, args.data or task.data_path, name),
                          reference=module)
             row["dev_then"] = _dev(task, then, tok, dev)
+            row["val_then"] = validate(then, task, tok, args.data, options)[1]
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]
         val = task.read("val", args.data, val_size=args.val_size, limit=options.val_limit)
@@ -294,21 +299,27 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(row, flush=True)
     header = ("task  dev  dev spec [95% CI of the change]  FLOPs  ORT lat  params  search s  evals  "
-              "top-drop dev (FLOPs)" + ("  dev then  lat then" if args.then else ""))
+              "top-drop dev (FLOPs)  val base/spec" + ("  dev then  lat then  val then"
+                                                      if args.then else ""))
     print(header)
     for r in rows:
         low, high = r["dev_spec_ci"]
         line = (f"{r['task']}  {r['dev']:.2f}  {r['dev_spec']:.2f} [{low:+.2f}, {high:+.2f}]  "
                 f"{r['flops']:.3f}  "
                 f"{r['latency']:.3f}  {r['params']:.3f}  {r['search_s']:.0f}  {r['evals']}  "
-                f"{r['dev_drop']:.2f} ({r['drop_flops']:.3f})")
+                f"{r['dev_drop']:.2f} ({r['drop_flops']:.3f})  {_score(r['val'])}/"
+                f"{_score(r['val_spec'])}")
         if args.then:
-            line += f"  {r['dev_then']:.2f}  {r['latency_then']:.3f}"
+            line += f"  {r['dev_then']:.2f}  {r['latency_then']:.3f}  {_score(r['val_then'])}"
         print(line)
     print("tricks (seconds for the same 4 candidate evaluations on <=256 validation examples):")
     for r in rows:
         print(f"{r['task']}  " + "  ".join(f"{k} {v:.2f}" for k, v in r["tricks"].items()))
     return 0
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

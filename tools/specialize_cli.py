@@ -374,9 +374,9 @@ def cmd_specialize(argv: list[str]) -> int:
             figure = (f"validation {task.main_metric} {_score(info['between_val_metric'])}"
                       if info["between_val_metric"] is not None
                       else f"validation loss {info['between_loss']:.4f}")
-            print(f"note: the refit after round {info['round']} ({figure}) fails the "
-                  f"{args.rule} rule against the input; round {info['round']}'s result was "
-                  "kept without it and the rounds stopped")
+            print(f"note: round {info['round'] + 1} accepted nothing and the refit it "
+                  f"searched ({figure}) fails the {args.rule} rule against the input: round "
+                  f"{info['round']}'s result was kept without the refit")
     print(f"wrote {out}: {len(result.config.accepted)} of {len(result.history)} candidates "
           f"accepted, {result.evaluations} evaluations in {result.seconds:.1f} s "
           f"({result.stopped})")

@@ -39,6 +39,10 @@ def test_bench_specialize_reports_and_saves_each_task(module, task_dir, tmp_path
     assert spec.num_parameters() < module.num_parameters()
     table = out[out.index("task  dev"):]
     assert f"\n{TASK}  " in table and "dev then" in table and "prefix reuse" in table
+    # validation figures: the input's, the committed model's and after --then dce (which
+    # keeps the function)
+    assert row["val"] is not None and row["val_spec"] == pytest.approx(row["val_then"])
+    assert "val base/spec" in table and "val then" in table
     # --retime times what --save wrote, without searching again
     assert bench_specialize.main(["--tasks", f"{TASK},sst2", "--models", str(models), "--rule",
                                   "metric", "--tolerance", "100", "--kinds", "ffn,attention",

@@ -4,7 +4,6 @@ backend, prefix reuse vs full evaluation, parallel vs serial, bad input."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -12,8 +11,6 @@ import torch
 import optc
 from optc.backends.differential import check_backends
 from optc.errors import InputError, PipelineSpecError
-from optc.passes.base import Pass, PassResult
-from optc.passes.registry import register_pass
 from optc.search import (
     Candidate,
     Config,
@@ -32,6 +29,7 @@ from optc.search import (
 )
 from optc.tasks import evaluate, get_task
 from optc.tests.search.conftest import TASK, headed
+from optc.tests.search.flip_head import FlipHead  # noqa: F401 (registers test-flip-head)
 from optc.tests.train.conftest import tiny_bert
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -378,21 +376,6 @@ def test_importance_order_tries_dead_units_first_and_removes_them_together(
 
 
 # -- a reference baseline and search rounds --------------------------------------------------
-@register_pass
-@dataclass(frozen=True)
-class FlipHead(Pass):
-    """Test pass: negates the task head's weights and scales them up (confident, and wrong
-    wherever the head was right)."""
-
-    name = "test-flip-head"
-
-    def run(self, module):
-        for name, param in module.params.items():
-            if name.startswith("classifier") and name.endswith("weight"):
-                param.data = -50.0 * param.data
-        return PassResult(True)
-
-
 def _val_metric(module, tokenizer, task_dir):
     task, _, batches = _batches(module, tokenizer, task_dir, limit=None)
     outcome = GatedRunner(module, task, batches, NAMES).evaluate(Config())
@@ -469,16 +452,18 @@ def test_rounds_refit_between_and_judge_against_the_input(module, tokenizer, tas
     assert two.evaluations == sum(r["evaluations"] for r in two.rounds)
 
 
-def test_a_refit_the_rule_refuses_ends_the_rounds_without_it(module, tokenizer, task_dir):
+def test_a_refit_the_rule_refuses_is_not_handed_on(module, tokenizer, task_dir):
     kw = {"rule": "metric-loss", "tolerance": 100.0, "kinds": ("heads", "ffn-groups"),
           "unit_order": "importance"}
     one = _search(module, tokenizer, task_dir, **kw)
     # a "refit" that zeroes almost every weight raises the validation loss above the input's
     hurt = _search(module, tokenizer, task_dir, rounds=3, between="test-flip-head", **kw)
-    info, = hurt.rounds
+    info, second = hurt.rounds  # round 2 cannot bring the loss back: it accepts nothing
+    assert not second["accepted"] and second["start_loss"] > hurt.baseline_loss
     assert info["between_kept"] is False and info["between"][0]["modified"]
-    assert info["between_loss"] > hurt.baseline_loss
+    assert info["between_loss"] == pytest.approx(second["start_loss"])
     assert hurt.config == one.config and hurt.searched is None
+    assert hurt.module.meta["specialization"]["rounds"] == 1
     loss, _ = validate(hurt.module, TASK, tokenizer, task_dir, SearchOptions())
     last = [h for h in one.history if h.accepted][-1]
     assert loss == pytest.approx(last.mean_loss, abs=1e-5)  # round 1's result, not flipped
