@@ -69,8 +69,7 @@ from optc.tasks.task import Task
 from optc.train.heads import has_task_head
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
-           "MIN_VALIDATION",
-           "FLOPS_SEQ", "UNIT_ORDERS"]
+           "MIN_VALIDATION", "FLOPS_SEQ", "UNIT_ORDERS"]
 
 MIN_VALIDATION = 20
 """Fewer validation examples than this make the majority vote meaningless."""
@@ -412,7 +411,7 @@ def _judge_refit(refitted: Module, judge: Module, result: SearchResult, task: Ta
         return GatedRunner(module=m, task=task, batches=batches, input_names=names,
                            prefix_reuse=False).evaluate(Config())
 
-    baseline, got = outcome(judge), outcome(refitted)  # (a refit may leave no layer)
+    baseline, got = outcome(judge), outcome(refitted)
     verdict = make_rule(options.rule, options.tolerance).judge(
         got.losses, baseline.losses, math.inf, metric_of(got), metric_of(baseline))
     # the loss rule also asks for no higher a loss than the round ended with (a refit that
