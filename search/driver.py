@@ -226,6 +226,9 @@ class SearchResult:
     was given)."""
     start_metric: float | None = None
     """The searched module's own validation metric."""
+    start_verdict: Verdict | None = None
+    """The rule's verdict on the searched module itself against the baseline (best loss so
+    far: none), e.g. on a refit that a later round starts from."""
     searched: Module | None = None
     """The module the last round searched, which ``config`` and ``points`` apply to (None:
     the input module)."""
@@ -360,9 +363,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         if number > 1 and not result.config.accepted:
             # nothing accepted on the refit: the rule has not judged it yet; it is kept only
             # when the rule would accept it (else the previous round's result stands)
-            verdict = _judge_refit(current, judge, results[-2], task, tokenizer, data, options)
-            evaluations += 2
-            info["evaluations"] += 2
+            verdict = _refit_verdict(result, results[-2], options.rule)
             rounds[-2].update(between_kept=verdict.accepted, between_val_metric=verdict.metric,
                               between_loss=verdict.mean_loss)
             if not verdict.accepted:
@@ -399,25 +400,16 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         searched=None if searched[-1] is module else searched[-1], rounds=rounds)
 
 
-def _judge_refit(refitted: Module, judge: Module, result: SearchResult, task: Task,
-                 tokenizer: Any, data: Any, options: SearchOptions) -> Verdict:
-    """The acceptance rule's verdict on a round's refitted result against the ``judge``'s
-    validation results (the loss rule: its mean loss also at most the round's best), so that
-    the search never hands on a model its own rule would have refused."""
-    names = _input_names(refitted)
-    batches, metric_of, _ = _validation(task, tokenizer, data, options, names)
-
-    def outcome(m: Module) -> Outcome:
-        return GatedRunner(module=m, task=task, batches=batches, input_names=names,
-                           prefix_reuse=False).evaluate(Config())
-
-    baseline, got = outcome(judge), outcome(refitted)
-    verdict = make_rule(options.rule, options.tolerance).judge(
-        got.losses, baseline.losses, math.inf, metric_of(got), metric_of(baseline))
-    # the loss rule also asks for no higher a loss than the round ended with (a refit that
-    # changes nothing passes; 1e-6: a committed model's float noise against the gated one)
-    holds = verdict.accepted and (options.rule != "loss"
-                                  or verdict.mean_loss <= result.best_loss + 1e-6)
+def _refit_verdict(result: SearchResult, previous: SearchResult, rule: str) -> Verdict:
+    """The acceptance rule's verdict on the refit a round (``result``) started from, as that
+    round measured it against the judge's validation results; the loss rule also asks for no
+    higher a loss than the ``previous`` round ended with (a refit that changes nothing passes;
+    1e-6: a committed model's float noise against the gated one). So the search never hands
+    on a model its own rule would have refused."""
+    verdict = result.start_verdict
+    assert verdict is not None
+    holds = verdict.accepted and (rule != "loss"
+                                  or verdict.mean_loss <= previous.best_loss + 1e-6)
     return replace(verdict, accepted=holds)
 
 
@@ -602,7 +594,9 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=count, stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
-        sweeps=current_sweep, start_loss=start.mean_loss, start_metric=metric_of(start))
+        sweeps=current_sweep, start_loss=start.mean_loss, start_metric=metric_of(start),
+        start_verdict=rule.judge(start.losses, baseline.losses, math.inf, metric_of(start),
+                                 baseline_metric))
 
 
 def _importance(module: Module, structure: Structure, batches: list[dict[str, torch.Tensor]],
