@@ -162,9 +162,7 @@ class Task:
         count) and ``train`` the rest; ``val_size=0`` makes ``train`` the whole file.
         ``limit`` keeps the first ``limit`` examples of the split.
         """
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise InputError(f"limit must be a positive number of examples or None, not {limit!r}")
+        _check_limit(limit)
         if split == "dev" and "dev" not in self.splits:
             split = self.eval_split
         if split in ("train", "val"):
@@ -188,6 +186,15 @@ class Task:
         else:
             raise InputError(f"task '{self.name}' has no split '{split}': valid splits are "
                              f"{', '.join(self.all_splits)}")
+        return chosen[:limit] if limit is not None else chosen
+
+    def read_file(self, data: str | os.PathLike, split: str = "val", *,
+                  limit: int | None = None) -> list[Example] | list[SquadRecord]:
+        """The examples of the file ``data`` in file order (a directory: its file for
+        ``split``, e.g. ``val.tsv``), read in the task's format: a split a user keeps apart,
+        such as a validation set drawn from where the model will be used."""
+        _check_limit(limit)
+        chosen = self._read_split_file(split, data)
         return chosen[:limit] if limit is not None else chosen
 
     def parse_label(self, raw: Any, where: str) -> int | float:
@@ -296,3 +303,8 @@ class Task:
         if self.kind == "extractive-qa":
             return squad_metrics(predictions, [r.answer_texts for r in references])
         return {name: METRICS[name](predictions, references) for name in self.metrics}
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive number of examples or None, not {limit!r}")

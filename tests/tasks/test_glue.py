@@ -58,6 +58,19 @@ def test_real_first_rows(data_root):
                               "A man wearing a hard hat is dancing.", 5.0)
 
 
+def test_read_file_reads_one_file_in_the_task_format(data_root, tmp_path):
+    rte = get_task("rte")
+    dev_file = data_root / "glue/RTE/dev.tsv"
+    assert rte.read_file(dev_file) == rte.read("dev", data_root / "glue/RTE")
+    assert rte.read_file(dev_file, limit=3) == rte.read("dev", data_root / "glue/RTE")[:3]
+    (tmp_path / "val.tsv").write_bytes(dev_file.read_bytes())  # a directory: its val file
+    assert rte.read_file(tmp_path)[-1] == rte.read("dev", data_root / "glue/RTE")[-1]
+    with pytest.raises(InputError, match="limit must be a positive number"):
+        rte.read_file(dev_file, limit=0)
+    with pytest.raises(InputError, match=r"no file for split 'val' \(looked for val.tsv"):
+        rte.read_file(data_root / "glue/RTE")
+
+
 def test_default_locations_under_data_dir(data_env):
     assert len(get_task("sst2").read("dev")) == 872
     assert len(get_task("stsb").read("dev")) == 1500
