@@ -36,6 +36,7 @@ acceptance, so the accepted set equals the serial run's.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -104,6 +105,10 @@ class SearchOptions:
     """Seed of the validation split."""
     val_limit: int | None = None
     """Use only the first N validation examples."""
+    val_data: str | os.PathLike | None = None
+    """Validation examples from this file (a directory: its ``val`` file) instead of a part
+    carved from train (``val_size``/``seed`` then unused): e.g. data from where the model
+    will be used, when train does not represent it."""
     batch_size: int = 32
     max_length: int | None = None
     """Token limit (default 128; 384 for QA)."""
@@ -232,6 +237,9 @@ class SearchResult:
     searched: Module | None = None
     """The module the last round searched, which ``config`` and ``points`` apply to (None:
     the input module)."""
+    validation: dict[str, Any] = field(default_factory=dict)
+    """Where the validation examples came from: ``{"file": PATH}`` (``val_data``) or
+    ``{"val_size": X, "seed": N}`` (carved from train), with ``limit`` when one was set."""
     rounds: list[dict[str, Any]] = field(default_factory=list)
     """Per round: accepted candidates, validation metric at its start and end, FLOPs after,
     evaluations, seconds and what the pipeline between rounds reported."""
@@ -264,7 +272,8 @@ class SearchResult:
             "flops_before": self.flops_before, "flops_after": self.flops_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "evaluations": self.evaluations, "seconds": self.seconds,
-            "validation_examples": self.validation_examples, "stopped": self.stopped,
+            "validation_examples": self.validation_examples, "validation": self.validation,
+            "stopped": self.stopped,
             "removed": self.counts, "executor": self.executor, "skipped": self.skipped,
             "sweeps": self.sweeps, "rounds": self.rounds,
         }
@@ -397,7 +406,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         stopped=last.stopped, sweeps=max(r.sweeps for r in results),
         skipped=sum(r.skipped for r in results), counts=counts, executor=first.executor,
         points=last.points, start_loss=first.start_loss, start_metric=first.start_metric,
-        searched=None if searched[-1] is module else searched[-1], rounds=rounds)
+        searched=None if searched[-1] is module else searched[-1], rounds=rounds,
+        validation=first.validation)
 
 
 def _refit_verdict(result: SearchResult, previous: SearchResult, rule: str) -> Verdict:
@@ -443,12 +453,16 @@ def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
                 ) -> tuple[list[dict[str, torch.Tensor]], Callable[[Outcome], float | None], int]:
     """The search's validation batches, the function giving an outcome's task metric (None
     for QA, whose search judges the span loss) and the number of examples."""
-    examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
-                         limit=options.val_limit)
+    if options.val_data is not None:
+        examples = task.read_file(options.val_data, "val", limit=options.val_limit)
+        more = "a larger validation file"
+    else:
+        examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
+                             limit=options.val_limit)
+        more = "more training data, a larger --val-size"
     if len(examples) < MIN_VALIDATION:
         raise InputError(f"the validation split has {len(examples)} examples; the search needs "
-                         f"at least {MIN_VALIDATION} (give more training data, a larger "
-                         "--val-size, or no --val-limit)")
+                         f"at least {MIN_VALIDATION} (give {more}, or no --val-limit)")
     batches = prepare_batches(task, examples, tokenizer, options.batch_size,
                               options.max_length, names)
     labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
@@ -459,6 +473,15 @@ def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
         return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
 
     return batches, metric_of, len(examples)
+
+
+def _validation_source(options: SearchOptions) -> dict[str, Any]:
+    """Where the validation examples came from, as recorded in the metadata."""
+    source: dict[str, Any] = ({"file": os.fspath(options.val_data)} if options.val_data is not None
+                              else {"val_size": options.val_size, "seed": options.seed})
+    if options.val_limit is not None:
+        source["limit"] = options.val_limit
+    return source
 
 
 def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
@@ -584,7 +607,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     meta = dict(result.meta)
     meta["specialization"] = {"accepted": [asdict(c) for c in sorted(config.accepted)],
                               "rule": options.rule, "k": options.k,
-                              "sweeps": options.sweeps, "unit_order": options.unit_order}
+                              "sweeps": options.sweeps, "unit_order": options.unit_order,
+                              "validation": _validation_source(options)}
     result.meta = meta
     return SearchResult(
         module=result, config=config, history=history, baseline_loss=baseline.mean_loss,
@@ -594,6 +618,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=count, stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
+        validation=_validation_source(options),
         sweeps=current_sweep, start_loss=start.mean_loss, start_metric=metric_of(start),
         start_verdict=rule.judge(start.losses, baseline.losses, math.inf, metric_of(start),
                                  baseline_metric))

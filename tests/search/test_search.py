@@ -491,6 +491,52 @@ def test_validate_measures_a_module_as_the_search_does(module, tokenizer, task_d
         validate(module, TASK, tokenizer, task_dir, SearchOptions(val_limit=5))
 
 
+def _write_examples(path, examples):
+    path.write_text("text\tlabel\n" + "".join(f"{e.text}\t{e.label}\n" for e in examples))
+    return path
+
+
+def test_a_validation_file_replaces_the_split_carved_from_train(module, tokenizer, task_dir,
+                                                                 tmp_path):
+    options = SearchOptions(k=3, neuron_groups=3, rule="metric", tolerance=2.0,
+                            kinds=("ffn", "heads"), unit_order="importance")
+    carved = specialize(module, TASK, tokenizer, task_dir, options)
+    task = get_task(TASK)
+    # the carved split written to a file: the same search, trial for trial
+    same = _write_examples(tmp_path / "val.tsv", task.read("val", task_dir))
+    from_file = specialize(module, TASK, tokenizer, task_dir,
+                           dataclasses.replace(options, val_data=same))
+    assert [(h.label, h.accepted) for h in from_file.history] == \
+        [(h.label, h.accepted) for h in carved.history]
+    assert [h.mean_loss for h in from_file.history] == pytest.approx(
+        [h.mean_loss for h in carved.history], abs=1e-6)
+    assert from_file.module.meta["specialization"]["validation"] == {"file": str(same)}
+    assert from_file.validation == {"file": str(same)}
+    assert carved.module.meta["specialization"]["validation"] == {"val_size": 0.15, "seed": 0}
+    # other examples (the dev file, found in its directory by split name): other losses,
+    # all of them counted, and validate() measures the same ones
+    dev = task.read("dev", task_dir)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _write_examples(other_dir / "val.tsv", dev)
+    other_options = dataclasses.replace(options, val_data=other_dir, val_limit=30)
+    other = specialize(module, TASK, tokenizer, task_dir, other_options)
+    assert other.validation_examples == 30
+    direct = evaluate(task, optc.to_eager(module), dev[:30], tokenizer)
+    assert other.baseline_metric == pytest.approx(direct.score)
+    limited = validate(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_limit=30))
+    assert limited[0] != pytest.approx(other.baseline_loss)
+    assert validate(module, TASK, tokenizer, task_dir, other_options) == pytest.approx(
+        (other.baseline_loss, other.baseline_metric))
+    assert other.module.meta["specialization"]["validation"] == {"file": str(other_dir),
+                                                                 "limit": 30}
+    small = _write_examples(tmp_path / "small.tsv", dev[:5])
+    with pytest.raises(InputError, match="has 5 examples.*a larger validation file"):
+        specialize(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_data=small))
+    with pytest.raises(InputError, match="no file for split 'val'"):
+        validate(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_data=task_dir))
+
+
 def test_rounds_stop_at_a_target_and_refuse_bad_options(module, tokenizer, task_dir):
     target = _search(module, tokenizer, task_dir, flops_target=0.999, rounds=3,
                      kinds=("attention", "ffn"), rule="metric", tolerance=100.0)
