@@ -2,9 +2,9 @@
 
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
                     [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N]
-                    [--groups N] [--val-size X] [--flops-target R] [--time-budget S]
-                    [--sweeps N] [--unit-order O] [--rounds N] [--between SPEC]
-                    [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
+                    [--groups N] [--val-size X | --val-data PATH] [--flops-target R]
+                    [--time-budget S] [--sweeps N] [--unit-order O] [--rounds N]
+                    [--between SPEC] [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
 
 Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
 writes the specialized model as an artifact whose metadata records the history.
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optc.errors import InputError
+from optc.errors import InputError, PipelineSpecError
 from optc.tools.common import Parser as _Parser
 
 __all__ = ["cmd_specialize", "specialize_parser"]
@@ -118,6 +118,10 @@ def specialize_parser() -> argparse.ArgumentParser:
                    help="use only the first N validation examples")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the validation split (default: the fine-tuning holdout's, else 0)")
+    p.add_argument("--val-data", metavar="PATH", default=None,
+                   help="search on this labelled file (or a directory's val file) instead of "
+                        "a split carved from train: e.g. examples from where the model will "
+                        "be used, when train does not represent them")
     p.add_argument("--flops-target", type=_number, default=None,
                    help="stop once FLOPs are at most this fraction of the input's")
     p.add_argument("--latency-target", type=_number, default=None,
@@ -235,6 +239,10 @@ def cmd_specialize(argv: list[str]) -> int:
         time_budget=args.time_budget, sweeps=args.sweeps, unit_order=args.unit_order,
         rounds=args.rounds, between=args.between, prefix_reuse=not args.no_prefix_reuse,
         workers=args.workers, ray=args.ray)
+    if args.val_data is not None and (args.val_size is not None or args.seed is not None):
+        raise PipelineSpecError("--val-data replaces the validation split carved from "
+                                "train: drop --val-size/--seed")
+    options = dataclasses.replace(options, val_data=args.val_data)
     task = get_task(args.task) if args.task else None
     if args.then:
         task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
@@ -243,15 +251,17 @@ def cmd_specialize(argv: list[str]) -> int:
 
         _import_ray()
     out = Path(args.output)
-    inputs = [Path(p) for p in (args.model, args.data) if p is not None and os.path.lexists(p)]
+    inputs = [Path(p) for p in (args.model, args.data, args.val_data)
+              if p is not None and os.path.lexists(p)]
     check_output(out, args.force, kind="artifact", inputs=inputs)
     pareto_paths = [out.with_name(f"{out.name}-pareto-{i + 1}") for i in range(args.keep_pareto)]
     for path in pareto_paths:
         check_output(path, args.force, kind="artifact", inputs=inputs)
-    if args.data is not None:
-        from optc.tasks import resolve_task_path
+    from optc.tasks import resolve_task_path
 
-        resolve_task_path(args.data)
+    for path in (args.data, args.val_data):
+        if path is not None:
+            resolve_task_path(path)
     module = _load(args.model, progress)
     _refuse_untrained(args.model, module.meta)
     task = task or task_from_meta(module.meta)
@@ -261,7 +271,8 @@ def cmd_specialize(argv: list[str]) -> int:
     if ref is None:
         raise InputError("the model records no tokenizer: pass --tokenizer DIR")
     tokenizer = load_tokenizer(ref)
-    options = _holdout_split(options, module.meta, args.val_size, args.seed)
+    if args.val_data is None:
+        options = _holdout_split(options, module.meta, args.val_size, args.seed)
     max_length = args.max_length or trained_max_length(module.meta)
     options = dataclasses.replace(options, max_length=max_length)
     names = tuple(v.name for v in module.graph.inputs

@@ -166,12 +166,27 @@ def test_then_reconstruct_refits_toward_the_model_before_specialization(artifact
     assert spec["val_loss_after"] != pytest.approx(accepted[-1]["mean_loss"], abs=1e-6)
 
 
+def test_val_data_searches_the_given_examples(artifact, task_dir, tmp_path, capsys):
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--val-data", str(task_dir / "dev.tsv"), "--no-latency", "--json", *FAST])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["validation_examples"] == 40  # the dev file's, not 15% of train's 200
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["specialization"]["validation"] == {"file": str(task_dir / "dev.tsv")}
+    # searched on dev: its validation metric before is the dev metric before
+    assert summary["baseline_val_metric"] == pytest.approx(summary["dev_metric_before"])
+
+
 @pytest.mark.parametrize("extra, code, message", [
     (["--k", "0"], 2, "must be at least 1"),
     (["--kinds", "layers"], 2, "unknown candidate kind 'layers'"),
     (["--val-limit", "5"], 3, "at least 20"),
     (["--task", "text-classification{labels=a,b,c}"], 3, "needs 3"),
     (["--then", "nonsense-pass"], 2, "unknown pass 'nonsense-pass'"),
+    (["--val-data", "nowhere/val.tsv"], 3, "data path 'nowhere/val.tsv' does not exist"),
+    (["--val-data", "val.tsv", "--seed", "1"], 2, "drop --val-size/--seed"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(artifact, task_dir, tmp_path, capsys,
                                                  extra, code, message):
