@@ -4,7 +4,7 @@
         [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
         [--then 'quantize{mode=dynamic}'] [--rule loss|metric|metric-loss --tolerance P]
         [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--rounds N]
-        [--between SPEC] [--save] [--retime] [--smoke]
+        [--between SPEC] [--val-data PATH] [--save] [--retime] [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -172,7 +172,8 @@ def _tag(args: argparse.Namespace) -> str:
         (f"-{args.unit_order}" if args.unit_order != "index" else "") + \
         (f"-fine{args.fine_threshold:g}" if args.fine_threshold != 1.1 else "") + \
         (f"-rounds{args.rounds}" if args.rounds > 1 else "") + \
-        (f"-between-{args.between}" if args.rounds > 1 and args.between != "reconstruct" else "")
+        (f"-between-{args.between}" if args.rounds > 1 and args.between != "reconstruct" else "") + \
+        (f"-valfile-{Path(args.val_data).stem}" if args.val_data else "")
 
 
 def _retime(tasks: list[str], models: Path, tag: str, reps: int = 40) -> int:
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads for the search")
     p.add_argument("--val-size", type=float, default=0.15)
     p.add_argument("--val-limit", type=int, default=None)
+    p.add_argument("--val-data", default=None, metavar="PATH",
+                   help="the search's validation examples from this labelled file (or a "
+                        "directory's val file) instead of --val-size of train; one task")
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rule", default="loss", choices=RULES,
@@ -242,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     if args.data is not None and len(tasks) != 1:
         p.error("--data names one task's data: give one task with --tasks")
+    if args.val_data is not None and len(tasks) != 1:
+        p.error("--val-data names one task's validation file: give one task with --tasks")
     if args.retime:
         return _retime(tasks, models, _tag(args))
     for name in tasks:
@@ -254,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                 rounds=args.rounds, between=args.between,
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
+                                val_data=args.val_data,
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
                                 else tuple(args.kinds.split(",")) if args.kinds
                                 else SearchOptions().kinds)
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             row["val_then"] = validate(then, task, tok, args.data, options)[1]
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]
-        val = task.read("val", args.data, val_size=args.val_size, limit=options.val_limit)
+        val = (task.read_file(args.val_data, limit=options.val_limit) if args.val_data
+               else task.read("val", args.data, val_size=args.val_size, limit=options.val_limit))
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
         row["rule"] = _tag(args)
         if args.save:

@@ -58,3 +58,20 @@ def test_bench_specialize_data_takes_one_task(task_dir, capsys):
         bench_specialize.main(["--tasks", "sst2,rte", "--data", str(task_dir)])
     assert info.value.code == 2
     assert "give one task with --tasks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        bench_specialize.main(["--tasks", "sst2,rte", "--val-data", str(task_dir / "dev.tsv")])
+    assert info.value.code == 2
+    assert "give one task with --tasks" in capsys.readouterr().err
+
+
+def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
+    code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
+                                  str(task_dir), "--val-data", str(task_dir / "dev.tsv"),
+                                  "--rule", "metric", "--kinds", "ffn", "--save"])
+    assert code == 0
+    row = json.loads((models / f"{TASK}-spec-metric-0-ffn-valfile-dev.json").read_text())
+    # searched on the dev file: the input's validation metric is its dev metric
+    assert row["val"] == pytest.approx(row["dev"]) and row["val_spec"] == pytest.approx(row["dev_spec"])
