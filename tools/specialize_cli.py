@@ -79,7 +79,8 @@ def _holdout_split(options: Any, meta: dict[str, Any], val_size: Any, seed: int 
     elif int((meta.get("task") or {}).get("trained_steps", 0) or 0) > 0:
         _log.warning("this model was fine-tuned on all of train (no holdout recorded): the "
                       "validation split is data it has seen, so few removals will be accepted; "
-                      "fine-tune with --holdout 0.15 (the default) for a fair search")
+                      "fine-tune with --holdout 0.15 (the default) for a fair search, or "
+                      "give held-out labelled examples with --val-data")
     return options
 
 
