@@ -32,6 +32,7 @@ from optc.search.driver import (
     SearchResult,
     specialize,
     validate,
+    validation_examples,
 )
 from optc.search.executors import (
     RAY_INSTALL_HINT,
@@ -47,6 +48,6 @@ __all__ = [
     "AcceptanceRule", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict", "make_rule",
     "DEFAULT_ORDER", "KINDS", "Candidate", "Config", "Trial", "commit", "neuron_groups",
     "plan_trials", "MIN_VALIDATION", "HistoryEntry", "SearchOptions", "SearchResult",
-    "specialize", "validate", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",
+    "specialize", "validate", "validation_examples", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",
     "SerialExecutor", "make_executor", "GatedRunner", "Outcome", "prepare_batches",
 ]

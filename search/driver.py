@@ -70,7 +70,7 @@ from optc.tasks.task import Task
 from optc.train.heads import has_task_head
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
-           "MIN_VALIDATION", "FLOPS_SEQ", "UNIT_ORDERS"]
+           "validation_examples", "MIN_VALIDATION", "FLOPS_SEQ", "UNIT_ORDERS"]
 
 MIN_VALIDATION = 20
 """Fewer validation examples than this make the majority vote meaningless."""
@@ -453,13 +453,9 @@ def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
                 ) -> tuple[list[dict[str, torch.Tensor]], Callable[[Outcome], float | None], int]:
     """The search's validation batches, the function giving an outcome's task metric (None
     for QA, whose search judges the span loss) and the number of examples."""
-    if options.val_data is not None:
-        examples = task.read_file(options.val_data, "val", limit=options.val_limit)
-        more = "a larger validation file"
-    else:
-        examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
-                             limit=options.val_limit)
-        more = "more training data, a larger --val-size"
+    examples = validation_examples(task, data, options)
+    more = ("a larger validation file" if options.val_data is not None
+            else "more training data, a larger --val-size")
     if len(examples) < MIN_VALIDATION:
         raise InputError(f"the validation split has {len(examples)} examples; the search needs "
                          f"at least {MIN_VALIDATION} (give {more}, or no --val-limit)")
@@ -473,6 +469,15 @@ def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
         return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
 
     return batches, metric_of, len(examples)
+
+
+def validation_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:
+    """The examples the search validates on: ``options.val_data``'s, else the ``val_size``
+    part of ``data``'s train split (``val_limit``: the first N)."""
+    if options.val_data is not None:
+        return task.read_file(options.val_data, "val", limit=options.val_limit)
+    return task.read("val", data, val_size=options.val_size, seed=options.seed,
+                     limit=options.val_limit)
 
 
 def _validation_source(options: SearchOptions) -> dict[str, Any]:
@@ -528,7 +533,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     baseline = start if reference is None else GatedRunner(
         **{**payload, "module": reference, "prefix_reuse": False}).evaluate(config)
     baseline_metric = metric_of(baseline)
-    best_loss, best_metric = start.mean_loss, metric_of(start)
+    start_metric = metric_of(start)
+    best_loss, best_metric = start.mean_loss, start_metric
     flops_before = flops(config)
     points: list[tuple[Config, float, int]] = [
         (config, best_metric if best_metric is not None else -best_loss, flops_before)]
@@ -604,11 +610,12 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     result = module.clone()
     counts = commit(result, config)
     verify(result)
+    source = _validation_source(options)
     meta = dict(result.meta)
     meta["specialization"] = {"accepted": [asdict(c) for c in sorted(config.accepted)],
                               "rule": options.rule, "k": options.k,
                               "sweeps": options.sweeps, "unit_order": options.unit_order,
-                              "validation": _validation_source(options)}
+                              "validation": source}
     result.meta = meta
     return SearchResult(
         module=result, config=config, history=history, baseline_loss=baseline.mean_loss,
@@ -618,9 +625,9 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         params_after=result.num_parameters(), evaluations=evaluations,
         seconds=time.perf_counter() - begin, validation_examples=count, stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
-        validation=_validation_source(options),
-        sweeps=current_sweep, start_loss=start.mean_loss, start_metric=metric_of(start),
-        start_verdict=rule.judge(start.losses, baseline.losses, math.inf, metric_of(start),
+        validation=source, sweeps=current_sweep, start_loss=start.mean_loss,
+        start_metric=start_metric,
+        start_verdict=rule.judge(start.losses, baseline.losses, math.inf, start_metric,
                                  baseline_metric))
 
 

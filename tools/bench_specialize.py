@@ -49,6 +49,7 @@ from optc.search import (
     prepare_batches,
     specialize,
     validate,
+    validation_examples,
 )
 from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
@@ -293,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             row["val_then"] = validate(then, task, tok, args.data, options)[1]
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]
-        val = (task.read_file(args.val_data, limit=options.val_limit) if args.val_data
-               else task.read("val", args.data, val_size=args.val_size, limit=options.val_limit))
+        val = validation_examples(task, args.data, options)
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
         row["rule"] = _tag(args)
         if args.save:
