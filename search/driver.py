@@ -27,6 +27,13 @@ result stands: the search never hands on a model its own rule would refuse.
 importance on the validation split, once before the search: heads are tried least important
 first and neuron groups are formed by rank rather than by position.
 
+``confirm=X`` keeps a share X of the validation examples out of the search (a seeded split,
+stratified like the validation split) to check it: a search that judges hundreds of
+candidates on a few hundred examples keeps some whose harm the noise hides, and its
+validation figures are then too kind. After a round, its acceptances are replayed in order
+on the held-out part and the round keeps the longest prefix that the acceptance rule still
+accepts there (against the judge's results on that part); the rest are recorded as cut.
+
 Candidates are gates on a running module (:mod:`optc.search.runner`), committed physically
 at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
 evaluated speculatively (assuming the pending ones are rejected) and re-evaluated after an
@@ -52,7 +59,7 @@ from optc.ir.verifier import verify
 from optc.passes.importance import taylor_scores
 from optc.passes.manager import run_pipeline
 from optc.passes.spec import parse_pipeline, task_pipeline
-from optc.search.acceptance import Verdict, make_rule
+from optc.search.acceptance import AcceptanceRule, Verdict, make_rule
 from optc.search.candidates import (
     KINDS,
     Candidate,
@@ -66,6 +73,7 @@ from optc.search.executors import make_executor
 from optc.search.measure import latencies
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
 from optc.tasks.registry import get_task
+from optc.tasks.splits import validation_split
 from optc.tasks.task import Task
 from optc.train.heads import has_task_head
 
@@ -135,6 +143,10 @@ class SearchOptions:
     between: str = "reconstruct"
     """Pipeline run on a round's result before the next round (reference: the input
     module; data-reading passes get the search's data)."""
+    confirm: float = 0.0
+    """Share of the validation examples kept out of the search to confirm it (0: none, as
+    published): after each round its acceptances are replayed in order on this part and cut
+    after the longest prefix that the rule still accepts there (see :func:`specialize`)."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -163,6 +175,9 @@ class SearchOptions:
         if self.latency_target is not None and not 0 < self.latency_target <= 1:
             raise PipelineSpecError(f"the latency target is a fraction in (0, 1], got "
                                     f"{self.latency_target}")
+        if not 0 <= self.confirm < 1:
+            raise PipelineSpecError(f"the confirmation share is a fraction in [0, 1), got "
+                                    f"{self.confirm}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise PipelineSpecError(f"the time budget must be positive, got {self.time_budget}")
         make_rule(self.rule, self.tolerance)
@@ -243,6 +258,10 @@ class SearchResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     """Per round: accepted candidates, validation metric at its start and end, FLOPs after,
     evaluations, seconds and what the pipeline between rounds reported."""
+    confirmation: dict[str, Any] = field(default_factory=dict)
+    """With ``SearchOptions.confirm`` (else empty), the last round's confirmation: examples,
+    the judge's loss and metric on them, acceptances kept of those made, and each prefix
+    tried (its length, mean loss, share not worse, metric, whether the rule accepts it)."""
 
     def pareto(self, count: int) -> list[tuple[Config, float, int]]:
         """Up to ``count`` operating points from the history's Pareto front (validation score
@@ -275,7 +294,7 @@ class SearchResult:
             "validation_examples": self.validation_examples, "validation": self.validation,
             "stopped": self.stopped,
             "removed": self.counts, "executor": self.executor, "skipped": self.skipped,
-            "sweeps": self.sweeps, "rounds": self.rounds,
+            "sweeps": self.sweeps, "rounds": self.rounds, "confirmation": self.confirmation,
         }
 
     def table(self) -> str:
@@ -368,6 +387,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
                 "start_loss": result.start_loss, "best_loss": result.best_loss,
                 "flops_after": result.flops_after, "evaluations": result.evaluations,
                 "seconds": result.seconds, "stopped": result.stopped}
+        if result.confirmation:
+            info["confirmation"] = result.confirmation
         rounds.append(info)
         if number > 1 and not result.config.accepted:
             # nothing accepted on the refit: the rule has not judged it yet; it is kept only
@@ -407,7 +428,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         skipped=sum(r.skipped for r in results), counts=counts, executor=first.executor,
         points=last.points, start_loss=first.start_loss, start_metric=first.start_metric,
         searched=None if searched[-1] is module else searched[-1], rounds=rounds,
-        validation=first.validation)
+        validation=first.validation, confirmation=last.confirmation)
 
 
 def _refit_verdict(result: SearchResult, previous: SearchResult, rule: str) -> Verdict:
@@ -448,36 +469,76 @@ def _round_options(options: SearchOptions, module: Module, current: Module,
     return replace(options, **changes)
 
 
+@dataclass
+class _Split:
+    """Validation examples ready for the runner."""
+
+    batches: list[dict[str, torch.Tensor]]
+    metric_of: Callable[[Outcome], float | None]
+    """An outcome's task metric (None for QA, whose search judges the span loss)."""
+    count: int
+
+
 def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
-                names: tuple[str, ...]
-                ) -> tuple[list[dict[str, torch.Tensor]], Callable[[Outcome], float | None], int]:
-    """The search's validation batches, the function giving an outcome's task metric (None
-    for QA, whose search judges the span loss) and the number of examples."""
-    examples = validation_examples(task, data, options)
+                names: tuple[str, ...]) -> tuple[_Split, _Split | None]:
+    """The search's validation examples and, with ``options.confirm``, the part kept out of
+    the search to confirm it (else None)."""
+    examples, confirm = _split_examples(task, data, options)
     more = ("a larger validation file" if options.val_data is not None
             else "more training data, a larger --val-size")
-    if len(examples) < MIN_VALIDATION:
+    if confirm is None and len(examples) < MIN_VALIDATION:
         raise InputError(f"the validation split has {len(examples)} examples; the search needs "
                          f"at least {MIN_VALIDATION} (give {more}, or no --val-limit)")
-    batches = prepare_batches(task, examples, tokenizer, options.batch_size,
-                              options.max_length, names)
-    labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
+    if confirm is not None and min(len(examples), len(confirm)) < MIN_VALIDATION:
+        raise InputError(f"the validation split has {len(examples) + len(confirm)} examples: "
+                         f"{len(examples)} to search and {len(confirm)} to confirm with "
+                         f"--confirm {options.confirm:g}; each part needs at least "
+                         f"{MIN_VALIDATION} (give {more}, or no --val-limit)")
 
-    def metric_of(outcome: Outcome) -> float | None:
-        if labels is None:
-            return None
-        return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
+    def ready(part: list[Any]) -> _Split:
+        batches = prepare_batches(task, part, tokenizer, options.batch_size,
+                                  options.max_length, names)
+        labels = [e.label for e in part] if task.kind != "extractive-qa" else None
 
-    return batches, metric_of, len(examples)
+        def metric_of(outcome: Outcome) -> float | None:
+            if labels is None:
+                return None
+            return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
+
+        return _Split(batches, metric_of, len(part))
+
+    return ready(examples), None if confirm is None else ready(confirm)
 
 
 def validation_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:
-    """The examples the search validates on: ``options.val_data``'s, else the ``val_size``
-    part of ``data``'s train split (``val_limit``: the first N)."""
+    """The examples the search judges its candidates on: ``options.val_data``'s, else the
+    ``val_size`` part of ``data``'s train split (``val_limit``: the first N), less the part
+    ``options.confirm`` keeps out to confirm the search."""
+    return _split_examples(task, data, options)[0]
+
+
+def _split_examples(task: Task, data: Any, options: SearchOptions
+                    ) -> tuple[list[Any], list[Any] | None]:
+    """(examples to search, examples to confirm or None): the confirmation part is a seeded
+    split of the validation examples, stratified like the validation split itself."""
     if options.val_data is not None:
-        return task.read_file(options.val_data, "val", limit=options.val_limit)
-    return task.read("val", data, val_size=options.val_size, seed=options.seed,
-                     limit=options.val_limit)
+        examples = task.read_file(options.val_data, "val", limit=options.val_limit)
+    else:
+        examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
+                             limit=options.val_limit)
+    if not options.confirm:
+        return examples, None
+    if len(examples) < 2:
+        return examples, []
+    qa = task.kind == "extractive-qa"
+    labels = None if qa else [e.label for e in examples]
+    groups = [e.context for e in examples] if qa else None
+    try:
+        search, confirm = validation_split(task.kind, labels, groups, len(examples),
+                                           val_size=options.confirm, seed=options.seed)
+    except InputError:  # too few examples or contexts to split: reported as too few
+        return examples, []
+    return [examples[i] for i in search], [examples[i] for i in confirm]
 
 
 def _validation_source(options: SearchOptions) -> dict[str, Any]:
@@ -498,10 +559,10 @@ def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
     task = get_task(task) if isinstance(task, str) else task
     _check_module(module, task, search=False)
     names = _input_names(module)
-    batches, metric_of, _ = _validation(task, tokenizer, data, options, names)
-    outcome = GatedRunner(module=module, task=task, batches=batches, input_names=names,
+    split, _ = _validation(task, tokenizer, data, options, names)
+    outcome = GatedRunner(module=module, task=task, batches=split.batches, input_names=names,
                           prefix_reuse=False).evaluate(Config())
-    return outcome.mean_loss, metric_of(outcome)
+    return outcome.mean_loss, split.metric_of(outcome)
 
 
 def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
@@ -517,7 +578,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         raise PipelineSpecError(f"the {options.rule} rule needs per-example predictions; for QA "
                                 "use the loss rule (span loss)")
     names = _input_names(module)
-    batches, metric_of, count = _validation(task, tokenizer, data, options, names)
+    split, confirm = _validation(task, tokenizer, data, options, names)
+    batches, metric_of = split.batches, split.metric_of
     payload = {"module": module, "task": task, "batches": batches, "input_names": names,
                "prefix_reuse": options.prefix_reuse}
     runner = GatedRunner(**payload)
@@ -539,6 +601,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     points: list[tuple[Config, float, int]] = [
         (config, best_metric if best_metric is not None else -best_loss, flops_before)]
     history: list[HistoryEntry] = []
+    order: list[Candidate] = []  # accepted, in order
     decided: dict[Candidate, tuple[bool, bool]] = {}  # block trials: (accepted, loss < 1.1x)
     judged: set[tuple[Config, Candidate]] = set()  # same configuration, same verdict
     skipped = 0
@@ -586,6 +649,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                            else -verdict.mean_loss, candidate_flops))
             if verdict.accepted:
                 config = config.with_(cand)
+                order.append(cand)
                 accepted_in_sweep = True
                 best_loss = min(best_loss, verdict.mean_loss)
                 best_metric = metric
@@ -607,6 +671,19 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         evaluations = (executor.evaluations + (1 if executor.name != "serial" else 0)
                        + (1 if reference is not None else 0))
         executor_name = executor.name
+    confirmation: dict[str, Any] = {}
+    if confirm is not None and order:
+        keep, confirmation = _confirm(module, reference, task, names, confirm, rule, order)
+        evaluations += len(confirmation["prefixes"]) + 1  # and the judge on the held-out part
+        config = Config()
+        for cand in order[:keep]:
+            config = config.with_(cand)
+        cut = [h for h in history if h.accepted][keep:]
+        for entry in cut:
+            entry.accepted, entry.note = False, "cut by confirmation"
+        kept = [h for h in history if h.accepted]
+        best_loss = min([start.mean_loss] + [h.mean_loss for h in kept if h.mean_loss is not None])
+        best_metric = kept[-1].metric if kept else start_metric
     result = module.clone()
     counts = commit(result, config)
     verify(result)
@@ -616,6 +693,9 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                               "rule": options.rule, "k": options.k,
                               "sweeps": options.sweeps, "unit_order": options.unit_order,
                               "validation": source}
+    if confirmation:
+        meta["specialization"]["confirmation"] = {k: v for k, v in confirmation.items()
+                                                  if k != "prefixes"}
     result.meta = meta
     return SearchResult(
         module=result, config=config, history=history, baseline_loss=baseline.mean_loss,
@@ -623,12 +703,47 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         main_metric=task.main_metric, flops_before=flops_before,
         flops_after=module_flops(result, FLOPS_SEQ), params_before=module.num_parameters(),
         params_after=result.num_parameters(), evaluations=evaluations,
-        seconds=time.perf_counter() - begin, validation_examples=count, stopped=stopped,
+        seconds=time.perf_counter() - begin, validation_examples=split.count, stopped=stopped,
         counts=counts, executor=executor_name, skipped=skipped, points=points,
         validation=source, sweeps=current_sweep, start_loss=start.mean_loss,
         start_metric=start_metric,
         start_verdict=rule.judge(start.losses, baseline.losses, math.inf, start_metric,
-                                 baseline_metric))
+                                 baseline_metric), confirmation=confirmation)
+
+
+def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[str, ...],
+             split: _Split, rule: AcceptanceRule, order: list[Candidate]
+             ) -> tuple[int, dict[str, Any]]:
+    """How many of the acceptances ``order`` to keep: the longest prefix that ``rule``
+    accepts on the confirmation ``split`` against the judge's (``reference`` or ``module``)
+    results there, the loss rule's "best so far" being the judge's loss (+1e-6: float noise
+    of a change that changes nothing). Prefixes are tried longest first, so a search the
+    held-out part agrees with costs one evaluation. Returns the count and a record."""
+    runner = GatedRunner(module=module, task=task, batches=split.batches, input_names=names,
+                         prefix_reuse=False)
+    base = runner.evaluate(Config()) if reference is None else GatedRunner(
+        module=reference, task=task, batches=split.batches, input_names=names,
+        prefix_reuse=False).evaluate(Config())
+    base_metric = split.metric_of(base)
+    prefixes: list[dict[str, Any]] = []
+    keep = 0
+    for count in range(len(order), 0, -1):
+        config = Config()
+        for cand in order[:count]:
+            config = config.with_(cand)
+        outcome = runner.evaluate(config)
+        metric = split.metric_of(outcome)
+        verdict = rule.judge(outcome.losses, base.losses, base.mean_loss + 1e-6, metric,
+                             base_metric)
+        prefixes.append({"accepted": count, "mean_loss": verdict.mean_loss,
+                         "not_worse": verdict.not_worse, "metric": metric,
+                         "passes": verdict.accepted})
+        if verdict.accepted:
+            keep = count
+            break
+    return keep, {"examples": split.count, "baseline_loss": base.mean_loss,
+                  "baseline_metric": base_metric, "kept": keep, "of": len(order),
+                  "prefixes": prefixes}
 
 
 def _importance(module: Module, structure: Structure, batches: list[dict[str, torch.Tensor]],

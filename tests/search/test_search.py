@@ -10,6 +10,7 @@ import torch
 
 import optc
 from optc.backends.differential import check_backends
+from optc.data import Example
 from optc.errors import InputError, PipelineSpecError
 from optc.search import (
     Candidate,
@@ -549,3 +550,112 @@ def test_rounds_stop_at_a_target_and_refuse_bad_options(module, tokenizer, task_
         SearchOptions(rounds=0)
     with pytest.raises(PipelineSpecError, match="unknown pass 'refit'"):
         SearchOptions(rounds=2, between="refit")
+
+
+# -- confirmation on a held-out part of the validation examples -------------------------------
+def _split_for_confirmation(module, tokenizer, path, total=80):
+    """A validation file on which the search part and the held-out part disagree: on the
+    examples the search judges the labels contradict the unpruned model's predictions (any
+    candidate keeps its accuracy at >= 0), on the held-out ones they equal them (any change
+    of prediction is a drop). Labels alternate, so the stratified split is known first."""
+    from optc.tasks.splits import validation_split
+    from optc.tests.train.conftest import sentences
+
+    task = get_task(TASK)
+    labels = [i % 2 for i in range(total)]
+    _, held = validation_split(task.kind, labels, None, total, val_size=0.5, seed=0)
+    pool = [s for s, _ in sentences(600, 7)]
+    # a random encoder's pooled outputs are nearly alike: move the head's boundary to the
+    # middle of them, so that the unpruned model predicts both classes
+    batches = prepare_batches(task, [Example(s, label=0) for s in pool], tokenizer, 64, None,
+                              NAMES)
+    eager = optc.to_eager(module)
+    margins = torch.cat([(lambda z: z[:, 1] - z[:, 0])(eager(**{k: b[k] for k in NAMES})["logits"])
+                         for b in batches])
+    bias = next(p for n, p in module.params.items() if n.startswith("classifier")
+                and n.endswith("bias"))
+    bias.data = bias.data - torch.stack([torch.zeros(()), margins.median()])
+    predicted = evaluate(task, optc.to_eager(module), [Example(s, label=0) for s in pool],
+                         tokenizer).predictions
+    by_class = {c: [s for s, p in zip(pool, predicted, strict=True) if p == c] for c in (0, 1)}
+    assert min(len(v) for v in by_class.values()) >= total, "the pool needs both predictions"
+    rows, used = [], {0: 0, 1: 0}
+    for i, label in enumerate(labels):
+        shown = label if i in held else 1 - label  # the model's prediction for this text
+        rows.append(f"{by_class[shown][used[shown]]}\t{label}")
+        used[shown] += 1
+    path.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    return [r.split("\t")[0] for r in rows], set(held)
+
+
+TOLERANCE = 40.0
+
+
+def test_confirmation_cuts_the_acceptances_the_held_out_part_refuses(module, tokenizer,
+                                                                     task_dir, tmp_path):
+    from optc.search.driver import validation_examples
+
+    texts, held = _split_for_confirmation(module, tokenizer, tmp_path / "val.tsv")
+    options = SearchOptions(k=3, neuron_groups=3, rule="metric", tolerance=TOLERANCE,
+                            kinds=("ffn-groups", "heads"), val_data=tmp_path / "val.tsv",
+                            confirm=0.5)
+    task = get_task(TASK)
+    # the parts: disjoint, together the file, the search judging the one it is given
+    searched = validation_examples(task, task_dir, options)
+    assert [e.text for e in searched] == [t for i, t in enumerate(texts) if i not in held]
+    result = specialize(module, TASK, tokenizer, task_dir, options)
+    assert result.validation_examples == 40 and result.baseline_metric == 0.0
+    info = result.confirmation
+    assert info["examples"] == 40 and info["baseline_metric"] == 100.0
+    # the search part accepts every trial; the held-out part keeps the longest prefix that
+    # changes at most TOLERANCE% of its predictions, found here by evaluating every prefix
+    order = [Candidate(h.kind, h.layer, tuple(h.units)) for h in result.history
+             if h.accepted or h.note == "cut by confirmation"]
+    assert len(order) == info["of"] == len(result.history) == 14
+    held_examples = [Example(t, label=i % 2) for i, t in enumerate(texts) if i in held]
+    batches = prepare_batches(task, held_examples, tokenizer, 32, None, NAMES)
+    runner = GatedRunner(module=module, task=task, batches=batches, input_names=NAMES,
+                         prefix_reuse=False)
+    expect, config = 0, Config()
+    for count, cand in enumerate(order, 1):
+        config = config.with_(cand)
+        predictions = runner.evaluate(config).predictions
+        same = sum(p == e.label for p, e in zip(predictions, held_examples, strict=True))
+        if 100 * same / len(held_examples) >= 100 - TOLERANCE:
+            expect = count
+    assert 0 < expect < len(order), "the constructed case should cut some, keep some"
+    assert info["kept"] == expect
+    assert [p["accepted"] for p in info["prefixes"]] == list(range(len(order), expect - 1, -1))
+    assert [p["passes"] for p in info["prefixes"]] == [False] * (len(order) - expect) + [True]
+    # the committed model is the kept prefix; the rest is recorded as cut
+    assert result.config.accepted == frozenset(order[:expect])
+    assert [h.accepted for h in result.history] == [True] * expect + [False] * (14 - expect)
+    assert {h.note for h in result.history[expect:]} == {"cut by confirmation"}
+    assert result.best_metric == result.history[expect - 1].metric
+    assert result.evaluations == 1 + 14 + 1 + len(info["prefixes"])
+    kept_loss = validate(result.module, TASK, tokenizer, task_dir, options)[0]
+    assert kept_loss == pytest.approx(result.history[expect - 1].mean_loss, abs=1e-5)
+    meta = result.module.meta["specialization"]["confirmation"]
+    assert (meta["kept"], meta["of"], meta["examples"]) == (expect, 14, 40)
+    assert result.summary()["confirmation"]["kept"] == expect
+
+
+def test_confirmation_runs_each_round_and_refuses_bad_shares(module, tokenizer, task_dir):
+    options = SearchOptions(k=3, neuron_groups=3, rule="metric", tolerance=100.0,
+                            kinds=("heads",), val_size=0.4, confirm=0.5, rounds=2,
+                            between="dce")
+    result = specialize(module, TASK, tokenizer, task_dir, options)
+    # everything passes a 100-point tolerance: round 1 keeps all it accepted (one
+    # evaluation of the held-out part confirms it), round 2 (the same model after dce) has
+    # nothing left to try, so nothing to confirm
+    first = result.rounds[0]["confirmation"]
+    assert first["kept"] == first["of"] == len(result.rounds[0]["accepted"]) > 0
+    assert "confirmation" not in result.rounds[1] and result.confirmation == {}
+    assert len(first["prefixes"]) == 1 and first["examples"] == 40
+    assert result.validation_examples == 40
+    for share in (1.0, -0.1):
+        with pytest.raises(PipelineSpecError, match="confirmation share is a fraction"):
+            SearchOptions(confirm=share)
+    with pytest.raises(InputError, match="30 examples: 15 to search and 15 to confirm with "
+                                         "--confirm 0.5; each part needs at least 20"):
+        specialize(module, TASK, tokenizer, task_dir, SearchOptions(confirm=0.5))
