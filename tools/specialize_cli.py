@@ -2,7 +2,8 @@
 
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
                     [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N]
-                    [--groups N] [--val-size X | --val-data PATH] [--flops-target R]
+                    [--groups N] [--val-size X | --val-data PATH] [--confirm X]
+                    [--flops-target R]
                     [--time-budget S] [--sweeps N] [--unit-order O] [--rounds N]
                     [--between SPEC] [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
 
@@ -123,6 +124,10 @@ def specialize_parser() -> argparse.ArgumentParser:
                    help="search on this labelled file (or a directory's val file) instead of "
                         "a split carved from train: e.g. examples from where the model will "
                         "be used, when train does not represent them")
+    p.add_argument("--confirm", type=_number, default=0.0, metavar="X",
+                   help="keep this share of the validation examples out of the search and "
+                        "cut each round's acceptances after the longest prefix the rule "
+                        "still accepts on them (default 0: none, as published)")
     p.add_argument("--flops-target", type=_number, default=None,
                    help="stop once FLOPs are at most this fraction of the input's")
     p.add_argument("--latency-target", type=_number, default=None,
@@ -209,6 +214,21 @@ def _change(before: float | None, after: float | None, form: str = "{:+.2f}") ->
     return "-" if before is None or after is None else form.format(after - before)
 
 
+def _confirmation_line(held: dict[str, Any], metric: str, round_: int | None) -> str:
+    """One line on a round's confirmation: what it kept and the figures it judged by."""
+    def figure(value: float | None, loss: float) -> str:
+        return f"{metric} {value:.2f}" if value is not None else f"loss {loss:.4f}"
+
+    kept = next((p for p in held["prefixes"] if p["passes"]), None)
+    line = (f"confirmation{'' if round_ is None else f' (round {round_})'} on "
+            f"{held['examples']} held-out validation examples: kept {held['kept']} of "
+            f"{held['of']} acceptances (input: "
+            f"{figure(held['baseline_metric'], held['baseline_loss'])}")
+    if kept is not None:
+        line += f"; kept: {figure(kept['metric'], kept['mean_loss'])}"
+    return line + ")"
+
+
 def cmd_specialize(argv: list[str]) -> int:
     """``optc specialize``: run the search and write the specialized artifact."""
     import torch
@@ -239,7 +259,7 @@ def cmd_specialize(argv: list[str]) -> int:
         flops_target=args.flops_target, latency_target=args.latency_target,
         time_budget=args.time_budget, sweeps=args.sweeps, unit_order=args.unit_order,
         rounds=args.rounds, between=args.between, prefix_reuse=not args.no_prefix_reuse,
-        workers=args.workers, ray=args.ray)
+        workers=args.workers, ray=args.ray, confirm=args.confirm)
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
         raise PipelineSpecError("--val-data replaces the validation split carved from "
                                 "train: drop --val-size/--seed")
@@ -381,7 +401,10 @@ def cmd_specialize(argv: list[str]) -> int:
               f"{lat_after / lat_before:.2f}x slower here: top-k attention has no fused kernel "
               "on this machine; --kinds ffn,ffn-groups,attention,heads searches structured "
               "removals only")
-    for info in result.rounds:
+    for info in result.rounds or [{"round": 1, "confirmation": result.confirmation}]:
+        if info.get("confirmation"):
+            print(_confirmation_line(info["confirmation"], task.main_metric,
+                                     info["round"] if result.rounds else None))
         if info.get("between_kept") is False:
             figure = (f"validation {task.main_metric} {_score(info['between_val_metric'])}"
                       if info["between_val_metric"] is not None

@@ -179,6 +179,27 @@ def test_val_data_searches_the_given_examples(artifact, task_dir, tmp_path, caps
     assert summary["baseline_val_metric"] == pytest.approx(summary["dev_metric_before"])
 
 
+def test_confirm_holds_out_part_of_the_split_and_says_what_it_kept(artifact, task_dir,
+                                                                    tmp_path, capsys):
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--val-size", "0.4", "--confirm", "0.5", "--rule", "metric-loss",
+                 "--tolerance", "5", "--no-latency", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    spec = json.loads((out / "metadata.json").read_text())["specialization"]
+    held = spec["confirmation"]
+    assert spec["validation_examples"] == 40 and held["examples"] == 40
+    line = next(x for x in printed.splitlines() if x.startswith("confirmation"))
+    assert line.startswith(f"confirmation on 40 held-out validation examples: kept "
+                           f"{held['kept']} of {held['of']} acceptances (input: accuracy "
+                           f"{held['baseline_metric']:.2f}; kept: accuracy ")
+    # what the search accepted and the confirmation cut add up to the history's acceptances
+    cut = [h for h in spec["history"] if h["note"] == "cut by confirmation"]
+    assert len(cut) == held["of"] - held["kept"]
+    assert len(spec["accepted"]) == held["kept"] > 0
+
+
 @pytest.mark.parametrize("extra, code, message", [
     (["--k", "0"], 2, "must be at least 1"),
     (["--kinds", "layers"], 2, "unknown candidate kind 'layers'"),
@@ -187,6 +208,8 @@ def test_val_data_searches_the_given_examples(artifact, task_dir, tmp_path, caps
     (["--then", "nonsense-pass"], 2, "unknown pass 'nonsense-pass'"),
     (["--val-data", "nowhere/val.tsv"], 3, "data path 'nowhere/val.tsv' does not exist"),
     (["--val-data", "val.tsv", "--seed", "1"], 2, "drop --val-size/--seed"),
+    (["--confirm", "1"], 2, "the confirmation share is a fraction in [0, 1), got 1.0"),
+    (["--confirm", "0.5"], 3, "15 to search and 15 to confirm"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(artifact, task_dir, tmp_path, capsys,
                                                  extra, code, message):
