@@ -174,7 +174,8 @@ def _tag(args: argparse.Namespace) -> str:
         (f"-fine{args.fine_threshold:g}" if args.fine_threshold != 1.1 else "") + \
         (f"-rounds{args.rounds}" if args.rounds > 1 else "") + \
         (f"-between-{args.between}" if args.rounds > 1 and args.between != "reconstruct" else "") + \
-        (f"-valfile-{Path(args.val_data).stem}" if args.val_data else "")
+        (f"-valfile-{Path(args.val_data).stem}" if args.val_data else "") + \
+        (f"-confirm{args.confirm:g}" if args.confirm else "")
 
 
 def _retime(tasks: list[str], models: Path, tag: str, reps: int = 40) -> int:
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-data", default=None, metavar="PATH",
                    help="the search's validation examples from this labelled file (or a "
                         "directory's val file) instead of --val-size of train; one task")
+    p.add_argument("--confirm", type=float, default=0.0,
+                   help="share of the validation examples kept out of the search to confirm "
+                        "it (0: none)")
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rule", default="loss", choices=RULES,
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                                 rounds=args.rounds, between=args.between,
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
-                                val_data=args.val_data,
+                                val_data=args.val_data, confirm=args.confirm,
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
                                 else tuple(args.kinds.split(",")) if args.kinds
                                 else SearchOptions().kinds)
@@ -282,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                "accepted_all": len(spec.meta["specialization"]["accepted"]),
                "round_flops": [r["flops_after"] / result.flops_before for r in result.rounds],
                "refits_kept": [r["between_kept"] for r in result.rounds if "between_kept" in r],
+               "confirmed": [f"{r['confirmation']['kept']}/{r['confirmation']['of']}"
+                             for r in result.rounds or [{"confirmation": result.confirmation}]
+                             if r.get("confirmation")],
                "val": result.baseline_metric,
                "val_spec": validate(spec, task, tok, args.data, options)[1],
                "dev_drop": _dev(task, dropped, tok, dev),

@@ -75,3 +75,18 @@ def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp
     row = json.loads((models / f"{TASK}-spec-metric-0-ffn-valfile-dev.json").read_text())
     # searched on the dev file: the input's validation metric is its dev metric
     assert row["val"] == pytest.approx(row["dev"]) and row["val_spec"] == pytest.approx(row["dev_spec"])
+
+
+def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
+    code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
+                                  str(task_dir), "--val-data", str(task_dir / "dev.tsv"),
+                                  "--confirm", "0.5", "--rule", "metric", "--tolerance", "100",
+                                  "--kinds", "ffn", "--save"])
+    assert code == 0
+    row = json.loads((models / f"{TASK}-spec-metric-100-ffn-valfile-dev-confirm0.5.json")
+                     .read_text())
+    # a 100-point tolerance passes everywhere: every acceptance is confirmed
+    assert row["accepted"] > 0 and row["confirmed"] == [f"{row['accepted']}/{row['accepted']}"]
