@@ -286,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                "accepted_all": len(spec.meta["specialization"]["accepted"]),
                "round_flops": [r["flops_after"] / result.flops_before for r in result.rounds],
                "refits_kept": [r["between_kept"] for r in result.rounds if "between_kept" in r],
-               "confirmed": [f"{r['confirmation']['kept']}/{r['confirmation']['of']}"
-                             for r in result.rounds or [{"confirmation": result.confirmation}]
-                             if r.get("confirmation")],
+               "confirmation": [r["confirmation"] for r in result.rounds
+                                or [{"confirmation": result.confirmation}]
+                                if r.get("confirmation")],
                "val": result.baseline_metric,
                "val_spec": validate(spec, task, tok, args.data, options)[1],
                "dev_drop": _dev(task, dropped, tok, dev),
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             lt = _onnx_latency([module, then])
             row["latency_then"] = lt[1] / lt[0]
         val = validation_examples(task, args.data, options)
+        row["confirmed"] = [f"{c['kept']}/{c['of']}" for c in row["confirmation"]]
         row["tricks"] = _trick_speedups(module, task, tok, val[:256])
         row["rule"] = _tag(args)
         if args.save:
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
     header = ("task  dev  dev spec [95% CI of the change]  FLOPs  ORT lat  params  search s  evals  "
               "top-drop dev (FLOPs)  val base/spec" + ("  dev then  lat then  val then"
-                                                      if args.then else ""))
+                                                      if args.then else "")
+              + ("  confirmed per round" if args.confirm else ""))
     print(header)
     for r in rows:
         low, high = r["dev_spec_ci"]
@@ -326,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_score(r['val_spec'])}")
         if args.then:
             line += f"  {r['dev_then']:.2f}  {r['latency_then']:.3f}  {_score(r['val_then'])}"
+        if args.confirm:
+            line += "  " + (",".join(r["confirmed"]) or "-")
         print(line)
     print("tricks (seconds for the same 4 candidate evaluations on <=256 validation examples):")
     for r in rows:

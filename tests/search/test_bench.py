@@ -77,7 +77,7 @@ def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp
     assert row["val"] == pytest.approx(row["dev"]) and row["val_spec"] == pytest.approx(row["dev_spec"])
 
 
-def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path):
+def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path, capsys):
     models = tmp_path / "models"
     models.mkdir()
     optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
@@ -90,3 +90,9 @@ def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path
                      .read_text())
     # a 100-point tolerance passes everywhere: every acceptance is confirmed
     assert row["accepted"] > 0 and row["confirmed"] == [f"{row['accepted']}/{row['accepted']}"]
+    held = row["confirmation"][0]
+    assert held["examples"] == 20 and [p["passes"] for p in held["prefixes"]] == [True]
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("task  dev"))
+    assert lines[header].endswith("confirmed per round")
+    assert lines[header + 1].endswith(f"  {row['accepted']}/{row['accepted']}")
