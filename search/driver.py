@@ -261,7 +261,8 @@ class SearchResult:
     confirmation: dict[str, Any] = field(default_factory=dict)
     """With ``SearchOptions.confirm`` (else empty), the last round's confirmation: examples,
     the judge's loss and metric on them, acceptances kept of those made, and each prefix
-    tried (its length, mean loss, share not worse, metric, whether the rule accepts it)."""
+    tried (its length, mean loss, share not worse, metric, FLOPs, whether the rule accepts
+    it)."""
 
     def pareto(self, count: int) -> list[tuple[Config, float, int]]:
         """Up to ``count`` operating points from the history's Pareto front (validation score
@@ -673,7 +674,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         executor_name = executor.name
     confirmation: dict[str, Any] = {}
     if confirm is not None and order:
-        keep, confirmation = _confirm(module, reference, task, names, confirm, rule, order)
+        keep, confirmation = _confirm(module, reference, task, names, confirm, rule, order,
+                                      flops)
         evaluations += len(confirmation["prefixes"]) + 1  # and the judge on the held-out part
         config = Config()
         for cand in order[:keep]:
@@ -712,8 +714,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
 
 
 def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[str, ...],
-             split: _Split, rule: AcceptanceRule, order: list[Candidate]
-             ) -> tuple[int, dict[str, Any]]:
+             split: _Split, rule: AcceptanceRule, order: list[Candidate],
+             flops: Callable[[Config], int]) -> tuple[int, dict[str, Any]]:
     """How many of the acceptances ``order`` to keep: the longest prefix that ``rule``
     accepts on the confirmation ``split`` against the judge's (``reference`` or ``module``)
     results there, the loss rule's "best so far" being the judge's loss (+1e-6: float noise
@@ -737,7 +739,7 @@ def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[
                              base_metric)
         prefixes.append({"accepted": count, "mean_loss": verdict.mean_loss,
                          "not_worse": verdict.not_worse, "metric": metric,
-                         "passes": verdict.accepted})
+                         "flops": flops(config), "passes": verdict.accepted})
         if verdict.accepted:
             keep = count
             break

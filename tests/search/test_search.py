@@ -627,6 +627,7 @@ def test_confirmation_cuts_the_acceptances_the_held_out_part_refuses(module, tok
     assert info["kept"] == expect
     assert [p["accepted"] for p in info["prefixes"]] == list(range(len(order), expect - 1, -1))
     assert [p["passes"] for p in info["prefixes"]] == [False] * (len(order) - expect) + [True]
+    assert info["prefixes"][-1]["flops"] == result.flops_after
     # the committed model is the kept prefix; the rest is recorded as cut
     assert result.config.accepted == frozenset(order[:expect])
     assert [h.accepted for h in result.history] == [True] * expect + [False] * (14 - expect)
