@@ -677,9 +677,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         keep, confirmation = _confirm(module, reference, task, names, confirm, rule, order,
                                       flops)
         evaluations += len(confirmation["prefixes"]) + 1  # and the judge on the held-out part
-        config = Config()
-        for cand in order[:keep]:
-            config = config.with_(cand)
+        config = Config(frozenset(order[:keep]))
         cut = [h for h in history if h.accepted][keep:]
         for entry in cut:
             entry.accepted, entry.note = False, "cut by confirmation"
@@ -730,9 +728,7 @@ def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[
     prefixes: list[dict[str, Any]] = []
     keep = 0
     for count in range(len(order), 0, -1):
-        config = Config()
-        for cand in order[:count]:
-            config = config.with_(cand)
+        config = Config(frozenset(order[:count]))
         outcome = runner.evaluate(config)
         metric = split.metric_of(outcome)
         verdict = rule.judge(outcome.losses, base.losses, base.mean_loss + 1e-6, metric,

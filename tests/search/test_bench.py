@@ -13,10 +13,16 @@ from optc.tests.search.conftest import TASK
 from optc.tools import bench_specialize
 
 
-def test_bench_specialize_reports_and_saves_each_task(module, task_dir, tmp_path, capsys):
+def _models(module, tmp_path):
+    """A --models directory holding ``module`` as the task's fine-tuned model."""
     models = tmp_path / "models"
     models.mkdir()
     optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
+    return models
+
+
+def test_bench_specialize_reports_and_saves_each_task(module, task_dir, tmp_path, capsys):
+    models = _models(module, tmp_path)
     code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
                                   str(task_dir), "--rule", "metric",
                                   "--tolerance", "100", "--kinds", "ffn,attention",
@@ -65,9 +71,7 @@ def test_bench_specialize_data_takes_one_task(task_dir, capsys):
 
 
 def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp_path, capsys):
-    models = tmp_path / "models"
-    models.mkdir()
-    optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
+    models = _models(module, tmp_path)
     code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
                                   str(task_dir), "--val-data", str(task_dir / "dev.tsv"),
                                   "--rule", "metric", "--kinds", "ffn", "--save"])
@@ -78,9 +82,7 @@ def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp
 
 
 def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path, capsys):
-    models = tmp_path / "models"
-    models.mkdir()
-    optc.save(module, models / f"{TASK}-minilm", extra={"task": module.meta["task"]})
+    models = _models(module, tmp_path)
     code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
                                   str(task_dir), "--val-data", str(task_dir / "dev.tsv"),
                                   "--confirm", "0.5", "--rule", "metric", "--tolerance", "100",
