@@ -30,6 +30,7 @@ from optc.search.driver import (
     HistoryEntry,
     SearchOptions,
     SearchResult,
+    holdout_options,
     specialize,
     validate,
     validation_examples,
@@ -48,6 +49,7 @@ __all__ = [
     "AcceptanceRule", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict", "make_rule",
     "DEFAULT_ORDER", "KINDS", "Candidate", "Config", "Trial", "commit", "neuron_groups",
     "plan_trials", "MIN_VALIDATION", "HistoryEntry", "SearchOptions", "SearchResult",
-    "specialize", "validate", "validation_examples", "RAY_INSTALL_HINT", "Executor", "ProcessExecutor", "RayExecutor",
+    "specialize", "validate", "validation_examples", "holdout_options", "RAY_INSTALL_HINT",
+    "Executor", "ProcessExecutor", "RayExecutor",
     "SerialExecutor", "make_executor", "GatedRunner", "Outcome", "prepare_batches",
 ]

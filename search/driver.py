@@ -78,7 +78,8 @@ from optc.tasks.task import Task
 from optc.train.heads import has_task_head
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
-           "validation_examples", "MIN_VALIDATION", "FLOPS_SEQ", "UNIT_ORDERS"]
+           "validation_examples", "holdout_options", "MIN_VALIDATION", "FLOPS_SEQ",
+           "UNIT_ORDERS"]
 
 MIN_VALIDATION = 20
 """Fewer validation examples than this make the majority vote meaningless."""
@@ -509,6 +510,33 @@ def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
         return _Split(batches, metric_of, len(part))
 
     return ready(examples), None if confirm is None else ready(confirm)
+
+
+def holdout_options(options: SearchOptions, meta: dict[str, Any], val_size: float | None = None,
+                    seed: int | None = None) -> tuple[SearchOptions, str | None]:
+    """``options`` that search on the split a fine-tuning held out (``meta["task"]["holdout"]``:
+    its ``val_size`` and ``seed``) unless ``val_size``/``seed`` are given, and a warning (None
+    when there is nothing to warn about) when the model has trained on part of that split."""
+    info = meta.get("task") if isinstance(meta.get("task"), dict) else {}
+    held = info.get("holdout") or {}
+    if held.get("val_size"):
+        held_split = (held["val_size"], held.get("seed", 0))
+        options = replace(options, val_size=held_split[0] if val_size is None else val_size,
+                          seed=held_split[1] if seed is None else seed)
+        if (options.val_size, options.seed) == held_split:
+            return options, None
+        return options, (f"the validation split (val_size={options.val_size}, seed="
+                         f"{options.seed}) is not the one held out at fine-tuning (val_size="
+                         f"{held_split[0]}, seed={held_split[1]}): the model has trained on "
+                         "part of it, so removals look worse than they are")
+    options = replace(options, val_size=options.val_size if val_size is None else val_size,
+                      seed=options.seed if seed is None else seed)
+    if int(info.get("trained_steps", 0) or 0) > 0:
+        return options, ("this model was fine-tuned on all of train (no holdout recorded): the "
+                         "validation split is data it has seen, so few removals will be "
+                         "accepted; fine-tune with --holdout 0.15 (the default) for a fair "
+                         "search, or give held-out labelled examples with --val-data")
+    return options, None
 
 
 def validation_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:

@@ -64,27 +64,6 @@ def _val_size(text: str) -> float | int:
     return value
 
 
-def _holdout_split(options: Any, meta: dict[str, Any], val_size: Any, seed: int | None) -> Any:
-    """Search on the split the fine-tuning held out (recorded in ``meta["task"]["holdout"]``)
-    unless --val-size/--seed say otherwise; warn when the model trained on the split."""
-    held = (meta.get("task") or {}).get("holdout") if isinstance(meta.get("task"), dict) else None
-    if held and held.get("val_size"):
-        options = dataclasses.replace(
-            options, val_size=held["val_size"] if val_size is None else val_size,
-            seed=held.get("seed", 0) if seed is None else seed)
-        if (options.val_size, options.seed) != (held["val_size"], held.get("seed", 0)):
-            _log.warning(f"the validation split (val_size={options.val_size}, seed="
-                          f"{options.seed}) is not the one held out at fine-tuning (val_size="
-                          f"{held['val_size']}, seed={held.get('seed', 0)}): the model has "
-                          "trained on part of it, so removals look worse than they are")
-    elif int((meta.get("task") or {}).get("trained_steps", 0) or 0) > 0:
-        _log.warning("this model was fine-tuned on all of train (no holdout recorded): the "
-                      "validation split is data it has seen, so few removals will be accepted; "
-                      "fine-tune with --holdout 0.15 (the default) for a fair search, or "
-                      "give held-out labelled examples with --val-data")
-    return options
-
-
 def specialize_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="optc specialize", description="Specialize a fine-tuned model for its "
                 "task: greedily try hard attention and removing FFN/attention blocks, neuron "
@@ -239,7 +218,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.outputs import check_output
     from optc.passes.manager import run_pipeline
     from optc.passes.spec import task_pipeline
-    from optc.search import SearchOptions, commit, specialize, validate
+    from optc.search import SearchOptions, commit, holdout_options, specialize, validate
     from optc.search.measure import latencies
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
     from optc.tools.progress import Progress
@@ -293,7 +272,9 @@ def cmd_specialize(argv: list[str]) -> int:
         raise InputError("the model records no tokenizer: pass --tokenizer DIR")
     tokenizer = load_tokenizer(ref)
     if args.val_data is None:
-        options = _holdout_split(options, module.meta, args.val_size, args.seed)
+        options, warning = holdout_options(options, module.meta, args.val_size, args.seed)
+        if warning:
+            _log.warning(warning)
     max_length = args.max_length or trained_max_length(module.meta)
     options = dataclasses.replace(options, max_length=max_length)
     names = tuple(v.name for v in module.graph.inputs

@@ -21,6 +21,7 @@ from optc.search import (
     MetricRule,
     SearchOptions,
     commit,
+    holdout_options,
     make_rule,
     neuron_groups,
     plan_trials,
@@ -536,6 +537,25 @@ def test_a_validation_file_replaces_the_split_carved_from_train(module, tokenize
         specialize(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_data=small))
     with pytest.raises(InputError, match="no file for split 'val'"):
         validate(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_data=task_dir))
+
+
+def test_the_split_held_out_at_fine_tuning_is_searched_unless_told_otherwise():
+    held = {"task": {"holdout": {"val_size": 0.2, "seed": 3}, "trained_steps": 50}}
+    options, warning = holdout_options(SearchOptions(), held)
+    assert (options.val_size, options.seed, warning) == (0.2, 3, None)
+    assert holdout_options(SearchOptions(), held, val_size=0.2, seed=3)[1] is None
+    # another split than the one held out: the model trained on part of it
+    options, warning = holdout_options(SearchOptions(), held, seed=0)
+    assert (options.val_size, options.seed) == (0.2, 0)
+    assert "seed=0) is not the one held out at fine-tuning (val_size=0.2, seed=3)" in warning
+    assert "trained on part of it" in holdout_options(SearchOptions(), held, val_size=0.3)[1]
+    # trained on all of train (nothing recorded): the given or default split, and a warning
+    all_train = {"task": {"trained_steps": 50}}
+    options, warning = holdout_options(SearchOptions(), all_train, seed=4)
+    assert (options.val_size, options.seed) == (0.15, 4) and "all of train" in warning
+    # not fine-tuned by optc (e.g. a Hugging Face classifier): nothing to warn about
+    options, warning = holdout_options(SearchOptions(val_size=0.1), {"task": None})
+    assert (options.val_size, options.seed, warning) == (0.1, 0, None)
 
 
 def test_rounds_stop_at_a_target_and_refuse_bad_options(module, tokenizer, task_dir):
