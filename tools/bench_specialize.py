@@ -1,7 +1,7 @@
 """Benchmark of accuracy-driven specialization (AxFormer) on MiniLM fine-tuned per task.
 
     python -m optc.tools.bench_specialize [--tasks sst2,mrpc,rte,cola,stsb] [--models DIR]
-        [--epochs N] [--val-size 0.15] [--val-limit N] [--threads N]
+        [--epochs N] [--val-size X --seed N] [--val-limit N] [--threads N]
         [--then 'quantize{mode=dynamic}'] [--rule loss|metric|metric-loss --tolerance P]
         [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--rounds N]
         [--between SPEC] [--val-data PATH] [--save] [--retime] [--smoke]
@@ -14,6 +14,10 @@ search time and number of evaluations; the same after ``--then``; Poor Man's BER
 dropping at the same FLOPs (its dev metric); and the speedup of the search's tricks (prefix
 reuse, length-sorted batches) on a fixed set of candidate evaluations.
 
+The search judges on the split each model's fine-tuning held out (its recorded ``val_size``
+and ``seed``) unless ``--val-size``/``--seed`` say otherwise (a warning says when the model has
+trained on part of the split searched).
+
 ``--smoke`` runs a few training steps and a small validation split: it checks the machinery,
 its numbers mean nothing.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +51,7 @@ from optc.search import (
     Config,
     GatedRunner,
     SearchOptions,
+    holdout_options,
     prepare_batches,
     specialize,
     validate,
@@ -208,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=None,
                    help="fine-tuning epochs (default: the task's bench_tasks recipe)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the search")
-    p.add_argument("--val-size", type=float, default=0.15)
+    p.add_argument("--val-size", type=float, default=None,
+                   help="share of train the search validates on (default: the one each "
+                        "model's fine-tuning held out, else 0.15)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of that split (default: the fine-tuning holdout's, else 0)")
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--val-data", default=None, metavar="PATH",
                    help="the search's validation examples from this labelled file (or a "
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(name)
         module = _fine_tuned(name, models, args.epochs, args.smoke, args.data)
         tok = load_tokenizer(module.meta["source"]["tokenizer"])
-        options = SearchOptions(val_size=args.val_size, workers=args.workers,
+        options = SearchOptions(workers=args.workers,
                                 rule=args.rule, tolerance=args.tolerance, sweeps=args.sweeps,
                                 unit_order=args.unit_order, fine_threshold=args.fine_threshold,
                                 rounds=args.rounds, between=args.between,
@@ -269,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
                                 else tuple(args.kinds.split(",")) if args.kinds
                                 else SearchOptions().kinds)
+        if args.val_data is None:
+            options, warning = holdout_options(options, module.meta, args.val_size, args.seed)
+            if warning:
+                print(f"warning: {name}: {warning}", file=sys.stderr)
         result = specialize(module, task, tok, args.data, options)
         spec = result.module
         dev = task.read("dev", args.data)  # once, for every model of the row

@@ -98,3 +98,21 @@ def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path
     header = next(i for i, line in enumerate(lines) if line.startswith("task  dev"))
     assert lines[header].endswith("confirmed per round")
     assert lines[header + 1].endswith(f"  {row['accepted']}/{row['accepted']}")
+
+
+def test_bench_specialize_searches_the_split_the_fine_tuning_held_out(module, task_dir,
+                                                                       tmp_path, capsys):
+    module.meta["task"] = {**module.meta["task"], "holdout": {"val_size": 0.3, "seed": 5}}
+    models = _models(module, tmp_path)
+    common = ["--tasks", TASK, "--models", str(models), "--data", str(task_dir), "--rule",
+              "metric", "--kinds", "ffn", "--save"]
+    assert bench_specialize.main(common) == 0
+    spec = optc.load_module(models / f"{TASK}-spec-metric-0-ffn")
+    assert spec.meta["specialization"]["validation"] == {"val_size": 0.3, "seed": 5}
+    assert "warning" not in capsys.readouterr().err
+    # another seed is searched when asked for, with a warning that the model trained on it
+    assert bench_specialize.main([*common, "--seed", "1"]) == 0
+    spec = optc.load_module(models / f"{TASK}-spec-metric-0-ffn")
+    assert spec.meta["specialization"]["validation"] == {"val_size": 0.3, "seed": 1}
+    assert f"warning: {TASK}: the validation split (val_size=0.3, seed=1) is not the one " \
+        "held out" in capsys.readouterr().err
