@@ -33,6 +33,11 @@ candidates on a few hundred examples keeps some whose harm the noise hides, and 
 validation figures are then too kind. After a round, its acceptances are replayed in order
 on the held-out part and the round keeps the longest prefix that the acceptance rule still
 accepts there (against the judge's results on that part); the rest are recorded as cut.
+``max_flips=X`` (classification) also refuses a candidate that changes the predicted class of
+more than a share X of the validation examples: a metric can stay level while many
+predictions change in both directions, and what changes on unseen data is those flips, not
+their lucky balance (the share of flips, needing no labels, is nearly the same on unseen
+examples; it bounds how far accuracy can move).
 
 Candidates are gates on a running module (:mod:`optc.search.runner`), committed physically
 at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
@@ -148,6 +153,10 @@ class SearchOptions:
     """Share of the validation examples kept out of the search to confirm it (0: none, as
     published): after each round its acceptances are replayed in order on this part and cut
     after the longest prefix that the rule still accepts there (see :func:`specialize`)."""
+    max_flips: float | None = None
+    """Classification: also refuse a candidate that makes more than this share of the
+    validation examples predicted as another class than the baseline (the unpruned or
+    reference model) predicts them; None: not counted (published)."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -181,7 +190,7 @@ class SearchOptions:
                                     f"{self.confirm}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise PipelineSpecError(f"the time budget must be positive, got {self.time_budget}")
-        make_rule(self.rule, self.tolerance)
+        make_rule(self.rule, self.tolerance, self.max_flips)
 
 
 @dataclass
@@ -208,6 +217,9 @@ class HistoryEntry:
     """Which pass over the trial order (``SearchOptions.sweeps``)."""
     round: int = 1
     """Which search round (``SearchOptions.rounds``)."""
+    flips: float | None = None
+    """With ``SearchOptions.max_flips``: share of validation examples predicted as another
+    class than in the baseline."""
 
 
 @dataclass
@@ -303,17 +315,19 @@ class SearchResult:
         """The history as a text table."""
         sweeps = max((h.sweep for h in self.history), default=1) > 1
         rounds = max((h.round for h in self.history), default=1) > 1
-        rows = [("step", "layer", "candidate", "mean loss", "not worse", "metric", "accepted",
-                 "GFLOPs")]
+        flips = any(h.flips is not None for h in self.history)
+        rows = [("step", "layer", "candidate", "mean loss", "not worse", "metric")
+                + (("flips",) if flips else ()) + ("accepted", "GFLOPs")]
         for h in self.history:
             label = f"{h.label} (sweep {h.sweep})" if sweeps and h.sweep > 1 else h.label
             label = f"{label} (round {h.round})" if rounds and h.round > 1 else label
             rows.append((str(h.step), str(h.layer), label,
                          "-" if h.mean_loss is None else f"{h.mean_loss:.4f}",
                          "-" if h.not_worse is None else f"{100 * h.not_worse:.1f}%",
-                         "-" if h.metric is None else f"{h.metric:.2f}",
-                         "yes" if h.accepted else (h.note or "no"),
-                         "-" if h.flops is None else f"{h.flops / 1e9:.3f}"))
+                         "-" if h.metric is None else f"{h.metric:.2f}")
+                        + (("-" if h.flips is None else f"{100 * h.flips:.1f}%",) if flips else ())
+                        + ("yes" if h.accepted else (h.note or "no"),
+                           "-" if h.flops is None else f"{h.flops / 1e9:.3f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                          for r in rows)
@@ -602,10 +616,14 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     _check_module(module, task)
     if reference is not None:
         _check_module(reference, task)
-    rule = make_rule(options.rule, options.tolerance)
+    rule = make_rule(options.rule, options.tolerance, options.max_flips)
     if options.rule != "loss" and task.kind == "extractive-qa":
         raise PipelineSpecError(f"the {options.rule} rule needs per-example predictions; for QA "
                                 "use the loss rule (span loss)")
+    if options.max_flips is not None and task.kind != "classification":
+        raise PipelineSpecError(f"max_flips counts predicted classes that change; '{task.name}' "
+                                f"is {task.kind}: drop it (the metric rule's tolerance bounds "
+                                "the change instead)")
     names = _input_names(module)
     split, confirm = _validation(task, tokenizer, data, options, names)
     batches, metric_of = split.batches, split.metric_of
@@ -672,7 +690,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
             judged.add((config, cand))
             metric = metric_of(outcome)
             verdict = rule.judge(outcome.losses, baseline.losses, best_loss, metric,
-                                 baseline_metric)
+                                 baseline_metric, _flips(rule, outcome, baseline))
             candidate_flops = flops(config.with_(cand))
             points.append((config.with_(cand), metric if metric is not None
                            else -verdict.mean_loss, candidate_flops))
@@ -693,7 +711,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
             entry = HistoryEntry(steps + len(history) + 1, cand.kind, cand.layer,
                                  list(cand.units), cand.label, verdict.mean_loss,
                                  verdict.not_worse, metric, verdict.accepted, candidate_flops,
-                                 sweep=sweep, round=number)
+                                 sweep=sweep, round=number, flips=verdict.flips)
             history.append(entry)
             if progress is not None:
                 progress(entry)
@@ -721,6 +739,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                               "rule": options.rule, "k": options.k,
                               "sweeps": options.sweeps, "unit_order": options.unit_order,
                               "validation": source}
+    if options.max_flips is not None:
+        meta["specialization"]["max_flips"] = options.max_flips
     if confirmation:
         meta["specialization"]["confirmation"] = {k: v for k, v in confirmation.items()
                                                   if k != "prefixes"}
@@ -736,7 +756,17 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         validation=source, sweeps=current_sweep, start_loss=start.mean_loss,
         start_metric=start_metric,
         start_verdict=rule.judge(start.losses, baseline.losses, math.inf, start_metric,
-                                 baseline_metric), confirmation=confirmation)
+                                 baseline_metric, _flips(rule, start, baseline)),
+        confirmation=confirmation)
+
+
+def _flips(rule: AcceptanceRule, outcome: Outcome, baseline: Outcome) -> float | None:
+    """Share of examples whose predicted class differs from the baseline's (None: the rule
+    does not count them)."""
+    if rule.max_flips is None:
+        return None
+    pairs = list(zip(outcome.predictions, baseline.predictions, strict=True))
+    return sum(a != b for a, b in pairs) / max(1, len(pairs))
 
 
 def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[str, ...],
@@ -760,9 +790,10 @@ def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[
         outcome = runner.evaluate(config)
         metric = split.metric_of(outcome)
         verdict = rule.judge(outcome.losses, base.losses, base.mean_loss + 1e-6, metric,
-                             base_metric)
+                             base_metric, _flips(rule, outcome, base))
         prefixes.append({"accepted": count, "mean_loss": verdict.mean_loss,
                          "not_worse": verdict.not_worse, "metric": metric,
+                         **({} if verdict.flips is None else {"flips": verdict.flips}),
                          "flops": flops(config), "passes": verdict.accepted})
         if verdict.accepted:
             keep = count

@@ -309,6 +309,8 @@ def test_regression_searches_on_squared_error(tokenizer, task_dir):
     result = specialize(module, task, tokenizer, task_dir,
                         SearchOptions(k=3, neuron_groups=2, rule="metric", tolerance=5.0))
     assert result.main_metric == "pearson" and result.history
+    with pytest.raises(PipelineSpecError, match="max_flips counts predicted classes.*regression"):
+        specialize(module, task, tokenizer, task_dir, SearchOptions(rule="metric", max_flips=0.1))
 
 
 def test_extractive_qa_searches_on_the_span_loss(tmp_path, tokenizer):
@@ -539,6 +541,36 @@ def test_a_validation_file_replaces_the_split_carved_from_train(module, tokenize
         validate(module, TASK, tokenizer, task_dir, dataclasses.replace(options, val_data=task_dir))
 
 
+def test_a_flip_guard_refuses_candidates_that_change_many_predictions(module, tokenizer,
+                                                                      task_dir):
+    task = get_task(TASK)
+    val = task.read("val", task_dir)
+    _centre_the_head(module, tokenizer, [e.text for e in val])  # both classes predicted
+    loose = SearchOptions(k=3, neuron_groups=3, rule="metric", tolerance=100.0,
+                          kinds=("ffn", "ffn-groups", "attention", "heads"), fine_threshold=1e9)
+    free = specialize(module, TASK, tokenizer, task_dir, loose)
+    guarded = specialize(module, TASK, tokenizer, task_dir,
+                         dataclasses.replace(loose, max_flips=0.05))
+    # a 100-point tolerance accepts anything: the guard alone decides, on each trial's flips
+    tried = [h for h in guarded.history if h.mean_loss is not None]
+    assert all(h.flips is not None for h in tried) and all(h.flips is None for h in free.history)
+    assert [h.accepted for h in tried] == [h.flips <= 0.05 for h in tried]
+    assert any(h.accepted for h in tried) and any(not h.accepted for h in tried)
+    assert len(guarded.config.accepted) < len(free.config.accepted)
+    # a flip is a validation example whose predicted class differs from the unpruned model's:
+    # count them on the committed model, independently of the search
+    before, after = (evaluate(task, optc.to_eager(m), val, tokenizer).predictions
+                     for m in (module, guarded.module))
+    share = sum(a != b for a, b in zip(before, after, strict=True)) / len(val)
+    assert share == pytest.approx([h for h in tried if h.accepted][-1].flips) and share <= 0.05
+    assert "flips" in guarded.table().splitlines()[0]
+    assert "flips" not in free.table().splitlines()[0]
+    assert guarded.module.meta["specialization"]["max_flips"] == 0.05
+    for bad in (-0.1, 1.0):
+        with pytest.raises(PipelineSpecError, match="flipped predictions is a fraction in"):
+            SearchOptions(max_flips=bad)
+
+
 def test_the_split_held_out_at_fine_tuning_is_searched_unless_told_otherwise():
     held = {"task": {"holdout": {"val_size": 0.2, "seed": 3}, "trained_steps": 50}}
     options, warning = holdout_options(SearchOptions(), held)
@@ -573,6 +605,20 @@ def test_rounds_stop_at_a_target_and_refuse_bad_options(module, tokenizer, task_
 
 
 # -- confirmation on a held-out part of the validation examples -------------------------------
+def _centre_the_head(module, tokenizer, texts):
+    """A random encoder's pooled outputs are nearly alike: move the head's boundary to the
+    median of its margins on ``texts``, so that the unpruned model predicts both classes."""
+    task = get_task(TASK)
+    batches = prepare_batches(task, [Example(s, label=0) for s in texts], tokenizer, 64, None,
+                              NAMES)
+    eager = optc.to_eager(module)
+    margins = torch.cat([(lambda z: z[:, 1] - z[:, 0])(eager(**{k: b[k] for k in NAMES})["logits"])
+                         for b in batches])
+    bias = next(p for n, p in module.params.items() if n.startswith("classifier")
+                and n.endswith("bias"))
+    bias.data = bias.data - torch.stack([torch.zeros(()), margins.median()])
+
+
 def _split_for_confirmation(module, tokenizer, path, total=80):
     """A validation file on which the search part and the held-out part disagree: on the
     examples the search judges the labels contradict the unpruned model's predictions (any
@@ -585,16 +631,7 @@ def _split_for_confirmation(module, tokenizer, path, total=80):
     labels = [i % 2 for i in range(total)]
     _, held = validation_split(task.kind, labels, None, total, val_size=0.5, seed=0)
     pool = [s for s, _ in sentences(600, 7)]
-    # a random encoder's pooled outputs are nearly alike: move the head's boundary to the
-    # middle of them, so that the unpruned model predicts both classes
-    batches = prepare_batches(task, [Example(s, label=0) for s in pool], tokenizer, 64, None,
-                              NAMES)
-    eager = optc.to_eager(module)
-    margins = torch.cat([(lambda z: z[:, 1] - z[:, 0])(eager(**{k: b[k] for k in NAMES})["logits"])
-                         for b in batches])
-    bias = next(p for n, p in module.params.items() if n.startswith("classifier")
-                and n.endswith("bias"))
-    bias.data = bias.data - torch.stack([torch.zeros(()), margins.median()])
+    _centre_the_head(module, tokenizer, pool)
     predicted = evaluate(task, optc.to_eager(module), [Example(s, label=0) for s in pool],
                          tokenizer).predictions
     by_class = {c: [s for s, p in zip(pool, predicted, strict=True) if p == c] for c in (0, 1)}
