@@ -4,7 +4,8 @@
         [--epochs N] [--val-size X --seed N] [--val-limit N] [--threads N]
         [--then 'quantize{mode=dynamic}'] [--rule loss|metric|metric-loss --tolerance P]
         [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--rounds N]
-        [--between SPEC] [--val-data PATH] [--save] [--retime] [--smoke]
+        [--between SPEC] [--val-data PATH] [--confirm X] [--max-flips X] [--save] [--retime]
+        [--smoke]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -181,7 +182,8 @@ def _tag(args: argparse.Namespace) -> str:
         (f"-rounds{args.rounds}" if args.rounds > 1 else "") + \
         (f"-between-{args.between}" if args.rounds > 1 and args.between != "reconstruct" else "") + \
         (f"-valfile-{Path(args.val_data).stem}" if args.val_data else "") + \
-        (f"-confirm{args.confirm:g}" if args.confirm else "")
+        (f"-confirm{args.confirm:g}" if args.confirm else "") + \
+        (f"-flips{args.max_flips:g}" if args.max_flips is not None else "")
 
 
 def _retime(tasks: list[str], models: Path, tag: str, reps: int = 40) -> int:
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirm", type=float, default=0.0,
                    help="share of the validation examples kept out of the search to confirm "
                         "it (0: none)")
+    p.add_argument("--max-flips", type=float, default=None,
+                   help="refuse candidates that change the predicted class of more than this "
+                        "share of the validation examples (classification)")
     p.add_argument("--then", default=None, help="pipeline after specialization")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rule", default="loss", choices=RULES,
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                                 max_length=trained_max_length(module.meta),
                                 val_limit=args.val_limit or (64 if args.smoke else None),
                                 val_data=args.val_data, confirm=args.confirm,
+                                max_flips=args.max_flips,
                                 kinds=("hard-attention", "ffn", "attention") if args.smoke
                                 else tuple(args.kinds.split(",")) if args.kinds
                                 else SearchOptions().kinds)

@@ -2,7 +2,7 @@
 
     optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
                     [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N]
-                    [--groups N] [--val-size X | --val-data PATH] [--confirm X]
+                    [--groups N] [--val-size X | --val-data PATH] [--confirm X] [--max-flips X]
                     [--flops-target R]
                     [--time-budget S] [--sweeps N] [--unit-order O] [--rounds N]
                     [--between SPEC] [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
@@ -107,6 +107,10 @@ def specialize_parser() -> argparse.ArgumentParser:
                    help="keep this share of the validation examples out of the search and "
                         "cut each round's acceptances after the longest prefix the rule "
                         "still accepts on them (default 0: none, as published)")
+    p.add_argument("--max-flips", type=_number, default=None, metavar="X",
+                   help="classification: also refuse a candidate that changes the predicted "
+                        "class of more than this share of the validation examples (e.g. "
+                        "0.02; default: not counted, as published)")
     p.add_argument("--flops-target", type=_number, default=None,
                    help="stop once FLOPs are at most this fraction of the input's")
     p.add_argument("--latency-target", type=_number, default=None,
@@ -238,7 +242,7 @@ def cmd_specialize(argv: list[str]) -> int:
         flops_target=args.flops_target, latency_target=args.latency_target,
         time_budget=args.time_budget, sweeps=args.sweeps, unit_order=args.unit_order,
         rounds=args.rounds, between=args.between, prefix_reuse=not args.no_prefix_reuse,
-        workers=args.workers, ray=args.ray, confirm=args.confirm)
+        workers=args.workers, ray=args.ray, confirm=args.confirm, max_flips=args.max_flips)
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
         raise PipelineSpecError("--val-data replaces the validation split carved from "
                                 "train: drop --val-size/--seed")
@@ -319,12 +323,15 @@ def cmd_specialize(argv: list[str]) -> int:
                     "dev_change": None if dev_change is None else dev_change.to_json(),
                     "latency_ms_before": lat_before, "latency_ms_after": lat_after,
                     "params_after": final.num_parameters(), "then": args.then,
-                    "val_loss_after": val_loss, "val_metric_after": val_metric})
+                    "val_loss_after": val_loss, "val_metric_after": val_metric,
+                    "max_flips": args.max_flips})
     meta = dict(final.meta)
     sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
     order = f",unit_order={args.unit_order}" if args.unit_order != "index" else ""
     order += f",rounds={args.rounds}" if args.rounds > 1 else ""
     tolerance = f",tolerance={args.tolerance:g}" if args.rule != "loss" else ""
+    tolerance += f",max_flips={args.max_flips:g}" if args.max_flips is not None else ""
+    order += f",confirm={args.confirm:g}" if args.confirm else ""
     meta["pipeline"] = list(meta.get("pipeline", [])) + [
         f"specialize{{rule={args.rule}{tolerance},k={args.k}{sweeps}{order}}}"]
     final.meta = meta

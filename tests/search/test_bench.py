@@ -116,3 +116,7 @@ def test_bench_specialize_searches_the_split_the_fine_tuning_held_out(module, ta
     assert spec.meta["specialization"]["validation"] == {"val_size": 0.3, "seed": 1}
     assert f"warning: {TASK}: the validation split (val_size=0.3, seed=1) is not the one " \
         "held out" in capsys.readouterr().err
+    # --max-flips reaches the search and names the saved run
+    assert bench_specialize.main([*common, "--max-flips", "0"]) == 0
+    spec = optc.load_module(models / f"{TASK}-spec-metric-0-ffn-flips0")
+    assert spec.meta["specialization"]["max_flips"] == 0

@@ -200,6 +200,23 @@ def test_confirm_holds_out_part_of_the_split_and_says_what_it_kept(artifact, tas
     assert len(spec["accepted"]) == held["kept"] > 0
 
 
+def test_max_flips_guards_every_acceptance(artifact, task_dir, tmp_path, capsys):
+    out = tmp_path / "spec"
+    code = main(["specialize", str(artifact), "--data", str(task_dir), "-o", str(out),
+                 "--max-flips", "0", "--rule", "metric", "--tolerance", "100", "--no-latency",
+                 *FAST[:-1]])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    spec = json.loads((out / "metadata.json").read_text())["specialization"]
+    assert spec["max_flips"] == 0
+    pipeline = json.loads((out / "metadata.json").read_text())["pipeline"]
+    assert pipeline[-1] == "specialize{rule=metric,tolerance=100,max_flips=0,k=3}"
+    tried = [h for h in spec["history"] if h["mean_loss"] is not None]
+    assert tried and [h["accepted"] for h in tried] == [h["flips"] == 0 for h in tried]
+    header = next(x for x in printed.splitlines() if x.startswith("step"))
+    assert "flips" in header.split()
+
+
 @pytest.mark.parametrize("extra, code, message", [
     (["--k", "0"], 2, "must be at least 1"),
     (["--kinds", "layers"], 2, "unknown candidate kind 'layers'"),
@@ -210,6 +227,7 @@ def test_confirm_holds_out_part_of_the_split_and_says_what_it_kept(artifact, tas
     (["--val-data", "val.tsv", "--seed", "1"], 2, "drop --val-size/--seed"),
     (["--confirm", "1"], 2, "the confirmation share is a fraction in [0, 1), got 1.0"),
     (["--confirm", "0.5"], 3, "15 to search and 15 to confirm"),
+    (["--max-flips", "1"], 2, "the largest share of flipped predictions is a fraction in [0, 1)"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(artifact, task_dir, tmp_path, capsys,
                                                  extra, code, message):
