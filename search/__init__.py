@@ -9,6 +9,7 @@ and structural removals, judged on a validation split of the task's training dat
 from optc.search.acceptance import (
     RULES,
     AcceptanceRule,
+    FlipGuard,
     LossRule,
     MetricLossRule,
     MetricRule,
@@ -46,7 +47,8 @@ from optc.search.executors import (
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
 
 __all__ = [
-    "AcceptanceRule", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict", "make_rule",
+    "AcceptanceRule", "FlipGuard", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict",
+    "make_rule",
     "DEFAULT_ORDER", "KINDS", "Candidate", "Config", "Trial", "commit", "neuron_groups",
     "plan_trials", "MIN_VALIDATION", "HistoryEntry", "SearchOptions", "SearchResult",
     "specialize", "validate", "validation_examples", "holdout_options", "RAY_INSTALL_HINT",
