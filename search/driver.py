@@ -35,9 +35,9 @@ on the held-out part and the round keeps the longest prefix that the acceptance 
 accepts there (against the judge's results on that part); the rest are recorded as cut.
 ``max_flips=X`` (classification) also refuses a candidate that changes the predicted class of
 more than a share X of the validation examples: a metric can stay level while many
-predictions change in both directions, and what changes on unseen data is those flips, not
-their lucky balance (the share of flips, needing no labels, is nearly the same on unseen
-examples; it bounds how far accuracy can move).
+predictions change in both directions, and what carries over to unseen data is those flips,
+not their lucky balance (the share of flips needs no labels and is of the same order on
+unseen examples; it bounds how far accuracy can move).
 
 Candidates are gates on a running module (:mod:`optc.search.runner`), committed physically
 at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
