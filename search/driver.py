@@ -533,19 +533,16 @@ def holdout_options(options: SearchOptions, meta: dict[str, Any], val_size: floa
     when there is nothing to warn about) when the model has trained on part of that split."""
     info = meta.get("task") if isinstance(meta.get("task"), dict) else {}
     held = info.get("holdout") or {}
-    if held.get("val_size"):
-        held_split = (held["val_size"], held.get("seed", 0))
-        options = replace(options, val_size=held_split[0] if val_size is None else val_size,
-                          seed=held_split[1] if seed is None else seed)
-        if (options.val_size, options.seed) == held_split:
-            return options, None
+    held_split = (held["val_size"], held.get("seed", 0)) if held.get("val_size") else None
+    default = held_split or (options.val_size, options.seed)
+    options = replace(options, val_size=default[0] if val_size is None else val_size,
+                      seed=default[1] if seed is None else seed)
+    if held_split is not None and (options.val_size, options.seed) != held_split:
         return options, (f"the validation split (val_size={options.val_size}, seed="
                          f"{options.seed}) is not the one held out at fine-tuning (val_size="
                          f"{held_split[0]}, seed={held_split[1]}): the model has trained on "
                          "part of it, so removals look worse than they are")
-    options = replace(options, val_size=options.val_size if val_size is None else val_size,
-                      seed=options.seed if seed is None else seed)
-    if int(info.get("trained_steps", 0) or 0) > 0:
+    if held_split is None and int(info.get("trained_steps", 0) or 0) > 0:
         return options, ("this model was fine-tuned on all of train (no holdout recorded): the "
                          "validation split is data it has seen, so few removals will be "
                          "accepted; fine-tune with --holdout 0.15 (the default) for a fair "
