@@ -131,8 +131,10 @@ class TrainingPass(Pass):
     """Seed of the head initialization, shuffling, dropout and validation split."""
     threads: int | None = None
     """Torch threads while training (default: unchanged)."""
-    eval_split: Literal["dev", "val", "none"] = "dev"
-    """Evaluate on dev, on a validation part of train (val), or not at all (none)."""
+    eval_split: Literal["dev", "val", "none"] = "val"
+    """Where the best weights are chosen: the validation part of train that ``holdout`` leaves
+    out (val, the default), dev (recorded and flagged: dev figures then are optimistic), or
+    nowhere (none: the last weights are kept)."""
     holdout: float = 0.15
     """Validation split carved from train and never trained on (fraction, or a count >= 1;
     0: train on all of train), so that a later search sees unseen data."""

@@ -45,6 +45,7 @@ from optc.tools.common import EPILOG
 from optc.tools.common import Parser as _Parser
 from optc.tools.inspection import summarize
 from optc.tools.progress import Progress
+from optc.train.heads import selection_warning
 
 __all__ = ["build_report", "render_html", "cmd_report", "family", "disk_size"]
 
@@ -113,6 +114,10 @@ def build_report(module: Module, baseline: Module | None = None, *, name: str = 
         "specialization": specialization or module.meta.get("specialization"),
         "disk_bytes": disk_size(path), "baseline": None, "warnings": [], "bench": bench,
     }
+    for meta, label in ((module.meta, name), (baseline.meta if baseline else {}, baseline_name)):
+        warning = selection_warning(meta, label)  # its dev figures are optimistic
+        if warning:
+            data["warnings"].append(warning)
     if baseline is not None:
         binfo = summarize_cached(baseline, seq)
         data["baseline"] = {"name": baseline_name, "path": baseline_path, "model": binfo,

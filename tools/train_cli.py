@@ -93,9 +93,10 @@ def _tokenizer(ref: str | None, target: str) -> Any:
 
 
 def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
-                   threads: int | None) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None]:
-    """(task, model_fn, tokenizer, input names, the token limit it was fine-tuned with) for
-    ``target`` (the limit is known for optc artifacts only)."""
+                   threads: int | None,
+                   ) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None, dict[str, Any]]:
+    """(task, model_fn, tokenizer, input names, the token limit it was fine-tuned with, the
+    module's meta) for ``target`` (the limit and the meta are known for optc artifacts only)."""
     import torch
 
     from optc.tasks import get_task
@@ -115,7 +116,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
             raise InputError(f"artifact '{target}' records no task: pass --task NAME")
         tok = _tokenizer(tokenizer_ref or (module.meta.get("source") or {}).get("tokenizer"), target)
         names = tuple(v.name for v in module.graph.inputs)
-        return task, to_eager(module), tok, names, trained_max_length(module.meta)
+        return task, to_eager(module), tok, names, trained_max_length(module.meta), module.meta
     if task_spec is None:
         raise InputError(f"'{target}' records no task: pass --task NAME")
     task = get_task(task_spec)
@@ -127,7 +128,7 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot load ONNX model '{target}': {first}") from None
-        return task, runner, _tokenizer(tokenizer_ref, target), tuple(runner.input_names), None
+        return task, runner, _tokenizer(tokenizer_ref, target), tuple(runner.input_names), None, {}
     if kind == "torchscript":
         try:
             scripted = torch.jit.load(target)
@@ -136,12 +137,12 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
             raise InputError(f"cannot load TorchScript file '{target}': {first}") from None
         names = tuple(a.name for a in scripted.forward.schema.arguments[1:])
         scripted.eval()  # loaded artifacts and Hugging Face models are in eval mode already
-        return task, scripted, _tokenizer(tokenizer_ref, target), names, None
+        return task, scripted, _tokenizer(tokenizer_ref, target), names, None, {}
     from optc.frontends.huggingface import load_model
 
     model, source = load_model(target, task=task.head)
     _refuse_untrained_head(target, {"source": source})
-    return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None, None
+    return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None, None, {}
 
 
 def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
@@ -202,14 +203,15 @@ def cmd_eval(argv: list[str]) -> int:
 
     from optc.tasks import evaluate, paired_bootstrap, references_of
     from optc.tools.progress import Progress
+    from optc.train import selection_warning
 
     args = eval_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with progress.step(f"loading {args.target}"):
-        task, model_fn, tok, names, trained = _load_for_eval(args.target, args.task,
-                                                             args.tokenizer, args.threads)
+        task, model_fn, tok, names, trained, meta = _load_for_eval(args.target, args.task,
+                                                                   args.tokenizer, args.threads)
     base = None
     if args.against:
         with progress.step(f"loading {args.against}"):
@@ -218,6 +220,11 @@ def cmd_eval(argv: list[str]) -> int:
         if base[0].name != task.name:
             raise InputError(f"'{args.against}' is a {base[0].name} model and '{args.target}' a "
                              f"{task.name} one: --against compares models of the same task")
+    # A checkpoint chosen on the split being scored makes its figure optimistic: say so.
+    selection = [w for w in (selection_warning(meta, args.target, args.split),
+                             base and selection_warning(base[5], args.against, args.split)) if w]
+    for warning in selection:
+        print(f"optc: warning: {warning}", file=sys.stderr)
     examples = task.read(args.split, args.data, limit=args.limit)  # the same for both models
     with progress.step(f"evaluating {task.name} ({args.split})"):
         result = evaluate(task, model_fn, examples, tok, batch_size=args.batch_size,
@@ -225,10 +232,11 @@ def cmd_eval(argv: list[str]) -> int:
     summary = {"target": args.target, "task": task.name, "split": args.split,
                "metrics": result.metrics, "main_metric": result.main_metric,
                "score": result.score, "examples": result.num_examples,
-               "examples_per_second": result.examples_per_second, "seconds": result.seconds}
+               "examples_per_second": result.examples_per_second, "seconds": result.seconds,
+               "selection_warnings": selection}
     delta = None
     if base is not None:
-        _, base_fn, base_tok, base_names, base_trained = base
+        _, base_fn, base_tok, base_names, base_trained, _ = base
         with progress.step(f"evaluating {args.against} ({args.split})"):
             before = evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
                               max_length=args.max_length or base_trained,
@@ -283,8 +291,10 @@ def finetune_parser() -> argparse.ArgumentParser:
                         "what sentence-transformers encoders such as all-MiniLM-L6-v2 were "
                         "trained with); auto: the pooler when the model has one, else cls")
     p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--eval-split", default="dev", choices=["dev", "val", "none"],
-                   help="evaluate after each epoch on dev, on a validation part of train, or not")
+    p.add_argument("--eval-split", default="val", choices=["dev", "val", "none"],
+                   help="where the best epoch's weights are chosen: val (default), the --holdout "
+                        "part of train, never trained on; dev (then optc eval and optc report "
+                        "flag the model's dev figures as chosen on dev); none: keep the last")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
                    "one recorded with the model)")
     p.add_argument("--json", action="store_true", help="print the training report as JSON")
@@ -378,7 +388,7 @@ def cmd_finetune(argv: list[str]) -> int:
     extra = {"task": module.meta["task"], "label_names": list(task.label_names),
              "metric": task.main_metric, "training": report.summary()}
     if report.best is not None:
-        extra["dev_score"] = report.score
+        extra["eval_score"] = report.score  # on extra["eval_split"]
         extra["eval_split"] = report.extra.get("eval_split")
     with progress.step(f"writing {out}"):
         save(module, out, force=args.force, extra=extra, inputs=inputs)

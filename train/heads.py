@@ -32,7 +32,8 @@ from optc.ir.types import TensorType
 from optc.tasks import Task, get_task
 
 __all__ = ["add_task_head", "has_task_head", "task_meta", "task_from_meta", "check_pooling",
-           "HEAD_INIT_STD", "POOLINGS"]
+           "trained_max_length", "selection_split", "selection_warning", "HEAD_INIT_STD",
+           "POOLINGS"]
 
 HEAD_INIT_STD = 0.02
 """Standard deviation of new head weights (BERT's ``initializer_range``)."""
@@ -149,6 +150,26 @@ def trained_max_length(meta: dict[str, Any]) -> int | None:
     recorded = meta.get("task")
     value = recorded.get("max_length") if isinstance(recorded, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def selection_split(meta: dict[str, Any]) -> str | None:
+    """The split fine-tuning chose the model's best weights on (``meta["task"]["eval"]["split"]``:
+    ``val``, ``dev``), or None when nothing was chosen or nothing is recorded."""
+    recorded = meta.get("task")
+    chosen = recorded.get("eval") if isinstance(recorded, dict) else None
+    split = chosen.get("split") if isinstance(chosen, dict) else None
+    return split if isinstance(split, str) else None
+
+
+def selection_warning(meta: dict[str, Any], name: str, split: str = "dev") -> str | None:
+    """One line when the model ``name`` had its weights chosen on ``split``, the split being
+    reported (its figure there is then optimistic: selection saw it); else None."""
+    if selection_split(meta) != split:
+        return None
+    fix = ": fine-tune with the default --eval-split val to keep dev for reporting" \
+        if split == "dev" else ""
+    return (f"{name}: checkpoint chosen on the split being reported ({split}; fine-tuned with "
+            f"--eval-split {split}), so its {split} figures are optimistic{fix}")
 
 
 def _new_linear(module: Module, prefix: str, rows: int, width: int, dtype: torch.dtype,

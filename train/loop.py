@@ -10,9 +10,11 @@ tensors; the IR is never edited in place). A module without the task's head gets
 (:func:`~optc.train.heads.add_task_head`).
 
 Data: the task's ``train`` split (from ``data``, or the task's conventional directory) is
-trained on; ``eval_split="dev"`` evaluates on dev and trains on the whole train file,
-``eval_split="val"`` carves a seeded validation split out of train and trains on the rest,
-``None`` does not evaluate (the final weights are kept). ``train_examples`` /
+trained on. ``eval_split="val"`` (the default) chooses the best weights on the seeded
+validation split carved out of train (``holdout``), which is never trained on, so that dev stays
+a report-only split; ``eval_split="dev"`` chooses them on dev (an explicit choice, recorded in
+``meta["task"]["eval"]`` and flagged by ``optc eval`` and ``optc report``, whose dev figures it
+makes optimistic); ``None`` does not evaluate (the final weights are kept). ``train_examples`` /
 ``eval_examples`` replace the splits (e.g. SQuAD, which has no train file here).
 """
 
@@ -209,7 +211,10 @@ def _splits(task: Task, data: str | os.PathLike | None, eval_split: str | None, 
             eval_examples, eval_split = [source[i] for i in val_idx], "val"
     if train_examples is None:
         if eval_split == "val" and not holdout:
-            raise InputError("eval_split=val needs a validation split: holdout must be > 0")
+            raise InputError("eval_split=val (the default) chooses the best weights on a "
+                             "validation split carved from train, so holdout must be > 0: give "
+                             "a holdout, or eval_split none (keep the last weights) or dev "
+                             "(choose on dev, which then stops being an honest report)")
         train = list(task.read("train", data, val_size=holdout, seed=seed))
     else:
         train = list(train_examples)
@@ -382,7 +387,7 @@ def finetune(module: Module, task: Task | str, data: str | os.PathLike | None = 
              tokenizer: Any = None, epochs: float = 3, max_steps: int | None = None,
              lr: float = 5e-5, batch_size: int = 32, max_length: int | None = None,
              warmup_ratio: float = 0.1, weight_decay: float = 0.01, seed: int = 0,
-             threads: int | None = None, eval_split: str | None = "dev",
+             threads: int | None = None, eval_split: str | None = "val",
              progress: ProgressFn | None = None, dropout: float | None = None,
              masked: Sequence[str] = (), train_examples: Examples | None = None,
              eval_examples: Examples | None = None, eval_batch_size: int = 64,
@@ -445,7 +450,7 @@ def distill(student: Module, teacher: Module, task: Task | str,
             max_steps: int | None = None, lr: float = 5e-5, batch_size: int = 32,
             max_length: int | None = None, warmup_ratio: float = 0.1,
             weight_decay: float = 0.01, seed: int = 0, threads: int | None = None,
-            eval_split: str | None = "dev", progress: ProgressFn | None = None,
+            eval_split: str | None = "val", progress: ProgressFn | None = None,
             dropout: float | None = None, masked: Sequence[str] = (),
             train_examples: Examples | None = None, eval_examples: Examples | None = None,
             eval_batch_size: int = 64, doc_stride: int | None = None,

@@ -32,10 +32,10 @@ def test_finetune_pass_trains_adds_the_head_and_records_the_task(setup) -> None:
     record = report.records[0]
     assert record.modified
     assert record.stats["steps"] == 11 and record.stats["head_added"] is True  # 163 of 192: 15% held out
-    assert "dev_accuracy" in record.stats
+    assert "val_accuracy" in record.stats  # chosen on the held-out part of train, not on dev
     assert list(module.graph.outputs) == ["logits"]
     assert all(module.params[n].data is not t for n, t in before.items() if t.is_floating_point())
-    assert module.meta["task"]["eval"]["split"] == "dev"
+    assert module.meta["task"]["eval"]["split"] == "val"
     # the task is now recorded: a second finetune needs no task= option
     again = optc.run_pipeline(module, f"finetune{{max_steps=1,eval_split=none,data={setup / 'task'}}}")
     assert again.records[0].stats["task"] == "text-classification"

@@ -45,19 +45,23 @@ def test_finetune_writes_an_artifact_with_task_and_score(finetuned, capsys) -> N
     meta = read_metadata(finetuned)
     assert meta["task"]["name"] == "text-classification"
     assert meta["label_names"] == ["0", "1"] and meta["metric"] == "accuracy"
-    assert meta["eval_split"] == "dev" and 0 <= meta["dev_score"] <= 100
+    # the best epoch is chosen on the held-out part of train, never on dev (reported only)
+    assert meta["eval_split"] == "val" and 0 <= meta["eval_score"] <= 100
     assert meta["pipeline"][-1].startswith("finetune{")
     module = optc.load_module(finetuned)
     assert list(module.graph.outputs) == ["logits"]
-    assert module.meta["task"]["eval"]["metrics"]["accuracy"] == meta["dev_score"]
+    assert module.meta["task"]["eval"]["metrics"]["accuracy"] == meta["eval_score"]
+    assert module.meta["task"]["eval"]["split"] == "val"
 
 
 def test_eval_an_artifact_uses_its_task_and_tokenizer(finetuned, task_dir, capsys) -> None:
-    assert cmd_eval([str(finetuned), "--data", str(task_dir), "--json", "-q"]) == 0
+    assert cmd_eval([str(finetuned), "--data", str(task_dir), "--split", "val", "--json", "-q"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["task"] == "text-classification" and out["examples"] == 64
-    assert out["score"] == read_metadata(finetuned)["dev_score"]
+    assert out["task"] == "text-classification" and out["examples"] == 29  # 15% of 192
+    assert out["score"] == read_metadata(finetuned)["eval_score"]
     assert out["examples_per_second"] > 0
+    # scored on the split its checkpoint was chosen on: flagged as optimistic
+    assert len(out["selection_warnings"]) == 1 and "(val;" in out["selection_warnings"][0]
     assert cmd_eval([str(finetuned), "--data", str(task_dir), "-q", "--limit", "8"]) == 0
     line = capsys.readouterr().out
     assert line.startswith("text-classification dev: accuracy ") and "(8 examples" in line
@@ -72,9 +76,10 @@ def test_eval_onnx_and_torchscript_files_match_the_artifact(finetuned, task_dir,
     for backend, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
         write_backend(module, backend, tmp_path / name)
         assert cmd_eval([str(tmp_path / name), "--task", "text-classification", "--data",
-                         str(task_dir), "--tokenizer", str(model_dir), "--json", "-q"]) == 0
+                         str(task_dir), "--split", "val", "--tokenizer", str(model_dir), "--json",
+                         "-q"]) == 0
         scores.append(json.loads(capsys.readouterr().out)["score"])
-    assert scores == [read_metadata(finetuned)["dev_score"]] * 2
+    assert scores == [read_metadata(finetuned)["eval_score"]] * 2
     with pytest.raises(InputError, match="records no task: pass --task"):
         cmd_eval([str(tmp_path / "m.onnx"), "-q"])
     with pytest.raises(InputError, match="records no tokenizer: pass --tokenizer"):
@@ -179,3 +184,26 @@ def test_eval_against_the_base_model_gives_the_change_with_an_interval(
     assert line.startswith(f"against {finetuned}: accuracy ") and "% CI " in line
     with pytest.raises(SystemExit):
         cmd_eval([str(finetuned), *against, "--confidence", "1"])
+
+
+def test_a_checkpoint_chosen_on_dev_is_flagged_where_dev_is_reported(model_dir, task_dir, tmp_path,
+                                                                       capsys) -> None:
+    """--eval-split dev is an explicit choice: recorded, and flagged by optc eval on dev (the
+    figure is optimistic) but not on the validation split; optc report flags it too."""
+    from optc.tools.report import build_report
+
+    out = tmp_path / "on-dev"
+    assert cmd_finetune([str(model_dir), "--task", "text-classification", "--data", str(task_dir),
+                         "-o", str(out), "--max-steps", "2", "--eval-split", "dev", "-q"]) == 0
+    assert read_metadata(out)["eval_split"] == "dev"
+    capsys.readouterr()
+    assert cmd_eval([str(out), "--data", str(task_dir), "--json", "-q"]) == 0
+    captured = capsys.readouterr()
+    warnings = json.loads(captured.out)["selection_warnings"]
+    assert len(warnings) == 1 and "checkpoint chosen on the split being reported (dev" in warnings[0]
+    assert captured.err.count("checkpoint chosen on the split being reported") == 1
+    assert cmd_eval([str(out), "--data", str(task_dir), "--split", "val", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection_warnings"] == []
+    module = optc.load_module(out)
+    data = build_report(module, module.clone(), name="on-dev", baseline_name="base")
+    assert sum("checkpoint chosen on the split being reported" in w for w in data["warnings"]) == 2

@@ -30,7 +30,7 @@ def test_finetune_lowers_the_loss_and_raises_accuracy(task_dir, tokenizer) -> No
     start = evaluate(TASK, optc.to_eager(before), dev, tokenizer)
     steps = []
     report = finetune(module, TASK, task_dir, tokenizer=tokenizer, epochs=4, holdout=0,
-                      progress=steps.append, **_fast())
+                      eval_split="dev", progress=steps.append, **_fast())
     assert report.head_added and report.steps == 4 * 12 and report.epochs == 4
     assert report.loss_at(False) < 0.85 * report.loss_at(True)
     assert report.score > start.score + 20
@@ -56,12 +56,15 @@ def test_finetune_holds_out_the_validation_split(task_dir, tokenizer) -> None:
     assert module.meta["task"]["holdout"] == {"val_size": 0.25, "seed": 3}
     _, module = tiny_bert(layers=1)
     report = finetune(module, TASK, task_dir, tokenizer=tokenizer, max_steps=2, holdout=0,
-                      **_fast())
+                      eval_split="dev", **_fast())
     assert report.train_examples == len(everything)
     assert module.meta["task"]["holdout"]["val_size"] == 0
     with pytest.raises(InputError, match="holdout must be > 0"):
         finetune(tiny_bert(layers=1)[1], TASK, task_dir, tokenizer=tokenizer, max_steps=1,
                  holdout=0, eval_split="val", **_fast())
+    with pytest.raises(InputError, match="the default.*holdout must be > 0"):  # the default is val
+        finetune(tiny_bert(layers=1)[1], TASK, task_dir, tokenizer=tokenizer, max_steps=1,
+                 holdout=0, **_fast())
 
 
 def test_finetune_is_seeded_and_stops_at_max_steps(task_dir, tokenizer) -> None:
