@@ -22,6 +22,7 @@ __all__ = [
     "PipelineSpecError",
     "ArtifactError",
     "InputError",
+    "ModelInputError",
     "OutputError",
 ]
 
@@ -96,6 +97,11 @@ class InputError(OptcError):
     """A model or data input is missing, unreadable or of a kind optc refuses to load."""
 
     exit_code = 3
+
+
+class ModelInputError(InputError, ValueError):
+    """Tensors given to a compiled module do not fit it (name, rank, dtype, sizes, id range);
+    also a ``ValueError``, as a torch module's bad argument would be."""
 
 
 class OutputError(OptcError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from optc.backends.model_inputs import InputCheck
 from optc.errors import InputError, OptcError
 from optc.ir.core import Module
 
@@ -44,8 +45,10 @@ class DifferentialReport:
 
 
 def check_inputs(module: Module, inputs: Mapping[str, torch.Tensor]) -> None:
-    """Refuse inputs the module cannot take: not a dict of tensors, unknown names, or a dtype
-    or rank other than the graph input's (int32 ids, a bool mask where int64 is expected)."""
+    """Refuse inputs the module cannot take: not a dict of tensors, unknown names, a dtype
+    or rank other than the graph input's (int32 ids, a bool mask where int64 is expected), and
+    what :class:`~optc.backends.model_inputs.InputCheck` refuses (a sequence past the position
+    table, ids past the vocabulary, inputs of disagreeing sizes)."""
     if not isinstance(module, Module):
         raise InputError(f"expected an optc IR module (from optc.capture or optc.load_module), "
                          f"got {type(module).__name__}")
@@ -69,6 +72,7 @@ def check_inputs(module: Module, inputs: Mapping[str, torch.Tensor]) -> None:
         if value.dim() != len(t.shape):
             raise InputError(f"input '{name}' has {value.dim()} dimensions but the module takes "
                              f"{len(t.shape)} ({', '.join(map(str, t.shape))})")
+    InputCheck(module)(inputs)
 
 
 def run_backend(module: Module, backend: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

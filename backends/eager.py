@@ -2,7 +2,10 @@
 
 The module's ``forward`` takes the graph inputs by position or by name (inputs with a recorded
 default, such as a Hugging Face ``attention_mask``, may be omitted) and returns a dict of
-output tensors named like the source model's output fields.
+output tensors named like the source model's output fields. Inputs that do not fit (3-D or
+float ids, ids past the vocabulary, a sequence past the position table, a mask of another
+shape) raise a :class:`~optc.errors.ModelInputError` before anything runs
+(:class:`~optc.backends.model_inputs.InputCheck`).
 
 ``to_eager(module, sparse_kernel=...)`` runs sparse linear weights with the kernels of
 :mod:`optc.backends.sparse_exec` (``dense`` by default; ``auto``, ``csr``, ``bsr``,
@@ -31,7 +34,8 @@ from optc.backends.sparse_exec import (
     sparse_linear,
     sparse_parts,
 )
-from optc.errors import BackendError, InputError, IRError
+from optc.backends.model_inputs import InputCheck
+from optc.errors import BackendError, InputError, IRError, ModelInputError
 from optc.ir.core import Module, Node, Value, map_values
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
@@ -171,10 +175,15 @@ class EagerModule(torch.nn.Module):
         self.input_names = [v.name for v in module.graph.inputs]
         self.output_names = list(module.graph.outputs)
         self.input_defaults: dict[str, str] = dict(module.meta.get("input_defaults", {}))
+        self.input_check = InputCheck(module)
+        """Refuses inputs that do not fit the graph's (run at the start of ``forward``)."""
         self.eval()
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.graph_module(*bind_inputs(self.input_names, self.input_defaults, args, kwargs))
+        inputs = bind_inputs(self.input_names, self.input_defaults, args, kwargs)
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            self.input_check(dict(zip(self.input_names, inputs, strict=True)))
+        return self.graph_module(*inputs)
 
 
 def bind_inputs(names: list[str], defaults: dict[str, str], args: tuple[torch.Tensor, ...],
@@ -182,15 +191,15 @@ def bind_inputs(names: list[str], defaults: dict[str, str], args: tuple[torch.Te
     """The graph inputs in order from positional and keyword inputs; an input with a recorded
     default (``"ones"``/``"zeros"``, e.g. an attention mask) may be left out."""
     if len(args) > len(names):
-        raise InputError(
+        raise ModelInputError(
             f"got {len(args)} positional inputs, the model takes {len(names)}: {', '.join(names)}"
         )
     bound = dict(zip(names, args, strict=False))
     for key, value in kwargs.items():
         if key not in names:
-            raise InputError(f"unknown input '{key}'; the model takes {', '.join(names)}")
+            raise ModelInputError(f"unknown input '{key}'; the model takes {', '.join(names)}")
         if key in bound:
-            raise InputError(f"input '{key}' given twice")
+            raise ModelInputError(f"input '{key}' given twice")
         bound[key] = value
     ordered = []
     for name in names:
@@ -199,8 +208,11 @@ def bind_inputs(names: list[str], defaults: dict[str, str], args: tuple[torch.Te
             continue
         default = defaults.get(name)
         if default is None or not bound:
-            raise InputError(f"missing input '{name}'")
+            raise ModelInputError(f"missing input '{name}'")
         like = next(iter(bound.values()))
+        if not isinstance(like, torch.Tensor):
+            raise ModelInputError(f"input '{next(iter(bound))}' must be a torch.Tensor, got "
+                                  f"{type(like).__name__}")
         ordered.append(torch.ones_like(like) if default == "ones" else torch.zeros_like(like))
     return ordered
 
@@ -213,6 +225,10 @@ def to_eager(module: Module, sparse_kernel: str | SparsePlan | None = "dense", *
     :class:`~optc.backends.sparse_exec.SparsePlan` (see :mod:`optc.backends.sparse_exec`;
     ``auto`` tunes with ``auto``). ``device``: where the weights go (``semi-structured``
     defaults to CUDA: give the module CUDA inputs)."""
+    if not isinstance(module, Module):
+        what = "torch module" if isinstance(module, torch.nn.Module) else "object"
+        raise InputError(f"to_eager needs an optc IR module, got the {what} "
+                         f"{type(module).__name__}: call optc.capture(model) first")
     plan = resolve_plan(module, sparse_kernel, auto, runner=lambda p: EagerModule(module, p))
     if device is None and plan is not None and any(c.kernel == "semi-structured" for c in plan.layers):
         device = "cuda"

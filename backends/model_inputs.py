@@ -16,15 +16,25 @@ Used by :mod:`optc.backends.sparse_exec` to time a whole model and by
 :mod:`optc.search.measure` to time specialized ones (the self-check's
 :func:`optc.backends.selfcheck.example_inputs` adds padded rows and several shapes on top of
 the same rules).
+
+The same facts check what users pass: :class:`InputCheck` (built once per compiled module)
+refuses tensors that do not fit a module's inputs, and :func:`check_vocabulary` a tokenizer
+or teacher whose vocabulary does not fit its token embedding table, each with one
+:class:`~optc.errors.ModelInputError` / :class:`~optc.errors.InputError` line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
+from optc.errors import InputError, ModelInputError
 from optc.ir.core import Module, Parameter, Value
 
-__all__ = ["embedding_limits", "seq_range", "token_inputs"]
+__all__ = ["InputCheck", "check_vocabulary", "embedding_limits", "seq_range", "token_inputs",
+           "token_vocabulary"]
 
 
 def embedding_limits(module: Module) -> dict[str, int]:
@@ -80,3 +90,94 @@ def token_inputs(module: Module, batch: int, seq: int, seed: int = 0) -> dict[st
         else:
             feeds[value.name] = torch.zeros(shape, dtype=t.dtype)
     return feeds
+
+
+def token_vocabulary(module: Module) -> int | None:
+    """Rows of the token embedding table (the largest table a graph input indexes), or None
+    when no graph input indexes one."""
+    limits = embedding_limits(module)
+    return max(limits.values()) if limits else None
+
+
+def check_vocabulary(rows: int | None, size: int, why: str, what: str = "the tokenizer",
+                     fix: str = "pass tokenizer=PATH with the model's own tokenizer",
+                     exact: bool = False) -> None:
+    """Refuse ``what`` (a tokenizer of ``size`` tokens, a teacher with a table of ``size``
+    rows) for a model whose token embedding table has ``rows`` rows (None: not known, nothing
+    checked): a larger vocabulary gives ids past the table; with ``exact``, any other size
+    means another vocabulary."""
+    if rows is None or size == rows or (size < rows and not exact):
+        return
+    unit = "tokens" if what.endswith("tokenizer") else "rows"
+    past = ", so its ids would index past it" if size > rows else ""
+    raise InputError(f"{why}: {what} has {size} {unit} but the model's embedding table has "
+                     f"{rows} rows{past}: {fix}")
+
+
+def _dims(shape: tuple[Any, ...]) -> str:
+    return ", ".join(map(str, shape))
+
+
+class InputCheck:
+    """What each graph input of ``module`` accepts, computed once: its rank, integer or
+    floating point, the range of its symbolic sizes (the sequence: the
+    position table) and, for ids, the rows of the table they index. Calling it with named
+    tensors raises a :class:`~optc.errors.ModelInputError` naming the first input that does
+    not fit and what it must be; symbolic sizes must agree across inputs (a mask as long as
+    its ids). Cost: one min/max over each id tensor."""
+
+    def __init__(self, module: Module) -> None:
+        limits = embedding_limits(module)
+        self.types = {v.name: v.tensor_type for v in module.graph.inputs}
+        """Graph input name -> its tensor type."""
+        self.rows = {name: limits[name] for name in self.types if name in limits}
+        """Id input name -> rows of the table it indexes (its ids must stay below)."""
+        self.ranges = {d: (r.min, r.max) for d, r in module.dims.items()}
+        """Symbolic dim -> (min, max) sizes it allows (max None: unbounded)."""
+
+    def __call__(self, inputs: Mapping[str, Any]) -> None:
+        seen: dict[str, tuple[int, str]] = {}
+        for name, value in inputs.items():
+            t = self.types.get(name)
+            if t is None:
+                raise ModelInputError(f"unknown input '{name}'; the model takes "
+                                      f"{', '.join(self.types)}")
+            if not isinstance(value, torch.Tensor):
+                raise ModelInputError(f"input '{name}' must be a torch.Tensor, got "
+                                      f"{type(value).__name__}")
+            if value.dim() != len(t.shape):
+                raise ModelInputError(
+                    f"input '{name}' must be {len(t.shape)}-D ({_dims(t.shape)}), got "
+                    f"{value.dim()}-D shape ({_dims(tuple(value.shape))})")
+            if value.is_floating_point() != t.dtype.is_floating_point:
+                want = "floating point" if t.dtype.is_floating_point else \
+                    "integers" + (" (token ids: .long())" if name in self.rows else "")
+                raise ModelInputError(f"input '{name}' must hold {want}, got "
+                                      f"{str(value.dtype).replace('torch.', '')}")
+            for axis, (dim, size) in enumerate(zip(t.shape, value.shape, strict=True)):
+                self._size(name, axis, dim, int(size), seen)
+            rows = self.rows.get(name)
+            if rows is not None and value.numel():
+                low, high = (int(x) for x in torch.aminmax(value))
+                if low < 0 or high >= rows:
+                    raise ModelInputError(
+                        f"input '{name}' holds id {low if low < 0 else high}, but the embedding "
+                        f"table it indexes has {rows} rows: its ids must be in 0..{rows - 1}")
+
+    def _size(self, name: str, axis: int, dim: Any, size: int,
+              seen: dict[str, tuple[int, str]]) -> None:
+        if isinstance(dim, int):  # captured with that size, which the graph may not need
+            return
+        first = seen.setdefault(dim, (size, name))
+        if first[0] != size:
+            raise ModelInputError(f"input '{name}' has {dim} {size} along axis {axis} but "
+                                  f"'{first[1]}' has {dim} {first[0]}: inputs must agree on "
+                                  f"{dim}")
+        low, high = self.ranges.get(dim, (0, None))
+        if high is not None and size > high:
+            limit = "the model's position table" if axis > 0 else "the model"
+            raise ModelInputError(f"input '{name}' has {dim} {size} along axis {axis}, but "
+                                  f"{limit} allows at most {high}")
+        if size < low:
+            raise ModelInputError(f"input '{name}' has {dim} {size} along axis {axis}; the "
+                                  f"model needs at least {low}")

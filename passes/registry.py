@@ -35,14 +35,19 @@ _BUILTIN_MODULES = (
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
     """Class decorator adding a pass to the registry under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Pass)):
+        raise PipelineSpecError(f"register_pass decorates a Pass subclass (a frozen dataclass "
+                                f"with a kebab-case name), got {cls!r:.60}")
     if not _KEBAB.match(cls.name or ""):
-        raise ValueError(f"pass {cls.__qualname__} needs a kebab-case name, got {cls.name!r}")
+        raise PipelineSpecError(f"pass {cls.__qualname__} needs a kebab-case name, got "
+                                f"{cls.name!r}")
     params = cls.__dict__.get("__dataclass_params__")
     if params is None or not params.frozen:
-        raise TypeError(f"pass {cls.__qualname__} must be a frozen dataclass")
+        raise PipelineSpecError(f"pass {cls.__qualname__} must be a frozen dataclass "
+                                "(@dataclass(frozen=True))")
     existing = _PASSES.get(cls.name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"pass name {cls.name!r} is taken by {existing.__qualname__}")
+        raise PipelineSpecError(f"pass name {cls.name!r} is taken by {existing.__qualname__}")
     _PASSES[cls.name] = cls
     return cls
 

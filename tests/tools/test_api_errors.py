@@ -78,3 +78,65 @@ def test_check_backends_with_int32_ids(module, hf_bert):
         check_backends(module, {**inputs, "input_ids": inputs["input_ids"].int()})
     with pytest.raises(InputError, match=r"bool .* pass attention_mask.long\(\)"):
         check_backends(module, {**inputs, "attention_mask": inputs["attention_mask"].bool()})
+
+
+# -- tensors that do not fit a compiled module: one ModelInputError (a ValueError) each --------
+@pytest.fixture(scope="module")
+def compiled(module) -> torch.nn.Module:
+    return optc.to_eager(module)
+
+
+def _misfits(hf_bert) -> dict[str, tuple[dict[str, object], str]]:
+    ins = token_inputs(hf_bert, 2, 5)
+    ids = ins["input_ids"]
+    return {
+        "id-past-vocab": ({**ins, "input_ids": ids.clone().fill_(120)},
+                          r"'input_ids' holds id 120, but the embedding table it indexes has 120 "
+                          r"rows: its ids must be in 0\.\.119"),
+        "negative-id": ({**ins, "input_ids": ids.clone().fill_(-1)}, r"holds id -1"),
+        "float-ids": ({**ins, "input_ids": ids.float()},
+                      r"'input_ids' must hold integers \(token ids: \.long\(\)\), got float32"),
+        "past-positions": ({"input_ids": torch.randint(3, 120, (2, 65))},
+                           r"'input_ids' has seq 65 along axis 1, but the model's position table "
+                           r"allows at most 64"),
+        "mask-shape": ({**ins, "attention_mask": torch.ones(2, 6, dtype=torch.long)},
+                       r"'attention_mask' has seq 6 along axis 1 but 'input_ids' has seq 5"),
+        "3-d-ids": ({"input_ids": ids[None]}, r"'input_ids' must be 2-D \(batch, seq\), got 3-D"),
+        "a-list": ({"input_ids": ids.tolist()}, r"'input_ids' must be a torch.Tensor, got list"),
+    }
+
+
+@pytest.mark.parametrize("case", ["id-past-vocab", "negative-id", "float-ids", "past-positions",
+                                  "mask-shape", "3-d-ids", "a-list"])
+def test_inputs_that_do_not_fit_a_compiled_module(compiled, hf_bert, case, tmp_path: Path):
+    from optc.errors import ModelInputError
+
+    inputs, message = _misfits(hf_bert)[case]
+    with pytest.raises(ModelInputError, match=message) as caught:
+        compiled(**inputs)
+    assert isinstance(caught.value, ValueError) and len(str(caught.value).splitlines()) == 1
+    if case == "past-positions":  # the same from a loaded artifact and from check_backends
+        from optc.backends.differential import check_backends
+
+        optc.save(compiled.ir, tmp_path / "a")
+        with pytest.raises(ModelInputError, match=message):
+            optc.load(tmp_path / "a")(**inputs)
+        with pytest.raises(ModelInputError, match=message):
+            check_backends(compiled.ir, inputs)
+
+
+def test_fitting_inputs_still_run(compiled, hf_bert):
+    ins = token_inputs(hf_bert, 2, 64)
+    expected = hf_bert(**ins).last_hidden_state
+    assert (compiled(**ins)["last_hidden_state"] - expected).abs().max() < 1e-4
+
+
+def test_to_eager_of_a_hugging_face_model_says_capture_first(hf_bert):
+    with pytest.raises(InputError, match=r"got the torch module BertModel: call optc.capture"):
+        optc.to_eager(hf_bert)
+
+
+@pytest.mark.parametrize("bad", [int, 3, "dce"])
+def test_register_pass_of_a_non_pass(bad):
+    with pytest.raises(PipelineSpecError, match="register_pass decorates a Pass subclass"):
+        optc.register_pass(bad)
