@@ -554,18 +554,31 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     traceback_wanted = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
-    interrupted: list[bool] = []
+    interrupts = _Interrupts()
     if console:
-        _watch_interrupts(interrupted)
+        interrupts.install()
+    try:
+        code = _main(argv, traceback_wanted, interrupts, console)
+        interrupts.quiet = True  # from here on a Ctrl-C is only noted (no bytecode check before)
+    except KeyboardInterrupt:  # a Ctrl-C while an error was being reported
+        interrupts.quiet = True
+        return _interrupted(console, interrupts)
+    if console and interrupts.settle():
+        # Ctrl-C after the command's last step: its output is whole, but the user interrupted.
+        return _interrupted(console, interrupts)
+    return code
+
+
+def _main(argv: list[str], traceback_wanted: bool, interrupts: _Interrupts, console: bool) -> int:
     try:
         return _run(argv)
     except KeyboardInterrupt:
         # Anywhere in main, imports included: one line, exit 130. Outputs are staged and
         # cleaned up by their own finally blocks before the interrupt gets here.
-        return _interrupted(console)
+        return _interrupted(console, interrupts)
     except OptcError as exc:
-        if interrupted:  # a library turned the KeyboardInterrupt into an error of its own
-            return _interrupted(console)
+        if interrupts.seen:  # a library turned the KeyboardInterrupt into an error of its own
+            return _interrupted(console, interrupts)
         if traceback_wanted:
             raise
         sys.stderr.write(f"optc: error: {exc}\n")
@@ -578,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback
-        if interrupted:
-            return _interrupted(console)
+        if interrupts.seen:
+            return _interrupted(console, interrupts)
         if traceback_wanted:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -588,15 +601,12 @@ def main(argv: list[str] | None = None) -> int:
             "(rerun with --traceback and report it)\n"
         )
         return 1
-    finally:
-        if console:
-            _ignore_interrupts()  # a late Ctrl-C must not print a traceback during shutdown
 
 
-def _interrupted(console: bool) -> int:
+def _interrupted(console: bool, interrupts: _Interrupts) -> int:
     """Report Ctrl-C with one line and exit code 130."""
     if console:
-        _ignore_interrupts()  # a second Ctrl-C must not interrupt this message
+        interrupts.settle()  # a second Ctrl-C must not interrupt this message
     sys.stderr.write("optc: interrupted\n")
     if console:
         # Exit now: CPython marks a KeyboardInterrupt raised inside exec() (dataclasses and
@@ -604,48 +614,68 @@ def _interrupted(console: bool) -> int:
         # kill itself with SIGINT at exit instead of returning 130.
         with contextlib.suppress(Exception):
             sys.stdout.flush()
+        with contextlib.suppress(Exception):
             sys.stderr.flush()
         os._exit(130)
     return 130
 
 
-def _watch_interrupts(interrupted: list[bool]) -> None:
-    """Console only: note every Ctrl-C (some libraries catch the KeyboardInterrupt and raise
-    their own error instead; main still reports an interrupt), and re-deliver one that lands in
-    a finalizer or weakref callback (torch runs many during garbage collection), where Python
-    would swallow it with an "Exception ignored ... Traceback" message and go on."""
-    import _thread
-    import signal
-    import threading
+class _Interrupts:
+    """Console only: how Ctrl-C (SIGINT) reaches the CLI.
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted.append(True)
-        raise KeyboardInterrupt
+    While a command runs, each SIGINT raises KeyboardInterrupt and is noted (some libraries
+    catch the KeyboardInterrupt and raise their own error instead; main still reports an
+    interrupt). A KeyboardInterrupt that lands in a finalizer or weakref callback (torch runs
+    many during garbage collection), where Python would swallow it with an "Exception ignored
+    ... Traceback" message and go on, is re-delivered. When the command is over,
+    :meth:`settle` makes the process ignore SIGINT: Python restores the default action while it
+    shuts down (after flushing stdout), so a late Ctrl-C would otherwise kill it by the signal,
+    with no message and no exit code of its own."""
 
-    with contextlib.suppress(ValueError):  # not the main thread
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, on_sigint)
-    previous = sys.unraisablehook
+    def __init__(self) -> None:
+        self.seen = False
+        """A SIGINT arrived."""
+        self.quiet = False
+        """Only note SIGINTs from now on (the command is over or is being reported)."""
 
-    def hook(info: Any) -> None:
-        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
-            # From another thread, a moment later: never inside this hook or the finalizer.
-            timer = threading.Timer(0.01, _thread.interrupt_main)
-            timer.daemon = True
-            timer.start()
-            return
-        previous(info)
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        if not self.quiet:
+            raise KeyboardInterrupt
 
-    sys.unraisablehook = hook
+    def install(self) -> None:
+        import _thread
+        import signal
+        import threading
 
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, self._on_sigint)
+        previous = sys.unraisablehook
 
-def _ignore_interrupts() -> None:
-    """From now on Ctrl-C does nothing (a Python no-op handler, so that a signal already
-    pending is consumed quietly instead of being reported as a race)."""
-    import signal
+        def hook(info: Any) -> None:
+            if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+                # From another thread, a moment later: never inside this hook or the finalizer.
+                timer = threading.Timer(0.01, _thread.interrupt_main)
+                timer.daemon = True
+                timer.start()
+                return
+            previous(info)
 
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGINT, lambda signum, frame: None)
+        sys.unraisablehook = hook
+
+    def settle(self) -> bool:
+        """Stop raising and ignore SIGINT from now on (also at the OS level, so that it
+        holds while the interpreter shuts down); returns whether a SIGINT ever arrived.
+        ``signal.signal`` runs a pending Python handler before it switches, so a signal that
+        arrived just before is noted here rather than reported as a race."""
+        import signal
+
+        self.quiet = True
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(signal.SIGINT) == self._on_sigint:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self.seen
 
 
 def _run(argv: list[str]) -> int:
