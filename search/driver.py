@@ -172,8 +172,11 @@ class SearchOptions:
             raise PipelineSpecError(f"sweeps must be an integer >= 1, got {self.sweeps!r}")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise PipelineSpecError(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        if self.rounds > 1:
-            parse_pipeline(self.between)
+        parse_pipeline(self.between)  # also with one round: a bad spec is a bad option
+        for name in ("fine_threshold", "tolerance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise PipelineSpecError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.workers < 1:
             raise PipelineSpecError(f"workers must be >= 1, got {self.workers}")
         if self.unit_order not in UNIT_ORDERS:

@@ -267,3 +267,19 @@ def test_a_slower_result_with_hard_attention_says_how_to_search_structure_only(
     assert "--kinds ffn,ffn-groups,attention,heads" in printed
     assert main([*base, "-o", str(tmp_path / "b")]) == 0  # within 2%: no note
     assert "note: hard attention" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--between", "dce{"], "dce{"),  # one round: --between is never run, still a bad option
+    (["--fine-threshold", "nan"], "'nan' is not a finite number"),
+    (["--val-size", "nan"], "'nan' is not a finite number"),
+    (["--tolerance", "inf"], "'inf' is not a finite number"),
+    (["--fine-threshold", "-1"], "fine_threshold must be a finite number >= 0"),
+])
+def test_every_option_is_checked_before_any_work(tmp_path, capsys, extra, message):
+    """A missing model would exit 3 once work starts: the bad option must win (exit 2)."""
+    got = main(["specialize", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "spec"),
+                "-q", *extra])
+    err = capsys.readouterr().err.strip()
+    assert got == 2, err
+    assert message in err and len(err.splitlines()) == 1
