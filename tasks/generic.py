@@ -48,7 +48,9 @@ def text_classification(text_column: str = "text", pair_column: str | None = Non
     """A classification (or, with ``regression``, regression) task over named columns.
 
     ``labels`` names the classes in index order (default ``0..num_labels-1``, 2 classes); a
-    file label may be a name or an index. ``pair_column`` defaults to an optional
+    file label may be a name or a number: a number maps by value when the names are numbers,
+    else it is a 0-based index, and a file whose numbers do not use 0 is refused as ambiguous
+    (:attr:`Task.numbers_are_indices`). ``pair_column`` defaults to an optional
     ``text_pair`` column. ``metrics`` defaults to accuracy (pearson, spearman for regression);
     ``main_metric`` to the first metric.
     """
@@ -90,4 +92,5 @@ def text_classification(text_column: str = "text", pair_column: str | None = Non
                 text_columns=texts, label_column=label_column, splits=("train", "dev"),
                 file_names=tuple(f"{{split}}{suffix}" for suffix in TABLE_SUFFIXES),
                 metrics=chosen, main_metric=main, table=table, data_path=None,
-                description="your own text (pair) classification/regression from TSV/CSV/JSONL")
+                description="your own text (pair) classification/regression from TSV/CSV/JSONL",
+                numbers_are_indices=labels is None)

@@ -85,6 +85,10 @@ class Task:
     """QA only: questions may be unanswerable (SQuAD v2.0)."""
     description: str = ""
     """One line for listings."""
+    numbers_are_indices: bool = True
+    """Classification: whether numbers in a label column are known to be 0-based class indices
+    (GLUE's convention). False for classes a user named (``labels=World,Sports,...``): then a
+    file numbered otherwise (1..n) is refused instead of read shifted by one class."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -143,7 +147,20 @@ class Task:
         if not file.is_file():
             raise InputError(f"data path '{file}' is not a regular file")
         if self.table is not None:
-            return read_table(file, self.table, self.parse_label)
+            if (self.kind != "classification" or self.numbers_are_indices
+                    or self._numeric_names() is not None):
+                return read_table(file, self.table, self.parse_label)
+            numbers: list[int] = []  # labels read as indices, not matched by a class name
+
+            def parse(raw: Any, where: str) -> int | float:
+                index = self.parse_label(raw, where)
+                if not (isinstance(raw, str) and raw.strip() in self.label_names):
+                    numbers.append(int(index))
+                return index
+
+            examples = read_table(file, self.table, parse)
+            self._check_indices(numbers, file)
+            return examples
         records = read_squad(file)
         if not self.version_2:
             missing = next((r for r in records if not r.answer_texts), None)
@@ -217,25 +234,59 @@ class Task:
             return value
         if self.kind != "classification":
             raise InputError(f"task '{self.name}' ({self.kind}) has no class labels")
-        index: int | None = None
+        number: float | None = None
         if isinstance(raw, str):
             text = raw.strip()
             if text in self.label_names:
                 return self.label_names.index(text)
             try:
-                index = int(text)
+                number = float(text)
             except ValueError:
-                index = None
-        elif isinstance(raw, int) and not isinstance(raw, bool):
-            index = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            index = int(raw)
-        if index is not None and 0 <= index < self.num_labels:
-            return index
+                number = None
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            number = float(raw)
         names = ", ".join(self.label_names)
+        by_value = self._numeric_names()
+        if by_value is not None:  # numeric class names: a number maps by value only
+            if number is not None and number in by_value:
+                return by_value[number]
+            raise InputError(f"{where}: label {raw!r} in column '{column}' is not a label of "
+                             f"task '{self.name}' (one of {names}){hint}")
+        if number is not None and number.is_integer() and 0 <= number < self.num_labels:
+            return int(number)
+        numbered = "" if number is None or self.numbers_are_indices else (
+            ": numbers are read as 0-based indices of the named classes; a file numbered from 1 "
+            f"needs the classes named by its values (labels="
+            f"{','.join(str(i + 1) for i in range(self.num_labels))})")
         raise InputError(f"{where}: label {raw!r} in column '{column}' is not a label of task "
                          f"'{self.name}' (one of {names}, or an index 0..{self.num_labels - 1})"
-                         f"{hint}")
+                         f"{numbered}{hint if not numbered else ''}")
+
+    def _numeric_names(self) -> dict[float, int] | None:
+        """Class names that are all numbers (``labels=1,2,3,4``, the default ``0,1``): value ->
+        index, so that a numeric label maps by value, never by position; else None."""
+        values: dict[float, int] = {}
+        for index, name in enumerate(self.label_names):
+            try:
+                values[float(name)] = index
+            except ValueError:
+                return None
+        return values
+
+    def _check_indices(self, numbers: Sequence[int], file: Path) -> None:
+        """Numbers in a file whose classes the user named are 0-based indices only when the
+        file uses class 0: otherwise (1..n-1 or a subset) a file numbered from 1 would be read
+        shifted by one class, silently. Refuse with the fix."""
+        if not numbers or 0 in numbers:
+            return
+        found = sorted(set(numbers))
+        raise InputError(
+            f"{file}: the labels in column '{self.label_column or 'label'}' are numbers "
+            f"({', '.join(map(str, found[:6]))}{', ...' if len(found) > 6 else ''}) without 0, so "
+            f"it is ambiguous whether they are 0-based indices of {', '.join(self.label_names)} "
+            "or numbered from 1: name the classes by the file's values "
+            f"(labels={','.join(str(i + 1) for i in range(self.num_labels))}) or write 0-based "
+            "labels or class names in the file")
 
     # ---------------------------------------------------------------------------------------
     # Loss, predictions, metrics
