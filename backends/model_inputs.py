@@ -99,19 +99,19 @@ def token_vocabulary(module: Module) -> int | None:
     return max(limits.values()) if limits else None
 
 
-def check_vocabulary(rows: int | None, size: int, why: str, what: str = "the tokenizer",
-                     fix: str = "pass tokenizer=PATH with the model's own tokenizer",
-                     exact: bool = False) -> None:
+def check_vocabulary(rows: int | None, size: int | None, why: str, what: str = "the tokenizer",
+                     fix: str = "pass tokenizer=PATH with the model's own tokenizer", *,
+                     whose: str = "the model's", exact: bool = False) -> None:
     """Refuse ``what`` (a tokenizer of ``size`` tokens, a teacher with a table of ``size``
-    rows) for a model whose token embedding table has ``rows`` rows (None: not known, nothing
-    checked): a larger vocabulary gives ids past the table; with ``exact``, any other size
-    means another vocabulary."""
-    if rows is None or size == rows or (size < rows and not exact):
+    rows) for a model whose token embedding table has ``rows`` rows (None for either: not
+    known, nothing checked): a larger vocabulary gives ids past the table; with ``exact``, any
+    other size means another vocabulary. The message names both sizes and ``fix``."""
+    if rows is None or size is None or size == rows or (size < rows and not exact):
         return
-    unit = "tokens" if what.endswith("tokenizer") else "rows"
-    past = ", so its ids would index past it" if size > rows else ""
-    raise InputError(f"{why}: {what} has {size} {unit} but the model's embedding table has "
-                     f"{rows} rows{past}: {fix}")
+    tokenizer = what.endswith("tokenizer")
+    past = ", so its ids would index past it" if tokenizer and size > rows else ""
+    raise InputError(f"{why}: {what} has {size} {'tokens' if tokenizer else 'rows'} but "
+                     f"{whose} embedding table has {rows} rows{past}: {fix}")
 
 
 def _dims(shape: tuple[Any, ...]) -> str:

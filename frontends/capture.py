@@ -60,12 +60,17 @@ def max_sequence_length(config: Any) -> int:
     n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if n is None:
         return 4096
-    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") in (
-        "camembert",
-    ):
+    family = str(getattr(config, "model_type", ""))
+    if "roberta" in family or family in _PADDED_POSITIONS:
         # RoBERTa-style positions start after the padding index.
         n -= (getattr(config, "pad_token_id", 1) or 0) + 1
     return int(n)
+
+
+_PADDED_POSITIONS = ("camembert", "mpnet", "longformer", "data2vec-text", "ibert", "luke",
+                     "markuplm", "xmod")
+"""Families (besides *roberta*) whose position ids start after the padding index, so that
+the first ``pad_token_id + 1`` rows of the table are never used."""
 
 
 def example_inputs_for(model: Any, batch: int = 2, seq: int = 8) -> dict[str, torch.Tensor]:

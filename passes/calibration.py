@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from optc.backends.eager import to_eager
+from optc.backends.model_inputs import check_vocabulary as refuse_larger_vocabulary
+from optc.backends.model_inputs import token_vocabulary
 from optc.data import Batch, first_split, load_calibration
 from optc.errors import InputError
 from optc.ir.cleanup import eliminate_dead_code
@@ -82,27 +84,9 @@ def calibration_batches(module: Module, data: str | None, samples: int, batch_si
     return batches
 
 
-def _token_embedding_rows(module: Module) -> int | None:
-    """Rows of the embedding table indexed by the ``input_ids`` graph input, if any."""
-    for node in module.graph:
-        if node.op != "embedding" or len(node.args) < 2:
-            continue
-        ids, table = node.args[0], node.args[1]
-        if isinstance(ids, Value) and ids.name == "input_ids" and isinstance(table, Parameter):
-            return int(table.data.shape[0])
-    return None
-
-
 def check_vocabulary(module: Module, tokenizer: Any, why: str) -> None:
     """Refuse a tokenizer that can produce ids past the model's token embedding table."""
-    rows = _token_embedding_rows(module)
-    size = len(tokenizer)
-    if rows is not None and size > rows:
-        raise InputError(
-            f"{why}: the tokenizer has {size} tokens but the model's embedding table has {rows} "
-            "rows, so its ids would index past it: pass tokenizer=PATH with the model's own "
-            "tokenizer"
-        )
+    refuse_larger_vocabulary(token_vocabulary(module), len(tokenizer), why)
 
 
 def check_labels(module: Module, batches: list[Batch], where: str) -> None:

@@ -21,6 +21,7 @@ import torch
 from optc.data import Example, SquadRecord
 from optc.errors import InputError
 from optc.tasks.batching import batches, feature_batches, model_input_names
+from optc.tasks.limits import check_tokenizer, fit_max_length, model_limits
 from optc.tasks.registry import get_task
 from optc.tasks.splits import DEFAULT_VAL_SIZE
 from optc.tasks.squad import build_features, decode_answers
@@ -105,7 +106,9 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     or a list of examples, and score it.
 
     ``max_length`` defaults to 128 tokens (384 for QA, whose contexts are split into windows
-    ``doc_stride`` apart, 128 by default); ``input_names`` defaults to the tokenizer's model
+    ``doc_stride`` apart, 128 by default), clamped to the model's position table; an explicit
+    one beyond it, and a tokenizer larger than the model's vocabulary, are refused (see
+    :mod:`optc.tasks.limits`; optc modules and Hugging Face models); ``input_names`` defaults to the tokenizer's model
     inputs. QA answers are decoded from the ``n_best`` start/end logits, spans up to
     ``max_answer_length`` tokens (SQuAD v2: "" when the null score wins by ``null_threshold``).
     Runs without gradients; inputs go to ``device`` when given.
@@ -118,15 +121,17 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     if not examples:
         raise InputError(f"nothing to evaluate: no examples given for task '{task.name}'")
     names = model_input_names(tokenizer, input_names)
+    limits = model_limits(model_fn)
+    check_tokenizer(tokenizer, limits, f"evaluating {task.name}")
+    length = fit_max_length(task, max_length, limits)
     begin = time.perf_counter()
     if task.kind == "extractive-qa":
-        result = _evaluate_qa(task, model_fn, examples, tokenizer, batch_size,
-                              384 if max_length is None else max_length, progress, names,
-                              device, doc_stride, n_best, max_answer_length, null_threshold)
+        result = _evaluate_qa(task, model_fn, examples, tokenizer, batch_size, length, progress,
+                              names, device, doc_stride, n_best, max_answer_length,
+                              null_threshold)
     else:
-        result = _evaluate_sequences(task, model_fn, examples, tokenizer, batch_size,
-                                     128 if max_length is None else max_length, progress, names,
-                                     device)
+        result = _evaluate_sequences(task, model_fn, examples, tokenizer, batch_size, length,
+                                     progress, names, device)
     result.seconds = time.perf_counter() - begin
     result.examples_per_second = len(examples) / result.seconds if result.seconds > 0 else 0.0
     return result

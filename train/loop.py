@@ -31,11 +31,13 @@ from typing import Any
 import torch
 
 from optc.backends.eager import to_eager
+from optc.backends.model_inputs import check_vocabulary, token_vocabulary
 from optc.data import Example, SquadRecord
 from optc.errors import InputError
 from optc.ir.analysis import Structure
 from optc.ir.core import Module
 from optc.tasks import DEFAULT_VAL_SIZE, Task, evaluate, get_task, validation_split
+from optc.tasks.limits import check_tokenizer, fit_max_length, model_limits
 from optc.train.batching import Encoded, collate, encode, input_names_of, length_grouped
 from optc.train.heads import add_task_head, has_task_head
 from optc.train.hooks import TrainHooks
@@ -374,7 +376,9 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
     _positive("lr", lr)
     _positive("batch_size", batch_size)
     _positive("max_steps", max_steps, allow_none=True)
-    length = max_length or (384 if task.kind == "extractive-qa" else 128)
+    limits = model_limits(module)
+    check_tokenizer(tokenizer, limits, f"training {task.name}")
+    length = fit_max_length(task, max_length or None, limits)
     has_task_head(module, task, pooling)  # a head that does not fit fails before slow work
     train, evals, split = _splits(task, data, eval_split, seed, train_examples, eval_examples,
                                   holdout)
@@ -475,6 +479,10 @@ def distill(student: Module, teacher: Module, task: Task | str,
     with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         task_obj = get_task(task) if isinstance(task, str) else task
+        check_vocabulary(token_vocabulary(student), token_vocabulary(teacher), "distill",
+                         "the teacher's embedding table", "distill from a teacher with the "
+                         "student's vocabulary (e.g. the model it was compressed from)",
+                         whose="the student's", exact=True)
         soft = alpha_soft > 0 and has_task_head(teacher, task_obj)
         if not soft and hidden_mse == 0:
             raise InputError(f"the teacher has no {task_obj.head} head for task '{task_obj.name}', "
