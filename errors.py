@@ -24,7 +24,23 @@ __all__ = [
     "InputError",
     "ModelInputError",
     "OutputError",
+    "excerpt",
+    "EXCERPT_LIMIT",
 ]
+
+EXCERPT_LIMIT = 200
+"""Characters of input text (a token of a corrupted file, a data field) an error quotes."""
+
+
+def excerpt(text: object, limit: int = EXCERPT_LIMIT, *, quote: bool = True) -> str:
+    """``text`` as an error message quotes it: ``repr`` (or as is, without ``quote``), cut to
+    ``limit`` characters with an ellipsis and the full length, so that a message quoting a
+    5 MB line of a corrupted file stays one readable line."""
+    s = str(text)
+    if len(s) <= limit:
+        return repr(s) if quote else s
+    cut = repr(s[:limit]) if quote else s[:limit]
+    return f"{cut}... ({len(s):,} characters)"
 
 
 class OptcError(Exception):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from optc.errors import IRError, ParseError
+from optc.errors import IRError, ParseError, excerpt
 from optc.ir.attributes import Attribute, attribute_kind, make_attribute
 from optc.ir.core import DimRange, Module, Node, Value
 from optc.ir.types import Dim, SymType, TensorType, Type, dtype_from_name, is_dtype_name
@@ -97,17 +97,17 @@ class _Parser:
 
     def expect(self, text: str) -> _Tok:
         if not self.at(text):
-            raise self.error(f"expected {text!r}, found {self.tok.text or 'end of input'!r}")
+            raise self.error(f"expected {excerpt(text)}, found {excerpt(self.tok.text or 'end of input')}")
         return self.next()
 
     def expect_sep(self, close: str) -> _Tok:
         if not self.at(","):
-            raise self.error(f"expected ',' or '{close}', found {self.tok.text or 'end of input'!r}")
+            raise self.error(f"expected ',' or '{close}', found {excerpt(self.tok.text or 'end of input')}")
         return self.next()
 
     def expect_kind(self, kind: str, what: str) -> _Tok:
         if self.tok.kind != kind:
-            raise self.error(f"expected {what}, found {self.tok.text or 'end of input'!r}")
+            raise self.error(f"expected {what}, found {excerpt(self.tok.text or 'end of input')}")
         return self.next()
 
     # -- grammar -------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class _Parser:
             elif self.at("param"):
                 self.parse_param()
             else:
-                raise self.error(f"expected 'meta', 'dim', 'param' or 'graph', found {self.tok.text!r}")
+                raise self.error(f"expected 'meta', 'dim', 'param' or 'graph', found {excerpt(self.tok.text)}")
         self.parse_graph()
         self.expect("}")
         self.expect_kind("eof", "end of input")
@@ -177,17 +177,17 @@ class _Parser:
         self.expect(":")
         type_ = self.parse_type()
         if not isinstance(type_, TensorType):
-            raise self.error(f"parameter @{name} must have a tensor type", tok)
+            raise self.error(f"parameter @{excerpt(name, quote=False)} must have a tensor type", tok)
         data = self.weights.get(name)
         if data is None:
             shape = [d if isinstance(d, int) else 0 for d in type_.shape]
             data = torch.empty(shape, dtype=type_.dtype, device="meta")
         elif TensorType.of(data) != type_:
             raise self.error(
-                f"weights for @{name} are {TensorType.of(data)}, but the IR declares {type_}", tok
+                f"weights for @{excerpt(name, quote=False)} are {TensorType.of(data)}, but the IR declares {type_}", tok
             )
         if name in self.module.params:
-            raise self.error(f"parameter @{name} is declared twice", tok)
+            raise self.error(f"parameter @{excerpt(name, quote=False)} is declared twice", tok)
         param = self.module.add_param(name, data)
         if self.at("{"):
             self.next()
@@ -197,7 +197,7 @@ class _Parser:
                 attr_tok = self.tok
                 value = self.parse_literal()
                 if not isinstance(value, Attribute):
-                    raise self.error(f"parameter attribute {key} must be a typed attribute such "
+                    raise self.error(f"parameter attribute {excerpt(key, quote=False)} must be a typed attribute such "
                                      "as sparsity(...)", attr_tok)
                 param.attrs[key] = value
                 if not self.at("}"):
@@ -209,13 +209,13 @@ class _Parser:
         if tok.text.startswith("sym_"):
             kind = tok.text[4:]
             if kind not in ("int", "float", "bool"):
-                raise self.error(f"unknown symbolic type {tok.text!r}", tok)
+                raise self.error(f"unknown symbolic type {excerpt(tok.text)}", tok)
             self.expect("(")
             expr = None if self.at(")") else str(self.parse_dim_expr())
             self.expect(")")
             return SymType(kind, expr)
         if not is_dtype_name(tok.text):
-            raise self.error(f"unknown type {tok.text!r}", tok)
+            raise self.error(f"unknown type {excerpt(tok.text)}", tok)
         self.expect("[")
         shape: list[Dim] = []
         while not self.at("]"):
@@ -233,7 +233,7 @@ class _Parser:
             return tok.text
         if tok.kind == "string":
             return json.loads(tok.text)
-        raise self.error(f"expected a dimension, found {tok.text!r}", tok)
+        raise self.error(f"expected a dimension, found {excerpt(tok.text)}", tok)
 
     def parse_graph(self) -> None:
         graph = self.module.graph
@@ -269,7 +269,7 @@ class _Parser:
 
     def define(self, value: Value, tok: _Tok) -> None:
         if value.name in self.values:
-            raise self.error(f"%{value.name} is defined twice (SSA)", tok)
+            raise self.error(f"%{excerpt(value.name, quote=False)} is defined twice (SSA)", tok)
         self.values[value.name] = value
 
     def parse_node(self) -> None:
@@ -316,12 +316,12 @@ class _Parser:
         if kind == "value":
             value = self.values.get(text[1:])
             if value is None:
-                raise self.error(f"%{text[1:]} is used before it is defined", tok)
+                raise self.error(f"%{excerpt(text[1:], quote=False)} is used before it is defined", tok)
             return value
         if kind == "param":
             name = _param_name(text)
             if name not in self.module.params:
-                raise self.error(f"@{name} is not a declared parameter", tok)
+                raise self.error(f"@{excerpt(name, quote=False)} is not a declared parameter", tok)
             return self.module.params[name]
         if kind == "number":
             return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
@@ -345,13 +345,13 @@ class _Parser:
                 dev = json.loads(self.expect_kind("string", "a device string").text)
                 self.expect(")")
                 return torch.device(dev)
-            raise self.error(f"unknown literal {text!r}", tok)
+            raise self.error(f"unknown literal {excerpt(text)}", tok)
         if text == "[":
             items = self.parse_items("]")
             return items
         if text == "(":
             return tuple(self.parse_items(")"))
-        raise self.error(f"expected a value or literal, found {text!r}", tok)
+        raise self.error(f"expected a value or literal, found {excerpt(text)}", tok)
 
     def parse_attribute(self, kind: str, tok: _Tok) -> Attribute:
         self.expect("(")

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from optc.errors import PipelineSpecError
+from optc.errors import PipelineSpecError, excerpt
 from optc.passes.base import Pass, format_pass
 from optc.passes.registry import get_pass
 
@@ -32,12 +32,12 @@ def _split_top(text: str) -> list[str]:
         elif ch == "}":
             depth -= 1
             if depth < 0:
-                raise PipelineSpecError(f"unbalanced '}}' at position {i + 1} in pipeline {text!r}")
+                raise PipelineSpecError(f"unbalanced '}}' at position {i + 1} in pipeline {excerpt(text)}")
         elif ch == "," and depth == 0:
             items.append(text[start:i])
             start = i + 1
     if depth:
-        raise PipelineSpecError(f"missing '}}' in pipeline {text!r}")
+        raise PipelineSpecError(f"missing '}}' in pipeline {excerpt(text)}")
     items.append(text[start:])
     return [item.strip() for item in items]
 
@@ -185,7 +185,7 @@ def parse_pipeline(text: str | Sequence[str | Pass]) -> list[Pass]:
             return []
         items = _split_top(text)
         if any(not item for item in items):
-            raise PipelineSpecError(f"empty pass name in pipeline {text!r}")
+            raise PipelineSpecError(f"empty pass name in pipeline {excerpt(text)}")
         return [_build(item) for item in items]
     if isinstance(text, Pass):
         return [text]

@@ -26,11 +26,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from optc.errors import InputError, OptcError, PipelineSpecError
+from optc.errors import InputError, OptcError, PipelineSpecError, excerpt
 from optc.tools.common import EPILOG, quiet_libraries
 from optc.tools.common import Parser as _Parser
 
-__all__ = ["main"]
+__all__ = ["main", "MESSAGE_LIMIT"]
+
+MESSAGE_LIMIT = 2000
+"""Characters of an error message printed at most (input text in it is cut much shorter)."""
 
 # -- model loading shared by the subcommands ----------------------------------------------------
 def _load_target(target: str | None, task: str, progress: Any) -> Any:
@@ -581,7 +584,8 @@ def _main(argv: list[str], traceback_wanted: bool, interrupts: _Interrupts, cons
             return _interrupted(console, interrupts)
         if traceback_wanted:
             raise
-        sys.stderr.write(f"optc: error: {exc}\n")
+        # Messages quote input text through excerpt(); this bounds any that does not.
+        sys.stderr.write(f"optc: error: {excerpt(str(exc), MESSAGE_LIMIT, quote=False)}\n")
         return exc.exit_code
     except BrokenPipeError:
         # The reader went away (e.g. `optc inspect ... | head`): stop quietly, like other tools.
@@ -595,7 +599,7 @@ def _main(argv: list[str], traceback_wanted: bool, interrupts: _Interrupts, cons
             return _interrupted(console, interrupts)
         if traceback_wanted:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = excerpt((str(exc).strip().splitlines() or [""])[0], MESSAGE_LIMIT, quote=False)
         sys.stderr.write(
             f"optc: internal error: {type(exc).__name__}: {first} "
             "(rerun with --traceback and report it)\n"

@@ -355,3 +355,17 @@ def test_roundtrip_captured_tiny_bert(tiny_bert):
     assert set(got) == set(want) and want
     for key in want:
         assert torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("line", [
+    "    %y : f32[4] = aten.relu.default(%x, " + "b" * 5_000_000 + ")\n",  # unknown literal
+    "    %y : f32[4] = aten.relu.default(%" + "v" * 5_000_000 + ")\n",  # used before defined
+    '    %y : f32[4] = aten.relu.default(%x) ' + '"' + "s" * 5_000_000 + '"\n',  # stray string
+])
+def test_parse_errors_quote_a_huge_token_cut_short(line):
+    """A corrupted model.optc with a 5 MB line: the error quotes ~200 characters of it."""
+    with pytest.raises(ParseError) as info:
+        parse_module(_body(line))
+    message = str(info.value)
+    assert len(message) < 400, message[:500]
+    assert "... (5,000,00" in message and "characters)" in message

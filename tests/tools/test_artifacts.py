@@ -368,3 +368,19 @@ def test_load_of_nonexistent_or_non_directory(tmp_path: Path) -> None:
         optc.load(tmp_path / "file")
     assert not is_artifact(tmp_path / "file")
     assert not is_artifact(tmp_path)
+
+
+def test_a_corrupted_model_optc_with_a_huge_line_is_one_short_error(artifact, tmp_path, capsys):
+    import shutil
+
+    from optc.tools.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact, broken)
+    text = (broken / "model.optc").read_text()
+    (broken / "model.optc").write_text(text.replace("\n", "\n  " + "x" * 5_000_000 + "\n", 1))
+    code = main(["inspect", str(broken), "--no-ir", "-q"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert len(err.splitlines()) == 1 and err.startswith("optc: error: IR parse error")
+    assert len(err) < 500, err[:600]
