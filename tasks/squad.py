@@ -3,7 +3,10 @@
 Features follow the usual Hugging Face recipe: the question and its context are tokenized
 together by a *fast* tokenizer, truncating only the context to ``max_length`` tokens; a long
 context gives several overlapping features (``doc_stride`` tokens of overlap), each with the
-character offsets of its context tokens. A feature whose window holds the whole first gold
+character offsets of its context tokens. The overlap must be shorter than the context part of a
+window (``max_length`` less the longest question and the special tokens): the default one is
+lowered to fit, with a note; a given one that does not fit, or a ``max_length`` that leaves no
+context at all, is refused (:class:`~optc.errors.PipelineSpecError`, a bad option). A feature whose window holds the whole first gold
 answer has its start/end token positions; any other feature (and any unanswerable question)
 points both at the classifier token.
 
@@ -17,6 +20,7 @@ the classifier token, best over the features) beats the best span by more than
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from optc.data import SquadRecord
-from optc.errors import InputError
+from optc.errors import InputError, PipelineSpecError
 
 __all__ = [
     "QAFeature",
@@ -32,6 +36,8 @@ __all__ = [
     "decode_answers",
     "default_doc_stride",
 ]
+
+_log = logging.getLogger("optc")
 
 
 @dataclass(frozen=True)
@@ -83,14 +89,42 @@ def _positions(offsets: Sequence[tuple[int, int]], sequence_ids: Sequence[int | 
     return (start, end) if start <= end else None
 
 
+def _fit_stride(records: Sequence[SquadRecord], tokenizer: Any, max_length: int, stride: int,
+                derived: bool) -> int:
+    """A stride below the context tokens that ``max_length`` leaves beside the longest
+    question (the tokenizer panics otherwise): a derived one is lowered with a note, a given
+    one refused; a question that leaves no context token at all is refused."""
+    if not records:
+        return stride
+    questions = [r.question.lstrip() for r in records]
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    longest = max(range(len(records)), key=lengths.__getitem__)
+    taken = lengths[longest] + tokenizer.num_special_tokens_to_add(pair=True)
+    room = max_length - taken
+    where = (f"question '{records[longest].id}' and the special tokens take {taken} of the "
+             f"max_length {max_length} tokens")
+    if room < 1:
+        raise PipelineSpecError(f"{where}, which leaves no room for the context: give a "
+                                f"max_length (--max-length) above {taken}")
+    if stride < room:
+        return stride
+    if not derived:
+        raise PipelineSpecError(f"{where}, which leaves {room} for the context: doc_stride "
+                                f"{stride} must be below {room} (lower it or raise max_length)")
+    _log.warning("%s: the context windows overlap by %d tokens instead of %d", where, room - 1,
+                 stride)
+    return room - 1
+
+
 def build_features(records: Sequence[SquadRecord], tokenizer: Any, max_length: int = 384,
                    doc_stride: int | None = None) -> list[QAFeature]:
     """The features of ``records`` in order (every question gives at least one)."""
     _check_tokenizer(tokenizer)
     stride = default_doc_stride(max_length) if doc_stride is None else doc_stride
     if max_length < 8 or not 0 <= stride < max_length:
-        raise InputError(f"QA features need max_length >= 8 and 0 <= doc_stride < max_length, "
-                         f"got max_length={max_length}, doc_stride={stride}")
+        raise PipelineSpecError(f"QA features need max_length >= 8 and 0 <= doc_stride < "
+                                f"max_length, got max_length={max_length}, doc_stride={stride}")
+    stride = _fit_stride(records, tokenizer, max_length, stride, doc_stride is None)
     pad_right = getattr(tokenizer, "padding_side", "right") == "right"
     context_id = 1 if pad_right else 0
     cls_id = tokenizer.cls_token_id

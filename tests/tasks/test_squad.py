@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from optc.data import SquadRecord
-from optc.errors import InputError
+from optc.errors import InputError, PipelineSpecError
 from optc.tasks import build_features, decode_answers, get_task, squad_metrics
 
 
@@ -115,7 +115,31 @@ def test_feature_errors(tokenizer, dev_sample):
 
     with pytest.raises(InputError, match="needs a fast tokenizer"):
         build_features(dev_sample[:1], SlowTokenizer())
-    with pytest.raises(InputError, match="doc_stride < max_length"):
+    with pytest.raises(PipelineSpecError, match="doc_stride < max_length"):
         build_features(dev_sample[:1], tokenizer, max_length=64, doc_stride=64)
     with pytest.raises(InputError, match="start and end logits for each"):
         decode_answers(dev_sample[:1], build_features(dev_sample[:1], tokenizer), [], [])
+
+
+def test_a_window_too_short_for_the_stride(tokenizer, caplog):
+    """The tokenizer panics (a Rust backtrace, not an exception) when the overlap is not shorter
+    than the context part of a window: the default overlap is lowered with a note, a given one
+    and a window with no room for the context are refused with one line, before tokenizing."""
+    import logging
+
+    question = "What is the name of the very long question here that goes on?"  # 14 tokens
+    record = SquadRecord("q1", "t", question, "This is a context " * 30, ("context",), (10,))
+    with caplog.at_level(logging.WARNING, logger="optc"):
+        features = build_features([record], tokenizer, max_length=24)  # 17 taken, stride 8
+    assert [r.getMessage() for r in caplog.records] == [
+        "question 'q1' and the special tokens take 17 of the max_length 24 tokens: the context "
+        "windows overlap by 6 tokens instead of 8"]
+    assert len(features) > 10 and all(len(f) <= 24 for f in features)
+    with pytest.raises(PipelineSpecError, match=r"^question 'q1' and the special tokens take 17 "
+                       r"of the max_length 24 tokens, which leaves 7 for the context: doc_stride "
+                       r"7 must be below 7 \(lower it or raise max_length\)$"):
+        build_features([record], tokenizer, max_length=24, doc_stride=7)
+    with pytest.raises(PipelineSpecError, match=r"take 17 of the max_length 16 tokens, which "
+                       r"leaves no room for the context: give a max_length \(--max-length\) "
+                       r"above 17$"):
+        build_features([record], tokenizer, max_length=16)
