@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 
-from optc.errors import InputError, PassError, PipelineSpecError
+from optc.errors import PassError, PipelineSpecError
 from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module, Parameter
 from optc.passes.base import PassResult
@@ -216,7 +216,9 @@ class L0Prune(Distill):
         size = self._size(module, structure, seq)
         floor = size.fixed / size.full
         if self.target <= floor:
-            raise InputError(f"l0-prune target {self.target} is below what removing every gated "
+            # Like a head that does not exist: the option is well formed but this model cannot
+            # meet it, so the pass fails (exit 5); a malformed target is refused when parsed (2).
+            raise PassError(f"l0-prune target {self.target} is below what removing every gated "
                              f"unit leaves ({floor:.3f} of the encoder's {self.measure}): raise "
                              "the target or gate more kinds of units")
         teacher, origin = self._teacher(module)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from optc.errors import InputError, OptcError, PipelineSpecError, excerpt
-from optc.tools.common import EPILOG, quiet_libraries
+from optc.tools.common import EPILOG, output_path, quiet_libraries
 from optc.tools.common import Parser as _Parser
 
-__all__ = ["main", "MESSAGE_LIMIT"]
+__all__ = ["main", "MESSAGE_LIMIT", "TASK_CHOICES"]
 
 MESSAGE_LIMIT = 2000
 """Characters of an error message printed at most (input text in it is cut much shorter)."""
@@ -67,6 +67,10 @@ def _input_paths(args: argparse.Namespace) -> list[Path]:
         paths.append(Path(args.model).parent)  # a weights file is loaded with its directory
     return paths
 
+
+TASK_CHOICES = ("auto", "base", "sequence-classification", "question-answering",
+                "token-classification")
+"""The heads ``--task`` of compile and inspect loads (a bad one is a bad option value, exit 2)."""
 
 _TASK_HEADS = {"sequence-classification": "ForSequenceClassification",
                "question-answering": "ForQuestionAnswering",
@@ -115,19 +119,17 @@ def _compile_parser() -> argparse.ArgumentParser:
                    help="eager: optc artifact directory (default); torchscript: file for "
                         "torch.jit.load; onnx: ONNX model for ONNX Runtime; hf: Hugging Face "
                         "directory for transformers (trust_remote_code=True)")
-    p.add_argument("-o", "--output", metavar="OUT",
+    p.add_argument("-o", "--output", metavar="OUT", type=output_path,
                    help="where to write: a directory (eager, hf) or a file (torchscript, onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--task", default="auto",
-                   choices=["auto", "base", "sequence-classification", "question-answering",
-                            "token-classification"],
+    p.add_argument("--task", default="auto", choices=TASK_CHOICES,
                    help="model head to load (default: from the model's config)")
     p.add_argument("--data", metavar="PATH",
                    help="calibration data for passes that measure the model (a text file, GLUE "
                         "tsv, SQuAD json or task directory; relative paths are also tried under "
                         "$OPTC_DATA_DIR); fills each such pass's data= option")
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
-    p.add_argument("--dump-dir", metavar="DIR", help="write the IR before and after every pass to DIR")
+    p.add_argument("--dump-dir", metavar="DIR", type=output_path, help="write the IR before and after every pass to DIR")
     p.add_argument("--no-verify", action="store_true", help="skip IR verification between passes")
     p.add_argument("--no-check", action="store_true",
                    help="skip the self-check: by default OUT is loaded back, run on example "
@@ -272,8 +274,9 @@ def _cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs (default 128)")
     p.add_argument("--json", action="store_true", help="machine-readable output (includes the IR)")
     p.add_argument("--no-ir", action="store_true", help="print only the summary table")
-    p.add_argument("--task", default="auto", help="model head, for model directories and ids")
-    p.add_argument("--graph", metavar="OUT", help="also draw the graph (with --diff: TARGET with "
+    p.add_argument("--task", default="auto", choices=TASK_CHOICES,
+                   help="model head, for model directories and ids (default: from the config)")
+    p.add_argument("--graph", metavar="OUT", type=output_path, help="also draw the graph (with --diff: TARGET with "
                    "what OTHER removed or changed marked) to OUT.svg, OUT.png or OUT.dot; "
                    "without Graphviz's dot program the .dot source is written instead")
     p.add_argument("--detail", type=int, metavar="LAYER", help="with --graph: the full graph "

@@ -30,7 +30,7 @@ from typing import Any
 
 import graphviz
 
-from optc.errors import BackendError, InputError, OutputError
+from optc.errors import BackendError, OutputError, PipelineSpecError
 from optc.ir.analysis import Layer, Structure, analyze
 from optc.ir.attributes import Quantization, Sparsity
 from optc.ir.core import Module, Node, Value
@@ -528,10 +528,11 @@ def _layer_nodes(module: Module, layer: Layer) -> list[Node]:
 
 
 def pick_layer(module: Module, layer: int, what: str = "the model") -> Layer:
-    """The layer at position ``layer``; :class:`InputError` lists the valid positions."""
+    """The layer at position ``layer``; a position the model does not have is a bad option
+    value (:class:`PipelineSpecError`, exit 2) that lists the valid positions."""
     structure = analyze(module)
     if not 0 <= layer < len(structure.layers):
-        raise InputError(f"--detail {layer}: {what} has {structure.describe()}")
+        raise PipelineSpecError(f"--detail {layer}: {what} has {structure.describe()}")
     return structure.layers[layer]
 
 
@@ -672,7 +673,7 @@ def check_graph_output(path: str | os.PathLike, force: bool,
     when Graphviz is missing); returns it as a Path."""
     out = Path(path)
     if out.suffix.lower() not in GRAPH_SUFFIXES:
-        raise InputError(f"--graph {path}: the picture's name must end in .svg, .png or .dot")
+        raise PipelineSpecError(f"--graph {path}: the picture's name must end in .svg, .png or .dot")
     written = out if dot_available() else out.with_suffix(".dot")
     check_file_output(written, force, GRAPH_SUFFIXES, inputs)
     return out

@@ -177,9 +177,10 @@ def test_bad_input_leaves_the_module_unchanged(setup) -> None:
     with pytest.raises(PassError, match="no training examples|empty"):
         optc.run_pipeline(module, f"l0-prune{{task={TASK},target_flops=0.5,data={setup / 'empty'}}}")
     assert print_module(module) == text
-    with pytest.raises(PassError, match="below what removing every gated unit leaves"):
+    with pytest.raises(PassError, match="below what removing every gated unit leaves") as info:
         optc.run_pipeline(module, f"l0-prune{{task={TASK},target_params=0.05,gates=heads,"
                                   f"data={setup / 'task'}}}")
+    assert info.value.exit_code == 5  # a target this model cannot reach: the pass fails
     assert print_module(module) == text
     assert_refused_unchanged(module, "l0-prune{target_flops=0.5}", "needs a task")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import optc
-from optc.errors import InputError, OutputError
+from optc.errors import OutputError, PipelineSpecError
 from optc.ir.attributes import Quantization, Sparsity
 from optc.tests.conftest import tiny_model
 from optc.tools import graph
@@ -124,7 +124,7 @@ def test_detail_draws_every_node_of_one_layer(base) -> None:
     assert "linear (query)" in dot and "attention" in dot and ">add<" in dot  # ATen glue too
     assert "@encoder.layer.1.attention.self.query.weight" in dot
     assert "encoder.layer.0." not in dot
-    with pytest.raises(InputError, match="layers 0..1"):
+    with pytest.raises(PipelineSpecError, match="layers 0..1"):
         graph.detail_dot(base, 2)
 
 
@@ -191,7 +191,7 @@ def test_inspect_graph_bad_usage(artifacts, tmp_path, capsys) -> None:
     assert code == 2 and "--graph" in err
     code, _, err = run(capsys, "inspect", artifacts["base"], "--graph", tmp_path / "g.dot",
                        "--detail", "5", "-q")
-    assert code == 3 and "--detail 5" in err and "layers 0..1" in err
+    assert code == 2 and "--detail 5" in err and "layers 0..1" in err  # a bad option value
     code, _, err = run(capsys, "inspect", artifacts["base"], "--graph",
                        tmp_path / "missing" / "g.dot", "-q")
     assert code == 4 and "does not exist" in err
