@@ -30,7 +30,13 @@ from typing import Any
 
 import torch
 
-from optc.errors import ArtifactError, InputError, OutputError, VerificationError
+from optc.errors import (
+    ArtifactError,
+    InputError,
+    OutputError,
+    PipelineSpecError,
+    VerificationError,
+)
 from optc.ir.core import Module
 from optc.ir.parser import parse_module
 from optc.ir.printer import print_module
@@ -163,6 +169,10 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
     """
     from safetensors.torch import save_file
 
+    if backend != "eager":  # recorded in metadata.json: it must say what the directory is
+        raise PipelineSpecError(f"optc.save writes an optc artifact, the eager backend's output; "
+                                f"backend={backend!r} is not one: valid: 'eager' (write other "
+                                "backends with optc.backends.write_backend(module, backend, path))")
     module = _as_module(obj)
     target = _check_path(path, "optc.save")
     inputs = list(inputs)

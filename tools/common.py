@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-__all__ = ["Parser", "quiet_libraries", "EPILOG"]
+__all__ = ["Parser", "quiet_libraries", "EPILOG", "output_path"]
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad usage/spec/option, 3 bad input model, data or
 artifact, 4 output exists or is unwritable, 5 pass or verification failure, 6 backend failure
@@ -27,6 +27,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"optc: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def output_path(text: str) -> str:
+    """An argparse type for paths optc writes (``-o``, ``--graph``, ``--dump-dir``): an empty
+    one is bad usage (exit 2), not the current directory or "no output"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an output path cannot be empty: give a name, e.g. -o out")
+    return text
 
 
 def quiet_libraries(verbose: bool = False) -> None:

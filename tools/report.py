@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 from optc.errors import InputError
 from optc.ir.core import Module
 from optc.tools import graph as graphs
-from optc.tools.common import EPILOG
+from optc.tools.common import EPILOG, output_path
 from optc.tools.common import Parser as _Parser
 from optc.tools.inspection import summarize
 from optc.tools.progress import Progress
@@ -532,7 +532,7 @@ def cmd_report(argv: list[str], load: Callable[[str | None, str, Any], Module]) 
                 "Face model directory or id, or 'embedded' (the bundled MiniLM)\n" + EPILOG)
     p.add_argument("target", metavar="TARGET")
     p.add_argument("baseline", metavar="BASELINE", nargs="?")
-    p.add_argument("-o", "--output", metavar="OUT.html", required=True)
+    p.add_argument("-o", "--output", metavar="OUT.html", type=output_path, required=True)
     p.add_argument("--bench", action="store_true",
                    help="measure latency of both models on eager and ONNX Runtime (1 thread)")
     p.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs and --bench")

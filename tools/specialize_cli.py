@@ -25,6 +25,7 @@ from typing import Any
 
 from optc.errors import InputError, PipelineSpecError
 from optc.tools.common import Parser as _Parser
+from optc.tools.common import output_path
 
 __all__ = ["cmd_specialize", "specialize_parser"]
 
@@ -78,7 +79,7 @@ def specialize_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name or spec (default: the one the artifact records)")
     p.add_argument("--data", metavar="DIR", help="task data directory (train gives the "
                    "validation split, dev the reported metric); default: under $OPTC_DATA_DIR")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="artifact to write")
+    p.add_argument("-o", "--output", metavar="OUT", type=output_path, required=True, help="artifact to write")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an artifact")
     p.add_argument("--rule", choices=["loss", "metric", "metric-loss"], default="loss",
                    help="acceptance: loss (published: lower mean loss and most samples no "

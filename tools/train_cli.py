@@ -25,6 +25,7 @@ from typing import Any
 
 from optc.errors import InputError
 from optc.tools.common import Parser as _Parser
+from optc.tools.common import output_path
 
 __all__ = ["cmd_eval", "cmd_finetune", "eval_parser", "finetune_parser"]
 
@@ -271,7 +272,7 @@ def finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name or spec (default: the artifact's task)")
     p.add_argument("--data", metavar="DIR", help="task data directory (or one file, split into "
                    "train and validation); default: the task's directory under $OPTC_DATA_DIR")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="artifact to write")
+    p.add_argument("-o", "--output", metavar="OUT", type=output_path, required=True, help="artifact to write")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an artifact")
     p.add_argument("--epochs", type=_positive_float, default=3.0)
     p.add_argument("--max-steps", type=_positive_int, default=None)
