@@ -73,3 +73,15 @@ def test_int8_modules_get_the_int8_onnx_tolerance(bert, tmp_path):
     report = write_checked(module, "onnx", tmp_path / "int8.onnx")
     assert report.worst() <= INT8_TOLERANCES["onnx"]
     assert (tmp_path / "int8.onnx").is_file()
+
+
+@pytest.mark.parametrize("spec", ["quantize,prune-heads{heads=0:0}",
+                                  "quantize,prune-neurons{neurons=1:4},drop-layers{layers=0}"])
+def test_structural_passes_after_quantize_run_as_the_readme_says(bert, spec):
+    """README (Sparsity and int8): structural passes after quantize slice the int8 weights and
+    their scales (they are not refused); the backends agree on the result."""
+    model, base = bert
+    module = base.clone()
+    optc.run_pipeline(module, spec)
+    assert any(p.data.dtype == torch.int8 for p in module.params.values())
+    assert_backends_agree(module, token_inputs(model, 2, 7))
