@@ -24,6 +24,10 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
   part, and GPT-J's interleaved rotary; after all of them, each parallel attention+FFN layer's
   sum ``(attn + ffn) + x`` -> ``(x + attn) + ffn`` (in :mod:`optc.frontends.raising_parallel`).
 
+A softmax whose probabilities still weight values (matmul/bmm, through views) after every rule
+ran, and that no rule gave a reason for, is reported as a miss too: an attention form no rule
+knows is never skipped silently (structural passes refuse on misses).
+
 Before them, casts to the type a tensor already has and zero-width concatenation operands are
 removed. Then one-node rules: ``scaled_dot_product_attention`` -> ``attention``,
 ``aten.linear``, ``layer_norm``, ``embedding`` and activations. Attention rules accept key and
@@ -811,6 +815,7 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
     ctx = _Context([concrete_env(module), concrete_env(module, offset=1)])
     _drop_empty_concat_operands(module)
     _drop_noop_casts(module)
+    explained: set[Node] = set()
     for rules in (FUSED_RULES, _COMPOSITE_RULES, _RULES, _PROJECTION_RULES):
         live = _live_nodes(module)
         for node in module.graph:
@@ -827,7 +832,36 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
                         module.graph.remove(node)
                     break
                 if reason:
+                    explained.add(node)
                     report.misses.append(f"{node!r} not raised to {op}: {reason}")
+    live = _live_nodes(module)
+    for node in module.graph:  # a softmax weighting values that every rule skipped silently
+        if node in live and node not in explained and _weights_values(node):
+            report.misses.append(
+                f"{node!r} not raised to attention: its probabilities weight values (an attention "
+                "pattern) but no attention rule recognizes this form")
     for _ in range(reassociate_parallel_sums(module)):  # raising_parallel.py
         report.count("parallel")
     return report
+
+
+_SOFTMAX = ("aten.softmax.int", "aten._softmax.default", "aten._safe_softmax.default")
+_PRODUCTS = ("aten.matmul.default", "aten.bmm.default", "aten.einsum.default")
+
+
+def _weights_values(node: Node) -> bool:
+    """Whether ``node`` is a softmax whose result (through views and casts) is the left operand
+    of a matrix product: probabilities weighting values, i.e. an attention."""
+    if node.op not in _SOFTMAX:
+        return False
+    frontier, seen = list(node.outputs), 0
+    while frontier and seen < 4 * _MAX_CHAIN:
+        value = frontier.pop()
+        seen += 1
+        for user in value.users():
+            if user.op in _PRODUCTS:
+                return True
+            if user.op in MOVEMENT_OPS or user.op in ("aten.to.dtype", "aten.type_as.default",
+                                                      "aten._to_copy.default", "aten.dropout.default"):
+                frontier += user.outputs
+    return False

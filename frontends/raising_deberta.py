@@ -19,6 +19,11 @@ same relative positions. It rewrites to ``disentangled_bias(q, k, r, pos_key, po
 feeding ``attention(q, k, v, bias)``; the unused ATen nodes are left for DCE (the in-place
 ``add_`` that sums the terms becomes an ``add``, so DCE can drop it).
 
+Without position terms (DeBERTa-v2's default ``relative_attention=False``) the same rule
+raises the plain ``bmm(q, k^T * s)`` scores to ``attention`` whose additive mask is the dtype's
+lowest value where the boolean mask is False (so a query row with no key attends uniformly,
+as in Hugging Face).
+
 This module is self-contained (the generic rules in :mod:`optc.frontends.raising` call it);
 a rule returns None when it rewrote, ``""`` when the root is not this pattern at all, or a
 reason.
@@ -271,6 +276,33 @@ def _content_scores(value: Any) -> tuple[Value, Value, float] | None:
     return None if k is None else (bmm.args[0], k, scale * inner)
 
 
+def _plain_attention(module: Module, qkv: tuple[Value, Value, Value], fill: Node | None,
+                     heads: int, dim: int, scale: float, target: Value, root: Node) -> None:
+    """Rewrite DeBERTa's attention without position terms (``relative_attention=False``):
+    ``attention(q, k, v, bias)`` where the additive ``bias`` is the dtype's lowest value where
+    the boolean mask is False (``to(~mask) * lowest``), so that a query row with no key attends
+    uniformly, exactly as the ``masked_fill`` before the softmax makes it do."""
+    graph, anchor = module.graph, target.producer
+    bias: Value | None = None
+    if fill is not None:
+        masked = fill.args[1]
+        dtype = fill.outputs[0].tensor_type.dtype
+        shape = masked.tensor_type.shape
+        cast = graph.create_node("aten.to.dtype", (masked, dtype), {}, [TensorType(dtype, shape)],
+                                 names="mask_float", after=anchor)
+        lowest = graph.create_node("aten.mul.Scalar", (cast.outputs[0], torch.finfo(dtype).min), {},
+                                   [TensorType(dtype, shape)], names="mask_bias", after=cast)
+        cast.loc = lowest.loc = root.loc
+        bias, anchor = lowest.outputs[0], lowest
+    att = graph.create_node(
+        "attention", (*qkv, bias), {"num_heads": heads, "head_dim": dim, "scale": scale,
+                                    "causal": False},
+        [target.tensor_type], names="attention", after=anchor)
+    att.loc = root.loc
+    graph.replace_all_uses(target, att.outputs[0])
+    return None
+
+
 def raise_disentangled_attention(module: Module, node: Node, ctx: Any) -> str | None:
     """Root: the softmax of DeBERTa's masked scores (see the module docstring)."""
     a = bind_args(node.op, node.args, node.kwargs)
@@ -305,19 +337,21 @@ def raise_disentangled_attention(module: Module, node: Node, ctx: Any) -> str | 
              *s4.tensor_type.shape[2:]), total.tensor_type.shape, ctx.envs):
         return "the scores are not viewed from [batch*heads, q_len, k_len] to [batch, heads, ...]"
     add = _producer(total, ("aten.add.Tensor",))
-    if add is None or add.attr("alpha", 1) != 1:
-        return _SKIP  # no position terms: not disentangled attention
-    content = None
-    for first, second in (add.args[:2], add.args[1::-1]):
-        content = _content_scores(first)
-        if content is not None:
-            rel_sum = second
-            break
+    content, rel_sum = None, None
+    if add is None:  # no position terms (relative_attention=False): plain scaled dot product
+        content = _content_scores(total)
+    elif add.attr("alpha", 1) == 1:
+        for first, second in (add.args[:2], add.args[1::-1]):
+            content = _content_scores(first)
+            if content is not None:
+                rel_sum = second
+                break
     if content is None:
-        return "the scores are not bmm(query, key^T) plus position terms"
+        return ("the scores are not bmm(query, key^T), optionally scaled by a constant and plus "
+                "position terms")
     q3, k3, scale = content
     in_place: list[Node] = []
-    terms = [_term(t) for t in _sum_terms(rel_sum, in_place)]
+    terms = [_term(t) for t in _sum_terms(rel_sum, in_place)] if rel_sum is not None else []
     bad = [t for t in terms if isinstance(t, str)]
     if bad:
         return bad[0]
@@ -327,8 +361,8 @@ def raise_disentangled_attention(module: Module, node: Node, ctx: Any) -> str | 
         return "more than one c2p or p2c term"
     if any(t.left is not q3 for t in c2p) or any(t.left is not k3 for t in p2c):
         return "the position terms do not read the attention's own query (c2p) and key (p2c)"
-    if len({id(t.relative) for t in terms}) != 1 or len({t.span for t in terms}) != 1 or \
-            len({t.scale for t in terms}) != 1:
+    if terms and (len({id(t.relative) for t in terms}) != 1 or len({t.span for t in terms}) != 1
+                  or len({t.scale for t in terms}) != 1):
         return "the c2p and p2c terms differ in relative positions, span or scale"
     dim = q3.tensor_type.shape[-1]
     if not isinstance(dim, int):
@@ -341,6 +375,8 @@ def raise_disentangled_attention(module: Module, node: Node, ctx: Any) -> str | 
     if problems:
         return problems[0]
     q, k, v = sources
+    if not terms:
+        return _plain_attention(module, (q, k, v), fill, heads, dim, scale, target, node)
     rel = terms[0].relative
     if not same_shape(rel.tensor_type.shape[-2:], s4.tensor_type.shape[-2:], ctx.envs):
         return "the relative positions are not [q_len, k_len]"
