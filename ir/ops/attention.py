@@ -8,7 +8,9 @@ ONNX lowering: the node becomes ONNX Runtime's fused ``com.microsoft.Attention``
 projections packed into one GEMM) or ``MultiHeadAttention``, each node with its own head
 count, so pruned models with per-layer head counts keep the fused kernel. Non-f32 attention,
 and grouped-query attention (``num_kv_heads`` < ``num_heads``: ORT's fused kernels take equal
-head counts), are traced from the eager kernel instead. When q, k and v are dynamic int8
+head counts), are traced from the eager kernel instead. Hard attention (``kind="topk"``),
+grouped-query included, becomes standard ONNX ops with k = min(topk, key length) taken at run
+time. When q, k and v are dynamic int8
 linears of one input (``quantize``), the node and the three linears become one
 ``com.microsoft.QAttention`` (one quantization of the input, packed int8 q/k/v weights; see
 :mod:`optc.ir.ops.quantized_self_attention`).
@@ -435,11 +437,12 @@ def _fuse(module: Module, node: Node, cache: dict[str, Any], bias_dtype: torch.d
 
 def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> None:
     """Hard attention becomes standard ONNX ops (MatMul, Softmax, TopK threshold, Where) with
-    k = min(topk, key length) taken at run time, so shorter sequences are soft attention."""
+    k = min(topk, key length) taken at run time, so shorter sequences are soft attention.
+    Grouped-query attention too: the kv head each query head reads is gathered in the graph
+    (tracing the eager kernel would freeze k, and ORT's TopK fails on fewer keys than k)."""
     q = node.args[0].tensor_type
     kv = node.attr("num_kv_heads")
-    if (kv is not None and kv != node.attr("num_heads")) or node.attr("kv_heads") is not None:
-        return  # grouped-query attention is traced from the eager kernel
+    grouped = (kv is not None and kv != node.attr("num_heads")) or node.attr("kv_heads") is not None
     mask = node.arg(3)
     bias, valid = (_mask_nodes(module, mask, q.dtype, node, cache) if isinstance(mask, Value)
                    else (None, None))
@@ -449,7 +452,8 @@ def _onnx_rewrite_topk(module: Module, node: Node, cache: dict[str, Any]) -> Non
              "scale": float(scale) if scale is not None else 1.0 / math.sqrt(dim),
              "causal": bool(node.attr("causal", False)), "topk": int(node.attr("topk") or 1),
              "renormalize": bool(node.attr("renormalize", False)),
-             "topk_fraction": float(node.attr("topk_fraction") or 0.0)}
+             "topk_fraction": float(node.attr("topk_fraction") or 0.0),
+             "kv_index": kv_index(heads, kv, node.attr("kv_heads")) if grouped else []}
     _register_custom_ops()
     out = node.outputs[0]
     new = module.graph.create_node("optc_onnx.topk_attention.default",
@@ -559,14 +563,16 @@ def _register_custom_ops() -> tuple[Any, Any, Any]:
     def topk_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           attention_bias: torch.Tensor | None, num_heads: int, head_dim: int,
                           scale: float, causal: bool, topk: int, renormalize: bool,
-                          topk_fraction: float) -> torch.Tensor:
+                          topk_fraction: float, kv_index: list[int]) -> torch.Tensor:
         return attention(q, k, v, attention_bias, num_heads=num_heads, head_dim=head_dim,
                          scale=scale, causal=causal, kind="topk", topk=topk,
-                         renormalize=renormalize, topk_fraction=topk_fraction or None)
+                         renormalize=renormalize, topk_fraction=topk_fraction or None,
+                         num_kv_heads=k.shape[-1] // head_dim if kv_index else None,
+                         kv_heads=list(kv_index) or None)
 
     @topk_attention_op.register_fake
     def _(q, k, v, attention_bias, num_heads, head_dim, scale, causal, topk, renormalize,  # noqa: ANN001
-          topk_fraction):  # noqa: ANN001
+          topk_fraction, kv_index):  # noqa: ANN001
         return q.new_empty((*q.shape[:-1], num_heads * head_dim))
 
     return self_attention, multi_head_attention, topk_attention_op
@@ -620,10 +626,15 @@ def _onnx_translations() -> dict[Any, Any]:
 
     def topk_attention_onnx(q, k, v, attention_bias, num_heads: int, head_dim: int,  # noqa: ANN001, ANN202
                             scale: float, causal: bool, topk: int, renormalize: bool,
-                            topk_fraction: float = 0.0):
+                            topk_fraction: float = 0.0, kv_index: list[int] | None = None):
         op = onnx_op()
         split = op.Constant(value_ints=[0, 0, num_heads, head_dim])
         qh = op.Transpose(op.Reshape(q, split), perm=[0, 2, 1, 3])
+        if kv_index:  # grouped-query: [batch, seq, kv, head_dim] -> query head h reads kv_index[h]
+            kv_split = op.Constant(value_ints=[0, 0, -1, head_dim])
+            heads = op.Constant(value_ints=list(kv_index))
+            k = op.Gather(op.Reshape(k, kv_split), heads, axis=2)
+            v = op.Gather(op.Reshape(v, kv_split), heads, axis=2)
         kh = op.Transpose(op.Reshape(k, split), perm=[0, 2, 3, 1])
         vh = op.Transpose(op.Reshape(v, split), perm=[0, 2, 1, 3])
         scores = op.Mul(op.MatMul(qh, kh), op.CastLike(op.Constant(value_float=scale), q))
