@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from optc.backends.hf import exported_class, is_optc_export, read_config
 from optc.errors import InputError
+from optc.frontends.packaged import packaged_model, packaged_model_path
 
 __all__ = ["load_model", "default_model_path", "TASKS", "load_tokenizer"]
 
@@ -106,6 +108,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
 
     embedded = name_or_path is None
     path = default_model_path() if embedded else Path(name_or_path)
+    packaged = None if embedded or path.exists() else packaged_model(str(name_or_path))
+    if packaged is not None:  # a model shipped on PyPI: its local copy, else its hub id
+        path = packaged_model_path(packaged.name) or Path(packaged.hub_id)
     if path.exists():
         if path.is_file() and path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
             if len(list(path.parent.glob("*.safetensors"))) != 1:
@@ -141,7 +146,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
         if is_optc_export(config_dict):
             return _load_optc_export(path, config_dict, task)
     else:
-        ref = str(name_or_path)
+        ref = packaged.hub_id if packaged is not None else str(name_or_path)
         if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep in ref and not ref.count("/") == 1:
             raise InputError(f"model '{ref}' does not exist: pass a model directory or a hub id")
     try:
@@ -157,7 +162,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, task: str = "auto"
         raise
     except (OSError, ValueError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"cannot load model '{ref}': {first}") from None
+        hint = (f" (or install it from PyPI: pip install -e \".[{packaged.extra}]\")"
+                if packaged is not None and packaged.extra and not path.exists() else "")
+        raise InputError(f"cannot load model '{ref}': {first}{hint}") from None
     model.eval()
     source = {
         "model": "all-MiniLM-L6-v2 (embedded)" if embedded else ref,
@@ -188,14 +195,18 @@ def _load_optc_export(path: Path, config: dict[str, Any], task: str) -> tuple[to
     if task != "auto" and task not in _EXPORT_HEADS:
         raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     suffix = _EXPORT_HEADS.get(task)
+    _check_export_sizes(path, config)
     cls = exported_class(path, config, suffix)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
             model, info = cls.from_pretrained(str(path), use_safetensors=True,
                                               output_loading_info=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "mismatched_sizes" in first:  # sizes that pass the checks but do not fit the weights
+            first = ("the sizes in its config.json do not fit the weights in model.safetensors "
+                     "(an edited config? write it again with optc --backend hf)")
         raise InputError(f"cannot load model '{path}': {first}") from None
     model.eval()
     source = {"model": str(path), "class": type(model).__name__,
@@ -207,6 +218,60 @@ def _load_optc_export(path: Path, config: dict[str, Any], task: str) -> tuple[to
         logger.warning("%s lacks %d weight(s) of %s, initialized randomly (seed %d): %s",
                        path, len(fresh), source["class"], INIT_SEED, ", ".join(fresh[:4]))
     return model, source
+
+
+_EXPORT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "vocab_size", "max_position_embeddings", "embedding_size", "n_embd", "n_layer",
+                 "n_head", "n_inner", "n_positions", "dim", "n_layers", "n_heads", "hidden_dim",
+                 "type_vocab_size")
+"""Sizes in an exported config.json (those present and not null must be positive integers)."""
+
+
+def _stored_weights(path: Path) -> int | None:
+    """How many numbers ``model.safetensors`` holds (from its header; None if unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception:  # noqa: BLE001 - missing or broken: from_pretrained says so
+        return None
+
+
+def _check_export_sizes(path: Path, config: dict[str, Any]) -> None:
+    """Refuse (exit 3) an exported config.json whose sizes cannot describe the model: sizes
+    that are not positive integers, per-layer lists of another length than the layers or with
+    negative, non-integer or absurd entries (larger than all the weights stored)."""
+    where = f"'{path / 'config.json'}'"
+    total = _stored_weights(path)
+
+    def size(key: str, value: Any, least: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{where}: {key} is {json.dumps(value)}, which must be an integer "
+                             f">= {least}: the exported config was edited; write it again with "
+                             "optc --backend hf")
+        if total is not None and value > total:
+            raise InputError(f"{where}: {key} is {value}, more than the {total:,} weights "
+                             "model.safetensors holds: the exported config was edited; write it "
+                             "again with optc --backend hf")
+
+    for key in _EXPORT_SIZES:
+        if config.get(key) is not None:
+            size(key, config[key], 0 if key == "type_vocab_size" else 1)
+    layers = next((config[k] for k in ("num_hidden_layers", "n_layer", "n_layers")
+                   if config.get(k) is not None), None)
+    for key, values in config.items():
+        if not key.endswith("_per_layer"):
+            continue
+        if not isinstance(values, list) or (layers is not None and len(values) != layers):
+            got = f"{len(values)} entries" if isinstance(values, list) else json.dumps(values)
+            raise InputError(f"{where}: {key} must list one value per layer ({layers}), got "
+                             f"{got}: the exported config was edited; write it again with "
+                             "optc --backend hf")
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or (value is None and "topk" in key):
+                continue
+            size(f"{key}[{i}]", value, 1 if "head_size" in key or "topk" in key else 0)
 
 
 def _mismatched(info: dict[str, Any] | None) -> set[str]:
@@ -231,6 +296,9 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
     from transformers import AutoTokenizer
 
     ref = str(default_model_path() if name_or_path is None else name_or_path)
+    packaged = None if name_or_path is None or Path(ref).exists() else packaged_model(ref)
+    if packaged is not None:
+        ref = str(packaged_model_path(packaged.name) or packaged.hub_id)
     fix = "pass tokenizer=PATH (a directory or hub id holding the model's tokenizer)"
     local = Path(ref)
     if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
