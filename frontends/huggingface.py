@@ -271,7 +271,7 @@ def _check_export_sizes(path: Path, config: dict[str, Any]) -> None:
         for i, value in enumerate(values):
             if isinstance(value, bool) or (value is None and "topk" in key):
                 continue
-            size(f"{key}[{i}]", value, 1 if "head_size" in key or "topk" in key else 0)
+            size(f"{key}[{i}]", value, 1 if "topk" in key else 0)
 
 
 def _mismatched(info: dict[str, Any] | None) -> set[str]:

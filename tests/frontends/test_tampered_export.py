@@ -44,10 +44,12 @@ def _tampered(export: Path, tmp_path: Path, key: str, value: object) -> Path:
     ("attention_head_size_per_layer", "16", r"attention_head_size_per_layer must list one value "
      r"per layer \(2\), got \"16\""),
     ("hidden_size", -64, r"hidden_size is -64, which must be an integer >= 1"),
+    ("attention_topk_per_layer", [None, 0], r"attention_topk_per_layer\[1\] is 0, which must be "
+     r"an integer >= 1"),
     ("intermediate_size_per_layer", [128, 129], r"the sizes in its config.json do not fit the "
      r"weights in model.safetensors"),
 ], ids=["negative-heads", "huge-ffn", "list-too-long", "not-a-list", "negative-hidden",
-        "plausible-but-wrong"])
+        "zero-topk", "plausible-but-wrong"])
 def test_tampered_export_is_bad_input(export: Path, tmp_path: Path, key, value, message):
     path = _tampered(export, tmp_path, key, value)
     with pytest.raises(InputError, match=message) as caught:
