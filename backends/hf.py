@@ -207,6 +207,11 @@ class _Collector:
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
             hard = node.attr("kind") == "topk"
+            if hard and node.attr("topk_fraction") is not None:
+                raise _refuse(f"{where}: hard attention with fraction={node.attr('topk_fraction')} "
+                              "(ceil(fraction x keys) kept per row) has no field in the Hugging "
+                              "Face config, which holds a fixed k: use hard-attention{k=N}, or "
+                              "--backend onnx, torchscript or eager")
             self.topk.append(int(node.attr("topk") or 1) if hard else None)
             self.renormalize.append(bool(hard and node.attr("renormalize", False)))
             self.head_ids.append(format_ids(att.head_ids))

@@ -11,7 +11,11 @@ from optc.passes.base import Pass, PassResult
 from optc.passes.registry import register_pass
 from optc.passes.selection import layer_positions
 
-__all__ = ["HardAttention", "set_hard_attention"]
+__all__ = ["HardAttention", "set_hard_attention", "DEFAULT_K"]
+
+DEFAULT_K = 30
+"""Probabilities kept per query row when neither ``k`` nor ``fraction`` is given (AxFormer's
+value for GLUE)."""
 
 
 def set_hard_attention(node: Node, k: int, renormalize: bool = False,
@@ -44,15 +48,16 @@ class HardAttention(Pass):
     the k-th are kept) and sets the others to zero, without renormalizing (as AxFormer
     publishes) unless ``renormalize=true``. Rows with at most ``k`` keys (short or padded
     sequences) are soft attention, exactly.
-    Refuses: ``k`` < 1; a layer that does not exist or has no attention block.
+    Refuses: ``k`` < 1; ``k`` and ``fraction`` together (one rule per layer); a layer that does
+    not exist or has no attention block.
     Guarantees: parameters and shapes are unchanged; running twice is a no-op; eager,
     TorchScript and ONNX (TopK threshold, dynamic sequence length) agree.
     """
 
     name = "hard-attention"
 
-    k: int = 30
-    """Attention probabilities kept per query row (the paper uses 30 for GLUE)."""
+    k: int | None = None
+    """Attention probabilities kept per query row (default 30, the paper's value for GLUE)."""
     layers: tuple[int, ...] = ()
     """Layers to change: positions, or stable ids with ids=true (default: every layer)."""
     ids: bool = False
@@ -63,7 +68,11 @@ class HardAttention(Pass):
     """Keep ceil(fraction x sequence length) probabilities per row instead of ``k`` (0..1]."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+        if self.k is not None and self.fraction is not None:
+            raise PipelineSpecError(f"hard-attention takes k or fraction, not both (got k={self.k}, "
+                                    f"fraction={self.fraction}): drop one")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int)
+                                   or self.k < 1):
             raise PipelineSpecError(f"hard-attention k must be an integer >= 1 (attention "
                                     f"probabilities kept per query row), got {self.k!r}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
@@ -71,6 +80,12 @@ class HardAttention(Pass):
                                     f"{self.fraction}")
         if any(i < 0 for i in self.layers):
             raise PipelineSpecError(f"hard-attention layers must be >= 0, got {list(self.layers)}")
+
+    @property
+    def keep(self) -> int:
+        """The ``topk`` attribute written: ``k``, default 30 (with ``fraction`` the attention's
+        ``topk_fraction`` decides and ``topk`` is not read)."""
+        return DEFAULT_K if self.k is None else self.k
 
     def requires(self, module: Module) -> str | None:
         structure = analyze(module)
@@ -103,11 +118,11 @@ class HardAttention(Pass):
         for i in positions:
             block = structure.layers[i].attention
             fraction = float(self.fraction) if self.fraction is not None else None
-            if set_hard_attention(block.node, self.k, self.renormalize, fraction):
+            if set_hard_attention(block.node, self.keep, self.renormalize, fraction):
                 changed.append(i)
         stats = {
             "layers": ",".join(map(str, changed)) or "-",
             "layer_ids": ",".join(str(structure.layers[i].id) for i in changed) or "-",
-            "k": self.k if self.fraction is None else f"{self.fraction} x seq",
+            "k": self.keep if self.fraction is None else f"{self.fraction} x seq",
         }
         return PassResult(bool(changed), stats)
