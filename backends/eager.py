@@ -23,6 +23,7 @@ import torch
 import torch.fx
 
 from optc.backends.int8_exec import packed_int8_linear, packed_int8_nodes, packed_weights
+from optc.backends.model_inputs import InputCheck
 from optc.backends.sparse_exec import (
     AutoOptions,
     SparsePlan,
@@ -34,7 +35,6 @@ from optc.backends.sparse_exec import (
     sparse_linear,
     sparse_parts,
 )
-from optc.backends.model_inputs import InputCheck
 from optc.errors import BackendError, InputError, IRError, ModelInputError
 from optc.ir.core import Module, Node, Value, map_values
 from optc.ir.ops import get_op
