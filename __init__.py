@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "capture": "optc.frontends.capture",
     "load_model": "optc.frontends.huggingface",
-    "save": "optc.artifacts",
+    "save": "optc.backends",
     "load_module": "optc.artifacts",
     "load": "optc.backends",
     "to_eager": "optc.backends.eager",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -159,13 +159,16 @@ def _decompress_sparse(path: Path, weights: dict[str, torch.Tensor]) -> None:
 
 def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str = "eager",
          extra: dict[str, Any] | None = None,
-         inputs: Iterable[str | os.PathLike] = ()) -> Path:
+         inputs: Iterable[str | os.PathLike] = (),
+         check: Callable[[Module, Path, Path], None] | None = None) -> Path:
     """Save an IR module (or a module returned by :func:`load`) as an artifact directory.
 
     An existing ``path`` is replaced only with ``force=True`` and only when it is an optc
     artifact that is not one of ``inputs`` (the paths the module was loaded from) and does not
     contain one (see :func:`optc.outputs.check_output`). The artifact is written to a hidden
-    temporary directory and swapped into place atomically.
+    temporary directory and swapped into place atomically. ``check(module, written, path)``
+    runs on the complete temporary directory before the swap; if it raises, the directory is
+    removed and ``path`` is left as it was (``optc.save`` passes the backends' self-check).
     """
     from safetensors.torch import save_file
 
@@ -199,6 +202,8 @@ def save(obj: Any, path: str | os.PathLike, *, force: bool = False, backend: str
                 os.chmod(tmp / f, umask_mode(0o666))
         except OSError as exc:
             raise OutputError(f"cannot write '{target}': {exc.strerror or exc}") from None
+        if check is not None:
+            check(module, tmp, target)
     return target
 
 

@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 
 from optc.artifacts import load_module
-from optc.backends import write_backend
 from optc.backends.eager import to_eager
 from optc.backends.model_inputs import embedding_limits, seq_range
+from optc.backends.writers import write_unchecked
 from optc.errors import BackendError
 from optc.ir.core import Module
 from optc.outputs import staged_output
@@ -241,7 +241,7 @@ def write_checked(module: Module, backend: str, path: str | os.PathLike, *, forc
     """
     kind = "artifact" if backend in ("eager", "hf") else "file"
     with staged_output(Path(path), force, kind=kind, inputs=inputs) as staged:
-        write_backend(module, backend, staged)
+        write_unchecked(module, backend, staged)
         if not check:
             return None
         report = check_written(module, backend, staged, label=path)

@@ -223,7 +223,7 @@ def _cmd_compile(argv: list[str]) -> int:
         # (unless --no-check), and moved into place only when complete and correct.
         with staged_output(out, args.force, kind=kind, inputs=inputs) as staged:
             with progress.step(f"writing {out} ({args.backend})"):
-                write_backend(module, args.backend, staged)
+                write_backend(module, args.backend, staged, check=False)  # checked below
             if not args.no_check:
                 with progress.step(f"checking {out} against the IR"):
                     check_written(module, args.backend, staged, label=out)
