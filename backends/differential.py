@@ -4,7 +4,9 @@
     outputs = run_backend(module, "onnx", inputs)  # one backend, eager calling convention
 
 The reference is the eager backend; each other backend must match it within its tolerance
-(:data:`TOLERANCES`, max absolute difference per output).
+(:data:`TOLERANCES`, max absolute difference per output). By default ``check_backends`` also
+runs the ``hf`` backend (a Hugging Face directory loaded with its generated classes) when the
+module is one that backend writes (see :func:`optc.backends.hf.hf_refusal`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from optc.backends.model_inputs import InputCheck
 from optc.errors import InputError, OptcError
 from optc.ir.core import Module
 
-__all__ = ["BACKEND_NAMES", "TOLERANCES", "BackendMismatch", "DifferentialReport", "check_inputs",
+__all__ = ["BACKEND_NAMES", "OPTIONAL_BACKENDS", "TOLERANCES", "default_backends", "BackendMismatch", "DifferentialReport", "check_inputs",
            "run_backend", "check_backends"]
 
 BACKEND_NAMES = ("eager", "torchscript", "onnx")
-"""Every backend the harness runs."""
+"""The backends that run every module."""
 
-TOLERANCES = {"eager": 0.0, "torchscript": 1e-5, "onnx": 1e-4}
+OPTIONAL_BACKENDS = ("hf",)
+"""Backends that write only some modules (``hf``: BERT-like families and GPT-2); the harness
+runs them when they take the module."""
+
+TOLERANCES = {"eager": 0.0, "torchscript": 1e-5, "onnx": 1e-4, "hf": 1e-4}
 """Max absolute difference to the eager backend allowed per backend (fp32)."""
 
 
@@ -99,7 +105,16 @@ def run_backend(module: Module, backend: str, inputs: dict[str, torch.Tensor]) -
             path = export_onnx(module, Path(tmp) / "model.onnx")
             runner = OnnxModule(path)
             return runner(**{n: _input(module, inputs, n) for n in runner.input_names})
-    raise OptcError(f"unknown backend '{backend}'; choose one of {', '.join(BACKEND_NAMES)}")
+        if backend == "hf":
+            from optc.backends.hf import export_hf, load_exported
+
+            model = load_exported(export_hf(module, Path(tmp) / "hf"))
+            names = [v.name for v in module.graph.inputs]
+            with torch.inference_mode():
+                out = model(**{n: _input(module, inputs, n) for n in names})
+            return {k: v for k, v in out.items() if v is not None}
+    raise OptcError(f"unknown backend '{backend}'; choose one of "
+                    f"{', '.join(BACKEND_NAMES + OPTIONAL_BACKENDS)}")
 
 
 def _input(module: Module, inputs: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -113,17 +128,28 @@ def _input(module: Module, inputs: dict[str, torch.Tensor], name: str) -> torch.
     return torch.ones_like(like) if default == "ones" else torch.zeros_like(like)
 
 
+def default_backends(module: Module) -> tuple[str, ...]:
+    """:data:`BACKEND_NAMES`, plus ``hf`` when that backend writes ``module``."""
+    from optc.backends.hf import hf_refusal
+
+    return BACKEND_NAMES + (("hf",) if hf_refusal(module) is None else ())
+
+
 def check_backends(
     module: Module,
     inputs: dict[str, torch.Tensor],
-    backends: tuple[str, ...] = BACKEND_NAMES,
+    backends: tuple[str, ...] | None = None,
     tolerances: dict[str, float] | None = None,
 ) -> DifferentialReport:
-    """Run every backend on ``inputs`` and compare each output with eager's."""
+    """Run every backend (default: :func:`default_backends`) on ``inputs`` and compare each
+    output with eager's."""
     check_inputs(module, inputs)
-    unknown = [b for b in backends if b not in BACKEND_NAMES]
+    if backends is None:
+        backends = default_backends(module)
+    known = BACKEND_NAMES + OPTIONAL_BACKENDS
+    unknown = [b for b in backends if b not in known]
     if unknown:
-        raise OptcError(f"unknown backend '{unknown[0]}'; choose one of {', '.join(BACKEND_NAMES)}")
+        raise OptcError(f"unknown backend '{unknown[0]}'; choose one of {', '.join(known)}")
     tol = {**TOLERANCES, **(tolerances or {})}
     reference = run_backend(module, "eager", inputs)
     report = DifferentialReport()

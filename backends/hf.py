@@ -63,7 +63,8 @@ from optc.outputs import atomic_directory, check_output, umask_mode
 __all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "Family", "family_of", "family_heads",
            "modeling_source",
            "modeling_file_name", "export_hf", "hf_config", "is_optc_export", "read_config",
-           "load_optc_classes", "exported_class", "load_exported", "restore_stable_ids"]
+           "load_optc_classes", "exported_class", "load_exported", "restore_stable_ids",
+           "hf_refusal"]
 
 _log = logging.getLogger("optc")
 
@@ -143,6 +144,8 @@ class _Collector:
         self.bias_only: list[bool] = []
         self.head_ids: list[str] = []
         self.neuron_ids: list[str] = []
+        self.nodes: set[Node] = set()
+        """The layers' high-level nodes that the generated classes compute."""
 
     def put(self, name: str, value: Any, size: int = 0) -> None:
         if isinstance(value, Parameter):
@@ -150,10 +153,12 @@ class _Collector:
         self.weights[name] = _tensor(value, size)
 
     def linear(self, node: Node, name: str) -> None:
+        self.nodes.add(node)
         self.put(f"{name}.weight", node.args[1])
         self.put(f"{name}.bias", node.arg(2), int(node.args[1].data.shape[0]))
 
     def norm(self, node: Node, name: str) -> None:
+        self.nodes.add(node)
         self.put(f"{name}.weight", node.args[1])
         self.put(f"{name}.bias", node.arg(2), int(node.args[1].data.shape[0]))
         self.eps.add(float(node.attr("eps", 1e-5)))
@@ -161,6 +166,7 @@ class _Collector:
     def conv1d(self, nodes: list[Node], name: str) -> None:
         """GPT-2's Conv1D: the linears' weights stacked by rows, transposed to [in, out]."""
         weights = [n.args[1].data for n in nodes]
+        self.nodes.update(nodes)
         for n in nodes:
             self.used.update(v.name for v in n.inputs if isinstance(v, Parameter))
         self.weights[f"{name}.weight"] = torch.cat(weights).t()
@@ -204,6 +210,7 @@ class _Collector:
                                   (att.output, "out")):
                     self.linear(lin, f"{base}.{names[role]}")
             self.norm(att.norms[0], f"{base}.{names['att_norm']}")
+            self.nodes.add(node)
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
             hard = node.attr("kind") == "topk"
@@ -227,6 +234,7 @@ class _Collector:
         if key not in _ACTIVATIONS:
             raise _refuse(f"{where}: the FFN activation {act.op} has no transformers equivalent")
         self.acts.add(_ACTIVATIONS[key])
+        self.nodes.add(act)
         if family.pre_ln:
             self.conv1d([ffn.up], f"{base}.{names['up']}")
             self.conv1d([ffn.down], f"{base}.{names['down']}")
@@ -268,6 +276,46 @@ def _block_norm(block: Any, pre_ln: bool) -> str | None:
     if not pre_ln and norm_input is not block.residual.outputs[0]:
         return "no layer norm right after its residual add (pre-LN?)"
     return None
+
+
+_TABLE_OPS = ("embedding", "layer_norm", "linear")
+"""High-level ops the generated classes compute outside the layers when they read the
+embeddings', pooler's or task head's parameters."""
+_HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
+"""Activations the generated pooler and classification heads apply after a head linear."""
+
+
+def _check_expressed(module: Module, layer_nodes: set[Node], head_params: set[str],
+                     cls: str) -> None:
+    """Refuse a live high-level node the generated classes do not compute (a plugin op, a norm
+    or activation inserted on the residual stream, ...): writing would silently drop it."""
+    live: set[Node] = set()
+    stack = [v.producer for v in module.graph.outputs.values() if isinstance(v, Value)]
+    while stack:
+        node = stack.pop()
+        if node is None or node in live:
+            continue
+        live.add(node)
+        stack += [v.producer for v in node.inputs]
+
+    def head_linear(value: Any) -> bool:
+        producer = value.producer if isinstance(value, Value) else None
+        return producer is not None and producer.op == "linear" and producer in expressed
+
+    expressed = set(layer_nodes)
+    for node in module.graph:  # in order: a head activation follows its head linear
+        if node.op.startswith("aten.") or node in expressed or node not in live:
+            continue
+        reads_head = any(isinstance(v, Parameter) and (v.name in head_params or (  # or a part
+            v.name.rpartition(".part")[0] in head_params)) for v in node.inputs)
+        if (node.op in _TABLE_OPS and reads_head) or (
+                node.op in _HEAD_ACTIVATIONS and head_linear(node.arg(0))):
+            expressed.add(node)
+            continue
+        raise _refuse(f"{node!r} (op '{node.op}') has no equivalent in the generated {cls} "
+                      "classes (embeddings, attention and FFN layers, pooler and task head "
+                      "only), so the directory would compute without it: remove it, or write "
+                      "--backend onnx, torchscript or eager")
 
 
 def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
@@ -361,6 +409,7 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
             raise _refuse(f"parameter @{name} has no place in Optc{family.name}{head} (the "
                           "generated classes hold embeddings, layers, pooler and task head only)")
         got.put(name, param)
+    _check_expressed(module, got.nodes, set(wanted), f"Optc{family.name}{head}")
     for whole, pieces in parts.items():
         got.weights[whole] = torch.cat([t for _, t in sorted(pieces, key=lambda p: p[0])])
     missing = [n for n, required in wanted.items() if required and n not in got.weights]
@@ -436,6 +485,15 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "heads_total": sum(heads),
     }
     return config, got.weights, family
+
+
+def hf_refusal(module: Module) -> str | None:
+    """Why this backend cannot write ``module`` (its one-line refusal), or None when it can."""
+    try:
+        hf_config(module)
+    except BackendError as exc:
+        return str(exc)
+    return None
 
 
 def _tokenizer_dir(module: Module) -> Path | None:

@@ -47,7 +47,7 @@ def perturb(monkeypatch, backend: str, edit) -> None:  # noqa: ANN001
 def test_every_backend_agrees_on_tiny_bert(bert):
     _, module, inputs = bert
     report = check_backends(module, inputs)
-    assert set(report.diffs) == {"torchscript", "onnx"}
+    assert set(report.diffs) == {"torchscript", "onnx", "hf"}  # hf writes BERT: checked too
     for backend, diffs in report.diffs.items():
         assert set(diffs) == {"last_hidden_state", "pooler_output"}
         assert report.worst(backend) <= TOLERANCES[backend]
