@@ -255,14 +255,14 @@ def test_register_refuses_bad_names_and_taken_names():
     class BadName(Pass):
         name = "Bad_Name"
 
-    with pytest.raises(ValueError, match="kebab-case"):
+    with pytest.raises(PipelineSpecError, match="kebab-case"):
         register_pass(BadName)
 
     @dataclass(frozen=True)
     class Taken(Pass):
         name = "dce"
 
-    with pytest.raises(ValueError, match="taken by DeadCodeElimination"):
+    with pytest.raises(PipelineSpecError, match="taken by DeadCodeElimination"):
         register_pass(Taken)
     assert get_pass("dce") is DeadCodeElimination
 
@@ -272,5 +272,5 @@ def test_register_refuses_pass_that_is_not_itself_a_dataclass():
         name = "test-spec-not-a-dataclass"
         count: int = 1
 
-    with pytest.raises(TypeError, match="frozen dataclass"):
+    with pytest.raises(PipelineSpecError, match="frozen dataclass"):
         register_pass(NotADataclass)
