@@ -250,19 +250,21 @@ def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | N
         return _SKIP  # a softmax that does not weight values is not attention
     if any(len(v.users()) != 1 or module.graph.is_output(v) for v in (node.outputs[0], probs)):
         return "the attention probabilities are used elsewhere (e.g. returned as attentions)"
-    # Up: [add mask] <- [mul/div scale] <- matmul(q, transpose(k)).
-    mask: Value | None = None
-    scaled = scores
-    add = _producer(scores, ("aten.add.Tensor",))
-    if add is not None and _number(add.attr("alpha", 1)) == 1.0 and all(_is_tensor(x) for x in add.args[:2]):
-        first, second = add.args[:2]
-        scaled, mask = (first, second) if _qk_product(first) is not None else (second, first)
-        if not _only_feeds(scaled, add) or not _only_feeds(add.output, node):
-            return "the masked scores are used outside the attention pattern"
-        if mask.tensor_type.dtype != scores.tensor_type.dtype:
-            return f"the additive mask %{mask.name} is not of the scores' dtype"
-    elif not _only_feeds(scores, node):
-        return "the scores are used outside the attention pattern"
+    # Up: [+ B1 + B2 ...] <- [mul/div scale] <- matmul(q, transpose(k)); the B terms (padding or
+    # causal masks, relative-position biases, ...) are kept as the model computes them.
+    chain = _additive_chain(scores)
+    if isinstance(chain, str):
+        return chain
+    scaled, terms = chain
+    if not _only_feeds(scores, node):
+        return ("the masked scores are used outside the attention pattern" if terms else
+                "the scores are used outside the attention pattern")
+    dtype = scores.tensor_type.dtype
+    if scaled.tensor_type.dtype != dtype:
+        return "the scores change dtype when the additive terms are added"
+    for term in terms:  # a bool or integer term is promoted by the add: cast it the same way
+        if term.tensor_type.dtype != dtype and term.tensor_type.dtype.is_floating_point:
+            return f"the additive mask %{term.name} is not of the scores' dtype"
     found = _qk_product(scaled)
     if found is None:
         return f"%{scaled.name} is not matmul(query, key^T), optionally scaled by a constant"
@@ -273,7 +275,97 @@ def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | N
     k4 = kt.producer.args[0]
     if not _only_feeds(kt, qk):
         return "the transposed key is used outside the attention pattern"
-    return _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx)
+    built: list[Node] = []
+    mask = _sum_of(module, terms, dtype, node, built)
+    if isinstance(mask, str):
+        return mask
+    reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx)
+    if reason:  # not raised: drop the casts and sums built for it
+        for created in reversed(built):
+            module.graph.remove(created)
+    return reason
+
+
+def _leads_to_qk(value: Any, depth: int = _MAX_CHAIN) -> bool:
+    """Whether ``value`` is ``matmul(q, k^T)`` (scaled), possibly plus further terms."""
+    if not _is_tensor(value) or depth == 0:
+        return False
+    if _qk_product(value) is not None:
+        return True
+    add = _producer(value, ("aten.add.Tensor",))
+    return add is not None and any(_leads_to_qk(x, depth - 1) for x in add.args[:2])
+
+
+
+def _additive_chain(scores: Value) -> tuple[Value, list[Value]] | str:
+    """``(scaled, [B1, B2, ...])`` when ``scores = scaled + B1 + B2 ...`` in any association of
+    ``aten.add`` (alpha 1) with ``scaled`` leading to the product ``matmul(q, k^T)``; the terms
+    in order from the product up. Without adds: ``(scores, [])``."""
+    terms: list[Value] = []
+    value = scores
+    for _ in range(_MAX_CHAIN):
+        if _qk_product(value) is not None:
+            break
+        add = _producer(value, ("aten.add.Tensor",))
+        if add is None or _number(add.attr("alpha", 1)) != 1.0 or \
+                not all(_is_tensor(x) for x in add.args[:2]):
+            break
+        first, second = add.args[:2]
+        if _leads_to_qk(first):
+            inner, term = first, second
+        elif _leads_to_qk(second):
+            inner, term = second, first
+        else:
+            break
+        if not _only_feeds(inner, add):
+            return "the masked scores are used outside the attention pattern"
+        terms.append(term)
+        value = inner
+    return value, terms[::-1]
+
+
+def _sum_of(module: Module, terms: list[Value], dtype: Any, before: Node,
+            built: list[Node]) -> Value | None | str:
+    """The one additive operand of ``attention``: None, the single term, or the terms added
+    by new nodes (before ``before``), typed by broadcasting their shapes. A term of another
+    (bool or integer) dtype is cast to the scores' ``dtype`` first, as the add promoted it.
+    The new nodes are appended to ``built``."""
+    if not terms:
+        return None
+    shape: tuple[Any, ...] | None = terms[0].tensor_type.shape
+    for term in terms[1:]:
+        shape = _broadcast(shape, term.tensor_type.shape)
+        if shape is None:
+            return "the additive terms of the scores do not broadcast to one known shape"
+    def new(op: str, args: tuple, shape: tuple[Any, ...]) -> Value:
+        built.append(module.graph.create_node(op, args, {}, [TensorType(dtype, shape)],
+                                              names="attention_bias", before=before))
+        return built[-1].outputs[0]
+
+    cast = [t if t.tensor_type.dtype == dtype else new("aten.to.dtype", (t, dtype), t.tensor_type.shape)
+            for t in terms]
+    total = cast[0]
+    for term in cast[1:]:
+        total = new("aten.add.Tensor", (total, term), shape)
+    return total
+
+
+def _broadcast(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The broadcast of shapes ``a`` and ``b`` (ints or symbolic dims), or None when it depends
+    on run-time values."""
+    if a is None:
+        return None
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == 1 or x == y:
+            out.append(y)
+        elif y == 1:
+            out.append(x)
+        else:
+            return None
+    return tuple(out[::-1])
 
 
 def _qk_product(value: Value) -> tuple[Node, float] | None:
