@@ -188,7 +188,8 @@ def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) 
     return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
 
 
-_REPEAT_OPS = MOVEMENT_OPS | {"aten.expand.default", "aten.slice.Tensor"}
+_REPEAT_OPS = MOVEMENT_OPS | {"aten.expand.default", "aten.slice.Tensor",
+                              "aten.repeat_interleave.self_int"}
 
 
 def repeat_kv_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> tuple[Value, int] | None:

@@ -60,6 +60,7 @@ from optc.frontends.layout import (
     split_heads_source,
 )
 from optc.frontends.raising_deberta import raise_disentangled_attention
+from optc.frontends.raising_forms import FILLS, build_fill_term, einsums_as_matmuls, fill_term
 from optc.frontends.raising_parallel import FUSED_RULES, reassociate_parallel_sums
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.targets import bind_args, is_impure
@@ -263,7 +264,7 @@ def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | N
     if scaled.tensor_type.dtype != dtype:
         return "the scores change dtype when the additive terms are added"
     for term in terms:  # a bool or integer term is promoted by the add: cast it the same way
-        if term.tensor_type.dtype != dtype and term.tensor_type.dtype.is_floating_point:
+        if not isinstance(term, tuple) and term.tensor_type.dtype != dtype and term.tensor_type.dtype.is_floating_point:
             return f"the additive mask %{term.name} is not of the scores' dtype"
     found = _qk_product(scaled)
     if found is None:
@@ -287,25 +288,44 @@ def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | N
 
 
 def _leads_to_qk(value: Any, depth: int = _MAX_CHAIN) -> bool:
-    """Whether ``value`` is ``matmul(q, k^T)`` (scaled), possibly plus further terms."""
+    """Whether ``value`` is ``matmul(q, k^T)`` (scaled), possibly plus further terms (added,
+    or written into it by ``masked_fill``)."""
     if not _is_tensor(value) or depth == 0:
         return False
     if _qk_product(value) is not None:
         return True
+    fill = _producer(value, FILLS)
+    if fill is not None:
+        return _leads_to_qk(fill.args[0], depth - 1)
     add = _producer(value, ("aten.add.Tensor",))
     return add is not None and any(_leads_to_qk(x, depth - 1) for x in add.args[:2])
 
 
+_Term = Value | tuple[Value, float]
+"""An additive term on the scores: a tensor, or ``(mask, c)`` for ``where(mask, c, 0)`` (a
+``masked_fill`` of the scores, see :mod:`optc.frontends.raising_forms`)."""
 
-def _additive_chain(scores: Value) -> tuple[Value, list[Value]] | str:
+
+def _additive_chain(scores: Value) -> tuple[Value, list[_Term]] | str:
     """``(scaled, [B1, B2, ...])`` when ``scores = scaled + B1 + B2 ...`` in any association of
     ``aten.add`` (alpha 1) with ``scaled`` leading to the product ``matmul(q, k^T)``; the terms
-    in order from the product up. Without adds: ``(scores, [])``."""
-    terms: list[Value] = []
+    in order from the product up. A ``masked_fill(s, m, c)`` on the way is the term ``(m, c)``
+    when that is exact, else the reason. Without adds: ``(scores, [])``."""
+    terms: list[_Term] = []
     value = scores
     for _ in range(_MAX_CHAIN):
         if _qk_product(value) is not None:
             break
+        fill = _producer(value, FILLS)
+        if fill is not None and _leads_to_qk(fill.args[0]):
+            found = fill_term(fill)
+            if isinstance(found, str):
+                return found
+            if not _only_feeds(fill.args[0], fill):
+                return "the scores before the masked_fill are used outside the attention pattern"
+            terms.append(found)
+            value = fill.args[0]
+            continue
         add = _producer(value, ("aten.add.Tensor",))
         if add is None or _number(add.attr("alpha", 1)) != 1.0 or \
                 not all(_is_tensor(x) for x in add.args[:2]):
@@ -321,20 +341,25 @@ def _additive_chain(scores: Value) -> tuple[Value, list[Value]] | str:
             return "the masked scores are used outside the attention pattern"
         terms.append(term)
         value = inner
+    for i, term in enumerate(terms):  # c + B is not c where an inner term B is -inf
+        if isinstance(term, tuple) and math.isfinite(term[1]) and i + 1 < len(terms):
+            return ("a masked_fill with a finite value over other additive terms is not an "
+                    "additive term exactly (fill with float('-inf'))")
     return value, terms[::-1]
 
 
-def _sum_of(module: Module, terms: list[Value], dtype: Any, before: Node,
+def _sum_of(module: Module, terms: list[_Term], dtype: Any, before: Node,
             built: list[Node]) -> Value | None | str:
     """The one additive operand of ``attention``: None, the single term, or the terms added
     by new nodes (before ``before``), typed by broadcasting their shapes. A term of another
-    (bool or integer) dtype is cast to the scores' ``dtype`` first, as the add promoted it.
-    The new nodes are appended to ``built``."""
+    (bool or integer) dtype is cast to the scores' ``dtype`` first, as the add promoted it; a
+    ``(mask, c)`` term becomes ``where(mask, c, 0)``. The new nodes are appended to ``built``."""
     if not terms:
         return None
-    shape: tuple[Any, ...] | None = terms[0].tensor_type.shape
-    for term in terms[1:]:
-        shape = _broadcast(shape, term.tensor_type.shape)
+    shapes = [(t[0] if isinstance(t, tuple) else t).tensor_type.shape for t in terms]
+    shape: tuple[Any, ...] | None = shapes[0]
+    for other in shapes[1:]:
+        shape = _broadcast(shape, other)
         if shape is None:
             return "the additive terms of the scores do not broadcast to one known shape"
     def new(op: str, args: tuple, shape: tuple[Any, ...]) -> Value:
@@ -342,7 +367,8 @@ def _sum_of(module: Module, terms: list[Value], dtype: Any, before: Node,
                                               names="attention_bias", before=before))
         return built[-1].outputs[0]
 
-    cast = [t if t.tensor_type.dtype == dtype else new("aten.to.dtype", (t, dtype), t.tensor_type.shape)
+    cast = [build_fill_term(module, *t, dtype, before, built) if isinstance(t, tuple) else
+            t if t.tensor_type.dtype == dtype else new("aten.to.dtype", (t, dtype), t.tensor_type.shape)
             for t in terms]
     total = cast[0]
     for term in cast[1:]:
@@ -528,6 +554,9 @@ def _rotate_half_of(value: Any, rank: int) -> tuple[Value, int] | None:
     if not isinstance(parts, (list, tuple)) or len(parts) != 2:
         return None
     neg = _producer(parts[0], ("aten.neg.default",))
+    halves = _chunked_halves(neg.args[0], parts[1], rank) if neg is not None else None
+    if halves is not None:
+        return halves
     hi = _producer(neg.args[0], ("aten.slice.Tensor",)) if neg is not None else None
     lo = _producer(parts[1], ("aten.slice.Tensor",))
     if hi is None or lo is None or hi.args[0] is not lo.args[0]:
@@ -543,6 +572,22 @@ def _rotate_half_of(value: Any, rank: int) -> tuple[Value, int] | None:
     if not isinstance(width, int) or width != 2 * half or (hi.arg(3) is not None and hi.arg(3) < width):
         return None
     return x, half
+
+
+def _chunked_halves(hi: Any, lo: Any, rank: int) -> tuple[Value, int] | None:
+    """``(x, half)`` when ``lo, hi`` are the two outputs of ``chunk(x, 2, -1)`` (or
+    ``split(x, half, -1)``), in that order."""
+    node = _producer(hi, ("aten.chunk.default", "aten.split.Tensor"))
+    if node is None or lo not in node.outputs or len(node.outputs) != 2 or \
+            node.outputs.index(lo) != 0 or node.outputs.index(hi) != 1 or \
+            node.arg(2, 0) not in (-1, rank - 1) or not _is_tensor(node.args[0]):
+        return None
+    x = node.args[0]
+    width = x.tensor_type.shape[-1]
+    if not isinstance(width, int) or width % 2 or \
+            node.args[1] != (2 if node.op == "aten.chunk.default" else width // 2):
+        return None
+    return x, width // 2
 
 
 def _table(value: Any) -> Value | None:
@@ -907,6 +952,7 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
     ctx = _Context([concrete_env(module), concrete_env(module, offset=1)])
     _drop_empty_concat_operands(module)
     _drop_noop_casts(module)
+    einsums_as_matmuls(module)  # raising_forms.py
     explained: set[Node] = set()
     for rules in (FUSED_RULES, _COMPOSITE_RULES, _RULES, _PROJECTION_RULES):
         live = _live_nodes(module)
