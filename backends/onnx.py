@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from optc.backends.eager import build_graph_module
+from optc.backends.record import onnx_metadata
 from optc.backends.sparse_kernels import annotate_sparsity
 from optc.errors import BackendError
 from optc.ir.cleanup import eliminate_dead_code
@@ -114,7 +115,9 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
     """Write ``module`` as an ONNX model file (atomically; an existing file needs ``force``).
 
     Sparse weights are annotated in ``metadata_props`` (see :mod:`optc.backends.sparse_kernels`);
-    with ``sparse_initializers`` they are also stored as ``sparse_initializer`` where smaller."""
+    with ``sparse_initializers`` they are also stored as ``sparse_initializer`` where smaller.
+    The module's task, max length, pooling and tokenizer (its files included) are recorded in
+    ``metadata_props`` too (see :mod:`optc.backends.record`)."""
     from optc.outputs import atomic_file, check_output
 
     check_output(path, force)  # fail before the slow export
@@ -145,6 +148,7 @@ def export_onnx(module: Module, path: str | os.PathLike, *, force: bool = False,
         meta = {
             "optc.source": str(module.meta.get("source", "")),
             "optc.pipeline": ",".join(module.meta.get("pipeline", [])),
+            **onnx_metadata(module),  # task, max length, pooling, tokenizer (backends/record.py)
         }
         for key, value in meta.items():
             entry = model.metadata_props.add()

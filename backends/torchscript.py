@@ -34,6 +34,7 @@ import torch
 
 from optc.backends.eager import EagerModule, python_identifier
 from optc.backends.int8_exec import packed_int8_nodes, packed_weights
+from optc.backends.record import torchscript_extra_files
 from optc.backends.sparse_exec import (
     SPARSE_SCRIPT,
     AutoOptions,
@@ -282,7 +283,9 @@ def export_torchscript(module: Module, path: str | os.PathLike, *, force: bool =
     """Write ``module`` as a TorchScript file for ``torch.jit.load`` (atomic, no overwrite).
 
     ``sparse_kernel``: as for :func:`to_torchscript`; None takes the module's recorded choice,
-    ``module.meta["sparse_kernel"]`` (what ``optc --sparse-kernel`` sets), else dense."""
+    ``module.meta["sparse_kernel"]`` (what ``optc --sparse-kernel`` sets), else dense. The
+    extra files ``optc.json`` and ``optc/tokenizer_files.json`` record the module's task, max
+    length, pooling and tokenizer (see :mod:`optc.backends.record`)."""
     from optc.outputs import atomic_file, check_output
 
     check_output(path, force)  # fail before compiling
@@ -290,8 +293,10 @@ def export_torchscript(module: Module, path: str | os.PathLike, *, force: bool =
         sparse_kernel = module.meta.get("sparse_kernel", "dense")
     scripted = to_torchscript(module, sparse_kernel, auto=auto)
     plan = scripted.optc_sparse_plan
-    extra = {"_extra_files": {PLAN_FILE: plan}} if plan else {}
+    extra = torchscript_extra_files(module)  # task, max length, pooling, tokenizer
+    if plan:
+        extra[PLAN_FILE] = plan
     with atomic_file(path, force) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
-        torch.jit.save(scripted, str(tmp), **extra)
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return Path(path)

@@ -4,9 +4,12 @@
     optc finetune [MODEL] --task T [--data DIR] -o OUT [--epochs N] [--pooling mean] [--force]
 
 TARGET is an optc artifact, a Hugging Face model directory or id, an ``.onnx`` file (run in
-ONNX Runtime) or a TorchScript ``.pt`` file. The task defaults to the one an artifact records
-(``optc finetune`` records it); the tokenizer to the one recorded with the model
-(``--tokenizer`` for ONNX and TorchScript files, which record none).
+ONNX Runtime) or a TorchScript ``.pt`` file. The task (its whole spec: columns, labels), the
+max length it was fine-tuned with and the tokenizer default to what the target records: an
+artifact in its IR's meta, ONNX and TorchScript files in their metadata (the tokenizer's files
+included; see :mod:`optc.backends.record`). A ``--task`` with other labels than the recorded
+task is refused; one with the same labels (other columns or metrics) and a ``--max-length``
+other than the recorded one win with a one-line warning.
 
 The functions return exit codes and raise :class:`~optc.errors.OptcError` for the CLI's
 ``main`` to print as one line; usage errors print one line and exit 2.
@@ -84,66 +87,114 @@ def _target_kind(target: str) -> str:
     return "hf"
 
 
-def _tokenizer(ref: str | None, target: str) -> Any:
+def _tokenizer(ref: str | None, target: str, record: Any = None) -> Any:
+    """``ref`` (--tokenizer) if given, else the tokenizer files an ONNX or TorchScript output
+    carries, else the recorded tokenizer path or id."""
+    import tempfile
+
     from optc.frontends.huggingface import load_tokenizer
 
+    if ref is None and record is not None and record.tokenizer_files:
+        with tempfile.TemporaryDirectory(prefix="optc-tokenizer-") as tmp:
+            try:
+                return load_tokenizer(record.write_tokenizer(tmp))
+            except InputError as exc:
+                raise InputError(f"the tokenizer recorded in '{target}' does not load "
+                                 f"({str(exc).split(': pass')[0]}): pass --tokenizer DIR") from None
+    if ref is None and record is not None:
+        ref = record.tokenizer
     if ref is None:
         raise InputError(f"'{target}' records no tokenizer: pass --tokenizer DIR (the model "
                          "directory or a tokenizer directory)")
     return load_tokenizer(ref)
 
 
+def _same_head(a: Any, b: Any) -> bool:
+    """Whether tasks ``a`` and ``b`` read the same outputs the same way (kind and labels)."""
+    return (a.kind, a.num_labels, a.label_names) == (b.kind, b.num_labels, b.label_names)
+
+
+def _task_for(target: str, given: str | None, meta: dict[str, Any], default: Any = None) -> Any:
+    """The task to score ``target`` on: the one it records, or ``given`` (--task). A ``given``
+    task with other labels than the recorded one is refused (the model's outputs mean other
+    classes); one with the same labels but other columns or metrics wins with a warning."""
+    from optc.tasks import get_task
+    from optc.train import task_from_meta
+
+    recorded = task_from_meta(meta)
+    if given is None:
+        task = recorded or default
+        if task is None:
+            raise InputError(f"'{target}' records no task: pass --task NAME")
+        return task
+    task = get_task(given)
+    if recorded is None or task == recorded:
+        return task
+    spec = (meta.get("task") or {}).get("spec") or recorded.name
+    if not _same_head(task, recorded):
+        labels = ",".join(recorded.label_names) or recorded.kind
+        raise InputError(f"--task {given} does not fit '{target}': it records task {spec} "
+                         f"({labels}); drop --task to use the recorded one")
+    print(f"optc: warning: --task {given} differs from the task '{target}' records ({spec}); "
+          f"scoring with --task", file=sys.stderr)
+    return task
+
+
 def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
-                   threads: int | None,
+                   threads: int | None, default_task: Any = None,
                    ) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None, dict[str, Any]]:
     """(task, model_fn, tokenizer, input names, the token limit it was fine-tuned with, the
-    module's meta) for ``target`` (the limit and the meta are known for optc artifacts only)."""
-    import torch
-
-    from optc.tasks import get_task
-    from optc.train import task_from_meta, trained_max_length
+    module's meta) for ``target``. optc artifacts, ONNX and TorchScript files record their task
+    (and its max length) and tokenizer; ``task_spec`` and ``tokenizer_ref`` (the command's
+    --task and --tokenizer) override them, and ``default_task`` stands in for a task that is
+    neither given nor recorded (the target's for --against)."""
+    from optc.train import trained_max_length
 
     kind = _target_kind(target)
     if kind != "hf" and not Path(target).exists():
         raise InputError(f"'{target}' does not exist")
+    record = None
     if kind == "artifact":
         from optc.artifacts import load_module
         from optc.backends.eager import to_eager
 
         module = load_module(target)
-        _refuse_untrained_head(target, module.meta)
-        task = get_task(task_spec) if task_spec else task_from_meta(module.meta)
-        if task is None:
-            raise InputError(f"artifact '{target}' records no task: pass --task NAME")
-        tok = _tokenizer(tokenizer_ref or (module.meta.get("source") or {}).get("tokenizer"), target)
-        names = tuple(v.name for v in module.graph.inputs)
-        return task, to_eager(module), tok, names, trained_max_length(module.meta), module.meta
-    if task_spec is None:
-        raise InputError(f"'{target}' records no task: pass --task NAME")
-    task = get_task(task_spec)
-    if kind == "onnx":
+        meta = module.meta
+        _refuse_untrained_head(target, meta)
+        runner, names = to_eager(module), tuple(v.name for v in module.graph.inputs)
+    elif kind == "onnx":
         from optc.backends.onnx import OnnxModule
+        from optc.backends.record import read_onnx_record
 
         try:
             runner = OnnxModule(target, threads=threads)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot load ONNX model '{target}': {first}") from None
-        return task, runner, _tokenizer(tokenizer_ref, target), tuple(runner.input_names), None, {}
-    if kind == "torchscript":
-        try:
-            scripted = torch.jit.load(target)
-        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError subclasses
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(f"cannot load TorchScript file '{target}': {first}") from None
-        names = tuple(a.name for a in scripted.forward.schema.arguments[1:])
-        scripted.eval()  # loaded artifacts and Hugging Face models are in eval mode already
-        return task, scripted, _tokenizer(tokenizer_ref, target), names, None, {}
-    from optc.frontends.huggingface import load_model
+        record = read_onnx_record(runner.session.get_modelmeta().custom_metadata_map,
+                                  f"'{target}'")
+        meta, names = record.meta, tuple(runner.input_names)
+    elif kind == "torchscript":
+        from optc.backends.record import load_torchscript
 
-    model, source = load_model(target, task=task.head)
-    _refuse_untrained_head(target, {"source": source})
-    return task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target), None, None, {}
+        runner, record = load_torchscript(target)
+        names = tuple(a.name for a in runner.forward.schema.arguments[1:])
+        runner.eval()  # loaded artifacts and Hugging Face models are in eval mode already
+        meta = record.meta
+    else:
+        from optc.frontends.huggingface import load_model
+        from optc.tasks import get_task
+
+        if task_spec is None and default_task is None:
+            raise InputError(f"'{target}' records no task: pass --task NAME")
+        task = get_task(task_spec) if task_spec else default_task
+        model, source = load_model(target, task=task.head)
+        _refuse_untrained_head(target, {"source": source})
+        return (task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target),
+                None, None, {})
+    task = _task_for(target, task_spec, meta, default_task)
+    tokenizer_ref = tokenizer_ref or (None if record else (meta.get("source") or {}).get("tokenizer"))
+    return task, runner, _tokenizer(tokenizer_ref, target, record), names, trained_max_length(meta), meta
 
 
 def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
@@ -156,6 +207,21 @@ def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
             f"({', '.join(fresh[:3])}{', ...' if len(fresh) > 3 else ''}): train it first "
             "(optc finetune) before evaluating"
         )
+
+
+def _max_length(target: str, given: int | None, recorded: int | None,
+                meta: dict[str, Any]) -> int | None:
+    """The token limit to score with: ``given`` (--max-length), else the recorded one. A given
+    limit that differs from the recorded one wins with a warning; an optc output that records
+    none (not fine-tuned by optc) is scored at the task's default with a warning."""
+    if given is not None and recorded is not None and given != recorded:
+        print(f"optc: warning: --max-length {given} differs from the {recorded} tokens "
+              f"'{target}' was fine-tuned with; scoring with {given}", file=sys.stderr)
+    elif given is None and recorded is None and meta.get("task"):
+        print(f"optc: warning: '{target}' records no max length (not fine-tuned by optc): "
+              "scoring with the task's default, 128 tokens (384 for QA); pass --max-length N "
+              "to choose", file=sys.stderr)
+    return given or recorded
 
 
 def _token_names(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -172,15 +238,16 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="optc artifact, Hugging Face model directory or id, .onnx or "
                         "TorchScript .pt file")
     p.add_argument("--task", help="task name or spec (sst2, mrpc, squad, "
-                   "text-classification{labels=neg,pos}); default: the artifact's task")
+                   "text-classification{labels=neg,pos}); default: the task TARGET records "
+                   "(artifact, .onnx, .pt); other labels than it records are refused")
     p.add_argument("--data", metavar="DIR", help="task data directory or file (default: the "
                    "task's directory under $OPTC_DATA_DIR)")
     p.add_argument("--split", default="dev", choices=["dev", "val", "train"],
                    help="split to score (val: the seeded validation part of train)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-length", type=_positive_int, default=None,
-                   help="token limit (default: the one an optc artifact was fine-tuned with, "
-                        "else 128; 384 for QA)")
+                   help="token limit (default: the one TARGET records, i.e. it was fine-tuned "
+                        "with, else 128; 384 for QA)")
     p.add_argument("--limit", type=_positive_int, default=None, help="score the first N examples")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
                    "one recorded with the model)")
@@ -216,9 +283,9 @@ def cmd_eval(argv: list[str]) -> int:
     base = None
     if args.against:
         with progress.step(f"loading {args.against}"):
-            base = _load_for_eval(args.against, args.task or task.name, args.tokenizer,
-                                  args.threads)
-        if base[0].name != task.name:
+            base = _load_for_eval(args.against, args.task, args.tokenizer, args.threads,
+                                  default_task=task)
+        if not _same_head(base[0], task):
             raise InputError(f"'{args.against}' is a {base[0].name} model and '{args.target}' a "
                              f"{task.name} one: --against compares models of the same task")
     # A checkpoint chosen on the split being scored makes its figure optimistic: say so.
@@ -227,10 +294,13 @@ def cmd_eval(argv: list[str]) -> int:
     for warning in selection:
         print(f"optc: warning: {warning}", file=sys.stderr)
     examples = task.read(args.split, args.data, limit=args.limit)  # the same for both models
+    length = _max_length(args.target, args.max_length, trained, meta)
     with progress.step(f"evaluating {task.name} ({args.split})"):
         result = evaluate(task, model_fn, examples, tok, batch_size=args.batch_size,
-                          max_length=args.max_length or trained, input_names=_token_names(names))
-    summary = {"target": args.target, "task": task.name, "split": args.split,
+                          max_length=length, input_names=_token_names(names))
+    spec = (meta.get("task") or {}).get("spec") if args.task is None else args.task
+    summary = {"target": args.target, "task": task.name, "task_spec": spec or task.name,
+               "max_length": length, "split": args.split,
                "metrics": result.metrics, "main_metric": result.main_metric,
                "score": result.score, "examples": result.num_examples,
                "examples_per_second": result.examples_per_second, "seconds": result.seconds,
@@ -381,7 +451,7 @@ def cmd_finetune(argv: list[str]) -> int:
                "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout,
                "pooling": args.pooling}
     eval_split = None if args.eval_split == "none" else args.eval_split
-    report = finetune(module, task, args.data, tokenizer=tokenizer, eval_split=eval_split,
+    report = finetune(module, args.task or task, args.data, tokenizer=tokenizer, eval_split=eval_split,
                       progress=_StepPrinter(not args.quiet), **options)
     spec = Finetune(task=args.task or task.name, data=args.data, eval_split=args.eval_split,
                     tokenizer=args.tokenizer, **options).spec()

@@ -19,6 +19,7 @@ from optc.train.heads import (
     selection_warning,
     task_from_meta,
     task_meta,
+    task_spec,
     trained_max_length,
 )
 from optc.train.hooks import TrainHooks
@@ -61,6 +62,7 @@ __all__ = [
     "add_task_head",
     "has_task_head",
     "task_meta",
+    "task_spec",
     "task_from_meta",
     "trained_max_length",
     "selection_split",

@@ -31,7 +31,8 @@ from optc.ir.core import Module, Value
 from optc.ir.types import TensorType
 from optc.tasks import Task, get_task
 
-__all__ = ["add_task_head", "has_task_head", "task_meta", "task_from_meta", "check_pooling",
+__all__ = ["add_task_head", "has_task_head", "task_meta", "task_spec", "task_from_meta",
+           "check_pooling",
            "trained_max_length", "selection_split", "selection_warning", "HEAD_INIT_STD",
            "POOLINGS"]
 
@@ -112,7 +113,10 @@ def has_task_head(module: Module, task: Task | str, pooling: str = "auto") -> bo
 
 def task_meta(task: Task, spec: str | None = None,
               pooling: str | None = None) -> dict[str, Any]:
-    """What ``meta["task"]`` records about ``task`` (JSON); ``pooling``: what the head reads."""
+    """What ``meta["task"]`` records about ``task`` (JSON); ``spec``: the spec to record when
+    it rebuilds ``task`` (else the one :func:`task_spec` finds); ``pooling``: what the head
+    reads."""
+    spec = task_spec(task, spec)
     meta: dict[str, Any] = {
         "name": task.name,
         "kind": task.kind,
@@ -128,8 +132,53 @@ def task_meta(task: Task, spec: str | None = None,
     return meta
 
 
+def _rebuilds(spec: str, task: Task) -> bool:
+    try:
+        return get_task(spec) == task
+    except InputError:
+        return False
+
+
+def _text_classification_spec(task: Task) -> str:
+    """The ``text-classification{...}`` spec of a task built by that factory (defaults left out)."""
+    options = []
+    if task.text_columns and task.text_columns[0] != "text":
+        options.append(f"text_column={task.text_columns[0]}")
+    if len(task.text_columns) > 1:
+        options.append(f"pair_column={task.text_columns[1]}")
+    if task.label_column not in (None, "label"):
+        options.append(f"label_column={task.label_column}")
+    if task.kind == "regression":
+        options.append("regression=true")
+    elif not task.numbers_are_indices:  # the classes were named
+        options.append(f"labels={','.join(task.label_names)}")
+    elif task.num_labels != 2:
+        options.append(f"num_labels={task.num_labels}")
+    default = ("pearson", "spearman") if task.kind == "regression" else ("accuracy",)
+    if task.metrics != default:
+        options.append(f"metrics={','.join(task.metrics)}")
+    if task.main_metric != task.metrics[0]:
+        options.append(f"main_metric={task.main_metric}")
+    return f"{task.name}{{{','.join(options)}}}" if options else task.name
+
+
+def task_spec(task: Task, given: str | None = None) -> str | None:
+    """The spec string that ``get_task`` rebuilds ``task`` from (equal in every field): ``given``
+    when it does, else the task's name (a registered task) or, for ``text-classification``,
+    the name with the options that differ from the defaults
+    (``text-classification{text_column=review,labels=neg,pos}``); None when neither rebuilds
+    it (a task built by hand, not from the registry)."""
+    candidates = [given] if given else []
+    candidates.append(task.name)
+    if task.name == "text-classification":
+        candidates.append(_text_classification_spec(task))
+    return next((c for c in candidates if _rebuilds(c, task)), None)
+
+
 def task_from_meta(meta: dict[str, Any]) -> Task | None:
-    """The task recorded in a module's ``meta`` (``meta["task"]``), or None."""
+    """The task recorded in a module's ``meta`` (``meta["task"]``), or None: rebuilt from its
+    ``spec`` (every option: columns, labels, metrics) when recorded, else from its name and
+    labels (artifacts written before the spec was recorded)."""
     recorded = meta.get("task")
     if not isinstance(recorded, dict) or not recorded.get("name"):
         return None
@@ -197,14 +246,17 @@ def add_task_head(module: Module, task: Task | str, seed: int = 0,
     ``meta["task"]`` records a different pooling for that head (then InputError: leave
     pooling at auto, or start from the encoder without its head).
 
-    Always records the task in ``module.meta["task"]`` (``spec``: the task spec to record,
-    for generic tasks built from options), with the head's pooling (``auto`` resolved).
+    Always records the task in ``module.meta["task"]``, with its spec (``spec`` when given and
+    it rebuilds the task, else the one :func:`task_spec` finds; an existing record's spec is
+    kept) and the head's pooling (``auto`` resolved).
     Raises :class:`InputError` when the module has a head that does not fit, or no
     ``last_hidden_state`` to put one on; the module is unchanged then.
     """
     task = get_task(task) if isinstance(task, str) else task
     if _check_existing(module, task, pooling):
-        module.meta["task"] = task_meta(task, spec, _recorded_pooling(module))
+        recorded = module.meta.get("task")
+        kept = recorded.get("spec") if isinstance(recorded, dict) else None
+        module.meta["task"] = task_meta(task, spec or kept, _recorded_pooling(module))
         return False
     hidden = _output(module, "last_hidden_state")
     if hidden is None or hidden.tensor_type.rank != 3:

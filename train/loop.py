@@ -368,6 +368,7 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
              epochs: float, lr: float, max_steps: int | None, doc_stride: int | None,
              holdout: float | int = DEFAULT_VAL_SIZE, pooling: str = "auto",
              ) -> tuple[Task, list[Encoded], list[Any] | None, int, bool, str | None]:
+    spec = task if isinstance(task, str) else None  # recorded as given when it rebuilds the task
     task = get_task(task) if isinstance(task, str) else task
     if tokenizer is None:
         raise InputError("training needs the model's tokenizer: pass tokenizer= (e.g. "
@@ -383,7 +384,7 @@ def _prepare(module: Module, task: Task | str, data: Any, tokenizer: Any, *, see
     train, evals, split = _splits(task, data, eval_split, seed, train_examples, eval_examples,
                                   holdout)
     items = encode(task, train, tokenizer, length, doc_stride)
-    head_added = add_task_head(module, task, seed, pooling=pooling)  # the module changes from here on
+    head_added = add_task_head(module, task, seed, spec=spec, pooling=pooling)  # the module changes from here on
     return task, items, evals, length, head_added, split
 
 

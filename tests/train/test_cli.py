@@ -80,10 +80,14 @@ def test_eval_onnx_and_torchscript_files_match_the_artifact(finetuned, task_dir,
                          "-q"]) == 0
         scores.append(json.loads(capsys.readouterr().out)["score"])
     assert scores == [read_metadata(finetuned)["eval_score"]] * 2
+    bare = module.clone()  # a module that records neither task nor tokenizer
+    del bare.meta["task"]
+    bare.meta["source"] = {k: v for k, v in bare.meta["source"].items() if k != "tokenizer"}
+    write_backend(bare, "onnx", tmp_path / "bare.onnx")
     with pytest.raises(InputError, match="records no task: pass --task"):
-        cmd_eval([str(tmp_path / "m.onnx"), "-q"])
+        cmd_eval([str(tmp_path / "bare.onnx"), "-q"])
     with pytest.raises(InputError, match="records no tokenizer: pass --tokenizer"):
-        cmd_eval([str(tmp_path / "m.onnx"), "--task", "sst2", "-q"])
+        cmd_eval([str(tmp_path / "bare.onnx"), "--task", "sst2", "-q"])
 
 
 def test_eval_a_hugging_face_directory(model_dir, task_dir, tmp_path, capsys) -> None:
