@@ -144,7 +144,8 @@ def test_eval_defaults_to_the_token_limit_the_model_was_fine_tuned_with(finetune
     from optc.train import trained_max_length
 
     meta = optc.load_module(finetuned).meta
-    assert meta["task"]["max_length"] == 128 == trained_max_length(meta)  # finetune's default
+    # finetune's default, 128, clamped to the tiny model's 64 positions (tasks.limits)
+    assert meta["task"]["max_length"] == 64 == trained_max_length(meta)
     assert trained_max_length({"task": {"max_length": True}}) is None
     assert trained_max_length({}) is None
     from optc import tasks
@@ -160,7 +161,8 @@ def test_eval_defaults_to_the_token_limit_the_model_was_fine_tuned_with(finetune
     assert cmd_eval([str(finetuned), "--data", str(task_dir), "-q", "--limit", "4"]) == 0
     assert cmd_eval([str(finetuned), "--data", str(task_dir), "-q", "--limit", "4",
                      "--max-length", "16"]) == 0
-    assert seen == [128, 16]
+    assert seen == [64, 16]
+    assert "--max-length 16 differs from the 64 tokens" in capsys.readouterr().err
     capsys.readouterr()
 
 
