@@ -501,6 +501,12 @@ class Module:
         """Bytes of every parameter's tensor at its dtype (what dense storage takes)."""
         return sum(p.data.numel() * p.data.element_size() for p in self.params.values())
 
+    def restore(self, snapshot: Module) -> None:
+        """Become ``snapshot`` (a :meth:`clone` taken earlier) in place: graph, parameters,
+        dims and meta; used to undo a pass that failed half-way."""
+        self.graph, self.params = snapshot.graph, snapshot.params
+        self.dims, self.meta = snapshot.dims, snapshot.meta
+
     def clone(self) -> Module:
         """A structural copy sharing parameter tensors (copy-on-write: passes replace a
         parameter's tensor, never edit it in place, so sharing is safe).

@@ -1,6 +1,7 @@
 """Passes over the optc IR, the pass manager, the registry and the pipeline spec."""
 
 from optc.passes.base import Pass, PassResult
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.manager import (
     DumpIR,
     Instrument,
@@ -16,6 +17,8 @@ from optc.passes.spec import format_pipeline, parse_pipeline
 __all__ = [
     "Pass",
     "PassResult",
+    "PassContext",
+    "EMPTY_CONTEXT",
     "DumpIR",
     "Instrument",
     "PassManager",

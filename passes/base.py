@@ -2,16 +2,22 @@
 
 A pass is a frozen dataclass: its fields are its options (they map one-to-one to the text
 pipeline spec ``name{field=value}``), ``name`` is its kebab-case registry name, and
-:meth:`Pass.run` rewrites a module in place and returns a :class:`PassResult`.
+:meth:`Pass.run` rewrites a module in place and returns a :class:`PassResult`. What a pass
+needs beyond its options comes in the :class:`~optc.passes.context.PassContext` the pass
+manager hands to ``run(module, ctx)``; a pass that needs nothing from it may define
+``run(self, module)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from optc.ir.core import Module
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 
 __all__ = ["Pass", "PassResult", "format_pass", "format_value"]
 
@@ -32,6 +38,26 @@ class Pass:
 
     name: ClassVar[str] = ""
     """Kebab-case name used in pipeline specs."""
+    needs_reference: ClassVar[bool] = False
+    """Whether the pass learns from or compares against the pipeline's input (then the pass
+    manager puts a copy of it in ``ctx.reference``)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and len(inspect.signature(run).parameters) == 2:  # (self, module)
+            @functools.wraps(run)
+            def run_with_context(self: Any, module: Module, ctx: PassContext = EMPTY_CONTEXT,
+                                 _run: Any = run) -> Any:
+                return _run(self, module)
+
+            cls.run = run_with_context  # type: ignore[method-assign]
+
+    @property
+    def uses_data(self) -> bool:
+        """Whether this configuration reads task or calibration data from its ``data`` option
+        (the CLI's ``--data`` fills it when the spec leaves it out)."""
+        return False
 
     def requires(self, module: Module) -> str | None:
         """Return why the pass cannot run on ``module``, or None when it can.
@@ -41,8 +67,9 @@ class Pass:
         """
         return None
 
-    def run(self, module: Module) -> PassResult:
-        """Rewrite ``module`` in place and report what changed."""
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
+        """Rewrite ``module`` in place and report what changed; ``ctx``: what the pipeline
+        gives (see :class:`~optc.passes.context.PassContext`)."""
         raise NotImplementedError(f"pass {self.name} does not implement run()")
 
     @classmethod

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from optc.errors import InputError, PipelineSpecError
 from optc.ir.core import Module
 from optc.passes.base import PassResult
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.finetune import (
     TrainingPass,
     pass_task,
@@ -28,7 +29,7 @@ class Distill(TrainingPass, TakesReference):
     """Train the module to imitate a teacher on a task's data (soft targets, hidden states).
 
     Teacher: ``teacher=PATH`` (an optc artifact), else the module as it entered the pipeline
-    when the pass manager hands it over (:meth:`with_pipeline_input`), else a copy of the
+    when the pass manager hands it over (``ctx.reference``), else a copy of the
     module as this pass starts (said in the stats: ``teacher=self``).
     Loss: ``alpha_soft * KL(student/T || teacher/T) * T^2 + (1 - alpha_soft) * task loss +
     hidden_mse * MSE(student layer outputs, mapped teacher layer outputs)``. A teacher without
@@ -64,18 +65,19 @@ class Distill(TrainingPass, TakesReference):
             except InputError as exc:
                 raise PipelineSpecError(f"distill: {exc}") from None
 
-    def _teacher(self, module: Module) -> tuple[Module, str]:
-        return self.reference() or (module.clone(), "self")
+    def _teacher(self, module: Module, ctx: PassContext) -> tuple[Module, str]:
+        return self.reference(ctx) or (module.clone(), "self")
 
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         task = pass_task(self, module)
         tokenizer = pass_tokenizer(self, module)
-        teacher, origin = self._teacher(module)
+        teacher, origin = self._teacher(module, ctx)
         soft = self.alpha_soft > 0 and has_task_head(teacher, task)
         hidden = self.hidden_mse if self.hidden_mse is not None else (0.0 if soft else 1.0)
         report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
                          temperature=self.temperature, alpha_soft=self.alpha_soft,
-                         hidden_mse=hidden, layer_map=self.layer_map, **train_options(self))
+                         hidden_mse=hidden, layer_map=self.layer_map, progress=ctx.progress,
+                         **train_options(self))
         stats = report_stats(report)
         stats.update({"teacher": origin, "soft_targets": soft, "hidden_mse": hidden,
                       "layer_map": report.extra["layer_map"]})

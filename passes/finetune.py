@@ -11,6 +11,7 @@ from optc.frontends.huggingface import load_tokenizer
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
 from optc.passes.calibration import check_vocabulary
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.registry import register_pass
 from optc.tasks import Task, get_task
 from optc.train import TrainReport, finetune, has_task_head, task_from_meta
@@ -182,9 +183,10 @@ class Finetune(TrainingPass):
 
     name = "finetune"
 
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         task = pass_task(self, module)
         tokenizer = pass_tokenizer(self, module)
         data: str | os.PathLike | None = self.data
-        report = finetune(module, task, data, tokenizer=tokenizer, **train_options(self))
+        report = finetune(module, task, data, tokenizer=tokenizer, progress=ctx.progress,
+                          **train_options(self))
         return PassResult(True, report_stats(report))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -14,11 +14,12 @@ import torch
 from optc.errors import InputError, PipelineSpecError
 from optc.ir.core import Module
 from optc.passes.base import PassResult
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.distill import Distill
 from optc.passes.finetune import pass_task, pass_tokenizer, report_stats, train_options
 from optc.passes.registry import register_pass
 from optc.passes.sparsify import Sparsify
-from optc.train import ProgressFn, TrainableModule, TrainHooks, distill, has_task_head
+from optc.train import TrainableModule, TrainHooks, distill, has_task_head
 from optc.train.schedules import check_schedule, cubic_sparsity, prune_steps
 
 __all__ = ["GradualPrune", "GradualPruneHooks", "END_FRACTION", "UPDATES"]
@@ -182,7 +183,6 @@ class GradualPrune(Distill):
     targets: tuple[str, ...] = ("attention", "ffn")
     """Roles pruned: every encoder linear by default (never embeddings; pooler and
     classifier only with ``head``)."""
-    _progress: ProgressFn | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -206,18 +206,6 @@ class GradualPrune(Distill):
         return Sparsify(sparsity=self.sparsity, pattern=self.pattern, block=self.block,
                         scope=self.scope, targets=self.targets)
 
-    def with_progress(self, progress: ProgressFn | None) -> GradualPrune:
-        """This pass reporting each training step to ``progress`` (step, loss, sparsity
-        in ``terms``, ETA)."""
-        copy = self.with_pipeline_input(self._pipeline_input)
-        object.__setattr__(copy, "_progress", progress)
-        return copy
-
-    def with_pipeline_input(self, module: Module | None) -> GradualPrune:
-        copy = super().with_pipeline_input(module)
-        object.__setattr__(copy, "_progress", self._progress)
-        return copy
-
     def requires(self, module: Module) -> str | None:
         return super().requires(module) or self._final().requires(module)
 
@@ -228,10 +216,11 @@ class GradualPrune(Distill):
                                  start=self.start_step, end=self.end_step,
                                  frequency=self.frequency)
 
-    def run(self, module: Module, hooks: GradualPruneHooks | None = None) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT,
+            hooks: GradualPruneHooks | None = None) -> PassResult:
         task = pass_task(self, module)
         tokenizer = pass_tokenizer(self, module)
-        teacher, origin = self._teacher(module)
+        teacher, origin = self._teacher(module, ctx)
         soft = self.alpha_soft > 0 and has_task_head(teacher, task)
         hidden = self.hidden_mse if self.hidden_mse is not None else (0.0 if soft else 1.0)
         hooks = hooks or self.make_hooks(module)
@@ -240,9 +229,9 @@ class GradualPrune(Distill):
             report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
                              temperature=self.temperature, alpha_soft=self.alpha_soft,
                              hidden_mse=hidden, layer_map=self.layer_map, hooks=hooks,
-                             progress=self._progress, **train_options(self))
+                             progress=ctx.progress, **train_options(self))
         except BaseException:  # a refusal (or Ctrl-C) after add_task_head: undo it
-            _restore(module, snapshot)
+            module.restore(snapshot)
             raise
         final = self._final().run(module)  # no value changes: records the sparsity attribute
         stats: dict[str, Any] = report_stats(report)
@@ -257,8 +246,3 @@ class GradualPrune(Distill):
             stats["end_step_clamped"] = hooks.end
         return PassResult(True, stats)
 
-
-def _restore(module: Module, snapshot: Module) -> None:
-    """Put ``module`` back as ``snapshot`` (a clone taken before it changed)."""
-    module.graph, module.params = snapshot.graph, snapshot.params
-    module.dims, module.meta = snapshot.dims, snapshot.meta

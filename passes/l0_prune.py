@@ -3,7 +3,7 @@ distillation, committed physically with the structural passes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -12,13 +12,14 @@ from optc.errors import PassError, PipelineSpecError
 from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module, Parameter
 from optc.passes.base import PassResult
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.distill import Distill
 from optc.passes.finetune import pass_task, pass_tokenizer, report_stats, train_options
 from optc.passes.prune_heads import PruneHeads
 from optc.passes.prune_neurons import PruneNeurons
 from optc.passes.registry import register_pass
 from optc.passes.structural import slice_conflict
-from optc.train import ProgressFn, distill, has_task_head
+from optc.train import distill, has_task_head
 from optc.train.gates import L0Gates, SizeModel, encoder_cost, size_model
 
 __all__ = ["L0Prune", "commit_gates", "enforce_target"]
@@ -140,19 +141,6 @@ class L0Prune(Distill):
     log-alpha first) or louizos (clamp(sigmoid(log-alpha) * 1.2 - 0.1, 0, 1))."""
     exact_target: bool = True
     """Remove the lowest-scoring open units too until the target is met."""
-    _progress: ProgressFn | None = field(default=None, init=False, repr=False, compare=False)
-
-    def with_progress(self, progress: ProgressFn | None) -> L0Prune:
-        """This pass reporting each training step to ``progress`` (step, loss, expected
-        size, target, Lagrangian terms in ``terms``, ETA)."""
-        copy = self.with_pipeline_input(self._pipeline_input)
-        object.__setattr__(copy, "_progress", progress)
-        return copy
-
-    def with_pipeline_input(self, module: Module | None) -> L0Prune:
-        copy = super().with_pipeline_input(module)
-        object.__setattr__(copy, "_progress", self._progress)
-        return copy
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -208,7 +196,7 @@ class L0Prune(Distill):
                     return f"layer {layer.index}: {conflict}"
         return None
 
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         task = pass_task(self, module)
         tokenizer = pass_tokenizer(self, module)
         seq = self.max_length or (384 if task.kind == "extractive-qa" else 128)
@@ -221,7 +209,7 @@ class L0Prune(Distill):
             raise PassError(f"l0-prune target {self.target} is below what removing every gated "
                              f"unit leaves ({floor:.3f} of the encoder's {self.measure}): raise "
                              "the target or gate more kinds of units")
-        teacher, origin = self._teacher(module)
+        teacher, origin = self._teacher(module, ctx)
         soft = self.alpha_soft > 0 and has_task_head(teacher, task)
         hidden = self.hidden_mse if self.hidden_mse is not None else (0.0 if soft else 1.0)
         hooks = L0Gates(size, self.target, layers="layers" in self.gates,
@@ -235,14 +223,13 @@ class L0Prune(Distill):
             report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
                              temperature=self.temperature, alpha_soft=self.alpha_soft,
                              hidden_mse=hidden, layer_map=self.layer_map, hooks=hooks,
-                             edit=hooks.edit, progress=self._progress, **train_options(self))
+                             edit=hooks.edit, progress=ctx.progress, **train_options(self))
             gates = hooks.final_gates()
             forced = (enforce_target(size, gates, hooks.scores(), self.target)
                       if self.exact_target else 0)
             done = commit_gates(module, size, gates)
         except BaseException:  # a refusal or Ctrl-C: no half-trained, half-pruned module
-            module.graph, module.params = snapshot.graph, snapshot.params
-            module.dims, module.meta = snapshot.dims, snapshot.meta
+            module.restore(snapshot)
             raise
         after_structure = analyze(module)
         after = {m: encoder_cost(module, after_structure, m, seq) for m in ("flops", "params")}

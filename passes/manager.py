@@ -7,6 +7,7 @@ before the first pass and after every pass unless ``verify=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from optc.ir.core import Module
 from optc.ir.printer import print_module
 from optc.ir.verifier import collect_problems
 from optc.passes.base import Pass, PassResult
+from optc.passes.context import PassContext
 from optc.passes.spec import parse_pipeline
 
 __all__ = [
@@ -149,21 +151,23 @@ class PassManager:
             if problems:
                 raise VerificationError(problems, context)
 
-    def run(self, module: Module) -> PipelineReport:
+    def run(self, module: Module, ctx: PassContext | None = None) -> PipelineReport:
         """Run the pipeline on ``module`` (edited in place) and report what each pass did.
 
-        Passes that learn from the pipeline's input (``distill``'s default teacher) get a
-        copy of the module as it entered the pipeline (or ``reference``) through
-        ``with_pipeline_input``.
+        Every pass gets ``ctx`` (default: a new :class:`PassContext`). When a pass learns from
+        the pipeline's input (``needs_reference``: ``distill``'s default teacher) and ``ctx``
+        holds none, ``ctx.reference`` becomes ``reference`` or a copy of the module as it
+        entered. A pass that fails leaves the module exactly as it was before that pass.
         """
         if not isinstance(module, Module):
             hint = (": capture it first (module = optc.capture(model))"
                     if isinstance(module, torch.nn.Module) else "")
             raise InputError(f"run_pipeline needs an optc IR module, got {type(module).__name__}{hint}")
-        report = PipelineReport()
-        snapshot = None
-        if any(hasattr(p, "with_pipeline_input") for p in self.passes):
+        ctx = ctx if ctx is not None else PassContext()
+        if ctx.reference is None and any(p.needs_reference for p in self.passes):
             snapshot = self.reference if self.reference is not None else module.clone()
+            ctx = dataclasses.replace(ctx, reference=snapshot)
+        report = PipelineReport()
         self._verify(module, "on the input to the pipeline")
         for inst in self.instruments:
             inst.before_pipeline(module, self.passes)
@@ -171,29 +175,38 @@ class PassManager:
         for index, p in enumerate(self.passes):
             spec = p.spec()
             after = f" (after {', '.join(done)})" if done else " (first pass)"
-            if snapshot is not None and hasattr(p, "with_pipeline_input"):
-                p = p.with_pipeline_input(snapshot)
             reason = p.requires(module)
             if reason:
                 raise PassError(f"pass '{spec}' cannot run{after}: {reason}")
             start = time.perf_counter()
+            before = module.clone()
             try:
-                result = p.run(module)
+                result = p.run(module, ctx)
             except OptcError as exc:
+                module.restore(before)
                 err = PassError(f"pass '{spec}' failed{after}: {exc}")
                 err.exit_code = exc.exit_code
                 raise err from exc
             except Exception as exc:  # noqa: BLE001 - a crashing pass is a bug: name it
+                module.restore(before)
                 err = PassError(f"pass '{spec}' crashed{after}: {type(exc).__name__}: {exc}")
                 err.exit_code = 1
                 raise err from exc
+            except BaseException:  # Ctrl-C: the module as it was before this pass
+                module.restore(before)
+                raise
             seconds = time.perf_counter() - start
             if not isinstance(result, PassResult):
+                module.restore(before)
                 raise PassError(
                     f"pass '{spec}' returned {type(result).__name__}, not PassResult: "
                     "return PassResult(modified, stats) from run()"
                 )
-            self._verify(module, f"after pass '{spec}'{after}")
+            try:
+                self._verify(module, f"after pass '{spec}'{after}")
+            except VerificationError:
+                module.restore(before)
+                raise
             record = PassRecord(spec, result.modified, dict(result.stats), seconds)
             report.records.append(record)
             for inst in self.instruments:

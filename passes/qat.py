@@ -29,6 +29,7 @@ from optc.ir.analysis import Structure
 from optc.ir.core import Module, Parameter, Value
 from optc.ir.types import TensorType
 from optc.passes.calibration import RangeObserver, affine_qparams, linears_of, observe_inputs
+from optc.passes.context import PassContext
 from optc.passes.finetune import pass_task, pass_tokenizer, report_stats, train_options
 from optc.tasks import batches, model_input_names
 from optc.train import TrainHooks, distill, has_task_head
@@ -132,15 +133,16 @@ def _seed_ranges(p: Any, module: Module, names: list[str], task: Any,
     return observers, index
 
 
-def train_qat(p: Any, module: Module, names: list[str]
+def train_qat(p: Any, module: Module, names: list[str], ctx: PassContext
               ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]] | None, dict[str, Any]]:
     """Train ``module`` (in place, float weights) with fake quantization of the linears whose
     weights are ``names``, distilling from ``p``'s teacher; ``p`` is the ``quantize`` pass.
     Returns the static activation parameters by weight name (None without activations) and
-    the training stats."""
+    the training stats. ``ctx``: the pipeline's context (its input is the default teacher,
+    its progress gets each step)."""
     task = pass_task(p, module)
     tokenizer = pass_tokenizer(p, module)
-    teacher, origin = p._teacher(module)
+    teacher, origin = p._teacher(module, ctx)
     soft = p.alpha_soft > 0 and has_task_head(teacher, task)
     hidden = p.hidden_mse if p.hidden_mse is not None else (0.0 if soft else 1.0)
     observers: list[RangeObserver] = []
@@ -154,7 +156,8 @@ def train_qat(p: Any, module: Module, names: list[str]
 
     report = distill(module, teacher, task, p.data, tokenizer=tokenizer,
                      temperature=p.temperature, alpha_soft=p.alpha_soft, hidden_mse=hidden,
-                     layer_map=p.layer_map, hooks=hooks, edit=edit, **train_options(p))
+                     layer_map=p.layer_map, hooks=hooks, edit=edit, progress=ctx.progress,
+                     **train_options(p))
     stats = report_stats(report)
     stats.update({"teacher": origin, "soft_targets": soft, "hidden_mse": hidden,
                   "qat_activations": len(observers)})

@@ -23,6 +23,7 @@ from optc.passes.calibration import (
     linears_of,
     observe_inputs,
 )
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.distill import Distill
 from optc.passes.finetune import pass_task, pass_tokenizer, requires_task
 from optc.passes.qat import train_qat
@@ -238,13 +239,13 @@ class Quantize(Distill):
         return None
 
     # -- running --------------------------------------------------------------------------
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         matmuls = self._attention_nodes(module)
         names = [node.args[1].name for _, node in self._targets(module)]
         stats: dict[str, Any] = {}
         aparams = None
         if self.mode == "qat":
-            qparams, stats = train_qat(self, module, names)
+            qparams, stats = train_qat(self, module, names, ctx)
         elif self.mode == "static":
             batches = calibration_batches(module, self.data, self.samples, self.batch_size,
                                           self.max_length or 128, self.tokenizer,

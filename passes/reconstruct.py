@@ -11,8 +11,9 @@ import torch
 from optc.errors import InputError, PassError, PipelineSpecError
 from optc.ir.analysis import AttentionBlock, FFNBlock, analyze
 from optc.ir.core import Module, Node, Parameter, Value
-from optc.passes.base import Pass, PassResult
+from optc.passes.base import PassResult
 from optc.passes.calibration import calibration_batches, tap
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.reference import TakesReference
 from optc.passes.registry import register_pass
 
@@ -118,7 +119,7 @@ def refit_block(module: Module, reference: Module, site: _Site, batches: list[An
 
 @register_pass
 @dataclass(frozen=True)
-class Reconstruct(Pass, TakesReference):
+class Reconstruct(TakesReference):
     """Refit pruned blocks' output projections so each layer follows the unpruned model.
 
     After heads or FFN neurons are removed, a block's output projection still weighs the kept
@@ -133,7 +134,7 @@ class Reconstruct(Pass, TakesReference):
     spirit of post-training pruning's mask tuning (Kwon et al.,
     2022), which rescales kept units where this refits whole projections.
     Reference: ``teacher=PATH`` (an optc artifact), else the module as it entered the pipeline
-    (:meth:`with_pipeline_input`; ``optc specialize --then`` hands over the unpruned model).
+    (``ctx.reference``; ``optc specialize --then`` hands over the unpruned model).
     Layers are matched by stable layer id; blocks removed whole are left alone.
     Rewrites: new weight and bias tensors of the chosen projections; shapes and every other
     weight unchanged. A block whose fit does not lower its error keeps its weights.
@@ -179,8 +180,8 @@ class Reconstruct(Pass, TakesReference):
         """Always reads calibration data (the CLI's --data fills it)."""
         return True
 
-    def _reference(self) -> tuple[Module, str]:
-        found = self.reference()
+    def _reference(self, ctx: PassContext) -> tuple[Module, str]:
+        found = self.reference(ctx)
         if found is None:
             raise InputError("reconstruct needs the unpruned model: run it in a pipeline after "
                              "the pruning passes, or pass teacher=PATH")
@@ -211,8 +212,8 @@ class Reconstruct(Pass, TakesReference):
                     sites.append(site)
         return sites, skipped
 
-    def run(self, module: Module) -> PassResult:
-        reference, origin = self._reference()
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
+        reference, origin = self._reference(ctx)
         mine, theirs = _width(module), _width(reference)
         if None not in (mine, theirs) and mine != theirs:  # None: no block left to refit
             raise InputError(f"reconstruct: the reference's hidden size {theirs} differs from "

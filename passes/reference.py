@@ -1,43 +1,38 @@
-"""The model a pass learns from or compares against: a ``teacher`` artifact, else the module as
-it entered the pipeline (handed over by the pass manager)."""
+"""The model a pass learns from or compares against: a ``teacher`` artifact, else the pipeline's
+input (``ctx.reference``, put there by the pass manager)."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from optc.artifacts import load_module
 from optc.errors import ArtifactError, InputError
 from optc.ir.core import Module
+from optc.passes.base import Pass
+from optc.passes.context import PassContext
 
 __all__ = ["TakesReference"]
 
 
 @dataclass(frozen=True)
-class TakesReference:
+class TakesReference(Pass):
     """Mixin of passes with a ``teacher`` option whose default is the pipeline's input
     (``distill`` and the passes built on it, ``reconstruct``)."""
 
-    _pipeline_input: Module | None = field(default=None, init=False, repr=False, compare=False)
+    needs_reference: ClassVar[bool] = True
+    if TYPE_CHECKING:  # each pass declares the option itself, where its spec places it
+        teacher: str | None
 
-    def with_pipeline_input(self, module: Module | None) -> Any:
-        """This pass with ``module`` (the pipeline's input, e.g. a clone taken by the pass
-        manager before the first pass, or its ``reference``) as the default teacher."""
-        copy = dataclasses.replace(self)
-        object.__setattr__(copy, "_pipeline_input", module)
-        return copy
-
-    def reference(self) -> tuple[Module, str] | None:
+    def reference(self, ctx: PassContext) -> tuple[Module, str] | None:
         """``(module, origin)``: the ``teacher`` artifact (origin: its path), else the pipeline's
-        input (origin ``pipeline-input``), else None. An unreadable artifact is an
-        :class:`InputError` naming the pass."""
-        teacher = getattr(self, "teacher", None)
-        if teacher is not None:
+        input ``ctx.reference`` (origin ``pipeline-input``), else None. An unreadable artifact
+        is an :class:`InputError` naming the pass."""
+        if self.teacher is not None:
             try:
-                return load_module(teacher), teacher
+                return load_module(self.teacher), self.teacher
             except (ArtifactError, InputError) as exc:
                 raise InputError(f"{getattr(self, 'name', 'pass')} teacher: {exc}") from None
-        if self._pipeline_input is not None:
-            return self._pipeline_input, "pipeline-input"
+        if ctx.reference is not None:
+            return ctx.reference, "pipeline-input"
         return None

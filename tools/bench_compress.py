@@ -108,7 +108,6 @@ class _Bench:
     def passes(self, spec: str) -> list[Any]:
         """``spec`` parsed, training options filled in where the spec leaves the default."""
         from optc.passes import parse_pipeline
-        from optc.tools.train_cli import _StepPrinter
 
         out = []
         for p in parse_pipeline(spec):
@@ -116,8 +115,6 @@ class _Bench:
             updates = {k: v for k, v in self.train_options().items()
                        if k in fields and v is not None and getattr(p, k) == fields[k].default}
             p = dataclasses.replace(p, **updates) if updates else p
-            if hasattr(p, "with_progress") and not self.args.quiet:
-                p = p.with_progress(_StepPrinter(True))
             out.append(p)
         return out
 
@@ -127,7 +124,8 @@ class _Bench:
         returns the compressed module and its row. ``before``: the row of ``base`` (its
         sparsity and time carry over)."""
         from optc.artifacts import save
-        from optc.passes import PassManager
+        from optc.passes import PassContext, PassManager
+        from optc.tools.train_cli import _StepPrinter
 
         module = (base if base is not None else self.module).clone()
         seconds = float(before["seconds"]) if before else 0.0
@@ -137,7 +135,8 @@ class _Bench:
                 sys.stderr.write(f"bench_compress: {label}: {spec}\n")
             passes = self.passes(spec)
             start = time.perf_counter()
-            report = PassManager(passes).run(module)
+            progress = None if self.args.quiet else _StepPrinter(True)  # training passes' steps
+            report = PassManager(passes).run(module, PassContext(progress=progress))
             seconds += time.perf_counter() - start
             # saved rows say how they were made, as the CLI's outputs do
             module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]

@@ -172,7 +172,7 @@ def _cmd_compile(argv: list[str]) -> int:
         resolve_data_path(args.data)  # a missing data path fails before any slow work
         passes = [
             dataclasses.replace(p, data=args.data)
-            if getattr(p, "uses_data", False) and p.data is None else p
+            if p.uses_data and p.data is None else p
             for p in passes
         ]
     out = Path(args.output) if args.output else None

@@ -12,7 +12,7 @@ from optc.backends.differential import check_backends
 from optc.errors import PassError, PipelineSpecError
 from optc.ir import collect_problems, print_module
 from optc.ir.attributes import Sparsity
-from optc.passes import PassManager, parse_pipeline
+from optc.passes import PassContext, PassManager, parse_pipeline
 from optc.passes.gradual_prune import GradualPrune
 from optc.passes.sparsify import linear_targets
 from optc.tests.conftest import token_inputs
@@ -76,7 +76,7 @@ def test_masks_rise_on_the_schedule_never_come_back_and_end_exact(setup, tuned) 
     hooks = p.make_hooks(module)
     rec = _Recording(hooks)
     seen = []
-    result = p.with_pipeline_input(teacher).with_progress(seen.append).run(module, hooks=hooks)
+    result = p.run(module, PassContext(reference=teacher, progress=seen.append), hooks=hooks)
 
     assert result.modified and result.stats["teacher"] == "pipeline-input"
     assert result.stats["soft_targets"] is True and result.stats["steps"] == 14

@@ -11,8 +11,8 @@ from optc.backends.eager import to_eager
 from optc.errors import PassError, PipelineSpecError
 from optc.ir import print_module
 from optc.ir.analysis import analyze
+from optc.passes import PassContext, parse_pipeline
 from optc.passes import l0_prune as l0
-from optc.passes import parse_pipeline
 from optc.tests.conftest import assert_backends_agree, assert_refused_unchanged
 from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
 from optc.train import trainable
@@ -216,9 +216,8 @@ def test_progress_shows_the_expected_size_and_interrupt_leaves_the_module(setup)
 
     p = parse_pipeline(f"l0-prune{{task={TASK},target_flops=0.5,max_steps=5,batch_size=16,"
                        f"eval_split=none,data={setup / 'task'}}}")[0]
-    p = p.with_progress(progress).with_pipeline_input(module.clone())
     with pytest.raises(KeyboardInterrupt):
-        p.run(module)
+        p.run(module, PassContext(reference=module.clone(), progress=progress))
     assert print_module(module) == text  # no head added, nothing pruned
     assert [s.step for s in seen] == [1, 2] and seen[0].total == 5
     terms = seen[0].terms

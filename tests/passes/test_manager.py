@@ -290,3 +290,81 @@ def test_modules_built_by_hand_run_through_the_manager():
     report = run_pipeline(module, "dce")
     assert report.records[0].stats["nodes_removed"] == 1
     assert len(module.graph) == 0
+
+
+@register_pass
+@dataclass(frozen=True)
+class HalfDonePass(Pass):
+    """Test pass: edits the module, then fails (a typed error) or crashes half-way."""
+
+    name = "test-half-done"
+    crash: bool = False
+
+    def run(self, module: Module) -> PassResult:
+        module.graph.set_outputs({})
+        module.meta["touched"] = True
+        if self.crash:
+            raise ZeroDivisionError("bug")
+        raise IRError("refused late")
+
+
+@register_pass
+@dataclass(frozen=True)
+class ContextPass(Pass):
+    """Test pass: records the context it gets."""
+
+    name = "test-context"
+    seen: list = None  # type: ignore[assignment]
+
+    def run(self, module: Module, ctx) -> PassResult:
+        self.seen.append(ctx)
+        return PassResult(False)
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_a_failing_pass_leaves_the_module_as_before_that_pass(crash) -> None:
+    module = _module()
+    run_pipeline(module, "dce")
+    before = print_module(module)
+    with pytest.raises(PassError, match="test-half-done"):
+        PassManager([DeadCodeElimination(), HalfDonePass(crash=crash)]).run(module)
+    assert print_module(module) == before and "touched" not in module.meta
+
+
+def test_a_corrupting_pass_is_undone_too() -> None:
+    module = _module()
+    before = print_module(module)
+    with pytest.raises(VerificationError):
+        run_pipeline(module, "test-corrupt")
+    assert print_module(module) == before
+
+
+def test_every_pass_gets_the_context_and_a_reference_only_when_one_needs_it() -> None:
+    from optc.passes import PassContext
+    from optc.passes.distill import Distill
+
+    seen: list = []
+    module = _module()
+    PassManager([ContextPass(seen=seen), ContextPass(seen=seen)]).run(module)
+    assert len(seen) == 2 and seen[0] is seen[1] and seen[0].reference is None
+    given = PassContext(progress=print)
+    PassManager([ContextPass(seen=seen)]).run(module, given)
+    assert seen[-1] is given
+    assert Distill.needs_reference and not ContextPass.needs_reference
+    # a pass that needs the pipeline's input gets a copy taken before the first pass
+    seen.clear()
+    module = _module()
+    text = print_module(module)
+    PassManager([DeadCodeElimination(), ReferencePass(seen=seen)]).run(module)
+    assert print_module(seen[0].reference) == text != print_module(module)
+    assert PassManager([ReferencePass(seen=seen)], reference=_module()).run(module)
+    assert print_module(seen[-1].reference) == print_module(_module())
+
+
+@register_pass
+@dataclass(frozen=True)
+class ReferencePass(ContextPass):
+    """Test pass: learns from the pipeline's input."""
+
+    name = "test-reference"
+    needs_reference = True

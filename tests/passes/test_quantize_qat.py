@@ -13,7 +13,7 @@ from optc.errors import PipelineSpecError
 from optc.ir import collect_problems, print_module
 from optc.ir.ops.fake_quant import fake_quant
 from optc.ir.ops.quantized_linear import quantize_weight
-from optc.passes import PassManager, parse_pipeline
+from optc.passes import PassContext, PassManager, parse_pipeline
 from optc.passes.calibration import affine_qparams
 from optc.passes.qat import QAT_OUTPUT, insert_fake_quant
 from optc.tasks import evaluate
@@ -40,7 +40,7 @@ def tuned(tmp_path_factory):
 def _qat(root, module, options: str = ",lr=1e-4"):
     spec = f"quantize{{mode=qat,max_steps=6,batch_size=16,data={root / 'task'}{options}}}"
     p = parse_pipeline(spec)[0]
-    return p.with_pipeline_input(module.clone()).run(module)
+    return p.run(module, PassContext(reference=module.clone()))
 
 
 def _body(module) -> list[str]:

@@ -12,7 +12,7 @@ import optc
 from optc.backends.eager import to_eager
 from optc.errors import InputError, PassError, PipelineSpecError
 from optc.ir.analysis import analyze
-from optc.passes import parse_pipeline
+from optc.passes import PassContext, parse_pipeline
 from optc.passes.calibration import calibration_batches
 from optc.tests.conftest import assert_backends_agree
 from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
@@ -153,13 +153,13 @@ def test_refusals(setup, tmp_path) -> None:
         hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         vocab_size=100, max_position_embeddings=64)).eval())
     with pytest.raises(InputError, match="hidden size 48 differs from the model's 32"):
-        p.with_pipeline_input(wide).run(student)
+        p.run(student, PassContext(reference=wide))
     teacher = _module(setup)
     student = teacher.clone()
     optc.run_pipeline(student, "prune-neurons{amount=0.5},quantize{mode=dynamic}")
     before = {n: p.data for n, p in student.params.items()}
     with pytest.raises(InputError, match="quantized or sparse: run reconstruct before quantize"):
-        p.with_pipeline_input(teacher).run(student)
+        p.run(student, PassContext(reference=teacher))
     assert all(student.params[n].data is t for n, t in before.items())
 
 
