@@ -1,6 +1,7 @@
 """Tasks: data readers, heads, losses, metrics and evaluation (GLUE, SQuAD, your own files).
 
-    task = get_task("sst2")                       # or "mrpc", "squad", "text-classification{labels=neg,pos}"
+    task = get_task("sst2")                       # or "mrpc", "squad", "text-classification{labels=neg,pos}",
+                                                  # "sentence-similarity", "embedding{data=texts.txt}"
     dev = task.read("dev")                        # glue/SST-2/dev.tsv under $OPTC_DATA_DIR
     val = task.read("val", seed=0)                # 15% of train, stratified; "train" is the rest
     result = evaluate(task, model_fn, "dev", tokenizer)
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 from optc.tasks.batching import batches, feature_batches, model_input_names
+from optc.tasks.embedding import embedding, neighbour_agreement, sentence_similarity
 from optc.tasks.evaluate import EvalResult, Progress, evaluate
 from optc.tasks.generic import text_classification
 from optc.tasks.glue import GLUE_TASKS, SQUAD_TASKS
@@ -25,17 +27,27 @@ from optc.tasks.metrics import (
     squad_f1,
     squad_metrics,
 )
+from optc.tasks.pooling import DEFAULT_POOLING, POOLING_MODES, Pooling, parse_pooling, read_pooling
 from optc.tasks.readers import DEFAULT_DATA_ROOT, TableFormat, resolve_task_path
 from optc.tasks.registry import all_tasks, get_task, parse_task_spec, register_task
 from optc.tasks.significance import MetricDelta, paired_bootstrap, references_of
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 from optc.tasks.squad import QAFeature, build_features, decode_answers
-from optc.tasks.task import HEADS, KINDS, Task
+from optc.tasks.task import EMBEDDING_KINDS, HEADS, KINDS, Task
 
 __all__ = [
     "Task",
     "KINDS",
     "HEADS",
+    "EMBEDDING_KINDS",
+    "Pooling",
+    "POOLING_MODES",
+    "DEFAULT_POOLING",
+    "read_pooling",
+    "parse_pooling",
+    "sentence_similarity",
+    "embedding",
+    "neighbour_agreement",
     "TableFormat",
     "get_task",
     "all_tasks",
@@ -75,4 +87,6 @@ __all__ = [
 for _task in (*GLUE_TASKS, *SQUAD_TASKS):
     register_task(_task)
 register_task(text_classification, "text-classification")
+register_task(sentence_similarity, "sentence-similarity")
+register_task(embedding, "embedding")
 del _task

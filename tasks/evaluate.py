@@ -3,8 +3,9 @@ predictions out.
 
 The model is a callable ``model_fn(**inputs) -> outputs`` taking int64 tensors named
 ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when in ``input_names``) and
-returning a dict (or model output) with ``logits`` (classification, regression) or
-``start_logits``/``end_logits`` (extractive QA): an eager module, an optc artifact, a
+returning a dict (or model output) with ``logits`` (classification, regression),
+``start_logits``/``end_logits`` (extractive QA) or ``last_hidden_state`` (the embedding tasks,
+see :mod:`optc.tasks.embedding`): an eager module, an optc artifact, a
 TorchScript module or a wrapper around an ONNX Runtime session all fit.
 """
 
@@ -21,7 +22,9 @@ import torch
 from optc.data import Example, SquadRecord
 from optc.errors import InputError
 from optc.tasks.batching import batches, feature_batches, model_input_names
+from optc.tasks.embedding import agreement_scores, embed, similarity_scores
 from optc.tasks.limits import check_tokenizer, fit_max_length, model_limits
+from optc.tasks.pooling import Pooling
 from optc.tasks.registry import get_task
 from optc.tasks.splits import DEFAULT_VAL_SIZE
 from optc.tasks.squad import build_features, decode_answers
@@ -49,15 +52,19 @@ class EvalResult:
     """Examples per second over tokenization, model calls and scoring."""
     losses: torch.Tensor
     """float32 loss of each example in input order (QA: of each feature, see
-    ``loss_example_index``): cross-entropy, squared error, or mean start/end cross-entropy."""
+    ``loss_example_index``): cross-entropy, squared error, mean start/end cross-entropy, or for
+    the embedding tasks the squared error of the cosine against the scaled score
+    (``sentence-similarity``) and ``1 - cosine`` to the reference (``embedding``)."""
     predictions: list[Any]
-    """Per example in input order: class index, score, or answer text."""
+    """Per example in input order: class index, score, answer text, the pair's cosine
+    (``sentence-similarity``) or ``{"cosine", "top10_agreement"}`` in [0, 1] (``embedding``)."""
     loss_example_index: torch.Tensor | None = None
     """QA only: the question (index into the examples) each feature loss belongs to."""
     seconds: float = 0.0
     """Wall time of the evaluation."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Task-specific details (QA: ``num_features``)."""
+    """Task-specific details (QA: ``num_features``; embedding tasks: ``pooling``, and for
+    ``embedding`` the texts' ``embeddings``, a reference for another evaluation)."""
 
     @property
     def score(self) -> float:
@@ -79,7 +86,7 @@ def _check_labels(task: Task, examples: Sequence[Example]) -> None:
         if label is None:
             raise InputError(f"example {i} has no label: evaluating task '{task.name}' needs "
                              "labelled data (train, dev or val)")
-        if task.kind == "regression":
+        if task.kind in ("regression", "embedding-similarity"):
             if isinstance(label, bool) or not isinstance(label, (int, float)):
                 raise InputError(f"example {i}: regression task '{task.name}' needs a numeric "
                                  f"label, found {label!r}")
@@ -101,7 +108,8 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
              input_names: Sequence[str] | None = None, val_size: float | int = DEFAULT_VAL_SIZE,
              seed: int = 0, limit: int | None = None, device: torch.device | str | None = None,
              doc_stride: int | None = None, n_best: int = 20, max_answer_length: int = 30,
-             null_threshold: float = 0.0) -> EvalResult:
+             null_threshold: float = 0.0, pooling: Pooling | None = None,
+             reference: torch.Tensor | EvalResult | str | None = None) -> EvalResult:
     """Run ``model_fn`` over a split (read with ``data``, ``val_size``, ``seed``, ``limit``)
     or a list of examples, and score it.
 
@@ -112,6 +120,11 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     inputs. QA answers are decoded from the ``n_best`` start/end logits, spans up to
     ``max_answer_length`` tokens (SQuAD v2: "" when the null score wins by ``null_threshold``).
     Runs without gradients; inputs go to ``device`` when given.
+
+    Embedding tasks pool ``last_hidden_state`` with the task's ``pooling`` option, else
+    ``pooling`` (the model's own: :func:`~optc.tasks.pooling.read_pooling` of its directory),
+    else mean. ``embedding`` needs ``reference``: the reference model's embeddings of the same
+    texts, its :class:`EvalResult`, or ``"self"``; other tasks refuse one.
     """
     task = get_task(task) if isinstance(task, str) else task
     if isinstance(examples_or_split, str):
@@ -124,8 +137,12 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     limits = model_limits(model_fn)
     check_tokenizer(tokenizer, limits, f"evaluating {task.name}")
     length = fit_max_length(task, max_length, limits)
+    ref = _reference(task, reference)
     begin = time.perf_counter()
-    if task.kind == "extractive-qa":
+    if task.kind in ("embedding-similarity", "embedding-agreement"):
+        result = _evaluate_embeddings(task, model_fn, examples, tokenizer, batch_size, length,
+                                      progress, names, device, pooling, ref)
+    elif task.kind == "extractive-qa":
         result = _evaluate_qa(task, model_fn, examples, tokenizer, batch_size, length, progress,
                               names, device, doc_stride, n_best, max_answer_length,
                               null_threshold)
@@ -135,6 +152,61 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     result.seconds = time.perf_counter() - begin
     result.examples_per_second = len(examples) / result.seconds if result.seconds > 0 else 0.0
     return result
+
+
+def _reference(task: Task, reference: torch.Tensor | EvalResult | str | None,
+               ) -> torch.Tensor | str | None:
+    if not task.needs_reference:
+        if reference is not None:
+            raise InputError(f"task '{task.name}' ({task.kind}) takes no reference model")
+        return None
+    if reference is None:
+        raise InputError(f"task '{task.name}' scores embeddings against a reference model's: "
+                         "pass reference= (its embeddings or EvalResult on the same texts, or "
+                         "'self')")
+    if isinstance(reference, EvalResult):
+        found = reference.extra.get("embeddings")
+        if not isinstance(found, torch.Tensor):
+            raise InputError(f"the reference EvalResult of task '{reference.task}' holds no "
+                             "embeddings: evaluate the reference on task embedding first")
+        return found
+    if isinstance(reference, str) and reference != "self":
+        raise InputError(f"reference must be embeddings, an EvalResult or 'self', not "
+                         f"{reference!r}")
+    return reference
+
+
+def _evaluate_embeddings(task: Task, model_fn: Callable[..., Any], examples: list[Example],
+                         tokenizer: Any, batch_size: int, max_length: int,
+                         progress: Progress | None, names: tuple[str, ...],
+                         device: torch.device | str | None, pooling: Pooling | None,
+                         reference: torch.Tensor | str | None) -> EvalResult:
+    bad = next((i for i, e in enumerate(examples) if not isinstance(e, Example)), None)
+    if bad is not None:
+        raise InputError(f"task '{task.name}' evaluates optc.data.Example items; item {bad} is "
+                         f"a {type(examples[bad]).__name__}")
+    chosen = task.pooling or pooling
+    extra: dict[str, Any] = {"pooling": (chosen.describe() if chosen else "mean (default)")}
+    if task.kind == "embedding-similarity":
+        _check_labels(task, examples)
+        missing = next((i for i, e in enumerate(examples) if e.text_pair is None), None)
+        if missing is not None:
+            raise InputError(f"example {missing} has no second sentence: task '{task.name}' "
+                             "compares sentence pairs")
+        texts = [e.text for e in examples] + [str(e.text_pair) for e in examples]
+        vectors = embed(task, model_fn, texts, tokenizer, pooling, batch_size, max_length, names,
+                        device, progress)
+        n = len(examples)
+        losses, predictions, metrics = similarity_scores(
+            task, vectors[:n], vectors[n:], [float(e.label) for e in examples])  # type: ignore[arg-type]
+    else:
+        vectors = embed(task, model_fn, [e.text for e in examples], tokenizer, pooling,
+                        batch_size, max_length, names, device, progress)
+        against = vectors if isinstance(reference, str) else reference
+        losses, predictions, metrics = agreement_scores(task, vectors, against)  # type: ignore[arg-type]
+        extra["embeddings"] = vectors
+    return EvalResult(task.name, metrics, task.main_metric, len(examples), 0.0, losses,
+                      predictions, extra=extra)
 
 
 def _evaluate_sequences(task: Task, model_fn: Callable[..., Any], examples: list[Example],

@@ -57,6 +57,8 @@ class TableFormat:
     """Whether a file without the pair column is read as single texts (generic tasks)."""
     hint: str = ""
     """Appended to column and label messages (how to point the task at other columns)."""
+    text_lines: bool = False
+    """Whether a ``.txt`` file is read as one text per line (label-free tasks; no header)."""
 
     def roles(self) -> list[tuple[str, str | int]]:
         """(role, column) of each column this format reads."""
@@ -147,10 +149,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _file_format(path: Path, fmt: TableFormat) -> str:
     if fmt.format is not None:
         return fmt.format
+    if fmt.text_lines and path.suffix.lower() == ".txt":
+        return "lines"
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
+        known = [*TABLE_SUFFIXES, ".txt"] if fmt.text_lines else list(TABLE_SUFFIXES)
         raise InputError(f"'{path}': unknown table format '{path.suffix}': use "
-                         f"{', '.join(TABLE_SUFFIXES)}")
+                         f"{', '.join(known)}")
     return kind
 
 
@@ -185,7 +190,12 @@ def read_table(path: Path, fmt: TableFormat, parse_label: LabelParser,
     """
     kind = _file_format(path, fmt)
     examples: list[Example] = []
-    if kind == "jsonl":
+    if kind == "lines":  # one text per line, nothing else
+        if require_label and fmt.label is not None:
+            raise InputError(f"'{path}': a text file holds texts only, but the task needs a "
+                             f"label column '{fmt.label}': use a TSV, CSV or JSONL file")
+        examples = [Example(line) for _, line in read_lines(path) if line.strip()]
+    elif kind == "jsonl":
         for number, row in _jsonl_rows(path):
             where = f"{path}:{number}"
             values: dict[str, Any] = {}

@@ -22,17 +22,32 @@ import torch.nn.functional as F
 from optc.data import Example, SquadRecord, read_squad
 from optc.errors import InputError
 from optc.tasks.metrics import METRICS, squad_metrics
+from optc.tasks.pooling import Pooling
 from optc.tasks.readers import TableFormat, find_split_file, read_table, resolve_task_path
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 
-__all__ = ["KINDS", "HEADS", "Task", "model_output"]
+__all__ = ["KINDS", "HEADS", "EMBEDDING_KINDS", "AGREEMENT_METRICS", "Task", "model_output"]
 
-KINDS = ("classification", "regression", "extractive-qa")
-"""Task kinds."""
+KINDS = ("classification", "regression", "extractive-qa", "embedding-similarity",
+         "embedding-agreement")
+"""Task kinds. The embedding kinds train no head: they score the sentence embeddings pooled
+from the model's token states (``last_hidden_state``), zero-shot against gold similarity
+scores (``embedding-similarity``) or against a reference model's embeddings
+(``embedding-agreement``, label-free)."""
+
+EMBEDDING_KINDS = ("embedding-similarity", "embedding-agreement")
+"""Kinds scored on pooled token states, with no task head (nothing to fine-tune or search yet)."""
 
 HEADS = {"classification": "sequence-classification", "regression": "sequence-classification",
-         "extractive-qa": "question-answering"}
-"""The Hugging Face head (``AutoModelFor...``) each kind needs."""
+         "extractive-qa": "question-answering", "embedding-similarity": "base",
+         "embedding-agreement": "base"}
+"""The Hugging Face head (``AutoModelFor...``) each kind needs (``base``: ``AutoModel``, the
+token states)."""
+
+AGREEMENT_METRICS = ("cosine", "top10_agreement")
+"""Metrics of ``embedding-agreement`` (percent): the mean cosine of each text's embedding to the
+reference's, and the mean share of each text's 10 nearest neighbours (among the evaluated
+texts, by the reference) that the model also ranks among its 10 nearest."""
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -60,7 +75,7 @@ class Task:
     name: str
     """Registry name (``sst2``, ``squad``, ``text-classification``)."""
     kind: str
-    """``classification``, ``regression`` or ``extractive-qa``."""
+    """One of :data:`KINDS`."""
     num_labels: int
     """Classes (1 for regression, 2 for QA: start and end logits)."""
     label_names: tuple[str, ...]
@@ -89,6 +104,12 @@ class Task:
     """Classification: whether numbers in a label column are known to be 0-based class indices
     (GLUE's convention). False for classes a user named (``labels=World,Sports,...``): then a
     file numbered otherwise (1..n) is refused instead of read shifted by one class."""
+    pooling: Pooling | None = None
+    """Embedding kinds: how token states become one vector, overriding the pooling the model's
+    directory declares (``None``: the model's, else mean)."""
+    max_score: float | None = None
+    """``embedding-similarity``: the top of the gold score scale (STS-B: 5); the per-pair loss
+    is ``(cosine - score / max_score) ** 2`` (sentence-transformers' CosineSimilarityLoss)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -97,13 +118,23 @@ class Task:
         if self.main_metric not in self.metrics:
             raise InputError(f"task '{self.name}': main metric '{self.main_metric}' is not one "
                              f"of its metrics {', '.join(self.metrics)}")
-        if self.kind != "extractive-qa":
+        if self.kind == "embedding-agreement":
+            unknown = [m for m in self.metrics if m not in AGREEMENT_METRICS]
+            if unknown:
+                raise InputError(f"task '{self.name}': unknown metrics {', '.join(unknown)}; "
+                                 f"valid: {', '.join(AGREEMENT_METRICS)}")
+        elif self.kind != "extractive-qa":
             unknown = [m for m in self.metrics if m not in METRICS]
             if unknown:
                 raise InputError(f"task '{self.name}': unknown metrics {', '.join(unknown)}; "
                                  f"valid: {', '.join(METRICS)}")
             if self.table is None:
                 raise InputError(f"task '{self.name}': a {self.kind} task needs a table format")
+        if self.kind == "embedding-similarity" and (self.max_score is None
+                                                    or not math.isfinite(self.max_score)
+                                                    or self.max_score <= 0):
+            raise InputError(f"task '{self.name}': max_score must be a positive number, not "
+                             f"{self.max_score!r}")
         if self.kind == "classification" and (self.num_labels < 2
                                               or len(self.label_names) != self.num_labels):
             raise InputError(f"task '{self.name}': a classification task needs at least 2 label "
@@ -117,6 +148,25 @@ class Task:
         """The Hugging Face head the task needs: ``sequence-classification`` or
         ``question-answering``."""
         return HEADS[self.kind]
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the task has a head that training and searches can use (not the
+        :data:`EMBEDDING_KINDS`, scored on token states with no head yet)."""
+        return self.kind not in EMBEDDING_KINDS
+
+    def check_trainable(self, what: str) -> None:
+        """Refuse (:class:`InputError`, naming ``what``: a command or pass) a task that
+        :attr:`trainable` says has no head to train or search on."""
+        if not self.trainable:
+            raise InputError(f"{what} cannot use task '{self.name}' ({self.kind}) yet: it scores "
+                             "pooled token states with no head to train or search; score models "
+                             "on it with optc eval")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether scoring needs a reference model's embeddings (``embedding-agreement``)."""
+        return self.kind == "embedding-agreement"
 
     @property
     def all_splits(self) -> tuple[str, ...]:
@@ -147,6 +197,8 @@ class Task:
         if not file.is_file():
             raise InputError(f"data path '{file}' is not a regular file")
         if self.table is not None:
+            if self.kind == "embedding-agreement":
+                return read_table(file, self.table, self.parse_label, require_label=False)
             if (self.kind != "classification" or self.numbers_are_indices
                     or self._numeric_names() is not None):
                 return read_table(file, self.table, self.parse_label)
@@ -191,11 +243,14 @@ class Task:
                                  "give a positive val_size")
             else:
                 labels = groups = None
+                kind = _SPLIT_KINDS.get(self.kind, self.kind)
                 if self.kind == "extractive-qa":
                     groups = [r.context for r in examples]
+                elif self.kind == "embedding-agreement":
+                    labels = [0] * len(examples)  # label-free: a plain seeded shuffle
                 else:
                     labels = [e.label for e in examples]
-                train, val = validation_split(self.kind, labels, groups, len(examples),
+                train, val = validation_split(kind, labels, groups, len(examples),
                                               val_size=val_size, seed=seed)
                 chosen = [examples[i] for i in (val if split == "val" else train)]
         elif split in self.splits:
@@ -219,7 +274,7 @@ class Task:
         found at ``where`` (``file:line``); raises :class:`InputError` naming both."""
         column = self.label_column or "label"
         hint = self.table.hint if self.table is not None else ""
-        if self.kind == "regression":
+        if self.kind in ("regression", "embedding-similarity"):
             value: float | None = None
             if isinstance(raw, (int, float)) and not isinstance(raw, bool):
                 value = float(raw)
@@ -296,7 +351,10 @@ class Task:
         """The training loss of model ``outputs`` (a dict of tensors or a model output).
 
         Classification: cross-entropy of ``logits`` against class indices; regression: squared
-        error of ``logits`` (one column) against scores; QA: the mean of the start and end
+        error of ``logits`` (one column) against scores; ``embedding-similarity``: the squared
+        error of the cosine of ``embeddings`` and ``pair_embeddings`` against ``score /
+        max_score``; ``embedding-agreement``: ``1 - cosine`` of ``embeddings`` and the reference
+        embeddings given as ``labels``; QA: the mean of the start and end
         cross-entropies against ``labels`` = ``{"start_positions", "end_positions"}`` (or a
         pair), with positions outside the sequence ignored as Hugging Face does; with
         ``attention_mask``, padded positions are never chosen. ``reduction="none"`` gives one
@@ -306,6 +364,8 @@ class Task:
             raise InputError(f"reduction must be mean, sum or none, not {reduction!r}")
         if self.kind == "extractive-qa":
             return self._span_loss(outputs, labels, reduction, attention_mask)
+        if self.kind in EMBEDDING_KINDS:
+            return _reduce(self._embedding_loss(outputs, labels), reduction)
         logits = model_output(outputs, "logits").float()
         labels = torch.as_tensor(labels)
         if self.kind == "regression":
@@ -318,6 +378,23 @@ class Task:
                              f"got {tuple(logits.shape)}: the model head has the wrong number of "
                              "labels")
         return F.cross_entropy(logits, labels.long(), reduction=reduction)
+
+    def _embedding_loss(self, outputs: Any, labels: Any) -> torch.Tensor:
+        first = model_output(outputs, "embeddings").float()
+        if self.kind == "embedding-agreement":
+            second = torch.as_tensor(labels).float()
+            target = torch.ones(first.shape[0])
+        else:
+            second = model_output(outputs, "pair_embeddings").float()
+            target = torch.as_tensor(labels).float().reshape(-1) / float(self.max_score or 1.0)
+        if first.dim() != 2 or first.shape != second.shape:
+            raise InputError(f"task '{self.name}' compares embeddings of the same shape "
+                             f"[examples, width], got {tuple(first.shape)} and "
+                             f"{tuple(second.shape)}")
+        cosine = F.cosine_similarity(first, second, dim=-1)
+        if self.kind == "embedding-agreement":
+            return 1.0 - cosine
+        return (cosine - target.to(cosine.device)) ** 2
 
     def _span_loss(self, outputs: Any, labels: Any, reduction: Reduction,
                    attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -344,16 +421,37 @@ class Task:
 
     def predictions(self, logits: torch.Tensor) -> list[int] | list[float]:
         """Class indices (argmax) or scores of a batch of classification/regression logits."""
+        if self.kind not in ("classification", "regression"):
+            raise InputError(f"task '{self.name}' ({self.kind}) predicts no classes or scores "
+                             "from logits")
         if self.kind == "regression":
             return [float(v) for v in logits.float().reshape(-1)]
         return [int(v) for v in logits.argmax(dim=-1)]
 
     def compute_metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """Every metric of the task (percentages). Classification/regression: predicted and
-        gold labels; QA: answer texts and the :class:`~optc.data.SquadRecord` questions."""
+        gold labels; ``embedding-similarity``: cosines and gold scores; ``embedding-agreement``:
+        per-text ``{metric: value in [0, 1]}`` (references unused); QA: answer texts and the
+        :class:`~optc.data.SquadRecord` questions."""
         if self.kind == "extractive-qa":
             return squad_metrics(predictions, [r.answer_texts for r in references])
+        if self.kind == "embedding-agreement":
+            if not predictions:
+                raise InputError("metrics need at least one example, got none")
+            return {name: 100.0 * float(np.mean([p[name] for p in predictions]))
+                    for name in self.metrics}
         return {name: METRICS[name](predictions, references) for name in self.metrics}
+
+
+_SPLIT_KINDS = {"embedding-similarity": "regression", "embedding-agreement": "classification"}
+"""How the validation split of an embedding kind is drawn: scores binned like regression; the
+label-free kind as one class (a seeded shuffle)."""
+
+
+def _reduce(losses: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 def _check_limit(limit: int | None) -> None:

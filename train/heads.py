@@ -60,7 +60,9 @@ def _output(module: Module, name: str) -> Value | None:
 
 def _check_existing(module: Module, task: Task, pooling: str = "auto") -> bool:
     """True when the module has the task's head; InputError when it has a different one, or
-    one whose recorded pooling is not ``pooling``."""
+    one whose recorded pooling is not ``pooling``; InputError for a task with no head to train
+    (the embedding kinds: training, searches and accuracy-aware passes all check here)."""
+    task.check_trainable("training, searches and accuracy-aware passes")
     check_pooling(pooling)
     logits = _output(module, "logits")
     qa = all(_output(module, n) is not None for n in _QA_OUTPUTS)

@@ -189,7 +189,7 @@ def test_task_table():
 
 
 def test_unknown_task_lists_valid_ones():
-    with pytest.raises(InputError, match=r"unknown task 'glue9': valid tasks are cola, mnli, .*wnli"):
+    with pytest.raises(InputError, match=r"unknown task 'glue9': valid tasks are cola, embedding, mnli, .*sentence-similarity, .*wnli"):
         get_task("glue9")
     with pytest.raises(InputError, match="takes no options"):
         get_task("sst2", labels="a,b")
