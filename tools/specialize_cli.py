@@ -253,6 +253,8 @@ def cmd_specialize(argv: list[str]) -> int:
                                 "train: drop --val-size/--seed")
     options = dataclasses.replace(options, val_data=args.val_data)
     task = get_task(args.task) if args.task else None
+    if task is not None:
+        task.check_trainable("optc specialize")
     if args.then:
         task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
     if args.ray or os.environ.get("RAY_ADDRESS"):

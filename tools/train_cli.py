@@ -230,6 +230,45 @@ def _token_names(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return None if names is None else tuple(n for n in names if n in INPUT_NAMES)
 
 
+def _model_pooling(task: Any, tokenizer_ref: str | None, meta: dict[str, Any],
+                   tokenizer: Any) -> Any:
+    """The pooling the model's directory declares (sentence-transformers ``modules.json``) for
+    the embedding tasks: the first directory of --tokenizer, the recorded source and the one
+    the tokenizer was loaded from (a packaged model's name resolves to its directory); None
+    for other tasks, or where no directory is known (then the task pools with mean)."""
+    from optc.frontends.packaged import packaged_model, packaged_model_path
+    from optc.tasks import read_pooling
+
+    if task.trainable:
+        return None
+    for ref in (tokenizer_ref, (meta.get("source") or {}).get("tokenizer"),
+                getattr(tokenizer, "name_or_path", None)):
+        if not ref:
+            continue
+        path = Path(str(ref))
+        if not path.is_dir():
+            packaged = packaged_model(str(ref))
+            path = (packaged_model_path(packaged.name) if packaged is not None else None) or path
+        if path.is_dir():
+            return read_pooling(path)
+    return None
+
+
+def _evaluate_base(args: argparse.Namespace, task: Any, base: tuple[Any, ...], examples: Any,
+                   progress: Any) -> Any:
+    """``--against``: BASE scored on the same examples (task ``embedding``: against itself,
+    as its embeddings are the reference TARGET is scored against)."""
+    from optc.tasks import evaluate
+
+    _, base_fn, base_tok, base_names, base_trained, base_meta = base
+    with progress.step(f"evaluating {args.against} ({args.split})"):
+        return evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
+                        max_length=args.max_length or base_trained,
+                        input_names=_token_names(base_names),
+                        pooling=_model_pooling(task, args.tokenizer, base_meta, base_tok),
+                        reference="self" if task.needs_reference else None)
+
+
 # -- optc eval ------------------------------------------------------------------------------
 def eval_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="optc eval", description="Score a model on a task's data: metrics, "
@@ -238,7 +277,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="optc artifact, Hugging Face model directory or id, .onnx or "
                         "TorchScript .pt file")
     p.add_argument("--task", help="task name or spec (sst2, mrpc, squad, "
-                   "text-classification{labels=neg,pos}); default: the task TARGET records "
+                   "text-classification{labels=neg,pos}, sentence-similarity, "
+                   "embedding{data=FILE}); default: the task TARGET records "
                    "(artifact, .onnx, .pt); other labels than it records are refused")
     p.add_argument("--data", metavar="DIR", help="task data directory or file (default: the "
                    "task's directory under $OPTC_DATA_DIR)")
@@ -280,6 +320,10 @@ def cmd_eval(argv: list[str]) -> int:
     with progress.step(f"loading {args.target}"):
         task, model_fn, tok, names, trained, meta = _load_for_eval(args.target, args.task,
                                                                    args.tokenizer, args.threads)
+    if task.needs_reference and not args.against:
+        raise InputError(f"task '{task.name}' scores a model's embeddings against a reference "
+                         "model's: pass --against BASE (e.g. the model TARGET was compressed "
+                         "from)")
     base = None
     if args.against:
         with progress.step(f"loading {args.against}"):
@@ -295,9 +339,14 @@ def cmd_eval(argv: list[str]) -> int:
         print(f"optc: warning: {warning}", file=sys.stderr)
     examples = task.read(args.split, args.data, limit=args.limit)  # the same for both models
     length = _max_length(args.target, args.max_length, trained, meta)
+    before = None
+    if base is not None and task.needs_reference:  # BASE's embeddings are the reference
+        before = _evaluate_base(args, task, base, examples, progress)
     with progress.step(f"evaluating {task.name} ({args.split})"):
         result = evaluate(task, model_fn, examples, tok, batch_size=args.batch_size,
-                          max_length=length, input_names=_token_names(names))
+                          max_length=length, input_names=_token_names(names),
+                          pooling=_model_pooling(task, args.tokenizer, meta, tok),
+                          reference=before if task.needs_reference else None)
     spec = (meta.get("task") or {}).get("spec") if args.task is None else args.task
     summary = {"target": args.target, "task": task.name, "task_spec": spec or task.name,
                "max_length": length, "split": args.split,
@@ -305,13 +354,12 @@ def cmd_eval(argv: list[str]) -> int:
                "score": result.score, "examples": result.num_examples,
                "examples_per_second": result.examples_per_second, "seconds": result.seconds,
                "selection_warnings": selection}
+    if "pooling" in result.extra:
+        summary["pooling"] = result.extra["pooling"]
     delta = None
     if base is not None:
-        _, base_fn, base_tok, base_names, base_trained, _ = base
-        with progress.step(f"evaluating {args.against} ({args.split})"):
-            before = evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
-                              max_length=args.max_length or base_trained,
-                              input_names=_token_names(base_names))
+        if before is None:
+            before = _evaluate_base(args, task, base, examples, progress)
         with progress.step(f"paired bootstrap ({args.resamples} resamples)"):
             delta = paired_bootstrap(task, before.predictions, result.predictions,
                                      references_of(examples),
@@ -427,6 +475,8 @@ def cmd_finetune(argv: list[str]) -> int:
     args = finetune_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
     task = get_task(args.task) if args.task else None  # a bad task fails before slow work
+    if task is not None:
+        task.check_trainable("optc finetune")
     out = Path(args.output)
     inputs = [Path(p) for p in (args.model, args.data) if p is not None and os.path.lexists(p)]
     check_output(out, args.force, kind="artifact", inputs=inputs)
