@@ -19,7 +19,7 @@ from optc.ir.core import Module, Node, Value, map_values
 from optc.ir.targets import resolve
 from optc.ir.types import Dim, SymType, TensorType
 
-__all__ = ["MOVEMENT_OPS", "concrete_env", "eval_dim", "same_shape", "eval_chain", "index_tensor",
+__all__ = ["MOVEMENT_OPS", "LINEAR_OPS", "linear_rows", "merge_heads_projection", "concrete_env", "eval_dim", "same_shape", "eval_chain", "index_tensor",
            "split_heads_source", "unflatten_heads_source", "merge_heads_target", "repeat_kv_source"]
 
 _MAX_CHAIN = 6
@@ -92,6 +92,11 @@ def eval_chain(chain: list[Node], start: Value, x: torch.Tensor, env: dict[str, 
         raise LookupError(v.name)
 
     for node in chain:
+        if node.op in LINEAR_OPS:
+            values[id(node.outputs[0])] = linear_rows(node, values.get(id(node.args[0])))
+            if values[id(node.outputs[0])] is None:
+                return None
+            continue
         try:
             args = map_values(node.args, lookup)
             kwargs = map_values(node.kwargs, lookup)
@@ -99,6 +104,27 @@ def eval_chain(chain: list[Node], start: Value, x: torch.Tensor, env: dict[str, 
         except (LookupError, RuntimeError):
             return None
     return values[id(chain[-1].outputs[0])] if chain else x
+
+
+LINEAR_OPS = ("aten.linear.default", "linear")
+"""Projections a chain may pass through: they map each row (the last dim) on its own."""
+
+
+def linear_rows(node: Node, x: torch.Tensor | None) -> torch.Tensor | None:
+    """A projection ``node`` on an index tensor ``x`` whose rows are whole rows of the index
+    space (``x[..., :] = r*n + arange(n)`` for row ``r``, ``n`` the input features): row ``r``
+    becomes ``r*m + arange(m)``, the same row of the index space of the projection's output
+    (``m`` features). None when a row of ``x`` is not a whole row (the chain moved features
+    across rows, which no projection commutes with)."""
+    if x is None or x.dim() == 0:
+        return None
+    n, m = x.shape[-1], node.outputs[0].tensor_type.shape[-1]
+    if not isinstance(m, int):
+        return None
+    first = x[..., :1]
+    if bool((first % n != 0).any()) or not torch.equal(x, first + torch.arange(n)):
+        return None
+    return first // n * m + torch.arange(m)
 
 
 def index_tensor(value: Value, env: dict[str, int]) -> torch.Tensor | None:
@@ -186,6 +212,42 @@ def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) 
             if got is not None and got.shape == want.shape and torch.equal(got, want):
                 return current
     return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
+
+
+def merge_heads_projection(value: Value, heads: int, dim: int, env: dict[str, int]
+                           ) -> tuple[Node, Value] | None:
+    """``(projection, result)`` when ``value`` ([B, heads, S, dim]) reaches ``result`` ([B, S,
+    m]) through movement ops, one projection and movement ops again (each read by the next
+    alone), and ``result`` is the projection of the merged heads: rows moved before the
+    projection and back after it (``nn.MultiheadAttention`` merges into [S*B, heads*dim] rows,
+    projects and views them back), proven on index tensors."""
+    chain: list[Node] = []
+    current, projection = value, None
+    graph = value.producer.graph if value.producer else None
+    for _ in range(2 * _MAX_CHAIN + 1):
+        users = current.users()
+        if len(users) != 1 or (graph is not None and graph.is_output(current)):
+            return None
+        node = users[0]
+        if node.args[0] is not current or not (
+                node.op in MOVEMENT_OPS or (node.op in LINEAR_OPS and projection is None)):
+            return None
+        chain.append(node)
+        projection = node if node.op in LINEAR_OPS else projection
+        current = node.outputs[0]
+        t = current.type
+        if projection is None or not isinstance(t, TensorType) or t.rank != 3:
+            continue
+        batch, seq = (eval_dim(d, env) for d in (value.tensor_type.shape[0], value.tensor_type.shape[2]))
+        width = eval_dim(t.shape[-1], env)
+        if None in (batch, seq, width):
+            return None
+        merged = torch.arange(batch * seq * heads * dim).reshape(batch, seq, heads, dim)
+        got = eval_chain(chain, value, merged.transpose(1, 2), env)
+        want = torch.arange(batch * seq * width).reshape(batch, seq, width)
+        if got is not None and got.shape == want.shape and torch.equal(got, want):
+            return projection, current
+    return None
 
 
 _REPEAT_OPS = MOVEMENT_OPS | {"aten.expand.default", "aten.slice.Tensor",

@@ -54,6 +54,7 @@ from typing import Any
 from optc.frontends.layout import (
     MOVEMENT_OPS,
     concrete_env,
+    merge_heads_projection,
     merge_heads_target,
     repeat_kv_source,
     same_shape,
@@ -203,14 +204,44 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
     if len(kv_counts) != 1:
         return "key and value have different kv head counts"
     target = merge_heads_target(out4, heads, dim, ctx.env)
-    if isinstance(target, str):
+    projected = _merged_through_projection(out4, heads, dim, ctx) if isinstance(target, str) else None
+    if isinstance(target, str) and projected is None:
         return target
     kwargs: dict[str, Any] = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
     kv = kv_counts.pop()
     if kv != heads:
         kwargs["num_kv_heads"] = kv
-    _replace(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
+    if projected is None:
+        _replace(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
+        return None
+    # rows merged, projected and moved back (nn.MultiheadAttention): the projection of the
+    # merged heads, [B, S, heads*dim] -> [B, S, out]
+    (proj, result), qt = projected, sources[0].tensor_type
+    att = module.graph.create_node("attention", (*sources, mask), kwargs,
+                                   [TensorType(qt.dtype, qt.shape[:-1] + (heads * dim,))],
+                                   names="attention", after=anchor)
+    att.loc = anchor.loc
+    _replace(module, att, result, "linear", (att.outputs[0], *proj.args[1:3]), {},
+             TensorType(qt.dtype, qt.shape[:-1] + (result.tensor_type.shape[-1],))).loc = proj.loc
+    dead = result.producer  # the old merge, projection and moves back (each read by the next)
+    while dead is not None and dead.outputs[0] is not out4 and not dead.outputs[0].users():
+        previous = dead.args[0].producer
+        module.graph.remove(dead)
+        dead = previous
     return None
+
+
+def _merged_through_projection(out4: Value, heads: int, dim: int,
+                               ctx: _Context) -> tuple[Node, Value] | None:
+    """``merge_heads_projection`` at both sizes, with a parameter weight (and bias)."""
+    found = [merge_heads_projection(out4, heads, dim, env) for env in ctx.envs]
+    if found[0] is None or found[0] != found[1]:
+        return None
+    proj = found[0][0]
+    weight, bias = proj.args[1], proj.arg(2)
+    if not isinstance(weight, Parameter) or not (bias is None or isinstance(bias, Parameter)):
+        return None
+    return found[0]
 
 
 def _raise_sdpa(module: Module, node: Node, ctx: _Context) -> str | None:

@@ -321,14 +321,20 @@ def _eval_part(prefix: list[Node], y: Value, part: _Part, x: torch.Tensor,
     return values[id(part[3])]
 
 
-def _gather_columns(prefix: list[Node], y: Value, part: _Part,
-                    envs: list[dict[str, int]]) -> tuple[list[int], bool] | None:
+def _gather_columns(prefix: list[Node], y: Value, part: _Part, envs: list[dict[str, int]],
+                    out_width: int | None = None) -> tuple[list[int], bool] | None:
     """``(columns, heads_first)`` when the part is ``y[..., columns]`` viewed as heads
-    (``[B, H, S, D]`` if heads_first, else ``[B, S, H, D]``), checked at every env."""
+    (``[B, H, S, D]`` if heads_first, else ``[B, S, H, D]``), checked at every env. With
+    ``out_width``, ``y`` is the projection's input and ``prefix`` starts with the movement ops
+    and the projection (of ``out_width`` outputs) after it: the part is then the projection of
+    ``y``'s rows, which may have been moved before it (``nn.MultiheadAttention`` projects
+    [S, B, D])."""
     found: tuple[list[int], bool] | None = None
     for env in envs:
         x = index_tensor(y, env)
         got = _eval_part(prefix, y, part, x, env) if x is not None and x.dim() == 3 else None
+        if got is not None and out_width is not None:  # the projection's output index space
+            x = torch.arange(x.shape[0] * x.shape[1] * out_width).reshape(*x.shape[:2], out_width)
         if got is None or got.dim() != 4:
             return None
         batch, seq, width = x.shape
@@ -392,6 +398,25 @@ def _numpy_t_as_t(module: Module, node: Node) -> None:
     node.args = (node.args[0], t.outputs[0], *node.args[2:])
 
 
+def _row_sources(node: Node, x: Value) -> list[tuple[Value, list[Node]]]:
+    """What the projection ``node`` of ``x`` may read instead: ``x``, then each rank-3 value
+    that ``x`` moves (through movement ops only), with those ops in order; a projection acts
+    on rows, so it commutes with ops that only move rows (which the caller proves)."""
+    found: list[tuple[Value, list[Node]]] = [(x, [])]
+    if node.op != "aten.linear.default":
+        return found
+    moves: list[Node] = []
+    current = x
+    while len(moves) < _MAX_CHAIN and current.producer is not None and \
+            current.producer.op in MOVEMENT_OPS and isinstance(current.producer.args[0], Value):
+        moves.insert(0, current.producer)
+        current = current.producer.args[0]
+        t = current.type
+        if isinstance(t, TensorType) and t.rank == 3 and t.shape[-1] == x.tensor_type.shape[-1]:
+            found.append((current, list(moves)))
+    return found
+
+
 def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
     """Root: a fused projection viewed per head and split into parts (see the module
     docstring) -> one ``linear`` per part, viewed back as heads. Exact."""
@@ -408,19 +433,27 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
     parts = _parts(start)
     if parts is None or len(parts) != 3:
         return ""  # not query, key and value (e.g. a rotary embedding's halves of each head)
-    gathers = []
-    for part in parts:
-        value = part[3]
-        g = _gather_columns(prefix, y, part, ctx.envs)
-        if g is None:
-            return (f"part %{value.name} of the fused projection {node!r} is not a per-head "
-                    "gather of its output features")
-        gathers.append(g)
+    first: list[tuple[list[int], bool] | None] = []
+    for source, moves in _row_sources(node, x):  # x itself first, then what it moves
+        if source is x:  # the projection's output y, as it is
+            found = [_gather_columns(prefix, y, part, ctx.envs) for part in parts]
+        else:  # the rows of source, moved and projected
+            found = [_gather_columns(moves + [node] + prefix, source, part, ctx.envs,
+                                     y.tensor_type.shape[-1]) for part in parts]
+        first = first or found
+        if None not in found:
+            x = source
+            break
+    else:
+        value = next(part[3] for part, g in zip(parts, first, strict=True) if g is None)
+        return (f"part %{value.name} of the fused projection {node!r} is not a per-head "
+                "gather of its output features")
+    gathers: list[tuple[list[int], bool]] = found  # type: ignore[assignment]
     groups = [_head_groups(cols, part[3], heads_first)
               for part, (cols, heads_first) in zip(parts, gathers, strict=True)]
     if sorted(c for cols, _ in groups for c in cols) != list(range(weight.data.shape[0])):
         return f"the parts of the fused projection {node!r} do not partition its output features"
-    yt = y.tensor_type
+    yt = TensorType(y.tensor_type.dtype, x.tensor_type.shape[:-1] + (y.tensor_type.shape[-1],))
     anchor = node
     for i, (part, (_, heads_first), (cols, repeat)) in enumerate(zip(parts, gathers, groups, strict=True)):
         value = part[3]
