@@ -377,6 +377,7 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     head = _head(module, family)
     _check_weights(module)
     source = dict(module.meta.get("source") or {})
+    task = module.meta.get("task")
     prefix = _embedding_prefix(module, family)
     if prefix not in ("", f"{family.prefix}."):
         raise _refuse(f"parameters are prefixed '{prefix}', not '{family.prefix}.'")
@@ -460,7 +461,11 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
                 if family.classifier.startswith("head_") else "classifier.weight",
                 "ForTokenClassification": "classifier.weight"}[head]
         labels = int(got.weights[rows].shape[0])
-        if len(config.get("id2label") or {}) != labels:
+        names = list(task.get("labels") or []) if isinstance(task, dict) else []
+        if len(names) == labels and head == "ForSequenceClassification":  # the task's classes
+            config["id2label"] = {str(i): name for i, name in enumerate(names)}
+            config["label2id"] = {name: i for i, name in enumerate(names)}
+        elif len(config.get("id2label") or {}) != labels:
             config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
             config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
     if family.config_names:  # DistilBERT, GPT-2: their own names, no BERT-only fields
@@ -484,6 +489,8 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
         "neuron_ids_per_layer": got.neuron_ids,
         "heads_total": sum(heads),
     }
+    if isinstance(task, dict):  # the task it was fine-tuned on: optc eval reads it back
+        config["optc"]["task"] = task
     return config, got.weights, family
 
 

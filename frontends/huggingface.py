@@ -305,7 +305,9 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Any:
         raise InputError(f"'{ref}' has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, "
                          f"...): {fix}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref)
+        # never run a directory's code; and no trust prompt on stdout (it would corrupt --json
+        # output) for optc's own hf exports, whose config.json maps to a generated modeling file
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"cannot load a tokenizer from '{ref}': {first}; {fix}") from None

@@ -140,6 +140,18 @@ def _task_for(target: str, given: str | None, meta: dict[str, Any], default: Any
     return task
 
 
+def _hf_export_meta(target: str) -> dict[str, Any]:
+    """``{"task": ...}`` as optc's hf backend records it in config.json (``optc.task``), else
+    empty (a Hugging Face id or a directory optc did not write)."""
+    config_file = Path(target) / "config.json"
+    if not config_file.is_file():
+        return {}
+    from optc.backends.hf import read_config
+
+    task = (read_config(target).get("optc") or {}).get("task")
+    return {"task": task} if isinstance(task, dict) else {}
+
+
 def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
                    threads: int | None, default_task: Any = None,
                    ) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None, dict[str, Any]]:
@@ -183,15 +195,13 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         meta = record.meta
     else:
         from optc.frontends.huggingface import load_model
-        from optc.tasks import get_task
 
-        if task_spec is None and default_task is None:
-            raise InputError(f"'{target}' records no task: pass --task NAME")
-        task = get_task(task_spec) if task_spec else default_task
+        meta = _hf_export_meta(target)
+        task = _task_for(target, task_spec, meta, default_task)
         model, source = load_model(target, task=task.head)
-        _refuse_untrained_head(target, {"source": source})
+        _refuse_untrained_head(target, {"source": source, **meta})
         return (task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target),
-                None, None, {})
+                None, trained_max_length(meta), meta)
     task = _task_for(target, task_spec, meta, default_task)
     tokenizer_ref = tokenizer_ref or (None if record else (meta.get("source") or {}).get("tokenizer"))
     return task, runner, _tokenizer(tokenizer_ref, target, record), names, trained_max_length(meta), meta

@@ -235,7 +235,7 @@ def test_placeholder_tokenizer_is_refused(saved, tmp_path, monkeypatch):
 
     placeholder = transformers.AutoTokenizer.from_pretrained(saved)  # 5 special tokens only
     (tmp_path / "vocab.txt").write_text("")
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda ref: placeholder)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda ref, **options: placeholder)
     with pytest.raises(InputError, match="only its 5 special tokens.*tokenizer="):
         load_tokenizer(tmp_path)
 

@@ -1,6 +1,7 @@
-"""Every output carries its task: an artifact, an .onnx and a .pt written from a model fine-tuned
-on a generic CSV task (own columns, named labels, own max length) are scored by ``optc eval OUT
---data D`` alone, with the same metric; the .onnx and .pt carry their tokenizer's files."""
+"""Every output carries its task: an artifact, an .onnx, a .pt and a Hugging Face directory
+written from a model fine-tuned on a generic CSV task (own columns, named labels, own max
+length) are scored by ``optc eval OUT --data D`` alone, with the same metric; the .onnx and .pt
+carry their tokenizer's files."""
 
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ from optc.train import task_from_meta, task_meta, task_spec
 SPEC = "text-classification{text_column=review,label_column=sentiment,labels=neg,pos}"
 
 
+def _bert_dir(path, head="BertModel", **options):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=64,
+                           **options)
+    getattr(tf, head)(config).save_pretrained(str(path))
+    write_tokenizer(path)
+    return path
+
+
 def _write_csv_task(directory):
     directory.mkdir(parents=True, exist_ok=True)
     for split, count, seed in (("train", 192, 0), ("dev", 48, 1)):
@@ -35,15 +48,8 @@ def _write_csv_task(directory):
 def outputs(tmp_path_factory):
     """(data dir, tokenizer-holding model dir, {backend: output}) of a model fine-tuned on SPEC
     with --max-length 24."""
-    import transformers as tf
-
     root = tmp_path_factory.mktemp("recorded")
-    model_dir = root / "hf"
-    torch.manual_seed(0)
-    config = tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                           intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=64)
-    tf.BertModel(config).save_pretrained(str(model_dir))
-    write_tokenizer(model_dir)
+    model_dir = _bert_dir(root / "hf")
     data = _write_csv_task(root / "data")
     art = root / "model"
     assert cmd_finetune([str(model_dir), "--task", SPEC, "--data", str(data), "-o", str(art),
@@ -148,6 +154,30 @@ def test_other_columns_or_length_win_with_one_warning_line(outputs, tmp_path, ca
     assert "--max-length 16 differs from the 24 tokens" in lines[1]
     out = json.loads(captured.out)
     assert out["task_spec"] == given and out["max_length"] == 16 and out["examples"] == 48
+
+
+def test_a_hugging_face_directory_records_the_task_too(outputs, tmp_path, capsys) -> None:
+    """--backend hf writes the task into config.json (optc.task, id2label from its labels)."""
+    data = outputs[0]
+    source = _bert_dir(tmp_path / "clf", "BertForSequenceClassification", num_labels=2)
+    art, exported = tmp_path / "art", tmp_path / "art-hf"
+    assert cmd_finetune([str(source), "--task", SPEC, "--data", str(data), "-o", str(art),
+                         "--max-steps", "3", "--eval-split", "none", "--max-length", "20",
+                         "-q"]) == 0
+    assert main([str(art), "--backend", "hf", "-o", str(exported), "-q"]) == 0
+    assert f"wrote {exported}:" in capsys.readouterr().out
+    config = json.loads((exported / "config.json").read_text())
+    assert config["optc"]["task"]["spec"] == SPEC and config["optc"]["task"]["max_length"] == 20
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    scores = []
+    for target in (art, exported):
+        assert cmd_eval([str(target), "--data", str(data), "--json", "-q"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("{"), text[:300]
+        out = json.loads(text)
+        assert out["task_spec"] == SPEC and out["max_length"] == 20
+        scores.append(out["score"])
+    assert scores[0] == scores[1]
 
 
 def test_task_spec_rebuilds_every_task_exactly() -> None:
