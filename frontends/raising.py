@@ -61,7 +61,13 @@ from optc.frontends.layout import (
     split_heads_source,
 )
 from optc.frontends.raising_deberta import raise_disentangled_attention
-from optc.frontends.raising_forms import FILLS, build_fill_term, einsums_as_matmuls, fill_term
+from optc.frontends.raising_forms import (
+    FILLS,
+    build_fill_term,
+    einsums_as_matmuls,
+    fill_term,
+    nan_where_no_key,
+)
 from optc.frontends.raising_parallel import FUSED_RULES, reassociate_parallel_sums
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.targets import bind_args, is_impure
@@ -311,6 +317,9 @@ def _raise_eager_attention(module: Module, node: Node, ctx: _Context) -> str | N
     mask = _sum_of(module, terms, dtype, node, built)
     if isinstance(mask, str):
         return mask
+    if any(isinstance(t, tuple) and t[1] == -math.inf for t in terms):
+        # the model's softmax of a row whose keys are all -inf is NaN; the attention op's is 0
+        mask = nan_where_no_key(module, mask, node, built)  # raising_forms.py
     reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx)
     if reason:  # not raised: drop the casts and sums built for it
         for created in reversed(built):

@@ -9,7 +9,10 @@
   ``c`` so large that ``c + s`` rounds to ``c`` for every score ``|s| < 2^16`` (e.g.
   ``torch.finfo(dtype).min``), so even a row whose keys are all masked stays uniform as in the
   model. A smaller fill such as ``-1e9`` is refused with the reason: there the model's
-  ``masked_fill`` and an additive term differ on fully masked rows.
+  ``masked_fill`` and an additive term differ on fully masked rows. With ``-inf``, a row whose
+  keys are all masked is NaN in the model (softmax of ``-inf`` everywhere) but 0 in the
+  ``attention`` op (as SDPA): :func:`nan_where_no_key` adds NaN to such rows of the bias, so
+  the raised model is NaN exactly where the model is.
 
 Matched on the graph alone (equations and constants), never on names.
 """
@@ -24,7 +27,7 @@ import torch
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType
 
-__all__ = ["einsums_as_matmuls", "fill_term", "build_fill_term", "FILLS"]
+__all__ = ["einsums_as_matmuls", "fill_term", "build_fill_term", "nan_where_no_key", "FILLS"]
 
 FILLS = ("aten.masked_fill.Scalar",)
 """Ops that overwrite masked scores with a constant (a candidate additive term)."""
@@ -127,3 +130,24 @@ def build_fill_term(module: Module, mask: Value, c: float, dtype: Any, before: N
                                     [TensorType(dtype, shape)], names="attention_bias", before=before)
     built.append(cast)
     return cast.outputs[0]
+
+
+def nan_where_no_key(module: Module, bias: Value, before: Node, built: list[Node]) -> Value:
+    """``bias + where(all(bias == -inf, -1), nan, 0)``: NaN on the rows where every key is
+    -inf (the model's softmax is NaN there), ``bias`` elsewhere. New nodes before ``before``,
+    appended to ``built``."""
+    t = bias.tensor_type
+    row = t.shape[:-1] + (1,)
+    steps = [("aten.eq.Scalar", (bias, -math.inf), TensorType(torch.bool, t.shape)),
+             ("aten.all.dim", (None, -1, True), TensorType(torch.bool, row)),
+             ("aten.where.Scalar", (None, math.nan, 0.0), TensorType(torch.get_default_dtype(), row))]
+    if t.dtype != torch.get_default_dtype():
+        steps.append(("aten.to.dtype", (None, t.dtype), TensorType(t.dtype, row)))
+    steps.append(("aten.add.Tensor", (bias, None), t))
+    value: Value | None = None
+    for op, args, type_ in steps:
+        args = tuple(value if a is None else a for a in args)
+        built.append(module.graph.create_node(op, args, {}, [type_], names="attention_bias",
+                                              before=before))
+        value = built[-1].outputs[0]
+    return value

@@ -222,3 +222,20 @@ def test_a_small_finite_fill_is_refused_with_the_reason() -> None:
     assert "attention" not in report.raised
     assert any("masked_fill with -1000000000.0 is not an additive term exactly" in m
                for m in report.misses)
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), torch.finfo(torch.float32).min])
+def test_a_sample_with_every_key_masked_matches_the_model(fill: float) -> None:
+    """-inf: the model's softmax is NaN on rows without a key, and so is the raised model
+    (not the attention op's 0); finfo.min: the model averages every value, as raised."""
+    model = Stack(lambda: EinsumBlock(fill)).eval()
+    module = _capture(model)
+    assert all(x.attention for x in analyze(module).layers)
+    inputs = _inputs()
+    inputs["mask"][1] = False
+    with torch.no_grad():
+        want = model(**inputs)
+    got = optc.to_eager(module)(**inputs)["output"]
+    assert torch.equal(got.isnan(), want.isnan())
+    assert want.isnan().any() == (fill == float("-inf"))
+    assert (got - want).nan_to_num().abs().max().item() <= 1e-5
