@@ -28,7 +28,7 @@ def test_classification_head_on_the_pooler(bert, batch) -> None:
     torch.testing.assert_close(logits, base["pooler_output"] @ w.T + b, rtol=1e-5, atol=1e-6)
     assert module.meta["task"] == {"name": "sst2", "kind": "classification", "num_labels": 2,
                                    "labels": ["negative", "positive"], "metric": "accuracy",
-                                   "metrics": ["accuracy"], "pooling": "pooler"}
+                                   "metrics": ["accuracy"], "pooling": "pooler", "spec": "sst2"}
 
 
 def test_head_init_is_seeded(bert) -> None:
