@@ -9,6 +9,10 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
 
 - ``attention`` from the eager form ``matmul(q, k^T) -> mul/div scale -> add mask -> softmax
   -> matmul(., v)``; the additive float mask is kept (SDPA adds a float mask to the scores);
+  batched-matmul ``einsum``s are matmuls and a ``masked_fill`` of the scores is an additive
+  term where exact (:mod:`optc.frontends.raising_forms`); an output projection applied to
+  heads merged into [seq*batch, d] rows and moved back (``nn.MultiheadAttention``) becomes a
+  ``linear`` on the attention's result;
 - ``linear`` from Conv1D-style ``view -> addmm(bias, x, W[in, out]) -> view`` (a new
   parameter holds ``W^T``), from ``addmm``/``mm`` on a transposed weight and from
   ``matmul(x, w.t()) (+ bias)``;

@@ -19,7 +19,9 @@ and the structural passes like two blocks on one residual stream:
   columns that part gathers, viewed back to the part's layout. The gather is proven by
   evaluating the view/split chain on an index tensor, never read off names or constants. A
   part that repeats its heads (Falcon-40B broadcasts each kv head to its query heads) reads
-  its distinct heads once and repeats them; after the rotary and attention rules ran, an
+  its distinct heads once and repeats them. A projection of moved rows (``nn.MultiheadAttention``
+  projects [seq, batch, d]) reads the rows before they moved: a projection acts on each row,
+  and the interpreter runs it on index tensors as a row map; after the rotary and attention rules ran, an
   attention whose key and value are such repeats reads the kv heads directly
   (``num_kv_heads``: grouped-query attention, prunable per kv group).
 - :data:`FUSED_RULES` also raises GPT-J's ``rotate_every_two`` rotary (on ``[B, S, heads,
