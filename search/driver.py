@@ -80,7 +80,7 @@ from optc.search.runner import GatedRunner, Outcome, prepare_batches
 from optc.tasks.registry import get_task
 from optc.tasks.splits import validation_split
 from optc.tasks.task import Task
-from optc.train.heads import has_task_head
+from optc.train.heads import has_task_head, task_spec
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
            "validation_examples", "holdout_options", "MIN_VALIDATION", "FLOPS_SEQ",
@@ -386,7 +386,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         return _search_round(module, task, tokenizer, data, options, progress, reference)
     begin = time.perf_counter()
     between = task_pipeline(options.between, data if data is not None else task.data_path,
-                            task.name)
+                            task_spec(task) or task.name)  # the whole spec: columns, labels
     judge = reference if reference is not None else module
     flops_input = module_flops(module, FLOPS_SEQ)
     current, results, history, rounds = module, [], [], []

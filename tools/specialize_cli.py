@@ -231,7 +231,7 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.search.measure import latencies
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
     from optc.tools.progress import Progress
-    from optc.train import task_from_meta, trained_max_length
+    from optc.train import task_from_meta, task_spec, trained_max_length
 
     args = specialize_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
@@ -278,6 +278,7 @@ def cmd_specialize(argv: list[str]) -> int:
     task = task or task_from_meta(module.meta)
     if task is None:
         raise InputError(f"'{args.model}' records no task: pass --task NAME")
+    then_task = args.task or task_spec(task) or task.name  # what --then's training passes get
     ref = args.tokenizer or (module.meta.get("source") or {}).get("tokenizer")
     if ref is None:
         raise InputError("the model records no tokenizer: pass --tokenizer DIR")
@@ -304,7 +305,7 @@ def cmd_specialize(argv: list[str]) -> int:
     final = result.module
     if args.then:
         with progress.step(f"running {args.then}"):
-            report = run_pipeline(final, task_pipeline(args.then, args.data, task.name),
+            report = run_pipeline(final, task_pipeline(args.then, args.data, then_task),
                                   reference=module)
         if not args.quiet and not args.json:
             print(report.table())
@@ -353,7 +354,7 @@ def cmd_specialize(argv: list[str]) -> int:
         point = (result.searched or module).clone()  # the last round's points
         commit(point, config)
         if args.then:
-            run_pipeline(point, task_pipeline(args.then, args.data, task.name),
+            run_pipeline(point, task_pipeline(args.then, args.data, then_task),
                          reference=module)
         lat = None if args.no_latency else latencies([module, point])[1]
         info = {"val_score": score, "flops": flops, "latency_ms": lat,
