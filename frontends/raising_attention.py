@@ -1,0 +1,345 @@
+"""Raising rules for attention: ``softmax(scale * Q K^T + B1 + B2 ...) V`` with Q, K, V per-head
+views of projections of the layer input (proven on index tensors by :mod:`optc.frontends.layout`),
+K and V possibly of fewer (repeated) heads, and the additive terms B kept as the model computes
+them (summed into the ``attention`` op's bias operand); ``scaled_dot_product_attention`` nodes;
+and the check that finds attention no rule explained (a softmax weighting values)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from optc.frontends.layout import (
+    MOVEMENT_OPS,
+    merge_heads_projection,
+    merge_heads_target,
+    repeat_kv_source,
+    split_heads_source,
+)
+from optc.frontends.raising_common import (
+    DIV,
+    MAX_CHAIN,
+    MUL,
+    SKIP,
+    RuleContext,
+    is_swap_last_two,
+    is_tensor,
+    number,
+    only_feeds,
+    producer,
+    replace_uses_with_op,
+    scalar_operand,
+)
+from optc.frontends.raising_forms import FILLS, build_fill_term, fill_term, nan_where_no_key
+from optc.ir.core import Module, Node, Parameter, Value
+from optc.ir.targets import bind_args
+from optc.ir.types import TensorType
+
+__all__ = ["raise_sdpa", "raise_eager_attention", "weights_values"]
+
+def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Value, mask: Any,
+                     scale: float | None, causal: bool, out4: Value, ctx: RuleContext) -> str | None:
+    """Check that q/k/v are head splits (k/v possibly of fewer, repeated kv heads) and ``out4``
+    is merged back; then rewrite."""
+    qt, kt, vt = q4.tensor_type, k4.tensor_type, v4.tensor_type
+    if not (qt.rank == kt.rank == vt.rank == 4):
+        return "query/key/value are not 4-D [batch, heads, seq, head_dim]"
+    heads, dim = qt.shape[1], qt.shape[3]
+    if not (isinstance(heads, int) and isinstance(dim, int)):
+        return "the head count or head size is symbolic"
+    if kt.shape[1] != vt.shape[1] or kt.shape[3] != dim or vt.shape[3] != dim:
+        return "query, key and value differ in head count or head size"
+    if not isinstance(kt.shape[1], int) or heads % kt.shape[1]:
+        return "the key/value head count does not divide the query head count"
+    if isinstance(mask, Value):
+        mt = mask.type
+        if not isinstance(mt, TensorType) or (mt.rank >= 3 and mt.shape[-3] not in (1, heads)):
+            return "the mask's head dim is neither 1 (broadcast) nor the head count (a per-head bias)"
+        if mt.rank >= 3 and mt.shape[-3] == heads and heads > 1 and mt.rank != 4:
+            return "a per-head mask is not [batch|1, heads, q_seq, k_seq]"
+    elif mask is not None:
+        return "the mask is not a tensor"
+    src = split_heads_source(q4, heads, dim, ctx.env)
+    if isinstance(src, str):
+        return src
+    sources: list[Value] = [src]
+    kv_counts = set()
+    for v in (k4, v4):
+        n = v.tensor_type.shape[1]
+        src = split_heads_source(v, n, dim, ctx.env)
+        if isinstance(src, str) and n == heads:
+            repeated = repeat_kv_source(v, heads, dim, ctx.env)
+            if repeated is not None:
+                n = repeated[1]
+                src = split_heads_source(repeated[0], n, dim, ctx.env)
+        if isinstance(src, str):
+            return src
+        sources.append(src)
+        kv_counts.add(n)
+    if len(kv_counts) != 1:
+        return "key and value have different kv head counts"
+    target = merge_heads_target(out4, heads, dim, ctx.env)
+    projected = _merged_through_projection(out4, heads, dim, ctx) if isinstance(target, str) else None
+    if isinstance(target, str) and projected is None:
+        return target
+    kwargs: dict[str, Any] = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
+    kv = kv_counts.pop()
+    if kv != heads:
+        kwargs["num_kv_heads"] = kv
+    if projected is None:
+        replace_uses_with_op(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
+        return None
+    # rows merged, projected and moved back (nn.MultiheadAttention): the projection of the
+    # merged heads, [B, S, heads*dim] -> [B, S, out]
+    (proj, result), qt = projected, sources[0].tensor_type
+    att = module.graph.create_node("attention", (*sources, mask), kwargs,
+                                   [TensorType(qt.dtype, qt.shape[:-1] + (heads * dim,))],
+                                   names="attention", after=anchor)
+    att.loc = anchor.loc
+    replace_uses_with_op(module, att, result, "linear", (att.outputs[0], *proj.args[1:3]), {},
+             TensorType(qt.dtype, qt.shape[:-1] + (result.tensor_type.shape[-1],))).loc = proj.loc
+    dead = result.producer  # the old merge, projection and moves back (each read by the next)
+    while dead is not None and dead.outputs[0] is not out4 and not dead.outputs[0].users():
+        previous = dead.args[0].producer
+        module.graph.remove(dead)
+        dead = previous
+    return None
+
+
+def _merged_through_projection(out4: Value, heads: int, dim: int,
+                               ctx: RuleContext) -> tuple[Node, Value] | None:
+    """``merge_heads_projection`` at both sizes, with a parameter weight (and bias)."""
+    found = [merge_heads_projection(out4, heads, dim, env) for env in ctx.envs]
+    if found[0] is None or found[0] != found[1]:
+        return None
+    proj = found[0][0]
+    weight, bias = proj.args[1], proj.arg(2)
+    if not isinstance(weight, Parameter) or not (bias is None or isinstance(bias, Parameter)):
+        return None
+    return found[0]
+
+
+def raise_sdpa(module: Module, node: Node, ctx: RuleContext) -> str | None:
+    a = bind_args(node.op, node.args, node.kwargs)
+    if a.get("dropout_p") not in (0, 0.0, None):
+        return "dropout_p is not 0 (capture the model in eval mode)"
+    q4, k4, v4, mask = a["query"], a["key"], a["value"], a.get("attn_mask")
+    if not all(is_tensor(v) for v in (q4, k4, v4)):
+        return "query/key/value are not tensors"
+    scale = a.get("scale")
+    return _build_attention(module, node, q4, k4, v4, mask, None if scale is None else float(scale),
+                            bool(a.get("is_causal")), node.outputs[0], ctx)
+
+
+def raise_eager_attention(module: Module, node: Node, ctx: RuleContext) -> str | None:
+    """Root: the softmax of ``[mask +] scale * matmul(q, k^T)`` that feeds ``matmul(., v)``."""
+    a = bind_args(node.op, node.args, node.kwargs)
+    scores = a["self"]
+    if not is_tensor(scores) or scores.tensor_type.rank != 4 or a["dim"] not in (-1, 3):
+        return SKIP
+    if (a.get("dtype") is not None and a["dtype"] != scores.tensor_type.dtype) or a.get("half_to_float"):
+        return SKIP
+    # Down: softmax -> (same-dtype cast) -> matmul(probs, v).
+    probs, pv = node.outputs[0], None
+    for _ in range(2):
+        users = probs.users()
+        if len(users) != 1:
+            break
+        user = users[0]
+        if user.op == "aten.matmul.default" and user.arg(0) is probs:
+            pv = user
+            break
+        if user.op in ("aten.to.dtype", "aten.type_as.default") and user.output.type == probs.type:
+            probs = user.output
+            continue
+        break
+    if pv is None or not is_tensor(pv.arg(1)):
+        return SKIP  # a softmax that does not weight values is not attention
+    if any(len(v.users()) != 1 or module.graph.is_output(v) for v in (node.outputs[0], probs)):
+        return "the attention probabilities are used elsewhere (e.g. returned as attentions)"
+    # Up: [+ B1 + B2 ...] <- [mul/div scale] <- matmul(q, transpose(k)); the B terms (padding or
+    # causal masks, relative-position biases, ...) are kept as the model computes them.
+    chain = _additive_chain(scores)
+    if isinstance(chain, str):
+        return chain
+    scaled, terms = chain
+    if not only_feeds(scores, node):
+        return ("the masked scores are used outside the attention pattern" if terms else
+                "the scores are used outside the attention pattern")
+    dtype = scores.tensor_type.dtype
+    if scaled.tensor_type.dtype != dtype:
+        return "the scores change dtype when the additive terms are added"
+    for term in terms:  # a bool or integer term is promoted by the add: cast it the same way
+        if not isinstance(term, tuple) and term.tensor_type.dtype != dtype and term.tensor_type.dtype.is_floating_point:
+            return f"the additive mask %{term.name} is not of the scores' dtype"
+    found = _qk_product(scaled)
+    if found is None:
+        return f"%{scaled.name} is not matmul(query, key^T), optionally scaled by a constant"
+    qk, scale = found
+    if qk.output is not scaled and not only_feeds(qk.output, scaled.producer):
+        return "the raw scores matmul(query, key^T) are used outside the attention pattern"
+    q4, kt = qk.args[:2]
+    k4 = kt.producer.args[0]
+    if not only_feeds(kt, qk):
+        return "the transposed key is used outside the attention pattern"
+    built: list[Node] = []
+    mask = _sum_of(module, terms, dtype, node, built)
+    if isinstance(mask, str):
+        return mask
+    if any(isinstance(t, tuple) and t[1] == -math.inf for t in terms):
+        # the model's softmax of a row whose keys are all -inf is NaN; the attention op's is 0
+        mask = nan_where_no_key(module, mask, node, built)  # raising_forms.py
+    reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx)
+    if reason:  # not raised: drop the casts and sums built for it
+        for created in reversed(built):
+            module.graph.remove(created)
+    return reason
+
+
+def _leads_to_qk(value: Any, depth: int = MAX_CHAIN) -> bool:
+    """Whether ``value`` is ``matmul(q, k^T)`` (scaled), possibly plus further terms (added,
+    or written into it by ``masked_fill``)."""
+    if not is_tensor(value) or depth == 0:
+        return False
+    if _qk_product(value) is not None:
+        return True
+    fill = producer(value, FILLS)
+    if fill is not None:
+        return _leads_to_qk(fill.args[0], depth - 1)
+    add = producer(value, ("aten.add.Tensor",))
+    return add is not None and any(_leads_to_qk(x, depth - 1) for x in add.args[:2])
+
+
+_Term = Value | tuple[Value, float]
+"""An additive term on the scores: a tensor, or ``(mask, c)`` for ``where(mask, c, 0)`` (a
+``masked_fill`` of the scores, see :mod:`optc.frontends.raising_forms`)."""
+
+
+def _additive_chain(scores: Value) -> tuple[Value, list[_Term]] | str:
+    """``(scaled, [B1, B2, ...])`` when ``scores = scaled + B1 + B2 ...`` in any association of
+    ``aten.add`` (alpha 1) with ``scaled`` leading to the product ``matmul(q, k^T)``; the terms
+    in order from the product up. A ``masked_fill(s, m, c)`` on the way is the term ``(m, c)``
+    when that is exact, else the reason. Without adds: ``(scores, [])``."""
+    terms: list[_Term] = []
+    value = scores
+    for _ in range(MAX_CHAIN):
+        if _qk_product(value) is not None:
+            break
+        fill = producer(value, FILLS)
+        if fill is not None and _leads_to_qk(fill.args[0]):
+            found = fill_term(fill)
+            if isinstance(found, str):
+                return found
+            if not only_feeds(fill.args[0], fill):
+                return "the scores before the masked_fill are used outside the attention pattern"
+            terms.append(found)
+            value = fill.args[0]
+            continue
+        add = producer(value, ("aten.add.Tensor",))
+        if add is None or number(add.attr("alpha", 1)) != 1.0 or \
+                not all(is_tensor(x) for x in add.args[:2]):
+            break
+        first, second = add.args[:2]
+        if _leads_to_qk(first):
+            inner, term = first, second
+        elif _leads_to_qk(second):
+            inner, term = second, first
+        else:
+            break
+        if not only_feeds(inner, add):
+            return "the masked scores are used outside the attention pattern"
+        terms.append(term)
+        value = inner
+    for i, term in enumerate(terms):  # c + B is not c where an inner term B is -inf
+        if isinstance(term, tuple) and math.isfinite(term[1]) and i + 1 < len(terms):
+            return ("a masked_fill with a finite value over other additive terms is not an "
+                    "additive term exactly (fill with float('-inf'))")
+    return value, terms[::-1]
+
+
+def _sum_of(module: Module, terms: list[_Term], dtype: Any, before: Node,
+            built: list[Node]) -> Value | None | str:
+    """The one additive operand of ``attention``: None, the single term, or the terms added
+    by new nodes (before ``before``), typed by broadcasting their shapes. A term of another
+    (bool or integer) dtype is cast to the scores' ``dtype`` first, as the add promoted it; a
+    ``(mask, c)`` term becomes ``where(mask, c, 0)``. The new nodes are appended to ``built``."""
+    if not terms:
+        return None
+    shapes = [(t[0] if isinstance(t, tuple) else t).tensor_type.shape for t in terms]
+    shape: tuple[Any, ...] | None = shapes[0]
+    for other in shapes[1:]:
+        shape = _broadcast(shape, other)
+        if shape is None:
+            return "the additive terms of the scores do not broadcast to one known shape"
+    def new(op: str, args: tuple, shape: tuple[Any, ...]) -> Value:
+        built.append(module.graph.create_node(op, args, {}, [TensorType(dtype, shape)],
+                                              names="attention_bias", before=before))
+        return built[-1].outputs[0]
+
+    cast = [build_fill_term(module, *t, dtype, before, built) if isinstance(t, tuple) else
+            t if t.tensor_type.dtype == dtype else new("aten.to.dtype", (t, dtype), t.tensor_type.shape)
+            for t in terms]
+    total = cast[0]
+    for term in cast[1:]:
+        total = new("aten.add.Tensor", (total, term), shape)
+    return total
+
+
+def _broadcast(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The broadcast of shapes ``a`` and ``b`` (ints or symbolic dims), or None when it depends
+    on run-time values."""
+    if a is None:
+        return None
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == 1 or x == y:
+            out.append(y)
+        elif y == 1:
+            out.append(x)
+        else:
+            return None
+    return tuple(out[::-1])
+
+
+def _qk_product(value: Value) -> tuple[Node, float] | None:
+    """``(matmul(q, k^T) node, scale)`` when ``value`` is that product times/over a constant."""
+    scale = 1.0
+    found = scalar_operand(value, MUL) or scalar_operand(value, DIV)
+    if found is not None:
+        inner, c = found
+        if c == 0:
+            return None
+        scale = c if value.producer.op in MUL else 1.0 / c
+        value = inner
+    qk = producer(value, ("aten.matmul.default",))
+    if qk is None or not all(is_tensor(x) for x in qk.args[:2]) or qk.args[0].tensor_type.rank != 4:
+        return None
+    kt = qk.args[1].producer
+    if kt is None or not is_swap_last_two(kt, 4) or not is_tensor(kt.args[0]):
+        return None
+    return qk, scale
+
+
+
+_SOFTMAX = ("aten.softmax.int", "aten._softmax.default", "aten._safe_softmax.default")
+_PRODUCTS = ("aten.matmul.default", "aten.bmm.default", "aten.einsum.default")
+
+
+def weights_values(node: Node) -> bool:
+    """Whether ``node`` is a softmax whose result (through views and casts) is the left operand
+    of a matrix product: probabilities weighting values, i.e. an attention."""
+    if node.op not in _SOFTMAX:
+        return False
+    frontier, seen = list(node.outputs), 0
+    while frontier and seen < 4 * MAX_CHAIN:
+        value = frontier.pop()
+        seen += 1
+        for user in value.users():
+            if user.op in _PRODUCTS:
+                return True
+            if user.op in MOVEMENT_OPS or user.op in ("aten.to.dtype", "aten.type_as.default",
+                                                      "aten._to_copy.default", "aten.dropout.default"):
+                frontier += user.outputs
+    return False
