@@ -197,6 +197,10 @@ class _Collector:
             why = att.prunable or _block_norm(att, family.pre_ln)
             if why:
                 raise _refuse(f"{where}: the attention block is not a BERT-style block ({why})")
+            if node.attr("int8") is not None:
+                raise _refuse(f"{where}: int8 attention matmuls (quantize targets=matmuls) have "
+                              "no transformers equivalent; export with --backend onnx or "
+                              "torchscript")
             if node.attr("causal"):
                 raise _refuse(f"{where}: causal attention has no place in a bidirectional encoder")
             scale = node.attr("scale")

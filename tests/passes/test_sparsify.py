@@ -134,7 +134,7 @@ def test_backends_agree_on_a_sparsified_model(bert) -> None:
     module = base.clone()
     PassManager("sparsify{sparsity=0.8,pattern=block,block=1x4},dce").run(module)
     report = check_backends(module, inputs)
-    assert set(report.diffs) == {"torchscript", "onnx"}
+    assert set(report.diffs) == {"torchscript", "onnx", "hf"}  # hf stores the zeros densely
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -17,6 +17,9 @@ from optc.tools.cli import main
 
 _HOOKED = r'''
 import atexit, os, signal, sys, time
+# As in a terminal: a runner started in the background (nohup, `cmd &`) passes SIGINT ignored,
+# and optc then rightly keeps it ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import optc.backends.selfcheck as selfcheck
 import optc.outputs as outputs
 
