@@ -53,6 +53,12 @@ from optc.backends.hf_families import (
     modeling_file_name,
     modeling_source,
 )
+from optc.backends.st_format import (
+    PoolingDeclaration,
+    declared_pooling,
+    source_max_seq_length,
+    write_st_files,
+)
 from optc.errors import BackendError, InputError, OptcError
 from optc.ir.analysis import Layer, analyze, set_unit_ids
 from optc.ir.attributes import Quantization
@@ -64,7 +70,7 @@ __all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "Family", "family_of", "fami
            "modeling_source",
            "modeling_file_name", "export_hf", "hf_config", "is_optc_export", "read_config",
            "load_optc_classes", "exported_class", "load_exported", "restore_stable_ids",
-           "hf_refusal"]
+           "hf_refusal", "sentence_pooling"]
 
 _log = logging.getLogger("optc")
 
@@ -513,13 +519,51 @@ def _tokenizer_dir(module: Module) -> Path | None:
     return path if path is not None and path.is_dir() else None
 
 
+def sentence_pooling(module: Module, config: dict[str, Any] | None = None,
+                     ) -> PoolingDeclaration | None:
+    """The pooling a sentence-transformers directory of ``module`` declares, or None when the
+    export is no sentence-embedding model: a base model (no task head) whose recorded task is
+    an embedding task (its recorded pooling, else its source's, else mean) or whose source
+    directory declares a sentence-transformers pooling (see
+    :func:`~optc.backends.st_format.declared_pooling`)."""
+    config = config if config is not None else hf_config(module)[0]
+    family = FAMILIES[config["optc"]["source_model_type"]]
+    if config["architectures"][0] != f"Optc{family.name}Model":
+        return None
+    try:
+        return declared_pooling(module.meta)
+    except InputError as exc:
+        raise _refuse(f"the model's sentence-transformers pooling is unreadable: {exc}") from None
+
+
+def _max_seq_length(module: Module, config: dict[str, Any], family: Family) -> int:
+    """sentence_bert_config.json's token limit: the source's, else the length the model was
+    trained with, else its position table (less RoBERTa's padding offset), at most 512."""
+    found = source_max_seq_length(module.meta)
+    if found is None:
+        task = module.meta.get("task")
+        found = task.get("max_length") if isinstance(task, dict) else None
+    if not isinstance(found, int) or isinstance(found, bool) or found <= 0:
+        positions = int(config.get(family.config_names.get("max_position_embeddings",
+                                                            "max_position_embeddings"), 512))
+        offset = int(config.get("pad_token_id") or 0) + 1 if family.padded_positions else 0
+        found = min(512, positions - offset)
+    return found
+
+
 def export_hf(module: Module, path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``module`` as a Hugging Face model directory (atomically; see the module doc)."""
+    """Write ``module`` as a Hugging Face model directory (atomically; see the module doc).
+
+    A sentence-embedding model (:func:`sentence_pooling`) also gets the sentence-transformers
+    files (``modules.json``, ``1_Pooling/config.json``, ``2_Normalize/`` when it normalizes,
+    ``sentence_bert_config.json``), so that ``SentenceTransformer(path,
+    trust_remote_code=True)`` loads it and encodes with its pooling."""
     from safetensors.torch import save_file
 
     target = Path(path)
     check_output(target, force, kind="artifact")  # fail before any work
     config, weights, family = hf_config(module)
+    pooling = sentence_pooling(module, config)
     tokenizer = _tokenizer_dir(module)
     if tokenizer is None:
         _log.warning("%s: no tokenizer recorded (meta source.tokenizer); the directory has none, "
@@ -535,6 +579,9 @@ def export_hf(module: Module, path: str | os.PathLike, *, force: bool = False) -
                 for name in _TOKENIZER_FILES:
                     if (tokenizer / name).is_file():
                         shutil.copyfile(tokenizer / name, tmp / name)
+            if pooling is not None:
+                width = int(config.get(family.config_names.get("hidden_size", "hidden_size"), 0))
+                write_st_files(tmp, pooling, width, _max_seq_length(module, config, family))
         except OSError as exc:
             raise BackendError(f"hf backend: cannot write '{target}': {exc}") from None
     return target

@@ -23,7 +23,9 @@ BACKENDS = {
     "torchscript": "a TorchScript file for torch.jit.load, dynamic batch and sequence",
     "onnx": "an ONNX model (opset 18, ONNX Runtime fused attention), dynamic axes",
     "hf": "a Hugging Face model directory (per-layer sizes in config.json, generated modeling "
-          "file) for transformers' from_pretrained(..., trust_remote_code=True)",
+          "file) for transformers' from_pretrained(..., trust_remote_code=True); a "
+          "sentence-embedding model also gets its pooling for SentenceTransformer(path, "
+          "trust_remote_code=True)",
 }
 """Backends the CLI's --backend accepts, with what each writes."""
 

@@ -27,7 +27,14 @@ from optc.tasks.metrics import (
     squad_f1,
     squad_metrics,
 )
-from optc.tasks.pooling import DEFAULT_POOLING, POOLING_MODES, Pooling, parse_pooling, read_pooling
+from optc.tasks.pooling import (
+    DEFAULT_POOLING,
+    POOLING_MODES,
+    Pooling,
+    declared_pooling,
+    parse_pooling,
+    read_pooling,
+)
 from optc.tasks.readers import DEFAULT_DATA_ROOT, TableFormat, resolve_task_path
 from optc.tasks.registry import all_tasks, get_task, parse_task_spec, register_task
 from optc.tasks.significance import MetricDelta, paired_bootstrap, references_of
@@ -45,6 +52,7 @@ __all__ = [
     "DEFAULT_POOLING",
     "read_pooling",
     "parse_pooling",
+    "declared_pooling",
     "sentence_similarity",
     "embedding",
     "neighbour_agreement",

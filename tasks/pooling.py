@@ -6,32 +6,27 @@ A sentence-transformers directory lists its modules in ``modules.json`` (``Trans
 ``pooling_mode_cls_token``, ``pooling_mode_max_tokens``, ``pooling_mode_mean_sqrt_len_tokens``
 (several true: their vectors are concatenated in that library's order). :func:`read_pooling`
 reads it into a :class:`Pooling`; a directory without it gets :data:`DEFAULT_POOLING` (mean).
+The format itself (reading, writing it next to an hf export) is
+:mod:`optc.backends.st_format`'s; :func:`declared_pooling` is the pooling of a module
+(its recorded embedding task's, else its source directory's).
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from optc.backends import st_format
+from optc.backends.st_format import POOLING_MODES, PoolingDeclaration
 from optc.errors import InputError
 
-__all__ = ["Pooling", "POOLING_MODES", "DEFAULT_POOLING", "read_pooling", "parse_pooling"]
-
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
-"""Token poolings, in the order sentence-transformers concatenates them."""
-
-_CONFIG_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
-                "mean": "pooling_mode_mean_tokens",
-                "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
-_UNSUPPORTED_KEYS = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
-_ST_POOLING = "sentence_transformers.models.Pooling"
-_ST_NORMALIZE = "sentence_transformers.models.Normalize"
+__all__ = ["Pooling", "POOLING_MODES", "DEFAULT_POOLING", "read_pooling", "parse_pooling",
+           "declared_pooling"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,12 @@ class Pooling:
     def describe(self) -> str:
         """``mean``, ``cls+max``, ``mean, normalized``."""
         return "+".join(self.modes) + (", normalized" if self.normalize else "")
+
+    @property
+    def spec(self) -> str:
+        """The option form :func:`parse_pooling` reads back (``mean+normalize``): what
+        ``meta["task"]["pooling"]`` records for the embedding tasks."""
+        return st_format.pooling_spec(self.modes, self.normalize)
 
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[batch, width] float32 embeddings of ``hidden`` [batch, seq, hidden] with ``mask``
@@ -88,25 +89,18 @@ DEFAULT_POOLING = Pooling()
 
 def parse_pooling(value: str | Pooling | None) -> Pooling | None:
     """A task's ``pooling`` option: ``mean``, ``cls``, ``max``, ``mean_sqrt_len``, several
-    joined by ``+`` (concatenated), optionally ``+normalize``; None stays None."""
+    joined by ``+`` (concatenated in sentence-transformers' order, :data:`POOLING_MODES`, as an
+    export declares them), optionally ``+normalize``; None stays None."""
     if value is None or isinstance(value, Pooling):
         return value
-    names = [p.strip() for p in str(value).split("+")]
-    normalize = "normalize" in names
-    modes = tuple(n for n in names if n != "normalize")
-    if not modes or any(m not in POOLING_MODES for m in modes) or len(set(modes)) != len(modes):
-        raise InputError(f"pooling={value!r}: use one of {', '.join(POOLING_MODES)} (several "
-                         "joined by '+', and '+normalize' to scale to unit length)")
+    modes, normalize = st_format.parse_pooling_spec(str(value))
     return Pooling(modes, normalize, "option")
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read '{path}': {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"'{path}' is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+def _from(declaration: PoolingDeclaration | None) -> Pooling | None:
+    if declaration is None:
+        return None
+    return Pooling(declaration.modes, declaration.normalize, declaration.source)
 
 
 def read_pooling(directory: str | os.PathLike | None) -> Pooling | None:
@@ -114,33 +108,12 @@ def read_pooling(directory: str | os.PathLike | None) -> Pooling | None:
     ``Pooling`` module's ``config.json``; a ``Normalize`` module sets ``normalize``), or None
     when ``directory`` is not a directory or has no ``modules.json`` (plain Hugging Face
     models). A broken or unsupported declaration is an :class:`InputError` naming the file."""
-    if directory is None or not Path(directory).is_dir():
-        return None
-    root = Path(directory)
-    listing = root / "modules.json"
-    if not listing.is_file():
-        return None
-    modules = _json(listing)
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
-        raise InputError(f"'{listing}' must be a list of module objects (type, path)")
-    types = [str(m.get("type", "")) for m in modules]
-    normalize = _ST_NORMALIZE in types
-    pooler = next((m for m in modules if m.get("type") == _ST_POOLING), None)
-    if pooler is None:
-        return Pooling(normalize=normalize, source=str(listing))
-    config_file = root / str(pooler.get("path") or "") / "config.json"
-    if not config_file.is_file():
-        raise InputError(f"'{listing}' lists a Pooling module but '{config_file}' does not "
-                         "exist: restore it, or pass the task option pooling=mean|cls|max")
-    config = _json(config_file)
-    if not isinstance(config, dict):
-        raise InputError(f"'{config_file}' must be a JSON object of pooling_mode_* flags")
-    unsupported = [k for k in _UNSUPPORTED_KEYS if config.get(k)]
-    if unsupported:
-        raise InputError(f"'{config_file}': {', '.join(unsupported)} is not supported (optc "
-                         f"pools with {', '.join(POOLING_MODES)}): pass the task option pooling=...")
-    modes = tuple(mode for mode in POOLING_MODES if config.get(_CONFIG_KEYS[mode]) is True)
-    if not modes:
-        raise InputError(f"'{config_file}' turns no pooling mode on (pooling_mode_mean_tokens, "
-                         "pooling_mode_cls_token, ...): fix it, or pass pooling=mean|cls|max")
-    return Pooling(modes, normalize, str(config_file))
+    return _from(st_format.read_declaration(directory))
+
+
+def declared_pooling(meta: Mapping[str, Any]) -> Pooling | None:
+    """The pooling of a module with this ``meta``: its recorded embedding task's
+    (``meta["task"]["pooling"]``), else its source directory's declaration, else mean for a
+    module whose task is an embedding task; None otherwise (see
+    :func:`optc.backends.st_format.declared_pooling`)."""
+    return _from(st_format.declared_pooling(meta))
