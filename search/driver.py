@@ -83,7 +83,9 @@ from optc.tasks.task import Task
 from optc.train.heads import has_task_head, task_spec
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
-           "validation_examples", "holdout_options", "MIN_VALIDATION", "FLOPS_SEQ",
+           "validation_examples", "held_out_examples", "holdout_options", "check_searchable",
+           "MIN_VALIDATION",
+           "FLOPS_SEQ",
            "UNIT_ORDERS"]
 
 MIN_VALIDATION = 20
@@ -157,6 +159,10 @@ class SearchOptions:
     """Classification: also refuse a candidate that makes more than this share of the
     validation examples predicted as another class than the baseline (the unpruned or
     reference model) predicts them; None: not counted (published)."""
+    holdout: float = 0.0
+    """Share of the validation examples the search never sees (a seeded split, stratified
+    like the validation split; 0: none, as published): the held-out part on which
+    :mod:`optc.search.contract` checks the result (:func:`held_out_examples`)."""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -188,6 +194,9 @@ class SearchOptions:
         if self.latency_target is not None and not 0 < self.latency_target <= 1:
             raise PipelineSpecError(f"the latency target is a fraction in (0, 1], got "
                                     f"{self.latency_target}")
+        if not 0 <= self.holdout < 1:
+            raise PipelineSpecError(f"the held-out share is a fraction in [0, 1), got "
+                                    f"{self.holdout}")
         if not 0 <= self.confirm < 1:
             raise PipelineSpecError(f"the confirmation share is a fraction in [0, 1), got "
                                     f"{self.confirm}")
@@ -340,6 +349,12 @@ def _input_names(module: Module) -> tuple[str, ...]:
     return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
 
 
+def check_searchable(module: Module, task: Task) -> None:
+    """Raise :class:`InputError` when ``module`` has no head for ``task`` (or one that does
+    not fit it) or no transformer layers to search."""
+    _check_module(module, task)
+
+
 def _check_module(module: Module, task: Task, search: bool = True) -> None:
     if not has_task_head(module, task):
         raise InputError(f"module @{module.name} has no task head for '{task.name}': fine-tune "
@@ -366,7 +381,8 @@ class _Flops:
 def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
                options: SearchOptions | None = None,
                progress: Callable[[HistoryEntry], None] | None = None,
-               reference: Module | None = None) -> SearchResult:
+               reference: Module | None = None,
+               stop: Callable[[], bool] | None = None) -> SearchResult:
     """Run the accuracy-driven search on a fine-tuned ``module`` (left unchanged) and return
     the committed, physically smaller module with the search history.
 
@@ -379,11 +395,14 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
     the module docstring), judged against ``reference`` or else ``module``. Raises
     :class:`InputError` for a module (or reference) without the task's head, a head that does
     not fit the task, or fewer than :data:`MIN_VALIDATION` validation examples.
+    ``stop``: asked before each trial; True ends the search there (``stopped="interrupted"``)
+    with the best model so far, e.g. after a Ctrl-C.
     """
     options = options or SearchOptions()
     task = get_task(task) if isinstance(task, str) else task
     if options.rounds == 1:
-        return _search_round(module, task, tokenizer, data, options, progress, reference)
+        return _search_round(module, task, tokenizer, data, options, progress, reference,
+                             stop=stop)
     begin = time.perf_counter()
     between = task_pipeline(options.between, data if data is not None else task.data_path,
                             task_spec(task) or task.name)  # the whole spec: columns, labels
@@ -396,7 +415,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         if round_options is None:
             break
         result = _search_round(current, task, tokenizer, data, round_options, progress,
-                               reference if number == 1 else judge, number, len(history))
+                               reference if number == 1 else judge, number, len(history),
+                               stop=stop)
         results.append(result)
         searched.append(current)
         history.extend(result.history)
@@ -553,6 +573,34 @@ def holdout_options(options: SearchOptions, meta: dict[str, Any], val_size: floa
     return options, None
 
 
+def held_out_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:
+    """The part of the validation examples that ``options.holdout`` keeps out of the search
+    (empty without it), in a stable order."""
+    return _held_out(task, _all_validation(task, data, options), options)[1]
+
+
+def _all_validation(task: Task, data: Any, options: SearchOptions) -> list[Any]:
+    if options.val_data is not None:
+        return task.read_file(options.val_data, "val", limit=options.val_limit)
+    return task.read("val", data, val_size=options.val_size, seed=options.seed,
+                     limit=options.val_limit)
+
+
+def _held_out(task: Task, examples: list[Any], options: SearchOptions
+              ) -> tuple[list[Any], list[Any]]:
+    """(examples the search may see, held-out examples) for ``options.holdout``."""
+    if not options.holdout or len(examples) < 2:
+        return examples, []
+    labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
+    groups = [e.context for e in examples] if task.kind == "extractive-qa" else None
+    try:
+        seen, held = validation_split(task.kind, labels, groups, len(examples),
+                                      val_size=options.holdout, seed=options.seed)
+    except InputError:  # too few examples to split: the contract reports too few
+        return examples, []
+    return [examples[i] for i in seen], [examples[i] for i in held]
+
+
 def validation_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:
     """The examples the search judges its candidates on: ``options.val_data``'s, else the
     ``val_size`` part of ``data``'s train split (``val_limit``: the first N), less the part
@@ -564,11 +612,7 @@ def _split_examples(task: Task, data: Any, options: SearchOptions
                     ) -> tuple[list[Any], list[Any] | None]:
     """(examples to search, examples to confirm or None): the confirmation part is a seeded
     split of the validation examples, stratified like the validation split itself."""
-    if options.val_data is not None:
-        examples = task.read_file(options.val_data, "val", limit=options.val_limit)
-    else:
-        examples = task.read("val", data, val_size=options.val_size, seed=options.seed,
-                             limit=options.val_limit)
+    examples = _held_out(task, _all_validation(task, data, options), options)[0]
     if not options.confirm:
         return examples, None
     if len(examples) < 2:
@@ -590,6 +634,8 @@ def _validation_source(options: SearchOptions) -> dict[str, Any]:
                               else {"val_size": options.val_size, "seed": options.seed})
     if options.val_limit is not None:
         source["limit"] = options.val_limit
+    if options.holdout:
+        source["holdout"] = options.holdout
     return source
 
 
@@ -610,7 +656,8 @@ def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
 
 def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                   options: SearchOptions, progress: Callable[[HistoryEntry], None] | None,
-                  reference: Module | None, number: int = 1, steps: int = 0) -> SearchResult:
+                  reference: Module | None, number: int = 1, steps: int = 0,
+                  stop: Callable[[], bool] | None = None) -> SearchResult:
     """One search over ``module`` (``number``: its round; ``steps``: entries before it)."""
     begin = time.perf_counter()
     _check_module(module, task)
@@ -664,6 +711,9 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                 current_sweep, accepted_in_sweep = sweep, False
             if options.time_budget is not None and time.perf_counter() - begin > options.time_budget:
                 stopped = "time-budget"
+                break
+            if stop is not None and stop():
+                stopped = "interrupted"
                 break
             if options.flops_target is not None and flops(config) <= options.flops_target * flops_before:
                 stopped = "flops-target"

@@ -1,14 +1,17 @@
-"""``optc specialize``: the accuracy-driven search (AxFormer) on a fine-tuned model.
+"""``optc specialize``: the fastest model within a stated tolerance, on one fine-tuned model.
 
-    optc specialize MODEL [--task T] [--data DIR] -o OUT [--force]
-                    [--rule loss|metric|metric-loss] [--tolerance P] [--kinds LIST] [--k N]
-                    [--groups N] [--val-size X | --val-data PATH] [--confirm X] [--max-flips X]
-                    [--flops-target R]
-                    [--time-budget S] [--sweeps N] [--unit-order O] [--rounds N]
-                    [--between SPEC] [--then SPEC] [--keep-pareto N] [--workers N] [--ray]
+    optc specialize MODEL [--task T] [--data DIR] -o OUT [--force] [--max-drop D]
+                    [--backend eager|torchscript|onnx] [--threads N] [--batch N]
+                    [--int8 auto|on|off] [--time-budget S] [--workers N]
+                    [--recipe default|published|FILE] [--keep-pareto N]
 
-Prints the search history and a before/after table (dev metric, FLOPs, latency, size) and
-writes the specialized model as an artifact whose metadata records the history.
+The contract (default recipe; :mod:`optc.tools.specialize_contract`): the result is the
+fastest model measured on the target whose metric on a held-out part of the validation data
+is at most D points below the input's, else the input unchanged. ``--recipe published`` runs
+the AxFormer procedure exactly and prints the search history and a before/after table (dev
+metric, FLOPs, latency, size). The old search flags (``--rule``, ``--tolerance``, ``--sweeps``,
+... see :data:`KNOBS`) are hidden recipe keys; a command naming one of them without
+``--max-drop``/``--recipe`` runs the published recipe, as before recipes.
 """
 
 from __future__ import annotations
@@ -69,11 +72,28 @@ def _val_size(text: str) -> float | int:
     return value
 
 
+_HIDE = argparse.SUPPRESS
+
+KNOBS: dict[str, str] = {
+    "rule": "rule", "tolerance": "tolerance", "kinds": "kinds", "k": "k",
+    "groups": "neuron_groups", "fine_threshold": "fine_threshold", "confirm": "confirm",
+    "max_flips": "max_flips", "flops_target": "flops_target",
+    "latency_target": "latency_target", "sweeps": "sweeps", "unit_order": "unit_order",
+    "rounds": "rounds", "between": "between",
+}
+"""The search knobs that moved into recipe files: each flag (hidden from --help) still sets
+its recipe key, so old commands replay; a command that names one of them and no --max-drop
+or --recipe runs the published recipe with it, as it did before recipes."""
+
+
 def specialize_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="optc specialize", description="Specialize a fine-tuned model for its "
-                "task: greedily try hard attention and removing FFN/attention blocks, neuron "
-                "groups and heads, keeping what the validation split says does not hurt "
-                "(AxFormer). The published procedure is the default.", epilog=_EPILOG)
+    p = _Parser(prog="optc specialize", description="Make a fine-tuned model as fast as "
+                "possible on the target while its metric on a held-out part of the "
+                "validation data (never searched) stays within --max-drop points of the "
+                "input's: the result is the fastest model measured within the tolerance "
+                "(structured removals, then int8), or the input unchanged when none is. "
+                "'--recipe published' runs the AxFormer paper's procedure exactly.",
+                epilog=_EPILOG)
     p.add_argument("model", metavar="MODEL", help="fine-tuned optc artifact (optc finetune) or "
                    "Hugging Face model directory with a trained task head")
     p.add_argument("--task", help="task name or spec (default: the one the artifact records)")
@@ -81,89 +101,90 @@ def specialize_parser() -> argparse.ArgumentParser:
                    "validation split, dev the reported metric); default: under $OPTC_DATA_DIR")
     p.add_argument("-o", "--output", metavar="OUT", type=output_path, required=True, help="artifact to write")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an artifact")
-    p.add_argument("--rule", choices=["loss", "metric", "metric-loss"], default="loss",
-                   help="acceptance: loss (published: lower mean loss and most samples no "
-                        "worse), metric (validation metric within --tolerance) or metric-loss "
-                        "(that, and the mean validation loss no higher than the unpruned "
-                        "model's)")
-    p.add_argument("--tolerance", type=_number, default=0.0,
-                   help="metric rule: tolerated drop in metric points (default 0)")
-    p.add_argument("--kinds", default="hard-attention,ffn,ffn-groups,attention,heads",
-                   help="candidate kinds in order (default: all, published order)")
-    p.add_argument("--k", type=_int_at_least(1), default=30,
-                   help="hard attention: probabilities kept per query row (default 30)")
-    p.add_argument("--groups", type=_int_at_least(1), default=12,
-                   help="FFN neuron groups per layer (default 12)")
-    p.add_argument("--fine-threshold", type=_number, default=1.1,
-                   help="try groups/heads after a rejected block whose loss is below this x "
-                        "the best loss (default 1.1)")
-    p.add_argument("--val-size", type=_val_size, default=None,
-                   help="validation split carved from train: fraction or count (default: the "
-                        "split held out when the model was fine-tuned, else 0.15)")
-    p.add_argument("--val-limit", type=_int_at_least(1), default=None,
-                   help="use only the first N validation examples")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the validation split (default: the fine-tuning holdout's, else 0)")
-    p.add_argument("--val-data", metavar="PATH", default=None,
-                   help="search on this labelled file (or a directory's val file) instead of "
-                        "a split carved from train: e.g. examples from where the model will "
-                        "be used, when train does not represent them")
-    p.add_argument("--confirm", type=_number, default=0.0, metavar="X",
-                   help="keep this share of the validation examples out of the search and "
-                        "cut each round's acceptances after the longest prefix the rule "
-                        "still accepts on them (default 0: none, as published)")
-    p.add_argument("--max-flips", type=_number, default=None, metavar="X",
-                   help="classification: also refuse a candidate that changes the predicted "
-                        "class of more than this share of the validation examples (e.g. "
-                        "0.02; default: not counted, as published)")
-    p.add_argument("--flops-target", type=_number, default=None,
-                   help="stop once FLOPs are at most this fraction of the input's")
-    p.add_argument("--latency-target", type=_number, default=None,
-                   help="stop once the measured latency (eager, B1, S128, 1 thread) is at most "
-                        "this fraction of the input's")
+    p.add_argument("--max-drop", type=_number, default=None, metavar="D",
+                   help="the contract: the result's metric on the held-out part is at most D "
+                        "points (the task's metric, e.g. accuracy %%) below the input's "
+                        "(default 1.0)")
+    p.add_argument("--backend", choices=["eager", "torchscript", "onnx"], default=None,
+                   help="what 'fastest' is measured on (default eager)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="threads of the target (default 1)")
+    p.add_argument("--batch", type=_int_at_least(1), default=None,
+                   help="batch size of the target (default 1; sequence length 128)")
+    p.add_argument("--int8", choices=["auto", "on", "off"], default=None,
+                   help="quantize the result within the same tolerance: auto (default: when "
+                        "int8 is faster on the target), on, off")
     p.add_argument("--time-budget", type=_number, default=None, metavar="SECONDS",
-                   help="stop trying candidates after this long; the best model so far is "
-                        "written")
-    p.add_argument("--sweeps", type=_int_at_least(1), default=1,
-                   help="passes over the trial order (default 1, as published); later sweeps "
-                        "retry rejected candidates whose context changed, and a sweep that "
-                        "accepts nothing ends the search")
-    p.add_argument("--unit-order", choices=["index", "importance"], default="index",
-                   help="heads and FFN neuron groups: index (published: by position) or "
-                        "importance (Taylor importance on the validation split; heads least "
-                        "important first, neurons grouped by rank)")
-    p.add_argument("--rounds", type=_int_at_least(1), default=1,
-                   help="search up to N times: after a round, --between refits its result "
-                        "and the next round searches that, judged against MODEL's validation "
-                        "results (default 1: one search, as published)")
-    p.add_argument("--between", metavar="SPEC", default="reconstruct",
-                   help="pipeline run between rounds (default: reconstruct, the least-squares "
-                        "refit toward MODEL)")
-    p.add_argument("--then", metavar="SPEC", default=None,
-                   help="pipeline run on the result, e.g. 'quantize{mode=dynamic}' or "
-                        "'distill{epochs=1}' (whose default teacher is MODEL, the model "
-                        "before specialization)")
-    p.add_argument("--keep-pareto", type=_int_at_least(0), default=0, metavar="N",
-                   help="also write up to N other operating points of the history's Pareto "
-                        "front (validation metric vs FLOPs) as OUT-pareto-1..N, cheapest first")
+                   help="end after about this long with the best point within the tolerance "
+                        "found so far (Ctrl-C does the same)")
     p.add_argument("--workers", type=_int_at_least(1), default=1,
                    help="evaluate candidates in N local processes (same result as serial)")
-    p.add_argument("--ray", action="store_true",
-                   help="evaluate on Ray (RAY_ADDRESS, or a local instance); needs optc[ray]")
-    p.add_argument("--no-prefix-reuse", action="store_true",
-                   help="recompute every layer for every candidate (slower; same result)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
-    p.add_argument("--max-length", type=_int_at_least(2), default=None,
-                   help="token limit (default: the one the model was fine-tuned with, else "
-                        "128; 384 for QA)")
-    p.add_argument("--no-dev", action="store_true", help="skip the dev metric before/after")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the one "
-                   "recorded with the model)")
-    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--recipe", metavar="NAME|FILE", default=None,
+                   help="how the search runs: default, published (the AxFormer paper's exact "
+                        "procedure, no contract) or a recipe file (TOML; see the README)")
+    p.add_argument("--keep-pareto", type=_int_at_least(0), default=0, metavar="N",
+                   help="also write up to N other points of the Pareto front (held-out "
+                        "metric vs latency) as OUT-pareto-1..N")
+    # the old search knobs: recipe keys now (hidden; see KNOBS)
+    p.add_argument("--rule", choices=["loss", "metric", "metric-loss"], default=None, help=_HIDE)
+    p.add_argument("--tolerance", type=_number, default=None, help=_HIDE)
+    p.add_argument("--kinds", default=None, help=_HIDE)
+    p.add_argument("--k", type=_int_at_least(1), default=None, help=_HIDE)
+    p.add_argument("--groups", type=_int_at_least(1), default=None, help=_HIDE)
+    p.add_argument("--fine-threshold", type=_number, default=None, help=_HIDE)
+    p.add_argument("--confirm", type=_number, default=None, metavar="X", help=_HIDE)
+    p.add_argument("--max-flips", type=_number, default=None, metavar="X", help=_HIDE)
+    p.add_argument("--flops-target", type=_number, default=None, help=_HIDE)
+    p.add_argument("--latency-target", type=_number, default=None, help=_HIDE)
+    p.add_argument("--sweeps", type=_int_at_least(1), default=None, help=_HIDE)
+    p.add_argument("--unit-order", choices=["index", "importance"], default=None, help=_HIDE)
+    p.add_argument("--rounds", type=_int_at_least(1), default=None, help=_HIDE)
+    p.add_argument("--between", metavar="SPEC", default=None, help=_HIDE)
+    p.add_argument("--then", metavar="SPEC", default=None, help=_HIDE)
+    p.add_argument("--no-prefix-reuse", action="store_true", help=_HIDE)
+    # data and reporting details (hidden: their defaults come from the model)
+    p.add_argument("--val-size", type=_val_size, default=None, help=_HIDE)
+    p.add_argument("--val-limit", type=_int_at_least(1), default=None, help=_HIDE)
+    p.add_argument("--seed", type=int, default=None, help=_HIDE)
+    p.add_argument("--val-data", metavar="PATH", default=None, help=_HIDE)
+    p.add_argument("--ray", action="store_true", help=_HIDE)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32, help=_HIDE)
+    p.add_argument("--max-length", type=_int_at_least(2), default=None, help=_HIDE)
+    p.add_argument("--no-dev", action="store_true", help=_HIDE)
+    p.add_argument("--no-latency", action="store_true", help=_HIDE)
+    p.add_argument("--tokenizer", metavar="DIR", help=_HIDE)
+    p.add_argument("--json", action="store_true", help=_HIDE)
+    p.add_argument("-q", "--quiet", action="store_true", help=_HIDE)
     return p
+
+
+def choose_recipe(args: argparse.Namespace) -> Any:
+    """The recipe a command runs (:data:`KNOBS`), with its old flags as recipe keys."""
+    from optc.search.recipe import RECIPES, load_recipe
+
+    knobs = {field: getattr(args, dest) for dest, field in KNOBS.items()
+             if getattr(args, dest) is not None}
+    if "kinds" in knobs:
+        knobs["kinds"] = tuple(k.strip() for k in knobs["kinds"].split(",") if k.strip())
+    if args.no_prefix_reuse:
+        knobs["prefix_reuse"] = False
+    if args.recipe is not None:
+        recipe = load_recipe(args.recipe)
+    elif args.max_drop is None and (knobs or args.then):
+        recipe = RECIPES["published"]  # an old command: what it ran before recipes
+    else:
+        recipe = RECIPES["default"]
+    if recipe.published:
+        given = [f"--{n.replace('_', '-')}" for n in ("max_drop", "int8")
+                 if getattr(args, n) is not None]
+        if given:
+            raise PipelineSpecError(f"the published recipe has no tolerance contract: drop "
+                                    f"{', '.join(given)} (or use the default recipe)")
+    elif args.then:
+        raise PipelineSpecError("--then runs after the published recipe's search; the "
+                                "contract quantizes within --max-drop itself (--int8): drop "
+                                "--then, or add --recipe published")
+    return recipe.with_search(**knobs)
 
 
 def _load(target: str, progress: Any) -> Any:
@@ -219,6 +240,17 @@ def _confirmation_line(held: dict[str, Any], metric: str, round_: int | None) ->
 
 def cmd_specialize(argv: list[str]) -> int:
     """``optc specialize``: run the search and write the specialized artifact."""
+    args = specialize_parser().parse_args(argv)
+    recipe = choose_recipe(args)  # bad options and recipe files fail before any work (exit 2)
+    if not recipe.published:
+        from optc.tools.specialize_contract import run_contract
+
+        return run_contract(args, recipe)
+    return _run_published(args, recipe)
+
+
+def _run_published(args: argparse.Namespace, recipe: Any) -> int:
+    """The published recipe (or a file based on it): the search alone, as before recipes."""
     import torch
 
     from optc.artifacts import save
@@ -228,26 +260,20 @@ def cmd_specialize(argv: list[str]) -> int:
     from optc.passes.manager import run_pipeline
     from optc.passes.spec import task_pipeline
     from optc.search import SearchOptions, commit, holdout_options, specialize, validate
-    from optc.search.measure import latencies
+    from optc.search.measure import backend_latencies, latencies
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
     from optc.tools.progress import Progress
+    from optc.tools.specialize_contract import stop_on_sigint
     from optc.train import task_from_meta, task_spec, trained_max_length
 
-    args = specialize_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    options = SearchOptions(  # bad options fail before any slow work (exit 2)
-        rule=args.rule, tolerance=args.tolerance, kinds=kinds, neuron_groups=args.groups,
-        k=args.k, fine_threshold=args.fine_threshold,
+    options = recipe.options(SearchOptions(  # bad options fail before any slow work (exit 2)
         val_size=0.15 if args.val_size is None else args.val_size,
         seed=0 if args.seed is None else args.seed,
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
-        flops_target=args.flops_target, latency_target=args.latency_target,
-        time_budget=args.time_budget, sweeps=args.sweeps, unit_order=args.unit_order,
-        rounds=args.rounds, between=args.between, prefix_reuse=not args.no_prefix_reuse,
-        workers=args.workers, ray=args.ray, confirm=args.confirm, max_flips=args.max_flips)
+        time_budget=args.time_budget, workers=args.workers, ray=args.ray), None)
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
         raise PipelineSpecError("--val-data replaces the validation split carved from "
                                 "train: drop --val-size/--seed")
@@ -300,8 +326,9 @@ def cmd_specialize(argv: list[str]) -> int:
                              f"loss {entry.mean_loss:.4f}, {100 * entry.not_worse:.0f}% not "
                              f"worse, {mark}\n")
 
-    with progress.step(f"searching ({task.name})"):
-        result = specialize(module, task, tokenizer, args.data, options, progress=on_trial)
+    with progress.step(f"searching ({task.name})"), stop_on_sigint() as stop:
+        result = specialize(module, task, tokenizer, args.data, options, progress=on_trial,
+                            stop=stop)
     final = result.module
     if args.then:
         with progress.step(f"running {args.then}"):
@@ -323,25 +350,29 @@ def cmd_specialize(argv: list[str]) -> int:
             dev_change = paired_bootstrap(task, before.predictions, after.predictions,
                                           references_of(dev))
     lat_before = lat_after = None
-    if not args.no_latency:
+    if not args.no_latency and args.backend is None:
         with progress.step("measuring latency (batch 1, seq 128, 1 thread)"):
             lat_before, lat_after = latencies([module, final])
+    elif not args.no_latency:
+        with progress.step(f"measuring latency ({args.backend})"):
+            lat_before, lat_after = backend_latencies([module, final], args.backend,
+                                                      args.batch or 1, 128, args.threads or 1)
     summary = result.summary()
     summary.update({"dev_metric_before": dev_before, "dev_metric_after": dev_after,
                     "dev_change": None if dev_change is None else dev_change.to_json(),
                     "latency_ms_before": lat_before, "latency_ms_after": lat_after,
                     "params_after": final.num_parameters(), "then": args.then,
                     "val_loss_after": val_loss, "val_metric_after": val_metric,
-                    "max_flips": args.max_flips})
+                    "max_flips": options.max_flips, "recipe": recipe.name})
     meta = dict(final.meta)
-    sweeps = f",sweeps={args.sweeps}" if args.sweeps > 1 else ""
-    order = f",unit_order={args.unit_order}" if args.unit_order != "index" else ""
-    order += f",rounds={args.rounds}" if args.rounds > 1 else ""
-    tolerance = f",tolerance={args.tolerance:g}" if args.rule != "loss" else ""
-    tolerance += f",max_flips={args.max_flips:g}" if args.max_flips is not None else ""
-    order += f",confirm={args.confirm:g}" if args.confirm else ""
+    sweeps = f",sweeps={options.sweeps}" if options.sweeps > 1 else ""
+    order = f",unit_order={options.unit_order}" if options.unit_order != "index" else ""
+    order += f",rounds={options.rounds}" if options.rounds > 1 else ""
+    tolerance = f",tolerance={options.tolerance:g}" if options.rule != "loss" else ""
+    tolerance += f",max_flips={options.max_flips:g}" if options.max_flips is not None else ""
+    order += f",confirm={options.confirm:g}" if options.confirm else ""
     meta["pipeline"] = list(meta.get("pipeline", [])) + [
-        f"specialize{{rule={args.rule}{tolerance},k={args.k}{sweeps}{order}}}"]
+        f"specialize{{rule={options.rule}{tolerance},k={options.k}{sweeps}{order}}}"]
     final.meta = meta
     extra = {"specialization": summary}
     if module.meta.get("task"):
@@ -380,7 +411,8 @@ def cmd_specialize(argv: list[str]) -> int:
              _change(result.baseline_loss, val_loss, "{:+.4f}")),
             ("GFLOPs (B1,S128)", f"{result.flops_before / 1e9:.3f}",
              f"{result.flops_after / 1e9:.3f}", _ratio(result.flops_before, result.flops_after)),
-            ("latency ms (eager)", "-" if lat_before is None else f"{lat_before:.2f}",
+            (f"latency ms ({args.backend or 'eager'})",
+             "-" if lat_before is None else f"{lat_before:.2f}",
              "-" if lat_after is None else f"{lat_after:.2f}", _ratio(lat_before, lat_after)),
             ("parameters", f"{result.params_before:,}", f"{final.num_parameters():,}",
              _ratio(result.params_before, final.num_parameters()))]
@@ -406,7 +438,7 @@ def cmd_specialize(argv: list[str]) -> int:
                       if info["between_val_metric"] is not None
                       else f"validation loss {info['between_loss']:.4f}")
             print(f"note: round {info['round'] + 1} accepted nothing and the refit it "
-                  f"searched ({figure}) fails the {args.rule} rule against the input: round "
+                  f"searched ({figure}) fails the {options.rule} rule against the input: round "
                   f"{info['round']}'s result was kept without the refit")
     print(f"wrote {out}: {len(result.config.accepted)} of {len(result.history)} candidates "
           f"accepted, {result.evaluations} evaluations in {result.seconds:.1f} s "
