@@ -2,7 +2,8 @@
 
 The pass manager builds one per pipeline run and hands it to every pass's ``run(module, ctx)``:
 the pipeline's input module (the default teacher or reference of the passes that learn from or
-compare against it), and where training passes report their steps. Passes read it; they never
+compare against it), where training passes report their steps, and the device and precision
+they train in. Passes read it; they never
 stash it on themselves (passes are frozen dataclasses) and nothing travels through
 ``module.meta`` instead.
 """
@@ -30,6 +31,17 @@ class PassContext:
     progress: Callable[[Any], None] | None = None
     """Called after each training step of a training pass with a
     :class:`~optc.train.StepInfo` (step, loss, ETA, pass-specific terms); None: silent."""
+    device: str = "cpu"
+    """Where training passes (finetune, distill, gradual-prune, quantize{mode=qat}, l0-prune)
+    train and evaluate: cpu, cuda, cuda:N or auto (CUDA when torch sees one); see
+    :mod:`optc.train.device`. The IR stays on the CPU: trained values are written back there."""
+    precision: str = "fp32"
+    """Autocast precision of training passes: fp32, bf16 or fp16 (with loss scaling)."""
+
+    def train_options(self) -> dict[str, Any]:
+        """The keyword arguments :func:`optc.train.finetune`/``distill`` take from the
+        context."""
+        return {"device": self.device, "precision": self.precision}
 
 
 EMPTY_CONTEXT = PassContext()

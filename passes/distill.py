@@ -77,7 +77,7 @@ class Distill(TrainingPass, TakesReference):
         report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
                          temperature=self.temperature, alpha_soft=self.alpha_soft,
                          hidden_mse=hidden, layer_map=self.layer_map, progress=ctx.progress,
-                         **train_options(self))
+                         **train_options(self), **ctx.train_options())
         stats = report_stats(report)
         stats.update({"teacher": origin, "soft_targets": soft, "hidden_mse": hidden,
                       "layer_map": report.extra["layer_map"]})

@@ -188,5 +188,5 @@ class Finetune(TrainingPass):
         tokenizer = pass_tokenizer(self, module)
         data: str | os.PathLike | None = self.data
         report = finetune(module, task, data, tokenizer=tokenizer, progress=ctx.progress,
-                          **train_options(self))
+                          **train_options(self), **ctx.train_options())
         return PassResult(True, report_stats(report))

@@ -99,6 +99,17 @@ class GradualPruneHooks(TrainHooks):
         if self.level < self.final_sparsity or not self.updates:
             self.prune(model, self.final_sparsity)  # only when training stopped early
 
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's progress (the masks themselves are the trainable module's, saved
+        with every checkpoint)."""
+        return {"level": self.level, "sparsity": self.sparsity,
+                "updates": [[step, value] for step, value in self.updates]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.level = float(state["level"])
+        self.sparsity = float(state["sparsity"])
+        self.updates = [(int(step), float(value)) for step, value in state["updates"]]
+
     # -- masks -----------------------------------------------------------------------------------
     @torch.no_grad()
     def prune(self, model: TrainableModule, level: float) -> None:
@@ -229,7 +240,7 @@ class GradualPrune(Distill):
             report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
                              temperature=self.temperature, alpha_soft=self.alpha_soft,
                              hidden_mse=hidden, layer_map=self.layer_map, hooks=hooks,
-                             progress=ctx.progress, **train_options(self))
+                             progress=ctx.progress, **train_options(self), **ctx.train_options())
         except BaseException:  # a refusal (or Ctrl-C) after add_task_head: undo it
             module.restore(snapshot)
             raise

@@ -223,7 +223,7 @@ class L0Prune(Distill):
             report = distill(module, teacher, task, self.data, tokenizer=tokenizer,
                              temperature=self.temperature, alpha_soft=self.alpha_soft,
                              hidden_mse=hidden, layer_map=self.layer_map, hooks=hooks,
-                             edit=hooks.edit, progress=ctx.progress, **train_options(self))
+                             edit=hooks.edit, progress=ctx.progress, **train_options(self), **ctx.train_options())
             gates = hooks.final_gates()
             forced = (enforce_target(size, gates, hooks.scores(), self.target)
                       if self.exact_target else 0)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from optc.errors import InputError
 from optc.ir.analysis import Structure
 from optc.ir.core import Module, Parameter, Value
 from optc.ir.types import TensorType
@@ -33,6 +34,7 @@ from optc.passes.context import PassContext
 from optc.passes.finetune import pass_task, pass_tokenizer, report_stats, train_options
 from optc.tasks import batches, model_input_names
 from optc.train import TrainHooks, distill, has_task_head
+from optc.train.distributed import global_extrema
 
 if TYPE_CHECKING:
     from optc.train.module import TrainableModule
@@ -51,32 +53,47 @@ class QATHooks(TrainHooks):
         """One per fake-quantized activation, in the order of the ``qat_scale_<i>`` inputs."""
         self._handle: Any = None
 
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """The graph inputs carrying the current scale and zero point of each activation."""
+    def inputs(self, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """The graph inputs carrying the current scale and zero point of each activation
+        (on ``device``, the trainable module's)."""
         out = {}
         for i, obs in enumerate(self.observers):
             scale, zp = obs.qparams()
-            out[f"qat_scale_{i}"] = scale
-            out[f"qat_zero_point_{i}"] = zp.to(torch.float32)
+            out[f"qat_scale_{i}"] = scale.to(device)
+            out[f"qat_zero_point_{i}"] = zp.to(device, torch.float32)
         return out
 
     def start(self, model: TrainableModule, total_steps: int) -> None:
         for obs in self.observers:
             obs.kind = "moving_average"  # min/max seeded the range; from here on: EMA
-        model.extra_inputs = {**model.extra_inputs, **self.inputs()}
+        model.extra_inputs = {**model.extra_inputs, **self.inputs(model.device)}
         self._handle = model.register_forward_hook(self._observe)
 
     def _observe(self, model: Any, args: Any, outputs: dict[str, torch.Tensor]) -> None:
         if not model.training:
             return
         for i, obs in enumerate(self.observers):
-            obs.observe(outputs[f"{QAT_OUTPUT}{i}"])
-        model.extra_inputs = {**model.extra_inputs, **self.inputs()}
+            # [min, max] over every process's rows: what one process sees on the global batch
+            obs.observe(global_extrema(outputs[f"{QAT_OUTPUT}{i}"]))
+        model.extra_inputs = {**model.extra_inputs, **self.inputs(model.device)}
 
     def finish(self, model: TrainableModule) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each observer's kind, range and batch count."""
+        return {"observers": [{"kind": o.kind, "lo": o.lo, "hi": o.hi, "batches": o.batches}
+                              for o in self.observers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["observers"]
+        if len(saved) != len(self.observers):
+            raise InputError(f"resume: the checkpoint has {len(saved)} activation ranges, this "
+                             f"run {len(self.observers)}: resume with the interrupted run's options")
+        for obs, s in zip(self.observers, saved, strict=True):
+            obs.kind, obs.lo, obs.hi, obs.batches = s["kind"], s["lo"], s["hi"], int(s["batches"])
 
 
 def insert_fake_quant(work: Module, names: list[str], bits: int, activations: bool) -> list[str]:
@@ -157,7 +174,7 @@ def train_qat(p: Any, module: Module, names: list[str], ctx: PassContext
     report = distill(module, teacher, task, p.data, tokenizer=tokenizer,
                      temperature=p.temperature, alpha_soft=p.alpha_soft, hidden_mse=hidden,
                      layer_map=p.layer_map, hooks=hooks, edit=edit, progress=ctx.progress,
-                     **train_options(p))
+                     **train_options(p), **ctx.train_options())
     stats = report_stats(report)
     stats.update({"teacher": origin, "soft_targets": soft, "hidden_mse": hidden,
                   "qat_activations": len(observers)})

@@ -145,6 +145,11 @@ def _compile_parser() -> argparse.ArgumentParser:
                         "semi-structured (2:4, CUDA only) or auto (a sparse kernel only where it "
                         "is measured faster on this machine); prints the choice per layer and "
                         "records it in OUT (see optc.backends.sparse_exec)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="where training passes (finetune, distill, gradual-prune, qat, l0-prune) "
+                        "train: cpu, cuda, cuda:N or auto (cuda when torch sees a GPU; default)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of training passes (default fp32)")
     p.add_argument("--json", action="store_true", help="print the pass report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--version", action="version", version=f"optc {_version()}")
@@ -159,13 +164,17 @@ def _version() -> str:
 
 def _cmd_compile(argv: list[str]) -> int:
     from optc.backends import write_backend
+    from optc.passes.context import PassContext
     from optc.passes.manager import DumpIR, PassManager, PrintAfterAll
     from optc.passes.spec import parse_pipeline
     from optc.tools.progress import Progress
+    from optc.train.device import check_precision, resolve_device
 
     args = _compile_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
     passes = parse_pipeline(args.passes)  # bad specs fail before any slow work
+    device = resolve_device(args.device)  # a cuda request without CUDA fails here
+    context = PassContext(device=str(device), precision=check_precision(args.precision, device))
     if args.data is not None:
         from optc.data import resolve_data_path
 
@@ -201,7 +210,7 @@ def _cmd_compile(argv: list[str]) -> int:
     manager = PassManager(passes, verify=not args.no_verify, instruments=instruments)
     original = module.clone() if args.compare else None
     with progress.step("running passes"):
-        report = manager.run(module)
+        report = manager.run(module, context)
     module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [p.spec() for p in passes]
     if passes:  # stats and times of every pass, for `optc report` (JSON-safe copies)
         module.meta["pass_stats"] = list(module.meta.get("pass_stats", [])) + json.loads(
@@ -413,6 +422,7 @@ def _cmd_bench(argv: list[str]) -> int:
         format_bench,
         make_runners,
         run_bench,
+        run_profile,
     )
     from optc.tools.progress import Progress
 
@@ -438,13 +448,19 @@ def _cmd_bench(argv: list[str]) -> int:
     p.add_argument("--block", type=int, default=5, help="calls per block (default 5)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls per target (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="also print where the time goes: per op kind (linear, attention, norm, "
+                        "...) the time from ONNX Runtime's or torch's profiler next to its FLOPs "
+                        "and bytes from the IR's cost model (see optc.tools.profile)")
+    p.add_argument("--profile-calls", type=int, default=20, metavar="N",
+                   help="--profile: profiled calls per target (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     args = p.parse_args(argv)
-    for flag in ("seq", "rounds", "block"):
+    for flag in ("seq", "rounds", "block", "profile_calls"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            p.error(f"--{flag} must be at least 1")
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must be 0 or more")
     if min(args.batch) < 1 or min(args.threads) < 1:
@@ -457,7 +473,8 @@ def _cmd_bench(argv: list[str]) -> int:
     progress = Progress(enabled=not args.quiet)
     import tempfile
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    profiles: list[str] = []
     with tempfile.TemporaryDirectory(prefix="optc-bench-") as tmp:
         for threads in args.threads:
             with progress.step(f"loading {len(args.targets)} target(s)"):
@@ -467,12 +484,23 @@ def _cmd_bench(argv: list[str]) -> int:
                 sys.stderr.write(f"optc: note: {note}\n")
             for batch in args.batch:
                 with progress.step(f"timing batch {batch}, {threads} thread(s)"):
-                    rows += run_bench(runners, batch, seq, threads, args.rounds, args.block,
+                    timed = run_bench(runners, batch, seq, threads, args.rounds, args.block,
                                       args.warmup, memory=not args.no_memory)
+                if args.profile:
+                    with progress.step(f"profiling batch {batch}, {threads} thread(s)"):
+                        text, kinds = run_profile(runners, batch, seq, threads,
+                                                  args.profile_calls)
+                    profiles.append(text)
+                    for row, found in zip(timed, kinds, strict=True):
+                        row["profile"] = found["kinds"]
+                rows += timed
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(format_bench(rows), end="")
+        for text in profiles:
+            print()
+            print(text, end="")
     return 0
 
 

@@ -153,14 +153,17 @@ def _hf_export_meta(target: str) -> dict[str, Any]:
 
 
 def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
-                   threads: int | None, default_task: Any = None,
+                   threads: int | None, default_task: Any = None, device: Any = None,
                    ) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None, dict[str, Any]]:
     """(task, model_fn, tokenizer, input names, the token limit it was fine-tuned with, the
     module's meta) for ``target``. optc artifacts, ONNX and TorchScript files record their task
     (and its max length) and tokenizer; ``task_spec`` and ``tokenizer_ref`` (the command's
     --task and --tokenizer) override them, and ``default_task`` stands in for a task that is
-    neither given nor recorded (the target's for --against)."""
+    neither given nor recorded (the target's for --against). ``device`` (a torch.device,
+    None: the CPU) is where the model runs; ONNX files run in ONNX Runtime on the CPU."""
     from optc.train import trained_max_length
+
+    cuda = device is not None and device.type == "cuda"
 
     kind = _target_kind(target)
     if kind != "hf" and not Path(target).exists():
@@ -173,8 +176,11 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         module = load_module(target)
         meta = module.meta
         _refuse_untrained_head(target, meta)
-        runner, names = to_eager(module), tuple(v.name for v in module.graph.inputs)
+        runner, names = to_eager(module, device=device), tuple(v.name for v in module.graph.inputs)
     elif kind == "onnx":
+        if cuda:
+            raise InputError(f"'{target}' is an ONNX file, run by ONNX Runtime on the CPU here: "
+                             "drop --device cuda (or evaluate the optc artifact on CUDA)")
         from optc.backends.onnx import OnnxModule
         from optc.backends.record import read_onnx_record
 
@@ -192,6 +198,8 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         runner, record = load_torchscript(target)
         names = tuple(a.name for a in runner.forward.schema.arguments[1:])
         runner.eval()  # loaded artifacts and Hugging Face models are in eval mode already
+        if cuda:
+            runner.to(device)
         meta = record.meta
     else:
         from optc.frontends.huggingface import load_model
@@ -200,6 +208,8 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         task = _task_for(target, task_spec, meta, default_task)
         model, source = load_model(target, task=task.head)
         _refuse_untrained_head(target, {"source": source, **meta})
+        if cuda:
+            model.to(device)
         return (task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target),
                 None, trained_max_length(meta), meta)
     task = _task_for(target, task_spec, meta, default_task)
@@ -273,10 +283,16 @@ def _evaluate_base(args: argparse.Namespace, task: Any, base: tuple[Any, ...], e
     _, base_fn, base_tok, base_names, base_trained, base_meta = base
     with progress.step(f"evaluating {args.against} ({args.split})"):
         return evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
-                        max_length=args.max_length or base_trained,
+                        max_length=args.max_length or base_trained, device=args.torch_device,
                         input_names=_token_names(base_names),
                         pooling=_model_pooling(task, args.tokenizer, base_meta, base_tok),
                         reference="self" if task.needs_reference else None)
+
+
+def _device_argument(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help=f"cpu, cuda, cuda:N or auto (cuda when torch sees a GPU): {what} "
+                        f"(default {default})")
 
 
 # -- optc eval ------------------------------------------------------------------------------
@@ -302,6 +318,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
                    "one recorded with the model)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch/ORT threads")
+    _device_argument(p, "where the model runs (optc artifacts, Hugging Face models, "
+                     "TorchScript; ONNX files run in ONNX Runtime on the CPU)", default="cpu")
     p.add_argument("--against", metavar="BASE",
                    help="also score BASE (e.g. the model TARGET was compressed from) on the same "
                         "examples and print the change of the main metric with a paired "
@@ -322,14 +340,16 @@ def cmd_eval(argv: list[str]) -> int:
     from optc.tasks import evaluate, paired_bootstrap, references_of
     from optc.tools.progress import Progress
     from optc.train import selection_warning
+    from optc.train.device import resolve_device
 
     args = eval_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
+    args.torch_device = resolve_device(args.device)  # a cuda request without CUDA fails here
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with progress.step(f"loading {args.target}"):
-        task, model_fn, tok, names, trained, meta = _load_for_eval(args.target, args.task,
-                                                                   args.tokenizer, args.threads)
+        task, model_fn, tok, names, trained, meta = _load_for_eval(
+            args.target, args.task, args.tokenizer, args.threads, device=args.torch_device)
     if task.needs_reference and not args.against:
         raise InputError(f"task '{task.name}' scores a model's embeddings against a reference "
                          "model's: pass --against BASE (e.g. the model TARGET was compressed "
@@ -338,7 +358,7 @@ def cmd_eval(argv: list[str]) -> int:
     if args.against:
         with progress.step(f"loading {args.against}"):
             base = _load_for_eval(args.against, args.task, args.tokenizer, args.threads,
-                                  default_task=task)
+                                  default_task=task, device=args.torch_device)
         if not _same_head(base[0], task):
             raise InputError(f"'{args.against}' is a {base[0].name} model and '{args.target}' a "
                              f"{task.name} one: --against compares models of the same task")
@@ -355,6 +375,7 @@ def cmd_eval(argv: list[str]) -> int:
     with progress.step(f"evaluating {task.name} ({args.split})"):
         result = evaluate(task, model_fn, examples, tok, batch_size=args.batch_size,
                           max_length=length, input_names=_token_names(names),
+                          device=args.torch_device,
                           pooling=_model_pooling(task, args.tokenizer, meta, tok),
                           reference=before if task.needs_reference else None)
     spec = (meta.get("task") or {}).get("spec") if args.task is None else args.task
@@ -426,6 +447,23 @@ def finetune_parser() -> argparse.ArgumentParser:
                         "flag the model's dev figures as chosen on dev); none: keep the last")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or id (default: the "
                    "one recorded with the model)")
+    _device_argument(p, "where the model trains and is evaluated")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of training (fp16 with loss scaling); the weights "
+                        "stay fp32 (default fp32)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", type=output_path,
+                   help="write checkpoints here: every --checkpoint-every steps, and on Ctrl-C "
+                        "(the run stops at the end of the step in progress; a second Ctrl-C "
+                        "stops at once, without a checkpoint)")
+    p.add_argument("--checkpoint-every", metavar="N", type=_positive_int, default=None,
+                   help="steps between checkpoints (needs --checkpoint-dir)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted run from its --checkpoint-dir (or one "
+                        "step-NNNNNN checkpoint in it); give the other options as before")
+    p.add_argument("--nproc", metavar="N", type=_positive_int, default=1,
+                   help="train data-parallel in N processes on this machine (gloo on the CPU, "
+                        "NCCL with one GPU each on CUDA); the same global --batch-size is split "
+                        "among them. torchrun --nproc-per-node N -m optc finetune ... works too")
     p.add_argument("--json", action="store_true", help="print the training report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     return p
@@ -479,11 +517,26 @@ def cmd_finetune(argv: list[str]) -> int:
     from optc.passes.calibration import check_vocabulary
     from optc.passes.finetune import Finetune
     from optc.tasks import get_task
+    from optc.tools.launch import launch_local
     from optc.tools.progress import Progress
-    from optc.train import finetune, has_task_head, task_from_meta
+    from optc.train import TrainingInterrupted, finetune, has_task_head, run_options, task_from_meta
+    from optc.train.device import resolve_device
+    from optc.train.distributed import env_world_size, init_from_env, shutdown
 
     args = finetune_parser().parse_args(argv)
-    progress = Progress(enabled=not args.quiet)
+    if args.checkpoint_every is not None and args.checkpoint_dir is None:
+        finetune_parser().error("--checkpoint-every needs --checkpoint-dir DIR")
+    if args.nproc > 1:
+        if env_world_size() > 1:
+            raise InputError("--nproc starts the processes itself; this one was started by "
+                             "torchrun (WORLD_SIZE is set): drop --nproc")
+        resolve_device(args.device)  # a cuda request without CUDA fails before the start
+        return launch_local(["finetune", *_without_nproc(argv)], args.nproc, args.threads)
+    options_run = run_options(args.device, args.precision, args.checkpoint_every,
+                              args.checkpoint_dir, args.resume)  # bad ones fail before work
+    world = init_from_env(options_run.device)
+    main = world.main
+    progress = Progress(enabled=not args.quiet and main)
     task = get_task(args.task) if args.task else None  # a bad task fails before slow work
     if task is not None:
         task.check_trainable("optc finetune")
@@ -511,8 +564,20 @@ def cmd_finetune(argv: list[str]) -> int:
                "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout,
                "pooling": args.pooling}
     eval_split = None if args.eval_split == "none" else args.eval_split
-    report = finetune(module, args.task or task, args.data, tokenizer=tokenizer, eval_split=eval_split,
-                      progress=_StepPrinter(not args.quiet), **options)
+    try:
+        report = finetune(module, args.task or task, args.data, tokenizer=tokenizer,
+                          eval_split=eval_split, progress=_StepPrinter(not args.quiet and main),
+                          device=options_run.device, precision=args.precision,
+                          checkpoint_every=args.checkpoint_every,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, **options)
+    except TrainingInterrupted as stop:
+        if main:
+            print(f"optc: stopped after step {stop.step}; checkpoint {stop.checkpoint}: continue "
+                  f"with the same command and --resume {args.checkpoint_dir}", file=sys.stderr)
+        raise
+    if not main:  # rank 0 writes the artifact and reports
+        shutdown()
+        return 0
     spec = Finetune(task=args.task or task.name, data=args.data, eval_split=args.eval_split,
                     tokenizer=args.tokenizer, **options).spec()
     module.meta["pipeline"] = list(module.meta.get("pipeline", [])) + [spec]
@@ -523,6 +588,7 @@ def cmd_finetune(argv: list[str]) -> int:
         extra["eval_split"] = report.extra.get("eval_split")
     with progress.step(f"writing {out}"):
         save(module, out, force=args.force, extra=extra, inputs=inputs)
+    shutdown()
     if args.json:
         print(json.dumps({"output": str(out), **report.summary()}, indent=2))
         return 0
@@ -533,3 +599,19 @@ def cmd_finetune(argv: list[str]) -> int:
             if report.best is not None else "")
     print(f"wrote {out}: {task.name}, {report.steps} steps in {report.seconds:.1f} s{best}")
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (what each started process gets)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        mine = len(name) >= 3 and "--nproc".startswith(name)  # argparse takes abbreviations
+        if skip:
+            skip = False
+        elif mine and "=" not in arg:
+            skip = True
+        elif not mine:
+            out.append(arg)
+    return out

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -301,11 +301,12 @@ class L0Gates(TrainHooks):
         return out
 
     def _feed(self, model: TrainableModule, training: bool) -> None:
-        values = self.gates(training)
+        values = self.gates(training)  # on the CPU (its generator): the same on every device
         if not training:
             values = {k: v.detach() for k, v in values.items()}
+        device = model.device
         model.extra_inputs = {g.input_name: values[g.input_name].repeat_interleave(g.repeat)
-                              for g in self.size.groups}
+                              .to(device) for g in self.size.groups}
 
     def expected_size(self) -> torch.Tensor:
         """E[size] as a fraction of the encoder (differentiable in the gate parameters)."""
@@ -364,6 +365,36 @@ class L0Gates(TrainHooks):
 
     def finish(self, model: TrainableModule) -> None:
         self._feed(model, training=False)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The gates' log-alpha and the multipliers (averaged over processes)."""
+        return [*self.log_alpha.values(), *self.block_alpha.values(), self.lambdas]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Gates, multipliers, their optimizers, the sampling generator and the history."""
+        return {"log_alpha": {k: v.detach().clone() for k, v in self.log_alpha.items()},
+                "block_alpha": {k: v.detach().clone() for k, v in self.block_alpha.items()},
+                "lambdas": self.lambdas.detach().clone(),
+                "gate_optimizer": self.gate_optimizer.state_dict(),
+                "lambda_optimizer": self.lambda_optimizer.state_dict(),
+                "generator": self.generator.get_state(), "warmup_steps": self.warmup_steps,
+                "history": [dict(h) for h in self.history]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for mine, saved in ((self.log_alpha, state["log_alpha"]),
+                            (self.block_alpha, state["block_alpha"])):
+            if set(mine) != set(saved):
+                raise InputError("resume: the checkpoint's L0 gates are not this run's (other "
+                                 "gated units): resume with the interrupted run's options")
+            for name, value in saved.items():
+                mine[name].copy_(value)
+        self.lambdas.copy_(state["lambdas"])
+        self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.warmup_steps = int(state["warmup_steps"])
+        self.history = [dict(h) for h in state["history"]]
 
     # -- results ------------------------------------------------------------------------------
     @torch.no_grad()

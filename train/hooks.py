@@ -13,6 +13,13 @@ Order within one optimizer step::
     backward; mask gradients; clip; optimizer step; apply masks
     terms = hooks.after_step(model, step)   # numbers shown by the progress callback
 
+Resumable runs (:mod:`optc.train.checkpoint`): :meth:`TrainHooks.state_dict` is saved with
+each checkpoint and :meth:`TrainHooks.load_state_dict` loads it into a fresh hooks object
+before :meth:`TrainHooks.start` on a resumed run; hooks that keep state across steps (masks
+schedules, gates, activation ranges, their random generators and optimizers) must save all
+of it. Several processes (:mod:`optc.train.distributed`): the gradients of
+:meth:`TrainHooks.parameters` are averaged over the ranks with the model's.
+
 Evaluations during training keep the best weights only where ``hooks.keep_best(step)`` says
 so (a model evaluated before pruning reached its target must not be the one written back);
 :meth:`TrainHooks.finish` runs on the written-back weights' model before they go to the IR.
@@ -20,7 +27,7 @@ so (a model evaluated before pruning reached its target must not be the one writ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -54,3 +61,16 @@ class TrainHooks:
 
     def finish(self, model: TrainableModule) -> None:
         """Called once after training, on the weights about to be written back."""
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Tensors the hooks train with their own optimizers (gates): their gradients are
+        averaged over the processes of a distributed run."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to resume: tensors, numbers, strings, lists and dicts
+        of them (``torch.load(weights_only=True)`` reads it back)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state (called before :meth:`start` on a resumed run)."""

@@ -185,6 +185,13 @@ class TrainableModule(torch.nn.Module):
         for name, mask in self.masks.items():
             self.tensor(name).mul_(mask)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the first weight's device; the CPU without weights)."""
+        for _, param in self.named_ir_parameters():
+            return param.device
+        return torch.device("cpu")
+
     def state(self) -> dict[str, torch.Tensor]:
         """A copy of every trainable weight, by IR name (to restore with :meth:`load_state`)."""
         return {name: p.detach().clone() for name, p in self.named_ir_parameters()}
@@ -206,7 +213,8 @@ class TrainableModule(torch.nn.Module):
 def trainable(module: Module, *, dropout: float | None = None,
               masked: Iterable[str] = (), frozen: Iterable[str] = (),
               hidden_states: bool = False,
-              edit: Callable[[Module, Structure], None] | None = None) -> TrainableModule:
+              edit: Callable[[Module, Structure], None] | None = None,
+              device: torch.device | str | None = None) -> TrainableModule:
     """A :class:`TrainableModule` computing ``module`` (which is left unchanged).
 
     ``dropout``: train-mode dropout probability (default: :func:`dropout_probability`; 0
@@ -215,8 +223,9 @@ def trainable(module: Module, *, dropout: float | None = None,
     gradient). ``hidden_states``: also return each layer's output as ``hidden_state.<i>``.
     ``edit``: called with the working copy of the IR (tensors shared with ``module``) and its
     structure after dropout is inserted, to add what only training needs (gates as new graph
-    inputs, fake quantization); it must not change ``module``'s parameters. The module starts
-    in train mode.
+    inputs, fake quantization); it must not change ``module``'s parameters. ``device``: where
+    the weights, buffers, masks and the tensors the graph creates (``arange``, ...) go (default:
+    the CPU, where the IR is). The module starts in train mode.
     """
     names = set(module.params)
     masked, frozen = set(masked), set(frozen)
@@ -263,8 +272,25 @@ def trainable(module: Module, *, dropout: float | None = None,
     result = TrainableModule(graph_module, ir_names, [v.name for v in work.graph.inputs],
                              [n for n in work.graph.outputs], dict(module.meta.get("input_defaults", {})),
                              masks, p, inserted)
+    if device is not None and torch.device(device) != torch.device("cpu"):
+        _retarget(graph_module, torch.device(device))
+        result.to(device)
+        result.masks = {k: v.to(device) for k, v in result.masks.items()}
     result.train()
     return result
+
+
+def _retarget(graph_module: torch.fx.GraphModule, device: torch.device) -> None:
+    """Tensors the graph creates (``arange``, ``ones``, ... with a ``device=`` keyword) are
+    created on ``device`` (as :func:`optc.backends.eager.build_graph_module` does)."""
+    changed = False
+    for node in graph_module.graph.nodes:
+        if any(isinstance(v, torch.device) for v in node.kwargs.values()):
+            node.kwargs = {k: device if isinstance(v, torch.device) else v
+                           for k, v in node.kwargs.items()}
+            changed = True
+    if changed:
+        graph_module.recompile()
 
 
 def _swap_dropout(graph_module: torch.fx.GraphModule) -> None:
@@ -292,8 +318,8 @@ def write_back(model: TrainableModule, module: Module,
                names: Iterable[str] | None = None) -> list[str]:
     """Write the trained weights of ``model`` into ``module``'s parameters.
 
-    Each written parameter gets a new tensor (``param.data = new``): IR tensors are never
-    edited in place. ``names`` limits the parameters written (default: every trainable one).
+    Each written parameter gets a new tensor (``param.data = new``, on the CPU whatever device
+    ``model`` trained on): IR tensors are never edited in place. ``names`` limits the parameters written (default: every trainable one).
     Returns the names written. A parameter ``module`` lacks, or whose shape or dtype
     differs, is an :class:`InputError` (and nothing is written).
     """
@@ -314,5 +340,5 @@ def write_back(model: TrainableModule, module: Module,
                              f"{param.data.dtype} {list(param.data.shape)}, the trained value is "
                              f"{value.dtype} {list(value.shape)}")
     for name, value in chosen.items():
-        module.params[name].data = value.detach().clone()
+        module.params[name].data = value.detach().to("cpu", copy=True)
     return list(chosen)
