@@ -38,7 +38,7 @@ from optc.errors import InputError, PipelineSpecError
 from optc.tools.common import quiet_libraries
 
 __all__ = ["Runner", "make_runners", "run_bench", "format_bench", "fit_seq", "check_backends_option",
-           "UsageError"]
+           "UsageError", "run_profile"]
 
 
 class UsageError(PipelineSpecError):
@@ -68,6 +68,9 @@ class Runner:
     extra: dict[str, Any] = field(default_factory=dict)
     max_seq: int | None = None
     """The longest sequence the model's position table allows (None: not known)."""
+    module: Any = None
+    """The IR module it was lowered from (None for file targets and original models): the
+    FLOPs of ``--profile``."""
 
 
 def _disk_size(path: Path) -> int | None:
@@ -93,7 +96,8 @@ def _onnx_runner(path: Path, threads: int) -> Runner:
         for t in model.graph.initializer
         if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
     )
-    return Runner(str(path), "onnx", runner.input_names, lambda x: runner(**x), params, _disk_size(path))
+    return Runner(str(path), "onnx", runner.input_names, lambda x: runner(**x), params,
+                  _disk_size(path), extra={"path": path})
 
 
 def _torchscript_runner(path: Path) -> Runner:
@@ -128,7 +132,7 @@ def _module_runners(label: str, module: Any, backends: list[str], threads: int,
         else:
             raise InputError(f"backend '{backend}' does not apply to {label}; use eager, torchscript or onnx")
     for r in runners:
-        r.max_seq = max_seq
+        r.max_seq, r.module = max_seq, module
     return runners
 
 
@@ -419,3 +423,22 @@ def format_bench(rows: list[dict[str, Any]]) -> str:
         cells += [c.rjust(widths[i + 2]) for i, c in enumerate(row[2:])]
         lines.append("  ".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def run_profile(runners: list[Runner], batch: int, seq: int, threads: int,
+                calls: int = 20) -> tuple[str, list[dict[str, Any]]]:
+    """``--profile``: per-op-kind time of every runner next to each kind's FLOPs
+    (:mod:`optc.tools.profile`); the tables as text, and one JSON-ready dict per runner."""
+    from optc.tools.profile import format_profile, profile
+
+    torch.set_num_threads(threads)
+    texts, rows = [], []
+    for r in runners:
+        inputs = make_inputs(r.input_names, batch, seq)
+        kinds = profile(r, inputs, threads, calls=calls, module=r.module, batch=batch, seq=seq)
+        texts.append(format_profile(r.label, r.backend, kinds, batch, seq, threads, calls))
+        rows.append({"target": r.label, "backend": r.backend, "batch": batch, "seq": seq,
+                     "threads": threads, "calls": calls,
+                     "kinds": [{"kind": k.kind, "ms_per_call": k.seconds * 1e3, "flops": k.flops,
+                                "bytes": k.bytes, "ops": k.ops} for k in kinds]})
+    return "\n".join(texts), rows
