@@ -441,6 +441,8 @@ def finetune_parser() -> argparse.ArgumentParser:
                         "what sentence-transformers encoders such as all-MiniLM-L6-v2 were "
                         "trained with); auto: the pooler when the model has one, else cls")
     p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--dropout", type=_fraction, default=None,
+                   help="train-mode dropout (default: the source model's, else 0.1)")
     p.add_argument("--eval-split", default="val", choices=["dev", "val", "none"],
                    help="where the best epoch's weights are chosen: val (default), the --holdout "
                         "part of train, never trained on; dev (then optc eval and optc report "
@@ -562,7 +564,7 @@ def cmd_finetune(argv: list[str]) -> int:
                "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
                "seed": args.seed, "threads": args.threads,
                "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout,
-               "pooling": args.pooling}
+               "pooling": args.pooling, "dropout": args.dropout}
     eval_split = None if args.eval_split == "none" else args.eval_split
     try:
         report = finetune(module, args.task or task, args.data, tokenizer=tokenizer,
