@@ -35,7 +35,7 @@ from optc.tasks.readers import TABLE_SUFFIXES, TableFormat
 from optc.tasks.task import AGREEMENT_METRICS, Task, model_output
 
 __all__ = ["sentence_similarity", "embedding", "embed", "neighbour_agreement",
-           "similarity_scores", "agreement_scores", "NEIGHBOURS"]
+           "similarity_scores", "agreement_scores", "embedding_task_spec", "NEIGHBOURS"]
 
 NEIGHBOURS = 10
 """Nearest neighbours compared by the top-k retrieval agreement."""
@@ -87,6 +87,32 @@ def embedding(data: str | os.PathLike | None = None, text_column: str = "text",
                 data_path=str(data) if data is not None else None,
                 description="label-free: embeddings' cosine and top-10 neighbours vs a reference",
                 pooling=parse_pooling(pooling))
+
+
+def embedding_task_spec(task: Task) -> str | None:
+    """The spec ``get_task`` rebuilds an embedding task from, options that differ from the
+    defaults included (``embedding{data=texts.txt,pooling=cls}``); None for other tasks. What
+    a trained module records in ``meta["task"]["spec"]``."""
+    if task.kind not in ("embedding-similarity", "embedding-agreement"):
+        return None
+    options = []
+    if task.kind == "embedding-agreement":
+        if task.data_path is not None:
+            options.append(f"data={task.data_path}")
+        if task.text_columns != ("text",):
+            options.append(f"text_column={task.text_columns[0]}")
+    else:
+        if task.data_path != "glue/STS-B":
+            options.append(f"data={task.data_path}")
+        defaults = {"text_column": "sentence1", "pair_column": "sentence2", "label_column": "score"}
+        given = dict(zip(("text_column", "pair_column"), task.text_columns, strict=True),
+                     label_column=task.label_column)
+        options += [f"{k}={v}" for k, v in given.items() if v != defaults[k]]
+        if task.max_score != 5.0:
+            options.append(f"max_score={task.max_score:g}")
+    if task.pooling is not None:
+        options.append(f"pooling={task.pooling.spec}")
+    return f"{task.name}{{{','.join(options)}}}" if options else task.name
 
 
 # --------------------------------------------------------------------------------------------

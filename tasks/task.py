@@ -158,10 +158,22 @@ class Task:
     def check_trainable(self, what: str) -> None:
         """Refuse (:class:`InputError`, naming ``what``: a command or pass) a task that
         :attr:`trainable` says has no head to train or search on."""
+        if self.label_free:
+            raise InputError(f"{what} cannot use task '{self.name}' ({self.kind}) yet: it has no "
+                             "labels (its targets are a reference model's embeddings); train on "
+                             "it with distill (the teacher's embeddings are the targets) and "
+                             "score models on it with optc eval --against")
         if not self.trainable:
             raise InputError(f"{what} cannot use task '{self.name}' ({self.kind}) yet: it scores "
                              "pooled token states with no head to train or search; score models "
                              "on it with optc eval")
+
+    @property
+    def label_free(self) -> bool:
+        """Whether the task's targets are a reference model's outputs, not labels
+        (``embedding-agreement``): distillation trains on it (the teacher is the reference),
+        fine-tuning cannot."""
+        return self.kind == "embedding-agreement"
 
     @property
     def needs_reference(self) -> bool:

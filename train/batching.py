@@ -34,8 +34,9 @@ class Encoded:
     """Token ids, unpadded."""
     token_type_ids: tuple[int, ...] | None
     """Segment ids, or None when the tokenizer gives none."""
-    label: int | float | tuple[int, int]
-    """Class index, score, or (start, end) token positions for QA."""
+    label: int | float | tuple[int, int] | None
+    """Class index, score, or (start, end) token positions for QA; None for a label-free
+    task (its targets come from a teacher)."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -52,7 +53,8 @@ def input_names_of(input_names: Sequence[str]) -> tuple[str, ...]:
 
 def encode(task: Task, examples: Sequence[Example] | Sequence[SquadRecord], tokenizer: Any,
            max_length: int, doc_stride: int | None = None) -> list[Encoded]:
-    """Tokenize labelled ``examples`` of ``task`` (truncated to ``max_length`` tokens)."""
+    """Tokenize labelled ``examples`` of ``task`` (truncated to ``max_length`` tokens); a
+    label-free task's examples have no label."""
     if not examples:
         raise InputError(f"no training examples for task '{task.name}': the split is empty")
     if task.kind == "extractive-qa":
@@ -65,7 +67,7 @@ def encode(task: Task, examples: Sequence[Example] | Sequence[SquadRecord], toke
                         else tuple(f.token_type_ids), (f.start_position, f.end_position))
                 for f in features]
     for i, e in enumerate(examples):
-        if not isinstance(e, Example) or e.label is None:
+        if not isinstance(e, Example) or (e.label is None and not task.label_free):
             raise InputError(f"training example {i} of task '{task.name}' has no label: "
                              "training needs a labelled split (train, val or dev)")
     paired = examples[0].text_pair is not None
@@ -80,7 +82,8 @@ def encode(task: Task, examples: Sequence[Example] | Sequence[SquadRecord], toke
                         truncation=True, max_length=max_length, padding=False)
         types = enc["token_type_ids"] if "token_type_ids" in enc else [None] * len(chunk)
         for e, ids, tt in zip(chunk, enc["input_ids"], types, strict=True):
-            label = float(e.label) if task.kind == "regression" else int(e.label)
+            label = (None if task.label_free else
+                     float(e.label) if task.kind == "regression" else int(e.label))
             items.append(Encoded(tuple(ids), None if tt is None else tuple(tt), label))
     return items
 
@@ -124,6 +127,8 @@ def collate(items: Sequence[Encoded], names: Sequence[str], pad_id: int, left: b
         shift = [width - len(i) if left else 0 for i in items]
         batch["start_positions"] = torch.tensor([i.label[0] + d for i, d in zip(items, shift, strict=True)])
         batch["end_positions"] = torch.tensor([i.label[1] + d for i, d in zip(items, shift, strict=True)])
+    elif items[0].label is None:  # label-free: the targets come from a teacher
+        pass
     elif isinstance(items[0].label, float):
         batch["labels"] = torch.tensor([i.label for i in items], dtype=torch.float32)
     else:

@@ -30,6 +30,7 @@ from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module, Value
 from optc.ir.types import TensorType
 from optc.tasks import Task, get_task
+from optc.tasks.embedding import embedding_task_spec
 
 __all__ = ["add_task_head", "has_task_head", "task_meta", "task_spec", "task_from_meta",
            "check_pooling",
@@ -61,7 +62,11 @@ def _output(module: Module, name: str) -> Value | None:
 def _check_existing(module: Module, task: Task, pooling: str = "auto") -> bool:
     """True when the module has the task's head; InputError when it has a different one, or
     one whose recorded pooling is not ``pooling``; InputError for a task with no head to train
-    (the embedding kinds: training, searches and accuracy-aware passes all check here)."""
+    (the embedding kinds: training, searches and accuracy-aware passes all check here), but
+    for a label-free task (``embedding``), whose "head" is the base model's token states:
+    distillation trains on it."""
+    if task.label_free:
+        return _has_token_states(module, task, pooling)
     task.check_trainable("training, searches and accuracy-aware passes")
     check_pooling(pooling)
     logits = _output(module, "logits")
@@ -97,6 +102,22 @@ def _check_existing(module: Module, task: Task, pooling: str = "auto") -> bool:
                          f"(meta task.pooling), not {pooling}: leave pooling at auto (or "
                          f"{recorded}) to train this head, or start from the encoder without "
                          f"its head for a {pooling}-pooled one")
+    return True
+
+
+def _has_token_states(module: Module, task: Task, pooling: str) -> bool:
+    """A label-free task reads the module's ``last_hidden_state`` [batch, seq, hidden] (pooled
+    by the task's own ``pooling=`` option, not by a head's): True, else InputError."""
+    if pooling != "auto":
+        raise InputError(f"pooling={pooling} chooses what a classification head reads; task "
+                         f"'{task.name}' pools the token states itself: leave pooling at auto and "
+                         f"give the task its pooling ({task.name}{{...,pooling=cls}})")
+    hidden = _output(module, "last_hidden_state")
+    if hidden is None or hidden.tensor_type.rank != 3:
+        raise InputError(f"task '{task.name}' pools the token states (last_hidden_state "
+                         f"[batch, seq, hidden]), but module @{module.name} outputs "
+                         f"{', '.join(module.graph.outputs)}: start from the encoder without "
+                         "its task head")
     return True
 
 
@@ -174,6 +195,9 @@ def task_spec(task: Task, given: str | None = None) -> str | None:
     candidates.append(task.name)
     if task.name == "text-classification":
         candidates.append(_text_classification_spec(task))
+    embedding = embedding_task_spec(task)  # embedding tasks: their data, columns, pooling
+    if embedding is not None:
+        candidates.append(embedding)
     return next((c for c in candidates if _rebuilds(c, task)), None)
 
 

@@ -2,7 +2,9 @@
 
 - :func:`soft_target_loss`: ``KL(teacher/T || student/T) * T^2`` on classification logits
   (Hinton et al.), the mean over start and end logits for extractive QA (padding never
-  counts), the squared error to the teacher's score for regression.
+  counts), the squared error to the teacher's score for regression, and for the label-free
+  embedding task (``embedding``) the task's own loss, ``1 - cosine`` of the student's pooled
+  embedding to the teacher's (:func:`embedding_target_loss`).
 - :func:`hidden_state_loss`: the mean squared error between mapped student and teacher
   layer outputs over real (unpadded) tokens.
 - :func:`layer_map`: which teacher layer each student layer imitates. Layers carry a stable
@@ -23,18 +25,65 @@ import torch.nn.functional as F
 from optc.errors import InputError
 from optc.ir.analysis import Layer, analyze
 from optc.ir.core import Module
-from optc.tasks import Task
+from optc.tasks import DEFAULT_POOLING, Pooling, Task, declared_pooling
 from optc.tasks.task import model_output
 
-__all__ = ["soft_target_loss", "hidden_state_loss", "layer_map", "layer_ids", "parse_layer_map"]
+__all__ = ["soft_target_loss", "embedding_target_loss", "embedding_pooling",
+           "hidden_state_loss", "layer_map", "layer_ids", "parse_layer_map"]
+
+
+def embedding_pooling(task: Task, *modules: Module) -> Pooling:
+    """The pooling that distillation on an embedding task compares the two models' embeddings
+    with: the task's ``pooling=`` option, else the first of ``modules`` (student, teacher)
+    that declares one (its recorded embedding task's, else its source's sentence-transformers
+    directory's), else mean."""
+    if task.pooling is not None:
+        return task.pooling
+    for module in modules:
+        found = declared_pooling(module.meta)
+        if found is not None:
+            return found
+    return DEFAULT_POOLING
+
+
+def embedding_target_loss(task: Task, student: Any, teacher: Any,
+                          attention_mask: torch.Tensor | None,
+                          pooling: Pooling | None = None) -> torch.Tensor:
+    """The label-free embedding task's loss of a batch (mean): both models' token states
+    (``last_hidden_state``) pooled with the attention mask by ``task.pooling``, else
+    ``pooling`` (the model's own), else mean, then ``task.loss``: ``1 - cosine`` of each
+    text's student embedding to its teacher embedding.
+
+    Why 1 - cosine alone: every embedding metric (the task's mean cosine and top-10 neighbour
+    agreement, STS zero-shot Spearman) is a function of cosines, so the loss is the complement
+    of the metric the validation split selects on. sentence-transformers' distillation
+    objective, the MSE of the embeddings, is the same up to a factor for the models that
+    normalize (``||s - t||^2 = 2 (1 - cos)`` for unit vectors: MiniLM, mpnet) and otherwise
+    also spends the student's capacity on the norm, which no metric reads."""
+    if attention_mask is None:
+        raise InputError(f"task '{task.name}' pools token states with the attention mask: "
+                         "give attention_mask")
+    chosen = task.pooling or pooling or DEFAULT_POOLING
+    mask = attention_mask.to(model_output(student, "last_hidden_state").device)
+    s = chosen(model_output(student, "last_hidden_state"), mask)
+    with torch.no_grad():
+        t = chosen(model_output(teacher, "last_hidden_state").detach(), mask)
+    if s.shape != t.shape:
+        raise InputError(f"student embeddings {tuple(s.shape)} and teacher embeddings "
+                         f"{tuple(t.shape)} differ: distill from a teacher of the same width")
+    return task.loss({"embeddings": s}, t)
 
 
 def soft_target_loss(task: Task, student: Any, teacher: Any, temperature: float = 2.0,
-                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     attention_mask: torch.Tensor | None = None,
+                     pooling: Pooling | None = None) -> torch.Tensor:
     """The soft-target loss of ``student`` outputs against ``teacher`` outputs (mean over the
-    batch)."""
+    batch); ``pooling``: the label-free embedding task's (see :func:`embedding_target_loss`;
+    ``temperature`` does not apply to it)."""
     if temperature <= 0:
         raise InputError(f"temperature must be positive, got {temperature}")
+    if task.label_free:
+        return embedding_target_loss(task, student, teacher, attention_mask, pooling)
     if task.kind == "regression":
         s = model_output(student, "logits").float().reshape(-1)
         t = model_output(teacher, "logits").float().reshape(-1)

@@ -249,13 +249,17 @@ def test_a_model_without_token_states_is_refused(tok, sts_file) -> None:
                  lambda input_ids, **_: {"logits": torch.zeros(len(input_ids), 2)}, "dev", tok)
 
 
-def test_training_and_searching_refuse_the_embedding_tasks() -> None:
+def test_training_refuses_sentence_similarity_and_distills_the_label_free_task() -> None:
     from optc.train import has_task_head
 
     _, module = tiny_bert(layers=1)
-    for name in ("sentence-similarity", "embedding"):
-        with pytest.raises(InputError, match="cannot use task .* yet"):
-            has_task_head(module, get_task(name))
+    with pytest.raises(InputError, match="cannot use task .* yet"):
+        has_task_head(module, get_task("sentence-similarity"))
+    assert has_task_head(module, get_task("embedding"))  # its "head": the token states
+    with pytest.raises(InputError, match="pooling=mean chooses what a classification head"):
+        has_task_head(module, get_task("embedding"), "mean")
+    with pytest.raises(InputError, match="finetune cannot use task 'embedding' .* no labels"):
+        get_task("embedding").check_trainable("finetune")
 
 
 # --------------------------------------------------------------------------------------------
