@@ -3,7 +3,6 @@ without optc, plus sizes on disk, agreement and pass run time.
 
     python -m optc.tools.bench_int8 [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
                                     [--sentences 872] [--skip-latency] [--skip-base]
-                                    [--embeddings]
     python -m optc.tools.bench_int8 --artifact RUN --task sst2 [--data DIR] [--sentences N]
                                     [--max-drop P]           # task metric of each int8 mode
     python -m optc.tools.bench_int8 --attention [--artifact RUN --task sst2] [--threads 1]
@@ -35,8 +34,8 @@ variant that follows another ONNX Runtime session most of its second thread, but
 one, which follows the torch variants (the likely reason optc's int8 measured 14.99 ms there
 against the dynamo baseline's 11.75 ms, while batch 8 scaled normally):
 - eager: optc's fp32 eager module against the same IR after ``quantize`` (target: int8 >= 1.6x);
-- ONNX: optc's int8 exports (dynamic; static QDQ; with ``--embeddings`` also
-  ``quantize{embeddings=true}``) against the fused route's int8 (:mod:`optc.tools.fused_route`:
+- ONNX: optc's int8 exports (``quantize``, whose embedding tables are int8 too; static QDQ;
+  ``quantize{embeddings=false}``, fp32 tables) against the fused route's int8 (:mod:`optc.tools.fused_route`:
   the Hugging Face model with eager attention, TorchScript exporter, ORT's transformer
   optimizer, per-channel ``quantize_dynamic``, which also makes the embedding tables int8), with
   each file's size (whole file; weights alone) and agreement with the fp32 model in torch
@@ -70,7 +69,7 @@ PIPELINE = "quantize"
 ATTENTION_PIPELINE = "quantize{targets=attention,ffn,matmuls}"
 STATIC_PIPELINE = "quantize{{mode=static,data={data},samples={samples}}}"
 SPARSE_PIPELINE = "sparsify{sparsity=0.9,pattern=unstructured},quantize"
-EMBEDDINGS_PIPELINE = "quantize{embeddings=true}"
+FP32_TABLES_PIPELINE = "quantize{embeddings=false}"
 
 
 def data_root() -> Path:
@@ -284,8 +283,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="only: int8 linears vs int8 linears + int8 attention matmuls")
     p.add_argument("--settle", type=float, default=0.2,
                    help="seconds to pause before each timed block (see Latency above)")
-    p.add_argument("--embeddings", action="store_true",
-                   help=f"also export {EMBEDDINGS_PIPELINE} (int8 embedding tables)")
     p.add_argument("--kernel-minima", type=int, default=0, metavar="SESSIONS",
                    help="also print the ONNX models' sums of per-node minimum kernel times over "
                         "this many profiled sessions each (shared machines)")
@@ -390,10 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = {"fused int8": quantize_fused(fused.path, work / "fused-int8.onnx"),
                  "optc int8": export_onnx(int8, work / "optc-int8.onnx"),
                  "optc int8 static (QDQ)": export_onnx(static, work / "optc-int8-static.onnx")}
-        if args.embeddings:
-            emb = fp32.clone()
-            optc.run_pipeline(emb, EMBEDDINGS_PIPELINE)
-            paths["optc int8+embeddings"] = export_onnx(emb, work / "optc-int8-emb.onnx")
+        tables32 = fp32.clone()
+        optc.run_pipeline(tables32, FP32_TABLES_PIPELINE)
+        paths["optc int8 f32-tables"] = export_onnx(tables32, work / "optc-int8-f32-tables.onnx")
         print()
         print(f"ONNX: optc against the fused route's int8 (TorchScript export + ORT optimizer + "
               f"per-channel quantize_dynamic; fusions {fused.fused})")
