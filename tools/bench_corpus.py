@@ -14,7 +14,7 @@ at ``--batch-size`` texts per model call:
   TorchScript exporter + ORT transformer optimizer) fed the texts in input order, each batch
   padded to its longest text (the tokenizer's ``padding=True``: what a naive loop does);
 - ``st-encode``: sentence-transformers' own ``SentenceTransformer.encode`` (torch, which also
-  sorts by length), when the package is installed (``pip install optc[sentence-transformers]``).
+  sorts by length), when the package is installed (``pip install sentence-transformers``).
 
 All routes use the same token limit (``--max-length``; sentence-transformers' ``max_seq_length``
 is set to it) and thread count (ORT intra-op threads, torch threads). Each timing is one pass
