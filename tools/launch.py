@@ -30,9 +30,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch_local(argv: list[str], nproc: int, threads: int | None = None) -> int:
-    """Run ``python -m optc *argv`` in ``nproc`` processes of one process group; returns the
-    exit code (0 when all succeed, else the first nonzero one)."""
+def launch_local(argv: list[str], nproc: int, threads: int | None = None,
+                 module: str = "optc") -> int:
+    """Run ``python -m <module> *argv`` in ``nproc`` processes of one process group; returns
+    the exit code (0 when all succeed, else the first nonzero one)."""
     if nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {nproc}")
     per_process = threads or max(1, (os.cpu_count() or 1) // nproc)
@@ -43,7 +44,7 @@ def launch_local(argv: list[str], nproc: int, threads: int | None = None) -> int
                "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": str(per_process)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "optc", *argv], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
     interrupted = False
     stopping_since: float | None = None
     while True:
