@@ -4,6 +4,12 @@ and structural removals, judged on a validation split of the task's training dat
     from optc.search import specialize, SearchOptions
     result = specialize(module, "sst2", tokenizer, options=SearchOptions(workers=2))
     result.module, result.table(), result.summary()
+
+    # the tolerance contract: the fastest point within 1 held-out metric point
+    from optc.search import specialize_within, ContractOptions, Target, RECIPES
+    options = RECIPES["default"].options(SearchOptions(), max_drop=1.0)
+    chosen = specialize_within(module, "sst2", tokenizer, options=options,
+                               contract=ContractOptions(1.0, Target("onnx")))
 """
 
 from optc.search.acceptance import (
@@ -26,11 +32,20 @@ from optc.search.candidates import (
     neuron_groups,
     plan_trials,
 )
+from optc.search.contract import (
+    ContractOptions,
+    ContractResult,
+    Point,
+    Target,
+    specialize_within,
+)
 from optc.search.driver import (
     MIN_VALIDATION,
     HistoryEntry,
     SearchOptions,
     SearchResult,
+    check_searchable,
+    held_out_examples,
     holdout_options,
     specialize,
     validate,
@@ -44,6 +59,7 @@ from optc.search.executors import (
     SerialExecutor,
     make_executor,
 )
+from optc.search.recipe import RECIPES, Recipe, load_recipe
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
 
 __all__ = [
@@ -54,4 +70,6 @@ __all__ = [
     "specialize", "validate", "validation_examples", "holdout_options", "RAY_INSTALL_HINT",
     "Executor", "ProcessExecutor", "RayExecutor",
     "SerialExecutor", "make_executor", "GatedRunner", "Outcome", "prepare_batches",
+    "ContractOptions", "ContractResult", "Point", "Target", "specialize_within",
+    "check_searchable", "held_out_examples", "RECIPES", "Recipe", "load_recipe",
 ]

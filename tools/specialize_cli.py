@@ -29,8 +29,14 @@ from typing import Any
 from optc.errors import InputError, PipelineSpecError
 from optc.tools.common import Parser as _Parser
 from optc.tools.common import output_path
+from optc.tools.specialize_contract import (
+    load_searchable,
+    refuse_untrained,
+    run_contract,
+    stop_on_sigint,
+)
 
-__all__ = ["cmd_specialize", "specialize_parser"]
+__all__ = ["cmd_specialize", "specialize_parser", "choose_recipe", "KNOBS"]
 
 _log = logging.getLogger("optc.specialize")
 
@@ -187,30 +193,6 @@ def choose_recipe(args: argparse.Namespace) -> Any:
     return recipe.with_search(**knobs)
 
 
-def _load(target: str, progress: Any) -> Any:
-    from optc.artifacts import is_artifact, load_module
-    from optc.frontends.capture import capture
-    from optc.frontends.huggingface import load_model
-
-    if is_artifact(target):
-        with progress.step(f"loading artifact {target}"):
-            return load_module(target)
-    if not Path(target).exists():
-        raise InputError(f"'{target}' does not exist (give a fine-tuned optc artifact or model "
-                         "directory)")
-    with progress.step(f"loading {target}"):
-        model, source = load_model(target)
-    with progress.step("capturing with torch.export"):
-        return capture(model, source=source)
-
-
-def _refuse_untrained(target: str, meta: dict[str, Any]) -> None:
-    fresh = (meta.get("source") or {}).get("newly_initialized") or []
-    if fresh and not (meta.get("task") or {}).get("trained_steps"):
-        raise InputError(f"'{target}' has a task head initialized at random ({fresh[0]}, ...): "
-                         "fine-tune it first (optc finetune)")
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or b is None else f"{b / a:.3f}"
 
@@ -243,8 +225,6 @@ def cmd_specialize(argv: list[str]) -> int:
     args = specialize_parser().parse_args(argv)
     recipe = choose_recipe(args)  # bad options and recipe files fail before any work (exit 2)
     if not recipe.published:
-        from optc.tools.specialize_contract import run_contract
-
         return run_contract(args, recipe)
     return _run_published(args, recipe)
 
@@ -263,7 +243,6 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
     from optc.search.measure import backend_latencies, latencies
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
     from optc.tools.progress import Progress
-    from optc.tools.specialize_contract import stop_on_sigint
     from optc.train import task_from_meta, task_spec, trained_max_length
 
     progress = Progress(enabled=not args.quiet)
@@ -299,8 +278,8 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
     for path in (args.data, args.val_data):
         if path is not None:
             resolve_task_path(path)
-    module = _load(args.model, progress)
-    _refuse_untrained(args.model, module.meta)
+    module = load_searchable(args.model, progress)
+    refuse_untrained(args.model, module.meta)
     task = task or task_from_meta(module.meta)
     if task is None:
         raise InputError(f"'{args.model}' records no task: pass --task NAME")

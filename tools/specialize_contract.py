@@ -25,7 +25,7 @@ from typing import Any
 
 from optc.errors import InputError
 
-__all__ = ["run_contract", "stop_on_sigint"]
+__all__ = ["run_contract", "stop_on_sigint", "load_searchable", "refuse_untrained"]
 
 _log = logging.getLogger("optc.specialize")
 
@@ -58,6 +58,30 @@ def stop_on_sigint() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def load_searchable(target: str, progress: Any) -> Any:
+    from optc.artifacts import is_artifact, load_module
+    from optc.frontends.capture import capture
+    from optc.frontends.huggingface import load_model
+
+    if is_artifact(target):
+        with progress.step(f"loading artifact {target}"):
+            return load_module(target)
+    if not Path(target).exists():
+        raise InputError(f"'{target}' does not exist (give a fine-tuned optc artifact or model "
+                         "directory)")
+    with progress.step(f"loading {target}"):
+        model, source = load_model(target)
+    with progress.step("capturing with torch.export"):
+        return capture(model, source=source)
+
+
+def refuse_untrained(target: str, meta: dict[str, Any]) -> None:
+    fresh = (meta.get("source") or {}).get("newly_initialized") or []
+    if fresh and not (meta.get("task") or {}).get("trained_steps"):
+        raise InputError(f"'{target}' has a task head initialized at random ({fresh[0]}, ...): "
+                         "fine-tune it first (optc finetune)")
+
+
 def _fmt(value: float | None, form: str = "{:.2f}") -> str:
     return "-" if value is None else form.format(value)
 
@@ -72,7 +96,6 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     from optc.search.contract import ContractOptions, Target, specialize_within
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of, resolve_task_path
     from optc.tools.progress import Progress
-    from optc.tools.specialize_cli import _load, _refuse_untrained
     from optc.train import task_from_meta, trained_max_length
 
     progress = Progress(enabled=not args.quiet)
@@ -109,8 +132,8 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     for path in (args.data, args.val_data):
         if path is not None:
             resolve_task_path(path)
-    module = _load(args.model, progress)
-    _refuse_untrained(args.model, module.meta)
+    module = load_searchable(args.model, progress)
+    refuse_untrained(args.model, module.meta)
     task = task or task_from_meta(module.meta)
     if task is None:
         raise InputError(f"'{args.model}' records no task: pass --task NAME")

@@ -27,6 +27,7 @@ from optc.tasks import get_task
 from optc.tests.search.conftest import TASK
 from optc.tests.search.test_search import NAMES, _split_for_confirmation
 from optc.tools.cli import main
+from optc.tools.report import pareto_plot
 from optc.tools.specialize_cli import choose_recipe, specialize_parser
 
 DROP = 40.0
@@ -121,6 +122,9 @@ def test_nothing_faster_writes_the_input_unchanged_with_one_line(module, task_di
     assert all((written.params[n].data == p.data).all() for n, p in original.params.items())
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["specialization"]["contract"]["fallback"] == line
+    # optc report draws the front with the input (here also the chosen point) marked
+    svg = pareto_plot(meta["specialization"])
+    assert svg is not None and "Pareto front" in svg and "chosen" in svg and "input" in svg
     assert meta.get("pipeline", []) == original.meta.get("pipeline", [])
 
 
