@@ -271,6 +271,48 @@ def search_plot(spec: dict[str, Any]) -> str | None:
     return _svg(fig)
 
 
+def pareto_plot(spec: dict[str, Any]) -> str | None:
+    """Held-out metric vs measured latency of the points ``optc specialize`` checked under
+    its tolerance contract (``spec["contract"]``), the Pareto front joined, the chosen point
+    and the input marked; None without a contract record with measured points."""
+    record = spec.get("contract")
+    if not isinstance(record, dict) or not isinstance(record.get("points"), list):
+        return None
+    points = record["points"]
+    timed = [p for p in points if isinstance(p, dict) and p.get("latency_ms") is not None
+             and p.get("held_out") is not None]
+    if not timed:
+        return None
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.subplots()
+    ax.scatter([p["latency_ms"] for p in timed], [p["held_out"] for p in timed], c=_GREY, s=16,
+               label="measured", zorder=2)
+    front = [points[i] for i in record.get("front", []) if 0 <= i < len(points)]
+    if front:
+        ax.plot([p["latency_ms"] for p in front], [p["held_out"] for p in front], "-o",
+                color=_ORANGE, ms=5, label="Pareto front", zorder=3)
+    for key, marker, label in (("input", "s", "input"), ("chosen", "*", "chosen")):
+        index = record.get(key)
+        if isinstance(index, int) and 0 <= index < len(points) and \
+                points[index].get("latency_ms") is not None:
+            p = points[index]
+            ax.scatter([p["latency_ms"]], [p["held_out"]], marker=marker, s=120, c="#222",
+                       label=label, zorder=4)
+    drop = record.get("max_drop")
+    base = points[0].get("held_out") if points else None
+    if isinstance(drop, (int, float)) and isinstance(base, (int, float)):
+        ax.axhline(base - drop, color=_GREY, ls="--", lw=1, label=f"input - {drop:g}")
+    target = record.get("target") or {}
+    ax.set_xlabel(f"latency ms ({target.get('backend', '?')}, batch {target.get('batch', '?')}, "
+                  f"{target.get('threads', '?')} thread(s))")
+    ax.set_ylabel(f"held-out {spec.get('metric') or 'metric'}")
+    ax.set_title("operating points within the tolerance", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _svg(fig)
+
+
 def _before_after(spec: dict[str, Any]) -> tuple[Any, Any] | None:
     for a, b in (("dev_metric_before", "dev_metric_after"), ("dev_before", "dev_after"),
                  ("before", "after"), ("baseline", "final"),
@@ -414,6 +456,14 @@ def _specialize_section(data: dict[str, Any]) -> str:
                 rows.append([_esc(label), _num(spec.get(a), scale), _num(spec.get(b), scale)])
         if rows:
             out.append(_table(["", "before", "after"], rows))
+        front = pareto_plot(spec)
+        if front:
+            out.append(front)
+        record = spec.get("contract") if isinstance(spec.get("contract"), dict) else {}
+        lines = [*(record.get("notes") or []), *([record["fallback"]] if record.get("fallback")
+                                                 else [])]
+        if lines:
+            out.append("<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in lines) + "</ul>")
         plot = search_plot(spec)
         out.append(plot or "<p class=\"muted\">search history: no candidates with FLOPs and a "
                            "loss or metric recorded</p>")
