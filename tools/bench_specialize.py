@@ -6,6 +6,8 @@
         [--sweeps N] [--unit-order index|importance] [--fine-threshold X] [--rounds N]
         [--between SPEC] [--val-data PATH] [--confirm X] [--max-flips X] [--save] [--retime]
         [--smoke]
+    python -m optc.tools.bench_specialize --max-drop D [--backend onnx] [--int8 auto|on|off]
+        [--recipe default|FILE] [--tasks ...] [--models DIR] [--save]
 
 For each task: fine-tunes the embedded all-MiniLM-L6-v2 with ``optc.train.finetune`` unless
 ``DIR/<task>-minilm`` already holds a fine-tuned artifact (it is written there for reuse),
@@ -18,6 +20,11 @@ reuse, length-sorted batches) on a fixed set of candidate evaluations.
 The search judges on the split each model's fine-tuning held out (its recorded ``val_size``
 and ``seed``) unless ``--val-size``/``--seed`` say otherwise (a warning says when the model has
 trained on part of the split searched).
+
+``--max-drop D`` benchmarks the tolerance contract of ``optc specialize`` instead: per task the
+dev and held-out change with their paired 95% intervals, the speedup measured on ``--backend``
+(batch 1, 1 thread, seq 128) of the fastest structured point and of the result (int8 included),
+whether int8 was kept, the search time, and whether the input was kept.
 
 ``--smoke`` runs a few training steps and a small validation split: it checks the machinery,
 its numbers mean nothing.
@@ -58,8 +65,10 @@ from optc.search import (
     validate,
     validation_examples,
 )
+from optc.search.contract import ContractOptions, Target, specialize_within
 from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
+from optc.search.recipe import load_recipe
 from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
 from optc.tools.bench_tasks import RECIPES
 from optc.train import finetune, trained_max_length
@@ -257,6 +266,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="only time the models an earlier --save run with these options wrote "
                         "(run it on a quiet machine)")
     p.add_argument("--smoke", action="store_true", help="a few steps, small split: machinery only")
+    p.add_argument("--max-drop", type=float, default=None, metavar="D",
+                   help="run the tolerance contract (optc specialize's default) instead: the "
+                        "fastest point within D held-out metric points, timed on --backend "
+                        "(batch 1, 1 thread, seq 128), with --int8; the search recipe is "
+                        "--recipe (default: default)")
+    p.add_argument("--backend", default="onnx", choices=["eager", "torchscript", "onnx"],
+                   help="contract: what 'fastest' is measured on (default onnx)")
+    p.add_argument("--int8", default="auto", choices=["auto", "on", "off"],
+                   help="contract: int8 within the tolerance (default auto)")
+    p.add_argument("--recipe", default="default", help="contract: recipe name or file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -270,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--val-data names one task's validation file: give one task with --tasks")
     if args.retime:
         return _retime(tasks, models, _tag(args))
+    if args.max_drop is not None:
+        return _contract(args, tasks, models)
     for name in tasks:
         task = get_task(name)
         module = _fine_tuned(name, models, args.epochs, args.smoke, args.data)
@@ -359,6 +380,64 @@ def main(argv: list[str] | None = None) -> int:
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _contract(args: argparse.Namespace, tasks: list[str], models: Path) -> int:
+    """One row per task under the tolerance contract: dev and held-out change with their
+    paired intervals, the measured speedup on the target (structured only, and the result
+    with int8), int8 kept or not, search seconds, and whether the input was kept."""
+    recipe = load_recipe(args.recipe)
+    rows = []
+    for name in tasks:
+        task = get_task(name)
+        module = _fine_tuned(name, models, args.epochs, args.smoke, args.data)
+        tok = load_tokenizer(module.meta["source"]["tokenizer"])
+        options = recipe.options(SearchOptions(
+            workers=args.workers, max_length=trained_max_length(module.meta),
+            val_limit=args.val_limit or (128 if args.smoke else None), val_data=args.val_data,
+            kinds=("ffn", "attention") if args.smoke else SearchOptions().kinds),
+            args.max_drop)
+        if args.val_data is None:
+            options, warning = holdout_options(options, module.meta, args.val_size, args.seed)
+            if warning:
+                print(f"warning: {name}: {warning}", file=sys.stderr)
+        result = specialize_within(module, task, tok, args.data, options, ContractOptions(
+            max_drop=args.max_drop, target=Target(args.backend), int8=args.int8,
+            hard_attention=recipe.hard_attention, measure=recipe.measure))
+        dev = task.read("dev", args.data)
+        before, after = (_dev_eval(task, m, tok, dev) for m in (module, result.module))
+        fp32 = [p for p in result.points if p.within and not p.int8 and p.latency_ms]
+        base = result.input.latency_ms or 0.0
+        held = result.held_out_change
+        row = {"task": name, "max_drop": args.max_drop, "dev": before.score,
+               "dev_after": after.score, "dev_ci": _dev_change(task, before, after, dev),
+               "held": held.before, "held_after": held.after, "held_ci": [held.low, held.high],
+               "held_examples": result.held_out_examples,
+               "speedup": base / result.chosen.latency_ms if result.chosen.latency_ms else None,
+               "speedup_fp32": base / min(p.latency_ms for p in fp32) if fp32 else None,
+               "int8": result.chosen.int8, "removed": len(result.chosen.config.accepted),
+               "seconds": result.seconds, "fallback": result.fallback, "notes": result.notes,
+               "backend": args.backend}
+        if args.save:
+            save(result.module, models / f"{name}-contract-{args.max_drop:g}", force=True,
+                 extra={"task": module.meta["task"], "specialization": {
+                     **result.search.summary(), "contract": result.summary()}})
+            (models / f"{name}-contract-{args.max_drop:g}.json").write_text(
+                json.dumps(row, indent=1, default=str))
+        rows.append(row)
+        print(row, flush=True)
+    print(f"task  dev -> after [95% CI]  held-out -> after [95% CI]  speedup ({args.backend}) "
+          "structured / result  int8  removals  search s")
+    for r in rows:
+        def ratio(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}x"
+
+        print(f"{r['task']}  {r['dev']:.2f} -> {r['dev_after']:.2f} [{r['dev_ci'][0]:+.2f}, "
+              f"{r['dev_ci'][1]:+.2f}]  {r['held']:.2f} -> {r['held_after']:.2f} "
+              f"[{r['held_ci'][0]:+.2f}, {r['held_ci'][1]:+.2f}]  {ratio(r['speedup_fp32'])} / "
+              f"{ratio(r['speedup'])}  {'yes' if r['int8'] else 'no'}  {r['removed']}  "
+              f"{r['seconds']:.0f}" + ("  (input kept)" if r["fallback"] else ""))
+    return 0
 
 
 if __name__ == "__main__":
