@@ -47,15 +47,17 @@ _CHECKED = 96
 """Texts whose embeddings are compared across routes before timing."""
 
 
-def corpus(count: int, data: str | os.PathLike | None = None, seed: int = 0) -> list[str]:
-    """``count`` dev texts of :data:`CORPUS_TASKS` (both sentences of a pair), shuffled with
-    ``seed``."""
+def corpus(count: int, root: str | os.PathLike | None = None, seed: int = 0) -> list[str]:
+    """``count`` dev texts of :data:`CORPUS_TASKS` (both sentences of a pair) under the data
+    ``root`` (default: ``$OPTC_DATA_DIR``), shuffled with ``seed``."""
     from optc.errors import InputError
     from optc.tasks import get_task
 
     texts: list[str] = []
     for name in CORPUS_TASKS:
-        for example in get_task(name).read("dev", data):
+        task = get_task(name)
+        data = Path(root) / str(task.data_path) if root is not None else None
+        for example in task.read("dev", data):
             texts.append(example.text)
             if example.text_pair is not None:
                 texts.append(example.text_pair)
