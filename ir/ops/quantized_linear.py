@@ -18,7 +18,10 @@ fbgemm's prepacked ``quantized::linear_dynamic`` instead (:mod:`optc.backends.in
 Weights use 7 bits by default (-63..63, ``quantization(bits=7)``): ONNX Runtime's uint8 x int8
 kernels on CPUs without VNNI (AVX2 ``vpmaddubsw``) add pairs of products in saturating int16,
 and 255 * 127 * 2 overflows it; 255 * 63 * 2 does not, so every backend computes the exact
-integer result on every x86 CPU (``quantize{bits=8}`` trades that for precision on VNNI/AMX).
+integer result on every x86 CPU. ``quantize{bits=8}`` weights (some |w| > 63) are lowered to
+ONNX as uint8 with zero point 128 instead (``w + 128``: the same integers), which ONNX Runtime
+runs with its u8 x u8 kernels; those widen to int16 before multiplying and never saturate, so
+an 8-bit file is exact on every CPU too (the u8 x s8 VNNI kernels are the 7-bit default's).
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ import torch
 from optc.ir.core import Module, Node, Value
 
 __all__ = ["quantize_weight", "int8_linear", "static_problems", "INT8_SCRIPT",
-           "int8_onnx_rewrite", "int8_onnx_translations"]
+           "int8_onnx_rewrite", "int8_onnx_translations", "SATURATION_FREE_MAX", "as_uint8"]
+
+SATURATION_FREE_MAX = 63
+"""The largest |weight| (7 bits) whose u8 x s8 products ONNX Runtime's AVX2 kernels add
+without saturating int16 (255 * 63 * 2 < 32767); larger weights are lowered as uint8."""
+
+
+def as_uint8(weight_t: torch.Tensor) -> torch.Tensor:
+    """An i8 weight as uint8 with zero point 128 (``w + 128``: the same integers)."""
+    return (weight_t.to(torch.int16) + 128).to(torch.uint8)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +153,32 @@ def _custom_op() -> Any:
     def _(x, weight_t, weight_scale, bias, input_scale, input_zero_point):  # noqa: ANN001
         return x.new_empty(x.shape[:-1] + (weight_t.shape[1],))
 
+    @torch.library.custom_op("optc_onnx::int8_linear_u8", mutates_args=())
+    def int8_linear_u8_op(x: torch.Tensor, weight_t: torch.Tensor, weight_scale: torch.Tensor,
+                          zero_point: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return int8_linear(x, _signed(weight_t, zero_point).t(), weight_scale, bias)
+
+    @int8_linear_u8_op.register_fake
+    def _(x, weight_t, weight_scale, zero_point, bias):  # noqa: ANN001
+        return x.new_empty(x.shape[:-1] + (weight_t.shape[1],))
+
+    @torch.library.custom_op("optc_onnx::int8_linear_static_u8", mutates_args=())
+    def int8_linear_static_u8_op(x: torch.Tensor, weight_t: torch.Tensor,
+                                 weight_scale: torch.Tensor, zero_point: torch.Tensor,
+                                 bias: torch.Tensor | None, input_scale: torch.Tensor,
+                                 input_zero_point: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, _signed(weight_t, zero_point).t(), weight_scale, bias,
+                           input_scale, input_zero_point)
+
+    @int8_linear_static_u8_op.register_fake
+    def _(x, weight_t, weight_scale, zero_point, bias, input_scale, input_zero_point):  # noqa: ANN001
+        return x.new_empty(x.shape[:-1] + (weight_t.shape[1],))
+
     return int8_linear_op
+
+
+def _signed(weight_u8: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    return (weight_u8.to(torch.int16) - zero_point.to(torch.int16)).to(torch.int8)
 
 
 @functools.cache
@@ -168,7 +205,9 @@ def int8_onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None
     """Replace an int8 ``linear`` by a custom op exported as ``DynamicQuantizeMatMul``
     (dynamic) or as ``QuantizeLinear -> DequantizeLinear -> MatMul <- DequantizeLinear(w)``
     (static: the QDQ form, which ONNX Runtime fuses into ``MatMulIntegerToFloat``); the weight
-    is stored transposed, ``[in, out]``, as ``MatMul`` wants. Float linears stay."""
+    is stored transposed, ``[in, out]``, as ``MatMul`` wants, and as uint8 with zero point 128
+    when some |w| > :data:`SATURATION_FREE_MAX` (8-bit weights: see the module docstring).
+    Float linears stay."""
     weight = node.args[1]
     if not (isinstance(weight, Value) and weight.tensor_type.dtype == torch.int8):
         return
@@ -176,18 +215,30 @@ def int8_onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None
         return  # traced from the eager kernel
     _custom_op()
     key = f"int8_linear:{weight.name}"
+    wide = int(weight.data.abs().max()) > SATURATION_FREE_MAX if weight.data.numel() else False
     if key not in cache:
+        data = weight.data.t().contiguous()
         cache[key] = module.add_param(module.unique_param_name(weight.name + "_t"),
-                                      weight.data.t().contiguous())
+                                      as_uint8(data) if wide else data)
     bias = node.arg(2)
     out = node.outputs[0]
-    if node.arg(4) is not None:
-        op = "optc_onnx.int8_linear_static.default"
-        args: tuple[Any, ...] = (node.args[0], cache[key], node.arg(3), bias, node.arg(4),
-                                 node.arg(5))
+    static = node.arg(4) is not None
+    if wide:
+        zp_key = f"int8_linear_zp:{static}:{weight.tensor_type.shape[0] if static else 0}"
+        if zp_key not in cache:  # static: per-axis like its scale; dynamic: one scalar
+            shape = (weight.tensor_type.shape[0],) if static else ()
+            cache[zp_key] = module.add_param(module.unique_param_name("int8_weight_zero_point"),
+                                             torch.full(shape, 128, dtype=torch.uint8))
+        zp = cache[zp_key]
+        op = ("optc_onnx.int8_linear_static_u8.default" if static
+              else "optc_onnx.int8_linear_u8.default")
+        args: tuple[Any, ...] = (node.args[0], cache[key], node.arg(3), zp, bias)
     else:
-        op = "optc_onnx.int8_linear.default"
+        op = ("optc_onnx.int8_linear_static.default" if static
+              else "optc_onnx.int8_linear.default")
         args = (node.args[0], cache[key], node.arg(3), bias)
+    if static:
+        args = args + (node.arg(4), node.arg(5))
     new = module.graph.create_node(op, args, {}, [out.type], names=out.name, after=node)
     module.graph.replace_all_uses(out, new.outputs[0])
     module.graph.remove(node)
@@ -209,5 +260,21 @@ def int8_onnx_translations() -> dict[Any, Any]:
         y = op.MatMul(xd, wd)
         return y if bias is None else op.Add(y, bias)
 
+    def int8_linear_u8_onnx(x, weight_t, weight_scale, zero_point, bias=None):  # noqa: ANN001, ANN202
+        return _declare_schema().DynamicQuantizeMatMul(x, weight_t, weight_scale, zero_point,
+                                                       bias)
+
+    def int8_linear_static_u8_onnx(x, weight_t, weight_scale, zero_point, bias,  # noqa: ANN001, ANN202
+                                   input_scale, input_zero_point):  # noqa: ANN001
+        from onnxscript import opset18 as op
+
+        xq = op.QuantizeLinear(x, input_scale, input_zero_point)
+        xd = op.DequantizeLinear(xq, input_scale, input_zero_point)
+        wd = op.DequantizeLinear(weight_t, weight_scale, zero_point, axis=1)
+        y = op.MatMul(xd, wd)
+        return y if bias is None else op.Add(y, bias)
+
     return {torch.ops.optc_onnx.int8_linear.default: int8_linear_onnx,
-            torch.ops.optc_onnx.int8_linear_static.default: int8_linear_static_onnx}
+            torch.ops.optc_onnx.int8_linear_static.default: int8_linear_static_onnx,
+            torch.ops.optc_onnx.int8_linear_u8.default: int8_linear_u8_onnx,
+            torch.ops.optc_onnx.int8_linear_static_u8.default: int8_linear_static_u8_onnx}
