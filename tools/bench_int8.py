@@ -3,6 +3,7 @@ without optc, plus sizes on disk, agreement and pass run time.
 
     python -m optc.tools.bench_int8 [--model DIR] [--batch 1 8] [--seq 128] [--threads 1 2]
                                     [--sentences 872] [--skip-latency] [--skip-base]
+                                    [--onnx-only]
     python -m optc.tools.bench_int8 --artifact RUN --task sst2 [--data DIR] [--sentences N]
                                     [--max-drop P]           # task metric of each int8 mode
     python -m optc.tools.bench_int8 --attention [--artifact RUN --task sst2] [--threads 1]
@@ -194,6 +195,40 @@ def kernel_minima(paths: dict[str, Path], threads: int, feeds: dict[str, torch.T
     return {name: sum(nodes.values()) for name, nodes in minima.items()}
 
 
+def onnx_comparison(model, fp32, int8, static, work: Path, args) -> dict[str, Path]:  # noqa: ANN001
+    """Sizes, agreement and latency of optc's int8 ONNX exports (``static``: also its QDQ
+    export) against the fused route's int8."""
+    import optc
+    from optc.backends.onnx import export_onnx
+    from optc.tools.bench_onnx import compare_files, format_comparison, token_batches
+    from optc.tools.fused_route import build_fused, int8_operand_types, quantize_fused
+
+    fused = build_fused(model, work)
+    paths = {"fused int8": quantize_fused(fused.path, work / "fused-int8.onnx"),
+             "optc int8": export_onnx(int8, work / "optc-int8.onnx")}
+    if static is not None:
+        paths["optc int8 static (QDQ)"] = export_onnx(static, work / "optc-int8-static.onnx")
+    tables32 = fp32.clone()
+    optc.run_pipeline(tables32, FP32_TABLES_PIPELINE)
+    paths["optc int8 f32-tables"] = export_onnx(tables32, work / "optc-int8-f32-tables.onnx")
+    print()
+    print(f"ONNX: optc against the fused route's int8 (TorchScript export + ORT optimizer + "
+          f"per-channel quantize_dynamic; fusions {fused.fused})")
+    for name, path in paths.items():
+        ops = int8_operand_types(path)
+        print(f"  {name}: " + ", ".join(f"{op} {'/'.join(sorted(t))}" for op, t in ops.items()))
+    print("  (u8 x s8: the operands ONNX Runtime's VNNI kernels take where the CPU has VNNI)")
+    batches = token_batches(args.model, args.sentences)
+    result = compare_files(paths, model, batches, threads=args.threads, sizes=args.batch,
+                           seq=args.seq, rounds=args.rounds, block=args.block,
+                           settle=args.settle)
+    ratios = {f"{n.split(' ', 1)[1] if ' ' in n else n}/fused": (n, "fused int8")
+              for n in paths if n.startswith("optc")}
+    for line in format_comparison(result, ratios, sum(len(b["input_ids"]) for b in batches)):
+        print(line)
+    return paths
+
+
 def encoder_bytes(artifact: Path, module) -> int:  # noqa: ANN001
     """Bytes the encoder layers' parameters take in the artifact's safetensors file (compressed
     entries and scales included)."""
@@ -283,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="only: int8 linears vs int8 linears + int8 attention matmuls")
     p.add_argument("--settle", type=float, default=0.2,
                    help="seconds to pause before each timed block (see Latency above)")
+    p.add_argument("--onnx-only", action="store_true",
+                   help="only the ONNX comparison with the fused route's int8 (no pass times, "
+                        "artifacts, eager agreement or eager latency)")
     p.add_argument("--kernel-minima", type=int, default=0, metavar="SESSIONS",
                    help="also print the ONNX models' sums of per-node minimum kernel times over "
                         "this many profiled sessions each (shared machines)")
@@ -291,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import optc
     from optc.backends.cpu_features import describe
-    from optc.backends.onnx import export_onnx
 
     print(f"cpu: {describe()}")
     if args.attention:
@@ -331,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     static = fp32.clone()
     sparse = fp32.clone()
     t_int8 = pass_time(int8, PIPELINE)
+    if args.onnx_only:
+        with tempfile.TemporaryDirectory(prefix="optc-bench-int8-") as tmp:
+            onnx_comparison(model, fp32, int8, None, Path(tmp), args)
+        return 0
     t_static = pass_time(static, static_spec(calibration, args.samples))
     t_sparse = pass_time(sparse, SPARSE_PIPELINE)
     print(f"pass time on {source['model']}: quantize {t_int8:.2f} s, quantize{{mode=static}} "
@@ -379,28 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_latency:
             return 0
 
-        from optc.tools.bench_onnx import compare_files, format_comparison, token_batches
-        from optc.tools.fused_route import build_fused, quantize_fused
         from optc.tools.timing import measure_interleaved
 
-        fused = build_fused(model, work)
-        paths = {"fused int8": quantize_fused(fused.path, work / "fused-int8.onnx"),
-                 "optc int8": export_onnx(int8, work / "optc-int8.onnx"),
-                 "optc int8 static (QDQ)": export_onnx(static, work / "optc-int8-static.onnx")}
-        tables32 = fp32.clone()
-        optc.run_pipeline(tables32, FP32_TABLES_PIPELINE)
-        paths["optc int8 f32-tables"] = export_onnx(tables32, work / "optc-int8-f32-tables.onnx")
-        print()
-        print(f"ONNX: optc against the fused route's int8 (TorchScript export + ORT optimizer + "
-              f"per-channel quantize_dynamic; fusions {fused.fused})")
-        batches = token_batches(args.model, args.sentences)
-        result = compare_files(paths, model, batches, threads=args.threads, sizes=args.batch,
-                               seq=args.seq, rounds=args.rounds, block=args.block,
-                               settle=args.settle)
-        ratios = {f"{n.split(' ', 1)[1] if ' ' in n else n}/fused": (n, "fused int8")
-                  for n in paths if n.startswith("optc")}
-        for line in format_comparison(result, ratios, sum(len(b["input_ids"]) for b in batches)):
-            print(line)
+        paths = onnx_comparison(model, fp32, int8, static, work, args)
         eager32, eager8 = optc.to_eager(fp32), optc.to_eager(int8)
         eager8s = optc.to_eager(static)
         print()

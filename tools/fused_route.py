@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 __all__ = ["FusedRoute", "FUSED_OPS", "load_eager", "build_fused", "quantize_fused",
-           "fusion_counts", "output_names", "onnx_bytes"]
+           "fusion_counts", "output_names", "onnx_bytes", "pooled", "agreement", "hf_reference",
+           "latency_rows", "format_latency", "int8_operand_types"]
 
 FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu",
              "FastGelu", "Gelu", "LayerNormalization")
@@ -270,3 +271,34 @@ def format_latency(rows: list[dict[str, Any]], ratios: dict[str, tuple[str, str]
                       for label, (a, b) in ratios.items())
         lines.append(f"{row['threads']:>7} {row['batch']:>5} {row['seq']:>4}  {cells}{rat}")
     return lines
+
+
+_INT8_OPS = {"DynamicQuantizeMatMul": (None, 1), "MatMulInteger": (0, 1), "QAttention": (0, 1),
+             "MatMulIntegerToFloat": (0, 1)}
+"""Integer GEMM ops: indices of their (activation, weight) operands (None: quantized inside the op
+from a float input, to uint8 as ``DynamicQuantizeLinear`` does)."""
+
+
+def int8_operand_types(path: str | os.PathLike) -> dict[str, set[str]]:
+    """For each integer op type in the ONNX file, the ``activation x weight`` integer types it
+    multiplies (``u8 x s8``: the operands ORT's VNNI kernels take where the CPU has VNNI; the
+    activation's type is followed through ``DynamicQuantizeLinear``/``QuantizeLinear``)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for node in graph.node:  # outputs of the quantizers
+        if node.op_type == "DynamicQuantizeLinear":
+            types[node.output[0]] = onnx.TensorProto.UINT8
+        elif node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            types.setdefault(node.output[0], types.get(node.input[2], onnx.TensorProto.UINT8))
+    short = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "s8"}
+    found: dict[str, set[str]] = {}
+    for node in graph.node:
+        if node.op_type not in _INT8_OPS:
+            continue
+        act, weight = _INT8_OPS[node.op_type]
+        a = "u8" if act is None else short.get(types.get(node.input[act], 0), "?")
+        w = short.get(types.get(node.input[weight], 0), "?")
+        found.setdefault(node.op_type, set()).add(f"{a} x {w}")
+    return found

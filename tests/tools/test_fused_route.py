@@ -10,7 +10,13 @@ import torch
 from optc.backends.cpu_features import cpu_features, describe, parse_flags
 from optc.tests.conftest import tiny_model, token_inputs
 from optc.tools.bench_onnx import compare_files, format_comparison
-from optc.tools.fused_route import build_fused, fusion_counts, onnx_bytes, quantize_fused
+from optc.tools.fused_route import (
+    build_fused,
+    fusion_counts,
+    int8_operand_types,
+    onnx_bytes,
+    quantize_fused,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,9 @@ def test_fused_route_fuses_attention_and_skip_layer_norm(fused) -> None:  # noqa
     int8 = quantize_fused(route.path, work / "fused-int8.onnx")
     counts = fusion_counts(int8)
     assert "Attention" not in counts  # became QAttention
+    kinds = int8_operand_types(int8)
+    assert kinds["QAttention"] == {"u8 x s8"} and kinds["MatMulInteger"] == {"u8 x s8"}
+    assert int8_operand_types(route.path) == {}
     assert onnx_bytes(int8)["weights"] < 0.5 * onnx_bytes(route.path)["weights"]
 
 
