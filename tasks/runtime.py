@@ -84,9 +84,10 @@ class Runner:
         tok = loaded.tokenizer(tokenizer)
         limits = model_limits(loaded.model)
         check_tokenizer(tok, limits, f"running {loaded.where}")
+        if max_length is not None and (isinstance(max_length, bool)
+                                       or not isinstance(max_length, int) or max_length < 1):
+            raise InputError(f"max_length must be a positive integer, not {max_length!r}")
         length = max_length or loaded.max_length or DEFAULT_MAX_LENGTH
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise InputError(f"max_length must be a positive integer, not {length!r}")
         if limits.positions is not None and length > limits.positions:
             if max_length is not None:
                 raise InputError(f"max_length {max_length} is longer than the model's position "

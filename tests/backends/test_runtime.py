@@ -104,4 +104,7 @@ def test_refusals(outputs, tmp_path) -> None:
         open_output(tmp_path / "missing.onnx")
     with pytest.raises(InputError, match="position table"):
         Runner.open(outputs["module"], max_length=1000)
+    with pytest.raises(InputError, match="positive integer"):
+        Runner.open(outputs["module"], max_length=0)
+    assert Runner.open(outputs["module"], max_length=5).encode(TEXTS[:2]).shape == (2, 32)
     assert runner.encode([]).shape[0] == 0
