@@ -1,8 +1,10 @@
 """``text-classification``: a user's own task from a TSV, CSV or JSON-lines file, no code.
 
-Columns are named (``text``, optional ``text_pair``, ``label`` by default); labels are class
-names (``labels=neg,pos``) or indices, or scores with ``regression=true``. Files in a
-directory are found by split: ``train.tsv``, ``dev.csv``, ``dev.jsonl``, ...
+Columns are named (``text``, optional ``text_pair``, ``label`` by default), or numbered from 1
+in a TSV/CSV file without a header line (``header=false``: ``text_column=1``, ``label_column=2``
+by default); labels are class names (``labels=neg,pos``) or indices, or scores with
+``regression=true``. Files in a directory are found by split: ``train.tsv``, ``dev.csv``,
+``dev.jsonl``, ...
 """
 
 from __future__ import annotations
@@ -40,11 +42,24 @@ def _names(name: str, value: Any) -> tuple[str, ...]:
     return names
 
 
-def text_classification(text_column: str = "text", pair_column: str | None = None,
-                        label_column: str = "label", labels: str | tuple[str, ...] | None = None,
+def _column_number(name: str, value: Any) -> int:
+    """A 1-based column number of a header-less file (``text_column=2``) as a 0-based index."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InputError(f"text-classification option {name}={value!r}: with header=false "
+                         "columns are numbered from 1 (text_column=1 is the first column)")
+    return number - 1
+
+
+def text_classification(text_column: str | None = None, pair_column: str | None = None,
+                        label_column: str | None = None,
+                        labels: str | tuple[str, ...] | None = None,
                         num_labels: int | str | None = None, regression: bool | str = False,
                         metrics: str | tuple[str, ...] | None = None,
-                        main_metric: str | None = None) -> Task:
+                        main_metric: str | None = None, header: bool | str = True) -> Task:
     """A classification (or, with ``regression``, regression) task over named columns.
 
     ``labels`` names the classes in index order (default ``0..num_labels-1``, 2 classes); a
@@ -52,9 +67,12 @@ def text_classification(text_column: str = "text", pair_column: str | None = Non
     else it is a 0-based index, and a file whose numbers do not use 0 is refused as ambiguous
     (:attr:`Task.numbers_are_indices`). ``pair_column`` defaults to an optional
     ``text_pair`` column. ``metrics`` defaults to accuracy (pearson, spearman for regression);
-    ``main_metric`` to the first metric.
+    ``main_metric`` to the first metric. ``header=false``: the TSV/CSV files have no header
+    line and the columns are numbers counted from 1 (``text_column`` default 1,
+    ``label_column`` 2; no pair unless ``pair_column`` is given).
     """
     is_regression = _bool("regression", regression)
+    has_header = _bool("header", header)
     if is_regression and labels is not None:
         raise InputError("text-classification: labels= makes no sense with regression=true")
     if labels is not None:
@@ -84,8 +102,23 @@ def text_classification(text_column: str = "text", pair_column: str | None = Non
     if main not in chosen:
         raise InputError(f"text-classification: main_metric={main} is not one of the metrics "
                          f"{', '.join(chosen)}")
-    table = TableFormat(text=text_column, pair=pair_column or "text_pair", label=label_column,
-                        pair_optional=pair_column is None, hint=_HINT)
+    if has_header:
+        text_column, label_column = text_column or "text", label_column or "label"
+        table = TableFormat(text=text_column, pair=pair_column or "text_pair",
+                            label=label_column, pair_optional=pair_column is None, hint=_HINT)
+    else:
+        text_column, label_column = text_column or "1", label_column or "2"
+        positions = {role: _column_number(role, value) for role, value in
+                     (("text_column", text_column), ("pair_column", pair_column),
+                      ("label_column", label_column)) if value is not None}
+        if len(set(positions.values())) != len(positions):
+            raise InputError("text-classification: with header=false the text, pair and label "
+                             f"columns must be different numbers, got {text_column}, "
+                             f"{pair_column or '-'}, {label_column}")
+        table = TableFormat(text=positions["text_column"], pair=positions.get("pair_column"),
+                            label=positions["label_column"], header=False,
+                            hint=_HINT.replace("text_column=", "header=false with "
+                                               "text_column=", 1))
     texts = (text_column,) + ((pair_column,) if pair_column else ())
     return Task(name="text-classification", kind="regression" if is_regression else "classification",
                 num_labels=1 if is_regression else len(names), label_names=names,

@@ -159,10 +159,15 @@ def _file_format(path: Path, fmt: TableFormat) -> str:
     return kind
 
 
+def _column(column: str | int) -> str:
+    """How messages name a column: by name, or by its 1-based number in a header-less file."""
+    return f"column {column + 1}" if isinstance(column, int) else f"column '{column}'"
+
+
 def _text(value: Any, where: str, role: str, column: str | int) -> str:
     if isinstance(value, str):
         return value
-    raise InputError(f"{where}: {role} column '{column}' must hold text, found "
+    raise InputError(f"{where}: {role} {_column(column)} must hold text, found "
                      f"{type(value).__name__} {value!r}")
 
 
@@ -196,6 +201,9 @@ def read_table(path: Path, fmt: TableFormat, parse_label: LabelParser,
                              f"label column '{fmt.label}': use a TSV, CSV or JSONL file")
         examples = [Example(line) for _, line in read_lines(path) if line.strip()]
     elif kind == "jsonl":
+        if not fmt.header and isinstance(fmt.text, int):
+            raise InputError(f"'{path}': JSON lines name their fields, so columns cannot be "
+                             f"numbered (header=false is for TSV and CSV files){fmt.hint}")
         for number, row in _jsonl_rows(path):
             where = f"{path}:{number}"
             values: dict[str, Any] = {}
@@ -246,6 +254,6 @@ def _example(values: dict[str, Any], where: str, fmt: TableFormat, parse_label: 
         pair = _text(values["pair"], where, "pair", fmt.pair)
     raw = values.get("label")
     if raw is None and require_label and fmt.label is not None:
-        raise InputError(f"{where}: the label column '{fmt.label}' is empty")
+        raise InputError(f"{where}: the label {_column(fmt.label)} is empty")
     label = None if raw is None else parse_label(raw, where)
     return Example(text, pair, label)

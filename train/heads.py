@@ -165,6 +165,8 @@ def _rebuilds(spec: str, task: Task) -> bool:
 def _text_classification_spec(task: Task) -> str:
     """The ``text-classification{...}`` spec of a task built by that factory (defaults left out)."""
     options = []
+    if task.table is not None and not task.table.header:
+        options.append("header=false")  # columns by number
     if task.text_columns and task.text_columns[0] != "text":
         options.append(f"text_column={task.text_columns[0]}")
     if len(task.text_columns) > 1:

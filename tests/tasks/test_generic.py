@@ -67,3 +67,38 @@ def test_metric_options():
         get_task("text-classification", regression=True, labels="a,b")
     with pytest.raises(InputError, match="no conventional data location"):
         get_task("text-classification").read("dev")
+
+
+def test_headerless_files_name_columns_by_number(tmp_path):
+    """header=false: columns are numbers from 1 (default text 1, label 2), in TSV and CSV."""
+    write(tmp_path / "a.csv", "".join(f"{_csv_cell(t)},{lab}\n" for t, lab in ROWS))
+    assert get_task("text-classification{header=false,labels=neg,pos}").read(
+        "dev", tmp_path / "a.csv") == EXPECTED
+    write(tmp_path / "b.tsv", "".join(f"{lab}\tx\t{t}\n" for t, lab in ROWS))
+    task = get_task("text-classification{header=false,text_column=3,label_column=1,"
+                    "labels=neg,pos}")
+    assert task.read("dev", tmp_path / "b.tsv") == EXPECTED
+    pairs = get_task("text-classification{header=false,text_column=3,pair_column=2,"
+                     "label_column=1,labels=neg,pos}").read("dev", tmp_path / "b.tsv")
+    assert [e.text_pair for e in pairs] == ["x"] * 3
+    write(tmp_path / "short.tsv", "pos\tonly two\n")
+    with pytest.raises(InputError, match=r"short.tsv:1: row has 2 columns, the text is column 3"):
+        task.read("dev", tmp_path / "short.tsv")
+    for bad, match in (("text_column=0", "numbered from 1"), ("text_column=a", "numbered from 1"),
+                       ("text_column=2", "different numbers")):
+        with pytest.raises(InputError, match=match):
+            get_task(f"text-classification{{header=false,{bad}}}")
+    with pytest.raises(InputError, match="true or false"):
+        get_task("text-classification{header=maybe}")
+    write(tmp_path / "c.jsonl", '{"text": "a", "label": 1}\n')
+    with pytest.raises(InputError, match="JSON lines name their fields"):
+        get_task("text-classification{header=false}").read("dev", tmp_path / "c.jsonl")
+
+
+def test_headerless_task_is_recorded_so_it_rebuilds():
+    from optc.train.heads import task_spec
+
+    task = get_task("text-classification{header=false,text_column=3,label_column=1,labels=a,b}")
+    spec = task_spec(task)
+    assert spec is not None and "header=false" in spec
+    assert get_task(spec) == task
