@@ -15,7 +15,8 @@ from typing import Any
 from optc.errors import InputError
 from optc.tasks.task import Task
 
-__all__ = ["TaskFactory", "register_task", "get_task", "all_tasks", "parse_task_spec"]
+__all__ = ["TaskFactory", "register_task", "get_task", "all_tasks", "parse_task_spec",
+           "describe_tasks"]
 
 TaskFactory = Callable[..., Task]
 """Builds a task from keyword options."""
@@ -101,3 +102,42 @@ def get_task(name: str, **options: Any) -> Task:
             raise InputError(f"task '{key}' has no option {', '.join(unknown)}: valid options "
                              f"are {', '.join(accepted)}")
     return entry(**options)
+
+
+def describe_tasks() -> list[dict[str, Any]]:
+    """Every registered task as a JSON-friendly dict (what ``optc tasks`` prints): name, kind,
+    the model head it needs, its description, data files and conventional directory, metrics
+    (the main one first) and, for tasks built from options, each option with its default."""
+    from optc.tasks.task import HEADS
+
+    described = []
+    for name in all_tasks():
+        entry = _TASKS[name]
+        options: list[dict[str, Any]] = []
+        if isinstance(entry, Task):
+            task: Task | None = entry
+        else:
+            for param in inspect.signature(entry).parameters.values():
+                if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                    continue
+                default = None if param.default is param.empty else param.default
+                options.append({"name": param.name, "default": default,
+                                "required": param.default is param.empty})
+            try:
+                task = entry()
+            except (InputError, TypeError):
+                task = None  # needs options to exist (e.g. its data file)
+        doc = (inspect.getdoc(entry) or "").split("\n\n")[0].replace("\n", " ")
+        described.append({
+            "name": name,
+            "kind": task.kind if task else None,
+            "head": HEADS.get(task.kind) if task else None,
+            "description": (task.description if task and task.description else doc),
+            "files": list(task.file_names) if task else [],
+            "data": task.data_path if task else None,
+            "metrics": ([task.main_metric] + [m for m in task.metrics if m != task.main_metric]
+                        if task else []),
+            "labels": list(task.label_names) if task and task.label_names else [],
+            "options": options,
+        })
+    return described

@@ -3,6 +3,7 @@
     optc [MODEL] --passes=SPEC [--backend eager] -o OUT   compile a model into an artifact
     optc inspect TARGET [--seq N] [--json]               IR and per-layer table
     optc passes [--json]                                 every pass, its options and docs
+    optc tasks [NAME] [--json]                           every task: head, files, metrics, options
     optc bench TARGET... [--batch N..] [--threads N..]   latency, memory, size side by side
     optc report TARGET [BASELINE] -o OUT.html           HTML report: charts, pipeline, graph
 
@@ -102,7 +103,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="optc",
         description="Compile a transformer model: capture it, run a pass pipeline, write an artifact.",
-        epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc ops', "
+        epilog="subcommands: 'optc inspect TARGET', 'optc passes', 'optc tasks', 'optc ops', "
                "'optc bench TARGET...', 'optc eval TARGET', 'optc finetune [MODEL]', "
                "'optc specialize MODEL -o OUT', "
                "'optc report TARGET [BASELINE] -o OUT.html' (each has "
@@ -577,7 +578,14 @@ def _cmd_report(argv: list[str]) -> int:
     return cmd_report(argv, load=_load_target)
 
 
-_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "bench": _cmd_bench,
+def _cmd_tasks(argv: list[str]) -> int:
+    from optc.tools.tasks_cli import cmd_tasks
+
+    return cmd_tasks(argv)
+
+
+_COMMANDS = {"inspect": _cmd_inspect, "passes": _cmd_passes, "tasks": _cmd_tasks,
+             "bench": _cmd_bench,
              "ops": _cmd_ops, "eval": _cmd_eval, "finetune": _cmd_finetune,
              "report": _cmd_report, "specialize": _cmd_specialize}
 
