@@ -9,9 +9,11 @@ the validation data is at most ``max_drop`` points below the input model's on th
    hard attention makes CPU kernels slower: top-k attention has no fused kernel), and the
    reason is recorded.
 3. The search (:func:`optc.search.driver.specialize`, with the recipe's options) runs on the
-   search part. Its evaluated configurations' Pareto front (search-part metric vs FLOPs:
-   FLOPs only prune the list) within ``max_drop`` on the search part is checked on the
-   held-out part, cheapest first, until ``measure`` points pass.
+   search part. Its path (the configurations after each acceptance, in order) is checked on
+   the held-out part: the longest prefix within ``max_drop`` is found by bisection (the
+   metric is assumed to fall along the path; every prefix checked is recorded), then the
+   prefixes just short of it, and the points of the search's front (search-part metric vs
+   FLOPs: FLOPs only prune the list) cheaper than it, up to ``measure`` of each.
 4. int8 (dynamic, per output channel) is applied to the fastest passing points; the layers
    whose int8 costs most on the search part stay fp32 until the search part is within
    ``max_drop`` of the input, and the held-out part then checks both steps together (a
