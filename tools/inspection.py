@@ -23,6 +23,8 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
     """
     dims = {"batch": 1, "seq": seq}
     structure = analyze(module)
+    raising = raising_report(module)
+    missed = any("not raised to attention" in m for m in raising["misses"])
     layers, facts = [], []
     for layer in structure.layers:
         att, ffn = layer.attention, layer.ffn
@@ -30,6 +32,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
             "layer": layer.index,
             "id": layer.id,
             "heads": att.num_heads if att else 0,
+            "attention_raised": att is not None or not missed,
             "head_dim": att.head_dim if att else None,
             "head_ids": att.head_ids if att else [],
             "ffn": ffn.width if ffn else 0,
@@ -63,7 +66,7 @@ def summarize(module: Module, seq: int = 128) -> dict[str, Any]:
         "specialization": module.meta.get("specialization"),
         "layers": layers,
         "layer_facts": facts,
-        "raising": raising_report(module),
+        "raising": raising,
     }
 
 
@@ -164,7 +167,7 @@ def format_summary(info: dict[str, Any]) -> str:
     for layer in info["layers"]:
         rows.append((
             str(layer["layer"]) + ("" if layer["id"] == layer["layer"] else f" (id {layer['id']})"),
-            str(layer["heads"]),
+            str(layer["heads"]) if layer.get("attention_raised", True) else "?",
             "-" if layer["head_dim"] is None else str(layer["head_dim"]),
             str(layer["ffn"]),
             _fmt_int(layer["params"]),
@@ -175,7 +178,8 @@ def format_summary(info: dict[str, Any]) -> str:
     if info["layers"]:
         rows.append((
             "total",
-            str(sum(x["heads"] for x in info["layers"])),
+            str(sum(x["heads"] for x in info["layers"]))
+            + ("+?" if not all(x.get("attention_raised", True) for x in info["layers"]) else ""),
             "",
             str(sum(x["ffn"] for x in info["layers"])),
             _fmt_int(sum(x["params"] for x in info["layers"])),
@@ -184,10 +188,13 @@ def format_summary(info: dict[str, Any]) -> str:
         ))
     else:
         rows.append(("(no transformer layers found)", "", "", "", "", "", "", ""))
+    unknown = not all(x.get("attention_raised", True) for x in info["layers"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = [r[0].ljust(widths[0])] + [c.rjust(widths[i + 1]) for i, c in enumerate(r[1:])]
         lines.append("  ".join(cells).rstrip())
+    if unknown:
+        lines.append("heads ?: attention that was not raised (listed above), not pruned heads")
     return "\n".join(lines) + "\n"
 
 

@@ -239,3 +239,19 @@ def test_a_sample_with_every_key_masked_matches_the_model(fill: float) -> None:
     assert torch.equal(got.isnan(), want.isnan())
     assert want.isnan().any() == (fill == float("-inf"))
     assert (got - want).nan_to_num().abs().max().item() <= 1e-5
+
+
+def test_inspect_shows_unraised_attention_as_unknown_not_pruned() -> None:
+    """A layer whose attention stayed ATen shows heads '?' in `optc inspect`, not 0 (which
+    reads as 'every head pruned'), and says so under the table."""
+    from optc.tools.inspection import format_summary, summarize
+
+    info = summarize(optc.capture(Stack(lambda: EinsumBlock(-1e9)).eval(), _inputs()), seq=8)
+    assert info["layers"] and not any(x["attention_raised"] for x in info["layers"])
+    text = format_summary(info)
+    assert "heads ?: attention that was not raised" in text
+    table = text[text.index("\nlayer "):].splitlines()
+    assert all(row.split()[1] == "?" for row in table[2:4]), table
+    raised = summarize(_capture(Stack(CASES["einsum-inf"]).eval()), seq=8)
+    assert all(x["attention_raised"] and x["heads"] > 0 for x in raised["layers"])
+    assert "heads ?" not in format_summary(raised)
