@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import types
 from collections.abc import Sequence
@@ -73,6 +74,9 @@ _WORKER: GatedRunner | None = None
 
 def _init_worker(payload: dict[str, Any]) -> None:
     global _WORKER
+    # Ctrl-C reaches the whole process group: the parent decides (a first one ends the search
+    # with the best point so far, a second aborts and terminates the pool), not each worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER = GatedRunner(**payload)
 
