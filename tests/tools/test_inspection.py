@@ -104,7 +104,7 @@ def test_json_has_summary_layers_and_ir(capsys, artifact: Path) -> None:
     assert info["parameters"] == optc.load_module(artifact).num_parameters()
     assert len(info["layers"]) == LAYERS
     for i, layer in enumerate(info["layers"]):
-        assert set(layer) == {"layer", "id", "heads", "head_dim", "head_ids", "ffn", "params", "flops",
+        assert set(layer) == {"layer", "id", "heads", "attention_raised", "head_dim", "head_ids", "ffn", "params", "flops",
                               "density", "precision"}
         assert (layer["density"], layer["precision"]) == (1.0, "f32")
         assert (layer["layer"], layer["heads"], layer["head_dim"], layer["ffn"]) == (i, HEADS, 16, FFN)
