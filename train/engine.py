@@ -18,7 +18,7 @@ recipe (:class:`RunOptions`):
   stops at the end of the step in progress, writes a checkpoint and raises
   :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); a second signal interrupts at once.
   A ``KeyboardInterrupt`` raised between steps (from the progress callback or during an
-  evaluation) also writes one. ``resume=DIR`` continues such a run to the result an
+  evaluation) also writes one in a one-process run. ``resume=DIR`` continues such a run to the result an
   uninterrupted run reaches (bit for bit on the CPU).
 """
 
@@ -449,7 +449,9 @@ def run_training(module: Module, task: Task, items: list[Encoded], evals: list[A
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt:
-            if not boundary or options.checkpoint_dir is None:
+            # mid-step the state is not whole; with several processes the others would not
+            # join the checkpoint's collectives (signals reach them as stop requests instead)
+            if not boundary or options.checkpoint_dir is None or world.distributed:
                 raise
             raise TrainingInterrupted(step, checkpoint()) from None
     if world.main and best_state is not None:
