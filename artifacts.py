@@ -230,6 +230,23 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _unknown_ops(module: Module) -> list[str]:
+    """Op names in ``module`` that neither a registered op nor a torch op resolves, in order."""
+    from optc.errors import IRError
+    from optc.ir.ops import get_op
+    from optc.ir.targets import resolve
+
+    unknown: list[str] = []
+    for node in module.graph:
+        if node.op in unknown or get_op(node.op) is not None:
+            continue
+        try:
+            resolve(node.op)
+        except IRError:
+            unknown.append(node.op)
+    return unknown
+
+
 def load_module(path: str | os.PathLike) -> Module:
     """Read an artifact back into an IR module (verified)."""
     from safetensors import SafetensorError
@@ -257,6 +274,15 @@ def load_module(path: str | os.PathLike) -> Module:
             f"'{p / WEIGHTS_FILE}' lacks {len(missing)} parameters (first: @{missing[0]}); "
             "the artifact is incomplete"
         )
+    unknown = _unknown_ops(module)
+    if unknown:
+        from optc.ir.ops import all_ops
+        from optc.ir.targets import unknown_op_message
+
+        raise ArtifactError(
+            f"artifact '{p}' uses {unknown_op_message(unknown[0], list(all_ops()))}: it was "
+            "written by a newer optc or with a plugin op that is not installed here; install "
+            "that optc or plugin (or rebuild the artifact with this one)")
     try:
         verify(module, f"in artifact '{p}'")
     except VerificationError as exc:

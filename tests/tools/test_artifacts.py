@@ -384,3 +384,17 @@ def test_a_corrupted_model_optc_with_a_huge_line_is_one_short_error(artifact, tm
     assert code == 3
     assert len(err.splitlines()) == 1 and err.startswith("optc: error: IR parse error")
     assert len(err) < 500, err[:600]
+
+
+def test_an_unknown_op_is_named_as_missing_not_damage(saved: Path, tmp_path: Path) -> None:
+    """An artifact using an op this optc does not register (a newer optc's, or a plugin's that
+    is not installed) says so, instead of calling the artifact damaged."""
+    copy = tmp_path / "newer"
+    shutil.copytree(saved, copy)
+    ir = copy / "model.optc"
+    text = ir.read_text()
+    assert "= layer_norm(" in text
+    ir.write_text(text.replace("= layer_norm(", "= fancy_norm(", 1))
+    with pytest.raises(ArtifactError, match=r"uses unknown op 'fancy_norm'; did you mean "
+                       r"'layer_norm'.*newer optc or with a plugin op that is not installed"):
+        optc.load_module(copy)
