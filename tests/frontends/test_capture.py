@@ -266,3 +266,47 @@ def test_capture_failure_names_a_source_line_inside_the_checkout():
     with pytest.raises(FrontendError) as info:
         optc.capture(BranchInTestFile(), (torch.ones(3, 4),))
     assert f"{__file__}:" in str(info.value) and "if x.sum() > 0:" in str(info.value)
+
+
+def test_guards_are_read_without_eval_and_give_the_allowed_run():
+    from optc.frontends.capture import _allowed_run, _guard_holds
+
+    assert _guard_holds("((-1) + s) != 1", 3) and not _guard_holds("((-1) + s) != 1", 2)
+    mpt = "(64 + ((-1)*max(0, 64 + ((-1)*s)))) != 64"
+    assert _guard_holds(mpt, 63) and not _guard_holds(mpt, 64)
+    assert _allowed_run(["((-1) + s) != 1"], 0, 64, 8) == (3, 64)
+    assert _allowed_run(["s != 64", mpt], 0, 64, 8) == (0, 63)
+    assert _allowed_run(["s > 100"], 0, 64, 8) is None  # nothing holds
+    assert _allowed_run(["s != 1"], 0, None, 8) is None  # unbounded: not searched
+    for bad in ("__import__('os').system('x') == 0", "s.bit_length() > 1", "lambda: 1"):
+        with pytest.raises(ValueError):
+            _guard_holds(bad, 3)
+    assert _allowed_run(["__import__('os') != 1"], 0, 64, 8) is None
+
+
+def test_a_model_that_branches_on_one_length_is_captured_for_the_rest(caplog):
+    """MobileBERT's export fails on the whole sequence range (it branches on seq == 2): the
+    capture narrows the range to the run the guards allow, says so, records it (inputs
+    outside are refused) and matches the model inside it."""
+    import transformers as tf
+
+    from optc.backends.model_inputs import seq_range
+    from optc.errors import ModelInputError
+
+    torch.manual_seed(0)
+    model = tf.MobileBertModel(tf.MobileBertConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, embedding_size=16, intra_bottleneck_size=16,
+        num_feedforward_networks=1, max_position_embeddings=64)).eval()
+    with caplog.at_level("WARNING", logger="optc"):
+        module = optc.capture(model)
+    assert "captured for seq 3..64 only" in caplog.text
+    assert seq_range(module) == (3, 64)
+    run = optc.to_eager(module)
+    ids = torch.randint(5, 120, (2, 6))
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+    got = run(input_ids=ids)["last_hidden_state"]
+    assert (got - want).abs().max().item() < 1e-4
+    with pytest.raises(ModelInputError):
+        run(input_ids=ids[:, :2])
