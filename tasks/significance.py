@@ -18,7 +18,7 @@ from scipy import stats
 
 from optc.data import Example
 from optc.errors import InputError
-from optc.tasks.metrics import METRICS
+from optc.tasks.metrics import BATCHED_METRICS, METRICS
 from optc.tasks.task import Task
 
 __all__ = ["MetricDelta", "paired_bootstrap", "references_of"]
@@ -95,8 +95,20 @@ def paired_bootstrap(task: Task, before: Sequence[Any], after: Sequence[Any],
 
     everything = np.arange(n)
     base, new = score(before, everything), score(after, everything)
-    result = stats.bootstrap((everything,), delta, n_resamples=resamples,
+    rows = BATCHED_METRICS.get(name) if metric is not None else None
+    statistic, vectorized = delta, False
+    if rows is not None:  # every resample at once (the same draws: only the statistic changes)
+        b, a, r = np.asarray(before), np.asarray(after), np.asarray(references)
+
+        def batched(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+            idx = np.asarray(idx, dtype=np.int64)
+            flat = idx.reshape(-1, n)
+            value = rows(a[flat], r[flat]) - rows(b[flat], r[flat])
+            return value.reshape(idx.shape[:-1])
+
+        statistic, vectorized = batched, True
+    result = stats.bootstrap((everything,), statistic, n_resamples=resamples,
                              confidence_level=confidence, method="percentile",
-                             vectorized=False, random_state=np.random.default_rng(seed))
+                             vectorized=vectorized, random_state=np.random.default_rng(seed))
     low, high = (float(x) for x in result.confidence_interval)
     return MetricDelta(name, base, new, low, high, confidence, resamples, n)

@@ -87,3 +87,33 @@ def test_squad_metrics_averages_and_v2_breakdown():
     assert not math.isnan(v2["f1"])
     with pytest.raises(InputError, match="one prediction per question"):
         squad_metrics(["a"], [])
+
+
+@pytest.mark.parametrize("name", ["accuracy", "f1", "matthews_correlation", "pearson",
+                                  "spearman"])
+def test_batched_metrics_equal_the_metric_row_by_row(name):
+    """The bootstrap's batched metrics equal scikit-learn/scipy's on every row, edge rows
+    included (constant predictions or references, no positive, 3 classes, tied scores)."""
+    import numpy as np
+
+    from optc.tasks.metrics import BATCHED_METRICS, METRICS
+
+    rng = np.random.default_rng(0)
+    n = 23
+    if name in ("pearson", "spearman"):
+        refs = np.round(rng.random((40, n)) * 5, 1)  # ties for spearman
+        preds = refs + rng.normal(0, 1, (40, n))
+        preds[0] = 1.0
+        refs[1] = 2.0
+        preds[2] = np.round(preds[2])
+    else:
+        classes = 3 if name == "matthews_correlation" else 2
+        refs = rng.integers(0, classes, (40, n))
+        preds = np.where(rng.random((40, n)) < 0.7, refs, rng.integers(0, classes, (40, n)))
+        preds[0] = 0
+        refs[1] = 0
+        preds[2], refs[2] = 0, 0
+        refs[3] = 1
+    got = BATCHED_METRICS[name](preds, refs)
+    want = [METRICS[name](list(p), list(r)) for p, r in zip(preds, refs, strict=True)]
+    assert np.allclose(got, want, atol=1e-9), (got[:4], want[:4])
