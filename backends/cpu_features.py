@@ -13,8 +13,14 @@ Why it matters: ONNX Runtime's int8 GEMMs (``MatMulInteger``, ``DynamicQuantizeM
 ``QAttention``) multiply uint8 activations by int8 weights. With VNNI (``vpdpbusd``) the
 products are summed in int32 exactly; without it (AVX2 ``vpmaddubsw``) pairs of products are
 summed in saturating int16, so 8-bit weights can overflow: optc's ``quantize`` stores 7-bit
-weights by default (exact everywhere) and ``bits=8`` is for VNNI/AMX CPUs. bf16 matmuls are
-fast only with AVX512_BF16 or AMX.
+weights by default (exact everywhere) and ``bits=8`` is for VNNI/AMX CPUs. Both optc's int8
+ONNX and the fused route's multiply u8 activations by s8 weights
+(:func:`optc.tools.fused_route.int8_operand_types`), the operands ORT's VNNI kernels take; ORT
+picks those kernels at run time, so the same file uses VNNI where the CPU has it.
+
+bf16 matmuls are fast only with AVX512_BF16 or AMX: on an AVX2 machine without them (loaded),
+a MiniLM FFN-shaped linear (128 x 384 by 384 x 1536, torch, one thread) took 44.7 ms in bf16
+against 7.2 ms in fp32, so no bf16 precision is offered from here (not measured on a BF16 CPU).
 """
 
 from __future__ import annotations
