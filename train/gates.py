@@ -328,6 +328,7 @@ class L0Gates(TrainHooks):
         self.total = total_steps
         if self._warmup_default:
             self.warmup_steps = total_steps // 2
+        self._feed(model, training=False)  # a resumed run may evaluate before its first step
 
     def before_step(self, model: TrainableModule, step: int) -> None:
         self.gate_optimizer.zero_grad(set_to_none=True)

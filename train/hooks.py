@@ -41,7 +41,9 @@ class TrainHooks:
     """Base class: every method does nothing. Subclass and override what you need."""
 
     def start(self, model: TrainableModule, total_steps: int) -> None:
-        """Called once before the first step with the number of steps planned."""
+        """Called once before the first step with the number of steps planned (on a resumed
+        run: after :meth:`load_state_dict`, and the model may be evaluated right after it, so
+        leave it as :meth:`after_step` would)."""
 
     def before_step(self, model: TrainableModule, step: int) -> None:
         """Called before the forward pass of step ``step`` (0-based)."""

@@ -24,7 +24,7 @@ def fresh(_captured):
 
 def _data(task_dir):
     task = get_task(TASK)
-    train = task.read("train", task_dir, val_size=0)[:40]
+    train = task.read("train", task_dir, val_size=0)[:24]
     evals = task.read("dev", task_dir)[:16]
     return {"train_examples": train, "eval_examples": evals}
 
@@ -75,37 +75,37 @@ def _stop_at(step: int):
 
 
 def _run(module, tokenizer, task_dir, **kw):
-    return finetune(module, TASK, tokenizer=tokenizer, max_steps=8, batch_size=8, lr=3e-3,
+    return finetune(module, TASK, tokenizer=tokenizer, max_steps=5, batch_size=8, lr=3e-3,
                     eval_split="val", seed=3, **_data(task_dir), **kw)
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(tmp_path, fresh, task_dir,
                                                                   tokenizer) -> None:
     whole = fresh()
-    expected = _run(whole, tokenizer, task_dir)  # 5 steps per epoch: evaluations at 5 and 8
+    expected = _run(whole, tokenizer, task_dir)  # 3 steps per epoch: evaluations at 3 and 5
     module = fresh()
     ckpt = tmp_path / "ckpt"
     with pytest.raises(TrainingInterrupted) as stopped:  # at an epoch's end, before its eval
         _run(module, tokenizer, task_dir, checkpoint_dir=ckpt, checkpoint_every=2,
-             progress=_stop_at(5))
-    assert stopped.value.step == 5 and stopped.value.checkpoint.name == "step-000005"
-    assert [p.name for p in ckpt.iterdir()] == ["step-000005"]  # only the newest is kept
+             progress=_stop_at(3))
+    assert stopped.value.step == 3 and stopped.value.checkpoint.name == "step-000003"
+    assert [p.name for p in ckpt.iterdir()] == ["step-000003"]  # only the newest is kept
     module = fresh()  # a fresh process would start from the model again
     resumed = _run(module, tokenizer, task_dir, checkpoint_dir=ckpt, resume=ckpt)
-    assert resumed.extra["resumed_from_step"] == 5
-    assert resumed.losses == expected.losses and resumed.steps == expected.steps == 8
+    assert resumed.extra["resumed_from_step"] == 3
+    assert resumed.losses == expected.losses and resumed.steps == expected.steps == 5
     assert [e.score for e in resumed.evals] == [e.score for e in expected.evals]
     assert resumed.best.step == expected.best.step
     got, want = _weights(module), _weights(whole)
     assert got.keys() == want.keys()
     assert all(torch.equal(got[n], want[n]) for n in want)  # bit for bit
     with pytest.raises(InputError, match="batch_size 8, this run has 4"):
-        finetune(fresh(), TASK, tokenizer=tokenizer, max_steps=8, batch_size=4,
+        finetune(fresh(), TASK, tokenizer=tokenizer, max_steps=5, batch_size=4,
                  lr=3e-3, eval_split="val", seed=3, resume=ckpt, **_data(task_dir))
 
 
 def _prune_hooks(module):
-    return GradualPrune(task=TASK, sparsity=0.5, frequency=1, end_step=4).make_hooks(module)
+    return GradualPrune(task=TASK, sparsity=0.5, frequency=1, end_step=3).make_hooks(module)
 
 
 def _l0_hooks(module):
@@ -116,7 +116,7 @@ def _l0_hooks(module):
 def test_hooks_with_state_resume_bit_for_bit(make, tmp_path, fresh, task_dir, tokenizer) -> None:
     def run(module, hooks, **kw):
         edit = hooks.edit if isinstance(hooks, L0Gates) else None
-        return finetune(module, TASK, tokenizer=tokenizer, max_steps=7, batch_size=8, lr=3e-3,
+        return finetune(module, TASK, tokenizer=tokenizer, max_steps=5, batch_size=8, lr=3e-3,
                         eval_split=None, seed=2, hooks=hooks, edit=edit, **_data(task_dir), **kw)
 
     whole = fresh()
