@@ -282,7 +282,9 @@ from a float input, to uint8 as ``DynamicQuantizeLinear`` does)."""
 def int8_operand_types(path: str | os.PathLike) -> dict[str, set[str]]:
     """For each integer op type in the ONNX file, the ``activation x weight`` integer types it
     multiplies (``u8 x s8``: the operands ORT's VNNI kernels take where the CPU has VNNI; the
-    activation's type is followed through ``DynamicQuantizeLinear``/``QuantizeLinear``)."""
+    activation's type is followed through ``DynamicQuantizeLinear``/``QuantizeLinear``; a
+    ``MatMul`` of two ``DequantizeLinear`` outputs, the QDQ form that ORT fuses into
+    ``MatMulIntegerToFloat`` when it loads the file, is ``MatMul (QDQ)``)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -294,7 +296,12 @@ def int8_operand_types(path: str | os.PathLike) -> dict[str, set[str]]:
             types.setdefault(node.output[0], types.get(node.input[2], onnx.TensorProto.UINT8))
     short = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "s8"}
     found: dict[str, set[str]] = {}
+    dequantized = {n.output[0]: types.get(n.input[0], 0) for n in graph.node
+                   if n.op_type == "DequantizeLinear"}
     for node in graph.node:
+        if node.op_type == "MatMul" and all(i in dequantized for i in node.input[:2]):
+            a, w = (short.get(dequantized[i], "?") for i in node.input[:2])
+            found.setdefault("MatMul (QDQ)", set()).add(f"{a} x {w}")  # ORT fuses it at load
         if node.op_type not in _INT8_OPS:
             continue
         act, weight = _INT8_OPS[node.op_type]

@@ -84,3 +84,24 @@ def test_cpu_features_from_flags_and_without_proc(tmp_path: Path) -> None:
     assert "BF16?" in describe(missing)
     here = cpu_features()
     assert here.machine and describe(here)
+
+
+def test_int8_operand_types_follow_qdq(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    inits = [nh.from_array(np.ones((4, 3), np.int8), "w"), nh.from_array(np.float32(0.1), "s"),
+             nh.from_array(np.uint8(128), "zp"), nh.from_array(np.ones(3, np.float32), "ws")]
+    graph = h.make_graph(
+        [h.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+         h.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+         h.make_node("DequantizeLinear", ["w", "ws"], ["wd"], axis=1),
+         h.make_node("MatMul", ["xd", "wd"], ["y"])], "qdq",
+        [h.make_tensor_value_info("x", T.FLOAT, [2, 4])],
+        [h.make_tensor_value_info("y", T.FLOAT, [2, 3])], inits)
+    path = tmp_path / "qdq.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 19)]), str(path))
+    assert int8_operand_types(path) == {"MatMul (QDQ)": {"u8 x s8"}}
