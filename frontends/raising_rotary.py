@@ -1,6 +1,11 @@
 """Raising rule for rotary position embeddings: ``x*cos + rotate_half(x)*sin`` on a head split
 (rotate-half by a negated, concatenated half or by ``chunk``/``split`` halves; partial rotary on
-the first features of each head, the rest concatenated back) -> the ``rotary`` op."""
+the first features of each head, the rest concatenated back) -> the ``rotary`` op; and the
+interleaved form on the same [batch, heads, seq, head_dim] split, ``x*cos +
+rotate_every_two(x)*sin`` with ``rotate_every_two(x) = stack([-x[..., 1::2], x[..., ::2]],
+-1)`` reshaped back to ``x``'s shape (RoFormer) -> ``rotary(interleaved=True)``. The tables are
+[batch|1, seq, rot] tables unsqueezed over the heads, or any [batch|1, 1, seq, rot] tensor
+(squeezed): the op multiplies them elementwise, whatever they hold."""
 
 from __future__ import annotations
 
@@ -65,13 +70,48 @@ def _chunked_halves(hi: Any, lo: Any, rank: int) -> tuple[Value, int] | None:
     return x, width // 2
 
 
-def _table(value: Any) -> Value | None:
-    """The [batch|1, seq, dim] cos/sin table that ``value`` ([., 1, seq, dim]) unsqueezes."""
-    node = producer(value, ("aten.unsqueeze.default",))
-    if node is None or node.arg(1) != 1 or not is_tensor(node.args[0]):
+_WHOLE = 2 ** 62
+
+
+def _every_other(value: Any, start: int) -> Value | None:
+    """``x`` when ``value`` is ``x[..., start::2]`` (rank 4)."""
+    node = producer(value, ("aten.slice.Tensor",))
+    if node is None or node.arg(1, 0) not in (-1, 3) or (node.arg(2, 0) or 0) != start or \
+            node.arg(4, 1) != 2 or not is_tensor(node.args[0]):
         return None
-    table = node.args[0]
-    return table if table.tensor_type.rank == 3 else None
+    end = node.arg(3)
+    return node.args[0] if end is None or (isinstance(end, int) and end >= _WHOLE) else None
+
+
+def _rotate_every_two_of(value: Any) -> Value | None:
+    """``x`` when ``value`` is ``stack([-x[..., 1::2], x[..., ::2]], -1)`` reshaped back to
+    ``x``'s shape (``reshape_as``, ``view``, ``reshape`` or ``flatten(-2)``)."""
+    node = producer(value, ("aten.reshape_as.default", "aten.view.default",
+                            "aten.reshape.default", "aten.flatten.using_ints"))
+    stack = producer(node.args[0], ("aten.stack.default",)) if node is not None else None
+    if stack is None or stack.arg(1, 0) not in (-1, 4) or len(stack.arg(0, ())) != 2:
+        return None
+    neg = producer(stack.arg(0)[0], ("aten.neg.default",))
+    x = _every_other(neg.args[0], 1) if neg is not None else None
+    if x is None or _every_other(stack.arg(0)[1], 0) is not x:
+        return None
+    return x if tuple(value.tensor_type.shape) == tuple(x.tensor_type.shape) else None
+
+
+def _table(value: Any, x4: Value) -> tuple[Value, bool] | None:
+    """``(table, squeeze)``: the [batch|1, seq, dim] cos/sin table that ``value`` ([., 1, seq,
+    dim]) unsqueezes (squeeze False), or ``value`` itself when it is a [batch|1, 1, seq, dim]
+    tensor that broadcasts over the heads of ``x4`` (squeeze True: dim 1 is dropped)."""
+    node = producer(value, ("aten.unsqueeze.default",))
+    if node is not None and node.arg(1) == 1 and is_tensor(node.args[0]) and \
+            node.args[0].tensor_type.rank == 3:
+        return node.args[0], False
+    if not is_tensor(value) or value.tensor_type.rank != 4:
+        return None
+    shape, xs = value.tensor_type.shape, x4.tensor_type.shape
+    if shape[1] != 1 or shape[0] not in (1, xs[0]) or shape[2] != xs[2]:
+        return None
+    return value, True
 
 
 def _partial_rotary(add: Node, x4: Value) -> tuple[Value, Value] | None:
@@ -96,7 +136,8 @@ def _partial_rotary(add: Node, x4: Value) -> tuple[Value, Value] | None:
 
 
 def raise_rotary(module: Module, node: Node, ctx: RuleContext) -> str | None:
-    """Root: ``x*cos + rotate_half(x)*sin`` on a [batch, heads, seq, head_dim] head split."""
+    """Root: ``x*cos + rotate_half(x)*sin`` (or ``rotate_every_two(x)``) on a [batch, heads,
+    seq, head_dim] head split."""
     if node.op != "aten.add.Tensor" or number(node.attr("alpha", 1)) != 1.0:
         return SKIP
     for a, b in operand_pairs(node):
@@ -105,11 +146,17 @@ def raise_rotary(module: Module, node: Node, ctx: RuleContext) -> str | None:
         for x4, cos4 in operand_pairs(producer(a, ("aten.mul.Tensor",))):
             for turned, sin4 in operand_pairs(producer(b, ("aten.mul.Tensor",))):
                 found = _rotate_half_of(turned, 4)
+                interleaved = found is None
+                if interleaved:
+                    every_two = _rotate_every_two_of(turned)
+                    found = (every_two, None) if every_two is not None else None
                 if found is None or found[0] is not x4 or not is_tensor(x4):
                     continue
-                cos, sin = _table(cos4), _table(sin4)
-                if cos is None or sin is None:
-                    return "the cos/sin tables are not [batch|1, seq, head_dim] unsqueezed over heads"
+                tables = _table(cos4, x4), _table(sin4, x4)
+                if tables[0] is None or tables[1] is None:
+                    return ("the cos/sin tables are not [batch|1, seq, head_dim] tables "
+                            "broadcast over the heads")
+                cos, sin = tables[0][0], tables[1][0]
                 replaced, whole = node.outputs[0], _partial_rotary(node, x4)
                 if whole is not None:  # rotary on the first features of each head only
                     x4, replaced = whole
@@ -123,8 +170,22 @@ def raise_rotary(module: Module, node: Node, ctx: RuleContext) -> str | None:
                 if isinstance(src, str):
                     return src
                 xt = src.tensor_type
-                rot = module.graph.create_node("rotary", (src, cos, sin), {"head_dim": dim}, [xt],
-                                               names="rotary", after=replaced.producer)
+                anchor = replaced.producer
+                squeezed = []
+                for table, squeeze in tables:
+                    if squeeze:
+                        t = table.tensor_type
+                        anchor = module.graph.create_node(
+                            "aten.squeeze.dim", (table, 1), {},
+                            [TensorType(t.dtype, (t.shape[0],) + tuple(t.shape[2:]))],
+                            names="rotary_table", after=anchor)
+                        anchor.loc = node.loc
+                        table = anchor.outputs[0]
+                    squeezed.append(table)
+                cos, sin = squeezed
+                attrs = {"head_dim": dim, **({"interleaved": True} if interleaved else {})}
+                rot = module.graph.create_node("rotary", (src, cos, sin), attrs, [xt],
+                                               names="rotary", after=anchor)
                 unflat = module.graph.create_node(
                     "aten.unflatten.int", (rot.outputs[0], -1, [heads, dim]), {},
                     [TensorType(xt.dtype, xt.shape[:-1] + (heads, dim))], names="rotary_heads",

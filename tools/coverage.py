@@ -71,6 +71,7 @@ def _configs() -> dict[str, Callable[[], Any]]:
                                        rotary_dim=4, n_positions=64, bos_token_id=1, eos_token_id=2,
                                        use_cache=False),
         "MPNet": lambda: tf.MPNetConfig(**{**_ENC, "max_position_embeddings": 66}),
+        "RoFormer": lambda: tf.RoFormerConfig(**_ENC, embedding_size=32),
         "BART": lambda: tf.BartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2,
                                       encoder_attention_heads=4, decoder_attention_heads=4,
                                       encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -80,7 +81,7 @@ def _configs() -> dict[str, Callable[[], Any]]:
 
 FAMILIES = ("BERT", "RoBERTa", "DistilBERT", "ELECTRA", "GPT-2", "Llama", "Mistral", "Phi-3",
             "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3",
-            "Phi", "GPT-NeoX", "Falcon", "Falcon-40B", "GPT-J", "MPNet")
+            "Phi", "GPT-NeoX", "Falcon", "Falcon-40B", "GPT-J", "MPNet", "RoFormer")
 """Rows of the table, in order."""
 
 COLUMNS = ("capture", "raised", "prune-heads", "prune-neurons", "drop-layers", "eager",
