@@ -46,8 +46,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def lower_for_onnx(module: Module) -> tuple[Module, dict[Any, Any]]:
     """A copy of ``module`` in which every op with an ONNX lowering was rewritten into
-    exportable ops, and the torch.onnx translation table those need."""
+    exportable ops, internal bfloat16 values are emulated (:func:`_emulate_bfloat16`), and the
+    torch.onnx translation table those need."""
     lowered = module.clone()
+    _emulate_bfloat16(lowered)
     cache: dict[str, Any] = {}
     translations: dict[Any, Any] = {}
     for node in lowered.graph:
@@ -62,9 +64,54 @@ def lower_for_onnx(module: Module) -> tuple[Module, dict[Any, Any]]:
     return lowered, translations
 
 
+_BF16 = torch.bfloat16
+
+
+def _emulate_bfloat16(module: Module) -> None:
+    """Compute the module's internal bfloat16 values in float32 rounded to bfloat16 after each
+    op (``Cast`` to bfloat16 and back, which ONNX Runtime's CPU provider runs although it has no
+    bfloat16 arithmetic): a model that builds a few values in bfloat16 (Falcon's ALiBi slopes)
+    exports with the same numbers. Elementwise ATen ops on bfloat16 compute in float32 and round
+    the result, so this is exact for them. Only values inside the graph: bfloat16 parameters,
+    inputs and outputs are refused by :func:`_check_dtypes` (the model is bfloat16, not a few
+    of its values)."""
+    from optc.ir.types import TensorType
+
+    for node in module.graph:
+        if get_op(node.op) is not None or not any(
+                isinstance(o.type, TensorType) and o.type.dtype == _BF16 for o in node.outputs):
+            continue
+        if node.kwargs.get("dtype") == _BF16:  # a cast or a factory: make float32, round below
+            node.kwargs = {**node.kwargs, "dtype": torch.float32}
+        anchor = node
+        for out in node.outputs:
+            t = out.type
+            if not (isinstance(t, TensorType) and t.dtype == _BF16):
+                continue
+            out.type = TensorType(torch.float32, t.shape)
+            users = out.users()
+            down = module.graph.create_node("aten._to_copy.default", (out,), {"dtype": _BF16},
+                                            [TensorType(_BF16, t.shape)],
+                                            names=f"{out.name}_bf16", after=anchor)
+            up = module.graph.create_node("aten._to_copy.default", (down.outputs[0],),
+                                          {"dtype": torch.float32},
+                                          [TensorType(torch.float32, t.shape)],
+                                          names=f"{out.name}_rounded", after=down)
+            anchor = up
+            for user in users:
+                user.replace_input(out, up.outputs[0])
+            if module.graph.is_output(out):
+                for name, value in module.graph.outputs.items():
+                    if value is out:
+                        module.graph.set_output(name, up.outputs[0])
+    # a cast of an emulated value back to float32 is now float32 -> float32 (a no-op ONNX keeps)
+
+
 def _check_dtypes(module: Module) -> None:
-    """Refuse dtypes ONNX Runtime's CPU provider has no kernels for (the file would not load)."""
-    for value in [*module.params.values(), *(o for n in module.graph for o in n.outputs)]:
+    """Refuse dtypes ONNX Runtime's CPU provider has no kernels for (the file would not load):
+    bfloat16 parameters, graph inputs and outputs (internal bfloat16 values are emulated)."""
+    boundary = [*module.params.values(), *module.graph.inputs, *module.graph.outputs.values()]
+    for value in boundary:
         t = value.type
         if getattr(t, "dtype", None) == torch.bfloat16:
             raise BackendError(

@@ -72,6 +72,10 @@ def _configs() -> dict[str, Callable[[], Any]]:
                                        use_cache=False),
         "MPNet": lambda: tf.MPNetConfig(**{**_ENC, "max_position_embeddings": 66}),
         "RoFormer": lambda: tf.RoFormerConfig(**_ENC, embedding_size=32),
+        "Falcon (ALiBi)": lambda: tf.FalconConfig(vocab_size=120, hidden_size=32,
+                                                  num_hidden_layers=2, num_attention_heads=4,
+                                                  ffn_hidden_size=64, alibi=True,
+                                                  max_position_embeddings=64, use_cache=False),
         "BART": lambda: tf.BartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2,
                                       encoder_attention_heads=4, decoder_attention_heads=4,
                                       encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -81,7 +85,8 @@ def _configs() -> dict[str, Callable[[], Any]]:
 
 FAMILIES = ("BERT", "RoBERTa", "DistilBERT", "ELECTRA", "GPT-2", "Llama", "Mistral", "Phi-3",
             "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3",
-            "Phi", "GPT-NeoX", "Falcon", "Falcon-40B", "GPT-J", "MPNet", "RoFormer")
+            "Phi", "GPT-NeoX", "Falcon", "Falcon-40B", "GPT-J", "MPNet", "RoFormer",
+            "Falcon (ALiBi)")
 """Rows of the table, in order."""
 
 COLUMNS = ("capture", "raised", "prune-heads", "prune-neurons", "drop-layers", "eager",
