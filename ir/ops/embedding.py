@@ -22,7 +22,7 @@ def embedding(ids: torch.Tensor, table: torch.Tensor, scale: torch.Tensor | None
               padding_idx: int | None = None) -> torch.Tensor:
     if scale is not None:
         return int8_embedding(ids, table, scale)
-    return F.embedding(ids, table)
+    return F.embedding(ids, table, padding_idx=padding_idx)  # the row's gradient stays 0
 
 
 def _infer(node: Node) -> list[Type]:
@@ -46,7 +46,7 @@ def k_embedding(ids: Tensor, table: Tensor, scale: Optional[Tensor],
                 padding_idx: Optional[int]) -> Tensor:
     if scale is not None:
         return k_int8_embedding(ids, table, scale)
-    return torch.nn.functional.embedding(ids, table)
+    return torch.nn.functional.embedding(ids, table, padding_idx)
 '''
 
 EMBEDDING = register_op(OpDef(

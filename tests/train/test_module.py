@@ -179,3 +179,22 @@ def test_tiny_model_without_source_tokenizer_still_trains_forward() -> None:
     model = trainable(module)
     ids = torch.tensor([[2, 5, 6, 3]])
     assert model(input_ids=ids)["last_hidden_state"].shape == (1, 4, 32)
+
+
+def test_the_padding_row_gets_no_gradient_as_in_hugging_face(bert) -> None:
+    """``embedding``'s padding_idx is honoured: ids equal to it (padding) leave that row's
+    gradient 0, as nn.Embedding(padding_idx=...) does, so training matches Hugging Face."""
+    hf, module = bert
+    pad = hf.config.pad_token_id
+    nodes = [n for n in module.graph if n.op == "embedding" and n.attr("padding_idx") is not None]
+    assert nodes and nodes[0].attr("padding_idx") == pad
+    ids = torch.tensor([[5, 6, 7, pad, pad], [8, 9, pad, pad, pad]])
+    batch = {"input_ids": ids, "attention_mask": (ids != pad).long()}
+    model = trainable(module).eval()
+    model(**batch)["last_hidden_state"].pow(2).mean().backward()
+    name = nodes[0].args[1].name
+    grad = dict(model.named_ir_parameters())[name].grad
+    assert grad[pad].abs().sum() == 0 and grad[5].abs().sum() > 0
+    hf.zero_grad()
+    hf(**batch).last_hidden_state.pow(2).mean().backward()
+    torch.testing.assert_close(grad, dict(hf.named_parameters())[name].grad, rtol=1e-4, atol=1e-6)
