@@ -498,6 +498,9 @@ def _cmd_bench(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        from optc.backends.cpu_features import describe
+
+        print(f"cpu: {describe()}")  # kernels (VNNI, BF16) and so timings depend on it
         print(format_bench(rows), end="")
         for text in profiles:
             print()

@@ -53,6 +53,8 @@ def test_bench_table_has_one_row_per_target_with_ratios_to_the_first(targets, ca
                          targets["pt"], "--rounds", 2, "--block", 2, "--seq", 16, "--no-memory", "-q")
     assert code == 0, err
     lines = out.splitlines()
+    assert lines[0].startswith("cpu: ") and ("AVX2" in lines[0] or "?" in lines[0])
+    lines = lines[1:]
     assert lines[0].split()[:5] == ["target", "backend", "batch", "seq", "thr"]
     rows = [line.split() for line in lines[1:]]
     assert [r[1] for r in rows] == ["hf", "eager", "onnx", "torchscript"]
