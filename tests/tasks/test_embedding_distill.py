@@ -87,6 +87,21 @@ def test_distillation_on_unlabeled_text_raises_the_agreement_and_is_seeded(setup
     assert second.losses == report.losses
     for name, param in student.params.items():
         assert torch.equal(param.data, again.params[name].data), name
+    _scored_on_sentence_pairs(setup, student)
+
+
+def _scored_on_sentence_pairs(setup, student) -> None:
+    """optc eval scores the distilled artifact (its recorded task: embedding) on sentence
+    pairs too: both embedding tasks read the pooled token states."""
+    from optc.tools.train_cli import cmd_eval
+
+    _, _, texts = setup
+    rows = sentences(12, 4)
+    pairs = [f"{a}\t{b}\t{(i % 5) + 0.5}" for i, ((a, _), (b, _)) in enumerate(zip(rows, rows[1:]))]
+    sts = write(texts.parent / "sts" / "dev.tsv", "sentence1\tsentence2\tscore\n" + "\n".join(pairs))
+    optc.save(student, texts.parent / "distilled")
+    assert cmd_eval([str(texts.parent / "distilled"), "--task", "sentence-similarity", "--data",
+                     str(sts), "-q"]) == 0
 
 
 def test_the_label_free_task_is_distilled_not_fine_tuned(setup) -> None:
