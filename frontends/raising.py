@@ -17,6 +17,7 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
   parameter holds ``W^T``), from ``addmm``/``mm`` on a transposed weight and from
   ``matmul(x, w.t()) (+ bias)``;
 - ``gelu(approximate="tanh")`` from ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``;
+- ``gelu`` from ``x*0.5*(1+erf(x/sqrt(2)))`` written out (ESM), the 0.5 on either factor;
 - ``rms_norm`` from ``(offset + w) * (x * rsqrt(mean(x^2, -1) + eps))``;
 - ``rotary`` from ``x*cos + rotate_half(x)*sin`` on a head split (partial rotary: on the first
   features of each head, the rest concatenated back);
@@ -63,6 +64,7 @@ from optc.frontends.layout import MOVEMENT_OPS, concrete_env, same_shape
 from optc.frontends.raising_attention import raise_eager_attention, raise_sdpa, weights_values
 from optc.frontends.raising_common import (
     ADD,
+    DIV,
     MUL,
     SKIP,
     VIEWS,
@@ -187,6 +189,53 @@ def _cube_of(value: Value) -> Value | None:
         if sq is not None and sq.arg(0) is a and sq.arg(1) is a:
             return a
     return None
+
+
+def _erf_of_scaled(value: Any) -> Value | None:
+    """``x`` when ``value`` is ``1 + erf(x / sqrt(2))`` (or ``erf(x * 1/sqrt(2)) + 1``)."""
+    one_plus = scalar_operand(value, ADD)
+    if one_plus is None or one_plus[1] != 1.0:
+        return None
+    erf = producer(one_plus[0], ("aten.erf.default",))
+    if erf is None:
+        return None
+    divided = scalar_operand(erf.args[0], DIV)
+    if divided is not None and math.isclose(divided[1], math.sqrt(2.0), rel_tol=1e-6):
+        return divided[0]
+    scaled = scalar_operand(erf.args[0], MUL)
+    if scaled is not None and math.isclose(scaled[1], math.sqrt(0.5), rel_tol=1e-6):
+        return scaled[0]
+    return None
+
+
+def _raise_gelu_erf(module: Module, node: Node, ctx: RuleContext) -> str | None:
+    """Root: ``(0.5*x) * (1 + erf(x/sqrt(2)))`` or ``(x * (1 + erf(x/sqrt(2)))) * 0.5`` (either
+    operand order) -> ``gelu`` (exact form)."""
+    if len(node.args) < 2:
+        return SKIP
+    outer = scalar_operand(node.outputs[0], MUL)
+    if outer is not None and outer[1] == 0.5:  # (x * (1 + erf)) * 0.5
+        inner = producer(outer[0], MUL)
+        pairs = [] if inner is None else [(a, b, True) for a, b in
+                                         (inner.args[:2], inner.args[1::-1])]
+    else:
+        pairs = [(a, b, False) for a, b in (node.args[:2], node.args[1::-1])]
+    for a, b, half_outside in pairs:
+        if not (is_tensor(a) and is_tensor(b)):
+            continue
+        if half_outside:
+            x = a
+        else:
+            half = scalar_operand(a, MUL)
+            if half is None or half[1] != 0.5:
+                continue
+            x = half[0]
+        if _erf_of_scaled(b) is not x:
+            continue
+        replace_uses_with_op(module, node, node.outputs[0], "gelu", (x,), {"approximate": "none"},
+                             x.tensor_type)
+        return None
+    return SKIP
 
 
 def _raise_gelu_tanh(module: Module, node: Node, ctx: RuleContext) -> str | None:
@@ -355,7 +404,8 @@ _COMPOSITE_RULES: dict[str, _Rule | tuple[_Rule, ...]] = {
     "aten.addmm.default": ("linear", _raise_matmul_linear),
     "aten.mm.default": ("linear", _raise_matmul_linear),
     "aten.matmul.default": ("linear", _raise_matmul_linear),
-    "aten.mul.Tensor": (("gelu", _raise_gelu_tanh), ("rms_norm", _raise_rms_norm)),
+    "aten.mul.Tensor": (("gelu", _raise_gelu_tanh), ("gelu", _raise_gelu_erf),
+                        ("rms_norm", _raise_rms_norm)),
     "aten.add.Tensor": ("rotary", raise_rotary),
     "aten.unbind.int": ("linear", _unbind_projection),
 }

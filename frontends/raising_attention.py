@@ -62,6 +62,12 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
     src = split_heads_source(q4, heads, dim, ctx.env)
     if isinstance(src, str):
         return src
+    folded = scalar_operand(src, ("aten.mul.Tensor",))
+    if folded is not None and folded[0].producer is not None and \
+            folded[0].producer.op in ("linear", "rotary"):
+        # a query scaled after its projection or rotary (ESM): the factor joins the op's scale,
+        # so the analysis sees the projection (prune-heads slices it)
+        src, scale = folded[0], (dim ** -0.5 if scale is None else scale) * folded[1]
     sources: list[Value] = [src]
     kv_counts = set()
     for v in (k4, v4):

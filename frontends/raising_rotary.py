@@ -19,6 +19,7 @@ from optc.frontends.raising_common import (
     number,
     operand_pairs,
     producer,
+    scalar_operand,
 )
 from optc.ir.core import Module, Node, Value
 from optc.ir.types import TensorType
@@ -167,6 +168,11 @@ def raise_rotary(module: Module, node: Node, ctx: RuleContext) -> str | None:
                         (rot_dim != dim and whole is None):
                     return "the rotary tables do not cover the whole head"
                 src = split_heads_source(x4, heads, dim, ctx.env)
+                scaled = scalar_operand(x4, ("aten.mul.Tensor",)) if isinstance(src, str) else None
+                if scaled is not None:  # q * scale before the rotary (ESM): scaled after it
+                    inner = split_heads_source(scaled[0], heads, dim, ctx.env)
+                    if not isinstance(inner, str):
+                        src = inner
                 if isinstance(src, str):
                     return src
                 xt = src.tensor_type
@@ -186,8 +192,14 @@ def raise_rotary(module: Module, node: Node, ctx: RuleContext) -> str | None:
                 attrs = {"head_dim": dim, **({"interleaved": True} if interleaved else {})}
                 rot = module.graph.create_node("rotary", (src, cos, sin), attrs, [xt],
                                                names="rotary", after=anchor)
+                rotated = rot.outputs[0]
+                if scaled is not None:  # rotary is linear: scaling after it is the same
+                    mul = module.graph.create_node("aten.mul.Tensor", (rotated, scaled[1]), {},
+                                                   [xt], names="rotary_scaled", after=rot)
+                    mul.loc = node.loc
+                    rotated, rot = mul.outputs[0], mul
                 unflat = module.graph.create_node(
-                    "aten.unflatten.int", (rot.outputs[0], -1, [heads, dim]), {},
+                    "aten.unflatten.int", (rotated, -1, [heads, dim]), {},
                     [TensorType(xt.dtype, xt.shape[:-1] + (heads, dim))], names="rotary_heads",
                     after=rot)
                 split = module.graph.create_node(

@@ -72,6 +72,9 @@ def _configs() -> dict[str, Callable[[], Any]]:
                                        use_cache=False),
         "MPNet": lambda: tf.MPNetConfig(**{**_ENC, "max_position_embeddings": 66}),
         "RoFormer": lambda: tf.RoFormerConfig(**_ENC, embedding_size=32),
+        "ESM (rotary)": lambda: tf.EsmConfig(**{**_ENC, "vocab_size": 33},
+                                             position_embedding_type="rotary", pad_token_id=1,
+                                             mask_token_id=2),
         "Falcon (ALiBi)": lambda: tf.FalconConfig(vocab_size=120, hidden_size=32,
                                                   num_hidden_layers=2, num_attention_heads=4,
                                                   ffn_hidden_size=64, alibi=True,
@@ -86,7 +89,7 @@ def _configs() -> dict[str, Callable[[], Any]]:
 FAMILIES = ("BERT", "RoBERTa", "DistilBERT", "ELECTRA", "GPT-2", "Llama", "Mistral", "Phi-3",
             "Gemma", "Qwen2", "ModernBERT", "T5 (encoder)", "BART", "DeBERTa-v3",
             "Phi", "GPT-NeoX", "Falcon", "Falcon-40B", "GPT-J", "MPNet", "RoFormer",
-            "Falcon (ALiBi)")
+            "ESM (rotary)", "Falcon (ALiBi)")
 """Rows of the table, in order."""
 
 COLUMNS = ("capture", "raised", "prune-heads", "prune-neurons", "drop-layers", "eager",
