@@ -62,7 +62,8 @@ from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
 from optc.passes.importance import taylor_scores
-from optc.passes.manager import run_pipeline
+from optc.passes.context import PassContext
+from optc.passes.manager import PassManager
 from optc.passes.spec import parse_pipeline, task_pipeline
 from optc.search.acceptance import AcceptanceRule, Verdict, make_rule
 from optc.search.candidates import (
@@ -159,6 +160,11 @@ class SearchOptions:
     """Classification: also refuse a candidate that makes more than this share of the
     validation examples predicted as another class than the baseline (the unpruned or
     reference model) predicts them; None: not counted (published)."""
+    device: str = "cpu"
+    """Where the training passes of ``between`` run (cpu, cuda, cuda:N, auto; the search's own
+    evaluations run on the CPU)."""
+    precision: str = "fp32"
+    """Autocast precision of those training passes (fp32, bf16, fp16)."""
     holdout: float = 0.0
     """Share of the validation examples the search never sees (a seeded split, stratified
     like the validation split; 0: none, as published): the held-out part on which
@@ -445,7 +451,8 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
                 or number == options.rounds or not analyze(result.module).layers):
             break
         current = result.module.clone()  # the round's own result stays as it was
-        info["between"] = run_pipeline(current, between, reference=judge).to_json()
+        context = PassContext(device=options.device, precision=options.precision)
+        info["between"] = PassManager(between, reference=judge).run(current, context).to_json()
     first, last = results[0], results[-1]
     meta = dict(last.module.meta)
     meta["specialization"] = {**meta["specialization"], "rounds": len(results), "accepted": [

@@ -125,6 +125,12 @@ def specialize_parser() -> argparse.ArgumentParser:
                         "found so far (Ctrl-C does the same)")
     p.add_argument("--workers", type=_int_at_least(1), default=1,
                    help="evaluate candidates in N local processes (same result as serial)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="where the training passes between search rounds (a recipe's "
+                        "'between', e.g. distill) run: cpu, cuda, cuda:N or auto (default: "
+                        "cuda when there is one); the search's evaluations run on the CPU")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of those training passes (default fp32)")
     p.add_argument("--recipe", metavar="NAME|FILE", default=None,
                    help="how the search runs: default, published (the AxFormer paper's exact "
                         "procedure, no contract) or a recipe file (TOML; see the README)")
@@ -162,6 +168,15 @@ def specialize_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=_HIDE)
     p.add_argument("-q", "--quiet", action="store_true", help=_HIDE)
     return p
+
+
+def training_device(args: argparse.Namespace) -> dict[str, str]:
+    """The ``device``/``precision`` search options of ``--device``/``--precision`` (a CUDA
+    request without CUDA fails here, before any slow work)."""
+    from optc.train.device import check_precision, resolve_device
+
+    device = resolve_device(args.device)
+    return {"device": str(device), "precision": check_precision(args.precision, device)}
 
 
 def choose_recipe(args: argparse.Namespace) -> Any:
@@ -256,7 +271,7 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
         raise PipelineSpecError("--val-data replaces the validation split carved from "
                                 "train: drop --val-size/--seed")
-    options = dataclasses.replace(options, val_data=args.val_data)
+    options = dataclasses.replace(options, val_data=args.val_data, **training_device(args))
     task = get_task(args.task) if args.task else None
     if task is not None:
         task.check_trainable("optc specialize")

@@ -96,6 +96,7 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     from optc.search.contract import ContractOptions, Target, specialize_within
     from optc.tasks import evaluate, get_task, paired_bootstrap, references_of, resolve_task_path
     from optc.tools.progress import Progress
+    from optc.tools.specialize_cli import training_device
     from optc.train import task_from_meta, trained_max_length
 
     progress = Progress(enabled=not args.quiet)
@@ -114,7 +115,7 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
 
         raise PipelineSpecError("--val-data replaces the validation split carved from "
                                 "train: drop --val-size/--seed")
-    options = dataclasses.replace(options, val_data=args.val_data)
+    options = dataclasses.replace(options, val_data=args.val_data, **training_device(args))
     task = get_task(args.task) if args.task else None
     if task is not None:
         task.check_trainable("optc specialize")

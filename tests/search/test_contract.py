@@ -234,3 +234,14 @@ def test_backend_latencies_time_every_target(module):
         assert len(times) == len(modules) and all(t > 0 for t in times)
     with pytest.raises(PipelineSpecError, match="unknown backend 'tvm'"):
         backend_latencies([module], "tvm")
+
+
+def test_a_cuda_device_without_cuda_is_one_line_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["specialize", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
+                 "--device", "cuda"]) == 3
+    err = capsys.readouterr().err
+    assert "torch sees no CUDA device" in err and len(err.strip().splitlines()) == 1

@@ -717,3 +717,22 @@ def test_confirmation_runs_each_round_and_refuses_bad_shares(module, tokenizer, 
     with pytest.raises(InputError, match="30 examples: 15 to search and 15 to confirm with "
                                          "--confirm 0.5; each part needs at least 20"):
         specialize(module, TASK, tokenizer, task_dir, SearchOptions(confirm=0.5))
+
+
+def test_the_between_pipeline_trains_on_the_search_device(module, tokenizer, task_dir,
+                                                          monkeypatch):
+    """``device``/``precision`` (``optc specialize --device/--precision``) reach the training
+    passes between rounds through their PassContext."""
+    from optc.passes.manager import PassManager
+
+    seen = []
+    real = PassManager.run
+
+    def run(self, module, ctx=None):
+        seen.append(ctx)
+        return real(self, module, ctx)
+
+    monkeypatch.setattr(PassManager, "run", run)
+    _search(module, tokenizer, task_dir, rounds=2, between="dce", precision="bf16")
+    contexts = [c for c in seen if c is not None and c.precision == "bf16"]
+    assert contexts and all(c.device == "cpu" for c in contexts)
