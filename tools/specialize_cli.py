@@ -21,17 +21,14 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from optc.errors import InputError, PipelineSpecError
+from optc.errors import PipelineSpecError
 from optc.tools.common import Parser as _Parser
 from optc.tools.common import output_path
 from optc.tools.specialize_contract import (
-    load_searchable,
-    refuse_untrained,
+    prepare_search,
     run_contract,
     stop_on_sigint,
 )
@@ -250,15 +247,13 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
 
     from optc.artifacts import save
     from optc.backends.eager import to_eager
-    from optc.frontends.huggingface import load_tokenizer
-    from optc.outputs import check_output
     from optc.passes.manager import run_pipeline
     from optc.passes.spec import task_pipeline
-    from optc.search import SearchOptions, commit, holdout_options, specialize, validate
+    from optc.search import SearchOptions, commit, specialize, validate
     from optc.search.measure import backend_latencies, latencies
-    from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
+    from optc.tasks import evaluate, paired_bootstrap, references_of
     from optc.tools.progress import Progress
-    from optc.train import task_from_meta, task_spec, trained_max_length
+    from optc.train import task_spec
 
     progress = Progress(enabled=not args.quiet)
     if args.threads is not None:
@@ -268,49 +263,12 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
         seed=0 if args.seed is None else args.seed,
         val_limit=args.val_limit, batch_size=args.batch_size, max_length=args.max_length,
         time_budget=args.time_budget, workers=args.workers, ray=args.ray), None)
-    if args.val_data is not None and (args.val_size is not None or args.seed is not None):
-        raise PipelineSpecError("--val-data replaces the validation split carved from "
-                                "train: drop --val-size/--seed")
-    options = dataclasses.replace(options, val_data=args.val_data, **training_device(args))
-    task = get_task(args.task) if args.task else None
-    if task is not None:
-        task.check_trainable("optc specialize")
-    if args.then:
-        task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
-    if args.ray or os.environ.get("RAY_ADDRESS"):
-        from optc.search.executors import _import_ray
-
-        _import_ray()
-    out = Path(args.output)
-    inputs = [Path(p) for p in (args.model, args.data, args.val_data)
-              if p is not None and os.path.lexists(p)]
-    check_output(out, args.force, kind="artifact", inputs=inputs)
-    pareto_paths = [out.with_name(f"{out.name}-pareto-{i + 1}") for i in range(args.keep_pareto)]
-    for path in pareto_paths:
-        check_output(path, args.force, kind="artifact", inputs=inputs)
-    from optc.tasks import resolve_task_path
-
-    for path in (args.data, args.val_data):
-        if path is not None:
-            resolve_task_path(path)
-    module = load_searchable(args.model, progress)
-    refuse_untrained(args.model, module.meta)
-    task = task or task_from_meta(module.meta)
-    if task is None:
-        raise InputError(f"'{args.model}' records no task: pass --task NAME")
+    setup = prepare_search(args, options, progress)
+    module, task, tokenizer, options, names = (setup.module, setup.task, setup.tokenizer,
+                                               setup.options, setup.names)
+    out, pareto_paths, inputs = setup.out, setup.pareto_paths, setup.inputs
+    max_length = options.max_length
     then_task = args.task or task_spec(task) or task.name  # what --then's training passes get
-    ref = args.tokenizer or (module.meta.get("source") or {}).get("tokenizer")
-    if ref is None:
-        raise InputError("the model records no tokenizer: pass --tokenizer DIR")
-    tokenizer = load_tokenizer(ref)
-    if args.val_data is None:
-        options, warning = holdout_options(options, module.meta, args.val_size, args.seed)
-        if warning:
-            _log.warning(warning)
-    max_length = args.max_length or trained_max_length(module.meta)
-    options = dataclasses.replace(options, max_length=max_length)
-    names = tuple(v.name for v in module.graph.inputs
-                  if v.name in ("input_ids", "attention_mask", "token_type_ids"))
 
     def on_trial(entry: Any) -> None:
         if not args.quiet:

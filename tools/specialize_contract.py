@@ -82,50 +82,54 @@ def refuse_untrained(target: str, meta: dict[str, Any]) -> None:
                          "fine-tune it first (optc finetune)")
 
 
-def _fmt(value: float | None, form: str = "{:.2f}") -> str:
-    return "-" if value is None else form.format(value)
+@dataclasses.dataclass(frozen=True)
+class SearchSetup:
+    """What both recipes of ``optc specialize`` start from (:func:`prepare_search`)."""
+
+    module: Any
+    task: Any
+    tokenizer: Any
+    options: Any
+    """The search options with the data, device and max length filled in."""
+    names: tuple[str, ...]
+    """The model's inputs the tokenizer fills."""
+    out: Path
+    pareto_paths: list[Path]
+    inputs: list[Path]
+    """The paths the outputs must not overwrite."""
 
 
-def run_contract(args: argparse.Namespace, recipe: Any) -> int:
-    """``optc specialize`` under the contract (``args`` from :func:`specialize_parser`)."""
-    from optc.artifacts import save
-    from optc.backends.eager import to_eager
+def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> SearchSetup:
+    """Everything before the search, for every recipe: option and data checks, the outputs
+    (refused before any slow work), the model (loaded or captured), its task and tokenizer,
+    the validation split it was fine-tuned with, and its max length."""
+    import os
+
+    from optc.errors import PipelineSpecError
     from optc.frontends.huggingface import load_tokenizer
     from optc.outputs import check_output
-    from optc.search import SearchOptions, holdout_options
-    from optc.search.contract import ContractOptions, Target, specialize_within
-    from optc.tasks import evaluate, get_task, paired_bootstrap, references_of, resolve_task_path
-    from optc.tools.progress import Progress
+    from optc.passes.spec import task_pipeline
+    from optc.search import holdout_options
+    from optc.tasks import get_task, resolve_task_path
     from optc.tools.specialize_cli import training_device
     from optc.train import task_from_meta, trained_max_length
 
-    progress = Progress(enabled=not args.quiet)
-    max_drop = 1.0 if args.max_drop is None else args.max_drop
-    options = recipe.options(SearchOptions(  # bad options fail before any slow work (exit 2)
-        val_size=0.15 if args.val_size is None else args.val_size,
-        seed=0 if args.seed is None else args.seed, val_limit=args.val_limit,
-        batch_size=args.batch_size, max_length=args.max_length, workers=args.workers,
-        ray=args.ray), max_drop)
-    target = Target(args.backend or "eager", args.threads or 1, args.batch or 1)
-    contract = ContractOptions(max_drop=max_drop, target=target, int8=args.int8 or "auto",
-                               hard_attention=recipe.hard_attention, measure=recipe.measure,
-                               time_budget=args.time_budget)
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
-        from optc.errors import PipelineSpecError
-
         raise PipelineSpecError("--val-data replaces the validation split carved from "
                                 "train: drop --val-size/--seed")
     options = dataclasses.replace(options, val_data=args.val_data, **training_device(args))
     task = get_task(args.task) if args.task else None
     if task is not None:
         task.check_trainable("optc specialize")
-    if args.ray:
+    if args.then:
+        task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
+    if args.ray or os.environ.get("RAY_ADDRESS"):
         from optc.search.executors import _import_ray
 
         _import_ray()
     out = Path(args.output)
     inputs = [Path(p) for p in (args.model, args.data, args.val_data)
-              if p is not None and Path(p).exists()]
+              if p is not None and os.path.lexists(p)]
     check_output(out, args.force, kind="artifact", inputs=inputs)
     pareto_paths = [out.with_name(f"{out.name}-pareto-{i + 1}") for i in range(args.keep_pareto)]
     for path in pareto_paths:
@@ -150,6 +154,38 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     options = dataclasses.replace(options, max_length=max_length)
     names = tuple(v.name for v in module.graph.inputs
                   if v.name in ("input_ids", "attention_mask", "token_type_ids"))
+    return SearchSetup(module, task, tokenizer, options, names, out, pareto_paths, inputs)
+
+
+def _fmt(value: float | None, form: str = "{:.2f}") -> str:
+    return "-" if value is None else form.format(value)
+
+
+def run_contract(args: argparse.Namespace, recipe: Any) -> int:
+    """``optc specialize`` under the contract (``args`` from :func:`specialize_parser`)."""
+    from optc.artifacts import save
+    from optc.backends.eager import to_eager
+    from optc.search import SearchOptions
+    from optc.search.contract import ContractOptions, Target, specialize_within
+    from optc.tasks import evaluate, paired_bootstrap, references_of
+    from optc.tools.progress import Progress
+
+    progress = Progress(enabled=not args.quiet)
+    max_drop = 1.0 if args.max_drop is None else args.max_drop
+    options = recipe.options(SearchOptions(  # bad options fail before any slow work (exit 2)
+        val_size=0.15 if args.val_size is None else args.val_size,
+        seed=0 if args.seed is None else args.seed, val_limit=args.val_limit,
+        batch_size=args.batch_size, max_length=args.max_length, workers=args.workers,
+        ray=args.ray), max_drop)
+    target = Target(args.backend or "eager", args.threads or 1, args.batch or 1)
+    contract = ContractOptions(max_drop=max_drop, target=target, int8=args.int8 or "auto",
+                               hard_attention=recipe.hard_attention, measure=recipe.measure,
+                               time_budget=args.time_budget)
+    setup = prepare_search(args, options, progress)
+    module, task, tokenizer, options, names = (setup.module, setup.task, setup.tokenizer,
+                                               setup.options, setup.names)
+    out, pareto_paths, inputs = setup.out, setup.pareto_paths, setup.inputs
+    max_length = options.max_length
 
     def on_trial(entry: Any) -> None:
         if not args.quiet:
