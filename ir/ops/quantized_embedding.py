@@ -32,13 +32,11 @@ TABLE_BITS = 8
 
 def quantize_table(table: torch.Tensor, bits: int = TABLE_BITS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric: ``(q: i8[rows, dim], scale: f32[rows])`` with
-    ``table ≈ scale[:, None] * q`` and ``|q| <= 2**(bits-1) - 1``; all-zero rows get scale 1."""
-    qmax = 2 ** (bits - 1) - 1
-    t = table.detach().float()
-    amax = t.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    q = torch.round(t / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
-    return q, scale.to(torch.float32)
+    ``table ≈ scale[:, None] * q`` and ``|q| <= 2**(bits-1) - 1``; all-zero rows get scale 1
+    (a linear's weight rows are quantized the same way)."""
+    from optc.ir.ops.quantized_linear import quantize_weight
+
+    return quantize_weight(table, bits)
 
 
 def int8_embedding(ids: torch.Tensor, table: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
