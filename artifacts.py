@@ -281,8 +281,9 @@ def load_module(path: str | os.PathLike) -> Module:
 
         raise ArtifactError(
             f"artifact '{p}' uses {unknown_op_message(unknown[0], list(all_ops()))}: it was "
-            "written by a newer optc or with a plugin op that is not installed here; install "
-            "that optc or plugin (or rebuild the artifact with this one)")
+            "written by a newer optc or with a plugin op that is not installed here (install "
+            "that optc or plugin), or its model.optc was edited (fix it, or rebuild the "
+            "artifact with this optc)")
     try:
         verify(module, f"in artifact '{p}'")
     except VerificationError as exc:

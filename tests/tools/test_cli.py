@@ -407,7 +407,7 @@ def test_failed_save_leaves_nothing_exit_4(capsys, artifact: Path, tmp_path: Pat
 def test_internal_error_is_one_line_exit_1(capsys, artifact: Path, tmp_path: Path, monkeypatch) -> None:
     from optc.passes.manager import PassManager
 
-    def explode(self, module):
+    def explode(self, module, ctx=None):
         raise RuntimeError("kaboom\nsecond line of detail")
 
     monkeypatch.setattr(PassManager, "run", explode)

@@ -42,7 +42,7 @@ def test_ops_lists_every_op_with_operands_attributes_and_lowerings(capsys):
     assert code == 0 and "linear(x: float, weight: " in text and "bias?: float" in text
 
 
-def test_a_typo_in_model_optc_is_a_damaged_artifact_with_a_hint(capsys, artifact, tmp_path):
+def test_a_typo_in_model_optc_names_the_unknown_op_with_a_hint(capsys, artifact, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(artifact, broken)
     ir = broken / "model.optc"
@@ -50,7 +50,7 @@ def test_a_typo_in_model_optc_is_a_damaged_artifact_with_a_hint(capsys, artifact
     code, _, err = run(capsys, "inspect", broken, "-q")
     assert code == 3
     assert err.count("\n") == 1
-    assert "is damaged" in err and "unknown op 'linaer'; did you mean 'linear'?" in err
+    assert "uses unknown op 'linaer'; did you mean 'linear'?" in err and "edited" in err
     assert "`optc ops`" in err
 
 
