@@ -171,25 +171,31 @@ def test_eight_bit_weights_lower_to_uint8_and_stay_exact(setup, tmp_path, mode) 
     u8 x s8 kernels on CPUs without VNNI saturate int16 pair sums with them (a GPT-NeoX with
     quantize{bits=8} differed by 0.24 from eager on an AVX2 CPU); u8 x u8 ones do not. The
     7-bit default keeps int8 weights."""
+    from optc.backends.onnx import lower_for_onnx
+
     root, model, base, inputs = setup
     data = f",data={root / 'task'}" if mode == "static" else ""
-    for bits, dtype in ((8, onnx.TensorProto.UINT8), (7, onnx.TensorProto.INT8)):
+    suffix = "_static" if mode == "static" else ""
+    for bits, op in ((8, f"optc_onnx.int8_linear{suffix}_u8.default"),
+                     (7, f"optc_onnx.int8_linear{suffix}.default")):
         module = base.clone()
         PassManager(f"quantize{{mode={mode},bits={bits}{data}}}").run(module)
-        path = tmp_path / f"{mode}{bits}.onnx"
-        export_onnx(module, path)
-        graph = onnx.load(str(path)).graph
-        init = {i.name: i.data_type for i in graph.initializer}
-        consumer = "DynamicQuantizeMatMul" if mode == "dynamic" else "DequantizeLinear"
-        weights = {init[n.input[1 if mode == "dynamic" else 0]] for n in graph.node
-                   if n.op_type == consumer and n.input[1 if mode == "dynamic" else 0] in init
-                   and (mode == "dynamic" or init[n.input[0]] in (onnx.TensorProto.UINT8,
-                                                                  onnx.TensorProto.INT8))}
-        assert weights == {dtype}, (bits, weights)
-        want = run_backend(module, "eager", inputs)
-        got = run_backend(module, "onnx", inputs)
-        for name, value in want.items():
-            assert (got[name] - value).abs().max().item() < 1e-3 * max(1.0, value.abs().max().item())
+        lowered, _ = lower_for_onnx(module)
+        ops = {n.op for n in lowered.graph if n.op.startswith("optc_onnx.int8_linear")}
+        assert ops == {op}, (bits, ops)
+        weights = {n.args[1].data.dtype for n in lowered.graph if n.op == op}
+        assert weights == {torch.uint8 if bits == 8 else torch.int8}
+    path = tmp_path / f"{mode}.onnx"  # the 8-bit module in ONNX Runtime
+    module = base.clone()
+    PassManager(f"quantize{{mode={mode},bits=8{data}}}").run(module)
+    export_onnx(module, path)
+    graph = onnx.load(str(path)).graph
+    init = {i.name: i.data_type for i in graph.initializer}
+    assert onnx.TensorProto.UINT8 in init.values()
+    want = run_backend(module, "eager", inputs)
+    got = run_backend(module, "onnx", inputs)
+    for name, value in want.items():
+        assert (got[name] - value).abs().max().item() < 1e-3 * max(1.0, value.abs().max().item())
 
 
 def test_eight_bit_gpt_neox_onnx_equals_eager() -> None:
