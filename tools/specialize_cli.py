@@ -167,15 +167,6 @@ def specialize_parser() -> argparse.ArgumentParser:
     return p
 
 
-def training_device(args: argparse.Namespace) -> dict[str, str]:
-    """The ``device``/``precision`` search options of ``--device``/``--precision`` (a CUDA
-    request without CUDA fails here, before any slow work)."""
-    from optc.train.device import check_precision, resolve_device
-
-    device = resolve_device(args.device)
-    return {"device": str(device), "precision": check_precision(args.precision, device)}
-
-
 def choose_recipe(args: argparse.Namespace) -> Any:
     """The recipe a command runs (:data:`KNOBS`), with its old flags as recipe keys."""
     from optc.search.recipe import RECIPES, load_recipe

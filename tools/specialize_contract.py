@@ -82,6 +82,15 @@ def refuse_untrained(target: str, meta: dict[str, Any]) -> None:
                          "fine-tune it first (optc finetune)")
 
 
+def training_device(args: argparse.Namespace) -> dict[str, str]:
+    """The ``device``/``precision`` search options of ``--device``/``--precision`` (a CUDA
+    request without CUDA fails here, before any slow work)."""
+    from optc.train.device import check_precision, resolve_device
+
+    device = resolve_device(args.device)
+    return {"device": str(device), "precision": check_precision(args.precision, device)}
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSetup:
     """What both recipes of ``optc specialize`` start from (:func:`prepare_search`)."""
@@ -111,7 +120,6 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
     from optc.passes.spec import task_pipeline
     from optc.search import holdout_options
     from optc.tasks import get_task, resolve_task_path
-    from optc.tools.specialize_cli import training_device
     from optc.train import task_from_meta, trained_max_length
 
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
