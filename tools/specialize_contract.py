@@ -25,7 +25,8 @@ from typing import Any
 
 from optc.errors import InputError
 
-__all__ = ["run_contract", "stop_on_sigint", "load_searchable", "refuse_untrained"]
+__all__ = ["run_contract", "stop_on_sigint", "load_searchable", "refuse_untrained", "prepare_search",
+           "SearchSetup", "training_device"]
 
 _log = logging.getLogger("optc.specialize")
 
