@@ -14,7 +14,7 @@ from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.ir.attributes import Quantization
 from optc.ir.core import Module, Node, Parameter
-from optc.ir.ops.quantized_embedding import TABLE_BITS, quantize_table
+from optc.ir.ops.quantized_embedding import TABLE_BITS
 from optc.ir.ops.quantized_linear import quantize_weight
 from optc.passes.base import PassResult
 from optc.passes.calibration import (
@@ -404,11 +404,8 @@ def apply_int8(module: Module, names: list[str], bits: int,
         w = node.args[1]
         if w.name not in done:
             before += w.data.numel() * w.data.element_size()
-            q, scale = quantize_weight(w.data, bits)
-            w.data = q
-            w.attrs["quantization"] = Quantization("symmetric", bits, axis=0)
-            done[w.name] = module.add_param(module.unique_param_name(w.name + "_scale"), scale)
-            after += q.numel() + scale.numel() * 4
+            done[w.name] = _to_int8_rows(module, w, bits)
+            after += w.data.numel() + done[w.name].data.numel() * 4
         args = list(node.args) + [None] * (6 - len(node.args))
         args[3] = done[w.name]
         if qparams is not None:
@@ -430,6 +427,15 @@ def apply_int8(module: Module, names: list[str], bits: int,
     if qparams is not None:
         stats["activation_scales"] = len(inputs)
     return stats
+
+
+def _to_int8_rows(module: Module, param: Parameter, bits: int) -> Parameter:
+    """Make ``param`` (a linear's weight or an embedding table) int8 per row, in place, and
+    return its new ``f32[rows]`` scale parameter (``<name>_scale``)."""
+    q, scale = quantize_weight(param.data, bits)
+    param.data = q
+    param.attrs["quantization"] = Quantization("symmetric", bits, axis=0)
+    return module.add_param(module.unique_param_name(param.name + "_scale"), scale)
 
 
 def _table_problem(node: Node) -> str | None:
@@ -460,12 +466,8 @@ def apply_int8_embeddings(module: Module, nodes: list[Node]) -> dict[str, Any]:
         table = node.args[1]
         if table.name not in done:
             before += table.data.numel() * table.data.element_size()
-            q, scale = quantize_table(table.data, TABLE_BITS)
-            table.data = q
-            table.attrs["quantization"] = Quantization("symmetric", TABLE_BITS, axis=0)
-            done[table.name] = module.add_param(module.unique_param_name(table.name + "_scale"),
-                                                scale)
-            after += q.numel() + scale.numel() * 4
+            done[table.name] = _to_int8_rows(module, table, TABLE_BITS)
+            after += table.data.numel() + done[table.name].data.numel() * 4
         node.args = (node.args[0], table, done[table.name])
     return {"embeddings": len(done), "embedding_bytes": f"{before}->{after}"}
 
