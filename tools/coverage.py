@@ -237,8 +237,27 @@ def markdown_table(results: dict[str, dict[str, str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m optc.tools.coverage", description=__doc__.splitlines()[0])
-    p.add_argument("families", nargs="*", default=list(FAMILIES), help="families to check (default: all)")
+    p.add_argument("families", nargs="*", help="families to check (default: all); with "
+                   "--all-transformers, transformers model types (default: every text one)")
+    p.add_argument("--all-transformers", action="store_true",
+                   help="check every text architecture the installed transformers exposes "
+                        "(tiny random config each, one process each; see optc.tools.coverage_all)")
+    p.add_argument("--timeout", type=float, default=240.0,
+                   help="seconds per family with --all-transformers (default 240)")
+    p.add_argument("--jsonl", help="with --all-transformers, append each family's row to this file")
     args = p.parse_args(argv)
+    if args.all_transformers:
+        from optc.tools import coverage_all
+
+        try:
+            every = coverage_all.run_all(args.families or None, args.timeout, args.jsonl)
+        except ValueError as exc:
+            p.error(str(exc))
+        print(coverage_all.markdown(every))
+        print()
+        print(coverage_all.summary(every))
+        return 0
+    args.families = args.families or list(FAMILIES)
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
         p.error(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
