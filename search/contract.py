@@ -53,7 +53,7 @@ from optc.search.driver import (
     validation_examples,
 )
 from optc.search.measure import BACKENDS, backend_latencies
-from optc.search.runner import GatedRunner, Outcome, prepare_batches
+from optc.search.runner import GatedRunner, Outcome, attach_reference, prepare_batches
 from optc.tasks.registry import get_task
 from optc.tasks.significance import MetricDelta, paired_bootstrap
 from optc.tasks.task import Task
@@ -216,11 +216,15 @@ class _Judge:
     """Evaluations of configurations on one part of the validation examples."""
 
     def __init__(self, task: Task, examples: list[Any], tokenizer: Any,
-                 options: SearchOptions, names: tuple[str, ...]) -> None:
+                 options: SearchOptions, names: tuple[str, ...], reference: Module) -> None:
         self.task, self.names = task, names
         self.labels = [e.label for e in examples]
         self.batches = prepare_batches(task, examples, tokenizer, options.batch_size,
                                        options.max_length, names)
+        if task.needs_reference:  # label-free: scored against the input's embeddings
+            vectors = GatedRunner(module=reference, task=task, batches=self.batches,
+                                  input_names=names, prefix_reuse=False).embeddings()
+            self.batches = attach_reference(self.batches, vectors)
 
     def outcome(self, module: Module, config: Config = Config()) -> Outcome:  # noqa: B008
         return GatedRunner(module=module, task=self.task, batches=self.batches,
@@ -365,8 +369,9 @@ def specialize_within(module: Module, task: Task | str, tokenizer: Any, data: An
                 or (budget is not None and time.perf_counter() - begin > budget))
 
     say("checking the front on the held-out part")
-    seen = _Judge(task, validation_examples(task, data, options), tokenizer, options, names)
-    judge = _Judge(task, held, tokenizer, options, names)
+    seen = _Judge(task, validation_examples(task, data, options), tokenizer, options, names,
+                  module)
+    judge = _Judge(task, held, tokenizer, options, names, module)
     base_outcome = judge.outcome(module)
     base = judge.metric(base_outcome)
     base_seen = seen.metric(seen.outcome(module))

@@ -61,8 +61,8 @@ from optc.errors import InputError, PipelineSpecError
 from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
-from optc.passes.importance import taylor_scores
 from optc.passes.context import PassContext
+from optc.passes.importance import taylor_scores
 from optc.passes.manager import PassManager
 from optc.passes.spec import parse_pipeline, task_pipeline
 from optc.search.acceptance import AcceptanceRule, Verdict, make_rule
@@ -77,11 +77,10 @@ from optc.search.candidates import (
 )
 from optc.search.executors import make_executor
 from optc.search.measure import latencies
-from optc.search.runner import GatedRunner, Outcome, prepare_batches
+from optc.search.runner import GatedRunner, Outcome, attach_reference, prepare_batches
 from optc.tasks.registry import get_task
-from optc.tasks.splits import validation_split
-from optc.tasks.task import Task
-from optc.train.heads import has_task_head, task_spec
+from optc.tasks.task import EMBEDDING_KINDS, Task
+from optc.train.heads import has_task_head, has_token_states, task_spec
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
            "validation_examples", "held_out_examples", "holdout_options", "check_searchable",
@@ -362,7 +361,9 @@ def check_searchable(module: Module, task: Task) -> None:
 
 
 def _check_module(module: Module, task: Task, search: bool = True) -> None:
-    if not has_task_head(module, task):
+    if task.kind in EMBEDDING_KINDS:  # scored on the pooled token states: no head
+        has_token_states(module, task)
+    elif not has_task_head(module, task):
         raise InputError(f"module @{module.name} has no task head for '{task.name}': fine-tune "
                          "it first (optc finetune --task ...), then specialize the result")
     if search and not analyze(module).layers:
@@ -556,6 +557,15 @@ def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
     return ready(examples), None if confirm is None else ready(confirm)
 
 
+def _with_reference(split: _Split, reference: Module, task: Task, names: tuple[str, ...]
+                    ) -> _Split:
+    """``split`` with ``reference``'s embeddings of its texts attached (the label-free
+    ``embedding`` task's targets)."""
+    vectors = GatedRunner(module=reference, task=task, batches=split.batches, input_names=names,
+                          prefix_reuse=False).embeddings()
+    return replace(split, batches=attach_reference(split.batches, vectors))
+
+
 def holdout_options(options: SearchOptions, meta: dict[str, Any], val_size: float | None = None,
                     seed: int | None = None) -> tuple[SearchOptions, str | None]:
     """``options`` that search on the split a fine-tuning held out (``meta["task"]["holdout"]``:
@@ -598,11 +608,8 @@ def _held_out(task: Task, examples: list[Any], options: SearchOptions
     """(examples the search may see, held-out examples) for ``options.holdout``."""
     if not options.holdout or len(examples) < 2:
         return examples, []
-    labels = [e.label for e in examples] if task.kind != "extractive-qa" else None
-    groups = [e.context for e in examples] if task.kind == "extractive-qa" else None
     try:
-        seen, held = validation_split(task.kind, labels, groups, len(examples),
-                                      val_size=options.holdout, seed=options.seed)
+        seen, held = task.split(examples, options.holdout, options.seed)
     except InputError:  # too few examples to split: the contract reports too few
         return examples, []
     return [examples[i] for i in seen], [examples[i] for i in held]
@@ -624,12 +631,8 @@ def _split_examples(task: Task, data: Any, options: SearchOptions
         return examples, None
     if len(examples) < 2:
         return examples, []
-    qa = task.kind == "extractive-qa"
-    labels = None if qa else [e.label for e in examples]
-    groups = [e.context for e in examples] if qa else None
     try:
-        search, confirm = validation_split(task.kind, labels, groups, len(examples),
-                                           val_size=options.confirm, seed=options.seed)
+        search, confirm = task.split(examples, options.confirm, options.seed)
     except InputError:  # too few examples or contexts to split: reported as too few
         return examples, []
     return [examples[i] for i in search], [examples[i] for i in confirm]
@@ -647,15 +650,19 @@ def _validation_source(options: SearchOptions) -> dict[str, Any]:
 
 
 def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
-             options: SearchOptions | None = None) -> tuple[float, float | None]:
+             options: SearchOptions | None = None,
+             reference: Module | None = None) -> tuple[float, float | None]:
     """Mean loss and task metric (None for QA) of ``module`` on the search's validation split,
     measured as the search measures its candidates: e.g. a ``--then`` pipeline's result,
-    judged on the same examples as the search without looking at the dev set."""
+    judged on the same examples as the search without looking at the dev set. The label-free
+    ``embedding`` task scores it against ``reference``'s embeddings (else its own)."""
     options = options or SearchOptions()
     task = get_task(task) if isinstance(task, str) else task
     _check_module(module, task, search=False)
     names = _input_names(module)
     split, _ = _validation(task, tokenizer, data, options, names)
+    if task.needs_reference:
+        split = _with_reference(split, reference or module, task, names)
     outcome = GatedRunner(module=module, task=task, batches=split.batches, input_names=names,
                           prefix_reuse=False).evaluate(Config())
     return outcome.mean_loss, split.metric_of(outcome)
@@ -680,6 +687,10 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                                 "the change instead)")
     names = _input_names(module)
     split, confirm = _validation(task, tokenizer, data, options, names)
+    if task.needs_reference:  # label-free: judged against the reference's embeddings
+        split = _with_reference(split, reference or module, task, names)
+        confirm = None if confirm is None else _with_reference(confirm, reference or module,
+                                                               task, names)
     batches, metric_of = split.batches, split.metric_of
     payload = {"module": module, "task": task, "batches": batches, "input_names": names,
                "prefix_reuse": options.prefix_reuse}

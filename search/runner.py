@@ -10,23 +10,26 @@ removed block's residual add returns its other operand (the block's LayerNorm st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from optc.errors import BackendError, IRError
+from optc.data import Example
+from optc.errors import BackendError, InputError, IRError
 from optc.ir.analysis import analyze
 from optc.ir.core import Module, Node, Value, map_values
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 from optc.search.candidates import Candidate, Config
 from optc.tasks.batching import batches, feature_batches
+from optc.tasks.embedding import agreement_scores, similarity_scores
+from optc.tasks.pooling import DEFAULT_POOLING, declared_pooling
 from optc.tasks.squad import build_features
-from optc.tasks.task import Task, model_output
+from optc.tasks.task import EMBEDDING_KINDS, Task, model_output
 
-__all__ = ["GatedRunner", "Outcome", "prepare_batches"]
+__all__ = ["GatedRunner", "Outcome", "prepare_batches", "attach_reference"]
 
 
 @dataclass
@@ -36,7 +39,9 @@ class Outcome:
     losses: torch.Tensor
     """float32 loss of each validation example (per feature for QA), in input order."""
     predictions: list[Any]
-    """Per example: class index or score (None for QA)."""
+    """Per example: class index or score (None for QA); the embedding tasks: the cosine of a
+    pair's embeddings (``sentence-similarity``) or ``{cosine, top10_agreement}`` to the
+    reference (``embedding``)."""
 
     @property
     def mean_loss(self) -> float:
@@ -61,7 +66,18 @@ class _LayerGates:
 
 def prepare_batches(task: Task, examples: Sequence[Any], tokenizer: Any, batch_size: int,
                     max_length: int | None, names: Sequence[str]) -> list[dict[str, torch.Tensor]]:
-    """Tokenized validation batches, sorted by length (short rows share short batches)."""
+    """Tokenized validation batches, sorted by length (short rows share short batches).
+
+    The embedding tasks embed every text on its own, with its attention mask (the pooling
+    reads it): for ``sentence-similarity`` rows ``0..n-1`` are the pairs' first sentences and
+    ``n..2n-1`` their second ones, each row labelled with its pair's score; ``embedding``
+    needs the reference's embeddings attached (:func:`attach_reference`)."""
+    if task.kind in EMBEDDING_KINDS:
+        rows = [Example(e.text, label=e.label) for e in examples]
+        if task.kind == "embedding-similarity":
+            rows += [Example(e.text_pair, label=e.label) for e in examples]
+        wanted = tuple(dict.fromkeys((*names, "attention_mask")))
+        return list(batches(rows, tokenizer, batch_size, max_length or 128, wanted))
     if task.kind == "extractive-qa":
         features = build_features(list(examples), tokenizer, max_length or 384, None)
         out = []
@@ -78,6 +94,14 @@ def prepare_batches(task: Task, examples: Sequence[Any], tokenizer: Any, batch_s
     return list(batches(list(examples), tokenizer, batch_size, max_length or 128, names))
 
 
+def attach_reference(batches: list[dict[str, torch.Tensor]], reference: torch.Tensor
+                     ) -> list[dict[str, torch.Tensor]]:
+    """``batches`` with each row's reference embedding (``reference``: [rows, width], as
+    :meth:`GatedRunner.embeddings` of the reference model returns them) under ``reference``:
+    what the label-free ``embedding`` task scores a configuration against."""
+    return [{**b, "reference": reference[b["index"]]} for b in batches]
+
+
 class GatedRunner:
     """Runs ``module`` on fixed batches under any :class:`Config`, with prefix reuse."""
 
@@ -92,7 +116,12 @@ class GatedRunner:
         self.nodes = list(module.graph)
         self.position = {id(n): i for i, n in enumerate(self.nodes)}
         self._compiled = [self._compile(n) for n in self.nodes]
-        self.total = sum(len(b["index"]) for b in batches)
+        self.rows = sum(len(b["index"]) for b in batches)
+        self.embedding = task.kind in EMBEDDING_KINDS
+        self.total = self.rows // 2 if task.kind == "embedding-similarity" else self.rows
+        """Examples scored (a pair's two sentences are two rows)."""
+        self.pooling = (task.pooling or declared_pooling(module.meta) or DEFAULT_POOLING
+                        if self.embedding else None)
         self.layers: dict[int, _LayerGates] = {}
         for layer in analyze(module).layers:
             att, ffn = layer.attention, layer.ffn
@@ -234,31 +263,75 @@ class GatedRunner:
         assert self._prefix is not None
         return self._prefix
 
-    def evaluate(self, config: Config, candidate: Candidate | None = None) -> Outcome:
-        """Losses of ``config`` plus ``candidate`` (its layer's prefix reused when allowed)."""
+    def _outputs(self, config: Config, candidate: Candidate | None
+                 ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """(batch, the module's outputs) of ``config`` plus ``candidate`` for each batch (its
+        layer's prefix reused when allowed)."""
         full = config.with_(candidate) if candidate is not None else config
         start = self._start_for(candidate)
         prefixes = self._prefix_envs(start, config) if start > 0 else None
+        for b, batch in enumerate(self.batches):
+            env = dict(prefixes[b]) if prefixes is not None else self._inputs(batch)
+            with torch.no_grad():
+                self._run(env, start, len(self.nodes), full)
+            yield batch, {name: env[id(v)] for name, v in self.module.graph.outputs.items()
+                          if isinstance(v, Value)}
+
+    def embeddings(self, config: Config = Config(),  # noqa: B008
+                   candidate: Candidate | None = None) -> torch.Tensor:
+        """[rows, width] float32 pooled embeddings of every batch row under ``config`` (an
+        embedding task's runner only)."""
+        if self.pooling is None:
+            raise InputError(f"task '{self.task.name}' ({self.task.kind}) scores no embeddings")
+        vectors: torch.Tensor | None = None
+        for batch, outputs in self._outputs(config, candidate):
+            hidden = model_output(outputs, "last_hidden_state").float()
+            pooled = self.pooling(hidden, batch["attention_mask"])
+            if vectors is None:
+                vectors = torch.empty(self.rows, pooled.shape[-1], dtype=torch.float32)
+            vectors[batch["index"]] = pooled
+        assert vectors is not None
+        return vectors
+
+    def _embedding_outcome(self, vectors: torch.Tensor) -> Outcome:
+        if self.task.kind == "embedding-similarity":
+            n = self.total
+            scores = torch.empty(self.rows, dtype=torch.float32)
+            for batch in self.batches:
+                scores[batch["index"]] = batch["labels"].float()
+            losses, predictions, _ = similarity_scores(self.task, vectors[:n], vectors[n:],
+                                                       scores[:n].tolist())
+            return Outcome(losses, predictions)
+        if any("reference" not in b for b in self.batches):
+            raise InputError(f"task '{self.task.name}' scores embeddings against a reference "
+                             "model's: attach its embeddings to the batches (attach_reference)")
+        reference = torch.empty_like(vectors)
+        for batch in self.batches:
+            reference[batch["index"]] = batch["reference"].float()
+        losses, predictions, _ = agreement_scores(self.task, vectors, reference)
+        return Outcome(losses, predictions)
+
+    def evaluate(self, config: Config, candidate: Candidate | None = None) -> Outcome:
+        """Losses of ``config`` plus ``candidate`` (its layer's prefix reused when allowed)."""
+        if self.embedding:
+            outcome = self._embedding_outcome(self.embeddings(config, candidate))
+            self.evaluations += 1
+            return outcome
         losses = torch.empty(self.total, dtype=torch.float32)
         predictions: list[Any] = [None] * self.total
         qa = self.task.kind == "extractive-qa"
-        with torch.no_grad():
-            for b, batch in enumerate(self.batches):
-                env = dict(prefixes[b]) if prefixes is not None else self._inputs(batch)
-                self._run(env, start, len(self.nodes), full)
-                outputs = {name: env[id(v)] for name, v in self.module.graph.outputs.items()
-                           if isinstance(v, Value)}
-                index = batch["index"]
-                if qa:
-                    labels = {"start_positions": batch["start_positions"],
-                              "end_positions": batch["end_positions"]}
-                    losses[index] = self.task.loss(outputs, labels, reduction="none",
-                                                   attention_mask=batch["span_mask"]).float()
-                    continue
-                logits = model_output(outputs, "logits").float()
-                losses[index] = self.task.loss({"logits": logits}, batch["labels"],
-                                               reduction="none").float()
-                for i, p in zip(index.tolist(), self.task.predictions(logits), strict=True):
-                    predictions[i] = p
+        for batch, outputs in self._outputs(config, candidate):
+            index = batch["index"]
+            if qa:
+                labels = {"start_positions": batch["start_positions"],
+                          "end_positions": batch["end_positions"]}
+                losses[index] = self.task.loss(outputs, labels, reduction="none",
+                                               attention_mask=batch["span_mask"]).float()
+                continue
+            logits = model_output(outputs, "logits").float()
+            losses[index] = self.task.loss({"logits": logits}, batch["labels"],
+                                           reduction="none").float()
+            for i, p in zip(index.tolist(), self.task.predictions(logits), strict=True):
+                predictions[i] = p
         self.evaluations += 1
         return Outcome(losses, predictions)

@@ -254,16 +254,7 @@ class Task:
                 raise InputError(f"split 'val' of task '{self.name}' is empty with val_size=0: "
                                  "give a positive val_size")
             else:
-                labels = groups = None
-                kind = _SPLIT_KINDS.get(self.kind, self.kind)
-                if self.kind == "extractive-qa":
-                    groups = [r.context for r in examples]
-                elif self.kind == "embedding-agreement":
-                    labels = [0] * len(examples)  # label-free: a plain seeded shuffle
-                else:
-                    labels = [e.label for e in examples]
-                train, val = validation_split(kind, labels, groups, len(examples),
-                                              val_size=val_size, seed=seed)
+                train, val = self.split(examples, val_size, seed)
                 chosen = [examples[i] for i in (val if split == "val" else train)]
         elif split in self.splits:
             chosen = self._read_split_file(split, data)
@@ -271,6 +262,21 @@ class Task:
             raise InputError(f"task '{self.name}' has no split '{split}': valid splits are "
                              f"{', '.join(self.all_splits)}")
         return chosen[:limit] if limit is not None else chosen
+
+    def split(self, examples: Sequence[Any], val_size: float | int, seed: int = 0
+              ) -> tuple[list[int], list[int]]:
+        """Indices (rest, part) of a seeded ``val_size`` part of ``examples``, stratified as
+        the task's kind allows (:func:`~optc.tasks.splits.validation_split`): by class, by
+        score bin, by QA context; the label-free kind by a plain seeded shuffle."""
+        labels = groups = None
+        if self.kind == "extractive-qa":
+            groups = [r.context for r in examples]
+        elif self.kind == "embedding-agreement":
+            labels = [0] * len(examples)
+        else:
+            labels = [e.label for e in examples]
+        return validation_split(_SPLIT_KINDS.get(self.kind, self.kind), labels, groups,
+                                len(examples), val_size=val_size, seed=seed)
 
     def read_file(self, data: str | os.PathLike, split: str = "val", *,
                   limit: int | None = None) -> list[Example] | list[SquadRecord]:

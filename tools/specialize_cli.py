@@ -27,8 +27,10 @@ from typing import Any
 from optc.errors import PipelineSpecError
 from optc.tools.common import Parser as _Parser
 from optc.tools.common import output_path
+from optc.tools.specialize_contract import dev_change as dev_change_of
 from optc.tools.specialize_contract import (
     prepare_search,
+    report_split,
     run_contract,
     stop_on_sigint,
 )
@@ -237,12 +239,10 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
     import torch
 
     from optc.artifacts import save
-    from optc.backends.eager import to_eager
     from optc.passes.manager import run_pipeline
     from optc.passes.spec import task_pipeline
     from optc.search import SearchOptions, commit, specialize, validate
     from optc.search.measure import backend_latencies, latencies
-    from optc.tasks import evaluate, paired_bootstrap, references_of
     from optc.tools.progress import Progress
     from optc.train import task_spec
 
@@ -280,18 +280,16 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
         if not args.quiet and not args.json:
             print(report.table())
     with progress.step(f"evaluating {task.name} validation after"):
-        val_loss, val_metric = validate(final, task, tokenizer, args.data, options)
+        val_loss, val_metric = validate(final, task, tokenizer, args.data, options,
+                                        reference=module)
     dev_before = dev_after = dev_change = None
+    split = "dev"
     if not args.no_dev:
-        with progress.step(f"evaluating {task.name} dev before and after"):
-            dev = task.read("dev", args.data)
-            before = evaluate(task, to_eager(module), dev, tokenizer, input_names=names,
-                              max_length=max_length)
-            after = evaluate(task, to_eager(final), dev, tokenizer, input_names=names,
-                             max_length=max_length)
-            dev_before, dev_after = before.score, after.score
-            dev_change = paired_bootstrap(task, before.predictions, after.predictions,
-                                          references_of(dev))
+        examples, split = report_split(task, args.data, options)
+        with progress.step(f"evaluating {task.name} {split} before and after"):
+            dev_change = dev_change_of(task, module, final, examples, tokenizer, names,
+                                       max_length)
+            dev_before, dev_after = dev_change.before, dev_change.after
     lat_before = lat_after = None
     if not args.no_latency and args.backend is None:
         with progress.step("measuring latency (batch 1, seq 128, 1 thread)"):
@@ -345,7 +343,7 @@ def _run_published(args: argparse.Namespace, recipe: Any) -> int:
     print(result.table())
     print()
     rows = [("", "before", "after", "ratio"),
-            (f"dev {task.main_metric}", "-" if dev_before is None else f"{dev_before:.2f}",
+            (f"{split} {task.main_metric}", "-" if dev_before is None else f"{dev_before:.2f}",
              "-" if dev_after is None else f"{dev_after:.2f}",
              "-" if dev_change is None else dev_change.describe()),
             (f"validation {task.main_metric}", _score(result.baseline_metric),

@@ -26,7 +26,7 @@ from typing import Any
 from optc.errors import InputError
 
 __all__ = ["run_contract", "stop_on_sigint", "load_searchable", "refuse_untrained", "prepare_search",
-           "SearchSetup", "training_device"]
+           "SearchSetup", "training_device", "report_split", "dev_change"]
 
 _log = logging.getLogger("optc.specialize")
 
@@ -67,9 +67,11 @@ def load_searchable(target: str, progress: Any) -> Any:
     if is_artifact(target):
         with progress.step(f"loading artifact {target}"):
             return load_module(target)
-    if not Path(target).exists():
-        raise InputError(f"'{target}' does not exist (give a fine-tuned optc artifact or model "
-                         "directory)")
+    from optc.frontends.packaged import packaged_model
+
+    if not Path(target).exists() and packaged_model(target) is None:
+        raise InputError(f"'{target}' does not exist (give a fine-tuned optc artifact, a model "
+                         "directory or a packaged model's name)")
     with progress.step(f"loading {target}"):
         model, source = load_model(target)
     with progress.step("capturing with torch.export"):
@@ -120,7 +122,7 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
     from optc.outputs import check_output
     from optc.passes.spec import task_pipeline
     from optc.search import holdout_options
-    from optc.tasks import get_task, resolve_task_path
+    from optc.tasks import EMBEDDING_KINDS, get_task, resolve_task_path
     from optc.train import task_from_meta, trained_max_length
 
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
@@ -128,7 +130,7 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
                                 "train: drop --val-size/--seed")
     options = dataclasses.replace(options, val_data=args.val_data, **training_device(args))
     task = get_task(args.task) if args.task else None
-    if task is not None:
+    if task is not None and task.kind not in EMBEDDING_KINDS:
         task.check_trainable("optc specialize")
     if args.then:
         task_pipeline(args.then, args.data, args.task)  # a bad spec fails early
@@ -166,6 +168,35 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
     return SearchSetup(module, task, tokenizer, options, names, out, pareto_paths, inputs)
 
 
+def report_split(task: Any, data: Any, options: Any) -> tuple[list[Any], str]:
+    """The examples ``optc specialize`` reports its result on, never used to choose it, and
+    their name in the table: the task's dev split; for a task whose data is one file (the
+    label-free ``embedding`` on a user's texts) the part of the file outside the validation
+    split, which the search never reads (but a recipe's training between rounds does: then
+    it is named as optimistic)."""
+    if task.data_file("dev", data) == task.data_file("train", data):
+        rest = task.read("train", data, val_size=options.val_size, seed=options.seed)
+        trained = options.rounds > 1 and bool(options.between)
+        return rest, "trained-on (optimistic)" if trained else "unsearched"
+    return task.read("dev", data), "dev"
+
+
+def dev_change(task: Any, module: Any, final: Any, examples: list[Any], tokenizer: Any,
+               names: tuple[str, ...], max_length: int | None, same: bool = False) -> Any:
+    """The paired change (:class:`~optc.tasks.MetricDelta`) of the task's main metric from
+    ``module`` to ``final`` on ``examples``; the label-free ``embedding`` task scores both
+    against ``module``'s embeddings. ``same``: ``final`` is ``module`` (not evaluated twice)."""
+    from optc.backends.eager import to_eager
+    from optc.tasks import evaluate, paired_bootstrap, references_of
+
+    before = evaluate(task, to_eager(module), examples, tokenizer, input_names=names,
+                      max_length=max_length, reference="self" if task.needs_reference else None)
+    after = before if same else evaluate(
+        task, to_eager(final), examples, tokenizer, input_names=names, max_length=max_length,
+        reference=before if task.needs_reference else None)
+    return paired_bootstrap(task, before.predictions, after.predictions, references_of(examples))
+
+
 def _fmt(value: float | None, form: str = "{:.2f}") -> str:
     return "-" if value is None else form.format(value)
 
@@ -173,10 +204,8 @@ def _fmt(value: float | None, form: str = "{:.2f}") -> str:
 def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     """``optc specialize`` under the contract (``args`` from :func:`specialize_parser`)."""
     from optc.artifacts import save
-    from optc.backends.eager import to_eager
     from optc.search import SearchOptions
     from optc.search.contract import ContractOptions, Target, specialize_within
-    from optc.tasks import evaluate, paired_bootstrap, references_of
     from optc.tools.progress import Progress
 
     progress = Progress(enabled=not args.quiet)
@@ -212,22 +241,18 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
                                    progress=on_trial, stop=stop, step=step)
         interrupted = stop()
     final = result.module
-    dev_change = None
+    change, split = None, "dev"
     if not args.no_dev:
-        with progress.step(f"evaluating {task.name} dev before and after"):
-            dev = task.read("dev", args.data)
-            before = evaluate(task, to_eager(module), dev, tokenizer, input_names=names,
-                              max_length=max_length)
-            after = (before if result.fallback else
-                     evaluate(task, to_eager(final), dev, tokenizer, input_names=names,
-                              max_length=max_length))
-            dev_change = paired_bootstrap(task, before.predictions, after.predictions,
-                                          references_of(dev))
+        examples, split = report_split(task, args.data, options)
+        with progress.step(f"evaluating {task.name} {split} before and after"):
+            change = dev_change(task, module, final, examples, tokenizer, names, max_length,
+                                same=result.fallback is not None)
     record = {**result.search.summary(), "recipe": recipe.name,
               "contract": result.summary(),
-              "dev_change": None if dev_change is None else dev_change.to_json(),
-              "dev_metric_before": None if dev_change is None else dev_change.before,
-              "dev_metric_after": None if dev_change is None else dev_change.after,
+              "dev_change": None if change is None else change.to_json(),
+              "dev_metric_before": None if change is None else change.before,
+              "dev_metric_after": None if change is None else change.after,
+              "dev_split": split,
               "latency_ms_before": result.input.latency_ms,
               "latency_ms_after": result.chosen.latency_ms,
               "params_after": final.num_parameters()}
@@ -254,7 +279,7 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    _print_table(result, task.main_metric, dev_change, final, module)
+    _print_table(result, task.main_metric, change, split, final, module)
     for path, point in written:
         print(f"wrote {path}: {point.label}, held-out {point.held_out:.2f}, "
               f"{point.latency_ms:.2f} ms")
@@ -272,7 +297,8 @@ def run_contract(args: argparse.Namespace, recipe: Any) -> int:
     return 0
 
 
-def _print_table(result: Any, metric: str, dev: Any, final: Any, module: Any) -> None:
+def _print_table(result: Any, metric: str, dev: Any, split: str, final: Any,
+                 module: Any) -> None:
     from optc.ir.analysis import module_flops
 
     target = result.options.target
@@ -284,7 +310,8 @@ def _print_table(result: Any, metric: str, dev: Any, final: Any, module: Any) ->
     rows = [("", "before", "after", "change"),
             (f"held-out {metric} ({result.held_out_examples} ex.)", _fmt(held.before),
              _fmt(held.after), held.describe()),
-            (f"dev {metric}", "-" if dev is None else _fmt(dev.before),
+            (f"{split} {metric}" + ("" if dev is None else f" ({dev.examples} ex.)"),
+             "-" if dev is None else _fmt(dev.before),
              "-" if dev is None else _fmt(dev.after), "-" if dev is None else dev.describe()),
             (f"latency ms ({target.describe()})", _fmt(before.latency_ms),
              _fmt(after.latency_ms), "-" if lat is None else f"{lat:.3f}x"),

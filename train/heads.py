@@ -32,7 +32,7 @@ from optc.ir.types import TensorType
 from optc.tasks import Task, get_task
 from optc.tasks.embedding import embedding_task_spec
 
-__all__ = ["add_task_head", "has_task_head", "task_meta", "task_spec", "task_from_meta",
+__all__ = ["add_task_head", "has_task_head", "has_token_states", "task_meta", "task_spec", "task_from_meta",
            "check_pooling",
            "trained_max_length", "selection_split", "selection_warning", "HEAD_INIT_STD",
            "POOLINGS"]
@@ -66,7 +66,7 @@ def _check_existing(module: Module, task: Task, pooling: str = "auto") -> bool:
     for a label-free task (``embedding``), whose "head" is the base model's token states:
     distillation trains on it."""
     if task.label_free:
-        return _has_token_states(module, task, pooling)
+        return has_token_states(module, task, pooling)
     task.check_trainable("training, searches and accuracy-aware passes")
     check_pooling(pooling)
     logits = _output(module, "logits")
@@ -105,8 +105,8 @@ def _check_existing(module: Module, task: Task, pooling: str = "auto") -> bool:
     return True
 
 
-def _has_token_states(module: Module, task: Task, pooling: str) -> bool:
-    """A label-free task reads the module's ``last_hidden_state`` [batch, seq, hidden] (pooled
+def has_token_states(module: Module, task: Task, pooling: str = "auto") -> bool:
+    """An embedding task reads the module's ``last_hidden_state`` [batch, seq, hidden] (pooled
     by the task's own ``pooling=`` option, not by a head's): True, else InputError."""
     if pooling != "auto":
         raise InputError(f"pooling={pooling} chooses what a classification head reads; task "
