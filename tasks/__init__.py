@@ -37,6 +37,7 @@ from optc.tasks.pooling import (
 )
 from optc.tasks.readers import DEFAULT_DATA_ROOT, TableFormat, resolve_task_path
 from optc.tasks.registry import all_tasks, get_task, parse_task_spec, register_task
+from optc.tasks.reuse import reuse_reads
 from optc.tasks.significance import MetricDelta, paired_bootstrap, references_of
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 from optc.tasks.squad import QAFeature, build_features, decode_answers
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_DATA_ROOT",
     "DEFAULT_VAL_SIZE",
     "resolve_task_path",
+    "reuse_reads",
     "validation_split",
     "batches",
     "feature_batches",

@@ -24,6 +24,7 @@ from optc.errors import InputError
 from optc.tasks.metrics import METRICS, squad_metrics
 from optc.tasks.pooling import Pooling
 from optc.tasks.readers import TableFormat, find_split_file, read_table, resolve_task_path
+from optc.tasks.reuse import read_once
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 
 __all__ = ["KINDS", "HEADS", "EMBEDDING_KINDS", "AGREEMENT_METRICS", "Task", "model_output"]
@@ -208,6 +209,9 @@ class Task:
         file = self.data_file(split, data)
         if not file.is_file():
             raise InputError(f"data path '{file}' is not a regular file")
+        return read_once(self, file, lambda: self._parse_file(file))  # see reuse_reads
+
+    def _parse_file(self, file: Path) -> list[Any]:
         if self.table is not None:
             if self.kind == "embedding-agreement":
                 return read_table(file, self.table, self.parse_label, require_label=False)

@@ -156,22 +156,19 @@ def _hf_export_meta(target: str) -> dict[str, Any]:
     return {"task": task} if isinstance(task, dict) else {}
 
 
-def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None,
-                   threads: int | None, default_task: Any = None, device: Any = None,
+def _load_for_eval(target: str, task: Any, tokenizer_ref: str | None, threads: int | None,
+                   device: Any = None,
                    ) -> tuple[Any, Any, Any, tuple[str, ...] | None, int | None, dict[str, Any]]:
     """(task, model_fn, tokenizer, input names, the token limit it was fine-tuned with, the
-    module's meta) for ``target``. optc artifacts, ONNX and TorchScript files record their task
-    (and its max length) and tokenizer; ``task_spec`` and ``tokenizer_ref`` (the command's
-    --task and --tokenizer) override them, and ``default_task`` stands in for a task that is
-    neither given nor recorded (the target's for --against). ``device`` (a torch.device,
+    module's meta) for ``target``, scored on ``task`` (:func:`_eval_task`, found before the
+    model is loaded). optc artifacts, ONNX and TorchScript files record their max length and
+    tokenizer; ``tokenizer_ref`` (--tokenizer) overrides it. ``device`` (a torch.device,
     None: the CPU) is where the model runs; ONNX files run in ONNX Runtime on the CPU."""
     from optc.train import trained_max_length
 
     cuda = device is not None and device.type == "cuda"
 
     kind = _target_kind(target)
-    if kind != "hf" and not Path(target).exists():
-        raise InputError(f"'{target}' does not exist")
     record = None
     if kind == "artifact":
         from optc.artifacts import load_module
@@ -182,9 +179,6 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         _refuse_untrained_head(target, meta)
         runner, names = to_eager(module, device=device), tuple(v.name for v in module.graph.inputs)
     elif kind == "onnx":
-        if cuda:
-            raise InputError(f"'{target}' is an ONNX file, run by ONNX Runtime on the CPU here: "
-                             "drop --device cuda (or evaluate the optc artifact on CUDA)")
         from optc.backends.onnx import OnnxModule
         from optc.backends.record import read_onnx_record
 
@@ -209,16 +203,32 @@ def _load_for_eval(target: str, task_spec: str | None, tokenizer_ref: str | None
         from optc.frontends.huggingface import load_model
 
         meta = _hf_export_meta(target)
-        task = _task_for(target, task_spec, meta, default_task)
         model, source = load_model(target, task=task.head)
         _refuse_untrained_head(target, {"source": source, **meta})
         if cuda:
             model.to(device)
         return (task, model, _tokenizer(tokenizer_ref or source.get("tokenizer"), target),
                 None, trained_max_length(meta), meta)
-    task = _task_for(target, task_spec, meta, default_task)
     tokenizer_ref = tokenizer_ref or (None if record else (meta.get("source") or {}).get("tokenizer"))
     return task, runner, _tokenizer(tokenizer_ref, target, record), names, trained_max_length(meta), meta
+
+
+def _eval_task(target: str, task_spec: str | None, device: Any, default_task: Any = None) -> Any:
+    """The task to score ``target`` on (:func:`_task_for` with what it records, read without
+    loading it), after the checks that need no model: the target exists, an ONNX file is not
+    asked to run on CUDA, an artifact's head was trained."""
+    from optc.tools.preflight import recorded_meta
+
+    kind = _target_kind(target)
+    if kind != "hf" and not Path(target).exists():
+        raise InputError(f"'{target}' does not exist")
+    if kind == "onnx" and device is not None and device.type == "cuda":
+        raise InputError(f"'{target}' is an ONNX file, run by ONNX Runtime on the CPU here: "
+                         "drop --device cuda (or evaluate the optc artifact on CUDA)")
+    meta = recorded_meta(target)
+    if kind == "artifact":
+        _refuse_untrained_head(target, meta)
+    return _task_for(target, task_spec, meta, default_task)
 
 
 def _refuse_untrained_head(target: str, meta: dict[str, Any]) -> None:
@@ -285,12 +295,21 @@ def _evaluate_base(args: argparse.Namespace, task: Any, base: tuple[Any, ...], e
     from optc.tasks import evaluate
 
     _, base_fn, base_tok, base_names, base_trained, base_meta = base
-    with progress.step(f"evaluating {args.against} ({args.split})"):
+    with progress.counting(f"evaluating {args.against} ({args.split})", _unit(task)) as count:
         return evaluate(task, base_fn, examples, base_tok, batch_size=args.batch_size,
                         max_length=args.max_length or base_trained, device=args.torch_device,
+                        progress=count,
                         input_names=_token_names(base_names),
                         pooling=_model_pooling(task, args.tokenizer, base_meta, base_tok),
                         reference="self" if task.needs_reference else None)
+
+
+def _unit(task: Any) -> str:
+    """What :func:`optc.tasks.evaluate` counts for ``task``: QA windows of the contexts,
+    sentences of the embedding tasks (both of a pair), else examples."""
+    if task.kind == "extractive-qa":
+        return "windows"
+    return "examples" if task.trainable else "sentences"
 
 
 def _device_argument(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
@@ -351,34 +370,40 @@ def cmd_eval(argv: list[str]) -> int:
     args.torch_device = resolve_device(args.device)  # a cuda request without CUDA fails here
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    with progress.step(f"loading {args.target}"):
-        task, model_fn, tok, names, trained, meta = _load_for_eval(
-            args.target, args.task, args.tokenizer, args.threads, device=args.torch_device)
+    # The task, the data and the options are checked before any model is loaded.
+    task = _eval_task(args.target, args.task, args.torch_device)
     if task.needs_reference and not args.against:
         raise InputError(f"task '{task.name}' scores a model's embeddings against a reference "
                          "model's: pass --against BASE (e.g. the model TARGET was compressed "
                          "from)")
-    base = None
+    base_task = None
     if args.against:
+        base_task = _eval_task(args.against, args.task, args.torch_device, default_task=task)
+        if not _same_head(base_task, task):
+            raise InputError(f"'{args.against}' is a {base_task.name} model and '{args.target}' "
+                             f"a {task.name} one: --against compares models of the same task")
+    with progress.step(f"reading {task.name} ({args.split})"):
+        examples = task.read(args.split, args.data, limit=args.limit)  # the same for both models
+    with progress.step(f"loading {args.target}"):
+        task, model_fn, tok, names, trained, meta = _load_for_eval(
+            args.target, task, args.tokenizer, args.threads, device=args.torch_device)
+    base = None
+    if base_task is not None:
         with progress.step(f"loading {args.against}"):
-            base = _load_for_eval(args.against, args.task, args.tokenizer, args.threads,
-                                  default_task=task, device=args.torch_device)
-        if not _same_head(base[0], task):
-            raise InputError(f"'{args.against}' is a {base[0].name} model and '{args.target}' a "
-                             f"{task.name} one: --against compares models of the same task")
+            base = _load_for_eval(args.against, base_task, args.tokenizer, args.threads,
+                                  device=args.torch_device)
     # A checkpoint chosen on the split being scored makes its figure optimistic: say so.
     selection = [w for w in (selection_warning(meta, args.target, args.split),
                              base and selection_warning(base[5], args.against, args.split)) if w]
     for warning in selection:
         print(f"optc: warning: {warning}", file=sys.stderr)
-    examples = task.read(args.split, args.data, limit=args.limit)  # the same for both models
     length = _max_length(args.target, args.max_length, trained, meta)
     before = None
     if base is not None and task.needs_reference:  # BASE's embeddings are the reference
         before = _evaluate_base(args, task, base, examples, progress)
-    with progress.step(f"evaluating {task.name} ({args.split})"):
+    with progress.counting(f"evaluating {task.name} ({args.split})", _unit(task)) as count:
         result = evaluate(task, model_fn, examples, tok, batch_size=args.batch_size,
-                          max_length=length, input_names=_token_names(names),
+                          max_length=length, input_names=_token_names(names), progress=count,
                           device=args.torch_device,
                           pooling=_model_pooling(task, args.tokenizer, meta, tok),
                           reference=before if task.needs_reference else None)
@@ -517,6 +542,13 @@ def _load_module(target: str | None, progress: Any) -> Any:
 
 def cmd_finetune(argv: list[str]) -> int:
     """``optc finetune``: train a model on a task and save it as an artifact."""
+    from optc.tasks import reuse_reads
+
+    with reuse_reads():  # the data read before the model is loaded is not parsed again
+        return _finetune(argv)
+
+
+def _finetune(argv: list[str]) -> int:
     from optc.artifacts import save
     from optc.frontends.huggingface import load_tokenizer
     from optc.outputs import check_output
@@ -524,6 +556,7 @@ def cmd_finetune(argv: list[str]) -> int:
     from optc.passes.finetune import Finetune
     from optc.tasks import get_task
     from optc.tools.launch import launch_local
+    from optc.tools.preflight import read_task_data, recorded_task
     from optc.tools.progress import Progress
     from optc.train import TrainingInterrupted, finetune, has_task_head, run_options, task_from_meta
     from optc.train.device import resolve_device
@@ -553,6 +586,12 @@ def cmd_finetune(argv: list[str]) -> int:
         from optc.tasks import resolve_task_path
 
         resolve_task_path(args.data)  # a missing data path fails before slow work
+    eval_split = None if args.eval_split == "none" else args.eval_split
+    known = task or recorded_task(args.model)  # an artifact's task, read without loading it
+    if known is not None:
+        known.check_trainable("optc finetune")
+        with progress.step(f"reading {known.name} data"):  # bad data fails before loading
+            read_task_data(known, args.data, eval_split)
     module = _load_module(args.model, progress)
     task = task or task_from_meta(module.meta)
     if task is None:
@@ -569,7 +608,6 @@ def cmd_finetune(argv: list[str]) -> int:
                "seed": args.seed, "threads": args.threads,
                "holdout": int(args.holdout) if args.holdout >= 1 else args.holdout,
                "pooling": args.pooling, "dropout": args.dropout}
-    eval_split = None if args.eval_split == "none" else args.eval_split
     try:
         report = finetune(module, args.task or task, args.data, tokenizer=tokenizer,
                           eval_split=eval_split, progress=_StepPrinter(not args.quiet and main),
