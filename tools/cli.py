@@ -30,6 +30,13 @@ from typing import Any
 from optc.errors import InputError, OptcError, PipelineSpecError, excerpt
 from optc.tools.common import EPILOG, output_path, quiet_libraries
 from optc.tools.common import Parser as _Parser
+from optc.tools.task_option import (
+    HEAD_CHOICES,
+    add_task_arguments,
+    fill_task,
+    give_head,
+    resolve_task_option,
+)
 
 __all__ = ["main", "MESSAGE_LIMIT", "TASK_CHOICES"]
 
@@ -69,9 +76,8 @@ def _input_paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-TASK_CHOICES = ("auto", "base", "sequence-classification", "question-answering",
-                "token-classification")
-"""The heads ``--task`` of compile and inspect loads (a bad one is a bad option value, exit 2)."""
+TASK_CHOICES = HEAD_CHOICES
+"""The heads ``--head`` loads (the old name: ``--task`` named a head; see task_option)."""
 
 _TASK_HEADS = {"sequence-classification": "ForSequenceClassification",
                "question-answering": "ForQuestionAnswering",
@@ -79,7 +85,7 @@ _TASK_HEADS = {"sequence-classification": "ForSequenceClassification",
 
 
 def _check_task(target: str, task: str, module: Any) -> None:
-    """Refuse a --task that differs from the head an artifact was compiled with."""
+    """Refuse a --head that differs from the head an artifact was compiled with."""
     if task == "auto":
         return
     from optc.tasks import HEADS
@@ -92,9 +98,9 @@ def _check_task(target: str, task: str, module: Any) -> None:
     if cls and head == task:
         return
     raise InputError(
-        f"--task {task} does not apply to '{target}': an optc artifact's head is fixed when it is "
-        f"compiled ({cls or 'unknown class'}, task {head if cls else 'unknown'}); drop --task, or "
-        "compile the original model with --task"
+        f"--head {task} does not apply to '{target}': an optc artifact's head is fixed when it is "
+        f"compiled ({cls or 'unknown class'}, head {head if cls else 'unknown'}); drop --head, or "
+        "compile the original model with --head"
     )
 
 
@@ -123,8 +129,8 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", type=output_path,
                    help="where to write: a directory (eager, hf) or a file (torchscript, onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--task", default="auto", choices=TASK_CHOICES,
-                   help="model head to load (default: from the model's config)")
+    add_task_arguments(p, "the task of the passes that read task data (finetune, distill, "
+                          "quantize max_drop, ...) where their spec names none")
     p.add_argument("--data", metavar="PATH",
                    help="calibration data for passes that measure the model (a text file, GLUE "
                         "tsv, SQuAD json or task directory; relative paths are also tried under "
@@ -173,6 +179,7 @@ def _cmd_compile(argv: list[str]) -> int:
 
     args = _compile_parser().parse_args(argv)
     progress = Progress(enabled=not args.quiet)
+    head, task = resolve_task_option(args, _compile_parser())  # a bad task fails here
     passes = parse_pipeline(args.passes)  # bad specs fail before any slow work
     device = resolve_device(args.device)  # a cuda request without CUDA fails here
     context = PassContext(device=str(device), precision=check_precision(args.precision, device))
@@ -185,6 +192,8 @@ def _cmd_compile(argv: list[str]) -> int:
             if p.uses_data and p.data is None else p
             for p in passes
         ]
+    if task is not None:
+        passes = fill_task(passes, args.task, task, args.data)
     out = Path(args.output) if args.output else None
     if args.compare and (out is None or args.backend == "hf"):
         raise PipelineSpecError("--compare measures the written output: give -o OUT and "
@@ -202,7 +211,14 @@ def _cmd_compile(argv: list[str]) -> int:
         from optc.outputs import check_output
 
         check_output(out, args.force, kind=kind, inputs=inputs)  # before any slow work
-    module = _load_target(args.model, args.task, progress)
+    if any(p.uses_data for p in passes):
+        from optc.tools.preflight import check_pass_data, recorded_task
+
+        with progress.step("reading the passes' data"):  # bad data fails before loading
+            check_pass_data(passes, task or recorded_task(args.model))
+    module = _load_target(args.model, head, progress)
+    if task is not None:
+        give_head(module, task, args.task, passes)  # the head the task implies
     instruments: list[Any] = []
     if args.print_after_all:
         instruments.append(PrintAfterAll(sys.stderr))
@@ -284,8 +300,7 @@ def _cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs (default 128)")
     p.add_argument("--json", action="store_true", help="machine-readable output (includes the IR)")
     p.add_argument("--no-ir", action="store_true", help="print only the summary table")
-    p.add_argument("--task", default="auto", choices=TASK_CHOICES,
-                   help="model head, for model directories and ids (default: from the config)")
+    add_task_arguments(p, "shows the model with the head it implies")
     p.add_argument("--graph", metavar="OUT", type=output_path, help="also draw the graph (with --diff: TARGET with "
                    "what OTHER removed or changed marked) to OUT.svg, OUT.png or OUT.dot; "
                    "without Graphviz's dot program the .dot source is written instead")
@@ -314,11 +329,16 @@ def _cmd_inspect(argv: list[str]) -> int:
         print(json.dumps(info, indent=2) if args.json else format_onnx_summary(info), end="" if not args.json else "\n")
         return 0
     progress = Progress(enabled=not args.quiet)
-    module = _load_target(args.target, args.task, progress)
+    head, task = resolve_task_option(args, p)
+    module = _load_target(args.target, head, progress)
+    if task is not None:
+        give_head(module, task, args.task, [])
     if args.diff:
         from optc.tools.inspection import diff_modules, format_diff
 
-        other = _load_target(args.other, args.task, progress)
+        other = _load_target(args.other, head, progress)
+        if task is not None:
+            give_head(other, task, args.task, [])
         if args.graph is not None:
             _draw_graph(args, module, other)
         d = diff_modules(module, other, seq=args.seq)
@@ -724,12 +744,23 @@ class _Interrupts:
         return self.seen
 
 
+_READ_DATA = ("eval", "finetune", "specialize")
+"""Subcommands that read task data (and compile): they run inside ``reuse_reads``."""
+
+
 def _run(argv: list[str]) -> int:
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     quiet_libraries(verbose)
     command = _COMMANDS.get(argv[0]) if argv else None
-    return command(argv[1:]) if command else _cmd_compile(argv)
+    if command is not None and argv[0] not in _READ_DATA:
+        return command(argv[1:])
+    from optc.tasks import reuse_reads
+
+    # The data is read before the model is loaded (bad data fails fast) and again where it
+    # is used: inside reuse_reads each task file is parsed once.
+    with reuse_reads():
+        return command(argv[1:]) if command else _cmd_compile(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

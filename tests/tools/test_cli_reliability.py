@@ -92,11 +92,11 @@ def test_correct_outputs_pass_the_check(capsys, artifact: Path, tmp_path: Path, 
     assert listing(tmp_path) == [name]
 
 
-# -- heads the checkpoint lacks, --task ---------------------------------------------------------
+# -- heads the checkpoint lacks, --head ---------------------------------------------------------
 def test_missing_head_is_seeded_warned_and_recorded(model_dir: Path, tmp_path: Path) -> None:
     outs = [tmp_path / "one", tmp_path / "two"]
     for out in outs:
-        proc = _console(model_dir, "--task", "sequence-classification", "-o", out, "-q",
+        proc = _console(model_dir, "--head", "sequence-classification", "-o", out, "-q",
                         cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         warning = one_line(proc.stderr, prefix="optc: ")
@@ -107,11 +107,11 @@ def test_missing_head_is_seeded_warned_and_recorded(model_dir: Path, tmp_path: P
 
 
 def test_task_on_an_artifact_is_refused(capsys, artifact: Path, tmp_path: Path) -> None:
-    code, _, err = run(capsys, artifact, "--task", "sequence-classification", "-o", tmp_path / "o", "-q")
+    code, _, err = run(capsys, artifact, "--head", "sequence-classification", "-o", tmp_path / "o", "-q")
     assert code == 3
     assert "head is fixed" in one_line(err)
     assert listing(tmp_path) == []
-    code, _, err = run(capsys, artifact, "--task", "base", "-q")  # the head it has: fine
+    code, _, err = run(capsys, artifact, "--head", "base", "-q")  # the head it has: fine
     assert code == 0, err
 
 
