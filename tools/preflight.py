@@ -19,7 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["recorded_meta", "recorded_task", "read_task_data", "check_pass_data", "reads_task"]
+__all__ = ["recorded_meta", "recorded_task", "read_task_data", "read_search_data",
+           "check_pass_data", "reads_task"]
 
 
 def recorded_meta(target: str | os.PathLike | None) -> dict[str, Any]:
@@ -124,6 +125,25 @@ def read_task_data(task: Any, data: str | os.PathLike | None,
     task.read("train", data, val_size=0)
     if eval_split == "dev":
         task.read("dev", data)
+
+
+def read_search_data(task: Any, args: Any) -> None:
+    """Read the files ``optc specialize`` reads (``args``: its options): the validation data
+    (``--val-data``, else the train file the validation split is carved from) and the dev
+    file it reports on (unless ``--no-dev``; a task without one reports on another part of
+    its file)."""
+    from optc.errors import InputError
+
+    if args.val_data is not None:
+        task.read_file(args.val_data)
+    else:
+        read_task_data(task, args.data)
+    if not getattr(args, "no_dev", False):
+        try:
+            task.data_file("dev", args.data)
+        except InputError:
+            return
+        task.read("dev", args.data)
 
 
 def check_pass_data(passes: list[Any], recorded: Any = None) -> None:

@@ -123,6 +123,7 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
     from optc.passes.spec import task_pipeline
     from optc.search import holdout_options
     from optc.tasks import EMBEDDING_KINDS, get_task, resolve_task_path
+    from optc.tools.preflight import read_search_data, recorded_task
     from optc.train import task_from_meta, trained_max_length
 
     if args.val_data is not None and (args.val_size is not None or args.seed is not None):
@@ -148,6 +149,10 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
     for path in (args.data, args.val_data):
         if path is not None:
             resolve_task_path(path)
+    known = task or recorded_task(args.model)  # an artifact's task, read without loading it
+    if known is not None:
+        with progress.step(f"reading {known.name} data"):  # bad data fails before loading
+            read_search_data(known, args)
     module = load_searchable(args.model, progress)
     refuse_untrained(args.model, module.meta)
     task = task or task_from_meta(module.meta)

@@ -178,3 +178,20 @@ def test_progress_counts_on_a_terminal_redraw_one_line() -> None:
     text = stream.getvalue()
     assert text.count("\n") == 1 and "1000/1000 examples (100%)" in text
     assert text.count("\r\033[K") < 100  # redraws are throttled
+
+
+def test_specialize_checks_data_before_loading(model_dir, classifier, tmp_path,
+                                               no_loading) -> None:
+    from optc.tools.specialize_cli import cmd_specialize
+
+    column, label = _bad_data(tmp_path)
+    out = tmp_path / "s"
+    with pytest.raises(InputError, match="maybe"):  # the task the artifact records
+        cmd_specialize([str(classifier), "--data", str(label), "-o", str(out), "-q"])
+    with pytest.raises(InputError, match="label"):
+        cmd_specialize([str(model_dir), "--task", "text-classification{labels=neg,pos}",
+                        "--data", str(column), "-o", str(out), "-q"])
+    with pytest.raises(InputError, match="maybe"):  # --val-data is read too
+        cmd_specialize([str(classifier), "--val-data", str(label / "dev.tsv"), "-o", str(out),
+                        "-q"])
+    assert not out.exists()
