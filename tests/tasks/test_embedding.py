@@ -339,16 +339,13 @@ def test_optc_eval_embedding_agreement_is_100_against_itself_and_less_after_prun
     assert change["after"] == pytest.approx(pruned["metrics"]["cosine"]) and change["high"] < 0
 
 
-def test_optc_finetune_and_specialize_refuse_the_embedding_tasks(model_dir, tmp_path) -> None:
-    from optc.tools.specialize_cli import cmd_specialize
+def test_optc_finetune_refuses_the_embedding_tasks(model_dir, tmp_path) -> None:
+    """(optc specialize searches on them: tests/search/test_embedding_search.py.)"""
     from optc.tools.train_cli import cmd_finetune
 
     with pytest.raises(InputError, match="optc finetune cannot use task 'sentence-similarity'"):
         cmd_finetune([str(model_dir), "--task", "sentence-similarity", "-o",
                       str(tmp_path / "o"), "-q"])
-    with pytest.raises(InputError, match="optc specialize cannot use task 'embedding'"):
-        cmd_specialize([str(model_dir), "--task", "embedding{data=x.txt}", "-o",
-                        str(tmp_path / "s"), "-q"])
 
 
 @pytest.mark.slow
