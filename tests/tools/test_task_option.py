@@ -109,3 +109,16 @@ def test_compile_checks_the_passes_data_before_loading(capsys, model_dir: Path, 
                         "prune-heads{amount=0.5,criterion=taylor}", "--data", tmp_path / "none.tsv",
                         "-q")
     assert code == 3 and "none.tsv" in err, err
+
+
+def test_inspect_takes_the_same_task_and_head(capsys, model_dir: Path) -> None:
+    code, out, err = _run(capsys, "inspect", model_dir, "--task", "mrpc", "--json", "-q")
+    assert code == 0, err
+    info = json.loads(out)
+    assert "classifier.weight" in info["ir"] and "logits" in info["ir"]  # mrpc's 2-label head
+    code, out, err = _run(capsys, "inspect", model_dir, "--head", "question-answering", "--json",
+                          "-q")
+    assert code == 0 and "qa_outputs" in json.loads(out)["ir"], err
+    code, out, err = _run(capsys, "inspect", model_dir, "--task", "question-answering", "--json",
+                          "-q")
+    assert code == 0 and "qa_outputs" in json.loads(out)["ir"] and "use --head" in err
