@@ -215,23 +215,25 @@ def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) 
 
 
 def merge_heads_projection(value: Value, heads: int, dim: int, env: dict[str, int]
-                           ) -> tuple[Node, Value] | None:
-    """``(projection, result)`` when ``value`` ([B, heads, S, dim]) reaches ``result`` ([B, S,
-    m]) through movement ops, one projection and movement ops again (each read by the next
-    alone), and ``result`` is the projection of the merged heads: rows moved before the
-    projection and back after it (``nn.MultiheadAttention`` merges into [S*B, heads*dim] rows,
-    projects and views them back), proven on index tensors."""
+                           ) -> tuple[Node, Value, bool] | None:
+    """``(projection, result, seq_first)`` when ``value`` ([B, heads, S, dim]) reaches ``result``
+    ([B, S, m], or [S, B, m] when seq_first) through movement ops, one projection and movement
+    ops again (each read by the next alone), and ``result`` is the projection of the merged
+    heads: rows moved before the projection and back after it (``nn.MultiheadAttention``
+    merges into [S*B, heads*dim] rows, projects and views them back, as [S, B, m] without
+    batch_first), proven on index tensors."""
     chain: list[Node] = []
     current, projection = value, None
+    seq_first: tuple[Node, Value, bool] | None = None  # kept while the rows may still move back
     graph = value.producer.graph if value.producer else None
     for _ in range(2 * _MAX_CHAIN + 1):
         users = current.users()
         if len(users) != 1 or (graph is not None and graph.is_output(current)):
-            return None
+            return seq_first
         node = users[0]
         if node.args[0] is not current or not (
                 node.op in MOVEMENT_OPS or (node.op in LINEAR_OPS and projection is None)):
-            return None
+            return seq_first
         chain.append(node)
         projection = node if node.op in LINEAR_OPS else projection
         current = node.outputs[0]
@@ -246,8 +248,11 @@ def merge_heads_projection(value: Value, heads: int, dim: int, env: dict[str, in
         got = eval_chain(chain, value, merged.transpose(1, 2), env)
         want = torch.arange(batch * seq * width).reshape(batch, seq, width)
         if got is not None and got.shape == want.shape and torch.equal(got, want):
-            return projection, current
-    return None
+            return projection, current, False
+        want = want.transpose(0, 1)
+        if got is not None and got.shape == want.shape and torch.equal(got, want):
+            seq_first = projection, current, True
+    return seq_first
 
 
 _REPEAT_OPS = MOVEMENT_OPS | {"aten.expand.default", "aten.slice.Tensor",

@@ -96,14 +96,23 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
         replace_uses_with_op(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
         return None
     # rows merged, projected and moved back (nn.MultiheadAttention): the projection of the
-    # merged heads, [B, S, heads*dim] -> [B, S, out]
-    (proj, result), qt = projected, sources[0].tensor_type
+    # merged heads, [B, S, heads*dim] -> [B, S, out] (moved to [S, B, out] when the model's
+    # rows are sequence-first: the residual stream keeps the model's layout)
+    (proj, result, seq_first), qt = projected, sources[0].tensor_type
     att = module.graph.create_node("attention", (*sources, mask), kwargs,
                                    [TensorType(qt.dtype, qt.shape[:-1] + (heads * dim,))],
                                    names="attention", after=anchor)
     att.loc = anchor.loc
-    replace_uses_with_op(module, att, result, "linear", (att.outputs[0], *proj.args[1:3]), {},
-             TensorType(qt.dtype, qt.shape[:-1] + (result.tensor_type.shape[-1],))).loc = proj.loc
+    out_type = TensorType(qt.dtype, qt.shape[:-1] + (result.tensor_type.shape[-1],))
+    if seq_first:
+        lin = module.graph.create_node("linear", (att.outputs[0], *proj.args[1:3]), {}, [out_type],
+                                       names="linear", after=att)
+        lin.loc = proj.loc
+        replace_uses_with_op(module, lin, result, "aten.transpose.int", (lin.outputs[0], 0, 1), {},
+                             result.tensor_type).loc = proj.loc
+    else:
+        replace_uses_with_op(module, att, result, "linear", (att.outputs[0], *proj.args[1:3]), {},
+                             out_type).loc = proj.loc
     dead = result.producer  # the old merge, projection and moves back (each read by the next)
     while dead is not None and dead.outputs[0] is not out4 and not dead.outputs[0].users():
         previous = dead.args[0].producer
@@ -113,7 +122,7 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
 
 
 def _merged_through_projection(out4: Value, heads: int, dim: int,
-                               ctx: RuleContext) -> tuple[Node, Value] | None:
+                               ctx: RuleContext) -> tuple[Node, Value, bool] | None:
     """``merge_heads_projection`` at both sizes, with a parameter weight (and bias)."""
     found = [merge_heads_projection(out4, heads, dim, env) for env in ctx.envs]
     if found[0] is None or found[0] != found[1]:

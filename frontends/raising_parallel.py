@@ -324,14 +324,16 @@ def _eval_part(prefix: list[Node], y: Value, part: _Part, x: torch.Tensor,
 
 
 def _gather_columns(prefix: list[Node], y: Value, part: _Part, envs: list[dict[str, int]],
-                    out_width: int | None = None) -> tuple[list[int], bool] | None:
-    """``(columns, heads_first)`` when the part is ``y[..., columns]`` viewed as heads
-    (``[B, H, S, D]`` if heads_first, else ``[B, S, H, D]``), checked at every env. With
+                    out_width: int | None = None) -> tuple[list[int], bool, bool] | None:
+    """``(columns, heads_first, swapped)`` when the part is ``y[..., columns]`` viewed as heads
+    (``[B, H, S, D]`` if heads_first, else ``[B, S, H, D]``), checked at every env; swapped:
+    ``y`` is ``[S, B, ...]`` (``nn.MultiheadAttention`` without batch_first), so the part
+    reads its rows moved to ``[B, S, ...]``. With
     ``out_width``, ``y`` is the projection's input and ``prefix`` starts with the movement ops
     and the projection (of ``out_width`` outputs) after it: the part is then the projection of
     ``y``'s rows, which may have been moved before it (``nn.MultiheadAttention`` projects
     [S, B, D])."""
-    found: tuple[list[int], bool] | None = None
+    found: tuple[list[int], bool, bool] | None = None
     for env in envs:
         x = index_tensor(y, env)
         got = _eval_part(prefix, y, part, x, env) if x is not None and x.dim() == 3 else None
@@ -341,14 +343,15 @@ def _gather_columns(prefix: list[Node], y: Value, part: _Part, envs: list[dict[s
             return None
         batch, seq, width = x.shape
         match = None
-        for heads_first in (True, False):
+        for heads_first, swapped in ((True, False), (False, False), (True, True), (False, True)):
             g = got.transpose(1, 2) if heads_first else got
+            g = g.transpose(0, 1) if swapped else g  # [S, B] rows of y read as [B, S]
             if tuple(g.shape[:2]) != (batch, seq):
                 continue
             cols = (g[0, 0].reshape(-1) - x[0, 0, 0]).tolist()
             if all(0 <= c < width for c in cols) and \
                     torch.equal(g, x[..., torch.tensor(cols)].reshape(g.shape)):
-                match = (cols, heads_first)
+                match = (cols, heads_first, swapped)
                 break
         if match is None or (found is not None and found != match):
             return None
@@ -435,7 +438,7 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
     parts = _parts(start)
     if parts is None or len(parts) != 3:
         return ""  # not query, key and value (e.g. a rotary embedding's halves of each head)
-    first: list[tuple[list[int], bool] | None] = []
+    first: list[tuple[list[int], bool, bool] | None] = []
     for source, moves in _row_sources(node, x):  # x itself first, then what it moves
         if source is x:  # the projection's output y, as it is
             found = [_gather_columns(prefix, y, part, ctx.envs) for part in parts]
@@ -450,14 +453,24 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
         value = next(part[3] for part, g in zip(parts, first, strict=True) if g is None)
         return (f"part %{value.name} of the fused projection {node!r} is not a per-head "
                 "gather of its output features")
-    gathers: list[tuple[list[int], bool]] = found  # type: ignore[assignment]
+    gathers: list[tuple[list[int], bool, bool]] = found  # type: ignore[assignment]
     groups = [_head_groups(cols, part[3], heads_first)
-              for part, (cols, heads_first) in zip(parts, gathers, strict=True)]
+              for part, (cols, heads_first, _) in zip(parts, gathers, strict=True)]
     if sorted(c for cols, _ in groups for c in cols) != list(range(weight.data.shape[0])):
         return f"the parts of the fused projection {node!r} do not partition its output features"
-    yt = TensorType(y.tensor_type.dtype, x.tensor_type.shape[:-1] + (y.tensor_type.shape[-1],))
-    anchor = node
-    for i, (part, (_, heads_first), (cols, repeat)) in enumerate(zip(parts, gathers, groups, strict=True)):
+    anchor, rows = node, x
+    if any(swapped for *_, swapped in gathers):
+        if not all(swapped for *_, swapped in gathers):
+            return f"the parts of the fused projection {node!r} read its rows in different orders"
+        # [S, B, d] rows (nn.MultiheadAttention without batch_first): the parts project the
+        # rows moved to [B, S, d], the layout the attention op reads (moved back after it)
+        xs = x.tensor_type.shape
+        anchor = module.graph.create_node("aten.transpose.int", (x, 0, 1), {},
+                                          [TensorType(x.tensor_type.dtype, (xs[1], xs[0], *xs[2:]))],
+                                          names="batch_first", after=node)
+        anchor.loc, rows = node.loc, anchor.outputs[0]
+    yt = TensorType(y.tensor_type.dtype, rows.tensor_type.shape[:-1] + (y.tensor_type.shape[-1],))
+    for i, (part, (_, heads_first, _), (cols, repeat)) in enumerate(zip(parts, gathers, groups, strict=True)):
         value = part[3]
         index = torch.tensor(cols)
         w = module.add_param(module.unique_param_name(f"{weight.name}.part{i}"),
@@ -466,7 +479,7 @@ def _split_fused_heads(module: Module, node: Node, ctx: Any) -> str | None:
             module.unique_param_name(f"{bias.name}.part{i}"), bias.data.index_select(0, index).contiguous())
         vt = value.tensor_type
         heads, dim = (vt.shape[1] if heads_first else vt.shape[2]), vt.shape[3]
-        lin = module.graph.create_node("aten.linear.default", (x, w, b), {},
+        lin = module.graph.create_node("aten.linear.default", (rows, w, b), {},
                                        [TensorType(yt.dtype, yt.shape[:-1] + (len(cols),))],
                                        names="linear", after=anchor)
         lin.loc, anchor = node.loc, lin

@@ -18,6 +18,7 @@ from optc.ir.core import Module, Node, Value
 from optc.ir.ids import format_ids, ids_or_range
 from optc.ir.ops import get_op
 from optc.ir.ops.attention import kv_index
+from optc.ir.types import TensorType
 
 __all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
            "assign_layer_ids", "node_cost", "module_flops", "describe_layers"]
@@ -67,6 +68,10 @@ class _Block:
     """The residual stream entering the block (the add's other operand)."""
     stream_out: Value | None = None
     """The residual stream leaving the block (after the post-LN norm, if any)."""
+    branch: Value | None = None
+    """The block's result as the residual add reads it: its last projection's output, or that
+    output moved back to the stream's [seq, batch, d] rows (``nn.MultiheadAttention`` without
+    batch_first, whose attention op reads the rows as [batch, seq, d])."""
     parallel: bool = False
     """Whether the block reads the stream that enters the layer's attention, not the
     attention's output: a parallel layer ``x + attn(ln(x)) + ffn(ln(x))`` (GPT-J, GPT-NeoX,
@@ -400,16 +405,24 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
     """Find the block's residual add, norms and stream values from its last projection."""
     if out is None:
         return
-    add = _single_user(out.outputs[0], _RESIDUAL_ADDS)
+    branch = out.outputs[0]
+    moved = _single_user(branch, ("aten.transpose.int",))
+    if moved is not None and _swaps_rows(moved):  # back to the stream's [seq, batch] rows
+        branch = moved.outputs[0]
+    add = _single_user(branch, _RESIDUAL_ADDS)
     if add is None:
         return
-    others = [a for a in add.args[:2] if a is not out.outputs[0]]
+    others = [a for a in add.args[:2] if a is not branch]
     if len(others) != 1 or not isinstance(others[0], Value):
         return
     block.residual = add
+    block.branch = branch
     block.stream_in = others[0]
     block.stream_out = add.outputs[0]
     block_input = _uncast(block_input)
+    if branch is not out.outputs[0] and isinstance(block_input, Value) and \
+            block_input.producer is not None and _swaps_rows(block_input.producer):
+        block_input = _uncast(block_input.producer.args[0])  # the stream's rows, moved
     if isinstance(block_input, Value) and block_input.producer is not None:
         norm = block_input.producer
         if norm.op in _NORMS and _uncast(norm.args[0]) is _uncast(block.stream_in):  # pre-LN
@@ -419,6 +432,14 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
     if len(users) == 1 and users[0].op in _NORMS:  # post-LN
         block.norms.append(users[0])
         block.stream_out = users[0].outputs[0]
+
+
+def _swaps_rows(node: Node) -> bool:
+    """``transpose(x, 0, 1)`` of a rank-3 ``x``: [seq, batch, d] <-> [batch, seq, d] rows."""
+    x = node.args[0]
+    return node.op == "aten.transpose.int" and isinstance(x, Value) and \
+        isinstance(x.type, TensorType) and x.tensor_type.rank == 3 and \
+        sorted(d % 3 for d in node.args[1:3]) == [0, 1]
 
 
 def _reads_other_stream(block: AttentionBlock) -> bool:

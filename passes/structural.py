@@ -225,7 +225,8 @@ def _replace_by_bias(module: Module, projection: Node, block: AttentionBlock | F
     """A block whose inner width is zero outputs its last projection's bias (or nothing)."""
     bias = projection.arg(2)
     if isinstance(bias, Parameter) and block.residual is not None:
-        module.graph.replace_all_uses(projection.outputs[0], bias)  # x + bias broadcasts
+        branch = block.branch if block.branch is not None else projection.outputs[0]
+        module.graph.replace_all_uses(branch, bias)  # x + bias broadcasts
     elif block.residual is not None and block.stream_in is not None:
         module.graph.replace_all_uses(block.residual.outputs[0], block.stream_in)
     else:

@@ -117,7 +117,8 @@ def _add_dropout(module: Module, structure: Structure, p: float) -> int:
                             (layer.ffn, layer.ffn and layer.ffn.down)):
             if block is None or proj is None or block.residual is None:
                 continue
-            _insert_dropout(module, proj.output, p, only=block.residual)
+            _insert_dropout(module, block.branch if block.branch is not None else proj.output, p,
+                            only=block.residual)
             count += 1
     logits = module.graph.outputs.get("logits")
     head = logits.producer if isinstance(logits, Value) else None

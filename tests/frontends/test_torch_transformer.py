@@ -2,8 +2,10 @@
 packed ``in_proj_weight`` on [seq, batch, d] rows, splits heads as [seq, batch*heads, head_dim]
 and merges them into [seq*batch, d] rows before ``out_proj``. Raised by structure: the packed
 projection reads the batch-first stream (a projection commutes with moving rows, proven on
-index tensors), and the output projection is applied to the merged heads. Exact against the
-model, pruned and dropped exactly, and agreed on by every backend."""
+index tensors), and the output projection is applied to the merged heads. With
+``batch_first=False`` the stream stays [seq, batch, d]: the projections read it moved to
+[batch, seq, d] and the output projection's result is moved back. Exact against the model,
+pruned and dropped exactly, and agreed on by every backend."""
 
 from __future__ import annotations
 
@@ -44,9 +46,11 @@ def _inputs(batch: int = 2, seq: int = 7) -> dict[str, torch.Tensor]:
     return {"x": torch.randn(batch, seq, D, generator=gen), "padding": padding}
 
 
-@pytest.fixture(scope="module", params=["post-norm", "pre-norm"])
+@pytest.fixture(scope="module", params=["post-norm", "pre-norm", "post-norm, seq-first",
+                                        "pre-norm, seq-first"])
 def encoder(request):
-    model = Encoder(norm_first=request.param == "pre-norm").eval()
+    model = Encoder(norm_first=request.param.startswith("pre-norm"),
+                    batch_first="seq-first" not in request.param).eval()
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)}
     return model, optc.capture(model, _inputs(), dynamic_shapes=[dims, dims])
 
@@ -99,11 +103,30 @@ def test_backends_agree(encoder) -> None:
     check_backends(module, _inputs(), backends=("eager", "torchscript", "onnx"))
 
 
-def test_sequence_first_layout_is_left_with_a_reason() -> None:
-    """batch_first=False keeps the stream [seq, batch, d] between layers: the attention op's
-    operands are [batch, seq, d], so these layers are not raised, and each says why."""
-    model = Encoder(norm_first=False, batch_first=False).eval()
+def test_every_head_pruned_equals_the_output_bias(encoder) -> None:
+    """A layer without heads adds its output projection's bias, in the stream's own layout."""
+    model, module = encoder
+    pruned = module.clone()
+    optc.run_pipeline(pruned, "prune-heads{heads=1:0,1:1,1:2,1:3},dce")
+    assert [x.attention is not None for x in analyze(pruned).layers] == [True, False]
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.encoder.layers[1].self_attn.out_proj.weight.zero_()
+    assert _error(pruned, zeroed) <= 1e-5
+    assert _error(pruned, zeroed, batch=3, seq=11) <= 1e-5
+
+
+def test_sequence_first_rows_are_moved_around_the_attention_only() -> None:
+    """batch_first=False keeps the stream [seq, batch, d]: the projections read it moved to
+    [batch, seq, d] (one transpose shared by q, k and v) and the output projection's result is
+    moved back before the residual add, which the analysis sees through."""
+    model = Encoder(norm_first=True, batch_first=False).eval()
     module = optc.capture(model, _inputs(), raise_ops=False)
     report = raise_high_level_ops(module)
-    assert report.raised.get("attention", 0) < 2
-    assert any("not raised to attention" in m for m in report.misses)
+    assert report.raised.get("attention", 0) == 2 and not report.misses
+    for layer in analyze(module).layers:
+        att = layer.attention
+        moved = att.query.args[0].producer
+        assert moved.op == "aten.transpose.int" and att.key.args[0] is att.query.args[0]
+        assert att.branch.producer.op == "aten.transpose.int" and att.residual is not None
+        assert att.norms and att.norms[0].outputs[0] is moved.args[0]  # pre-LN norm found
