@@ -81,15 +81,17 @@ def resolve_task_option(args: argparse.Namespace, parser: argparse.ArgumentParse
 def fill_task(passes: list[Any], spec: str, task: Any, data: str | None) -> list[Any]:
     """``passes`` with ``task=spec`` where a pass takes a task and its spec left it out, and,
     when ``data`` (--data) is not given, the task's data directory as the ``data=`` of the
-    passes that calibrate (no task option) and read data."""
+    passes that read calibration data (those that read a task's data find it themselves)."""
+    from optc.tools.preflight import reads_task
+
     filled = []
     for p in passes:
         fields = {f.name for f in dataclasses.fields(p)}
         changes: dict[str, Any] = {}
         if "task" in fields and p.task is None:
             changes["task"] = spec
-        elif (data is None and p.uses_data and "data" in fields and p.data is None
-              and task.data_path is not None):
+        if (data is None and p.uses_data and "data" in fields and p.data is None
+                and task.data_path is not None and not reads_task(p)):
             changes["data"] = task.data_path
         filled.append(dataclasses.replace(p, **changes) if changes else p)
     return filled

@@ -85,10 +85,11 @@ def test_a_head_that_does_not_fit_the_task_is_refused(capsys, model_dir: Path,
 
 def test_the_task_fills_the_passes_that_read_data() -> None:
     passes = parse_pipeline("finetune{max_steps=1},prune-heads{amount=0.5,criterion=taylor},"
-                            "distill{task=mrpc},dce")
+                            "distill{task=mrpc},quantize{mode=static},dce")
     filled = fill_task(passes, "sst2", get_task("sst2"), None)
     assert filled[0].task == "sst2" and filled[2].task == "mrpc"  # a spec's own task wins
-    assert filled[1].data == "glue/SST-2"  # calibration reads the task's directory
+    assert filled[0].data is None and filled[2].data is None  # they read their task's data
+    assert filled[1].data == "glue/SST-2" == filled[3].data  # calibration: the task's directory
     assert fill_task(passes, "sst2", get_task("sst2"), "mine.tsv")[1].data is None  # --data fills it
 
 
