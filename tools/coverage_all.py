@@ -27,9 +27,11 @@ import json
 import logging
 import multiprocessing
 import re
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +40,7 @@ __all__ = ["text_families", "tiny_config", "check_text_family", "run_all"]
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS, VOCAB, POSITIONS = 32, 4, 2, 8, 64, 2, 256, 128
 COLUMNS = ("class", "capture", "raised", "prune-heads", "backends")
+_DONE, _NEXT = "done", "next"  # keys of the messages a check sends: finished / running
 
 _LAYERS = re.compile(r"(^|_)(n_?layers?|num_(\w+_)?layers|(\w+_)?layers)$")
 _KV = re.compile(r"(kv|key_value)_heads?$")
@@ -127,6 +130,8 @@ def tiny_config(model_type: str) -> Any:
     changes = {}
     for key, value in base.to_dict().items():
         new = _shrunk(key, value, hidden, inter, heads, layers)
+        if key == "vocab_size" and value is None:  # no default vocabulary (ESM)
+            new = VOCAB
         if isinstance(value, list) and layers and len(value) == layers and layers > LAYERS:
             new = value[:LAYERS]  # per-layer lists (layer types, windows)
         if new != value:
@@ -178,8 +183,11 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:120] if text else ''}"
 
 
-def check_text_family(model_type: str, class_name: str, atol: float = 1e-4) -> dict[str, str]:
-    """Every column for one family: ``yes`` or ``no: <one-line reason>``."""
+def check_text_family(model_type: str, class_name: str, atol: float = 1e-4,
+                      progress: Callable[[dict[str, str]], None] | None = None) -> dict[str, str]:
+    """Every column for one family: ``yes`` or ``no: <one-line reason>``. ``progress`` gets
+    the cells after each check (so a later check that hangs does not hide the earlier ones).
+    The model keeps the attention implementation ``transformers`` picks for it."""
     import transformers
 
     from optc.backends.differential import run_backend
@@ -193,11 +201,6 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4) -> d
         config = tiny_config(model_type)
         torch.manual_seed(0)
         model = getattr(transformers, class_name)._from_config(config).eval()
-        if hasattr(model.config, "_attn_implementation"):
-            try:
-                model.config._attn_implementation = "sdpa"
-            except Exception:  # noqa: BLE001 - a model without sdpa keeps its own
-                pass
         inputs = _inputs(model)
         with torch.inference_mode():
             out = model(**inputs)
@@ -214,6 +217,7 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4) -> d
     finally:
         logging.getLogger("optc").removeHandler(notes)
     cells["capture"] = "yes"
+    report = progress or (lambda cells: None)
     want = {k: out[k] for k in module.graph.outputs}
     layers = analyze(module).layers
     expected = _expected_layers(model.config)
@@ -226,6 +230,7 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4) -> d
                     if "were not raised" in m), "")
         cells["raised"] = (f"no: attention in {n_att} of {expected} layers ({len(layers)} found)"
                            + (f"; first miss: {why[:200]}" if why else ""))
+    report({**cells, _NEXT: "prune-heads"})
     if n_att and layers[0].attention and layers[0].attention.node.attr("num_heads") > 1:
         try:
             m = module.clone()
@@ -240,6 +245,7 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4) -> d
             cells["prune-heads"] = "yes" if diff <= atol else f"no: differs by {diff:.2g}"
         except Exception as exc:  # noqa: BLE001
             cells["prune-heads"] = f"no: {_reason(exc)}"
+    report({**cells, _NEXT: "backends"})
     bad = []
     for backend in ("eager", "torchscript", "onnx"):
         try:
@@ -270,11 +276,11 @@ def _max_diff(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> fl
 def _child(model_type: str, class_name: str, conn: Any) -> None:
     torch.set_num_threads(1)
     try:
-        cells = check_text_family(model_type, class_name)
+        cells = check_text_family(model_type, class_name, progress=conn.send)
     except BaseException as exc:  # noqa: BLE001 - the parent reports it
         cells = {"class": class_name, "capture": f"no: {_reason(exc)}"}
         traceback.print_exc()
-    conn.send(cells)
+    conn.send({**cells, _DONE: "yes"})
     conn.close()
 
 
@@ -284,20 +290,22 @@ def _run_one(model_type: str, class_name: str, timeout: float) -> dict[str, str]
     proc = ctx.Process(target=_child, args=(model_type, class_name, child), daemon=True)
     proc.start()
     child.close()
-    cells = None
-    if parent.poll(timeout):
-        try:
+    cells: dict[str, str] = {"class": class_name}
+    deadline = time.monotonic() + timeout
+    try:
+        while _DONE not in cells and parent.poll(max(0.0, deadline - time.monotonic())):
             cells = parent.recv()
-        except EOFError:
-            cells = None
-    proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    if cells is None:
+    except EOFError:
+        pass
+    finally:  # also when the run itself is interrupted: no check outlives it
+        proc.join(5 if _DONE in cells else 0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if _DONE not in cells:  # the checks not finished say why
         why = (f"timed out after {timeout:.0f} s" if proc.exitcode in (None, -9)
                else f"the check process died (exit {proc.exitcode})")
-        cells = {"class": class_name, "capture": f"no: {why}"}
+        cells = {**cells, cells.get(_NEXT, "capture"): f"no: {why}"}
     return {c: cells.get(c, "-") for c in COLUMNS}
 
 
@@ -327,6 +335,7 @@ def run_all(families: list[str] | None = None, timeout: float = 240.0,
 
     from optc.frontends.capture import capture  # noqa: F401
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the running check too
     every = text_families()
     unknown = [f for f in families or [] if f not in every]
     if unknown:

@@ -40,11 +40,20 @@ def test_a_family_is_checked_end_to_end() -> None:
 
 
 def test_a_hang_or_a_crash_is_one_row(monkeypatch) -> None:
-    monkeypatch.setattr(coverage_all, "check_text_family", lambda *a: time.sleep(60))
+    monkeypatch.setattr(coverage_all, "check_text_family", lambda *a, **k: time.sleep(60))
     row = coverage_all._run_one("bert", "BertModel", timeout=1)
     assert row["capture"] == "no: timed out after 1 s" and row["raised"] == "-"
-    monkeypatch.setattr(coverage_all, "check_text_family", lambda *a: 1 / 0)
-    row = coverage_all._run_one("bert", "BertModel", timeout=30)
-    assert row["capture"].startswith("no: ZeroDivisionError")
-    summary = coverage_all.summary({"bert": row, "gpt2": {c: "yes" for c in coverage_all.COLUMNS}})
+    monkeypatch.setattr(coverage_all, "check_text_family", lambda *a, **k: 1 / 0)
+    crashed = coverage_all._run_one("bert", "BertModel", timeout=30)
+    assert crashed["capture"].startswith("no: ZeroDivisionError")
+
+    def raised_then_hangs(model_type, class_name, progress):
+        progress({"class": class_name, "capture": "yes", "raised": "yes", "next": "prune-heads"})
+        time.sleep(60)
+
+    monkeypatch.setattr(coverage_all, "check_text_family", raised_then_hangs)
+    row = coverage_all._run_one("bert", "BertModel", timeout=3)
+    assert row == {"class": "BertModel", "capture": "yes", "raised": "yes",
+                   "prune-heads": "no: timed out after 3 s", "backends": "-"}
+    summary = coverage_all.summary({"bert": crashed, "gpt2": {c: "yes" for c in coverage_all.COLUMNS}})
     assert "attention raised in every layer 1/2 (50%)" in summary
