@@ -73,8 +73,9 @@ def is_optc_artifact(path: str | os.PathLike) -> bool:
 
 
 def is_optc_export(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Hugging Face directory optc exported (``--backend hf``): its
-    ``config.json`` has an ``optc`` record naming a modeling file that is there."""
+    """Whether ``path`` is a Hugging Face directory optc exported: its ``config.json`` has an
+    ``optc`` record naming a modeling file that is there (``--backend hf``), or the ONNX file
+    of a sentence-transformers directory that is there (``--backend onnx-st``)."""
     p = Path(path)
     if p.is_symlink() or not p.is_dir() or not (p / "config.json").is_file():
         return False
@@ -83,8 +84,14 @@ def is_optc_export(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     record = config.get("optc") if isinstance(config, dict) else None
-    name = record.get("modeling_file") if isinstance(record, dict) else None
-    return isinstance(name, str) and "/" not in name and (p / name).is_file()
+    if not isinstance(record, dict):
+        return False
+    name = record.get("modeling_file")
+    if isinstance(name, str) and "/" not in name:
+        return (p / name).is_file()
+    name = record.get("onnx_file") if record.get("format") == "onnx-st" else None
+    return (isinstance(name, str) and not Path(name).is_absolute()
+            and ".." not in Path(name).parts and (p / name).is_file())
 
 
 def _resolved(path: str | os.PathLike) -> Path:

@@ -4,7 +4,8 @@
     check_written(module, "onnx", path)           # only the check; raises BackendError
 
 After a backend writes its output, optc loads it back the way a user would (``optc.load`` for
-an artifact, ``torch.jit.load`` for TorchScript, an ONNX Runtime session for ONNX), runs it on
+an artifact, ``torch.jit.load`` for TorchScript, an ONNX Runtime session for ONNX and for the
+``onnx/model.onnx`` of an ``onnx-st`` directory), runs it on
 :func:`example_inputs` and compares every output with the eager lowering of the IR it came
 from. Inputs are derived from the IR's graph inputs (names, dtypes, symbolic dims):
 
@@ -44,7 +45,7 @@ import torch
 from optc.artifacts import load_module
 from optc.backends.eager import to_eager
 from optc.backends.model_inputs import embedding_limits, seq_range
-from optc.backends.writers import write_unchecked
+from optc.backends.writers import DIRECTORY_BACKENDS, write_unchecked
 from optc.errors import BackendError
 from optc.ir.core import Module
 from optc.outputs import staged_output
@@ -52,8 +53,8 @@ from optc.outputs import staged_output
 __all__ = ["TOLERANCES", "INT8_TOLERANCES", "tolerance_for", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
            "check_written", "write_checked"]
 
-TOLERANCES = {"eager": 1e-4, "torchscript": 1e-4, "onnx": 1e-3, "hf": 1e-5}
-INT8_TOLERANCES = {"onnx": 0.1}
+TOLERANCES = {"eager": 1e-4, "torchscript": 1e-4, "onnx": 1e-3, "onnx-st": 1e-3, "hf": 1e-5}
+INT8_TOLERANCES = {"onnx": 0.1, "onnx-st": 0.1}
 """Tolerances that replace :data:`TOLERANCES` for modules with quantized (int8) weights,
 dynamic or static, and for modules whose attention matmuls are int8 (the tiny BERT of the
 tests: ONNX within 1e-3, TorchScript 1e-5; MiniLM, ONNX: int8 attention matmuls alone 0.013,
@@ -162,13 +163,19 @@ def load_written(module: Module, backend: str,
 
         session = OnnxModule(path)
         return lambda x: session(**{n: x[n] for n in session.input_names})
+    if backend == "onnx-st":  # its ONNX file, fed by name as sentence-transformers feeds it
+        from optc.backends.onnx import OnnxModule
+        from optc.backends.st_onnx import ONNX_FILE
+
+        session = OnnxModule(Path(path) / ONNX_FILE)
+        return lambda x: session(**{n: x[n] for n in session.input_names})
     if backend == "hf":
         from optc.backends.hf import load_exported
 
         model = load_exported(path)
         return lambda x: {k: v for k, v in model(**x).items() if v is not None}
-    raise BackendError(f"no self-check for backend '{backend}'; choose eager, torchscript, onnx "
-                       "or hf")
+    raise BackendError(f"no self-check for backend '{backend}'; choose eager, torchscript, onnx, "
+                       "onnx-st or hf")
 
 
 def _difference(want: torch.Tensor, got: torch.Tensor) -> float:
@@ -239,7 +246,7 @@ def write_checked(module: Module, backend: str, path: str | os.PathLike, *, forc
     ``path`` stays as it was) and :class:`BackendError` is raised. ``inputs`` are paths the
     output must never replace (see :func:`optc.outputs.check_output`).
     """
-    kind = "artifact" if backend in ("eager", "hf") else "file"
+    kind = "artifact" if backend in DIRECTORY_BACKENDS else "file"
     with staged_output(Path(path), force, kind=kind, inputs=inputs) as staged:
         write_unchecked(module, backend, staged)
         if not check:

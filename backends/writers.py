@@ -16,7 +16,7 @@ from optc.artifacts import save
 from optc.errors import InputError, PipelineSpecError
 from optc.ir.core import Module
 
-__all__ = ["BACKENDS", "check_writable", "write_unchecked"]
+__all__ = ["BACKENDS", "DIRECTORY_BACKENDS", "check_writable", "write_unchecked"]
 
 BACKENDS = {
     "eager": "an optc artifact directory (IR text + safetensors), loaded with optc.load",
@@ -26,8 +26,13 @@ BACKENDS = {
           "file) for transformers' from_pretrained(..., trust_remote_code=True); a "
           "sentence-embedding model also gets its pooling for SentenceTransformer(path, "
           "trust_remote_code=True)",
+    "onnx-st": "a sentence-transformers directory (onnx/model.onnx, tokenizer, pooling) for "
+               "SentenceTransformer(path, backend=\"onnx\"); fp32 and int8 sentence-embedding "
+               "models (token states, no task head)",
 }
 """Backends the CLI's --backend accepts, with what each writes."""
+DIRECTORY_BACKENDS = ("eager", "hf", "onnx-st")
+"""Backends that write a directory (the others write one file)."""
 
 
 def check_writable(module: object, backend: str) -> None:
@@ -55,6 +60,10 @@ def write_unchecked(module: Module, backend: str, path: str | os.PathLike, *,
         from optc.backends.onnx import export_onnx
 
         return export_onnx(module, path, force=force)
+    if backend == "onnx-st":
+        from optc.backends.st_onnx import export_st_onnx
+
+        return export_st_onnx(module, path, force=force)
     from optc.backends.hf import export_hf
 
     return export_hf(module, path, force=force)

@@ -122,12 +122,16 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default="", metavar="SPEC",
                    help="pipeline spec, e.g. 'dce' or 'drop-layers{strategy=top,count=2},dce' "
                         "(list passes with 'optc passes')")
-    p.add_argument("--backend", default="eager", choices=["eager", "torchscript", "onnx", "hf"],
+    p.add_argument("--backend", default="eager",
+                   choices=["eager", "torchscript", "onnx", "hf", "onnx-st"],
                    help="eager: optc artifact directory (default); torchscript: file for "
                         "torch.jit.load; onnx: ONNX model for ONNX Runtime; hf: Hugging Face "
-                        "directory for transformers (trust_remote_code=True)")
+                        "directory for transformers (trust_remote_code=True); onnx-st: "
+                        "sentence-transformers directory with onnx/model.onnx for "
+                        "SentenceTransformer(OUT, backend='onnx') (fp32 or int8 embedding models)")
     p.add_argument("-o", "--output", metavar="OUT", type=output_path,
-                   help="where to write: a directory (eager, hf) or a file (torchscript, onnx)")
+                   help="where to write: a directory (eager, hf, onnx-st) or a file "
+                        "(torchscript, onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_task_arguments(p, "the task of the passes that read task data (finetune, distill, "
                           "quantize max_drop, ...) where their spec names none")
@@ -171,6 +175,7 @@ def _version() -> str:
 
 def _cmd_compile(argv: list[str]) -> int:
     from optc.backends import write_backend
+    from optc.backends.writers import DIRECTORY_BACKENDS
     from optc.passes.context import PassContext
     from optc.passes.manager import DumpIR, PassManager, PrintAfterAll
     from optc.passes.spec import parse_pipeline
@@ -195,7 +200,7 @@ def _cmd_compile(argv: list[str]) -> int:
     if task is not None:
         passes = fill_task(passes, args.task, task, args.data)
     out = Path(args.output) if args.output else None
-    if args.compare and (out is None or args.backend == "hf"):
+    if args.compare and (out is None or args.backend in ("hf", "onnx-st")):
         raise PipelineSpecError("--compare measures the written output: give -o OUT and "
                                 "--backend eager, torchscript or onnx")
     if args.sparse_kernel and args.backend not in ("eager", "torchscript"):
@@ -205,7 +210,7 @@ def _cmd_compile(argv: list[str]) -> int:
         from optc.backends.sparse_exec import check_kernel_available
 
         check_kernel_available(args.sparse_kernel)  # before any slow work
-    kind = "artifact" if args.backend in ("eager", "hf") else "file"
+    kind = "artifact" if args.backend in DIRECTORY_BACKENDS else "file"
     inputs = _input_paths(args)
     if out is not None:
         from optc.outputs import check_output
