@@ -245,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=240.0,
                    help="seconds per family with --all-transformers (default 240)")
     p.add_argument("--jsonl", help="with --all-transformers, append each family's row to this file")
+    p.add_argument("--table-from", metavar="JSONL",
+                   help="with --all-transformers, print the table and share of the rows a run "
+                        "recorded with --jsonl (a partial run included) instead of checking")
     args = p.parse_args(argv)
     if args.all_transformers:
         from optc.tools import coverage_all
 
         try:
-            every = coverage_all.run_all(args.families or None, args.timeout, args.jsonl)
-        except ValueError as exc:
+            every = (coverage_all.load_rows(args.table_from) if args.table_from else
+                     coverage_all.run_all(args.families or None, args.timeout, args.jsonl))
+        except (ValueError, OSError) as exc:
             p.error(str(exc))
         print(coverage_all.markdown(every))
         print()

@@ -36,10 +36,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["text_families", "tiny_config", "check_text_family", "run_all"]
+__all__ = ["text_families", "tiny_config", "check_text_family", "run_all", "load_rows"]
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS, VOCAB, POSITIONS = 32, 4, 2, 8, 64, 2, 256, 128
 COLUMNS = ("class", "capture", "raised", "prune-heads", "backends")
+_UNBUILT = "no: building the tiny model: "
 _DONE, _NEXT = "done", "next"  # keys of the messages a check sends: finished / running
 
 _LAYERS = re.compile(r"(^|_)(n_?layers?|num_(\w+_)?layers|(\w+_)?layers)$")
@@ -205,7 +206,7 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4,
         with torch.inference_mode():
             out = model(**inputs)
     except Exception as exc:  # noqa: BLE001 - reported in the table
-        cells["capture"] = f"no: building the tiny model: {_reason(exc)}"
+        cells["capture"] = f"{_UNBUILT}{_reason(exc)}"
         return cells
     notes = _Notes()
     logging.getLogger("optc").addHandler(notes)
@@ -322,9 +323,22 @@ def summary(results: dict[str, dict[str, str]]) -> str:
     raised = sum(1 for c in results.values() if c["raised"].startswith("yes"))
     pruned = sum(1 for c in results.values() if c["prune-heads"] == "yes")
     lowered = sum(1 for c in results.values() if c["backends"] == "yes")
+    built = sum(1 for c in results.values() if not c["capture"].startswith(_UNBUILT))
     pct = (lambda n: f"{n}/{total} ({100 * n / total:.0f}%)") if total else str
+    of_built = f"{raised}/{built} ({100 * raised / built:.0f}%)" if built else "0/0"
     return (f"text families: {total}; captured {pct(captured)}; attention raised in every layer "
-            f"{pct(raised)}; prune-heads exact {pct(pruned)}; every backend equal {pct(lowered)}")
+            f"{pct(raised)}; prune-heads exact {pct(pruned)}; every backend equal {pct(lowered)}; "
+            f"of the {built} whose tiny model transformers builds and runs: raised {of_built}")
+
+
+def load_rows(path: str) -> dict[str, dict[str, str]]:
+    """The rows a run appended to ``path`` (``--jsonl``), the last one of each family."""
+    rows = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            rows[row["family"]] = {c: row.get(c, "-") for c in COLUMNS}
+    return rows
 
 
 def run_all(families: list[str] | None = None, timeout: float = 240.0,

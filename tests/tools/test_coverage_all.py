@@ -3,6 +3,7 @@ a real family checked end to end, and a hang or a crash reported as one row."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -57,3 +58,18 @@ def test_a_hang_or_a_crash_is_one_row(monkeypatch) -> None:
                    "prune-heads": "no: timed out after 3 s", "backends": "-"}
     summary = coverage_all.summary({"bert": crashed, "gpt2": {c: "yes" for c in coverage_all.COLUMNS}})
     assert "attention raised in every layer 1/2 (50%)" in summary
+
+
+def test_a_recorded_run_is_tabled_with_its_share(tmp_path, capsys) -> None:
+    from optc.tools.coverage import main
+
+    path = tmp_path / "rows.jsonl"
+    yes = {c: "yes" for c in coverage_all.COLUMNS}
+    unbuilt = {"class": "X", "capture": "no: building the tiny model: TypeError: x"}
+    path.write_text("".join(json.dumps({"family": f, **row}) + "\n"
+                            for f, row in (("bert", yes), ("x", unbuilt), ("gpt2", yes))))
+    assert main(["--all-transformers", "--table-from", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| x | X | no: building the tiny model: TypeError: x | - | - | - |" in out
+    assert "attention raised in every layer 2/3 (67%)" in out
+    assert "of the 2 whose tiny model transformers builds and runs: raised 2/2 (100%)" in out
