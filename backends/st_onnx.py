@@ -101,7 +101,7 @@ def _check_module(module: Module) -> tuple[int, Path]:
     if TOKEN_STATES not in outputs:
         raise _refuse(f"sentence-transformers pools the token states ('{TOKEN_STATES}'), and "
                       f"this model outputs {', '.join(outputs) or 'nothing'} (a task head): "
-                      "write it with --backend onnx, or load the base model (--task base)")
+                      "write it with --backend onnx, or load the base model (--head base)")
     shape = outputs[TOKEN_STATES].tensor_type.shape
     if len(shape) != 3 or not isinstance(shape[-1], int):
         raise _refuse(f"'{TOKEN_STATES}' has shape {tuple(shape)}, not (batch, seq, width)")

@@ -137,12 +137,15 @@ def test_models_it_cannot_write_are_refused_in_one_line(exports, tmp_path: Path)
 
 def test_cli_writes_it_and_replaces_only_its_own_output(exports, tmp_path: Path, capsys) -> None:
     from optc.tools.cli import main
+    from optc.tools.train_cli import _st_onnx_target
 
     source = Path(exports["fp32"][1].meta["source"]["model"])
     out = tmp_path / "st"
     args = [str(source), "--backend", "onnx-st", "-o", str(out), "-q", "--no-check"]
     assert main(args) == 0
     assert is_optc_export(out) and st_onnx_file(out) == out / ONNX_FILE
+    assert _st_onnx_target(str(out)) == str(out / ONNX_FILE)  # optc eval DIR reads its file
+    assert _st_onnx_target(str(source)) == str(source) and st_onnx_file(source) is None
     capsys.readouterr()
     assert main(args) == OutputError.exit_code  # never replaced silently
     assert "already exists; pass --force" in capsys.readouterr().err
