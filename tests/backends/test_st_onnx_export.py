@@ -150,3 +150,24 @@ def test_cli_writes_it_and_replaces_only_its_own_output(exports, tmp_path: Path,
     assert main(args) == OutputError.exit_code  # never replaced silently
     assert "already exists; pass --force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0  # optc's own onnx-st directory may be replaced
+
+
+def test_a_wrong_directory_is_removed_by_the_self_check(exports, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """The self-check runs onnx/model.onnx against the eager IR: an ONNX lowering that goes
+    wrong (a perturbed weight) leaves no directory behind."""
+    from optc.backends import onnx as onnx_backend
+
+    _, module = exports["fp32"]
+    real = onnx_backend.lower_for_onnx
+
+    def wrong(m):  # noqa: ANN001
+        lowered, translations = real(m)
+        name = next(n for n in lowered.params if n.endswith("encoder.layer.0.output.dense.weight"))
+        lowered.params[name].data = lowered.params[name].data * 1.5
+        return lowered, translations
+
+    monkeypatch.setattr(onnx_backend, "lower_for_onnx", wrong)
+    with pytest.raises(BackendError, match="onnx-st self-check .* 'last_hidden_state' differs"):
+        write_backend(module, "onnx-st", tmp_path / "st")
+    assert list(tmp_path.iterdir()) == []
