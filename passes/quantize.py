@@ -32,7 +32,7 @@ from optc.passes.registry import register_pass
 from optc.passes.sparsify import ROLES, linear_targets
 from optc.tasks import evaluate
 
-__all__ = ["Quantize", "QParams", "MATMULS", "apply_int8_embeddings"]
+__all__ = ["Quantize", "QParams", "MATMULS", "apply_int8_embeddings", "int8_tables"]
 
 MATMULS = "matmuls"
 """The target name of the attention ops' two matmuls (Q·Kᵀ and P·V)."""
@@ -208,8 +208,9 @@ class Quantize(Distill):
         can be; ``true``: all of them, :meth:`_requires_tables` refuses the others)."""
         if self.embeddings is False or (self.embeddings == "auto" and not self._roles):
             return []
-        return [n for n in module.graph
-                if n.op == "embedding" and (self.embeddings is True or _table_problem(n) is None)]
+        if self.embeddings is True:
+            return [n for n in module.graph if n.op == "embedding"]
+        return int8_tables(module)
 
     def _requires_tables(self, module: Module) -> str | None:
         if self.embeddings is not True:
@@ -455,6 +456,12 @@ def _table_problem(node: Node) -> str | None:
         return (f"table @{table.name} is also read by {others[0]!r} (tied weights, e.g. a "
                 "language-model head), which would read the int8 values")
     return None
+
+
+def int8_tables(module: Module) -> list[Node]:
+    """The ``embedding`` nodes whose tables can be made int8 (``embeddings=auto``'s choice:
+    float32 parameter tables that only ``embedding`` nodes read)."""
+    return [n for n in module.graph if n.op == "embedding" and _table_problem(n) is None]
 
 
 def apply_int8_embeddings(module: Module, nodes: list[Node]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ the validation data is at most ``max_drop`` points below the input model's on th
    metric is assumed to fall along the path; every prefix checked is recorded), then the
    prefixes just short of it, and the points of the search's front (search-part metric vs
    FLOPs: FLOPs only prune the list) cheaper than it, up to ``measure`` of each.
-4. int8 (dynamic, per output channel) is applied to the fastest passing points; the layers
+4. int8 (dynamic, per output channel; the embedding tables per row, as ``quantize`` does by
+   default) is applied to the fastest passing points; the layers
    whose int8 costs most on the search part stay fp32 until the search part is within
    ``max_drop`` of the input, and the held-out part then checks both steps together (a
    point it refuses keeps no int8).
@@ -38,7 +39,7 @@ from optc.errors import BackendError, InputError, PipelineSpecError
 from optc.ir.analysis import module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
-from optc.passes.quantize import apply_int8
+from optc.passes.quantize import apply_int8, apply_int8_embeddings, int8_tables
 from optc.passes.sparsify import linear_targets
 from optc.search.candidates import Candidate, Config, commit
 from optc.search.driver import (
@@ -261,10 +262,13 @@ def _int8_layers(module: Module) -> dict[int, list[str]]:
 
 
 def _quantized(module: Module, layers: dict[int, list[str]], skip: set[int]) -> Module:
+    """``module`` with the linears of ``layers`` but ``skip`` int8, and (as ``quantize``'s
+    default ``embeddings=auto`` does) its embedding tables int8 whenever a linear is."""
     clone = module.clone()
     names = [n for position, ns in layers.items() if position not in skip for n in ns]
     if names:
         apply_int8(clone, names, INT8_BITS)
+        apply_int8_embeddings(clone, int8_tables(clone))
     return clone
 
 

@@ -91,6 +91,8 @@ def test_the_fastest_point_within_the_tolerance_is_chosen_and_int8_is_checked_wi
     quantized = [p for p in result.points if p.int8]
     assert quantized and chosen.int8 == any(p.within for p in quantized)
     assert _int8(result.module) == chosen.int8
+    tables = [n for n in result.module.graph if n.op == "embedding"]  # as quantize's default
+    assert tables and all((n.arg(2) is not None) == chosen.int8 for n in tables)
     # what is written is the chosen point: its held-out figure, its interval
     assert module_flops(result.module, 128) == chosen.flops
     assert _held_out_metric(result.module, tokenizer, task_dir, options) == chosen.held_out
