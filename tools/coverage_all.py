@@ -232,7 +232,10 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4,
         cells["raised"] = (f"no: attention in {n_att} of {expected} layers ({len(layers)} found)"
                            + (f"; first miss: {why[:200]}" if why else ""))
     report({**cells, _NEXT: "prune-heads"})
-    if n_att and layers[0].attention and layers[0].attention.node.attr("num_heads") > 1:
+    refused = layers[0].attention.prunable if n_att and layers[0].attention else None
+    if refused:  # what prune-heads itself says (e.g. q/k/v not their own projections)
+        cells["prune-heads"] = f"no: {refused}"
+    elif n_att and layers[0].attention and layers[0].attention.node.attr("num_heads") > 1:
         try:
             m = module.clone()
             for s in analyze(m).layers[0].attention.head_slices(1):
