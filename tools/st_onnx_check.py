@@ -175,7 +175,11 @@ def check(args: argparse.Namespace) -> int:
         print(f"st_onnx_check: '{directory}' is no sentence-transformers directory (no "
               "modules.json): write it with optc MODEL --backend onnx-st -o DIR", file=sys.stderr)
         return 2
-    pairs = _read_pairs(Path(args.pairs)) if args.pairs else None
+    pairs = None
+    if args.pairs:
+        from optc.data import resolve_data_path  # also under $OPTC_DATA_DIR, as optc's --data
+
+        pairs = _read_pairs(resolve_data_path(args.pairs))
     if pairs is not None:
         texts = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]
     else:
@@ -252,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(e.g. the fp32 model an int8 DIR was quantized from)")
     c.add_argument("--texts", metavar="FILE", help="texts to embed, one per line")
     c.add_argument("--pairs", metavar="TSV", help="instead of --texts: sentence pairs with a "
-                   "score (columns sentence1, sentence2, score; e.g. STS-B's dev.tsv): also "
+                   "score (columns sentence1, sentence2, score; e.g. glue/STS-B/dev.tsv, also "
+                   "found under $OPTC_DATA_DIR): also "
                    "prints each model's Spearman of the pairs' cosines")
     c.add_argument("--st-python", metavar="PYTHON", help="the sentence-transformers "
                    f"environment's python (default $OPTC_ST_PYTHON, else {DEFAULT_ST_PYTHON})")
