@@ -124,13 +124,14 @@ def _eager_embeddings(target: str, directory: Path, texts: list[str],
                       batch_size: int) -> np.ndarray:
     """optc's eager embeddings of ``texts`` by ``target``, with the pooling, token limit and
     tokenizer of the sentence-transformers ``directory``."""
+    from transformers import AutoTokenizer
+
     import optc
     from optc.artifacts import is_artifact, load_module
     from optc.backends import to_eager
     from optc.tasks import get_task
     from optc.tasks.embedding import embed
     from optc.tasks.pooling import read_pooling
-    from transformers import AutoTokenizer
 
     if is_artifact(target):
         module = load_module(target)

@@ -19,8 +19,8 @@ from optc.backends.st_onnx import ONNX_FILE, TOKEN_STATES, st_onnx_file, st_onnx
 from optc.errors import BackendError, OutputError
 from optc.ir.analysis import analyze
 from optc.outputs import is_optc_export
-from optc.tasks import get_task
 from optc.tasks import declared_pooling as task_pooling
+from optc.tasks import get_task
 from optc.tasks.embedding import embed
 from optc.tests.backends.test_st_export import TEXTS, _source
 from optc.tests.train.conftest import write_tokenizer
