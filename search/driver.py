@@ -114,7 +114,10 @@ class SearchOptions:
     k: int = 30
     """Hard attention: probabilities kept per query row."""
     fine_threshold: float = 1.1
-    """Groups/heads are tried after a rejected block when its loss < this x the best loss."""
+    """Groups/heads are tried after a rejected block when its loss < this x the best loss.
+    Not for the label-free ``embedding`` task: its loss is a distance to the reference model's
+    embeddings, 0 for the input itself, so no ratio to it means "close"; every group and head
+    is tried there (the time budget bounds the search)."""
     val_size: float | int = 0.15
     """Validation split carved from train: a fraction, or a number of examples."""
     seed: int = 0
@@ -774,7 +777,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                     commit(current, config)
                     latency_ratio = _latency_ratio(module, current)
             if cand.kind in ("ffn", "attention"):
-                close = verdict.mean_loss < options.fine_threshold * best_loss
+                close = (task.needs_reference  # a distance from 0: see fine_threshold
+                         or verdict.mean_loss < options.fine_threshold * best_loss)
                 decided[cand] = (verdict.accepted, close)
             entry = HistoryEntry(steps + len(history) + 1, cand.kind, cand.layer,
                                  list(cand.units), cand.label, verdict.mean_loss,

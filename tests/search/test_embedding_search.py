@@ -123,3 +123,19 @@ def test_a_task_head_is_refused_for_an_embedding_search(texts, tokenizer):
 
     with pytest.raises(InputError, match="last_hidden_state"):
         check_searchable(headed(seed=1), get_task(f"embedding{{data={texts}}}"))
+
+
+def test_heads_are_tried_after_a_rejected_block_on_the_label_free_task(encoder, texts,
+                                                                       tokenizer):
+    """The fine-grained threshold is a ratio to the best loss, 0 for the reference itself:
+    the label-free search tries every head instead of none."""
+    from optc.search import SearchOptions, specialize
+
+    task = get_task(f"embedding{{data={texts}}}")
+    options = SearchOptions(rule="metric", tolerance=1e-6, kinds=("attention", "heads"),
+                            val_size=40, prefix_reuse=True)
+    result = specialize(encoder, task, tokenizer, None, options)
+    blocks = [h for h in result.history if h.kind == "attention"]
+    heads = [h for h in result.history if h.kind == "heads"]
+    assert blocks and not any(h.accepted for h in blocks)
+    assert len(heads) == 2 * 4  # every head of both layers was tried
