@@ -19,7 +19,9 @@ the validation data is at most ``max_drop`` points below the input model's on th
    whose int8 costs most on the search part stay fp32 until the search part is within
    ``max_drop`` of the input, and the held-out part then checks both steps together (a
    point it refuses keeps no int8).
-5. The input and every passing point are timed together on the target (interleaved); the
+5. On an ONNX target each passing point's file is self-checked against the IR first (as
+   the writers do): a point whose lowering differs beyond the backend's tolerance is dropped
+   with a note. The input and every passing point are timed together on the target (interleaved); the
    fastest within the tolerance is the result. When none is faster than the input, the input
    is the result, unchanged, with one line saying why.
 
@@ -430,6 +432,14 @@ def specialize_within(module: Module, task: Task | str, tokenizer: Any, data: An
             if q_point.within:
                 committed[id(q_point)] = q_module
                 passing.append(q_point)
+    if contract.target.backend == "onnx":  # a point is only as good as its lowering
+        say("checking the points' ONNX files against the IR")
+        for point in [p for p in passing if p is not start]:
+            problem = _lowering_problem(committed[id(point)], contract.target.backend)
+            if problem is not None:
+                point.within = False
+                passing.remove(point)
+                notes.append(f"{point.label}: dropped, {problem}")
     say(f"timing {len(passing)} points on {contract.target.describe()}")
     times = _times([committed[id(p)] for p in passing], contract.target)
     for point, ms in zip(passing, times, strict=True):
@@ -503,6 +513,22 @@ def _committed(module: Module, config: Config) -> Module:
     if config.accepted:
         commit(clone, config)
     return clone
+
+
+def _lowering_problem(module: Module, backend: str) -> str | None:
+    """Why ``backend``'s file of ``module`` cannot stand for it (its writer's self-check
+    fails: it differs from the IR beyond the backend's tolerance, or does not run), or None."""
+    import tempfile
+    from pathlib import Path
+
+    from optc.backends import write_backend
+
+    with tempfile.TemporaryDirectory(prefix="optc-contract-") as tmp:
+        try:
+            write_backend(module, backend, Path(tmp) / f"point.{backend}")
+        except BackendError as exc:
+            return str(exc)
+    return None
 
 
 def _times(modules: list[Module], target: Target) -> list[float]:

@@ -19,7 +19,7 @@ import optc.search.contract as contract_module
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import module_flops
 from optc.search import Config, GatedRunner, SearchOptions, prepare_batches
-from optc.search.contract import ContractOptions, specialize_within
+from optc.search.contract import ContractOptions, Target, specialize_within
 from optc.search.driver import held_out_examples, validation_examples
 from optc.search.measure import backend_latencies
 from optc.search.recipe import RECIPES, load_recipe
@@ -247,3 +247,25 @@ def test_a_cuda_device_without_cuda_is_one_line_before_any_work(tmp_path, capsys
                  "--device", "cuda"]) == 3
     err = capsys.readouterr().err
     assert "torch sees no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_point_whose_onnx_file_differs_from_the_ir_is_dropped_with_a_note(
+        module, tokenizer, task_dir, split_file, monkeypatch):
+    """On an ONNX target every passing point is self-checked as the writer does; here the
+    int8 points' files are made to fail it (as int8 MPNet's do today)."""
+    monkeypatch.setattr(contract_module, "backend_latencies", _latency)
+    checked = []
+
+    def problem(m, backend):
+        checked.append(_int8(m))
+        return "onnx self-check failed: differs by 0.3" if _int8(m) else None
+
+    monkeypatch.setattr(contract_module, "_lowering_problem", problem)
+    options = SearchOptions(k=3, neuron_groups=3, rule="metric", tolerance=DROP,
+                            kinds=("heads",), val_data=split_file, holdout=0.5)
+    result = specialize_within(module, TASK, tokenizer, task_dir, options,
+                               ContractOptions(max_drop=DROP, int8="on",
+                                               target=Target("onnx")))
+    assert True in checked and not result.chosen.int8 and not _int8(result.module)
+    assert all(not p.within for p in result.points if p.int8)
+    assert any("dropped, onnx self-check failed" in n for n in result.notes)
