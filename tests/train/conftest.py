@@ -102,3 +102,17 @@ def batch(tokenizer):
     texts = [s for s, _ in sentences(6, 5)]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny BERT saved as a Hugging Face directory, with its tokenizer."""
+    import transformers as tf
+
+    path = tmp_path_factory.mktemp("hf-tiny")
+    torch.manual_seed(0)
+    config = tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=64)
+    tf.BertModel(config).save_pretrained(str(path))
+    write_tokenizer(path)
+    return path

@@ -11,25 +11,7 @@ import pytest
 
 import optc
 from optc.errors import InputError
-from optc.tests.train.conftest import VOCAB
 from optc.tools.train_cli import cmd_eval, cmd_finetune
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny BERT saved as a Hugging Face directory, with its tokenizer."""
-    import torch
-    import transformers as tf
-
-    from optc.tests.train.conftest import write_tokenizer
-
-    path = tmp_path_factory.mktemp("hf-tiny")
-    torch.manual_seed(0)
-    config = tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                           intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=64)
-    tf.BertModel(config).save_pretrained(str(path))
-    write_tokenizer(path)
-    return path
 
 
 @pytest.fixture(scope="module")
