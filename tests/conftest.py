@@ -171,3 +171,20 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max absolute difference of two tensors of the same shape."""
     assert a.shape == b.shape
     return (a - b).abs().max().item()
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading or capturing a model (or an ONNX / TorchScript file) fails the test: a
+    command's checks of its task and data must come first."""
+    import importlib
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    for module, name in (("optc.frontends.huggingface", "load_model"),
+                         ("optc.frontends.capture", "capture"),
+                         ("optc.artifacts", "load_module"),
+                         ("optc.backends.onnx", "OnnxModule"),
+                         ("optc.backends.record", "load_torchscript")):
+        monkeypatch.setattr(importlib.import_module(module), name, loaded)

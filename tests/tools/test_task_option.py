@@ -22,20 +22,6 @@ def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, s
     return code, out, err
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Loading or capturing a model fails the test: the checks must come first."""
-    import importlib
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("the model was loaded before the data was checked")
-
-    for module, name in (("optc.frontends.huggingface", "load_model"),
-                         ("optc.frontends.capture", "capture"),
-                         ("optc.artifacts", "load_module")):
-        monkeypatch.setattr(importlib.import_module(module), name, loaded)
-
-
 def test_a_data_task_implies_its_head_and_is_recorded(capsys, model_dir: Path,
                                                       tmp_path: Path) -> None:
     out = tmp_path / "sst2"

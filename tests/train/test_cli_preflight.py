@@ -4,7 +4,6 @@ optc eval shows how far it is."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -28,21 +27,6 @@ def classifier(model_dir, task_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cls") / "a"
     save(module, out, extra={"task": module.meta["task"]})
     return out
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Loading or capturing a model fails the test: the checks must come first."""
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("the model was loaded before the data was checked")
-
-    for module, name in (("optc.frontends.huggingface", "load_model"),
-                         ("optc.frontends.capture", "capture"),
-                         ("optc.artifacts", "load_module"),
-                         ("optc.backends.onnx", "OnnxModule"),
-                         ("optc.backends.record", "load_torchscript")):
-        monkeypatch.setattr(importlib.import_module(module), name, loaded)
 
 
 def _bad_data(tmp_path):
