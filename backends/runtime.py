@@ -35,7 +35,7 @@ from optc.errors import InputError
 from optc.frontends.huggingface import load_tokenizer
 from optc.ir.core import Module
 
-__all__ = ["LoadedOutput", "OUTPUT_KINDS", "output_kind", "open_output"]
+__all__ = ["LoadedOutput", "OUTPUT_KINDS", "output_kind", "open_output", "open_onnx"]
 
 OUTPUT_KINDS = ("artifact", "onnx", "torchscript", "module")
 """What :func:`open_output` loads: an optc artifact directory, an ``.onnx`` file, a TorchScript
@@ -134,18 +134,25 @@ def open_output(target: str | os.PathLike | Module | EagerModule,
         return LoadedOutput(kind, eager, tuple(v.name for v in module.graph.inputs),
                             module.meta, where)
     if kind == "onnx":
-        try:
-            runner = OnnxModule(target, threads=threads)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(f"cannot load ONNX model {where}: {first}") from None
-        record = read_onnx_record(runner.session.get_modelmeta().custom_metadata_map, where)
+        runner, record = open_onnx(target, threads)
         return LoadedOutput(kind, runner, tuple(runner.input_names), record.meta, where, record)
     scripted, record = load_torchscript(target)
     scripted.eval()
     _torch_threads(threads)
     names = tuple(a.name for a in scripted.forward.schema.arguments[1:])
     return LoadedOutput(kind, scripted, names, record.meta, where, record)
+
+
+def open_onnx(target: str | os.PathLike, threads: int | None = None) -> tuple[OnnxModule, Any]:
+    """(ONNX Runtime session, the record optc wrote in its metadata) of the ``.onnx`` file
+    ``target``; a file ONNX Runtime cannot load is one :class:`InputError` line."""
+    where = f"'{target}'"
+    try:
+        runner = OnnxModule(target, threads=threads)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load ONNX model {where}: {first}") from None
+    return runner, read_onnx_record(runner.session.get_modelmeta().custom_metadata_map, where)
 
 
 def _torch_threads(threads: int | None) -> None:

@@ -123,16 +123,9 @@ def load_for_eval(target: str, task: Any, tokenizer_ref: str | None, threads: in
         _refuse_untrained_head(target, meta)
         runner, names = to_eager(module, device=device), tuple(v.name for v in module.graph.inputs)
     elif kind == "onnx":
-        from optc.backends.onnx import OnnxModule
-        from optc.backends.record import read_onnx_record
+        from optc.backends.runtime import open_onnx
 
-        try:
-            runner = OnnxModule(target, threads=threads)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(f"cannot load ONNX model '{target}': {first}") from None
-        record = read_onnx_record(runner.session.get_modelmeta().custom_metadata_map,
-                                  f"'{target}'")
+        runner, record = open_onnx(target, threads)
         meta, names = record.meta, tuple(runner.input_names)
     elif kind == "torchscript":
         from optc.backends.record import load_torchscript
