@@ -37,8 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["main", "search_texts"]
 
 MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
@@ -88,22 +86,10 @@ def _middle_drop(module: Any, flops: int) -> Any:
     return module.clone(), 0
 
 
-def _ort(path: Path, threads: int) -> Any:
-    from optc.backends.onnx import OnnxModule
-
-    session = OnnxModule(path, threads=threads)
-
-    def run(**inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = session(**{k: v for k, v in inputs.items() if k in session.input_names})
-        return out if isinstance(out, dict) else {"last_hidden_state": out}
-
-    run.input_names = tuple(session.input_names)  # type: ignore[attr-defined]
-    return run
-
-
 def _bench_model(key: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     from optc.backends import write_backend
     from optc.backends.eager import to_eager
+    from optc.backends.onnx import OnnxModule
     from optc.data import Example
     from optc.frontends.capture import capture
     from optc.frontends.huggingface import load_model, load_tokenizer
@@ -170,8 +156,8 @@ def _bench_model(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
     base_sts = None
     for label, path in files.items():
         say(f"scoring {label}")
-        run = _ort(path, args.eval_threads)
-        names = run.input_names
+        run = OnnxModule(path, threads=args.eval_threads)  # outputs a dict, as evaluate reads
+        names = tuple(run.input_names)
         scored = evaluate(sts, run, dev, tokenizer, input_names=names, pooling=pooling)
         agree = evaluate(ref_task, run, held_examples, tokenizer, input_names=names,
                          pooling=pooling, reference=reference)
