@@ -39,18 +39,7 @@ from optc.search.contract import (
     Target,
     specialize_within,
 )
-from optc.search.driver import (
-    MIN_VALIDATION,
-    HistoryEntry,
-    SearchOptions,
-    SearchResult,
-    check_searchable,
-    held_out_examples,
-    holdout_options,
-    specialize,
-    validate,
-    validation_examples,
-)
+from optc.search.driver import specialize
 from optc.search.executors import (
     RAY_INSTALL_HINT,
     Executor,
@@ -59,8 +48,18 @@ from optc.search.executors import (
     SerialExecutor,
     make_executor,
 )
+from optc.search.options import SearchOptions
 from optc.search.recipe import RECIPES, Recipe, load_recipe
+from optc.search.result import HistoryEntry, SearchResult
 from optc.search.runner import GatedRunner, Outcome, prepare_batches
+from optc.search.validation import (
+    MIN_VALIDATION,
+    check_searchable,
+    held_out_examples,
+    holdout_options,
+    validate,
+    validation_examples,
+)
 
 __all__ = [
     "AcceptanceRule", "FlipGuard", "LossRule", "MetricRule", "MetricLossRule", "RULES", "Verdict",

@@ -44,19 +44,17 @@ from optc.ir.verifier import verify
 from optc.passes.quantize import apply_int8, apply_int8_embeddings, int8_tables
 from optc.passes.sparsify import linear_targets
 from optc.search.candidates import Candidate, Config, commit
-from optc.search.driver import (
-    FLOPS_SEQ,
+from optc.search.driver import specialize
+from optc.search.measure import BACKENDS, backend_latencies
+from optc.search.options import SearchOptions
+from optc.search.result import FLOPS_SEQ, HistoryEntry, SearchResult
+from optc.search.runner import GatedRunner, Outcome, attach_reference, prepare_batches
+from optc.search.validation import (
     MIN_VALIDATION,
-    HistoryEntry,
-    SearchOptions,
-    SearchResult,
     check_searchable,
     held_out_examples,
-    specialize,
     validation_examples,
 )
-from optc.search.measure import BACKENDS, backend_latencies
-from optc.search.runner import GatedRunner, Outcome, attach_reference, prepare_batches
 from optc.tasks.registry import get_task
 from optc.tasks.significance import MetricDelta, paired_bootstrap
 from optc.tasks.task import Task

@@ -43,334 +43,63 @@ Candidates are gates on a running module (:mod:`optc.search.runner`), committed 
 at the end (:func:`optc.search.candidates.commit`). With several workers the next trials are
 evaluated speculatively (assuming the pending ones are rejected) and re-evaluated after an
 acceptance, so the accepted set equals the serial run's.
+
+This module holds the search loop and its rounds; around it: the options
+(:mod:`optc.search.options`), what it reports (:mod:`optc.search.result`), its validation
+examples and the checks on its input (:mod:`optc.search.validation`), the confirmation and
+the refit verdict (:mod:`optc.search.confirmation`). The names of those modules that callers
+import from here are re-exported.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 
-from optc.data import INPUT_NAMES, Batch
-from optc.errors import InputError, PipelineSpecError
+from optc.data import Batch
+from optc.errors import PipelineSpecError
 from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
 from optc.passes.context import PassContext
 from optc.passes.importance import taylor_scores
 from optc.passes.manager import PassManager
-from optc.passes.spec import parse_pipeline, task_pipeline
-from optc.search.acceptance import AcceptanceRule, Verdict, make_rule
-from optc.search.candidates import (
-    KINDS,
-    Candidate,
-    Config,
-    Importance,
-    Trial,
-    commit,
-    plan_trials,
-)
+from optc.passes.spec import task_pipeline
+from optc.search.acceptance import make_rule
+from optc.search.candidates import Candidate, Config, Importance, Trial, commit, plan_trials
+from optc.search.confirmation import confirm_round, flip_share, refit_verdict
 from optc.search.executors import make_executor
 from optc.search.measure import latencies
-from optc.search.runner import GatedRunner, Outcome, attach_reference, prepare_batches
+from optc.search.options import UNIT_ORDERS, SearchOptions
+from optc.search.result import FLOPS_SEQ, HistoryEntry, SearchResult
+from optc.search.runner import GatedRunner, Outcome
+from optc.search.validation import (
+    MIN_VALIDATION,
+    check_module,
+    check_searchable,
+    held_out_examples,
+    holdout_options,
+    input_names,
+    validate,
+    validation_examples,
+    validation_source,
+    validation_splits,
+    with_reference,
+)
 from optc.tasks.registry import get_task
-from optc.tasks.task import EMBEDDING_KINDS, Task
-from optc.train.heads import has_task_head, has_token_states, task_spec
+from optc.tasks.task import Task
+from optc.train.heads import task_spec
 
 __all__ = ["SearchOptions", "HistoryEntry", "SearchResult", "specialize", "validate",
            "validation_examples", "held_out_examples", "holdout_options", "check_searchable",
            "MIN_VALIDATION",
            "FLOPS_SEQ",
            "UNIT_ORDERS"]
-
-MIN_VALIDATION = 20
-"""Fewer validation examples than this make the majority vote meaningless."""
-
-FLOPS_SEQ = 128
-"""Sequence length at which FLOPs are reported."""
-
-UNIT_ORDERS = ("index", "importance")
-"""How heads and neuron groups are formed and ordered (:attr:`SearchOptions.unit_order`)."""
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """Options of the search; the defaults are the published procedure."""
-
-    rule: str = "loss"
-    """Acceptance rule: loss (published), metric (validation metric within ``tolerance``) or
-    metric-loss (that, and the mean validation loss no higher than the baseline's)."""
-    tolerance: float = 0.0
-    """metric rule: tolerated drop of the validation metric, in points."""
-    kinds: tuple[str, ...] = KINDS
-    """Candidate kinds, in order: hard-attention, ffn, ffn-groups, attention, heads."""
-    neuron_groups: int = 12
-    """FFN neuron groups per layer."""
-    k: int = 30
-    """Hard attention: probabilities kept per query row."""
-    fine_threshold: float = 1.1
-    """Groups/heads are tried after a rejected block when its loss < this x the best loss.
-    Not for the label-free ``embedding`` task: its loss is a distance to the reference model's
-    embeddings, 0 for the input itself, so no ratio to it means "close"; every group and head
-    is tried there (the time budget bounds the search)."""
-    val_size: float | int = 0.15
-    """Validation split carved from train: a fraction, or a number of examples."""
-    seed: int = 0
-    """Seed of the validation split."""
-    val_limit: int | None = None
-    """Use only the first N validation examples."""
-    val_data: str | os.PathLike | None = None
-    """Validation examples from this file (a directory: its ``val`` file) instead of a part
-    carved from train (``val_size``/``seed`` then unused): e.g. data from where the model
-    will be used, when train does not represent it."""
-    batch_size: int = 32
-    max_length: int | None = None
-    """Token limit (default 128; 384 for QA)."""
-    flops_target: float | None = None
-    """Stop once the FLOPs are at most this fraction of the starting module's."""
-    time_budget: float | None = None
-    """Seconds after which no new candidate is tried (the best model so far is kept)."""
-    latency_target: float | None = None
-    """Stop once the measured eager latency (batch 1, seq 128, 1 thread) is at most this
-    fraction of the starting module's (measured after each acceptance)."""
-    prefix_reuse: bool = True
-    """Reuse the hidden states entering a layer for all candidates in it."""
-    workers: int = 1
-    """Local worker processes (1: serial)."""
-    ray: bool = False
-    """Evaluate on Ray actors (also when RAY_ADDRESS is set)."""
-    sweeps: int = 1
-    """Passes over the trial order (1: published); a sweep that accepts nothing ends it."""
-    unit_order: str = "index"
-    """How heads are ordered and neurons grouped: ``index`` (published: by position) or
-    ``importance`` (Taylor importance on the validation split, least important first)."""
-    rounds: int = 1
-    """Searches, each on the previous one's refitted result (1: published)."""
-    between: str = "reconstruct"
-    """Pipeline run on a round's result before the next round (reference: the input
-    module; data-reading passes get the search's data)."""
-    confirm: float = 0.0
-    """Share of the validation examples kept out of the search to confirm it (0: none, as
-    published): after each round its acceptances are replayed in order on this part and cut
-    after the longest prefix that the rule still accepts there (see :func:`specialize`)."""
-    max_flips: float | None = None
-    """Classification: also refuse a candidate that makes more than this share of the
-    validation examples predicted as another class than the baseline (the unpruned or
-    reference model) predicts them; None: not counted (published)."""
-    device: str = "cpu"
-    """Where the training passes of ``between`` run (cpu, cuda, cuda:N, auto; the search's own
-    evaluations run on the CPU)."""
-    precision: str = "fp32"
-    """Autocast precision of those training passes (fp32, bf16, fp16)."""
-    holdout: float = 0.0
-    """Share of the validation examples the search never sees (a seeded split, stratified
-    like the validation split; 0: none, as published): the held-out part on which
-    :mod:`optc.search.contract` checks the result (:func:`held_out_examples`)."""
-
-    def __post_init__(self) -> None:
-        bad = [k for k in self.kinds if k not in KINDS]
-        if bad or not self.kinds:
-            raise PipelineSpecError(f"unknown candidate kind '{(bad or [''])[0]}'; valid kinds: "
-                                    f"{', '.join(KINDS)}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise PipelineSpecError(f"k must be an integer >= 1 (attention probabilities kept "
-                                    f"per query row), got {self.k!r}")
-        if self.neuron_groups < 1:
-            raise PipelineSpecError(f"neuron groups must be >= 1, got {self.neuron_groups}")
-        if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 1:
-            raise PipelineSpecError(f"sweeps must be an integer >= 1, got {self.sweeps!r}")
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise PipelineSpecError(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        parse_pipeline(self.between)  # also with one round: a bad spec is a bad option
-        for name in ("fine_threshold", "tolerance"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise PipelineSpecError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.workers < 1:
-            raise PipelineSpecError(f"workers must be >= 1, got {self.workers}")
-        if self.unit_order not in UNIT_ORDERS:
-            raise PipelineSpecError(f"unknown unit order '{self.unit_order}'; valid orders: "
-                                    f"{', '.join(UNIT_ORDERS)}")
-        if self.flops_target is not None and not 0 < self.flops_target <= 1:
-            raise PipelineSpecError(f"the FLOPs target is a fraction in (0, 1], got "
-                                    f"{self.flops_target}")
-        if self.latency_target is not None and not 0 < self.latency_target <= 1:
-            raise PipelineSpecError(f"the latency target is a fraction in (0, 1], got "
-                                    f"{self.latency_target}")
-        if not 0 <= self.holdout < 1:
-            raise PipelineSpecError(f"the held-out share is a fraction in [0, 1), got "
-                                    f"{self.holdout}")
-        if not 0 <= self.confirm < 1:
-            raise PipelineSpecError(f"the confirmation share is a fraction in [0, 1), got "
-                                    f"{self.confirm}")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise PipelineSpecError(f"the time budget must be positive, got {self.time_budget}")
-        make_rule(self.rule, self.tolerance, self.max_flips)
-
-
-@dataclass
-class HistoryEntry:
-    """One trial of the search."""
-
-    step: int
-    kind: str
-    layer: int
-    units: list[int]
-    label: str
-    mean_loss: float | None
-    """Mean validation loss with the candidate (None: skipped)."""
-    not_worse: float | None
-    """Share of validation samples no worse than in the baseline."""
-    metric: float | None
-    """Validation metric with the candidate (classification/regression)."""
-    accepted: bool
-    flops: int | None
-    """FLOPs (batch 1, seq 128) of the model with the candidate."""
-    note: str = ""
-    """Why a trial was skipped."""
-    sweep: int = 1
-    """Which pass over the trial order (``SearchOptions.sweeps``)."""
-    round: int = 1
-    """Which search round (``SearchOptions.rounds``)."""
-    flips: float | None = None
-    """With ``SearchOptions.max_flips``: share of validation examples predicted as another
-    class than in the baseline."""
-
-
-@dataclass
-class SearchResult:
-    """What :func:`specialize` found."""
-
-    module: Module
-    """The committed module (physically smaller; hard attention set; DCE run)."""
-    config: Config
-    history: list[HistoryEntry]
-    baseline_loss: float
-    best_loss: float
-    baseline_metric: float | None
-    best_metric: float | None
-    main_metric: str
-    flops_before: int
-    flops_after: int
-    params_before: int
-    params_after: int
-    evaluations: int
-    seconds: float
-    validation_examples: int
-    stopped: str = "done"
-    """done, time-budget, flops-target or latency-target."""
-    sweeps: int = 1
-    """Passes over the trial order that were run."""
-    skipped: int = 0
-    """Trials not tried (their block was removed, its loss was too high, or, in a later
-    sweep, they were accepted or nothing changed since they were judged)."""
-    counts: dict[str, int] = field(default_factory=dict)
-    executor: str = "serial"
-    points: list[tuple[Config, float, int]] = field(default_factory=list)
-    """Every evaluated configuration (the baseline included): (config, validation score,
-    FLOPs); the score is the validation metric, or minus the mean loss for QA."""
-    start_loss: float | None = None
-    """The searched module's own mean validation loss (the baseline's unless a reference
-    was given)."""
-    start_metric: float | None = None
-    """The searched module's own validation metric."""
-    start_verdict: Verdict | None = None
-    """The rule's verdict on the searched module itself against the baseline (best loss so
-    far: none), e.g. on a refit that a later round starts from."""
-    searched: Module | None = None
-    """The module the last round searched, which ``config`` and ``points`` apply to (None:
-    the input module)."""
-    validation: dict[str, Any] = field(default_factory=dict)
-    """Where the validation examples came from: ``{"file": PATH}`` (``val_data``) or
-    ``{"val_size": X, "seed": N}`` (carved from train), with ``limit`` when one was set."""
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    """Per round: accepted candidates, validation metric at its start and end, FLOPs after,
-    evaluations, seconds and what the pipeline between rounds reported."""
-    confirmation: dict[str, Any] = field(default_factory=dict)
-    """With ``SearchOptions.confirm`` (else empty), the last round's confirmation: examples,
-    the judge's loss and metric on them, acceptances kept of those made, and each prefix
-    tried (its length, mean loss, share not worse, metric, FLOPs, whether the rule accepts
-    it)."""
-
-    def pareto(self, count: int) -> list[tuple[Config, float, int]]:
-        """Up to ``count`` operating points from the history's Pareto front (validation score
-        vs FLOPs), cheapest first, other than the committed result."""
-        front: list[tuple[Config, float, int]] = []
-        for point in sorted(self.points, key=lambda p: (p[2], -p[1])):
-            if not front or point[1] > front[-1][1]:
-                front.append(point)
-        front = [p for p in front if p[0] != self.config]
-        if count <= 0 or not front:
-            return []
-        if len(front) <= count:
-            return front
-        step = (len(front) - 1) / max(1, count - 1)
-        picks = sorted({round(i * step) for i in range(count)})
-        return [front[i] for i in picks]
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready history and totals."""
-        return {
-            "history": [asdict(h) for h in self.history],
-            "accepted": [asdict(c) for c in sorted(self.config.accepted)],
-            "baseline_loss": self.baseline_loss, "best_loss": self.best_loss,
-            "baseline_val_metric": self.baseline_metric, "best_val_metric": self.best_metric,
-            "start_loss": self.start_loss, "start_val_metric": self.start_metric,
-            "metric": self.main_metric,
-            "flops_before": self.flops_before, "flops_after": self.flops_after,
-            "params_before": self.params_before, "params_after": self.params_after,
-            "evaluations": self.evaluations, "seconds": self.seconds,
-            "validation_examples": self.validation_examples, "validation": self.validation,
-            "stopped": self.stopped,
-            "removed": self.counts, "executor": self.executor, "skipped": self.skipped,
-            "sweeps": self.sweeps, "rounds": self.rounds, "confirmation": self.confirmation,
-        }
-
-    def table(self) -> str:
-        """The history as a text table."""
-        sweeps = max((h.sweep for h in self.history), default=1) > 1
-        rounds = max((h.round for h in self.history), default=1) > 1
-        flips = any(h.flips is not None for h in self.history)
-        rows = [("step", "layer", "candidate", "mean loss", "not worse", "metric")
-                + (("flips",) if flips else ()) + ("accepted", "GFLOPs")]
-        for h in self.history:
-            label = f"{h.label} (sweep {h.sweep})" if sweeps and h.sweep > 1 else h.label
-            label = f"{label} (round {h.round})" if rounds and h.round > 1 else label
-            rows.append((str(h.step), str(h.layer), label,
-                         "-" if h.mean_loss is None else f"{h.mean_loss:.4f}",
-                         "-" if h.not_worse is None else f"{100 * h.not_worse:.1f}%",
-                         "-" if h.metric is None else f"{h.metric:.2f}")
-                        + (("-" if h.flips is None else f"{100 * h.flips:.1f}%",) if flips else ())
-                        + ("yes" if h.accepted else (h.note or "no"),
-                           "-" if h.flops is None else f"{h.flops / 1e9:.3f}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         for r in rows)
-
-
-def _input_names(module: Module) -> tuple[str, ...]:
-    return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
-
-
-def check_searchable(module: Module, task: Task) -> None:
-    """Raise :class:`InputError` when ``module`` has no head for ``task`` (or one that does
-    not fit it) or no transformer layers to search."""
-    _check_module(module, task)
-
-
-def _check_module(module: Module, task: Task, search: bool = True) -> None:
-    if task.kind in EMBEDDING_KINDS:  # scored on the pooled token states: no head
-        has_token_states(module, task)
-    elif not has_task_head(module, task):
-        raise InputError(f"module @{module.name} has no task head for '{task.name}': fine-tune "
-                         "it first (optc finetune --task ...), then specialize the result")
-    if search and not analyze(module).layers:
-        raise InputError(f"module @{module.name} has no transformer layers to specialize")
 
 
 class _Flops:
@@ -442,7 +171,7 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         if number > 1 and not result.config.accepted:
             # nothing accepted on the refit: the rule has not judged it yet; it is kept only
             # when the rule would accept it (else the previous round's result stands)
-            verdict = _refit_verdict(result, results[-2], options.rule)
+            verdict = refit_verdict(result, results[-2], options.rule)
             rounds[-2].update(between_kept=verdict.accepted, between_val_metric=verdict.metric,
                               between_loss=verdict.mean_loss)
             if not verdict.accepted:
@@ -481,18 +210,6 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         validation=first.validation, confirmation=last.confirmation)
 
 
-def _refit_verdict(result: SearchResult, previous: SearchResult, rule: str) -> Verdict:
-    """The acceptance rule's verdict on the refit a round (``result``) started from, as that
-    round measured it against the judge's validation results; the loss rule also asks for no
-    higher a loss than the ``previous`` round ended with (a refit that changes nothing passes;
-    1e-6: a committed model's float noise against the gated one). So the search never hands
-    on a model its own rule would have refused."""
-    verdict = result.start_verdict
-    assert verdict is not None
-    holds = verdict.accepted and (rule != "loss"
-                                  or verdict.mean_loss <= previous.best_loss + 1e-6)
-    return replace(verdict, accepted=holds)
-
 
 def _round_options(options: SearchOptions, module: Module, current: Module,
                    flops_input: int, begin: float) -> SearchOptions | None:
@@ -519,167 +236,15 @@ def _round_options(options: SearchOptions, module: Module, current: Module,
     return replace(options, **changes)
 
 
-@dataclass
-class _Split:
-    """Validation examples ready for the runner."""
-
-    batches: list[dict[str, torch.Tensor]]
-    metric_of: Callable[[Outcome], float | None]
-    """An outcome's task metric (None for QA, whose search judges the span loss)."""
-    count: int
-
-
-def _validation(task: Task, tokenizer: Any, data: Any, options: SearchOptions,
-                names: tuple[str, ...]) -> tuple[_Split, _Split | None]:
-    """The search's validation examples and, with ``options.confirm``, the part kept out of
-    the search to confirm it (else None)."""
-    examples, confirm = _split_examples(task, data, options)
-    more = ("a larger validation file" if options.val_data is not None
-            else "more training data, a larger --val-size")
-    if confirm is None and len(examples) < MIN_VALIDATION:
-        raise InputError(f"the validation split has {len(examples)} examples; the search needs "
-                         f"at least {MIN_VALIDATION} (give {more}, or no --val-limit)")
-    if confirm is not None and min(len(examples), len(confirm)) < MIN_VALIDATION:
-        raise InputError(f"the validation split has {len(examples) + len(confirm)} examples: "
-                         f"{len(examples)} to search and {len(confirm)} to confirm with "
-                         f"--confirm {options.confirm:g}; each part needs at least "
-                         f"{MIN_VALIDATION} (give {more}, or no --val-limit)")
-
-    def ready(part: list[Any]) -> _Split:
-        batches = prepare_batches(task, part, tokenizer, options.batch_size,
-                                  options.max_length, names)
-        labels = [e.label for e in part] if task.kind != "extractive-qa" else None
-
-        def metric_of(outcome: Outcome) -> float | None:
-            if labels is None:
-                return None
-            return task.compute_metrics(outcome.predictions, labels)[task.main_metric]
-
-        return _Split(batches, metric_of, len(part))
-
-    return ready(examples), None if confirm is None else ready(confirm)
-
-
-def _with_reference(split: _Split, reference: Module, task: Task, names: tuple[str, ...]
-                    ) -> _Split:
-    """``split`` with ``reference``'s embeddings of its texts attached (the label-free
-    ``embedding`` task's targets)."""
-    vectors = GatedRunner(module=reference, task=task, batches=split.batches, input_names=names,
-                          prefix_reuse=False).embeddings()
-    return replace(split, batches=attach_reference(split.batches, vectors))
-
-
-def holdout_options(options: SearchOptions, meta: dict[str, Any], val_size: float | None = None,
-                    seed: int | None = None) -> tuple[SearchOptions, str | None]:
-    """``options`` that search on the split a fine-tuning held out (``meta["task"]["holdout"]``:
-    its ``val_size`` and ``seed``) unless ``val_size``/``seed`` are given, and a warning (None
-    when there is nothing to warn about) when the model has trained on part of that split."""
-    info = meta.get("task") if isinstance(meta.get("task"), dict) else {}
-    held = info.get("holdout") or {}
-    held_split = (held["val_size"], held.get("seed", 0)) if held.get("val_size") else None
-    default = held_split or (options.val_size, options.seed)
-    options = replace(options, val_size=default[0] if val_size is None else val_size,
-                      seed=default[1] if seed is None else seed)
-    if held_split is not None and (options.val_size, options.seed) != held_split:
-        return options, (f"the validation split (val_size={options.val_size}, seed="
-                         f"{options.seed}) is not the one held out at fine-tuning (val_size="
-                         f"{held_split[0]}, seed={held_split[1]}): the model has trained on "
-                         "part of it, so removals look worse than they are")
-    if held_split is None and int(info.get("trained_steps", 0) or 0) > 0:
-        return options, ("this model was fine-tuned on all of train (no holdout recorded): the "
-                         "validation split is data it has seen, so few removals will be "
-                         "accepted; fine-tune with --holdout 0.15 (the default) for a fair "
-                         "search, or give held-out labelled examples with --val-data")
-    return options, None
-
-
-def held_out_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:
-    """The part of the validation examples that ``options.holdout`` keeps out of the search
-    (empty without it), in a stable order."""
-    return _held_out(task, _all_validation(task, data, options), options)[1]
-
-
-def _all_validation(task: Task, data: Any, options: SearchOptions) -> list[Any]:
-    if options.val_data is not None:
-        return task.read_file(options.val_data, "val", limit=options.val_limit)
-    return task.read("val", data, val_size=options.val_size, seed=options.seed,
-                     limit=options.val_limit)
-
-
-def _held_out(task: Task, examples: list[Any], options: SearchOptions
-              ) -> tuple[list[Any], list[Any]]:
-    """(examples the search may see, held-out examples) for ``options.holdout``."""
-    if not options.holdout or len(examples) < 2:
-        return examples, []
-    try:
-        seen, held = task.split(examples, options.holdout, options.seed)
-    except InputError:  # too few examples to split: the contract reports too few
-        return examples, []
-    return [examples[i] for i in seen], [examples[i] for i in held]
-
-
-def validation_examples(task: Task, data: Any, options: SearchOptions) -> list[Any]:
-    """The examples the search judges its candidates on: ``options.val_data``'s, else the
-    ``val_size`` part of ``data``'s train split (``val_limit``: the first N), less the part
-    ``options.confirm`` keeps out to confirm the search."""
-    return _split_examples(task, data, options)[0]
-
-
-def _split_examples(task: Task, data: Any, options: SearchOptions
-                    ) -> tuple[list[Any], list[Any] | None]:
-    """(examples to search, examples to confirm or None): the confirmation part is a seeded
-    split of the validation examples, stratified like the validation split itself."""
-    examples = _held_out(task, _all_validation(task, data, options), options)[0]
-    if not options.confirm:
-        return examples, None
-    if len(examples) < 2:
-        return examples, []
-    try:
-        search, confirm = task.split(examples, options.confirm, options.seed)
-    except InputError:  # too few examples or contexts to split: reported as too few
-        return examples, []
-    return [examples[i] for i in search], [examples[i] for i in confirm]
-
-
-def _validation_source(options: SearchOptions) -> dict[str, Any]:
-    """Where the validation examples came from, as recorded in the metadata."""
-    source: dict[str, Any] = ({"file": os.fspath(options.val_data)} if options.val_data is not None
-                              else {"val_size": options.val_size, "seed": options.seed})
-    if options.val_limit is not None:
-        source["limit"] = options.val_limit
-    if options.holdout:
-        source["holdout"] = options.holdout
-    return source
-
-
-def validate(module: Module, task: Task | str, tokenizer: Any, data: Any = None,
-             options: SearchOptions | None = None,
-             reference: Module | None = None) -> tuple[float, float | None]:
-    """Mean loss and task metric (None for QA) of ``module`` on the search's validation split,
-    measured as the search measures its candidates: e.g. a ``--then`` pipeline's result,
-    judged on the same examples as the search without looking at the dev set. The label-free
-    ``embedding`` task scores it against ``reference``'s embeddings (else its own)."""
-    options = options or SearchOptions()
-    task = get_task(task) if isinstance(task, str) else task
-    _check_module(module, task, search=False)
-    names = _input_names(module)
-    split, _ = _validation(task, tokenizer, data, options, names)
-    if task.needs_reference:
-        split = _with_reference(split, reference or module, task, names)
-    outcome = GatedRunner(module=module, task=task, batches=split.batches, input_names=names,
-                          prefix_reuse=False).evaluate(Config())
-    return outcome.mean_loss, split.metric_of(outcome)
-
-
 def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
                   options: SearchOptions, progress: Callable[[HistoryEntry], None] | None,
                   reference: Module | None, number: int = 1, steps: int = 0,
                   stop: Callable[[], bool] | None = None) -> SearchResult:
     """One search over ``module`` (``number``: its round; ``steps``: entries before it)."""
     begin = time.perf_counter()
-    _check_module(module, task)
+    check_module(module, task)
     if reference is not None:
-        _check_module(reference, task)
+        check_module(reference, task)
     rule = make_rule(options.rule, options.tolerance, options.max_flips)
     if options.rule != "loss" and task.kind == "extractive-qa":
         raise PipelineSpecError(f"the {options.rule} rule needs per-example predictions; for QA "
@@ -688,12 +253,12 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         raise PipelineSpecError(f"max_flips counts predicted classes that change; '{task.name}' "
                                 f"is {task.kind}: drop it (the metric rule's tolerance bounds "
                                 "the change instead)")
-    names = _input_names(module)
-    split, confirm = _validation(task, tokenizer, data, options, names)
+    names = input_names(module)
+    split, confirm = validation_splits(task, tokenizer, data, options, names)
     if task.needs_reference:  # label-free: judged against the reference's embeddings
-        split = _with_reference(split, reference or module, task, names)
-        confirm = None if confirm is None else _with_reference(confirm, reference or module,
-                                                               task, names)
+        split = with_reference(split, reference or module, task, names)
+        confirm = None if confirm is None else with_reference(confirm, reference or module,
+                                                              task, names)
     batches, metric_of = split.batches, split.metric_of
     payload = {"module": module, "task": task, "batches": batches, "input_names": names,
                "prefix_reuse": options.prefix_reuse}
@@ -761,7 +326,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
             judged.add((config, cand))
             metric = metric_of(outcome)
             verdict = rule.judge(outcome.losses, baseline.losses, best_loss, metric,
-                                 baseline_metric, _flips(rule, outcome, baseline))
+                                 baseline_metric, flip_share(rule, outcome, baseline))
             candidate_flops = flops(config.with_(cand))
             points.append((config.with_(cand), metric if metric is not None
                            else -verdict.mean_loss, candidate_flops))
@@ -792,8 +357,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         executor_name = executor.name
     confirmation: dict[str, Any] = {}
     if confirm is not None and order:
-        keep, confirmation = _confirm(module, reference, task, names, confirm, rule, order,
-                                      flops)
+        keep, confirmation = confirm_round(module, reference, task, names, confirm, rule,
+                                           order, flops)
         evaluations += len(confirmation["prefixes"]) + 1  # and the judge on the held-out part
         config = Config(frozenset(order[:keep]))
         cut = [h for h in history if h.accepted][keep:]
@@ -805,7 +370,7 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
     result = module.clone()
     counts = commit(result, config)
     verify(result)
-    source = _validation_source(options)
+    source = validation_source(options)
     meta = dict(result.meta)
     meta["specialization"] = {"accepted": [asdict(c) for c in sorted(config.accepted)],
                               "rule": options.rule, "k": options.k,
@@ -828,51 +393,8 @@ def _search_round(module: Module, task: Task, tokenizer: Any, data: Any,
         validation=source, sweeps=current_sweep, start_loss=start.mean_loss,
         start_metric=start_metric,
         start_verdict=rule.judge(start.losses, baseline.losses, math.inf, start_metric,
-                                 baseline_metric, _flips(rule, start, baseline)),
+                                 baseline_metric, flip_share(rule, start, baseline)),
         confirmation=confirmation)
-
-
-def _flips(rule: AcceptanceRule, outcome: Outcome, baseline: Outcome) -> float | None:
-    """Share of examples whose predicted class differs from the baseline's (None: the rule
-    does not count them)."""
-    if rule.max_flips is None:
-        return None
-    pairs = list(zip(outcome.predictions, baseline.predictions, strict=True))
-    return sum(a != b for a, b in pairs) / max(1, len(pairs))
-
-
-def _confirm(module: Module, reference: Module | None, task: Task, names: tuple[str, ...],
-             split: _Split, rule: AcceptanceRule, order: list[Candidate],
-             flops: Callable[[Config], int]) -> tuple[int, dict[str, Any]]:
-    """How many of the acceptances ``order`` to keep: the longest prefix that ``rule``
-    accepts on the confirmation ``split`` against the judge's (``reference`` or ``module``)
-    results there, the loss rule's "best so far" being the judge's loss (+1e-6: float noise
-    of a change that changes nothing). Prefixes are tried longest first, so a search the
-    held-out part agrees with costs one evaluation. Returns the count and a record."""
-    runner = GatedRunner(module=module, task=task, batches=split.batches, input_names=names,
-                         prefix_reuse=False)
-    base = runner.evaluate(Config()) if reference is None else GatedRunner(
-        module=reference, task=task, batches=split.batches, input_names=names,
-        prefix_reuse=False).evaluate(Config())
-    base_metric = split.metric_of(base)
-    prefixes: list[dict[str, Any]] = []
-    keep = 0
-    for count in range(len(order), 0, -1):
-        config = Config(frozenset(order[:count]))
-        outcome = runner.evaluate(config)
-        metric = split.metric_of(outcome)
-        verdict = rule.judge(outcome.losses, base.losses, base.mean_loss + 1e-6, metric,
-                             base_metric, _flips(rule, outcome, base))
-        prefixes.append({"accepted": count, "mean_loss": verdict.mean_loss,
-                         "not_worse": verdict.not_worse, "metric": metric,
-                         **({} if verdict.flips is None else {"flips": verdict.flips}),
-                         "flops": flops(config), "passes": verdict.accepted})
-        if verdict.accepted:
-            keep = count
-            break
-    return keep, {"examples": split.count, "baseline_loss": base.mean_loss,
-                  "baseline_metric": base_metric, "kept": keep, "of": len(order),
-                  "prefixes": prefixes}
 
 
 def _importance(module: Module, structure: Structure, batches: list[dict[str, torch.Tensor]],

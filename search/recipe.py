@@ -25,7 +25,7 @@ file and the key::
     hard_attention = "auto"     # auto (only where faster on the target) | on | off
     measure = 4                 # points whose latency is measured on the target
 
-The keys are :data:`SEARCH_KEYS` (options of :class:`~optc.search.driver.SearchOptions`)
+The keys are :data:`SEARCH_KEYS` (options of :class:`~optc.search.options.SearchOptions`)
 and :data:`CONTRACT_KEYS`.
 """
 
@@ -40,7 +40,7 @@ from typing import Any
 import tomllib
 
 from optc.errors import InputError, OptcError, PipelineSpecError
-from optc.search.driver import SearchOptions
+from optc.search.options import SearchOptions
 
 __all__ = ["Recipe", "RECIPES", "SEARCH_KEYS", "CONTRACT_KEYS", "load_recipe", "MAX_DROP"]
 

@@ -66,8 +66,8 @@ from optc.search import (
     validation_examples,
 )
 from optc.search.contract import ContractOptions, Target, specialize_within
-from optc.search.driver import UNIT_ORDERS
 from optc.search.measure import max_seq
+from optc.search.options import UNIT_ORDERS
 from optc.search.recipe import load_recipe
 from optc.tasks import evaluate, get_task, paired_bootstrap, references_of
 from optc.tools.bench_tasks import RECIPES
