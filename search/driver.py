@@ -210,7 +210,6 @@ def specialize(module: Module, task: Task | str, tokenizer: Any, data: Any = Non
         validation=first.validation, confirmation=last.confirmation)
 
 
-
 def _round_options(options: SearchOptions, module: Module, current: Module,
                    flops_input: int, begin: float) -> SearchOptions | None:
     """``options`` for a round searching ``current``: targets and the time budget rescaled
