@@ -62,6 +62,7 @@ def describe_passes() -> list[dict[str, Any]]:
 
 
 def cmd_passes(argv: list[str]) -> int:
+    """``optc passes [--json]``."""
     p = _Parser(prog="optc passes", description="List every pass with its options.", epilog=EPILOG)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
@@ -105,6 +106,7 @@ def describe_ops() -> list[dict[str, Any]]:
 
 
 def cmd_ops(argv: list[str]) -> int:
+    """``optc ops [--json]``."""
     p = _Parser(prog="optc ops", description="List the IR's high-level ops: operands, "
                 "attributes and their backend lowerings (ATen ops are written aten.name.overload).",
                 epilog=EPILOG)

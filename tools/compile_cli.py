@@ -109,6 +109,7 @@ def _version() -> str:
 
 
 def cmd_compile(argv: list[str]) -> int:
+    """``optc [MODEL] --passes=SPEC [--backend B] -o OUT``."""
     from optc.backends import write_backend
     from optc.backends.writers import DIRECTORY_BACKENDS
     from optc.passes.context import PassContext
