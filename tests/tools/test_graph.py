@@ -14,7 +14,7 @@ import optc
 from optc.errors import OutputError, PipelineSpecError
 from optc.ir.attributes import Quantization, Sparsity
 from optc.tests.conftest import tiny_model
-from optc.tools import graph
+from optc.tools import graph, graph_render
 from optc.tools.cli import main
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")
@@ -136,13 +136,13 @@ def test_detail_with_a_second_module_draws_before_and_after(base, pruned) -> Non
 
 # -- rendering ---------------------------------------------------------------------------------------
 def test_dot_output_needs_no_graphviz(base, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(graph_render.shutil, "which", lambda name: None)
     written, note = graph.render(graph.overview_dot(base), tmp_path / "g.dot")
     assert note is None and written.read_text().startswith("digraph")
 
 
 def test_missing_dot_writes_the_dot_source_and_says_so(base, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(graph_render.shutil, "which", lambda name: None)
     written, note = graph.render(graph.overview_dot(base), tmp_path / "g.svg")
     assert written == tmp_path / "g.dot" and not (tmp_path / "g.svg").exists()
     assert "apt-get install graphviz" in note and "\n" not in note
@@ -176,7 +176,7 @@ def test_inspect_diff_graph(artifacts, tmp_path, capsys) -> None:
 
 
 def test_inspect_graph_without_dot_is_one_line(artifacts, tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(graph_render.shutil, "which", lambda name: None)
     code, _, err = run(capsys, "inspect", artifacts["pruned"], "--graph", tmp_path / "g.svg",
                        "--no-ir", "-q")
     assert code == 0
@@ -219,7 +219,7 @@ def test_diff_greys_a_removed_block_and_keeps_the_rest(base) -> None:
 
 
 def test_missing_dot_checks_the_dot_file_it_would_write(base, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(graph_render.shutil, "which", lambda name: None)
     (tmp_path / "g.dot").write_text("old")
     with pytest.raises(OutputError, match="--force"):
         graph.check_graph_output(tmp_path / "g.svg", force=False)

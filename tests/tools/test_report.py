@@ -14,7 +14,7 @@ import torch
 import optc
 from optc.ir.attributes import Sparsity
 from optc.tests.conftest import tiny_model
-from optc.tools import graph, report
+from optc.tools import graph_render, report
 from optc.tools.cli import main
 
 SECTIONS = ("summary", "layers", "pipeline", "specialization", "weights", "faster", "graph")
@@ -104,7 +104,7 @@ def test_report_is_self_contained(targets, tmp_path, capsys) -> None:
 
 
 def test_report_without_dot_shows_the_dot_source(targets, tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(graph_render.shutil, "which", lambda name: None)
     out = tmp_path / "r.html"
     code, _, err = run(capsys, "report", targets["small"], targets["base"], "-o", out, "-q")
     assert code == 0 and "apt-get install graphviz" in err and "Traceback" not in err
