@@ -220,9 +220,9 @@ def _diff_node(g: Any, nid: str, node: Node, place: Place | None, after: Node | 
         extra = ""
         if node.op == "attention" and place is not None:  # every head goes with its block
             extra = head_cells(place.layer.id, ids_or_range(node.attr("head_ids"),
-                                                             node.attr("num_heads")), [])
+                                                            node.attr("num_heads")), [])
         g.node(nid, html_label(title, op_lines(node, place), color=GREY, strike=True,
-                                extra_rows=extra),
+                               extra_rows=extra),
                fillcolor=REMOVED_FILL, color=GREY, style="rounded,filled,dashed")
         return
     lines = op_lines(after if after is not None else node, place)

@@ -20,15 +20,15 @@ __all__ = ["Place", "node_places", "esc", "short_op", "aten_name", "is_drawn", "
            "COMPUTE_ATEN", "GREY", "REMOVED_FILL", "CHANGED", "FILL"]
 
 COMPUTE_ATEN = ("matmul", "bmm", "mm", "addmm", "baddbmm", "softmax", "_softmax",
-                 "scaled_dot_product_attention", "conv1d", "conv2d", "convolution", "einsum",
-                 "linear", "layer_norm", "native_layer_norm", "gelu", "relu", "silu", "tanh",
-                 "embedding")
+                "scaled_dot_product_attention", "conv1d", "conv2d", "convolution", "einsum",
+                "linear", "layer_norm", "native_layer_norm", "gelu", "relu", "silu", "tanh",
+                "embedding")
 """ATen ops that do real work: drawn as nodes when they were not raised (glue is collapsed)."""
 
 GREY, REMOVED_FILL, CHANGED = "#9a9a9a", "#eeeeee", "#d35400"
 FILL = {"attention": "#dbe9f6", "linear": "#fdf2d0", "layer_norm": "#e4f1e1",
-         "embedding": "#efe1f3", "gelu": "#f6e0e0", "relu": "#f6e0e0", "silu": "#f6e0e0",
-         "tanh": "#f6e0e0"}
+        "embedding": "#efe1f3", "gelu": "#f6e0e0", "relu": "#f6e0e0", "silu": "#f6e0e0",
+        "tanh": "#f6e0e0"}
 
 
 @dataclass
@@ -167,7 +167,7 @@ def op_lines(node: Node, place: Place | None) -> list[str]:
 
 
 def html_label(title: str, lines: list[str], color: str = "black", strike: bool = False,
-                extra_rows: str = "") -> str:
+               extra_rows: str = "") -> str:
     """A Graphviz HTML-like table label: the title in bold, then the (escaped) ``lines``
     small; ``strike`` strikes them all, ``extra_rows`` (table rows) are appended."""
     s0, s1 = ("<S>", "</S>") if strike else ("", "")

@@ -23,17 +23,6 @@ GRAPH_SUFFIXES = (".svg", ".png", ".dot")
 DOT_MISSING_HINT = ("Graphviz 'dot' not found (install it: apt-get install graphviz, "
                     "brew install graphviz or conda install graphviz)")
 
-COMPUTE_ATEN = ("matmul", "bmm", "mm", "addmm", "baddbmm", "softmax", "_softmax",
-                 "scaled_dot_product_attention", "conv1d", "conv2d", "convolution", "einsum",
-                 "linear", "layer_norm", "native_layer_norm", "gelu", "relu", "silu", "tanh",
-                 "embedding")
-"""ATen ops that do real work: drawn as nodes when they were not raised (glue is collapsed)."""
-
-GREY, REMOVED_FILL, CHANGED = "#9a9a9a", "#eeeeee", "#d35400"
-FILL = {"attention": "#dbe9f6", "linear": "#fdf2d0", "layer_norm": "#e4f1e1",
-         "embedding": "#efe1f3", "gelu": "#f6e0e0", "relu": "#f6e0e0", "silu": "#f6e0e0",
-         "tanh": "#f6e0e0"}
-
 
 def dot_available() -> bool:
     """Whether Graphviz's ``dot`` program is on the PATH."""
