@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import optc
-from optc.backends import sparse_exec
+from optc.backends import sparse_auto, sparse_exec
 from optc.backends.eager import to_eager
 from optc.backends.sparse_exec import AutoOptions, SparsePlan, plan_sparse_kernels
 from optc.backends.torchscript import PLAN_FILE, export_torchscript, to_torchscript
@@ -148,14 +148,14 @@ def _stub_timings(monkeypatch, ratio: dict[str, float]):
         calls.append(1)
         return {"dense": 1.0, "sparse": ratio[fake.kernel]}
 
-    real_measure = sparse_exec._measure
+    real_measure = sparse_auto._measure
 
     def measure(weight, attr, has_bias, kernel, *rest):
         fake.kernel = kernel
         return real_measure(weight, attr, has_bias, kernel, *rest)
 
-    monkeypatch.setattr(sparse_exec, "_median_ms", fake)
-    monkeypatch.setattr(sparse_exec, "_measure", measure)
+    monkeypatch.setattr(sparse_auto, "_median_ms", fake)
+    monkeypatch.setattr(sparse_auto, "_measure", measure)
     sparse_exec.clear_memory_cache()
     return calls
 
@@ -181,7 +181,7 @@ def test_auto_chooses_sparse_only_when_it_wins_by_the_margin(unstructured, block
 def test_auto_runs_dense_above_the_token_count_where_sparse_stops_winning(unstructured, monkeypatch):
     model, module = unstructured
     ratios = iter([0.5, 1.2] * 100)  # wins at 16 rows, loses at 64
-    monkeypatch.setattr(sparse_exec, "_median_ms", lambda v, r, b: {"dense": 1.0, "sparse": next(ratios)})
+    monkeypatch.setattr(sparse_auto, "_median_ms", lambda v, r, b: {"dense": 1.0, "sparse": next(ratios)})
     sparse_exec.clear_memory_cache()
     plan = plan_sparse_kernels(module, "auto", AutoOptions(tokens=(64, 16), candidates=("csr",),
                                                            cache_dir=None))

@@ -3,7 +3,8 @@ them against all-dense at each token count, and sparse kernels stay only where t
 is ``margin`` faster (issue 10: ``auto`` never more than 5% slower than dense).
 
 Per-layer and whole-model timings are injected where the decision is under test (the seams
-``_measure`` and ``_time_models``); one test times the tiny model for real.
+``_measure`` and ``_time_models`` of :mod:`optc.backends.sparse_auto`); one test times the tiny
+model for real.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import optc
-from optc.backends import sparse_exec
+from optc.backends import sparse_auto, sparse_exec
 from optc.backends.eager import EagerModule, to_eager
 from optc.backends.model_inputs import seq_range, token_inputs
 from optc.backends.sparse_exec import AutoOptions, ModelCheck, SparsePlan, plan_sparse_kernels
@@ -50,7 +51,7 @@ def _per_layer(monkeypatch, ratio_by_shape):
         r = ratio_by_shape[tuple(weight.shape)]
         return {t: (1.0, r) for t in sorted(set(options.tokens))}
 
-    monkeypatch.setattr(sparse_exec, "_measure", measure)
+    monkeypatch.setattr(sparse_auto, "_measure", measure)
 
 
 def _whole_model(monkeypatch, sparse_ms):
@@ -66,7 +67,7 @@ def _whole_model(monkeypatch, sparse_ms):
         assert dense.sparse_plan is None  # the reference is all dense
         return {"dense": 10.0, "sparse": sparse_ms(rows, n)}
 
-    monkeypatch.setattr(sparse_exec, "_time_models", time_models)
+    monkeypatch.setattr(sparse_auto, "_time_models", time_models)
     return asked
 
 
