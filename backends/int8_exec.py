@@ -8,7 +8,8 @@ eager and TorchScript backends hand each such linear to ``quantized::linear_dyna
 weight is prepacked once (``quantized::linear_prepack``, per-channel, bias included) and one C++
 call quantizes the activations, multiplies and rescales. fbgemm chooses the activations' scale and
 zero point with the same formula as ONNX Runtime's ``DynamicQuantizeLinear`` (per tensor, uint8,
-range widened to hold 0), so it computes the same integers up to a rounding tie; it runs with full
+range widened to hold 0), so it computes the same integers up to a rounding tie (per tensor
+only: linears with per-token activation scales keep the portable kernel); it runs with full
 8-bit activations (``reduce_range=False``), which is exact on every x86 CPU only when the weights
 fit 7 bits (``|q| <= 63``, the quantize pass's default): AVX2's ``vpmaddubsw`` adds pairs of
 uint8 x int8 products in saturating int16. Wider weights, static (calibrated) activations, a
@@ -52,6 +53,8 @@ def packed_int8_nodes(module: Module, device: torch.device | str | None = None) 
         static = [node.arg(i) for i in range(4, len(node.args))]
         if not isinstance(w, Parameter) or not isinstance(scale, Parameter) or any(s is not None for s in static):
             continue
+        if node.attr("act_scales", "tensor") != "tensor":
+            continue  # fbgemm's kernel has one activation scale per call
         if w.data.dtype != torch.int8 or getattr(x.type, "dtype", None) != torch.float32:
             continue
         if bias is not None and (not isinstance(bias, Parameter) or bias.data.dtype != torch.float32):

@@ -29,6 +29,7 @@ from optc.ir.ops.base import (
     tensor_operand,
 )
 from optc.ir.ops.quantized_linear import (
+    ACT_SCALES,
     INT8_SCRIPT,
     int8_linear,
     int8_onnx_rewrite,
@@ -49,9 +50,11 @@ UNIT_ATTRS = {
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            weight_scale: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
-           input_zero_point: torch.Tensor | None = None) -> torch.Tensor:
+           input_zero_point: torch.Tensor | None = None, *,
+           act_scales: str = "tensor") -> torch.Tensor:
     if weight_scale is not None:
-        return int8_linear(x, weight, weight_scale, bias, input_scale, input_zero_point)
+        return int8_linear(x, weight, weight_scale, bias, input_scale, input_zero_point,
+                           act_scales)
     return F.linear(x, weight, bias)
 
 
@@ -91,6 +94,14 @@ def _check(node: Node) -> list[str]:
     if b is not None and w.rank == 2 and b.shape != (w.shape[0],):
         problems.append(f"linear bias {b} must be [{w.shape[0]}] to match weight {w}")
     problems += static_problems(w.dtype, tensor_operand(node, 4), tensor_operand(node, 5))
+    act_scales = node.attr("act_scales")
+    if act_scales is not None:
+        if act_scales not in ACT_SCALES:
+            problems.append(f"linear act_scales={act_scales!r}: must be one of "
+                            f"{', '.join(ACT_SCALES)}")
+        elif act_scales == "token" and (w.dtype != torch.int8 or node.arg(4) is not None):
+            problems.append("linear act_scales='token' is for dynamic int8 linears (an i8 weight "
+                            "and no input_scale); this one is not")
     problems += check_unit_ids(node, "unit_ids", int(w.shape[0]), "output features")
     return problems
 
@@ -118,9 +129,11 @@ def _flops(node: Node, dims: Mapping[str, int]) -> int:
 
 _SCRIPT = INT8_SCRIPT + '''
 def k_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale: Optional[Tensor],
-             input_scale: Optional[Tensor], input_zero_point: Optional[Tensor]) -> Tensor:
+             input_scale: Optional[Tensor], input_zero_point: Optional[Tensor],
+             act_scales: str) -> Tensor:
     if weight_scale is not None:
-        return k_int8_linear(x, weight, weight_scale, bias, input_scale, input_zero_point)
+        return k_int8_linear(x, weight, weight_scale, bias, input_scale, input_zero_point,
+                             act_scales)
     return torch.nn.functional.linear(x, weight, bias)
 '''
 
@@ -135,7 +148,9 @@ LINEAR = register_op(OpDef(
         Operand("input_scale", optional=True),
         Operand("input_zero_point", dtypes="int", optional=True),
     ),
-    attrs=dict(UNIT_ATTRS),
+    attrs={**UNIT_ATTRS,
+           "act_scales": Attr(str, "tensor", "dynamic int8: activation scales per 'tensor' or "
+                                             "per 'token' (row)")},
     infer=_infer,
     check=_check,
     kernel=linear,
