@@ -24,8 +24,13 @@ int8 weights gets :data:`INT8_TOLERANCES` on ONNX: ORT's GELU differs from torch
 ulps, which can move an activation across an int8 rounding step before the next quantized
 matmul (measured up to 0.04 of the output's scale on MiniLM; integer arithmetic is otherwise
 exact, and TorchScript stays bit-identical). The same holds for static int8 (calibrated
-activation scales, QDQ in ONNX: measured 0.036 on MiniLM, TorchScript 3e-8). NaNs must appear
-in the same places.
+activation scales, QDQ in ONNX: measured 0.036 on MiniLM, TorchScript 3e-8). Deeper models
+amplify such a step layer by layer until two correct int8 runtimes differ by as much as each
+differs from the float model (all-mpnet-base-v2, 12 layers: 0.19-0.62 of the output's scale
+per tensor, 0.08 with per-token scales; 7e-4 after one layer): an int8 output beyond the
+tolerance still passes when it is no further from the unquantized module
+(:func:`optc.ir.dequantize.dequantized`) than the eager int8 IR is (:data:`INT8_NOISE`,
+relative L2), so a lowering fault is still caught. NaNs must appear in the same places.
 
 :func:`write_checked` writes into a hidden staging path beside the target (see
 :func:`optc.outputs.staged_output`): an output that fails to load, crashes or disagrees is
@@ -39,6 +44,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,6 +54,7 @@ from optc.backends.model_inputs import embedding_limits, seq_range
 from optc.backends.writers import DIRECTORY_BACKENDS, write_unchecked
 from optc.errors import BackendError
 from optc.ir.core import Module
+from optc.ir.dequantize import dequantized, is_quantized
 from optc.outputs import staged_output
 
 __all__ = ["TOLERANCES", "INT8_TOLERANCES", "tolerance_for", "LONG_SEQ", "SelfCheckReport", "example_inputs", "load_written",
@@ -61,11 +68,15 @@ tests: ONNX within 1e-3, TorchScript 1e-5; MiniLM, ONNX: int8 attention matmuls 
 with int8 linears 0.045, TorchScript bit-identical)."""
 
 
+INT8_NOISE = 1.5
+"""An int8 output beyond :data:`INT8_TOLERANCES` still passes when its distance to the float
+module (:func:`optc.ir.dequantize.dequantized`, relative L2 over the output) is at most this
+many times the eager int8 IR's own distance to it (plus 1e-3)."""
+
+
 def tolerance_for(module: Module, backend: str) -> float:
     """The self-check tolerance of ``backend`` for ``module`` (int8-aware)."""
-    quantized = (any("quantization" in p.attrs for p in module.params.values())
-                 or any(n.op == "attention" and n.attr("int8") is not None for n in module.graph))
-    if quantized and backend in INT8_TOLERANCES:
+    if is_quantized(module) and backend in INT8_TOLERANCES:
         return INT8_TOLERANCES[backend]
     return TOLERANCES.get(backend, 1e-4)
 """Max difference to the eager IR per backend, relative to ``max(1, max |output|)``."""
@@ -210,6 +221,8 @@ def check_written(module: Module, backend: str, path: str | os.PathLike,
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types
         raise BackendError(f"{what} failed: the output does not load: {_first_line(exc)}") from None
     reference = to_eager(module)
+    floating = _FloatReference(module) if tolerance is None and is_quantized(module) and \
+        backend in INT8_TOLERANCES else None
     report = SelfCheckReport(backend)
     for feed in example_inputs(module) if inputs is None else inputs:
         first = next(iter(feed.values()))
@@ -231,11 +244,39 @@ def check_written(module: Module, backend: str, path: str | os.PathLike,
             report.diffs[name] = max(report.diffs.get(name, 0.0), diff)
             if not diff <= tol:
                 shown = "a different shape or NaNs" if diff == float("inf") else f"{diff:.3g}"
+                noise = "" if floating is None or diff == float("inf") else \
+                    floating.judge(feed, name, expected, got[name])
+                if noise is None:
+                    continue  # int8 rounding noise, not a lowering fault
                 raise BackendError(
                     f"{what} failed: output '{name}' differs from the eager IR by {shown} "
-                    f"(max, relative to its scale; tolerance {tol:g}) at {where}"
+                    f"(max, relative to its scale; tolerance {tol:g}) at {where}{noise}"
                 )
     return report
+
+
+class _FloatReference:
+    """The float module an int8 module stands for, run lazily on the self-check's inputs."""
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.run: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    def judge(self, feed: dict[str, torch.Tensor], name: str, eager: torch.Tensor,
+              got: Any) -> str | None:
+        """None when ``got`` is no further from the float module than the eager int8 IR is
+        (:data:`INT8_NOISE`); else the clause the error message adds."""
+        if self.run is None:
+            self.run = to_eager(dequantized(self.module))
+        with torch.inference_mode():
+            want = self.run(**feed)[name].float()
+        got = torch.as_tensor(got).float()
+        scale = float(want.norm()) or 1.0
+        mine, theirs = float((eager.float() - want).norm()) / scale, float((got - want).norm()) / scale
+        if theirs <= INT8_NOISE * mine + 1e-3:
+            return None
+        return (f"; it is {theirs:.3g} from the unquantized model where the eager int8 IR is "
+                f"{mine:.3g} (relative L2; allowed {INT8_NOISE:g}x)")
 
 
 def write_checked(module: Module, backend: str, path: str | os.PathLike, *, force: bool = False,
