@@ -15,7 +15,9 @@ the validation data is at most ``max_drop`` points below the input model's on th
    prefixes just short of it, and the points of the search's front (search-part metric vs
    FLOPs: FLOPs only prune the list) cheaper than it, up to ``measure`` of each.
 4. int8 (dynamic, per output channel; the embedding tables per row, as ``quantize`` does by
-   default) is applied to the fastest passing points; the layers
+   default) is applied to the fastest passing points: activation scales per tensor, else per
+   token in the FFN, else per token everywhere (:data:`INT8_SCHEMES`), the first within
+   ``max_drop`` on the search part; when none is, the layers
    whose int8 costs most on the search part stay fp32 until the search part is within
    ``max_drop`` of the input, and the held-out part then checks both steps together (a
    point it refuses keeps no int8).
@@ -67,6 +69,11 @@ INT8 = ("auto", "on", "off")
 
 FASTER = 0.98
 """A kind is "faster on the target" when it takes at most this share of the input's latency."""
+
+INT8_SCHEMES: tuple[tuple[str, ...], ...] = ((), ("ffn",), ("attention", "ffn"))
+"""The roles with per-token activation scales (``quantize{token_scales=...}``) of the int8
+forms tried in turn, fastest first: per tensor everywhere, per token in the FFN, per token
+everywhere (models with outlier activations need them; ONNX Runtime runs them slower)."""
 
 INT8_BITS = 7
 """As ``quantize``'s default: exact on every ONNX Runtime CPU kernel."""
@@ -144,6 +151,8 @@ class Point:
     """Held-out metric at most ``max_drop`` below the input's."""
     fp32_layers: list[int] = field(default_factory=list)
     """int8: layers kept in fp32 (their int8 cost the tolerance)."""
+    token_scales: tuple[str, ...] = ()
+    """int8: roles whose activations are quantized per token (:data:`INT8_SCHEMES`)."""
     outcome: Outcome | None = None
     """Held-out outcome (predictions for the paired interval)."""
 
@@ -151,6 +160,7 @@ class Point:
         return {"label": self.label, "int8": self.int8, "search_metric": self.search_metric,
                 "held_out": self.held_out, "flops": self.flops, "latency_ms": self.latency_ms,
                 "within": self.within, "fp32_layers": self.fp32_layers,
+                "token_scales": list(self.token_scales),
                 "accepted": [asdict(c) for c in sorted(self.config.accepted)]}
 
 
@@ -261,13 +271,17 @@ def _int8_layers(module: Module) -> dict[int, list[str]]:
     return layers
 
 
-def _quantized(module: Module, layers: dict[int, list[str]], skip: set[int]) -> Module:
-    """``module`` with the linears of ``layers`` but ``skip`` int8, and (as ``quantize``'s
-    default ``embeddings=auto`` does) its embedding tables int8 whenever a linear is."""
+def _quantized(module: Module, layers: dict[int, list[str]], skip: set[int],
+               token_scales: tuple[str, ...] = ()) -> Module:
+    """``module`` with the linears of ``layers`` but ``skip`` int8 (per-token activation
+    scales for the roles in ``token_scales``), and (as ``quantize``'s default
+    ``embeddings=auto`` does) its embedding tables int8 whenever a linear is."""
     clone = module.clone()
     names = [n for position, ns in layers.items() if position not in skip for n in ns]
     if names:
-        apply_int8(clone, names, INT8_BITS)
+        token = {node.args[1].name for _, _, node in linear_targets(clone, token_scales)} \
+            if token_scales else set()
+        apply_int8(clone, names, INT8_BITS, token=token)
         apply_int8_embeddings(clone, int8_tables(clone))
     return clone
 
@@ -502,7 +516,8 @@ def _front(result: SearchResult, base: float, max_drop: float) -> list[tuple[Con
 def _build(original: Module, searched: Module, point: Point) -> Module:
     built = _committed(searched if point.config.accepted else original, point.config)
     if point.int8:
-        built = _quantized(built, _int8_layers(built), set(point.fp32_layers))
+        built = _quantized(built, _int8_layers(built), set(point.fp32_layers),
+                           point.token_scales)
     return built
 
 
@@ -535,30 +550,35 @@ def _times(modules: list[Module], target: Target) -> list[float]:
 
 def _int8_point(point: Point, module: Module, seen: _Judge, judge: _Judge, base_seen: float,
                 floor: float, max_drop: float, notes: list[str]) -> tuple[Point, Module]:
-    """``point`` quantized: all layers int8, then (when the search part drops more than
-    ``max_drop`` below the input's ``base_seen``) the layers whose int8 costs most on the
-    search part back in fp32 one by one; the held-out part checks the result (``floor``)."""
+    """``point`` quantized: all layers int8 with the first of :data:`INT8_SCHEMES` within
+    ``max_drop`` of the input's ``base_seen`` on the search part; when none is, with the last
+    (the most accurate), the layers whose int8 costs most on the search part go back to fp32 one
+    by one. The held-out part checks the result (``floor``)."""
     layers = _int8_layers(module)
     skip: set[int] = set()
-    quantized = _quantized(module, layers, skip)
-    metric = seen.metric(seen.outcome(quantized))
+    for scheme in INT8_SCHEMES:
+        quantized = _quantized(module, layers, skip, scheme)
+        metric = seen.metric(seen.outcome(quantized))
+        if metric >= base_seen - max_drop:
+            break
     if metric < base_seen - max_drop and len(layers) > 1:
-        alone = {pos: seen.metric(seen.outcome(_quantized(module, layers, set(layers) - {pos})))
-                 for pos in layers}
+        alone = {pos: seen.metric(seen.outcome(
+            _quantized(module, layers, set(layers) - {pos}, scheme))) for pos in layers}
         fp32 = seen.metric(seen.outcome(module))
         for pos in sorted(layers, key=lambda q: alone[q] - fp32):  # most costly first
             skip.add(pos)
             if len(skip) == len(layers):
                 break
-            quantized = _quantized(module, layers, skip)
+            quantized = _quantized(module, layers, skip, scheme)
             metric = seen.metric(seen.outcome(quantized))
             if metric >= base_seen - max_drop:
                 break
-    label = f"{point.label} + int8"
+    label = f"{point.label} + int8" + (f" (per-token {','.join(scheme)})" if scheme else "")
     if len(skip) == len(layers) or metric < base_seen - max_drop:
         notes.append(f"{label}: not within --max-drop on the search part with any layer in "
                      "int8")
-        return Point(label, point.config, True, metric, None, point.flops), quantized
+        return Point(label, point.config, True, metric, None, point.flops,
+                     token_scales=scheme), quantized
     outcome = judge.outcome(quantized)
     held = judge.metric(outcome)
     within = held >= floor
@@ -566,4 +586,4 @@ def _int8_point(point: Point, module: Module, seen: _Judge, judge: _Judge, base_
         notes.append(f"{label}: the held-out part refuses it ({held:.2f} < {floor:.2f}): "
                      f"{point.label} keeps fp32")
     return Point(label, point.config, True, metric, held, point.flops, within=within,
-                 fp32_layers=sorted(skip), outcome=outcome), quantized
+                 fp32_layers=sorted(skip), token_scales=scheme, outcome=outcome), quantized

@@ -269,3 +269,32 @@ def test_a_point_whose_onnx_file_differs_from_the_ir_is_dropped_with_a_note(
     assert True in checked and not result.chosen.int8 and not _int8(result.module)
     assert all(not p.within for p in result.points if p.int8)
     assert any("dropped, onnx self-check failed" in n for n in result.notes)
+
+
+class _PerTokenJudge:
+    """Scores 100 only for modules whose FFN linears quantize activations per token (and for
+    float ones): the stand-in for a model with outlier activations."""
+
+    labels: list = []
+
+    def outcome(self, module):
+        return module
+
+    def metric(self, module) -> float:
+        ffn = [n for _, _, n in contract_module.linear_targets(module, ("ffn",))]
+        per_tensor = [n for n in ffn if n.arg(3) is not None and n.attr("act_scales") != "token"]
+        return 50.0 if per_tensor else 100.0
+
+
+def test_int8_takes_per_token_scales_where_per_tensor_breaks_the_tolerance(module):
+    point = contract_module.Point("input", Config(), False, 100.0)
+    judge, notes = _PerTokenJudge(), []
+    q_point, q_module = contract_module._int8_point(point, module, judge, judge, 100.0, 99.0,
+                                                    1.0, notes)
+    assert q_point.within and q_point.token_scales == ("ffn",) and not q_point.fp32_layers
+    assert q_point.label == "input + int8 (per-token ffn)" and not notes
+    rebuilt = contract_module._build(module, module, q_point)
+    tokens = [n for n in rebuilt.graph if n.attr("act_scales") == "token"]
+    assert tokens and len(tokens) == len([n for n in q_module.graph
+                                          if n.attr("act_scales") == "token"])
+    assert q_point.to_json()["token_scales"] == ["ffn"]
