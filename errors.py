@@ -20,6 +20,7 @@ __all__ = [
     "BackendError",
     "PassError",
     "PipelineSpecError",
+    "PluginError",
     "ArtifactError",
     "InputError",
     "ModelInputError",
@@ -99,6 +100,12 @@ class PassError(OptcError):
 
 class PipelineSpecError(OptcError):
     """The text pipeline spec names an unknown pass or option, or an option value is bad."""
+
+    exit_code = 2
+
+
+class PluginError(OptcError):
+    """A plugin module (``OPTC_PLUGINS`` or an ``optc.plugins`` entry point) failed to import."""
 
     exit_code = 2
 

@@ -1,36 +1,24 @@
-"""The pass registry: pass classes by their kebab-case names."""
+"""The pass registry: pass classes by their kebab-case names.
+
+Passes are discovered: every module of the :mod:`optc.passes` package and every plugin
+(:mod:`optc.ir.plugins`) is imported on the first lookup, and the ``@register_pass`` classes
+they define are the registry."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 
 from optc.errors import PipelineSpecError
+from optc.ir.plugins import load_plugins
 from optc.passes.base import Pass
 
 __all__ = ["register_pass", "get_pass", "all_passes"]
 
 _PASSES: dict[str, type[Pass]] = {}
 _KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
-
-# Modules that define the built-in passes; imported on first lookup.
-_BUILTIN_MODULES = (
-    "optc.passes.dce",
-    "optc.passes.canonicalize",
-    "optc.passes.drop_layers",
-    "optc.passes.prune_heads",
-    "optc.passes.prune_neurons",
-    "optc.passes.raise_ops",
-    "optc.passes.finetune",
-    "optc.passes.distill",
-    "optc.passes.reconstruct",
-    "optc.passes.sparsify",
-    "optc.passes.quantize",
-    "optc.passes.hard_attention",
-    "optc.passes.gradual_prune",
-    "optc.passes.l0_prune",
-    "optc.passes.kv_cache",
-)
+_builtins_loaded = False
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -53,8 +41,16 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 
 
 def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    """Import every module of the :mod:`optc.passes` package (a pass is one file there: no
+    list to edit), then the plugins (:mod:`optc.ir.plugins`)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        import optc.passes
+
+        for info in pkgutil.iter_modules(optc.passes.__path__):
+            importlib.import_module(f"optc.passes.{info.name}")
+        _builtins_loaded = True
+    load_plugins()
 
 
 def all_passes() -> dict[str, type[Pass]]:

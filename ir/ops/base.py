@@ -25,6 +25,7 @@ import torch
 
 from optc.errors import IRError
 from optc.ir.core import Module, Node, Value
+from optc.ir.plugins import load_plugins
 from optc.ir.types import Dim, TensorType, Type, dtype_name
 
 __all__ = [
@@ -235,12 +236,17 @@ def register_op(opdef: OpDef) -> OpDef:
 
 
 def get_op(name: str) -> OpDef | None:
-    """The definition of a high-level op, or None for ATen and Python ops."""
-    return _OPS.get(name)
+    """The definition of a high-level op, or None for ATen and Python ops. A name optc does
+    not know loads the plugins first (:mod:`optc.ir.plugins`)."""
+    opdef = _OPS.get(name)
+    if opdef is None and "." not in name and load_plugins():
+        opdef = _OPS.get(name)
+    return opdef
 
 
 def all_ops() -> dict[str, OpDef]:
-    """Every registered high-level op, by name."""
+    """Every registered high-level op (plugins' included), by name."""
+    load_plugins()
     return dict(_OPS)
 
 
