@@ -46,15 +46,18 @@ class PassRecord:
     seconds: float
 
 
-@dataclass
-class PipelineReport:
-    """The outcome of :meth:`PassManager.run`."""
+@dataclass(frozen=True)
+class PipelineReport(PassResult):
+    """The outcome of :meth:`PassManager.run`: a :class:`PassResult` (a pipeline is a pass:
+    ``modified`` when any of its passes changed the module; ``stats``: each pass's counters
+    under its spec) with one record per pass."""
 
     records: list[PassRecord] = field(default_factory=list)
 
-    @property
-    def modified(self) -> bool:
-        return any(r.modified for r in self.records)
+    @classmethod
+    def of(cls, records: list[PassRecord]) -> PipelineReport:
+        stats = {f"{r.spec}.{k}": v for r in records for k, v in r.stats.items()}
+        return cls(any(r.modified for r in records), stats, records)
 
     @property
     def seconds(self) -> float:
@@ -125,13 +128,23 @@ class DumpIR(Instrument):
             raise OutputError(f"cannot write '{self.directory / name}': {exc.strerror}") from None
 
 
-class PassManager:
+class PassManager(Pass):
     """Runs passes in order on a module, in place.
 
-    ``passes`` is a list of pass instances or a pipeline spec string. ``reference`` is the
-    module that passes learning from the pipeline's input (``distill``'s default teacher) see
-    instead of a copy of the module as it enters, e.g. the model a search started from.
+    ``passes`` is a list of pass instances (pass managers included: pipelines nest) or a
+    pipeline spec string. ``reference`` is the module that passes learning from the pipeline's
+    input (``distill``'s default teacher) see instead of a copy of the module as it enters,
+    e.g. the model a search started from.
+
+    A pass manager is itself a :class:`Pass` (its spec is its passes' specs joined by commas,
+    and its :class:`PipelineReport` is a :class:`PassResult`), so a pipeline can be one step
+    of another: the outer manager records it as one pass and, when it fails, puts the module
+    back as it was before the whole inner pipeline.
     """
+
+    name = "pipeline"
+    __hash__ = object.__hash__  # identity, not the (empty) dataclass fields of Pass
+    __eq__ = object.__eq__
 
     def __init__(
         self,
@@ -144,6 +157,18 @@ class PassManager:
         self.verify = verify
         self.instruments = list(instruments or [])
         self.reference = reference
+
+    def __repr__(self) -> str:
+        return f"PassManager({self.spec()!r})"
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """Whether any of its passes learns from the pipeline's input."""
+        return any(p.needs_reference for p in self.passes)
+
+    def spec(self) -> str:
+        """The passes' specs, joined by commas (what running them flat would read)."""
+        return ",".join(p.spec() for p in self.passes)
 
     def _verify(self, module: Module, context: str) -> None:
         if self.verify:
@@ -167,7 +192,7 @@ class PassManager:
         if ctx.reference is None and any(p.needs_reference for p in self.passes):
             snapshot = self.reference if self.reference is not None else module.clone()
             ctx = dataclasses.replace(ctx, reference=snapshot)
-        report = PipelineReport()
+        records: list[PassRecord] = []
         self._verify(module, "on the input to the pipeline")
         for inst in self.instruments:
             inst.before_pipeline(module, self.passes)
@@ -208,11 +233,11 @@ class PassManager:
                 module.restore(before)
                 raise
             record = PassRecord(spec, result.modified, dict(result.stats), seconds)
-            report.records.append(record)
+            records.append(record)
             for inst in self.instruments:
                 inst.after_pass(p, index, module, record)
             done.append(spec)
-        return report
+        return PipelineReport.of(records)
 
 
 def run_pipeline(module: Module, passes: list[Pass] | str, **options: Any) -> PipelineReport:

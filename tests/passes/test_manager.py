@@ -368,3 +368,29 @@ class ReferencePass(ContextPass):
 
     name = "test-reference"
     needs_reference = True
+
+
+def test_a_pass_manager_is_a_pass_and_pipelines_nest() -> None:
+    inner = PassManager("dce,test-counting{amount=2}")
+    assert isinstance(inner, Pass) and inner.spec() == "dce,test-counting{amount=2}"
+    assert inner != PassManager("dce,test-counting{amount=2}") and inner == inner
+    module = _module()
+    report = PassManager([inner, CountingPass(amount=3)]).run(module)
+    assert isinstance(report, PassResult) and report.modified
+    first, second = report.records
+    assert first.spec == "dce,test-counting{amount=2}" and first.modified
+    assert first.stats["test-counting{amount=2}.amount"] == 2 and first.stats["dce.nodes_removed"] == 2
+    assert second.stats == {"seen": 1, "amount": 3}
+    assert "aten.relu" not in print_module(module)
+    # a failing inner pipeline leaves the module as it was before the whole inner pipeline
+    module = _module()
+    before = print_module(module)
+    with pytest.raises(PassError, match=r"pass 'dce,test-failing' failed .*pass 'test-failing'"):
+        PassManager([PassManager("dce,test-failing")]).run(module)
+    assert print_module(module) == before
+    # the inner pipeline asks for the outer's reference when one of its passes needs it
+    seen: list = []
+    module = _module()
+    text = print_module(module)
+    PassManager([DeadCodeElimination(), PassManager([ReferencePass(seen=seen)])]).run(module)
+    assert print_module(seen[0].reference) == text
