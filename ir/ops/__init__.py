@@ -9,6 +9,7 @@ from optc.ir.ops import (  # noqa: F401 - registers
     fake_quant,
     linear,
     norm,
+    rotary,
 )
 from optc.ir.ops.activations import ACTIVATIONS
 from optc.ir.ops.base import (

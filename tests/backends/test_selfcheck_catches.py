@@ -18,7 +18,7 @@ import torch
 import optc
 from optc.backends.selfcheck import example_inputs, write_checked
 from optc.errors import BackendError
-from optc.ir.ops import attention as attention_op
+from optc.ir.ops import attention_onnx
 from optc.ir.ops import base as ops_base
 from optc.ir.ops.base import OnnxLowering
 from optc.tests.backends.test_lowering_regressions import _PlainTransformer
@@ -49,15 +49,15 @@ def test_self_check_catches_averaged_all_padding_rows(tmp_path, monkeypatch):
     module = optc.capture(tiny_model("bert"))
     write_checked(module, "onnx", tmp_path / "good.onnx")  # today's lowering passes
     (tmp_path / "good.onnx").unlink()
-    real = attention_op._mask_nodes
-    monkeypatch.setattr(attention_op, "_mask_nodes",
+    real = attention_onnx._mask_nodes
+    monkeypatch.setattr(attention_onnx, "_mask_nodes",
                         lambda *args: (real(*args)[0], None))  # no zeroing of empty rows
     _assert_refused(module, tmp_path, "differs from the eager IR")
 
 
 def test_self_check_catches_fp16_attention_with_an_f32_bias(tmp_path, monkeypatch):
     module = optc.capture(tiny_model("bert").half())
-    _swap_lowering(monkeypatch, rewrite=lambda m, node, cache: attention_op._fuse(
+    _swap_lowering(monkeypatch, rewrite=lambda m, node, cache: attention_onnx._fuse(
         m, node, cache, torch.float32))  # the old lowering fused every dtype, bias in f32
     _assert_refused(module, tmp_path)
 
@@ -67,7 +67,7 @@ def test_self_check_catches_an_unbroadcast_additive_mask(tmp_path, monkeypatch):
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
     module = optc.capture(model, (torch.randint(0, 50, (2, 6)), torch.ones(2, 6)),
                           dynamic_shapes=[{0: batch, 1: seq}, {0: batch, 1: seq}])
-    real = attention_op._onnx_translations
+    real = attention_onnx.onnx_translations
 
     def without_expand():  # noqa: ANN202
         from optc.ir.ops.contrib import msft
