@@ -1,16 +1,14 @@
 """High-level transformer ops, one file each; see :mod:`optc.ir.ops.base` for what an op
-definition holds. Importing this package registers every built-in op."""
+definition holds. Importing this package imports every module in it, which registers every
+built-in op: an op is one new file here, no list to edit (ops from outside optc are plugins,
+:mod:`optc.ir.plugins`)."""
 
-from optc.ir.ops import (  # noqa: F401 - registers
-    activations,
-    attention,
-    disentangled,
-    embedding,
-    fake_quant,
-    linear,
-    norm,
-    rotary,
-)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _info in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_info.name}")
+
 from optc.ir.ops.activations import ACTIVATIONS
 from optc.ir.ops.base import (
     REQUIRED,
@@ -21,6 +19,7 @@ from optc.ir.ops.base import (
     all_ops,
     get_op,
     register_op,
+    sample_module,
 )
 
 __all__ = [
@@ -33,4 +32,5 @@ __all__ = [
     "all_ops",
     "get_op",
     "register_op",
+    "sample_module",
 ]

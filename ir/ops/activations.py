@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from optc.ir.core import Module, Node
-from optc.ir.ops.base import Attr, OnnxLowering, OpDef, Operand, register_op
+from optc.ir.ops.base import Attr, OnnxLowering, OpDef, Operand, register_op, sample_module
 from optc.ir.ops.norm import same_as_input
 
 __all__ = ["ACTIVATIONS", "GELU", "RELU", "SILU", "TANH"]
@@ -93,15 +93,25 @@ def k_tanh(x: Tensor) -> Tensor:
 ''',
 }
 
+def _sample(op: str) -> str:
+    return sample_module("%x : f32[2,3,8]", f"%y : f32[2,3,8] = {op}(%x)")
+
+
 GELU = register_op(OpDef(
     "gelu", "GELU activation", (Operand("x"),),
     {"approximate": Attr(str, "none", "'none' (erf) or 'tanh'")},
     infer=same_as_input, kernel=gelu, script=_SCRIPTS["gelu"],
     onnx=OnnxLowering(_gelu_rewrite, _gelu_translations),
+    samples=tuple(sample_module("%x : f32[2,3,8]",
+                                f'%y : f32[2,3,8] = gelu(%x, approximate="{a}")')
+                  for a in ("none", "tanh")),
 ))
 RELU = register_op(OpDef("relu", "ReLU activation", (Operand("x"),), infer=same_as_input,
-                         kernel=relu, script=_SCRIPTS["relu"]))
+                         kernel=relu, script=_SCRIPTS["relu"],
+                         samples=(_sample("relu"),)))
 SILU = register_op(OpDef("silu", "SiLU (swish) activation", (Operand("x"),), infer=same_as_input,
-                         kernel=silu, script=_SCRIPTS["silu"]))
+                         kernel=silu, script=_SCRIPTS["silu"],
+                         samples=(_sample("silu"),)))
 TANH = register_op(OpDef("tanh", "tanh activation", (Operand("x"),), infer=same_as_input,
-                         kernel=tanh, script=_SCRIPTS["tanh"]))
+                         kernel=tanh, script=_SCRIPTS["tanh"],
+                         samples=(_sample("tanh"),)))

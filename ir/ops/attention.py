@@ -45,6 +45,7 @@ from optc.ir.ops.base import (
     Operand,
     numel,
     register_op,
+    sample_module,
     tensor_operand,
 )
 from optc.ir.ops.linear import check_unit_ids
@@ -158,4 +159,24 @@ ATTENTION = register_op(OpDef(
     script=ATTENTION_SCRIPT,
     onnx=OnnxLowering(onnx_rewrite, onnx_translations),
     flops=_flops,
+    samples=(
+        *(sample_module("%q : f32[2,5,16], %k : f32[2,5,16], %v : f32[2,5,16], "
+                        "%mask : bool[2,1,1,5]",
+                        f"%y : f32[2,5,16] = attention(%q, %k, %v, %mask, num_heads=4, "
+                        f"head_dim=4{attrs})")
+          for attrs in ("", ", causal=true", ', kind="topk", topk=2',
+                        ', kind="topk", topk_fraction=0.5, renormalize=true',
+                        ', int8="dynamic"')),
+        sample_module("%q : f32[2,5,16], %k : f32[2,5,8], %v : f32[2,5,8]",
+                      "%y : f32[2,5,16] = attention(%q, %k, %v, none, num_heads=4, head_dim=4, "
+                      "num_kv_heads=2, causal=true)"),
+        sample_module("%q : f32[2,5,16], %k : f32[2,5,16], %v : f32[2,5,16], "
+                      "%mask : f32[2,1,5,5]",
+                      "%y : f32[2,5,16] = attention(%q, %k, %v, %mask, num_heads=4, head_dim=4, "
+                      "scale=0.3)"),
+        sample_module("%q : f32[2,5,16], %k : f32[2,5,16], %v : f32[2,5,16]",
+                      '%y : f32[2,5,16] = attention(%q, %k, %v, none, @s, @z, num_heads=4, '
+                      'head_dim=4, int8="static")',
+                      "param @s : f32[3]\nparam @z : u8[3]"),
+    ),
 ))

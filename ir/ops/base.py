@@ -37,6 +37,7 @@ __all__ = [
     "register_op",
     "get_op",
     "all_ops",
+    "sample_module",
     "tensor_operand",
     "same_dim",
     "numel",
@@ -125,6 +126,12 @@ class OpDef:
     flops: Callable[[Node, Mapping[str, int]], int] | None = None
     """FLOPs of the node's matrix products (2 per multiply-add) with symbolic dims set from
     the mapping; elementwise ops leave it None (their cost is in the bytes they move)."""
+    samples: tuple[str, ...] = ()
+    """Small modules in the textual IR that use the op, one per form worth checking (int8,
+    each attribute that changes the lowering): the op conformance test runs every sample on
+    eager, TorchScript and ONNX with random parameters and inputs and compares them
+    (:func:`sample_module` writes one). Float parameters whose name ends in ``scale`` get
+    small positive values, integer inputs values below 4."""
 
     # -- attributes -----------------------------------------------------------------------
     def attr(self, node: Node, key: str) -> Any:
@@ -251,6 +258,18 @@ def all_ops() -> dict[str, OpDef]:
 
 
 # -- helpers for op files --------------------------------------------------------------------
+def sample_module(inputs: str, body: str, params: str = "", outputs: str = "out=%y") -> str:
+    """A sample for :attr:`OpDef.samples`: ``inputs`` is the graph signature (``%x :
+    f32[2,3,8]``), ``body`` its node lines, ``params`` the parameter declarations (one per
+    line), ``outputs`` the returned values."""
+    lines = ["module @sample {"]
+    lines += [f"  {line.strip()}" for line in params.strip().splitlines() if line.strip()]
+    lines.append(f"  graph({inputs}) {{")
+    lines += [f"    {line.strip()}" for line in body.strip().splitlines() if line.strip()]
+    lines += [f"    return ({outputs})", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
 def tensor_operand(node: Node, i: int) -> TensorType | None:
     """The type of operand ``i`` when it is a tensor value, else None."""
     arg = node.arg(i)

@@ -32,7 +32,15 @@ from collections.abc import Mapping
 import torch
 
 from optc.ir.core import Node
-from optc.ir.ops.base import Attr, OpDef, Operand, numel, register_op, tensor_operand
+from optc.ir.ops.base import (
+    Attr,
+    OpDef,
+    Operand,
+    numel,
+    register_op,
+    sample_module,
+    tensor_operand,
+)
 from optc.ir.types import TensorType, Type
 
 __all__ = ["DISENTANGLED_BIAS", "disentangled_bias"]
@@ -183,4 +191,9 @@ DISENTANGLED_BIAS = register_op(OpDef(
     kernel=disentangled_bias,
     script=_SCRIPT,
     flops=_flops,
+    samples=(sample_module(
+        "%q : f32[2,5,8], %k : f32[2,5,8], %rel : i64[1,5,5], %mask : bool[2,1,5,5]",
+        "%y : f32[2,2,5,5] = disentangled_bias(%q, %k, %rel, @pk, @pq, %mask, num_heads=2, "
+        "head_dim=4, span=3, scale=0.5)",
+        "param @pk : f32[6,8]\nparam @pq : f32[6,8]"),),
 ))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from optc.ir.core import Node
-from optc.ir.ops.base import Attr, OpDef, Operand, register_op, tensor_operand
+from optc.ir.ops.base import Attr, OpDef, Operand, register_op, sample_module, tensor_operand
 from optc.ir.ops.quantized_embedding import (
     INT8_EMBEDDING_SCRIPT,
     int8_embedding,
@@ -59,4 +59,9 @@ EMBEDDING = register_op(OpDef(
     check=_check,
     kernel=embedding,
     script=_SCRIPT,
+    samples=(sample_module("%ids : i64[2,5]", "%y : f32[2,5,8] = embedding(%ids, @t, padding_idx=0)",
+                           "param @t : f32[6,8]"),
+             sample_module("%ids : i64[2,5]", "%y : f32[2,5,8] = embedding(%ids, @t, @s)",
+                           '''param @t : i8[6,8] {quantization=quantization(scheme="symmetric", axis=0)}
+                           param @s : f32[6]''')),
 ))

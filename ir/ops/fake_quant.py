@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from optc.ir.core import Node
-from optc.ir.ops.base import Attr, OpDef, Operand, register_op, tensor_operand
+from optc.ir.ops.base import Attr, OpDef, Operand, register_op, sample_module, tensor_operand
 from optc.ir.ops.norm import same_as_input
 
 __all__ = ["FAKE_QUANT", "fake_quant"]
@@ -46,7 +46,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor | None = None,
     xd = x.detach()
     q = torch.round(xd / scale) + zp
     inside = (q >= 0) & (q <= top)
-    deq = (torch.clamp(q, 0, top) - zp) * scale
+    deq = (q.clamp(min=0.0).clamp(max=top) - zp) * scale  # one bound each: ONNX-exportable
     return torch.where(inside, x + (deq - xd), deq)
 
 
@@ -108,4 +108,9 @@ FAKE_QUANT = register_op(OpDef(
     check=_check,
     kernel=fake_quant,
     script=_SCRIPT,
+    samples=(sample_module("%x : f32[6,8]", '%y : f32[6,8] = fake_quant(%x, scheme="symmetric", '
+                                            'bits=8, axis=0)'),
+             sample_module("%x : f32[2,3,8]",
+                           '%y : f32[2,3,8] = fake_quant(%x, @s, @z, scheme="affine", bits=8)',
+                           "param @s : f32[]\nparam @z : u8[]")),
 ))

@@ -26,6 +26,7 @@ from optc.ir.ops.base import (
     numel,
     register_op,
     same_dim,
+    sample_module,
     tensor_operand,
 )
 from optc.ir.ops.quantized_linear import (
@@ -157,4 +158,21 @@ LINEAR = register_op(OpDef(
     script=_SCRIPT,
     flops=_flops,
     onnx=OnnxLowering(int8_onnx_rewrite, int8_onnx_translations),
+    samples=(
+        sample_module("%x : f32[2,3,8]", "%y : f32[2,3,6] = linear(%x, @w, @b)",
+                      "param @w : f32[6,8]\nparam @b : f32[6]"),
+        *(sample_module("%x : f32[2,3,8]",
+                        f"%y : f32[2,3,6] = linear(%x, @w, @b, @s{attrs})",
+                        f'''param @w : i8[6,8] {{quantization=quantization(scheme="symmetric", bits={bits}, axis=0)}}
+                        param @b : f32[6]
+                        param @s : f32[6]''')
+          for bits, attrs in ((7, ""), (8, ""), (7, ', act_scales="token"'),
+                              (8, ', act_scales="token"'))),
+        sample_module("%x : f32[2,3,8]", "%y : f32[2,3,6] = linear(%x, @w, @b, @s, @xs, @xz)",
+                      '''param @w : i8[6,8] {quantization=quantization(scheme="symmetric", bits=7, axis=0)}
+                      param @b : f32[6]
+                      param @s : f32[6]
+                      param @xs : f32[]
+                      param @xz : u8[]'''),
+    ),
 ))

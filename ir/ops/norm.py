@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from optc.ir.core import Node
-from optc.ir.ops.base import Attr, OpDef, Operand, register_op, tensor_operand
+from optc.ir.ops.base import Attr, OpDef, Operand, register_op, sample_module, tensor_operand
 from optc.ir.types import Type
 
 __all__ = ["LAYER_NORM", "RMS_NORM", "rms_norm", "same_as_input"]
@@ -57,6 +57,11 @@ LAYER_NORM = register_op(OpDef(
     check=_check,
     kernel=layer_norm,
     script=_SCRIPT,
+    samples=(sample_module("%x : f32[2,3,8]",
+                           "%y : f32[2,3,8] = layer_norm(%x, @w, @b, normalized_shape=[8], eps=1e-12)",
+                           "param @w : f32[8]\nparam @b : f32[8]"),
+             sample_module("%x : f32[2,4,6]",
+                           "%y : f32[2,4,6] = layer_norm(%x, none, none, normalized_shape=[4,6])")),
 ))
 
 
@@ -96,4 +101,9 @@ RMS_NORM = register_op(OpDef(
     check=_rms_check,
     kernel=rms_norm,
     script=_RMS_SCRIPT,
+    samples=(sample_module("%x : f32[2,3,8]", "%y : f32[2,3,8] = rms_norm(%x, @w, eps=1e-6)",
+                           "param @w : f32[8]"),
+             sample_module("%x : f32[2,3,8]",
+                           "%y : f32[2,3,8] = rms_norm(%x, @w, eps=1e-6, offset=1.0)",
+                           "param @w : f32[8]")),
 ))

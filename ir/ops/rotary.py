@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from optc.ir.core import Node
-from optc.ir.ops.base import Attr, OpDef, Operand, register_op, tensor_operand
+from optc.ir.ops.base import Attr, OpDef, Operand, register_op, sample_module, tensor_operand
 from optc.ir.types import Type
 
 __all__ = ["ROTARY", "rotary"]
@@ -94,4 +94,8 @@ ROTARY = register_op(OpDef(
     check=_rotary_check,
     kernel=rotary,
     script=_ROTARY_SCRIPT,
+    samples=tuple(sample_module(
+        f"%x : f32[2,5,16], %cos : f32[1,5,{rot}], %sin : f32[1,5,{rot}]",
+        f"%y : f32[2,5,16] = rotary(%x, %cos, %sin, head_dim=8, interleaved={inter})")
+        for rot, inter in ((8, "false"), (8, "true"), (4, "false"))),
 ))
