@@ -16,16 +16,14 @@ from dataclasses import dataclass, field
 
 from optc.ir.core import Module, Node, Value
 from optc.ir.ids import format_ids, ids_or_range
-from optc.ir.ops import get_op
+from optc.ir.ops import get_op, ops_with
 from optc.ir.ops.attention import kv_index
 from optc.ir.types import TensorType
 
 __all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
            "assign_layer_ids", "node_cost", "module_flops", "describe_layers"]
 
-_FFN_ACTIVATIONS = ("gelu", "relu", "silu")
 _RESIDUAL_ADDS = ("aten.add.Tensor",)
-_NORMS = ("layer_norm", "rms_norm")
 _GATE_MUL = ("aten.mul.Tensor",)
 
 
@@ -374,7 +372,7 @@ def _find_ffns(module: Module) -> list[FFNBlock]:
     for node in module.graph:
         if node.op != "linear":
             continue
-        act = _single_user(node.outputs[0], _FFN_ACTIVATIONS)
+        act = _single_user(node.outputs[0], ops_with("ffn-activation"))
         if act is None:
             continue
         gate = _gate_of(act, node)
@@ -425,11 +423,11 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
         block_input = _uncast(block_input.producer.args[0])  # the stream's rows, moved
     if isinstance(block_input, Value) and block_input.producer is not None:
         norm = block_input.producer
-        if norm.op in _NORMS and _uncast(norm.args[0]) is _uncast(block.stream_in):  # pre-LN
+        if norm.op in ops_with("norm") and _uncast(norm.args[0]) is _uncast(block.stream_in):  # pre-LN
             block.norms.append(norm)
             return  # a norm after the add belongs to the next block or the final output
     users = add.outputs[0].users()
-    if len(users) == 1 and users[0].op in _NORMS:  # post-LN
+    if len(users) == 1 and users[0].op in ops_with("norm"):  # post-LN
         block.norms.append(users[0])
         block.stream_out = users[0].outputs[0]
 
@@ -460,7 +458,7 @@ def _mark_parallel(att: AttentionBlock, ffn: FFNBlock) -> None:
         return
     source = _uncast(ffn.up.args[0])
     norm = source.producer if isinstance(source, Value) and source.producer is not None and \
-        source.producer.op in _NORMS else None
+        source.producer.op in ops_with("norm") else None
     if _uncast(norm.args[0] if norm is not None else source) is not _uncast(att.stream_in):
         return
     ffn.parallel = True

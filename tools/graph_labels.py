@@ -12,7 +12,7 @@ from typing import Any
 from optc.ir.analysis import Layer, Structure
 from optc.ir.attributes import Quantization, Sparsity
 from optc.ir.core import Module, Node, Value
-from optc.ir.ops import get_op
+from optc.ir.ops import get_op, ops_with
 
 __all__ = ["Place", "node_places", "esc", "short_op", "aten_name", "is_drawn", "param_notes",
            "node_params", "param_count", "linear_width", "attention_text", "role_title",
@@ -26,9 +26,9 @@ COMPUTE_ATEN = ("matmul", "bmm", "mm", "addmm", "baddbmm", "softmax", "_softmax"
 """ATen ops that do real work: drawn as nodes when they were not raised (glue is collapsed)."""
 
 GREY, REMOVED_FILL, CHANGED = "#9a9a9a", "#eeeeee", "#d35400"
-FILL = {"attention": "#dbe9f6", "linear": "#fdf2d0", "layer_norm": "#e4f1e1",
-        "embedding": "#efe1f3", "gelu": "#f6e0e0", "relu": "#f6e0e0", "silu": "#f6e0e0",
-        "tanh": "#f6e0e0"}
+FILL = {"attention": "#dbe9f6", "projection": "#fdf2d0", "norm": "#e4f1e1",
+        "embedding": "#efe1f3", "activation": "#f6e0e0"}
+"""Fill colour of a raised op by its first trait found here (:attr:`OpDef.traits`)."""
 
 
 @dataclass
@@ -155,7 +155,7 @@ def op_lines(node: Node, place: Place | None) -> list[str]:
         w = node.arg(1)
         if isinstance(w, Value):
             lines.append(" &#215; ".join(str(s) for s in w.tensor_type.shape))
-    elif node.op == "layer_norm" and node.outputs:
+    elif node.op in ops_with("norm") and node.outputs:
         shape = node.outputs[0].tensor_type.shape
         lines.append(str(shape[-1]) if shape else "")
     n = param_count(node)
@@ -210,5 +210,8 @@ def layer_caption(layer: Layer, module: Module) -> str:
 
 
 def fill_color(node: Node) -> str:
-    """A node's fill colour by op (unraised ATen compute grey)."""
-    return FILL.get(node.op, "#f0f0f0" if aten_name(node.op) else "#ffffff")
+    """A node's fill colour by its op's traits (unraised ATen compute grey)."""
+    opdef = get_op(node.op)
+    traits = opdef.traits if opdef is not None else frozenset()
+    return next((color for trait, color in FILL.items() if trait in traits),
+                "#f0f0f0" if aten_name(node.op) else "#ffffff")

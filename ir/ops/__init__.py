@@ -18,6 +18,7 @@ from optc.ir.ops.base import (
     Operand,
     all_ops,
     get_op,
+    ops_with,
     register_op,
     sample_module,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Operand",
     "all_ops",
     "get_op",
+    "ops_with",
     "register_op",
     "sample_module",
 ]

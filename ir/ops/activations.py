@@ -101,6 +101,7 @@ GELU = register_op(OpDef(
     "gelu", "GELU activation", (Operand("x"),),
     {"approximate": Attr(str, "none", "'none' (erf) or 'tanh'")},
     infer=same_as_input, kernel=gelu, script=_SCRIPTS["gelu"],
+    traits=frozenset({"activation", "ffn-activation"}),
     onnx=OnnxLowering(_gelu_rewrite, _gelu_translations),
     samples=tuple(sample_module("%x : f32[2,3,8]",
                                 f'%y : f32[2,3,8] = gelu(%x, approximate="{a}")')
@@ -108,10 +109,13 @@ GELU = register_op(OpDef(
 ))
 RELU = register_op(OpDef("relu", "ReLU activation", (Operand("x"),), infer=same_as_input,
                          kernel=relu, script=_SCRIPTS["relu"],
+                         traits=frozenset({"activation", "ffn-activation"}),
                          samples=(_sample("relu"),)))
 SILU = register_op(OpDef("silu", "SiLU (swish) activation", (Operand("x"),), infer=same_as_input,
                          kernel=silu, script=_SCRIPTS["silu"],
+                         traits=frozenset({"activation", "ffn-activation"}),
                          samples=(_sample("silu"),)))
 TANH = register_op(OpDef("tanh", "tanh activation", (Operand("x"),), infer=same_as_input,
                          kernel=tanh, script=_SCRIPTS["tanh"],
+                         traits=frozenset({"activation"}),
                          samples=(_sample("tanh"),)))

@@ -159,6 +159,7 @@ ATTENTION = register_op(OpDef(
     script=ATTENTION_SCRIPT,
     onnx=OnnxLowering(onnx_rewrite, onnx_translations),
     flops=_flops,
+    traits=frozenset({"attention"}),
     samples=(
         *(sample_module("%q : f32[2,5,16], %k : f32[2,5,16], %v : f32[2,5,16], "
                         "%mask : bool[2,1,1,5]",

@@ -37,6 +37,7 @@ __all__ = [
     "register_op",
     "get_op",
     "all_ops",
+    "ops_with",
     "sample_module",
     "tensor_operand",
     "same_dim",
@@ -126,6 +127,15 @@ class OpDef:
     flops: Callable[[Node, Mapping[str, int]], int] | None = None
     """FLOPs of the node's matrix products (2 per multiply-add) with symbolic dims set from
     the mapping; elementwise ops leave it None (their cost is in the bytes they move)."""
+    traits: frozenset[str] = frozenset()
+    """What the op is, for code that treats ops by kind rather than by name (the structure
+    analysis, the graph pictures): ``projection`` (a linear map with a weight), ``attention``,
+    ``attention-bias`` (a score term added inside attention), ``norm`` (normalization over the
+    last dims), ``activation`` (elementwise nonlinearity), ``ffn-activation`` (one that sits
+    between an FFN's projections; ``tanh`` is an activation, not this, so a pooler is never
+    taken for an FFN), ``embedding`` (a table lookup), ``position`` (position encoding applied
+    to q/k), ``quantization`` (quantize-dequantize). :func:`ops_with` lists the ops that have
+    one."""
     samples: tuple[str, ...] = ()
     """Small modules in the textual IR that use the op, one per form worth checking (int8,
     each attribute that changes the lowering): the op conformance test runs every sample on
@@ -228,6 +238,7 @@ def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 _OPS: dict[str, OpDef] = {}
+_BY_TRAIT: dict[str, tuple[str, ...]] = {}  # ops_with's answers; cleared by register_op
 
 
 def register_op(opdef: OpDef) -> OpDef:
@@ -239,6 +250,7 @@ def register_op(opdef: OpDef) -> OpDef:
     if opdef.kernel is None:
         raise IRError(f"op {opdef.name!r} needs an eager kernel (the reference semantics)")
     _OPS[opdef.name] = opdef
+    _BY_TRAIT.clear()
     return opdef
 
 
@@ -249,6 +261,15 @@ def get_op(name: str) -> OpDef | None:
     if opdef is None and "." not in name and load_plugins():
         opdef = _OPS.get(name)
     return opdef
+
+
+def ops_with(trait: str) -> tuple[str, ...]:
+    """The names of the registered ops that have ``trait`` (see :attr:`OpDef.traits`)."""
+    load_plugins()
+    found = _BY_TRAIT.get(trait)
+    if found is None:
+        found = _BY_TRAIT[trait] = tuple(n for n, op in _OPS.items() if trait in op.traits)
+    return found
 
 
 def all_ops() -> dict[str, OpDef]:

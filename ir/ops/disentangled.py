@@ -190,6 +190,7 @@ DISENTANGLED_BIAS = register_op(OpDef(
     check=_check,
     kernel=disentangled_bias,
     script=_SCRIPT,
+    traits=frozenset({"attention-bias"}),
     flops=_flops,
     samples=(sample_module(
         "%q : f32[2,5,8], %k : f32[2,5,8], %rel : i64[1,5,5], %mask : bool[2,1,5,5]",

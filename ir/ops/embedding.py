@@ -59,6 +59,7 @@ EMBEDDING = register_op(OpDef(
     check=_check,
     kernel=embedding,
     script=_SCRIPT,
+    traits=frozenset({"embedding"}),
     samples=(sample_module("%ids : i64[2,5]", "%y : f32[2,5,8] = embedding(%ids, @t, padding_idx=0)",
                            "param @t : f32[6,8]"),
              sample_module("%ids : i64[2,5]", "%y : f32[2,5,8] = embedding(%ids, @t, @s)",

@@ -108,6 +108,7 @@ FAKE_QUANT = register_op(OpDef(
     check=_check,
     kernel=fake_quant,
     script=_SCRIPT,
+    traits=frozenset({"quantization"}),
     samples=(sample_module("%x : f32[6,8]", '%y : f32[6,8] = fake_quant(%x, scheme="symmetric", '
                                             'bits=8, axis=0)'),
              sample_module("%x : f32[2,3,8]",

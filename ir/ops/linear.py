@@ -158,6 +158,7 @@ LINEAR = register_op(OpDef(
     script=_SCRIPT,
     flops=_flops,
     onnx=OnnxLowering(int8_onnx_rewrite, int8_onnx_translations),
+    traits=frozenset({"projection"}),
     samples=(
         sample_module("%x : f32[2,3,8]", "%y : f32[2,3,6] = linear(%x, @w, @b)",
                       "param @w : f32[6,8]\nparam @b : f32[6]"),

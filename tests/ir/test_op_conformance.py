@@ -58,3 +58,14 @@ def test_op_sample_runs_the_same_on_every_backend(name, index, text):
                               v.name, {}, gen) for v in module.graph.inputs}
     report = check_backends(module, inputs, backends=("eager", "torchscript", "onnx"))
     assert set(report.diffs) == {"torchscript", "onnx"}
+
+
+def test_analysis_and_pictures_read_op_traits_not_names():
+    from optc.ir.ops import ops_with
+
+    assert set(ops_with("ffn-activation")) == {"gelu", "relu", "silu"}
+    assert "tanh" in ops_with("activation") and "tanh" not in ops_with("ffn-activation")
+    assert set(ops_with("norm")) == {"layer_norm", "rms_norm"}
+    assert ops_with("projection") == ("linear",) and ops_with("attention") == ("attention",)
+    for name, op in _BUILTIN.items():
+        assert op.traits, f"op {name} declares no traits"
