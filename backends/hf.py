@@ -28,6 +28,11 @@ the directory with the generated classes and compares every output with the eage
 
 Reading back: the modeling file depends only on the family, so optc recognizes its own file by
 comparing it byte for byte with :func:`modeling_source` (see :func:`load_optc_classes`).
+
+Split by concern: the refusals live in :mod:`optc.backends.hf_checks`, the reading back in
+:mod:`optc.backends.hf_load`, the generated file's sources in :mod:`optc.backends.hf_templates`
+(rendered by :mod:`optc.backends.hf_families`); this module collects the weights and config
+and writes the directory, and re-exports the public names of the others.
 """
 
 from __future__ import annotations
@@ -35,16 +40,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from optc.backends.hf_checks import (
+    block_norm,
+    check_attention,
+    check_expressed,
+    check_weights,
+    family_of,
+    head_of,
+    headless_residue,
+    refuse,
+)
 from optc.backends.hf_families import (
     FAMILIES,
     HEADS,
@@ -53,17 +65,24 @@ from optc.backends.hf_families import (
     modeling_file_name,
     modeling_source,
 )
+from optc.backends.hf_load import (
+    exported_class,
+    is_optc_export,
+    load_exported,
+    load_optc_classes,
+    read_config,
+    restore_stable_ids,
+)
 from optc.backends.st_format import (
     PoolingDeclaration,
     declared_pooling,
     source_max_seq_length,
     write_st_files,
 )
-from optc.errors import BackendError, InputError, OptcError
-from optc.ir.analysis import Layer, analyze, set_unit_ids
-from optc.ir.attributes import Quantization
-from optc.ir.core import Module, Node, Parameter, Value
-from optc.ir.ids import format_ids, parse_ids
+from optc.errors import BackendError, InputError
+from optc.ir.analysis import Layer, analyze
+from optc.ir.core import Module, Node, Parameter
+from optc.ir.ids import format_ids
 from optc.outputs import atomic_directory, check_output, umask_mode
 
 __all__ = ["FAMILIES", "PER_LAYER_FIELDS", "HEADS", "Family", "family_of", "family_heads",
@@ -102,33 +121,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 # -- from the IR to config + weights ----------------------------------------------------------
-def _refuse(message: str) -> BackendError:
-    return BackendError(f"hf backend: {message}")
-
-
-def family_of(module: Module) -> Family:
-    """The :class:`Family` of the module's source architecture; refuses others."""
-    model_type = str((module.meta.get("source") or {}).get("model_type") or "")
-    family = FAMILIES.get(model_type.removeprefix("optc-"))
-    if family is None:
-        what = f"'{model_type}' models" if model_type else "models of unknown architecture"
-        raise _refuse(f"{what} are not supported yet (supported: {', '.join(FAMILIES)}); "
-                      "export with --backend eager, torchscript or onnx")
-    return family
-
-
-def _head(module: Module, family: Family) -> str:
-    cls = str((module.meta.get("source") or {}).get("class") or "")
-    outputs = set(module.graph.outputs)
-    for suffix in family_heads(family):
-        needs = HEADS[suffix][1]
-        if cls.endswith(suffix) and set(needs) <= outputs:
-            return suffix
-    raise _refuse(f"the {cls or 'model'} head (outputs {', '.join(sorted(outputs))}) is not "
-                  f"supported for {family.model_type}; supported: "
-                  f"{', '.join('*' + s for s in family_heads(family))}")
-
-
 def _tensor(value: Any, size: int) -> torch.Tensor:
     """A parameter operand's tensor; zeros for an absent bias."""
     return value.data if isinstance(value, Parameter) else torch.zeros(size)
@@ -186,7 +178,7 @@ class _Collector:
         att, ffn = layer.attention, layer.ffn
         self.bias_only.append(False)
         if att is None:
-            residue = _headless(ffn, family.pre_ln) if ffn is not None else None
+            residue = headless_residue(ffn, family.pre_ln) if ffn is not None else None
             if residue is not None:
                 bias, norm = residue
                 self.bias_only[-1] = True
@@ -200,18 +192,7 @@ class _Collector:
             self.head_ids.append("")
         else:
             node = att.node
-            why = att.prunable or _block_norm(att, family.pre_ln)
-            if why:
-                raise _refuse(f"{where}: the attention block is not a BERT-style block ({why})")
-            if node.attr("int8") is not None:
-                raise _refuse(f"{where}: int8 attention matmuls (quantize targets=matmuls) have "
-                              "no transformers equivalent; export with --backend onnx or "
-                              "torchscript")
-            if node.attr("causal"):
-                raise _refuse(f"{where}: causal attention has no place in a bidirectional encoder")
-            scale = node.attr("scale")
-            if scale is not None and not math.isclose(scale, att.head_dim ** -0.5, rel_tol=1e-6):
-                raise _refuse(f"{where}: attention scale {scale:g} is not 1/sqrt(head_dim)")
+            check_attention(att, where, family.pre_ln)
             if family.pre_ln:
                 self.conv1d([att.query, att.key, att.value], f"{base}.{names['qkv']}")
                 self.conv1d([att.output], f"{base}.{names['out']}")
@@ -224,11 +205,6 @@ class _Collector:
             self.heads.append(att.num_heads)
             self.head_dims.append(att.head_dim)
             hard = node.attr("kind") == "topk"
-            if hard and node.attr("topk_fraction") is not None:
-                raise _refuse(f"{where}: hard attention with fraction={node.attr('topk_fraction')} "
-                              "(ceil(fraction x keys) kept per row) has no field in the Hugging "
-                              "Face config, which holds a fixed k: use hard-attention{k=N}, or "
-                              "--backend onnx, torchscript or eager")
             self.topk.append(int(node.attr("topk") or 1) if hard else None)
             self.renormalize.append(bool(hard and node.attr("renormalize", False)))
             self.head_ids.append(format_ids(att.head_ids))
@@ -236,13 +212,13 @@ class _Collector:
             self.ffn.append(0)
             self.neuron_ids.append("")
             return
-        why = _block_norm(ffn, family.pre_ln)
+        why = block_norm(ffn, family.pre_ln)
         if why:
-            raise _refuse(f"{where}: the FFN block is not a BERT-style block ({why})")
+            raise refuse(f"{where}: the FFN block is not a BERT-style block ({why})")
         act = ffn.activation
         key = (act.op, act.attr("approximate", "none") if act.op == "gelu" else None)
         if key not in _ACTIVATIONS:
-            raise _refuse(f"{where}: the FFN activation {act.op} has no transformers equivalent")
+            raise refuse(f"{where}: the FFN activation {act.op} has no transformers equivalent")
         self.acts.add(_ACTIVATIONS[key])
         self.nodes.add(act)
         if family.pre_ln:
@@ -254,78 +230,6 @@ class _Collector:
         self.norm(ffn.norms[0], f"{base}.{names['ffn_norm']}")
         self.ffn.append(ffn.width)
         self.neuron_ids.append(format_ids(ffn.neuron_ids))
-
-
-def _headless(ffn: Any, pre_ln: bool) -> tuple[Parameter, Node | None] | None:
-    """What an attention block leaves when all its heads are pruned, right before ``ffn``:
-    ``norm(bias + x)`` (post-LN) or ``bias + x`` (pre-LN); None when there is none."""
-    value = ffn.stream_in
-    norm = value.producer if isinstance(value, Value) and not pre_ln else None
-    if not pre_ln:
-        if norm is None or norm.op != "layer_norm":
-            return None
-        value = norm.args[0]
-    add = value.producer if isinstance(value, Value) else None
-    if add is None or add.op != "aten.add.Tensor":
-        return None
-    params = [a for a in add.args[:2] if isinstance(a, Parameter)]
-    if len(params) != 1 or params[0].data.dim() != 1 or len(add.args) > 2 and add.args[2] != 1:
-        return None
-    return params[0], norm
-
-
-def _block_norm(block: Any, pre_ln: bool) -> str | None:
-    """Why ``block`` is not ``norm(x + f(x))`` (post-LN) or ``x + f(norm(x))`` (pre-LN)."""
-    if block.residual is None:
-        return "its result is not added back to the residual stream"
-    if len(block.norms) != 1:
-        return f"no layer norm {'before it' if pre_ln else 'right after its residual add'}"
-    norm_input = block.norms[0].args[0]
-    if pre_ln and norm_input is not block.stream_in:
-        return "its layer norm does not read the residual stream"
-    if not pre_ln and norm_input is not block.residual.outputs[0]:
-        return "no layer norm right after its residual add (pre-LN?)"
-    return None
-
-
-_TABLE_OPS = ("embedding", "layer_norm", "linear")
-"""High-level ops the generated classes compute outside the layers when they read the
-embeddings', pooler's or task head's parameters."""
-_HEAD_ACTIVATIONS = ("tanh", "gelu", "relu")
-"""Activations the generated pooler and classification heads apply after a head linear."""
-
-
-def _check_expressed(module: Module, layer_nodes: set[Node], head_params: set[str],
-                     cls: str) -> None:
-    """Refuse a live high-level node the generated classes do not compute (a plugin op, a norm
-    or activation inserted on the residual stream, ...): writing would silently drop it."""
-    live: set[Node] = set()
-    stack = [v.producer for v in module.graph.outputs.values() if isinstance(v, Value)]
-    while stack:
-        node = stack.pop()
-        if node is None or node in live:
-            continue
-        live.add(node)
-        stack += [v.producer for v in node.inputs]
-
-    def head_linear(value: Any) -> bool:
-        producer = value.producer if isinstance(value, Value) else None
-        return producer is not None and producer.op == "linear" and producer in expressed
-
-    expressed = set(layer_nodes)
-    for node in module.graph:  # in order: a head activation follows its head linear
-        if node.op.startswith("aten.") or node in expressed or node not in live:
-            continue
-        reads_head = any(isinstance(v, Parameter) and (v.name in head_params or (  # or a part
-            v.name.rpartition(".part")[0] in head_params)) for v in node.inputs)
-        if (node.op in _TABLE_OPS and reads_head) or (
-                node.op in _HEAD_ACTIVATIONS and head_linear(node.arg(0))):
-            expressed.add(node)
-            continue
-        raise _refuse(f"{node!r} (op '{node.op}') has no equivalent in the generated {cls} "
-                      "classes (embeddings, attention and FFN layers, pooler and task head "
-                      "only), so the directory would compute without it: remove it, or write "
-                      "--backend onnx, torchscript or eager")
 
 
 def _head_params(family: Family, head: str, prefix: str) -> dict[str, bool]:
@@ -353,7 +257,7 @@ def _embedding_prefix(module: Module, family: Family) -> str:
     for name in module.params:
         if name == word or name.endswith("." + word):
             return name[: -len(word)]
-    raise _refuse(f"no word embedding table (…{word}) was found")
+    raise refuse(f"no word embedding table (…{word}) was found")
 
 
 def _source_config(source: dict[str, Any]) -> dict[str, Any]:
@@ -369,31 +273,21 @@ def _source_config(source: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _CONFIG_DROP and not k.endswith("_per_layer")}
 
 
-def _check_weights(module: Module) -> None:
-    for param in module.params.values():
-        quant = [a for a in param.attrs.values() if isinstance(a, Quantization)]
-        if quant or param.data.dtype in (torch.int8, torch.uint8):
-            what = "quantized" if quant else str(param.data.dtype).removeprefix("torch.")
-            raise _refuse(f"parameter @{param.name} is {what}; the generated modeling file has "
-                          "no int8 representation: export quantized models with --backend onnx "
-                          "or torchscript")
-
-
 def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], Family]:
     """config.json content, the weights by transformers name, and the family of ``module``.
 
     Raises :class:`BackendError` for anything the generated classes cannot express."""
     family = family_of(module)
-    head = _head(module, family)
-    _check_weights(module)
+    head = head_of(module, family)
+    check_weights(module)
     source = dict(module.meta.get("source") or {})
     task = module.meta.get("task")
     prefix = _embedding_prefix(module, family)
     if prefix not in ("", f"{family.prefix}."):
-        raise _refuse(f"parameters are prefixed '{prefix}', not '{family.prefix}.'")
+        raise refuse(f"parameters are prefixed '{prefix}', not '{family.prefix}.'")
     structure = analyze(module)
     if not structure.layers:
-        raise _refuse("the module has no transformer layers (nothing was raised to attention/FFN)")
+        raise refuse("the module has no transformer layers (nothing was raised to attention/FFN)")
     got = _Collector()
     for index, layer in enumerate(structure.layers):
         got.layer(layer, index, prefix, family)
@@ -412,27 +306,27 @@ def hf_config(module: Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
             continue
         if name not in wanted:
             if param.data.dim() == 1 and any(u.op == "aten.add.Tensor" for u in param.users()):
-                raise _refuse(
+                raise refuse(
                     f"parameter @{name} is the output bias left by a block whose units were all "
                     "pruned; the generated classes keep it only for an attention block followed "
                     "by an FFN block: keep a unit, or remove the block with "
                     "drop-layers{...,blocks=...} instead")
-            raise _refuse(f"parameter @{name} has no place in Optc{family.name}{head} (the "
+            raise refuse(f"parameter @{name} has no place in Optc{family.name}{head} (the "
                           "generated classes hold embeddings, layers, pooler and task head only)")
         got.put(name, param)
-    _check_expressed(module, got.nodes, set(wanted), f"Optc{family.name}{head}")
+    check_expressed(module, got.nodes, set(wanted), f"Optc{family.name}{head}")
     for whole, pieces in parts.items():
         got.weights[whole] = torch.cat([t for _, t in sorted(pieces, key=lambda p: p[0])])
     missing = [n for n, required in wanted.items() if required and n not in got.weights]
     if missing:
-        raise _refuse(f"Optc{family.name}{head} needs @{missing[0]}, which the module lacks")
+        raise refuse(f"Optc{family.name}{head} needs @{missing[0]}, which the module lacks")
     emb_norm = next((n for n in module.graph if n.op == "layer_norm"
                      and n.args[1] is module.params.get(f"{prefix}{family.tables['norm']}.weight")),
                     None)
     if emb_norm is not None:
         got.eps.add(float(emb_norm.attr("eps", 1e-5)))
     if len(got.eps) > 1 or len(got.acts) > 1:
-        raise _refuse(f"layers differ in layer-norm eps {sorted(got.eps)} or activation "
+        raise refuse(f"layers differ in layer-norm eps {sorted(got.eps)} or activation "
                       f"{sorted(got.acts)}; the config holds one of each")
     padding = next((n.attr("padding_idx") for n in module.graph
                     if n.op == "embedding" and n.args[1] is word), None)
@@ -533,7 +427,7 @@ def sentence_pooling(module: Module, config: dict[str, Any] | None = None,
     try:
         return declared_pooling(module.meta)
     except InputError as exc:
-        raise _refuse(f"the model's sentence-transformers pooling is unreadable: {exc}") from None
+        raise refuse(f"the model's sentence-transformers pooling is unreadable: {exc}") from None
 
 
 def _max_seq_length(module: Module, config: dict[str, Any], family: Family) -> int:
@@ -587,113 +481,4 @@ def export_hf(module: Module, path: str | os.PathLike, *, force: bool = False) -
     return target
 
 
-# -- reading an export back -------------------------------------------------------------------
-def is_optc_export(config: dict[str, Any]) -> bool:
-    """Whether a config.json (as a dict) says the directory was written by this backend."""
-    return isinstance(config.get("optc"), dict) and "modeling_file" in config["optc"]
 
-
-def load_optc_classes(directory: str | os.PathLike, config: dict[str, Any]) -> types.ModuleType:
-    """The classes of an exported directory, from optc's own source, never from the file.
-
-    The modeling file must equal, byte for byte, what this optc writes for the recorded family
-    (a hash in config.json proves nothing: whoever edits the file can edit the hash). Then the
-    module is built from :func:`modeling_source` itself; otherwise :class:`InputError`.
-    """
-    meta = config.get("optc") or {}
-    family = FAMILIES.get(str(meta.get("source_model_type")))
-    name = str(meta.get("modeling_file"))
-    if family is None or name != modeling_file_name(family):
-        raise InputError(f"'{directory}' names an optc modeling file '{name}' for a family this "
-                         f"optc does not write ({meta.get('source_model_type')})")
-    file = Path(directory) / name
-    source = modeling_source(family)
-    try:
-        on_disk = file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read '{file}': {exc.strerror or exc}") from None
-    if on_disk != source.encode():
-        raise InputError(
-            f"'{file}' differs from the modeling file this optc generates, so optc will not run "
-            "it (it never runs remote code): load the model yourself (transformers, "
-            "trust_remote_code=True) and pass it to optc.capture, or re-export it with this optc")
-    module_name = f"optc_generated_{family.model_type.replace('-', '_')}"
-    generated = sys.modules.get(module_name)
-    if generated is None or getattr(generated, "__optc_source__", None) != source:
-        generated = types.ModuleType(module_name)
-        generated.__file__ = str(file)
-        exec(compile(source, str(file), "exec"), generated.__dict__)  # noqa: S102 - optc's own code
-        generated.__optc_source__ = source
-        sys.modules[module_name] = generated
-    return generated
-
-
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a model directory as a dict (:class:`InputError` when unreadable)."""
-    path = Path(directory) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read '{path}': {exc}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"'{path}' is not a JSON object")
-    return config
-
-
-def exported_class(directory: str | os.PathLike, config: dict[str, Any],
-                   suffix: str | None = None) -> type:
-    """The generated class of an export for head ``suffix`` (default: the recorded one)."""
-    generated = load_optc_classes(directory, config)
-    family = FAMILIES[config["optc"]["source_model_type"]]
-    if suffix is None:
-        arch = (config.get("architectures") or [f"Optc{family.name}Model"])[0]
-        suffix = str(arch).removeprefix(f"Optc{family.name}")
-    if suffix not in family_heads(family):
-        raise InputError(f"'{directory}': no generated {family.model_type} class for the head "
-                         f"'{suffix}' (choose one of {', '.join(family_heads(family))})")
-    return getattr(generated, f"Optc{family.name}{suffix}")
-
-
-def load_exported(directory: str | os.PathLike) -> torch.nn.Module:
-    """Load an exported directory with its generated classes (from optc's own source), in
-    eval mode; what the self-check and optc's Hugging Face frontend run."""
-    config = read_config(directory)
-    if not is_optc_export(config):
-        raise InputError(f"'{directory}' was not written by optc's hf backend (its config.json "
-                         "has no 'optc' section)")
-    cls = exported_class(directory, config)
-    return cls.from_pretrained(str(directory), use_safetensors=True).eval()
-
-
-def restore_stable_ids(module: Module, record: Any) -> bool:
-    """Give a module captured from an export the stable ids its config records (``optc``:
-    ``layer_ids``, ``head_ids_per_layer``, ``neuron_ids_per_layer``), so that ids keep naming
-    the layers, heads and neurons of the model first captured. Returns False (and changes
-    nothing) when the record does not fit the module's layers."""
-    if not isinstance(record, dict):
-        return False
-    layers = analyze(module).layers
-    ids, heads, neurons = (record.get(k) for k in ("layer_ids", "head_ids_per_layer",
-                                                   "neuron_ids_per_layer"))
-    if not all(isinstance(v, list) and len(v) == len(layers) for v in (ids, heads, neurons)):
-        return False
-    plan = []
-    try:
-        for layer, layer_id, head_text, neuron_text in zip(layers, ids, heads, neurons, strict=True):
-            head_ids = parse_ids(head_text) if head_text else []
-            neuron_ids = parse_ids(neuron_text) if neuron_text else []
-            att, ffn = layer.attention, layer.ffn
-            if (len(head_ids) != (att.num_heads if att else 0)
-                    or len(neuron_ids) != (ffn.width if ffn else 0)):
-                return False
-            plan.append((layer, int(layer_id), head_ids, neuron_ids))
-    except (TypeError, ValueError, OptcError):
-        return False
-    for layer, layer_id, head_ids, neuron_ids in plan:
-        if layer.attention is not None:
-            layer.attention.node.set_attr("layer", layer_id)
-            set_unit_ids(layer.attention.node, "head_ids", head_ids, len(head_ids))
-        if layer.ffn is not None:
-            layer.ffn.up.set_attr("layer", layer_id)
-            set_unit_ids(layer.ffn.up, "unit_ids", neuron_ids, len(neuron_ids))
-    return True
