@@ -101,6 +101,9 @@ def describe_ops() -> list[dict[str, Any]]:
             "attributes": attrs,
             "lowerings": {"eager": "kernel", "torchscript": "script" if op.script else None,
                           "onnx": "custom" if op.onnx else "traced"},
+            "traits": sorted(op.traits),
+            "samples": len(op.samples),
+            "module": op.kernel.__module__ if op.kernel is not None else None,
         })
     return result
 
@@ -120,7 +123,8 @@ def cmd_ops(argv: list[str]) -> int:
         operands = ", ".join(o["name"] + ("?" if o["optional"] else "") + f": {o['dtypes']}"
                              for o in op["operands"])
         onnx = {"custom": "ONNX Runtime op", "traced": "traced"}[op["lowerings"]["onnx"]]
-        print(f"{op['name']}({operands})  {op['doc']}  [onnx: {onnx}]")
+        traits = f"  ({', '.join(op['traits'])})" if op["traits"] else ""
+        print(f"{op['name']}({operands})  {op['doc']}  [onnx: {onnx}]{traits}")
         for a in op["attributes"]:
             default = "required" if a["required"] else a["default"]
             print(f"    {a['name']}: {a['type']} = {default}  {a['doc']}".rstrip())

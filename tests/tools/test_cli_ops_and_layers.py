@@ -38,8 +38,11 @@ def test_ops_lists_every_op_with_operands_attributes_and_lowerings(capsys):
                                                           "int8_scale", "int8_zero_point"]
     assert {a["name"]: a["required"] for a in attention["attributes"]}["num_heads"] is True
     assert attention["lowerings"] == {"eager": "kernel", "torchscript": "script", "onnx": "custom"}
+    assert attention["traits"] == ["attention"] and attention["samples"] >= 1
+    assert ops["gelu"]["traits"] == ["activation", "ffn-activation"]
     code, text, _ = run(capsys, "ops")
     assert code == 0 and "linear(x: float, weight: " in text and "bias?: float" in text
+    assert "(projection)" in text
 
 
 def test_a_typo_in_model_optc_names_the_unknown_op_with_a_hint(capsys, artifact, tmp_path):
