@@ -552,8 +552,10 @@ def _int8_point(point: Point, module: Module, seen: _Judge, judge: _Judge, base_
                 floor: float, max_drop: float, notes: list[str]) -> tuple[Point, Module]:
     """``point`` quantized: all layers int8 with the first of :data:`INT8_SCHEMES` within
     ``max_drop`` of the input's ``base_seen`` on the search part; when none is, with the last
-    (the most accurate), the layers whose int8 costs most on the search part go back to fp32 one
-    by one. The held-out part checks the result (``floor``)."""
+    (the most accurate), the fewest of the layers whose int8 costs most on the search part
+    (each measured alone) go back to fp32, their number found by bisection (the metric is
+    assumed to rise as more go back: log2(layers) evaluations instead of one per layer). The
+    held-out part checks the result (``floor``)."""
     layers = _int8_layers(module)
     skip: set[int] = set()
     for scheme in INT8_SCHEMES:
@@ -564,15 +566,24 @@ def _int8_point(point: Point, module: Module, seen: _Judge, judge: _Judge, base_
     if metric < base_seen - max_drop and len(layers) > 1:
         alone = {pos: seen.metric(seen.outcome(
             _quantized(module, layers, set(layers) - {pos}, scheme))) for pos in layers}
-        fp32 = seen.metric(seen.outcome(module))
-        for pos in sorted(layers, key=lambda q: alone[q] - fp32):  # most costly first
-            skip.add(pos)
-            if len(skip) == len(layers):
-                break
-            quantized = _quantized(module, layers, skip, scheme)
-            metric = seen.metric(seen.outcome(quantized))
-            if metric >= base_seen - max_drop:
-                break
+        order = sorted(layers, key=lambda q: alone[q])  # most costly first
+        tried: dict[int, tuple[float, Module]] = {}
+
+        def keep(count: int) -> bool:  # the ``count`` most costly layers in fp32: within?
+            if count not in tried:
+                candidate = _quantized(module, layers, set(order[:count]), scheme)
+                tried[count] = (seen.metric(seen.outcome(candidate)), candidate)
+            return tried[count][0] >= base_seen - max_drop
+
+        low, high = 1, len(order) - 1  # the fewest fp32 layers within, by bisection
+        if keep(high):
+            while low < high:
+                middle = (low + high) // 2
+                low, high = (low, middle) if keep(middle) else (middle + 1, high)
+            skip = set(order[:high])
+            metric, quantized = tried[high]
+        else:
+            skip = set(order)
     label = f"{point.label} + int8" + (f" (per-token {','.join(scheme)})" if scheme else "")
     if len(skip) == len(layers) or metric < base_seen - max_drop:
         notes.append(f"{label}: not within --max-drop on the search part with any layer in "

@@ -298,3 +298,36 @@ def test_int8_takes_per_token_scales_where_per_tensor_breaks_the_tolerance(modul
     assert tokens and len(tokens) == len([n for n in q_module.graph
                                           if n.attr("act_scales") == "token"])
     assert q_point.to_json()["token_scales"] == ["ffn"]
+
+
+class _CountingJudge:
+    """Loses 3 points per int8 layer (any scheme); counts its evaluations."""
+
+    labels: list = []
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def outcome(self, module):
+        self.calls += 1
+        return module
+
+    def metric(self, module) -> float:
+        layers = {pos for pos, _, n in contract_module.linear_targets(module, ("attention", "ffn"))
+                  if n.arg(3) is not None}
+        return 100.0 - 3.0 * len(layers)
+
+
+def test_int8_keeps_the_fewest_costly_layers_in_fp32_found_by_bisection(module):
+    layers = contract_module._int8_layers(module)
+    assert len(layers) >= 2
+    point = contract_module.Point("input", Config(), False, 100.0)
+    seen, held = _CountingJudge(), _CountingJudge()
+    q_point, q_module = contract_module._int8_point(point, module, seen, held, 100.0, 96.0, 4.0,
+                                                    [])
+    # within 4 points: one int8 layer at most, so all but one go back to fp32
+    assert len(q_point.fp32_layers) == len(layers) - 1 and q_point.within
+    assert q_point.token_scales == contract_module.INT8_SCHEMES[-1]
+    assert seen.metric(q_module) == 97.0
+    schemes, alone = len(contract_module.INT8_SCHEMES), len(layers)
+    assert seen.calls <= schemes + alone + 1 + max(1, (len(layers) - 1).bit_length())
