@@ -585,6 +585,8 @@ def _int8_point(point: Point, module: Module, seen: _Judge, judge: _Judge, base_
         else:
             skip = set(order)
     label = f"{point.label} + int8" + (f" (per-token {','.join(scheme)})" if scheme else "")
+    if skip and len(skip) < len(layers):
+        label += f", layers {','.join(str(p) for p in sorted(skip))} in fp32"
     if len(skip) == len(layers) or metric < base_seen - max_drop:
         notes.append(f"{label}: not within --max-drop on the search part with any layer in "
                      "int8")

@@ -327,6 +327,7 @@ def test_int8_keeps_the_fewest_costly_layers_in_fp32_found_by_bisection(module):
                                                     [])
     # within 4 points: one int8 layer at most, so all but one go back to fp32
     assert len(q_point.fp32_layers) == len(layers) - 1 and q_point.within
+    assert q_point.label.endswith(" in fp32") and "layers " in q_point.label
     assert q_point.token_scales == contract_module.INT8_SCHEMES[-1]
     assert seen.metric(q_module) == 97.0
     schemes, alone = len(contract_module.INT8_SCHEMES), len(layers)
