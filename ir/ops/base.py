@@ -264,8 +264,9 @@ def get_op(name: str) -> OpDef | None:
 
 
 def ops_with(trait: str) -> tuple[str, ...]:
-    """The names of the registered ops that have ``trait`` (see :attr:`OpDef.traits`)."""
-    load_plugins()
+    """The names of the registered ops that have ``trait`` (see :attr:`OpDef.traits`). Called
+    per node by the structure analysis, so it loads no plugins: an op in a graph was looked up
+    (and its plugin loaded) when the graph was built or parsed."""
     found = _BY_TRAIT.get(trait)
     if found is None:
         found = _BY_TRAIT[trait] = tuple(n for n, op in _OPS.items() if trait in op.traits)
