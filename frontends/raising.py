@@ -19,6 +19,8 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
 - ``gelu(approximate="tanh")`` from ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``;
 - ``gelu`` from ``x*0.5*(1+erf(x/sqrt(2)))`` written out (ESM), the 0.5 on either factor;
 - ``rms_norm`` from ``(offset + w) * (x * rsqrt(mean(x^2, -1) + eps))``;
+- a norm over each head of a head split (per-head q/k norms) -> the norm with ``head_dim`` on
+  the projection, before the split (:mod:`optc.frontends.raising_head_norm`);
 - ``rotary`` from ``x*cos + rotate_half(x)*sin`` on a head split (partial rotary: on the first
   features of each head, the rest concatenated back);
 - fused projections viewed as ``[B, S, parts, heads, head_dim]`` and unbound (ModernBERT's
@@ -61,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optc.frontends.layout import MOVEMENT_OPS, concrete_env, same_shape
+from optc.frontends.raising_head_norm import raise_head_layer_norm, regroup_head_norm
 from optc.frontends.raising_attention import raise_eager_attention, raise_sdpa, weights_values
 from optc.frontends.raising_common import (
     ADD,
@@ -302,8 +305,9 @@ def _raise_rms_norm(module: Module, node: Node, ctx: RuleContext) -> str | None:
             out = node.outputs[0]
             if out.type != x.type:
                 return "the normalized result changes dtype or shape"
-            replace_uses_with_op(module, node, out, "rms_norm", (x, weight),
-                     {"eps": float(eps[1]), "offset": float(offset)}, out.tensor_type)
+            new = replace_uses_with_op(module, node, out, "rms_norm", (x, weight),
+                                       {"eps": float(eps[1]), "offset": float(offset)}, out.tensor_type)
+            regroup_head_norm(module, new, ctx)  # a per-head q/k norm moves before the split
             return None
     return SKIP
 
@@ -407,6 +411,7 @@ _COMPOSITE_RULES: dict[str, _Rule | tuple[_Rule, ...]] = {
     "aten.mul.Tensor": (("gelu", _raise_gelu_tanh), ("gelu", _raise_gelu_erf),
                         ("rms_norm", _raise_rms_norm)),
     "aten.add.Tensor": ("rotary", raise_rotary),
+    "aten.layer_norm.default": ("layer_norm", raise_head_layer_norm),
     "aten.unbind.int": ("linear", _unbind_projection),
 }
 """Multi-node patterns, by root op; they run first, while the graph is plain ATen."""

@@ -1,7 +1,8 @@
 """Structure analysis: the transformer layers of a raised module, found from the graph alone.
 
 An attention block is an ``attention`` node with the ``linear`` nodes that produce its query,
-key and value (possibly through a ``rotary`` op) and the ``linear`` that consumes its result
+key and value (possibly through head-local ops: ``rotary``, per-head norms; see
+:func:`is_head_local`) and the ``linear`` that consumes its result
 (the output projection); with grouped-query attention the key/value projections have
 ``num_kv_heads`` heads. An FFN block is ``linear -> activation -> linear`` where the first
 widens and the second narrows back to the same width, or the gated form
@@ -21,7 +22,7 @@ from optc.ir.ops.attention import kv_index
 from optc.ir.types import TensorType
 
 __all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
-           "assign_layer_ids", "node_cost", "module_flops", "describe_layers"]
+           "assign_layer_ids", "node_cost", "module_flops", "describe_layers", "is_head_local"]
 
 _RESIDUAL_ADDS = ("aten.add.Tensor",)
 _GATE_MUL = ("aten.mul.Tensor",)
@@ -30,6 +31,25 @@ _GATE_MUL = ("aten.mul.Tensor",)
 def _producer(value: object, op: str) -> Node | None:
     node = value.producer if isinstance(value, Value) else None
     return node if node is not None and node.op == op else None
+
+
+def is_head_local(node: Node) -> bool:
+    """Whether ``node`` maps a ``[..., heads*head_dim]`` tensor head by head with nothing that
+    depends on the head count (ops with the ``head-local`` trait, such as ``rotary``, and norms
+    with a ``head_dim``): removing heads only changes its last dim."""
+    opdef = get_op(node.op)
+    if opdef is None:
+        return False
+    return "head-local" in opdef.traits or ("norm" in opdef.traits and node.attr("head_dim") is not None)
+
+
+def _through_head_local(value: object) -> tuple[object, tuple[Node, ...]]:
+    """``value``'s source before a chain of head-local ops, and that chain (source side first)."""
+    chain: list[Node] = []
+    while isinstance(value, Value) and value.producer is not None and is_head_local(value.producer):
+        chain.insert(0, value.producer)
+        value = value.producer.args[0]
+    return value, tuple(chain)
 
 
 def _single_user(value: Value, ops: tuple[str, ...]) -> Node | None:
@@ -89,8 +109,9 @@ class AttentionBlock(_Block):
     value: Node | None = None
     output: Node | None = None
     """``linear`` consuming the attention result (output projection)."""
-    rotary: tuple[Node | None, Node | None] = (None, None)
-    """The ``rotary`` ops between the query/key projections and the attention, if any."""
+    head_ops: tuple[tuple[Node, ...], ...] = ((), (), ())
+    """The head-local ops (:func:`is_head_local`: ``rotary``, per-head norms) between each of
+    the query/key/value projections and the attention, projection side first."""
     position: Node | None = None
     """A ``disentangled_bias`` (DeBERTa) computing the attention's mask from the same query
     and key and from relative-position tables projected per head (``pos_query``/``pos_key``)."""
@@ -102,6 +123,12 @@ class AttentionBlock(_Block):
     @property
     def num_heads(self) -> int:
         return int(self.node.attr("num_heads"))
+
+    @property
+    def rotary(self) -> tuple[Node | None, Node | None]:
+        """The ``rotary`` ops on the query's and the key's way to the attention, if any."""
+        found = [next((n for n in chain if n.op == "rotary"), None) for chain in self.head_ops[:2]]
+        return found[0], found[1]
 
     @property
     def head_dim(self) -> int:
@@ -139,11 +166,12 @@ class AttentionBlock(_Block):
             return "query/key/value are not produced by their own linear projections"
         if self.output is None:
             return "the attention result does not feed a single output projection"
-        for lin, rot in zip((self.query, self.key, self.value), (*self.rotary, None), strict=True):
+        for lin, chain in zip((self.query, self.key, self.value), self.head_ops, strict=True):
             if len([u for u in lin.outputs[0].users() if u is not self.position]) != 1:
                 return f"the projection {lin!r} has other users besides the attention"
-            if rot is not None and len(rot.outputs[0].users()) != 1:
-                return f"the rotary embedding {rot!r} has other users besides the attention"
+            for op in chain:
+                if len(op.outputs[0].users()) != 1:
+                    return f"the head-local op {op!r} has other users besides the attention"
         if len({id(self.key), id(self.value), id(self.query)}) != 3:
             return "query, key and value share a projection"
         return self._position_prunable()
@@ -154,7 +182,7 @@ class AttentionBlock(_Block):
         if pos is None:
             return None
         if pos.args[0] is not self.node.args[0] or pos.args[1] is not self.node.args[1] or \
-                self.grouped or self.rotary != (None, None):
+                self.grouped or any(self.head_ops):
             return f"the position bias {pos!r} does not read the attention's own query and key"
         for i, lin in ((3, self.pos_key), (4, self.pos_query)):
             if pos.arg(i) is not None and (lin is None or lin.outputs[0].users() != [pos]):
@@ -295,6 +323,8 @@ class Layer:
         if att is not None:
             extra = ([f"{att.num_kv_heads} kv"] if att.grouped else []) + \
                 (["rotary"] if any(att.rotary) else []) + \
+                (["q/k norm"] if any("norm" in get_op(n.op).traits for c in att.head_ops for n in c)
+                 else []) + \
                 ([] if att.node.arg(3) is None else ["mask"]) + \
                 (["disentangled"] if att.position is not None else []) + \
                 (["causal"] if att.node.attr("causal") else [])
@@ -487,13 +517,12 @@ def analyze(module: Module) -> Structure:
     for node in module.graph:
         if node.op != "attention":
             continue
-        rq, rk = _producer(node.args[0], "rotary"), _producer(node.args[1], "rotary")
-        q = _producer(rq.args[0] if rq else node.args[0], "linear")
-        k = _producer(rk.args[0] if rk else node.args[1], "linear")
-        v = _producer(node.args[2], "linear")
+        (q_in, q_ops), (k_in, k_ops), (v_in, v_ops) = (_through_head_local(a) for a in node.args[:3])
+        q, k, v = (_producer(a, "linear") for a in (q_in, k_in, v_in))
         out = _single_user(node.outputs[0], ("linear",))
         pos = _producer(node.arg(3), "disentangled_bias")
-        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out, rotary=(rq, rk),
+        block = AttentionBlock(node=node, query=q, key=k, value=v, output=out,
+                               head_ops=(q_ops, k_ops, v_ops),
                                position=pos, pos_query=_producer(pos.arg(4), "linear") if pos else None,
                                pos_key=_producer(pos.arg(3), "linear") if pos else None)
         _place_on_stream(block, out, q.args[0] if q else None)

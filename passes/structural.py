@@ -133,15 +133,15 @@ def remove_heads(module: Module, block: AttentionBlock, heads: set[int]) -> None
     rows = _rows(keep, block.head_dim)
     kv_rows = _rows(kv_keep, block.head_dim) if grouped else rows
     positional = {id(block.query): block.pos_query, id(block.key): block.pos_key}
-    for lin, rot, index in ((block.query, block.rotary[0], rows), (block.key, block.rotary[1], kv_rows),
-                            (block.value, None, kv_rows)):
+    for lin, chain, index in zip((block.query, block.key, block.value), block.head_ops,
+                                 (rows, kv_rows, kv_rows), strict=True):
         pos = positional.get(id(lin))
         for arg in (1, 2):
             if pos is not None and isinstance(pos.arg(arg), Parameter) and pos.arg(arg) is not lin.arg(arg):
                 slice_param(module, pos, arg, 0, index)  # its own weights (share_att_key=False)
             if arg == 1 or isinstance(lin.arg(arg), Parameter):
                 slice_param(module, lin, arg, 0, index, also=(pos,) if pos is not None else ())
-        for out in (lin.outputs[0], rot.outputs[0] if rot else None, pos.outputs[0] if pos else None):
+        for out in (lin.outputs[0], *(op.outputs[0] for op in chain), pos.outputs[0] if pos else None):
             if out is not None:
                 set_last_dim(out, len(index))
     slice_param(module, block.output, 1, 1, rows)

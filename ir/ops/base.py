@@ -134,8 +134,10 @@ class OpDef:
     last dims), ``activation`` (elementwise nonlinearity), ``ffn-activation`` (one that sits
     between an FFN's projections; ``tanh`` is an activation, not this, so a pooler is never
     taken for an FFN), ``embedding`` (a table lookup), ``position`` (position encoding applied
-    to q/k), ``quantization`` (quantize-dequantize). :func:`ops_with` lists the ops that have
-    one."""
+    to q/k), ``head-local`` (maps a ``[..., heads*head_dim]`` tensor head by head with nothing
+    depending on the head count, so removing heads only narrows it; a norm is head-local when
+    it has a ``head_dim``), ``quantization`` (quantize-dequantize). :func:`ops_with` lists the
+    ops that have one."""
     samples: tuple[str, ...] = ()
     """Small modules in the textual IR that use the op, one per form worth checking (int8,
     each attribute that changes the lowering): the op conformance test runs every sample on

@@ -94,7 +94,7 @@ ROTARY = register_op(OpDef(
     check=_rotary_check,
     kernel=rotary,
     script=_ROTARY_SCRIPT,
-    traits=frozenset({"position"}),
+    traits=frozenset({"position", "head-local"}),
     samples=tuple(sample_module(
         f"%x : f32[2,5,16], %cos : f32[1,5,{rot}], %sin : f32[1,5,{rot}]",
         f"%y : f32[2,5,16] = rotary(%x, %cos, %sin, head_dim=8, interleaved={inter})")
