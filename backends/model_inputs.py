@@ -2,6 +2,7 @@
 
     feeds = token_inputs(module, batch=8, seq=128)   # None: no input indexes an embedding table
     low, high = seq_range(module)                    # what the non-batch dims allow
+    fixed_length(module)                             # 128: captured for that length only
 
 An integer graph input read as the indices of an ``embedding`` node whose table is a parameter
 indexes that table; the one indexing the largest table (the vocabulary) is the token-id input:
@@ -11,6 +12,11 @@ the special tokens at the start of most vocabularies). Other integer inputs whos
 floating inputs standard normal. Axis 0 of a symbolic shape is the batch, every other symbolic axis the
 sequence. A module with no token-id input is not run generically: :func:`token_inputs` returns
 None and callers say why they skipped.
+
+A model whose code turns the sequence length into a constant is captured for one length
+(:mod:`optc.frontends.capture_shapes`): its token-id input has a symbolic batch and an int
+sequence axis, which :func:`fixed_length` reads; :func:`seq_range` is then that length alone,
+tasks pad every batch to it and :class:`InputCheck` refuses other lengths.
 
 Used by :mod:`optc.backends.sparse_exec` to time a whole model and by
 :mod:`optc.search.measure` to time specialized ones (the self-check's
@@ -33,8 +39,8 @@ import torch
 from optc.errors import InputError, ModelInputError
 from optc.ir.core import Module, Parameter, Value
 
-__all__ = ["InputCheck", "check_vocabulary", "embedding_limits", "seq_range", "token_inputs",
-           "token_vocabulary"]
+__all__ = ["InputCheck", "check_vocabulary", "embedding_limits", "fixed_length", "seq_range",
+           "token_inputs", "token_vocabulary"]
 
 
 def embedding_limits(module: Module) -> dict[str, int]:
@@ -50,9 +56,29 @@ def embedding_limits(module: Module) -> dict[str, int]:
     return limits
 
 
+def fixed_length(module: Module) -> int | None:
+    """The one sequence length the module takes, when it was captured for one: the int size
+    of axis 1 of its token-id input (the one indexing the largest embedding table) whose
+    axis 0, the batch, is symbolic. None otherwise (a dynamic sequence, or a module captured
+    with static shapes throughout, whose batch is fixed too)."""
+    limits = embedding_limits(module)
+    if not limits:
+        return None
+    ids = max(limits, key=lambda name: limits[name])
+    value = next(v for v in module.graph.inputs if v.name == ids)
+    shape = value.tensor_type.shape
+    if len(shape) >= 2 and not isinstance(shape[0], int) and isinstance(shape[1], int):
+        return shape[1]
+    return None
+
+
 def seq_range(module: Module) -> tuple[int, int | None]:
     """(min, max) sequence length the module's symbolic non-batch dims allow (max None:
-    unbounded). The max of a captured Hugging Face model is its position table."""
+    unbounded); ``(n, n)`` for a module captured for length ``n`` only (:func:`fixed_length`).
+    The max of a captured Hugging Face model is its position table."""
+    fixed = fixed_length(module)
+    if fixed is not None:
+        return fixed, fixed
     low, high = 1, None
     for value in module.graph.inputs:
         for axis, d in enumerate(value.tensor_type.shape):
@@ -134,6 +160,8 @@ class InputCheck:
         """Id input name -> rows of the table it indexes (its ids must stay below)."""
         self.ranges = {d: (r.min, r.max) for d, r in module.dims.items()}
         """Symbolic dim -> (min, max) sizes it allows (max None: unbounded)."""
+        self.fixed = fixed_length(module)
+        """The one sequence length the module was captured for (None: not one)."""
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
         seen: dict[str, tuple[int, str]] = {}
@@ -166,7 +194,12 @@ class InputCheck:
 
     def _size(self, name: str, axis: int, dim: Any, size: int,
               seen: dict[str, tuple[int, str]]) -> None:
-        if isinstance(dim, int):  # captured with that size, which the graph may not need
+        if isinstance(dim, int):  # captured with that size, which the graph may not need...
+            if axis == 1 and dim == self.fixed and size != dim and \
+                    not isinstance(self.types[name].shape[0], int):  # ...unless it is the length
+                raise ModelInputError(f"input '{name}' has {size} tokens along axis 1, but the "
+                                      f"model was captured for sequences of {dim} tokens only: "
+                                      f"pad inputs to {dim} tokens")
             return
         first = seen.setdefault(dim, (size, name))
         if first[0] != size:

@@ -19,11 +19,17 @@ import torch
 
 from optc.backends.hf import restore_stable_ids
 from optc.errors import FrontendError
+from optc.frontends.capture_shapes import (
+    STATIC_SEQ,
+    constraint_line,
+    export_adapting,
+    is_constraint_error,
+)
 from optc.frontends.fx_import import import_exported_program
 from optc.frontends.raising import RaiseReport, raise_high_level_ops
 from optc.ir.analysis import analyze, assign_layer_ids
 from optc.ir.cleanup import canonicalize, eliminate_dead_code
-from optc.ir.core import Module
+from optc.ir.core import DimRange, Module
 from optc.ir.verifier import verify
 
 __all__ = ["capture", "example_inputs_for", "is_hf_model"]
@@ -131,131 +137,29 @@ def _output_layout(out: Any) -> tuple[list[Any], list[str]]:
     )
 
 
-def _tightened_dims(exc: BaseException, shapes: Any, example: dict[str, int]) -> Any:
-    """The dynamic shapes narrowed to what the model allows, when torch.export reports that
-    only part of the ``batch``/``seq`` range optc asked for satisfies the model's guards: the
-    bounds it suggests (BART's decoder needs seq >= 3), or the longest run of lengths around the
-    example's (``example``: dim name -> size) that satisfies every guard it printed (MobileBERT
-    branches on seq == 2, MPT on seq == its maximum). Only the dims optc made, only tighter
-    bounds; None when the error is not that or a guard cannot be read."""
-    import re
+def _resizer(args: tuple[torch.Tensor, ...], shapes: Any) -> Any:
+    """A function ``(dim name, n) -> args`` giving example inputs whose axes of that named dim
+    are ``n`` long: cut, or extended by repeating the last position (a padded row stays padded
+    at its end, a token id stays an id); None from it when the dim is not used."""
+    entries = shapes[0] if isinstance(shapes, tuple) and shapes else ()
 
-    text = str(exc)
-    if "Constraints violated" not in text:
-        return None
-    dims: dict[str, Any] = {}
-    for entry in shapes[0]:
-        for d in entry.values():
-            dims.setdefault(d.__name__, d)
-    bounds = {key: (getattr(d, "min", 0) or 0, getattr(d, "max", None)) for key, d in dims.items()}
-    found = {m.group(1): m for m in re.finditer(
-        r"(batch|seq) = Dim\('\1'(?:, min=(\d+))?(?:, max=(\d+))?\)", text)}
-    guards: dict[str, list[str]] = {}
-    for m in re.finditer(r"Not all values of (batch|seq) = (L(?:\[[^\]]*\])+\.size\(\)\[\d+\]) in "
-                         r"the specified range [^\n]*? satisfy the generated guard (.+?)\.?$",
-                         text, re.MULTILINE):
-        guards.setdefault(m.group(1), []).append(m.group(3).replace(m.group(2), "s"))
-    if not found and not guards:
-        return None
-    new = {}
-    for key, d in dims.items():
-        lo, hi = bounds[key]
-        m = found.get(key)
-        if m is not None:
-            lo = max(lo, int(m.group(2) or lo))
-            hi = min(hi, int(m.group(3))) if hi is not None and m.group(3) else hi or (
-                int(m.group(3)) if m.group(3) else None)
-        if key in guards:
-            allowed = _allowed_run(guards[key], lo, hi, example.get(key))
-            if allowed is None:
-                return None
-            lo, hi = allowed
-        new[key] = torch.export.Dim(key, min=lo, max=hi) if hi is not None else torch.export.Dim(key, min=lo)
-    return (tuple({i: new[d.__name__] for i, d in entry.items()} for entry in shapes[0]),)
+    def resize(name: str, n: int) -> tuple[torch.Tensor, ...] | None:
+        out, used = list(args), False
+        for i, entry in enumerate(entries):
+            for axis, d in (entry.items() if isinstance(entry, Mapping) else ()):
+                if getattr(d, "__name__", None) != name or axis >= out[i].dim():
+                    continue
+                used = True
+                t, size = out[i], out[i].shape[axis]
+                if n <= size:
+                    out[i] = t.narrow(axis, 0, n)
+                else:
+                    last = t.narrow(axis, size - 1, 1)
+                    out[i] = torch.cat([t, last.expand(*[n - size if a == axis else -1
+                                                         for a in range(t.dim())])], axis)
+        return tuple(out) if used else None
 
-
-def _narrowed(before: Any, after: Any) -> str:
-    """``seq 3..64`` for each dim whose range ``after`` narrows from ``before``."""
-    def ranges(shapes: Any) -> dict[str, tuple[Any, Any]]:
-        return {d.__name__: (getattr(d, "min", None), getattr(d, "max", None))
-                for entry in shapes[0] for d in entry.values()}
-
-    old, new = ranges(before), ranges(after)
-    return ", ".join(f"{name} {lo or 1}..{'' if hi is None else hi}"
-                     for name, (lo, hi) in new.items() if old.get(name) != (lo, hi))
-
-
-_GUARD_FUNCTIONS = {"max": max, "min": min, "Max": max, "Min": min, "Mod": lambda a, b: a % b,
-                    "FloorDiv": lambda a, b: a // b}
-
-
-def _guard_holds(guard: str, value: int) -> bool:
-    """Whether a guard torch.export printed (``((-1) + s) != 1``, ``max(0, 64 - s)``...) holds
-    for ``s = value``: integer arithmetic, comparisons and min/max/Mod/FloorDiv only (read with
-    :mod:`ast`, never ``eval``); ValueError for anything else."""
-    import ast
-    import operator
-
-    binary = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-    compare = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-               ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
-
-    def run(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return run(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name) and node.id == "s":
-            return value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -run(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in binary:
-            return binary[type(node.op)](run(node.left), run(node.right))
-        if isinstance(node, ast.BoolOp):
-            values = [run(v) for v in node.values]
-            return all(values) if isinstance(node.op, ast.And) else any(values)
-        if isinstance(node, ast.Compare) and all(type(o) in compare for o in node.ops):
-            left = run(node.left)
-            for op, right_node in zip(node.ops, node.comparators, strict=True):
-                right = run(right_node)
-                if not compare[type(op)](left, right):
-                    return False
-                left = right
-            return True
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id in _GUARD_FUNCTIONS and not node.keywords:
-            return _GUARD_FUNCTIONS[node.func.id](*(run(a) for a in node.args))
-        raise ValueError(f"unsupported guard syntax: {ast.dump(node)[:80]}")
-
-    try:
-        return bool(run(ast.parse(guard, mode="eval")))
-    except (SyntaxError, ZeroDivisionError) as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _allowed_run(guards: list[str], lo: int, hi: int | None, example: int | None,
-                 ) -> tuple[int, int] | None:
-    """The longest run of sizes in ``[lo, hi]`` (around ``example`` when it is allowed) where
-    every guard holds; None when the range is unbounded, a guard cannot be read, or nothing
-    holds."""
-    if hi is None or hi - lo > 1 << 16:
-        return None
-    try:
-        ok = [all(_guard_holds(g, v) for g in guards) for v in range(lo, hi + 1)]
-    except ValueError:
-        return None
-    runs, start = [], None
-    for i, good in enumerate(ok + [False]):
-        if good and start is None:
-            start = i
-        elif not good and start is not None:
-            runs.append((lo + start, lo + i - 1))
-            start = None
-    if not runs:
-        return None
-    around = [r for r in runs if example is not None and r[0] <= example <= r[1]]
-    return around[0] if around else max(runs, key=lambda r: r[1] - r[0])
+    return resize
 
 
 def _explain(exc: BaseException, model_name: str) -> FrontendError:
@@ -269,7 +173,8 @@ def _explain(exc: BaseException, model_name: str) -> FrontendError:
         filename = os.path.abspath(frame.f_code.co_filename)
         if not _is_internal(filename) and os.path.exists(filename):
             user_frame = (filename, lineno)
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    first = constraint_line(exc) if is_constraint_error(exc) else \
+        (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     parts = [f"cannot capture {model_name}"]
     if op:
         parts.append(f"op {op} failed")
@@ -358,22 +263,24 @@ def capture(
                 shapes = (tuple(spec),)
         elif dynamic_shapes is not None:
             shapes = (tuple(dynamic_shapes),)
+            for i, entry in enumerate(dynamic_shapes):  # name the IR's dims after the user's
+                for axis, d in (entry.items() if isinstance(entry, Mapping) else ()):
+                    if isinstance(getattr(d, "__name__", None), str):
+                        dims[(i, axis)] = d.__name__
+
+        def export(inputs: tuple[Any, ...], spec: Any) -> Any:
+            return torch.export.export(wrapper, inputs, dynamic_shapes=spec, strict=False)
+
+        static_length = min(STATIC_SEQ, max_sequence_length(model.config)) if hf else None
         try:
-            try:
-                ep = torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=False)
-            except Exception as exc:  # noqa: BLE001 - retried once with the model's own bounds
-                example = {"batch": args[0].shape[0], "seq": args[0].shape[1]} if args and \
-                    args[0].dim() >= 2 else {}
-                tightened = (_tightened_dims(exc, shapes, example)
-                             if dynamic_shapes == "auto" and hf else None)
-                if tightened is None:
-                    raise
-                ranges = _narrowed(shapes, tightened)
-                _log.warning("%s: captured for %s only: the model computes differently outside "
-                             "that range (inputs outside it are refused)", name, ranges)
-                ep = torch.export.export(wrapper, args, dynamic_shapes=tightened, strict=False)
+            exported = export_adapting(export, args, shapes, resize=_resizer(args, shapes),
+                                       static_length=static_length)
         except Exception as exc:  # noqa: BLE001 - every export failure becomes a FrontendError
             raise _explain(exc, name) from exc
+        args = exported.args
+        ep = exported.program
+        if exported.note:
+            _log.warning("%s: %s", name, exported.note)
     finally:
         for m, training in modes.items():
             m.training = training
@@ -397,6 +304,9 @@ def capture(
             defaults["token_type_ids"] = "zeros"
         module.meta["input_defaults"] = defaults
 
+    for dim, (lo, hi) in (exported.ranges or {}).items():
+        if dim in module.dims:
+            module.dims[dim] = DimRange(lo, hi)
     canonicalize(module)
     if raise_ops:
         report = raise_high_level_ops(module)

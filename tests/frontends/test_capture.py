@@ -269,7 +269,7 @@ def test_capture_failure_names_a_source_line_inside_the_checkout():
 
 
 def test_guards_are_read_without_eval_and_give_the_allowed_run():
-    from optc.frontends.capture import _allowed_run, _guard_holds
+    from optc.frontends.capture_shapes import _allowed_run, _guard_holds
 
     assert _guard_holds("((-1) + s) != 1", 3) and not _guard_holds("((-1) + s) != 1", 2)
     mpt = "(64 + ((-1)*max(0, 64 + ((-1)*s)))) != 64"
