@@ -13,6 +13,9 @@ from. Inputs are derived from the IR's graph inputs (names, dtypes, symbolic dim
 - batch 1 at the shortest sequence (1);
 - batch 2 at a long sequence, ``min(max positions, 128)``, again with a padded row.
 
+A module captured for one sequence length (:func:`optc.backends.model_inputs.fixed_length`:
+its code turns the length into a constant) is probed at that length only, in every case.
+
 Token ids are drawn below the rows of the embedding table they index; masks are ones (the
 padded row ends in zeros); other integer inputs (token types) are zeros.
 

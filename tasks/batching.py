@@ -1,7 +1,9 @@
 """Evaluation batches: tokenize, sort by length, pad each batch to its longest row.
 
 Sorting by length keeps padding (and so wasted compute) small; every batch carries the
-indices of its examples so that predictions can be put back in the original order.
+indices of its examples so that predictions can be put back in the original order. A model
+captured for one sequence length (``ModelLimits.length``, :mod:`optc.tasks.limits`) gets
+every batch padded to that length instead (``pad_to``).
 """
 
 from __future__ import annotations
@@ -52,8 +54,14 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _collate(ids: list[Sequence[int]], types: list[Sequence[int] | None], names: Sequence[str],
-             pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+             pad_id: int, left: bool, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     width = max(len(row) for row in ids)
+    if pad_to is not None:
+        if width > pad_to:
+            raise InputError(f"a row has {width} tokens, but the model takes sequences of "
+                             f"{pad_to} tokens only: truncate to at most {pad_to} tokens "
+                             "(max_length)")
+        width = pad_to
 
     def pad(rows: list[list[int]], value: int) -> torch.Tensor:
         return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r))
@@ -80,7 +88,7 @@ def _order(lengths: list[int], sort: bool) -> list[int]:
 
 def batches(examples: Sequence[Example], tokenizer: Any, batch_size: int = 32,
             max_length: int = 128, input_names: Sequence[str] | None = None,
-            sort: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+            sort: bool = True, pad_to: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of ``examples`` as dicts of int64 tensors: the model inputs (``input_ids``,
     ``attention_mask``, ``token_type_ids`` as :func:`model_input_names` picks them), ``labels``
     (long for classes, float32 for scores; left out when an example has no label) and
@@ -88,7 +96,7 @@ def batches(examples: Sequence[Example], tokenizer: Any, batch_size: int = 32,
 
     Texts and pairs are truncated to ``max_length`` tokens (longest segment first); rows are
     sorted by length (``sort``) and each batch is padded to its longest row on the
-    tokenizer's padding side.
+    tokenizer's padding side, or to ``pad_to`` tokens (a model captured for that length only).
     """
     _check_sizes(batch_size, max_length)
     names = model_input_names(tokenizer, input_names)
@@ -117,7 +125,8 @@ def batches(examples: Sequence[Example], tokenizer: Any, batch_size: int = 32,
     order = _order([len(r) for r in ids], sort)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        batch = _collate([ids[i] for i in rows], [types[i] for i in rows], names, pad_id, left)
+        batch = _collate([ids[i] for i in rows], [types[i] for i in rows], names, pad_id, left,
+                         pad_to)
         if has_labels:
             batch["labels"] = (torch.tensor([float(labels[i]) for i in rows], dtype=torch.float32)
                                if regression else
@@ -127,8 +136,8 @@ def batches(examples: Sequence[Example], tokenizer: Any, batch_size: int = 32,
 
 
 def feature_batches(features: Sequence[QAFeature], tokenizer: Any, batch_size: int = 32,
-                    input_names: Sequence[str] | None = None,
-                    sort: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+                    input_names: Sequence[str] | None = None, sort: bool = True,
+                    pad_to: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of QA features: the model inputs, ``start_positions``, ``end_positions`` and
     ``index`` (each row's position in ``features``), padded like :func:`batches`."""
     _check_sizes(batch_size)
@@ -142,7 +151,7 @@ def feature_batches(features: Sequence[QAFeature], tokenizer: Any, batch_size: i
         rows = order[start:start + batch_size]
         chosen = [features[i] for i in rows]
         batch = _collate([f.input_ids for f in chosen], [f.token_type_ids for f in chosen],
-                         names, pad_id, left)
+                         names, pad_id, left, pad_to)
         width = batch["input_ids"].shape[1]
         shift = [width - len(f) if left else 0 for f in chosen]
         batch["start_positions"] = torch.tensor([f.start_position + d for f, d in zip(chosen, shift, strict=True)])

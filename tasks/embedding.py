@@ -136,17 +136,18 @@ def _token_states(task: Task, outputs: Any) -> torch.Tensor:
 def embed(task: Task, model_fn: Callable[..., Any], texts: Sequence[str], tokenizer: Any,
           pooling: Pooling | None, batch_size: int, max_length: int, names: Sequence[str],
           device: torch.device | str | None = None,
-          progress: Progress | None = None) -> torch.Tensor:
+          progress: Progress | None = None, pad_to: int | None = None) -> torch.Tensor:
     """[len(texts), width] float32 embeddings, in the order of ``texts``: batches sorted by
-    length, the model called with the inputs ``names``, its ``last_hidden_state`` pooled with
-    the attention mask by ``task.pooling``, else ``pooling``, else mean."""
+    length (padded to ``pad_to`` tokens when given), the model called with the inputs
+    ``names``, its ``last_hidden_state`` pooled with the attention mask by ``task.pooling``,
+    else ``pooling``, else mean."""
     chosen = task.pooling or pooling or DEFAULT_POOLING
     wanted = tuple(dict.fromkeys((*names, "attention_mask")))
     rows: list[torch.Tensor | None] = [None] * len(texts)
     done = 0
     with torch.no_grad():
         for batch in batches([Example(t) for t in texts], tokenizer, batch_size, max_length,
-                             wanted):
+                             wanted, pad_to=pad_to):
             inputs = {k: batch[k] if device is None else batch[k].to(device) for k in names}
             hidden = _token_states(task, model_fn(**inputs)).detach().float().cpu()
             pooled = chosen(hidden, batch["attention_mask"])

@@ -114,7 +114,8 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     or a list of examples, and score it.
 
     ``max_length`` defaults to 128 tokens (384 for QA, whose contexts are split into windows
-    ``doc_stride`` apart, 128 by default), clamped to the model's position table; an explicit
+    ``doc_stride`` apart, 128 by default), clamped to the model's position table (a model
+    captured for one length: that length, and every batch is padded to it); an explicit
     one beyond it, and a tokenizer larger than the model's vocabulary, are refused (see
     :mod:`optc.tasks.limits`; optc modules and Hugging Face models); ``input_names`` defaults to the tokenizer's model
     inputs. QA answers are decoded from the ``n_best`` start/end logits, spans up to
@@ -141,14 +142,14 @@ def evaluate(task: Task | str, model_fn: Callable[..., Any],
     begin = time.perf_counter()
     if task.kind in ("embedding-similarity", "embedding-agreement"):
         result = _evaluate_embeddings(task, model_fn, examples, tokenizer, batch_size, length,
-                                      progress, names, device, pooling, ref)
+                                      progress, names, device, pooling, ref, limits.length)
     elif task.kind == "extractive-qa":
         result = _evaluate_qa(task, model_fn, examples, tokenizer, batch_size, length, progress,
                               names, device, doc_stride, n_best, max_answer_length,
-                              null_threshold)
+                              null_threshold, limits.length)
     else:
         result = _evaluate_sequences(task, model_fn, examples, tokenizer, batch_size, length,
-                                     progress, names, device)
+                                     progress, names, device, limits.length)
     result.seconds = time.perf_counter() - begin
     result.examples_per_second = len(examples) / result.seconds if result.seconds > 0 else 0.0
     return result
@@ -180,7 +181,8 @@ def _evaluate_embeddings(task: Task, model_fn: Callable[..., Any], examples: lis
                          tokenizer: Any, batch_size: int, max_length: int,
                          progress: Progress | None, names: tuple[str, ...],
                          device: torch.device | str | None, pooling: Pooling | None,
-                         reference: torch.Tensor | str | None) -> EvalResult:
+                         reference: torch.Tensor | str | None,
+                         pad_to: int | None = None) -> EvalResult:
     bad = next((i for i, e in enumerate(examples) if not isinstance(e, Example)), None)
     if bad is not None:
         raise InputError(f"task '{task.name}' evaluates optc.data.Example items; item {bad} is "
@@ -195,13 +197,13 @@ def _evaluate_embeddings(task: Task, model_fn: Callable[..., Any], examples: lis
                              "compares sentence pairs")
         texts = [e.text for e in examples] + [str(e.text_pair) for e in examples]
         vectors = embed(task, model_fn, texts, tokenizer, pooling, batch_size, max_length, names,
-                        device, progress)
+                        device, progress, pad_to)
         n = len(examples)
         losses, predictions, metrics = similarity_scores(
             task, vectors[:n], vectors[n:], [float(e.label) for e in examples])  # type: ignore[arg-type]
     else:
         vectors = embed(task, model_fn, [e.text for e in examples], tokenizer, pooling,
-                        batch_size, max_length, names, device, progress)
+                        batch_size, max_length, names, device, progress, pad_to)
         against = vectors if isinstance(reference, str) else reference
         losses, predictions, metrics = agreement_scores(task, vectors, against)  # type: ignore[arg-type]
         extra["embeddings"] = vectors
@@ -212,14 +214,15 @@ def _evaluate_embeddings(task: Task, model_fn: Callable[..., Any], examples: lis
 def _evaluate_sequences(task: Task, model_fn: Callable[..., Any], examples: list[Example],
                         tokenizer: Any, batch_size: int, max_length: int,
                         progress: Progress | None, names: tuple[str, ...],
-                        device: torch.device | str | None) -> EvalResult:
+                        device: torch.device | str | None, pad_to: int | None = None,
+                        ) -> EvalResult:
     _check_labels(task, examples)
     total = len(examples)
     losses = torch.empty(total, dtype=torch.float32)
     predictions: list[Any] = [None] * total
     done = 0
     with torch.no_grad():
-        for batch in batches(examples, tokenizer, batch_size, max_length, names):
+        for batch in batches(examples, tokenizer, batch_size, max_length, names, pad_to=pad_to):
             outputs = model_fn(**_to({k: batch[k] for k in names}, device))
             logits = model_output(outputs, "logits").detach().float().cpu()
             index = batch["index"]
@@ -237,7 +240,7 @@ def _evaluate_qa(task: Task, model_fn: Callable[..., Any], records: list[SquadRe
                  tokenizer: Any, batch_size: int, max_length: int, progress: Progress | None,
                  names: tuple[str, ...], device: torch.device | str | None,
                  doc_stride: int | None, n_best: int, max_answer_length: int,
-                 null_threshold: float) -> EvalResult:
+                 null_threshold: float, pad_to: int | None = None) -> EvalResult:
     bad = next((i for i, r in enumerate(records) if not isinstance(r, SquadRecord)), None)
     if bad is not None:
         raise InputError(f"task '{task.name}' evaluates optc.data.SquadRecord items; item {bad} "
@@ -255,7 +258,7 @@ def _evaluate_qa(task: Task, model_fn: Callable[..., Any], records: list[SquadRe
     left = getattr(tokenizer, "padding_side", "right") == "left"
     done = 0
     with torch.no_grad():
-        for batch in feature_batches(features, tokenizer, batch_size, names):
+        for batch in feature_batches(features, tokenizer, batch_size, names, pad_to=pad_to):
             outputs = model_fn(**_to({k: batch[k] for k in names}, device))
             start = model_output(outputs, "start_logits").detach().float().cpu()
             end = model_output(outputs, "end_logits").detach().float().cpu()

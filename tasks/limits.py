@@ -12,7 +12,9 @@ with more tokens than the embedding table has rows is refused
 (:func:`optc.backends.model_inputs.check_vocabulary`). The usable length of RoBERTa- and
 MPNet-style tables, whose first rows are reserved for padding, is the table less those rows
 (:func:`optc.frontends.capture.max_sequence_length`; a captured module records it as the
-range of its sequence dimension).
+range of its sequence dimension). A module captured for one sequence length
+(:func:`optc.backends.model_inputs.fixed_length`) has ``ModelLimits.length``: texts are cut to
+it and every batch is padded to it (``pad_to`` of :func:`optc.tasks.batching.batches`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from optc.backends.eager import EagerModule
-from optc.backends.model_inputs import check_vocabulary, seq_range, token_vocabulary
+from optc.backends.model_inputs import (
+    check_vocabulary,
+    fixed_length,
+    seq_range,
+    token_vocabulary,
+)
 from optc.errors import PipelineSpecError
 from optc.frontends.capture import is_hf_model, max_sequence_length
 from optc.ir.core import Module
@@ -42,6 +49,9 @@ class ModelLimits:
     """The longest sequence its position table allows."""
     vocabulary: int | None = None
     """Rows of its token embedding table (token ids must stay below)."""
+    length: int | None = None
+    """The one sequence length it takes, when it was captured for one (its code turns the
+    length into a constant): every batch is padded to it."""
 
 
 def model_limits(model: Any) -> ModelLimits:
@@ -50,7 +60,7 @@ def model_limits(model: Any) -> ModelLimits:
     if isinstance(model, EagerModule):
         model = model.ir
     if isinstance(model, Module):
-        return ModelLimits(seq_range(model)[1], token_vocabulary(model))
+        return ModelLimits(seq_range(model)[1], token_vocabulary(model), fixed_length(model))
     if is_hf_model(model):
         table = model.get_input_embeddings()
         rows = getattr(table, "num_embeddings", None)
@@ -66,8 +76,20 @@ def default_max_length(task: Task) -> int:
 
 def fit_max_length(task: Task, max_length: int | None, limits: ModelLimits) -> int:
     """``max_length``, or the task's default clamped to the position table (with a note);
-    an explicit ``max_length`` beyond the table is refused."""
+    an explicit ``max_length`` beyond the table is refused. A model captured for one length
+    takes texts of up to that length by default (every batch is padded to it anyway), and
+    refuses a longer ``max_length``."""
     positions = limits.positions
+    if limits.length is not None:
+        if max_length is not None and max_length > limits.length:
+            raise PipelineSpecError(f"max_length {max_length} (--max-length) is longer than "
+                                    f"the {limits.length} tokens the model was captured for: "
+                                    f"give at most {limits.length} tokens")
+        if max_length is None and limits.length < default_max_length(task):
+            _log.warning("the model was captured for sequences of %d tokens only: texts are "
+                         "cut to %d tokens (the default max_length is %d)", limits.length,
+                         limits.length, default_max_length(task))
+        return max_length or limits.length
     if max_length is not None:
         if positions is not None and max_length > positions:
             raise PipelineSpecError(f"max_length {max_length} (--max-length) is longer than the "

@@ -55,7 +55,7 @@ class Runner:
     """
 
     def __init__(self, loaded: LoadedOutput, tokenizer: Any, max_length: int,
-                 pooling: Pooling) -> None:
+                 pooling: Pooling, pad_to: int | None = None) -> None:
         self.loaded = loaded
         """The output: its model, input names and recorded meta."""
         self.tokenizer = tokenizer
@@ -66,6 +66,8 @@ class Runner:
         """How token states become one embedding per text (encoders only)."""
         self.input_names = tuple(n for n in loaded.input_names if n in INPUT_NAMES)
         """The token inputs the model is called with."""
+        self.pad_to = pad_to
+        """Every batch is padded to this many tokens (a model captured for one length)."""
 
     @classmethod
     def open(cls, target: str | os.PathLike | Module | EagerModule, tokenizer: Any = None,
@@ -87,13 +89,13 @@ class Runner:
         if max_length is not None and (isinstance(max_length, bool)
                                        or not isinstance(max_length, int) or max_length < 1):
             raise InputError(f"max_length must be a positive integer, not {max_length!r}")
-        length = max_length or loaded.max_length or DEFAULT_MAX_LENGTH
+        length = max_length or loaded.max_length or limits.length or DEFAULT_MAX_LENGTH
         if limits.positions is not None and length > limits.positions:
             if max_length is not None:
                 raise InputError(f"max_length {max_length} is longer than the model's position "
                                  f"table: give at most {limits.positions} tokens")
             length = limits.positions
-        return cls(loaded, tok, length, _pooling(loaded, tok, pooling))
+        return cls(loaded, tok, length, _pooling(loaded, tok, pooling), limits.length)
 
     def __call__(self, texts: Sequence[Text], batch_size: int = 32) -> torch.Tensor:
         return self.encode(texts, batch_size)
@@ -120,7 +122,8 @@ class Runner:
             return
         wanted = tuple(dict.fromkeys((*self.input_names, "attention_mask")))
         with torch.no_grad():
-            for batch in batches(examples, self.tokenizer, batch_size, self.max_length, wanted):
+            for batch in batches(examples, self.tokenizer, batch_size, self.max_length, wanted,
+                                 pad_to=self.pad_to):
                 outputs = self.loaded.model(**{k: batch[k] for k in self.input_names})
                 yield batch["index"].tolist(), self._rows(outputs, batch["attention_mask"])
 
