@@ -4,6 +4,12 @@ Hugging Face models get example inputs generated from their config and dynamic `
 ``seq`` dimensions; other modules need ``example_inputs`` (and optionally ``dynamic_shapes`` in
 torch.export's format). After import the graph is canonicalized, high-level ops are raised, and
 dead code is removed; the result is verified.
+
+A model whose code rules out part of the dynamic range (a branch on one length, a sequence
+padded to blocks, a length turned into a constant) is retried as
+:mod:`optc.frontends.capture_shapes` says: a narrower range, torch's own choice
+(``Dim.AUTO``), or a capture for one sequence length (128 tokens for Hugging Face models,
+within the position table; tasks then pad every batch to it), each with one warning.
 """
 
 from __future__ import annotations
