@@ -114,6 +114,10 @@ class _Writer:
         args, kwargs = node.args, node.kwargs
         if op in _PY_OPERATORS:
             return f"({self.literal(args[0])} {_PY_OPERATORS[op]} {self.literal(args[1])})"
+        if op == "py.operator.neg":  # symbolic sizes: -s % block (a dim captured as Dim.AUTO)
+            return f"(-{self.literal(args[0])})"
+        if op in ("py.torch.sym_min", "py.torch.sym_max"):
+            return f"{op[-3:]}({self.literal(args[0])}, {self.literal(args[1])})"
         if op == "aten.sym_size.int":
             return f"{self.literal(args[0])}.size({self.literal(args[1])})"
         if node in self.sparse:
