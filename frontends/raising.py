@@ -18,9 +18,10 @@ Rules run in two phases. Composite patterns first, on the plain ATen graph:
   ``matmul(x, w.t()) (+ bias)``;
 - ``gelu(approximate="tanh")`` from ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``;
 - ``gelu`` from ``x*0.5*(1+erf(x/sqrt(2)))`` written out (ESM), the 0.5 on either factor;
-- ``rms_norm`` from ``(offset + w) * (x * rsqrt(mean(x^2, -1) + eps))``;
+- ``rms_norm`` from ``(offset + w) * (x * rsqrt(mean(x^2, -1) + eps))``, the inverse root also
+  as ``pow(., -0.5)``, the weight optional;
 - a norm over each head of a head split (per-head q/k norms) -> the norm with ``head_dim`` on
-  the projection, before the split (:mod:`optc.frontends.raising_head_norm`);
+  the projection, before the split (both in :mod:`optc.frontends.raising_norms`);
 - ``rotary`` from ``x*cos + rotate_half(x)*sin`` on a head split (partial rotary: on the first
   features of each head, the rest concatenated back);
 - fused projections viewed as ``[B, S, parts, heads, head_dim]`` and unbound (ModernBERT's
@@ -46,7 +47,8 @@ chunked or sliced into parts (GPT-2's c_attn, Phi-3's qkv_proj and gate_up_proj)
 
 The rules live by target: attention in :mod:`optc.frontends.raising_attention`, rotary in
 :mod:`optc.frontends.raising_rotary`, what they share in :mod:`optc.frontends.raising_common`;
-this module holds the linear, GELU, RMSNorm and one-node rules and the driver.
+norms in :mod:`optc.frontends.raising_norms`; this module holds the linear, GELU and one-node
+rules and the driver.
 
 Structure is found from the graph alone: an attention rule proves, by evaluating the
 surrounding view/transpose/reshape chain on an index tensor, that its operands are a
@@ -63,7 +65,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optc.frontends.layout import MOVEMENT_OPS, concrete_env, same_shape
-from optc.frontends.raising_head_norm import raise_head_layer_norm, regroup_head_norm
 from optc.frontends.raising_attention import raise_eager_attention, raise_sdpa, weights_values
 from optc.frontends.raising_common import (
     ADD,
@@ -76,14 +77,13 @@ from optc.frontends.raising_common import (
     is_tensor,
     number,
     only_feeds,
-    operand_pairs,
     producer,
     replace_uses_with_op,
     scalar_operand,
-    strip_casts,
 )
 from optc.frontends.raising_deberta import raise_disentangled_attention
 from optc.frontends.raising_forms import einsums_as_matmuls
+from optc.frontends.raising_norms import raise_head_layer_norm, raise_rms_norm
 from optc.frontends.raising_parallel import FUSED_RULES, reassociate_parallel_sums
 from optc.frontends.raising_rotary import raise_rotary
 from optc.ir.core import Module, Node, Parameter, Value
@@ -267,51 +267,6 @@ def _raise_gelu_tanh(module: Module, node: Node, ctx: RuleContext) -> str | None
     return SKIP
 
 
-# -- RMSNorm ---------------------------------------------------------------------------------------
-def _rms_weight(value: Any) -> tuple[Parameter, float] | None:
-    value = strip_casts(value)
-    if isinstance(value, Parameter):
-        return value, 0.0
-    found = scalar_operand(value, ADD)
-    if found is not None and isinstance(strip_casts(found[0]), Parameter):
-        return strip_casts(found[0]), found[1]
-    return None
-
-
-def _raise_rms_norm(module: Module, node: Node, ctx: RuleContext) -> str | None:
-    """Root: ``(offset + w) * (x * rsqrt(mean(x^2, -1, keepdim) + eps))`` (either order)."""
-    for w_v, y_v in operand_pairs(node):
-        weighted = _rms_weight(w_v)
-        if weighted is None or not is_tensor(y_v):
-            continue
-        y = strip_casts(y_v)
-        for x, r in operand_pairs(producer(y, ("aten.mul.Tensor",))):
-            rsqrt = producer(r, ("aten.rsqrt.default",))
-            eps = scalar_operand(rsqrt.args[0], ADD) if rsqrt is not None else None
-            mean = producer(eps[0], ("aten.mean.dim",)) if eps is not None else None
-            if mean is None or not is_tensor(x):
-                continue
-            sq = producer(mean.args[0], ("aten.pow.Tensor_Scalar",))
-            if sq is None or sq.args[0] is not x or number(sq.arg(1)) != 2.0:
-                sq = producer(mean.args[0], ("aten.mul.Tensor",))
-                if sq is None or not (sq.arg(0) is x and sq.arg(1) is x):
-                    continue
-            rank = x.tensor_type.rank
-            if list(mean.arg(1, [])) not in ([-1], [rank - 1]) or not mean.arg(2, False):
-                return "the mean square is not over the last dim with keepdim"
-            weight, offset = weighted
-            if tuple(weight.data.shape) != (x.tensor_type.shape[-1],):
-                return f"the weight @{weight.name} is not a vector of the normalized dim"
-            out = node.outputs[0]
-            if out.type != x.type:
-                return "the normalized result changes dtype or shape"
-            new = replace_uses_with_op(module, node, out, "rms_norm", (x, weight),
-                                       {"eps": float(eps[1]), "offset": float(offset)}, out.tensor_type)
-            regroup_head_norm(module, new, ctx)  # a per-head q/k norm moves before the split
-            return None
-    return SKIP
-
-
 # -- casts and fused projections ------------------------------------------------------------
 _NOOP_CASTS = ("aten.to.dtype", "aten.to.device", "aten.to.dtype_layout", "aten._to_copy.default",
                "aten.type_as.default")
@@ -409,7 +364,7 @@ _COMPOSITE_RULES: dict[str, _Rule | tuple[_Rule, ...]] = {
     "aten.mm.default": ("linear", _raise_matmul_linear),
     "aten.matmul.default": ("linear", _raise_matmul_linear),
     "aten.mul.Tensor": (("gelu", _raise_gelu_tanh), ("gelu", _raise_gelu_erf),
-                        ("rms_norm", _raise_rms_norm)),
+                        ("rms_norm", raise_rms_norm)),
     "aten.add.Tensor": ("rotary", raise_rotary),
     "aten.layer_norm.default": ("layer_norm", raise_head_layer_norm),
     "aten.unbind.int": ("linear", _unbind_projection),

@@ -342,9 +342,15 @@ _SOFTMAX = ("aten.softmax.int", "aten._softmax.default", "aten._safe_softmax.def
 _PRODUCTS = ("aten.matmul.default", "aten.bmm.default", "aten.einsum.default")
 
 
+_PASS_THROUGH = ("aten.to.dtype", "aten.type_as.default", "aten._to_copy.default", "aten.dropout.default",
+                 "aten.slice.Tensor", "aten.narrow.default", "aten.select.int")
+"""Besides movement ops, what probabilities may pass on their way to the values (a slice drops
+attention-sink columns, as GPT-OSS does)."""
+
+
 def weights_values(node: Node) -> bool:
-    """Whether ``node`` is a softmax whose result (through views and casts) is the left operand
-    of a matrix product: probabilities weighting values, i.e. an attention."""
+    """Whether ``node`` is a softmax whose result (through views, casts and slices) is the left
+    operand of a matrix product: probabilities weighting values, i.e. an attention."""
     if node.op not in _SOFTMAX:
         return False
     frontier, seen = list(node.outputs), 0
@@ -354,7 +360,6 @@ def weights_values(node: Node) -> bool:
         for user in value.users():
             if user.op in _PRODUCTS:
                 return True
-            if user.op in MOVEMENT_OPS or user.op in ("aten.to.dtype", "aten.type_as.default",
-                                                      "aten._to_copy.default", "aten.dropout.default"):
+            if user.op in MOVEMENT_OPS or user.op in _PASS_THROUGH:
                 frontier += user.outputs
     return False

@@ -221,3 +221,46 @@ def test_verifier_checks_head_dim_against_the_weight(shape: tuple[int, ...]) -> 
     assert "does not divide" in problems
     if shape != (8,):
         assert "must be a vector of head_dim" in problems
+
+
+class _WeightlessRmsModel(nn.Module):
+    """q/k normalized per head by a weightless RMS written with ``** -0.5``; the block's own
+    RMSNorm as ``x * rsqrt(...) * w`` (hand-written forms of the norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.w = nn.Parameter(1 + torch.randn(32))
+        self.q, self.k, self.v, self.o = (nn.Linear(32, 32, bias=False) for _ in range(4))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        b, s, _ = x.shape
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.w
+        q, k, v = (p(h).view(b, s, 4, 8) for p in (self.q, self.k, self.v))
+        q, k = ((t * (t.pow(2).mean(-1, keepdim=True) + 1e-6) ** -0.5).transpose(1, 2) for t in (q, k))
+        att = F.scaled_dot_product_attention(q, k, v.transpose(1, 2))
+        return x + self.o(att.transpose(1, 2).reshape(b, s, 32))
+
+
+def test_weightless_rms_written_with_a_power_is_raised_per_head() -> None:
+    torch.manual_seed(4)
+    model = _WeightlessRmsModel().eval()
+    module = optc.capture(model, (torch.randint(0, 50, (2, 6)),),
+                          dynamic_shapes=[{1: torch.export.Dim("seq", max=64)}])
+    (layer,) = analyze(module).layers
+    q_ops, k_ops, _ = layer.attention.head_ops
+    assert [(n.op, n.arg(1), n.attr("head_dim")) for n in q_ops + k_ops] == [("rms_norm", None, 8)] * 2
+    assert [n.op for n in layer.attention.norms] == ["rms_norm"]
+    assert layer.attention.norms[0].args[1] is not None  # the block's norm keeps its weight
+    inputs = {"input_0": torch.randint(0, 50, (2, 9))}
+    with torch.no_grad():
+        want = model(inputs["input_0"])
+    (got,) = run_backend(module, "eager", inputs).values()
+    assert torch.allclose(got, want, atol=1e-5)
+    pruned = module.clone()
+    zero_slices(pruned, analyze(pruned).layers[0].attention.head_slices(2))
+    expected = run_backend(pruned, "eager", inputs)
+    PassManager("prune-heads{heads=0:2},dce").run(pruned)
+    assert analyze(pruned).layers[0].attention.num_heads == 3
+    assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)

@@ -69,3 +69,31 @@ def test_drop_layers_blocks_ffn_still_runs_when_asked() -> None:
     module = captured()
     report = PassManager("drop-layers{layers=0,blocks=ffn}").run(module)
     assert report.modified and report.records[0].stats["blocks_removed"] == 1
+
+
+class _SinkLayer(_Layer):
+    """Multi-head attention with a learned sink logit per head (GPT-OSS): the softmax runs over
+    the scores and the sink column, which is sliced off before the values."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__(dim)
+        self.sinks = nn.Parameter(torch.randn(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = (p(x).view(b, s, 2, d // 2).transpose(1, 2) for p in (self.q, self.k, self.v))
+        scores = q @ k.transpose(-1, -2) / 4.0
+        sink = self.sinks.view(1, 2, 1, 1).expand(b, 2, s, 1)
+        probs = torch.softmax(torch.cat([scores, sink], -1), -1)[..., :-1]
+        out = (probs @ v).transpose(1, 2).reshape(b, s, d)
+        x = self.norm1(x + self.o(out))
+        return self.norm2(x + self.down(torch.relu(self.up(x))))
+
+
+def test_attention_with_a_sliced_off_sink_column_is_a_miss_with_a_reason() -> None:
+    torch.manual_seed(0)
+    module = optc.capture(nn.Sequential(_SinkLayer()).eval(), (torch.randn(2, 5, 16),))
+    misses = raise_high_level_ops(module.clone()).misses
+    assert any("not raised to attention" in m and "probabilities weight values" in m for m in misses), misses
+    with pytest.raises(PassError, match="not raised"):
+        PassManager("drop-layers{layers=0}").run(module)
