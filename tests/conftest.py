@@ -100,6 +100,39 @@ def backend(request) -> str:
     return request.param
 
 
+def backend_runner(module, backend: str):
+    """``module`` lowered once with ``backend``: a function that runs it on named inputs as
+    ``run_backend(module, backend, inputs)`` does (inputs checked on each call), so that a test
+    of several shapes on one module exports its TorchScript / ONNX file once, not per shape."""
+    import tempfile
+    from pathlib import Path
+
+    from optc.backends.differential import _input, check_inputs, run_backend
+
+    if backend not in ("torchscript", "onnx"):
+        return lambda inputs: run_backend(module, backend, inputs)
+    names = [v.name for v in module.graph.inputs]
+    with tempfile.TemporaryDirectory(prefix="optc-test-") as tmp:  # both load into memory
+        if backend == "torchscript":
+            from optc.backends.torchscript import export_torchscript
+
+            scripted = torch.jit.load(str(export_torchscript(module, Path(tmp) / "model.pt")))
+
+            def run(inputs):
+                check_inputs(module, inputs)
+                with torch.inference_mode():
+                    return dict(scripted(*[_input(module, inputs, n) for n in names]))
+        else:
+            from optc.backends.onnx import OnnxModule, export_onnx
+
+            runner = OnnxModule(export_onnx(module, Path(tmp) / "model.onnx"))
+
+            def run(inputs):
+                check_inputs(module, inputs)
+                return runner(**{n: _input(module, inputs, n) for n in runner.input_names})
+    return run
+
+
 def assert_backends_agree(module, inputs: dict[str, torch.Tensor], backends: tuple[str, ...] | None = None,
                           tolerances: dict[str, float] | None = None):
     """Run ``module`` on every backend (or ``backends``) and fail the test, naming the backend
