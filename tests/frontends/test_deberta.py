@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import optc
-from optc.backends.differential import run_backend
 from optc.frontends.raising import raise_high_level_ops
 from optc.ir import collect_problems
 from optc.ir.analysis import analyze
 from optc.ir.ops.disentangled import disentangled_bias
+from optc.tests.conftest import backend_runner
 from optc.tests.frontends.deberta_cases import (
     VARIANTS,
     deberta_captured,
@@ -68,18 +68,20 @@ def test_every_layer_is_raised(variant: str) -> None:
 @pytest.mark.parametrize("variant", ["v3", "separate"])
 def test_matches_hugging_face_on_every_backend(variant: str, backend: str) -> None:
     model, module = deberta_captured(variant)
+    run = backend_runner(module, backend)  # one export, two shapes
     for batch, seq in ((3, 7), (2, 40)):  # 40: relative positions beyond the span are clamped
         inputs = deberta_inputs(batch, seq)
-        assert max_diff(run_backend(module, backend, inputs), hf_outputs(model, inputs)) <= 1e-5
+        assert max_diff(run(inputs), hf_outputs(model, inputs)) <= 1e-5
 
 
 @pytest.mark.parametrize("variant", ["c2p", "linear-positions"])
 def test_other_variants_match_hugging_face(variant: str) -> None:
     model, module = deberta_captured(variant)
+    runs = [backend_runner(module, backend) for backend in ("eager", "onnx")]  # one export
     for batch, seq in ((3, 7), (2, 21)):
         inputs = deberta_inputs(batch, seq)
-        for backend in ("eager", "onnx"):
-            assert max_diff(run_backend(module, backend, inputs), hf_outputs(model, inputs)) <= 1e-5
+        for run in runs:
+            assert max_diff(run(inputs), hf_outputs(model, inputs)) <= 1e-5
 
 
 def test_kernel_matches_hugging_face_bias() -> None:

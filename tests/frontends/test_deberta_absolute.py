@@ -16,6 +16,7 @@ from optc.backends.differential import run_backend
 from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import analyze
 from optc.passes import PassManager
+from optc.tests.conftest import backend_runner
 from optc.tests.frontends.deberta_cases import deberta_inputs, hf_outputs, hf_without_layers
 
 CONFIG = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
@@ -55,10 +56,11 @@ def test_every_layer_is_raised_without_misses() -> None:
 
 def test_matches_hugging_face_on_every_backend(backend: str) -> None:
     model, module = captured()
+    run = backend_runner(module, backend)  # one export, three shapes
     for batch, seq in ((3, 7), (2, 40), (1, 1)):  # padded rows attend uniformly, as in HF
         inputs = deberta_inputs(batch, seq) if seq > 2 else {
             "input_ids": torch.tensor([[5]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
-        assert max_diff(run_backend(module, backend, inputs), hf_outputs(model, inputs)) <= 1e-5
+        assert max_diff(run(inputs), hf_outputs(model, inputs)) <= 1e-5
 
 
 @pytest.mark.parametrize("drop", [[0], [1, 2]])

@@ -14,7 +14,7 @@ from optc.errors import PassError
 from optc.ir import collect_problems
 from optc.ir.core import Module
 from optc.passes import PassManager
-from optc.tests.conftest import assert_refused_unchanged
+from optc.tests.conftest import assert_refused_unchanged, backend_runner
 from optc.tests.frontends.llm_cases import llm_captured, llm_model
 
 
@@ -37,16 +37,25 @@ def empty_cache(module: Module, batch: int) -> dict[str, torch.Tensor]:
             if v.name.startswith(("past_key.", "past_value."))}
 
 
+@functools.cache
+def cached_llama(backend: str) -> tuple[Module, object]:
+    """The kv-cached Llama and its runner on ``backend``: exported once for the tests below."""
+    _, base = causal_lm("llama")
+    module = cached(base)
+    return module, backend_runner(module, backend)
+
+
 def split_run(module: Module, backend: str, ids: torch.Tensor, mask: torch.Tensor,
-              cut: int) -> torch.Tensor:
+              cut: int, run=None) -> torch.Tensor:
     """Logits of ``ids`` computed as ids[:, :cut] and then ids[:, cut:] with the first part's
-    cache."""
+    cache (both parts by ``run``, or by ``module`` lowered once with ``backend``)."""
+    run = run or backend_runner(module, backend)
     batch = ids.shape[0]
-    first = run_backend(module, backend, {
+    first = run({
         "input_ids": ids[:, :cut], "attention_mask": mask[:, :cut],
         "past_attention_mask": mask[:, :0], **empty_cache(module, batch)})
     past = {name: first[name.replace("past_", "present_", 1)] for name in empty_cache(module, batch)}
-    second = run_backend(module, backend, {
+    second = run({
         "input_ids": ids[:, cut:], "attention_mask": mask[:, cut:],
         "past_attention_mask": mask[:, :cut], **past})
     for name, value in past.items():
@@ -80,12 +89,11 @@ def test_cached_module_interface() -> None:
 
 def test_empty_past_equals_the_original(backend: str) -> None:
     _, base = causal_lm("llama")
-    module = cached(base)
+    module, run = cached_llama(backend)
     ids, mask = ids_and_mask()
     expected = run_backend(base, "eager", {"input_ids": ids, "attention_mask": mask})["logits"]
-    got = run_backend(module, backend, {"input_ids": ids, "attention_mask": mask,
-                                        "past_attention_mask": mask[:, :0],
-                                        **empty_cache(module, 3)})
+    got = run({"input_ids": ids, "attention_mask": mask, "past_attention_mask": mask[:, :0],
+               **empty_cache(module, 3)})
     assert (got["logits"] - expected).abs().max() < 1e-5
 
 
@@ -102,10 +110,10 @@ def test_prefix_then_rest_equals_whole_sequence(cut: int) -> None:
 
 def test_prefix_then_rest_on_every_backend(backend: str) -> None:
     _, base = causal_lm("llama")
-    module = cached(base)
+    module, run = cached_llama(backend)
     ids, mask = ids_and_mask()
     expected = run_backend(base, "eager", {"input_ids": ids, "attention_mask": mask})["logits"]
-    got = split_run(module, backend, ids, mask, 6)
+    got = split_run(module, backend, ids, mask, 6, run)
     keep = mask.bool()  # padded query rows are not compared (HF leaves them unspecified too)
     assert (got - expected)[keep].abs().max() < 1e-5
 

@@ -45,8 +45,13 @@ def _headed():
     return headed(seed=2)
 
 
-@pytest.fixture
-def module(_headed, tok_dir, tokenizer):
-    m = _headed.clone()
+def with_tokenizer(headed, tok_dir: Path):
+    """A clone of ``headed`` whose source names the tokenizer in ``tok_dir``."""
+    m = headed.clone()
     m.meta["source"] = {**(m.meta.get("source") or {}), "tokenizer": str(tok_dir)}
     return m
+
+
+@pytest.fixture
+def module(_headed, tok_dir, tokenizer):
+    return with_tokenizer(_headed, tok_dir)

@@ -30,7 +30,7 @@ from optc.search import (
     validate,
 )
 from optc.tasks import evaluate, get_task
-from optc.tests.search.conftest import TASK, headed
+from optc.tests.search.conftest import TASK, headed, with_tokenizer
 from optc.tests.search.flip_head import FlipHead  # noqa: F401 (registers test-flip-head)
 from optc.tests.train.conftest import tiny_bert
 
@@ -178,8 +178,16 @@ def _search(module, tokenizer, task_dir, **kw):
     return specialize(module, TASK, tokenizer, task_dir, options)
 
 
-def test_search_commits_its_accepted_set_and_records_the_history(module, tokenizer, task_dir):
-    result = _search(module, tokenizer, task_dir)
+@pytest.fixture(scope="module")
+def serial(_headed, tok_dir, tokenizer, task_dir):
+    """The default serial search, run once for the tests that check it or compare with it
+    (read only)."""
+    return _search(with_tokenizer(_headed, tok_dir), tokenizer, task_dir)
+
+
+def test_search_commits_its_accepted_set_and_records_the_history(module, tokenizer, task_dir,
+                                                                  serial):
+    result = serial
     assert result.history and result.evaluations == len(result.history) + 1
     accepted = {(h.kind, h.layer, tuple(h.units)) for h in result.history if h.accepted}
     assert accepted == {(c.kind, c.layer, c.units) for c in result.config.accepted}
@@ -196,8 +204,7 @@ def test_search_commits_its_accepted_set_and_records_the_history(module, tokeniz
     assert "accepted" in result.table().splitlines()[0]
 
 
-def test_parallel_processes_equal_serial(module, tokenizer, task_dir):
-    serial = _search(module, tokenizer, task_dir)
+def test_parallel_processes_equal_serial(module, tokenizer, task_dir, serial):
     parallel = _search(module, tokenizer, task_dir, workers=2)
     assert parallel.executor == "processes"
     assert parallel.config == serial.config
@@ -205,8 +212,8 @@ def test_parallel_processes_equal_serial(module, tokenizer, task_dir):
 
 
 def test_later_sweeps_retry_only_what_changed_and_stop_when_nothing_is_accepted(
-        module, tokenizer, task_dir):
-    one = _search(module, tokenizer, task_dir)
+        module, tokenizer, task_dir, serial):
+    one = serial
     three = _search(module, tokenizer, task_dir, sweeps=3)
     first = [h for h in three.history if h.sweep == 1]
     assert [(h.label, h.layer, h.accepted, h.mean_loss) for h in first] == \
@@ -231,9 +238,8 @@ def test_later_sweeps_retry_only_what_changed_and_stop_when_nothing_is_accepted(
         SearchOptions(sweeps=0)
 
 
-def test_ray_equals_serial(module, tokenizer, task_dir):
+def test_ray_equals_serial(module, tokenizer, task_dir, serial):
     pytest.importorskip("ray")
-    serial = _search(module, tokenizer, task_dir)
     ray = _search(module, tokenizer, task_dir, workers=2, ray=True)
     assert ray.executor == "ray" and ray.config == serial.config
 
