@@ -69,7 +69,8 @@ def constraint_line(exc: BaseException) -> str:
     constant = re.search(r"You marked (\w+) as dynamic but your code specialized it to be a "
                          r"constant \((\d+)\)", text)
     if constant:
-        return f"the model's code turns {constant.group(1)} into the constant {constant.group(2)}"
+        return (f"the model's code turns {constant.group(1)} into a constant "
+                f"({constant.group(2)} in the example)")
     guard = re.search(rf"Not all values of (\w+) = ({_SIZE}) in the specified range ([^\n]*?) "
                       r"satisfy the generated guard (.+?)\.?$", text, re.MULTILINE)
     if guard:
@@ -395,7 +396,8 @@ def _static(export: Callable[[tuple[Any, ...], Any], Any], args: tuple[Any, ...]
     tried = None
     if len(constant) == 1 and resize is not None and static_length is not None:
         (name, size), = constant.items()
-        longer = resize(name, static_length) if static_length != size else None
+        sequence = any(axis > 0 for _, axis in _positions(shapes, name))  # never the batch
+        longer = resize(name, static_length) if sequence and static_length != size else None
         if longer is not None:
             try:
                 return Exported(export(longer, static), longer,

@@ -85,7 +85,7 @@ def test_a_specialized_length_is_captured_static_and_only_that_length_runs(caplo
     with caplog.at_level("WARNING", logger="optc"):
         module = _capture(model)
     assert "captured for seq == 7 only: inputs are padded to 7 tokens" in caplog.text
-    assert "turns seq into the constant 7" in caplog.text
+    assert "turns seq into a constant (7 in the example)" in caplog.text
     assert module.graph.inputs[0].type.shape == ("batch", 7)
     assert fixed_length(module) == 7 and seq_range(module) == (7, 7)
     _same(model, module, 2, 7)
@@ -192,10 +192,11 @@ def test_a_constraint_failure_is_one_line():
         torch.export.export(Specializes().eval(), (_ids(3, 7),), dynamic_shapes=shapes,
                             strict=False)
     assert len(str(info.value).splitlines()) > 3  # what torch says
-    assert constraint_line(info.value) == "the model's code turns seq into the constant 7"
+    assert constraint_line(info.value) == \
+        "the model's code turns seq into a constant (7 in the example)"
     error = _explain(info.value, "Specializes")
     assert isinstance(error, FrontendError)
-    assert "\n" not in str(error) and "turns seq into the constant 7" in str(error)
+    assert "\n" not in str(error) and "turns seq into a constant (7" in str(error)
     with pytest.raises(Exception, match="Constraints violated") as info:
         torch.export.export(OneLength().eval(), (_ids(3, 7),), dynamic_shapes=shapes,
                             strict=False)
@@ -218,3 +219,17 @@ def test_every_backend_runs_what_the_retries_capture(cls):
         for backend in ("eager", "torchscript", "onnx"):
             got = run_backend(module, backend, {"ids": ids})["output"]
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class BatchConstant(Base):
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.emb(ids) * int(ids.shape[0])
+
+
+def test_a_specialized_batch_is_kept_at_the_example_size_never_resized():
+    ids = _ids(3, 7)
+    shapes = ({0: Dim("batch"), 1: Dim("seq", max=MAX)},),
+    out = export_adapting(_export(BatchConstant().eval()), (ids,), shapes, resize=_resize(ids),
+                          static_length=32)  # _resize refuses any dim but seq
+    assert out.args[0].shape == (3, 7)
+    assert out.note.startswith("captured for batch == 3 only: batches must have 3 rows")
