@@ -15,6 +15,19 @@ from optc.ir import Module
 LLM_FAMILIES = ("llama", "mistral", "phi3", "gemma", "qwen2")
 """Decoder families with grouped-query attention, rotary embeddings, RMSNorm and a gated FFN."""
 
+LLM_ONNX_FAMILIES = ("mistral", "gemma")
+"""The families whose lowered graphs differ, for tests that check every family on eager and
+TorchScript and ONNX on these (an export is tens of seconds): Mistral's graph has every op of
+Llama's, Phi-3's and Qwen2's, which are the same (grouped-query attention traced with its mask
+as a bias, rotary, rms_norm, silu; Phi-3's fused projections are separate linears once raised,
+Qwen2's q/k/v biases plain linear biases), plus its sliding-window mask; Gemma's adds the Gelu
+lowering and a head_dim other than hidden / heads."""
+
+
+def on_backends(families: tuple[str, ...], onnx: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(family, backend) pairs: every family on eager and TorchScript, ``onnx`` on ONNX."""
+    return [(f, b) for f in families for b in ("eager", "torchscript")] + [(f, "onnx") for f in onnx]
+
 COMMON = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
               use_cache=False)
@@ -98,6 +111,12 @@ PARALLEL_SHAPES = {
     "gptj": (4, 4, 8),
 }
 """(query heads, kv heads, head_dim) of each parallel family's tiny config."""
+
+PARALLEL_ONNX_FAMILIES = ("gpt_neox", "falcon", "gptj")
+"""The parallel families whose lowered graphs differ (see :data:`LLM_ONNX_FAMILIES`): GPT-NeoX's
+has every op of Phi's (fused MultiHeadAttention, layer_norm, Gelu, partial rotary) with one
+LayerNorm per branch; Falcon's multi-query attention is traced with its mask as a bias (as
+Falcon-40B's grouped one); GPT-J has the interleaved rotary (repeat_interleave, split)."""
 
 
 def parallel_config(family: str, **overrides) -> object:

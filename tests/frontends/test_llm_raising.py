@@ -17,11 +17,13 @@ from optc.ir.ops.norm import rms_norm
 from optc.tests.conftest import backend_runner
 from optc.tests.frontends.llm_cases import (
     LLM_FAMILIES,
+    LLM_ONNX_FAMILIES,
     SHAPES,
     hf_outputs,
     llm_captured,
     llm_inputs,
     llm_model,
+    on_backends,
 )
 
 
@@ -55,17 +57,7 @@ def test_every_layer_is_raised(family: str) -> None:
     assert not collect_problems(module)
 
 
-# ONNX on the families whose lowered graphs differ: Mistral's has every op of Llama's, Phi-3's
-# and Qwen2's (the same ops: grouped-query attention traced with its mask as a bias, rotary,
-# rms_norm, silu; Phi-3's fused projections are separate linears once raised, Qwen2's biases
-# plain linear biases) plus its sliding-window mask; Gemma adds the Gelu lowering and a
-# head_dim other than hidden / heads. Every family runs on eager and TorchScript.
-ONNX_FAMILIES = ("mistral", "gemma")
-ON_BACKENDS = [(f, b) for f in LLM_FAMILIES for b in ("eager", "torchscript")] + [
-    (f, "onnx") for f in ONNX_FAMILIES]
-
-
-@pytest.mark.parametrize(("family", "backend"), ON_BACKENDS)
+@pytest.mark.parametrize(("family", "backend"), on_backends(LLM_FAMILIES, LLM_ONNX_FAMILIES))
 def test_matches_hugging_face_on_every_backend(family: str, backend: str) -> None:
     model, module = llm_captured(family)
     run = backend_runner(module, backend)  # one export, two shapes (dynamic batch and seq)

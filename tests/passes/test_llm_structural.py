@@ -19,15 +19,17 @@ from optc.tests.conftest import (
 )
 from optc.tests.frontends.llm_cases import (
     LLM_FAMILIES,
+    LLM_ONNX_FAMILIES,
     SHAPES,
     hf_outputs,
     hf_without_layers,
     llm_captured,
     llm_inputs,
+    on_backends,
 )
 
 
-@pytest.mark.parametrize("family", LLM_FAMILIES)
+@pytest.mark.parametrize(("family", "backend"), on_backends(LLM_FAMILIES, LLM_ONNX_FAMILIES))
 def test_zeroed_heads_groups_and_neurons_removed_exactly(family: str, backend: str) -> None:
     """Layer 0 loses query head 1 (its kv head still serves head 0, so the groups become
     uneven); layer 1 loses kv head 0 with its whole group (query heads 0 and 1); both lose

@@ -22,10 +22,12 @@ from optc.passes import PassManager
 from optc.tests.conftest import assert_outputs_equal, backend_runner, zero_slices
 from optc.tests.frontends.llm_cases import (
     PARALLEL_FAMILIES,
+    PARALLEL_ONNX_FAMILIES,
     PARALLEL_SHAPES,
     hf_outputs,
     hf_without_layers,
     llm_inputs,
+    on_backends,
     parallel_captured,
     parallel_model,
 )
@@ -91,14 +93,7 @@ def test_raising_twice_changes_nothing() -> None:
     assert print_module(module) == print_module(base)
 
 
-# ONNX on the families whose lowered graphs differ: GPT-NeoX's has every op of Phi's (fused
-# MultiHeadAttention, layer_norm, Gelu, partial rotary; one LayerNorm per branch), Falcon's
-# multi-query attention is traced with its mask as a bias (as Falcon-40B's grouped one), GPT-J
-# has the interleaved rotary (repeat_interleave, split). Every family runs on eager and
-# TorchScript.
-ONNX_FAMILIES = ("gpt_neox", "falcon", "gptj")
-ON_BACKENDS = [(f, b) for f in PARALLEL_FAMILIES for b in ("eager", "torchscript")] + [
-    (f, "onnx") for f in ONNX_FAMILIES]
+ON_BACKENDS = on_backends(PARALLEL_FAMILIES, PARALLEL_ONNX_FAMILIES)
 
 
 @pytest.mark.parametrize(("family", "backend"), ON_BACKENDS)
@@ -199,9 +194,14 @@ def test_drop_layer_on_the_exported_backends(family: str, backend: str) -> None:
     assert_outputs_equal(run_backend(module, backend, inputs), expected)
 
 
-@pytest.mark.parametrize(("family", "backend"),
-                         [(f, "eager") for f in PARALLEL_FAMILIES] + EXPORTED)
-@pytest.mark.parametrize("blocks", ["attention", "ffn"])
+# every family on eager and both exported families on TorchScript drop each branch; ONNX
+# drops the attention of one family and the FFN of the other (each kind of graph exported once)
+BRANCH_RUNS = [(f, "eager") for f in PARALLEL_FAMILIES] + [(f, "torchscript") for f in ("gpt_neox", "falcon")]
+BRANCHES = [(f, blocks, b) for blocks in ("attention", "ffn") for f, b in BRANCH_RUNS] + [
+    ("gpt_neox", "attention", "onnx"), ("falcon", "ffn", "onnx")]
+
+
+@pytest.mark.parametrize(("family", "blocks", "backend"), BRANCHES)
 def test_dropping_one_branch_removes_it_from_the_sum(family: str, blocks: str, backend: str) -> None:
     """blocks=attention (or ffn) on a parallel layer: the other branch still reads the layer's
     input, and the result equals the HF model whose dropped branch outputs zeros."""
