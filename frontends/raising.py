@@ -83,7 +83,11 @@ from optc.frontends.raising_common import (
 )
 from optc.frontends.raising_deberta import raise_disentangled_attention
 from optc.frontends.raising_forms import einsums_as_matmuls
-from optc.frontends.raising_norms import raise_head_layer_norm, raise_rms_norm
+from optc.frontends.raising_norms import (
+    raise_head_layer_norm,
+    raise_rms_norm,
+    raise_scaled_head_split,
+)
 from optc.frontends.raising_parallel import FUSED_RULES, reassociate_parallel_sums
 from optc.frontends.raising_rotary import raise_rotary
 from optc.ir.core import Module, Node, Parameter, Value
@@ -364,7 +368,8 @@ _COMPOSITE_RULES: dict[str, _Rule | tuple[_Rule, ...]] = {
     "aten.mm.default": ("linear", _raise_matmul_linear),
     "aten.matmul.default": ("linear", _raise_matmul_linear),
     "aten.mul.Tensor": (("gelu", _raise_gelu_tanh), ("gelu", _raise_gelu_erf),
-                        ("rms_norm", raise_rms_norm)),
+                        ("rms_norm", raise_rms_norm), ("head-local", raise_scaled_head_split)),
+    "aten.div.Tensor": ("head-local", raise_scaled_head_split),
     "aten.add.Tensor": ("rotary", raise_rotary),
     "aten.layer_norm.default": ("layer_norm", raise_head_layer_norm),
     "aten.unbind.int": ("linear", _unbind_projection),

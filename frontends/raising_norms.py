@@ -16,6 +16,9 @@ hides the split. Regrouped, the norm sits between the projection and the split, 
 analysis sees it as a head-local op (as ``rotary``), and removing heads only slices the
 projection in front of it (the norm's weight is the same for every head).
 
+A head split multiplied by a number (a query scaled between its norm and its rotary) is moved
+before the split the same way.
+
 Exact by construction: the rule proves, by evaluating the movement chain on an index tensor
 at two assignments of the symbolic sizes, that every row the norm normalizes (the last dim of
 its input) is one aligned block of ``head_dim`` consecutive features of the source's last dim,
@@ -45,7 +48,7 @@ from optc.frontends.raising_common import (
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.targets import bind_args
 
-__all__ = ["raise_rms_norm", "regroup_head_norm", "raise_head_layer_norm"]
+__all__ = ["raise_rms_norm", "regroup_head_norm", "raise_head_layer_norm", "raise_scaled_head_split"]
 
 
 def _rms_weight(value: Any) -> tuple[Parameter, float] | None:
@@ -167,17 +170,28 @@ def _regroup(module: Module, norm: Node, x: Value, args: tuple, kwargs: dict[str
              dim: int, ctx: RuleContext) -> bool:
     """Rewrite ``norm`` (of a head split ``x``) as the same norm with ``head_dim`` on the split's
     source followed by the split replayed; False when ``x`` is no such split."""
+    op = "rms_norm" if norm.op == "rms_norm" else "layer_norm"
+    return _moved_before_split(module, norm, x, dim, ctx, lambda source: (
+        op, (source, *args), {**kwargs, "head_dim": dim}))
+
+
+def _moved_before_split(module: Module, node: Node, x: Value, dim: int, ctx: RuleContext,
+                        build: Any) -> bool:
+    """Replace ``node`` (which reads the head split ``x``) by ``build(source)`` = (op, args,
+    kwargs) on the split's source, followed by the split replayed; False when ``x`` is no split
+    into rows of ``dim`` features."""
     if not is_tensor(x) or x.tensor_type.rank < 3 or x.tensor_type.shape[-1] != dim:
         return False
     found = _head_source(x, dim, ctx)
     if found is None:
         return False
     source, chain = found
-    out = norm.outputs[0]
-    op = "rms_norm" if norm.op == "rms_norm" else "layer_norm"
-    grouped = module.graph.create_node(op, (source, *args), {**kwargs, "head_dim": dim},
-                                       [source.type], names=op, after=norm)
-    grouped.loc = norm.loc
+    out = node.outputs[0]
+    op, args, kwargs = build(source)
+    grouped = module.graph.create_node(op, args, kwargs, [source.type],
+                                       names=op.split(".")[1] if op.startswith("aten.") else op,
+                                       after=node)
+    grouped.loc = node.loc
     value, anchor = grouped.outputs[0], grouped
     for step in chain:
         moved = module.graph.create_node(step.op, (value, *step.args[1:]), dict(step.kwargs),
@@ -216,4 +230,21 @@ def raise_head_layer_norm(module: Module, node: Node, ctx: RuleContext) -> str |
         return SKIP
     kwargs = {"normalized_shape": shape, "eps": float(a.get("eps", 1e-5))}
     ok = _regroup(module, node, a["input"], (a.get("weight"), a.get("bias")), kwargs, shape[0], ctx)
+    return None if ok else SKIP
+
+
+def raise_scaled_head_split(module: Module, node: Node, ctx: RuleContext) -> str | None:
+    """Root: a head split multiplied or divided by a number (a query scaled between its norm and
+    its rotary) -> the same scaling on the split's source, before the split, where the rotary
+    and attention rules see through it (an elementwise op with a number commutes with moving
+    elements, so this is exact)."""
+    found = scalar_operand(node.outputs[0], (node.op,))
+    if found is None or found[0].producer is None or found[0].producer.op not in MOVEMENT_OPS:
+        return SKIP
+    x, dim = found[0], found[0].tensor_type.shape[-1]
+    if not isinstance(dim, int) or x.type != node.outputs[0].type:
+        return SKIP
+    args = tuple(node.args)
+    ok = _moved_before_split(module, node, x, dim, ctx, lambda source: (
+        node.op, tuple(source if a is x else a for a in args), dict(node.kwargs)))
     return None if ok else SKIP

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from optc.errors import IRError
 from optc.ir.core import Module, Node, Value
 from optc.ir.ids import format_ids, ids_or_range
 from optc.ir.ops import get_op, ops_with
 from optc.ir.ops.attention import kv_index
+from optc.ir.targets import resolve
 from optc.ir.types import TensorType
 
 __all__ = ["AttentionBlock", "FFNBlock", "Layer", "ParamSlice", "Structure", "analyze",
@@ -35,11 +39,13 @@ def _producer(value: object, op: str) -> Node | None:
 
 def is_head_local(node: Node) -> bool:
     """Whether ``node`` maps a ``[..., heads*head_dim]`` tensor head by head with nothing that
-    depends on the head count (ops with the ``head-local`` trait, such as ``rotary``, and norms
-    with a ``head_dim``): removing heads only changes its last dim."""
+    depends on the head count (ops with the ``head-local`` trait, such as ``rotary``, norms
+    with a ``head_dim``, elementwise ATen ops of the tensor and numbers): removing heads only
+    changes its last dim."""
     opdef = get_op(node.op)
-    if opdef is None:
-        return False
+    if opdef is None:  # an elementwise ATen op of the tensor and numbers (a scaled query)
+        return _is_pointwise(node) and len([v for v in node.inputs
+                                            if isinstance(v.type, TensorType)]) == 1
     return "head-local" in opdef.traits or ("norm" in opdef.traits and node.attr("head_dim") is not None)
 
 
@@ -238,6 +244,10 @@ class FFNBlock(_Block):
     up: Node | None = None
     """The projection whose result goes through the activation (``gate_proj`` of a gated FFN)."""
     activation: Node | None = None
+    """The activation op, or the last node of an activation written out in elementwise ATen ops
+    (``relu(x)**2``, ``x * sigmoid(x)``; all of them in :attr:`pointwise`)."""
+    pointwise: tuple[Node, ...] = ()
+    """Every node of the activation, in graph order (the activation op alone when raised)."""
     down: Node | None = None
     gated: Node | None = None
     """Gated FFNs: the second up projection (``up_proj``), multiplied with the activation."""
@@ -337,7 +347,8 @@ class Layer:
         if self.cross_attention is not None:
             parts.append(f"cross-attention {self.cross_attention.num_heads} heads")
         if ffn is not None:
-            act = ffn.activation.op if ffn.activation is not None else "?"
+            act = "+".join(n.op.split(".")[1] if n.op.startswith("aten.") else n.op
+                           for n in ffn.pointwise) or "?"
             parts.append(f"{'gated ' if ffn.gated is not None else ''}FFN {ffn.width} ({act})")
         else:
             parts.append("no FFN")
@@ -397,14 +408,66 @@ def _gate_of(act: Node, up: Node) -> tuple[Node, Node] | None:
     return gated, product
 
 
+def _is_pointwise(node: Node) -> bool:
+    """An ATen op tagged pointwise by PyTorch, or an optc ``activation``: it maps each element
+    on its own, so an FFN's neurons stay independent through it."""
+    opdef = get_op(node.op)
+    if opdef is not None:
+        return "activation" in opdef.traits
+    if not node.op.startswith("aten.") or len(node.outputs) != 1:
+        return False
+    try:
+        return torch.Tag.pointwise in resolve(node.op).tags
+    except IRError:
+        return False
+
+
+def _activation_region(up: Node) -> tuple[Node, ...] | None:
+    """The nodes of the activation between an FFN's up projection and what reads it:
+    elementwise ops (:func:`_is_pointwise`; an ``ffn-activation`` op alone in the common case)
+    that read only the projection, each other and numbers, and meet in one result read outside
+    (``relu(x)**2``, ``x * sigmoid(x)``). A lone optc ``activation`` without the ``ffn-activation`` trait
+    (``tanh``: a pooler) is not an FFN activation."""
+    inside: set[Value] = {up.outputs[0]}
+    region: list[Node] = []
+    frontier = [up.outputs[0]]
+    graph = up.graph
+    while frontier and len(region) <= _MAX_ACTIVATION_OPS:
+        value = frontier.pop()
+        for user in value.users():
+            if user in region:
+                continue
+            if not _is_pointwise(user) or not all(v in inside for v in user.inputs):
+                continue
+            region.append(user)
+            inside.add(user.outputs[0])
+            frontier.append(user.outputs[0])
+    if not region or len(region) > _MAX_ACTIVATION_OPS:
+        return None
+    exits = [n for n in region if graph.is_output(n.outputs[0]) or
+             any(u not in region for u in n.outputs[0].users())]
+    if len(exits) != 1 or graph.is_output(exits[0].outputs[0]) or \
+            any(u not in region for u in up.outputs[0].users()):
+        return None
+    if all(get_op(n.op) is not None and "ffn-activation" not in get_op(n.op).traits for n in region):
+        return None  # tanh alone (a pooler), not an FFN
+    order = {id(n): i for i, n in enumerate(graph)}
+    region.sort(key=lambda n: order[id(n)])
+    return tuple(region) if region[-1] is exits[0] else None
+
+
+_MAX_ACTIVATION_OPS = 8
+
+
 def _find_ffns(module: Module) -> list[FFNBlock]:
     ffns = []
     for node in module.graph:
         if node.op != "linear":
             continue
-        act = _single_user(node.outputs[0], ops_with("ffn-activation"))
-        if act is None:
+        region = _activation_region(node)
+        if region is None:
             continue
+        act = region[-1]
         gate = _gate_of(act, node)
         mid = gate[1] if gate is not None else act
         down = _single_user(mid.outputs[0], ("linear",))
@@ -415,7 +478,7 @@ def _find_ffns(module: Module) -> list[FFNBlock]:
             continue
         if up_w.tensor_type.shape[1] != down_w.tensor_type.shape[0]:
             continue  # not width-preserving: a classifier head, not an FFN
-        ffns.append(FFNBlock(up=node, activation=act, down=down,
+        ffns.append(FFNBlock(up=node, activation=act, pointwise=region, down=down,
                              gated=gate[0] if gate else None, product=gate[1] if gate else None))
     return ffns
 

@@ -215,7 +215,8 @@ def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> None:
             slice_param(module, lin, 2, 0, keep)
         set_last_dim(lin.outputs[0], len(keep))
     set_unit_ids(block.up, "unit_ids", [ids[i] for i in keep], len(keep))
-    set_last_dim(block.activation.outputs[0], len(keep))
+    for node in block.pointwise or (block.activation,):
+        set_last_dim(node.outputs[0], len(keep))
     if block.product is not None:
         set_last_dim(block.product.outputs[0], len(keep))
     slice_param(module, block.down, 1, 1, keep)

@@ -264,3 +264,46 @@ def test_weightless_rms_written_with_a_power_is_raised_per_head() -> None:
     PassManager("prune-heads{heads=0:2},dce").run(pruned)
     assert analyze(pruned).layers[0].attention.num_heads == 3
     assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
+
+
+class _ScaledSplitModel(nn.Module):
+    """The query scaled after the split (``q = split(q_proj(x)) * d**-0.5``, SDPA with scale 1)
+    and the key normalized per head then divided by a number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.q, self.k, self.v, self.o = (nn.Linear(32, 32) for _ in range(4))
+        self.k_norm = nn.LayerNorm(8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        b, s, _ = x.shape
+        q, k, v = (p(x).view(b, s, 4, 8).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q = q * 8 ** -0.5
+        k = self.k_norm(k) / 1.5
+        att = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return x + self.o(att.transpose(1, 2).reshape(b, s, 32))
+
+
+def test_a_split_scaled_by_a_number_is_raised_and_prunes_exactly() -> None:
+    torch.manual_seed(5)
+    model = _ScaledSplitModel().eval()
+    module = optc.capture(model, (torch.randint(0, 50, (2, 6)),),
+                          dynamic_shapes=[{1: torch.export.Dim("seq", max=64)}])
+    (layer,) = analyze(module).layers
+    att = layer.attention
+    assert att.prunable is None and att.query is not None and att.key is not None
+    assert [n.op for n in att.head_ops[1]] == ["layer_norm", "aten.div.Tensor"]
+    inputs = {"input_0": torch.randint(0, 50, (3, 7))}
+    with torch.no_grad():
+        want = model(inputs["input_0"])
+    for backend in ("eager", "torchscript"):
+        (got,) = run_backend(module, backend, inputs).values()
+        assert torch.allclose(got, want, atol=1e-5)
+    pruned = module.clone()
+    zero_slices(pruned, analyze(pruned).layers[0].attention.head_slices(1))
+    expected = run_backend(pruned, "eager", inputs)
+    PassManager("prune-heads{heads=0:1},dce").run(pruned)
+    assert analyze(pruned).layers[0].attention.num_heads == 3
+    assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
