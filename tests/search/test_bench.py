@@ -13,6 +13,15 @@ from optc.tests.search.conftest import TASK
 from optc.tools import bench_specialize
 
 
+@pytest.fixture
+def untimed(monkeypatch):
+    """Skip the row's timings (ONNX exports and runs of three models, the search tricks' timed
+    evaluations) in tests of what the search reads and writes: the timed columns are checked
+    in test_bench_specialize_reports_and_saves_each_task."""
+    monkeypatch.setattr(bench_specialize, "_onnx_latency", lambda modules, **kw: [1.0] * len(modules))
+    monkeypatch.setattr(bench_specialize, "_trick_speedups", lambda *args: {})
+
+
 def _models(module, tmp_path):
     """A --models directory holding ``module`` as the task's fine-tuned model."""
     models = tmp_path / "models"
@@ -70,7 +79,8 @@ def test_bench_specialize_data_takes_one_task(task_dir, capsys):
     assert "give one task with --tasks" in capsys.readouterr().err
 
 
-def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp_path, capsys):
+def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp_path, capsys,
+                                                           untimed):
     models = _models(module, tmp_path)
     code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
                                   str(task_dir), "--val-data", str(task_dir / "dev.tsv"),
@@ -81,7 +91,7 @@ def test_bench_specialize_searches_a_given_validation_file(module, task_dir, tmp
     assert row["val"] == pytest.approx(row["dev"]) and row["val_spec"] == pytest.approx(row["dev_spec"])
 
 
-def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path, capsys):
+def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path, capsys, untimed):
     models = _models(module, tmp_path)
     code = bench_specialize.main(["--tasks", TASK, "--models", str(models), "--data",
                                   str(task_dir), "--val-data", str(task_dir / "dev.tsv"),
@@ -101,7 +111,7 @@ def test_bench_specialize_confirms_on_a_held_out_part(module, task_dir, tmp_path
 
 
 def test_bench_specialize_searches_the_split_the_fine_tuning_held_out(module, task_dir,
-                                                                       tmp_path, capsys):
+                                                                       tmp_path, capsys, untimed):
     module.meta["task"] = {**module.meta["task"], "holdout": {"val_size": 0.3, "seed": 5}}
     models = _models(module, tmp_path)
     common = ["--tasks", TASK, "--models", str(models), "--data", str(task_dir), "--rule",
