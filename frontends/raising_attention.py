@@ -38,7 +38,8 @@ from optc.ir.types import TensorType
 __all__ = ["raise_sdpa", "raise_eager_attention", "weights_values"]
 
 def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Value, mask: Any,
-                     scale: float | None, causal: bool, out4: Value, ctx: RuleContext) -> str | None:
+                     scale: float | None, causal: bool, out4: Value, ctx: RuleContext,
+                     softcap: float | None = None) -> str | None:
     """Check that q/k/v are head splits (k/v possibly of fewer, repeated kv heads) and ``out4``
     is merged back; then rewrite."""
     qt, kt, vt = q4.tensor_type, k4.tensor_type, v4.tensor_type
@@ -92,6 +93,8 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
     kv = kv_counts.pop()
     if kv != heads:
         kwargs["num_kv_heads"] = kv
+    if softcap is not None:
+        kwargs["softcap"] = softcap
     if projected is None:
         replace_uses_with_op(module, anchor, target, "attention", (*sources, mask), kwargs, target.tensor_type)
         return None
@@ -187,9 +190,14 @@ def raise_eager_attention(module: Module, node: Node, ctx: RuleContext) -> str |
     for term in terms:  # a bool or integer term is promoted by the add: cast it the same way
         if not isinstance(term, tuple) and term.tensor_type.dtype != dtype and term.tensor_type.dtype.is_floating_point:
             return f"the additive mask %{term.name} is not of the scores' dtype"
+    softcap = None
+    capped = _softcapped(scaled)
+    if capped is not None:
+        scaled, softcap = capped
     found = _qk_product(scaled)
     if found is None:
-        return f"%{scaled.name} is not matmul(query, key^T), optionally scaled by a constant"
+        return (f"%{scaled.name} is not matmul(query, key^T), optionally scaled by a constant "
+                "(and soft-capped as c * tanh(x / c))")
     qk, scale = found
     if qk.output is not scaled and not only_feeds(qk.output, scaled.producer):
         return "the raw scores matmul(query, key^T) are used outside the attention pattern"
@@ -204,7 +212,8 @@ def raise_eager_attention(module: Module, node: Node, ctx: RuleContext) -> str |
     if any(isinstance(t, tuple) and t[1] == -math.inf for t in terms):
         # the model's softmax of a row whose keys are all -inf is NaN; the attention op's is 0
         mask = nan_where_no_key(module, mask, node, built)  # raising_forms.py
-    reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx)
+    reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx,
+                              softcap=softcap)
     if reason:  # not raised: drop the casts and sums built for it
         for created in reversed(built):
             module.graph.remove(created)
@@ -216,7 +225,8 @@ def _leads_to_qk(value: Any, depth: int = MAX_CHAIN) -> bool:
     or written into it by ``masked_fill``)."""
     if not is_tensor(value) or depth == 0:
         return False
-    if _qk_product(value) is not None:
+    capped = _softcapped(value)
+    if _qk_product(capped[0] if capped is not None else value) is not None:
         return True
     fill = producer(value, FILLS)
     if fill is not None:
@@ -316,6 +326,26 @@ def _broadcast(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> tuple[Any, ...]
         else:
             return None
     return tuple(out[::-1])
+
+
+def _softcapped(value: Value) -> tuple[Value, float] | None:
+    """``(x, c)`` when ``value`` is ``c * tanh(x / c)`` (or ``tanh(x * (1/c)) * c``) with each
+    intermediate read once: Gemma 2's attention logit soft-capping."""
+    outer = scalar_operand(value, MUL)
+    if outer is None or outer[1] <= 0:
+        return None
+    tanh = producer(outer[0], ("aten.tanh.default", "tanh"))
+    if tanh is None or not only_feeds(outer[0], value.producer):
+        return None
+    inner = scalar_operand(tanh.args[0], DIV)
+    cap = inner[1] if inner is not None else None
+    if inner is None:
+        inner = scalar_operand(tanh.args[0], MUL)
+        cap = 1.0 / inner[1] if inner is not None and inner[1] else None
+    if inner is None or cap is None or not math.isclose(cap, outer[1], rel_tol=1e-6) or \
+            not only_feeds(tanh.args[0], tanh):
+        return None
+    return inner[0], outer[1]
 
 
 def _qk_product(value: Value) -> tuple[Node, float] | None:

@@ -306,6 +306,9 @@ class Quantize(Distill):
             if node.attr("int8") is not None:
                 return (f"{node!r} already has int8 matmuls (int8={node.attr('int8')!r}): "
                         f"quantize runs once; drop {MATMULS} from targets")
+            if node.attr("softcap") is not None:
+                return (f"{node!r} soft-caps its scores (softcap={node.attr('softcap')}), which "
+                        f"the int8 attention kernels do not: drop {MATMULS} from targets")
             if node.attr("kind", "softmax") != "softmax":
                 return (f"{node!r} is hard attention (kind={node.attr('kind')}); its matmuls "
                         f"stay float: drop {MATMULS} from targets")

@@ -105,6 +105,12 @@ def _check(node: Node) -> list[str]:
                                                       and node.attr("topk") >= 1):
         problems.append("attention kind=topk needs an integer attribute topk >= 1 (or "
                         "topk_fraction)")
+    softcap = node.attr("softcap")
+    if softcap is not None and not softcap > 0:
+        problems.append(f"attention softcap must be a positive float, got {softcap!r}")
+    if softcap is not None and node.attr("int8") is not None:
+        problems.append("attention softcap has no int8 kernel: keep the attention in float "
+                        "(quantize{roles=...} without attention)")
     problems += check_unit_ids(node, "head_ids", heads, "heads")
     problems += int8_attention_problems(node, tensor_operand(node, 0).dtype,
                                         tensor_operand(node, 4), tensor_operand(node, 5))
@@ -148,6 +154,8 @@ ATTENTION = register_op(OpDef(
         "int8": Attr(str, None, "dynamic: Q·Kᵀ and P·V are int8 matmuls, Q, K, P, V quantized "
                                 "per tensor at run time (uint8, as DynamicQuantizeLinear); "
                                 "static: Q, K, V with the int8_scale/int8_zero_point operands"),
+        "softcap": Attr(float, None, "cap the scaled scores as softcap*tanh(scores/softcap) "
+                                     "before the mask (Gemma 2)"),
         "layer": Attr(int, None, "stable id of the transformer layer (its index at capture)",
                       kernel=False),
         "head_ids": Attr(str, None, "stable ids of the heads that remain, as ranges ('0-4,6-11'); "
@@ -167,7 +175,7 @@ ATTENTION = register_op(OpDef(
                         f"head_dim=4{attrs})")
           for attrs in ("", ", causal=true", ', kind="topk", topk=2',
                         ', kind="topk", topk_fraction=0.5, renormalize=true',
-                        ', int8="dynamic"')),
+                        ', int8="dynamic"', ", softcap=0.5")),
         sample_module("%q : f32[2,5,16], %k : f32[2,5,8], %v : f32[2,5,8]",
                       "%y : f32[2,5,16] = attention(%q, %k, %v, none, num_heads=4, head_dim=4, "
                       "num_kv_heads=2, causal=true)"),

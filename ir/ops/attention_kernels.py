@@ -33,6 +33,7 @@ def attention(
     num_kv_heads: int | None = None,
     kv_heads: list[int] | None = None,
     int8: str | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Multi-head attention on [batch, seq, heads*head_dim] operands.
 
@@ -46,6 +47,9 @@ def attention(
 
     ``int8="dynamic"|"static"``: Q·Kᵀ and P·V are int8 matmuls, static with the calibrated Q, K,
     V ``int8_scale``/``int8_zero_point`` (see :mod:`optc.ir.ops.quantized_attention`).
+
+    ``softcap``: the scaled scores are capped as ``softcap * tanh(scores / softcap)`` before
+    the mask is added (Gemma 2's attention logit soft-capping).
     """
     batch, q_len = query.shape[0], query.shape[1]
     k_len = key.shape[1]
@@ -70,10 +74,12 @@ def attention(
         mask = allowed if mask is None else (allowed & mask if mask.dtype == torch.bool
                                              else mask.masked_fill(~allowed, float("-inf")))
         causal = False
-    if kind == "softmax" or keep >= k_len:
+    hard = kind == "topk" and keep < k_len
+    if not hard and softcap is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
-        out = topk_attention(q, k, v, mask, causal, scale, keep, renormalize)
+        out = topk_attention(q, k, v, mask, causal, scale, keep if hard else None, renormalize,
+                             softcap)
     return out.transpose(1, 2).reshape(batch, q_len, num_heads * v.shape[-1])
 
 
@@ -87,11 +93,14 @@ def kv_index(num_heads: int, num_kv_heads: int | None, kv_heads: list[int] | Non
 
 
 def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                   causal: bool, scale: float | None, topk: int,
-                   renormalize: bool = False) -> torch.Tensor:
-    """Hard attention on [batch, heads, seq, head_dim] tensors (``topk`` < key length)."""
+                   causal: bool, scale: float | None, topk: int | None,
+                   renormalize: bool = False, softcap: float | None = None) -> torch.Tensor:
+    """Attention on [batch, heads, seq, head_dim] tensors with the scores written out: hard
+    attention (``topk`` < key length; None: every key) and soft-capped scores."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     neg = torch.finfo(scores.dtype).min
     if causal:
         q_len, k_len = scores.shape[-2], scores.shape[-1]
@@ -100,10 +109,11 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     if mask is not None:
         scores = scores.masked_fill(~mask, neg) if mask.dtype == torch.bool else scores + mask
     probs = torch.softmax(scores, dim=-1)
-    threshold = scores.topk(topk, dim=-1).values[..., -1:]
-    probs = probs.masked_fill(scores < threshold, 0.0)
-    if renormalize:
-        probs = probs / probs.sum(dim=-1, keepdim=True)
+    if topk is not None:
+        threshold = scores.topk(topk, dim=-1).values[..., -1:]
+        probs = probs.masked_fill(scores < threshold, 0.0)
+        if renormalize:
+            probs = probs / probs.sum(dim=-1, keepdim=True)
     out = torch.matmul(probs, v)
     if mask is not None and mask.dtype == torch.bool:  # a row with no key gives zeros (as SDPA)
         out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
@@ -116,7 +126,8 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
                 num_heads: int, head_dim: int, scale: Optional[float], causal: bool,
                 kind: str, topk: Optional[int], renormalize: bool,
                 topk_fraction: Optional[float], num_kv_heads: Optional[int],
-                kv_heads: Optional[List[int]], int8: Optional[str]) -> Tensor:
+                kv_heads: Optional[List[int]], int8: Optional[str],
+                softcap: Optional[float]) -> Tensor:
     batch = query.size(0)
     q_len = query.size(1)
     k_len = key.size(1)
@@ -153,12 +164,15 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
         else:
             mask = mask.masked_fill(~allowed, float("-inf"))
         causal = False
-    if kind == "softmax" or keep >= k_len:
+    hard = kind == "topk" and keep < k_len
+    if not hard and softcap is None:
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
     else:
         s = scale if scale is not None else 1.0 / math.sqrt(float(head_dim))
         scores = torch.matmul(q, k.transpose(-1, -2)) * s
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         neg = -3.4028234663852886e38 if scores.dtype == torch.float32 else -65504.0
         if causal:
             allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
@@ -169,10 +183,11 @@ def k_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor
             else:
                 scores = scores + mask
         probs = torch.softmax(scores, dim=-1)
-        threshold = scores.topk(keep, dim=-1)[0][..., keep - 1:keep]
-        probs = probs.masked_fill(scores < threshold, 0.0)
-        if renormalize:
-            probs = probs / probs.sum(dim=-1, keepdim=True)
+        if hard:
+            threshold = scores.topk(keep, dim=-1)[0][..., keep - 1:keep]
+            probs = probs.masked_fill(scores < threshold, 0.0)
+            if renormalize:
+                probs = probs / probs.sum(dim=-1, keepdim=True)
         out = torch.matmul(probs, v)
         if mask is not None:
             if mask.dtype == torch.bool:

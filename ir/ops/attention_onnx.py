@@ -93,6 +93,12 @@ def onnx_rewrite(module: Module, node: Node, cache: dict[str, Any]) -> None:
         _onnx_rewrite_int8(module, node, cache)
         return
     kind = node.attr("kind", "softmax")
+    if node.attr("softcap") is not None:
+        if kind != "softmax":
+            raise BackendError(f"onnx backend cannot lower {node!r}: hard attention with "
+                               "soft-capped scores has no ONNX lowering")
+        _traced_with_bias(module, node, cache)  # ORT's fused kernels have no soft-capping
+        return
     if kind == "topk":
         _onnx_rewrite_topk(module, node, cache)
         return
