@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optc.errors import IRError
-from optc.ir.core import Module, Node, Value
+from optc.ir.core import Module, Node, Parameter, Value
 from optc.ir.ids import format_ids, ids_or_range
 from optc.ir.ops import get_op, ops_with
 from optc.ir.ops.attention import kv_index
@@ -56,6 +56,11 @@ def _through_head_local(value: object) -> tuple[object, tuple[Node, ...]]:
         chain.insert(0, value.producer)
         value = value.producer.args[0]
     return value, tuple(chain)
+
+
+def module_output(node: Node) -> bool:
+    """Whether one of ``node``'s results is a graph output."""
+    return node.graph is not None and any(node.graph.is_output(o) for o in node.outputs)
 
 
 def _single_user(value: Value, ops: tuple[str, ...]) -> Node | None:
@@ -96,6 +101,9 @@ class _Block:
     """The block's result as the residual add reads it: its last projection's output, or that
     output moved back to the stream's [seq, batch, d] rows (``nn.MultiheadAttention`` without
     batch_first, whose attention op reads the rows as [batch, seq, d])."""
+    branch_norms: list[Node] = field(default_factory=list)
+    """Norms of the block's result before its residual add (the "sandwich" norm of Gemma 2 and
+    OLMo 2: ``x + norm(f(x))``)."""
     parallel: bool = False
     """Whether the block reads the stream that enters the layer's attention, not the
     attention's output: a parallel layer ``x + attn(ln(x)) + ffn(ln(x))`` (GPT-J, GPT-NeoX,
@@ -169,6 +177,14 @@ class AttentionBlock(_Block):
     def prunable(self) -> str | None:
         """Why heads cannot be removed from this block, or None when they can."""
         if None in (self.query, self.key, self.value):
+            for i, name in enumerate(("query", "key", "value")):
+                source = _through_head_local(self.node.args[i])[0]
+                norm = source.producer if isinstance(source, Value) else None
+                opdef = get_op(norm.op) if norm is not None else None
+                if opdef is not None and "norm" in opdef.traits and \
+                        _producer(norm.args[0], "linear") is not None:
+                    return (f"the {name} is normalized over every head together ({norm!r}), "
+                                "so removing a head would change the other heads")
             return "query/key/value are not produced by their own linear projections"
         if self.output is None:
             return "the attention result does not feed a single output projection"
@@ -337,7 +353,8 @@ class Layer:
                  else []) + \
                 ([] if att.node.arg(3) is None else ["mask"]) + \
                 (["disentangled"] if att.position is not None else []) + \
-                (["causal"] if att.node.attr("causal") else [])
+                (["causal"] if att.node.attr("causal") else []) + \
+                ([f"softcap {att.node.attr('softcap'):g}"] if att.node.attr("softcap") else [])
             text = f"attention {att.num_heads} heads" + (f" ({', '.join(extra)})" if extra else "")
             if att.prunable:
                 text += f" [not prunable: {att.prunable}]"
@@ -347,8 +364,8 @@ class Layer:
         if self.cross_attention is not None:
             parts.append(f"cross-attention {self.cross_attention.num_heads} heads")
         if ffn is not None:
-            act = "+".join(n.op.split(".")[1] if n.op.startswith("aten.") else n.op
-                           for n in ffn.pointwise) or "?"
+            names = [n.op.split(".")[1] if n.op.startswith("aten.") else n.op for n in ffn.pointwise]
+            act = "+".join(names) if len(names) <= 3 else f"{len(names)} elementwise ops"
             parts.append(f"{'gated ' if ffn.gated is not None else ''}FFN {ffn.width} ({act})")
         else:
             parts.append("no FFN")
@@ -359,6 +376,8 @@ class Layer:
         if block is not None and block.norms:
             post = block.residual is not None and block.norms[0] in block.residual.outputs[0].users()
             text += f", {'post' if post else 'pre'}-norm {block.norms[0].op}"
+        if block is not None and block.branch_norms:
+            text += f", {block.branch_norms[0].op} on the branch"
         return text
 
     def param_names(self) -> list[str]:
@@ -422,11 +441,23 @@ def _is_pointwise(node: Node) -> bool:
         return False
 
 
+def _is_scalar_param(value: Value, depth: int = 4) -> bool:
+    """A learned scalar (one element, the same for every neuron), or one computed from such
+    scalars and numbers only (xIELU's ``softplus(alpha)``)."""
+    if not isinstance(value.type, TensorType) or not all(d == 1 for d in value.tensor_type.shape):
+        return False
+    if isinstance(value, Parameter):
+        return True
+    node = value.producer
+    return node is not None and depth > 0 and _is_pointwise(node) and bool(node.inputs) and \
+        all(_is_scalar_param(v, depth - 1) for v in node.inputs)
+
+
 def _activation_region(up: Node) -> tuple[Node, ...] | None:
     """The nodes of the activation between an FFN's up projection and what reads it:
     elementwise ops (:func:`_is_pointwise`; an ``ffn-activation`` op alone in the common case)
     that read only the projection, each other and numbers, and meet in one result read outside
-    (``relu(x)**2``, ``x * sigmoid(x)``). A lone optc ``activation`` without the ``ffn-activation`` trait
+    (``relu(x)**2``, ``x * sigmoid(x)``); learned scalars are numbers too (xIELU). A lone optc ``activation`` without the ``ffn-activation`` trait
     (``tanh``: a pooler) is not an FFN activation."""
     inside: set[Value] = {up.outputs[0]}
     region: list[Node] = []
@@ -437,7 +468,7 @@ def _activation_region(up: Node) -> tuple[Node, ...] | None:
         for user in value.users():
             if user in region:
                 continue
-            if not _is_pointwise(user) or not all(v in inside for v in user.inputs):
+            if not _is_pointwise(user) or not all(v in inside or _is_scalar_param(v) for v in user.inputs):
                 continue
             region.append(user)
             inside.add(user.outputs[0])
@@ -456,7 +487,7 @@ def _activation_region(up: Node) -> tuple[Node, ...] | None:
     return tuple(region) if region[-1] is exits[0] else None
 
 
-_MAX_ACTIVATION_OPS = 8
+_MAX_ACTIVATION_OPS = 24
 
 
 def _find_ffns(module: Module) -> list[FFNBlock]:
@@ -501,6 +532,12 @@ def _place_on_stream(block: _Block, out: Node | None, block_input: Value | None)
     if moved is not None and _swaps_rows(moved):  # back to the stream's [seq, batch] rows
         branch = moved.outputs[0]
     add = _single_user(branch, _RESIDUAL_ADDS)
+    norm = _single_user(branch, ops_with("norm")) if add is None else None
+    if norm is not None and not module_output(norm):  # a norm on the branch (Gemma 2, OLMo 2)
+        add = _single_user(norm.outputs[0], _RESIDUAL_ADDS)
+        if add is not None:
+            block.branch_norms.append(norm)
+            branch = norm.outputs[0]
     if add is None:
         return
     others = [a for a in add.args[:2] if a is not branch]

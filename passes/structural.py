@@ -225,7 +225,16 @@ def remove_neurons(module: Module, block: FFNBlock, neurons: set[int]) -> None:
 def _replace_by_bias(module: Module, projection: Node, block: AttentionBlock | FFNBlock) -> None:
     """A block whose inner width is zero outputs its last projection's bias (or nothing)."""
     bias = projection.arg(2)
-    if isinstance(bias, Parameter) and block.residual is not None:
+    if block.branch_norms and (isinstance(bias, Parameter) or
+                               any(n.op != "rms_norm" for n in block.branch_norms)):
+        raise PassError(  # x + norm(bias) is not x + bias; only an RMS norm maps 0 to 0
+            f"cannot remove every head/neuron: the block's result goes through "
+            f"{block.branch_norms[0]!r} before its residual add, and that norm of "
+            f"{'its bias' if isinstance(bias, Parameter) else 'zero'} is not zero; keep one unit "
+            "or drop the whole block (drop-layers)")
+    if block.branch_norms and block.residual is not None and block.stream_in is not None:
+        module.graph.replace_all_uses(block.residual.outputs[0], block.stream_in)  # x + rms(0)
+    elif isinstance(bias, Parameter) and block.residual is not None:
         branch = block.branch if block.branch is not None else projection.outputs[0]
         module.graph.replace_all_uses(branch, bias)  # x + bias broadcasts
     elif block.residual is not None and block.stream_in is not None:

@@ -307,3 +307,35 @@ def test_a_split_scaled_by_a_number_is_raised_and_prunes_exactly() -> None:
     PassManager("prune-heads{heads=0:1},dce").run(pruned)
     assert analyze(pruned).layers[0].attention.num_heads == 3
     assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
+
+
+@functools.cache
+def olmo2() -> tuple[nn.Module, optc.Module]:
+    import transformers
+
+    torch.manual_seed(6)
+    config = transformers.Olmo2Config(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = transformers.Olmo2Model(config).eval()
+    return model, optc.capture(model)
+
+
+def test_a_norm_over_the_whole_projection_refuses_prune_heads_with_its_reason() -> None:
+    """OLMo 2 normalizes q and k over every head together, and its blocks' results before the
+    residual add (``x + norm(f(x))``): heads cannot be removed exactly (one line says why);
+    the layer is still found through the branch norm and drops like Hugging Face's."""
+    from optc.errors import PassError
+
+    model, base = olmo2()
+    layers = analyze(base).layers
+    assert "normalized over every head together" in layers[0].attention.prunable
+    assert "rms_norm on the branch" in layers[0].raised()
+    with pytest.raises(PassError, match="normalized over every head together"):
+        PassManager("prune-heads{heads=0:1}").run(base.clone())
+    module = base.clone()
+    PassManager("drop-layers{layers=0}").run(module)
+    inputs = llm_inputs(model)
+    expected = hf_outputs(hf_without_layers(model, [0]), inputs, module.graph.outputs)
+    assert_outputs_equal(run_backend(module, "eager", inputs), expected)

@@ -1,5 +1,5 @@
 """FFN activations written out in elementwise ATen ops (squared ReLU as Persimmon and Primer
-use it, SiLU as ``x * sigmoid(x)``, a gated form): the analysis finds the FFN, its neurons are
+use it, SiLU as ``x * sigmoid(x)``, a gated form, learned scalars as xIELU): the analysis finds the FFN, its neurons are
 removed exactly on every backend, and a lone tanh (a pooler) is still no FFN."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _ACTIVATIONS = {
     "relu2": lambda x: torch.relu(x) ** 2,
     "swish": lambda x: x * torch.sigmoid(x),
     "gated-relu2": None,  # square(relu(gate)) * up
+    "learned-scalars": None,  # xIELU-like: learned scalars, a comparison and where
 }
 
 
@@ -32,6 +33,7 @@ class _Layer(nn.Module):
         self.up, self.down = nn.Linear(d, width), nn.Linear(width, d)
         self.gate = nn.Linear(d, width) if kind.startswith("gated") else None
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.alpha, self.beta = nn.Parameter(torch.tensor([0.3])), nn.Parameter(torch.tensor([0.5]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
@@ -40,6 +42,10 @@ class _Layer(nn.Module):
         x = self.ln1(x + self.o(att))
         if self.gate is not None:
             hidden = torch.square(torch.relu(self.gate(x))) * self.up(x)
+        elif self.kind == "learned-scalars":
+            h = self.up(x)
+            a = nn.functional.softplus(self.alpha)
+            hidden = torch.where(h > 0, a * h * h + self.beta * h, torch.expm1(h) * a + self.beta * h)
         else:
             hidden = _ACTIVATIONS[self.kind](self.up(x))
         return self.ln2(x + self.down(hidden))
