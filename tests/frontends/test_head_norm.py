@@ -85,6 +85,31 @@ def hand_written() -> tuple[nn.Module, optc.Module]:
     return model, optc.capture(model, (ids,), dynamic_shapes=[{0: torch.export.Dim("batch"), 1: seq}])
 
 
+def _capture_with_seq(model: nn.Module) -> optc.Module:
+    """A hand-written model of token ids, captured with a dynamic sequence length."""
+    return optc.capture(model, (torch.randint(0, 50, (2, 6)),),
+                        dynamic_shapes=[{1: torch.export.Dim("seq", max=64)}])
+
+
+def _assert_equals_model(module: optc.Module, model: nn.Module, inputs, backends=("eager",)) -> None:
+    with torch.no_grad():
+        want = model(inputs["input_0"])
+    for backend in backends:
+        (got,) = run_backend(module, backend, inputs).values()
+        assert torch.allclose(got, want, atol=1e-5), backend
+
+
+def _assert_head_removed_exactly(module: optc.Module, inputs, layer: int, head: int) -> None:
+    """Removing ``head`` of ``layer`` equals zeroing its slices, and leaves one head fewer."""
+    pruned = module.clone()
+    before = analyze(pruned).layers[layer].attention.num_heads
+    zero_slices(pruned, analyze(pruned).layers[layer].attention.head_slices(head))
+    expected = run_backend(pruned, "eager", inputs)
+    PassManager(f"prune-heads{{heads={layer}:{head}}},dce").run(pruned)
+    assert analyze(pruned).layers[layer].attention.num_heads == before - 1
+    assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
+
+
 def _ids(batch: int = 3, seq: int = 7) -> dict[str, torch.Tensor]:
     return {"input_0": torch.randint(0, 50, (batch, seq), generator=torch.Generator().manual_seed(2))}
 
@@ -246,24 +271,15 @@ class _WeightlessRmsModel(nn.Module):
 def test_weightless_rms_written_with_a_power_is_raised_per_head() -> None:
     torch.manual_seed(4)
     model = _WeightlessRmsModel().eval()
-    module = optc.capture(model, (torch.randint(0, 50, (2, 6)),),
-                          dynamic_shapes=[{1: torch.export.Dim("seq", max=64)}])
+    module = _capture_with_seq(model)
     (layer,) = analyze(module).layers
     q_ops, k_ops, _ = layer.attention.head_ops
     assert [(n.op, n.arg(1), n.attr("head_dim")) for n in q_ops + k_ops] == [("rms_norm", None, 8)] * 2
     assert [n.op for n in layer.attention.norms] == ["rms_norm"]
     assert layer.attention.norms[0].args[1] is not None  # the block's norm keeps its weight
-    inputs = {"input_0": torch.randint(0, 50, (2, 9))}
-    with torch.no_grad():
-        want = model(inputs["input_0"])
-    (got,) = run_backend(module, "eager", inputs).values()
-    assert torch.allclose(got, want, atol=1e-5)
-    pruned = module.clone()
-    zero_slices(pruned, analyze(pruned).layers[0].attention.head_slices(2))
-    expected = run_backend(pruned, "eager", inputs)
-    PassManager("prune-heads{heads=0:2},dce").run(pruned)
-    assert analyze(pruned).layers[0].attention.num_heads == 3
-    assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
+    inputs = _ids(2, 9)
+    _assert_equals_model(module, model, inputs)
+    _assert_head_removed_exactly(module, inputs, 0, 2)
 
 
 class _ScaledSplitModel(nn.Module):
@@ -289,24 +305,14 @@ class _ScaledSplitModel(nn.Module):
 def test_a_split_scaled_by_a_number_is_raised_and_prunes_exactly() -> None:
     torch.manual_seed(5)
     model = _ScaledSplitModel().eval()
-    module = optc.capture(model, (torch.randint(0, 50, (2, 6)),),
-                          dynamic_shapes=[{1: torch.export.Dim("seq", max=64)}])
+    module = _capture_with_seq(model)
     (layer,) = analyze(module).layers
     att = layer.attention
     assert att.prunable is None and att.query is not None and att.key is not None
     assert [n.op for n in att.head_ops[1]] == ["layer_norm", "aten.div.Tensor"]
-    inputs = {"input_0": torch.randint(0, 50, (3, 7))}
-    with torch.no_grad():
-        want = model(inputs["input_0"])
-    for backend in ("eager", "torchscript"):
-        (got,) = run_backend(module, backend, inputs).values()
-        assert torch.allclose(got, want, atol=1e-5)
-    pruned = module.clone()
-    zero_slices(pruned, analyze(pruned).layers[0].attention.head_slices(1))
-    expected = run_backend(pruned, "eager", inputs)
-    PassManager("prune-heads{heads=0:1},dce").run(pruned)
-    assert analyze(pruned).layers[0].attention.num_heads == 3
-    assert_outputs_equal(run_backend(pruned, "eager", inputs), expected)
+    inputs = _ids()
+    _assert_equals_model(module, model, inputs, ("eager", "torchscript"))
+    _assert_head_removed_exactly(module, inputs, 0, 1)
 
 
 @functools.cache
