@@ -162,16 +162,16 @@ def _expected_layers(config: Any) -> int:
     return int(getattr(config, "num_hidden_layers", 0) or 0)
 
 
-def _inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _inputs(model: torch.nn.Module, seq: int = 7) -> dict[str, torch.Tensor]:
     import inspect
 
     params = inspect.signature(model.forward).parameters
     vocab = int(getattr(model.config, "vocab_size", VOCAB) or VOCAB)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, max(vocab, 4), (3, 7), generator=gen)
+    ids = torch.randint(3, max(vocab, 4), (3, seq), generator=gen)
     inputs = {"input_ids": ids}
     if "attention_mask" in params:
-        mask = torch.ones(3, 7, dtype=torch.long)
+        mask = torch.ones(3, seq, dtype=torch.long)
         mask[0, 5:] = 0
         inputs["attention_mask"] = mask
     if getattr(model.config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
@@ -192,6 +192,7 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4,
     import transformers
 
     from optc.backends.differential import run_backend
+    from optc.backends.model_inputs import fixed_length
     from optc.frontends.capture import capture
     from optc.ir.analysis import analyze
     from optc.passes import PassManager
@@ -219,6 +220,11 @@ def check_text_family(model_type: str, class_name: str, atol: float = 1e-4,
         logging.getLogger("optc").removeHandler(notes)
     cells["capture"] = "yes"
     report = progress or (lambda cells: None)
+    length = fixed_length(module)
+    if length is not None and length != inputs["input_ids"].shape[1]:
+        inputs = _inputs(model, length)  # captured for one length: the checks run at it
+        with torch.inference_mode():
+            out = model(**inputs)
     want = {k: out[k] for k in module.graph.outputs}
     layers = analyze(module).layers
     expected = _expected_layers(model.config)
