@@ -125,13 +125,15 @@ def test_onnx_module_reports_missing_inputs(exported):
 
 
 def expected_attention_ops(module: optc.Module) -> list[str]:
-    """Per layer, the fused op the backend emits: ``Attention`` (packed QKV) when q, k and v
-    are linears of one input, else ``MultiHeadAttention``."""
+    """Per layer, the fused op the backend emits: ``Attention`` (packed QKV) when the attention's
+    q, k and v operands are themselves linears of one input, else ``MultiHeadAttention`` (the
+    analysis sees projections through head-local ops such as a scaled value; packing does not)."""
     ops = []
     for layer in analyze(module).layers:
-        att = layer.attention
-        projections = (att.query, att.key, att.value)
-        packed = all(p is not None for p in projections) and len({id(p.args[0]) for p in projections}) == 1
+        operands = layer.attention.node.args[:3]
+        projections = [a.producer for a in operands]
+        packed = all(p is not None and p.op == "linear" for p in projections) and \
+            len({id(p.args[0]) for p in projections}) == 1
         ops.append("Attention" if packed else "MultiHeadAttention")
     return ops
 
