@@ -240,7 +240,7 @@ def test_bad_input_is_one_line_and_writes_nothing(artifact, task_dir, tmp_path, 
     assert not out.exists()
 
 
-def test_a_model_without_a_task_head_is_refused(tmp_path, task_dir, tok_dir, capsys):
+def test_a_model_without_a_task_head_is_refused(tmp_path, task_dir, tok_dir, tokenizer, capsys):
     _, plain = tiny_bert(layers=1)
     plain.meta["source"] = {**(plain.meta.get("source") or {}), "tokenizer": str(tok_dir)}
     path = tmp_path / "plain"

@@ -93,7 +93,7 @@ def test_sentence_similarity_pairs_are_embedded_apart_as_the_task_does(encoder, 
         expected.score, abs=1e-3)
 
 
-def test_specialize_runs_the_contract_on_unlabeled_texts(encoder, texts, tok_dir, tmp_path,
+def test_specialize_runs_the_contract_on_unlabeled_texts(encoder, texts, tok_dir, tokenizer, tmp_path,
                                                          capsys, monkeypatch):
     monkeypatch.setattr(contract_module, "backend_latencies", _latency)
     model = tmp_path / "encoder"
