@@ -239,7 +239,7 @@ class FFNBlock(_Block):
     """The activation op, or the last node of an activation written out in elementwise ATen ops
     (``relu(x)**2``, ``x * sigmoid(x)``; all of them in :attr:`pointwise`)."""
     pointwise: tuple[Node, ...] = ()
-    """Every node of the activation, in graph order (the activation op alone when raised)."""
+    """Every node of the activation, in dependency order (the activation op alone when raised)."""
     down: Node | None = None
     gated: Node | None = None
     """Gated FFNs: the second up projection (``up_proj``), multiplied with the activation."""

@@ -5,6 +5,8 @@ xIELU's learned scalars). Pure predicates on nodes: they read the graph and chan
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from optc.errors import IRError
@@ -44,10 +46,17 @@ def is_pointwise(node: Node) -> bool:
     opdef = get_op(node.op)
     if opdef is not None:
         return "activation" in opdef.traits
-    if not node.op.startswith("aten.") or len(node.outputs) != 1:
+    return len(node.outputs) == 1 and _aten_pointwise(node.op)
+
+
+@functools.cache
+def _aten_pointwise(op: str) -> bool:
+    """Whether the ATen op ``op`` is tagged pointwise (looked up once per op name: the
+    analysis asks for every user of every projection, each time it runs)."""
+    if not op.startswith("aten."):
         return False
     try:
-        return torch.Tag.pointwise in resolve(node.op).tags
+        return torch.Tag.pointwise in resolve(op).tags
     except IRError:
         return False
 
@@ -68,8 +77,9 @@ def activation_region(up: Node) -> tuple[Node, ...] | None:
     """The nodes of the activation between an FFN's up projection and what reads it:
     elementwise ops (:func:`is_pointwise`; an ``ffn-activation`` op alone in the common case)
     that read only the projection, each other and numbers, and meet in one result read outside
-    (``relu(x)**2``, ``x * sigmoid(x)``); learned scalars are numbers too (xIELU). A lone optc ``activation`` without the ``ffn-activation`` trait
-    (``tanh``: a pooler) is not an FFN activation."""
+    (``relu(x)**2``, ``x * sigmoid(x)``); learned scalars are numbers too (xIELU). A lone
+    optc ``activation`` without the ``ffn-activation`` trait (``tanh``: a pooler) is not an FFN
+    activation. The nodes come in dependency order: each joins once all its inputs are in."""
     inside: set[Value] = {up.outputs[0]}
     region: list[Node] = []
     frontier = [up.outputs[0]]
@@ -91,10 +101,9 @@ def activation_region(up: Node) -> tuple[Node, ...] | None:
     if len(exits) != 1 or graph.is_output(exits[0].outputs[0]) or \
             any(u not in region for u in up.outputs[0].users()):
         return None
-    if all(get_op(n.op) is not None and "ffn-activation" not in get_op(n.op).traits for n in region):
+    ops = [get_op(n.op) for n in region]
+    if all(op is not None and "ffn-activation" not in op.traits for op in ops):
         return None  # tanh alone (a pooler), not an FFN
-    order = {id(n): i for i, n in enumerate(graph)}
-    region.sort(key=lambda n: order[id(n)])
     return tuple(region) if region[-1] is exits[0] else None
 
 
