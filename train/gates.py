@@ -15,9 +15,9 @@ expected to be, the lowest ``log_alpha`` first; :func:`expected_deterministic`) 
 :class:`SizeModel` prices each unit (FLOPs at a sequence length, or parameters) from the
 structure analysis and the ops' cost model, so the expected size of the encoder is a
 differentiable function of the open probabilities. :class:`L0Gates` is the
-:class:`~optc.train.hooks.TrainHooks` that trains them: ``edit`` multiplies each attention
-result ([B, S, H*D], before the output projection) and each FFN's down-projection input
-([B, S, I]: the activation, or activation * up in a gated FFN) by a new graph input; every step it samples the gates, feeds them through
+:class:`~optc.train.hooks.TrainHooks` that trains them: ``edit`` gates each attention's heads
+and each FFN's neurons with :mod:`optc.ir.gating` (one graph input of ``[count]`` values per
+group, shared by every example); every step it samples the gates, feeds them through
 ``TrainableModule.extra_inputs`` and adds the Lagrangian term
 ``lambda1 * (E[size] - t) + lambda2 * (E[size] - t)^2``, with the gates' parameters minimizing
 and the multipliers maximizing it (CoFi). The target ``t`` ramps linearly from 1 to the target
@@ -36,7 +36,8 @@ import torch
 
 from optc.errors import InputError
 from optc.ir.analysis import Structure, node_cost
-from optc.ir.core import Module, Value
+from optc.ir.core import Module
+from optc.ir.gating import gate_name, insert_gate, site
 from optc.train.hooks import TrainHooks
 from optc.train.module import TrainableModule
 
@@ -113,8 +114,8 @@ class GateGroup:
 
     @property
     def input_name(self) -> str:
-        """Graph input that carries this group's gates in the trainable module."""
-        return f"__l0_{self.kind}_gate_{self.layer}"
+        """Graph input that carries this group's gates (``[count]``) in the trainable module."""
+        return gate_name(self.kind, self.layer, prefix="__l0_")
 
 
 @dataclass(frozen=True)
@@ -205,20 +206,6 @@ def size_model(module: Module, structure: Structure, measure: Measure, *, heads:
     return SizeModel(measure, tuple(groups), max(full - gated, 0.0), full)
 
 
-def _gate_value(module: Module, value: Value, name: str) -> None:
-    """Multiply ``value`` ([..., W]) by a new graph input ``name`` of shape [W]."""
-    graph = module.graph
-    t = value.tensor_type
-    users = value.users()
-    gate = graph.add_input(name, type(t)(t.dtype, (t.shape[-1],)))
-    mul = graph.create_node("aten.mul.Tensor", (value, gate), {}, [t], after=value.producer)
-    for user in users:
-        user.replace_input(value, mul.outputs[0])
-    for key, v in list(graph.outputs.items()):
-        if v is value:
-            graph.set_output(key, mul.outputs[0])
-
-
 class L0Gates(TrainHooks):
     """Hard-concrete gates trained with a Lagrangian toward ``target`` (a size fraction).
 
@@ -270,13 +257,15 @@ class L0Gates(TrainHooks):
 
     # -- the IR edit --------------------------------------------------------------------------
     def edit(self, work: Module, structure: Structure) -> None:
-        """Insert one gate input per group into the trainable module's working IR copy."""
+        """Insert one shared gate input per group (:mod:`optc.ir.gating`) into the trainable
+        module's working IR copy."""
         for g in self.size.groups:
-            layer = structure.layers[g.layer]
-            if g.kind == "head":
-                _gate_value(work, layer.attention.node.outputs[0], g.input_name)
-            else:
-                _gate_value(work, layer.ffn.down.args[0], g.input_name)  # act(x) or act*up
+            where = site(structure.layers[g.layer], g.kind)
+            if where is None or where.units != g.count:
+                raise InputError(f"layer {g.layer} of the module being trained has no "
+                                 f"{g.count} {g.kind}s to gate (the gates were sized for "
+                                 "another module)")
+            insert_gate(work, where, g.input_name)
 
     # -- gate values --------------------------------------------------------------------------
     def _open(self) -> dict[str, torch.Tensor]:
@@ -305,8 +294,8 @@ class L0Gates(TrainHooks):
         if not training:
             values = {k: v.detach() for k, v in values.items()}
         device = model.device
-        model.extra_inputs = {g.input_name: values[g.input_name].repeat_interleave(g.repeat)
-                              .to(device) for g in self.size.groups}
+        model.extra_inputs = {g.input_name: values[g.input_name].to(device)
+                              for g in self.size.groups}
 
     def expected_size(self) -> torch.Tensor:
         """E[size] as a fraction of the encoder (differentiable in the gate parameters)."""

@@ -52,8 +52,7 @@ def _gated_outputs(module, size, gates, inputs) -> dict[str, torch.Tensor]:
     hooks = L0Gates(size, 0.5)
     model = trainable(module, dropout=0.0, edit=hooks.edit)
     model.eval()
-    model.extra_inputs = {g.input_name: gates[g.input_name].repeat_interleave(g.repeat)
-                          for g in size.groups}
+    model.extra_inputs = {g.input_name: gates[g.input_name] for g in size.groups}
     with torch.no_grad():
         return model(**inputs)
 

@@ -83,10 +83,10 @@ def test_edit_feeds_gates_and_all_open_gates_change_nothing() -> None:
     plain.eval()
     gated.eval()
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 10, 11, 3, 0]])
-    gated.extra_inputs = {g.input_name: torch.ones(g.count * g.repeat) for g in size.groups}
+    gated.extra_inputs = {g.input_name: torch.ones(g.count) for g in size.groups}
     a, b = plain(input_ids=ids), gated(input_ids=ids)
     torch.testing.assert_close(a["last_hidden_state"], b["last_hidden_state"])
-    gated.extra_inputs = {g.input_name: torch.zeros(g.count * g.repeat) for g in size.groups}
+    gated.extra_inputs = {g.input_name: torch.zeros(g.count) for g in size.groups}
     c = gated(input_ids=ids)
     assert not torch.allclose(a["last_hidden_state"], c["last_hidden_state"], atol=1e-3)
 
