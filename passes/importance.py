@@ -12,7 +12,8 @@
   states over non-padding tokens (Poor Man's BERT); the most similar layers change the
   representation least.
 
-Gates and probes are inserted into a clone of the module; the module itself is not changed.
+Gates (:mod:`optc.ir.gating`, one per example and block) and probes are inserted into a clone
+of the module; the module itself is not changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from optc.backends.eager import to_eager
 from optc.data import Batch
 from optc.ir.analysis import AttentionBlock, FFNBlock, Structure, analyze
 from optc.ir.core import Module, Value
-from optc.ir.types import TensorType
+from optc.ir.gating import insert_gates, sites
 
 __all__ = ["head_magnitude", "neuron_magnitude", "taylor_scores", "layer_similarity",
            "normalize_per_layer"]
@@ -57,32 +58,6 @@ def normalize_per_layer(scores: dict[int, torch.Tensor]) -> dict[int, torch.Tens
     return {i: s / s.norm().clamp_min(1e-12) for i, s in scores.items()}
 
 
-def _gate(module: Module, value: Value, name: str, width: int, repeat: int) -> None:
-    """Multiply ``value`` ([batch, seq, width*repeat]) by a new input gate [batch, width]."""
-    graph = module.graph
-    users = value.users()
-    t = value.tensor_type
-    batch = t.shape[0]
-    gate = graph.add_input(name, TensorType(torch.float32, (batch, width)))
-    anchor = value.producer
-    nodes = []
-    g = gate
-    if repeat > 1:
-        rep = graph.create_node("aten.repeat_interleave.self_int", (g, repeat, 1), {},
-                                [TensorType(torch.float32, (batch, width * repeat))], after=anchor)
-        nodes.append(rep)
-        g, anchor = rep.outputs[0], rep
-    unsq = graph.create_node("aten.unsqueeze.default", (g, 1), {},
-                             [TensorType(torch.float32, (batch, 1, width * repeat))], after=anchor)
-    mul = graph.create_node("aten.mul.Tensor", (value, unsq.outputs[0]), {}, [t], after=unsq)
-    for user in users:
-        user.replace_input(value, mul.outputs[0])
-    if graph.is_output(value):
-        for key, v in graph.outputs.items():
-            if v is value:
-                graph.set_output(key, mul.outputs[0])
-
-
 def _loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
           mask: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
     """The per-batch summed loss and whether it is a labelled (first-order) loss."""
@@ -111,30 +86,15 @@ def taylor_scores(module: Module, batches: list[Batch], structure: Structure | N
     a decoder layer's cross-attention heads are scored under ``(layer, "cross")``."""
     structure = structure or analyze(module)
     gated = module.clone()
-    gates: dict[str, tuple[str, int | tuple[int, str], int]] = {}
-    for layer in analyze(gated).layers:
-        att, ffn = layer.attention, layer.ffn
-        if heads and att is not None:
-            name = f"__head_gate_{layer.index}"
-            _gate(gated, att.node.outputs[0], name, att.num_heads, att.head_dim)
-            gates[name] = ("head", layer.index, att.num_heads)
-        cross = layer.cross_attention
-        if heads and cross is not None:
-            name = f"__cross_head_gate_{layer.index}"
-            _gate(gated, cross.node.outputs[0], name, cross.num_heads, cross.head_dim)
-            gates[name] = ("head", (layer.index, "cross"), cross.num_heads)
-        if neurons and ffn is not None:
-            name = f"__neuron_gate_{layer.index}"
-            _gate(gated, ffn.activation.outputs[0], name, ffn.width, 1)
-            gates[name] = ("neuron", layer.index, ffn.width)
+    kinds = (("head", "cross_head") if heads else ()) + (("neuron",) if neurons else ())
+    gates = insert_gates(gated, sites(analyze(gated), kinds), per_example=True)
     runner = to_eager(gated)
-    totals = {name: torch.zeros(width, dtype=torch.float64) for name, (_, _, width) in gates.items()}
+    totals = {g.name: torch.zeros(g.site.units, dtype=torch.float64) for g in gates}
     count = 0
     generator = torch.Generator().manual_seed(seed)
     for batch in batches:
         size = next(iter(batch.inputs.values())).shape[0]
-        values = {name: torch.ones(size, width, requires_grad=True)
-                  for name, (_, _, width) in gates.items()}
+        values = {g.name: g.values(batch=size).requires_grad_() for g in gates}
         with torch.enable_grad():
             outputs = runner(**batch.inputs, **values)
             loss, labelled = _loss(outputs, batch.labels, batch.inputs.get("attention_mask"),
@@ -146,10 +106,14 @@ def taylor_scores(module: Module, batches: list[Batch], structure: Structure | N
             per_example = grad.double().abs() if labelled else grad.double().pow(2)
             totals[name] += per_example.sum(0)
         count += size
-    head_scores, neuron_scores = {}, {}
-    for name, (kind, index, _) in gates.items():
-        score = (totals[name] / max(count, 1)).float()
-        (head_scores if kind == "head" else neuron_scores)[index] = score
+    head_scores: dict[int | tuple[int, str], torch.Tensor] = {}
+    neuron_scores: dict[int, torch.Tensor] = {}
+    for g in gates:
+        score = (totals[g.name] / max(count, 1)).float()
+        if g.site.kind == "neuron":
+            neuron_scores[g.site.layer] = score
+        else:
+            head_scores[g.site.layer if g.site.kind == "head" else (g.site.layer, "cross")] = score
     return head_scores, neuron_scores
 
 
