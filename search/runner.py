@@ -1,11 +1,17 @@
 """Evaluating configurations without re-lowering: the module is interpreted node by node
-with gates switched per call (head and neuron masks, removed blocks, hard attention), and the
-hidden states entering a layer are computed once and reused for every candidate in it.
+with gates switched per call (head and neuron masks, removed blocks) and hard attention
+switched by an attribute override, and the hidden states entering a layer are computed once
+and reused for every candidate in it.
 
-Gates are exact stand-ins for the physical edits of :func:`optc.search.candidates.commit`:
-a zeroed head's slice of the attention result contributes nothing to the output projection
-(as a sliced-out head), a zeroed neuron contributes nothing to the down projection, and a
-removed block's residual add returns its other operand (the block's LayerNorm stays).
+The gates are those of :mod:`optc.ir.gating`, inserted once into a copy of the module: one
+shared input per layer for its heads, its FFN neurons, its attention block and its FFN block,
+fed per call (zeros for the removed units). They are exact stand-ins for the physical edits of
+:func:`optc.search.candidates.commit`: a zeroed head's slice of the attention result
+contributes nothing to the output projection (as a sliced-out head), a zeroed neuron
+contributes nothing to the down projection, and a removed block's residual add returns its
+other operand (``x + 0``; the block's LayerNorm stays). A gate with nothing closed is the
+identity: its multiply is skipped, so the unpruned configuration runs exactly the module's
+own nodes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from optc.data import Example
 from optc.errors import BackendError, InputError, IRError
 from optc.ir.analysis import analyze
 from optc.ir.core import Module, Node, Value, map_values
+from optc.ir.gating import Gate, Kind, insert_gates, sites
 from optc.ir.ops import get_op
 from optc.ir.targets import resolve
 from optc.search.candidates import Candidate, Config
@@ -48,20 +55,19 @@ class Outcome:
         return float(self.losses.mean())
 
 
+_GATED: dict[str, Kind] = {"heads": "head", "ffn-groups": "neuron", "attention": "attention",
+                           "ffn": "ffn"}
+"""The gate each candidate kind closes (units for heads and neuron groups, the whole gate for
+blocks)."""
+
+
 @dataclass
-class _LayerGates:
-    index: int
+class _Layer:
     start: int
     """Position of the layer's first node in the node list."""
     attention: Node | None
-    activation: Node | None
-    attention_add: Node | None
-    attention_in: Value | None
-    ffn_add: Node | None
-    ffn_in: Value | None
-    head_dim: int
-    num_heads: int
-    width: int
+    """The attention node (hard attention overrides its attributes)."""
+    gates: dict[Kind, Gate]
 
 
 def prepare_batches(task: Task, examples: Sequence[Any], tokenizer: Any, batch_size: int,
@@ -113,7 +119,13 @@ class GatedRunner:
         self.input_names = [v.name for v in module.graph.inputs]
         self.feed = [n for n in self.input_names if n in input_names]
         self.prefix_reuse = prefix_reuse
-        self.nodes = list(module.graph)
+        gated = module.clone()
+        structure = analyze(gated)
+        gates = insert_gates(gated, sites(structure, tuple(_GATED.values())))
+        self.graph = gated.graph
+        """The graph the runner interprets: ``module``'s with the gates inserted."""
+        self._gate_inputs = {id(g.input) for g in gates}
+        self.nodes = list(self.graph)
         self.position = {id(n): i for i, n in enumerate(self.nodes)}
         self._compiled = [self._compile(n) for n in self.nodes]
         self.rows = sum(len(b["index"]) for b in batches)
@@ -122,22 +134,21 @@ class GatedRunner:
         """Examples scored (a pair's two sentences are two rows)."""
         self.pooling = (task.pooling or declared_pooling(module.meta) or DEFAULT_POOLING
                         if self.embedding else None)
-        self.layers: dict[int, _LayerGates] = {}
-        for layer in analyze(module).layers:
+        self.layers: dict[int, _Layer] = {}
+        for layer in structure.layers:
             att, ffn = layer.attention, layer.ffn
             members = [n for n in (att.query, att.key, att.value, att.node, att.output,
                                    att.residual, *att.norms) if n is not None] if att else []
             members += [n for n in (ffn.up, ffn.activation, ffn.down, ffn.residual, *ffn.norms)
                         if n is not None] if ffn else []
-            self.layers[layer.id] = _LayerGates(
-                index=layer.index, start=min(self.position[id(n)] for n in members),
+            self.layers[layer.id] = _Layer(
+                start=min(self.position[id(n)] for n in members),
                 attention=att.node if att else None,
-                activation=ffn.activation if ffn else None,
-                attention_add=att.residual if att else None,
-                attention_in=att.stream_in if att else None,
-                ffn_add=ffn.residual if ffn else None, ffn_in=ffn.stream_in if ffn else None,
-                head_dim=att.head_dim if att else 0, num_heads=att.num_heads if att else 0,
-                width=ffn.width if ffn else 0)
+                gates={g.site.kind: g for g in gates if g.site.layer == layer.index})
+        self._open = {id(n): (g.site.value if n is g.mul else None)
+                      for g in gates for n in g.nodes}
+        """Every gate node, mapped to what an open gate passes through: the multiply to the
+        gated value, the expansion of the gate input to nothing (it is not run)."""
         self._live_after = self._liveness()
         self._prefix_key: Any = None
         self._prefix: list[dict[int, torch.Tensor]] | None = None
@@ -164,10 +175,10 @@ class GatedRunner:
                 if not v.is_param:
                     last_use[id(v)] = i
         end = len(self.nodes)
-        for v in self.module.graph.outputs.values():
+        for v in self.graph.outputs.values():
             if isinstance(v, Value):
                 last_use[id(v)] = end
-        made: dict[int, int] = {id(v): -1 for v in self.module.graph.inputs}
+        made: dict[int, int] = {id(v): -1 for v in self.graph.inputs}
         for i, node in enumerate(self.nodes):
             for out in node.outputs:
                 made[id(out)] = i
@@ -178,35 +189,33 @@ class GatedRunner:
 
     # -- running ----------------------------------------------------------------------------
     def _gates(self, config: Config) -> tuple[dict[int, dict], dict[int, torch.Tensor],
-                                              dict[int, Value]]:
-        """(attention attribute overrides, output masks, residual-add bypasses) by node id."""
+                                              dict[int, Value | None]]:
+        """(attention attribute overrides by node id, values of the closed gates by input id,
+        the open gates' nodes with what they pass through)."""
         overrides: dict[int, dict] = {}
-        masks: dict[int, torch.Tensor] = {}
-        bypass: dict[int, Value] = {}
-        for lid, g in self.layers.items():
-            if g.attention is not None:
-                k = config.hard_k(lid)
-                if k is not None:
-                    overrides[id(g.attention)] = {"kind": "topk", "topk": k}
-                heads = config.removed_units("heads", lid)
-                if heads:
-                    mask = torch.ones(g.num_heads, g.head_dim)
-                    mask[sorted(heads)] = 0.0
-                    masks[id(g.attention)] = mask.reshape(-1)
-                if config.block_removed("attention", lid) and g.attention_add is not None:
-                    bypass[id(g.attention_add)] = g.attention_in
-            if g.activation is not None:
-                neurons = config.removed_units("ffn-groups", lid)
-                if neurons:
-                    mask = torch.ones(g.width)
-                    mask[sorted(neurons)] = 0.0
-                    masks[id(g.activation)] = mask
-                if config.block_removed("ffn", lid) and g.ffn_add is not None:
-                    bypass[id(g.ffn_add)] = g.ffn_in
-        return overrides, masks, bypass
+        feeds: dict[int, torch.Tensor] = {}
+        closed: set[int] = set()
+        for lid, layer in self.layers.items():
+            k = config.hard_k(lid)
+            if layer.attention is not None and k is not None:
+                overrides[id(layer.attention)] = {"kind": "topk", "topk": k}
+            for candidate_kind, kind in _GATED.items():
+                gate = layer.gates.get(kind)
+                if gate is None:
+                    continue
+                if kind in ("attention", "ffn"):
+                    units = {0} if config.block_removed(candidate_kind, lid) else set()
+                else:
+                    units = config.removed_units(candidate_kind, lid)
+                if units:
+                    feeds[id(gate.input)] = gate.values(closed=units)
+                    closed.update(id(n) for n in gate.nodes)
+        bypass = {nid: v for nid, v in self._open.items() if nid not in closed}
+        return overrides, feeds, bypass
 
     def _run(self, env: dict[int, Any], start: int, stop: int, config: Config) -> None:
-        overrides, masks, bypass = self._gates(config)
+        overrides, feeds, bypass = self._gates(config)
+        env.update(feeds)
 
         def lookup(v: Value) -> Any:
             return v.data if v.is_param else env[id(v)]
@@ -215,14 +224,14 @@ class GatedRunner:
             node = self.nodes[i]
             nid = id(node)
             if nid in bypass:
-                env[id(node.outputs[0])] = env[id(bypass[nid])]
+                through = bypass[nid]
+                if through is not None:
+                    env[id(node.outputs[0])] = env[id(through)]
                 continue
             target, args, kwargs = self._compiled[i]
             if nid in overrides:
                 kwargs = {**kwargs, **overrides[nid]}
             result = target(*map_values(args, lookup), **map_values(kwargs, lookup))
-            if nid in masks:
-                result = result * masks[nid].to(result.dtype)
             if len(node.outputs) == 1:
                 env[id(node.outputs[0])] = result
             else:
@@ -233,7 +242,9 @@ class GatedRunner:
         env: dict[int, Any] = {}
         defaults = self.module.meta.get("input_defaults", {})
         like = batch["input_ids"]
-        for v in self.module.graph.inputs:
+        for v in self.graph.inputs:
+            if id(v) in self._gate_inputs:
+                continue  # fed per configuration (_run)
             if v.name in batch and v.name in self.feed:
                 env[id(v)] = batch[v.name]
             elif defaults.get(v.name) == "ones":
@@ -274,7 +285,7 @@ class GatedRunner:
             env = dict(prefixes[b]) if prefixes is not None else self._inputs(batch)
             with torch.no_grad():
                 self._run(env, start, len(self.nodes), full)
-            yield batch, {name: env[id(v)] for name, v in self.module.graph.outputs.items()
+            yield batch, {name: env[id(v)] for name, v in self.graph.outputs.items()
                           if isinstance(v, Value)}
 
     def embeddings(self, config: Config = Config(),  # noqa: B008
