@@ -1,5 +1,5 @@
 """``python -m optc`` runs the CLI."""
 
-from optc.tools.console import console_main
+from optc.tools.cli.console import console_main
 
 console_main()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from optc.tools import fuzz
+from optc.tools.checks import fuzz
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 

@@ -357,7 +357,7 @@ def test_quantized_weight_refused(exported, tmp_path: Path) -> None:
 
 
 def test_cli_backend_hf(tmp_path: Path, capsys) -> None:
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     model_dir = tmp_path / "model"
     build("bert", "ForSequenceClassification").save_pretrained(str(model_dir))

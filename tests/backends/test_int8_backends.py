@@ -16,7 +16,7 @@ from optc.backends.onnx import OnnxModule, export_onnx
 from optc.backends.sparse_kernels import read_annotations
 from optc.backends.torchscript import export_torchscript
 from optc.passes import PassManager
-from optc.tools.inspection import diff_modules, format_summary, summarize, summarize_onnx
+from optc.tools.reports.inspection import diff_modules, format_summary, summarize, summarize_onnx
 
 QUERY = "encoder.layer.0.attention.self.query.weight"
 UP = "encoder.layer.0.intermediate.dense.weight"

@@ -357,7 +357,7 @@ def test_existing_output_needs_force(tmp_path):
 
 # -- command line ---------------------------------------------------------------------------
 def test_cli_writes_a_loadable_onnx_file_and_refuses_to_overwrite(tmp_path, capsys):
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     model = captured("bert")[0]
     model_dir = tmp_path / "tiny-bert"

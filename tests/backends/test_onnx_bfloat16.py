@@ -39,7 +39,7 @@ def test_internal_bfloat16_values_export_with_eager_numbers(tmp_path):
 
 
 def test_falcon_alibi_lowers_to_onnx():
-    from optc.tools.coverage import _inputs, _model
+    from optc.tools.checks.coverage import _inputs, _model
 
     model = _model("Falcon (ALiBi)")
     inputs = _inputs(model)

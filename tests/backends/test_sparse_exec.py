@@ -261,7 +261,7 @@ def test_semi_structured_is_a_clear_error_without_cuda():
         to_eager(module, "semi-structured")
     with pytest.raises(BackendError, match="needs CUDA"):
         to_torchscript(module, "semi-structured")
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     # the CLI refuses before loading the model (which does not exist here)
     assert main(["/nonexistent/model", "--sparse-kernel", "semi-structured", "-q"]) == 6
@@ -324,7 +324,7 @@ def test_semi_structured_matches_dense_on_cuda():
 
 def test_cli_sparse_kernel_flag(tmp_path, capsys):
     from optc.backends import load
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     model = tiny_model("bert")
     model.save_pretrained(tmp_path / "m", safe_serialization=True)
@@ -371,7 +371,7 @@ def test_device_moves_weights_and_tensors_created_in_the_graph():
     (``arange(..., device=cpu)`` recorded at capture) follow the weights; meta stands in for
     CUDA here. The model is the GPU check's encoder (one layer)."""
     from optc.ir import print_module
-    from optc.tools.gpu_check_semi_structured import build, inputs
+    from optc.tools.checks.gpu_semi_structured import build, inputs
 
     module = build(torch.float32, 1)
     assert 'device=device("cpu")' in print_module(module)

@@ -136,8 +136,8 @@ def test_models_it_cannot_write_are_refused_in_one_line(exports, tmp_path: Path)
 
 
 def test_cli_writes_it_and_replaces_only_its_own_output(exports, tmp_path: Path, capsys) -> None:
-    from optc.tools.cli import main
-    from optc.tools.train_cli import _st_onnx_target
+    from optc.tools.cli.main import main
+    from optc.tools.cli.train import _st_onnx_target
 
     source = Path(exports["fp32"][1].meta["source"]["model"])
     out = tmp_path / "st"

@@ -190,7 +190,7 @@ def test_weights_without_data_are_a_backend_error(tmp_path):
 
 # -- command line ---------------------------------------------------------------------------
 def test_cli_writes_a_loadable_torchscript_file_and_refuses_to_overwrite(tmp_path, capsys):
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     model = captured("bert")[0]
     model_dir = tmp_path / "tiny-bert"

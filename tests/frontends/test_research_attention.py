@@ -244,7 +244,7 @@ def test_a_sample_with_every_key_masked_matches_the_model(fill: float) -> None:
 def test_inspect_shows_unraised_attention_as_unknown_not_pruned() -> None:
     """A layer whose attention stayed ATen shows heads '?' in `optc inspect`, not 0 (which
     reads as 'every head pruned'), and says so under the table."""
-    from optc.tools.inspection import format_summary, summarize
+    from optc.tools.reports.inspection import format_summary, summarize
 
     info = summarize(optc.capture(Stack(lambda: EinsumBlock(-1e9)).eval(), _inputs()), seq=8)
     assert info["layers"] and not any(x["attention_raised"] for x in info["layers"])

@@ -12,7 +12,7 @@ import torch
 import optc
 from optc.frontends import raise_high_level_ops
 from optc.frontends.capture import capture
-from optc.tools.coverage import _inputs, _model, _without_last_layer
+from optc.tools.checks.coverage import _inputs, _model, _without_last_layer
 
 
 def _diff(got, want) -> float:

@@ -15,7 +15,7 @@ from optc.backends import write_backend
 from optc.errors import InputError
 from optc.frontends.huggingface import load_model
 from optc.tests.conftest import tiny_model
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from optc.ir.types import TensorType
 from optc.ir.verifier import collect_problems
 from optc.passes import run_pipeline
 from optc.tests.conftest import tiny_model, token_inputs
-from optc.tools.inspection import diff_modules, summarize
+from optc.tools.reports.inspection import diff_modules, summarize
 
 F32 = torch.float32
 

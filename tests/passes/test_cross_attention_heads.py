@@ -204,7 +204,7 @@ def test_blocks_without_amount_is_a_spec_error() -> None:
 
 
 def test_optc_passes_help_names_cross_heads_and_blocks() -> None:
-    from optc.tools.cli import describe_passes
+    from optc.tools.cli.main import describe_passes
 
     (entry,) = [x for x in describe_passes() if x["name"] == "prune-heads"]
     options = {o["name"]: o for o in entry["options"]}

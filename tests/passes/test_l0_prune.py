@@ -185,7 +185,7 @@ def test_bad_input_leaves_the_module_unchanged(setup) -> None:
 
 
 def test_bench_compress_l0_section_smoke(setup, tmp_path, capsys) -> None:
-    from optc.tools.bench_compress import main
+    from optc.tools.bench.compress import main
     from optc.train import add_task_head
 
     module = _module(setup)

@@ -22,7 +22,7 @@ from optc.tests.conftest import (
     token_inputs,
 )
 from optc.tests.frontends.hf_cases import captured
-from optc.tools.inspection import summarize
+from optc.tools.reports.inspection import summarize
 
 ATT = "encoder.layer.{}.attention."
 HEAD_DIM = 16

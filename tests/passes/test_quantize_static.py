@@ -202,7 +202,7 @@ def test_eight_bit_gpt_neox_onnx_equals_eager() -> None:
     """The fuzzer's case (seed 700636): GPT-NeoX with 8-bit int8 linears, ONNX vs eager."""
     import random
 
-    from optc.tools import fuzz
+    from optc.tools.checks import fuzz
 
     _, base = fuzz._model("gpt_neox")
     module = base.clone()

@@ -164,7 +164,7 @@ def test_refusals(setup, tmp_path) -> None:
 
 
 def test_cli_data_feeds_reconstruct_after_pruning(setup, tmp_path, capsys) -> None:
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     model = tmp_path / "model"
     optc.save(_module(setup), model)

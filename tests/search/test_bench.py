@@ -10,7 +10,7 @@ import pytest
 import optc
 from optc.artifacts import is_artifact
 from optc.tests.search.conftest import TASK
-from optc.tools import bench_specialize
+from optc.tools.bench import specialize as bench_specialize
 
 
 @pytest.fixture

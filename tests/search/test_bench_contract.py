@@ -7,7 +7,7 @@ import json
 import optc
 from optc.artifacts import is_artifact
 from optc.tests.search.conftest import TASK
-from optc.tools import bench_specialize
+from optc.tools.bench import specialize as bench_specialize
 
 
 def test_bench_contract_reports_and_saves_a_row(module, task_dir, tmp_path, capsys):

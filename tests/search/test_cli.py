@@ -12,7 +12,7 @@ from optc.backends.differential import check_backends
 from optc.ir.analysis import module_flops
 from optc.tests.search.flip_head import FlipHead  # noqa: F401 (registers test-flip-head)
 from optc.tests.train.conftest import tiny_bert
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 FAST = ["--k", "3", "--groups", "3", "-q"]
 

@@ -26,9 +26,9 @@ from optc.search.recipe import RECIPES, load_recipe
 from optc.tasks import get_task
 from optc.tests.search.conftest import TASK
 from optc.tests.search.test_search import NAMES, _split_for_confirmation
-from optc.tools.cli import main
-from optc.tools.report import pareto_plot
-from optc.tools.specialize_cli import choose_recipe, specialize_parser
+from optc.tools.cli.main import main
+from optc.tools.cli.specialize import choose_recipe, specialize_parser
+from optc.tools.reports.report import pareto_plot
 
 DROP = 40.0
 

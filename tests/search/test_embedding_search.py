@@ -21,7 +21,7 @@ from optc.search.runner import attach_reference
 from optc.tasks import evaluate, get_task
 from optc.tests.search.test_contract import _latency
 from optc.tests.train.conftest import sentences, tiny_bert
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 

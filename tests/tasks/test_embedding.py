@@ -281,7 +281,7 @@ def model_dir(tmp_path_factory, tok_dir) -> Path:
 
 
 def _eval_json(capsys, argv: list[str]) -> dict:
-    from optc.tools.train_cli import cmd_eval
+    from optc.tools.cli.train import cmd_eval
 
     assert cmd_eval([*argv, "--json", "-q"]) == 0
     return json.loads(capsys.readouterr().out)
@@ -316,7 +316,7 @@ def test_optc_eval_sentence_similarity_on_a_directory_an_artifact_and_onnx(
 def test_optc_eval_embedding_agreement_is_100_against_itself_and_less_after_pruning(
         model_dir, tmp_path, capsys) -> None:
     from optc.tests.train.conftest import sentences
-    from optc.tools.train_cli import cmd_eval
+    from optc.tools.cli.train import cmd_eval
 
     texts = write(tmp_path / "texts.txt", "\n".join(s for s, _ in sentences(40, 7)) + "\n")
     spec = f"embedding{{data={texts}}}"
@@ -341,7 +341,7 @@ def test_optc_eval_embedding_agreement_is_100_against_itself_and_less_after_prun
 
 def test_optc_finetune_refuses_the_embedding_tasks(model_dir, tmp_path) -> None:
     """(optc specialize searches on them: tests/search/test_embedding_search.py.)"""
-    from optc.tools.train_cli import cmd_finetune
+    from optc.tools.cli.train import cmd_finetune
 
     with pytest.raises(InputError, match="optc finetune cannot use task 'sentence-similarity'"):
         cmd_finetune([str(model_dir), "--task", "sentence-similarity", "-o",

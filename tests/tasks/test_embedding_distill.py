@@ -93,7 +93,7 @@ def test_distillation_on_unlabeled_text_raises_the_agreement_and_is_seeded(setup
 def _scored_on_sentence_pairs(setup, student) -> None:
     """optc eval scores the distilled artifact (its recorded task: embedding) on sentence
     pairs too: both embedding tasks read the pooled token states."""
-    from optc.tools.train_cli import cmd_eval
+    from optc.tools.cli.train import cmd_eval
 
     _, _, texts = setup
     rows = sentences(12, 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from optc.tests.conftest import tiny_model
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 @pytest.fixture(scope="module")

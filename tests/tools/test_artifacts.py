@@ -373,7 +373,7 @@ def test_load_of_nonexistent_or_non_directory(tmp_path: Path) -> None:
 def test_a_corrupted_model_optc_with_a_huge_line_is_one_short_error(artifact, tmp_path, capsys):
     import shutil
 
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     broken = tmp_path / "broken"
     shutil.copytree(artifact, broken)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from optc.tests.conftest import tiny_model
-from optc.tools.bench import format_bench, make_inputs
-from optc.tools.cli import main
+from optc.tools.cli.main import main
+from optc.tools.measure.bench import format_bench, make_inputs
 
 
 def save_tiny_tokenizer(path: Path) -> None:

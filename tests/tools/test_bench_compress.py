@@ -1,5 +1,5 @@
-"""bench_compress: a few-step smoke run on the tiny model (rows, sizes, the --then variant),
-the encoder-size measure, and the training progress line with the hooks' numbers."""
+"""tools/bench/compress.py: a few-step smoke run on the tiny model (rows, sizes, the --then
+variant), the encoder-size measure, and the training progress line with the hooks' numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 import optc
 from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
-from optc.tools.bench_compress import encoder_weight_bytes, main
-from optc.tools.train_cli import _StepPrinter
+from optc.tools.bench.compress import encoder_weight_bytes, main
+from optc.tools.cli.train import _StepPrinter
 from optc.train import StepInfo, add_task_head
 
 

@@ -1,11 +1,11 @@
-"""tools/bench_corpus: the corpus it embeds and the padding each batching computes."""
+"""tools/bench/corpus.py: the corpus it embeds and the padding each batching computes."""
 
 from __future__ import annotations
 
 import pytest
 
 from optc.errors import InputError
-from optc.tools.bench_corpus import corpus, padded_tokens
+from optc.tools.bench.corpus import corpus, padded_tokens
 
 
 def test_padded_tokens_counts_each_batch_at_its_longest() -> None:

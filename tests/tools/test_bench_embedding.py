@@ -1,4 +1,4 @@
-"""tools/bench_embedding: its unlabeled text comes from training sentences only (never dev),
+"""tools/bench/embedding.py: its unlabeled text comes from training sentences only (never dev),
 search and held-out texts are disjoint, and the no-search anchor drops middle layers."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from optc.ir.analysis import analyze, module_flops
 from optc.tasks import get_task
 from optc.tasks.reuse import reuse_reads
 from optc.tests.train.conftest import tiny_bert
-from optc.tools.bench_embedding import TEXT_TASKS, _middle_drop, search_texts
+from optc.tools.bench.embedding import TEXT_TASKS, _middle_drop, search_texts
 
 
 def test_search_texts_are_training_sentences_disjoint_and_seeded(data_dir) -> None:

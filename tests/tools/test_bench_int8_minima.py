@@ -1,4 +1,4 @@
-"""bench_int8's kernel minima: per model, the sum of per-node minimum kernel times."""
+"""tools/bench/int8.py's kernel minima: per model, the sum of per-node minimum kernel times."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from optc.backends.onnx import export_onnx
 from optc.passes import PassManager
-from optc.tools.bench_int8 import kernel_minima
+from optc.tools.bench.int8 import kernel_minima
 
 
 def test_kernel_minima_are_finite_positive_sums_per_model(tmp_path: Path) -> None:

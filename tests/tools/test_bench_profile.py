@@ -12,9 +12,16 @@ import optc
 from optc.backends.writers import write_unchecked
 from optc.ir.analysis import module_flops
 from optc.tests.conftest import tiny_model
-from optc.tools.bench import make_inputs, make_runners, run_profile
-from optc.tools.cli import main
-from optc.tools.profile import KINDS, OpKindRow, format_profile, ir_costs, profile, runtime_kind
+from optc.tools.cli.main import main
+from optc.tools.measure.bench import make_inputs, make_runners, run_profile
+from optc.tools.measure.profile import (
+    KINDS,
+    OpKindRow,
+    format_profile,
+    ir_costs,
+    profile,
+    runtime_kind,
+)
 
 ARGS = ["--backends", "eager", "--no-memory", "--rounds", "1", "--block", "1", "--warmup", "0",
         "--batch", "2", "--seq", "16", "--profile", "--profile-calls", "3", "-q"]

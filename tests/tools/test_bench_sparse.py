@@ -1,10 +1,10 @@
-"""tools/bench_sparse: crossover logic on fixed rows, and smoke runs of both tables."""
+"""tools/bench/sparse.py: crossover logic on fixed rows, and smoke runs of both tables."""
 
 from __future__ import annotations
 
 import re
 
-from optc.tools.bench_sparse import crossovers, main
+from optc.tools.bench.sparse import crossovers, main
 
 
 def _row(sparsity, ratio, pattern="unstructured", threads=1, batch=1):
@@ -51,7 +51,7 @@ def test_per_shape_table(capsys):
 def test_gpu_check_script_runs_its_steps_on_cpu_and_refuses_without_cuda(capsys):
     import torch
 
-    from optc.tools import gpu_check_semi_structured as gpu
+    from optc.tools.checks import gpu_semi_structured as gpu
 
     if not torch.cuda.is_available():
         assert gpu.main([]) == 2
@@ -66,7 +66,7 @@ def test_gpu_check_script_runs_its_steps_on_cpu_and_refuses_without_cuda(capsys)
 
 def test_plan_description_counts_row_limited_weights():
     from optc.backends.sparse_exec import LayerChoice, SparsePlan
-    from optc.tools.bench_sparse import describe_plan
+    from optc.tools.bench.sparse import describe_plan
 
     layers = tuple(LayerChoice(f"w{i}", (4, 4), "unstructured", 0.1, kernel, max_tokens=limit)
                    for i, (kernel, limit) in enumerate([("csr", None), ("csr", 128), ("csr", 128),
@@ -76,7 +76,7 @@ def test_plan_description_counts_row_limited_weights():
 
 def test_whole_model_line_lists_each_try_then_the_decision():
     from optc.backends.sparse_exec import ModelCheck, SparsePlan
-    from optc.tools.bench_sparse import whole_model_line
+    from optc.tools.bench.sparse import whole_model_line
 
     checks = (ModelCheck(128, 1, 128, 36, 40.0, 30.0, True),
               ModelCheck(1024, 8, 128, 36, 300.0, 321.0, False))
@@ -87,7 +87,7 @@ def test_whole_model_line_lists_each_try_then_the_decision():
 
 
 def test_verdict_skips_rows_where_auto_and_dense_are_the_same_module():
-    from optc.tools.bench_sparse import verdict_line
+    from optc.tools.bench.sparse import verdict_line
 
     def row(ratio, identical, sparsity=0.9):
         return {"pattern": "unstructured", "sparsity": sparsity, "threads": 2, "batch": 1,

@@ -23,7 +23,7 @@ from optc.artifacts import FORMAT_VERSION
 from optc.errors import FrontendError
 from optc.ir import collect_problems, parse_module
 from optc.tests.conftest import tiny_model, token_inputs
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 from optc.tools.progress import Progress
 
 REPO = Path(__file__).resolve().parents[2]

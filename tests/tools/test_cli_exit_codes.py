@@ -9,7 +9,7 @@ import pytest
 import optc
 from optc.errors import PipelineSpecError
 from optc.tests.conftest import tiny_model
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 @pytest.mark.parametrize("argv", [

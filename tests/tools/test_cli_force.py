@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:

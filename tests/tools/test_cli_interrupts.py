@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from optc.outputs import is_optc_artifact
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 _HOOKED = r'''
 import atexit, os, signal, sys, time
@@ -57,7 +57,7 @@ elif moment == "at-exit":
 elif moment == "finalization":
     late = AtFinalization()  # deleted while the interpreter shuts down
 
-from optc.tools.console import console_main
+from optc.tools.cli.console import console_main
 console_main()
 '''
 

@@ -11,7 +11,7 @@ import torch
 import transformers as tf
 
 from optc.frontends.huggingface import load_tokenizer
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 def _qa_dir(path: Path, vocab: int) -> Path:

@@ -11,7 +11,7 @@ import torch
 
 import optc
 from optc.tests.conftest import tiny_model
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from optc.tests.conftest import tiny_model
 from optc.tests.tools.test_bench_and_diff import run, save_tiny_tokenizer
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 @pytest.fixture(scope="module")

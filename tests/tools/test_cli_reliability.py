@@ -17,7 +17,7 @@ import torch
 
 from optc.backends import onnx as onnx_backend
 from optc.tests.conftest import TINY
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
@@ -171,7 +171,7 @@ def _console(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
 def import_seconds() -> float:
     """How long ``import optc`` takes in a fresh interpreter here (torch dominates)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import optc.tools.cli"], check=True, timeout=300,
+    subprocess.run([sys.executable, "-c", "import optc.tools.cli.main"], check=True, timeout=300,
                    env={**os.environ, "PYTHONPATH": ""})
     return time.perf_counter() - start
 

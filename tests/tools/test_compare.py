@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from optc.tools.cli import main
-from optc.tools.compare import agreement
+from optc.tools.cli.main import main
+from optc.tools.reports.compare import agreement
 
 
 def test_agreement_of_logits_counts_equal_argmaxes() -> None:

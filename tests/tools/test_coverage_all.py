@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from optc.tools import coverage_all
+from optc.tools.checks import coverage_all
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_a_hang_or_a_crash_is_one_row(monkeypatch) -> None:
 
 
 def test_a_recorded_run_is_tabled_with_its_share(tmp_path, capsys) -> None:
-    from optc.tools.coverage import main
+    from optc.tools.checks.coverage import main
 
     path = tmp_path / "rows.jsonl"
     yes = {c: "yes" for c in coverage_all.COLUMNS}

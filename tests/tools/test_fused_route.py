@@ -9,14 +9,14 @@ import torch
 
 from optc.backends.cpu_features import cpu_features, describe, parse_flags
 from optc.tests.conftest import tiny_model, token_inputs
-from optc.tools.bench_onnx import compare_files, format_comparison
-from optc.tools.fused_route import (
+from optc.tools.bench.fused_route import (
     build_fused,
     fusion_counts,
     int8_operand_types,
     onnx_bytes,
     quantize_fused,
 )
+from optc.tools.bench.onnx import compare_files, format_comparison
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""tools/gpu_check.py --dry: the CUDA paths' code run on the CPU. The other rows are covered by
+"""tools/checks/gpu.py --dry: the CUDA paths' code run on the CPU. The other rows are covered by
 their own tests: bf16/fp32 training, resume, eval and several processes in tests/train, the backends'
 outputs and the 2:4 check in tests/backends, QAT, L0 and distillation in tests/passes."""
 
@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from optc.tools import gpu_check
+from optc.tools.checks import gpu as gpu_check
 
 RUN = ["train fp16", "gradual-prune", "self-check eager"]
 

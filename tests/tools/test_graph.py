@@ -1,5 +1,6 @@
-"""Graph pictures (optc.tools.graph, ``optc inspect --graph``): the DOT text is always checked;
-rendering through Graphviz's ``dot`` only where it is installed; a missing ``dot`` is simulated."""
+"""Graph pictures (optc.tools.reports.graph, ``optc inspect --graph``): the DOT text is always
+checked; rendering through Graphviz's ``dot`` only where it is installed; a missing ``dot`` is
+simulated."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import optc
 from optc.errors import OutputError, PipelineSpecError
 from optc.ir.attributes import Quantization, Sparsity
 from optc.tests.conftest import tiny_model
-from optc.tools import graph, graph_render
-from optc.tools.cli import main
+from optc.tools.cli.main import main
+from optc.tools.reports import graph, graph_render
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")
 REMOVED = {(0, 1), (1, 0), (1, 2)}
@@ -71,7 +72,7 @@ def test_overview_has_a_cluster_per_layer_and_labels_what_matters(pruned) -> Non
 
 
 def summarize_params(module) -> list[int]:
-    from optc.tools.inspection import summarize
+    from optc.tools.reports.inspection import summarize
 
     return [x["params"] for x in summarize(module)["layers"]]
 

@@ -1,4 +1,4 @@
-"""``optc inspect`` and optc.tools.inspection: the IR, the per-layer table, JSON, and FLOPs
+"""``optc inspect`` and optc.tools.reports.inspection: the IR, the per-layer table, JSON, and FLOPs
 checked against a hand computation."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import optc
 from optc.ir import Module, parse_module, print_module
 from optc.ir.types import TensorType
 from optc.tests.conftest import tiny_model
-from optc.tools.cli import main
-from optc.tools.inspection import format_summary, summarize
+from optc.tools.cli.main import main
+from optc.tools.reports.inspection import format_summary, summarize
 
 HIDDEN, FFN, HEADS, LAYERS = 64, 128, 4, 2  # the tiny BERT of tests/conftest.py
 

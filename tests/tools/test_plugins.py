@@ -120,7 +120,7 @@ def test_a_plugin_op_and_pass_work_from_the_cli_and_in_a_fresh_process(plugin, t
 def test_a_plugin_that_fails_to_import_is_one_line_with_exit_code_2(plugin, tmp_path, capsys,
                                                                     monkeypatch):
     from optc.ir import plugins
-    from optc.tools.cli import main
+    from optc.tools.cli.main import main
 
     monkeypatch.setattr(plugins, "_loaded", set())
     monkeypatch.setattr(plugins, "_seen_env", None)

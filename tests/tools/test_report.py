@@ -14,8 +14,8 @@ import torch
 import optc
 from optc.ir.attributes import Sparsity
 from optc.tests.conftest import tiny_model
-from optc.tools import graph_render, report
-from optc.tools.cli import main
+from optc.tools.cli.main import main
+from optc.tools.reports import graph_render, report
 
 SECTIONS = ("summary", "layers", "pipeline", "specialization", "weights", "faster", "graph")
 PASSES = "drop-layers{layers=1},prune-heads{heads=0:1},prune-neurons{neurons=0:3,0:7},dce"
@@ -229,7 +229,7 @@ def test_faster_table_says_when_sparsity_saves_flops_but_not_time(targets) -> No
 
 
 def test_screenshot_tool_without_chromium_is_one_line(tmp_path, capsys, monkeypatch) -> None:
-    from optc.tools import screenshot
+    from optc.tools.reports import screenshot
 
     page = tmp_path / "r.html"
     page.write_text("<!DOCTYPE html><p>x</p>")

@@ -11,8 +11,8 @@ import pytest
 
 from optc.passes.spec import parse_pipeline
 from optc.tasks import get_task
-from optc.tools.cli import main
-from optc.tools.task_option import fill_task
+from optc.tools.cli.main import main
+from optc.tools.cli.task_option import fill_task
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
@@ -33,7 +33,7 @@ def test_a_data_task_implies_its_head_and_is_recorded(capsys, model_dir: Path,
     assert "logits" in (out / "model.optc").read_text()
     # a random head is not scored (optc eval asks to train it first)
     from optc.errors import InputError
-    from optc.tools.train_cli import cmd_eval
+    from optc.tools.cli.train import cmd_eval
 
     with pytest.raises(InputError, match="initialized at random"):
         cmd_eval([str(out), "--data", "x", "-q"])

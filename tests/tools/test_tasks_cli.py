@@ -7,7 +7,7 @@ import json
 import pytest
 
 from optc.tasks import all_tasks
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 
 def test_lists_every_task_with_head_files_and_metrics(capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from optc.tools.timing import measure_interleaved
+from optc.tools.measure.timing import measure_interleaved
 
 
 def test_settle_pauses_before_each_block_untimed() -> None:

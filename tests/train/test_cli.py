@@ -10,7 +10,7 @@ import torch
 import optc
 from optc.artifacts import read_metadata
 from optc.errors import InputError, OutputError
-from optc.tools.train_cli import cmd_eval, cmd_finetune
+from optc.tools.cli.train import cmd_eval, cmd_finetune
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_a_checkpoint_chosen_on_dev_is_flagged_where_dev_is_reported(model_dir, 
                                                                        capsys) -> None:
     """--eval-split dev is an explicit choice: recorded, and flagged by optc eval on dev (the
     figure is optimistic) but not on the validation split; optc report flags it too."""
-    from optc.tools.report import build_report
+    from optc.tools.reports.report import build_report
 
     out = tmp_path / "on-dev"
     assert cmd_finetune([str(model_dir), "--task", "text-classification", "--data", str(task_dir),

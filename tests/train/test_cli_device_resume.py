@@ -7,7 +7,7 @@ import torch
 
 import optc
 from optc.artifacts import load_module
-from optc.tools.cli import main
+from optc.tools.cli.main import main
 
 TASK = "text-classification"
 

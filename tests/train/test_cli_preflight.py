@@ -10,7 +10,7 @@ import pytest
 
 import optc
 from optc.errors import InputError
-from optc.tools.train_cli import cmd_eval, cmd_finetune
+from optc.tools.cli.train import cmd_eval, cmd_finetune
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_eval_checks_task_and_data_before_loading(model_dir, classifier, tmp_pat
 def test_recorded_meta_matches_what_loading_gives(classifier, tmp_path) -> None:
     from optc.backends import write_backend
     from optc.backends.record import load_torchscript, read_onnx_record
-    from optc.tools.preflight import recorded_meta
+    from optc.tools.cli.preflight import recorded_meta
 
     module = optc.load_module(classifier)
     assert recorded_meta(classifier) == module.meta
@@ -148,7 +148,7 @@ def test_progress_counts_on_a_terminal_redraw_one_line() -> None:
 
 def test_specialize_checks_data_before_loading(model_dir, classifier, tmp_path,
                                                no_loading) -> None:
-    from optc.tools.specialize_cli import cmd_specialize
+    from optc.tools.cli.specialize import cmd_specialize
 
     column, label = _bad_data(tmp_path)
     out = tmp_path / "s"

@@ -18,8 +18,8 @@ import torch
 
 import optc
 from optc.artifacts import load_module
-from optc.tools.cli import main
-from optc.tools.train_cli import _without_nproc
+from optc.tools.cli.main import main
+from optc.tools.cli.train import _without_nproc
 from optc.train.distributed import Share, World, shard
 
 TASK = "text-classification"

@@ -17,7 +17,7 @@ from optc.passes import PassManager
 from optc.passes.finetune import Finetune, TrainingPass
 from optc.tests.conftest import assert_backends_agree, assert_refused_unchanged
 from optc.tests.train.conftest import VOCAB, tiny_bert
-from optc.tools.train_cli import finetune_parser
+from optc.tools.cli.train import finetune_parser
 from optc.train import add_task_head, distill, finetune, has_task_head
 from optc.train.heads import POOLINGS
 

@@ -16,8 +16,8 @@ import optc
 from optc.errors import InputError
 from optc.tasks import get_task
 from optc.tests.train.conftest import VOCAB, sentences, write_tokenizer
-from optc.tools.cli import main
-from optc.tools.train_cli import cmd_eval, cmd_finetune
+from optc.tools.cli.main import main
+from optc.tools.cli.train import cmd_eval, cmd_finetune
 from optc.train import task_from_meta, task_meta, task_spec
 
 SPEC = "text-classification{text_column=review,label_column=sentiment,labels=neg,pos}"
