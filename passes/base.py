@@ -74,8 +74,15 @@ class Pass:
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:
-        """The pass's options (its dataclass fields), in declaration order."""
-        return list(dataclasses.fields(cls))
+        """The pass's options (its dataclass fields): its own in declaration order, then those
+        of the classes it extends (shared option sets such as
+        :class:`~optc.passes.calibration.CalibrationOptions`), nearest first."""
+        mro = cls.__mro__
+
+        def depth(f: dataclasses.Field) -> int:  # of the class that introduced the option
+            return max(i for i, k in enumerate(mro) if f.name in k.__dict__.get("__annotations__", {}))
+
+        return sorted(dataclasses.fields(cls), key=depth)  # stable: declaration order within
 
     def spec(self) -> str:
         """This pass with its non-default options, in pipeline-spec syntax."""
@@ -104,7 +111,7 @@ def format_value(value: Any) -> str:
 def format_pass(p: Pass) -> str:
     """``name{opt=value,...}`` with the options that differ from their defaults."""
     parts = []
-    for f in dataclasses.fields(p):
+    for f in p.options():
         if not f.init:
             continue
         value = getattr(p, f.name)

@@ -1,8 +1,9 @@
 """Calibration data for passes that measure the model on real inputs.
 
-Such passes take the options ``data`` (a file or task directory, see :mod:`optc.data`; the
-CLI's ``--data`` fills it in), ``samples``, ``batch_size``, ``max_length`` and ``tokenizer``
-(default: the tokenizer recorded with the captured model).
+Such passes take the options ``data`` (a file or task directory, read as
+:mod:`optc.tasks.detect` finds its columns; the CLI's ``--data`` fills it in), ``samples``,
+``batch_size``, ``max_length`` and ``tokenizer`` (default: the tokenizer recorded with the
+captured model). A module captured for one sequence length gets every batch padded to it.
 
 :func:`calibration_batches` refuses, before anything runs, with one line each:
 
@@ -23,19 +24,25 @@ percentiles, which ignores rare outliers).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from optc.backends.eager import to_eager
 from optc.backends.model_inputs import check_vocabulary as refuse_larger_vocabulary
-from optc.backends.model_inputs import token_vocabulary
-from optc.data import Batch, first_split, load_calibration
-from optc.errors import InputError
+from optc.backends.model_inputs import fixed_length, token_vocabulary
+from optc.errors import InputError, PipelineSpecError
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module, Node, Parameter, Value
+from optc.passes.context import PassContext
+from optc.tasks.batching import Batch, example_batches
+from optc.tasks.detect import first_split, read_examples
+from optc.tasks.records import Example
+from optc.tasks.task import Task
 
-__all__ = ["calibration_batches", "check_labels", "check_vocabulary", "CALIBRATION_OPTIONS",
+__all__ = ["calibration_batches", "calibration_examples", "check_labels", "check_vocabulary", "CALIBRATION_OPTIONS",
+           "CalibrationOptions",
            "OBSERVERS", "RangeObserver", "affine_qparams", "observe_inputs", "linears_of",
            "tap"]
 
@@ -43,20 +50,57 @@ CALIBRATION_OPTIONS = ("data", "samples", "batch_size", "max_length", "tokenizer
 """Option names shared by every pass that reads calibration data."""
 
 
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The options of a pass that measures the model on calibration data, defined and
+    documented once: a pass lists this class among its bases (and may give ``samples`` or
+    ``batch_size`` another default by declaring the field again)."""
+
+    data: str | None = None
+    """Calibration data: a file or task directory (CLI: --data; with --task, read as that task
+    reads it, else its columns found from its header); its train split by default."""
+    samples: int = 128
+    """Calibration examples to read."""
+    batch_size: int = 16
+    """Calibration batch size."""
+    max_length: int = 128
+    """Calibration sequence length limit (tokens)."""
+    tokenizer: str | None = None
+    """Tokenizer directory or id (default: the one recorded with the model)."""
+
+    def check_calibration_options(self, name: str) -> None:
+        """Refuse sizes that cannot be read (a bad option, exit 2)."""
+        if self.samples < 1 or self.batch_size < 1 or self.max_length < 2:
+            raise PipelineSpecError(f"{name} needs samples >= 1, batch_size >= 1 and "
+                                    "max_length >= 2")
+
+    def calibration(self, module: Module, ctx: PassContext, why: str, use_labels: bool = True,
+                    split: str | None = None) -> list[Batch]:
+        """This pass's calibration batches for ``module`` (see :func:`calibration_batches`),
+        read as the pipeline's task (``ctx.task``) reads them when it has one."""
+        return calibration_batches(module, self.data, self.samples, self.batch_size,
+                                   self.max_length, self.tokenizer, why, use_labels=use_labels,
+                                   split=split, task=ctx.task)
+
+
 def calibration_batches(module: Module, data: str | None, samples: int, batch_size: int,
                         max_length: int, tokenizer: str | None, why: str,
-                        use_labels: bool = True, split: str | None = None) -> list[Batch]:
+                        use_labels: bool = True, split: str | None = None,
+                        task: Task | None = None) -> list[Batch]:
     """Tokenized batches of ``samples`` examples from ``data`` for ``module``'s inputs.
 
     ``why`` names the pass and criterion in the errors; ``split`` is the file read from a task
     directory (a single file is read whole); by default its train file, or its dev file when it
     has none (SQuAD here), so that what a pass measures to decide a removal is not the dev set
-    that results are reported on. With ``use_labels`` (the caller's loss
-    reads them) labels that do not fit the model's head are refused; without, they are dropped.
+    that results are reported on. ``task`` (the pipeline's ``--task``, ``ctx.task``): the data
+    is read as that task reads it (its columns, its labels; with no ``data``, from the task's
+    own data directory); without one, the columns are found from the file
+    (:mod:`optc.tasks.detect`). With ``use_labels`` (the caller's loss reads them) labels that
+    do not fit the model's head are refused; without, they are dropped.
     """
     from optc.frontends.huggingface import load_tokenizer
 
-    if data is None:
+    if data is None and (task is None or task.data_path is None):
         raise InputError(
             f"{why} needs calibration data: pass --data FILE (or data=FILE in the pass options), "
             "e.g. --data glue/SST-2/dev.tsv with OPTC_DATA_DIR set"
@@ -70,18 +114,38 @@ def calibration_batches(module: Module, data: str | None, samples: int, batch_si
         raise InputError(f"{why}: {exc}") from None
     check_vocabulary(module, tok, why)
     names = [v.name for v in module.graph.inputs]
-    if split is None:
-        split = first_split(data, ("train", "dev"))
-    batches = load_calibration(data, tok, names, limit=samples, batch_size=batch_size,
-                               max_length=max_length, split=split)
-    if not batches:
-        raise InputError(f"{why}: '{data}' gave no examples")
+    examples = calibration_examples(data, samples, split, task)
+    length = fixed_length(module)
+    if length is not None and max_length > length:
+        max_length = length  # a module captured for one length: cut to it and pad every batch
+    batches = example_batches(examples, tok, names, batch_size=batch_size,
+                              max_length=max_length, pad_to=length)
     if use_labels:
-        check_labels(module, batches, f"{why}: '{data}'")
+        check_labels(module, batches, f"{why}: '{data or task.data_path}'")
     else:
         for batch in batches:
             batch.labels = None
     return batches
+
+
+def calibration_examples(data: str | None, samples: int, split: str | None = None,
+                         task: Task | None = None) -> list[Example]:
+    """The first ``samples`` examples :func:`calibration_batches` measures on (what the CLI
+    reads before it loads the model, so that bad data fails first): with ``task``, its
+    ``split`` (default: its train split less the validation part, or its dev split when it has
+    no train file) as plain examples; without, the file's own columns, its train (else dev)
+    file in a task directory."""
+    if task is None:
+        return read_examples(data, split=split or first_split(data, ("train", "dev")),
+                             limit=samples)
+    if split is None:
+        try:
+            task.data_file("train", data)
+            split = "train"
+        except InputError:
+            split = "dev"
+    rows = task.read(split, data, limit=samples)
+    return [r if isinstance(r, Example) else Example(r.question, r.context) for r in rows]
 
 
 def check_vocabulary(module: Module, tokenizer: Any, why: str) -> None:

@@ -2,8 +2,8 @@
 
 The pass manager builds one per pipeline run and hands it to every pass's ``run(module, ctx)``:
 the pipeline's input module (the default teacher or reference of the passes that learn from or
-compare against it), where training passes report their steps, and the device and precision
-they train in. Passes read it; they never
+compare against it), where training passes report their steps, the device and precision
+they train in, and the data task calibration data is read as. Passes read it; they never
 stash it on themselves (passes are frozen dataclasses) and nothing travels through
 ``module.meta`` instead.
 """
@@ -37,6 +37,11 @@ class PassContext:
     :mod:`optc.train.device`. The IR stays on the CPU: trained values are written back there."""
     precision: str = "fp32"
     """Autocast precision of training passes: fp32, bf16 or fp16 (with loss scaling)."""
+    task: Any = None
+    """The pipeline's data task (a :class:`~optc.tasks.Task`, the CLI's ``--task``): passes
+    that measure the model on calibration data read it as this task reads its files (its
+    columns and labels; without ``data``, from the task's own data directory). None: the
+    columns are found from the data file itself (:mod:`optc.tasks.detect`)."""
 
     def train_options(self) -> dict[str, Any]:
         """The keyword arguments :func:`optc.train.finetune`/``distill`` take from the

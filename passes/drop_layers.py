@@ -10,7 +10,8 @@ from optc.ir.analysis import Layer, analyze, describe_layers
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module, Value
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import calibration_batches
+from optc.passes.calibration import CalibrationOptions
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.importance import layer_similarity
 from optc.passes.registry import register_pass
 from optc.passes.selection import layer_positions, unraised_attention
@@ -76,7 +77,7 @@ def _bias_tables(layer: Layer, weights: set[str]) -> set[str]:
 
 @register_pass
 @dataclass(frozen=True)
-class DropLayers(Pass):
+class DropLayers(CalibrationOptions, Pass):
     """Remove whole transformer layers, or just their attention or FFN blocks.
 
     Rewrites: the chosen blocks' residual-stream output is replaced by their input (so the
@@ -107,16 +108,6 @@ class DropLayers(Pass):
     """Read ``layers`` as stable layer ids (indices in the captured model), not positions."""
     blocks: Literal["attention", "ffn", "both"] = "both"
     """Which blocks of each chosen layer to remove."""
-    data: str | None = None
-    """Calibration data for strategy=contribution (file or task directory; CLI: --data)."""
-    samples: int = 128
-    """Calibration examples to read."""
-    batch_size: int = 16
-    """Calibration batch size."""
-    max_length: int = 128
-    """Calibration sequence length limit."""
-    tokenizer: str | None = None
-    """Tokenizer directory or id (default: the one recorded with the model)."""
 
     def __post_init__(self) -> None:
         if (self.strategy is None) == (not self.layers):
@@ -134,8 +125,7 @@ class DropLayers(Pass):
             raise PipelineSpecError(f"drop-layers count must be >= 0, got {self.count}")
         if any(i < 0 for i in self.layers):
             raise PipelineSpecError(f"drop-layers layers must be >= 0, got {list(self.layers)}")
-        if self.samples < 1 or self.batch_size < 1 or self.max_length < 2:
-            raise PipelineSpecError("drop-layers needs samples >= 1, batch_size >= 1, max_length >= 2")
+        self.check_calibration_options("drop-layers")
 
     @property
     def uses_data(self) -> bool:
@@ -162,14 +152,12 @@ class DropLayers(Pass):
                         "attention first, or pass blocks=ffn to drop only FFN blocks")
         return None
 
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         structure = analyze(module)
         num = len(structure.layers)
         similarity = None
         if self.strategy == "contribution" and self.count:
-            batches = calibration_batches(module, self.data, self.samples, self.batch_size,
-                                          self.max_length, self.tokenizer,
-                                          "drop-layers{strategy=contribution}")
+            batches = self.calibration(module, ctx, "drop-layers{strategy=contribution}")
             similarity = layer_similarity(module, batches, structure)
         chosen = (sorted(set(layer_positions(structure, self.layers, self.ids)[0]))
                   if self.strategy is None

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 
 from optc.backends.eager import to_eager
-from optc.data import Batch
 from optc.ir.analysis import AttentionBlock, FFNBlock, Structure, analyze
 from optc.ir.core import Module, Value
 from optc.ir.gating import insert_gates, sites
+from optc.tasks.batching import Batch
 
 __all__ = ["head_magnitude", "neuron_magnitude", "taylor_scores", "layer_similarity",
            "normalize_per_layer"]

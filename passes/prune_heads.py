@@ -9,6 +9,8 @@ from optc.errors import PipelineSpecError
 from optc.ir.analysis import AttentionBlock, Structure, analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
+from optc.passes.calibration import CalibrationOptions
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
 from optc.passes.selection import (
@@ -27,7 +29,7 @@ __all__ = ["PruneHeads"]
 
 @register_pass
 @dataclass(frozen=True)
-class PruneHeads(Pass):
+class PruneHeads(CalibrationOptions, Pass):
     """Remove attention heads, physically slicing their weights.
 
     Rewrites: for each removed head, its query/key/value rows (and biases) and its
@@ -78,16 +80,9 @@ class PruneHeads(Pass):
     """Apply amount within each attention block instead of globally."""
     criterion: Literal["magnitude", "taylor"] = "magnitude"
     """How amount ranks heads: weight magnitude, or Taylor importance on data."""
-    data: str | None = None
-    """Calibration data for criterion=taylor (file or task directory; CLI: --data)."""
     samples: int = 64
-    """Calibration examples to read."""
-    batch_size: int = 16
-    """Calibration batch size."""
-    max_length: int = 128
-    """Calibration sequence length limit."""
-    tokenizer: str | None = None
-    """Tokenizer directory or id (default: the one recorded with the model)."""
+    """Calibration examples to read (criterion=taylor; the other calibration options are
+    :class:`~optc.passes.calibration.CalibrationOptions`)."""
 
     def __post_init__(self) -> None:
         check_unit_options(self, self.heads + self.kv_groups + self.cross_heads, "head")
@@ -152,7 +147,7 @@ class PruneHeads(Pass):
                 if "has no cross-attention" in missing else ""
         return result, missing
 
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         structure = analyze(module)
         blocks = self._candidates(structure)
         explicit, _ = self._explicit(structure)
@@ -160,7 +155,7 @@ class PruneHeads(Pass):
             i = key if isinstance(key, int) else key[0]
             layer = structure.layers[i]
             blocks.setdefault(key, layer.attention if isinstance(key, int) else layer.cross_attention)
-        chosen = choose_units(self, module, structure, blocks, tuple(explicit), head_magnitude,
+        chosen = choose_units(self, ctx, module, structure, blocks, tuple(explicit), head_magnitude,
                               heads=True)
         done = remove_units(module, blocks, chosen, remove_heads, lambda b: b.num_heads)
         after = analyze(module).layers

@@ -8,6 +8,8 @@ from typing import Literal
 from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
+from optc.passes.calibration import CalibrationOptions
+from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
 from optc.passes.selection import (
@@ -24,7 +26,7 @@ __all__ = ["PruneNeurons"]
 
 @register_pass
 @dataclass(frozen=True)
-class PruneNeurons(Pass):
+class PruneNeurons(CalibrationOptions, Pass):
     """Remove intermediate FFN neurons, physically slicing their weights.
 
     Rewrites: each removed neuron's up-projection row (and bias), its row of the second up
@@ -50,16 +52,9 @@ class PruneNeurons(Pass):
     """Apply amount within each layer instead of globally."""
     criterion: Literal["magnitude", "taylor"] = "magnitude"
     """How amount ranks neurons: weight magnitude, or Taylor importance on data."""
-    data: str | None = None
-    """Calibration data for criterion=taylor (file or task directory; CLI: --data)."""
     samples: int = 64
-    """Calibration examples to read."""
-    batch_size: int = 16
-    """Calibration batch size."""
-    max_length: int = 128
-    """Calibration sequence length limit."""
-    tokenizer: str | None = None
-    """Tokenizer directory or id (default: the one recorded with the model)."""
+    """Calibration examples to read (criterion=taylor; the other calibration options are
+    :class:`~optc.passes.calibration.CalibrationOptions`)."""
 
     def __post_init__(self) -> None:
         check_unit_options(self, self.neurons, "neuron")
@@ -78,11 +73,11 @@ class PruneNeurons(Pass):
         return unit_positions(structure, self.neurons, self.ids, lambda b: b.neuron_ids,
                               lambda layer: layer.ffn, "neuron")
 
-    def run(self, module: Module) -> PassResult:
+    def run(self, module: Module, ctx: PassContext = EMPTY_CONTEXT) -> PassResult:
         structure = analyze(module)
         blocks = {layer.index: layer.ffn for layer in structure.layers if layer.ffn is not None}
         explicit = tuple(self._explicit(structure)[0])
-        chosen = choose_units(self, module, structure, blocks, explicit, neuron_magnitude,
+        chosen = choose_units(self, ctx, module, structure, blocks, explicit, neuron_magnitude,
                               heads=False)
         done = remove_units(module, blocks, chosen, remove_neurons, lambda b: b.width)
         after = analyze(module).layers

@@ -9,7 +9,6 @@ from typing import Any, Literal
 import torch
 
 from optc.backends.eager import to_eager
-from optc.data import Batch
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.ir.attributes import Quantization
@@ -31,6 +30,8 @@ from optc.passes.qat import train_qat
 from optc.passes.registry import register_pass
 from optc.passes.sparsify import ROLES, linear_targets
 from optc.tasks import evaluate
+from optc.tasks.batching import Batch
+from optc.tasks.registry import get_task
 
 __all__ = ["Quantize", "QParams", "MATMULS", "apply_int8_embeddings", "int8_tables"]
 
@@ -327,10 +328,11 @@ class Quantize(Distill):
         if self.mode == "qat":
             qparams, stats = train_qat(self, module, names, ctx)
         elif self.mode == "static":
+            task = get_task(self.task) if self.task is not None else ctx.task
             batches = calibration_batches(module, self.data, self.samples, self.batch_size,
                                           self.max_length or 128, self.tokenizer,
                                           f"quantize{{mode=static,observer={self.observer}}}",
-                                          use_labels=False, split="train")
+                                          use_labels=False, split="train", task=task)
             qparams = self._calibrate(module, names, batches)
             aparams = self._calibrate_attention(module, matmuls, batches) if matmuls else None
         else:

@@ -12,7 +12,7 @@ from optc.errors import InputError, PassError, PipelineSpecError
 from optc.ir.analysis import AttentionBlock, FFNBlock, analyze
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.passes.base import PassResult
-from optc.passes.calibration import calibration_batches, tap
+from optc.passes.calibration import CalibrationOptions, tap
 from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.reference import TakesReference
 from optc.passes.registry import register_pass
@@ -119,7 +119,7 @@ def refit_block(module: Module, reference: Module, site: _Site, batches: list[An
 
 @register_pass
 @dataclass(frozen=True)
-class Reconstruct(TakesReference):
+class Reconstruct(CalibrationOptions, TakesReference):
     """Refit pruned blocks' output projections so each layer follows the unpruned model.
 
     After heads or FFN neurons are removed, a block's output projection still weighs the kept
@@ -157,23 +157,16 @@ class Reconstruct(TakesReference):
     present in both (also corrects the drift that upstream removals leave in intact blocks)."""
     ridge: float = 1e-3
     """Ridge penalty on the weight, relative to the mean squared feature (0: plain least squares)."""
-    data: str | None = None
-    """Calibration data: a file or task directory (CLI: --data); its train split by default."""
     samples: int = 2048
     """Calibration examples to read (on CoLA, 512 left the fit overfitted: dev MCC 25.4
     against 29.7 with 2048)."""
     batch_size: int = 32
-    """Calibration batch size."""
-    max_length: int = 128
-    """Calibration sequence length limit."""
-    tokenizer: str | None = None
-    """Tokenizer directory or id (default: the one recorded with the model)."""
+    """Calibration batch size (the other calibration options are
+    :class:`~optc.passes.calibration.CalibrationOptions`)."""
     def __post_init__(self) -> None:
         if self.ridge < 0:
             raise PipelineSpecError(f"reconstruct ridge must be >= 0, got {self.ridge}")
-        if self.samples < 1 or self.batch_size < 1 or self.max_length < 2:
-            raise PipelineSpecError("reconstruct needs samples >= 1, batch_size >= 1 and "
-                                    "max_length >= 2")
+        self.check_calibration_options("reconstruct")
 
     @property
     def uses_data(self) -> bool:
@@ -227,9 +220,7 @@ class Reconstruct(TakesReference):
             stats["skipped"] = skipped
         if not sites:
             return PassResult(False, stats)
-        batches = calibration_batches(module, self.data, self.samples, self.batch_size,
-                                      self.max_length, self.tokenizer, "reconstruct",
-                                      use_labels=False)
+        batches = self.calibration(module, ctx, "reconstruct", use_labels=False)
         errors = {}
         for site in sites:
             before, after = refit_block(module, reference, site, batches, self.ridge)

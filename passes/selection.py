@@ -12,7 +12,7 @@ from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Structure
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
-from optc.passes.calibration import calibration_batches
+from optc.passes.context import PassContext
 from optc.passes.importance import normalize_per_layer, taylor_scores
 from optc.passes.structural import slice_conflict
 
@@ -161,12 +161,11 @@ def check_unit_options(p: Any, explicit: tuple[tuple[int, int], ...], unit: str)
         raise PipelineSpecError(f"{p.name} amount must be in [0, 1], got {p.amount}")
     if any(i < 0 or j < 0 for i, j in explicit):
         raise PipelineSpecError(f"{p.name} layer and {unit} indices must be >= 0")
-    if p.samples < 1 or p.batch_size < 1 or p.max_length < 2:
-        raise PipelineSpecError(f"{p.name} needs samples >= 1, batch_size >= 1, max_length >= 2")
+    p.check_calibration_options(p.name)
 
 
-def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[BlockKey, Any],
-                 explicit: tuple[tuple[BlockKey, int], ...], magnitude: Callable[[Module, Any], torch.Tensor],
+def choose_units(p: Any, ctx: PassContext, module: Module, structure: Structure,
+                 blocks: dict[BlockKey, Any], explicit: tuple[tuple[BlockKey, int], ...], magnitude: Callable[[Module, Any], torch.Tensor],
                  heads: bool) -> dict[BlockKey, set[int]]:
     """Units to remove per block: the explicit ones, or the lowest by the pass's criterion
     among ``blocks`` (Taylor scores of cross-attention heads are keyed ``(layer, "cross")``)."""
@@ -176,8 +175,7 @@ def choose_units(p: Any, module: Module, structure: Structure, blocks: dict[Bloc
             chosen.setdefault(i, set()).add(j)
         return chosen
     if p.criterion == "taylor":
-        batches = calibration_batches(module, p.data, p.samples, p.batch_size, p.max_length,
-                                      p.tokenizer, f"{p.name}{{criterion=taylor}}")
+        batches = p.calibration(module, ctx, f"{p.name}{{criterion=taylor}}")
         head_scores, neuron_scores = taylor_scores(module, batches, structure, heads=heads,
                                                    neurons=not heads)
         scores = {i: s for i, s in (head_scores if heads else neuron_scores).items() if i in blocks}

@@ -247,7 +247,7 @@ class _Judge:
 
 
 def _input_names(module: Module) -> tuple[str, ...]:
-    from optc.data import INPUT_NAMES
+    from optc.tasks.batching import INPUT_NAMES
 
     return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
 

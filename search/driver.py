@@ -61,7 +61,6 @@ from typing import Any
 
 import torch
 
-from optc.data import Batch
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
@@ -91,6 +90,7 @@ from optc.search.validation import (
     validation_splits,
     with_reference,
 )
+from optc.tasks.batching import Batch
 from optc.tasks.registry import get_task
 from optc.tasks.task import Task
 from optc.train.heads import task_spec

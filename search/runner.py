@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from optc.data import Example
 from optc.errors import BackendError, InputError, IRError
 from optc.ir.analysis import analyze
 from optc.ir.core import Module, Node, Value, map_values
@@ -33,6 +32,7 @@ from optc.search.candidates import Candidate, Config
 from optc.tasks.batching import batches, feature_batches
 from optc.tasks.embedding import agreement_scores, similarity_scores
 from optc.tasks.pooling import DEFAULT_POOLING, declared_pooling
+from optc.tasks.records import Example
 from optc.tasks.squad import build_features
 from optc.tasks.task import EMBEDDING_KINDS, Task, model_output
 

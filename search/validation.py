@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from optc.data import INPUT_NAMES
 from optc.errors import InputError
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.search.candidates import Config
 from optc.search.options import SearchOptions
 from optc.search.runner import GatedRunner, Outcome, attach_reference, prepare_batches
+from optc.tasks.batching import INPUT_NAMES
 from optc.tasks.registry import get_task
 from optc.tasks.task import EMBEDDING_KINDS, Task
 from optc.train.heads import has_task_head, has_token_states
@@ -33,7 +33,7 @@ MIN_VALIDATION = 20
 
 
 def input_names(module: Module) -> tuple[str, ...]:
-    """The model inputs (of :data:`~optc.data.INPUT_NAMES`) that ``module`` takes."""
+    """The model inputs (of :data:`~optc.tasks.INPUT_NAMES`) that ``module`` takes."""
     return tuple(v.name for v in module.graph.inputs if v.name in INPUT_NAMES)
 
 

@@ -10,7 +10,15 @@
 
 from __future__ import annotations
 
-from optc.tasks.batching import batches, feature_batches, model_input_names
+from optc.tasks.batching import (
+    INPUT_NAMES,
+    Batch,
+    batches,
+    example_batches,
+    feature_batches,
+    model_input_names,
+)
+from optc.tasks.detect import first_split, read_examples
 from optc.tasks.embedding import embedding, neighbour_agreement, sentence_similarity
 from optc.tasks.evaluate import EvalResult, Progress, evaluate
 from optc.tasks.generic import text_classification
@@ -35,7 +43,8 @@ from optc.tasks.pooling import (
     parse_pooling,
     read_pooling,
 )
-from optc.tasks.readers import DEFAULT_DATA_ROOT, TableFormat, resolve_task_path
+from optc.tasks.readers import DATA_ENV, DEFAULT_DATA_ROOT, TableFormat, resolve_data_path
+from optc.tasks.records import Example, SquadRecord
 from optc.tasks.registry import all_tasks, get_task, parse_task_spec, register_task
 from optc.tasks.reuse import reuse_reads
 from optc.tasks.significance import MetricDelta, paired_bootstrap, references_of
@@ -67,7 +76,15 @@ __all__ = [
     "SQUAD_TASKS",
     "DEFAULT_DATA_ROOT",
     "DEFAULT_VAL_SIZE",
-    "resolve_task_path",
+    "resolve_data_path",
+    "DATA_ENV",
+    "INPUT_NAMES",
+    "Batch",
+    "example_batches",
+    "read_examples",
+    "first_split",
+    "Example",
+    "SquadRecord",
     "reuse_reads",
     "validation_split",
     "batches",

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from optc.data import Example
 from optc.errors import InputError
 from optc.tasks.batching import batches
 from optc.tasks.pooling import DEFAULT_POOLING, Pooling, parse_pooling
 from optc.tasks.readers import TABLE_SUFFIXES, TableFormat
+from optc.tasks.records import Example
 from optc.tasks.task import AGREEMENT_METRICS, Task, model_output
 
 __all__ = ["sentence_similarity", "embedding", "embed", "neighbour_agreement",

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from optc.data import Example, SquadRecord
 from optc.errors import InputError
-from optc.tasks.batching import batches, feature_batches, model_input_names
+from optc.tasks.batching import batches, feature_batches, model_input_names, pads_left
 from optc.tasks.embedding import agreement_scores, embed, similarity_scores
 from optc.tasks.limits import check_tokenizer, fit_max_length, model_limits
 from optc.tasks.pooling import Pooling
+from optc.tasks.records import Example, SquadRecord
 from optc.tasks.registry import get_task
 from optc.tasks.splits import DEFAULT_VAL_SIZE
 from optc.tasks.squad import build_features, decode_answers
@@ -80,7 +80,7 @@ class EvalResult:
 def _check_labels(task: Task, examples: Sequence[Example]) -> None:
     for i, example in enumerate(examples):
         if not isinstance(example, Example):
-            raise InputError(f"task '{task.name}' evaluates optc.data.Example items; item {i} is "
+            raise InputError(f"task '{task.name}' evaluates optc.tasks.Example items; item {i} is "
                              f"a {type(example).__name__}")
         label = example.label
         if label is None:
@@ -185,7 +185,7 @@ def _evaluate_embeddings(task: Task, model_fn: Callable[..., Any], examples: lis
                          pad_to: int | None = None) -> EvalResult:
     bad = next((i for i, e in enumerate(examples) if not isinstance(e, Example)), None)
     if bad is not None:
-        raise InputError(f"task '{task.name}' evaluates optc.data.Example items; item {bad} is "
+        raise InputError(f"task '{task.name}' evaluates optc.tasks.Example items; item {bad} is "
                          f"a {type(examples[bad]).__name__}")
     chosen = task.pooling or pooling
     extra: dict[str, Any] = {"pooling": (chosen.describe() if chosen else "mean (default)")}
@@ -243,7 +243,7 @@ def _evaluate_qa(task: Task, model_fn: Callable[..., Any], records: list[SquadRe
                  null_threshold: float, pad_to: int | None = None) -> EvalResult:
     bad = next((i for i, r in enumerate(records) if not isinstance(r, SquadRecord)), None)
     if bad is not None:
-        raise InputError(f"task '{task.name}' evaluates optc.data.SquadRecord items; item {bad} "
+        raise InputError(f"task '{task.name}' evaluates optc.tasks.SquadRecord items; item {bad} "
                          f"is a {type(records[bad]).__name__}")
     if not task.version_2:
         missing = next((r for r in records if not r.answer_texts), None)
@@ -255,7 +255,7 @@ def _evaluate_qa(task: Task, model_fn: Callable[..., Any], records: list[SquadRe
     starts: list[Any] = [None] * total
     ends: list[Any] = [None] * total
     losses = torch.empty(total, dtype=torch.float32)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
+    left = pads_left(tokenizer)
     done = 0
     with torch.no_grad():
         for batch in feature_batches(features, tokenizer, batch_size, names, pad_to=pad_to):

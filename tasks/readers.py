@@ -1,7 +1,13 @@
-"""Reading task data: where a task's files are, and table files (TSV, CSV, JSON lines) with
-named or numbered columns.
+"""Reading data files: where they are, which file holds a split, and the rows of table
+files (TSV, CSV, JSON lines, one text per line) and SQuAD JSON.
 
-Every problem is an :class:`InputError` naming the file, the line and the column.
+This is the one reader of optc: tasks read their splits through it (:meth:`Task.read
+<optc.tasks.task.Task.read>`), and data given without a task (a pass's calibration ``--data``)
+is read through it too, its columns found from its header (:mod:`optc.tasks.detect`).
+
+A relative path that does not exist is tried under ``$OPTC_DATA_DIR`` (or, when that is not
+set, under :data:`DEFAULT_DATA_ROOT`). Every problem is an :class:`InputError` naming the file,
+the line and the column.
 """
 
 from __future__ import annotations
@@ -14,23 +20,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optc.data import DATA_ENV, Example, read_lines, resolve_data_path
 from optc.errors import InputError
+from optc.tasks.records import Example, SquadRecord
 
 __all__ = [
+    "DATA_ENV",
     "DEFAULT_DATA_ROOT",
     "TABLE_SUFFIXES",
+    "DATA_SUFFIXES",
     "TableFormat",
-    "resolve_task_path",
+    "resolve_data_path",
     "find_split_file",
+    "read_lines",
     "read_table",
+    "read_squad_file",
 ]
+
+DATA_ENV = "OPTC_DATA_DIR"
+"""Environment variable naming the data root; relative data paths are also tried under it."""
 
 DEFAULT_DATA_ROOT = "../shared/data"
 """The data root used when ``$OPTC_DATA_DIR`` is not set (relative to the working directory)."""
 
 TABLE_SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
 """Table file suffixes and the format each one means."""
+
+DATA_SUFFIXES = (*TABLE_SUFFIXES, ".json", ".txt")
+"""Suffixes of the files a split is looked for among (tables, SQuAD JSON, one text per line)."""
 
 LabelParser = Callable[[Any, str], "int | float"]
 """Turns a raw label cell (and its ``file:line`` for messages) into a class index or a score."""
@@ -70,39 +86,101 @@ class TableFormat:
 # Paths
 
 
-def resolve_task_path(path: str | os.PathLike | None) -> Path:
-    """The data file or directory ``path`` names, as :func:`optc.data.resolve_data_path` finds
-    it, and when ``$OPTC_DATA_DIR`` is not set also under :data:`DEFAULT_DATA_ROOT`."""
-    try:
-        return resolve_data_path(path)
-    except InputError:
-        if os.environ.get(DATA_ENV) or (path is not None and Path(path).expanduser().is_absolute()):
-            raise
-        root = Path(DEFAULT_DATA_ROOT)
-        candidate = root if path is None else root / Path(path).expanduser()
+def resolve_data_path(path: str | os.PathLike | None = None) -> Path:
+    """The data file or directory ``path`` names.
+
+    An existing path is returned as given (absolute or relative to the working directory); a
+    relative path that does not exist is tried under ``$OPTC_DATA_DIR``, or under
+    :data:`DEFAULT_DATA_ROOT` when that is not set; ``None`` means the data root itself.
+    Raises :class:`InputError` saying what to pass or set.
+    """
+    root = os.environ.get(DATA_ENV) or None
+    given = None if path is None else Path(path).expanduser()
+    if given is not None and given.exists():
+        return given
+    if given is not None and given.is_absolute():
+        raise InputError(f"data path '{path}' does not exist: fix the path")
+    if root is not None:
+        base = Path(root).expanduser()
+        if path is None and not base.exists():
+            raise InputError(f"{DATA_ENV}={root} does not exist: point it at the data root")
+        candidate = base if given is None else base / given
         if candidate.exists():
             return candidate
-        named = "no data path given" if path is None else f"data path '{path}' does not exist"
-        raise InputError(f"{named}, neither relative to the working directory nor under the "
-                         f"default data root {DEFAULT_DATA_ROOT}: pass the path or set {DATA_ENV} "
-                         "to the data root") from None
+        raise InputError(f"data path '{path}' does not exist, neither relative to the working "
+                         f"directory nor under {DATA_ENV}={root}: fix the path")
+    candidate = Path(DEFAULT_DATA_ROOT) if given is None else Path(DEFAULT_DATA_ROOT) / given
+    if candidate.exists():
+        return candidate
+    named = "no data path given" if path is None else f"data path '{path}' does not exist"
+    raise InputError(f"{named}, neither relative to the working directory nor under the "
+                     f"default data root {DEFAULT_DATA_ROOT}: pass the path or set {DATA_ENV} "
+                     "to the data root")
 
 
-def find_split_file(directory: Path, split: str, candidates: Sequence[str]) -> Path:
-    """The first of ``candidates`` (file names) present in ``directory``, else an error listing
-    what the directory holds."""
-    for name in candidates:
-        file = directory / name
-        if file.is_file():
-            return file
+def _files(directory: Path) -> list[Path]:
     try:
-        present = sorted(p.name for p in directory.iterdir() if p.is_file())
+        return sorted(p for p in directory.iterdir() if p.is_file())
     except OSError as exc:
         raise InputError(f"cannot list data directory '{directory}': {exc.strerror}") from None
-    holds = ", ".join(present) if present else "no files"
-    raise InputError(f"data directory '{directory}' has no file for split '{split}' (looked for "
-                     f"{', '.join(candidates)}; it holds {holds}): pass the file itself or "
-                     "another directory")
+
+
+def _task_dirs(directory: Path, depth: int = 3) -> list[str]:
+    """Sub-directories (up to ``depth`` levels) that directly hold data files, relative names."""
+    found: list[str] = []
+    frontier = [directory]
+    for _ in range(depth):
+        children = [c for d in frontier for c in sorted(d.iterdir()) if c.is_dir()]
+        found += [c.relative_to(directory).as_posix() for c in children
+                  if any(p.suffix in DATA_SUFFIXES for p in _files(c))]
+        frontier = children
+    return sorted(found)
+
+
+def split_files(directory: Path, split: str) -> list[Path]:
+    """The data files of ``split`` in a directory: named ``split`` or ``split-*`` (``dev.tsv``,
+    ``dev-v1.1.json``), with a data suffix."""
+    return [p for p in _files(directory) if p.suffix in DATA_SUFFIXES
+            and (p.stem == split or p.stem.startswith(split + "-"))]
+
+
+def find_split_file(directory: Path, split: str, candidates: Sequence[str] | None = None) -> Path:
+    """The file of ``split`` in a task directory: the first of ``candidates`` (a task's file
+    names) present, or, without candidates, the one data file named after the split. Else an
+    error saying what the directory holds (other splits, or several tasks to pick from)."""
+    if candidates is not None:
+        for name in candidates:
+            if (directory / name).is_file():
+                return directory / name
+    else:
+        matches = split_files(directory, split)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            names = ", ".join(p.name for p in matches)
+            raise InputError(f"data directory '{directory}' has several files for split "
+                             f"'{split}' ({names}): pass one of them")
+    tasks = _task_dirs(directory)
+    if tasks:
+        raise InputError(f"'{directory}' is not one task but holds {', '.join(tasks)}: pick "
+                         f"one, for example '{directory / tasks[0]}'")
+    present = _files(directory)
+    holds = ", ".join(p.name for p in present) if present else "no files"
+    looked = f"looked for {', '.join(candidates)}; " if candidates is not None else ""
+    raise InputError(f"data directory '{directory}' has no file for split '{split}' ({looked}it "
+                     f"holds {holds}): pass the file itself or another directory")
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its ending) of a UTF-8 file; a leading BOM is dropped."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line.rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"cannot read data file '{path}': {exc.strerror}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,22 +267,41 @@ def _positions(path: Path, number: int, header: list[str], fmt: TableFormat,
 
 
 def read_table(path: Path, fmt: TableFormat, parse_label: LabelParser,
-               require_label: bool = True) -> list[Example]:
+               require_label: bool = True, limit: int | None = None) -> list[Example]:
     """The examples of a table file in file order (blank lines skipped). The label column may
-    be absent from the header only when ``require_label`` is false (then labels are ``None``).
+    be absent from the header only when ``require_label`` is false (then labels are ``None``);
+    ``limit`` stops after that many examples.
     """
+    examples = _read_table(path, fmt, parse_label, require_label, limit)
+    if not examples:
+        raise InputError(f"data file '{path}' has no examples")
+    return examples
+
+
+def _read_table(path: Path, fmt: TableFormat, parse_label: LabelParser, require_label: bool,
+                limit: int | None) -> list[Example]:
     kind = _file_format(path, fmt)
     examples: list[Example] = []
+
+    def full() -> bool:
+        return limit is not None and len(examples) >= limit
+
     if kind == "lines":  # one text per line, nothing else
         if require_label and fmt.label is not None:
             raise InputError(f"'{path}': a text file holds texts only, but the task needs a "
                              f"label column '{fmt.label}': use a TSV, CSV or JSONL file")
-        examples = [Example(line) for _, line in read_lines(path) if line.strip()]
+        for _, line in read_lines(path):
+            if full():
+                break
+            if line.strip():
+                examples.append(Example(line))
     elif kind == "jsonl":
         if not fmt.header and isinstance(fmt.text, int):
             raise InputError(f"'{path}': JSON lines name their fields, so columns cannot be "
                              f"numbered (header=false is for TSV and CSV files){fmt.hint}")
         for number, row in _jsonl_rows(path):
+            if full():
+                break
             where = f"{path}:{number}"
             values: dict[str, Any] = {}
             for role, column in fmt.roles():
@@ -230,6 +327,8 @@ def read_table(path: Path, fmt: TableFormat, parse_label: LabelParser,
             positions = {role: int(column) for role, column in fmt.roles()}
             width = fmt.columns
         for number, fields in rows:
+            if full():
+                break
             where = f"{path}:{number}"
             if width is not None and len(fields) != width:
                 raise InputError(f"{where}: expected {width} {kind.upper()} columns, found "
@@ -241,8 +340,6 @@ def read_table(path: Path, fmt: TableFormat, parse_label: LabelParser,
                                      f"column {pos + 1}: fix or remove the row")
                 values[role] = None if pos is None else fields[pos]
             examples.append(_example(values, where, fmt, parse_label, require_label))
-    if not examples:
-        raise InputError(f"data file '{path}' has no examples")
     return examples
 
 
@@ -257,3 +354,73 @@ def _example(values: dict[str, Any], where: str, fmt: TableFormat, parse_label: 
         raise InputError(f"{where}: the label {_column(fmt.label)} is empty")
     label = None if raw is None else parse_label(raw, where)
     return Example(text, pair, label)
+
+
+def table_header(path: Path) -> tuple[str, int, list[str]] | None:
+    """(format, line number, first row) of a table file: its column names when it has a
+    header (the keys of the first object of a JSON-lines file); ``None`` when it has no rows."""
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"'{path}': unknown table format '{path.suffix}': use "
+                         f"{', '.join(TABLE_SUFFIXES)}")
+    rows: Iterator[tuple[int, Any]] = (_jsonl_rows(path) if kind == "jsonl" else
+                                       _tsv_rows(path) if kind == "tsv" else _csv_rows(path))
+    first = next(rows, None)
+    if first is None:
+        return None
+    return kind, first[0], [str(k) for k in first[1]]
+
+
+# --------------------------------------------------------------------------------------------
+# SQuAD
+
+
+def _squad_error(path: Path, where: str, problem: str) -> InputError:
+    return InputError(f"{path}: not a SQuAD v1.1 file: {where} {problem} (expected "
+                      "{'data': [{'title', 'paragraphs': [{'context', 'qas': [{'id', 'question', "
+                      "'answers': [{'text', 'answer_start'}]}]}]}]})")
+
+
+def read_squad_file(path: Path, limit: int | None = None) -> list[SquadRecord]:
+    """The questions of a SQuAD v1.1/v2.0 JSON file in file order, with every gold answer;
+    ``limit`` keeps the first ``limit`` questions."""
+    if path.suffix != ".json":
+        raise InputError(f"'{path}' is not a SQuAD .json file")
+    if path.stat().st_size == 0:
+        raise InputError(f"data file '{path}' is empty")
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            document = json.load(handle)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read data file '{path}': {exc.strerror}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise _squad_error(path, "the top level", "has no 'data' list")
+    records: list[SquadRecord] = []
+    where = "data"
+    try:
+        for a, article in enumerate(document["data"]):
+            where = f"data[{a}]"
+            title = str(article.get("title", ""))
+            for p, paragraph in enumerate(article["paragraphs"]):
+                where = f"data[{a}].paragraphs[{p}]"
+                context = paragraph["context"]
+                for q, qa in enumerate(paragraph["qas"]):
+                    if limit is not None and len(records) >= limit:
+                        return records
+                    where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                    answers = qa.get("answers", [])
+                    records.append(SquadRecord(
+                        id=str(qa["id"]), title=title, question=qa["question"], context=context,
+                        answer_texts=tuple(str(x["text"]) for x in answers),
+                        answer_starts=tuple(int(x["answer_start"]) for x in answers),
+                    ))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        problem = f"lacks {exc}" if isinstance(exc, KeyError) else f"is malformed ({exc})"
+        raise _squad_error(path, where, problem) from None
+    if not records:
+        raise InputError(f"SQuAD file '{path}' holds no questions")
+    return records

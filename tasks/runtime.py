@@ -29,12 +29,12 @@ import torch
 
 from optc.backends.eager import EagerModule
 from optc.backends.runtime import LoadedOutput, open_output
-from optc.data import INPUT_NAMES, Example
 from optc.errors import InputError
 from optc.ir.core import Module
-from optc.tasks.batching import batches
+from optc.tasks.batching import INPUT_NAMES, batches
 from optc.tasks.limits import check_tokenizer, model_limits
 from optc.tasks.pooling import DEFAULT_POOLING, Pooling, parse_pooling, read_pooling
+from optc.tasks.records import Example
 from optc.tasks.registry import get_task
 from optc.tasks.task import model_output
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from optc.data import Example
 from optc.errors import InputError
 from optc.tasks.metrics import BATCHED_METRICS, METRICS
+from optc.tasks.records import Example
 from optc.tasks.task import Task
 
 __all__ = ["MetricDelta", "paired_bootstrap", "references_of"]
@@ -26,7 +26,7 @@ __all__ = ["MetricDelta", "paired_bootstrap", "references_of"]
 
 def references_of(examples: Sequence[Any]) -> list[Any]:
     """What a task's metric compares predictions with: the labels of
-    :class:`~optc.data.Example` items, the SQuAD records themselves for QA."""
+    :class:`~optc.tasks.Example` items, the SQuAD records themselves for QA."""
     return [e.label if isinstance(e, Example) else e for e in examples]
 
 

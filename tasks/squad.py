@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from optc.data import SquadRecord
 from optc.errors import InputError, PipelineSpecError
+from optc.tasks.records import SquadRecord
 
 __all__ = [
     "QAFeature",

@@ -19,11 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optc.data import Example, SquadRecord, read_squad
 from optc.errors import InputError
 from optc.tasks.metrics import METRICS, squad_metrics
 from optc.tasks.pooling import Pooling
-from optc.tasks.readers import TableFormat, find_split_file, read_table, resolve_task_path
+from optc.tasks.readers import (
+    TableFormat,
+    find_split_file,
+    read_squad_file,
+    read_table,
+    resolve_data_path,
+)
+from optc.tasks.records import Example, SquadRecord
 from optc.tasks.reuse import read_once
 from optc.tasks.splits import DEFAULT_VAL_SIZE, validation_split
 
@@ -200,7 +206,7 @@ class Task:
         if data is None and self.data_path is None:
             raise InputError(f"task '{self.name}' has no conventional data location: pass the "
                              "data file or directory")
-        path = resolve_task_path(self.data_path if data is None else data)
+        path = resolve_data_path(self.data_path if data is None else data)
         if path.is_dir():
             return find_split_file(path, split, [p.format(split=split) for p in self.file_names])
         return path
@@ -229,7 +235,7 @@ class Task:
             examples = read_table(file, self.table, parse)
             self._check_indices(numbers, file)
             return examples
-        records = read_squad(file)
+        records = read_squad_file(file)
         if not self.version_2:
             missing = next((r for r in records if not r.answer_texts), None)
             if missing is not None:
@@ -240,8 +246,8 @@ class Task:
     def read(self, split: str = "dev", data: str | os.PathLike | None = None, *,
              val_size: float | int = DEFAULT_VAL_SIZE, seed: int = 0,
              limit: int | None = None) -> list[Example] | list[SquadRecord]:
-        """The examples of ``split`` in file order: :class:`~optc.data.Example` for
-        classification and regression, :class:`~optc.data.SquadRecord` for QA.
+        """The examples of ``split`` in file order: :class:`~optc.tasks.Example` for
+        classification and regression, :class:`~optc.tasks.SquadRecord` for QA.
 
         ``val`` is a seeded stratified ``val_size`` part of the train file (a fraction or a
         count) and ``train`` the rest; ``val_size=0`` makes ``train`` the whole file.
@@ -454,7 +460,7 @@ class Task:
         """Every metric of the task (percentages). Classification/regression: predicted and
         gold labels; ``embedding-similarity``: cosines and gold scores; ``embedding-agreement``:
         per-text ``{metric: value in [0, 1]}`` (references unused); QA: answer texts and the
-        :class:`~optc.data.SquadRecord` questions."""
+        :class:`~optc.tasks.SquadRecord` questions."""
         if self.kind == "extractive-qa":
             return squad_metrics(predictions, [r.answer_texts for r in references])
         if self.kind == "embedding-agreement":

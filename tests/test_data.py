@@ -1,4 +1,5 @@
-"""optc.data: reading the shared GLUE/SQuAD files, path resolution, errors, batching."""
+"""Reading data without a task (optc.tasks.detect over optc.tasks.readers): the shared
+GLUE/SQuAD files, CSV and JSON lines, path resolution, errors, calibration batches."""
 
 from __future__ import annotations
 
@@ -8,17 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from optc.data import (
-    DATA_ENV,
-    Example,
-    first_split,
-    load_calibration,
-    make_batches,
-    read_examples,
-    read_squad,
-    resolve_data_path,
-)
 from optc.errors import InputError
+from optc.tasks.batching import example_batches
+from optc.tasks.detect import first_split, read_examples
+from optc.tasks.readers import DATA_ENV, read_squad_file, resolve_data_path
+from optc.tasks.records import Example
 
 # task, rows, label counts (None for STS-B's float scores), pair task -- from the data README;
 # RTE's words are mapped entailment -> 0, not_entailment -> 1.
@@ -96,7 +91,7 @@ def test_squad_dev(data_dir):
     examples = read_examples(path)
     assert len(examples) == 10570
     assert all(e.label is None and e.text_pair for e in examples)
-    records = read_squad(path)
+    records = read_squad_file(path)
     assert len(records) == 10570 and len({r.id for r in records}) == 10570
     assert len({r.title for r in records}) == 48 and len({r.context for r in records}) == 2067
     assert sum(len(r.answer_texts) for r in records) == 34726
@@ -105,7 +100,7 @@ def test_squad_dev(data_dir):
     first = records[0]
     assert (examples[0].text, examples[0].text_pair) == (first.question, first.context)
     assert (first.answer_text, first.answer_start) == ("Denver Broncos", 177)
-    assert read_squad(data_dir / "squad", limit=3) == records[:3]
+    assert read_squad_file(path, limit=3) == records[:3]
 
 
 def test_limit_takes_the_first_examples(data_dir):
@@ -124,7 +119,7 @@ def test_task_directory_picks_split(data_dir):
     sst2 = data_dir / "glue" / "SST-2"
     assert read_examples(sst2) == read_examples(sst2 / "dev.tsv")
     assert len(read_examples(data_dir / "glue" / "SST-2", split="train")) == 67349
-    with pytest.raises(InputError, match="splits are dev, train"):
+    with pytest.raises(InputError, match=r"no file for split 'test' \(it holds dev.tsv, train.tsv\)"):
         read_examples(data_dir / "glue" / "SST-2", split="test")
 
 
@@ -169,11 +164,11 @@ def test_relative_to_data_env(data_dir, monkeypatch, tmp_path):
 
 
 def test_resolution_errors(no_data_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data (the default data root) from here
     with pytest.raises(InputError, match=f"set {DATA_ENV}"):
         resolve_data_path(None)
     with pytest.raises(InputError, match="does not exist"):
         read_examples(tmp_path / "missing.tsv")
-    monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=f"set {DATA_ENV}"):
         read_examples("glue/SST-2/dev.tsv")
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "nowhere"))
@@ -206,32 +201,53 @@ def test_generic_tsv_headers(tmp_path):
     assert read_examples(bom) == [Example("x", None, 1)]
 
 
+def test_csv_and_json_lines_are_read_like_tsv(tmp_path):
+    """The one reader: CSV (quoted cells) and JSON lines work wherever TSV does."""
+    tsv = write(tmp_path / "pairs.tsv", "sentence1\tsentence2\tlabel\na, b\tc\tentailment\n")
+    csv = write(tmp_path / "pairs.csv", 'Sentence1,sentence2,label\n"a, b",c,entailment\n')
+    jsonl = write(tmp_path / "pairs.jsonl", '{"sentence1": "a, b", "sentence2": "c", '
+                                            '"label": "entailment"}\n\n')
+    assert read_examples(tsv) == read_examples(csv) == read_examples(jsonl) == [
+        Example("a, b", "c", 0)]
+    own = write(tmp_path / "own.csv", "text,text_pair,label\nx,y,1\nz,w,\n")
+    assert read_examples(own) == [Example("x", "y", 1), Example("z", "w", None)]
+    task = tmp_path / "task"
+    task.mkdir()
+    write(task / "train.jsonl", '{"text": "t"}\n')
+    assert read_examples(task, split="train") == [Example("t")]
+    assert first_split(task, ("train", "dev")) == "train"
+    with pytest.raises(InputError, match=r"odd\.jsonl:1: unrecognized JSONL header 'a, b'"):
+        read_examples(write(tmp_path / "odd.jsonl", '{"a": 1, "b": 2}\n'))
+    with pytest.raises(InputError, match=r"bad\.csv:2: expected 3 CSV columns, found 2"):
+        read_examples(write(tmp_path / "bad.csv", "text,text_pair,label\nx,y\n"))
+
+
 def test_empty_files(tmp_path):
     for name in ("empty.tsv", "empty.txt", "empty.json"):
         with pytest.raises(InputError, match="is empty"):
             read_examples(write(tmp_path / name, ""))
     with pytest.raises(InputError, match="is empty"):
         read_examples(write(tmp_path / "blank.txt", "\n  \n"))
-    with pytest.raises(InputError, match="header but no rows"):
+    with pytest.raises(InputError, match="has no examples"):
         read_examples(write(tmp_path / "header.tsv", "sentence\tlabel\n"))
 
 
 def test_unrecognized_header(tmp_path):
     path = write(tmp_path / "bad.tsv", "foo\tbar\n1\t2\n")
-    with pytest.raises(InputError, match=r"bad\.tsv:1: unrecognized TSV header 'foo\tbar'.*SST-2"):
+    with pytest.raises(InputError, match=r"bad\.tsv:1: unrecognized TSV header 'foo, bar'.*SST-2"):
         read_examples(path)
 
 
 def test_malformed_rows_name_file_and_line(tmp_path):
     short = write(tmp_path / "short.tsv", "sentence\tlabel\ngood\t1\n\nbad row\n")
-    with pytest.raises(InputError, match=r"short\.tsv:4: expected 2 tab-separated .*found 1"):
+    with pytest.raises(InputError, match=r"short\.tsv:4: expected 2 TSV columns, found 1"):
         read_examples(short)
     assert len(read_examples(short, limit=1)) == 1  # rows after the limit are not read
     label = write(tmp_path / "label.tsv", "sentence1\tsentence2\tlabel\na\tb\tmaybe\n")
     with pytest.raises(InputError, match=r"label\.tsv:2: bad label 'maybe'"):
         read_examples(label)
     cola = write(tmp_path / "cola.tsv", "gj04\t1\t\tFine.\ngj04\t1\tToo few.\n")
-    with pytest.raises(InputError, match=r"cola\.tsv:2: expected 4 .*CoLA"):
+    with pytest.raises(InputError, match=r"cola\.tsv:2: expected 4 TSV columns, found 3"):
         read_examples(cola)
     with pytest.raises(InputError, match=r"bad\.json:1: invalid JSON"):
         read_examples(write(tmp_path / "bad.json", "{'data': []}"))
@@ -251,7 +267,7 @@ def test_malformed_rows_name_file_and_line(tmp_path):
 def test_batches_pad_per_batch(tokenizer):
     examples = [Example("short"), Example("a somewhat longer sentence with more words"),
                 Example("tiny"), Example("also tiny")]
-    batches = make_batches(examples, tokenizer, ["input_ids", "attention_mask"], batch_size=2)
+    batches = example_batches(examples, tokenizer, ["input_ids", "attention_mask"], batch_size=2)
     assert len(batches) == 2 and [len(b) for b in batches] == [2, 2]
     for batch, chunk in zip(batches, (examples[:2], examples[2:]), strict=True):
         assert list(batch.inputs) == ["input_ids", "attention_mask"]
@@ -270,7 +286,7 @@ def test_batches_pad_per_batch(tokenizer):
 
 def test_pairs_and_token_types(tokenizer):
     examples = [Example("first segment", "the second one", 1), Example("a", "b", 0)]
-    (batch,) = make_batches(examples, tokenizer, ["input_ids", "token_type_ids", "attention_mask"])
+    (batch,) = example_batches(examples, tokenizer, ["input_ids", "token_type_ids", "attention_mask"])
     assert list(batch.inputs) == ["input_ids", "token_type_ids", "attention_mask"]
     ids, types, mask = (batch.inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
     assert types.dtype == torch.int64
@@ -286,13 +302,13 @@ def test_pairs_and_token_types(tokenizer):
 
 def test_truncation_and_label_dtypes(tokenizer):
     long = " ".join(["word"] * 300)
-    (batch,) = make_batches([Example(long, long, 2.5), Example("x", "y", 1.0)], tokenizer,
+    (batch,) = example_batches([Example(long, long, 2.5), Example("x", "y", 1.0)], tokenizer,
                             ["input_ids"], max_length=32)
     assert batch.inputs["input_ids"].shape == (2, 32)
     assert batch.labels.dtype == torch.float32 and batch.labels.tolist() == [2.5, 1.0]
-    (single,) = make_batches([Example(long)], tokenizer, ["input_ids"], max_length=16)
+    (single,) = example_batches([Example(long)], tokenizer, ["input_ids"], max_length=16)
     assert single.inputs["input_ids"].shape == (1, 16)
-    (mixed,) = make_batches([Example("a", label=1), Example("b")], tokenizer, ["input_ids"])
+    (mixed,) = example_batches([Example("a", label=1), Example("b")], tokenizer, ["input_ids"])
     assert mixed.labels is None
 
 
@@ -304,7 +320,7 @@ def test_token_type_zeros_when_tokenizer_gives_none(tokenizer):
             encoded = tokenizer(*args, **kwargs)
             return {k: v for k, v in encoded.items() if k != "token_type_ids"}
 
-    (batch,) = make_batches([Example("a", "b c"), Example("d", "e")], NoTypes(),
+    (batch,) = example_batches([Example("a", "b c"), Example("d", "e")], NoTypes(),
                             ["input_ids", "token_type_ids"])
     assert batch.inputs["token_type_ids"].dtype == torch.int64
     assert batch.inputs["token_type_ids"].shape == batch.inputs["input_ids"].shape
@@ -312,26 +328,27 @@ def test_token_type_zeros_when_tokenizer_gives_none(tokenizer):
 
 
 def test_batching_errors(tokenizer):
-    with pytest.raises(InputError, match="input_names must be taken from"):
-        make_batches([Example("a")], tokenizer, ["input_ids", "pixel_values"])
+    with pytest.raises(InputError, match="be taken from input_ids, attention_mask"):
+        example_batches([Example("a")], tokenizer, ["input_ids", "pixel_values"])
     with pytest.raises(InputError, match="mix single texts and pairs"):
-        make_batches([Example("a"), Example("b", "c")], tokenizer, ["input_ids"])
+        example_batches([Example("a"), Example("b", "c")], tokenizer, ["input_ids"])
     with pytest.raises(InputError, match="batch_size"):
-        make_batches([Example("a")], tokenizer, ["input_ids"], batch_size=0)
-    assert make_batches([], tokenizer, ["input_ids"]) == []
+        example_batches([Example("a")], tokenizer, ["input_ids"], batch_size=0)
+    with pytest.raises(InputError, match="no examples to batch"):
+        example_batches([], tokenizer, ["input_ids"])
 
 
-def test_load_calibration(data_dir, tokenizer):
-    batches = load_calibration(data_dir / "glue" / "MRPC", tokenizer,
-                               ["input_ids", "attention_mask"], limit=40, batch_size=16,
-                               max_length=64)
+def test_calibration_batches_of_a_task_directory(data_dir, tokenizer):
+    batches = example_batches(read_examples(data_dir / "glue" / "MRPC", limit=40), tokenizer,
+                              ["input_ids", "attention_mask"], batch_size=16, max_length=64)
     assert [len(b) for b in batches] == [16, 16, 8]
     assert all(b.inputs["input_ids"].shape[1] <= 64 for b in batches)
     assert all(set(b.inputs) == {"input_ids", "attention_mask"} for b in batches)
     labels = torch.cat([b.labels for b in batches])
     assert labels.dtype == torch.long
     assert labels.tolist() == [e.label for e in read_examples(data_dir / "glue" / "MRPC", limit=40)]
-    squad = load_calibration(data_dir / "squad", tokenizer, ["input_ids"], limit=4, max_length=384)
+    squad = example_batches(read_examples(data_dir / "squad", limit=4), tokenizer, ["input_ids"],
+                            max_length=384)
     assert len(squad) == 1 and squad[0].labels is None
 
 
@@ -432,3 +449,19 @@ def test_sentence_labels_for_a_token_head_are_refused(tmp_path, sst_file):
     module = _module(_tiny_dir(tmp_path / "m", "token-classification", num_labels=3))
     with pytest.raises(InputError, match="one label per example.*labels every token"):
         _calibrate(module, sst_file)
+
+
+def test_a_pass_calibrates_on_csv_data(tmp_path):
+    """A CSV file is calibration data like a TSV (it used to be refused as a pass's data)."""
+    from optc.passes.manager import PassManager
+
+    module = _module(_tiny_dir(tmp_path / "m", "sequence-classification", num_labels=2))
+    data = write(tmp_path / "cal.csv", "text,label\n" + "".join(
+        f'"the film, {w}",{i % 2}\n' for i, w in enumerate(WORDS)))
+    report = PassManager(f"drop-layers{{strategy=contribution,count=1,data={data},samples=8,"
+                         "batch_size=4}").run(module)
+    assert report.records[0].modified and report.records[0].stats["layers"]
+    batches = _calibrate(module, data)
+    assert [len(b) for b in batches] == [4, 4]
+    assert batches[0].labels.tolist() == [0, 1, 0, 1]
+

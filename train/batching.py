@@ -14,16 +14,15 @@ from typing import Any
 
 import torch
 
-from optc.data import INPUT_NAMES, Example, SquadRecord
 from optc.errors import InputError
 from optc.tasks import Task, build_features
+from optc.tasks.batching import INPUT_NAMES, pad_rows, tokenize
+from optc.tasks.records import Example, SquadRecord
 
 __all__ = ["Encoded", "encode", "length_grouped", "collate", "GROUP_WINDOW", "input_names_of"]
 
 GROUP_WINDOW = 50
 """Batches' worth of shuffled examples sorted by length together."""
-
-_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def encode(task: Task, examples: Sequence[Example] | Sequence[SquadRecord], toke
     if task.kind == "extractive-qa":
         bad = next((i for i, r in enumerate(examples) if not isinstance(r, SquadRecord)), None)
         if bad is not None:
-            raise InputError(f"task '{task.name}' trains on optc.data.SquadRecord items; item "
+            raise InputError(f"task '{task.name}' trains on optc.tasks.SquadRecord items; item "
                              f"{bad} is a {type(examples[bad]).__name__}")
         features = build_features(list(examples), tokenizer, max_length, doc_stride)
         return [Encoded(tuple(f.input_ids), None if f.token_type_ids is None
@@ -70,21 +69,12 @@ def encode(task: Task, examples: Sequence[Example] | Sequence[SquadRecord], toke
         if not isinstance(e, Example) or (e.label is None and not task.label_free):
             raise InputError(f"training example {i} of task '{task.name}' has no label: "
                              "training needs a labelled split (train, val or dev)")
-    paired = examples[0].text_pair is not None
-    if any((e.text_pair is not None) != paired for e in examples):
-        raise InputError("training examples mix single texts and pairs: give every example a "
-                         "text_pair, or none")
+    all_ids, all_types = tokenize(examples, tokenizer, max_length)
     items: list[Encoded] = []
-    for start in range(0, len(examples), _CHUNK):
-        chunk = examples[start:start + _CHUNK]
-        enc = tokenizer([e.text for e in chunk],
-                        text_pair=[e.text_pair for e in chunk] if paired else None,
-                        truncation=True, max_length=max_length, padding=False)
-        types = enc["token_type_ids"] if "token_type_ids" in enc else [None] * len(chunk)
-        for e, ids, tt in zip(chunk, enc["input_ids"], types, strict=True):
-            label = (None if task.label_free else
-                     float(e.label) if task.kind == "regression" else int(e.label))
-            items.append(Encoded(tuple(ids), None if tt is None else tuple(tt), label))
+    for e, ids, tt in zip(examples, all_ids, all_types, strict=True):
+        label = (None if task.label_free else
+                 float(e.label) if task.kind == "regression" else int(e.label))
+        items.append(Encoded(tuple(ids), None if tt is None else tuple(tt), label))
     return items
 
 
@@ -105,24 +95,12 @@ def collate(items: Sequence[Encoded], names: Sequence[str], pad_id: int, left: b
             qa: bool = False) -> dict[str, torch.Tensor]:
     """Pad ``items`` to their longest and return the model inputs plus ``labels`` (or, for
     QA, ``start_positions``/``end_positions`` shifted by any left padding)."""
-    width = max(len(item) for item in items)
-
-    def pad(rows: list[Sequence[int]], value: int) -> torch.Tensor:
-        return torch.tensor([[value] * (width - len(r)) + list(r) if left
-                             else list(r) + [value] * (width - len(r)) for r in rows],
-                            dtype=torch.int64)
-
-    batch: dict[str, torch.Tensor] = {}
-    for name in names:
-        if name == "input_ids":
-            batch[name] = pad([i.input_ids for i in items], pad_id)
-        elif name == "attention_mask":
-            batch[name] = pad([[1] * len(i) for i in items], 0)
-        else:
-            batch[name] = pad([i.token_type_ids if i.token_type_ids is not None else [0] * len(i)
-                               for i in items], 0)
-    if "attention_mask" not in batch:  # losses mask padding even when the model takes none
-        batch["attention_mask"] = pad([[1] * len(i) for i in items], 0)
+    # losses mask padding even when the model takes no attention mask
+    wanted = tuple(dict.fromkeys((*names, "attention_mask")))
+    batch = pad_rows([list(i.input_ids) for i in items],
+                     [None if i.token_type_ids is None else list(i.token_type_ids) for i in items],
+                     wanted, pad_id, left)
+    width = batch["input_ids"].shape[1]
     if qa:
         shift = [width - len(i) if left else 0 for i in items]
         batch["start_positions"] = torch.tensor([i.label[0] + d for i, d in zip(items, shift, strict=True)])

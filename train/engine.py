@@ -39,6 +39,7 @@ import torch
 from optc.errors import InputError
 from optc.ir.core import Module
 from optc.tasks import Task, evaluate
+from optc.tasks.batching import pad_token_id, pads_left
 from optc.train.batching import Encoded, collate, input_names_of, length_grouped
 from optc.train.checkpoint import CheckpointState, load_checkpoint, save_checkpoint
 from optc.train.device import autocast, grad_scaler
@@ -256,13 +257,6 @@ def _better(score: float, best: EvalRecord | None) -> bool:
     return best is None or math.isnan(best.score) or score > best.score
 
 
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(tokenizer, "eos_token_id", None)
-    return 0 if pad is None else int(pad)
-
-
 def run_training(module: Module, task: Task, items: list[Encoded], evals: list[Any] | None,
                  tokenizer: Any, model: TrainableModule, loss_fn: LossFn, *, epochs: float,
                  max_steps: int | None, lr: float, batch_size: int, max_length: int,
@@ -278,8 +272,7 @@ def run_training(module: Module, task: Task, items: list[Encoded], evals: list[A
     device, precision = options.device, options.precision
     world = current_world()
     names = input_names_of(model.input_names)
-    pad_id = _pad_id(tokenizer)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
+    pad_id, left = pad_token_id(tokenizer), pads_left(tokenizer)
     qa = task.kind == "extractive-qa"
     per_epoch = math.ceil(len(items) / batch_size)
     total = math.ceil(per_epoch * epochs)

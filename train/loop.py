@@ -34,13 +34,13 @@ import torch
 
 from optc.backends.eager import to_eager
 from optc.backends.model_inputs import check_vocabulary, token_vocabulary
-from optc.data import Example, SquadRecord
 from optc.errors import InputError
 from optc.ir.analysis import Structure
 from optc.ir.core import Module
 from optc.tasks import DEFAULT_VAL_SIZE, Task, get_task, validation_split
-from optc.tasks.limits import check_tokenizer, fit_max_length, model_limits
 from optc.tasks.embedding import embed
+from optc.tasks.limits import check_tokenizer, fit_max_length, model_limits
+from optc.tasks.records import Example, SquadRecord
 from optc.train.batching import Encoded, encode, input_names_of
 from optc.train.device import check_precision, resolve_device
 from optc.train.distributed import Share, local_device

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from optc.backends.differential import run_backend
-from optc.data import Batch
 from optc.errors import PipelineSpecError
 from optc.ir import collect_problems
 from optc.ir.analysis import analyze
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.importance import taylor_scores
+from optc.tasks.batching import Batch
 from optc.tests.conftest import assert_outputs_equal, assert_refused_unchanged, zero_slices
 from optc.tests.frontends.llm_cases import bart_captured, llm_captured, llm_inputs, t5_captured
 
@@ -147,7 +147,7 @@ def test_global_amount_compares_self_and_cross_heads() -> None:
 def test_taylor_scores_cross_heads_and_amount_picks_the_zeroed_one(monkeypatch) -> None:
     """Cross heads get Taylor scores of their own, keyed (layer, "cross"); a zeroed one scores
     0, and prune-heads{criterion=taylor,blocks=cross} removes it."""
-    import optc.passes.selection as selection
+    from optc.passes.calibration import CalibrationOptions
 
     model, base = bart_captured()
     module = base.clone()
@@ -157,7 +157,7 @@ def test_taylor_scores_cross_heads_and_amount_picks_the_zeroed_one(monkeypatch) 
     assert set(heads) == {0, 1, 2, 3, (2, "cross"), (3, "cross")}
     assert heads[(2, "cross")].shape == (4,) and heads[(2, "cross")][3] == 0
     assert (heads[(2, "cross")][:3] > 0).all() and (heads[(3, "cross")] > 0).all()
-    monkeypatch.setattr(selection, "calibration_batches", lambda *args, **kwargs: batches)
+    monkeypatch.setattr(CalibrationOptions, "calibration", lambda *args, **kwargs: batches)
     report = PassManager(f"prune-heads{{amount={1 / 8},blocks=cross,criterion=taylor,data=x}}").run(module)
     assert report.records[0].stats["cross_heads_removed"] == 1
     assert analyze(module).layers[2].cross_attention.head_ids == [0, 1, 2]

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from optc.data import Batch, load_calibration
 from optc.ir import collect_problems, print_module
 from optc.ir.analysis import analyze
 from optc.ir.core import Module
@@ -21,6 +20,8 @@ from optc.passes.importance import (
     normalize_per_layer,
     taylor_scores,
 )
+from optc.tasks.batching import Batch, example_batches
+from optc.tasks.detect import read_examples
 from optc.tests.conftest import scale_param_slice, token_inputs
 from optc.tests.frontends.hf_cases import captured
 
@@ -261,8 +262,8 @@ def test_minilm_scores_on_sst2(minilm_module, sst2) -> None:
 
     module = minilm_module.clone()
     names = [v.name for v in module.graph.inputs]
-    batches = load_calibration(sst2, load_tokenizer(None), names, limit=16, batch_size=8,
-                               max_length=64)
+    batches = example_batches(read_examples(sst2, limit=16), load_tokenizer(None), names,
+                              batch_size=8, max_length=64)
     assert sum(len(b) for b in batches) == 16
     sims = layer_similarity(module, batches)
     assert len(sims) == 6 and all(0.0 < s < 1.0 for s in sims)  # no layer is an identity
@@ -289,7 +290,8 @@ def test_minilm_data_driven_passes(minilm_module, sst2) -> None:
     # the similarities are those of the calibration batches the pass read: the train file of
     # the task directory, never the dev set that results are reported on
     names = [v.name for v in minilm_module.graph.inputs]
-    batches = load_calibration(sst2, load_tokenizer(None), names, limit=16, split="train")
+    batches = example_batches(read_examples(sst2, split="train", limit=16), load_tokenizer(None),
+                              names)
     expected = layer_similarity(minilm_module, batches)
     assert sims == pytest.approx(expected, abs=1e-3)
     assert prune["heads_removed"] == 24  # half of 4 layers x 12 heads

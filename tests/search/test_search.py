@@ -10,7 +10,6 @@ import torch
 
 import optc
 from optc.backends.differential import check_backends
-from optc.data import Example
 from optc.errors import InputError, PipelineSpecError
 from optc.search import (
     Candidate,
@@ -30,6 +29,7 @@ from optc.search import (
     validate,
 )
 from optc.tasks import evaluate, get_task
+from optc.tasks.records import Example
 from optc.tests.search.conftest import TASK, headed, with_tokenizer
 from optc.tests.search.flip_head import FlipHead  # noqa: F401 (registers test-flip-head)
 from optc.tests.train.conftest import tiny_bert

@@ -13,7 +13,6 @@ import torch
 from scipy import stats
 
 import optc
-from optc.data import Example
 from optc.errors import InputError
 from optc.tasks import (
     Pooling,
@@ -24,6 +23,7 @@ from optc.tasks import (
     parse_pooling,
     read_pooling,
 )
+from optc.tasks.records import Example
 from optc.tests.tasks.helpers import write
 from optc.tests.train.conftest import VOCAB, tiny_bert, write_tokenizer
 

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
-from optc.data import Example
 from optc.errors import InputError
 from optc.tasks import batches, evaluate, get_task
+from optc.tasks.records import Example
 from optc.tests.tasks.helpers import write
 
 
@@ -135,7 +135,7 @@ def test_evaluate_refuses_unlabelled_or_foreign_examples(tokenizer):
     with raises(r"needs logits of shape \(batch, 2\), got \(1, 3\)"):
         evaluate("sst2", lambda **_: {"logits": torch.zeros(1, 3)}, [Example("a", None, 1)],
                  tokenizer)
-    with raises("evaluates optc.data.SquadRecord items"):
+    with raises("evaluates optc.tasks.SquadRecord items"):
         evaluate("squad", model, [Example("a", None, 1)], tokenizer)
     with raises("input_names must include input_ids"):
         evaluate("sst2", model, [Example("a", None, 1)], tokenizer, input_names=["pixel_values"])

@@ -14,8 +14,8 @@ from transformers import (
     BertConfig,
 )
 
-from optc.data import Example
 from optc.tasks import EvalResult, batches, build_features, evaluate, get_task
+from optc.tasks.records import Example
 from optc.tests.tasks.helpers import lookup_model
 
 

@@ -9,10 +9,10 @@ import torch
 from torch.export import Dim
 
 import optc
-from optc.data import Example
 from optc.errors import PipelineSpecError
 from optc.tasks import batches, evaluate, get_task
 from optc.tasks.limits import ModelLimits, fit_max_length, model_limits
+from optc.tasks.records import Example
 
 LENGTH = 12
 
@@ -83,3 +83,17 @@ def test_batches_pad_to_the_fixed_length(tokenizer):
     assert short["attention_mask"].sum(1).max() < LENGTH  # a batch of short rows, padded
     with pytest.raises(optc.errors.InputError, match="takes sequences of 4 tokens only"):
         list(batches(EXAMPLES, tokenizer, batch_size=4, max_length=LENGTH, pad_to=4))
+
+
+def test_calibration_batches_are_padded_to_the_fixed_length(captured, tmp_path):
+    """Passes that measure the model on calibration data pad to the captured length too."""
+    from optc.frontends.huggingface import default_model_path
+    from optc.passes.calibration import calibration_batches
+
+    _, module = captured
+    data = tmp_path / "cal.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{e.text}\t{e.label}\n" for e in EXAMPLES))
+    batches = calibration_batches(module, str(data), samples=6, batch_size=4, max_length=128,
+                                  tokenizer=str(default_model_path()), why="test")
+    assert [tuple(b.inputs["input_ids"].shape) for b in batches] == [(4, LENGTH), (2, LENGTH)]
+    assert batches[0].labels.tolist() == [0, 1, 1, 0]

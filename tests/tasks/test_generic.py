@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from optc.data import Example
 from optc.errors import InputError
 from optc.tasks import get_task
+from optc.tasks.records import Example
 from optc.tests.tasks.helpers import write
 
 ROWS = [("great film", "pos"), ("dull, \"boring\" plot", "neg"), ("loved it", "pos")]

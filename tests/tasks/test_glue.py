@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from optc.data import Example
 from optc.errors import InputError
 from optc.tasks import Task, all_tasks, get_task, parse_task_spec, register_task, registry
+from optc.tasks.records import Example
 from optc.tests.tasks.helpers import write
 
 # (task, split, rows, label counts by index or None) from the data README

@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from optc.data import SquadRecord
 from optc.errors import InputError
 from optc.tasks import get_task, validation_split
+from optc.tasks.records import SquadRecord
 from optc.tests.tasks.helpers import write
 
 

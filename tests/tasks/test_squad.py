@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from optc.data import SquadRecord
 from optc.errors import InputError, PipelineSpecError
 from optc.tasks import build_features, decode_answers, get_task, squad_metrics
+from optc.tasks.records import SquadRecord
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from optc.passes.spec import parse_pipeline
-from optc.tasks import get_task
 from optc.tools.cli.main import main
 from optc.tools.cli.task_option import fill_task
 
@@ -72,11 +71,11 @@ def test_a_head_that_does_not_fit_the_task_is_refused(capsys, model_dir: Path,
 def test_the_task_fills_the_passes_that_read_data() -> None:
     passes = parse_pipeline("finetune{max_steps=1},prune-heads{amount=0.5,criterion=taylor},"
                             "distill{task=mrpc},quantize{mode=static},dce")
-    filled = fill_task(passes, "sst2", get_task("sst2"), None)
+    filled = fill_task(passes, "sst2")
     assert filled[0].task == "sst2" and filled[2].task == "mrpc"  # a spec's own task wins
-    assert filled[0].data is None and filled[2].data is None  # they read their task's data
-    assert filled[1].data == "glue/SST-2" == filled[3].data  # calibration: the task's directory
-    assert fill_task(passes, "sst2", get_task("sst2"), "mine.tsv")[1].data is None  # --data fills it
+    assert filled[3].task == "sst2"  # quantize{mode=static} calibrates on the task's data
+    assert filled[1] is passes[1]  # calibration passes get the task in their context
+    assert all(p.data is None for p in filled[:4])  # each reads its task's directory itself
 
 
 def test_compile_checks_the_passes_data_before_loading(capsys, model_dir: Path, tmp_path: Path,
@@ -109,3 +108,26 @@ def test_inspect_takes_the_same_task_and_head(capsys, model_dir: Path) -> None:
     code, out, err = _run(capsys, "inspect", model_dir, "--task", "question-answering", "--json",
                           "-q")
     assert code == 0 and "qa_outputs" in json.loads(out)["ir"] and "use --head" in err
+
+
+def test_calibration_data_is_read_as_the_task_reads_it(capsys, model_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """One reader: a CSV with the user's own columns calibrates a pass when --task names them;
+    without a task its header is not one optc recognizes, refused before loading (exit 3)."""
+    from optc.tests.train.conftest import write_tokenizer
+
+    write_tokenizer(tmp_path / "tok")
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,stars\n" + "".join(f'"the film, {w}",{"pos" if i % 2 else "neg"}\n'
+                                               for i, w in enumerate("good bad fun not".split())))
+    passes = f"drop-layers{{strategy=contribution,count=1,samples=4,tokenizer={tmp_path / 'tok'}}}"
+    code, _, err = _run(capsys, model_dir, "--passes", passes, "--data", data, "-q")
+    assert code == 3 and "reviews.csv:1: unrecognized CSV header 'review, stars'" in err, err
+    task = "text-classification{text_column=review,label_column=stars,labels=neg,pos}"
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, model_dir, "--task", task, "--passes", passes, "--data", data,
+                        "-o", out, "--json")
+    assert code == 0, err
+    meta = json.loads((out / "model.optc").read_text().splitlines()[1][len("  meta "):])
+    (record,) = meta["pass_stats"]
+    assert record["modified"] and len(record["stats"]["similarity"].split(",")) == 2

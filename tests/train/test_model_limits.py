@@ -11,11 +11,11 @@ import pytest
 import transformers as tf
 
 import optc
-from optc.data import Example
 from optc.errors import InputError, PipelineSpecError
 from optc.frontends.capture import max_sequence_length
 from optc.tasks import evaluate, get_task
 from optc.tasks.limits import ModelLimits, model_limits
+from optc.tasks.records import Example
 from optc.tests.conftest import tiny_model
 from optc.tests.train.conftest import VOCAB, sentences
 from optc.train import distill, finetune

@@ -90,7 +90,6 @@ def _bench_model(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
     from optc.backends import write_backend
     from optc.backends.eager import to_eager
     from optc.backends.onnx import OnnxModule
-    from optc.data import Example
     from optc.frontends.capture import capture
     from optc.frontends.huggingface import load_model, load_tokenizer
     from optc.ir.analysis import module_flops
@@ -98,6 +97,7 @@ def _bench_model(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
     from optc.search.contract import ContractOptions, Target, specialize_within
     from optc.search.recipe import RECIPES
     from optc.tasks import evaluate, get_task, paired_bootstrap, read_pooling
+    from optc.tasks.records import Example
     from optc.tools.bench.fused_route import build_fused, latency_rows, onnx_bytes, quantize_fused
 
     name = MODELS[key]

@@ -5,7 +5,7 @@
 Layers, bottom to top (a module may import its own layer or any layer below it):
 
     0  errors, outputs          typed errors, safe output writing
-    1  ir, data                 the IR and its analyses; calibration/evaluation data
+    1  ir                       the IR and its analyses
     2  frontends, backends, artifacts
     3  tasks, train
     4  passes
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LAYERS = {
     "errors": 0, "outputs": 0,
-    "ir": 1, "data": 1,
+    "ir": 1,
     "frontends": 2, "backends": 2, "artifacts": 2,
     "tasks": 3, "train": 3,
     "passes": 4,

@@ -178,7 +178,8 @@ def check(args: argparse.Namespace) -> int:
         return 2
     pairs = None
     if args.pairs:
-        from optc.data import resolve_data_path  # also under $OPTC_DATA_DIR, as optc's --data
+        # also under $OPTC_DATA_DIR, as optc's --data
+        from optc.tasks.readers import resolve_data_path
 
         pairs = _read_pairs(resolve_data_path(args.pairs))
     if pairs is not None:

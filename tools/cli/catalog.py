@@ -47,7 +47,7 @@ def describe_passes() -> list[dict[str, Any]]:
         hints = typing.get_type_hints(cls)
         docs = option_docs(cls)
         options = []
-        for f in dataclasses.fields(cls):
+        for f in cls.options():
             if not f.init:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None

@@ -123,9 +123,10 @@ def cmd_compile(argv: list[str]) -> int:
     head, task = resolve_task_option(args, _compile_parser())  # a bad task fails here
     passes = parse_pipeline(args.passes)  # bad specs fail before any slow work
     device = resolve_device(args.device)  # a cuda request without CUDA fails here
-    context = PassContext(device=str(device), precision=check_precision(args.precision, device))
+    context = PassContext(device=str(device), precision=check_precision(args.precision, device),
+                          task=task)  # calibration data is read as the task reads it
     if args.data is not None:
-        from optc.data import resolve_data_path
+        from optc.tasks.readers import resolve_data_path
 
         resolve_data_path(args.data)  # a missing data path fails before any slow work
         passes = [
@@ -134,7 +135,7 @@ def cmd_compile(argv: list[str]) -> int:
             for p in passes
         ]
     if task is not None:
-        passes = fill_task(passes, args.task, task, args.data)
+        passes = fill_task(passes, args.task)
     out = Path(args.output) if args.output else None
     if args.compare and (out is None or args.backend in ("hf", "onnx-st")):
         raise PipelineSpecError("--compare measures the written output: give -o OUT and "
@@ -156,7 +157,7 @@ def cmd_compile(argv: list[str]) -> int:
         from optc.tools.cli.preflight import check_pass_data, recorded_task
 
         with progress.step("reading the passes' data"):  # bad data fails before loading
-            check_pass_data(passes, task or recorded_task(args.model))
+            check_pass_data(passes, task or recorded_task(args.model), task)
     module = load_target(args.model, head, progress)
     if task is not None:
         give_head(module, task, args.task, passes)  # the head the task implies

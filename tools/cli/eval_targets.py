@@ -196,7 +196,7 @@ def max_length_for(target: str, given: int | None, recorded: int | None,
 
 
 def token_names(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    from optc.data import INPUT_NAMES
+    from optc.tasks.batching import INPUT_NAMES
 
     return None if names is None else tuple(n for n in names if n in INPUT_NAMES)
 

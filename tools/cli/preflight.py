@@ -12,7 +12,6 @@ parsing the file again.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import zipfile
@@ -146,28 +145,33 @@ def read_search_data(task: Any, args: Any) -> None:
         task.read("dev", args.data)
 
 
-def check_pass_data(passes: list[Any], recorded: Any = None) -> None:
+def check_pass_data(passes: list[Any], recorded: Any = None, task: Any = None) -> None:
     """Read the data each pass of a pipeline will read, before the model is loaded (run inside
     :func:`~optc.tasks.reuse_reads`, so that a pass reading a task's file again parses it no
     more): a pass that trains or scores on a task reads its training file (its ``task``
     option, else ``recorded``: the task the model records; a directory without a train file,
     such as SQuAD's, its dev file); a pass that calibrates reads the examples it takes (its
-    ``samples``) as :func:`~optc.passes.calibration.calibration_batches` does."""
-    from optc.data import first_split, read_examples
+    ``samples``) as :func:`~optc.passes.calibration.calibration_batches` does, as ``task`` (the
+    pipeline's ``--task``, what the passes get as ``ctx.task``) reads them. A pass with no data
+    to read is left to say so itself."""
+    from optc.passes.calibration import CalibrationOptions, calibration_examples
+    from optc.passes.quantize import Quantize
     from optc.tasks import get_task
 
     for p in passes:
-        if not getattr(p, "uses_data", False):
+        if not p.uses_data:
             continue
-        data = getattr(p, "data", None)
         if reads_task(p):
-            task = get_task(p.task) if p.task else recorded
-            if task is not None:  # else the pass says that it needs one
-                read_task_data(task, data, getattr(p, "eval_split", None))
-        elif data is not None and "samples" in {f.name for f in dataclasses.fields(p)}:
-            samples = getattr(p, "samples", None)
-            limit = samples if isinstance(samples, int) and samples > 0 else None
-            read_examples(data, first_split(data, ("train", "dev")), limit=limit)
+            chosen = get_task(p.task) if p.task else recorded
+            if chosen is not None:  # else the pass says that it needs one
+                read_task_data(chosen, p.data, p.eval_split)
+        elif isinstance(p, CalibrationOptions):
+            if p.data is not None or (task is not None and task.data_path is not None):
+                calibration_examples(p.data, p.samples, task=task)
+        elif isinstance(p, Quantize):  # mode=static: its own task, else --task
+            chosen = get_task(p.task) if p.task else task
+            if p.data is not None or (chosen is not None and chosen.data_path is not None):
+                calibration_examples(p.data, p.samples, "train", chosen)
 
 
 def reads_task(p: Any) -> bool:

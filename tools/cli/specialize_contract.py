@@ -122,7 +122,7 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
     from optc.outputs import check_output
     from optc.passes.spec import task_pipeline
     from optc.search import holdout_options
-    from optc.tasks import EMBEDDING_KINDS, get_task, resolve_task_path
+    from optc.tasks import EMBEDDING_KINDS, get_task, resolve_data_path
     from optc.tools.cli.preflight import read_search_data, recorded_task
     from optc.train import task_from_meta, trained_max_length
 
@@ -148,7 +148,7 @@ def prepare_search(args: argparse.Namespace, options: Any, progress: Any) -> Sea
         check_output(path, args.force, kind="artifact", inputs=inputs)
     for path in (args.data, args.val_data):
         if path is not None:
-            resolve_task_path(path)
+            resolve_data_path(path)
     known = task or recorded_task(args.model)  # an artifact's task, read without loading it
     if known is not None:
         with progress.step(f"reading {known.name} data"):  # bad data fails before loading

@@ -4,7 +4,8 @@
 specialize`` (``sst2``, ``squad``, ``text-classification{labels=neg,pos}``; ``optc tasks``
 lists them). On compile it is the task of the passes that read task data (``finetune``,
 ``distill``, ``quantize{max_drop=...}``, ...: their ``task=`` when the spec leaves it out;
-calibration passes read its data directory when ``--data`` is not given), and it implies its
+calibration passes read ``--data`` as the task reads it, and its data directory when
+``--data`` is not given), and it implies its
 head: the model gets the head the task needs (sst2: a sequence classifier over 2 labels) and
 records the task, so that ``optc eval OUT`` needs no ``--task``. A model whose head does not
 fit the task is refused. A training pass in the pipeline adds the head itself (with its own
@@ -78,23 +79,14 @@ def resolve_task_option(args: argparse.Namespace, parser: argparse.ArgumentParse
     return args.head or "auto", task
 
 
-def fill_task(passes: list[Any], spec: str, task: Any, data: str | None) -> list[Any]:
-    """``passes`` with ``task=spec`` where a pass takes a task and its spec left it out, and,
-    when ``data`` (--data) is not given, the task's data directory as the ``data=`` of the
-    passes that read calibration data (those that read a task's data find it themselves)."""
-    from optc.tools.cli.preflight import reads_task
+def fill_task(passes: list[Any], spec: str) -> list[Any]:
+    """``passes`` with ``task=spec`` where a pass takes a task and its spec left it out (the
+    passes that calibrate get the task in their context instead, and read their data, or
+    without ``--data`` the task's own directory, as the task reads it)."""
+    from optc.passes.finetune import TrainingPass
 
-    filled = []
-    for p in passes:
-        fields = {f.name for f in dataclasses.fields(p)}
-        changes: dict[str, Any] = {}
-        if "task" in fields and p.task is None:
-            changes["task"] = spec
-        if (data is None and p.uses_data and "data" in fields and p.data is None
-                and task.data_path is not None and not reads_task(p)):
-            changes["data"] = task.data_path
-        filled.append(dataclasses.replace(p, **changes) if changes else p)
-    return filled
+    return [dataclasses.replace(p, task=spec) if isinstance(p, TrainingPass) and p.task is None
+            else p for p in passes]
 
 
 def give_head(module: Any, task: Any, spec: str, passes: list[Any]) -> None:

@@ -387,9 +387,9 @@ def _finetune(argv: list[str]) -> int:
     inputs = [Path(p) for p in (args.model, args.data) if p is not None and os.path.lexists(p)]
     check_output(out, args.force, kind="artifact", inputs=inputs)
     if args.data is not None:
-        from optc.tasks import resolve_task_path
+        from optc.tasks import resolve_data_path
 
-        resolve_task_path(args.data)  # a missing data path fails before slow work
+        resolve_data_path(args.data)  # a missing data path fails before slow work
     eval_split = None if args.eval_split == "none" else args.eval_split
     known = task or recorded_task(args.model)  # an artifact's task, read without loading it
     if known is not None:
