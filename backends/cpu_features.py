@@ -15,7 +15,7 @@ products are summed in int32 exactly; without it (AVX2 ``vpmaddubsw``) pairs of 
 summed in saturating int16, so 8-bit weights can overflow: optc's ``quantize`` stores 7-bit
 weights by default (exact everywhere) and ``bits=8`` is for VNNI/AMX CPUs. Both optc's int8
 ONNX and the fused route's multiply u8 activations by s8 weights
-(:func:`optc.tools.fused_route.int8_operand_types`), the operands ORT's VNNI kernels take; ORT
+(:func:`optc.tools.bench.fused_route.int8_operand_types`), the operands ORT's VNNI kernels take; ORT
 picks those kernels at run time, so the same file uses VNNI where the CPU has it.
 
 bf16 matmuls are fast only with AVX512_BF16 or AMX: on an AVX2 machine without them (loaded),

@@ -45,7 +45,7 @@ def clear_memory_cache() -> None:
 
 
 def _median_ms(variants: dict[str, Callable[[], object]], rounds: int, block: int) -> dict[str, float]:
-    """Median milliseconds per call of each variant, interleaved in blocks (see tools/timing)."""
+    """Median milliseconds per call of each variant, interleaved in blocks (see tools/measure/timing)."""
     for fn in variants.values():
         fn()
         fn()

@@ -3,7 +3,7 @@
 and pruned models (per-layer head counts and FFN widths). ONNX Runtime, fed the tokenizer's
 tensors by name as optimum's ORTModelForFeatureExtraction feeds them, gives optc's token
 states. The load by ``SentenceTransformer(path, backend="onnx")`` itself needs optimum-onnx,
-which pins an older transformers: tools/st_onnx_check.py checks it in its own environment."""
+which pins an older transformers: tools/checks/st_onnx.py checks it in its own environment."""
 
 from __future__ import annotations
 

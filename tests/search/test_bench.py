@@ -1,4 +1,4 @@
-"""tools/bench_specialize on a tiny model: a row per task with every column, and the saved
+"""tools/bench/specialize.py on a tiny model: a row per task with every column, and the saved
 models and row (the tool's real runs fine-tune MiniLM; here the artifact is already there)."""
 
 from __future__ import annotations

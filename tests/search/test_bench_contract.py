@@ -1,4 +1,4 @@
-"""tools/bench_specialize --max-drop: the contract's row per task on a tiny model."""
+"""tools/bench/specialize.py --max-drop: the contract's row per task on a tiny model."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def test_data_option_feeds_static_quantization_on_every_backend(setup, tmp_path,
                             "--data", data, "--backend", backend, "-o", out, "--json", "-q")
     assert code == 0, err
     record = json.loads(stdout)["passes"][0]
-    assert record["pass"] == f"quantize{{data={data},mode=static,observer=percentile}}"
+    assert record["pass"] == f"quantize{{mode=static,observer=percentile,data={data}}}"
     assert record["stats"]["activation_scales"] == 8 and record["stats"]["linears"] == 12
     assert out.exists()
     if backend == "onnx":

@@ -1,4 +1,4 @@
-"""optc finetune / optc eval (tools/train_cli.py) on a tiny model directory."""
+"""optc finetune / optc eval (tools/cli/train.py) on a tiny model directory."""
 
 from __future__ import annotations
 
