@@ -2,7 +2,7 @@
 
 The one place that says where the gate of a head, a neuron or a whole block goes and how a
 gate value reaches the tensor it scales. Taylor importance (gradients of per-example gates,
-:mod:`optc.passes.importance`), the hard-concrete L0 gates of training (one shared vector per
+:mod:`optc.passes.support.importance`), the hard-concrete L0 gates of training (one shared vector per
 block, :mod:`optc.train.gates`) and the search's runner (masks switched per call,
 :mod:`optc.search.runner`) all gate through it. A gate multiplies
 

@@ -76,7 +76,7 @@ class Pass:
     def options(cls) -> list[dataclasses.Field]:
         """The pass's options (its dataclass fields): its own in declaration order, then those
         of the classes it extends (shared option sets such as
-        :class:`~optc.passes.calibration.CalibrationOptions`), nearest first."""
+        :class:`~optc.passes.support.calibration.CalibrationOptions`), nearest first."""
         mro = cls.__mro__
 
         def depth(f: dataclasses.Field) -> int:  # of the class that introduced the option

@@ -15,8 +15,8 @@ from optc.passes.finetune import (
     report_stats,
     train_options,
 )
-from optc.passes.reference import TakesReference
 from optc.passes.registry import register_pass
+from optc.passes.support.reference import TakesReference
 from optc.train import distill, has_task_head
 from optc.train.losses import parse_layer_map
 

@@ -9,13 +9,13 @@ from optc.errors import PassError, PipelineSpecError
 from optc.ir.analysis import Layer, analyze, describe_layers
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module, Value
+from optc.ir.surgery import bypass_block
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import CalibrationOptions
 from optc.passes.context import EMPTY_CONTEXT, PassContext
-from optc.passes.importance import layer_similarity
 from optc.passes.registry import register_pass
-from optc.passes.selection import layer_positions, unraised_attention
-from optc.passes.structural import bypass_block
+from optc.passes.support.calibration import CalibrationOptions
+from optc.passes.support.importance import layer_similarity
+from optc.passes.support.selection import layer_positions, unraised_attention
 
 __all__ = ["DropLayers", "choose_layers"]
 

@@ -10,9 +10,9 @@ from optc.errors import InputError, PipelineSpecError
 from optc.frontends.huggingface import load_tokenizer
 from optc.ir.core import Module
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import check_vocabulary
 from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.registry import register_pass
+from optc.passes.support.calibration import check_vocabulary
 from optc.tasks import Task, get_task
 from optc.train import TrainReport, finetune, has_task_head, task_from_meta
 

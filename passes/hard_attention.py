@@ -9,7 +9,7 @@ from optc.ir.analysis import analyze, describe_layers
 from optc.ir.core import Module, Node
 from optc.passes.base import Pass, PassResult
 from optc.passes.registry import register_pass
-from optc.passes.selection import layer_positions
+from optc.passes.support.selection import layer_positions
 
 __all__ = ["HardAttention", "set_hard_attention", "DEFAULT_K"]
 

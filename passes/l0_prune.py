@@ -11,6 +11,7 @@ import torch
 from optc.errors import PassError, PipelineSpecError
 from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module, Parameter
+from optc.ir.surgery import slice_conflict
 from optc.passes.base import PassResult
 from optc.passes.context import EMPTY_CONTEXT, PassContext
 from optc.passes.distill import Distill
@@ -18,7 +19,6 @@ from optc.passes.finetune import pass_task, pass_tokenizer, report_stats, train_
 from optc.passes.prune_heads import PruneHeads
 from optc.passes.prune_neurons import PruneNeurons
 from optc.passes.registry import register_pass
-from optc.passes.structural import slice_conflict
 from optc.train import distill, has_task_head
 from optc.train.gates import L0Gates, SizeModel, encoder_cost, size_model
 

@@ -8,12 +8,13 @@ from typing import Literal
 from optc.errors import PipelineSpecError
 from optc.ir.analysis import AttentionBlock, Structure, analyze
 from optc.ir.core import Module
+from optc.ir.surgery import remove_heads
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import CalibrationOptions
 from optc.passes.context import EMPTY_CONTEXT, PassContext
-from optc.passes.importance import head_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import (
+from optc.passes.support.calibration import CalibrationOptions
+from optc.passes.support.importance import head_magnitude
+from optc.passes.support.selection import (
     BlockKey,
     check_unit_options,
     choose_units,
@@ -22,7 +23,6 @@ from optc.passes.selection import (
     unit_positions,
     units_requirement,
 )
-from optc.passes.structural import remove_heads
 
 __all__ = ["PruneHeads"]
 
@@ -82,7 +82,7 @@ class PruneHeads(CalibrationOptions, Pass):
     """How amount ranks heads: weight magnitude, or Taylor importance on data."""
     samples: int = 64
     """Calibration examples to read (criterion=taylor; the other calibration options are
-    :class:`~optc.passes.calibration.CalibrationOptions`)."""
+    :class:`~optc.passes.support.calibration.CalibrationOptions`)."""
 
     def __post_init__(self) -> None:
         check_unit_options(self, self.heads + self.kv_groups + self.cross_heads, "head")

@@ -7,19 +7,19 @@ from typing import Literal
 
 from optc.ir.analysis import Structure, analyze
 from optc.ir.core import Module
+from optc.ir.surgery import remove_neurons
 from optc.passes.base import Pass, PassResult
-from optc.passes.calibration import CalibrationOptions
 from optc.passes.context import EMPTY_CONTEXT, PassContext
-from optc.passes.importance import neuron_magnitude
 from optc.passes.registry import register_pass
-from optc.passes.selection import (
+from optc.passes.support.calibration import CalibrationOptions
+from optc.passes.support.importance import neuron_magnitude
+from optc.passes.support.selection import (
     check_unit_options,
     choose_units,
     remove_units,
     unit_positions,
     units_requirement,
 )
-from optc.passes.structural import remove_neurons
 
 __all__ = ["PruneNeurons"]
 
@@ -54,7 +54,7 @@ class PruneNeurons(CalibrationOptions, Pass):
     """How amount ranks neurons: weight magnitude, or Taylor importance on data."""
     samples: int = 64
     """Calibration examples to read (criterion=taylor; the other calibration options are
-    :class:`~optc.passes.calibration.CalibrationOptions`)."""
+    :class:`~optc.passes.support.calibration.CalibrationOptions`)."""
 
     def __post_init__(self) -> None:
         check_unit_options(self, self.neurons, "neuron")

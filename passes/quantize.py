@@ -16,19 +16,19 @@ from optc.ir.core import Module, Node, Parameter
 from optc.ir.ops.quantized_embedding import TABLE_BITS
 from optc.ir.ops.quantized_linear import quantize_weight
 from optc.passes.base import PassResult
-from optc.passes.calibration import (
+from optc.passes.context import EMPTY_CONTEXT, PassContext
+from optc.passes.distill import Distill
+from optc.passes.finetune import pass_task, pass_tokenizer, requires_task
+from optc.passes.registry import register_pass
+from optc.passes.sparsify import ROLES, linear_targets
+from optc.passes.support.calibration import (
     OBSERVERS,
     RangeObserver,
     calibration_batches,
     linears_of,
     observe_inputs,
 )
-from optc.passes.context import EMPTY_CONTEXT, PassContext
-from optc.passes.distill import Distill
-from optc.passes.finetune import pass_task, pass_tokenizer, requires_task
-from optc.passes.qat import train_qat
-from optc.passes.registry import register_pass
-from optc.passes.sparsify import ROLES, linear_targets
+from optc.passes.support.qat import train_qat
 from optc.tasks import evaluate
 from optc.tasks.batching import Batch
 from optc.tasks.registry import get_task
@@ -116,7 +116,7 @@ class Quantize(Distill):
     calibrated Q, K, V ranges (same observer as the linears; ONNX ``QuantizeLinear``); P uses
     the fixed scale 1/255. Not with QAT or ``max_drop`` (quantize the matmuls in a second
     ``quantize{targets=matmuls}``). Off by default: in eager and TorchScript it is slower than
-    the fused float attention (one int8 GEMM per batch and head); see tools/bench_int8.py
+    the fused float attention (one int8 GEMM per batch and head); see tools/bench/int8.py
     ``--attention`` for ONNX.
 
     Refuses: with ``embeddings=true``, a table that is tied to another op, already int8 or

@@ -12,10 +12,10 @@ from optc.errors import InputError, PassError, PipelineSpecError
 from optc.ir.analysis import AttentionBlock, FFNBlock, analyze
 from optc.ir.core import Module, Node, Parameter, Value
 from optc.passes.base import PassResult
-from optc.passes.calibration import CalibrationOptions, tap
 from optc.passes.context import EMPTY_CONTEXT, PassContext
-from optc.passes.reference import TakesReference
 from optc.passes.registry import register_pass
+from optc.passes.support.calibration import CalibrationOptions, tap
+from optc.passes.support.reference import TakesReference
 
 __all__ = ["Reconstruct", "refit_block"]
 
@@ -162,7 +162,7 @@ class Reconstruct(CalibrationOptions, TakesReference):
     against 29.7 with 2048)."""
     batch_size: int = 32
     """Calibration batch size (the other calibration options are
-    :class:`~optc.passes.calibration.CalibrationOptions`)."""
+    :class:`~optc.passes.support.calibration.CalibrationOptions`)."""
     def __post_init__(self) -> None:
         if self.ridge < 0:
             raise PipelineSpecError(f"reconstruct ridge must be >= 0, got {self.ridge}")

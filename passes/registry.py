@@ -1,6 +1,6 @@
 """The pass registry: pass classes by their kebab-case names.
 
-Passes are discovered: every module of the :mod:`optc.passes` package and every plugin
+Passes are discovered: every module directly in the :mod:`optc.passes` package and every plugin
 (:mod:`optc.ir.plugins`) is imported on the first lookup, and the ``@register_pass`` classes
 they define are the registry."""
 
@@ -42,13 +42,15 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 
 def _load_builtins() -> None:
     """Import every module of the :mod:`optc.passes` package (a pass is one file there: no
-    list to edit), then the plugins (:mod:`optc.ir.plugins`)."""
+    list to edit), then the plugins (:mod:`optc.ir.plugins`). Its sub-packages are not
+    scanned: they hold what passes share (:mod:`optc.passes.support`), not passes."""
     global _builtins_loaded
     if not _builtins_loaded:
         import optc.passes
 
         for info in pkgutil.iter_modules(optc.passes.__path__):
-            importlib.import_module(f"optc.passes.{info.name}")
+            if not info.ispkg:
+                importlib.import_module(f"optc.passes.{info.name}")
         _builtins_loaded = True
     load_plugins()
 

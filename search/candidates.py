@@ -16,8 +16,8 @@ from optc.errors import PassError
 from optc.ir.analysis import AttentionBlock, FFNBlock, Structure, analyze
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
+from optc.ir.surgery import remove_heads, remove_neurons
 from optc.passes.hard_attention import set_hard_attention
-from optc.passes.structural import remove_heads, remove_neurons
 
 __all__ = ["Candidate", "Config", "Trial", "KINDS", "DEFAULT_ORDER", "Importance", "plan_trials",
            "neuron_groups", "commit", "remove_block_keep_norm"]

@@ -66,9 +66,9 @@ from optc.ir.analysis import Structure, analyze, module_flops
 from optc.ir.core import Module
 from optc.ir.verifier import verify
 from optc.passes.context import PassContext
-from optc.passes.importance import taylor_scores
 from optc.passes.manager import PassManager
 from optc.passes.spec import task_pipeline
+from optc.passes.support.importance import taylor_scores
 from optc.search.acceptance import make_rule
 from optc.search.candidates import Candidate, Config, Importance, Trial, commit, plan_trials
 from optc.search.confirmation import confirm_round, flip_share, refit_verdict

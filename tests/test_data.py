@@ -382,7 +382,7 @@ def _module(path: Path):
 
 
 def _calibrate(module, data: Path, **options):
-    from optc.passes.calibration import calibration_batches
+    from optc.passes.support.calibration import calibration_batches
 
     args = dict(samples=8, batch_size=4, max_length=16, tokenizer=None, why="prune-heads{criterion=taylor}")
     return calibration_batches(module, str(data), **{**args, **options})

@@ -1,4 +1,4 @@
-"""A short budget of the fuzzer (tools/fuzz.py; the long run is a script with its own report)."""
+"""A short budget of the fuzzer (tools/checks/fuzz.py; the long run is a script with its own report)."""
 
 from __future__ import annotations
 
@@ -74,16 +74,16 @@ def test_backends_are_judged_with_the_self_checks_tolerance(monkeypatch):
 
 def test_the_fuzzer_catches_a_wrong_neuron_removal(monkeypatch):
     """Plant a bug (the down projection keeps the wrong columns): some try must fail."""
-    import optc.passes.structural as structural
+    import optc.ir.surgery as surgery
 
-    real = structural.slice_param
+    real = surgery.slice_param
 
     def shifted(module, node, arg, dim, index):  # noqa: ANN001, ANN202
         if dim == 1 and len(index) > 1:
             index = [*index[1:], index[0]]
         return real(module, node, arg, dim, index)
 
-    monkeypatch.setattr(structural, "slice_param", shifted)
+    monkeypatch.setattr(surgery, "slice_param", shifted)
     seeds = [s for s in range(2000, 2100)
              if [kind for _, kind in fuzz.draw(s, SMALL)[1] if kind != "cleanup"] == ["neurons"]][:2]
     assert seeds

@@ -13,7 +13,7 @@ from optc.errors import PipelineSpecError
 from optc.ir import collect_problems
 from optc.ir.analysis import analyze
 from optc.passes import PassManager, parse_pipeline
-from optc.passes.importance import taylor_scores
+from optc.passes.support.importance import taylor_scores
 from optc.tasks.batching import Batch
 from optc.tests.conftest import assert_outputs_equal, assert_refused_unchanged, zero_slices
 from optc.tests.frontends.llm_cases import bart_captured, llm_captured, llm_inputs, t5_captured
@@ -147,7 +147,7 @@ def test_global_amount_compares_self_and_cross_heads() -> None:
 def test_taylor_scores_cross_heads_and_amount_picks_the_zeroed_one(monkeypatch) -> None:
     """Cross heads get Taylor scores of their own, keyed (layer, "cross"); a zeroed one scores
     0, and prune-heads{criterion=taylor,blocks=cross} removes it."""
-    from optc.passes.calibration import CalibrationOptions
+    from optc.passes.support.calibration import CalibrationOptions
 
     model, base = bart_captured()
     module = base.clone()

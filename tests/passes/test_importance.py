@@ -13,7 +13,7 @@ from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager
 from optc.passes.drop_layers import choose_layers
-from optc.passes.importance import (
+from optc.passes.support.importance import (
     head_magnitude,
     layer_similarity,
     neuron_magnitude,

@@ -114,7 +114,7 @@ def test_amount_pipeline_backends_agree(family: str) -> None:
 
 
 def test_taylor_and_magnitude_scores_cover_gated_neurons() -> None:
-    from optc.passes.importance import neuron_magnitude
+    from optc.passes.support.importance import neuron_magnitude
 
     _, base = llm_captured("llama")
     ffn = analyze(base).layers[0].ffn

@@ -13,7 +13,7 @@ from optc.ir.analysis import analyze
 from optc.ir.core import Module
 from optc.passes import PassManager, parse_pipeline
 from optc.passes.prune_heads import PruneHeads
-from optc.passes.selection import select_lowest
+from optc.passes.support.selection import select_lowest
 from optc.tests.conftest import (
     assert_backends_agree,
     assert_outputs_equal,

@@ -14,8 +14,8 @@ from optc.ir import collect_problems, print_module
 from optc.ir.ops.fake_quant import fake_quant
 from optc.ir.ops.quantized_linear import quantize_weight
 from optc.passes import PassContext, PassManager, parse_pipeline
-from optc.passes.calibration import affine_qparams
-from optc.passes.qat import QAT_OUTPUT, insert_fake_quant
+from optc.passes.support.calibration import affine_qparams
+from optc.passes.support.qat import QAT_OUTPUT, insert_fake_quant
 from optc.tasks import evaluate
 from optc.tests.conftest import assert_refused_unchanged, token_inputs
 from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer

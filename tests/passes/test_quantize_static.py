@@ -18,7 +18,7 @@ from optc.errors import VerificationError
 from optc.ir import collect_problems, parse_module, print_module
 from optc.ir.ops.quantized_linear import int8_linear, quantize_weight
 from optc.passes import PassManager
-from optc.passes.calibration import RangeObserver, affine_qparams
+from optc.passes.support.calibration import RangeObserver, affine_qparams
 from optc.tests.conftest import assert_refused_unchanged, token_inputs
 from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
 

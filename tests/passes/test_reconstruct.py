@@ -13,7 +13,7 @@ from optc.backends.eager import to_eager
 from optc.errors import InputError, PassError, PipelineSpecError
 from optc.ir.analysis import analyze
 from optc.passes import PassContext, parse_pipeline
-from optc.passes.calibration import calibration_batches
+from optc.passes.support.calibration import calibration_batches
 from optc.tests.conftest import assert_backends_agree
 from optc.tests.train.conftest import tiny_bert, write_task, write_tokenizer
 

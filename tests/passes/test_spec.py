@@ -3,6 +3,7 @@
 from __future__ import annotations  # option annotations are strings: spec must resolve them
 
 import dataclasses
+import pkgutil
 from dataclasses import dataclass
 from typing import Literal
 
@@ -248,6 +249,19 @@ def test_registry_lookup():
     assert names == sorted(names)
     assert DeadCodeElimination.summary().startswith("Remove nodes whose results are unused")
     assert [f.name for f in DeadCodeElimination.options()] == ["keep_params"]
+
+
+def test_passes_holds_passes_and_their_infrastructure_only():
+    """Every module directly in optc.passes defines a pass, but the pass machinery; what passes
+    share lives in a sub-package (optc.passes.support), which the registry does not scan."""
+    import optc.passes
+
+    direct = {info.name for info in pkgutil.iter_modules(optc.passes.__path__) if not info.ispkg}
+    infrastructure = {"base", "context", "manager", "registry", "spec"}
+    with_a_pass = {cls.__module__.removeprefix("optc.passes.") for cls in all_passes().values()
+                   if cls.__module__.startswith("optc.passes.")}
+    assert infrastructure <= direct
+    assert with_a_pass == direct - infrastructure, sorted(with_a_pass ^ (direct - infrastructure))
 
 
 def test_register_refuses_bad_names_and_taken_names():

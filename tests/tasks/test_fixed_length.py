@@ -88,7 +88,7 @@ def test_batches_pad_to_the_fixed_length(tokenizer):
 def test_calibration_batches_are_padded_to_the_fixed_length(captured, tmp_path):
     """Passes that measure the model on calibration data pad to the captured length too."""
     from optc.frontends.huggingface import default_model_path
-    from optc.passes.calibration import calibration_batches
+    from optc.passes.support.calibration import calibration_batches
 
     _, module = captured
     data = tmp_path / "cal.tsv"

@@ -151,11 +151,11 @@ def check_pass_data(passes: list[Any], recorded: Any = None, task: Any = None) -
     more): a pass that trains or scores on a task reads its training file (its ``task``
     option, else ``recorded``: the task the model records; a directory without a train file,
     such as SQuAD's, its dev file); a pass that calibrates reads the examples it takes (its
-    ``samples``) as :func:`~optc.passes.calibration.calibration_batches` does, as ``task`` (the
+    ``samples``) as :func:`~optc.passes.support.calibration.calibration_batches` does, as ``task`` (the
     pipeline's ``--task``, what the passes get as ``ctx.task``) reads them. A pass with no data
     to read is left to say so itself."""
-    from optc.passes.calibration import CalibrationOptions, calibration_examples
     from optc.passes.quantize import Quantize
+    from optc.passes.support.calibration import CalibrationOptions, calibration_examples
     from optc.tasks import get_task
 
     for p in passes:

@@ -356,8 +356,8 @@ def _finetune(argv: list[str]) -> int:
     from optc.artifacts import save
     from optc.frontends.huggingface import load_tokenizer
     from optc.outputs import check_output
-    from optc.passes.calibration import check_vocabulary
     from optc.passes.finetune import Finetune
+    from optc.passes.support.calibration import check_vocabulary
     from optc.tasks import get_task
     from optc.tools.cli.launch import launch_local
     from optc.tools.cli.preflight import read_task_data, recorded_task

@@ -29,9 +29,14 @@ from optc.errors import InputError
 from optc.ir.analysis import Structure
 from optc.ir.core import Module, Parameter, Value
 from optc.ir.types import TensorType
-from optc.passes.calibration import RangeObserver, affine_qparams, linears_of, observe_inputs
 from optc.passes.context import PassContext
 from optc.passes.finetune import pass_task, pass_tokenizer, report_stats, train_options
+from optc.passes.support.calibration import (
+    RangeObserver,
+    affine_qparams,
+    linears_of,
+    observe_inputs,
+)
 from optc.tasks import batches, model_input_names
 from optc.train import TrainHooks, distill, has_task_head
 from optc.train.distributed import global_extrema

@@ -1,8 +1,12 @@
-"""Edits shared by the structural passes: slicing heads and neurons, bypassing blocks.
+"""Structural edits of the IR: slicing heads and neurons out, bypassing blocks.
+
+The structural passes (drop-layers, prune-heads, prune-neurons, ...) make them, and so does the
+search when it commits a configuration physically (:mod:`optc.search.candidates`), so they
+live in the IR below both, next to the analysis that finds the blocks.
 
 Every edit keeps the module verifiable: parameters are replaced (never edited in place), the
 types of the nodes whose shapes change are updated, and attributes follow the weights.
-Passes find what to edit with :func:`optc.ir.analysis.analyze`, never by parameter names.
+Callers find what to edit with :func:`optc.ir.analysis.analyze`, never by parameter names.
 """
 
 from __future__ import annotations

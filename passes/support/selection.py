@@ -12,9 +12,9 @@ from optc.frontends.raising import raise_high_level_ops
 from optc.ir.analysis import Structure
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
+from optc.ir.surgery import slice_conflict
 from optc.passes.context import PassContext
-from optc.passes.importance import normalize_per_layer, taylor_scores
-from optc.passes.structural import slice_conflict
+from optc.passes.support.importance import normalize_per_layer, taylor_scores
 
 __all__ = ["select_lowest", "check_unit_options", "choose_units", "remove_units",
            "layer_positions", "unit_positions", "units_requirement", "unraised_attention",
