@@ -20,7 +20,8 @@ from optc.ir.targets import resolve
 from optc.ir.types import Dim, SymType, TensorType
 
 __all__ = ["MOVEMENT_OPS", "LINEAR_OPS", "linear_rows", "merge_heads_projection", "concrete_env", "eval_dim", "same_shape", "eval_chain", "index_tensor",
-           "split_heads_source", "unflatten_heads_source", "merge_heads_target", "repeat_kv_source"]
+           "split_heads_source", "unflatten_heads_source", "merge_heads_target", "moves_as",
+           "repeat_kv_source"]
 
 _MAX_CHAIN = 6
 
@@ -165,16 +166,23 @@ def _chain_source(value: Value, ops: frozenset[str] | set[str], env: dict[str, i
 
 
 def split_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
-    """The [B, S, heads*dim] value that ``value`` ([B, heads, S, dim]) is a head split of."""
+    """The [B, S, heads*dim] value that ``value`` ([B, heads, S, dim], or [B*heads, S, dim] with
+    the heads flattened into the batch, as ``bmm`` takes them) is a head split of."""
+    flat = value.tensor_type.rank == 3
+
     def expect(t: TensorType) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if t.rank != 3 or t.shape[-1] != heads * dim:
             return None
+        if flat:
+            return lambda x: x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2).reshape(
+                -1, x.shape[1], dim)
         return lambda x: x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
 
     source = _chain_source(value, _SPLIT_OPS, env, expect)
     if source is not None:
         return source
-    return f"%{value.name} is not a [batch, seq, {heads}*{dim}] tensor split into heads"
+    return (f"%{value.name} is not a [batch, seq, {heads}*{dim}] tensor split into heads"
+            + (" flattened into the batch" if flat else ""))
 
 
 def unflatten_heads_source(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | None:
@@ -189,9 +197,11 @@ def unflatten_heads_source(value: Value, heads: int, dim: int, env: dict[str, in
 
 
 def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) -> Value | str:
-    """The [B, S, heads*dim] value that merges the heads of ``value`` ([B, heads, S, dim])."""
+    """The [B, S, heads*dim] value that merges the heads of ``value`` ([B, heads, S, dim], or
+    [B*heads, S, dim] with the heads flattened into the batch)."""
     chain: list[Node] = []
     current = value
+    flat = value.tensor_type.rank == 3
     for _ in range(_MAX_CHAIN):
         users = current.users()
         graph = value.producer.graph if value.producer else None
@@ -208,10 +218,23 @@ def merge_heads_target(value: Value, heads: int, dim: int, env: dict[str, int]) 
             if x is None:
                 break
             got = eval_chain(chain, value, x, env)
-            want = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], heads * dim)
+            x4 = x.unflatten(0, (-1, heads)) if flat else x
+            want = x4.transpose(1, 2).reshape(x4.shape[0], x4.shape[2], heads * dim)
             if got is not None and got.shape == want.shape and torch.equal(got, want):
                 return current
-    return f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
+    return (f"the result %{value.name} is not merged back to [batch, seq, {heads}*{dim}]"
+            + (" from heads flattened into the batch" if flat else ""))
+
+
+def moves_as(chain: list[Node], start: Value, env: dict[str, int],
+             want: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether the movement ops ``chain`` (each reading the previous one's result, the first
+    ``start``) move every element of an index tensor of ``start`` where ``want`` does."""
+    x = index_tensor(start, env)
+    if x is None:
+        return False
+    got, expected = eval_chain(chain, start, x, env), want(x)
+    return got is not None and got.shape == expected.shape and torch.equal(got, expected)
 
 
 def merge_heads_projection(value: Value, heads: int, dim: int, env: dict[str, int]

@@ -527,6 +527,7 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
             rule = rules.get(node.op)
             if rule is None or node.graph is None or node not in live:
                 continue
+            reasons = []  # a rule's reason is a miss only when no later rule of the root fires
             for op, fn in (rule if isinstance(rule[0], tuple) else (rule,)):
                 reason = fn(module, node, ctx)
                 if reason is None:
@@ -535,10 +536,13 @@ def raise_high_level_ops(module: Module) -> RaiseReport:
                         o.users() or module.graph.is_output(o) for o in node.outputs
                     ):
                         module.graph.remove(node)
+                    reasons = []
                     break
                 if reason:
-                    explained.add(node)
-                    report.misses.append(f"{node!r} not raised to {op}: {reason}")
+                    reasons.append(f"{node!r} not raised to {op}: {reason}")
+            if reasons:
+                explained.add(node)
+                report.misses += reasons
     live = _live_nodes(module)
     for node in module.graph:  # a softmax weighting values that every rule skipped silently
         if node in live and node not in explained and weights_values(node):

@@ -7,12 +7,14 @@ and the check that finds attention no rule explained (a softmax weighting values
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from optc.frontends.layout import (
     MOVEMENT_OPS,
     merge_heads_projection,
     merge_heads_target,
+    moves_as,
     repeat_kv_source,
     split_heads_source,
 )
@@ -37,20 +39,33 @@ from optc.ir.types import TensorType
 
 __all__ = ["raise_sdpa", "raise_eager_attention", "weights_values"]
 
+def _heads_and_size(t: TensorType, flat_heads: int | None) -> tuple[Any, Any] | None:
+    """(heads, head_dim) of a [batch, heads, seq, head_dim] operand, or of a [batch*heads, seq,
+    head_dim] one (heads flattened into the batch) when ``flat_heads`` gives its head count."""
+    if t.rank == 4:
+        return t.shape[1], t.shape[3]
+    if t.rank == 3 and flat_heads is not None:
+        return flat_heads, t.shape[2]
+    return None
+
+
 def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Value, mask: Any,
                      scale: float | None, causal: bool, out4: Value, ctx: RuleContext,
-                     softcap: float | None = None) -> str | None:
+                     softcap: float | None = None, flat_heads: int | None = None) -> str | None:
     """Check that q/k/v are head splits (k/v possibly of fewer, repeated kv heads) and ``out4``
-    is merged back; then rewrite."""
+    is merged back; then rewrite. An operand or result of rank 3 has its ``flat_heads`` heads
+    flattened into the batch ([batch*heads, seq, head_dim], what ``bmm`` multiplies)."""
     qt, kt, vt = q4.tensor_type, k4.tensor_type, v4.tensor_type
-    if not (qt.rank == kt.rank == vt.rank == 4):
-        return "query/key/value are not 4-D [batch, heads, seq, head_dim]"
-    heads, dim = qt.shape[1], qt.shape[3]
+    found = [_heads_and_size(t, flat_heads) for t in (qt, kt, vt)]
+    if None in found:
+        return ("query/key/value are not 4-D [batch, heads, seq, head_dim] (nor [batch*heads, "
+                "seq, head_dim] of heads flattened into the batch)")
+    (heads, dim), (kv_heads, kdim), (v_heads, vdim) = found
     if not (isinstance(heads, int) and isinstance(dim, int)):
         return "the head count or head size is symbolic"
-    if kt.shape[1] != vt.shape[1] or kt.shape[3] != dim or vt.shape[3] != dim:
+    if kv_heads != v_heads or kdim != dim or vdim != dim:
         return "query, key and value differ in head count or head size"
-    if not isinstance(kt.shape[1], int) or heads % kt.shape[1]:
+    if not isinstance(kv_heads, int) or heads % kv_heads:
         return "the key/value head count does not divide the query head count"
     if isinstance(mask, Value):
         mt = mask.type
@@ -72,9 +87,9 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
     sources: list[Value] = [src]
     kv_counts = set()
     for v in (k4, v4):
-        n = v.tensor_type.shape[1]
+        n = kv_heads
         src = split_heads_source(v, n, dim, ctx.env)
-        if isinstance(src, str) and n == heads:
+        if isinstance(src, str) and n == heads and v.tensor_type.rank == 4:
             repeated = repeat_kv_source(v, heads, dim, ctx.env)
             if repeated is not None:
                 n = repeated[1]
@@ -86,7 +101,8 @@ def _build_attention(module: Module, anchor: Node, q4: Value, k4: Value, v4: Val
     if len(kv_counts) != 1:
         return "key and value have different kv head counts"
     target = merge_heads_target(out4, heads, dim, ctx.env)
-    projected = _merged_through_projection(out4, heads, dim, ctx) if isinstance(target, str) else None
+    projected = _merged_through_projection(out4, heads, dim, ctx) \
+        if isinstance(target, str) and out4.tensor_type.rank == 4 else None
     if isinstance(target, str) and projected is None:
         return target
     kwargs: dict[str, Any] = {"num_heads": heads, "head_dim": dim, "scale": scale, "causal": causal}
@@ -150,34 +166,30 @@ def raise_sdpa(module: Module, node: Node, ctx: RuleContext) -> str | None:
 
 
 def raise_eager_attention(module: Module, node: Node, ctx: RuleContext) -> str | None:
-    """Root: the softmax of ``[mask +] scale * matmul(q, k^T)`` that feeds ``matmul(., v)``."""
+    """Root: the softmax of ``[mask +] scale * matmul(q, k^T)`` that feeds ``matmul(., v)``;
+    or, with the heads flattened into the batch, of ``view(alpha * bmm(q, k^T) [+ bias])``
+    viewed back to [batch, heads, q, k] that feeds ``bmm(view(.), v)`` (``baddbmm`` adds the
+    bias, e.g. ALiBi)."""
     a = bind_args(node.op, node.args, node.kwargs)
     scores = a["self"]
     if not is_tensor(scores) or scores.tensor_type.rank != 4 or a["dim"] not in (-1, 3):
         return SKIP
     if (a.get("dtype") is not None and a["dtype"] != scores.tensor_type.dtype) or a.get("half_to_float"):
         return SKIP
-    # Down: softmax -> (same-dtype cast) -> matmul(probs, v).
-    probs, pv = node.outputs[0], None
-    for _ in range(2):
-        users = probs.users()
-        if len(users) != 1:
-            break
-        user = users[0]
-        if user.op == "aten.matmul.default" and user.arg(0) is probs:
-            pv = user
-            break
-        if user.op in ("aten.to.dtype", "aten.type_as.default") and user.output.type == probs.type:
-            probs = user.output
-            continue
-        break
-    if pv is None or not is_tensor(pv.arg(1)):
+    # Down: softmax -> (same-dtype cast) -> matmul(probs, v), or -> flatten the heads into the
+    # batch -> bmm(probs, v).
+    found_pv = _probs_times_values(node, ctx)
+    if found_pv is None:
         return SKIP  # a softmax that does not weight values is not attention
-    if any(len(v.users()) != 1 or module.graph.is_output(v) for v in (node.outputs[0], probs)):
+    if isinstance(found_pv, str):
+        return found_pv
+    pv, path = found_pv
+    flat_heads = scores.tensor_type.shape[1] if pv.op == "aten.bmm.default" else None
+    if any(len(v.users()) != 1 or module.graph.is_output(v) for v in path):
         return "the attention probabilities are used elsewhere (e.g. returned as attentions)"
     # Up: [+ B1 + B2 ...] <- [mul/div scale] <- matmul(q, transpose(k)); the B terms (padding or
     # causal masks, relative-position biases, ...) are kept as the model computes them.
-    chain = _additive_chain(scores)
+    chain = _additive_chain(scores, ctx)
     if isinstance(chain, str):
         return chain
     scaled, terms = chain
@@ -194,45 +206,111 @@ def raise_eager_attention(module: Module, node: Node, ctx: RuleContext) -> str |
     capped = _softcapped(scaled)
     if capped is not None:
         scaled, softcap = capped
-    found = _qk_product(scaled)
-    if found is None:
+    product = _qk_product(scaled, ctx)
+    if product is None:
         return (f"%{scaled.name} is not matmul(query, key^T), optionally scaled by a constant "
-                "(and soft-capped as c * tanh(x / c))")
-    qk, scale = found
-    if qk.output is not scaled and not only_feeds(qk.output, scaled.producer):
+                "(and soft-capped as c * tanh(x / c)), nor bmm/baddbmm(query, key^T) of heads "
+                "flattened into the batch and viewed back to [batch, heads, q_len, k_len]")
+    if (product.heads is None) != (flat_heads is None):
+        return ("the scores and the values' product differ in where the heads are (one "
+                "flattens them into the batch, the other does not)")
+    steps = [product.node, *product.between]
+    if any(not only_feeds(x.outputs[0], y) for x, y in zip(steps, steps[1:], strict=False)):
         return "the raw scores matmul(query, key^T) are used outside the attention pattern"
-    q4, kt = qk.args[:2]
+    q4, kt = product.q, product.kt
     k4 = kt.producer.args[0]
-    if not only_feeds(kt, qk):
+    if not only_feeds(kt, product.node):
         return "the transposed key is used outside the attention pattern"
     built: list[Node] = []
+    if product.bias is not None:  # baddbmm's input: the innermost additive term
+        bias = _unflattened_bias(module, product, scores, node, built)
+        if isinstance(bias, str):
+            return bias
+        terms.insert(0, bias)
     mask = _sum_of(module, terms, dtype, node, built)
     if isinstance(mask, str):
+        for created in reversed(built):
+            module.graph.remove(created)
         return mask
     if any(isinstance(t, tuple) and t[1] == -math.inf for t in terms):
         # the model's softmax of a row whose keys are all -inf is NaN; the attention op's is 0
         mask = nan_where_no_key(module, mask, node, built)  # raising_forms.py
-    reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, scale, False, pv.outputs[0], ctx,
-                              softcap=softcap)
+    reason = _build_attention(module, pv, q4, k4, pv.args[1], mask, product.scale, False,
+                              pv.outputs[0], ctx, softcap=softcap, flat_heads=flat_heads)
     if reason:  # not raised: drop the casts and sums built for it
         for created in reversed(built):
             module.graph.remove(created)
     return reason
 
 
-def _leads_to_qk(value: Any, depth: int = MAX_CHAIN) -> bool:
+def _probs_times_values(softmax: Node, ctx: RuleContext) -> tuple[Node, list[Value]] | str | None:
+    """``(pv, path)``: the product ``matmul(probs, v)`` the softmax's probabilities feed through
+    same-dtype casts, or ``bmm(probs, v)`` after movement ops that flatten the heads into the
+    batch ([batch, heads, q, k] -> [batch*heads, q, k], proven on an index tensor); ``path``
+    the values from the softmax to the product's left operand. None when the probabilities
+    feed no such product; the reason when they are moved but not flattened so."""
+    probs, path, moves = softmax.outputs[0], [softmax.outputs[0]], []
+    for _ in range(2 + MAX_CHAIN):
+        users = probs.users()
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if user.arg(0) is probs and user.op == ("aten.bmm.default" if moves else "aten.matmul.default"):
+            if not is_tensor(user.arg(1)):
+                return None
+            if moves and not moves_as(moves, moves[0].args[0], ctx.env,
+                                      lambda x: x.reshape(-1, *x.shape[2:])):
+                return ("the probabilities are not [batch, heads, q_len, k_len] flattened into "
+                        "[batch*heads, q_len, k_len] for bmm")
+            return user, path
+        if user.op in MOVEMENT_OPS and user.args[0] is probs:
+            moves.append(user)
+        elif not (user.op in ("aten.to.dtype", "aten.type_as.default") and not moves
+                  and user.output.type == probs.type):
+            return None
+        probs = user.outputs[0]
+        path.append(probs)
+    return None
+
+
+def _unflattened_bias(module: Module, product: _Product, scores: Value, before: Node,
+                      built: list[Node]) -> Value | str:
+    """``beta * bias`` of ``baddbmm(bias, q, k^T)`` on heads flattened into the batch, as a
+    term of the [batch, heads, q, k] scores: a [batch*heads, q|1, k] bias viewed as [batch,
+    heads, q|1, k] (the head axis that prune-heads slices), one that broadcasts over the
+    flattened batch as it is."""
+    bias, t = product.bias, product.bias.tensor_type
+    out = product.node.outputs[0].tensor_type
+    if t.rank == 3 and t.shape[0] != 1:
+        if t.shape[0] != out.shape[0]:
+            return f"the baddbmm input %{bias.name} is neither [batch*heads, ...] nor broadcast"
+        shape = (scores.tensor_type.shape[0], product.heads, *t.shape[1:])
+        node = module.graph.create_node("aten.unflatten.int", (bias, 0, [-1, product.heads]), {},
+                                        [TensorType(t.dtype, shape)], names="attention_bias",
+                                        before=before)
+        built.append(node)
+        bias = node.outputs[0]
+    if product.beta != 1.0:
+        node = module.graph.create_node("aten.mul.Tensor", (bias, product.beta), {},
+                                        [bias.type], names="attention_bias", before=before)
+        built.append(node)
+        bias = node.outputs[0]
+    return bias
+
+
+def _leads_to_qk(value: Any, ctx: RuleContext, depth: int = MAX_CHAIN) -> bool:
     """Whether ``value`` is ``matmul(q, k^T)`` (scaled), possibly plus further terms (added,
     or written into it by ``masked_fill``)."""
     if not is_tensor(value) or depth == 0:
         return False
     capped = _softcapped(value)
-    if _qk_product(capped[0] if capped is not None else value) is not None:
+    if _qk_product(capped[0] if capped is not None else value, ctx) is not None:
         return True
     fill = producer(value, FILLS)
     if fill is not None:
-        return _leads_to_qk(fill.args[0], depth - 1)
+        return _leads_to_qk(fill.args[0], ctx, depth - 1)
     add = producer(value, ("aten.add.Tensor",))
-    return add is not None and any(_leads_to_qk(x, depth - 1) for x in add.args[:2])
+    return add is not None and any(_leads_to_qk(x, ctx, depth - 1) for x in add.args[:2])
 
 
 _Term = Value | tuple[Value, float]
@@ -240,7 +318,7 @@ _Term = Value | tuple[Value, float]
 ``masked_fill`` of the scores, see :mod:`optc.frontends.raising_forms`)."""
 
 
-def _additive_chain(scores: Value) -> tuple[Value, list[_Term]] | str:
+def _additive_chain(scores: Value, ctx: RuleContext) -> tuple[Value, list[_Term]] | str:
     """``(scaled, [B1, B2, ...])`` when ``scores = scaled + B1 + B2 ...`` in any association of
     ``aten.add`` (alpha 1) with ``scaled`` leading to the product ``matmul(q, k^T)``; the terms
     in order from the product up. A ``masked_fill(s, m, c)`` on the way is the term ``(m, c)``
@@ -248,10 +326,10 @@ def _additive_chain(scores: Value) -> tuple[Value, list[_Term]] | str:
     terms: list[_Term] = []
     value = scores
     for _ in range(MAX_CHAIN):
-        if _qk_product(value) is not None:
+        if _qk_product(value, ctx) is not None:
             break
         fill = producer(value, FILLS)
-        if fill is not None and _leads_to_qk(fill.args[0]):
+        if fill is not None and _leads_to_qk(fill.args[0], ctx):
             found = fill_term(fill)
             if isinstance(found, str):
                 return found
@@ -265,9 +343,9 @@ def _additive_chain(scores: Value) -> tuple[Value, list[_Term]] | str:
                 not all(is_tensor(x) for x in add.args[:2]):
             break
         first, second = add.args[:2]
-        if _leads_to_qk(first):
+        if _leads_to_qk(first, ctx):
             inner, term = first, second
-        elif _leads_to_qk(second):
+        elif _leads_to_qk(second, ctx):
             inner, term = second, first
         else:
             break
@@ -348,24 +426,82 @@ def _softcapped(value: Value) -> tuple[Value, float] | None:
     return inner[0], outer[1]
 
 
-def _qk_product(value: Value) -> tuple[Node, float] | None:
-    """``(matmul(q, k^T) node, scale)`` when ``value`` is that product times/over a constant."""
-    scale = 1.0
-    found = scalar_operand(value, MUL) or scalar_operand(value, DIV)
-    if found is not None:
-        inner, c = found
-        if c == 0:
-            return None
-        scale = c if value.producer.op in MUL else 1.0 / c
-        value = inner
-    qk = producer(value, ("aten.matmul.default",))
-    if qk is None or not all(is_tensor(x) for x in qk.args[:2]) or qk.args[0].tensor_type.rank != 4:
-        return None
-    kt = qk.args[1].producer
-    if kt is None or not is_swap_last_two(kt, 4) or not is_tensor(kt.args[0]):
-        return None
-    return qk, scale
+@dataclass
+class _Product:
+    """The scores' product ``scale * q @ kt`` (``kt`` the transposed key) as the model computes
+    it: ``matmul`` of [batch, heads, seq, head_dim] operands, or ``bmm``/``baddbmm`` of heads
+    flattened into the batch whose result is viewed back to [batch, heads, q, k]."""
 
+    node: Node
+    q: Value
+    kt: Value
+    scale: float
+    between: list[Node]
+    """The nodes from the product to the scores (scalings, the view back), in order."""
+    heads: int | None = None
+    """The head count of heads flattened into the batch; None for 4-D operands."""
+    bias: Value | None = None
+    """``baddbmm``'s input, added ``beta`` times to the product (None for a product alone)."""
+    beta: float = 1.0
+
+
+def _scaled(value: Value) -> tuple[Value, float] | None:
+    """``(x, c)`` when ``value`` is ``x * c`` or ``x / c`` for a nonzero constant ``c``."""
+    found = scalar_operand(value, MUL) or scalar_operand(value, DIV)
+    if found is None or found[1] == 0:
+        return None
+    return found[0], found[1] if value.producer.op in MUL else 1.0 / found[1]
+
+
+def _qk_product(value: Value, ctx: RuleContext) -> _Product | None:
+    """The product of ``value`` when it is ``matmul(q, k^T)`` times/over a constant, or
+    ``[c *] view(bmm(q, k^T) [* c] | baddbmm(bias, q, k^T))`` whose view moves the heads out
+    of the batch ([batch*heads, q, k] -> [batch, heads, q, k], proven on an index tensor)."""
+    between: list[Node] = []
+    scale = 1.0
+    found = _scaled(value)
+    if found is not None:
+        between.insert(0, value.producer)
+        value, scale = found
+    qk = producer(value, ("aten.matmul.default",))
+    if qk is not None:
+        if not all(is_tensor(x) for x in qk.args[:2]) or qk.args[0].tensor_type.rank != 4:
+            return None
+        kt = qk.args[1].producer
+        if kt is None or not is_swap_last_two(kt, 4) or not is_tensor(kt.args[0]):
+            return None
+        return _Product(qk, qk.args[0], qk.args[1], scale, between)
+    t = value.type
+    heads = t.shape[1] if isinstance(t, TensorType) and t.rank == 4 else None
+    if not isinstance(heads, int):
+        return None
+    moves, flat = [], value  # Heads flattened into the batch: the view back to 4-D.
+    while flat.producer is not None and flat.producer.op in MOVEMENT_OPS and len(moves) < MAX_CHAIN \
+            and is_tensor(flat.producer.args[0]):
+        moves.insert(0, flat.producer)
+        flat = flat.producer.args[0]
+    if not moves or flat.tensor_type.rank != 3:
+        return None
+    if not moves_as(moves, flat, ctx.env, lambda x: x.unflatten(0, (-1, heads))):
+        return None
+    between[:0] = moves
+    found = _scaled(flat)
+    if found is not None:
+        between.insert(0, flat.producer)
+        flat, scale = found[0], scale * found[1]
+    qk = producer(flat, ("aten.bmm.default", "aten.baddbmm.default"))
+    if qk is None:
+        return None
+    a = bind_args(qk.op, qk.args, qk.kwargs)
+    q, kt = (a["batch1"], a["batch2"]) if qk.op == "aten.baddbmm.default" else (a["self"], a["mat2"])
+    alpha, beta = number(a.get("alpha", 1)), number(a.get("beta", 1))
+    bias = a["self"] if qk.op == "aten.baddbmm.default" and beta != 0 else None
+    if alpha is None or beta is None or not (is_tensor(q) and is_tensor(kt)) or \
+            (bias is not None and not is_tensor(bias)):
+        return None
+    if kt.producer is None or not is_swap_last_two(kt.producer, 3) or not is_tensor(kt.producer.args[0]):
+        return None
+    return _Product(qk, q, kt, scale * alpha, between, heads, bias, beta)
 
 
 _SOFTMAX = ("aten.softmax.int", "aten._softmax.default", "aten._safe_softmax.default")
