@@ -32,7 +32,7 @@ class TakesReference(Pass):
             try:
                 return load_module(self.teacher), self.teacher
             except (ArtifactError, InputError) as exc:
-                raise InputError(f"{getattr(self, 'name', 'pass')} teacher: {exc}") from None
+                raise InputError(f"{self.name} teacher: {exc}") from None
         if ctx.reference is not None:
             return ctx.reference, "pipeline-input"
         return None

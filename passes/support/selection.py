@@ -9,7 +9,7 @@ import torch
 
 from optc.errors import PipelineSpecError
 from optc.frontends.raising import raise_high_level_ops
-from optc.ir.analysis import Structure
+from optc.ir.analysis import AttentionBlock, Structure
 from optc.ir.cleanup import eliminate_dead_code
 from optc.ir.core import Module
 from optc.ir.surgery import slice_conflict
@@ -109,7 +109,8 @@ def units_requirement(p: Any, structure: Structure, explicit: tuple[list[tuple[i
             return (f"{where}: its weights are shared with layer(s) {', '.join(map(str, shared))} "
                     "(tied across layers, as in ALBERT); removing units would change every layer "
                     "that shares them, so it is refused (drop-layers can remove shared layers)")
-        prunable = getattr(block, "prunable", None) if p.amount is None else None
+        prunable = (block.prunable if isinstance(block, AttentionBlock) and p.amount is None
+                    else None)
         reason = prunable or slice_conflict(block)  # amount skips unprunable blocks itself
         if reason:
             return f"{where}: {reason}"
