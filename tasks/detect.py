@@ -39,6 +39,7 @@ from optc.errors import InputError
 from optc.tasks.readers import (
     TABLE_SUFFIXES,
     TableFormat,
+    check_limit,
     find_split_file,
     read_squad_file,
     read_table,
@@ -135,11 +136,6 @@ def _read_detected(file: Path, limit: int | None) -> list[Example]:
                       limit=limit)
 
 
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be a positive number of examples or None, not {limit!r}")
-
-
 def _resolve_file(path: str | os.PathLike | None, split: str) -> Path:
     resolved = resolve_data_path(path)
     file = find_split_file(resolved, split) if resolved.is_dir() else resolved
@@ -154,20 +150,14 @@ def read_examples(path: str | os.PathLike | None, split: str = "dev",
     the module docstring for what is recognized). ``split`` picks the file in a task
     directory; ``limit`` keeps the first ``limit`` examples. Raises :class:`InputError` on a
     missing, empty or malformed input, naming the file and line."""
-    _check_limit(limit)
+    check_limit(limit)
     file = _resolve_file(path, split)
     if file.suffix.lower() in TABLE_SUFFIXES:
         return _read_detected(file, limit)
     if file.suffix.lower() == ".json":
         return [Example(r.question, r.context) for r in read_squad_file(file, limit)]
-    try:
-        return read_table(file, TableFormat(text=0, header=False, format="lines"),
-                          partial(_parse_label, "auto"), require_label=False, limit=limit)
-    except InputError as exc:
-        if "has no examples" in str(exc):
-            raise InputError(f"data file '{file}' is empty (a text file needs one example "
-                             "per line)") from None
-        raise
+    return read_table(file, TableFormat(text=0, header=False, format="lines"),
+                      partial(_parse_label, "auto"), require_label=False, limit=limit)
 
 
 def first_split(path: str | os.PathLike | None, splits: Sequence[str]) -> str:

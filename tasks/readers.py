@@ -32,6 +32,7 @@ __all__ = [
     "resolve_data_path",
     "find_split_file",
     "read_lines",
+    "check_limit",
     "read_table",
     "read_squad_file",
 ]
@@ -171,6 +172,12 @@ def find_split_file(directory: Path, split: str, candidates: Sequence[str] | Non
                      f"holds {holds}): pass the file itself or another directory")
 
 
+def check_limit(limit: int | None) -> None:
+    """Refuse a ``limit`` (examples to read) that is not a positive integer or None."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive number of examples or None, not {limit!r}")
+
+
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line without its ending) of a UTF-8 file; a leading BOM is dropped."""
     try:
@@ -273,6 +280,8 @@ def read_table(path: Path, fmt: TableFormat, parse_label: LabelParser,
     ``limit`` stops after that many examples.
     """
     examples = _read_table(path, fmt, parse_label, require_label, limit)
+    if not examples and _file_format(path, fmt) == "lines":
+        raise InputError(f"data file '{path}' is empty (a text file needs one example per line)")
     if not examples:
         raise InputError(f"data file '{path}' has no examples")
     return examples

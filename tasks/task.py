@@ -24,6 +24,7 @@ from optc.tasks.metrics import METRICS, squad_metrics
 from optc.tasks.pooling import Pooling
 from optc.tasks.readers import (
     TableFormat,
+    check_limit,
     find_split_file,
     read_squad_file,
     read_table,
@@ -253,7 +254,7 @@ class Task:
         count) and ``train`` the rest; ``val_size=0`` makes ``train`` the whole file.
         ``limit`` keeps the first ``limit`` examples of the split.
         """
-        _check_limit(limit)
+        check_limit(limit)
         if split == "dev" and "dev" not in self.splits:
             split = self.eval_split
         if split in ("train", "val"):
@@ -293,7 +294,7 @@ class Task:
         """The examples of the file ``data`` in file order (a directory: its file for
         ``split``, e.g. ``val.tsv``), read in the task's format: a split a user keeps apart,
         such as a validation set drawn from where the model will be used."""
-        _check_limit(limit)
+        check_limit(limit)
         chosen = self._read_split_file(split, data)
         return chosen[:limit] if limit is not None else chosen
 
@@ -480,8 +481,3 @@ def _reduce(losses: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     if reduction == "none":
         return losses
     return losses.sum() if reduction == "sum" else losses.mean()
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be a positive number of examples or None, not {limit!r}")
